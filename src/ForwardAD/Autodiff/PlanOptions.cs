@@ -1,0 +1,38 @@
+using System.Collections.Immutable;
+using ForwardAD.Graph;
+using ForwardAD.Random;
+
+namespace ForwardAD.Autodiff;
+
+/// <summary>
+/// A tangent injected at a node: the node's tangent becomes (propagated tangent) + seed. With a
+/// <see cref="Generator"/> the seed is N(0, I) drawn from that Philox stream on every run and never
+/// stored (regenerate it from the key when you need it again); without one, the user writes it into
+/// <see cref="Plan.Seed"/> before running.
+/// </summary>
+public sealed record TangentSeed(Node Node, RandomKey? Generator = null);
+
+/// <summary>
+/// What to compile: batch size B, tangent channel count K, where tangents enter, whether the
+/// backward pass (exact gradient, pull-backs) is needed, and whether buffers may be reused.
+/// </summary>
+public sealed record PlanOptions(int BatchSize)
+{
+    /// <summary>K, the batched-JVP axis: tangents are laid out [K, B, ...].</summary>
+    public int TangentCount { get; init; } = 1;
+
+    public ImmutableArray<TangentSeed> Seeds { get; init; } = [];
+
+    /// <summary>Compile the VJP rules: <see cref="Plan.Backward"/> and pull-backs.</summary>
+    public bool Gradients { get; init; }
+
+    /// <summary>
+    /// Reuse a node's buffers once its consumers have run (memory flat in depth). Only the fused
+    /// <see cref="Plan.ForwardJvp"/> and <see cref="Plan.Forward"/> may then run, and only the loss,
+    /// the output and <see cref="Retain"/> nodes can be read afterwards. Not allowed with gradients.
+    /// </summary>
+    public bool ReuseBuffers { get; init; }
+
+    /// <summary>Nodes whose value and tangent stay readable when buffers are reused.</summary>
+    public ImmutableArray<Node> Retain { get; init; } = [];
+}

@@ -1,0 +1,32 @@
+using ForwardAD.Backends;
+using ForwardAD.Graph;
+
+namespace ForwardAD.Autodiff;
+
+/// <summary>The buffers a compiled plan keeps for one node. Empty views are symbolic zeros or
+/// values the plan was not compiled to keep.</summary>
+internal sealed class NodeBuffers
+{
+    /// <summary>The primal value: [B, ...shape] or [...shape] for parameters.</summary>
+    public View Value;
+    /// <summary>The tangent, [K, B, ...shape]; empty when no seed reaches the node.</summary>
+    public View Tangent;
+    /// <summary>The injected tangent of a seeded node (the same view as <see cref="Tangent"/> for leaves).</summary>
+    public View Seed;
+    /// <summary>∂(cotangent seed)/∂value, [B, ...shape]; empty when the node is off every path to the seed.</summary>
+    public View Cotangent;
+    /// <summary>Op-specific values saved by the forward pass for the rules (f'(x), softmax − onehot).</summary>
+    public View Auxiliary;
+}
+
+/// <summary>What a rule sees: the backend, the sizes, its node and its inputs' buffers.</summary>
+internal readonly struct RuleContext(Backend backend, int batchSize, int tangentCount, Node node, NodeBuffers[] buffers)
+{
+    public Backend Backend { get; } = backend;
+    public int BatchSize { get; } = batchSize;
+    /// <summary>K, the number of tangent channels.</summary>
+    public int TangentCount { get; } = tangentCount;
+    public Node Node { get; } = node;
+    public NodeBuffers Output => buffers[Node.Id];
+    public NodeBuffers Input(int index) => buffers[Node.Inputs[index]];
+}

@@ -1,0 +1,90 @@
+using ForwardAD.Random;
+using ForwardAD.Tensors;
+
+namespace ForwardAD.Backends;
+
+/// <summary>Storage owned by a backend: host memory for the CPU, device memory for CUDA.</summary>
+public abstract class DeviceBuffer
+{
+    public abstract int Length { get; }
+    public abstract Backend Backend { get; }
+}
+
+/// <summary>A contiguous range of a <see cref="DeviceBuffer"/>. <see cref="IsEmpty"/> views stand for
+/// symbolic zeros: a tangent that no seed reaches is never stored nor computed.</summary>
+public readonly record struct View(DeviceBuffer? Buffer, int Offset, int Length)
+{
+    public static View Empty => default;
+    public bool IsEmpty => Buffer is null;
+
+    public View(DeviceBuffer buffer) : this(buffer, 0, buffer.Length) { }
+
+    public View Slice(int start, int length)
+    {
+        if (Buffer is null) throw new InvalidOperationException("Cannot slice an empty view (a symbolic zero).");
+        if ((uint)start > (uint)Length || (uint)length > (uint)(Length - start))
+            throw new ArgumentOutOfRangeException(nameof(start), $"Slice [{start}, {start + length}) is outside a view of {Length} elements.");
+        return new View(Buffer, Offset + start, length);
+    }
+
+    /// <summary>Channel <paramref name="channel"/> of a view laid out as [channels, n].</summary>
+    public View Channel(int channel, int elementsPerChannel) => Slice(channel * elementsPerChannel, elementsPerChannel);
+}
+
+/// <summary>
+/// The kernels a plan runs. Every op's forward, JVP and VJP rule is written against this set, so a
+/// backend (CPU, CUDA) implements kernels once and gets every rule. Inputs come first, the
+/// destination last; <c>accumulate</c> means <c>destination += result</c> instead of <c>=</c>.
+/// </summary>
+public abstract class Backend
+{
+    public abstract string Name { get; }
+
+    public abstract DeviceBuffer Allocate(int length);
+    public abstract void CopyFromHost(ReadOnlySpan<float> source, View destination);
+    public abstract void CopyToHost(View source, Span<float> destination);
+
+    /// <summary>C = α·op(A)·op(B) + β·C on row-major matrices (see <see cref="Gemm"/>).</summary>
+    public abstract void Gemm(Transpose transposeA, Transpose transposeB, int m, int n, int k,
+        float alpha, View a, int lda, View b, int ldb, float beta, View c, int ldc);
+
+    public abstract void Fill(float value, View destination);
+    public abstract void Copy(View source, View destination, bool accumulate = false);
+    public abstract void Scale(View source, float factor, View destination);
+    /// <summary>destination = a + b.</summary>
+    public abstract void Add(View a, View b, View destination);
+
+    /// <summary>destination[c, i] (+)= a[i]·b[c, i] for every channel c: b and destination hold
+    /// a whole number of copies of a's length (the K tangent channels).</summary>
+    public abstract void MultiplyChannels(View a, View b, View destination, bool accumulate);
+
+    /// <summary>destination[r, j] += bias[j] for rows = destination.Length / bias.Length.</summary>
+    public abstract void AddBias(View bias, View destination);
+
+    /// <summary>destination[j] (+)= Σ_r source[r, j] with columns = destination.Length.</summary>
+    public abstract void SumRows(View source, View destination, bool accumulate);
+
+    /// <summary>destination[c, r] = Σ_j a[r, j]·b[c, r, j]: one dot product per row and channel.</summary>
+    public abstract void RowDot(View a, View b, int columns, View destination);
+
+    /// <summary>destination[r, j] (+)= a[r, j]·scale[r].</summary>
+    public abstract void ScaleRows(View a, View scale, View destination, bool accumulate);
+
+    public abstract void Elementwise(ElementwiseFunction function, View x, View y);
+    public abstract void ElementwiseDerivative(ElementwiseFunction function, View x, View y, View derivative);
+
+    /// <summary>Per-row softmax cross-entropy: loss[r] = logsumexp(z_r) − z_r[label_r] and
+    /// error[r, :] = softmax(z_r) − onehot(label_r) = ∂loss[r]/∂z_r. Labels are class indices stored as floats.</summary>
+    public abstract void SoftmaxCrossEntropy(View logits, View labels, int classes, View loss, View error);
+
+    /// <summary>Per-row mean squared error: loss[r] = (1/D)Σ_j (p − t)² and error = ∂loss/∂p = 2(p − t)/D.</summary>
+    public abstract void SquaredError(View prediction, View target, int width, View loss, View error);
+
+    /// <summary>Standard normal numbers at positions [first, first + n) of the key's stream (same on every backend).</summary>
+    public abstract void FillNormal(RandomKey key, long first, float mean, float standardDeviation, View destination);
+    /// <summary>Uniform numbers in (low, high) at positions [first, first + n) of the key's stream.</summary>
+    public abstract void FillUniform(RandomKey key, long first, float low, float high, View destination);
+
+    /// <summary>Σ_i x[i], read back to the host.</summary>
+    public abstract double Sum(View x);
+}

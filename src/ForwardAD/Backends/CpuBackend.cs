@@ -1,0 +1,174 @@
+using System.Numerics.Tensors;
+using ForwardAD.Random;
+using ForwardAD.Tensors;
+
+namespace ForwardAD.Backends;
+
+/// <summary>Host memory: a plain float array.</summary>
+public sealed class CpuBuffer(CpuBackend backend, int length) : DeviceBuffer
+{
+    internal readonly float[] Data = new float[length];
+    public override int Length => Data.Length;
+    public override Backend Backend => backend;
+}
+
+/// <summary>
+/// The CPU backend: elementwise work and reductions through <see cref="TensorPrimitives"/>
+/// (SIMD), matrix products through a <see cref="Tensors.Gemm"/> (OpenBLAS when installed).
+/// One instance per plan: the managed GEMM keeps packing scratch, so it is not shared between threads.
+/// </summary>
+public sealed class CpuBackend(Gemm gemm) : Backend
+{
+    public CpuBackend() : this(Tensors.Gemm.CreateDefault()) { }
+
+    public Gemm MatrixMultiply { get; } = gemm;
+
+    public override string Name => $"cpu ({MatrixMultiply.Name} gemm)";
+
+    public override DeviceBuffer Allocate(int length) => new CpuBuffer(this, length);
+
+    /// <summary>The host memory behind a view of this backend.</summary>
+    public static Span<float> Span(View view)
+    {
+        if (view.Buffer is not CpuBuffer buffer)
+            throw new InvalidOperationException(view.IsEmpty
+                ? "This view is a symbolic zero: no tangent or cotangent reaches this node in the compiled plan."
+                : $"This view lives on the {view.Buffer!.Backend.Name} backend; copy it to the host with CopyToHost.");
+        return buffer.Data.AsSpan(view.Offset, view.Length);
+    }
+
+    private static ReadOnlySpan<float> Read(View view) => Span(view);
+
+    public override void CopyFromHost(ReadOnlySpan<float> source, View destination) => source.CopyTo(Span(destination));
+    public override void CopyToHost(View source, Span<float> destination) => Read(source).CopyTo(destination);
+
+    public override void Gemm(Transpose transposeA, Transpose transposeB, int m, int n, int k, float alpha,
+        View a, int lda, View b, int ldb, float beta, View c, int ldc) =>
+        MatrixMultiply.Multiply(transposeA, transposeB, m, n, k, alpha, Read(a), lda, Read(b), ldb, beta, Span(c), ldc);
+
+    public override void Fill(float value, View destination) => Span(destination).Fill(value);
+
+    public override void Copy(View source, View destination, bool accumulate = false)
+    {
+        if (accumulate) TensorPrimitives.Add(Read(source), Read(destination), Span(destination));
+        else Read(source).CopyTo(Span(destination));
+    }
+
+    public override void Scale(View source, float factor, View destination) => TensorPrimitives.Multiply(Read(source), factor, Span(destination));
+
+    public override void Add(View a, View b, View destination) => TensorPrimitives.Add(Read(a), Read(b), Span(destination));
+
+    public override void MultiplyChannels(View a, View b, View destination, bool accumulate)
+    {
+        var factor = Read(a);
+        var source = Read(b);
+        var target = Span(destination);
+        for (int offset = 0; offset < target.Length; offset += factor.Length)
+        {
+            var from = source.Slice(offset, factor.Length);
+            var to = target.Slice(offset, factor.Length);
+            if (accumulate) TensorPrimitives.FusedMultiplyAdd(factor, from, to, to);
+            else TensorPrimitives.Multiply(factor, from, to);
+        }
+    }
+
+    public override void AddBias(View bias, View destination)
+    {
+        var b = Read(bias);
+        var target = Span(destination);
+        for (int offset = 0; offset < target.Length; offset += b.Length)
+        {
+            var row = target.Slice(offset, b.Length);
+            TensorPrimitives.Add(row, b, row);
+        }
+    }
+
+    public override void SumRows(View source, View destination, bool accumulate)
+    {
+        var target = Span(destination);
+        var rows = Read(source);
+        if (!accumulate) target.Clear();
+        for (int offset = 0; offset < rows.Length; offset += target.Length)
+            TensorPrimitives.Add(target, rows.Slice(offset, target.Length), target);
+    }
+
+    public override void RowDot(View a, View b, int columns, View destination)
+    {
+        var left = Read(a);
+        var right = Read(b);
+        var target = Span(destination);
+        int rowsPerChannel = left.Length / columns;
+        for (int i = 0; i < target.Length; i++)
+            target[i] = TensorPrimitives.Dot(left.Slice(i % rowsPerChannel * columns, columns), right.Slice(i * columns, columns));
+    }
+
+    public override void ScaleRows(View a, View scale, View destination, bool accumulate)
+    {
+        var source = Read(a);
+        var factors = Read(scale);
+        var target = Span(destination);
+        int columns = source.Length / factors.Length;
+        for (int r = 0; r < factors.Length; r++)
+        {
+            var from = source.Slice(r * columns, columns);
+            var to = target.Slice(r * columns, columns);
+            if (accumulate) TensorPrimitives.FusedMultiplyAdd(from, factors[r], to, to);
+            else TensorPrimitives.Multiply(from, factors[r], to);
+        }
+    }
+
+    public override void Elementwise(ElementwiseFunction function, View x, View y) => function.Apply(Read(x), Span(y));
+
+    public override void ElementwiseDerivative(ElementwiseFunction function, View x, View y, View derivative) =>
+        function.Differentiate(Read(x), Read(y), Span(derivative));
+
+    public override void SoftmaxCrossEntropy(View logits, View labels, int classes, View loss, View error)
+    {
+        var z = Read(logits);
+        var y = Read(labels);
+        var losses = Span(loss);
+        var errors = Span(error);
+        for (int r = 0; r < losses.Length; r++)
+        {
+            var row = z.Slice(r * classes, classes);
+            var e = errors.Slice(r * classes, classes);
+            // Softmax shifted by the row maximum, so exp never overflows: p = exp(z − m) / Σ exp(z − m).
+            float max = TensorPrimitives.Max(row);
+            TensorPrimitives.Subtract(row, max, e);
+            TensorPrimitives.Exp(e, e);
+            float sum = TensorPrimitives.Sum(e);
+            TensorPrimitives.Divide(e, sum, e);
+            int label = (int)y[r];
+            losses[r] = MathF.Log(sum) + max - row[label];
+            e[label] -= 1f;
+        }
+    }
+
+    public override void SquaredError(View prediction, View target, int width, View loss, View error)
+    {
+        var p = Read(prediction);
+        var t = Read(target);
+        var losses = Span(loss);
+        var errors = Span(error);
+        TensorPrimitives.Subtract(p, t, errors);
+        for (int r = 0; r < losses.Length; r++)
+        {
+            var e = errors.Slice(r * width, width);
+            losses[r] = TensorPrimitives.SumOfSquares(e) / width;
+            TensorPrimitives.Multiply(e, 2f / width, e);
+        }
+    }
+
+    public override void FillNormal(RandomKey key, long first, float mean, float standardDeviation, View destination) =>
+        RandomFill.Normal(key, first, mean, standardDeviation, Span(destination));
+
+    public override void FillUniform(RandomKey key, long first, float low, float high, View destination) =>
+        RandomFill.Uniform(key, first, low, high, Span(destination));
+
+    public override double Sum(View x)
+    {
+        double total = 0;
+        foreach (var v in Read(x)) total += v;
+        return total;
+    }
+}

@@ -1,0 +1,43 @@
+namespace ForwardAD.Tensors;
+
+/// <summary>Whether a GEMM operand is used as stored or transposed.</summary>
+public enum Transpose { No, Yes }
+
+/// <summary>
+/// Single-precision matrix multiply on row-major storage:
+/// <c>C = α·op(A)·op(B) + β·C</c> with op(A) of size m×k and op(B) of size k×n.
+/// Leading dimensions are the row strides of the matrices as stored.
+/// </summary>
+public abstract class Gemm
+{
+    /// <summary>Short name for reports ("openblas", "managed").</summary>
+    public abstract string Name { get; }
+
+    public abstract void Multiply(Transpose transposeA, Transpose transposeB, int m, int n, int k,
+        float alpha, ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb,
+        float beta, Span<float> c, int ldc);
+
+    /// <summary>OpenBLAS when the system has it (much faster), the managed kernel otherwise.</summary>
+    public static Gemm CreateDefault() => (Gemm?)OpenBlasGemm.TryCreate() ?? new ManagedGemm();
+
+    /// <summary>Checks that the spans hold the matrices the dimensions describe, so that a wrong call
+    /// fails here with the sizes instead of reading out of bounds in native code.</summary>
+    protected static void CheckOperands(Transpose transposeA, Transpose transposeB, int m, int n, int k,
+        int aLength, int lda, int bLength, int ldb, int cLength, int ldc)
+    {
+        if (m < 0 || n < 0 || k < 0) throw new ArgumentOutOfRangeException(nameof(m), $"GEMM sizes must be non-negative: m={m}, n={n}, k={k}.");
+        var (aRows, aCols) = transposeA == Transpose.No ? (m, k) : (k, m);
+        var (bRows, bCols) = transposeB == Transpose.No ? (k, n) : (n, k);
+        Check("A", aRows, aCols, aLength, lda);
+        Check("B", bRows, bCols, bLength, ldb);
+        Check("C", m, n, cLength, ldc);
+
+        static void Check(string name, int rows, int cols, int length, int ld)
+        {
+            if (rows == 0 || cols == 0) return;
+            if (ld < cols) throw new ArgumentException($"GEMM: leading dimension of {name} is {ld}, smaller than its {cols} columns.");
+            long needed = (long)(rows - 1) * ld + cols;
+            if (length < needed) throw new ArgumentException($"GEMM: {name} is {rows}×{cols} with leading dimension {ld}, which needs {needed} elements; the span has {length}.");
+        }
+    }
+}

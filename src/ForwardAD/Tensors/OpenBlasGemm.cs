@@ -1,0 +1,86 @@
+using System.Reflection;
+using System.Runtime.InteropServices;
+
+namespace ForwardAD.Tensors;
+
+/// <summary>
+/// The system's OpenBLAS <c>cblas_sgemm</c>, found at run time. Debian: <c>apt-get install
+/// libopenblas0-pthread</c>. Without it the library uses <see cref="ManagedGemm"/>.
+/// </summary>
+public sealed class OpenBlasGemm : Gemm
+{
+    private OpenBlasGemm() { }
+
+    public override string Name => "openblas";
+
+    /// <summary>Null when no OpenBLAS library can be loaded.</summary>
+    public static OpenBlasGemm? TryCreate() => NativeLibraries.TryLoad(NativeLibraries.OpenBlas) ? new OpenBlasGemm() : null;
+
+    /// <summary>Threads OpenBLAS uses for each call (its own pool).</summary>
+    public static void SetThreadCount(int threads) => OpenBlas.openblas_set_num_threads(threads);
+
+    public override unsafe void Multiply(Transpose transposeA, Transpose transposeB, int m, int n, int k,
+        float alpha, ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb,
+        float beta, Span<float> c, int ldc)
+    {
+        CheckOperands(transposeA, transposeB, m, n, k, a.Length, lda, b.Length, ldb, c.Length, ldc);
+        if (m == 0 || n == 0) return;
+        fixed (float* pa = a, pb = b, pc = c)
+            OpenBlas.cblas_sgemm(OpenBlas.RowMajor, ToCblas(transposeA), ToCblas(transposeB), m, n, k,
+                alpha, pa, Math.Max(lda, 1), pb, Math.Max(ldb, 1), beta, pc, Math.Max(ldc, 1));
+    }
+
+    private static int ToCblas(Transpose t) => t == Transpose.No ? OpenBlas.NoTrans : OpenBlas.Trans;
+}
+
+/// <summary>The OpenBLAS entry points the library calls (CBLAS interface).</summary>
+internal static unsafe partial class OpenBlas
+{
+    public const int RowMajor = 101, NoTrans = 111, Trans = 112;
+
+    [LibraryImport(NativeLibraries.OpenBlas)]
+    public static partial void cblas_sgemm(int order, int transA, int transB, int m, int n, int k,
+        float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc);
+
+    [LibraryImport(NativeLibraries.OpenBlas)]
+    public static partial void openblas_set_num_threads(int threads);
+}
+
+/// <summary>
+/// The assembly's one native-library resolver: maps the logical names used in
+/// <c>[LibraryImport]</c> to the versioned file names found on Linux systems.
+/// </summary>
+internal static class NativeLibraries
+{
+    public const string OpenBlas = "openblas";
+
+    private static readonly Dictionary<string, string[]> Candidates = new()
+    {
+        [OpenBlas] = ["libopenblas.so.0", "libopenblas.so", "libopenblasp.so.0", "libopenblaso.so.0", "libopenblas.dylib", "openblas.dll", "libopenblas.dll"],
+    };
+
+    private static readonly Lazy<bool> Registered = new(() =>
+    {
+        NativeLibrary.SetDllImportResolver(typeof(NativeLibraries).Assembly, Resolve);
+        return true;
+    });
+
+    /// <summary>True when the library can be loaded; registers the resolver on first use.</summary>
+    public static bool TryLoad(string name)
+    {
+        _ = Registered.Value;
+        return TryLoadHandle(name, out _);
+    }
+
+    private static IntPtr Resolve(string name, Assembly assembly, DllImportSearchPath? path) =>
+        TryLoadHandle(name, out var handle) ? handle : IntPtr.Zero;
+
+    private static bool TryLoadHandle(string name, out IntPtr handle)
+    {
+        handle = IntPtr.Zero;
+        if (!Candidates.TryGetValue(name, out var files)) return false;
+        foreach (var file in files)
+            if (NativeLibrary.TryLoad(file, out handle)) return true;
+        return false;
+    }
+}
