@@ -1,0 +1,203 @@
+using ForwardAD.Autodiff;
+using ForwardAD.Backends;
+using ForwardAD.Graph;
+using ForwardAD.Random;
+using ForwardAD.Tensors;
+
+namespace ForwardAD.Tests;
+
+public class PlanTests
+{
+    /// <summary>
+    /// After warm-up, running a plan allocates no managed memory: forward, JVP, fused pass, backward,
+    /// pull-back, and a loss read, on the library's default GEMM and on the managed one.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Running_a_plan_allocates_nothing(bool managedGemm)
+    {
+        var backend = managedGemm ? new CpuBackend(new ManagedGemm()) : new CpuBackend();
+        var problem = Problem.RandomMlp(3, ElementwiseFunction.Gelu, 16, widths: [32, 32], inputs: 20, outputs: 5, backend: backend);
+        var layers = problem.Model.Layers;
+        var seeds = layers.Select(l => new TangentSeed(l.PreActivation, new RandomKey(1, (ulong)l.PreActivation.Id)))
+            .Append(new TangentSeed(layers[0].Weight));
+        var plan = problem.Compile(new PlanOptions(16) { TangentCount = 4, Gradients = true, Seeds = [.. seeds] });
+        var lean = problem.Compile(new PlanOptions(16) { TangentCount = 4, ReuseBuffers = true, Seeds = [.. seeds] });
+        var pullBack = plan.CreatePullBack(layers[2].PreActivation, layers[0].PreActivation);
+        var input = problem.Model["x"];
+        var x = problem.Inputs[input.Id];
+        double loss = 0;
+        void Step()
+        {
+            plan.SetInput(input, x);
+            plan.SetSeedGenerator(layers[0].PreActivation, new RandomKey(2, 5));
+            plan.Forward();
+            plan.Jvp();
+            plan.ForwardJvp();
+            plan.Backward();
+            pullBack.Run();
+            lean.ForwardJvp();
+            loss += plan.MeanLoss() + lean.MeanLoss();
+        }
+        Step();
+        Step();
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 5; i++) Step();
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Equal(0, allocated);
+        Assert.True(double.IsFinite(loss));
+    }
+
+    /// <summary>
+    /// With buffer reuse and generated seeds (regenerated, never stored), JVP memory does not grow with
+    /// depth: a layer's value and tangent die once the next layer has used them. A backprop plan keeps every
+    /// activation, so its memory grows linearly.
+    /// </summary>
+    [Fact]
+    public void Jvp_memory_is_flat_in_depth_while_backprop_memory_grows()
+    {
+        long Bytes(int depth, bool gradients)
+        {
+            var model = MlpSpec.Uniform(64, depth, 128, 10, ElementwiseFunction.Relu).Build();
+            var store = ParameterStore.Initialize(model, new CpuBackend(), 1);
+            var seeds = model.Layers.Select(l => new TangentSeed(l.PreActivation, new RandomKey(1, (ulong)l.PreActivation.Id)));
+            return Plan.Compile(store, gradients
+                ? new PlanOptions(32) { Gradients = true }
+                : new PlanOptions(32) { TangentCount = 4, ReuseBuffers = true, Seeds = [.. seeds] }).AllocatedBytes;
+        }
+        Assert.Equal(Bytes(6, false), Bytes(24, false));
+        Assert.True(Bytes(24, true) > 3 * Bytes(6, true));
+    }
+
+    [Fact]
+    public void Buffer_reuse_gives_the_same_results()
+    {
+        var problem = Problem.RandomMlp(12, ElementwiseFunction.Tanh, 8, widths: [16, 16, 16], inputs: 10, outputs: 4);
+        var seeds = problem.Model.Layers.Select(l => new TangentSeed(l.PreActivation, new RandomKey(9, (ulong)l.PreActivation.Id))).ToArray();
+        var full = problem.Compile(new PlanOptions(8) { TangentCount = 3, Seeds = [.. seeds] });
+        var lean = problem.Compile(new PlanOptions(8) { TangentCount = 3, Seeds = [.. seeds], ReuseBuffers = true });
+        full.ForwardJvp();
+        lean.ForwardJvp();
+        Assert.Equal(full.Tangent(problem.Model.Loss).ToArray(), lean.Tangent(problem.Model.Loss).ToArray());
+        Assert.Equal(full.Value(problem.Model.Output).ToArray(), lean.Value(problem.Model.Output).ToArray());
+        Assert.True(lean.AllocatedBytes < full.AllocatedBytes);
+        var hidden = problem.Model.Layers[1].Output;
+        Assert.Contains("Retain", Assert.Throws<InvalidOperationException>(() => lean.Value(hidden)).Message);
+        Assert.Contains("ForwardJvp", Assert.Throws<InvalidOperationException>(() => lean.Jvp()).Message);
+    }
+
+    [Fact]
+    public void Wrong_input_sizes_are_rejected_before_anything_is_written()
+    {
+        var problem = Problem.RandomMlp(2, ElementwiseFunction.Relu, 4, widths: [3], inputs: 5, outputs: 3);
+        var plan = problem.Compile(new PlanOptions(4));
+        var x = problem.Model["x"];
+        var before = plan.Value(x).ToArray();
+        var error = Assert.Throws<ArgumentException>(() => plan.SetInput(x, new float[19]));
+        Assert.Contains("'x'", error.Message);
+        Assert.Contains("expects 20 values (batch 4 × 5 per example); got 19", error.Message);
+        Assert.Equal(before, plan.Value(x).ToArray());
+
+        var y = problem.Model["y"];
+        var labelsBefore = plan.Value(y).ToArray();
+        var labelError = Assert.Throws<ArgumentException>(() => plan.SetInput(y, [0, 1, 3, 2]));
+        Assert.Contains("example 2 has label 3", labelError.Message);
+        Assert.Contains("[0, 3)", labelError.Message);
+        Assert.Throws<ArgumentException>(() => plan.SetInput(y, [0, 1.5f, 1, 2]));
+        Assert.Equal(labelsBefore, plan.Value(y).ToArray());
+    }
+
+    [Fact]
+    public void Misuse_gives_errors_that_say_what_to_do()
+    {
+        var problem = Problem.RandomMlp(2, ElementwiseFunction.Relu, 2, widths: [3], inputs: 2, outputs: 2);
+        var plan = Plan.Compile(problem.Parameters, new PlanOptions(2));
+        Assert.Contains("Forward()", Assert.Throws<InvalidOperationException>(() => plan.MeanLoss()).Message);
+        plan.Forward();
+        Assert.Contains("Gradients = true", Assert.Throws<InvalidOperationException>(() => plan.Backward()).Message);
+        Assert.Contains("PlanOptions.Seeds", Assert.Throws<ArgumentException>(() => plan.Seed(problem.Model.Layers[0].PreActivation)).Message);
+        Assert.Throws<ArgumentException>(() => Plan.Compile(problem.Parameters, new PlanOptions(2) { Seeds = [new TangentSeed(problem.Model["y"])] }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Plan.Compile(problem.Parameters, new PlanOptions(0)));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Plan.Compile(problem.Parameters, new PlanOptions(2) { TangentCount = 0 }));
+        var other = MlpSpec.Uniform(2, 2, 3, 2, ElementwiseFunction.Relu).Build();
+        Assert.Contains("not a node of this plan's model", Assert.Throws<ArgumentException>(() => plan.Value(other.Loss)).Message);
+    }
+}
+
+public class GraphTests
+{
+    [Fact]
+    public void Shape_mismatch_names_the_node_and_both_shapes()
+    {
+        var builder = new ModelBuilder();
+        var x = builder.Input("x", new Shape(3, 4));
+        var w = builder.Parameter("w", new Shape(5, 6), Initializer.Zeros);
+        var error = Assert.Throws<ShapeMismatchException>(() => builder.Linear("dense", x, w, null));
+        Assert.Equal("dense", error.Node);
+        Assert.Contains("[out, 4]", error.Expected);
+        Assert.Contains("[5, 6]", error.Actual);
+        Assert.Contains("Shape mismatch at node 'dense'", error.Message);
+    }
+
+    [Fact]
+    public void Shapes_are_inferred_over_n_dimensional_inputs()
+    {
+        var builder = new ModelBuilder();
+        var x = builder.Input("x", new Shape(7, 16));          // [T, D] per example
+        var layer = builder.Dense("proj", x, 8, ElementwiseFunction.Gelu);
+        Assert.Equal(new Shape(7, 8), layer.Output.Shape);
+        var flat = builder.Reshape("flat", layer.Output, new Shape(56));
+        Assert.Equal(56, flat.Shape.ElementCount);
+        Assert.Throws<ShapeMismatchException>(() => builder.Reshape("bad", layer.Output, new Shape(55)));
+        Assert.Throws<ShapeMismatchException>(() => builder.Add("sum", x, layer.Output));
+        var labels = builder.ClassLabels("y", 10);
+        Assert.Contains("logits [B, 10]", Assert.Throws<ShapeMismatchException>(() => builder.SoftmaxCrossEntropy("loss", layer.Output, labels)).Message);
+    }
+
+    /// <summary>A dense layer over [T, D] inputs treats the T positions as rows: the JVP/VJP rules work unchanged.</summary>
+    [Fact]
+    public void Dense_layers_on_sequences_differentiate_correctly()
+    {
+        var builder = new ModelBuilder();
+        var x = builder.Input("x", new Shape(3, 4));
+        var h = builder.Dense("proj", x, 5, ElementwiseFunction.Tanh).Output;
+        var flat = builder.Reshape("flat", h, new Shape(15));
+        var logits = builder.Dense("head", flat, 3, ElementwiseFunction.Identity).Output;
+        var model = builder.Build(builder.SoftmaxCrossEntropy("loss", logits, builder.ClassLabels("y", 3)), logits);
+        var store = ParameterStore.Initialize(model, new CpuBackend(), 3);
+        var problem = new Problem(model, store, 2, new() { [x.Id] = Problem.Normal(4, 24, 1f), [model["y"].Id] = [2, 0] });
+        var weight = model["proj.weight"];
+        var plan = problem.Compile(new PlanOptions(2) { Seeds = [new TangentSeed(weight)], Gradients = true });
+        var v = Problem.Normal(5, 20, 1f);
+        CpuBackend.Span(plan.Seed(weight)).CopyFrom(v);
+        plan.Forward();
+        plan.Jvp();
+        plan.Backward();
+        var g = plan.Gradient(weight).ToArray();
+        double expected = g.Zip(v, (a, b) => (double)a * b).Sum();
+        JvpTests.AssertClose(expected, plan.Tangent(model.Loss).ToArray().Sum() / 2, "sequence model", 1e-4);
+    }
+
+    [Fact]
+    public void Duplicate_names_and_foreign_nodes_are_rejected()
+    {
+        var builder = new ModelBuilder();
+        builder.Input("x", new Shape(2));
+        Assert.Contains("already exists", Assert.Throws<ArgumentException>(() => builder.Input("x", new Shape(2))).Message);
+        var foreign = new ModelBuilder().Input("z", new Shape(2));
+        Assert.Contains("does not belong", Assert.Throws<ArgumentException>(() => builder.Activation("a", foreign, ElementwiseFunction.Relu)).Message);
+        Assert.Throws<ArgumentException>(() => new Shape(3, 0));
+    }
+
+    [Fact]
+    public void Models_are_immutable_values()
+    {
+        var a = MlpSpec.Uniform(4, 3, 8, 2, ElementwiseFunction.Relu).Build();
+        var b = MlpSpec.Uniform(4, 3, 8, 2, ElementwiseFunction.Relu).Build();
+        Assert.Equal(a.Nodes.Length, b.Nodes.Length);
+        Assert.Equal(3, a.Layers.Length);
+        Assert.Equal(4 * 8 + 8 + 8 * 8 + 8 + 8 * 2 + 2, a.ParameterCount);
+        Assert.True(a.Nodes.Zip(b.Nodes).All(p => p.First == p.Second || p.First.Inputs.SequenceEqual(p.Second.Inputs)));
+    }
+}
