@@ -1,0 +1,116 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using BenchmarkDotNet.Configs;
+using BenchmarkDotNet.Jobs;
+using BenchmarkDotNet.Reports;
+using BenchmarkDotNet.Running;
+using ForwardAD.Autodiff;
+using ForwardAD.Backends;
+using ForwardAD.Benchmarks;
+using ForwardAD.Graph;
+using ForwardAD.Random;
+
+// `compare` runs our suite and the PyTorch peer in one go and prints the ratio table;
+// anything else goes to BenchmarkDotNet's own switcher (e.g. --filter '*Gemm*').
+if (args.Length > 0 && args[0] == "compare")
+{
+    bool quick = args.Contains("--quick");
+    return Compare.Run(quick);
+}
+BenchmarkSwitcher.FromAssembly(typeof(MlpBenchmarks).Assembly).Run(args);
+return 0;
+
+internal static class Compare
+{
+    public static int Run(bool quick)
+    {
+        Console.WriteLine($"ForwardAD core benchmark, {DateTime.UtcNow:yyyy-MM-dd}, {Environment.ProcessorCount} cores, {new CpuBackend().Name}");
+        var peer = RunPeer(quick);
+        var job = (quick ? Job.ShortRun.WithIterationCount(3).WithWarmupCount(1) : Job.Default.WithIterationCount(10).WithWarmupCount(3))
+            .WithLaunchCount(1);
+        var config = ManualConfig.Create(DefaultConfig.Instance).AddJob(job).WithOptions(ConfigOptions.DisableLogFile);
+        var ours = BenchmarkRunner.Run<MlpBenchmarks>(config);
+        var gemm = BenchmarkRunner.Run<GemmBenchmarks>(config);
+
+        double Median(Summary s, string method) =>
+            s.Reports.First(r => r.BenchmarkCase.Descriptor.WorkloadMethod.Name == method).ResultStatistics!.Median / 1e9;
+        long Allocated(Summary s, string method)
+        {
+            var report = s.Reports.First(r => r.BenchmarkCase.Descriptor.WorkloadMethod.Name == method);
+            return report.GcStats.GetBytesAllocatedPerOperation(report.BenchmarkCase) ?? -1;
+        }
+        double P(string name) => peer.GetProperty("rows").TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number ? v.GetDouble() : double.NaN;
+
+        double forward = Median(ours, "Forward");
+        var rows = new (string Row, string Method, string PeerRow, double Target, string TargetText)[]
+        {
+            ("forward", "Forward", "forward", 1.1, "≤ 1.1× PyTorch forward"),
+            ("JVP K=1", "JvpK1", "forward_ad_k1", double.NaN, "≤ 2.2× our forward"),
+            ("JVP K=6 (one channel per layer)", "JvpK6PerLayer", "", double.NaN, ""),
+            ("JVP K=16", "JvpK16", "forward_ad_k16", double.NaN, ""),
+            ("backprop (forward + backward)", "Backprop", "backprop", 1.0, "≤ 1.0× PyTorch forward + backward"),
+        };
+        Console.WriteLine();
+        Console.WriteLine($"PyTorch {peer.GetProperty("torch")} ({peer.GetProperty("threads")} threads) vs ForwardAD; MLP depth 6, width 1024, input 3072, batch 512, float32; medians");
+        Console.WriteLine("| row | ForwardAD ms | PyTorch ms | ours / PyTorch | ours / our forward | B allocated per call | target |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|---|");
+        foreach (var (row, method, peerRow, _, target) in rows)
+        {
+            double t = Median(ours, method), p = peerRow.Length > 0 ? P(peerRow) : double.NaN;
+            string targetText = target;
+            if (method == "Forward") targetText += t / P("forward") <= 1.1 ? " (met)" : " (missed)";
+            if (method == "JvpK1") targetText += t / forward <= 2.2 ? " (met)" : " (missed)";
+            if (method == "Backprop") targetText += t / P("backprop") <= 1.0 ? " (met)" : " (missed)";
+            Console.WriteLine($"| {row} | {t * 1e3:F1} | {(double.IsNaN(p) ? "–" : (p * 1e3).ToString("F1"))} | {(double.IsNaN(p) ? "–" : (t / p).ToString("F2"))} | {t / forward:F2} | {Allocated(ours, method)} | {targetText} |");
+        }
+        Console.WriteLine($"PyTorch's own forward-AD pass (K=1) takes {P("forward_ad_k1") / P("forward"):F2}× its forward.");
+
+        double managed = Median(gemm, "Managed"), openBlas = Median(gemm, "OpenBlas");
+        Console.WriteLine();
+        Console.WriteLine("GEMM 512×1024×1024 (the MLP's dominant shape):");
+        Console.WriteLine($"| managed | {managed * 1e3:F2} ms | {GemmBenchmarks.Flops / managed / 1e9:F1} GFLOP/s |");
+        Console.WriteLine($"| openblas | {openBlas * 1e3:F2} ms | {GemmBenchmarks.Flops / openBlas / 1e9:F1} GFLOP/s |");
+
+        Console.WriteLine();
+        Console.WriteLine("Memory against depth (width 1024, batch 512): our plan buffers (parameters excluded) and PyTorch's saved tensors for backward");
+        Console.WriteLine("| depth | ForwardAD JVP K=1 (generated tangents, buffer reuse) | ForwardAD backprop | PyTorch saved for backward |");
+        Console.WriteLine("|---:|---:|---:|---:|");
+        foreach (var depth in new[] { 6, 12, 24 })
+        {
+            var model = MlpSpec.Uniform(MlpBenchmarks.Inputs, depth, MlpBenchmarks.Width, MlpBenchmarks.Classes, ElementwiseFunction.Relu).Build();
+            var store = ParameterStore.Initialize(model, new CpuBackend(), 1);
+            long jvp = Plan.Compile(store, new PlanOptions(MlpBenchmarks.Batch)
+            {
+                ReuseBuffers = true,
+                Seeds = [.. model.Layers.Select(l => new TangentSeed(l.PreActivation, new RandomKey(1, (ulong)l.PreActivation.Id)))],
+            }).AllocatedBytes;
+            long backprop = Plan.Compile(store, new PlanOptions(MlpBenchmarks.Batch) { Gradients = true }).AllocatedBytes;
+            var saved = peer.GetProperty("saved_bytes").GetProperty(depth.ToString(CultureInfo.InvariantCulture)).GetInt64();
+            Console.WriteLine($"| {depth} | {jvp / 1048576.0:F1} MiB | {backprop / 1048576.0:F1} MiB | {saved / 1048576.0:F1} MiB |");
+        }
+        return 0;
+    }
+
+    private static JsonElement RunPeer(bool quick)
+    {
+        var script = FindPeerScript();
+        var start = new ProcessStartInfo("/usr/bin/python3", quick ? [script, "--quick"] : [script]) { RedirectStandardOutput = true };
+        using var process = Process.Start(start) ?? throw new InvalidOperationException("Could not start /usr/bin/python3.");
+        string output = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        if (process.ExitCode != 0)
+            throw new InvalidOperationException($"The PyTorch peer {script} failed (exit {process.ExitCode}). Install it with: apt-get install python3-torch libopenblas0-pthread");
+        return JsonDocument.Parse(output.Trim().Split('\n')[^1]).RootElement;
+    }
+
+    private static string FindPeerScript()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            var candidate = Path.Combine(dir.FullName, "benchmarks", "peers", "torch_mlp.py");
+            if (File.Exists(candidate)) return candidate;
+        }
+        throw new FileNotFoundException("benchmarks/peers/torch_mlp.py not found above " + AppContext.BaseDirectory);
+    }
+}
