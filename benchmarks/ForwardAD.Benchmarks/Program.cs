@@ -18,6 +18,8 @@ if (args.Length > 0 && args[0] == "compare")
     bool quick = args.Contains("--quick");
     return Compare.Run(quick);
 }
+if (args.Length > 1 && args[0] == "profile")
+    return Profile.Run(args[1], args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 20);
 BenchmarkSwitcher.FromAssembly(typeof(MlpBenchmarks).Assembly).Run(args);
 return 0;
 
@@ -112,5 +114,29 @@ internal static class Compare
             if (File.Exists(candidate)) return candidate;
         }
         throw new FileNotFoundException("benchmarks/peers/torch_mlp.py not found above " + AppContext.BaseDirectory);
+    }
+}
+
+/// <summary>`profile NAME`: runs one MLP benchmark row in a tight loop for external profilers (perf).</summary>
+internal static class Profile
+{
+    public static int Run(string row, int iterations)
+    {
+        var bench = new MlpBenchmarks();
+        bench.Setup();
+        Action action = row switch
+        {
+            "forward" => bench.Forward,
+            "jvp1" => bench.JvpK1,
+            "jvp16" => bench.JvpK16,
+            "backprop" => bench.Backprop,
+            "gemm-managed" => new GemmBenchmarks().Managed,
+            _ => throw new ArgumentException($"Unknown row '{row}': use forward, jvp1, jvp16, backprop or gemm-managed."),
+        };
+        action();
+        var watch = Stopwatch.StartNew();
+        for (int i = 0; i < iterations; i++) action();
+        Console.WriteLine($"{row}: {watch.Elapsed.TotalMilliseconds / iterations:F2} ms per call");
+        return 0;
     }
 }

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 
 namespace ForwardAD.Tensors;
@@ -18,6 +19,7 @@ public sealed class ManagedGemm : Gemm
 
     private readonly float[] _packedA = new float[RowBlock * DepthBlock];
     private readonly float[] _packedB = new float[DepthBlock * ColumnBlock];
+    private readonly float[] _tile = new float[RowsPerTile * ColumnsPerTile];
 
     public override string Name => "managed";
 
@@ -97,35 +99,41 @@ public sealed class ManagedGemm : Gemm
     }
 
     /// <summary>C[0..rows, 0..cols] += Apanel·Bpanel over depth kc, with 6×16 accumulators in registers.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static unsafe void MicroKernel(int kc, ReadOnlySpan<float> packedA, ReadOnlySpan<float> packedB, Span<float> c, int ldc, int rows, int cols)
+    private void MicroKernel(int kc, ReadOnlySpan<float> packedA, ReadOnlySpan<float> packedB, Span<float> c, int ldc, int rows, int cols)
     {
-        Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
-        Vector256<float> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
-        fixed (float* pa0 = packedA, pb0 = packedB)
-        {
-            float* pa = pa0, pb = pb0;
-            for (int p = 0; p < kc; p++, pa += RowsPerTile, pb += ColumnsPerTile)
-            {
-                var b0 = Vector256.Load(pb);
-                var b1 = Vector256.Load(pb + 8);
-                var a = Vector256.Create(pa[0]); c00 = Vector256.FusedMultiplyAdd(a, b0, c00); c01 = Vector256.FusedMultiplyAdd(a, b1, c01);
-                a = Vector256.Create(pa[1]); c10 = Vector256.FusedMultiplyAdd(a, b0, c10); c11 = Vector256.FusedMultiplyAdd(a, b1, c11);
-                a = Vector256.Create(pa[2]); c20 = Vector256.FusedMultiplyAdd(a, b0, c20); c21 = Vector256.FusedMultiplyAdd(a, b1, c21);
-                a = Vector256.Create(pa[3]); c30 = Vector256.FusedMultiplyAdd(a, b0, c30); c31 = Vector256.FusedMultiplyAdd(a, b1, c31);
-                a = Vector256.Create(pa[4]); c40 = Vector256.FusedMultiplyAdd(a, b0, c40); c41 = Vector256.FusedMultiplyAdd(a, b1, c41);
-                a = Vector256.Create(pa[5]); c50 = Vector256.FusedMultiplyAdd(a, b0, c50); c51 = Vector256.FusedMultiplyAdd(a, b1, c51);
-            }
-        }
-        float* tile = stackalloc float[RowsPerTile * ColumnsPerTile];
-        c00.Store(tile + 0); c01.Store(tile + 8); c10.Store(tile + 16); c11.Store(tile + 24);
-        c20.Store(tile + 32); c21.Store(tile + 40); c30.Store(tile + 48); c31.Store(tile + 56);
-        c40.Store(tile + 64); c41.Store(tile + 72); c50.Store(tile + 80); c51.Store(tile + 88);
+        var tile = _tile.AsSpan();
+        Accumulate(kc, packedA, packedB, tile);
         for (int i = 0; i < rows; i++)
         {
             var row = c.Slice(i * ldc, cols);
-            var acc = new ReadOnlySpan<float>(tile + i * ColumnsPerTile, cols);
-            System.Numerics.Tensors.TensorPrimitives.Add(row, acc, row);
+            System.Numerics.Tensors.TensorPrimitives.Add(row, tile.Slice(i * ColumnsPerTile, cols), row);
         }
+    }
+
+    /// <summary>The register-blocked inner loop: tile = Apanel·Bpanel. Kept free of stackalloc and
+    /// pinning so that the JIT keeps the twelve accumulators in registers instead of spilling them.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static unsafe void Accumulate(int kc, ReadOnlySpan<float> packedA, ReadOnlySpan<float> packedB, Span<float> tile)
+    {
+        ref float pa = ref MemoryMarshal.GetReference(packedA);
+        ref float pb = ref MemoryMarshal.GetReference(packedB);
+        Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default;
+        Vector256<float> c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        for (int p = 0; p < kc; p++)
+        {
+            var b0 = Vector256.LoadUnsafe(ref pb, (nuint)(p * ColumnsPerTile));
+            var b1 = Vector256.LoadUnsafe(ref pb, (nuint)(p * ColumnsPerTile + 8));
+            ref float a = ref Unsafe.Add(ref pa, p * RowsPerTile);
+            var a0 = Vector256.Create(a); c00 = Vector256.FusedMultiplyAdd(a0, b0, c00); c01 = Vector256.FusedMultiplyAdd(a0, b1, c01);
+            var a1 = Vector256.Create(Unsafe.Add(ref a, 1)); c10 = Vector256.FusedMultiplyAdd(a1, b0, c10); c11 = Vector256.FusedMultiplyAdd(a1, b1, c11);
+            var a2 = Vector256.Create(Unsafe.Add(ref a, 2)); c20 = Vector256.FusedMultiplyAdd(a2, b0, c20); c21 = Vector256.FusedMultiplyAdd(a2, b1, c21);
+            var a3 = Vector256.Create(Unsafe.Add(ref a, 3)); c30 = Vector256.FusedMultiplyAdd(a3, b0, c30); c31 = Vector256.FusedMultiplyAdd(a3, b1, c31);
+            var a4 = Vector256.Create(Unsafe.Add(ref a, 4)); c40 = Vector256.FusedMultiplyAdd(a4, b0, c40); c41 = Vector256.FusedMultiplyAdd(a4, b1, c41);
+            var a5 = Vector256.Create(Unsafe.Add(ref a, 5)); c50 = Vector256.FusedMultiplyAdd(a5, b0, c50); c51 = Vector256.FusedMultiplyAdd(a5, b1, c51);
+        }
+        ref float t = ref MemoryMarshal.GetReference(tile);
+        c00.StoreUnsafe(ref t, 0); c01.StoreUnsafe(ref t, 8); c10.StoreUnsafe(ref t, 16); c11.StoreUnsafe(ref t, 24);
+        c20.StoreUnsafe(ref t, 32); c21.StoreUnsafe(ref t, 40); c30.StoreUnsafe(ref t, 48); c31.StoreUnsafe(ref t, 56);
+        c40.StoreUnsafe(ref t, 64); c41.StoreUnsafe(ref t, 72); c50.StoreUnsafe(ref t, 80); c51.StoreUnsafe(ref t, 88);
     }
 }
