@@ -8,30 +8,45 @@ namespace ForwardAD.Autodiff;
 /// The values of a model's parameters on one backend, shared by every plan compiled against it
 /// (a training plan and an evaluation plan with another batch size see the same weights).
 /// Initialised deterministically: parameter p draws from the Philox stream (seed, p's node id).
+/// All parameters live in one contiguous buffer (<see cref="All"/>), in the model's parameter order,
+/// so update rules run one kernel over every parameter and global norms are one reduction.
 /// </summary>
 public sealed class ParameterStore
 {
     private readonly View[] _values;
 
-    private ParameterStore(Model model, Backend backend, View[] values)
+    private ParameterStore(Model model, Backend backend, View all, View[] values)
     {
         Model = model;
         Backend = backend;
+        All = all;
         _values = values;
     }
 
     public Model Model { get; }
     public Backend Backend { get; }
 
+    /// <summary>Every parameter, concatenated in model order (see <see cref="ParameterLayout"/>).</summary>
+    public View All { get; }
+
     public static ParameterStore Initialize(Model model, Backend backend, ulong seed)
     {
-        var values = new View[model.Nodes.Length];
+        var layout = ParameterLayout.Of(model);
+        var all = new View(backend.Allocate(Math.Max(1, layout.TotalCount)), 0, layout.TotalCount);
+        var values = layout.Slices(model, all);
         foreach (var node in model.Parameters)
-        {
-            values[node.Id] = new View(backend.Allocate(node.Shape.ElementCount));
             ((ParameterOp)node.Op).Initializer.Fill(backend, new RandomKey(seed, (ulong)node.Id), values[node.Id]);
-        }
-        return new ParameterStore(model, backend, values);
+        return new ParameterStore(model, backend, all, values);
+    }
+
+    /// <summary>Copies every parameter value from another store of the same model (any backend).</summary>
+    public void CopyFrom(ParameterStore other)
+    {
+        if (other.Model != Model && other.All.Length != All.Length)
+            throw new ArgumentException("The other store belongs to a different model.", nameof(other));
+        var host = new float[All.Length];
+        other.Backend.CopyToHost(other.All, host);
+        Backend.CopyFromHost(host, All);
     }
 
     /// <summary>The value of parameter <paramref name="parameter"/> on the backend.</summary>
@@ -59,5 +74,29 @@ public sealed class ParameterStore
         if (values.Length != view.Length)
             throw new ArgumentException($"Parameter {parameter} has {view.Length} elements; got {values.Length}.", nameof(values));
         Backend.CopyFromHost(values, view);
+    }
+}
+
+/// <summary>Where each parameter sits in the flat parameter (and gradient) vector: model order, contiguous.</summary>
+public sealed record ParameterLayout(System.Collections.Immutable.ImmutableArray<(Node Parameter, int Offset)> Entries, int TotalCount)
+{
+    public static ParameterLayout Of(Model model)
+    {
+        var entries = System.Collections.Immutable.ImmutableArray.CreateBuilder<(Node, int)>();
+        int offset = 0;
+        foreach (var p in model.Parameters)
+        {
+            entries.Add((p, offset));
+            offset = checked(offset + p.Shape.ElementCount);
+        }
+        return new ParameterLayout(entries.ToImmutable(), offset);
+    }
+
+    /// <summary>Per-node views into a flat vector laid out by this layout (indexed by node id).</summary>
+    public View[] Slices(Model model, View flat)
+    {
+        var views = new View[model.Nodes.Length];
+        foreach (var (p, offset) in Entries) views[p.Id] = flat.Slice(offset, p.Shape.ElementCount);
+        return views;
     }
 }

@@ -149,18 +149,30 @@ public sealed class Plan
                         planner.Request(tangentElements, generators[id] is null ? -1 : id, generators[id] is null ? end : id, v => b.Seed = v);
                 }
             }
-            if (needsCotangent[id]) planner.Request(elements, -1, end, v => b.Cotangent = v);
+            if (needsCotangent[id] && !node.IsParameter) planner.Request(elements, -1, end, v => b.Cotangent = v);
         }
         long allocated = planner.Allocate(parameters.Backend);
+
+        // Parameter gradients share one flat vector in the store's layout, so update rules see them whole.
+        var gradients = View.Empty;
+        if (options.Gradients)
+        {
+            gradients = new View(parameters.Backend.Allocate(Math.Max(1, parameters.All.Length)), 0, parameters.All.Length);
+            allocated += parameters.All.Length;
+            var slices = ParameterLayout.Of(model).Slices(model, gradients);
+            foreach (var p in model.Parameters)
+                if (needsCotangent[p.Id]) buffers[p.Id].Cotangent = slices[p.Id];
+        }
 
         var readable = new bool[count];
         for (int id = 0; id < count; id++) readable[id] = !reuse || retained[id] || nodes[id].Op.IsLeaf;
         var forwardOrder = nodes.Where(n => !n.Op.IsLeaf).Select(n => n.Id).ToArray();
         var tangentOrder = nodes.Where(n => tangentNonZero[n.Id]).Select(n => n.Id).ToArray();
         var backwardOrder = nodes.Where(n => needsCotangent[n.Id] && !n.Op.IsLeaf).Select(n => n.Id).Reverse().ToArray();
-        var cotangents = nodes.Where(n => needsCotangent[n.Id]).Select(n => buffers[n.Id].Cotangent).ToArray();
+        var cotangents = nodes.Where(n => needsCotangent[n.Id] && !n.IsParameter).Select(n => buffers[n.Id].Cotangent)
+            .Concat(options.Gradients ? [gradients] : []).ToArray();
         return new Plan(parameters, options, buffers, forwardOrder, tangentOrder, backwardOrder, cotangents, tangentNonZero,
-            hasInputTangent, seeded, readable, generators, differentiating, allocated * sizeof(float));
+            hasInputTangent, seeded, readable, generators, differentiating, allocated * sizeof(float)) { ParameterGradients = gradients };
     }
 
     // ---- inputs -------------------------------------------------------------------------------
@@ -337,6 +349,10 @@ public sealed class Plan
         if (view.IsEmpty) throw new ArgumentException($"{node} has no cotangent: it is off every path from a parameter to the loss, or the plan has no gradients.", nameof(node));
         return view;
     }
+
+    /// <summary>∂L/∂θ for every parameter after <see cref="Backward"/>, flat in the store's layout
+    /// (parameters off the loss path stay zero).</summary>
+    public View ParameterGradients { get; private init; }
 
     /// <summary>∂L/∂θ for a parameter after <see cref="Backward"/>.</summary>
     public View Gradient(Node parameter)

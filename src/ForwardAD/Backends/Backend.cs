@@ -87,4 +87,22 @@ public abstract class Backend
 
     /// <summary>Σ_i x[i], read back to the host.</summary>
     public abstract double Sum(View x);
+
+    /// <summary>Σ_i x[i]², read back to the host.</summary>
+    public abstract double SumOfSquares(View x);
+
+    /// <summary>Σ_i a[i]·b[i], read back to the host.</summary>
+    public abstract double Dot(View a, View b);
+
+    /// <summary>y = α·x + β·y (the BLAS axpby): momentum, moving averages, weight decay, applying updates.</summary>
+    public abstract void Axpby(float alpha, View x, float beta, View y);
+
+    /// <summary>v = β·v + (1 − β)·g²: Adam's second-moment moving average.</summary>
+    public abstract void MovingAverageOfSquares(View g, float beta, View v);
+
+    /// <summary>destination = (m·mScale) / (√(v·vScale) + ε): Adam's direction with bias corrections folded into the scales.</summary>
+    public abstract void AdamDirection(View m, View v, float mScale, float vScale, float epsilon, View destination);
+
+    /// <summary>(1/n) Σ_i g[i]² / max(v[i]·vScale, floor): the update RMS of StableAdamW (Adafactor-style clipping).</summary>
+    public abstract double MeanRatioOfSquares(View g, View v, float vScale, float floor);
 }

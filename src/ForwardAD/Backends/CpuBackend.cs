@@ -171,4 +171,66 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         foreach (var v in Read(x)) total += v;
         return total;
     }
+
+    public override double SumOfSquares(View x)
+    {
+        // Chunks of 4096 summed in float by TensorPrimitives, accumulated in double: fast and accurate enough
+        // for norms of millions of elements.
+        var values = Read(x);
+        double total = 0;
+        for (int i = 0; i < values.Length; i += 4096)
+            total += TensorPrimitives.SumOfSquares(values.Slice(i, Math.Min(4096, values.Length - i)));
+        return total;
+    }
+
+    public override double Dot(View a, View b)
+    {
+        var left = Read(a);
+        var right = Read(b);
+        double total = 0;
+        for (int i = 0; i < left.Length; i += 4096)
+        {
+            int n = Math.Min(4096, left.Length - i);
+            total += TensorPrimitives.Dot(left.Slice(i, n), right.Slice(i, n));
+        }
+        return total;
+    }
+
+    public override void Axpby(float alpha, View x, float beta, View y)
+    {
+        var source = Read(x);
+        var target = Span(y);
+        if (beta == 1f) TensorPrimitives.MultiplyAdd(source, alpha, target, target);
+        else if (beta == 0f) TensorPrimitives.Multiply(source, alpha, target);
+        else
+        {
+            TensorPrimitives.Multiply(target, beta, target);
+            TensorPrimitives.MultiplyAdd(source, alpha, target, target);
+        }
+    }
+
+    public override void MovingAverageOfSquares(View g, float beta, View v)
+    {
+        var gradient = Read(g);
+        var average = Span(v);
+        float complement = 1f - beta;
+        for (int i = 0; i < average.Length; i++) average[i] = beta * average[i] + complement * gradient[i] * gradient[i];
+    }
+
+    public override void AdamDirection(View m, View v, float mScale, float vScale, float epsilon, View destination)
+    {
+        var first = Read(m);
+        var second = Read(v);
+        var target = Span(destination);
+        for (int i = 0; i < target.Length; i++) target[i] = first[i] * mScale / (MathF.Sqrt(second[i] * vScale) + epsilon);
+    }
+
+    public override double MeanRatioOfSquares(View g, View v, float vScale, float floor)
+    {
+        var gradient = Read(g);
+        var second = Read(v);
+        double total = 0;
+        for (int i = 0; i < gradient.Length; i++) total += gradient[i] * gradient[i] / Math.Max(second[i] * vScale, floor);
+        return gradient.Length == 0 ? 0 : total / gradient.Length;
+    }
 }

@@ -1,0 +1,142 @@
+using ForwardAD.Autodiff;
+using ForwardAD.Backends;
+
+namespace ForwardAD.Optim;
+
+/// <summary>u ← factor · u.</summary>
+public sealed record Scale(float Factor) : UpdateRule<EmptyState>
+{
+    protected override EmptyState Create(ParameterStore parameters) => EmptyState.Instance;
+    protected override void Apply(EmptyState state, in UpdateInputs inputs, View updates, View parameters) =>
+        parameters.Buffer!.Backend.Scale(updates, Factor, updates);
+}
+
+/// <summary>u ← −η(step) · u: turns a descent direction into a step (the last link of every named optimizer).</summary>
+public sealed record ScaleByLearningRate(Schedule Rate) : UpdateRule<EmptyState>
+{
+    protected override EmptyState Create(ParameterStore parameters) => EmptyState.Instance;
+    protected override void Apply(EmptyState state, in UpdateInputs inputs, View updates, View parameters) =>
+        parameters.Buffer!.Backend.Scale(updates, -Rate.At(inputs.Step), updates);
+}
+
+/// <summary>
+/// Momentum as PyTorch's SGD computes it (dampening 0): trace m ← μ·m + u, then u ← m (heavy ball)
+/// or u ← u + μ·m (Nesterov). The learning rate is applied after, by <see cref="ScaleByLearningRate"/>.
+/// </summary>
+public sealed record Momentum(float Decay, bool Nesterov = false) : UpdateRule<TraceState>
+{
+    protected override TraceState Create(ParameterStore parameters) => new(Zeros(parameters));
+    protected override void Apply(TraceState state, in UpdateInputs inputs, View updates, View parameters)
+    {
+        var backend = parameters.Buffer!.Backend;
+        // PyTorch starts the trace at the first gradient (buf = g), which equals μ·0 + g.
+        backend.Axpby(1f, updates, Decay, state.Trace);
+        if (Nesterov) backend.Axpby(Decay, state.Trace, 1f, updates);
+        else backend.Copy(state.Trace, updates);
+    }
+
+    internal static View Zeros(ParameterStore parameters)
+    {
+        var view = new View(parameters.Backend.Allocate(Math.Max(1, parameters.All.Length)), 0, parameters.All.Length);
+        parameters.Backend.Fill(0f, view);
+        return view;
+    }
+}
+
+public sealed record TraceState(View Trace) : UpdateState;
+
+/// <summary>
+/// Adam's direction (Kingma &amp; Ba 2015): m ← β₁m + (1−β₁)u, v ← β₂v + (1−β₂)u², then
+/// u ← m̂ / (√v̂ + ε) with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ), t = step + 1 (PyTorch's ε placement).
+/// </summary>
+public sealed record ScaleByAdam(float Beta1 = 0.9f, float Beta2 = 0.999f, float Epsilon = 1e-8f) : UpdateRule<AdamState>
+{
+    protected override AdamState Create(ParameterStore parameters) => new(Momentum.Zeros(parameters), Momentum.Zeros(parameters));
+    protected override void Apply(AdamState state, in UpdateInputs inputs, View updates, View parameters)
+    {
+        var backend = parameters.Buffer!.Backend;
+        backend.Axpby(1f - Beta1, updates, Beta1, state.FirstMoment);
+        backend.MovingAverageOfSquares(updates, Beta2, state.SecondMoment);
+        var (mScale, vScale) = BiasCorrections(Beta1, Beta2, inputs.Step);
+        backend.AdamDirection(state.FirstMoment, state.SecondMoment, mScale, vScale, Epsilon, updates);
+    }
+
+    /// <summary>1/(1 − β₁ᵗ) and 1/(1 − β₂ᵗ) for t = step + 1.</summary>
+    internal static (float FirstScale, float SecondScale) BiasCorrections(float beta1, float beta2, long step) =>
+        ((float)(1 / (1 - Math.Pow(beta1, step + 1))), (float)(1 / (1 - Math.Pow(beta2, step + 1))));
+}
+
+public sealed record AdamState(View FirstMoment, View SecondMoment) : UpdateState;
+
+/// <summary>
+/// StableAdamW's direction (Wortsman et al. 2023, "Stable and low-precision training for large-scale
+/// vision-language models", Alg. 2): Adam's direction, divided per parameter tensor by
+/// max(1, RMS) with RMS = √(mean(g² / max(v̂, ε²))), the Adafactor update clipping that tames loss spikes.
+/// </summary>
+public sealed record ScaleByStableAdam(float Beta1 = 0.9f, float Beta2 = 0.99f, float Epsilon = 1e-6f) : UpdateRule<StableAdamState>
+{
+    protected override StableAdamState Create(ParameterStore parameters) =>
+        new(Momentum.Zeros(parameters), Momentum.Zeros(parameters), ParameterLayout.Of(parameters.Model));
+
+    protected override void Apply(StableAdamState state, in UpdateInputs inputs, View updates, View parameters)
+    {
+        var backend = parameters.Buffer!.Backend;
+        var (mScale, vScale) = ScaleByAdam.BiasCorrections(Beta1, Beta2, inputs.Step);
+        backend.Axpby(1f - Beta1, updates, Beta1, state.FirstMoment);
+        backend.MovingAverageOfSquares(updates, Beta2, state.SecondMoment);
+        foreach (var (parameter, offset) in state.Layout.Entries)
+        {
+            int n = parameter.Shape.ElementCount;
+            var g = updates.Slice(offset, n);
+            var v = state.SecondMoment.Slice(offset, n);
+            double rms = Math.Sqrt(backend.MeanRatioOfSquares(g, v, vScale, Epsilon * Epsilon));
+            float clip = (float)(1 / Math.Max(1, rms));
+            backend.AdamDirection(state.FirstMoment.Slice(offset, n), v, mScale * clip, vScale, Epsilon, g);
+        }
+    }
+}
+
+public sealed record StableAdamState(View FirstMoment, View SecondMoment, ParameterLayout Layout) : UpdateState;
+
+/// <summary>Decoupled weight decay (Loshchilov &amp; Hutter 2019): u ← u + λθ, placed before the learning-rate
+/// scaling so that θ ← θ − η(u + λθ), exactly PyTorch's AdamW.</summary>
+public sealed record AddDecoupledWeightDecay(float Rate) : UpdateRule<EmptyState>
+{
+    protected override EmptyState Create(ParameterStore parameters) => EmptyState.Instance;
+    protected override void Apply(EmptyState state, in UpdateInputs inputs, View updates, View parameters)
+    {
+        if (Rate != 0) parameters.Buffer!.Backend.Axpby(Rate, parameters, 1f, updates);
+    }
+}
+
+/// <summary>u ← u · min(1, c / ‖u‖₂) over all parameters at once (torch.nn.utils.clip_grad_norm_).</summary>
+public sealed record ClipByGlobalNorm(float MaxNorm) : UpdateRule<EmptyState>
+{
+    protected override EmptyState Create(ParameterStore parameters) => EmptyState.Instance;
+    protected override void Apply(EmptyState state, in UpdateInputs inputs, View updates, View parameters)
+    {
+        var backend = parameters.Buffer!.Backend;
+        double norm = Math.Sqrt(backend.SumOfSquares(updates));
+        // PyTorch: clip_coef = max_norm / (total_norm + 1e-6), applied when below 1.
+        double coefficient = MaxNorm / (norm + 1e-6);
+        if (coefficient < 1) backend.Scale(updates, (float)coefficient, updates);
+    }
+}
+
+/// <summary>The named optimizers, each a composition of the rules above.</summary>
+public static class Optimizers
+{
+    public static UpdateRule Sgd(Schedule rate) => new ScaleByLearningRate(rate);
+
+    public static UpdateRule Momentum(Schedule rate, float momentum = 0.9f, bool nesterov = false) =>
+        new Momentum(momentum, nesterov).Then(new ScaleByLearningRate(rate));
+
+    public static UpdateRule Adam(Schedule rate, float beta1 = 0.9f, float beta2 = 0.999f, float epsilon = 1e-8f) =>
+        new ScaleByAdam(beta1, beta2, epsilon).Then(new ScaleByLearningRate(rate));
+
+    public static UpdateRule AdamW(Schedule rate, float weightDecay = 0.01f, float beta1 = 0.9f, float beta2 = 0.999f, float epsilon = 1e-8f) =>
+        new ScaleByAdam(beta1, beta2, epsilon).Then(new AddDecoupledWeightDecay(weightDecay)).Then(new ScaleByLearningRate(rate));
+
+    public static UpdateRule StableAdamW(Schedule rate, float weightDecay = 0.01f, float beta1 = 0.9f, float beta2 = 0.99f, float epsilon = 1e-6f) =>
+        new ScaleByStableAdam(beta1, beta2, epsilon).Then(new AddDecoupledWeightDecay(weightDecay)).Then(new ScaleByLearningRate(rate));
+}

@@ -1,0 +1,32 @@
+using ForwardAD.Autodiff;
+using ForwardAD.Backends;
+using ForwardAD.Random;
+
+namespace ForwardAD.Training;
+
+/// <summary>
+/// Turns one batch into a gradient estimate over the flat parameter vector: the backprop oracle,
+/// or a guesser with its JVP. Compiled once for a batch size; <see cref="Estimate"/> allocates nothing.
+/// </summary>
+public abstract class GradientEstimator
+{
+    /// <summary>The training plan (its inputs are set by the trainer).</summary>
+    public abstract Plan Plan { get; }
+
+    /// <summary>Computes the estimate for the batch already in <see cref="Plan"/>'s inputs, with fresh
+    /// noise from <paramref name="key"/>; returns the flat estimate (a view the estimator owns) and the batch's mean loss.</summary>
+    public abstract (View Gradient, double Loss) Estimate(RandomKey key);
+}
+
+/// <summary>The exact gradient of the mean loss by the backward pass: the oracle every guess is compared with.</summary>
+public sealed class BackpropEstimator(ParameterStore parameters, int batchSize) : GradientEstimator
+{
+    public override Plan Plan { get; } = Plan.Compile(parameters, new PlanOptions(batchSize) { Gradients = true });
+
+    public override (View Gradient, double Loss) Estimate(RandomKey key)
+    {
+        Plan.Forward();
+        Plan.Backward();
+        return (Plan.ParameterGradients, Plan.MeanLoss());
+    }
+}
