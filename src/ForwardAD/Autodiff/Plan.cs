@@ -18,8 +18,7 @@ public sealed class Plan
     private readonly NodeBuffers[] _buffers;
     private readonly int[] _forwardOrder;      // non-leaf nodes in topological order
     private readonly int[] _tangentOrder;      // nodes with non-zero tangents in topological order
-    private readonly int[] _backwardOrder;     // non-leaf nodes with cotangents, reverse order
-    private readonly View[] _cotangentsToClear;
+    private readonly BackwardSchedule _backward;
     private readonly bool[] _tangentNonZero;
     private readonly bool[] _hasInputTangent;  // a non-leaf whose rule must run (some input tangent non-zero)
     private readonly bool[] _seeded;
@@ -38,7 +37,7 @@ public sealed class Plan
     public long AllocatedBytes { get; }
 
     private Plan(ParameterStore parameters, PlanOptions options, NodeBuffers[] buffers, int[] forwardOrder, int[] tangentOrder,
-        int[] backwardOrder, View[] cotangentsToClear, bool[] tangentNonZero, bool[] hasInputTangent, bool[] seeded, bool[] readable,
+        BackwardSchedule backward, bool[] tangentNonZero, bool[] hasInputTangent, bool[] seeded, bool[] readable,
         RandomKey?[] generators, bool saveAuxiliary, long allocatedBytes)
     {
         Model = parameters.Model;
@@ -47,8 +46,7 @@ public sealed class Plan
         _buffers = buffers;
         _forwardOrder = forwardOrder;
         _tangentOrder = tangentOrder;
-        _backwardOrder = backwardOrder;
-        _cotangentsToClear = cotangentsToClear;
+        _backward = backward;
         _tangentNonZero = tangentNonZero;
         _hasInputTangent = hasInputTangent;
         _seeded = seeded;
@@ -168,10 +166,11 @@ public sealed class Plan
         for (int id = 0; id < count; id++) readable[id] = !reuse || retained[id] || nodes[id].Op.IsLeaf;
         var forwardOrder = nodes.Where(n => !n.Op.IsLeaf).Select(n => n.Id).ToArray();
         var tangentOrder = nodes.Where(n => tangentNonZero[n.Id]).Select(n => n.Id).ToArray();
-        var backwardOrder = nodes.Where(n => needsCotangent[n.Id] && !n.Op.IsLeaf).Select(n => n.Id).Reverse().ToArray();
-        var cotangents = nodes.Where(n => needsCotangent[n.Id] && !n.IsParameter).Select(n => buffers[n.Id].Cotangent)
-            .Concat(options.Gradients ? [gradients] : []).ToArray();
-        return new Plan(parameters, options, buffers, forwardOrder, tangentOrder, backwardOrder, cotangents, tangentNonZero,
+        var backwardOrder = nodes.Where(n => needsCotangent[n.Id] && !n.Op.IsLeaf && n != model.Loss).Select(n => n.Id).Reverse().ToArray();
+        // Gradients of parameters off the loss path are never written: zero them once here.
+        if (options.Gradients) parameters.Backend.Fill(0f, gradients);
+        var backward = BackwardSchedule.Build(model, [model.Loss.Id, .. backwardOrder], buffers, model.Loss.Id);
+        return new Plan(parameters, options, buffers, forwardOrder, tangentOrder, backward, tangentNonZero,
             hasInputTangent, seeded, readable, generators, differentiating, allocated * sizeof(float)) { ParameterGradients = gradients };
     }
 
@@ -246,9 +245,8 @@ public sealed class Plan
     {
         if (!Options.Gradients) throw new InvalidOperationException("This plan was compiled without gradients; set PlanOptions.Gradients = true.");
         RequireForward();
-        foreach (var view in _cotangentsToClear) Backend.Fill(0f, view);
         Backend.Fill(1f / BatchSize, _buffers[Model.Loss.Id].Cotangent);
-        RunBackward(_backwardOrder, _buffers);
+        RunBackward(_backward, _buffers);
     }
 
     /// <summary>The mean loss (1/B) Σ_b ℓ_b of the last forward pass.</summary>
@@ -290,15 +288,13 @@ public sealed class Plan
             restricted[id] = new NodeBuffers { Value = b.Value, Auxiliary = b.Auxiliary, Cotangent = onPath[id] ? b.Cotangent : View.Empty };
         }
         var order = Enumerable.Range(0, nodes.Length).Where(id => onPath[id] && id != to.Id && !nodes[id].Op.IsLeaf).Reverse().ToArray();
-        var clear = Enumerable.Range(0, nodes.Length).Where(id => onPath[id] && id != from.Id).Select(id => _buffers[id].Cotangent).ToArray();
-        return new PullBack(this, order, clear, restricted);
+        return new PullBack(this, BackwardSchedule.Build(Model, order, restricted, from.Id), restricted);
     }
 
-    internal void RunPullBack(int[] order, View[] clear, NodeBuffers[] buffers)
+    internal void RunPullBack(BackwardSchedule schedule, NodeBuffers[] buffers)
     {
         RequireForward();
-        foreach (var view in clear) Backend.Fill(0f, view);
-        RunBackward(order, buffers);
+        RunBackward(schedule, buffers);
     }
 
     private void RunForward(int id) =>
@@ -318,10 +314,14 @@ public sealed class Plan
         else Backend.Copy(b.Seed, b.Tangent);
     }
 
-    private void RunBackward(int[] order, NodeBuffers[] buffers)
+    private void RunBackward(BackwardSchedule schedule, NodeBuffers[] buffers)
     {
-        foreach (var id in order)
-            Model.Nodes[id].Op.Vjp(new RuleContext(Backend, BatchSize, TangentCount, Model.Nodes[id], buffers));
+        foreach (var view in schedule.Clear) Backend.Fill(0f, view);
+        for (int i = 0; i < schedule.Order.Length; i++)
+        {
+            var node = Model.Nodes[schedule.Order[i]];
+            node.Op.Vjp(new RuleContext(Backend, BatchSize, TangentCount, node, buffers, schedule.OverwriteMasks[i]));
+        }
     }
 
     // ---- reading ------------------------------------------------------------------------------
@@ -391,12 +391,38 @@ public sealed class Plan
 public sealed class PullBack
 {
     private readonly Plan _plan;
-    private readonly int[] _order;
-    private readonly View[] _clear;
+    private readonly BackwardSchedule _schedule;
     private readonly NodeBuffers[] _buffers;
 
-    internal PullBack(Plan plan, int[] order, View[] clear, NodeBuffers[] buffers) => (_plan, _order, _clear, _buffers) = (plan, order, clear, buffers);
+    internal PullBack(Plan plan, BackwardSchedule schedule, NodeBuffers[] buffers) => (_plan, _schedule, _buffers) = (plan, schedule, buffers);
 
     /// <summary>Pulls the cotangent at the start node back to the end node (read it with <see cref="Plan.Cotangent"/>).</summary>
-    public void Run() => _plan.RunPullBack(_order, _clear, _buffers);
+    public void Run() => _plan.RunPullBack(_schedule, _buffers);
+}
+
+/// <summary>
+/// The order of VJP rules and, for each, which input cotangents it writes first (and so overwrites,
+/// which saves clearing them), plus the cotangents no rule writes (cleared before the pass).
+/// </summary>
+internal sealed record BackwardSchedule(int[] Order, int[] OverwriteMasks, View[] Clear)
+{
+    public static BackwardSchedule Build(Model model, int[] order, NodeBuffers[] buffers, int seedNode)
+    {
+        var written = new bool[model.Nodes.Length];
+        written[seedNode] = true;
+        var masks = new int[order.Length];
+        for (int i = 0; i < order.Length; i++)
+        {
+            var inputs = model.Nodes[order[i]].Inputs;
+            for (int j = 0; j < inputs.Length; j++)
+                if (!buffers[inputs[j]].Cotangent.IsEmpty && !written[inputs[j]])
+                {
+                    masks[i] |= 1 << j;
+                    written[inputs[j]] = true;
+                }
+        }
+        var clear = Enumerable.Range(0, buffers.Length).Where(id => !written[id] && !buffers[id].Cotangent.IsEmpty)
+            .Select(id => buffers[id].Cotangent).ToArray();
+        return new BackwardSchedule(order, masks, clear);
+    }
 }

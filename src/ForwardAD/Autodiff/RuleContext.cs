@@ -20,8 +20,12 @@ internal sealed class NodeBuffers
 }
 
 /// <summary>What a rule sees: the backend, the sizes, its node and its inputs' buffers.</summary>
-internal readonly struct RuleContext(Backend backend, int batchSize, int tangentCount, Node node, NodeBuffers[] buffers)
+internal readonly struct RuleContext(Backend backend, int batchSize, int tangentCount, Node node, NodeBuffers[] buffers, int overwriteMask = 0)
 {
+    /// <summary>In a VJP rule: false when this rule is the first to write input i's cotangent in the
+    /// backward pass (it overwrites, so no buffer needs clearing first), true when it adds to it.</summary>
+    public bool Accumulate(int input) => (overwriteMask & (1 << input)) == 0;
+
     public Backend Backend { get; } = backend;
     public int BatchSize { get; } = batchSize;
     /// <summary>K, the number of tangent channels.</summary>

@@ -9,8 +9,9 @@ namespace ForwardAD.Graph;
 /// a new op that forgets a rule does not compile. Rules are written against <see cref="Backend"/>
 /// kernels, so every backend runs the same rules.
 /// JVP rules write the output tangent for all K channels at once ([K, B, ...] layout) and are
-/// called only when at least one input tangent is non-zero; VJP rules add into the cotangents of
-/// those inputs that have one (the plan zeroes them first).
+/// called only when at least one input tangent is non-zero; VJP rules write the cotangents of those
+/// inputs that have one, overwriting or adding as <c>RuleContext.Accumulate(i)</c> says (the first
+/// writer of a cotangent in the backward order overwrites, later ones add).
 /// </summary>
 public abstract record Op
 {
@@ -74,6 +75,8 @@ public sealed record LinearOp : Op
 {
     public override string Kind => "linear";
 
+    private static float Beta(in RuleContext c, int input) => c.Accumulate(input) ? 1f : 0f;
+
     internal override void Forward(in RuleContext c, bool saveAuxiliary)
     {
         var (x, w, y) = (c.Input(0).Value, c.Input(1).Value, c.Output.Value);
@@ -118,11 +121,11 @@ public sealed record LinearOp : Op
         var (x, w, dy) = (c.Input(0), c.Input(1), c.Output.Cotangent);
         int outputs = c.Node.Shape.Last, inputs = w.Value.Length / outputs, rows = dy.Length / outputs;
         if (!x.Cotangent.IsEmpty)
-            c.Backend.Gemm(Transpose.No, Transpose.No, rows, inputs, outputs, 1f, dy, outputs, w.Value, inputs, 1f, x.Cotangent, inputs);
+            c.Backend.Gemm(Transpose.No, Transpose.No, rows, inputs, outputs, 1f, dy, outputs, w.Value, inputs, Beta(c, 0), x.Cotangent, inputs);
         if (!w.Cotangent.IsEmpty)
-            c.Backend.Gemm(Transpose.Yes, Transpose.No, outputs, inputs, rows, 1f, dy, outputs, x.Value, inputs, 1f, w.Cotangent, inputs);
+            c.Backend.Gemm(Transpose.Yes, Transpose.No, outputs, inputs, rows, 1f, dy, outputs, x.Value, inputs, Beta(c, 1), w.Cotangent, inputs);
         if (c.Node.Inputs.Length == 3 && !c.Input(2).Cotangent.IsEmpty)
-            c.Backend.SumRows(dy, c.Input(2).Cotangent, accumulate: true);
+            c.Backend.SumRows(dy, c.Input(2).Cotangent, c.Accumulate(2));
     }
 }
 
@@ -146,7 +149,7 @@ public sealed record ElementwiseOp(ElementwiseFunction Function) : Op
     internal override void Vjp(in RuleContext c)
     {
         if (!c.Input(0).Cotangent.IsEmpty)
-            c.Backend.MultiplyChannels(c.Output.Auxiliary, c.Output.Cotangent, c.Input(0).Cotangent, accumulate: true);
+            c.Backend.MultiplyChannels(c.Output.Auxiliary, c.Output.Cotangent, c.Input(0).Cotangent, c.Accumulate(0));
     }
 }
 
@@ -167,7 +170,7 @@ public sealed record AddOp : Op
     internal override void Vjp(in RuleContext c)
     {
         for (int i = 0; i < 2; i++)
-            if (!c.Input(i).Cotangent.IsEmpty) c.Backend.Copy(c.Output.Cotangent, c.Input(i).Cotangent, accumulate: true);
+            if (!c.Input(i).Cotangent.IsEmpty) c.Backend.Copy(c.Output.Cotangent, c.Input(i).Cotangent, c.Accumulate(i));
     }
 }
 
@@ -179,7 +182,7 @@ public sealed record ReshapeOp(Shape Target) : Op
     internal override void Jvp(in RuleContext c) => c.Backend.Copy(c.Input(0).Tangent, c.Output.Tangent);
     internal override void Vjp(in RuleContext c)
     {
-        if (!c.Input(0).Cotangent.IsEmpty) c.Backend.Copy(c.Output.Cotangent, c.Input(0).Cotangent, accumulate: true);
+        if (!c.Input(0).Cotangent.IsEmpty) c.Backend.Copy(c.Output.Cotangent, c.Input(0).Cotangent, c.Accumulate(0));
     }
 }
 
@@ -204,7 +207,7 @@ public sealed record SoftmaxCrossEntropyOp : Op
     internal override void Vjp(in RuleContext c)
     {
         if (!c.Input(0).Cotangent.IsEmpty)
-            c.Backend.ScaleRows(c.Output.Auxiliary, c.Output.Cotangent, c.Input(0).Cotangent, accumulate: true);
+            c.Backend.ScaleRows(c.Output.Auxiliary, c.Output.Cotangent, c.Input(0).Cotangent, c.Accumulate(0));
     }
 }
 
@@ -229,6 +232,6 @@ public sealed record MeanSquaredErrorOp : Op
     internal override void Vjp(in RuleContext c)
     {
         if (!c.Input(0).Cotangent.IsEmpty)
-            c.Backend.ScaleRows(c.Output.Auxiliary, c.Output.Cotangent, c.Input(0).Cotangent, accumulate: true);
+            c.Backend.ScaleRows(c.Output.Auxiliary, c.Output.Cotangent, c.Input(0).Cotangent, c.Accumulate(0));
     }
 }
