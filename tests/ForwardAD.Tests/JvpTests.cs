@@ -11,8 +11,7 @@ namespace ForwardAD.Tests;
 
 public class JvpTests
 {
-    private static readonly ElementwiseFunction[] Activations =
-        [ElementwiseFunction.Relu, ElementwiseFunction.Tanh, ElementwiseFunction.Gelu, ElementwiseFunction.Identity];
+    private static ElementwiseFunction[] Activations => Problem.Activations;
 
     /// <summary>Random cases: problem seed, activation, loss, batch, K, and which nodes get seeds.</summary>
     public sealed record Case(int Seed, int Activation, bool SquaredError, int Batch, int Channels, int SeedMask);

@@ -10,6 +10,9 @@ namespace ForwardAD.Tests;
 /// <summary>A small random problem: a model, its parameters and one batch of data.</summary>
 internal sealed record Problem(Model Model, ParameterStore Parameters, int BatchSize, Dictionary<int, float[]> Inputs)
 {
+    public static ElementwiseFunction[] Activations { get; } =
+        [ElementwiseFunction.Relu, ElementwiseFunction.Tanh, ElementwiseFunction.Gelu, ElementwiseFunction.Identity];
+
     /// <summary>An MLP with random sizes and data, drawn from <paramref name="seed"/>.</summary>
     public static Problem RandomMlp(int seed, ElementwiseFunction activation, int batch, LossKind loss = LossKind.SoftmaxCrossEntropy,
         int? inputs = null, ImmutableArray<int>? widths = null, int? outputs = null, Backend? backend = null)

@@ -9,8 +9,7 @@ namespace ForwardAD.Tests;
 
 public class VjpTests
 {
-    private static readonly ElementwiseFunction[] Activations =
-        [ElementwiseFunction.Relu, ElementwiseFunction.Tanh, ElementwiseFunction.Gelu, ElementwiseFunction.Identity];
+    private static ElementwiseFunction[] Activations => Problem.Activations;
 
     /// <summary>
     /// A model with every op: reshape of a differentiable input, dense layers, a residual add,

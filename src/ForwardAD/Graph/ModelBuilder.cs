@@ -110,7 +110,7 @@ public sealed class ModelBuilder
     public Model Build(Node loss, Node output)
     {
         CheckOwn(loss); CheckOwn(output);
-        if (loss.Op is not (SoftmaxCrossEntropyOp or MeanSquaredErrorOp))
+        if (loss.Op is not PerExampleLossOp)
             throw new ArgumentException($"The loss must be a loss node (softmax cross-entropy or mean squared error); got {loss}.");
         return new Model([.. _nodes], loss, output, [.. _layers]);
     }

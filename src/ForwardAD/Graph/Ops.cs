@@ -187,19 +187,15 @@ public sealed record ReshapeOp(Shape Target) : Op
 }
 
 /// <summary>
-/// Per-example softmax cross-entropy ℓ_b = logsumexp(z_b) − z_b[y_b] (output shape [], one scalar
-/// per example). The forward pass saves e_b = softmax(z_b) − onehot(y_b) = ∂ℓ_b/∂z_b, so the JVP is
-/// ℓ̇_{k,b} = e_b · ż_{k,b} and the VJP z̄_b = e_b ℓ̄_b.
+/// A per-example loss ℓ_b (output shape [], one scalar per example) of a prediction p_b against data.
+/// The forward kernel saves e_b = ∂ℓ_b/∂p_b, so every loss shares the derivative rules:
+/// JVP ℓ̇_{k,b} = e_b · ṗ_{k,b} (one dot per example and channel), VJP p̄_b = e_b ℓ̄_b.
+/// No derivative flows to the labels or targets.
 /// </summary>
-public sealed record SoftmaxCrossEntropyOp : Op
+public abstract record PerExampleLossOp : Op
 {
-    public override string Kind => "softmax-cross-entropy";
-
     internal override int AuxiliaryElements(Node node, IReadOnlyList<Node> nodes, int batchSize) => nodes[node.Inputs[0]].ElementCount(batchSize);
     internal override bool ForwardWritesAuxiliary => true;
-
-    internal override void Forward(in RuleContext c, bool saveAuxiliary) =>
-        c.Backend.SoftmaxCrossEntropy(c.Input(0).Value, c.Input(1).Value, c.Input(0).Value.Length / c.BatchSize, c.Output.Value, c.Output.Auxiliary);
 
     internal override void Jvp(in RuleContext c) =>
         c.Backend.RowDot(c.Output.Auxiliary, c.Input(0).Tangent, c.Output.Auxiliary.Length / c.BatchSize, c.Output.Tangent);
@@ -211,27 +207,23 @@ public sealed record SoftmaxCrossEntropyOp : Op
     }
 }
 
+/// <summary>Softmax cross-entropy ℓ_b = logsumexp(z_b) − z_b[y_b]; e_b = softmax(z_b) − onehot(y_b).</summary>
+public sealed record SoftmaxCrossEntropyOp : PerExampleLossOp
+{
+    public override string Kind => "softmax-cross-entropy";
+
+    internal override void Forward(in RuleContext c, bool saveAuxiliary) =>
+        c.Backend.SoftmaxCrossEntropy(c.Input(0).Value, c.Input(1).Value, c.Input(0).Value.Length / c.BatchSize, c.Output.Value, c.Output.Auxiliary);
+}
+
 /// <summary>
-/// Per-example mean squared error ℓ_b = (1/D) Σ_j (p_bj − t_bj)², so that the batch mean equals
-/// PyTorch's MSELoss(reduction="mean"). The target is data (no derivative flows to it). The forward
-/// pass saves e_b = 2(p_b − t_b)/D; JVP ℓ̇ = e·ṗ, VJP p̄ = e ℓ̄.
+/// Mean squared error ℓ_b = (1/D) Σ_j (p_bj − t_bj)², so that the batch mean equals PyTorch's
+/// MSELoss(reduction="mean"); e_b = 2(p_b − t_b)/D.
 /// </summary>
-public sealed record MeanSquaredErrorOp : Op
+public sealed record MeanSquaredErrorOp : PerExampleLossOp
 {
     public override string Kind => "mean-squared-error";
 
-    internal override int AuxiliaryElements(Node node, IReadOnlyList<Node> nodes, int batchSize) => nodes[node.Inputs[0]].ElementCount(batchSize);
-    internal override bool ForwardWritesAuxiliary => true;
-
     internal override void Forward(in RuleContext c, bool saveAuxiliary) =>
         c.Backend.SquaredError(c.Input(0).Value, c.Input(1).Value, c.Input(0).Value.Length / c.BatchSize, c.Output.Value, c.Output.Auxiliary);
-
-    internal override void Jvp(in RuleContext c) =>
-        c.Backend.RowDot(c.Output.Auxiliary, c.Input(0).Tangent, c.Output.Auxiliary.Length / c.BatchSize, c.Output.Tangent);
-
-    internal override void Vjp(in RuleContext c)
-    {
-        if (!c.Input(0).Cotangent.IsEmpty)
-            c.Backend.ScaleRows(c.Output.Auxiliary, c.Output.Cotangent, c.Input(0).Cotangent, c.Accumulate(0));
-    }
 }
