@@ -329,6 +329,10 @@ public sealed class Plan
     /// <summary>The value of a node, [B, ...shape] (parameters: their store value).</summary>
     public View Value(Node node) => Readable(node, _buffers[node.Id].Value, "value");
 
+    /// <summary>What the forward pass saved for the derivative rules: f'(x) for an elementwise node (the
+    /// ReLU mask of DESIGN.md §2), ∂ℓ_b/∂prediction for a loss node. Empty when not saved.</summary>
+    public View Derivative(Node node) => Readable(node, _buffers[node.Id].Auxiliary, "saved derivative");
+
     /// <summary>The K-channel tangent [K, B, ...shape]; empty (a symbolic zero) when no seed reaches the node.
     /// The loss's tangent holds ℓ̇_{k,b}; divide by B for the per-example JVP of ℓ_b / B.</summary>
     public View Tangent(Node node) => Readable(node, _buffers[node.Id].Tangent, "tangent");

@@ -88,6 +88,10 @@ public abstract class Backend
     /// <summary>Σ_i x[i], read back to the host.</summary>
     public abstract double Sum(View x);
 
+    /// <summary>Rescales every row of x (rows of <paramref name="columns"/> elements) to Euclidean norm
+    /// <paramref name="norm"/>; all-zero rows stay zero.</summary>
+    public abstract void NormalizeRows(View x, int columns, float norm);
+
     /// <summary>Σ_i x[i]², read back to the host.</summary>
     public abstract double SumOfSquares(View x);
 

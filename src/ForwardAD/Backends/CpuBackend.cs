@@ -172,6 +172,17 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         return total;
     }
 
+    public override void NormalizeRows(View x, int columns, float norm)
+    {
+        var values = Span(x);
+        for (int offset = 0; offset < values.Length; offset += columns)
+        {
+            var row = values.Slice(offset, columns);
+            float length = TensorPrimitives.Norm(row);
+            if (length > 0) TensorPrimitives.Multiply(row, norm / length, row);
+        }
+    }
+
     public override double SumOfSquares(View x)
     {
         // Chunks of 4096 summed in float by TensorPrimitives, accumulated in double: fast and accurate enough

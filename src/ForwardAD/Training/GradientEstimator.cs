@@ -10,8 +10,15 @@ namespace ForwardAD.Training;
 /// </summary>
 public abstract class GradientEstimator
 {
-    /// <summary>The training plan (its inputs are set by the trainer).</summary>
+    /// <summary>The main plan of the estimator (batch size, model, parameters).</summary>
     public abstract Plan Plan { get; }
+
+    /// <summary>Sets the batch: B × (features per example) values and B class labels.</summary>
+    public virtual void SetBatch(ReadOnlySpan<float> features, ReadOnlySpan<float> labels)
+    {
+        Plan.SetInput(Plan.Model["x"], features);
+        Plan.SetInput(Plan.Model["y"], labels);
+    }
 
     /// <summary>Computes the estimate for the batch already in <see cref="Plan"/>'s inputs, with fresh
     /// noise from <paramref name="key"/>; returns the flat estimate (a view the estimator owns) and the batch's mean loss.</summary>

@@ -62,13 +62,10 @@ public sealed class Trainer
         var plan = _estimator.Plan;
         int batch = plan.BatchSize;
         Dataset.Permute(new RandomKey(_seed, 0xE90C).Derive((ulong)epoch), _order);
-        var x = plan.Model["x"];
-        var y = plan.Model["y"];
         for (int s = 0; s < StepsPerEpoch; s++)
         {
             _train.CopyBatch(_order.AsSpan(s * batch, batch), _features, _labels);
-            plan.SetInput(x, _features);
-            plan.SetInput(y, _labels);
+            _estimator.SetBatch(_features, _labels);
             var (gradient, loss) = _estimator.Estimate(new RandomKey(_seed, 0x6E55).Derive((ulong)_step));
             _optimizer.Step(new UpdateInputs(_step, loss, new RandomKey(_seed, 0x0971).Derive((ulong)_step)), gradient);
             _step++;

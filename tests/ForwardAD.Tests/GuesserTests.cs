@@ -1,0 +1,279 @@
+using ForwardAD.Autodiff;
+using ForwardAD.Backends;
+using ForwardAD.Graph;
+using ForwardAD.Guessing;
+using ForwardAD.Random;
+using ForwardAD.Training;
+
+namespace ForwardAD.Tests;
+
+/// <summary>
+/// The statistics of the guessers (DESIGN.md §2). Every test draws a fixed number of estimates with fixed
+/// keys and bounds the distance between their mean and the expected value by 5 standard errors (from the
+/// known variance where it has a closed form, else from the sample variance): a two-sided 5σ bound fails by
+/// chance with probability below 6e-7 per component.
+/// </summary>
+public class GuesserTests
+{
+    private const int Batch = 4;
+
+    private static Problem SmallProblem(int seed, ElementwiseFunction? activation = null) =>
+        Problem.RandomMlp(seed, activation ?? ElementwiseFunction.Relu, Batch, widths: [5, 4], inputs: 3, outputs: 3);
+
+    private static float[] Oracle(Problem problem)
+    {
+        var oracle = new BackpropEstimator(problem.Parameters, Batch);
+        SetBatch(problem, oracle);
+        return oracle.Estimate(default).Gradient.ToArray();
+    }
+
+    private static void SetBatch(Problem problem, GradientEstimator estimator) =>
+        estimator.SetBatch(problem.Inputs[problem.Model["x"].Id], problem.Inputs[problem.Model["y"].Id]);
+
+    /// <summary>Draws <paramref name="samples"/> estimates; returns their mean and sample standard deviation per component.</summary>
+    private static (double[] Mean, double[] Std) Sample(Problem problem, Guesser guesser, int samples)
+    {
+        var estimator = guesser.Compile(problem.Parameters, Batch);
+        SetBatch(problem, estimator);
+        double[]? sum = null, sumSquares = null;
+        for (int s = 0; s < samples; s++)
+        {
+            var estimate = estimator.Estimate(new RandomKey(2024, 0).Derive((ulong)s)).Gradient.ToArray();
+            sum ??= new double[estimate.Length];
+            sumSquares ??= new double[estimate.Length];
+            for (int j = 0; j < estimate.Length; j++) { sum[j] += estimate[j]; sumSquares[j] += (double)estimate[j] * estimate[j]; }
+        }
+        var mean = sum!.Select(v => v / samples).ToArray();
+        var std = sumSquares!.Select((v, j) => Math.Sqrt(Math.Max(0, v / samples - mean[j] * mean[j]) * samples / (samples - 1))).ToArray();
+        return (mean, std);
+    }
+
+    private static void AssertWithinStandardErrors(double[] expected, double[] mean, double[] std, int samples, string what)
+    {
+        for (int j = 0; j < expected.Length; j++)
+        {
+            double bound = 5 * std[j] / Math.Sqrt(samples) + 1e-6 * (1 + Math.Abs(expected[j]));
+            if (Math.Abs(mean[j] - expected[j]) > bound)
+                throw new Xunit.Sdk.XunitException($"{what}: component {j} mean {mean[j]:G6}, expected {expected[j]:G6} (5 standard errors = {bound:G3}).");
+        }
+    }
+
+    /// <summary>Directional descent: E[(g·v)v] = g with Var[(g·v)v_j] = ‖g‖² + g_j² for v ~ N(0, I).</summary>
+    [Fact]
+    public void Directional_descent_is_unbiased()
+    {
+        var problem = SmallProblem(1);
+        var g = Oracle(problem).Select(v => (double)v).ToArray();
+        const int samples = 20000;
+        var (mean, _) = Sample(problem, Guessers.DirectionalDescent(), samples);
+        double normSquared = g.Sum(v => v * v);
+        var exactStd = g.Select(v => Math.Sqrt(normSquared + v * v)).ToArray();
+        AssertWithinStandardErrors(g, mean, exactStd, samples, "directional descent");
+    }
+
+    /// <summary>Activation perturbation, joint and per-layer: E[d_b u_b] = ∂L/∂s_b, so the weight estimate is unbiased.</summary>
+    [Theory]
+    [InlineData(TangentMode.Joint)]
+    [InlineData(TangentMode.PerLayer)]
+    public void Activation_perturbation_is_unbiased(TangentMode mode)
+    {
+        var problem = SmallProblem(2);
+        var g = Oracle(problem).Select(v => (double)v).ToArray();
+        const int samples = 20000;
+        var (mean, std) = Sample(problem, Guessers.ActivationPerturbation(mode, guesses: 2), samples);
+        AssertWithinStandardErrors(g, mean, std, samples, $"activation perturbation ({mode})");
+    }
+
+    /// <summary>
+    /// Wᵀ: E[u uᵀ] = M Wᵀ W M per example (M = the ReLU mask), so the mean weight estimate of layer i is
+    /// Σ_b (M_b W_{i+1}ᵀ W_{i+1} M_b g_b) x_bᵀ with g_b the exact per-example ∂L/∂s_{i,b} from backprop.
+    /// </summary>
+    [Fact]
+    public void Weight_transpose_mean_is_M_Wt_W_M_g()
+    {
+        var problem = SmallProblem(3);
+        var model = problem.Model;
+        var plan = problem.Compile(new PlanOptions(Batch) { Gradients = true });
+        plan.Forward();
+        plan.Backward();
+        var layout = ParameterLayout.Of(model);
+        var expected = new double[layout.TotalCount];
+        for (int i = 0; i < model.Layers.Length; i++)
+        {
+            var layer = model.Layers[i];
+            var g = plan.Cotangent(layer.PreActivation).ToArray();
+            var s = plan.Value(layer.PreActivation).ToArray();
+            var x = plan.Value(layer.Input).ToArray();
+            int n = layer.PreActivation.Shape.Last, inputs = layer.Input.Shape.Last;
+            for (int b = 0; b < Batch; b++)
+            {
+                var direction = new double[n];
+                if (i == model.Layers.Length - 1)
+                    for (int j = 0; j < n; j++) direction[j] = g[b * n + j];   // last layer: N(0, I), Cov = I
+                else
+                {
+                    var w = problem.Parameters.ToArray(model.Layers[i + 1].Weight);
+                    int m = model.Layers[i + 1].PreActivation.Shape.Last;
+                    var masked = Enumerable.Range(0, n).Select(j => s[b * n + j] > 0 ? (double)g[b * n + j] : 0).ToArray();
+                    var wm = Enumerable.Range(0, m).Select(r => Enumerable.Range(0, n).Sum(j => w[r * n + j] * masked[j])).ToArray();
+                    for (int j = 0; j < n; j++) direction[j] = s[b * n + j] > 0 ? Enumerable.Range(0, m).Sum(r => w[r * n + j] * wm[r]) : 0;
+                }
+                int weightOffset = layout.Entries.Single(e => e.Parameter == layer.Weight).Offset;
+                int biasOffset = layout.Entries.Single(e => e.Parameter == layer.Bias).Offset;
+                for (int j = 0; j < n; j++)
+                {
+                    for (int c = 0; c < inputs; c++) expected[weightOffset + j * inputs + c] += direction[j] * x[b * inputs + c];
+                    expected[biasOffset + j] += direction[j];
+                }
+            }
+        }
+        const int samples = 20000;
+        var (mean, std) = Sample(problem, Guessers.WeightTranspose(TangentMode.PerLayer), samples);
+        AssertWithinStandardErrors(expected, mean, std, samples, "Wᵀ");
+        // And it is biased: the mean is not the gradient.
+        var oracle = Oracle(problem);
+        Assert.True(expected.Zip(oracle).Max(p => Math.Abs(p.First - p.Second)) > 1e-3);
+    }
+
+    /// <summary>Raw activation mixing u_b = M_b Σ_c α_bc x_c has Cov(u_b) = M_b XᵀX M_b (α iid N(0,1)), so the
+    /// estimate of ∂L/∂s_b averages to M_b XᵀX M_b g_b, with X the batch of layer outputs.</summary>
+    [Fact]
+    public void Activation_mixing_mean_is_Cov_mix_g()
+    {
+        var problem = SmallProblem(4, ElementwiseFunction.Tanh);
+        var model = problem.Model;
+        var plan = problem.Compile(new PlanOptions(Batch) { Gradients = true });
+        plan.Forward();
+        plan.Backward();
+        var layout = ParameterLayout.Of(model);
+        var expected = new double[layout.TotalCount];
+        for (int i = 0; i < model.Layers.Length; i++)
+        {
+            var layer = model.Layers[i];
+            int n = layer.PreActivation.Shape.Last, inputs = layer.Input.Shape.Last;
+            var g = plan.Cotangent(layer.PreActivation).ToArray();
+            var x = plan.Value(layer.Input).ToArray();
+            var output = plan.Value(layer.Output).ToArray();
+            var mask = layer.Output == layer.PreActivation ? Enumerable.Repeat(1f, Batch * n).ToArray() : plan.Derivative(layer.Output).ToArray();
+            for (int b = 0; b < Batch; b++)
+            {
+                var mg = Enumerable.Range(0, n).Select(j => mask[b * n + j] * (double)g[b * n + j]).ToArray();
+                var xmg = Enumerable.Range(0, Batch).Select(c => Enumerable.Range(0, n).Sum(j => output[c * n + j] * mg[j])).ToArray();
+                var direction = Enumerable.Range(0, n).Select(j => mask[b * n + j] * Enumerable.Range(0, Batch).Sum(c => output[c * n + j] * xmg[c])).ToArray();
+                int weightOffset = layout.Entries.Single(e => e.Parameter == layer.Weight).Offset;
+                int biasOffset = layout.Entries.Single(e => e.Parameter == layer.Bias).Offset;
+                for (int j = 0; j < n; j++)
+                {
+                    for (int c = 0; c < inputs; c++) expected[weightOffset + j * inputs + c] += direction[j] * x[b * inputs + c];
+                    expected[biasOffset + j] += direction[j];
+                }
+            }
+        }
+        const int samples = 20000;
+        var mixing = new ActivationGuesser("raw mixing", Guess.Mixing.Masked(), Guess.Mixing.Masked(), TangentMode.PerLayer);
+        var (mean, std) = Sample(problem, mixing, samples);
+        AssertWithinStandardErrors(expected, mean, std, samples, "activation mixing");
+    }
+
+    /// <summary>
+    /// Directional descent's cosine to the gradient: cos = |g·v|/(‖g‖‖v‖), whose mean is √(2/(πN)) up to
+    /// O(1/N) for N parameters; per-sample standard deviation √((1 − 2/π)/N).
+    /// </summary>
+    [Fact]
+    public void Directional_descent_cosine_is_about_sqrt_2_over_pi_N()
+    {
+        var problem = Problem.RandomMlp(5, ElementwiseFunction.Relu, Batch, widths: [40, 30], inputs: 20, outputs: 5);
+        var g = Oracle(problem);
+        int n = g.Length;
+        var estimator = Guessers.DirectionalDescent().Compile(problem.Parameters, Batch);
+        SetBatch(problem, estimator);
+        const int samples = 1500;
+        double total = 0;
+        for (int s = 0; s < samples; s++)
+        {
+            var estimate = estimator.Estimate(new RandomKey(7, 0).Derive((ulong)s)).Gradient.ToArray();
+            total += Metrics.Cosine(estimate, g);
+        }
+        double mean = total / samples, expected = Math.Sqrt(2 / (Math.PI * n));
+        double bound = 5 * Math.Sqrt((1 - 2 / Math.PI) / n) / Math.Sqrt(samples) + 1.0 / n;
+        Assert.InRange(mean, expected - bound, expected + bound);
+    }
+
+    /// <summary>Cosine-matched descent builds directions with exactly the requested cosine to the gradient.</summary>
+    [Theory]
+    [InlineData(0.1)]
+    [InlineData(0.5)]
+    [InlineData(0.9)]
+    public void Cosine_matched_estimates_have_the_set_cosine(double cosine)
+    {
+        var problem = SmallProblem(6);
+        var g = Oracle(problem);
+        var estimator = Guessers.CosineMatched(cosine).Compile(problem.Parameters, Batch);
+        SetBatch(problem, estimator);
+        var estimate = estimator.Estimate(new RandomKey(1, 2)).Gradient.ToArray();
+        Assert.InRange(Metrics.Cosine(estimate, g), cosine - 1e-4, cosine + 1e-4);
+    }
+
+    /// <summary>Self-sharpening's output layer uses the true error: its estimate there equals the gradient exactly.</summary>
+    [Fact]
+    public void Self_sharpening_output_layer_is_exact()
+    {
+        var problem = SmallProblem(7);
+        var g = Oracle(problem);
+        var estimator = Guessers.SelfSharpening(TangentMode.PerLayer).Compile(problem.Parameters, Batch);
+        SetBatch(problem, estimator);
+        var estimate = estimator.Estimate(new RandomKey(3, 3)).Gradient.ToArray();
+        var last = problem.Model.Layers[^1];
+        var layout = ParameterLayout.Of(problem.Model);
+        var (_, offset) = layout.Entries.Single(e => e.Parameter == last.Weight);
+        for (int j = 0; j < last.Weight.Shape.ElementCount; j++)
+            JvpTests.AssertClose(g[offset + j], estimate[offset + j], $"output weight {j}", 1e-4);
+    }
+
+    /// <summary>k-layer downstream with k = 1 is Wᵀ: the same noise gives the same estimate.</summary>
+    [Fact]
+    public void One_layer_downstream_is_weight_transpose()
+    {
+        var problem = SmallProblem(8);
+        var a = Guessers.Downstream(1).Compile(problem.Parameters, Batch);
+        var b = Guessers.WeightTranspose().Compile(problem.Parameters, Batch);
+        SetBatch(problem, a);
+        SetBatch(problem, b);
+        Assert.Equal(a.Estimate(new RandomKey(9, 9)).Gradient.ToArray(), b.Estimate(new RandomKey(9, 9)).Gradient.ToArray());
+    }
+
+    /// <summary>With p = 1 the singular-value-power variant is Wᵀ itself (up to the extra float rounding of V Vᵀ).</summary>
+    [Fact]
+    public void Singular_value_power_one_is_weight_transpose()
+    {
+        var problem = SmallProblem(9);
+        var plain = Guessers.WeightTranspose().Compile(problem.Parameters, Batch);
+        var spectral = new ActivationGuesser("p≈1", Guess.Normal.ProjectedWithSingularValuePower(1.0000001f).Masked(), Guess.Normal).Compile(problem.Parameters, Batch);
+        SetBatch(problem, plain);
+        SetBatch(problem, spectral);
+        var x = plain.Estimate(new RandomKey(4, 4)).Gradient.ToArray();
+        var y = spectral.Estimate(new RandomKey(4, 4)).Gradient.ToArray();
+        for (int j = 0; j < x.Length; j++) JvpTests.AssertClose(x[j], y[j], $"component {j}", 1e-3);
+    }
+
+    [Fact]
+    public void Jacobi_eigen_decomposition_reconstructs_the_matrix()
+    {
+        const int n = 6;
+        var rng = new System.Random(3);
+        var b = Enumerable.Range(0, n * n).Select(_ => rng.NextDouble() - 0.5).ToArray();
+        var a = new double[n * n];
+        for (int i = 0; i < n; i++) for (int j = 0; j < n; j++) for (int k = 0; k < n; k++) a[i * n + j] += b[k * n + i] * b[k * n + j];
+        var copy = (double[])a.Clone();
+        var vectors = new double[n * n];
+        var values = new double[n];
+        SpectralPower.JacobiEigen(copy, n, vectors, values);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++)
+            {
+                double r = 0;
+                for (int k = 0; k < n; k++) r += vectors[i * n + k] * values[k] * vectors[j * n + k];
+                Assert.InRange(r - a[i * n + j], -1e-10, 1e-10);
+            }
+    }
+}
