@@ -1,3 +1,5 @@
+using FsCheck;
+using FsCheck.Fluent;
 using ForwardAD.Autodiff;
 using ForwardAD.Backends;
 using ForwardAD.Graph;
@@ -58,31 +60,40 @@ public class GuesserTests
         }
     }
 
-    /// <summary>Directional descent: E[(g·v)v] = g with Var[(g·v)v_j] = ‖g‖² + g_j² for v ~ N(0, I).</summary>
-    [Fact]
-    public void Directional_descent_is_unbiased()
-    {
-        var problem = SmallProblem(1);
-        var g = Oracle(problem).Select(v => (double)v).ToArray();
-        const int samples = 20000;
-        var (mean, _) = Sample(problem, Guessers.DirectionalDescent(), samples);
-        double normSquared = g.Sum(v => v * v);
-        var exactStd = g.Select(v => Math.Sqrt(normSquared + v * v)).ToArray();
-        AssertWithinStandardErrors(g, mean, exactStd, samples, "directional descent");
-    }
+    private static Arbitrary<(int Seed, int Activation)> Models =>
+        (from seed in Gen.Choose(0, 100_000) from activation in Gen.Choose(0, 3) select (seed, activation)).ToArbitrary();
 
-    /// <summary>Activation perturbation, joint and per-layer: E[d_b u_b] = ∂L/∂s_b, so the weight estimate is unbiased.</summary>
+    private static Problem RandomProblem((int Seed, int Activation) c) =>
+        Problem.RandomMlp(c.Seed, Problem.Activations[c.Activation], Batch, widths: [4, 3], inputs: 3, outputs: 3);
+
+    /// <summary>Directional descent over random models: E[(g·v)v] = g with Var[(g·v)v_j] = ‖g‖² + g_j² for v ~ N(0, I).</summary>
+    [Fact]
+    public void Directional_descent_is_unbiased() =>
+        Prop.ForAll(Models, c =>
+        {
+            var problem = RandomProblem(c);
+            var g = Oracle(problem).Select(v => (double)v).ToArray();
+            const int samples = 8000;
+            var (mean, _) = Sample(problem, Guessers.DirectionalDescent(), samples);
+            double normSquared = g.Sum(v => v * v);
+            var exactStd = g.Select(v => Math.Sqrt(normSquared + v * v)).ToArray();
+            AssertWithinStandardErrors(g, mean, exactStd, samples, $"directional descent {c}");
+        }).CheckFixed(maxTest: 4);
+
+    /// <summary>Activation perturbation over random models, joint and per-layer: E[d_b u_b] = ∂L/∂s_b, so the
+    /// weight estimate is unbiased.</summary>
     [Theory]
     [InlineData(TangentMode.Joint)]
     [InlineData(TangentMode.PerLayer)]
-    public void Activation_perturbation_is_unbiased(TangentMode mode)
-    {
-        var problem = SmallProblem(2);
-        var g = Oracle(problem).Select(v => (double)v).ToArray();
-        const int samples = 20000;
-        var (mean, std) = Sample(problem, Guessers.ActivationPerturbation(mode, guesses: 2), samples);
-        AssertWithinStandardErrors(g, mean, std, samples, $"activation perturbation ({mode})");
-    }
+    public void Activation_perturbation_is_unbiased(TangentMode mode) =>
+        Prop.ForAll(Models, c =>
+        {
+            var problem = RandomProblem(c);
+            var g = Oracle(problem).Select(v => (double)v).ToArray();
+            const int samples = 8000;
+            var (mean, std) = Sample(problem, Guessers.ActivationPerturbation(mode, guesses: 2), samples);
+            AssertWithinStandardErrors(g, mean, std, samples, $"activation perturbation ({mode}) {c}");
+        }).CheckFixed(maxTest: 4);
 
     /// <summary>
     /// Wᵀ: E[u uᵀ] = M Wᵀ W M per example (M = the ReLU mask), so the mean weight estimate of layer i is

@@ -99,7 +99,7 @@ public class VjpTests
             double directional = plan.Tangent(problem.Model.Loss).ToArray().Sum(t => (double)t) / c.Batch;
             JvpTests.AssertClose(expected, directional, $"{c}", 1e-4);
             return true;
-        }).QuickCheckThrowOnFailure();
+        }).CheckFixed();
 
     /// <summary>
     /// A pull-back from s_{i+1} to s_i applies only the local Jacobians: s̄_i = 1[s_i > 0] ⊙ (W_{i+1}ᵀ ε) per
