@@ -2,19 +2,36 @@ using ForwardAD.Cli;
 using Spectre.Console;
 
 // forwardad: the command-line tool of ForwardAD. `forwardad --help` lists the commands.
+const string Usage = """
+    forwardad COMMAND [options]
+
+    Commands
+      train      train an MLP with a gradient guesser (the default command)
+      cosine     every guesser's cosine to the true gradient and 1-step effectiveness along a
+                 backprop training trajectory (Figure 1 of "How to Guess a Gradient")
+
+    `forwardad COMMAND --help` shows every option of a command.
+    """;
 try
 {
-    var command = args.Length == 0 || args[0].StartsWith("--", StringComparison.Ordinal) ? "train" : args[0];
-    var rest = args.Length > 0 && !args[0].StartsWith("--", StringComparison.Ordinal) ? args[1..] : args;
-    if (command is "help" || (command == "train" && rest.Length > 0 && rest[0] is "--help" or "-h") || args is ["--help"] or ["-h"])
+    bool commandGiven = args.Length > 0 && !args[0].StartsWith("--", StringComparison.Ordinal);
+    var command = commandGiven ? args[0] : "train";
+    var rest = commandGiven ? args[1..] : args;
+    if (command == "help" || args is ["--help"] or ["-h"])
     {
-        Console.WriteLine(TrainCommand.Help);
+        Console.WriteLine(Usage);
+        return 0;
+    }
+    if (rest.Any(a => a is "--help" or "-h"))
+    {
+        Console.WriteLine(command == "cosine" ? CosineCommand.Help : TrainCommand.Help);
         return 0;
     }
     return command switch
     {
         "train" => TrainCommand.Run(rest),
-        _ => throw new UsageException($"Unknown command '{command}'. Commands: train. See --help."),
+        "cosine" => CosineCommand.Run(rest),
+        _ => throw new UsageException($"Unknown command '{command}'. Commands: train, cosine. See --help."),
     };
 }
 catch (UsageException e)
@@ -22,7 +39,7 @@ catch (UsageException e)
     AnsiConsole.MarkupLineInterpolated($"[red]error:[/] {e.Message}");
     return 2;
 }
-catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or UnauthorizedAccessException)
+catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or UnauthorizedAccessException or ForwardAD.Training.TrainingDivergedException)
 {
     AnsiConsole.MarkupLineInterpolated($"[red]error:[/] {e.Message}");
     return 1;

@@ -1,9 +1,6 @@
 using System.Globalization;
 using ForwardAD.Autodiff;
 using ForwardAD.Backends;
-using ForwardAD.Data;
-using ForwardAD.Graph;
-using ForwardAD.Optim;
 using ForwardAD.Training;
 using Spectre.Console;
 
@@ -11,74 +8,78 @@ namespace ForwardAD.Cli;
 
 internal static class TrainCommand
 {
-    public const string Help = """
-        forwardad train [options]      Train an MLP and report train/test accuracy per epoch.
+    public static readonly string Help = $"""
+        forwardad train [options]      Train an MLP with a gradient guesser and report accuracies per epoch.
 
-        With no options it trains a 3-layer MLP (hidden 128,128) with backprop and SGD on the
-        embedded digits data set (1,797 8×8 images, no download) for 20 epochs.
+        With no options it trains a 3×128 ReLU MLP (hidden 128,128) with backprop and SGD on the embedded
+        digits data set (1,797 8×8 images, no download) for 20 epochs, in a few seconds.
 
-        Data
-          --data digits|PATH        'digits' (embedded, default) or a CSV file (.csv or .csv.gz): one
-                                    example per row, features then an integer label in the last column
-          --test-fraction F         held-out fraction, shuffled by the seed (default 0.2)
-        Model
-          --hidden W1,W2,...        hidden layer widths (default 128,128; 'none' for a linear model)
-          --activation NAME         relu (default), tanh, gelu, identity
+        {RunSpec.DataHelp}
+        {RunSpec.ModelHelp}
+        {RunSpec.GuesserHelp}
+        {RunSpec.RuleHelp}
         Training
           --epochs N                (default 20)
           --batch-size B            (default 32)
-          --optimizer NAME          sgd (default), momentum, nesterov, adam, adamw, stable-adamw
-          --lr RATE                 learning rate (default 0.1 for sgd/momentum, 0.001 for the Adam family)
-          --weight-decay L          decoupled weight decay for adamw/stable-adamw (default 0.01)
-          --seed S                  seed of initialisation, split, shuffling and noise (default 1)
-        Output
-          --metrics PATH            write per-epoch metrics as CSV
+          --seed S                  seed of initialisation, split, shuffling and every guess (default 1)
+          --cosine-every N          measure cos(estimate, backprop gradient) every N steps (default 1; 0 = never)
+        Output and checkpoints
+          --metrics PATH            per-epoch CSV (default runs/train-<guesser>-seed<S>.csv)
+          --checkpoint PATH         write a safetensors checkpoint after every epoch (atomically)
+          --resume PATH             continue a run from its checkpoint, bit for bit (same options)
           --quiet                   no live progress, only the final table
         """;
 
     public static int Run(string[] args)
     {
         var options = new Options(args, new HashSet<string> { "quiet" });
-        var dataName = options.String("data", "digits");
-        double testFraction = options.Float("test-fraction", 0.2f);
-        var hidden = options.IntList("hidden", "128,128");
-        var activation = ParseActivation(options.String("activation", "relu"));
+        ulong seed = (ulong)options.Int("seed", 1, min: 0);
         int epochs = options.Int("epochs", 20, min: 1);
         int batch = options.Int("batch-size", 32, min: 1);
-        var optimizerName = options.String("optimizer", "sgd");
-        bool adamFamily = optimizerName.Contains("adam", StringComparison.Ordinal);
-        float rate = options.Float("lr", adamFamily ? 1e-3f : 0.1f);
-        float decay = options.Float("weight-decay", 0.01f);
-        ulong seed = (ulong)options.Int("seed", 1, min: 0);
-        var metricsPath = options.OptionalString("metrics");
+        int cosineEvery = options.Int("cosine-every", 1, min: 0);
+        var (train, test, dataDescription) = RunSpec.LoadData(options, seed);
+        var spec = RunSpec.Model(options, train);
+        var guesser = RunSpec.Guesser(options);
+        var (rule, ruleDescription) = RunSpec.Rule(options, train.Count / Math.Max(1, batch), epochs);
+        var metricsPath = options.String("metrics", Path.Combine("runs", $"train-{guesser.Name.Replace(' ', '-').Replace("(", "").Replace(")", "")}-seed{seed}.csv"));
+        var checkpoint = options.OptionalString("checkpoint");
+        var resume = options.OptionalString("resume");
         bool quiet = options.Flag("quiet");
         options.RejectUnknown();
 
-        var data = dataName == "digits" ? Digits.Load() : CsvDataset.Load(dataName);
-        var (train, test) = data.Split(testFraction, seed);
-        var rule = optimizerName switch
-        {
-            "sgd" => Optimizers.Sgd(rate),
-            "momentum" => Optimizers.Momentum(rate),
-            "nesterov" => Optimizers.Momentum(rate, nesterov: true),
-            "adam" => Optimizers.Adam(rate),
-            "adamw" => Optimizers.AdamW(rate, decay),
-            "stable-adamw" => Optimizers.StableAdamW(rate, decay),
-            _ => throw new UsageException($"Unknown optimizer '{optimizerName}'. Use sgd, momentum, nesterov, adam, adamw or stable-adamw."),
-        };
-        var model = new MlpSpec(data.FeatureSize, [.. hidden], data.Classes, activation).Build();
+        var model = spec.Build();
         var backend = new CpuBackend();
         var parameters = ParameterStore.Initialize(model, backend, seed);
-        var trainer = new Trainer(new BackpropEstimator(parameters, batch), rule, train, test, seed);
+        var trainer = new Trainer(guesser, rule, parameters, train, test, new TrainingOptions(batch, seed) { CosineEvery = cosineEvery });
+        var description = new Dictionary<string, string>
+        {
+            ["model"] = RunSpec.Describe(spec),
+            ["guesser"] = guesser.Name,
+            ["rule"] = ruleDescription,
+            ["data"] = dataDescription,
+        };
+        var reports = resume is null ? new List<EpochReport>() : ReadPreviousMetrics(metricsPath);
+        if (resume is not null)
+        {
+            trainer.Resume(resume, description);
+            reports = reports.Where(r => r.Epoch < trainer.NextEpoch).ToList();
+        }
+        checkpoint ??= resume;
 
-        AnsiConsole.MarkupLineInterpolated($"[bold]ForwardAD[/] train: {data.Name} ({train.Count} train / {test.Count} test), MLP {data.FeatureSize}→{string.Join("→", hidden)}→{data.Classes} {activation.Name}, backprop, {optimizerName} lr {rate}, batch {batch}, seed {seed}, {backend.Name}");
-        var reports = new List<EpochReport>();
+        AnsiConsole.MarkupLineInterpolated($"[bold]ForwardAD[/] train: {train.Name} ({train.Count} train / {test.Count} test), {description["model"]}, {guesser.Name}, {ruleDescription}, batch {batch}, seed {seed}, {backend.Name}");
+        if (resume is not null) AnsiConsole.MarkupLineInterpolated($"resumed from {resume} at epoch {trainer.NextEpoch + 1}, step {trainer.Step}");
+        void EpochDone(EpochReport report)
+        {
+            reports.Add(report);
+            if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, description);
+            WriteMetrics(metricsPath, reports);
+        }
         if (quiet || !AnsiConsole.Profile.Capabilities.Interactive)
         {
-            for (int e = 0; e < epochs; e++)
+            for (int e = trainer.NextEpoch; e < epochs; e++)
             {
-                reports.Add(trainer.RunEpoch(e));
-                if (!quiet) PrintEpoch(reports[^1], epochs);
+                EpochDone(trainer.RunEpoch(e));
+                if (!quiet) Console.WriteLine(Line(reports[^1], epochs));
             }
         }
         else
@@ -86,62 +87,86 @@ internal static class TrainCommand
             AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
                 .Start(context =>
                 {
-                    var task = context.AddTask("epoch 1", maxValue: epochs * trainer.StepsPerEpoch);
-                    var observer = new ProgressObserver(task, epochs);
-                    for (int e = 0; e < epochs; e++) reports.Add(trainer.RunEpoch(e, observer));
+                    var task = context.AddTask("starting", maxValue: (epochs - trainer.NextEpoch) * trainer.StepsPerEpoch);
+                    var observer = new ProgressObserver(task, epochs, batch);
+                    for (int e = trainer.NextEpoch; e < epochs; e++) EpochDone(trainer.RunEpoch(e, observer));
                 });
         }
-
-        var table = new Table().AddColumns("epoch", "train loss", "train acc", "test loss", "test acc", "examples/s");
+        if (reports.Count == 0)
+        {
+            AnsiConsole.MarkupLine("nothing to do: the checkpoint has already completed every epoch.");
+            return 0;
+        }
+        var table = new Table().AddColumns("epoch", "train loss", "train acc", "test loss", "test acc", "cos(est, ∇L)", "examples/s");
         foreach (var r in reports.Where((r, i) => i == 0 || i == reports.Count - 1 || (i + 1) % Math.Max(1, epochs / 5) == 0))
             table.AddRow(Cells(r));
         AnsiConsole.Write(table);
         var last = reports[^1];
-        AnsiConsole.MarkupLineInterpolated($"final: train accuracy [green]{last.TrainAccuracy:P2}[/], test accuracy [green]{last.TestAccuracy:P2}[/]");
-        if (metricsPath is not null) WriteMetrics(metricsPath, reports);
+        AnsiConsole.MarkupLineInterpolated($"final: train accuracy [green]{last.TrainAccuracy:P2}[/], test accuracy [green]{last.TestAccuracy:P2}[/]; metrics in {metricsPath}");
         return 0;
     }
 
-    private static ElementwiseFunction ParseActivation(string name)
-    {
-        try { return ElementwiseFunction.Parse(name); }
-        catch (ArgumentException e) { throw new UsageException(e.Message); }
-    }
+    private static string F(double v, string format = "F4") => double.IsNaN(v) ? "–" : v.ToString(format, CultureInfo.InvariantCulture);
 
     private static string[] Cells(EpochReport r) =>
     [
-        (r.Epoch + 1).ToString(CultureInfo.InvariantCulture), r.TrainLoss.ToString("F4", CultureInfo.InvariantCulture),
-        r.TrainAccuracy.ToString("P2", CultureInfo.InvariantCulture), r.TestLoss.ToString("F4", CultureInfo.InvariantCulture),
-        r.TestAccuracy.ToString("P2", CultureInfo.InvariantCulture), r.ExamplesPerSecond.ToString("F0", CultureInfo.InvariantCulture),
+        (r.Epoch + 1).ToString(CultureInfo.InvariantCulture), F(r.TrainLoss), F(r.TrainAccuracy, "P2"), F(r.TestLoss),
+        F(r.TestAccuracy, "P2"), F(r.GlobalCosine, "F3"), F(r.ExamplesPerSecond, "F0"),
     ];
 
-    private static void PrintEpoch(EpochReport r, int epochs) =>
-        Console.WriteLine($"epoch {r.Epoch + 1}/{epochs}: train loss {r.TrainLoss:F4} acc {r.TrainAccuracy:P2}, test loss {r.TestLoss:F4} acc {r.TestAccuracy:P2}, {r.ExamplesPerSecond:F0} examples/s");
+    private static string Line(EpochReport r, int epochs) =>
+        $"epoch {r.Epoch + 1}/{epochs}: train loss {F(r.TrainLoss)} acc {F(r.TrainAccuracy, "P2")}, test loss {F(r.TestLoss)} acc {F(r.TestAccuracy, "P2")}, " +
+        $"cos {F(r.GlobalCosine, "F3")} (layers {string.Join(" ", r.LayerCosines.Select(c => F(c, "F3")))}), {F(r.ExamplesPerSecond, "F0")} examples/s";
 
-    /// <summary>Writes the CSV next to its destination first, then renames it into place: a failed run never leaves half a file.</summary>
+    private static readonly string[] FixedColumns = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "cosine_global"];
+
+    /// <summary>Writes the whole CSV to a temporary file, then renames it into place: a failed run never leaves half a file.</summary>
     private static void WriteMetrics(string path, IReadOnlyList<EpochReport> reports)
     {
+        var directory = Path.GetDirectoryName(Path.GetFullPath(path))!;
+        Directory.CreateDirectory(directory);
         var temporary = path + ".tmp";
         using (var writer = new StreamWriter(temporary))
         {
-            writer.WriteLine("epoch,train_loss,train_accuracy,test_loss,test_accuracy,examples_per_second,wall_seconds");
+            int layers = reports[0].LayerCosines.Length;
+            writer.WriteLine(string.Join(',', FixedColumns.Concat(Enumerable.Range(1, layers).Select(l => $"cosine_layer{l}")).Concat(["examples_per_second", "wall_seconds"])));
             foreach (var r in reports)
-                writer.WriteLine(string.Join(',', (r.Epoch + 1).ToString(CultureInfo.InvariantCulture), F(r.TrainLoss), F(r.TrainAccuracy), F(r.TestLoss), F(r.TestAccuracy), F(r.ExamplesPerSecond), F(r.WallTime.TotalSeconds)));
+                writer.WriteLine(string.Join(',', new[] { (r.Epoch + 1).ToString(CultureInfo.InvariantCulture), G(r.TrainLoss), G(r.TrainAccuracy), G(r.TestLoss), G(r.TestAccuracy), G(r.GlobalCosine) }
+                    .Concat(r.LayerCosines.Select(G)).Concat([G(r.ExamplesPerSecond), G(r.WallTime.TotalSeconds)])));
         }
         File.Move(temporary, path, overwrite: true);
-        static string F(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
+        static string G(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
     }
 
-    private sealed class ProgressObserver(ProgressTask task, int epochs) : ITrainingObserver
+    /// <summary>On resume, the epochs already in the metrics CSV are kept so that the file covers the whole run.</summary>
+    private static List<EpochReport> ReadPreviousMetrics(string path)
     {
-        private double _lastTestAccuracy = double.NaN;
+        if (!File.Exists(path)) return [];
+        var lines = File.ReadAllLines(path);
+        var result = new List<EpochReport>();
+        foreach (var line in lines.Skip(1))
+        {
+            var v = line.Split(',').Select(x => double.Parse(x, CultureInfo.InvariantCulture)).ToArray();
+            int layers = v.Length - FixedColumns.Length - 2;
+            result.Add(new EpochReport((int)v[0] - 1, v[1], v[2], v[3], v[4], [.. v.Skip(6).Take(layers)], v[5], v[^2], TimeSpan.FromSeconds(v[^1])));
+        }
+        return result;
+    }
+
+    private sealed class ProgressObserver(ProgressTask task, int epochs, int batch) : ITrainingObserver
+    {
+        private string _last = "";
+        private readonly System.Diagnostics.Stopwatch _watch = System.Diagnostics.Stopwatch.StartNew();
+        private long _examples;
 
         public void StepCompleted(int epoch, int step, int stepsPerEpoch, double batchLoss)
         {
             task.Increment(1);
-            task.Description = $"epoch {epoch + 1}/{epochs} loss {batchLoss:F3}" + (double.IsNaN(_lastTestAccuracy) ? "" : $" test acc {_lastTestAccuracy:P1}");
+            _examples += batch;
+            task.Description = $"epoch {epoch + 1}/{epochs} loss {batchLoss:F3} {_examples / _watch.Elapsed.TotalSeconds:F0} ex/s{_last}";
         }
 
-        public void EpochCompleted(EpochReport report) => _lastTestAccuracy = report.TestAccuracy;
+        public void EpochCompleted(EpochReport report) =>
+            _last = $" | last epoch: train acc {report.TrainAccuracy:P1} test acc {report.TestAccuracy:P1} cos {F(report.GlobalCosine, "F3")}";
     }
 }

@@ -43,7 +43,10 @@ public sealed record Momentum(float Decay, bool Nesterov = false) : UpdateRule<T
     }
 }
 
-public sealed record TraceState(View Trace) : UpdateState;
+public sealed record TraceState(View Trace) : UpdateState
+{
+    public override IEnumerable<(string Name, View Buffer)> Buffers => [("trace", Trace)];
+}
 
 /// <summary>
 /// Adam's direction (Kingma &amp; Ba 2015): m ← β₁m + (1−β₁)u, v ← β₂v + (1−β₂)u², then
@@ -66,7 +69,10 @@ public sealed record ScaleByAdam(float Beta1 = 0.9f, float Beta2 = 0.999f, float
         ((float)(1 / (1 - Math.Pow(beta1, step + 1))), (float)(1 / (1 - Math.Pow(beta2, step + 1))));
 }
 
-public sealed record AdamState(View FirstMoment, View SecondMoment) : UpdateState;
+public sealed record AdamState(View FirstMoment, View SecondMoment) : UpdateState
+{
+    public override IEnumerable<(string Name, View Buffer)> Buffers => [("first_moment", FirstMoment), ("second_moment", SecondMoment)];
+}
 
 /// <summary>
 /// StableAdamW's direction (Wortsman et al. 2023, "Stable and low-precision training for large-scale
@@ -96,7 +102,10 @@ public sealed record ScaleByStableAdam(float Beta1 = 0.9f, float Beta2 = 0.99f, 
     }
 }
 
-public sealed record StableAdamState(View FirstMoment, View SecondMoment, ParameterLayout Layout) : UpdateState;
+public sealed record StableAdamState(View FirstMoment, View SecondMoment, ParameterLayout Layout) : UpdateState
+{
+    public override IEnumerable<(string Name, View Buffer)> Buffers => [("first_moment", FirstMoment), ("second_moment", SecondMoment)];
+}
 
 /// <summary>Decoupled weight decay (Loshchilov &amp; Hutter 2019): u ← u + λθ, placed before the learning-rate
 /// scaling so that θ ← θ − η(u + λθ), exactly PyTorch's AdamW.</summary>

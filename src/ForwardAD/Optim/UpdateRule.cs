@@ -16,6 +16,9 @@ public readonly record struct UpdateInputs(long Step, double Loss, RandomKey Key
 public abstract record UpdateState
 {
     private protected UpdateState() { }
+
+    /// <summary>The state's buffers with stable names, for checkpoints (saved and restored bit for bit).</summary>
+    public virtual IEnumerable<(string Name, View Buffer)> Buffers => [];
 }
 
 /// <summary>For rules without state.</summary>
@@ -66,7 +69,11 @@ public sealed record Chain(ImmutableArray<UpdateRule> Rules) : UpdateRule<ChainS
     public override string ToString() => string.Join(" → ", Rules);
 }
 
-public sealed record ChainState(ImmutableArray<UpdateState> States) : UpdateState;
+public sealed record ChainState(ImmutableArray<UpdateState> States) : UpdateState
+{
+    public override IEnumerable<(string Name, View Buffer)> Buffers =>
+        States.SelectMany((state, i) => state.Buffers.Select(b => ($"{i}.{b.Name}", b.Buffer)));
+}
 
 /// <summary>A rule and its state, bound to a parameter store: what a trainer steps.</summary>
 public sealed class Optimizer(UpdateRule rule, ParameterStore parameters)

@@ -1,14 +1,20 @@
+using System.Collections.Immutable;
+using System.Globalization;
 using ForwardAD.Autodiff;
 using ForwardAD.Backends;
 using ForwardAD.Data;
+using ForwardAD.Graph;
+using ForwardAD.Guessing;
 using ForwardAD.Optim;
 using ForwardAD.Random;
 
 namespace ForwardAD.Training;
 
-/// <summary>What one epoch achieved.</summary>
+/// <summary>What one epoch achieved. Cosines are means over the measured steps of the epoch of
+/// cos(estimate, backprop gradient), per dense layer (weight and bias together) and over all parameters;
+/// NaN when not measured.</summary>
 public sealed record EpochReport(int Epoch, double TrainLoss, double TrainAccuracy, double TestLoss, double TestAccuracy,
-    double ExamplesPerSecond, TimeSpan WallTime);
+    ImmutableArray<double> LayerCosines, double GlobalCosine, double ExamplesPerSecond, TimeSpan WallTime);
 
 /// <summary>Progress of a run, called from the training thread.</summary>
 public interface ITrainingObserver
@@ -17,65 +23,191 @@ public interface ITrainingObserver
     void EpochCompleted(EpochReport report) { }
 }
 
+/// <summary>How to train: batch size, the seed every random choice derives from, and how often to
+/// measure the estimate's cosine to the backprop gradient (every n-th step; 0 = never).</summary>
+public sealed record TrainingOptions(int BatchSize, ulong Seed)
+{
+    public int CosineEvery { get; init; } = 1;
+}
+
 /// <summary>
-/// Mini-batch training: every epoch a Philox permutation of the training set (seed, epoch), full
-/// batches only (the remainder rotates through later epochs' permutations), one estimate and one
-/// optimizer step per batch, then an evaluation on the train and test sets.
+/// Mini-batch training with any guesser and update rule: every epoch a Philox permutation of the training
+/// set (seed, epoch), full batches only, one estimate and one optimizer step per batch, then an evaluation
+/// on the train and test sets. Every random number derives from (seed, step) or (seed, epoch), so a run
+/// resumed from a checkpoint continues bit for bit.
 /// </summary>
 public sealed class Trainer
 {
+    private const string FormatKey = "forwardad.format", FormatVersion = "1";
+
     private readonly GradientEstimator _estimator;
+    private readonly BackpropEstimator? _oracle;
     private readonly Optimizer _optimizer;
+    private readonly ParameterStore _parameters;
     private readonly Dataset _train;
     private readonly Evaluator _trainEvaluator, _testEvaluator;
+    private readonly TrainingOptions _options;
     private readonly float[] _features, _labels;
     private readonly int[] _order;
-    private readonly ulong _seed;
+    private readonly (int Offset, int Length)[][] _layerSlices; // per dense layer: its weight and bias in the flat vector
+    private readonly double[] _cosineSums;
     private long _step;
 
-    public Trainer(GradientEstimator estimator, UpdateRule rule, Dataset train, Dataset test, ulong seed)
+    public Trainer(Guesser guesser, UpdateRule rule, ParameterStore parameters, Dataset train, Dataset test, TrainingOptions options)
     {
-        var plan = estimator.Plan;
-        int batch = plan.BatchSize;
+        int batch = options.BatchSize;
+        if (batch < 1) throw new ArgumentOutOfRangeException(nameof(options), $"The batch size must be at least 1; got {batch}.");
         if (train.Count < batch)
-            throw new ArgumentException($"The training set '{train.Name}' has {train.Count} examples, fewer than one batch of {batch}. Use a smaller --batch-size.");
-        var x = plan.Model["x"];
+            throw new ArgumentException($"The training set '{train.Name}' has {train.Count} examples, fewer than one batch of {batch}. Use a smaller batch size.");
+        var model = parameters.Model;
+        var x = model["x"];
         if (x.Shape.ElementCount != train.FeatureSize)
             throw new ArgumentException($"The model's input {x} takes {x.Shape.ElementCount} values per example; '{train.Name}' has {train.FeatureSize}.");
-        _estimator = estimator;
-        _optimizer = new Optimizer(rule, plan.Parameters);
+        if (model.Nodes.Any(n => n.Op is ClassLabelsOp labels && labels.Classes < train.Classes))
+            throw new ArgumentException($"'{train.Name}' has {train.Classes} classes; the model has fewer outputs.");
+        Guesser = guesser;
+        Rule = rule;
+        _parameters = parameters;
+        _options = options;
+        _estimator = guesser.Compile(parameters, batch);
+        _oracle = guesser is BackpropGuesser || options.CosineEvery <= 0 ? null : new BackpropEstimator(parameters, batch);
+        _optimizer = new Optimizer(rule, parameters);
         _train = train;
-        _trainEvaluator = new Evaluator(plan.Parameters, train);
-        _testEvaluator = new Evaluator(plan.Parameters, test);
+        _trainEvaluator = new Evaluator(parameters, train);
+        _testEvaluator = new Evaluator(parameters, test);
         _features = new float[batch * train.FeatureSize];
         _labels = new float[batch];
         _order = new int[train.Count];
-        _seed = seed;
+        var layout = ParameterLayout.Of(model);
+        _layerSlices = [.. model.Layers.Select(layer => new[] { layer.Weight, layer.Bias }.OfType<Node>()
+            .Select(p => layout.Entries.Single(e => e.Parameter == p)).Select(e => (e.Offset, e.Parameter.Shape.ElementCount)).ToArray())];
+        _cosineSums = new double[model.Layers.Length + 1];
     }
 
-    public int StepsPerEpoch => _train.Count / _estimator.Plan.BatchSize;
+    public Guesser Guesser { get; }
+    public UpdateRule Rule { get; }
+    public int StepsPerEpoch => _train.Count / _options.BatchSize;
+    /// <summary>Optimizer steps taken so far (over all epochs, including those before a resume).</summary>
+    public long Step => _step;
+    /// <summary>The epoch the next <see cref="RunEpoch"/> should run (after a resume, the first unfinished one).</summary>
+    public int NextEpoch { get; private set; }
 
-    /// <summary>Runs one epoch (0-based number) and evaluates.</summary>
+    /// <summary>Runs one epoch (0-based) and evaluates.</summary>
     public EpochReport RunEpoch(int epoch, ITrainingObserver? observer = null)
     {
         var watch = System.Diagnostics.Stopwatch.StartNew();
-        var plan = _estimator.Plan;
-        int batch = plan.BatchSize;
-        Dataset.Permute(new RandomKey(_seed, 0xE90C).Derive((ulong)epoch), _order);
+        int batch = _options.BatchSize, measured = 0;
+        Array.Clear(_cosineSums);
+        Dataset.Permute(new RandomKey(_options.Seed, 0xE90C).Derive((ulong)epoch), _order);
         for (int s = 0; s < StepsPerEpoch; s++)
         {
             _train.CopyBatch(_order.AsSpan(s * batch, batch), _features, _labels);
             _estimator.SetBatch(_features, _labels);
-            var (gradient, loss) = _estimator.Estimate(new RandomKey(_seed, 0x6E55).Derive((ulong)_step));
-            _optimizer.Step(new UpdateInputs(_step, loss, new RandomKey(_seed, 0x0971).Derive((ulong)_step)), gradient);
+            var (gradient, loss) = _estimator.Estimate(new RandomKey(_options.Seed, 0x6E55).Derive((ulong)_step));
+            if (!double.IsFinite(loss))
+                throw new TrainingDivergedException($"The batch loss became {loss} at epoch {epoch + 1}, step {_step} ({Guesser.Name}): training diverged. " +
+                    "Lower the learning rate or clip the estimate (--lr, --clip); the last checkpoint, if any, is intact.");
+            if (_oracle is not null && _step % _options.CosineEvery == 0)
+            {
+                _oracle.SetBatch(_features, _labels);
+                var (exact, _) = _oracle.Estimate(default);
+                AccumulateCosines(gradient, exact);
+                measured++;
+            }
+            _optimizer.Step(new UpdateInputs(_step, loss, new RandomKey(_options.Seed, 0x0971).Derive((ulong)_step)), gradient);
             _step++;
             observer?.StepCompleted(epoch, s, StepsPerEpoch, loss);
         }
         double seconds = watch.Elapsed.TotalSeconds;
         var train = _trainEvaluator.Evaluate();
         var test = _testEvaluator.Evaluate();
-        var report = new EpochReport(epoch, train.Loss, train.Accuracy, test.Loss, test.Accuracy, StepsPerEpoch * batch / seconds, watch.Elapsed);
+        bool exactGradient = Guesser is BackpropGuesser;
+        var cosines = _cosineSums.Select(sum => exactGradient ? 1.0 : measured == 0 ? double.NaN : sum / measured).ToArray();
+        var report = new EpochReport(epoch, train.Loss, train.Accuracy, test.Loss, test.Accuracy,
+            [.. cosines[..^1]], cosines[^1], StepsPerEpoch * batch / seconds, watch.Elapsed);
+        NextEpoch = epoch + 1;
         observer?.EpochCompleted(report);
         return report;
     }
+
+    private void AccumulateCosines(View estimate, View exact)
+    {
+        var backend = _parameters.Backend;
+        double allDot = 0, allEstimate = 0, allExact = 0;
+        for (int i = 0; i < _layerSlices.Length; i++)
+        {
+            double dot = 0, ee = 0, gg = 0;
+            foreach (var (offset, length) in _layerSlices[i])
+            {
+                var a = estimate.Slice(offset, length);
+                var b = exact.Slice(offset, length);
+                dot += backend.Dot(a, b);
+                ee += backend.SumOfSquares(a);
+                gg += backend.SumOfSquares(b);
+            }
+            _cosineSums[i] += ee == 0 || gg == 0 ? 0 : dot / Math.Sqrt(ee * gg);
+            (allDot, allEstimate, allExact) = (allDot + dot, allEstimate + ee, allExact + gg);
+        }
+        _cosineSums[^1] += allEstimate == 0 || allExact == 0 ? 0 : allDot / Math.Sqrt(allEstimate * allExact);
+    }
+
+    /// <summary>
+    /// Writes parameters, optimizer state and progress as safetensors (readable by PyTorch), atomically.
+    /// <paramref name="description"/> (model, guesser, rule, ...) is stored as metadata and checked on resume.
+    /// </summary>
+    public void SaveCheckpoint(string path, IReadOnlyDictionary<string, string> description)
+    {
+        var backend = _parameters.Backend;
+        var tensors = new List<(string, int[], Func<float[]>)>();
+        foreach (var p in _parameters.Model.Parameters)
+            tensors.Add((p.Name, [.. p.Shape.Dimensions], () => _parameters.ToArray(p)));
+        foreach (var (name, buffer) in _optimizer.State.Buffers)
+            tensors.Add(($"optimizer.{name}", [buffer.Length], () => { var host = new float[buffer.Length]; backend.CopyToHost(buffer, host); return host; }));
+        var metadata = new Dictionary<string, string>(description)
+        {
+            [FormatKey] = FormatVersion,
+            ["epochs_completed"] = NextEpoch.ToString(CultureInfo.InvariantCulture),
+            ["step"] = _step.ToString(CultureInfo.InvariantCulture),
+            ["seed"] = _options.Seed.ToString(CultureInfo.InvariantCulture),
+            ["batch_size"] = _options.BatchSize.ToString(CultureInfo.InvariantCulture),
+        };
+        SafeTensors.Write(path, tensors, metadata);
+    }
+
+    /// <summary>
+    /// Restores a checkpoint written by <see cref="SaveCheckpoint"/> for the same model, guesser, rule, seed and
+    /// batch size. Everything is validated before anything is changed: a mismatch throws naming the file
+    /// and what differs, and leaves this trainer as it was.
+    /// </summary>
+    public void Resume(string path, IReadOnlyDictionary<string, string> description)
+    {
+        var (tensors, metadata) = SafeTensors.Read(path);
+        if (!metadata.TryGetValue(FormatKey, out var format) || format != FormatVersion)
+            throw new InvalidDataException($"{path}: not a ForwardAD checkpoint (metadata '{FormatKey}' is missing or not {FormatVersion}).");
+        foreach (var (key, expected) in description.Append(new("seed", _options.Seed.ToString(CultureInfo.InvariantCulture)))
+                     .Append(new("batch_size", _options.BatchSize.ToString(CultureInfo.InvariantCulture))))
+            if (!metadata.TryGetValue(key, out var actual) || actual != expected)
+                throw new InvalidDataException($"{path}: the checkpoint's {key} is '{actual ?? "(missing)"}' but this run's is '{expected}'. Resume with the options the run was started with.");
+        var loads = new List<(float[] Data, View Target)>();
+        foreach (var p in _parameters.Model.Parameters)
+        {
+            if (!tensors.TryGetValue(p.Name, out var t))
+                throw new InvalidDataException($"{path}: the checkpoint has no tensor '{p.Name}'; it does not match the model.");
+            if (!t.Shape.SequenceEqual(p.Shape.Dimensions))
+                throw new InvalidDataException($"{path}: tensor '{p.Name}' has shape [{string.Join(", ", t.Shape)}]; the model expects {p.Shape}.");
+            loads.Add((t.Data, _parameters[p]));
+        }
+        foreach (var (name, buffer) in _optimizer.State.Buffers)
+        {
+            if (!tensors.TryGetValue($"optimizer.{name}", out var t) || t.Data.Length != buffer.Length)
+                throw new InvalidDataException($"{path}: optimizer state 'optimizer.{name}' is missing or has the wrong size; the checkpoint was written with another update rule.");
+            loads.Add((t.Data, buffer));
+        }
+        foreach (var (data, target) in loads) _parameters.Backend.CopyFromHost(data, target);
+        _step = long.Parse(metadata["step"], CultureInfo.InvariantCulture);
+        NextEpoch = int.Parse(metadata["epochs_completed"], CultureInfo.InvariantCulture);
+    }
 }
+
+/// <summary>Thrown when the loss stops being finite: the run cannot continue meaningfully.</summary>
+public sealed class TrainingDivergedException(string message) : Exception(message);
