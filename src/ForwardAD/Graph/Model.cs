@@ -22,9 +22,16 @@ public sealed record Model(ImmutableArray<Node> Nodes, Node Loss, Node Output, I
     /// <summary>Total number of trainable scalars.</summary>
     public long ParameterCount => Parameters.Sum(p => (long)p.Shape.ElementCount);
 
-    public Node this[string name] => Nodes.FirstOrDefault(n => n.Name == name)
-        ?? throw new KeyNotFoundException($"The model has no node named '{name}'. Nodes: {string.Join(", ", Nodes.Select(n => n.Name))}.");
+    public Node this[string name]
+    {
+        get
+        {
+            foreach (var node in Nodes) // a plain loop: looked up inside training steps, it must not allocate
+                if (node.Name == name) return node;
+            throw new KeyNotFoundException($"The model has no node named '{name}'. Nodes: {string.Join(", ", Nodes.Select(n => n.Name))}.");
+        }
+    }
 
     /// <summary>True when <paramref name="node"/> is this model's node (same id and description).</summary>
-    public bool Contains(Node node) => node.Id >= 0 && node.Id < Nodes.Length && Nodes[node.Id] == node;
+    public bool Contains(Node node) => node.Id >= 0 && node.Id < Nodes.Length && (ReferenceEquals(Nodes[node.Id], node) || Nodes[node.Id] == node);
 }

@@ -75,7 +75,7 @@ public sealed record TrueErrorGuess : Guess
 {
     internal override GuessProgram Compile(GuessCompiler compiler, int layer)
     {
-        if (layer != compiler.Layers.Count - 1 || compiler.Plan.Model.Layers[layer].Output != compiler.Plan.Model.Output)
+        if (layer != compiler.Layers.Length - 1 || compiler.Plan.Model.Layers[layer].Output != compiler.Plan.Model.Output)
             throw new ArgumentException($"The true-error guess exists only at the output layer; layer {layer + 1} is hidden.");
         return new TrueErrorProgram(compiler);
     }
@@ -85,7 +85,7 @@ public sealed record TrueErrorGuess : Guess
 public sealed record ProjectedGuess(Guess Source, float SingularValuePower) : Guess
 {
     internal override GuessProgram Compile(GuessCompiler compiler, int layer) =>
-        layer == compiler.Layers.Count - 1 ? Source.Compile(compiler, layer) : new ProjectedProgram(compiler, layer, Source.Compile(compiler, layer + 1), SingularValuePower);
+        layer == compiler.Layers.Length - 1 ? Source.Compile(compiler, layer) : new ProjectedProgram(compiler, layer, Source.Compile(compiler, layer + 1), SingularValuePower);
     public override string ToString() => SingularValuePower == 1f ? $"Wᵀ·{Source}" : $"(WᵀΣ^{SingularValuePower - 1})·{Source}";
 }
 
@@ -128,7 +128,7 @@ internal sealed class GuessCompiler(Plan plan, int channels)
 {
     public Plan Plan { get; } = plan;
     public Backend Backend => Plan.Backend;
-    public IReadOnlyList<DenseLayer> Layers => Plan.Model.Layers;
+    public System.Collections.Immutable.ImmutableArray<DenseLayer> Layers => Plan.Model.Layers;
     /// <summary>Guesses per program (G): each program writes [G, B, ...pre-activation shape].</summary>
     public int Channels { get; } = channels;
     public int BatchSize => Plan.BatchSize;
@@ -191,7 +191,7 @@ internal sealed class TrueErrorProgram(GuessCompiler compiler) : GuessProgram
     {
         var error = compiler.Plan.Derivative(compiler.Plan.Model.Loss);
         for (int g = 0; g < compiler.Channels; g++) compiler.Backend.Copy(error, destination.Channel(g, error.Length));
-        compiler.Backend.NormalizeRows(destination, compiler.Width(compiler.Layers.Count - 1), 1f);
+        compiler.Backend.NormalizeRows(destination, compiler.Width(compiler.Layers.Length - 1), 1f);
     }
 }
 
