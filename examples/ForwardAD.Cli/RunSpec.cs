@@ -53,7 +53,7 @@ internal static class RunSpec
     {
         var source = options.String("data", "digits");
         var testSource = options.OptionalString("test-data");
-        double fraction = options.Float("test-fraction", 0.2f);
+        float fraction = options.Float("test-fraction", 0.2f);
         var data = Load(source);
         if (testSource is not null) return (data, Load(testSource), $"{source} | {testSource}");
         var (train, test) = data.Split(fraction, seed);
