@@ -132,6 +132,7 @@ internal static class Profile
     {
         var bench = new MlpBenchmarks();
         bench.Setup();
+        static StepBenchmarks Steps() { var s = new StepBenchmarks(); s.Setup(); return s; }
         Action action = row switch
         {
             "forward" => bench.Forward,
@@ -139,6 +140,9 @@ internal static class Profile
             "jvp16" => bench.JvpK16,
             "backprop" => bench.Backprop,
             "gemm-managed" => new GemmBenchmarks().Managed,
+            "step-ap" => Steps().ActivationPerturbationAdamW,
+            "step-wt" => Steps().WeightTransposeAdamW,
+            "step-backprop" => Steps().BackpropAdamW,
             _ => throw new ArgumentException($"Unknown row '{row}': use forward, jvp1, jvp16, backprop or gemm-managed."),
         };
         action();
