@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using ForwardAD.Random;
 using ForwardAD.Tensors;
 
@@ -225,7 +226,15 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         var gradient = Read(g);
         var average = Span(v);
         float complement = 1f - beta;
-        for (int i = 0; i < average.Length; i++) average[i] = beta * average[i] + complement * gradient[i] * gradient[i];
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i <= average.Length - Vector256<float>.Count; i += Vector256<float>.Count)
+            {
+                var x = Vector256.Create(gradient.Slice(i, Vector256<float>.Count));
+                var a = Vector256.Create(average.Slice(i, Vector256<float>.Count));
+                (beta * a + complement * x * x).CopyTo(average.Slice(i, Vector256<float>.Count));
+            }
+        for (; i < average.Length; i++) average[i] = beta * average[i] + complement * gradient[i] * gradient[i];
     }
 
     public override void AdamDirection(View m, View v, float mScale, float vScale, float epsilon, View destination)
@@ -233,7 +242,15 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         var first = Read(m);
         var second = Read(v);
         var target = Span(destination);
-        for (int i = 0; i < target.Length; i++) target[i] = first[i] * mScale / (MathF.Sqrt(second[i] * vScale) + epsilon);
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i <= target.Length - Vector256<float>.Count; i += Vector256<float>.Count)
+            {
+                var a = Vector256.Create(first.Slice(i, Vector256<float>.Count));
+                var b = Vector256.Create(second.Slice(i, Vector256<float>.Count));
+                (a * mScale / (Vector256.Sqrt(b * vScale) + Vector256.Create(epsilon))).CopyTo(target.Slice(i, Vector256<float>.Count));
+            }
+        for (; i < target.Length; i++) target[i] = first[i] * mScale / (MathF.Sqrt(second[i] * vScale) + epsilon);
     }
 
     public override double MeanRatioOfSquares(View g, View v, float vScale, float floor)

@@ -4,18 +4,18 @@ using ForwardAD.Backends;
 namespace ForwardAD.Optim;
 
 /// <summary>u ← factor · u.</summary>
-public sealed record Scale(float Factor) : UpdateRule<EmptyState>
+public sealed record Scale(float Factor) : ElementwiseRule<EmptyState>
 {
     protected override EmptyState Create(ParameterStore parameters) => EmptyState.Instance;
-    protected override void Apply(EmptyState state, in UpdateInputs inputs, View updates, View parameters) =>
+    protected override void ApplyRange(EmptyState state, in UpdateInputs inputs, View updates, View parameters, int offset) =>
         parameters.Buffer!.Backend.Scale(updates, Factor, updates);
 }
 
 /// <summary>u ← −η(step) · u: turns a descent direction into a step (the last link of every named optimizer).</summary>
-public sealed record ScaleByLearningRate(Schedule Rate) : UpdateRule<EmptyState>
+public sealed record ScaleByLearningRate(Schedule Rate) : ElementwiseRule<EmptyState>
 {
     protected override EmptyState Create(ParameterStore parameters) => EmptyState.Instance;
-    protected override void Apply(EmptyState state, in UpdateInputs inputs, View updates, View parameters) =>
+    protected override void ApplyRange(EmptyState state, in UpdateInputs inputs, View updates, View parameters, int offset) =>
         parameters.Buffer!.Backend.Scale(updates, -Rate.At(inputs.Step), updates);
 }
 
@@ -23,16 +23,17 @@ public sealed record ScaleByLearningRate(Schedule Rate) : UpdateRule<EmptyState>
 /// Momentum as PyTorch's SGD computes it (dampening 0): trace m ← μ·m + u, then u ← m (heavy ball)
 /// or u ← u + μ·m (Nesterov). The learning rate is applied after, by <see cref="ScaleByLearningRate"/>.
 /// </summary>
-public sealed record Momentum(float Decay, bool Nesterov = false) : UpdateRule<TraceState>
+public sealed record Momentum(float Decay, bool Nesterov = false) : ElementwiseRule<TraceState>
 {
     protected override TraceState Create(ParameterStore parameters) => new(Zeros(parameters));
-    protected override void Apply(TraceState state, in UpdateInputs inputs, View updates, View parameters)
+    protected override void ApplyRange(TraceState state, in UpdateInputs inputs, View updates, View parameters, int offset)
     {
         var backend = parameters.Buffer!.Backend;
+        var trace = state.Trace.Slice(offset, updates.Length);
         // PyTorch starts the trace at the first gradient (buf = g), which equals μ·0 + g.
-        backend.Axpby(1f, updates, Decay, state.Trace);
-        if (Nesterov) backend.Axpby(Decay, state.Trace, 1f, updates);
-        else backend.Copy(state.Trace, updates);
+        backend.Axpby(1f, updates, Decay, trace);
+        if (Nesterov) backend.Axpby(Decay, trace, 1f, updates);
+        else backend.Copy(trace, updates);
     }
 
     internal static View Zeros(ParameterStore parameters)
@@ -52,16 +53,17 @@ public sealed record TraceState(View Trace) : UpdateState
 /// Adam's direction (Kingma &amp; Ba 2015): m ← β₁m + (1−β₁)u, v ← β₂v + (1−β₂)u², then
 /// u ← m̂ / (√v̂ + ε) with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ), t = step + 1 (PyTorch's ε placement).
 /// </summary>
-public sealed record ScaleByAdam(float Beta1 = 0.9f, float Beta2 = 0.999f, float Epsilon = 1e-8f) : UpdateRule<AdamState>
+public sealed record ScaleByAdam(float Beta1 = 0.9f, float Beta2 = 0.999f, float Epsilon = 1e-8f) : ElementwiseRule<AdamState>
 {
     protected override AdamState Create(ParameterStore parameters) => new(Momentum.Zeros(parameters), Momentum.Zeros(parameters));
-    protected override void Apply(AdamState state, in UpdateInputs inputs, View updates, View parameters)
+    protected override void ApplyRange(AdamState state, in UpdateInputs inputs, View updates, View parameters, int offset)
     {
         var backend = parameters.Buffer!.Backend;
-        backend.Axpby(1f - Beta1, updates, Beta1, state.FirstMoment);
-        backend.MovingAverageOfSquares(updates, Beta2, state.SecondMoment);
+        var (m, v) = (state.FirstMoment.Slice(offset, updates.Length), state.SecondMoment.Slice(offset, updates.Length));
+        backend.Axpby(1f - Beta1, updates, Beta1, m);
+        backend.MovingAverageOfSquares(updates, Beta2, v);
         var (mScale, vScale) = BiasCorrections(Beta1, Beta2, inputs.Step);
-        backend.AdamDirection(state.FirstMoment, state.SecondMoment, mScale, vScale, Epsilon, updates);
+        backend.AdamDirection(m, v, mScale, vScale, Epsilon, updates);
     }
 
     /// <summary>1/(1 − β₁ᵗ) and 1/(1 − β₂ᵗ) for t = step + 1.</summary>
@@ -109,10 +111,10 @@ public sealed record StableAdamState(View FirstMoment, View SecondMoment, Parame
 
 /// <summary>Decoupled weight decay (Loshchilov &amp; Hutter 2019): u ← u + λθ, placed before the learning-rate
 /// scaling so that θ ← θ − η(u + λθ), exactly PyTorch's AdamW.</summary>
-public sealed record AddDecoupledWeightDecay(float Rate) : UpdateRule<EmptyState>
+public sealed record AddDecoupledWeightDecay(float Rate) : ElementwiseRule<EmptyState>
 {
     protected override EmptyState Create(ParameterStore parameters) => EmptyState.Instance;
-    protected override void Apply(EmptyState state, in UpdateInputs inputs, View updates, View parameters)
+    protected override void ApplyRange(EmptyState state, in UpdateInputs inputs, View updates, View parameters, int offset)
     {
         if (Rate != 0) parameters.Buffer!.Backend.Axpby(Rate, parameters, 1f, updates);
     }

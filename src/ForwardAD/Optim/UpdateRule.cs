@@ -35,8 +35,20 @@ public sealed record EmptyState : UpdateState
 /// </summary>
 public abstract record UpdateRule
 {
+    /// <summary>Elements per tile when elementwise rules are fused (16K floats per buffer stay in L2).</summary>
+    internal const int TileElements = 16384;
+
     public abstract UpdateState Init(ParameterStore parameters);
     public abstract void Update(UpdateState state, in UpdateInputs inputs, View updates, View parameters);
+
+    /// <summary>True when element j of the result depends only on element j of the inputs and state, so the
+    /// rule can run tile by tile fused with its neighbours in a chain (one trip through memory instead of one
+    /// per rule). Rules with global reductions (norm clipping, StableAdamW's per-tensor RMS) are not.</summary>
+    public virtual bool IsElementwise => false;
+
+    /// <summary>The rule on elements [offset, offset + updates.Length) only (elementwise rules).</summary>
+    internal virtual void UpdateRange(UpdateState state, in UpdateInputs inputs, View updates, View parameters, int offset) =>
+        throw new InvalidOperationException($"{GetType().Name} is not elementwise.");
 
     /// <summary>This rule, then <paramref name="next"/> on its output.</summary>
     public UpdateRule Then(UpdateRule next) => new Chain([.. Flatten(this), .. Flatten(next)]);
@@ -49,11 +61,25 @@ public abstract record UpdateRule<TState> : UpdateRule where TState : UpdateStat
 {
     public sealed override UpdateState Init(ParameterStore parameters) => Create(parameters);
     public sealed override void Update(UpdateState state, in UpdateInputs inputs, View updates, View parameters) =>
-        Apply(state as TState ?? throw new ArgumentException($"{GetType().Name} got the state of another rule ({state.GetType().Name}); pass the state its own Init returned."),
-            inputs, updates, parameters);
+        Apply(Cast(state), inputs, updates, parameters);
+
+    protected TState Cast(UpdateState state) => state as TState
+        ?? throw new ArgumentException($"{GetType().Name} got the state of another rule ({state.GetType().Name}); pass the state its own Init returned.");
 
     protected abstract TState Create(ParameterStore parameters);
     protected abstract void Apply(TState state, in UpdateInputs inputs, View updates, View parameters);
+}
+
+/// <summary>The base for elementwise rules: written once for a range of elements; the whole vector is the range from 0.</summary>
+public abstract record ElementwiseRule<TState> : UpdateRule<TState> where TState : UpdateState
+{
+    public sealed override bool IsElementwise => true;
+    protected sealed override void Apply(TState state, in UpdateInputs inputs, View updates, View parameters) => ApplyRange(state, inputs, updates, parameters, 0);
+    internal sealed override void UpdateRange(UpdateState state, in UpdateInputs inputs, View updates, View parameters, int offset) =>
+        ApplyRange(Cast(state), inputs, updates, parameters, offset);
+
+    /// <summary>updates and parameters are elements [offset, offset + n) of the flat vectors; slice the state the same way.</summary>
+    protected abstract void ApplyRange(TState state, in UpdateInputs inputs, View updates, View parameters, int offset);
 }
 
 /// <summary>Rules applied in order, each on the previous one's output (optax.chain).</summary>
@@ -61,9 +87,37 @@ public sealed record Chain(ImmutableArray<UpdateRule> Rules) : UpdateRule<ChainS
 {
     protected override ChainState Create(ParameterStore parameters) => new([.. Rules.Select(r => r.Init(parameters))]);
 
+    public override bool IsElementwise => Rules.All(r => r.IsElementwise);
+
+    /// <summary>Runs of consecutive elementwise rules are fused tile by tile; other rules run on the whole vector.</summary>
     protected override void Apply(ChainState state, in UpdateInputs inputs, View updates, View parameters)
     {
-        for (int i = 0; i < Rules.Length; i++) Rules[i].Update(state.States[i], inputs, updates, parameters);
+        int i = 0;
+        while (i < Rules.Length)
+        {
+            if (!Rules[i].IsElementwise)
+            {
+                Rules[i].Update(state.States[i], inputs, updates, parameters);
+                i++;
+                continue;
+            }
+            int end = i;
+            while (end < Rules.Length && Rules[end].IsElementwise) end++;
+            for (int offset = 0; offset < updates.Length; offset += TileElements)
+            {
+                int n = Math.Min(TileElements, updates.Length - offset);
+                UpdateRange(state, inputs, updates.Slice(offset, n), parameters.Slice(offset, n), offset, i, end);
+            }
+            i = end;
+        }
+    }
+
+    internal override void UpdateRange(UpdateState state, in UpdateInputs inputs, View updates, View parameters, int offset) =>
+        UpdateRange((ChainState)state, inputs, updates, parameters, offset, 0, Rules.Length);
+
+    private void UpdateRange(ChainState state, in UpdateInputs inputs, View updates, View parameters, int offset, int first, int end)
+    {
+        for (int r = first; r < end; r++) Rules[r].UpdateRange(state.States[r], inputs, updates, parameters, offset);
     }
 
     public override string ToString() => string.Join(" → ", Rules);
@@ -81,13 +135,28 @@ public sealed class Optimizer(UpdateRule rule, ParameterStore parameters)
     public UpdateRule Rule { get; } = rule;
     public ParameterStore Parameters { get; } = parameters;
     public UpdateState State { get; } = rule.Init(parameters);
+    private readonly bool _elementwise = rule.IsElementwise;
 
     /// <summary>Transforms <paramref name="gradient"/> in place into the update and adds it to the parameters: θ ← θ + u.</summary>
     public void Step(in UpdateInputs inputs, View gradient)
     {
         if (gradient.Length != Parameters.All.Length)
             throw new ArgumentException($"The gradient has {gradient.Length} elements; the model has {Parameters.All.Length} parameters.", nameof(gradient));
-        Rule.Update(State, inputs, gradient, Parameters.All);
-        Parameters.Backend.Axpby(1f, gradient, 1f, Parameters.All);
+        var backend = Parameters.Backend;
+        if (!_elementwise)
+        {
+            Rule.Update(State, inputs, gradient, Parameters.All);
+            backend.Axpby(1f, gradient, 1f, Parameters.All);
+            return;
+        }
+        // Every rule elementwise: the whole step, θ ← θ + u included, in one pass over L2-sized tiles.
+        for (int offset = 0; offset < gradient.Length; offset += UpdateRule.TileElements)
+        {
+            int n = Math.Min(UpdateRule.TileElements, gradient.Length - offset);
+            var updates = gradient.Slice(offset, n);
+            var parameters = Parameters.All.Slice(offset, n);
+            Rule.UpdateRange(State, inputs, updates, parameters, offset);
+            backend.Axpby(1f, updates, 1f, parameters);
+        }
     }
 }

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""PyTorch peer for the training-step benchmark (issue 3).
+
+Same MLP as torch_mlp.py (depth 6, width 1024, input 3072, 10 classes, batch 512, float32, ReLU).
+Rows, each a whole training step with AdamW (lr 1e-3, weight decay 0.01):
+  backprop_adamw   forward, backward, AdamW
+  forward_ad_ap    activation perturbation written with torch.autograd.forward_ad: fresh tangents
+                   u_i ~ N(0, I) on every pre-activation, one dual pass, per-example JVPs
+                   d_b = dl_b/B, estimates dW_i = (d * u_i)^T x_i and db_i = sum_b d_b u_i, AdamW
+Run: /usr/bin/python3 benchmarks/peers/torch_step.py [--quick]; prints one JSON object.
+"""
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+
+torch.set_num_threads(2)
+torch.manual_seed(0)
+INPUTS, WIDTH, CLASSES, BATCH, DEPTH = 3072, 1024, 10, 512, 6
+
+
+def make_params():
+    sizes = [INPUTS] + [WIDTH] * (DEPTH - 1) + [CLASSES]
+    params = []
+    for i in range(DEPTH):
+        w = torch.empty(sizes[i + 1], sizes[i]).uniform_(-sizes[i] ** -0.5, sizes[i] ** -0.5)
+        params += [w.requires_grad_(True), torch.zeros(sizes[i + 1], requires_grad=True)]
+    return params, sizes
+
+
+def timeit(fn, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def main():
+    repeats = 3 if "--quick" in sys.argv else 10
+    x = torch.randn(BATCH, INPUTS)
+    y = torch.randint(0, CLASSES, (BATCH,))
+    rows = {}
+
+    params, sizes = make_params()
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+
+    def backprop_step():
+        opt.zero_grad(set_to_none=True)
+        h = x
+        for i in range(DEPTH):
+            s = F.linear(h, params[2 * i], params[2 * i + 1])
+            h = torch.relu(s) if i < DEPTH - 1 else s
+        F.cross_entropy(h, y).backward()
+        opt.step()
+
+    rows["backprop_adamw"] = timeit(backprop_step, repeats)
+
+    params2, _ = make_params()
+    opt2 = torch.optim.AdamW(params2, lr=1e-3, weight_decay=0.01)
+
+    def forward_ad_step():
+        with torch.no_grad():
+            tangents = [torch.randn(BATCH, n) for n in sizes[1:]]
+            inputs = []
+            with fwAD.dual_level():
+                h = x
+                for i in range(DEPTH):
+                    inputs.append(fwAD.unpack_dual(h).primal)
+                    s = F.linear(h, params2[2 * i], params2[2 * i + 1])
+                    s = s + fwAD.make_dual(torch.zeros_like(s), tangents[i])
+                    h = torch.relu(s) if i < DEPTH - 1 else s
+                loss = F.cross_entropy(h, y, reduction="none")
+                d = fwAD.unpack_dual(loss).tangent / BATCH
+            for i in range(DEPTH):
+                scaled = tangents[i] * d[:, None]
+                params2[2 * i].grad = scaled.t() @ inputs[i]
+                params2[2 * i + 1].grad = scaled.sum(0)
+        opt2.step()
+
+    rows["forward_ad_ap"] = timeit(forward_ad_step, repeats)
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
