@@ -30,13 +30,16 @@ internal static class Compare
         Console.WriteLine($"ForwardAD core benchmark, {DateTime.UtcNow:yyyy-MM-dd}, {Environment.ProcessorCount} cores, {new CpuBackend().Name}");
         // The peer runs before and after our suite; each row uses its faster median of the two, which
         // is conservative for our ratios on a machine whose speed drifts (shared VMs do).
-        var peerBefore = RunPeer(quick);
+        var peerBefore = RunPeer("torch_mlp.py", quick);
+        var stepPeerBefore = RunPeer("torch_step.py", quick);
         var job = (quick ? Job.ShortRun.WithIterationCount(3).WithWarmupCount(1) : Job.Default.WithIterationCount(10).WithWarmupCount(3))
             .WithLaunchCount(1);
         var config = ManualConfig.Create(DefaultConfig.Instance).AddJob(job).WithOptions(ConfigOptions.DisableLogFile);
         var ours = BenchmarkRunner.Run<MlpBenchmarks>(config);
         var gemm = BenchmarkRunner.Run<GemmBenchmarks>(config);
-        var peerAfter = RunPeer(quick);
+        var steps = BenchmarkRunner.Run<StepBenchmarks>(config);
+        var peerAfter = RunPeer("torch_mlp.py", quick);
+        var stepPeerAfter = RunPeer("torch_step.py", quick);
         var peer = peerBefore;
 
         double Median(Summary s, string method) =>
@@ -82,6 +85,22 @@ internal static class Compare
         Console.WriteLine($"| managed | {managed * 1e3:F2} ms | {GemmBenchmarks.Flops / managed / 1e9:F1} GFLOP/s |");
         Console.WriteLine($"| openblas | {openBlas * 1e3:F2} ms | {GemmBenchmarks.Flops / openBlas / 1e9:F1} GFLOP/s |");
 
+        double S(string name) => Math.Min(Row(stepPeerBefore, name), Row(stepPeerAfter, name));
+        double ap = Median(steps, "ActivationPerturbationAdamW"), wt = Median(steps, "WeightTransposeAdamW"), bp = Median(steps, "BackpropAdamW");
+        Console.WriteLine();
+        Console.WriteLine("Training step with AdamW (guess, JVP, estimate, update), same model and batch; PyTorch rows: backprop step, and activation perturbation written with forward_ad");
+        Console.WriteLine("| row | ForwardAD ms | B allocated per step | / PyTorch backprop step | / PyTorch forward-AD AP step | target |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---|");
+        foreach (var (row, t, method, target) in new[]
+        {
+            ("activation perturbation", ap, "ActivationPerturbationAdamW", $"≤ 1.2× backprop step ({(ap / S("backprop_adamw") <= 1.2 ? "met" : "missed")}), ≤ 0.5× forward-AD step ({(ap / S("forward_ad_ap") <= 0.5 ? "met" : "missed")})"),
+            ("Wᵀ", wt, "WeightTransposeAdamW", ""),
+            ("backprop (ours)", bp, "BackpropAdamW", ""),
+        })
+            Console.WriteLine($"| {row} | {t * 1e3:F1} | {Allocated(steps, method)} | {t / S("backprop_adamw"):F2} | {t / S("forward_ad_ap"):F2} | {target} |");
+        Console.WriteLine($"PyTorch step medians, before / after our suite (ms): backprop + AdamW {Row(stepPeerBefore, "backprop_adamw") * 1e3:F1} / {Row(stepPeerAfter, "backprop_adamw") * 1e3:F1}, " +
+            $"forward-AD activation perturbation + AdamW {Row(stepPeerBefore, "forward_ad_ap") * 1e3:F1} / {Row(stepPeerAfter, "forward_ad_ap") * 1e3:F1}");
+
         Console.WriteLine();
         Console.WriteLine("Memory against depth (width 1024, batch 512): our plan buffers (parameters excluded) and PyTorch's saved tensors for backward");
         Console.WriteLine("| depth | ForwardAD JVP K=1 (generated tangents, buffer reuse) | ForwardAD backprop | PyTorch saved for backward |");
@@ -102,9 +121,9 @@ internal static class Compare
         return 0;
     }
 
-    private static JsonElement RunPeer(bool quick)
+    private static JsonElement RunPeer(string name, bool quick)
     {
-        var script = FindPeerScript();
+        var script = FindPeerScript(name);
         var start = new ProcessStartInfo("/usr/bin/python3", quick ? [script, "--quick"] : [script]) { RedirectStandardOutput = true };
         using var process = Process.Start(start) ?? throw new InvalidOperationException("Could not start /usr/bin/python3.");
         string output = process.StandardOutput.ReadToEnd();
@@ -114,14 +133,14 @@ internal static class Compare
         return JsonDocument.Parse(output.Trim().Split('\n')[^1]).RootElement;
     }
 
-    private static string FindPeerScript()
+    private static string FindPeerScript(string name)
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
         {
-            var candidate = Path.Combine(dir.FullName, "benchmarks", "peers", "torch_mlp.py");
+            var candidate = Path.Combine(dir.FullName, "benchmarks", "peers", name);
             if (File.Exists(candidate)) return candidate;
         }
-        throw new FileNotFoundException("benchmarks/peers/torch_mlp.py not found above " + AppContext.BaseDirectory);
+        throw new FileNotFoundException($"benchmarks/peers/{name} not found above " + AppContext.BaseDirectory);
     }
 }
 
