@@ -14,29 +14,16 @@ Run with Debian's interpreter: /usr/bin/python3 benchmarks/peers/torch_mlp.py [-
 Prints one JSON object: {"rows": {name: median_seconds}, "saved_bytes": {depth: bytes}, ...}.
 """
 import json
-import statistics
 import sys
-import time
 
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
+from peer_common import BATCH, CLASSES, INPUTS, make_params, timeit
+
 torch.set_num_threads(2)
 torch.manual_seed(0)
-
-INPUTS, WIDTH, CLASSES, BATCH = 3072, 1024, 10, 512
-
-
-def make_params(depth):
-    sizes = [INPUTS] + [WIDTH] * (depth - 1) + [CLASSES]
-    params = []
-    for i in range(depth):
-        w = torch.empty(sizes[i + 1], sizes[i]).uniform_(-sizes[i] ** -0.5, sizes[i] ** -0.5)
-        b = torch.zeros(sizes[i + 1])
-        params += [w, b]
-    return params
-
 
 def forward(params, x, y, tangents=None):
     h = x
@@ -48,17 +35,6 @@ def forward(params, x, y, tangents=None):
             s = s + fwAD.make_dual(torch.zeros_like(s), tangents[i])
         h = torch.relu(s) if i < depth - 1 else s
     return F.cross_entropy(h, y, reduction="none")
-
-
-def timeit(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
 
 
 def main():

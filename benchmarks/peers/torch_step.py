@@ -10,37 +10,17 @@ Rows, each a whole training step with AdamW (lr 1e-3, weight decay 0.01):
 Run: /usr/bin/python3 benchmarks/peers/torch_step.py [--quick]; prints one JSON object.
 """
 import json
-import statistics
 import sys
-import time
 
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
+from peer_common import BATCH, CLASSES, INPUTS, make_params, timeit
+
 torch.set_num_threads(2)
 torch.manual_seed(0)
-INPUTS, WIDTH, CLASSES, BATCH, DEPTH = 3072, 1024, 10, 512, 6
-
-
-def make_params():
-    sizes = [INPUTS] + [WIDTH] * (DEPTH - 1) + [CLASSES]
-    params = []
-    for i in range(DEPTH):
-        w = torch.empty(sizes[i + 1], sizes[i]).uniform_(-sizes[i] ** -0.5, sizes[i] ** -0.5)
-        params += [w.requires_grad_(True), torch.zeros(sizes[i + 1], requires_grad=True)]
-    return params, sizes
-
-
-def timeit(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+DEPTH = 6
 
 
 def main():
@@ -49,7 +29,8 @@ def main():
     y = torch.randint(0, CLASSES, (BATCH,))
     rows = {}
 
-    params, sizes = make_params()
+    params = make_params(DEPTH, requires_grad=True)
+    sizes = [INPUTS] + [p.shape[0] for p in params[0::2]]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
 
     def backprop_step():
@@ -63,7 +44,7 @@ def main():
 
     rows["backprop_adamw"] = timeit(backprop_step, repeats)
 
-    params2, _ = make_params()
+    params2 = make_params(DEPTH, requires_grad=True)
     opt2 = torch.optim.AdamW(params2, lr=1e-3, weight_decay=0.01)
 
     def forward_ad_step():

@@ -66,6 +66,18 @@ public class GuesserTests
     private static Problem RandomProblem((int Seed, int Activation) c) =>
         Problem.RandomMlp(c.Seed, Problem.Activations[c.Activation], Batch, widths: [4, 3], inputs: 3, outputs: 3);
 
+    /// <summary>expected[W] += direction ⊗ x and expected[b] += direction: one example's share of a weight estimate.</summary>
+    private static void AddOuterProduct(ParameterLayout layout, DenseLayer layer, double[] direction, ReadOnlySpan<float> x, double[] expected)
+    {
+        int weightOffset = layout.Entries.Single(e => e.Parameter == layer.Weight).Offset;
+        int biasOffset = layout.Entries.Single(e => e.Parameter == layer.Bias).Offset;
+        for (int j = 0; j < direction.Length; j++)
+        {
+            for (int c = 0; c < x.Length; c++) expected[weightOffset + j * x.Length + c] += direction[j] * x[c];
+            expected[biasOffset + j] += direction[j];
+        }
+    }
+
     /// <summary>Directional descent over random models: E[(g·v)v] = g with Var[(g·v)v_j] = ‖g‖² + g_j² for v ~ N(0, I).</summary>
     [Fact]
     public void Directional_descent_is_unbiased() =>
@@ -129,13 +141,7 @@ public class GuesserTests
                     var wm = Enumerable.Range(0, m).Select(r => Enumerable.Range(0, n).Sum(j => w[r * n + j] * masked[j])).ToArray();
                     for (int j = 0; j < n; j++) direction[j] = s[b * n + j] > 0 ? Enumerable.Range(0, m).Sum(r => w[r * n + j] * wm[r]) : 0;
                 }
-                int weightOffset = layout.Entries.Single(e => e.Parameter == layer.Weight).Offset;
-                int biasOffset = layout.Entries.Single(e => e.Parameter == layer.Bias).Offset;
-                for (int j = 0; j < n; j++)
-                {
-                    for (int c = 0; c < inputs; c++) expected[weightOffset + j * inputs + c] += direction[j] * x[b * inputs + c];
-                    expected[biasOffset + j] += direction[j];
-                }
+                AddOuterProduct(layout, layer, direction, x.AsSpan(b * inputs, inputs), expected);
             }
         }
         const int samples = 20000;
@@ -171,13 +177,7 @@ public class GuesserTests
                 var mg = Enumerable.Range(0, n).Select(j => mask[b * n + j] * (double)g[b * n + j]).ToArray();
                 var xmg = Enumerable.Range(0, Batch).Select(c => Enumerable.Range(0, n).Sum(j => output[c * n + j] * mg[j])).ToArray();
                 var direction = Enumerable.Range(0, n).Select(j => mask[b * n + j] * Enumerable.Range(0, Batch).Sum(c => output[c * n + j] * xmg[c])).ToArray();
-                int weightOffset = layout.Entries.Single(e => e.Parameter == layer.Weight).Offset;
-                int biasOffset = layout.Entries.Single(e => e.Parameter == layer.Bias).Offset;
-                for (int j = 0; j < n; j++)
-                {
-                    for (int c = 0; c < inputs; c++) expected[weightOffset + j * inputs + c] += direction[j] * x[b * inputs + c];
-                    expected[biasOffset + j] += direction[j];
-                }
+                AddOuterProduct(layout, layer, direction, x.AsSpan(b * inputs, inputs), expected);
             }
         }
         const int samples = 20000;
