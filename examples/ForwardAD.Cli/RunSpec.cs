@@ -35,6 +35,16 @@ internal static class RunSpec
           --k K                     layers for 'downstream' (default 2)
           --power P                 singular-value power for 'wt-power' (default 0)
           --cosine C                target cosine for 'cosine-matched' (default 0.1)
+        Feedback alignment (--guesser dfa or grape)
+          --feedback-init NAME      xavier (default), kaiming, gaussian
+          --grape-rule NAME         original (default), original-no-noise, alt1, alt2
+          --grape-lr ETA            η_B of the feedback rule (default 0.01)
+          --grape-decay D           η_B multiplied by D every step (default 1: constant)
+          --grape-noise S           noise scale of the original rule (default 0.001)
+          --grape-renormalize yes|no  keep ‖B‖ at its initial value (default yes for original, no for alt1/alt2)
+          --grape-average yes|no    cumulative moving average of J̃ over steps (default yes)
+          --grape-placement h|a     tangent on the hidden output h_l (default) or the pre-activation a_l
+          (--mode joint|per-layer also chooses GrAPE's tangent channels; default joint)
         """;
 
     public const string RuleHelp = """
@@ -118,8 +128,50 @@ internal static class RunSpec
             "self-sharpening" => Guessers.SelfSharpening(mode, guesses),
             "wt-power" => Guessers.WeightTransposePower(options.Float("power", 0f), mode, guesses),
             "cosine-matched" => Guessers.CosineMatched(options.Float("cosine", 0.1f), guesses),
-            _ => throw new UsageException($"Unknown guesser '{name}'. Use backprop, directional, activation-perturbation, wt, downstream, mixing, self-sharpening, wt-power or cosine-matched."),
+            "dfa" => Guessers.Dfa(FeedbackInit(options), Seed(options)),
+            "grape" => Guessers.Grape(Grape(options, mode), FeedbackInit(options), Seed(options)),
+            _ => throw new UsageException($"Unknown guesser '{name}'. Use backprop, directional, activation-perturbation, wt, downstream, mixing, self-sharpening, wt-power, cosine-matched, dfa or grape."),
         };
+    }
+
+    private static ulong Seed(Options options) => (ulong)options.Int("seed", 1, min: 0);
+
+    private static FeedbackInitialization FeedbackInit(Options options) => options.String("feedback-init", "xavier") switch
+    {
+        "xavier" => FeedbackInitialization.XavierUniform,
+        "kaiming" => FeedbackInitialization.KaimingUniform,
+        "gaussian" => FeedbackInitialization.Gaussian,
+        var n => throw new UsageException($"--feedback-init must be xavier, kaiming or gaussian; got '{n}'."),
+    };
+
+    private static bool YesNo(Options options, string name, bool fallback) => options.String(name, fallback ? "yes" : "no") switch
+    {
+        "yes" or "true" or "on" => true,
+        "no" or "false" or "off" => false,
+        var v => throw new UsageException($"--{name} must be yes or no; got '{v}'."),
+    };
+
+    private static GrapeOptions Grape(Options options, TangentMode mode)
+    {
+        var ruleName = options.String("grape-rule", "original");
+        float eta = options.Float("grape-lr", 0.01f), decay = options.Float("grape-decay", 1f), noise = options.Float("grape-noise", 1e-3f);
+        Schedule rate = decay == 1f ? Schedule.Constant(eta) : Schedule.Exponential(eta, decay);
+        bool renormalize = YesNo(options, "grape-renormalize", ruleName.StartsWith("original", StringComparison.Ordinal));
+        var rule = ruleName switch
+        {
+            "original" => FeedbackRules.Original(rate, noise, renormalize),
+            "original-no-noise" => FeedbackRules.Original(rate, 0f, renormalize),
+            "alt1" => FeedbackRules.Alternative1(rate, 0f, renormalize),
+            "alt2" => FeedbackRules.Alternative2(rate, 0f, renormalize),
+            _ => throw new UsageException($"--grape-rule must be original, original-no-noise, alt1 or alt2; got '{ruleName}'."),
+        };
+        var placement = options.String("grape-placement", "h") switch
+        {
+            "h" => TangentPlacement.HiddenOutput,
+            "a" => TangentPlacement.PreActivation,
+            var p => throw new UsageException($"--grape-placement must be h or a; got '{p}'."),
+        };
+        return new GrapeOptions { Rule = rule, Placement = placement, Mode = mode, MovingAverage = YesNo(options, "grape-average", true), Label = ruleName };
     }
 
     public static (UpdateRule Rule, string Description) Rule(Options options, int stepsPerEpoch, int epochs)

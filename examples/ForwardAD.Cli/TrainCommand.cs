@@ -97,7 +97,7 @@ internal static class TrainCommand
             AnsiConsole.MarkupLine("nothing to do: the checkpoint has already completed every epoch.");
             return 0;
         }
-        var table = new Table().AddColumns("epoch", "train loss", "train acc", "test loss", "test acc", "cos(est, ∇L)", "examples/s");
+        var table = new Table().AddColumns("epoch", "train loss", "train acc", "test loss", "test acc", "cos(est, ∇L)", "B·J align", "examples/s");
         foreach (var r in reports.Where((r, i) => i == 0 || i == reports.Count - 1 || (i + 1) % Math.Max(1, epochs / 5) == 0))
             table.AddRow(Cells(r));
         AnsiConsole.Write(table);
@@ -111,12 +111,13 @@ internal static class TrainCommand
     private static string[] Cells(EpochReport r) =>
     [
         (r.Epoch + 1).ToString(CultureInfo.InvariantCulture), F(r.TrainLoss), F(r.TrainAccuracy, "P2"), F(r.TestLoss),
-        F(r.TestAccuracy, "P2"), F(r.GlobalCosine, "F3"), F(r.ExamplesPerSecond, "F0"),
+        F(r.TestAccuracy, "P2"), F(r.GlobalCosine, "F3"), r.FeedbackAlignment.IsEmpty ? "–" : F(r.FeedbackAlignment.Average(), "F3"), F(r.ExamplesPerSecond, "F0"),
     ];
 
     private static string Line(EpochReport r, int epochs) =>
         $"epoch {r.Epoch + 1}/{epochs}: train loss {F(r.TrainLoss)} acc {F(r.TrainAccuracy, "P2")}, test loss {F(r.TestLoss)} acc {F(r.TestAccuracy, "P2")}, " +
-        $"cos {F(r.GlobalCosine, "F3")} (layers {string.Join(" ", r.LayerCosines.Select(c => F(c, "F3")))}), {F(r.ExamplesPerSecond, "F0")} examples/s";
+        $"cos {F(r.GlobalCosine, "F3")} (layers {string.Join(" ", r.LayerCosines.Select(c => F(c, "F3")))})" +
+        (r.FeedbackAlignment.IsEmpty ? "" : $", B·J alignment {string.Join(" ", r.FeedbackAlignment.Select(c => F(c, "F3")))}") + $", {F(r.ExamplesPerSecond, "F0")} examples/s";
 
     private static readonly string[] FixedColumns = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "cosine_global"];
 
@@ -128,11 +129,13 @@ internal static class TrainCommand
         var temporary = path + ".tmp";
         using (var writer = new StreamWriter(temporary))
         {
-            int layers = reports[0].LayerCosines.Length;
-            writer.WriteLine(string.Join(',', FixedColumns.Concat(Enumerable.Range(1, layers).Select(l => $"cosine_layer{l}")).Concat(["examples_per_second", "wall_seconds"])));
+            int layers = reports[0].LayerCosines.Length, aligned = reports.Max(r => r.FeedbackAlignment.Length);
+            writer.WriteLine(string.Join(',', FixedColumns.Concat(Enumerable.Range(1, layers).Select(l => $"cosine_layer{l}"))
+                .Concat(Enumerable.Range(1, aligned).Select(l => $"alignment_layer{l}")).Concat(["examples_per_second", "wall_seconds"])));
             foreach (var r in reports)
                 writer.WriteLine(string.Join(',', new[] { (r.Epoch + 1).ToString(CultureInfo.InvariantCulture), G(r.TrainLoss), G(r.TrainAccuracy), G(r.TestLoss), G(r.TestAccuracy), G(r.GlobalCosine) }
-                    .Concat(r.LayerCosines.Select(G)).Concat([G(r.ExamplesPerSecond), G(r.WallTime.TotalSeconds)])));
+                    .Concat(r.LayerCosines.Select(G)).Concat(Enumerable.Range(0, aligned).Select(l => l < r.FeedbackAlignment.Length ? G(r.FeedbackAlignment[l]) : "NaN"))
+                    .Concat([G(r.ExamplesPerSecond), G(r.WallTime.TotalSeconds)])));
         }
         File.Move(temporary, path, overwrite: true);
         static string G(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
@@ -143,12 +146,17 @@ internal static class TrainCommand
     {
         if (!File.Exists(path)) return [];
         var lines = File.ReadAllLines(path);
+        var header = lines[0].Split(',');
+        int layers = header.Count(h => h.StartsWith("cosine_layer", StringComparison.Ordinal));
+        int aligned = header.Count(h => h.StartsWith("alignment_layer", StringComparison.Ordinal));
         var result = new List<EpochReport>();
         foreach (var line in lines.Skip(1))
         {
             var v = line.Split(',').Select(x => double.Parse(x, CultureInfo.InvariantCulture)).ToArray();
-            int layers = v.Length - FixedColumns.Length - 2;
-            result.Add(new EpochReport((int)v[0] - 1, v[1], v[2], v[3], v[4], [.. v.Skip(6).Take(layers)], v[5], v[^2], TimeSpan.FromSeconds(v[^1])));
+            result.Add(new EpochReport((int)v[0] - 1, v[1], v[2], v[3], v[4], [.. v.Skip(6).Take(layers)], v[5], v[^2], TimeSpan.FromSeconds(v[^1]))
+            {
+                FeedbackAlignment = [.. v.Skip(6 + layers).Take(aligned)],
+            });
         }
         return result;
     }
@@ -167,6 +175,7 @@ internal static class TrainCommand
         }
 
         public void EpochCompleted(EpochReport report) =>
-            _last = $" | last epoch: train acc {report.TrainAccuracy:P1} test acc {report.TestAccuracy:P1} cos {F(report.GlobalCosine, "F3")}";
+            _last = $" | last epoch: train acc {report.TrainAccuracy:P1} test acc {report.TestAccuracy:P1} cos {F(report.GlobalCosine, "F3")}" +
+                (report.FeedbackAlignment.IsEmpty ? "" : $" align {report.FeedbackAlignment.Average():F3}");
     }
 }

@@ -28,9 +28,15 @@ public sealed class CheckpointTests : IDisposable
     [Theory]
     [InlineData("ap")]
     [InlineData("directional")]
+    [InlineData("grape")]
     public void Resume_continues_bit_for_bit(string name)
     {
-        Guesser guesser = name == "ap" ? Guessers.ActivationPerturbation(TangentMode.PerLayer, 2) : Guessers.DirectionalDescent(3);
+        Guesser guesser = name switch
+        {
+            "ap" => Guessers.ActivationPerturbation(TangentMode.PerLayer, 2),
+            "directional" => Guessers.DirectionalDescent(3),
+            _ => Guessers.Grape(new GrapeOptions { Rule = FeedbackRules.Original(Schedule.Exponential(0.05f, 0.99f), 1e-3f) }, seed: 4),
+        };
         var (straight, straightStore) = NewTrainer(guesser);
         var reports = Enumerable.Range(0, 4).Select(e => straight.RunEpoch(e)).ToList();
 

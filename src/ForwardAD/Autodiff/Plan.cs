@@ -112,7 +112,7 @@ public sealed class Plan
             for (int id = 0; id < count; id++) needsCotangent[id] = fromSource[id] && reachesLoss[id];
         }
 
-        bool differentiating = options.Gradients || options.Seeds.Length > 0;
+        bool differentiating = options.Gradients || options.Seeds.Length > 0 || options.SaveDerivatives;
         bool reuse = options.ReuseBuffers;
         var lastUse = new int[count];
         for (int id = 0; id < count; id++) lastUse[id] = id;

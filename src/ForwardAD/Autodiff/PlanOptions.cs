@@ -33,6 +33,10 @@ public sealed record PlanOptions(int BatchSize)
     /// </summary>
     public bool ReuseBuffers { get; init; }
 
+    /// <summary>Save the local derivatives (f'(x) of every activation) even without seeds or gradients:
+    /// feedback alignment reads them (<see cref="Plan.Derivative"/>) after a plain forward pass.</summary>
+    public bool SaveDerivatives { get; init; }
+
     /// <summary>Nodes whose value and tangent stay readable when buffers are reused.</summary>
     public ImmutableArray<Node> Retain { get; init; } = [];
 }

@@ -92,6 +92,9 @@ public abstract class Backend
     /// <paramref name="norm"/>; all-zero rows stay zero.</summary>
     public abstract void NormalizeRows(View x, int columns, float norm);
 
+    /// <summary>destination[r] = cos(a[r, :], b[r, :]) for rows of <paramref name="columns"/> elements (0 when a row is zero).</summary>
+    public abstract void RowCosines(View a, View b, int columns, View destination);
+
     /// <summary>Σ_i x[i]², read back to the host.</summary>
     public abstract double SumOfSquares(View x);
 

@@ -184,6 +184,20 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    public override void RowCosines(View a, View b, int columns, View destination)
+    {
+        var left = Read(a);
+        var right = Read(b);
+        var target = Span(destination);
+        for (int r = 0; r < target.Length; r++)
+        {
+            var x = left.Slice(r * columns, columns);
+            var y = right.Slice(r * columns, columns);
+            float norms = TensorPrimitives.Norm(x) * TensorPrimitives.Norm(y);
+            target[r] = norms == 0 ? 0f : TensorPrimitives.Dot(x, y) / norms;
+        }
+    }
+
     public override double SumOfSquares(View x)
     {
         // Chunks of 4096 summed in float by TensorPrimitives, accumulated in double: fast and accurate enough

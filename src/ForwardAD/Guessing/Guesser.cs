@@ -94,6 +94,10 @@ public static class Guessers
     public static Guesser WeightTransposePower(float power, TangentMode mode = TangentMode.Joint, int guesses = 1) =>
         new ActivationGuesser($"Wᵀ with σ^{power:0.##}", Guesses.WeightTransposePower(power), Guess.Normal, mode, guesses);
     public static Guesser CosineMatched(double cosine, int guesses = 1) => new CosineMatchedDescent(cosine, guesses);
+    public static Guesser Dfa(FeedbackInitialization initialization = FeedbackInitialization.XavierUniform, ulong seed = 0) =>
+        new DirectFeedbackAlignment(initialization, null, seed);
+    public static Guesser Grape(GrapeOptions options, FeedbackInitialization initialization = FeedbackInitialization.XavierUniform, ulong seed = 0) =>
+        new DirectFeedbackAlignment(initialization, options, seed);
 }
 
 /// <summary>The compiled <see cref="ActivationGuesser"/>.</summary>
@@ -134,7 +138,7 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
 
     public override Plan Plan => _plan;
 
-    public override (View Gradient, double Loss) Estimate(RandomKey key)
+    public override (View Gradient, double Loss) Estimate(RandomKey key, long step = 0)
     {
         var backend = _plan.Backend;
         var layers = _plan.Model.Layers;
@@ -234,7 +238,7 @@ internal sealed class DirectionalEstimator : GradientEstimator
         _oracle?.SetBatch(features, labels);
     }
 
-    public override (View Gradient, double Loss) Estimate(RandomKey key)
+    public override (View Gradient, double Loss) Estimate(RandomKey key, long step = 0)
     {
         var backend = _plan.Backend;
         int batch = _plan.BatchSize;

@@ -81,7 +81,7 @@ public sealed class CosineStudy
                     foreach (var (guesser, estimator) in _guessers)
                     {
                         estimator.SetBatch(_features, _labels);
-                        var (estimate, _) = estimator.Estimate(key);
+                        var (estimate, _) = estimator.Estimate(key, step);
                         double cosine = Cosine(backend, estimate, _exact);
                         double effectiveness = exactReduction > 0 ? BestReduction(estimate, loss) / exactReduction : double.NaN;
                         samples.Add(new CosineSample(epoch, step, guesser.Name, cosine, effectiveness));

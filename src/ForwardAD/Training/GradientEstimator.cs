@@ -21,8 +21,13 @@ public abstract class GradientEstimator
     }
 
     /// <summary>Computes the estimate for the batch already in <see cref="Plan"/>'s inputs, with fresh
-    /// noise from <paramref name="key"/>; returns the flat estimate (a view the estimator owns) and the batch's mean loss.</summary>
-    public abstract (View Gradient, double Loss) Estimate(RandomKey key);
+    /// noise from <paramref name="key"/> at training step <paramref name="step"/> (for estimators with
+    /// schedules or running averages); returns the flat estimate (a view the estimator owns) and the batch's mean loss.</summary>
+    public abstract (View Gradient, double Loss) Estimate(RandomKey key, long step = 0);
+
+    /// <summary>State the estimator carries across steps (feedback matrices, running averages), with stable
+    /// names: saved in checkpoints and restored bit for bit.</summary>
+    public virtual IEnumerable<(string Name, View Buffer)> StateBuffers => [];
 }
 
 /// <summary>The exact gradient of the mean loss by the backward pass: the oracle every guess is compared with.</summary>
@@ -30,7 +35,7 @@ public sealed class BackpropEstimator(ParameterStore parameters, int batchSize) 
 {
     public override Plan Plan { get; } = Plan.Compile(parameters, new PlanOptions(batchSize) { Gradients = true });
 
-    public override (View Gradient, double Loss) Estimate(RandomKey key)
+    public override (View Gradient, double Loss) Estimate(RandomKey key, long step = 0)
     {
         Plan.Forward();
         Plan.Backward();

@@ -14,7 +14,12 @@ namespace ForwardAD.Training;
 /// cos(estimate, backprop gradient), per dense layer (weight and bias together) and over all parameters;
 /// NaN when not measured.</summary>
 public sealed record EpochReport(int Epoch, double TrainLoss, double TrainAccuracy, double TestLoss, double TestAccuracy,
-    ImmutableArray<double> LayerCosines, double GlobalCosine, double ExamplesPerSecond, TimeSpan WallTime);
+    ImmutableArray<double> LayerCosines, double GlobalCosine, double ExamplesPerSecond, TimeSpan WallTime)
+{
+    /// <summary>For feedback-alignment guessers: per hidden layer, the mean row-cosine of B_l to the exact J_lᵀ
+    /// on the epoch's last batch (empty otherwise).</summary>
+    public ImmutableArray<double> FeedbackAlignment { get; init; } = [];
+}
 
 /// <summary>Progress of a run, called from the training thread.</summary>
 public interface ITrainingObserver
@@ -103,7 +108,7 @@ public sealed class Trainer
         {
             _train.CopyBatch(_order.AsSpan(s * batch, batch), _features, _labels);
             _estimator.SetBatch(_features, _labels);
-            var (gradient, loss) = _estimator.Estimate(new RandomKey(_options.Seed, 0x6E55).Derive((ulong)_step));
+            var (gradient, loss) = _estimator.Estimate(new RandomKey(_options.Seed, 0x6E55).Derive((ulong)_step), _step);
             if (!double.IsFinite(loss))
                 throw new TrainingDivergedException($"The batch loss became {loss} at epoch {epoch + 1}, step {_step} ({Guesser.Name}): training diverged. " +
                     "Lower the learning rate or clip the estimate (--lr, --clip); the last checkpoint, if any, is intact.");
@@ -123,8 +128,14 @@ public sealed class Trainer
         var test = _testEvaluator.Evaluate();
         bool exactGradient = Guesser is BackpropGuesser;
         var cosines = _cosineSums.Select(sum => exactGradient ? 1.0 : measured == 0 ? double.NaN : sum / measured).ToArray();
+        var alignment = ImmutableArray<double>.Empty;
+        if (_estimator is IFeedbackAlignment feedback && _oracle is not null)
+        {
+            _oracle.SetBatch(_features, _labels);
+            alignment = [.. feedback.MeasureAlignment(_oracle)];
+        }
         var report = new EpochReport(epoch, train.Loss, train.Accuracy, test.Loss, test.Accuracy,
-            [.. cosines[..^1]], cosines[^1], StepsPerEpoch * batch / seconds, watch.Elapsed);
+            [.. cosines[..^1]], cosines[^1], StepsPerEpoch * batch / seconds, watch.Elapsed) { FeedbackAlignment = alignment };
         NextEpoch = epoch + 1;
         observer?.EpochCompleted(report);
         return report;
@@ -151,6 +162,11 @@ public sealed class Trainer
         _cosineSums[^1] += allEstimate == 0 || allExact == 0 ? 0 : allDot / Math.Sqrt(allEstimate * allExact);
     }
 
+    /// <summary>Optimizer and estimator state, named as in checkpoints.</summary>
+    private IEnumerable<(string Name, View Buffer)> StateBuffers =>
+        _optimizer.State.Buffers.Select(b => ($"optimizer.{b.Name}", b.Buffer))
+            .Concat(_estimator.StateBuffers.Select(b => ($"estimator.{b.Name}", b.Buffer)));
+
     /// <summary>
     /// Writes parameters, optimizer state and progress as safetensors (readable by PyTorch), atomically.
     /// <paramref name="description"/> (model, guesser, rule, ...) is stored as metadata and checked on resume.
@@ -161,8 +177,8 @@ public sealed class Trainer
         var tensors = new List<(string, int[], Func<float[]>)>();
         foreach (var p in _parameters.Model.Parameters)
             tensors.Add((p.Name, [.. p.Shape.Dimensions], () => _parameters.ToArray(p)));
-        foreach (var (name, buffer) in _optimizer.State.Buffers)
-            tensors.Add(($"optimizer.{name}", [buffer.Length], () => { var host = new float[buffer.Length]; backend.CopyToHost(buffer, host); return host; }));
+        foreach (var (name, buffer) in StateBuffers)
+            tensors.Add((name, [buffer.Length], () => { var host = new float[buffer.Length]; backend.CopyToHost(buffer, host); return host; }));
         var metadata = new Dictionary<string, string>(description)
         {
             [FormatKey] = FormatVersion,
@@ -197,10 +213,10 @@ public sealed class Trainer
                 throw new InvalidDataException($"{path}: tensor '{p.Name}' has shape [{string.Join(", ", t.Shape)}]; the model expects {p.Shape}.");
             loads.Add((t.Data, _parameters[p]));
         }
-        foreach (var (name, buffer) in _optimizer.State.Buffers)
+        foreach (var (name, buffer) in StateBuffers)
         {
-            if (!tensors.TryGetValue($"optimizer.{name}", out var t) || t.Data.Length != buffer.Length)
-                throw new InvalidDataException($"{path}: optimizer state 'optimizer.{name}' is missing or has the wrong size; the checkpoint was written with another update rule.");
+            if (!tensors.TryGetValue(name, out var t) || t.Data.Length != buffer.Length)
+                throw new InvalidDataException($"{path}: state '{name}' is missing or has the wrong size; the checkpoint was written with another update rule or guesser.");
             loads.Add((t.Data, buffer));
         }
         foreach (var (data, target) in loads) _parameters.Backend.CopyFromHost(data, target);

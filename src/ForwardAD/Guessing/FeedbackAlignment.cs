@@ -1,0 +1,234 @@
+using ForwardAD.Autodiff;
+using ForwardAD.Backends;
+using ForwardAD.Graph;
+using ForwardAD.Optim;
+using ForwardAD.Random;
+using ForwardAD.Tensors;
+using ForwardAD.Training;
+
+namespace ForwardAD.Guessing;
+
+/// <summary>How the feedback matrices B_l (n_l × o) start: N(0, 1/o), Xavier-uniform U(±√(6/(n_l+o))) or
+/// Kaiming-uniform U(±√(6/o)) (fan-in o: B_l maps the o-dimensional error to layer l).</summary>
+public enum FeedbackInitialization { Gaussian, XavierUniform, KaimingUniform }
+
+/// <summary>Where GrAPE's activity tangent δ enters: the hidden output h_l (DESIGN.md, J_l = ∂ŷ/∂h_l) or the
+/// pre-activation a_l (the submission's choice, which folds σ'(a_l) into the estimate).</summary>
+public enum TangentPlacement { HiddenOutput, PreActivation }
+
+/// <summary>
+/// GrAPE's knobs, all explicit. Defaults: the original rule with η_B = 0.01 (constant), noise 1e-3 and
+/// renormalisation; δ on h_l; a cumulative moving average of J̃ over steps; and one joint tangent channel
+/// for all layers. Joint is the default because the δ_l of different layers are independent, so the
+/// cross terms (J_m δ_m)δ_lᵀ have zero mean and the moving average removes their variance over steps,
+/// while per-layer channels cost L× the tangent work (one JVP channel per hidden layer).
+/// </summary>
+public sealed record GrapeOptions
+{
+    public FeedbackRule Rule { get; init; } = FeedbackRules.Original(Schedule.Constant(0.01f));
+    public TangentPlacement Placement { get; init; } = TangentPlacement.HiddenOutput;
+    public TangentMode Mode { get; init; } = TangentMode.Joint;
+    public bool MovingAverage { get; init; } = true;
+    /// <summary>Short name of the rule for reports ("original", "alt1", ...).</summary>
+    public string Label { get; init; } = "original";
+}
+
+/// <summary>
+/// Direct feedback alignment (Nøkland 2016): δa_l = (B_l e) ⊙ σ'(a_l) with e = ∂L/∂ŷ of the mean loss, weight
+/// updates δa_l x_lᵀ, the output layer its exact gradient. With <see cref="Grape"/> set, GrAPE: before each
+/// DFA step every B_l is moved toward J̃_lᵀ, the Jacobian ∂ŷ/∂h_l estimated by one JVP with δ ~ N(0, I):
+/// J̃_l = (1/B) Σ_b (J_l δ_b) δ_bᵀ, E[J̃_l] = J_l.
+/// </summary>
+public sealed record DirectFeedbackAlignment(FeedbackInitialization Initialization = FeedbackInitialization.XavierUniform, GrapeOptions? Grape = null, ulong Seed = 0) : Guesser
+{
+    public override string Name => Grape is null ? "DFA" : $"GrAPE ({Grape.Label})";
+
+    public override GradientEstimator Compile(ParameterStore parameters, int batchSize) => new FeedbackEstimator(this, parameters, batchSize);
+}
+
+/// <summary>Estimators that keep feedback matrices report how well they match the true Jacobians.</summary>
+public interface IFeedbackAlignment
+{
+    /// <summary>Per hidden layer, the mean over rows i of cos(B_l[i], J_lᵀ[i]) with J_l = ∂ŷ/∂h_l averaged over the
+    /// batch in <paramref name="oracle"/>'s inputs, computed exactly by pull-backs.</summary>
+    double[] MeasureAlignment(BackpropEstimator oracle);
+}
+
+internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
+{
+    private readonly DirectFeedbackAlignment _guesser;
+    private readonly Plan _plan;
+    private readonly DenseLayer[] _hidden;
+    private readonly DenseLayer _last;
+    private readonly View[] _feedback, _jacobians;
+    private readonly FeedbackContext[] _contexts;
+    private readonly View _error, _delta, _estimate, _gradient;
+    private readonly View[] _gradients;
+    private readonly int _outputs, _channels;
+    private readonly Dictionary<int, PullBack> _pullBacks = [];
+
+    public FeedbackEstimator(DirectFeedbackAlignment guesser, ParameterStore parameters, int batchSize)
+    {
+        var model = parameters.Model;
+        var backend = parameters.Backend;
+        if (model.Layers.Length < 1 || model.Layers[^1].Output != model.Output)
+            throw new ArgumentException("Feedback alignment needs dense layers whose last one produces the model's output (its error is projected to the others).");
+        if (model.Layers.Any(l => l.PreActivation.Shape.Rank != 1))
+            throw new ArgumentException("Feedback alignment is implemented for dense layers over vectors ([B, n]).");
+        _guesser = guesser;
+        _hidden = [.. model.Layers.Take(model.Layers.Length - 1)];
+        _last = model.Layers[^1];
+        _outputs = model.Output.Shape.Last;
+        var grape = guesser.Grape;
+        _channels = grape is not null && grape.Mode == TangentMode.PerLayer ? Math.Max(1, _hidden.Length) : 1;
+        _plan = Plan.Compile(parameters, new PlanOptions(batchSize)
+        {
+            TangentCount = _channels,
+            SaveDerivatives = true,
+            Seeds = grape is null ? [] : [.. _hidden.Select(l => new TangentSeed(Placed(l)))],
+        });
+        int widest = Math.Max(1, _hidden.Select(l => l.PreActivation.Shape.Last).DefaultIfEmpty(1).Max());
+        _feedback = new View[_hidden.Length];
+        _jacobians = new View[_hidden.Length];
+        _contexts = new FeedbackContext[_hidden.Length];
+        for (int l = 0; l < _hidden.Length; l++)
+        {
+            int n = _hidden[l].PreActivation.Shape.Last;
+            _feedback[l] = Allocate(backend, n * _outputs);
+            float bound = guesser.Initialization switch
+            {
+                FeedbackInitialization.XavierUniform => MathF.Sqrt(6f / (n + _outputs)),
+                FeedbackInitialization.KaimingUniform => MathF.Sqrt(6f / _outputs),
+                _ => 0f,
+            };
+            var key = new RandomKey(guesser.Seed, 0xFEEDBAC).Derive((ulong)l);
+            if (guesser.Initialization == FeedbackInitialization.Gaussian) backend.FillNormal(key, 0, 0f, 1f / MathF.Sqrt(_outputs), _feedback[l]);
+            else backend.FillUniform(key, 0, -bound, bound, _feedback[l]);
+            if (grape is null) continue;
+            _jacobians[l] = Allocate(backend, n * _outputs);
+            backend.Fill(0f, _jacobians[l]);
+            _contexts[l] = new FeedbackContext(backend, _feedback[l], Allocate(backend, n * _outputs), Allocate(backend, n),
+                Allocate(backend, n * _outputs), Allocate(backend, n), _outputs, Math.Sqrt(backend.SumOfSquares(_feedback[l])));
+            backend.Fill(0f, _plan.Seed(Placed(_hidden[l])));
+        }
+        _error = Allocate(backend, batchSize * _outputs);
+        _delta = Allocate(backend, batchSize * widest);
+        _estimate = Allocate(backend, widest * _outputs);
+        _gradient = Allocate(backend, parameters.All.Length);
+        backend.Fill(0f, _gradient);
+        _gradients = ParameterLayout.Of(model).Slices(model, _gradient);
+    }
+
+    private static View Allocate(Backend backend, int length) => new(backend.Allocate(Math.Max(1, length)), 0, length);
+
+    private Node Placed(DenseLayer layer) =>
+        _guesser.Grape!.Placement == TangentPlacement.PreActivation || layer.Output == layer.PreActivation ? layer.PreActivation : layer.Output;
+
+    public override Plan Plan => _plan;
+
+    /// <summary>The feedback matrices (n_l × o each, row-major), for inspection and tests.</summary>
+    internal View Feedback(int layer) => _feedback[layer];
+
+    public override IEnumerable<(string Name, View Buffer)> StateBuffers =>
+        _feedback.Select((b, l) => ($"feedback{l + 1}", b)).Concat(_guesser.Grape?.MovingAverage == true ? _jacobians.Select((j, l) => ($"jacobian{l + 1}", j)) : []);
+
+    public override (View Gradient, double Loss) Estimate(RandomKey key, long step = 0)
+    {
+        var backend = _plan.Backend;
+        int batch = _plan.BatchSize;
+        _plan.Forward();
+        if (_guesser.Grape is not null)
+        {
+            for (int l = 0; l < _hidden.Length; l++) backend.FillNormal(key.Derive((ulong)l), 0, 0f, 1f, Activity(l));
+            _plan.Jvp();
+            for (int l = 0; l < _hidden.Length; l++) Align(l, step, key.Derive(1000 + (ulong)l));
+        }
+        // e = ∂L/∂ŷ of the mean loss: the loss's saved per-example derivative, divided by B.
+        backend.Scale(_plan.Derivative(_plan.Model.Loss), 1f / batch, _error);
+        for (int l = 0; l < _hidden.Length; l++)
+        {
+            var layer = _hidden[l];
+            int n = layer.PreActivation.Shape.Last;
+            var delta = _delta.Slice(0, batch * n);
+            // δa_l = (B_l e) ⊙ σ'(a_l), per example: rows e_bᵀ B_lᵀ.
+            backend.Gemm(Transpose.No, Transpose.Yes, batch, n, _outputs, 1f, _error, _outputs, _feedback[l], _outputs, 0f, delta, n);
+            if (layer.Output != layer.PreActivation)
+                backend.MultiplyChannels(_plan.Derivative(layer.Output), delta, delta, accumulate: false);
+            WriteUpdate(layer, delta, n);
+        }
+        WriteUpdate(_last, _error, _outputs);
+        return (_gradient, _plan.MeanLoss());
+    }
+
+    /// <summary>ΔW = δᵀ x, Δb = Σ_b δ.</summary>
+    private void WriteUpdate(DenseLayer layer, View delta, int width)
+    {
+        var backend = _plan.Backend;
+        int inputs = layer.Input.Shape.Last;
+        backend.Gemm(Transpose.Yes, Transpose.No, width, inputs, _plan.BatchSize, 1f, delta, width, _plan.Value(layer.Input), inputs, 0f, _gradients[layer.Weight.Id], inputs);
+        if (layer.Bias is not null) backend.SumRows(delta, _gradients[layer.Bias.Id], accumulate: false);
+    }
+
+    /// <summary>The δ of hidden layer l: its own channel of the seed (the only non-zero one in per-layer mode).</summary>
+    private View Activity(int layer)
+    {
+        var seed = _plan.Seed(Placed(_hidden[layer]));
+        return _channels == 1 ? seed : seed.Channel(layer, seed.Length / _channels);
+    }
+
+    /// <summary>J̃_lᵀ = (1/B) Σ_b δ_b (J_l δ_b)ᵀ, its running mean J̄ᵀ, the target g̃ = J̄ᵀ·‖B‖/‖J̄ᵀ‖, row cosines, then the rule.</summary>
+    private void Align(int l, long step, RandomKey key)
+    {
+        var backend = _plan.Backend;
+        var grape = _guesser.Grape!;
+        int n = _hidden[l].PreActivation.Shape.Last, batch = _plan.BatchSize;
+        var outputTangent = _plan.Tangent(_plan.Model.Output);
+        var y = _channels == 1 ? outputTangent : outputTangent.Channel(l, batch * _outputs);
+        var estimate = _estimate.Slice(0, n * _outputs);
+        backend.Gemm(Transpose.Yes, Transpose.No, n, _outputs, batch, 1f / batch, Activity(l), n, y, _outputs, 0f, estimate, _outputs);
+        // Cumulative moving average over steps: J̄_t = J̄_{t−1} + (J̃_t − J̄_{t−1})/(t + 1).
+        float weight = grape.MovingAverage ? 1f / (step + 1) : 1f;
+        backend.Axpby(weight, estimate, 1f - weight, _jacobians[l]);
+        var context = _contexts[l];
+        double targetNorm = Math.Sqrt(backend.SumOfSquares(_jacobians[l])), feedbackNorm = Math.Sqrt(backend.SumOfSquares(_feedback[l]));
+        backend.Scale(_jacobians[l], targetNorm > 0 ? (float)(feedbackNorm / targetNorm) : 0f, context.Target);
+        backend.RowCosines(context.Target, _feedback[l], _outputs, context.RowCosines);
+        grape.Rule.Apply(context, step, key);
+    }
+
+    public double[] MeasureAlignment(BackpropEstimator oracle)
+    {
+        var plan = oracle.Plan;
+        var backend = plan.Backend;
+        int batch = plan.BatchSize;
+        plan.Forward();
+        var result = new double[_hidden.Length];
+        var oneHot = new float[batch * _outputs];
+        for (int l = 0; l < _hidden.Length; l++)
+        {
+            var h = _hidden[l].Output;
+            if (!_pullBacks.TryGetValue(l, out var pullBack)) _pullBacks[l] = pullBack = plan.CreatePullBack(plan.Model.Output, h);
+            int n = h.Shape.Last;
+            var jacobianTransposed = new float[n * _outputs];
+            var row = new float[n];
+            var sums = Allocate(backend, n);
+            for (int k = 0; k < _outputs; k++)
+            {
+                // Row k of J_l for every example: pull the unit cotangent e_k at ŷ back to h_l; then average over the batch.
+                Array.Clear(oneHot);
+                for (int b = 0; b < batch; b++) oneHot[b * _outputs + k] = 1f;
+                backend.CopyFromHost(oneHot, plan.Cotangent(plan.Model.Output));
+                pullBack.Run();
+                backend.SumRows(plan.Cotangent(h), sums, accumulate: false);
+                backend.CopyToHost(sums, row);
+                for (int i = 0; i < n; i++) jacobianTransposed[i * _outputs + k] = row[i] / batch;
+            }
+            var feedback = new float[n * _outputs];
+            backend.CopyToHost(_feedback[l], feedback);
+            double total = 0;
+            for (int i = 0; i < n; i++) total += Metrics.Cosine(feedback.AsSpan(i * _outputs, _outputs), jacobianTransposed.AsSpan(i * _outputs, _outputs));
+            result[l] = total / n;
+        }
+        return result;
+    }
+}
