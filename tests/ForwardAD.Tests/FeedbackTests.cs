@@ -134,7 +134,7 @@ public class FeedbackTests
     [InlineData(TangentPlacement.PreActivation)]
     public void The_moving_average_of_the_jacobian_estimate_approaches_the_jacobian(TangentPlacement placement)
     {
-        const int batch = 4, steps = 3000;
+        const int batch = 16, steps = 20000;
         var problem = Problem.RandomMlp(41, ElementwiseFunction.Tanh, batch, widths: [5, 4], inputs: 3, outputs: 3);
         var model = problem.Model;
         var options = new GrapeOptions { Rule = new FeedbackChain([]), Mode = TangentMode.PerLayer, Placement = placement };
