@@ -96,6 +96,9 @@ internal static class Compare
             ("activation perturbation", ap, "ActivationPerturbationAdamW", $"≤ 1.2× backprop step ({(ap / S("backprop_adamw") <= 1.2 ? "met" : "missed")}), ≤ 0.5× forward-AD step ({(ap / S("forward_ad_ap") <= 0.5 ? "met" : "missed")})"),
             ("Wᵀ", wt, "WeightTransposeAdamW", ""),
             ("backprop (ours)", bp, "BackpropAdamW", ""),
+            ("DFA", Median(steps, "DfaAdamW"), "DfaAdamW", ""),
+            ("GrAPE (original rule, joint tangent)", Median(steps, "GrapeAdamW"), "GrapeAdamW",
+                $"≤ 1.3× DFA step: {Median(steps, "GrapeAdamW") / Median(steps, "DfaAdamW"):F2}× ({(Median(steps, "GrapeAdamW") / Median(steps, "DfaAdamW") <= 1.3 ? "met" : "missed")})"),
         })
             Console.WriteLine($"| {row} | {t * 1e3:F1} | {Allocated(steps, method)} | {t / S("backprop_adamw"):F2} | {t / S("forward_ad_ap"):F2} | {target} |");
         Console.WriteLine($"PyTorch step medians, before / after our suite (ms): backprop + AdamW {Row(stepPeerBefore, "backprop_adamw") * 1e3:F1} / {Row(stepPeerAfter, "backprop_adamw") * 1e3:F1}, " +
@@ -162,6 +165,8 @@ internal static class Profile
             "step-ap" => Steps().ActivationPerturbationAdamW,
             "step-wt" => Steps().WeightTransposeAdamW,
             "step-backprop" => Steps().BackpropAdamW,
+            "step-dfa" => Steps().DfaAdamW,
+            "step-grape" => Steps().GrapeAdamW,
             _ => throw new ArgumentException($"Unknown row '{row}': use forward, jvp1, jvp16, backprop or gemm-managed."),
         };
         action();

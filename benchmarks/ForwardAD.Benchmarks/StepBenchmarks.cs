@@ -16,7 +16,7 @@ namespace ForwardAD.Benchmarks;
 [MemoryDiagnoser]
 public class StepBenchmarks
 {
-    private (GradientEstimator Estimator, Optimizer Optimizer) _ap, _wt, _backprop;
+    private (GradientEstimator Estimator, Optimizer Optimizer) _ap, _wt, _backprop, _dfa, _grape;
     private long _step;
 
     [GlobalSetup]
@@ -25,6 +25,8 @@ public class StepBenchmarks
         _ap = Create(Guessers.ActivationPerturbation());
         _wt = Create(Guessers.WeightTranspose());
         _backprop = Create(Guessers.Backprop);
+        _dfa = Create(Guessers.Dfa());
+        _grape = Create(Guessers.Grape(new GrapeOptions()));
     }
 
     internal static (GradientEstimator, Optimizer) Create(Guesser guesser)
@@ -41,7 +43,7 @@ public class StepBenchmarks
 
     private void Step((GradientEstimator Estimator, Optimizer Optimizer) run)
     {
-        var (gradient, loss) = run.Estimator.Estimate(new RandomKey(7, 0).Derive((ulong)_step));
+        var (gradient, loss) = run.Estimator.Estimate(new RandomKey(7, 0).Derive((ulong)_step), _step);
         run.Optimizer.Step(new UpdateInputs(_step, loss, default), gradient);
         _step++;
     }
@@ -54,4 +56,11 @@ public class StepBenchmarks
 
     [Benchmark]
     public void WeightTransposeAdamW() => Step(_wt);
+
+    [Benchmark]
+    public void DfaAdamW() => Step(_dfa);
+
+    /// <summary>GrAPE with its defaults: original rule, one joint tangent channel on the hidden outputs.</summary>
+    [Benchmark]
+    public void GrapeAdamW() => Step(_grape);
 }
