@@ -131,3 +131,20 @@ public class RandomTests
         return 2 / Math.Sqrt(Math.PI) * sum;
     }
 }
+
+/// <summary>The CUDA kernels' random numbers, compiled for the host (native/host-check/rng_bits.cpp wrote the golden
+/// file), are bit for bit those of the CPU backend: the GPU draws the same tangents.</summary>
+public class CudaRandomParityTests
+{
+    [Fact]
+    public void Cpu_draws_the_bits_of_the_cuda_kernels()
+    {
+        var golden = File.ReadAllLines(Path.Combine(AppContext.BaseDirectory, "Golden", "cuda_rng_bits.txt")).Select(l => Convert.ToUInt32(l, 16)).ToArray();
+        var key = new RandomKey(0xDEADBEEF12345678, 0x0123456789ABCDEF);
+        var normal = new float[4099];
+        RandomFill.Normal(key, 12, 0f, 1f, normal);
+        var uniform = new float[1000];
+        RandomFill.Uniform(key, 5, -1f, 1f, uniform);
+        Assert.Equal(golden, normal.Concat(uniform).Select(BitConverter.SingleToUInt32Bits).ToArray());
+    }
+}

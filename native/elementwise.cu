@@ -1,0 +1,97 @@
+// Elementwise rules: activations and their derivatives (the JVP/VJP of the elementwise op is a multiply by
+// the saved derivative), broadcasts over the K tangent channels, and the small vector updates of optimizers.
+#include "common.cuh"
+
+// Activation codes, as CudaBackend passes them: 0 relu, 1 tanh, 2 gelu (exact, erf), 3 identity.
+__device__ __forceinline__ float activation(int code, float x)
+{
+    switch (code)
+    {
+        case 0: return x > 0.0f ? x : 0.0f;
+        case 1: return tanhf(x);
+        case 2: return (float)((double)x * 0.5 * (1.0 + erf((double)x * 0.70710678118654752440)));
+        default: return x;
+    }
+}
+
+__device__ __forceinline__ float activation_derivative(int code, float x, float y)
+{
+    switch (code)
+    {
+        case 0: return x > 0.0f ? 1.0f : 0.0f;
+        case 1: return 1.0f - y * y;
+        case 2:
+        {
+            double v = x;
+            return (float)(0.5 * (1.0 + erf(v * 0.70710678118654752440)) + v * 0.39894228040143267794 * exp(-0.5 * v * v));
+        }
+        default: return 1.0f;
+    }
+}
+
+extern "C" __global__ void activation_forward(int code, const float* x, float* y, long long n)
+{
+    for (long long i = global_index(); i < n; i += grid_stride()) y[i] = activation(code, x[i]);
+}
+
+extern "C" __global__ void activation_backward(int code, const float* x, const float* y, float* derivative, long long n)
+{
+    for (long long i = global_index(); i < n; i += grid_stride()) derivative[i] = activation_derivative(code, x[i], y[i]);
+}
+
+extern "C" __global__ void fill(float* destination, float value, long long n)
+{
+    for (long long i = global_index(); i < n; i += grid_stride()) destination[i] = value;
+}
+
+// destination (+)= source
+extern "C" __global__ void copy(const float* source, float* destination, long long n, int accumulate)
+{
+    for (long long i = global_index(); i < n; i += grid_stride()) destination[i] = accumulate ? destination[i] + source[i] : source[i];
+}
+
+extern "C" __global__ void scale(const float* source, float factor, float* destination, long long n)
+{
+    for (long long i = global_index(); i < n; i += grid_stride()) destination[i] = source[i] * factor;
+}
+
+extern "C" __global__ void add(const float* a, const float* b, float* destination, long long n)
+{
+    for (long long i = global_index(); i < n; i += grid_stride()) destination[i] = a[i] + b[i];
+}
+
+// destination[c, i] (+)= a[i]·b[c, i] over channels c: n = channels·period.
+extern "C" __global__ void multiply_channels(const float* a, const float* b, float* destination, long long period, long long n, int accumulate)
+{
+    for (long long i = global_index(); i < n; i += grid_stride())
+    {
+        float product = a[i % period] * b[i];
+        destination[i] = accumulate ? fmaf(a[i % period], b[i], destination[i]) : product;
+    }
+}
+
+// destination[r, j] += bias[j]
+extern "C" __global__ void add_bias(const float* bias, float* destination, long long columns, long long n)
+{
+    for (long long i = global_index(); i < n; i += grid_stride()) destination[i] += bias[i % columns];
+}
+
+// y = alpha·x + beta·y
+extern "C" __global__ void axpby(float alpha, const float* x, float beta, float* y, long long n)
+{
+    for (long long i = global_index(); i < n; i += grid_stride())
+        y[i] = beta == 1.0f ? x[i] * alpha + y[i] : (beta == 0.0f ? x[i] * alpha : x[i] * alpha + y[i] * beta);
+}
+
+// v = beta·v + (1 − beta)·g²
+extern "C" __global__ void moving_average_of_squares(const float* g, float beta, float* v, long long n)
+{
+    float complement = 1.0f - beta;
+    for (long long i = global_index(); i < n; i += grid_stride()) v[i] = beta * v[i] + complement * g[i] * g[i];
+}
+
+// destination = (m·m_scale) / (√(v·v_scale) + ε)
+extern "C" __global__ void adam_direction(const float* m, const float* v, float m_scale, float v_scale, float epsilon, float* destination, long long n)
+{
+    for (long long i = global_index(); i < n; i += grid_stride()) destination[i] = m[i] * m_scale / (sqrtf(v[i] * v_scale) + epsilon);
+}

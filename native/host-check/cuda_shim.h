@@ -1,0 +1,15 @@
+// Host stand-ins for the CUDA keywords and intrinsics the kernels use, for a syntax and bit check with g++.
+#include <cmath>
+#include <math.h>
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+struct dim3s { unsigned x, y, z; };
+extern dim3s blockIdx, blockDim, threadIdx, gridDim;
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
+inline unsigned __float_as_uint(float f) { unsigned u; __builtin_memcpy(&u, &f, 4); return u; }
+inline float __uint_as_float(unsigned u) { float f; __builtin_memcpy(&f, &u, 4); return f; }
+inline void __syncthreads() {}
+inline double atomicAdd(double* a, double b) { double o = *a; *a += b; return o; }
+using std::fmax;

@@ -1,0 +1,377 @@
+using System.Runtime.InteropServices;
+using ForwardAD.Backends;
+using ForwardAD.Cuda.Interop;
+using ForwardAD.Random;
+using ForwardAD.Tensors;
+
+namespace ForwardAD.Cuda;
+
+/// <summary>Device memory of the CUDA backend: a block from the backend's caching allocator.</summary>
+public sealed class CudaBuffer : DeviceBuffer
+{
+    private readonly CudaBackend _backend;
+    private readonly int _length;
+
+    internal CudaBuffer(CudaBackend backend, ulong pointer, int length) => (_backend, Pointer, _length) = (backend, pointer, length);
+
+    public ulong Pointer { get; }
+    public override int Length => _length;
+    public override Backend Backend => _backend;
+}
+
+/// <summary>
+/// The CUDA backend: the <see cref="Backend"/> kernel set on one device and one stream, GEMMs by cuBLAS, the rest
+/// by the kernels of native/*.cu. Everything a plan runs stays on the device; the host only sees the scalars it
+/// asks for (sums and norms) and the copies it makes explicitly. TF32 tensor-core GEMMs are off by default
+/// (<see cref="UseTf32"/>): float32 results then match the CPU backend within float32 rounding.
+/// </summary>
+public sealed unsafe class CudaBackend : Backend, IDisposable
+{
+    private const int Threads = 256;
+
+    private readonly PrimaryContextHandle _context;
+    private readonly StreamHandle _stream = new();
+    private readonly CublasHandle _cublas = new();
+    private readonly KernelLibrary _kernels;
+    private readonly ulong _scalar; // one double on the device for reductions
+    private readonly uint _maxBlocks;
+    private bool _tf32;
+
+    private CudaBackend(int ordinal)
+    {
+        CudaDriver.Check(CudaDriver.cuInit(0), "cuInit");
+        CudaDriver.Check(CudaDriver.cuDeviceGetCount(out var count), "cuDeviceGetCount");
+        if (ordinal < 0 || ordinal >= count) throw new ArgumentOutOfRangeException(nameof(ordinal), $"CUDA device {ordinal} does not exist; this machine has {count}.");
+        CudaDriver.Check(CudaDriver.cuDeviceGet(out var device, ordinal), "cuDeviceGet");
+        var name = stackalloc byte[256];
+        CudaDriver.Check(CudaDriver.cuDeviceGetName(name, 256, device), "cuDeviceGetName");
+        DeviceName = Marshal.PtrToStringUTF8((IntPtr)name) ?? $"device {ordinal}";
+        CudaDriver.Check(CudaDriver.cuDeviceGetAttribute(out var major, CudaDriver.AttributeComputeCapabilityMajor, device), "cuDeviceGetAttribute");
+        CudaDriver.Check(CudaDriver.cuDeviceGetAttribute(out var minor, CudaDriver.AttributeComputeCapabilityMinor, device), "cuDeviceGetAttribute");
+        CudaDriver.Check(CudaDriver.cuDeviceGetAttribute(out var multiprocessors, CudaDriver.AttributeMultiprocessorCount, device), "cuDeviceGetAttribute");
+        ComputeCapability = (major, minor);
+        _maxBlocks = (uint)Math.Max(1, multiprocessors * 16);
+        _context = new PrimaryContextHandle(device);
+        CudaDriver.Check(CudaDriver.cuDevicePrimaryCtxRetain(out var context, device), "cuDevicePrimaryCtxRetain");
+        _context.Attach(context);
+        CudaDriver.Check(CudaDriver.cuCtxSetCurrent(context), "cuCtxSetCurrent");
+        CudaDriver.Check(CudaDriver.cuStreamCreate(out var stream, CudaDriver.StreamNonBlocking), "cuStreamCreate");
+        _stream.Attach(stream);
+        CuBlas.Check(CuBlas.cublasCreate(out var cublas), "cublasCreate_v2");
+        _cublas.Attach(cublas);
+        CuBlas.Check(CuBlas.cublasSetStream(cublas, stream), "cublasSetStream_v2");
+        CuBlas.Check(CuBlas.cublasSetMathMode(cublas, CuBlas.DefaultMath), "cublasSetMathMode");
+        _kernels = new KernelLibrary(major, minor);
+        _scalar = Allocator.Allocate(sizeof(double));
+    }
+
+    /// <summary>Opens a device (0 by default). Throws <see cref="CudaException"/> or <see cref="DllNotFoundException"/>
+    /// with the reason when there is no usable GPU; <see cref="TryCreate"/> returns the reason instead.</summary>
+    public static CudaBackend Create(int ordinal = 0) => new(ordinal);
+
+    /// <summary>The backend, or null and the reason (no driver, no device, no cuBLAS) — for tests and tools that fall back to the CPU.</summary>
+    public static CudaBackend? TryCreate(out string reason, int ordinal = 0)
+    {
+        foreach (var library in new[] { NativeLibraries.Driver, NativeLibraries.CuBlas })
+            if (!NativeLibraries.TryLoad(library, out var why)) { reason = $"no CUDA {(library == NativeLibraries.Driver ? "driver" : "cuBLAS")}: {why}"; return null; }
+        try
+        {
+            reason = "";
+            return new CudaBackend(ordinal);
+        }
+        catch (Exception e) when (e is CudaException or DllNotFoundException or EntryPointNotFoundException or ArgumentOutOfRangeException or InvalidOperationException)
+        {
+            reason = e.Message;
+            return null;
+        }
+    }
+
+    public string DeviceName { get; }
+    public (int Major, int Minor) ComputeCapability { get; }
+    public DeviceAllocator Allocator { get; } = new();
+    public IReadOnlyList<string> KernelOrigins => _kernels.Origins;
+    internal IntPtr Stream => _stream.DangerousGetHandle();
+    public override string Name => $"cuda ({DeviceName}, sm_{ComputeCapability.Major}{ComputeCapability.Minor}{(_tf32 ? ", tf32" : "")})";
+
+    /// <summary>TF32 tensor-core GEMMs (10-bit mantissa inputs): faster on Ampere and later, less exact. Off by default.</summary>
+    public bool UseTf32
+    {
+        get => _tf32;
+        set
+        {
+            CuBlas.Check(CuBlas.cublasSetMathMode(_cublas.DangerousGetHandle(), value ? CuBlas.Tf32TensorOpMath : CuBlas.DefaultMath), "cublasSetMathMode");
+            _tf32 = value;
+        }
+    }
+
+    /// <summary>Waits until every queued kernel and copy has finished.</summary>
+    public void Synchronize() => CudaDriver.Check(CudaDriver.cuStreamSynchronize(Stream), "cuStreamSynchronize");
+
+    public override DeviceBuffer Allocate(int length) => new CudaBuffer(this, Allocator.Allocate(Math.Max(1, length) * (long)sizeof(float)), length);
+
+    private ulong Pointer(View view)
+    {
+        if (view.Buffer is not CudaBuffer buffer || buffer.Backend != this)
+            throw new ArgumentException(view.IsEmpty ? "A symbolic zero (empty view) reached a CUDA kernel." : $"The view lives on {view.Buffer!.Backend.Name}, not on this CUDA backend.");
+        return buffer.Pointer + (ulong)view.Offset * sizeof(float);
+    }
+
+    public override void CopyFromHost(ReadOnlySpan<float> source, View destination)
+    {
+        if (source.Length != destination.Length) throw new ArgumentException($"Copy of {source.Length} values into a view of {destination.Length}.");
+        fixed (float* pointer = source)
+            CudaDriver.Check(CudaDriver.cuMemcpyHtoDAsync(Pointer(destination), pointer, (nuint)(source.Length * sizeof(float)), Stream), "cuMemcpyHtoDAsync_v2");
+        Synchronize(); // the host memory is pageable and may be reused as soon as we return
+    }
+
+    public override void CopyToHost(View source, Span<float> destination)
+    {
+        if (source.Length != destination.Length) throw new ArgumentException($"Copy of a view of {source.Length} values into {destination.Length}.");
+        fixed (float* pointer = destination)
+            CudaDriver.Check(CudaDriver.cuMemcpyDtoHAsync(pointer, Pointer(source), (nuint)(source.Length * sizeof(float)), Stream), "cuMemcpyDtoHAsync_v2");
+        Synchronize();
+    }
+
+    /// <summary>Row-major C = α op(A) op(B) + β C through column-major cuBLAS: Cᵀ = op(B)ᵀ op(A)ᵀ, i.e. the operands swapped
+    /// with the same transpose flags and m, n exchanged.</summary>
+    public override void Gemm(Transpose transposeA, Transpose transposeB, int m, int n, int k, float alpha, View a, int lda, View b, int ldb, float beta, View c, int ldc)
+    {
+        if (m == 0 || n == 0) return;
+        int opA = transposeA == Transpose.No ? CuBlas.OperationNone : CuBlas.OperationTranspose;
+        int opB = transposeB == Transpose.No ? CuBlas.OperationNone : CuBlas.OperationTranspose;
+        CuBlas.Check(CuBlas.cublasGemmEx(_cublas.DangerousGetHandle(), opB, opA, n, m, k, &alpha,
+            Pointer(b), CuBlas.DataTypeFloat32, Math.Max(1, ldb), Pointer(a), CuBlas.DataTypeFloat32, Math.Max(1, lda), &beta,
+            Pointer(c), CuBlas.DataTypeFloat32, Math.Max(1, ldc), _tf32 ? CuBlas.Compute32FFastTf32 : CuBlas.Compute32F, CuBlas.GemmDefault), "cublasGemmEx");
+    }
+
+    /// <summary>K independent GEMMs with fixed strides in one call (C_i = α op(A_i) op(B_i) + β C_i), row-major like <see cref="Gemm"/>.</summary>
+    public void GemmStridedBatched(Transpose transposeA, Transpose transposeB, int m, int n, int k, float alpha, View a, int lda, long strideA,
+        View b, int ldb, long strideB, float beta, View c, int ldc, long strideC, int count)
+    {
+        int opA = transposeA == Transpose.No ? CuBlas.OperationNone : CuBlas.OperationTranspose;
+        int opB = transposeB == Transpose.No ? CuBlas.OperationNone : CuBlas.OperationTranspose;
+        CuBlas.Check(CuBlas.cublasSgemmStridedBatched(_cublas.DangerousGetHandle(), opB, opA, n, m, k, &alpha, Pointer(b), ldb, strideB,
+            Pointer(a), lda, strideA, &beta, Pointer(c), ldc, strideC, count), "cublasSgemmStridedBatched");
+    }
+
+    private void Launch(string kernel, long work, void** arguments, int argumentCount)
+    {
+        uint blocks = (uint)Math.Clamp((work + Threads - 1) / Threads, 1, _maxBlocks);
+        CudaDriver.Check(CudaDriver.cuLaunchKernel(_kernels[kernel], blocks, 1, 1, Threads, 1, 1, 0, Stream, arguments, null), $"cuLaunchKernel ({kernel})");
+    }
+
+    public override void Fill(float value, View destination)
+    {
+        ulong d = Pointer(destination); long n = destination.Length;
+        void** args = stackalloc void*[] { &d, &value, &n };
+        Launch("fill", n, args, 3);
+    }
+
+    public override void Copy(View source, View destination, bool accumulate = false)
+    {
+        if (!accumulate)
+        {
+            CudaDriver.Check(CudaDriver.cuMemcpyDtoDAsync(Pointer(destination), Pointer(source), (nuint)(source.Length * sizeof(float)), Stream), "cuMemcpyDtoDAsync_v2");
+            return;
+        }
+        ulong s = Pointer(source), d = Pointer(destination); long n = source.Length; int add = 1;
+        void** args = stackalloc void*[] { &s, &d, &n, &add };
+        Launch("copy", n, args, 4);
+    }
+
+    public override void Scale(View source, float factor, View destination)
+    {
+        ulong s = Pointer(source), d = Pointer(destination); long n = source.Length;
+        void** args = stackalloc void*[] { &s, &factor, &d, &n };
+        Launch("scale", n, args, 4);
+    }
+
+    public override void Add(View a, View b, View destination)
+    {
+        ulong x = Pointer(a), y = Pointer(b), d = Pointer(destination); long n = destination.Length;
+        void** args = stackalloc void*[] { &x, &y, &d, &n };
+        Launch("add", n, args, 4);
+    }
+
+    public override void MultiplyChannels(View a, View b, View destination, bool accumulate)
+    {
+        ulong x = Pointer(a), y = Pointer(b), d = Pointer(destination); long period = a.Length, n = destination.Length; int add = accumulate ? 1 : 0;
+        void** args = stackalloc void*[] { &x, &y, &d, &period, &n, &add };
+        Launch("multiply_channels", n, args, 6);
+    }
+
+    public override void AddBias(View bias, View destination)
+    {
+        ulong x = Pointer(bias), d = Pointer(destination); long columns = bias.Length, n = destination.Length;
+        void** args = stackalloc void*[] { &x, &d, &columns, &n };
+        Launch("add_bias", n, args, 4);
+    }
+
+    public override void SumRows(View source, View destination, bool accumulate)
+    {
+        ulong s = Pointer(source), d = Pointer(destination); long columns = destination.Length, rows = source.Length / destination.Length; int add = accumulate ? 1 : 0;
+        void** args = stackalloc void*[] { &s, &d, &rows, &columns, &add };
+        Launch("sum_rows", columns, args, 5);
+    }
+
+    public override void RowDot(View a, View b, int columns, View destination)
+    {
+        ulong x = Pointer(a), y = Pointer(b), d = Pointer(destination); long cols = columns, rows = a.Length / columns, total = destination.Length;
+        void** args = stackalloc void*[] { &x, &y, &d, &rows, &cols, &total };
+        Launch("row_dot", total, args, 6);
+    }
+
+    public override void ScaleRows(View a, View scale, View destination, bool accumulate)
+    {
+        ulong x = Pointer(a), s = Pointer(scale), d = Pointer(destination); long columns = a.Length / scale.Length, n = a.Length; int add = accumulate ? 1 : 0;
+        void** args = stackalloc void*[] { &x, &s, &d, &columns, &n, &add };
+        Launch("scale_rows", n, args, 6);
+    }
+
+    private static int Code(ElementwiseFunction function) => function switch
+    {
+        ReluFunction => 0,
+        TanhFunction => 1,
+        GeluFunction => 2,
+        IdentityFunction => 3,
+        _ => throw new NotSupportedException($"No CUDA kernel for activation {function.Name}."),
+    };
+
+    public override void Elementwise(ElementwiseFunction function, View x, View y)
+    {
+        int code = Code(function); ulong input = Pointer(x), output = Pointer(y); long n = x.Length;
+        void** args = stackalloc void*[] { &code, &input, &output, &n };
+        Launch("activation_forward", n, args, 4);
+    }
+
+    public override void ElementwiseDerivative(ElementwiseFunction function, View x, View y, View derivative)
+    {
+        int code = Code(function); ulong input = Pointer(x), output = Pointer(y), d = Pointer(derivative); long n = x.Length;
+        void** args = stackalloc void*[] { &code, &input, &output, &d, &n };
+        Launch("activation_backward", n, args, 5);
+    }
+
+    public override void SoftmaxCrossEntropy(View logits, View labels, int classes, View loss, View error)
+    {
+        ulong z = Pointer(logits), y = Pointer(labels), l = Pointer(loss), e = Pointer(error); long rows = loss.Length, c = classes;
+        void** args = stackalloc void*[] { &z, &y, &l, &e, &rows, &c };
+        Launch("softmax_cross_entropy", rows, args, 6);
+    }
+
+    public override void SquaredError(View prediction, View target, int width, View loss, View error)
+    {
+        ulong p = Pointer(prediction), t = Pointer(target), l = Pointer(loss), e = Pointer(error); long rows = loss.Length, w = width;
+        void** args = stackalloc void*[] { &p, &t, &l, &e, &rows, &w };
+        Launch("squared_error", rows, args, 6);
+    }
+
+    public override void FillNormal(RandomKey key, long first, float mean, float standardDeviation, View destination)
+    {
+        ulong d = Pointer(destination); long n = destination.Length; uint lo = (uint)key.Seed, hi = (uint)(key.Seed >> 32); ulong stream = key.Stream;
+        void** args = stackalloc void*[] { &d, &n, &first, &lo, &hi, &stream, &mean, &standardDeviation };
+        Launch("fill_normal", (n + 7) / 4, args, 8);
+    }
+
+    public override void FillUniform(RandomKey key, long first, float low, float high, View destination)
+    {
+        ulong d = Pointer(destination); long n = destination.Length; uint lo = (uint)key.Seed, hi = (uint)(key.Seed >> 32); ulong stream = key.Stream;
+        float width = high - low;
+        void** args = stackalloc void*[] { &d, &n, &first, &lo, &hi, &stream, &low, &width };
+        Launch("fill_uniform", (n + 7) / 4, args, 8);
+    }
+
+    /// <summary>Σ f(x_i, y_i) on the device into one double, read back (the only device-to-host traffic of a step).</summary>
+    private double Reduce(View x, View y, int mode, float vScale = 0, float floor = 0)
+    {
+        CudaDriver.Check(CudaDriver.cuMemsetD32Async(_scalar, 0, 2, Stream), "cuMemsetD32Async");
+        ulong a = Pointer(x), b = y.IsEmpty ? a : Pointer(y), result = _scalar; long n = x.Length;
+        void** args = stackalloc void*[] { &a, &b, &mode, &vScale, &floor, &result, &n };
+        Launch("reduce_sum", n, args, 7);
+        double value;
+        CudaDriver.Check(CudaDriver.cuMemcpyDtoHAsync(&value, _scalar, sizeof(double), Stream), "cuMemcpyDtoHAsync_v2");
+        Synchronize();
+        return value;
+    }
+
+    public override double Sum(View x) => Reduce(x, View.Empty, 0);
+    public override double SumOfSquares(View x) => Reduce(x, View.Empty, 1);
+    public override double Dot(View a, View b) => Reduce(a, b, 2);
+    public override double MeanRatioOfSquares(View g, View v, float vScale, float floor) => g.Length == 0 ? 0 : Reduce(g, v, 3, vScale, floor) / g.Length;
+
+    public override void NormalizeRows(View x, int columns, float norm)
+    {
+        ulong d = Pointer(x); long rows = x.Length / columns, cols = columns;
+        void** args = stackalloc void*[] { &d, &rows, &cols, &norm };
+        Launch("normalize_rows", rows, args, 4);
+    }
+
+    public override void RowCosines(View a, View b, int columns, View destination)
+    {
+        ulong x = Pointer(a), y = Pointer(b), d = Pointer(destination); long rows = destination.Length, cols = columns;
+        void** args = stackalloc void*[] { &x, &y, &d, &rows, &cols };
+        Launch("row_cosines", rows, args, 5);
+    }
+
+    public override void Axpby(float alpha, View x, float beta, View y)
+    {
+        ulong s = Pointer(x), d = Pointer(y); long n = y.Length;
+        void** args = stackalloc void*[] { &alpha, &s, &beta, &d, &n };
+        Launch("axpby", n, args, 5);
+    }
+
+    public override void MovingAverageOfSquares(View g, float beta, View v)
+    {
+        ulong s = Pointer(g), d = Pointer(v); long n = v.Length;
+        void** args = stackalloc void*[] { &s, &beta, &d, &n };
+        Launch("moving_average_of_squares", n, args, 4);
+    }
+
+    public override void AdamDirection(View m, View v, float mScale, float vScale, float epsilon, View destination)
+    {
+        ulong first = Pointer(m), second = Pointer(v), d = Pointer(destination); long n = destination.Length;
+        void** args = stackalloc void*[] { &first, &second, &mScale, &vScale, &epsilon, &d, &n };
+        Launch("adam_direction", n, args, 7);
+    }
+
+    public void Dispose()
+    {
+        _kernels.Dispose();
+        _cublas.Dispose();
+        Allocator.Dispose();
+        _stream.Dispose();
+        _context.Dispose();
+    }
+}
+
+/// <summary>
+/// A captured sequence of GPU work replayed with one launch (CUDA graphs): capture a whole training step once,
+/// then <see cref="Launch"/> it every step. Only device work can be captured: steps that read scalars back
+/// (the mean loss, norms for clipping, StableAdamW's RMS) synchronise the stream and cannot be captured.
+/// </summary>
+public sealed class CudaGraph : IDisposable
+{
+    private readonly CudaBackend _backend;
+    private readonly GraphExecHandle _executable = new();
+
+    private CudaGraph(CudaBackend backend) => _backend = backend;
+
+    public static CudaGraph Capture(CudaBackend backend, Action work)
+    {
+        var graph = new CudaGraph(backend);
+        CudaDriver.Check(CudaDriver.cuStreamBeginCapture(backend.Stream, CudaDriver.StreamCaptureModeThreadLocal), "cuStreamBeginCapture_v2");
+        IntPtr captured;
+        try { work(); }
+        finally { CudaDriver.Check(CudaDriver.cuStreamEndCapture(backend.Stream, out captured), "cuStreamEndCapture"); }
+        try
+        {
+            CudaDriver.Check(CudaDriver.cuGraphInstantiateWithFlags(out var executable, captured, 0), "cuGraphInstantiateWithFlags");
+            graph._executable.Attach(executable);
+        }
+        finally { CudaDriver.cuGraphDestroy(captured); }
+        return graph;
+    }
+
+    public void Launch() => CudaDriver.Check(CudaDriver.cuGraphLaunch(_executable.DangerousGetHandle(), _backend.Stream), "cuGraphLaunch");
+
+    public void Dispose() => _executable.Dispose();
+}

@@ -1,0 +1,80 @@
+using ForwardAD.Cuda.Interop;
+
+namespace ForwardAD.Cuda;
+
+/// <summary>
+/// A caching device allocator: freed blocks are kept by size and handed out again to requests of the same
+/// (rounded) size, so plans and workspaces compiled repeatedly do not pay cuMemAlloc each time. On
+/// out-of-memory it releases the whole cache and retries once, then throws <see cref="CudaOutOfMemoryException"/>
+/// with the bytes asked for and the bytes free. Not thread-safe (one per backend, like the stream).
+/// </summary>
+public sealed class DeviceAllocator : IDisposable
+{
+    private const long Granularity = 512;
+    private readonly Dictionary<long, Stack<ulong>> _cache = [];
+    private readonly Dictionary<ulong, long> _live = [];
+
+    /// <summary>Bytes in blocks handed out and not returned.</summary>
+    public long LiveBytes { get; private set; }
+    /// <summary>Bytes held in the cache for reuse.</summary>
+    public long CachedBytes { get; private set; }
+
+    public static long RoundUp(long bytes) => Math.Max(Granularity, (bytes + Granularity - 1) / Granularity * Granularity);
+
+    public ulong Allocate(long bytes)
+    {
+        long size = RoundUp(bytes);
+        if (_cache.TryGetValue(size, out var free) && free.Count > 0)
+        {
+            var reused = free.Pop();
+            CachedBytes -= size;
+            return Track(reused, size);
+        }
+        int status = CudaDriver.cuMemAlloc(out var pointer, (nuint)size);
+        if (status == CudaDriver.ErrorOutOfMemory)
+        {
+            ReleaseCache();
+            status = CudaDriver.cuMemAlloc(out pointer, (nuint)size);
+            if (status == CudaDriver.ErrorOutOfMemory)
+            {
+                CudaDriver.cuMemGetInfo(out var freeBytes, out var total);
+                throw new CudaOutOfMemoryException(bytes, (long)freeBytes, (long)total);
+            }
+        }
+        CudaDriver.Check(status, "cuMemAlloc_v2");
+        return Track(pointer, size);
+    }
+
+    /// <summary>Gives a block back to the cache (not to the driver).</summary>
+    public void Return(ulong pointer)
+    {
+        if (!_live.Remove(pointer, out var size)) throw new ArgumentException($"0x{pointer:X} was not allocated by this allocator or was returned twice.");
+        LiveBytes -= size;
+        if (!_cache.TryGetValue(size, out var free)) _cache[size] = free = new Stack<ulong>();
+        free.Push(pointer);
+        CachedBytes += size;
+    }
+
+    /// <summary>Frees every cached block back to the driver.</summary>
+    public void ReleaseCache()
+    {
+        foreach (var (_, blocks) in _cache)
+            while (blocks.Count > 0) CudaDriver.cuMemFree(blocks.Pop());
+        CachedBytes = 0;
+    }
+
+    private ulong Track(ulong pointer, long size)
+    {
+        _live[pointer] = size;
+        LiveBytes += size;
+        return pointer;
+    }
+
+    public void Dispose()
+    {
+        ReleaseCache();
+        foreach (var pointer in _live.Keys) CudaDriver.cuMemFree(pointer);
+        _live.Clear();
+        LiveBytes = 0;
+    }
+}
