@@ -59,6 +59,27 @@ internal static class RunSpec
           --decay D                 factor for 'step' (every quarter of the run) and per-epoch factor for 'exponential' (default 0.5)
         """;
 
+    public const string DeviceHelp = """
+        Device
+          --device cpu|cuda[:N]     where to train (default cpu; cuda needs an NVIDIA driver, cuBLAS and NVRTC)
+          --tf32                    allow TF32 tensor-core GEMMs on CUDA (faster, less exact; default off)
+        """;
+
+    /// <summary>The backend the options ask for; a CUDA request without a usable GPU is an error that says why.</summary>
+    public static Backend Device(Options options)
+    {
+        var device = options.String("device", "cpu");
+        bool tf32 = options.Flag("tf32");
+        if (device == "cpu") return new CpuBackend();
+        if (!device.StartsWith("cuda", StringComparison.Ordinal))
+            throw new UsageException($"--device must be cpu or cuda[:N]; got '{device}'.");
+        int ordinal = device.Length > 5 && int.TryParse(device[5..], out var n) ? n : 0;
+        var cuda = ForwardAD.Cuda.CudaBackend.TryCreate(out var reason, ordinal)
+            ?? throw new UsageException($"--device {device}: {reason}");
+        cuda.UseTf32 = tf32;
+        return cuda;
+    }
+
     public static (Dataset Train, Dataset Test, string Description) LoadData(Options options, ulong seed)
     {
         var source = options.String("data", "digits");

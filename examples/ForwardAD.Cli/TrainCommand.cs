@@ -18,6 +18,7 @@ internal static class TrainCommand
         {RunSpec.ModelHelp}
         {RunSpec.GuesserHelp}
         {RunSpec.RuleHelp}
+        {RunSpec.DeviceHelp}
         Training
           --epochs N                (default 20)
           --batch-size B            (default 32)
@@ -32,7 +33,7 @@ internal static class TrainCommand
 
     public static int Run(string[] args)
     {
-        var options = new Options(args, new HashSet<string> { "quiet" });
+        var options = new Options(args, new HashSet<string> { "quiet", "tf32" });
         ulong seed = (ulong)options.Int("seed", 1, min: 0);
         int epochs = options.Int("epochs", 20, min: 1);
         int batch = options.Int("batch-size", 32, min: 1);
@@ -45,10 +46,10 @@ internal static class TrainCommand
         var checkpoint = options.OptionalString("checkpoint");
         var resume = options.OptionalString("resume");
         bool quiet = options.Flag("quiet");
+        var backend = RunSpec.Device(options);
         options.RejectUnknown();
 
         var model = spec.Build();
-        var backend = new CpuBackend();
         var parameters = ParameterStore.Initialize(model, backend, seed);
         var trainer = new Trainer(guesser, rule, parameters, train, test, new TrainingOptions(batch, seed) { CosineEvery = cosineEvery });
         var description = new Dictionary<string, string>

@@ -1,0 +1,107 @@
+using System.Diagnostics;
+using System.Text.Json;
+using ForwardAD.Autodiff;
+using ForwardAD.Backends;
+using ForwardAD.Cuda;
+using ForwardAD.Graph;
+using ForwardAD.Guessing;
+using ForwardAD.Optim;
+using ForwardAD.Random;
+
+namespace ForwardAD.Benchmarks;
+
+/// <summary>
+/// `compare-gpu`: the issue-5 benchmark on the GPU machine. Our rows on the CUDA backend (synchronised wall
+/// time over repeated calls, after warm-up) beside that machine's PyTorch (benchmarks/peers/torch_gpu.py),
+/// at batch 512 and 8192, plus the FLOP rate of our GEMM-bound rows against cuBLAS's own SGEMM rate.
+/// </summary>
+internal static class GpuCompare
+{
+    public static int Run()
+    {
+        using var cuda = CudaBackend.TryCreate(out var reason);
+        if (cuda is null)
+        {
+            Console.WriteLine($"compare-gpu needs a CUDA device: {reason}");
+            return 1;
+        }
+        Console.WriteLine($"ForwardAD GPU benchmark, {DateTime.UtcNow:yyyy-MM-dd}, {cuda.Name}; kernels: {string.Join("; ", cuda.KernelOrigins)}");
+        foreach (var batch in new[] { 512, 8192 })
+        {
+            var peer = RunPeer(batch);
+            var model = MlpSpec.Uniform(MlpBenchmarks.Inputs, MlpBenchmarks.Depth, MlpBenchmarks.Width, MlpBenchmarks.Classes, ElementwiseFunction.Relu).Build();
+            var store = ParameterStore.Initialize(model, cuda, 1);
+            var x = new float[batch * MlpBenchmarks.Inputs];
+            RandomFill.Normal(new RandomKey(1, 1), 0, 0f, 1f, x);
+            var y = Enumerable.Range(0, batch).Select(i => (float)(i % MlpBenchmarks.Classes)).ToArray();
+            Plan Compile(PlanOptions options)
+            {
+                var plan = Plan.Compile(store, options);
+                plan.SetInput(model["x"], x);
+                plan.SetInput(model["y"], y);
+                return plan;
+            }
+            var seeds = model.Layers.Select(l => new TangentSeed(l.PreActivation, new RandomKey(2, (ulong)l.PreActivation.Id))).ToArray();
+            var forward = Compile(new PlanOptions(batch));
+            var jvp1 = Compile(new PlanOptions(batch) { Seeds = [.. seeds], ReuseBuffers = true });
+            var jvp16 = Compile(new PlanOptions(batch) { Seeds = [.. seeds], TangentCount = 16, ReuseBuffers = true });
+            var backprop = Compile(new PlanOptions(batch) { Gradients = true });
+            var estimator = Guessers.ActivationPerturbation().Compile(store, batch);
+            estimator.SetBatch(x, y);
+            var optimizer = new Optimizer(Optimizers.AdamW(1e-3f), store);
+            long step = 0;
+            double forwardFlops = 2.0 * batch * model.Layers.Sum(l => (double)l.Weight.Shape.ElementCount);
+            var rows = new (string Name, Action Work, string Peer, double Flops)[]
+            {
+                ("forward", forward.Forward, "forward", forwardFlops),
+                ("JVP K=1", jvp1.ForwardJvp, "jvp_k1", forwardFlops * (1 + 4.0 / 7)),
+                ("JVP K=16", jvp16.ForwardJvp, "jvp_k16", forwardFlops * (1 + 16 * 4.0 / 7)),
+                ("backprop", () => { backprop.Forward(); backprop.Backward(); }, "backprop", forwardFlops * (3 - 3.0 / 7)),
+                ("activation perturbation step (AdamW)", () => { var (g, _) = estimator.Estimate(new RandomKey(3, (ulong)step), step); optimizer.Step(new UpdateInputs(step++, 0, default), g); }, "", forwardFlops * (2 + 4.0 / 7)),
+            };
+            double gemmRate = Row(peer, "gemm_gflops");
+            Console.WriteLine();
+            Console.WriteLine($"batch {batch} on {peer.GetProperty("device")} (PyTorch {peer.GetProperty("torch")}, TF32 off); cuBLAS SGEMM 512×1024×1024 via torch.mm: {gemmRate:F0} GFLOP/s");
+            Console.WriteLine("| row | ForwardAD ms | PyTorch ms | ours / PyTorch | our GFLOP/s | / cuBLAS SGEMM rate |");
+            Console.WriteLine("|---|---:|---:|---:|---:|---:|");
+            foreach (var (name, work, peerRow, flops) in rows)
+            {
+                double seconds = Time(cuda, work);
+                double theirs = peerRow.Length > 0 ? Row(peer, peerRow) : double.NaN;
+                double rate = flops / seconds / 1e9;
+                Console.WriteLine($"| {name} | {seconds * 1e3:F2} | {(double.IsNaN(theirs) ? "–" : (theirs * 1e3).ToString("F2"))} | {(double.IsNaN(theirs) ? "–" : (seconds / theirs).ToString("F2"))} | {rate:F0} | {rate / gemmRate:P0} |");
+            }
+        }
+        return 0;
+    }
+
+    private static double Time(CudaBackend cuda, Action work, int repeats = 20)
+    {
+        for (int i = 0; i < 3; i++) work();
+        cuda.Synchronize();
+        var watch = Stopwatch.StartNew();
+        for (int i = 0; i < repeats; i++) work();
+        cuda.Synchronize();
+        return watch.Elapsed.TotalSeconds / repeats;
+    }
+
+    private static double Row(JsonElement peer, string name) => peer.GetProperty("rows").GetProperty(name).GetDouble();
+
+    private static JsonElement RunPeer(int batch)
+    {
+        string? script = null;
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null && script is null; dir = dir.Parent)
+        {
+            var candidate = Path.Combine(dir.FullName, "benchmarks", "peers", "torch_gpu.py");
+            if (File.Exists(candidate)) script = candidate;
+        }
+        script ??= Environment.GetEnvironmentVariable("FORWARDAD_TORCH_GPU_PEER") ?? throw new FileNotFoundException("benchmarks/peers/torch_gpu.py not found; set FORWARDAD_TORCH_GPU_PEER.");
+        var python = Environment.GetEnvironmentVariable("FORWARDAD_PYTHON") ?? (File.Exists("/opt/torch/.venv/bin/python") ? "/opt/torch/.venv/bin/python" : "python3");
+        var start = new ProcessStartInfo(python, [script, batch.ToString(System.Globalization.CultureInfo.InvariantCulture)]) { RedirectStandardOutput = true };
+        using var process = Process.Start(start) ?? throw new InvalidOperationException($"Could not start {python}.");
+        var output = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        if (process.ExitCode != 0) throw new InvalidOperationException($"The PyTorch GPU peer failed (exit {process.ExitCode}).");
+        return JsonDocument.Parse(output.Trim().Split('\n')[^1]).RootElement;
+    }
+}
