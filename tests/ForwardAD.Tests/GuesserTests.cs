@@ -66,6 +66,28 @@ public class GuesserTests
     private static Problem RandomProblem((int Seed, int Activation) c) =>
         Problem.RandomMlp(c.Seed, Problem.Activations[c.Activation], Batch, widths: [4, 3], inputs: 3, outputs: 3);
 
+    /// <summary>
+    /// The expected weight estimate Σ_b E[d_b u_b] x_bᵀ (and bias Σ_b E[d_b u_b]) when E[d_b u_b] is the given
+    /// per-example direction, computed from an exact backprop plan on the problem's batch.
+    /// </summary>
+    private static double[] ExpectedMean(Problem problem, Func<Plan, int, int, double[]> direction)
+    {
+        var model = problem.Model;
+        var plan = problem.Compile(new PlanOptions(Batch) { Gradients = true });
+        plan.Forward();
+        plan.Backward();
+        var layout = ParameterLayout.Of(model);
+        var expected = new double[layout.TotalCount];
+        for (int i = 0; i < model.Layers.Length; i++)
+        {
+            var x = plan.Value(model.Layers[i].Input).ToArray();
+            int inputs = model.Layers[i].Input.Shape.Last;
+            for (int b = 0; b < Batch; b++)
+                AddOuterProduct(layout, model.Layers[i], direction(plan, i, b), x.AsSpan(b * inputs, inputs), expected);
+        }
+        return expected;
+    }
+
     /// <summary>expected[W] += direction ⊗ x and expected[b] += direction: one example's share of a weight estimate.</summary>
     private static void AddOuterProduct(ParameterLayout layout, DenseLayer layer, double[] direction, ReadOnlySpan<float> x, double[] expected)
     {
@@ -116,34 +138,19 @@ public class GuesserTests
     {
         var problem = SmallProblem(3);
         var model = problem.Model;
-        var plan = problem.Compile(new PlanOptions(Batch) { Gradients = true });
-        plan.Forward();
-        plan.Backward();
-        var layout = ParameterLayout.Of(model);
-        var expected = new double[layout.TotalCount];
-        for (int i = 0; i < model.Layers.Length; i++)
+        var expected = ExpectedMean(problem, (plan, i, b) =>
         {
             var layer = model.Layers[i];
-            var g = plan.Cotangent(layer.PreActivation).ToArray();
-            var s = plan.Value(layer.PreActivation).ToArray();
-            var x = plan.Value(layer.Input).ToArray();
-            int n = layer.PreActivation.Shape.Last, inputs = layer.Input.Shape.Last;
-            for (int b = 0; b < Batch; b++)
-            {
-                var direction = new double[n];
-                if (i == model.Layers.Length - 1)
-                    for (int j = 0; j < n; j++) direction[j] = g[b * n + j];   // last layer: N(0, I), Cov = I
-                else
-                {
-                    var w = problem.Parameters.ToArray(model.Layers[i + 1].Weight);
-                    int m = model.Layers[i + 1].PreActivation.Shape.Last;
-                    var masked = Enumerable.Range(0, n).Select(j => s[b * n + j] > 0 ? (double)g[b * n + j] : 0).ToArray();
-                    var wm = Enumerable.Range(0, m).Select(r => Enumerable.Range(0, n).Sum(j => w[r * n + j] * masked[j])).ToArray();
-                    for (int j = 0; j < n; j++) direction[j] = s[b * n + j] > 0 ? Enumerable.Range(0, m).Sum(r => w[r * n + j] * wm[r]) : 0;
-                }
-                AddOuterProduct(layout, layer, direction, x.AsSpan(b * inputs, inputs), expected);
-            }
-        }
+            int n = layer.PreActivation.Shape.Last;
+            var g = plan.Cotangent(layer.PreActivation).ToArray().AsSpan(b * n, n).ToArray();
+            var s = plan.Value(layer.PreActivation).ToArray().AsSpan(b * n, n).ToArray();
+            if (i == model.Layers.Length - 1) return g.Select(v => (double)v).ToArray(); // last layer: N(0, I), Cov = I
+            var w = problem.Parameters.ToArray(model.Layers[i + 1].Weight);
+            int m = model.Layers[i + 1].PreActivation.Shape.Last;
+            var masked = Enumerable.Range(0, n).Select(j => s[j] > 0 ? (double)g[j] : 0).ToArray();
+            var wm = Enumerable.Range(0, m).Select(r => Enumerable.Range(0, n).Sum(j => w[r * n + j] * masked[j])).ToArray();
+            return Enumerable.Range(0, n).Select(j => s[j] > 0 ? Enumerable.Range(0, m).Sum(r => w[r * n + j] * wm[r]) : 0).ToArray();
+        });
         const int samples = 20000;
         var (mean, std) = Sample(problem, Guessers.WeightTranspose(TangentMode.PerLayer), samples);
         AssertWithinStandardErrors(expected, mean, std, samples, "Wᵀ");
@@ -159,27 +166,17 @@ public class GuesserTests
     {
         var problem = SmallProblem(4, ElementwiseFunction.Tanh);
         var model = problem.Model;
-        var plan = problem.Compile(new PlanOptions(Batch) { Gradients = true });
-        plan.Forward();
-        plan.Backward();
-        var layout = ParameterLayout.Of(model);
-        var expected = new double[layout.TotalCount];
-        for (int i = 0; i < model.Layers.Length; i++)
+        var expected = ExpectedMean(problem, (plan, i, b) =>
         {
             var layer = model.Layers[i];
-            int n = layer.PreActivation.Shape.Last, inputs = layer.Input.Shape.Last;
+            int n = layer.PreActivation.Shape.Last;
             var g = plan.Cotangent(layer.PreActivation).ToArray();
-            var x = plan.Value(layer.Input).ToArray();
             var output = plan.Value(layer.Output).ToArray();
             var mask = layer.Output == layer.PreActivation ? Enumerable.Repeat(1f, Batch * n).ToArray() : plan.Derivative(layer.Output).ToArray();
-            for (int b = 0; b < Batch; b++)
-            {
-                var mg = Enumerable.Range(0, n).Select(j => mask[b * n + j] * (double)g[b * n + j]).ToArray();
-                var xmg = Enumerable.Range(0, Batch).Select(c => Enumerable.Range(0, n).Sum(j => output[c * n + j] * mg[j])).ToArray();
-                var direction = Enumerable.Range(0, n).Select(j => mask[b * n + j] * Enumerable.Range(0, Batch).Sum(c => output[c * n + j] * xmg[c])).ToArray();
-                AddOuterProduct(layout, layer, direction, x.AsSpan(b * inputs, inputs), expected);
-            }
-        }
+            var mg = Enumerable.Range(0, n).Select(j => mask[b * n + j] * (double)g[b * n + j]).ToArray();
+            var xmg = Enumerable.Range(0, Batch).Select(c => Enumerable.Range(0, n).Sum(j => output[c * n + j] * mg[j])).ToArray();
+            return Enumerable.Range(0, n).Select(j => mask[b * n + j] * Enumerable.Range(0, Batch).Sum(c => output[c * n + j] * xmg[c])).ToArray();
+        });
         const int samples = 20000;
         var mixing = new ActivationGuesser("raw mixing", Guess.Mixing.Masked(), Guess.Mixing.Masked(), TangentMode.PerLayer);
         var (mean, std) = Sample(problem, mixing, samples);
