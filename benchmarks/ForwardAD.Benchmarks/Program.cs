@@ -18,8 +18,6 @@ if (args.Length > 0 && args[0] == "compare")
     bool quick = args.Contains("--quick");
     return Compare.Run(quick);
 }
-if (args.Length > 0 && args[0] == "compare-gpu")
-    return GpuCompare.Run();
 if (args.Length > 1 && args[0] == "profile")
     return Profile.Run(args[1], args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 20);
 BenchmarkSwitcher.FromAssembly(typeof(MlpBenchmarks).Assembly).Run(args);

@@ -8,15 +8,17 @@ using ForwardAD.Guessing;
 using ForwardAD.Optim;
 using ForwardAD.Random;
 
-namespace ForwardAD.Benchmarks;
+namespace ForwardAD.GpuBenchmarks;
 
 /// <summary>
-/// `compare-gpu`: the issue-5 benchmark on the GPU machine. Our rows on the CUDA backend (synchronised wall
+/// The issue-5 benchmark on the GPU machine. Our rows on the CUDA backend (synchronised wall
 /// time over repeated calls, after warm-up) beside that machine's PyTorch (benchmarks/peers/torch_gpu.py),
 /// at batch 512 and 8192, plus the FLOP rate of our GEMM-bound rows against cuBLAS's own SGEMM rate.
 /// </summary>
 internal static class GpuCompare
 {
+    private const int Inputs = 3072, Width = 1024, Classes = 10, Depth = 6;
+
     public static int Run()
     {
         using var cuda = CudaBackend.TryCreate(out var reason);
@@ -29,11 +31,11 @@ internal static class GpuCompare
         foreach (var batch in new[] { 512, 8192 })
         {
             var peer = RunPeer(batch);
-            var model = MlpSpec.Uniform(MlpBenchmarks.Inputs, MlpBenchmarks.Depth, MlpBenchmarks.Width, MlpBenchmarks.Classes, ElementwiseFunction.Relu).Build();
+            var model = MlpSpec.Uniform(Inputs, Depth, Width, Classes, ElementwiseFunction.Relu).Build();
             var store = ParameterStore.Initialize(model, cuda, 1);
-            var x = new float[batch * MlpBenchmarks.Inputs];
+            var x = new float[batch * Inputs];
             RandomFill.Normal(new RandomKey(1, 1), 0, 0f, 1f, x);
-            var y = Enumerable.Range(0, batch).Select(i => (float)(i % MlpBenchmarks.Classes)).ToArray();
+            var y = Enumerable.Range(0, batch).Select(i => (float)(i % Classes)).ToArray();
             Plan Compile(PlanOptions options)
             {
                 var plan = Plan.Compile(store, options);
