@@ -24,7 +24,7 @@ internal static class GpuCompare
         using var cuda = CudaBackend.TryCreate(out var reason);
         if (cuda is null)
         {
-            Console.WriteLine($"compare-gpu needs a CUDA device: {reason}");
+            Console.WriteLine($"The GPU benchmark needs a CUDA device: {reason}");
             return 1;
         }
         Console.WriteLine($"ForwardAD GPU benchmark, {DateTime.UtcNow:yyyy-MM-dd}, {cuda.Name}; kernels: {string.Join("; ", cuda.KernelOrigins)}");
