@@ -136,11 +136,12 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
     {
         var backend = _plan.Backend;
         int batch = _plan.BatchSize;
-        _plan.Forward();
-        if (_guesser.Grape is not null)
+        if (_guesser.Grape is null) _plan.Forward();
+        else
         {
+            // δ does not depend on the forward values: draw it first, then run forward and JVP fused, layer by layer.
             for (int l = 0; l < _hidden.Length; l++) backend.FillNormal(key.Derive((ulong)l), 0, 0f, 1f, Activity(l));
-            _plan.Jvp();
+            _plan.ForwardJvp();
             for (int l = 0; l < _hidden.Length; l++) Align(l, step, key.Derive(1000 + (ulong)l));
         }
         // e = ∂L/∂ŷ of the mean loss: the loss's saved per-example derivative, divided by B.
