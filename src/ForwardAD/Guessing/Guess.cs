@@ -145,10 +145,16 @@ internal sealed class GuessCompiler(Plan plan, int channels)
 internal abstract class GuessProgram
 {
     public abstract void Write(RandomKey key, View destination);
+
+    /// <summary>True when the guess reads values of the current forward pass (masks, layer outputs, the loss
+    /// error); false lets the estimator draw it first and run forward and JVP fused.</summary>
+    public abstract bool ReadsForwardValues { get; }
 }
 
 internal sealed class NoiseProgram(Backend backend, NoiseKind kind) : GuessProgram
 {
+    public override bool ReadsForwardValues => false;
+
     private static readonly float UniformBound = MathF.Sqrt(3f);
 
     public override void Write(RandomKey key, View destination)
@@ -164,6 +170,8 @@ internal sealed class MixingProgram : GuessProgram
     private readonly GuessCompiler _compiler;
     private readonly int _layer;
     private readonly View _coefficients;
+
+    public override bool ReadsForwardValues => true;
 
     public MixingProgram(GuessCompiler compiler, int layer)
     {
@@ -187,6 +195,8 @@ internal sealed class MixingProgram : GuessProgram
 /// output layer is exact, (g_b·ê_b) ê_b = g_b, since g_b = e_b/B.</summary>
 internal sealed class TrueErrorProgram(GuessCompiler compiler) : GuessProgram
 {
+    public override bool ReadsForwardValues => true;
+
     public override void Write(RandomKey key, View destination)
     {
         var error = compiler.Plan.Derivative(compiler.Plan.Model.Loss);
@@ -207,6 +217,9 @@ internal sealed class ProjectedProgram : GuessProgram
     private readonly View _above, _projected, _spectral;
     private readonly double[] _gram = [], _vectors = [], _values = [];
     private readonly float[] _hostWeight = [], _hostSpectral = [];
+
+    /// <summary>W_{i+1} is a parameter, not a forward value: only the source decides.</summary>
+    public override bool ReadsForwardValues => _source.ReadsForwardValues;
 
     public ProjectedProgram(GuessCompiler compiler, int layer, GuessProgram source, float power)
     {
@@ -249,6 +262,8 @@ internal sealed class MaskedProgram(GuessCompiler compiler, int layer, GuessProg
 {
     private readonly DenseLayer _dense = compiler.Layers[layer];
 
+    public override bool ReadsForwardValues => _dense.Output != _dense.PreActivation || source.ReadsForwardValues;
+
     public override void Write(RandomKey key, View destination)
     {
         source.Write(key, destination);
@@ -260,6 +275,8 @@ internal sealed class MaskedProgram(GuessCompiler compiler, int layer, GuessProg
 internal sealed class NormalizedProgram(GuessCompiler compiler, int layer, GuessProgram source) : GuessProgram
 {
     private readonly float _norm = MathF.Sqrt(compiler.Width(layer));
+
+    public override bool ReadsForwardValues => source.ReadsForwardValues;
 
     public override void Write(RandomKey key, View destination)
     {

@@ -109,6 +109,7 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
     private readonly View _scales, _scaled, _summed, _gradient;
     private readonly View[] _gradients;
     private readonly int _guesses;
+    private readonly bool _readsForwardValues;
 
     public ActivationGuessEstimator(ActivationGuesser guesser, ParameterStore parameters, int batchSize)
     {
@@ -125,6 +126,7 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
         });
         var compiler = new GuessCompiler(_plan, _guesses);
         _programs = [.. Enumerable.Range(0, layers).Select(i => (i == layers - 1 ? guesser.Last : guesser.Hidden).Compile(compiler, i))];
+        _readsForwardValues = _programs.Any(p => p.ReadsForwardValues);
         // Channels of other layers stay zero in per-layer mode: clear the seeds once.
         foreach (var layer in model.Layers) parameters.Backend.Fill(0f, _plan.Seed(layer.PreActivation));
         int widest = Enumerable.Range(0, layers).Max(compiler.Elements);
@@ -143,13 +145,15 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
         var backend = _plan.Backend;
         var layers = _plan.Model.Layers;
         int batch = _plan.BatchSize;
-        _plan.Forward();
+        if (_readsForwardValues) _plan.Forward();
         for (int i = 0; i < layers.Length; i++)
         {
             var seed = _plan.Seed(layers[i].PreActivation);
             _programs[i].Write(key.Derive((ulong)i), GuessSlice(seed, i));
         }
-        _plan.Jvp();
+        // Guesses that need no forward value (plain noise) are drawn first; forward and JVP then run fused, layer by layer.
+        if (_readsForwardValues) _plan.Jvp();
+        else _plan.ForwardJvp();
         // d_{k,b} = ℓ̇_{k,b} / B, and the average over G guesses folded in: scale = 1/(B·G).
         backend.Scale(_plan.Tangent(_plan.Model.Loss), 1f / (batch * _guesses), _scales);
         for (int i = 0; i < layers.Length; i++)
