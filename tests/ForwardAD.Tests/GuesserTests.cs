@@ -285,3 +285,27 @@ public class GuesserTests
             }
     }
 }
+
+public class MetricTests
+{
+    /// <summary>Effective rank (Roy &amp; Vetterli 2007): n equal singular values give n, one non-zero gives 1, and it
+    /// lies in between otherwise (exp of the entropy of σ/Σσ).</summary>
+    [Fact]
+    public void Effective_rank_follows_its_definition()
+    {
+        Assert.Equal(5, Metrics.EffectiveRank([2, 2, 2, 2, 2]), 12);
+        Assert.Equal(1, Metrics.EffectiveRank([3, 0, 0]), 12);
+        double p = 3.0 / 4, q = 1.0 / 4;
+        Assert.Equal(Math.Exp(-(p * Math.Log(p) + q * Math.Log(q))), Metrics.EffectiveRank([3, 1]), 12);
+        Assert.Equal(0, Metrics.EffectiveRank([0, 0]));
+    }
+
+    [Fact]
+    public void Cosine_is_scale_invariant_and_zero_for_a_zero_vector()
+    {
+        Assert.Equal(1, Metrics.Cosine([1, 2, 3], [2, 4, 6]), 12);
+        Assert.Equal(-1, Metrics.Cosine([1, 0], [-3, 0]), 12);
+        Assert.Equal(0, Metrics.Cosine([0, 0], [1, 1]));
+        Assert.Throws<ArgumentException>(() => Metrics.Cosine([1], [1, 2]));
+    }
+}
