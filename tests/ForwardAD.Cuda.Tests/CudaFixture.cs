@@ -6,13 +6,14 @@ namespace ForwardAD.Cuda.Tests;
 /// <summary>One CUDA backend for the whole test run, or the reason there is none (every test then skips with it).</summary>
 public sealed class CudaFixture : IDisposable
 {
-    public CudaBackend? Backend { get; } = CudaBackend.TryCreate(out var reason) is { } backend ? backend : null;
-    public string Reason { get; } = "";
-
     public CudaFixture()
     {
-        if (Backend is null) Reason = CudaBackend.TryCreate(out var why) is null ? why : "";
+        Backend = CudaBackend.TryCreate(out var reason);
+        Reason = reason;
     }
+
+    public CudaBackend? Backend { get; }
+    public string Reason { get; }
 
     /// <summary>The backend; skips the calling test with the reason when no CUDA driver or device is usable.</summary>
     public CudaBackend Require()

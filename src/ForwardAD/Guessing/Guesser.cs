@@ -166,7 +166,7 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
             var scaled = _scaled.Slice(0, guess.Length);
             var summed = _summed.Slice(0, guess.Length / _guesses);
             // Σ_g d_{g,b} u_{g,b}: scale each example's rows by its scalar, then sum the G channels.
-            ScaleExamples(backend, guess, scales, rowsPerExample * width, scaled);
+            backend.ScaleRows(guess, scales, scaled, accumulate: false);
             backend.SumRows(scaled, summed, accumulate: false);
             // ΔW_i = Sᵀ X_i with S the summed, scaled guesses ([B·rows, n]) and X_i the layer input ([B·rows, in]).
             int inputs = layer.Input.Shape.Last, rows = batch * rowsPerExample;
@@ -185,13 +185,6 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
         return seed.Slice(layer * _guesses * perChannel, _guesses * perChannel);
     }
 
-    /// <summary>destination[e, :] = source[e, :]·scale[e] for examples e of <paramref name="elementsPerExample"/> values.</summary>
-    private static void ScaleExamples(Backend backend, View source, View scales, int elementsPerExample, View destination)
-    {
-        if (elementsPerExample * scales.Length != source.Length)
-            throw new InvalidOperationException("Guess and scale sizes disagree.");
-        backend.ScaleRows(source, scales, destination, accumulate: false);
-    }
 }
 
 /// <summary>The compiled <see cref="DirectionalDescent"/> and <see cref="CosineMatchedDescent"/>.</summary>
