@@ -46,16 +46,16 @@ public class MlpBenchmarks
     /// channel l carries layer l's tangent only (one channel per layer).</summary>
     internal static Plan CompileJvp(ParameterStore store, int channels, bool reuse = true)
     {
-        var layers = store.Model.Layers;
+        var layers = store.Model.Sites;
         var plan = Compile(store, new PlanOptions(Batch)
         {
             TangentCount = channels,
             ReuseBuffers = reuse,
-            Seeds = [.. layers.Select(l => new TangentSeed(l.PreActivation))],
+            Seeds = [.. layers.Select(l => new TangentSeed(l.Node))],
         });
         for (int l = 0; l < layers.Length; l++)
         {
-            var seed = CpuBackend.Span(plan.Seed(layers[l].PreActivation));
+            var seed = CpuBackend.Span(plan.Seed(layers[l].Node));
             RandomFill.Normal(new RandomKey(2, (ulong)l), 0, 0f, 1f, seed);
             if (channels == layers.Length)
             {

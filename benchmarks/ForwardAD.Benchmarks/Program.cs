@@ -115,7 +115,7 @@ internal static class Compare
             long jvp = Plan.Compile(store, new PlanOptions(MlpBenchmarks.Batch)
             {
                 ReuseBuffers = true,
-                Seeds = [.. model.Layers.Select(l => new TangentSeed(l.PreActivation, new RandomKey(1, (ulong)l.PreActivation.Id)))],
+                Seeds = [.. model.Sites.Select(l => new TangentSeed(l.Node, new RandomKey(1, (ulong)l.Node.Id)))],
             }).AllocatedBytes;
             long backprop = Plan.Compile(store, new PlanOptions(MlpBenchmarks.Batch) { Gradients = true }).AllocatedBytes;
             var saved = peer.GetProperty("saved_bytes").GetProperty(depth.ToString(CultureInfo.InvariantCulture)).GetInt64();

@@ -43,7 +43,7 @@ internal static class GpuCompare
                 plan.SetInput(model["y"], y);
                 return plan;
             }
-            var seeds = model.Layers.Select(l => new TangentSeed(l.PreActivation, new RandomKey(2, (ulong)l.PreActivation.Id))).ToArray();
+            var seeds = model.Sites.Select(l => new TangentSeed(l.Node, new RandomKey(2, (ulong)l.Node.Id))).ToArray();
             var forward = Compile(new PlanOptions(batch));
             var jvp1 = Compile(new PlanOptions(batch) { Seeds = [.. seeds], ReuseBuffers = true });
             var jvp16 = Compile(new PlanOptions(batch) { Seeds = [.. seeds], TangentCount = 16, ReuseBuffers = true });
@@ -52,7 +52,7 @@ internal static class GpuCompare
             estimator.SetBatch(x, y);
             var optimizer = new Optimizer(Optimizers.AdamW(1e-3f), store);
             long step = 0;
-            double forwardFlops = 2.0 * batch * model.Layers.Sum(l => (double)l.Weight.Shape.ElementCount);
+            double forwardFlops = 2.0 * batch * model.Sites.Sum(l => (double)l.Parameters[0].Shape.ElementCount);
             var rows = new (string Name, Action Work, string Peer, double Flops)[]
             {
                 ("forward", forward.Forward, "forward", forwardFlops),

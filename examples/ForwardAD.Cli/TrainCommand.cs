@@ -117,7 +117,7 @@ internal static class TrainCommand
 
     private static string Line(EpochReport r, int epochs) =>
         $"epoch {r.Epoch + 1}/{epochs}: train loss {F(r.TrainLoss)} acc {F(r.TrainAccuracy, "P2")}, test loss {F(r.TestLoss)} acc {F(r.TestAccuracy, "P2")}, " +
-        $"cos {F(r.GlobalCosine, "F3")} (layers {string.Join(" ", r.LayerCosines.Select(c => F(c, "F3")))})" +
+        $"cos {F(r.GlobalCosine, "F3")} (sites {string.Join(" ", r.SiteCosines.Select(c => F(c, "F3")))})" +
         (r.FeedbackAlignment.IsEmpty ? "" : $", B·J alignment {string.Join(" ", r.FeedbackAlignment.Select(c => F(c, "F3")))}") + $", {F(r.ExamplesPerSecond, "F0")} examples/s";
 
     private static readonly string[] FixedColumns = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "cosine_global"];
@@ -130,12 +130,12 @@ internal static class TrainCommand
         var temporary = path + ".tmp";
         using (var writer = new StreamWriter(temporary))
         {
-            int layers = reports[0].LayerCosines.Length, aligned = reports.Max(r => r.FeedbackAlignment.Length);
+            int layers = reports[0].SiteCosines.Length, aligned = reports.Max(r => r.FeedbackAlignment.Length);
             writer.WriteLine(string.Join(',', FixedColumns.Concat(Enumerable.Range(1, layers).Select(l => $"cosine_layer{l}"))
                 .Concat(Enumerable.Range(1, aligned).Select(l => $"alignment_layer{l}")).Concat(["examples_per_second", "wall_seconds"])));
             foreach (var r in reports)
                 writer.WriteLine(string.Join(',', new[] { (r.Epoch + 1).ToString(CultureInfo.InvariantCulture), G(r.TrainLoss), G(r.TrainAccuracy), G(r.TestLoss), G(r.TestAccuracy), G(r.GlobalCosine) }
-                    .Concat(r.LayerCosines.Select(G)).Concat(Enumerable.Range(0, aligned).Select(l => l < r.FeedbackAlignment.Length ? G(r.FeedbackAlignment[l]) : "NaN"))
+                    .Concat(r.SiteCosines.Select(G)).Concat(Enumerable.Range(0, aligned).Select(l => l < r.FeedbackAlignment.Length ? G(r.FeedbackAlignment[l]) : "NaN"))
                     .Concat([G(r.ExamplesPerSecond), G(r.WallTime.TotalSeconds)])));
         }
         File.Move(temporary, path, overwrite: true);

@@ -120,7 +120,7 @@ public sealed class ParityTests(CudaFixture fixture) : IClassFixture<CudaFixture
             var plan = Plan.Compile(store, new PlanOptions(batch)
             {
                 Gradients = true, TangentCount = 4,
-                Seeds = [.. model.Layers.Select(l => new TangentSeed(l.PreActivation, new RandomKey(3, (ulong)l.PreActivation.Id)))],
+                Seeds = [.. model.Sites.Select(l => new TangentSeed(l.Node, new RandomKey(3, (ulong)l.Node.Id)))],
             });
             plan.SetInput(model["x"], x);
             plan.SetInput(model["y"], y);

@@ -112,7 +112,7 @@ public class FeedbackTests
     {
         var problem = Problem.RandomMlp(31, Problem.Activations[activation], 5, widths: [7], inputs: 4, outputs: 3);
         var estimator = (FeedbackEstimator)Guessers.Dfa().Compile(problem.Parameters, 5);
-        var w2 = problem.Parameters.ToArray(problem.Model.Layers[1].Weight); // [3, 7]
+        var w2 = problem.Parameters.ToArray(problem.Model.Sites[1].Weight()); // [3, 7]
         var transposed = new float[7 * 3];
         for (int o = 0; o < 3; o++) for (int n = 0; n < 7; n++) transposed[n * 3 + o] = w2[o * 7 + n];
         problem.Parameters.Backend.CopyFromHost(transposed, estimator.Feedback(0));
@@ -151,18 +151,18 @@ public class FeedbackTests
         oracle.Forward();
         for (int l = 0; l < 2; l++)
         {
-            var layer = model.Layers[l];
-            var node = placement == TangentPlacement.PreActivation ? layer.PreActivation : layer.Output;
+            var layer = model.Sites[l];
+            var node = placement == TangentPlacement.PreActivation ? layer.Node : layer.Output;
             int n = node.Shape.Last;
             var perExample = new double[batch, 3, n]; // J_b[k, i]
-            var pullBack = oracle.CreatePullBack(model.Output, node);
+            var pullBack = oracle.CreatePullBack([model.Output], node);
             for (int k = 0; k < 3; k++)
             {
                 var unit = new float[batch * 3];
                 for (int b = 0; b < batch; b++) unit[b * 3 + k] = 1;
-                CpuBackend.Span(oracle.Cotangent(model.Output)).CopyFrom(unit);
+                CpuBackend.Span(pullBack.Cotangent(model.Output)).CopyFrom(unit);
                 pullBack.Run();
-                var rows = oracle.Cotangent(node).ToArray();
+                var rows = pullBack.Cotangent(node).ToArray();
                 for (int b = 0; b < batch; b++) for (int i = 0; i < n; i++) perExample[b, k, i] = rows[b * n + i];
             }
             for (int i = 0; i < n; i++)

@@ -78,21 +78,21 @@ public class GuesserTests
         plan.Backward();
         var layout = ParameterLayout.Of(model);
         var expected = new double[layout.TotalCount];
-        for (int i = 0; i < model.Layers.Length; i++)
+        for (int i = 0; i < model.Sites.Length; i++)
         {
-            var x = plan.Value(model.Layers[i].Input).ToArray();
-            int inputs = model.Layers[i].Input.Shape.Last;
+            var x = plan.Value(model.Sites[i].Input(model)).ToArray();
+            int inputs = model.Sites[i].Input(model).Shape.Last;
             for (int b = 0; b < Batch; b++)
-                AddOuterProduct(layout, model.Layers[i], direction(plan, i, b), x.AsSpan(b * inputs, inputs), expected);
+                AddOuterProduct(layout, model.Sites[i], direction(plan, i, b), x.AsSpan(b * inputs, inputs), expected);
         }
         return expected;
     }
 
     /// <summary>expected[W] += direction ⊗ x and expected[b] += direction: one example's share of a weight estimate.</summary>
-    private static void AddOuterProduct(ParameterLayout layout, DenseLayer layer, double[] direction, ReadOnlySpan<float> x, double[] expected)
+    private static void AddOuterProduct(ParameterLayout layout, Site layer, double[] direction, ReadOnlySpan<float> x, double[] expected)
     {
-        int weightOffset = layout.Entries.Single(e => e.Parameter == layer.Weight).Offset;
-        int biasOffset = layout.Entries.Single(e => e.Parameter == layer.Bias).Offset;
+        int weightOffset = layout.Entries.Single(e => e.Parameter == layer.Weight()).Offset;
+        int biasOffset = layout.Entries.Single(e => e.Parameter == layer.Bias()).Offset;
         for (int j = 0; j < direction.Length; j++)
         {
             for (int c = 0; c < x.Length; c++) expected[weightOffset + j * x.Length + c] += direction[j] * x[c];
@@ -140,13 +140,13 @@ public class GuesserTests
         var model = problem.Model;
         var expected = ExpectedMean(problem, (plan, i, b) =>
         {
-            var layer = model.Layers[i];
-            int n = layer.PreActivation.Shape.Last;
-            var g = plan.Cotangent(layer.PreActivation).ToArray().AsSpan(b * n, n).ToArray();
-            var s = plan.Value(layer.PreActivation).ToArray().AsSpan(b * n, n).ToArray();
-            if (i == model.Layers.Length - 1) return g.Select(v => (double)v).ToArray(); // last layer: N(0, I), Cov = I
-            var w = problem.Parameters.ToArray(model.Layers[i + 1].Weight);
-            int m = model.Layers[i + 1].PreActivation.Shape.Last;
+            var layer = model.Sites[i];
+            int n = layer.Node.Shape.Last;
+            var g = plan.Cotangent(layer.Node).ToArray().AsSpan(b * n, n).ToArray();
+            var s = plan.Value(layer.Node).ToArray().AsSpan(b * n, n).ToArray();
+            if (i == model.Sites.Length - 1) return g.Select(v => (double)v).ToArray(); // last layer: N(0, I), Cov = I
+            var w = problem.Parameters.ToArray(model.Sites[i + 1].Weight());
+            int m = model.Sites[i + 1].Node.Shape.Last;
             var masked = Enumerable.Range(0, n).Select(j => s[j] > 0 ? (double)g[j] : 0).ToArray();
             var wm = Enumerable.Range(0, m).Select(r => Enumerable.Range(0, n).Sum(j => w[r * n + j] * masked[j])).ToArray();
             return Enumerable.Range(0, n).Select(j => s[j] > 0 ? Enumerable.Range(0, m).Sum(r => w[r * n + j] * wm[r]) : 0).ToArray();
@@ -168,11 +168,11 @@ public class GuesserTests
         var model = problem.Model;
         var expected = ExpectedMean(problem, (plan, i, b) =>
         {
-            var layer = model.Layers[i];
-            int n = layer.PreActivation.Shape.Last;
-            var g = plan.Cotangent(layer.PreActivation).ToArray();
+            var layer = model.Sites[i];
+            int n = layer.Node.Shape.Last;
+            var g = plan.Cotangent(layer.Node).ToArray();
             var output = plan.Value(layer.Output).ToArray();
-            var mask = layer.Output == layer.PreActivation ? Enumerable.Repeat(1f, Batch * n).ToArray() : plan.Derivative(layer.Output).ToArray();
+            var mask = layer.Output == layer.Node ? Enumerable.Repeat(1f, Batch * n).ToArray() : plan.Derivative(layer.Output).ToArray();
             var mg = Enumerable.Range(0, n).Select(j => mask[b * n + j] * (double)g[b * n + j]).ToArray();
             var xmg = Enumerable.Range(0, Batch).Select(c => Enumerable.Range(0, n).Sum(j => output[c * n + j] * mg[j])).ToArray();
             return Enumerable.Range(0, n).Select(j => mask[b * n + j] * Enumerable.Range(0, Batch).Sum(c => output[c * n + j] * xmg[c])).ToArray();
@@ -231,10 +231,10 @@ public class GuesserTests
         var estimator = Guessers.SelfSharpening(TangentMode.PerLayer).Compile(problem.Parameters, Batch);
         SetBatch(problem, estimator);
         var estimate = estimator.Estimate(new RandomKey(3, 3)).Gradient.ToArray();
-        var last = problem.Model.Layers[^1];
+        var last = problem.Model.Sites[^1];
         var layout = ParameterLayout.Of(problem.Model);
-        var (_, offset) = layout.Entries.Single(e => e.Parameter == last.Weight);
-        for (int j = 0; j < last.Weight.Shape.ElementCount; j++)
+        var (_, offset) = layout.Entries.Single(e => e.Parameter == last.Weight());
+        for (int j = 0; j < last.Weight().Shape.ElementCount; j++)
             JvpTests.AssertClose(g[offset + j], estimate[offset + j], $"output weight {j}", 1e-4);
     }
 

@@ -98,7 +98,7 @@ public class JvpTests
     public void Channels_are_independent(int seed)
     {
         var problem = Problem.RandomMlp(seed, ElementwiseFunction.Tanh, 5, widths: [7, 6], inputs: 4, outputs: 3);
-        var seedNodes = problem.Model.Layers.Select(l => l.PreActivation).Append(problem.Model.Layers[0].Weight).ToList();
+        var seedNodes = problem.Model.Sites.Select(l => l.Node).Append(problem.Model.Sites[0].Weight()).ToList();
         const int K = 3;
         var joint = problem.Compile(new PlanOptions(5) { TangentCount = K, Seeds = [.. seedNodes.Select(n => new TangentSeed(n))] });
         foreach (var n in seedNodes) CpuBackend.Span(joint.Seed(n)).CopyFrom(Problem.Normal(seed * 100 + n.Id, joint.Seed(n).Length, 1f));
@@ -122,13 +122,13 @@ public class JvpTests
     public void Per_layer_channels_sum_to_the_joint_channel()
     {
         var problem = Problem.RandomMlp(11, ElementwiseFunction.Relu, 6, widths: [8, 8, 8], inputs: 5, outputs: 4);
-        var layers = problem.Model.Layers;
+        var layers = problem.Model.Sites;
         int L = layers.Length;
-        var perLayer = problem.Compile(new PlanOptions(6) { TangentCount = L, Seeds = [.. layers.Select(l => new TangentSeed(l.PreActivation))] });
-        var joint = problem.Compile(new PlanOptions(6) { TangentCount = 1, Seeds = [.. layers.Select(l => new TangentSeed(l.PreActivation))] });
+        var perLayer = problem.Compile(new PlanOptions(6) { TangentCount = L, Seeds = [.. layers.Select(l => new TangentSeed(l.Node))] });
+        var joint = problem.Compile(new PlanOptions(6) { TangentCount = 1, Seeds = [.. layers.Select(l => new TangentSeed(l.Node))] });
         for (int l = 0; l < L; l++)
         {
-            var node = layers[l].PreActivation;
+            var node = layers[l].Node;
             var guess = Problem.Normal(500 + l, joint.Seed(node).Length, 1f);
             CpuBackend.Span(joint.Seed(node)).CopyFrom(guess);
             var channels = CpuBackend.Span(perLayer.Seed(node));
@@ -147,7 +147,7 @@ public class JvpTests
     public void Fused_and_separate_passes_agree_bit_for_bit()
     {
         var problem = Problem.RandomMlp(5, ElementwiseFunction.Gelu, 4, widths: [9, 9], inputs: 6, outputs: 3);
-        var options = new PlanOptions(4) { TangentCount = 2, Seeds = [.. problem.Model.Layers.Select(l => new TangentSeed(l.PreActivation, new RandomKey(3, (ulong)l.PreActivation.Id)))] };
+        var options = new PlanOptions(4) { TangentCount = 2, Seeds = [.. problem.Model.Sites.Select(l => new TangentSeed(l.Node, new RandomKey(3, (ulong)l.Node.Id)))] };
         var a = problem.Compile(options);
         var b = problem.Compile(options);
         a.ForwardJvp();
@@ -162,7 +162,7 @@ public class JvpTests
     public void Generated_seeds_can_be_regenerated_from_their_key()
     {
         var problem = Problem.RandomMlp(8, ElementwiseFunction.Relu, 3, widths: [5], inputs: 4, outputs: 3);
-        var node = problem.Model.Layers[0].PreActivation;
+        var node = problem.Model.Sites[0].Node;
         var key = new RandomKey(42, 7);
         var plan = problem.Compile(new PlanOptions(3) { TangentCount = 2, Seeds = [new TangentSeed(node, key)] });
         plan.ForwardJvp();
@@ -179,11 +179,11 @@ public class JvpTests
     public void Nodes_upstream_of_the_seeds_have_symbolic_zero_tangents()
     {
         var problem = Problem.RandomMlp(9, ElementwiseFunction.Relu, 2, widths: [4, 4], inputs: 3, outputs: 2);
-        var last = problem.Model.Layers[^1].PreActivation;
+        var last = problem.Model.Sites[^1].Node;
         var plan = problem.Compile(new PlanOptions(2) { Seeds = [new TangentSeed(last)] });
-        Assert.True(plan.IsTangentZero(problem.Model.Layers[0].PreActivation));
-        Assert.True(plan.IsTangentZero(problem.Model.Layers[0].Weight));
+        Assert.True(plan.IsTangentZero(problem.Model.Sites[0].Node));
+        Assert.True(plan.IsTangentZero(problem.Model.Sites[0].Weight()));
         Assert.False(plan.IsTangentZero(problem.Model.Loss));
-        Assert.True(plan.Tangent(problem.Model.Layers[0].Output).IsEmpty);
+        Assert.True(plan.Tangent(problem.Model.Sites[0].Output).IsEmpty);
     }
 }

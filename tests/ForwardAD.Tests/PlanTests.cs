@@ -19,19 +19,19 @@ public class PlanTests
     {
         var backend = managedGemm ? new CpuBackend(new ManagedGemm()) : new CpuBackend();
         var problem = Problem.RandomMlp(3, ElementwiseFunction.Gelu, 16, widths: [32, 32], inputs: 20, outputs: 5, backend: backend);
-        var layers = problem.Model.Layers;
-        var seeds = layers.Select(l => new TangentSeed(l.PreActivation, new RandomKey(1, (ulong)l.PreActivation.Id)))
-            .Append(new TangentSeed(layers[0].Weight));
+        var layers = problem.Model.Sites;
+        var seeds = layers.Select(l => new TangentSeed(l.Node, new RandomKey(1, (ulong)l.Node.Id)))
+            .Append(new TangentSeed(layers[0].Weight()));
         var plan = problem.Compile(new PlanOptions(16) { TangentCount = 4, Gradients = true, Seeds = [.. seeds] });
         var lean = problem.Compile(new PlanOptions(16) { TangentCount = 4, ReuseBuffers = true, Seeds = [.. seeds] });
-        var pullBack = plan.CreatePullBack(layers[2].PreActivation, layers[0].PreActivation);
+        var pullBack = plan.CreatePullBack([layers[2].Node], layers[0].Node, channels: 3);
         var input = problem.Model["x"];
         var x = problem.Inputs[input.Id];
         double loss = 0;
         void Step()
         {
             plan.SetInput(input, x);
-            plan.SetSeedGenerator(layers[0].PreActivation, new RandomKey(2, 5));
+            plan.SetSeedGenerator(layers[0].Node, new RandomKey(2, 5));
             plan.Forward();
             plan.Jvp();
             plan.ForwardJvp();
@@ -61,7 +61,7 @@ public class PlanTests
         {
             var model = MlpSpec.Uniform(64, depth, 128, 10, ElementwiseFunction.Relu).Build();
             var store = ParameterStore.Initialize(model, new CpuBackend(), 1);
-            var seeds = model.Layers.Select(l => new TangentSeed(l.PreActivation, new RandomKey(1, (ulong)l.PreActivation.Id)));
+            var seeds = model.Sites.Select(l => new TangentSeed(l.Node, new RandomKey(1, (ulong)l.Node.Id)));
             return Plan.Compile(store, gradients
                 ? new PlanOptions(32) { Gradients = true }
                 : new PlanOptions(32) { TangentCount = 4, ReuseBuffers = true, Seeds = [.. seeds] }).AllocatedBytes;
@@ -74,7 +74,7 @@ public class PlanTests
     public void Buffer_reuse_gives_the_same_results()
     {
         var problem = Problem.RandomMlp(12, ElementwiseFunction.Tanh, 8, widths: [16, 16, 16], inputs: 10, outputs: 4);
-        var seeds = problem.Model.Layers.Select(l => new TangentSeed(l.PreActivation, new RandomKey(9, (ulong)l.PreActivation.Id))).ToArray();
+        var seeds = problem.Model.Sites.Select(l => new TangentSeed(l.Node, new RandomKey(9, (ulong)l.Node.Id))).ToArray();
         var full = problem.Compile(new PlanOptions(8) { TangentCount = 3, Seeds = [.. seeds] });
         var lean = problem.Compile(new PlanOptions(8) { TangentCount = 3, Seeds = [.. seeds], ReuseBuffers = true });
         full.ForwardJvp();
@@ -82,7 +82,7 @@ public class PlanTests
         Assert.Equal(full.Tangent(problem.Model.Loss).ToArray(), lean.Tangent(problem.Model.Loss).ToArray());
         Assert.Equal(full.Value(problem.Model.Output).ToArray(), lean.Value(problem.Model.Output).ToArray());
         Assert.True(lean.AllocatedBytes < full.AllocatedBytes);
-        var hidden = problem.Model.Layers[1].Output;
+        var hidden = problem.Model.Sites[1].Output;
         Assert.Contains("Retain", Assert.Throws<InvalidOperationException>(() => lean.Value(hidden)).Message);
         Assert.Contains("ForwardJvp", Assert.Throws<InvalidOperationException>(() => lean.Jvp()).Message);
     }
@@ -116,7 +116,7 @@ public class PlanTests
         Assert.Contains("Forward()", Assert.Throws<InvalidOperationException>(() => plan.MeanLoss()).Message);
         plan.Forward();
         Assert.Contains("Gradients = true", Assert.Throws<InvalidOperationException>(() => plan.Backward()).Message);
-        Assert.Contains("PlanOptions.Seeds", Assert.Throws<ArgumentException>(() => plan.Seed(problem.Model.Layers[0].PreActivation)).Message);
+        Assert.Contains("PlanOptions.Seeds", Assert.Throws<ArgumentException>(() => plan.Seed(problem.Model.Sites[0].Node)).Message);
         Assert.Throws<ArgumentException>(() => Plan.Compile(problem.Parameters, new PlanOptions(2) { Seeds = [new TangentSeed(problem.Model["y"])] }));
         Assert.Throws<ArgumentOutOfRangeException>(() => Plan.Compile(problem.Parameters, new PlanOptions(0)));
         Assert.Throws<ArgumentOutOfRangeException>(() => Plan.Compile(problem.Parameters, new PlanOptions(2) { TangentCount = 0 }));
@@ -196,7 +196,7 @@ public class GraphTests
         var a = MlpSpec.Uniform(4, 3, 8, 2, ElementwiseFunction.Relu).Build();
         var b = MlpSpec.Uniform(4, 3, 8, 2, ElementwiseFunction.Relu).Build();
         Assert.Equal(a.Nodes.Length, b.Nodes.Length);
-        Assert.Equal(3, a.Layers.Length);
+        Assert.Equal(3, a.Sites.Length);
         Assert.Equal(4 * 8 + 8 + 8 * 8 + 8 + 8 * 2 + 2, a.ParameterCount);
         Assert.True(a.Nodes.Zip(b.Nodes).All(p => p.First == p.Second || p.First.Inputs.SequenceEqual(p.Second.Inputs)));
     }

@@ -72,3 +72,12 @@ internal static class SpanExtensions
         source.CopyTo(destination);
     }
 }
+
+/// <summary>Dense-site shorthands for the tests: a dense site's op is s = x Wᵀ + b.</summary>
+internal static class SiteExtensions
+{
+    public static Node Weight(this Site site) => site.Parameters[0];
+    public static Node? Bias(this Site site) => site.Parameters.Length > 1 ? site.Parameters[1] : null;
+    /// <summary>The site op's data input x.</summary>
+    public static Node Input(this Site site, Model model) => model.Nodes[site.Node.Inputs[0]];
+}

@@ -110,18 +110,18 @@ public class VjpTests
     {
         const int batch = 4;
         var problem = Problem.RandomMlp(21, ElementwiseFunction.Relu, batch, widths: [6, 5], inputs: 3, outputs: 4);
-        var (layer, next) = (problem.Model.Layers[0], problem.Model.Layers[1]);
+        var (layer, next) = (problem.Model.Sites[0], problem.Model.Sites[1]);
         var plan = problem.Compile(new PlanOptions(batch) { Gradients = true });
         plan.Forward();
         plan.Backward();
-        var gradientBefore = plan.Gradient(next.Weight).ToArray();
-        var pullBack = plan.CreatePullBack(next.PreActivation, layer.PreActivation);
+        var gradientBefore = plan.Gradient(next.Weight()).ToArray();
+        var pullBack = plan.CreatePullBack([next.Node], layer.Node);
         var epsilon = Problem.Normal(99, batch * 5, 1f);
-        CpuBackend.Span(plan.Cotangent(next.PreActivation)).CopyFrom(epsilon);
+        CpuBackend.Span(pullBack.Cotangent(next.Node)).CopyFrom(epsilon);
         pullBack.Run();
-        var pulled = plan.Cotangent(layer.PreActivation).ToArray();
-        var s = plan.Value(layer.PreActivation).ToArray();
-        var w = problem.Parameters.ToArray(next.Weight);
+        var pulled = pullBack.Cotangent(layer.Node).ToArray();
+        var s = plan.Value(layer.Node).ToArray();
+        var w = problem.Parameters.ToArray(next.Weight());
         for (int b = 0; b < batch; b++)
             for (int j = 0; j < 6; j++)
             {
@@ -130,7 +130,7 @@ public class VjpTests
                 if (s[b * 6 + j] <= 0) expected = 0;
                 JvpTests.AssertClose(expected, pulled[b * 6 + j], $"example {b} unit {j}", 1e-5);
             }
-        Assert.Equal(gradientBefore, plan.Gradient(next.Weight).ToArray());
+        Assert.Equal(gradientBefore, plan.Gradient(next.Weight()).ToArray());
     }
 
     /// <summary>Repeated backward passes give identical gradients (cotangents are cleared, not accumulated across calls).</summary>
@@ -141,8 +141,8 @@ public class VjpTests
         var plan = problem.Compile(new PlanOptions(3) { Gradients = true });
         plan.Forward();
         plan.Backward();
-        var first = plan.Gradient(problem.Model.Layers[0].Weight).ToArray();
+        var first = plan.Gradient(problem.Model.Sites[0].Weight()).ToArray();
         plan.Backward();
-        Assert.Equal(first, plan.Gradient(problem.Model.Layers[0].Weight).ToArray());
+        Assert.Equal(first, plan.Gradient(problem.Model.Sites[0].Weight()).ToArray());
     }
 }

@@ -83,7 +83,8 @@ public sealed class Plan
             if (!model.Contains(node)) throw new ArgumentException($"Retained node {node} is not a node of this model.", nameof(options));
             retained[node.Id] = true;
         }
-        retained[model.Loss.Id] = retained[model.Output.Id] = true;
+        retained[model.Output.Id] = true;
+        foreach (var loss in model.Losses) retained[loss.Id] = true;
 
         // Symbolic zeros: a tangent is non-zero iff the node is seeded or a differentiable input of it is.
         var tangentNonZero = new bool[count];
@@ -104,10 +105,11 @@ public sealed class Plan
             {
                 fromSource[node.Id] = node.Op.IsLeaf ? node.Op.IsDifferentiable && (node.IsParameter || node.Op is InputOp) : node.Op.IsDifferentiable && node.Inputs.Any(i => fromSource[i]);
             }
+            // Every loss of the objective; no cotangent crosses a non-differentiable op (a stop-gradient).
             var reachesLoss = new bool[count];
-            reachesLoss[model.Loss.Id] = true;
+            foreach (var loss in model.Losses) reachesLoss[loss.Id] = true;
             for (int id = count - 1; id >= 0; id--)
-                if (reachesLoss[id] && !nodes[id].Op.IsLeaf)
+                if (reachesLoss[id] && !nodes[id].Op.IsLeaf && nodes[id].Op.IsDifferentiable)
                     foreach (var input in nodes[id].Inputs) reachesLoss[input] |= nodes[input].Op.IsDifferentiable;
             for (int id = 0; id < count; id++) needsCotangent[id] = fromSource[id] && reachesLoss[id];
         }
@@ -166,10 +168,11 @@ public sealed class Plan
         for (int id = 0; id < count; id++) readable[id] = !reuse || retained[id] || nodes[id].Op.IsLeaf;
         var forwardOrder = nodes.Where(n => !n.Op.IsLeaf).Select(n => n.Id).ToArray();
         var tangentOrder = nodes.Where(n => tangentNonZero[n.Id]).Select(n => n.Id).ToArray();
-        var backwardOrder = nodes.Where(n => needsCotangent[n.Id] && !n.Op.IsLeaf && n != model.Loss).Select(n => n.Id).Reverse().ToArray();
+        var backwardOrder = nodes.Where(n => needsCotangent[n.Id] && !n.Op.IsLeaf).Select(n => n.Id).Reverse().ToArray();
+        var objectiveSeeds = model.Losses.Where(l => needsCotangent[l.Id]).Select(l => l.Id).ToArray();
         // Gradients of parameters off the loss path are never written: zero them once here.
         if (options.Gradients) parameters.Backend.Fill(0f, gradients);
-        var backward = BackwardSchedule.Build(model, [model.Loss.Id, .. backwardOrder], buffers, model.Loss.Id);
+        var backward = BackwardSchedule.Build(model, backwardOrder, buffers, objectiveSeeds);
         return new Plan(parameters, options, buffers, forwardOrder, tangentOrder, backward, tangentNonZero,
             hasInputTangent, seeded, readable, generators, differentiating, allocated * sizeof(float)) { ParameterGradients = gradients };
     }
@@ -237,15 +240,15 @@ public sealed class Plan
     }
 
     /// <summary>
-    /// The exact gradient of the mean loss L = (1/B) Σ_b ℓ_b: seeds ℓ̄_b = 1/B and runs every VJP rule
-    /// in reverse. Parameter gradients are then in <see cref="Gradient"/>, per-example cotangents of
+    /// The exact gradient of the objective L = Σ_losses (1/B) Σ_b ℓ_b (with one loss, the mean loss): seeds
+    /// ℓ̄_b = 1/B at every loss and runs every VJP rule in reverse; nothing crosses a stop-gradient. Parameter gradients are then in <see cref="Gradient"/>, per-example cotangents of
     /// activations in <see cref="Cotangent"/>. Needs the values of the last <see cref="Forward"/>.
     /// </summary>
     public void Backward()
     {
         if (!Options.Gradients) throw new InvalidOperationException("This plan was compiled without gradients; set PlanOptions.Gradients = true.");
         RequireForward();
-        Backend.Fill(1f / BatchSize, _buffers[Model.Loss.Id].Cotangent);
+        foreach (var loss in _backward.Seeds) Backend.Fill(1f / BatchSize, _buffers[loss].Cotangent);
         RunBackward(_backward, _buffers);
     }
 
@@ -257,44 +260,104 @@ public sealed class Plan
     }
 
     /// <summary>
-    /// Prepares a partial pull-back: a cotangent written at <paramref name="from"/> is carried by the VJP
-    /// rules (local Jacobians only) back to <paramref name="to"/>, touching no parameter gradient.
-    /// k-layer downstream guessing pulls noise at s_{i+k} back to s_i this way.
+    /// Prepares a K-channel partial pull-back: cotangents written at the <paramref name="from"/> nodes
+    /// (<see cref="PullBack.Cotangent"/>, [C, B, ...] with C = <paramref name="channels"/>) are carried back by the
+    /// VJP rules of every op on a derivative path from <paramref name="to"/> to them (local Jacobians at this plan's
+    /// forward values: weights, activation masks, residual adds, reshapes), all C channels at once, touching no
+    /// parameter gradient. A guess at the next sites pulled back to a site this way is "Wᵀ"; through k sites, k-layer
+    /// downstream. The pull-back owns its cotangent buffers; running it allocates nothing.
     /// </summary>
-    public PullBack CreatePullBack(Node from, Node to)
+    public PullBack CreatePullBack(IReadOnlyList<Node> from, Node to, int channels = 1)
     {
-        if (!Options.Gradients) throw new InvalidOperationException("Pull-backs need a plan compiled with PlanOptions.Gradients = true.");
-        CheckNode(from); CheckNode(to);
+        if (channels < 1) throw new ArgumentOutOfRangeException(nameof(channels), $"A pull-back needs at least one channel; got {channels}.");
+        if (Options.ReuseBuffers) throw new InvalidOperationException("Pull-backs read the forward values between their ends; this plan reuses buffers (PlanOptions.ReuseBuffers).");
+        if (!_saveAuxiliary) throw new InvalidOperationException("Pull-backs read the saved derivatives; compile the plan with seeds, Gradients or SaveDerivatives.");
+        if (from.Count == 0) throw new ArgumentException("A pull-back needs at least one node to start from.", nameof(from));
+        CheckNode(to);
         var nodes = Model.Nodes;
-        // Nodes on a path to → from: reachable forward from `to` and backward from `from`.
+        var isStart = new bool[nodes.Length];
+        foreach (var node in from)
+        {
+            CheckNode(node);
+            if (node.Id == to.Id) throw new ArgumentException($"{to} is both an end and a start of the pull-back.", nameof(from));
+            isStart[node.Id] = true;
+        }
+        // Nodes on a derivative path to → from: reachable forward from `to` and backward from a start, never across
+        // a non-differentiable op (a stop-gradient ends every path).
         var downstream = new bool[nodes.Length];
         downstream[to.Id] = true;
         foreach (var node in nodes)
-            if (!node.Op.IsLeaf && node.Inputs.Any(i => downstream[i])) downstream[node.Id] = true;
-        var upstream = new bool[nodes.Length];
-        upstream[from.Id] = true;
+            if (!node.Op.IsLeaf && node.Op.IsDifferentiable && node.Inputs.Any(i => downstream[i])) downstream[node.Id] = true;
+        var upstream = (bool[])isStart.Clone();
         for (int id = nodes.Length - 1; id >= 0; id--)
-            if (upstream[id]) foreach (var input in nodes[id].Inputs) upstream[input] = true;
-        if (!upstream[to.Id]) throw new ArgumentException($"{from} does not depend on {to}: there is nothing to pull back.");
+            if (upstream[id] && !nodes[id].Op.IsLeaf && nodes[id].Op.IsDifferentiable)
+                foreach (var input in nodes[id].Inputs) upstream[input] = true;
+        foreach (var node in from)
+            if (!downstream[node.Id])
+                throw new ArgumentException($"{node} does not depend on {to} through a derivative path: there is nothing to pull back.", nameof(from));
 
-        var onPath = new bool[nodes.Length];
         var restricted = new NodeBuffers[nodes.Length];
         for (int id = 0; id < nodes.Length; id++)
         {
-            onPath[id] = downstream[id] && upstream[id];
-            if (onPath[id] && _buffers[id].Cotangent.IsEmpty)
-                throw new ArgumentException($"{nodes[id]} on the path from {to} to {from} has no cotangent in this plan (it is off the loss path).");
             var b = _buffers[id];
-            restricted[id] = new NodeBuffers { Value = b.Value, Auxiliary = b.Auxiliary, Cotangent = onPath[id] ? b.Cotangent : View.Empty };
+            bool onPath = downstream[id] && upstream[id];
+            restricted[id] = new NodeBuffers
+            {
+                Value = b.Value,
+                Auxiliary = b.Auxiliary,
+                Cotangent = onPath ? new View(Backend.Allocate(channels * nodes[id].ElementCount(BatchSize))) : View.Empty,
+            };
         }
-        var order = Enumerable.Range(0, nodes.Length).Where(id => onPath[id] && id != to.Id && !nodes[id].Op.IsLeaf).Reverse().ToArray();
-        return new PullBack(this, BackwardSchedule.Build(Model, order, restricted, from.Id), restricted);
+        var order = Enumerable.Range(0, nodes.Length)
+            .Where(id => downstream[id] && upstream[id] && id != to.Id && !nodes[id].Op.IsLeaf).Reverse().ToArray();
+        var schedule = BackwardSchedule.Build(Model, order, restricted, [.. from.Select(n => n.Id)]);
+        bool readsForwardValues = order.Any(id => nodes[id].Op.InputVjpReadsForwardValues);
+        return new PullBack(this, schedule, restricted, channels, to, readsForwardValues);
     }
 
-    internal void RunPullBack(BackwardSchedule schedule, NodeBuffers[] buffers)
+    internal void RunPullBack(BackwardSchedule schedule, NodeBuffers[] buffers, int channels)
     {
         RequireForward();
-        RunBackward(schedule, buffers);
+        RunBackward(schedule, buffers, channels);
+    }
+
+    /// <summary>
+    /// Prepares the one path from a site's cotangent to a parameter update: the VJP rule of each site's own op,
+    /// writing only its parameters' cotangents into <paramref name="destination"/> (a flat vector in the store's
+    /// layout), the rule backprop uses (for dense, ΔW = s̄ᵀ x, Δb = Σ s̄). Parameters no site updates are zeroed here.
+    /// </summary>
+    public ParameterUpdate CreateParameterUpdate(IReadOnlyList<Node> sites, View destination)
+    {
+        if (destination.Length != Parameters.All.Length)
+            throw new ArgumentException($"The destination must hold every parameter ({Parameters.All.Length} elements); got {destination.Length}.", nameof(destination));
+        if (Options.ReuseBuffers) throw new InvalidOperationException("Parameter updates read the sites' inputs; this plan reuses buffers (PlanOptions.ReuseBuffers).");
+        var nodes = Model.Nodes;
+        var slices = ParameterLayout.Of(Model).Slices(Model, destination);
+        var buffers = new NodeBuffers[nodes.Length];
+        for (int id = 0; id < nodes.Length; id++)
+            buffers[id] = new NodeBuffers { Value = _buffers[id].Value, Auxiliary = _buffers[id].Auxiliary };
+        var written = new bool[nodes.Length];
+        var masks = new int[sites.Count];
+        for (int i = 0; i < sites.Count; i++)
+        {
+            CheckNode(sites[i]);
+            var inputs = sites[i].Inputs;
+            for (int j = 0; j < inputs.Length; j++)
+            {
+                if (!nodes[inputs[j]].IsParameter) continue;
+                buffers[inputs[j]].Cotangent = slices[inputs[j]];
+                if (!written[inputs[j]]) masks[i] |= 1 << j; // the first site to update a shared parameter overwrites, later ones add
+                written[inputs[j]] = true;
+            }
+        }
+        Backend.Fill(0f, destination);
+        return new ParameterUpdate(this, [.. sites], masks, buffers);
+    }
+
+    internal void RunParameterVjp(Node site, NodeBuffers[] buffers, int overwriteMask)
+    {
+        RequireForward();
+        site.Op.Vjp(new RuleContext(Backend, BatchSize, TangentCount, site, buffers, overwriteMask));
     }
 
     private void RunForward(int id) =>
@@ -314,13 +377,13 @@ public sealed class Plan
         else Backend.Copy(b.Seed, b.Tangent);
     }
 
-    private void RunBackward(BackwardSchedule schedule, NodeBuffers[] buffers)
+    private void RunBackward(BackwardSchedule schedule, NodeBuffers[] buffers, int channels = 1)
     {
         foreach (var view in schedule.Clear) Backend.Fill(0f, view);
         for (int i = 0; i < schedule.Order.Length; i++)
         {
             var node = Model.Nodes[schedule.Order[i]];
-            node.Op.Vjp(new RuleContext(Backend, BatchSize, TangentCount, node, buffers, schedule.OverwriteMasks[i]));
+            node.Op.Vjp(new RuleContext(Backend, BatchSize, TangentCount, node, buffers, schedule.OverwriteMasks[i], channels));
         }
     }
 
@@ -345,7 +408,7 @@ public sealed class Plan
         return _buffers[node.Id].Seed;
     }
 
-    /// <summary>∂(mean loss)/∂value per example after <see cref="Backward"/>; the pulled-back cotangent after a pull-back.</summary>
+    /// <summary>∂(objective)/∂value per example after <see cref="Backward"/> (pull-backs keep their own, see <see cref="PullBack.Cotangent"/>).</summary>
     public View Cotangent(Node node)
     {
         CheckNode(node);
@@ -391,29 +454,86 @@ public sealed class Plan
     }
 }
 
-/// <summary>A prepared partial pull-back (see <see cref="Plan.CreatePullBack"/>). Running it allocates nothing.</summary>
+/// <summary>A prepared K-channel partial pull-back (see <see cref="Plan.CreatePullBack"/>). Running it allocates nothing.</summary>
 public sealed class PullBack
 {
     private readonly Plan _plan;
     private readonly BackwardSchedule _schedule;
     private readonly NodeBuffers[] _buffers;
+    private readonly Node _to;
+    private readonly View _ownTarget;
 
-    internal PullBack(Plan plan, BackwardSchedule schedule, NodeBuffers[] buffers) => (_plan, _schedule, _buffers) = (plan, schedule, buffers);
+    internal PullBack(Plan plan, BackwardSchedule schedule, NodeBuffers[] buffers, int channels, Node to, bool readsForwardValues)
+    {
+        (_plan, _schedule, _buffers, Channels, _to, ReadsForwardValues) = (plan, schedule, buffers, channels, to, readsForwardValues);
+        _ownTarget = buffers[to.Id].Cotangent;
+    }
 
-    /// <summary>Pulls the cotangent at the start node back to the end node (read it with <see cref="Plan.Cotangent"/>).</summary>
-    public void Run() => _plan.RunPullBack(_schedule, _buffers);
+    /// <summary>C, the number of cotangent channels carried at once.</summary>
+    public int Channels { get; }
+
+    /// <summary>True when some op on the way reads forward values (an activation's f'); false when the pull-back
+    /// reads only parameters (linear maps, adds, copies) and may run before the forward pass of a step.</summary>
+    public bool ReadsForwardValues { get; }
+
+    /// <summary>The cotangent buffer of a node on the pull-back's paths, [C, B, ...shape]: write the starts, read the end.</summary>
+    public View Cotangent(Node node)
+    {
+        var view = node.Id >= 0 && node.Id < _buffers.Length ? _buffers[node.Id].Cotangent : View.Empty;
+        if (view.IsEmpty) throw new ArgumentException($"{node} is not on this pull-back's paths.", nameof(node));
+        return view;
+    }
+
+    /// <summary>Pulls the cotangents at the starts back to the end (read it with <see cref="Cotangent"/>).</summary>
+    public void Run() => _plan.RunPullBack(_schedule, _buffers, Channels);
+
+    /// <summary>Pulls back and writes the end's cotangent straight into <paramref name="target"/> (same length), saving a copy.</summary>
+    public void Run(View target)
+    {
+        if (target.Length != _ownTarget.Length)
+            throw new ArgumentException($"The target holds {target.Length} elements; the cotangent of {_to} has {_ownTarget.Length}.", nameof(target));
+        _buffers[_to.Id].Cotangent = target;
+        try { _plan.RunPullBack(_schedule, _buffers, Channels); }
+        finally { _buffers[_to.Id].Cotangent = _ownTarget; }
+    }
+}
+
+/// <summary>A prepared site-to-parameter update (see <see cref="Plan.CreateParameterUpdate"/>). Running it allocates nothing.</summary>
+public sealed class ParameterUpdate
+{
+    private readonly Plan _plan;
+    private readonly Node[] _sites;
+    private readonly int[] _masks;
+    private readonly NodeBuffers[] _buffers;
+
+    internal ParameterUpdate(Plan plan, Node[] sites, int[] masks, NodeBuffers[] buffers) => (_plan, _sites, _masks, _buffers) = (plan, sites, masks, buffers);
+
+    /// <summary>
+    /// Writes the update of site <paramref name="index"/>'s parameters from its cotangent ([B, ...site shape], the
+    /// estimate of ∂L/∂s per example, summed over guesses). Call it for every site, in order, each step: a parameter
+    /// shared by several sites is overwritten by the first and accumulated by the others.
+    /// </summary>
+    public void Write(int index, View siteCotangent)
+    {
+        var site = _sites[index];
+        if (siteCotangent.Length != site.ElementCount(_plan.BatchSize))
+            throw new ArgumentException($"The cotangent of {site} holds {site.ElementCount(_plan.BatchSize)} elements; got {siteCotangent.Length}.", nameof(siteCotangent));
+        _buffers[site.Id].Cotangent = siteCotangent;
+        try { _plan.RunParameterVjp(site, _buffers, _masks[index]); }
+        finally { _buffers[site.Id].Cotangent = View.Empty; } // a later site may consume this one: its VJP must not write here
+    }
 }
 
 /// <summary>
 /// The order of VJP rules and, for each, which input cotangents it writes first (and so overwrites,
 /// which saves clearing them), plus the cotangents no rule writes (cleared before the pass).
 /// </summary>
-internal sealed record BackwardSchedule(int[] Order, int[] OverwriteMasks, View[] Clear)
+internal sealed record BackwardSchedule(int[] Order, int[] OverwriteMasks, View[] Clear, int[] Seeds)
 {
-    public static BackwardSchedule Build(Model model, int[] order, NodeBuffers[] buffers, int seedNode)
+    public static BackwardSchedule Build(Model model, int[] order, NodeBuffers[] buffers, int[] seeds)
     {
         var written = new bool[model.Nodes.Length];
-        written[seedNode] = true;
+        foreach (var seed in seeds) written[seed] = true;
         var masks = new int[order.Length];
         for (int i = 0; i < order.Length; i++)
         {
@@ -427,6 +547,6 @@ internal sealed record BackwardSchedule(int[] Order, int[] OverwriteMasks, View[
         }
         var clear = Enumerable.Range(0, buffers.Length).Where(id => !written[id] && !buffers[id].Cotangent.IsEmpty)
             .Select(id => buffers[id].Cotangent).ToArray();
-        return new BackwardSchedule(order, masks, clear);
+        return new BackwardSchedule(order, masks, clear, seeds);
     }
 }

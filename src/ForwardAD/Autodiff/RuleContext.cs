@@ -20,7 +20,7 @@ internal sealed class NodeBuffers
 }
 
 /// <summary>What a rule sees: the backend, the sizes, its node and its inputs' buffers.</summary>
-internal readonly struct RuleContext(Backend backend, int batchSize, int tangentCount, Node node, NodeBuffers[] buffers, int overwriteMask = 0)
+internal readonly struct RuleContext(Backend backend, int batchSize, int tangentCount, Node node, NodeBuffers[] buffers, int overwriteMask = 0, int channels = 1)
 {
     /// <summary>In a VJP rule: false when this rule is the first to write input i's cotangent in the
     /// backward pass (it overwrites, so no buffer needs clearing first), true when it adds to it.</summary>
@@ -30,6 +30,9 @@ internal readonly struct RuleContext(Backend backend, int batchSize, int tangent
     public int BatchSize { get; } = batchSize;
     /// <summary>K, the number of tangent channels.</summary>
     public int TangentCount { get; } = tangentCount;
+    /// <summary>In a VJP rule: C, the number of cotangent channels ([C, B, ...]); 1 in the backward pass, the
+    /// number of guesses in a pull-back (where only input cotangents, never parameter cotangents, are asked for).</summary>
+    public int Channels { get; } = channels;
     public Node Node { get; } = node;
     public NodeBuffers Output => buffers[Node.Id];
     public NodeBuffers Input(int index) => buffers[Node.Inputs[index]];

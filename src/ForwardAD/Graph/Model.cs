@@ -1,20 +1,15 @@
 using System.Collections.Immutable;
-using ForwardAD.Backends;
 
 namespace ForwardAD.Graph;
 
 /// <summary>
-/// A dense layer as the guessing methods see it (DESIGN.md §2): input x_i, weight W_i, bias b_i,
-/// pre-activation s_i = W_i x_i + b_i and output x_{i+1} = σ(s_i) (the pre-activation itself when σ is the identity).
+/// An immutable model: nodes in topological order (a node's inputs come before it), the main per-example
+/// loss, the network output, every loss (the main one first, then local losses), and the sites derived from
+/// the graph. It holds no buffers; compile it into a <see cref="Autodiff.Plan"/> to run it.
+/// The training objective is Σ over <see cref="Losses"/> of the batch mean of each; with one loss it is the
+/// mean loss, and a stop-gradient between blocks makes each block learn from its own local losses only.
 /// </summary>
-public sealed record DenseLayer(Node Input, Node Weight, Node? Bias, Node PreActivation, Node Output, ElementwiseFunction Activation);
-
-/// <summary>
-/// An immutable model: nodes in topological order (a node's inputs come before it), the
-/// per-example loss, the network output, and the dense layers in order. It holds no buffers;
-/// compile it into a <see cref="Autodiff.Plan"/> to run it.
-/// </summary>
-public sealed record Model(ImmutableArray<Node> Nodes, Node Loss, Node Output, ImmutableArray<DenseLayer> Layers)
+public sealed record Model(ImmutableArray<Node> Nodes, Node Loss, Node Output, ImmutableArray<Node> Losses, ImmutableArray<Site> Sites)
 {
     public IEnumerable<Node> Parameters => Nodes.Where(n => n.IsParameter);
     public IEnumerable<Node> Inputs => Nodes.Where(n => n.Op is InputOp or ClassLabelsOp);
@@ -30,6 +25,14 @@ public sealed record Model(ImmutableArray<Node> Nodes, Node Loss, Node Output, I
                 if (node.Name == name) return node;
             throw new KeyNotFoundException($"The model has no node named '{name}'. Nodes: {string.Join(", ", Nodes.Select(n => n.Name))}.");
         }
+    }
+
+    /// <summary>The site at <paramref name="node"/>; throws naming the sites when there is none.</summary>
+    public Site Site(Node node)
+    {
+        foreach (var site in Sites)
+            if (site.Node.Id == node.Id) return site;
+        throw new ArgumentException($"{node} is not a site of this model. Sites: {string.Join(", ", Sites.Select(s => s.Name))}.", nameof(node));
     }
 
     /// <summary>True when <paramref name="node"/> is this model's node (same id and description).</summary>

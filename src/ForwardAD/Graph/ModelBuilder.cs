@@ -4,50 +4,54 @@ using ForwardAD.Tensors;
 
 namespace ForwardAD.Graph;
 
+/// <summary>Handles to the nodes of one dense layer made by <see cref="ModelBuilder.Dense"/>: input x, weight W, bias b,
+/// pre-activation s = W x + b (the site) and output σ(s) (s itself for the identity). A convenience of the builder;
+/// estimators never see it: they work on <see cref="Model.Sites"/>.</summary>
+public sealed record DenseLayer(Node Input, Node Weight, Node? Bias, Node PreActivation, Node Output, ElementwiseFunction Activation);
+
 /// <summary>
-/// Builds a <see cref="Model"/> node by node, inferring and checking shapes as it goes: a mismatch
-/// throws <see cref="ShapeMismatchException"/> at build time naming the node and both shapes.
+/// Builds a <see cref="Model"/> node by node. The builder only wires: each op's own shape rule infers and
+/// checks the output shape, so a mismatch throws <see cref="ShapeMismatchException"/> at build time naming the
+/// node and both shapes. <see cref="Build"/> derives the sites from the graph.
 /// </summary>
 public sealed class ModelBuilder
 {
     private readonly List<Node> _nodes = [];
-    private readonly List<DenseLayer> _layers = [];
     private readonly HashSet<string> _names = [];
+    private readonly HashSet<int> _markedSites = [];
 
     public IReadOnlyList<Node> Nodes => _nodes;
 
     /// <summary>Per-example real-valued input of the given shape, e.g. [64], [3, 32, 32], [T, D].</summary>
-    public Node Input(string name, Shape shape, bool differentiable = true) => Add(name, new InputOp(differentiable), [], shape, batched: true);
+    public Node Input(string name, Shape shape, bool differentiable = true) => AddNode(name, new InputOp(differentiable), [], shape, batched: true);
 
     /// <summary>Per-example class index in [0, classes).</summary>
     public Node ClassLabels(string name, int classes)
     {
         if (classes < 2) throw new ArgumentOutOfRangeException(nameof(classes), $"Labels '{name}' need at least 2 classes; got {classes}.");
-        return Add(name, new ClassLabelsOp(classes), [], Shape.Scalar, batched: true);
+        return AddNode(name, new ClassLabelsOp(classes), [], Shape.Scalar, batched: true);
     }
 
-    public Node Parameter(string name, Shape shape, Initializer initializer) => Add(name, new ParameterOp(initializer), [], shape, batched: false);
+    public Node Parameter(string name, Shape shape, Initializer initializer) => AddNode(name, new ParameterOp(initializer), [], shape, batched: false);
+
+    /// <summary>Applies any non-leaf op to earlier nodes of this builder; the op's shape rule gives the output shape.
+    /// Every named method below is this with its op.</summary>
+    public Node Apply(string name, Op op, params ReadOnlySpan<Node> inputs)
+    {
+        if (op.IsLeaf) throw new ArgumentException($"Node '{name}': leaves are made by Input, ClassLabels and Parameter, not applied.", nameof(op));
+        foreach (var input in inputs) CheckOwn(input);
+        var list = inputs.ToArray();
+        var (shape, batched) = op.InferShape(name, list);
+        return AddNode(name, op, [.. list.Select(n => n.Id)], shape, batched);
+    }
 
     /// <summary>s = x Wᵀ + b over x's last axis. W must be [out, in] with in = x's last dimension, b [out].</summary>
-    public Node Linear(string name, Node x, Node weight, Node? bias)
-    {
-        CheckOwn(x); CheckOwn(weight);
-        if (!x.IsBatched) throw new ShapeMismatchException(name, "a batched input", $"parameter {x}", "A linear layer's input must be data or an activation.");
-        if (weight.Shape.Rank != 2 || weight.Shape[1] != x.Shape.Last)
-            throw new ShapeMismatchException(name, $"weight [out, {x.Shape.Last}]", $"{weight.Shape} for {weight}",
-                $"The weight's second dimension must equal the input's last dimension ({x} has {x.Shape.Last}).");
-        var output = x.Shape.WithLast(weight.Shape[0]);
-        if (bias is null) return Add(name, new LinearOp(), [x.Id, weight.Id], output, batched: true);
-        CheckOwn(bias);
-        if (bias.Shape != new Shape(weight.Shape[0]))
-            throw new ShapeMismatchException(name, $"bias [{weight.Shape[0]}]", $"{bias.Shape} for {bias}", "The bias must have one element per output.");
-        return Add(name, new LinearOp(), [x.Id, weight.Id, bias.Id], output, batched: true);
-    }
+    public Node Linear(string name, Node x, Node weight, Node? bias) =>
+        bias is null ? Apply(name, new LinearOp(), x, weight) : Apply(name, new LinearOp(), x, weight, bias);
 
     /// <summary>
     /// A dense layer with its own parameters: weight [width, in] drawn by <paramref name="weightInit"/>
-    /// (PyTorch's nn.Linear default when null), zero bias, then the activation. Registers it in
-    /// <see cref="Model.Layers"/>.
+    /// (PyTorch's nn.Linear default when null), zero bias, then the activation. Its pre-activation is a site.
     /// </summary>
     public DenseLayer Dense(string name, Node x, int width, ElementwiseFunction activation, Initializer? weightInit = null, bool bias = true)
     {
@@ -57,65 +61,96 @@ public sealed class ModelBuilder
         var b = bias ? Parameter($"{name}.bias", new Shape(width), Initializer.Zeros) : null;
         var s = Linear(name, x, w, b);
         var output = activation is IdentityFunction ? s : Activation($"{name}.{activation.Name}", s, activation);
-        var layer = new DenseLayer(x, w, b, s, output, activation);
-        _layers.Add(layer);
-        return layer;
+        return new DenseLayer(x, w, b, s, output, activation);
     }
 
-    public Node Activation(string name, Node x, ElementwiseFunction function)
-    {
-        CheckOwn(x);
-        return Add(name, new ElementwiseOp(function), [x.Id], x.Shape, x.IsBatched);
-    }
+    public Node Activation(string name, Node x, ElementwiseFunction function) => Apply(name, new ElementwiseOp(function), x);
 
-    public Node Add(string name, Node a, Node b)
-    {
-        CheckOwn(a); CheckOwn(b);
-        if (a.Shape != b.Shape || a.IsBatched != b.IsBatched)
-            throw new ShapeMismatchException(name, a.Shape.ToString(), b.Shape.ToString(), $"Both operands of add must have the same shape ({a} and {b}).");
-        return Add(name, new AddOp(), [a.Id, b.Id], a.Shape, a.IsBatched);
-    }
+    public Node Add(string name, Node a, Node b) => Apply(name, new AddOp(), a, b);
 
-    public Node Reshape(string name, Node x, Shape target)
-    {
-        CheckOwn(x);
-        if (target.ElementCount != x.Shape.ElementCount)
-            throw new ShapeMismatchException(name, $"a shape of {x.Shape.ElementCount} elements", $"{target} ({target.ElementCount} elements)", $"Reshape keeps the element count of {x}.");
-        return Add(name, new ReshapeOp(target), [x.Id], target, x.IsBatched);
-    }
+    public Node Reshape(string name, Node x, Shape target) => Apply(name, new ReshapeOp(target), x);
+
+    /// <summary>The value of x with no derivative through it (tangents and cotangents stop here): the boundary
+    /// between blocks trained by local losses.</summary>
+    public Node StopGradient(string name, Node x) => Apply(name, new StopGradientOp(), x);
 
     /// <summary>Per-example softmax cross-entropy of logits [C] against class labels with C classes.</summary>
-    public Node SoftmaxCrossEntropy(string name, Node logits, Node labels)
-    {
-        CheckOwn(logits); CheckOwn(labels);
-        if (labels.Op is not ClassLabelsOp classLabels)
-            throw new ArgumentException($"Node '{name}': softmax cross-entropy needs class labels from ClassLabels(); got {labels}.");
-        if (logits.Shape.Rank != 1 || logits.Shape[0] != classLabels.Classes || !logits.IsBatched)
-            throw new ShapeMismatchException(name, $"logits [B, {classLabels.Classes}]", logits.ToString(),
-                $"One logit per class of {labels}; flatten multi-axis outputs first.");
-        return Add(name, new SoftmaxCrossEntropyOp(), [logits.Id, labels.Id], Shape.Scalar, batched: true);
-    }
+    public Node SoftmaxCrossEntropy(string name, Node logits, Node labels) => Apply(name, new SoftmaxCrossEntropyOp(), logits, labels);
 
     /// <summary>Per-example mean squared error between a prediction and a target of the same shape.</summary>
-    public Node MeanSquaredError(string name, Node prediction, Node target)
+    public Node MeanSquaredError(string name, Node prediction, Node target) => Apply(name, new MeanSquaredErrorOp(), prediction, target);
+
+    /// <summary>Makes a differentiable, batched node a site even though no parameterised op makes it (the outputs of
+    /// parameterised ops are sites without asking). A guess can then enter there; its update goes to the parameters
+    /// of the op that makes it, if any.</summary>
+    public Node MarkSite(Node node)
     {
-        CheckOwn(prediction); CheckOwn(target);
-        if (target.Op is not InputOp) throw new ArgumentException($"Node '{name}': the target must be an input node; got {target}.");
-        if (prediction.Shape != target.Shape || !prediction.IsBatched)
-            throw new ShapeMismatchException(name, $"prediction of the target's shape {target.Shape}", prediction.Shape.ToString(), $"Compare {prediction} with {target}.");
-        return Add(name, new MeanSquaredErrorOp(), [prediction.Id, target.Id], Shape.Scalar, batched: true);
+        CheckOwn(node);
+        if (!node.IsBatched || !node.Op.IsDifferentiable || node.Op is PerExampleLossOp)
+            throw new ArgumentException($"{node} cannot be a site: a site is a differentiable, batched activation (not a parameter, label, stop-gradient or loss).", nameof(node));
+        _markedSites.Add(node.Id);
+        return node;
     }
 
-    /// <summary>Freezes the model. The loss must be a per-example scalar node.</summary>
-    public Model Build(Node loss, Node output)
+    /// <summary>
+    /// Freezes the model: <paramref name="loss"/> is the main per-example loss (reported, and the error DFA
+    /// projects), <paramref name="localLosses"/> further per-example losses (one per block, say); the training
+    /// objective is the sum of all of them. Sites are derived here.
+    /// </summary>
+    public Model Build(Node loss, Node output, IEnumerable<Node>? localLosses = null)
     {
         CheckOwn(loss); CheckOwn(output);
-        if (loss.Op is not PerExampleLossOp)
-            throw new ArgumentException($"The loss must be a loss node (softmax cross-entropy or mean squared error); got {loss}.");
-        return new Model([.. _nodes], loss, output, [.. _layers]);
+        ImmutableArray<Node> losses = [loss, .. localLosses ?? []];
+        foreach (var l in losses)
+        {
+            CheckOwn(l);
+            if (l.Op is not PerExampleLossOp)
+                throw new ArgumentException($"The loss must be a loss node (softmax cross-entropy or mean squared error); got {l}.");
+        }
+        if (losses.Distinct().Count() != losses.Length) throw new ArgumentException("A loss is listed twice.", nameof(localLosses));
+        var nodes = _nodes.ToImmutableArray();
+        return new Model(nodes, loss, output, losses, DeriveSites(nodes, losses));
     }
 
-    private Node Add(string name, Op op, ImmutableArray<int> inputs, Shape shape, bool batched)
+    /// <summary>Sites: outputs of parameterised ops and marked nodes, in topological order, with their next sites
+    /// and the losses they reach, found by walking the consumers of each.</summary>
+    private ImmutableArray<Site> DeriveSites(ImmutableArray<Node> nodes, ImmutableArray<Node> losses)
+    {
+        var consumers = nodes.Select(_ => new List<int>()).ToArray();
+        foreach (var node in nodes)
+            foreach (var input in node.Inputs) consumers[input].Add(node.Id);
+        var siteNodes = nodes.Where(n => _markedSites.Contains(n.Id) ||
+            (!n.Op.IsLeaf && n.Op.IsDifferentiable && n.Op is not PerExampleLossOp && n.Inputs.Any(i => nodes[i].IsParameter))).ToList();
+        var siteIndex = siteNodes.Select((n, i) => (n.Id, i)).ToDictionary(p => p.Id, p => p.i);
+        var isLoss = losses.Select(l => l.Id).ToHashSet();
+
+        var sites = ImmutableArray.CreateBuilder<Site>(siteNodes.Count);
+        foreach (var s in siteNodes)
+        {
+            var parameters = s.Inputs.Select(i => nodes[i]).Where(n => n.IsParameter).ToImmutableArray();
+            var only = consumers[s.Id].Count == 1 ? nodes[consumers[s.Id][0]] : null;
+            var activation = only?.Op is ElementwiseOp ? only : null;
+            // Next sites: walk consumers until a site; derivative paths only (no stop-gradient, labels or losses beyond).
+            var next = new SortedSet<int>();
+            var reachedLosses = new SortedSet<int>();
+            var seen = new HashSet<int>();
+            var stack = new Stack<(int Id, bool PastSite)>();
+            foreach (var c in consumers[s.Id]) stack.Push((c, false));
+            while (stack.Count > 0)
+            {
+                var (id, pastSite) = stack.Pop();
+                if (!seen.Add(id * 2 + (pastSite ? 1 : 0)) || !nodes[id].Op.IsDifferentiable) continue;
+                if (isLoss.Contains(id)) reachedLosses.Add(id);
+                bool isSite = siteIndex.TryGetValue(id, out int index);
+                if (isSite && !pastSite) next.Add(index);
+                foreach (var c in consumers[id]) stack.Push((c, pastSite || isSite));
+            }
+            sites.Add(new Site(sites.Count, s, parameters, activation, [.. next], [.. reachedLosses.Select(id => nodes[id])]));
+        }
+        return sites.MoveToImmutable();
+    }
+
+    private Node AddNode(string name, Op op, ImmutableArray<int> inputs, Shape shape, bool batched)
     {
         if (string.IsNullOrWhiteSpace(name)) throw new ArgumentException("Every node needs a non-empty name.", nameof(name));
         if (!_names.Add(name)) throw new ArgumentException($"A node named '{name}' already exists; names must be unique.", nameof(name));

@@ -34,8 +34,10 @@ public sealed record GrapeOptions
 }
 
 /// <summary>
-/// Direct feedback alignment (Nøkland 2016): δa_l = (B_l e) ⊙ σ'(a_l) with e = ∂L/∂ŷ of the mean loss, weight
-/// updates δa_l x_lᵀ, the output layer its exact gradient. With <see cref="Grape"/> set, GrAPE: before each
+/// Direct feedback alignment (Nøkland 2016) on sites: at every site s_l but the output site, δs_l = (B_l e) ⊙ f'(s_l)
+/// with e = ∂L/∂ŷ of the main loss, B_l ∈ R^{(site elements) × o} and f' the site's activation Jacobian (I without one);
+/// the output site gets its exact error e. Each δ becomes a parameter update through the site op's own VJP (dense:
+/// δs_l x_lᵀ). With <see cref="Grape"/> set, GrAPE: before each
 /// DFA step every B_l is moved toward J̃_lᵀ, the Jacobian ∂ŷ/∂h_l estimated by one JVP with δ ~ N(0, I):
 /// J̃_l = (1/B) Σ_b (J_l δ_b) δ_bᵀ, E[J̃_l] = J_l.
 /// </summary>
@@ -49,7 +51,7 @@ public sealed record DirectFeedbackAlignment(FeedbackInitialization Initializati
 /// <summary>Estimators that keep feedback matrices report how well they match the true Jacobians.</summary>
 public interface IFeedbackAlignment
 {
-    /// <summary>Per hidden layer, the mean over rows i of cos(B_l[i], J_lᵀ[i]) with J_l = ∂ŷ/∂h_l averaged over the
+    /// <summary>Per hidden site, the mean over rows i of cos(B_l[i], J_lᵀ[i]) with J_l = ∂ŷ/∂h_l averaged over the
     /// batch in <paramref name="oracle"/>'s inputs, computed exactly by pull-backs.</summary>
     double[] MeasureAlignment(BackpropEstimator oracle);
 }
@@ -58,12 +60,13 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
 {
     private readonly DirectFeedbackAlignment _guesser;
     private readonly Plan _plan;
-    private readonly DenseLayer[] _hidden;
-    private readonly DenseLayer _last;
+    private readonly Site[] _sites;        // every site, in order: the update path writes them in this order
+    private readonly Site[] _hidden;       // the sites that get B_l e: all but the output site
+    private readonly int[] _hiddenIndex;   // per site: its index in _hidden, or −1 for the output site
     private readonly View[] _feedback, _jacobians;
     private readonly FeedbackContext[] _contexts;
+    private readonly ParameterUpdate _update;
     private readonly View _error, _delta, _estimate, _gradient;
-    private readonly View[] _gradients;
     private readonly int _outputs, _channels;
     private readonly Dictionary<int, PullBack> _pullBacks = [];
 
@@ -71,29 +74,28 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
     {
         var model = parameters.Model;
         var backend = parameters.Backend;
-        if (model.Layers.Length < 1 || model.Layers[^1].Output != model.Output)
-            throw new ArgumentException("Feedback alignment needs dense layers whose last one produces the model's output (its error is projected to the others).");
-        if (model.Layers.Any(l => l.PreActivation.Shape.Rank != 1))
-            throw new ArgumentException("Feedback alignment is implemented for dense layers over vectors ([B, n]).");
+        if (!model.Sites.Any(s => s.Node == model.Output))
+            throw new ArgumentException($"Feedback alignment needs the model's output {model.Output} to be a site (made by a parameterised op): its error is projected to the other sites.");
         _guesser = guesser;
-        _hidden = [.. model.Layers.Take(model.Layers.Length - 1)];
-        _last = model.Layers[^1];
-        _outputs = model.Output.Shape.Last;
+        _sites = [.. model.Sites];
+        _hidden = [.. _sites.Where(s => s.Node != model.Output)];
+        _hiddenIndex = [.. _sites.Select(s => Array.IndexOf(_hidden, s))];
+        _outputs = model.Output.Shape.ElementCount;
         var grape = guesser.Grape;
         _channels = grape is not null && grape.Mode == TangentMode.PerLayer ? Math.Max(1, _hidden.Length) : 1;
         _plan = Plan.Compile(parameters, new PlanOptions(batchSize)
         {
             TangentCount = _channels,
             SaveDerivatives = true,
-            Seeds = grape is null ? [] : [.. _hidden.Select(l => new TangentSeed(Placed(l)))],
+            Seeds = grape is null ? [] : [.. _hidden.Select(s => new TangentSeed(Placed(s)))],
         });
-        int widest = Math.Max(1, _hidden.Select(l => l.PreActivation.Shape.Last).DefaultIfEmpty(1).Max());
+        int widest = Math.Max(1, _hidden.Select(s => s.ElementCount).DefaultIfEmpty(1).Max());
         _feedback = new View[_hidden.Length];
         _jacobians = new View[_hidden.Length];
         _contexts = new FeedbackContext[_hidden.Length];
         for (int l = 0; l < _hidden.Length; l++)
         {
-            int n = _hidden[l].PreActivation.Shape.Last;
+            int n = _hidden[l].ElementCount; // B_l ∈ R^{site elements × outputs}, whatever the site's shape
             _feedback[l] = Allocate(backend, n * _outputs);
             float bound = guesser.Initialization switch
             {
@@ -115,14 +117,13 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
         _delta = Allocate(backend, batchSize * widest);
         _estimate = Allocate(backend, widest * _outputs);
         _gradient = Allocate(backend, parameters.All.Length);
-        backend.Fill(0f, _gradient);
-        _gradients = ParameterLayout.Of(model).Slices(model, _gradient);
+        _update = _plan.CreateParameterUpdate([.. _sites.Select(s => s.Node)], _gradient);
     }
 
     private static View Allocate(Backend backend, int length) => new(backend.Allocate(Math.Max(1, length)), 0, length);
 
-    private Node Placed(DenseLayer layer) =>
-        _guesser.Grape!.Placement == TangentPlacement.PreActivation || layer.Output == layer.PreActivation ? layer.PreActivation : layer.Output;
+    /// <summary>Where δ enters: h = f(s) (the default) or the site s itself.</summary>
+    private Node Placed(Site site) => _guesser.Grape!.Placement == TangentPlacement.PreActivation ? site.Node : site.Output;
 
     public override Plan Plan => _plan;
 
@@ -139,38 +140,30 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
         if (_guesser.Grape is null) _plan.Forward();
         else
         {
-            // δ does not depend on the forward values: draw it first, then run forward and JVP fused, layer by layer.
+            // δ does not depend on the forward values: draw it first, then run forward and JVP fused, site by site.
             for (int l = 0; l < _hidden.Length; l++) backend.FillNormal(key.Derive((ulong)l), 0, 0f, 1f, Activity(l));
             _plan.ForwardJvp();
             for (int l = 0; l < _hidden.Length; l++) Align(l, step, key.Derive(1000 + (ulong)l));
         }
         // e = ∂L/∂ŷ of the mean loss: the loss's saved per-example derivative, divided by B.
         backend.Scale(_plan.Derivative(_plan.Model.Loss), 1f / batch, _error);
-        for (int l = 0; l < _hidden.Length; l++)
+        for (int i = 0; i < _sites.Length; i++)
         {
-            var layer = _hidden[l];
-            int n = layer.PreActivation.Shape.Last;
+            int l = _hiddenIndex[i];
+            if (l < 0) { _update.Write(i, _error); continue; } // the output site: its exact error
+            var site = _hidden[l];
+            int n = site.ElementCount;
             var delta = _delta.Slice(0, batch * n);
-            // δa_l = (B_l e) ⊙ σ'(a_l), per example: rows e_bᵀ B_lᵀ.
+            // δs_l = (B_l e) ⊙ f'(s_l), per example: rows e_bᵀ B_lᵀ.
             backend.Gemm(Transpose.No, Transpose.Yes, batch, n, _outputs, 1f, _error, _outputs, _feedback[l], _outputs, 0f, delta, n);
-            if (layer.Output != layer.PreActivation)
-                backend.MultiplyChannels(_plan.Derivative(layer.Output), delta, delta, accumulate: false);
-            WriteUpdate(layer, delta, n);
+            if (site.Activation is { } activation)
+                backend.MultiplyChannels(_plan.Derivative(activation), delta, delta, accumulate: false);
+            _update.Write(i, delta);
         }
-        WriteUpdate(_last, _error, _outputs);
         return (_gradient, _plan.MeanLoss());
     }
 
-    /// <summary>ΔW = δᵀ x, Δb = Σ_b δ.</summary>
-    private void WriteUpdate(DenseLayer layer, View delta, int width)
-    {
-        var backend = _plan.Backend;
-        int inputs = layer.Input.Shape.Last;
-        backend.Gemm(Transpose.Yes, Transpose.No, width, inputs, _plan.BatchSize, 1f, delta, width, _plan.Value(layer.Input), inputs, 0f, _gradients[layer.Weight.Id], inputs);
-        if (layer.Bias is not null) backend.SumRows(delta, _gradients[layer.Bias.Id], accumulate: false);
-    }
-
-    /// <summary>The δ of hidden layer l: its own channel of the seed (the only non-zero one in per-layer mode).</summary>
+    /// <summary>The δ of hidden site l: its own channel of the seed (the only non-zero one in per-layer mode).</summary>
     private View Activity(int layer)
     {
         var seed = _plan.Seed(Placed(_hidden[layer]));
@@ -182,7 +175,7 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
     {
         var backend = _plan.Backend;
         var grape = _guesser.Grape!;
-        int n = _hidden[l].PreActivation.Shape.Last, batch = _plan.BatchSize;
+        int n = _hidden[l].ElementCount, batch = _plan.BatchSize;
         var outputTangent = _plan.Tangent(_plan.Model.Output);
         var y = _channels == 1 ? outputTangent : outputTangent.Channel(l, batch * _outputs);
         var estimate = _estimate.Slice(0, n * _outputs);
@@ -208,8 +201,8 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
         for (int l = 0; l < _hidden.Length; l++)
         {
             var h = _hidden[l].Output;
-            if (!_pullBacks.TryGetValue(l, out var pullBack)) _pullBacks[l] = pullBack = plan.CreatePullBack(plan.Model.Output, h);
-            int n = h.Shape.Last;
+            if (!_pullBacks.TryGetValue(l, out var pullBack)) _pullBacks[l] = pullBack = plan.CreatePullBack([plan.Model.Output], h);
+            int n = h.Shape.ElementCount;
             var jacobianTransposed = new float[n * _outputs];
             var row = new float[n];
             var sums = Allocate(backend, n);
@@ -218,9 +211,9 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
                 // Row k of J_l for every example: pull the unit cotangent e_k at ŷ back to h_l; then average over the batch.
                 Array.Clear(oneHot);
                 for (int b = 0; b < batch; b++) oneHot[b * _outputs + k] = 1f;
-                backend.CopyFromHost(oneHot, plan.Cotangent(plan.Model.Output));
+                backend.CopyFromHost(oneHot, pullBack.Cotangent(plan.Model.Output));
                 pullBack.Run();
-                backend.SumRows(plan.Cotangent(h), sums, accumulate: false);
+                backend.SumRows(pullBack.Cotangent(h), sums, accumulate: false);
                 backend.CopyToHost(sums, row);
                 for (int i = 0; i < n; i++) jacobianTransposed[i * _outputs + k] = row[i] / batch;
             }

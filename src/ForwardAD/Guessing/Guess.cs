@@ -7,146 +7,165 @@ using ForwardAD.Tensors;
 namespace ForwardAD.Guessing;
 
 /// <summary>
-/// A guess of ∂L/∂s_i, the gradient at a layer's pre-activation, per example: a small immutable value
-/// built from a noise source and transforms. The named guesses of "How to Guess a Gradient" are
-/// compositions (see <see cref="Guesses"/>); a new one is a new composition:
-/// <code>Guess.Normal.Projected().Masked().Normalized()</code>
+/// A guess of ∂L/∂s at a site s (DESIGN.md §2), per example: a small immutable value built from a noise source
+/// and transforms. It is compiled per site of a model, so the same guess works on an MLP, a residual network or
+/// anything the graph describes. The named guesses of "How to Guess a Gradient" are compositions (see
+/// <see cref="Guesses"/>); a new one is a new composition:
+/// <code>Guess.Normal.PulledBack().Normalized()</code>
 /// </summary>
 public abstract record Guess
 {
     private protected Guess() { }
 
-    /// <summary>N(0, I) at the layer's pre-activation (activation perturbation).</summary>
+    /// <summary>N(0, I) at the site (activation perturbation).</summary>
     public static Guess Normal { get; } = new NoiseGuess(NoiseKind.Normal);
 
-    /// <summary>Uniform noise with unit variance, U(−√3, √3), at the pre-activation (self-sharpening's source).</summary>
+    /// <summary>Uniform noise with unit variance, U(−√3, √3), at the site (self-sharpening's source).</summary>
     public static Guess Uniform { get; } = new NoiseGuess(NoiseKind.Uniform);
 
-    /// <summary>Activation mixing: u_b = Σ_c α_bc x_{i+1,c} with α ~ N(0, 1), a random combination of the
-    /// batch's layer outputs (DESIGN.md §2).</summary>
+    /// <summary>Activation mixing: u_b = Σ_c α_bc h_c with α ~ N(0, 1), a random combination of the batch's outputs
+    /// h = f(s) of the site (DESIGN.md §2).</summary>
     public static Guess Mixing { get; } = new MixingGuess();
 
-    /// <summary>The true error of the output layer, (softmax − onehot) per example, normalised: local
-    /// information only (self-sharpening's last layer). At a hidden layer it is an error to use it.</summary>
+    /// <summary>The true error (softmax − onehot) per example, normalised: local information only (self-sharpening's
+    /// last layer). Only at the site that makes the model's output and feeds its loss; elsewhere it is an error.</summary>
     public static Guess TrueError { get; } = new TrueErrorGuess();
 
-    /// <summary>This guess evaluated one layer up and carried down through the next layer's weights:
-    /// u_i = W_{i+1}ᵀ v_{i+1}. At the output layer there is no next layer and the guess is used as is.</summary>
-    public Guess Projected() => new ProjectedGuess(this, 1f);
+    /// <summary>
+    /// This guess evaluated at the next sites (<see cref="Site.Next"/>) and pulled back to this site through the real
+    /// ops in between, by their VJP rules: u = J_{next←s}ᵀ v. For a dense chain this is mask ⊙ W_{i+1}ᵀ v, the
+    /// paper's Wᵀ; through a residual add, a LayerNorm or several consumers it is whatever the graph really does.
+    /// At a site with no next site (the output layer) the guess is used as is.
+    /// </summary>
+    public Guess PulledBack() => new PulledBackGuess(this);
 
-    /// <summary>Like <see cref="Projected"/> with W_{i+1}ᵀ = V Σ Uᵀ replaced by V Σ^p Uᵀ: the singular values raised
-    /// to <paramref name="power"/> (p = 1 is Wᵀ, p = 0 keeps only the singular directions).</summary>
-    public Guess ProjectedWithSingularValuePower(float power) => new ProjectedGuess(this, power);
-
-    /// <summary>Multiplied by the local Jacobian σ'(s_i) of the layer's activation (for ReLU the mask
-    /// 1[s_i &gt; 0], taken at the pre-activation of the forward pass, bias included).</summary>
-    public Guess Masked() => new MaskedGuess(this);
-
-    /// <summary>Each example's guess rescaled to Euclidean norm √n (n = the layer's width).</summary>
-    public Guess Normalized() => new NormalizedGuess(this);
-
-    /// <summary>Pulled back k layers through local Jacobians: k times (<see cref="Projected"/>, then <see cref="Masked"/>).</summary>
-    public Guess PulledBack(int layers)
+    /// <summary>Pulled back through k sites: <see cref="PulledBack()"/> applied k times (k-layer downstream).</summary>
+    public Guess PulledBack(int sites)
     {
-        if (layers < 1) throw new ArgumentOutOfRangeException(nameof(layers), $"Pull back at least one layer; got {layers}.");
+        if (sites < 1) throw new ArgumentOutOfRangeException(nameof(sites), $"Pull back through at least one site; got {sites}.");
         var guess = this;
-        for (int i = 0; i < layers; i++) guess = guess.Projected().Masked();
+        for (int i = 0; i < sites; i++) guess = guess.PulledBack();
         return guess;
     }
 
-    internal abstract GuessProgram Compile(GuessCompiler compiler, int layer);
+    /// <summary>This guess at the next site carried down through that site's weight only, u = Wᵀ v, without the
+    /// activation's Jacobian (add <see cref="Masked"/>). Defined where the site feeds exactly one dense site through at
+    /// most one elementwise op; <see cref="PulledBack()"/> is the general form.</summary>
+    public Guess Projected() => new ProjectedGuess(this, 1f);
+
+    /// <summary>Like <see cref="Projected"/> with Wᵀ = V Σ Uᵀ replaced by V Σ^p Uᵀ: the singular values raised
+    /// to <paramref name="power"/> (p = 1 is Wᵀ, p = 0 keeps only the singular directions).</summary>
+    public Guess ProjectedWithSingularValuePower(float power) => new ProjectedGuess(this, power);
+
+    /// <summary>Multiplied by the Jacobian f'(s) of the site's activation (<see cref="Site.Activation"/>; for ReLU the
+    /// mask 1[s &gt; 0], taken at the forward pass's s, bias included). No activation: the Jacobian is I.</summary>
+    public Guess Masked() => new MaskedGuess(this);
+
+    /// <summary>Each row (the site's last axis: one example of a dense site) rescaled to Euclidean norm √n, n = its length.</summary>
+    public Guess Normalized() => new NormalizedGuess(this);
+
+    internal abstract GuessProgram Compile(GuessCompiler compiler, Site site);
 }
 
 public enum NoiseKind { Normal, Uniform }
 
 public sealed record NoiseGuess(NoiseKind Kind) : Guess
 {
-    internal override GuessProgram Compile(GuessCompiler compiler, int layer) => new NoiseProgram(compiler.Backend, Kind);
+    internal override GuessProgram Compile(GuessCompiler compiler, Site site) => new NoiseProgram(compiler.Backend, Kind);
     public override string ToString() => Kind == NoiseKind.Normal ? "N(0,I)" : "U(-√3,√3)";
 }
 
 public sealed record MixingGuess : Guess
 {
-    internal override GuessProgram Compile(GuessCompiler compiler, int layer) => new MixingProgram(compiler, layer);
-    public override string ToString() => "mix(x)";
+    internal override GuessProgram Compile(GuessCompiler compiler, Site site) => new MixingProgram(compiler, site);
+    public override string ToString() => "mix(h)";
 }
 
 public sealed record TrueErrorGuess : Guess
 {
-    internal override GuessProgram Compile(GuessCompiler compiler, int layer)
+    internal override GuessProgram Compile(GuessCompiler compiler, Site site)
     {
-        if (layer != compiler.Layers.Length - 1 || compiler.Plan.Model.Layers[layer].Output != compiler.Plan.Model.Output)
-            throw new ArgumentException($"The true-error guess exists only at the output layer; layer {layer + 1} is hidden.");
-        return new TrueErrorProgram(compiler);
+        var model = compiler.Plan.Model;
+        if (site.Node != model.Output || model.Loss.Inputs[0] != site.Node.Id)
+            throw new ArgumentException($"The true-error guess exists only at the site that makes the output and feeds the loss ({model.Output}); {site} is not it.");
+        return new TrueErrorProgram(compiler, site);
     }
     public override string ToString() => "true error";
 }
 
+public sealed record PulledBackGuess(Guess Source) : Guess
+{
+    internal override GuessProgram Compile(GuessCompiler compiler, Site site) =>
+        site.Next.IsEmpty ? Source.Compile(compiler, site) : new PullBackProgram(compiler, site, Source);
+    public override string ToString() => $"Jᵀ·{Source}";
+}
+
 public sealed record ProjectedGuess(Guess Source, float SingularValuePower) : Guess
 {
-    internal override GuessProgram Compile(GuessCompiler compiler, int layer) =>
-        layer == compiler.Layers.Length - 1 ? Source.Compile(compiler, layer) : new ProjectedProgram(compiler, layer, Source.Compile(compiler, layer + 1), SingularValuePower);
+    internal override GuessProgram Compile(GuessCompiler compiler, Site site) =>
+        site.Next.IsEmpty ? Source.Compile(compiler, site) : new ProjectedProgram(compiler, site, Source, SingularValuePower);
     public override string ToString() => SingularValuePower == 1f ? $"Wᵀ·{Source}" : $"(WᵀΣ^{SingularValuePower - 1})·{Source}";
 }
 
 public sealed record MaskedGuess(Guess Source) : Guess
 {
-    internal override GuessProgram Compile(GuessCompiler compiler, int layer) => new MaskedProgram(compiler, layer, Source.Compile(compiler, layer));
-    public override string ToString() => $"σ'⊙{Source}";
+    internal override GuessProgram Compile(GuessCompiler compiler, Site site) => new MaskedProgram(compiler, site, Source.Compile(compiler, site));
+    public override string ToString() => $"f'⊙{Source}";
 }
 
 public sealed record NormalizedGuess(Guess Source) : Guess
 {
-    internal override GuessProgram Compile(GuessCompiler compiler, int layer) => new NormalizedProgram(compiler, layer, Source.Compile(compiler, layer));
+    internal override GuessProgram Compile(GuessCompiler compiler, Site site) => new NormalizedProgram(compiler, site, Source.Compile(compiler, site));
     public override string ToString() => $"normalize({Source})";
 }
 
 /// <summary>The guesses of Singhal et al. (arXiv 2312.04709), as compositions.</summary>
 public static class Guesses
 {
-    /// <summary>Activation perturbation: u ~ N(0, I) at s_i.</summary>
+    /// <summary>Activation perturbation: u ~ N(0, I) at the site.</summary>
     public static Guess ActivationPerturbation { get; } = Guess.Normal;
 
-    /// <summary>Wᵀ: u = mask_i ⊙ (W_{i+1}ᵀ ε), ε ~ N(0, I) of the next layer's width; E[ĝ] = M Wᵀ W M g.</summary>
-    public static Guess WeightTranspose { get; } = Guess.Normal.Projected().Masked();
+    /// <summary>Wᵀ: ε ~ N(0, I) at the next sites pulled back through the ops that consume this one; for a dense
+    /// chain u = mask_i ⊙ (W_{i+1}ᵀ ε) and E[ĝ] = M Wᵀ W M g.</summary>
+    public static Guess WeightTranspose { get; } = Guess.Normal.PulledBack();
 
-    /// <summary>k-layer downstream: ε at s_{i+k} pulled back through layers i+1..i+k (k = 1 is Wᵀ).</summary>
+    /// <summary>k-layer downstream: ε at the sites k steps down, pulled back through every op in between (k = 1 is Wᵀ).</summary>
     public static Guess Downstream(int k) => Guess.Normal.PulledBack(k);
 
-    /// <summary>Activation mixing: mask ⊙ Σ_c α_bc x_{i+1,c}, each row rescaled to norm √n.</summary>
+    /// <summary>Activation mixing: f' ⊙ Σ_c α_bc h_c, each row rescaled to norm √n.</summary>
     public static Guess ActivationMixing { get; } = Guess.Mixing.Masked().Normalized();
 
-    /// <summary>Self-sharpening's hidden-layer guess: uniform noise pulled back one layer.</summary>
-    public static Guess SelfSharpening { get; } = Guess.Uniform.PulledBack(1);
+    /// <summary>Self-sharpening's hidden-site guess: uniform noise pulled back one site.</summary>
+    public static Guess SelfSharpening { get; } = Guess.Uniform.PulledBack();
 
-    /// <summary>Wᵀ with the singular values of W raised to p (the paper's spectrum study).</summary>
+    /// <summary>Wᵀ with the singular values of W raised to p (the paper's spectrum study); dense chains only.</summary>
     public static Guess WeightTransposePower(float power) => Guess.Normal.ProjectedWithSingularValuePower(power).Masked();
 }
 
-/// <summary>Compiles guesses for one plan: gives programs the plan's values and their own workspace.</summary>
+/// <summary>Compiles guesses for one plan: gives programs the plan's values, its pull-backs and their own workspace.</summary>
 internal sealed class GuessCompiler(Plan plan, int channels)
 {
     public Plan Plan { get; } = plan;
     public Backend Backend => Plan.Backend;
-    public System.Collections.Immutable.ImmutableArray<DenseLayer> Layers => Plan.Model.Layers;
-    /// <summary>Guesses per program (G): each program writes [G, B, ...pre-activation shape].</summary>
+    public System.Collections.Immutable.ImmutableArray<Site> Sites => Plan.Model.Sites;
+    /// <summary>Guesses per program (G): each program writes [G, B, ...site shape].</summary>
     public int Channels { get; } = channels;
     public int BatchSize => Plan.BatchSize;
 
-    /// <summary>Rows of the guess for layer i over all channels: G·B·(positions per example).</summary>
-    public int Rows(int layer) => Channels * BatchSize * Layers[layer].PreActivation.Shape.LeadingCount;
-    public int Width(int layer) => Layers[layer].PreActivation.Shape.Last;
-    public int Elements(int layer) => Rows(layer) * Width(layer);
+    /// <summary>Rows of a guess over all channels, G·B·(positions per example), each of the site's last-axis length.</summary>
+    public int Rows(Site site) => Channels * BatchSize * site.Node.Shape.LeadingCount;
+    public static int Width(Site site) => site.Node.Shape.Last;
+    public int Elements(Site site) => Channels * BatchSize * site.ElementCount;
 
     public View Workspace(int elements) => new(Backend.Allocate(Math.Max(1, elements)), 0, elements);
 }
 
-/// <summary>A compiled guess: writes G channels of the guess for its layer, allocation-free.</summary>
+/// <summary>A compiled guess: writes G channels of the guess for its site, allocation-free.</summary>
 internal abstract class GuessProgram
 {
     public abstract void Write(RandomKey key, View destination);
 
-    /// <summary>True when the guess reads values of the current forward pass (masks, layer outputs, the loss
+    /// <summary>True when the guess reads values of the current forward pass (masks, site outputs, the loss
     /// error); false lets the estimator draw it first and run forward and JVP fused.</summary>
     public abstract bool ReadsForwardValues { get; }
 }
@@ -164,36 +183,36 @@ internal sealed class NoiseProgram(Backend backend, NoiseKind kind) : GuessProgr
     }
 }
 
-/// <summary>u[g] = α_g X with α_g ~ N(0,1) of size B×B and X = x_{i+1} (B×n): all G channels in one GEMM.</summary>
+/// <summary>u[g] = α_g H with α_g ~ N(0,1) of size B×B and H = f(s) (B×n): all G channels in one GEMM.</summary>
 internal sealed class MixingProgram : GuessProgram
 {
     private readonly GuessCompiler _compiler;
-    private readonly int _layer;
+    private readonly Site _site;
     private readonly View _coefficients;
 
     public override bool ReadsForwardValues => true;
 
-    public MixingProgram(GuessCompiler compiler, int layer)
+    public MixingProgram(GuessCompiler compiler, Site site)
     {
-        if (compiler.Layers[layer].Output.Shape.Rank != 1)
-            throw new ArgumentException("Activation mixing is defined for dense layers over vectors ([B, n]); this layer's output is " + compiler.Layers[layer].Output.Shape);
+        if (site.Output.Shape.Rank != 1)
+            throw new ArgumentException($"Activation mixing is defined for sites over vectors ([B, n]); {site} has the shape {site.Node.Shape} per example.");
         _compiler = compiler;
-        _layer = layer;
+        _site = site;
         _coefficients = compiler.Workspace(compiler.Channels * compiler.BatchSize * compiler.BatchSize);
     }
 
     public override void Write(RandomKey key, View destination)
     {
-        int batch = _compiler.BatchSize, width = _compiler.Width(_layer);
+        int batch = _compiler.BatchSize, width = GuessCompiler.Width(_site);
         _compiler.Backend.FillNormal(key, 0, 0f, 1f, _coefficients);
         _compiler.Backend.Gemm(Transpose.No, Transpose.No, _compiler.Channels * batch, width, batch, 1f,
-            _coefficients, batch, _compiler.Plan.Value(_compiler.Layers[_layer].Output), width, 0f, destination, width);
+            _coefficients, batch, _compiler.Plan.Value(_site.Output), width, 0f, destination, width);
     }
 }
 
 /// <summary>The normalised output error e_b/‖e_b‖ in every channel: with it the forward gradient at the
-/// output layer is exact, (g_b·ê_b) ê_b = g_b, since g_b = e_b/B.</summary>
-internal sealed class TrueErrorProgram(GuessCompiler compiler) : GuessProgram
+/// output site is exact, (g_b·ê_b) ê_b = g_b, since g_b = e_b/B.</summary>
+internal sealed class TrueErrorProgram(GuessCompiler compiler, Site site) : GuessProgram
 {
     public override bool ReadsForwardValues => true;
 
@@ -201,37 +220,73 @@ internal sealed class TrueErrorProgram(GuessCompiler compiler) : GuessProgram
     {
         var error = compiler.Plan.Derivative(compiler.Plan.Model.Loss);
         for (int g = 0; g < compiler.Channels; g++) compiler.Backend.Copy(error, destination.Channel(g, error.Length));
-        compiler.Backend.NormalizeRows(destination, compiler.Width(compiler.Layers.Length - 1), 1f);
+        compiler.Backend.NormalizeRows(destination, GuessCompiler.Width(site), 1f);
     }
 }
 
-/// <summary>u_i = W_{i+1}ᵀ v_{i+1} for all channels in one GEMM ([G·B, n_{i+1}] × [n_{i+1}, n_i]); with a
-/// singular-value power p ≠ 1, u_i = V Σ^{p−1} Vᵀ (W_{i+1}ᵀ v) = V Σ^p Uᵀ v, from the eigen-decomposition
+/// <summary>
+/// The source guess at each next site f_j (keyed key.Derive(1 + j)), pulled back to this site by one K-channel
+/// pull-back through the ops in between, written straight into the destination: u = Σ_j J_{f_j←s}ᵀ v_j.
+/// </summary>
+internal sealed class PullBackProgram : GuessProgram
+{
+    private readonly GuessProgram[] _sources;
+    private readonly View[] _starts;
+    private readonly PullBack _pullBack;
+
+    public override bool ReadsForwardValues { get; }
+
+    public PullBackProgram(GuessCompiler compiler, Site site, Guess source)
+    {
+        var next = site.Next.Select(j => compiler.Sites[j]).ToArray();
+        _sources = [.. next.Select(f => source.Compile(compiler, f))];
+        _pullBack = compiler.Plan.CreatePullBack([.. next.Select(f => f.Node)], site.Node, compiler.Channels);
+        _starts = [.. next.Select(f => _pullBack.Cotangent(f.Node))];
+        ReadsForwardValues = _pullBack.ReadsForwardValues || _sources.Any(s => s.ReadsForwardValues);
+    }
+
+    public override void Write(RandomKey key, View destination)
+    {
+        for (int j = 0; j < _sources.Length; j++) _sources[j].Write(key.Derive(1 + (ulong)j), _starts[j]);
+        _pullBack.Run(destination);
+    }
+}
+
+/// <summary>u = W_fᵀ v for all channels in one GEMM ([G·B, m] × [m, n]) with f the one dense next site; with a
+/// singular-value power p ≠ 1, u = V Σ^{p−1} Vᵀ (Wᵀ v) = V Σ^p Uᵀ v, from the eigen-decomposition
 /// WᵀW = V Σ² Vᵀ computed on the host each step (a study variant, not a fast path).</summary>
 internal sealed class ProjectedProgram : GuessProgram
 {
     private readonly GuessCompiler _compiler;
-    private readonly int _layer;
+    private readonly Site _site;
+    private readonly Node _weight;
+    private readonly int _above, _below;
     private readonly GuessProgram _source;
     private readonly float _power;
-    private readonly View _above, _projected, _spectral;
+    private readonly View _next, _projected, _spectral;
     private readonly double[] _gram = [], _vectors = [], _values = [];
     private readonly float[] _hostWeight = [], _hostSpectral = [];
 
-    /// <summary>W_{i+1} is a parameter, not a forward value: only the source decides.</summary>
+    /// <summary>W is a parameter, not a forward value: only the source decides.</summary>
     public override bool ReadsForwardValues => _source.ReadsForwardValues;
 
-    public ProjectedProgram(GuessCompiler compiler, int layer, GuessProgram source, float power)
+    public ProjectedProgram(GuessCompiler compiler, Site site, Guess source, float power)
     {
+        var next = site.Next.Length == 1 ? compiler.Sites[site.Next[0]] : null;
+        if (next is null || next.Node.Op is not LinearOp || next.Node.Inputs[0] != site.Output.Id)
+            throw new ArgumentException($"Projecting by Wᵀ (or WᵀΣ^p) needs {site} to feed exactly one dense site through at most one elementwise op; " +
+                "use PulledBack() (Guesses.WeightTranspose) for any other graph.");
         _compiler = compiler;
-        _layer = layer;
-        _source = source;
+        _site = site;
+        _weight = compiler.Plan.Model.Nodes[next.Node.Inputs[1]];
+        (_above, _below) = (GuessCompiler.Width(next), GuessCompiler.Width(site));
+        _source = source.Compile(compiler, next);
         _power = power;
-        _above = compiler.Workspace(compiler.Elements(layer + 1));
+        _next = compiler.Workspace(compiler.Elements(next));
         if (power != 1f)
         {
-            int n = compiler.Width(layer), m = compiler.Width(layer + 1);
-            _projected = compiler.Workspace(compiler.Elements(layer));
+            int n = _below, m = _above;
+            _projected = compiler.Workspace(compiler.Elements(site));
             _spectral = compiler.Workspace(n * n);
             (_gram, _vectors, _values) = (new double[n * n], new double[n * n], new double[n]);
             (_hostWeight, _hostSpectral) = (new float[m * n], new float[n * n]);
@@ -241,46 +296,44 @@ internal sealed class ProjectedProgram : GuessProgram
     public override void Write(RandomKey key, View destination)
     {
         var backend = _compiler.Backend;
-        int below = _compiler.Width(_layer), above = _compiler.Width(_layer + 1), rows = _compiler.Rows(_layer);
-        _source.Write(key.Derive(1), _above);
-        var weight = _compiler.Plan.Value(_compiler.Layers[_layer + 1].Weight);
+        int rows = _compiler.Rows(_site);
+        _source.Write(key.Derive(1), _next);
+        var weight = _compiler.Plan.Value(_weight);
         if (_power == 1f)
         {
-            backend.Gemm(Transpose.No, Transpose.No, rows, below, above, 1f, _above, above, weight, below, 0f, destination, below);
+            backend.Gemm(Transpose.No, Transpose.No, rows, _below, _above, 1f, _next, _above, weight, _below, 0f, destination, _below);
             return;
         }
-        backend.Gemm(Transpose.No, Transpose.No, rows, below, above, 1f, _above, above, weight, below, 0f, _projected, below);
+        backend.Gemm(Transpose.No, Transpose.No, rows, _below, _above, 1f, _next, _above, weight, _below, 0f, _projected, _below);
         backend.CopyToHost(weight, _hostWeight);
-        SpectralPower.Matrix(_hostWeight, above, below, _power - 1f, _gram, _vectors, _values, _hostSpectral);
+        SpectralPower.Matrix(_hostWeight, _above, _below, _power - 1f, _gram, _vectors, _values, _hostSpectral);
         backend.CopyFromHost(_hostSpectral, _spectral);
         // Rows are v_bᵀ; (M v_b)ᵀ = v_bᵀ M since M is symmetric.
-        backend.Gemm(Transpose.No, Transpose.No, rows, below, below, 1f, _projected, below, _spectral, below, 0f, destination, below);
+        backend.Gemm(Transpose.No, Transpose.No, rows, _below, _below, 1f, _projected, _below, _spectral, _below, 0f, destination, _below);
     }
 }
 
-internal sealed class MaskedProgram(GuessCompiler compiler, int layer, GuessProgram source) : GuessProgram
+internal sealed class MaskedProgram(GuessCompiler compiler, Site site, GuessProgram source) : GuessProgram
 {
-    private readonly DenseLayer _dense = compiler.Layers[layer];
-
-    public override bool ReadsForwardValues => _dense.Output != _dense.PreActivation || source.ReadsForwardValues;
+    public override bool ReadsForwardValues => site.Activation is not null || source.ReadsForwardValues;
 
     public override void Write(RandomKey key, View destination)
     {
         source.Write(key, destination);
-        if (_dense.Output != _dense.PreActivation) // identity activation: the Jacobian is I
-            compiler.Backend.MultiplyChannels(compiler.Plan.Derivative(_dense.Output), destination, destination, accumulate: false);
+        if (site.Activation is { } activation) // no activation: the Jacobian is I
+            compiler.Backend.MultiplyChannels(compiler.Plan.Derivative(activation), destination, destination, accumulate: false);
     }
 }
 
-internal sealed class NormalizedProgram(GuessCompiler compiler, int layer, GuessProgram source) : GuessProgram
+internal sealed class NormalizedProgram(GuessCompiler compiler, Site site, GuessProgram source) : GuessProgram
 {
-    private readonly float _norm = MathF.Sqrt(compiler.Width(layer));
+    private readonly float _norm = MathF.Sqrt(GuessCompiler.Width(site));
 
     public override bool ReadsForwardValues => source.ReadsForwardValues;
 
     public override void Write(RandomKey key, View destination)
     {
         source.Write(key, destination);
-        compiler.Backend.NormalizeRows(destination, compiler.Width(layer), _norm);
+        compiler.Backend.NormalizeRows(destination, GuessCompiler.Width(site), _norm);
     }
 }

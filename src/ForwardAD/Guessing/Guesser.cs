@@ -7,11 +7,16 @@ using ForwardAD.Training;
 namespace ForwardAD.Guessing;
 
 /// <summary>
-/// How the guesses of the layers share tangent channels (DESIGN.md §2). Joint: one channel carries every
-/// layer's guess (K = G; cheap, cross-layer terms add variance). PerLayer: one channel per layer
+/// How the guesses of the sites share tangent channels (DESIGN.md §2). Joint: one channel carries every
+/// site's guess (K = G; cheap, cross-site terms add variance). PerLayer: one channel per site
 /// (K = L·G; independent estimates, L× the tangent work).
 /// </summary>
 public enum TangentMode { Joint, PerLayer }
+
+/// <summary>Which loss a site's JVP is taken of. Objective: the sum of all the model's losses (the global loss; with one
+/// loss, the loss). Local: only the losses the site reaches (its block's local losses, past no stop-gradient): in joint
+/// mode the other blocks' guesses then add no noise to this site's estimate.</summary>
+public enum SiteLoss { Objective, Local }
 
 /// <summary>A way to estimate the gradient from one batch: a description, compiled into a
 /// <see cref="GradientEstimator"/> for a parameter store and batch size.</summary>
@@ -35,14 +40,18 @@ public sealed record BackpropGuesser : Guesser
 }
 
 /// <summary>
-/// Activation guessing: at every dense layer i a guess u_i of ∂L/∂s_i per example (<see cref="Hidden"/> for
-/// hidden layers, <see cref="Last"/> for the output layer), one JVP giving per-example scalars
-/// d_b = ∂(ℓ_b/B)/∂s_i·u_b, and the estimate ΔW_i = Σ_b d_b u_b x_bᵀ, Δb_i = Σ_b d_b u_b, averaged over
-/// <see cref="Guesses"/> guesses.
+/// Activation guessing: at every site s (<see cref="Graph.Model.Sites"/>) a guess u of ∂L/∂s per example
+/// (<see cref="Last"/> at sites with no next site, the output layer; <see cref="Hidden"/> elsewhere), one JVP giving
+/// per-example scalars d_b = ∂(ℓ_b/B)/∂s·u_b of the loss <see cref="Loss"/> says, and the site cotangent Σ_g d_b u_b
+/// turned into a parameter update by the site op's own VJP (for dense ΔW = Σ_b d_b u_b x_bᵀ, Δb = Σ_b d_b u_b),
+/// averaged over <see cref="Guesses"/> guesses.
 /// </summary>
 public sealed record ActivationGuesser(string Label, Guess Hidden, Guess Last, TangentMode Mode = TangentMode.Joint, int Guesses = 1) : Guesser
 {
     public override string Name => Mode == TangentMode.PerLayer ? $"{Label} (per-layer)" : Label;
+
+    /// <summary>The loss each site's JVP is taken of (default: the objective, the sum of every loss).</summary>
+    public SiteLoss Loss { get; init; } = SiteLoss.Objective;
 
     public override GradientEstimator Compile(ParameterStore parameters, int batchSize)
     {
@@ -105,37 +114,49 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
 {
     private readonly ActivationGuesser _guesser;
     private readonly Plan _plan;
+    private readonly Site[] _sites;
     private readonly GuessProgram[] _programs;
-    private readonly View _scales, _scaled, _summed, _gradient;
-    private readonly View[] _gradients;
+    private readonly ParameterUpdate _update;
+    private readonly (Node[] Losses, View Scales)[] _lossGroups; // sites that take the JVP of the same losses share d
+    private readonly int[] _siteGroup;
+    private readonly View _scaled, _summed, _gradient;
     private readonly int _guesses;
     private readonly bool _readsForwardValues;
 
     public ActivationGuessEstimator(ActivationGuesser guesser, ParameterStore parameters, int batchSize)
     {
         var model = parameters.Model;
-        if (model.Layers.Length == 0) throw new ArgumentException("Activation guessing needs a model with dense layers.");
+        if (model.Sites.IsEmpty) throw new ArgumentException("Activation guessing needs a model with sites (outputs of parameterised ops such as dense layers).");
         _guesser = guesser;
         _guesses = guesser.Guesses;
-        int layers = model.Layers.Length;
-        int channels = guesser.Mode == TangentMode.PerLayer ? layers * _guesses : _guesses;
+        _sites = [.. model.Sites];
+        int channels = guesser.Mode == TangentMode.PerLayer ? _sites.Length * _guesses : _guesses;
         _plan = Plan.Compile(parameters, new PlanOptions(batchSize)
         {
             TangentCount = channels,
-            Seeds = [.. model.Layers.Select(l => new TangentSeed(l.PreActivation))],
+            Seeds = [.. _sites.Select(s => new TangentSeed(s.Node))],
         });
         var compiler = new GuessCompiler(_plan, _guesses);
-        _programs = [.. Enumerable.Range(0, layers).Select(i => (i == layers - 1 ? guesser.Last : guesser.Hidden).Compile(compiler, i))];
+        _programs = [.. _sites.Select(s => (s.Next.IsEmpty ? guesser.Last : guesser.Hidden).Compile(compiler, s))];
         _readsForwardValues = _programs.Any(p => p.ReadsForwardValues);
-        // Channels of other layers stay zero in per-layer mode: clear the seeds once.
-        foreach (var layer in model.Layers) parameters.Backend.Fill(0f, _plan.Seed(layer.PreActivation));
-        int widest = Enumerable.Range(0, layers).Max(compiler.Elements);
-        _scales = compiler.Workspace(channels * batchSize);
+        // Channels of other sites stay zero in per-layer mode: clear the seeds once.
+        foreach (var site in _sites) parameters.Backend.Fill(0f, _plan.Seed(site.Node));
+
+        var groups = new List<(Node[] Losses, View Scales)>();
+        _siteGroup = new int[_sites.Length];
+        for (int i = 0; i < _sites.Length; i++)
+        {
+            Node[] losses = guesser.Loss == SiteLoss.Local ? [.. _sites[i].Losses] : [.. model.Losses];
+            int group = groups.FindIndex(g => g.Losses.SequenceEqual(losses));
+            if (group < 0) { group = groups.Count; groups.Add((losses, compiler.Workspace(channels * batchSize))); }
+            _siteGroup[i] = group;
+        }
+        _lossGroups = [.. groups];
+        int widest = _sites.Max(compiler.Elements);
         _scaled = compiler.Workspace(widest);
         _summed = compiler.Workspace(widest / _guesses);
         _gradient = compiler.Workspace(parameters.All.Length);
-        parameters.Backend.Fill(0f, _gradient);
-        _gradients = ParameterLayout.Of(model).Slices(model, _gradient);
+        _update = _plan.CreateParameterUpdate([.. _sites.Select(s => s.Node)], _gradient);
     }
 
     public override Plan Plan => _plan;
@@ -143,48 +164,53 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
     public override (View Gradient, double Loss) Estimate(RandomKey key, long step = 0)
     {
         var backend = _plan.Backend;
-        var layers = _plan.Model.Layers;
         int batch = _plan.BatchSize;
         if (_readsForwardValues) _plan.Forward();
-        for (int i = 0; i < layers.Length; i++)
-        {
-            var seed = _plan.Seed(layers[i].PreActivation);
-            _programs[i].Write(key.Derive((ulong)i), GuessSlice(seed, i));
-        }
-        // Guesses that need no forward value (plain noise) are drawn first; forward and JVP then run fused, layer by layer.
+        for (int i = 0; i < _sites.Length; i++)
+            _programs[i].Write(key.Derive((ulong)i), GuessSlice(_plan.Seed(_sites[i].Node), i));
+        // Guesses that need no forward value (plain noise) are drawn first; forward and JVP then run fused, site by site.
         if (_readsForwardValues) _plan.Jvp();
         else _plan.ForwardJvp();
-        // d_{k,b} = ℓ̇_{k,b} / B, and the average over G guesses folded in: scale = 1/(B·G).
-        backend.Scale(_plan.Tangent(_plan.Model.Loss), 1f / (batch * _guesses), _scales);
-        for (int i = 0; i < layers.Length; i++)
+        // d_{k,b} = Σ_losses ℓ̇_{k,b} / B, with the average over G guesses folded in: scale = 1/(B·G).
+        foreach (var (losses, scales) in _lossGroups) SumLossTangents(losses, 1f / (batch * _guesses), scales);
+        for (int i = 0; i < _sites.Length; i++)
         {
-            var layer = layers[i];
-            var guess = GuessSlice(_plan.Seed(layer.PreActivation), i);
+            var guess = GuessSlice(_plan.Seed(_sites[i].Node), i);
             int channelBase = _guesser.Mode == TangentMode.PerLayer ? i * _guesses : 0;
-            int rowsPerExample = layer.PreActivation.Shape.LeadingCount, width = layer.PreActivation.Shape.Last;
-            var scales = _scales.Slice(channelBase * batch, _guesses * batch);
+            var scales = _lossGroups[_siteGroup[i]].Scales.Slice(channelBase * batch, _guesses * batch);
             var scaled = _scaled.Slice(0, guess.Length);
             var summed = _summed.Slice(0, guess.Length / _guesses);
-            // Σ_g d_{g,b} u_{g,b}: scale each example's rows by its scalar, then sum the G channels.
+            // Σ_g d_{g,b} u_{g,b}: scale each example's guess by its scalar, then sum the G channels: the site cotangent.
             backend.ScaleRows(guess, scales, scaled, accumulate: false);
             backend.SumRows(scaled, summed, accumulate: false);
-            // ΔW_i = Sᵀ X_i with S the summed, scaled guesses ([B·rows, n]) and X_i the layer input ([B·rows, in]).
-            int inputs = layer.Input.Shape.Last, rows = batch * rowsPerExample;
-            backend.Gemm(Tensors.Transpose.Yes, Tensors.Transpose.No, width, inputs, rows, 1f, summed, width,
-                _plan.Value(layer.Input), inputs, 0f, _gradients[layer.Weight.Id], inputs);
-            if (layer.Bias is not null) backend.SumRows(summed, _gradients[layer.Bias.Id], accumulate: false);
+            _update.Write(i, summed);
         }
         return (_gradient, _plan.MeanLoss());
     }
 
-    /// <summary>The channels of a layer's seed that carry its G guesses.</summary>
-    private View GuessSlice(View seed, int layer)
+    /// <summary>scales = factor · Σ_l ℓ̇_l over the given losses, [K, B]; losses no seed reaches add nothing.</summary>
+    private void SumLossTangents(Node[] losses, float factor, View scales)
     {
-        if (_guesser.Mode == TangentMode.Joint) return seed;
-        int perChannel = seed.Length / (_plan.Model.Layers.Length * _guesses);
-        return seed.Slice(layer * _guesses * perChannel, _guesses * perChannel);
+        var backend = _plan.Backend;
+        bool written = false;
+        foreach (var loss in losses)
+        {
+            var tangent = _plan.Tangent(loss);
+            if (tangent.IsEmpty) continue;
+            if (!written) backend.Scale(tangent, factor, scales);
+            else backend.Axpby(factor, tangent, 1f, scales);
+            written = true;
+        }
+        if (!written) backend.Fill(0f, scales);
     }
 
+    /// <summary>The channels of a site's seed that carry its G guesses.</summary>
+    private View GuessSlice(View seed, int site)
+    {
+        if (_guesser.Mode == TangentMode.Joint) return seed;
+        int perChannel = seed.Length / (_sites.Length * _guesses);
+        return seed.Slice(site * _guesses * perChannel, _guesses * perChannel);
+    }
 }
 
 /// <summary>The compiled <see cref="DirectionalDescent"/> and <see cref="CosineMatchedDescent"/>.</summary>

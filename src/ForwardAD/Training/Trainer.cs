@@ -11,12 +11,12 @@ using ForwardAD.Random;
 namespace ForwardAD.Training;
 
 /// <summary>What one epoch achieved. Cosines are means over the measured steps of the epoch of
-/// cos(estimate, backprop gradient), per dense layer (weight and bias together) and over all parameters;
-/// NaN when not measured.</summary>
+/// cos(estimate, backprop gradient), per site (its op's parameters together: a dense layer's weight and bias) in
+/// <see cref="Model.Sites"/> order, and over all parameters; NaN when not measured.</summary>
 public sealed record EpochReport(int Epoch, double TrainLoss, double TrainAccuracy, double TestLoss, double TestAccuracy,
-    ImmutableArray<double> LayerCosines, double GlobalCosine, double ExamplesPerSecond, TimeSpan WallTime)
+    ImmutableArray<double> SiteCosines, double GlobalCosine, double ExamplesPerSecond, TimeSpan WallTime)
 {
-    /// <summary>For feedback-alignment guessers: per hidden layer, the mean row-cosine of B_l to the exact J_lᵀ
+    /// <summary>For feedback-alignment guessers: per hidden site, the mean row-cosine of B_l to the exact J_lᵀ
     /// on the epoch's last batch (empty otherwise).</summary>
     public ImmutableArray<double> FeedbackAlignment { get; init; } = [];
 }
@@ -54,7 +54,7 @@ public sealed class Trainer
     private readonly TrainingOptions _options;
     private readonly float[] _features, _labels;
     private readonly int[] _order;
-    private readonly (int Offset, int Length)[][] _layerSlices; // per dense layer: its weight and bias in the flat vector
+    private readonly (int Offset, int Length)[][] _siteSlices; // per site: its op's parameters in the flat vector
     private readonly double[] _cosineSums;
     private long _step;
 
@@ -84,9 +84,9 @@ public sealed class Trainer
         _labels = new float[batch];
         _order = new int[train.Count];
         var layout = ParameterLayout.Of(model);
-        _layerSlices = [.. model.Layers.Select(layer => new[] { layer.Weight, layer.Bias }.OfType<Node>()
+        _siteSlices = [.. model.Sites.Select(site => site.Parameters
             .Select(p => layout.Entries.Single(e => e.Parameter == p)).Select(e => (e.Offset, e.Parameter.Shape.ElementCount)).ToArray())];
-        _cosineSums = new double[model.Layers.Length + 1];
+        _cosineSums = new double[model.Sites.Length + 1];
     }
 
     public Guesser Guesser { get; }
@@ -145,10 +145,10 @@ public sealed class Trainer
     {
         var backend = _parameters.Backend;
         double allDot = 0, allEstimate = 0, allExact = 0;
-        for (int i = 0; i < _layerSlices.Length; i++)
+        for (int i = 0; i < _siteSlices.Length; i++)
         {
             double dot = 0, ee = 0, gg = 0;
-            foreach (var (offset, length) in _layerSlices[i])
+            foreach (var (offset, length) in _siteSlices[i])
             {
                 var a = estimate.Slice(offset, length);
                 var b = exact.Slice(offset, length);

@@ -1,0 +1,36 @@
+using ForwardAD.Autodiff;
+using ForwardAD.Backends;
+using ForwardAD.Tensors;
+
+namespace ForwardAD.Graph;
+
+/// <summary>y = f(x) pointwise. The forward pass saves f'(x), so the JVP (ẏ = f'(x) ⊙ ẋ, all K
+/// channels) and the VJP (x̄ = f'(x) ⊙ ȳ, all C pull-back channels) are one multiply each. f'(x) is the
+/// "mask" of the guessing paper: the Jacobian of the elementwise op between two sites.</summary>
+public sealed record ElementwiseOp(ElementwiseFunction Function) : Op
+{
+    public override string Kind => Function.Name;
+
+    internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs)
+    {
+        RequireInputs(name, inputs, 1, 1);
+        return (inputs[0].Shape, inputs[0].IsBatched);
+    }
+
+    internal override int AuxiliaryElements(Node node, IReadOnlyList<Node> nodes, int batchSize) => node.ElementCount(batchSize);
+
+    internal override void Forward(in RuleContext c, bool saveAuxiliary)
+    {
+        c.Backend.Elementwise(Function, c.Input(0).Value, c.Output.Value);
+        if (saveAuxiliary) c.Backend.ElementwiseDerivative(Function, c.Input(0).Value, c.Output.Value, c.Output.Auxiliary);
+    }
+
+    internal override void Jvp(in RuleContext c) =>
+        c.Backend.MultiplyChannels(c.Output.Auxiliary, c.Input(0).Tangent, c.Output.Tangent, accumulate: false);
+
+    internal override void Vjp(in RuleContext c)
+    {
+        if (!c.Input(0).Cotangent.IsEmpty)
+            c.Backend.MultiplyChannels(c.Output.Auxiliary, c.Output.Cotangent, c.Input(0).Cotangent, c.Accumulate(0));
+    }
+}

@@ -1,0 +1,36 @@
+using ForwardAD.Autodiff;
+using ForwardAD.Tensors;
+
+namespace ForwardAD.Graph;
+
+/// <summary>Leaf ops: values come from the user or the parameter store, tangents from seeds. Their shape is
+/// given when they are created (<see cref="ModelBuilder.Input"/>, <see cref="ModelBuilder.Parameter"/>).</summary>
+public abstract record LeafOp : Op
+{
+    public override bool IsLeaf => true;
+    internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs) =>
+        throw new InvalidOperationException($"Node '{name}': a {Kind} is a leaf; its shape is given when it is created, not inferred.");
+    internal override void Forward(in RuleContext c, bool saveAuxiliary) { }
+    internal override void Jvp(in RuleContext c) { }
+    internal override void Vjp(in RuleContext c) { }
+}
+
+/// <summary>Real-valued data fed per example (images, features, regression targets).</summary>
+public sealed record InputOp(bool Differentiable = true) : LeafOp
+{
+    public override string Kind => "input";
+    public override bool IsDifferentiable => Differentiable;
+}
+
+/// <summary>Integer class labels in [0, Classes), one per example, stored as floats.</summary>
+public sealed record ClassLabelsOp(int Classes) : LeafOp
+{
+    public override string Kind => "labels";
+    public override bool IsDifferentiable => false;
+}
+
+/// <summary>A trainable tensor, initialised by <see cref="Initializer"/>.</summary>
+public sealed record ParameterOp(Initializer Initializer) : LeafOp
+{
+    public override string Kind => "parameter";
+}

@@ -1,0 +1,84 @@
+using ForwardAD.Autodiff;
+using ForwardAD.Tensors;
+
+namespace ForwardAD.Graph;
+
+/// <summary>
+/// Dense layer s = x Wᵀ + b over the last axis, x: [..., in], W: [out, in], b: [out].
+/// JVP: ṡ = ẋ Wᵀ + x Ẇᵀ + ḃ. VJP: x̄ = s̄ W, W̄ = s̄ᵀ x, b̄ = Σ_rows s̄.
+/// The K tangent channels of ẋ go through one GEMM with K·B rows; so do the C channels of a pull-back's x̄.
+/// W̄ = s̄ᵀ x is the one place a dense site's estimated cotangent becomes a weight update (DESIGN.md §2, sites).
+/// </summary>
+public sealed record LinearOp : Op
+{
+    public override string Kind => "linear";
+
+    /// <summary>x̄ = s̄ W reads only the weight.</summary>
+    internal override bool InputVjpReadsForwardValues => false;
+
+    internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs)
+    {
+        RequireInputs(name, inputs, 2, 3);
+        var (x, weight) = (inputs[0], inputs[1]);
+        if (!x.IsBatched) throw new ShapeMismatchException(name, "a batched input", $"parameter {x}", "A linear layer's input must be data or an activation.");
+        if (weight.Shape.Rank != 2 || weight.Shape[1] != x.Shape.Last)
+            throw new ShapeMismatchException(name, $"weight [out, {x.Shape.Last}]", $"{weight.Shape} for {weight}",
+                $"The weight's second dimension must equal the input's last dimension ({x} has {x.Shape.Last}).");
+        if (inputs.Count == 3 && inputs[2].Shape != new Shape(weight.Shape[0]))
+            throw new ShapeMismatchException(name, $"bias [{weight.Shape[0]}]", $"{inputs[2].Shape} for {inputs[2]}", "The bias must have one element per output.");
+        return (x.Shape.WithLast(weight.Shape[0]), true);
+    }
+
+    private static float Beta(in RuleContext c, int input) => c.Accumulate(input) ? 1f : 0f;
+
+    internal override void Forward(in RuleContext c, bool saveAuxiliary)
+    {
+        var (x, w, y) = (c.Input(0).Value, c.Input(1).Value, c.Output.Value);
+        int outputs = c.Node.Shape.Last, inputs = w.Length / outputs, rows = y.Length / outputs;
+        c.Backend.Gemm(Transpose.No, Transpose.Yes, rows, outputs, inputs, 1f, x, inputs, w, inputs, 0f, y, outputs);
+        if (c.Node.Inputs.Length == 3) c.Backend.AddBias(c.Input(2).Value, y);
+    }
+
+    internal override void Jvp(in RuleContext c)
+    {
+        var (x, w, dy) = (c.Input(0), c.Input(1), c.Output.Tangent);
+        int outputs = c.Node.Shape.Last, inputs = w.Value.Length / outputs;
+        int rowsPerChannel = dy.Length / c.TangentCount / outputs;
+        bool written = false;
+        if (!x.Tangent.IsEmpty)
+        {
+            // All K channels at once: [K·rows, in] × [in, out].
+            c.Backend.Gemm(Transpose.No, Transpose.Yes, c.TangentCount * rowsPerChannel, outputs, inputs, 1f,
+                x.Tangent, inputs, w.Value, inputs, 0f, dy, outputs);
+            written = true;
+        }
+        if (!w.Tangent.IsEmpty)
+        {
+            int weightElements = w.Value.Length, channelElements = rowsPerChannel * outputs;
+            for (int k = 0; k < c.TangentCount; k++)
+                c.Backend.Gemm(Transpose.No, Transpose.Yes, rowsPerChannel, outputs, inputs, 1f,
+                    x.Value, inputs, w.Tangent.Channel(k, weightElements), inputs, written ? 1f : 0f,
+                    dy.Channel(k, channelElements), outputs);
+            written = true;
+        }
+        if (c.Node.Inputs.Length == 3 && !c.Input(2).Tangent.IsEmpty)
+        {
+            if (!written) c.Backend.Fill(0f, dy);
+            int channelElements = rowsPerChannel * outputs;
+            for (int k = 0; k < c.TangentCount; k++)
+                c.Backend.AddBias(c.Input(2).Tangent.Channel(k, outputs), dy.Channel(k, channelElements));
+        }
+    }
+
+    internal override void Vjp(in RuleContext c)
+    {
+        var (x, w, dy) = (c.Input(0), c.Input(1), c.Output.Cotangent);
+        int outputs = c.Node.Shape.Last, inputs = w.Value.Length / outputs, rows = dy.Length / outputs;
+        if (!x.Cotangent.IsEmpty) // rows = C·B·positions: every pull-back channel in one GEMM
+            c.Backend.Gemm(Transpose.No, Transpose.No, rows, inputs, outputs, 1f, dy, outputs, w.Value, inputs, Beta(c, 0), x.Cotangent, inputs);
+        if (!w.Cotangent.IsEmpty)
+            c.Backend.Gemm(Transpose.Yes, Transpose.No, outputs, inputs, rows, 1f, dy, outputs, x.Value, inputs, Beta(c, 1), w.Cotangent, inputs);
+        if (c.Node.Inputs.Length == 3 && !c.Input(2).Cotangent.IsEmpty)
+            c.Backend.SumRows(dy, c.Input(2).Cotangent, c.Accumulate(2));
+    }
+}
