@@ -159,6 +159,58 @@ public class GuesserTests
         Assert.True(expected.Zip(oracle).Max(p => Math.Abs(p.First - p.Second)) > 1e-3);
     }
 
+    /// <summary>
+    /// Wᵀ on a residual network (issue 9): the guess at a site s is u_b = J_bᵀ ε with J_b the Jacobian of the next sites
+    /// with respect to s at example b (for "embed": through tanh into both "inner" and, across the residual add,
+    /// "head"), so E[u uᵀ] = J_bᵀ J_b and the estimate of ∂L/∂s_b averages to J_bᵀ J_b g_b. J_b g_b is taken by
+    /// float64 central differences of the next sites, J_bᵀ(·) by the float64 reference pull-back.
+    /// </summary>
+    [Fact]
+    public void Weight_transpose_mean_on_a_residual_network_is_Jt_J_g()
+    {
+        var model = Problem.Residual();
+        var problem = Problem.From(model, 16, Batch);
+        var reference = new ReferenceEvaluator(model, Batch);
+        var leaves = problem.Leaves();
+        var expected = ExpectedMean(problem, (plan, i, b) =>
+        {
+            var site = model.Sites[i];
+            int n = site.ElementCount;
+            var g = plan.Cotangent(site.Node).ToArray().AsSpan(b * n, n).ToArray().Select(v => (double)v).ToArray();
+            if (site.Next.IsEmpty) return g; // the head: N(0, I), Cov = I
+            // Perturb s by g on example b only and read every next site: (J g)_f by central differences.
+            var direction = new double[Batch * n];
+            g.CopyTo(direction, b * n);
+            const double epsilon = 1e-6;
+            var perturbation = new Dictionary<int, double[]> { [site.Node.Id] = direction };
+            var starts = new Dictionary<int, double[]>();
+            reference.Run(leaves, perturbation, epsilon);
+            var plus = site.Next.ToDictionary(j => model.Sites[j].Node.Id, j => (double[])reference.Values[model.Sites[j].Node.Id].Clone());
+            reference.Run(leaves, perturbation, -epsilon);
+            foreach (var (id, values) in plus) starts[id] = [.. values.Select((v, e) => (v - reference.Values[id][e]) / (2 * epsilon))];
+            reference.Run(leaves);
+            return reference.PullBack(starts, site.Node, 1).AsSpan(b * n, n).ToArray();
+        });
+        const int samples = 20000;
+        var (mean, std) = Sample(problem, Guessers.WeightTranspose(TangentMode.PerLayer), samples);
+        AssertWithinStandardErrors(expected, mean, std, samples, "Wᵀ on a residual network");
+    }
+
+    /// <summary>Activation perturbation stays unbiased for the objective Σ_losses mean ℓ on a model with a local loss, a
+    /// stop-gradient and a residual that bypasses it, whether a site's JVP is of the objective or of its own losses.</summary>
+    [Theory]
+    [InlineData(TangentMode.PerLayer, SiteLoss.Objective)]
+    [InlineData(TangentMode.Joint, SiteLoss.Local)]
+    public void Activation_perturbation_is_unbiased_with_local_losses(TangentMode mode, SiteLoss loss)
+    {
+        var problem = Problem.From(Problem.TwoLosses(), 17, Batch);
+        var g = Oracle(problem).Select(v => (double)v).ToArray();
+        const int samples = 8000;
+        var guesser = new ActivationGuesser("ap", Guess.Normal, Guess.Normal, mode, 2) { Loss = loss };
+        var (mean, std) = Sample(problem, guesser, samples);
+        AssertWithinStandardErrors(g, mean, std, samples, $"activation perturbation with local losses ({mode}, {loss})");
+    }
+
     /// <summary>Raw activation mixing u_b = M_b Σ_c α_bc x_c has Cov(u_b) = M_b XᵀX M_b (α iid N(0,1)), so the
     /// estimate of ∂L/∂s_b averages to M_b XᵀX M_b g_b, with X the batch of layer outputs.</summary>
     [Fact]

@@ -20,7 +20,13 @@ internal sealed record Problem(Model Model, ParameterStore Parameters, int Batch
         var rng = new System.Random(seed);
         var spec = new MlpSpec(inputs ?? rng.Next(1, 7), widths ?? [.. Enumerable.Range(0, rng.Next(0, 3)).Select(_ => rng.Next(1, 7))],
             outputs ?? rng.Next(2, 5), activation, loss);
-        var model = spec.Build();
+        return From(spec.Build(), seed, batch, backend, rng);
+    }
+
+    /// <summary>Parameters and one batch of random data for any model (labels uniform over the classes, inputs N(0, 1)).</summary>
+    public static Problem From(Model model, int seed, int batch, Backend? backend = null, System.Random? rng = null)
+    {
+        rng ??= new System.Random(seed);
         var store = ParameterStore.Initialize(model, backend ?? new CpuBackend(), (ulong)seed);
         // Biases start at zero; give them values so that their rules are exercised.
         foreach (var p in model.Parameters.Where(p => p.Name.EndsWith(".bias")))
@@ -34,6 +40,42 @@ internal sealed record Problem(Model Model, ParameterStore Parameters, int Batch
                 : Normal(seed * 31 + node.Id, n, 1f);
         }
         return new Problem(model, store, batch, data);
+    }
+
+    /// <summary>
+    /// A residual network whose sites are consumed by more than the next dense layer (issue 9):
+    /// e = tanh(W₀ x), a = relu(W₁ e), r = e + W₂ a, logits = W₃ r. Site "embed" feeds both "inner" and, through the
+    /// residual add, "head"; site "outer" has no activation of its own (its consumer is the add).
+    /// </summary>
+    public static Model Residual(int inputs = 3, int width = 4, int inner = 5, int classes = 3)
+    {
+        var builder = new ModelBuilder();
+        var x = builder.Input("x", new Shape(inputs), differentiable: false);
+        var e = builder.Dense("embed", x, width, ElementwiseFunction.Tanh).Output;
+        var a = builder.Dense("inner", e, inner, ElementwiseFunction.Relu).Output;
+        var outer = builder.Dense("outer", a, width, ElementwiseFunction.Identity).Output;
+        var r = builder.Add("residual", e, outer);
+        var logits = builder.Dense("head", r, classes, ElementwiseFunction.Identity).Output;
+        return builder.Build(builder.SoftmaxCrossEntropy("loss", logits, builder.ClassLabels("y", classes)), logits);
+    }
+
+    /// <summary>
+    /// Two losses and a stop-gradient (the model of Golden/two_losses.py): h = relu(W₁x + b₁); local loss CE(W_l h + b_l);
+    /// g = stop_gradient(h); r = tanh(W₂ g + b₂) + h (the residual bypasses the stop-gradient); main loss CE(W₃ r + b₃).
+    /// </summary>
+    public static Model TwoLosses(int inputs = 4, int width = 6, int classes = 3)
+    {
+        var builder = new ModelBuilder();
+        var x = builder.Input("x", new Shape(inputs), differentiable: false);
+        var y = builder.ClassLabels("y", classes);
+        var h = builder.Dense("block1", x, width, ElementwiseFunction.Relu).Output;
+        var localLogits = builder.Dense("local", h, classes, ElementwiseFunction.Identity).Output;
+        var local = builder.SoftmaxCrossEntropy("local_loss", localLogits, y);
+        var g = builder.StopGradient("stop", h);
+        var a = builder.Dense("block2", g, width, ElementwiseFunction.Tanh).Output;
+        var r = builder.Add("residual", a, h);
+        var logits = builder.Dense("head", r, classes, ElementwiseFunction.Identity).Output;
+        return builder.Build(builder.SoftmaxCrossEntropy("loss", logits, y), logits, [local]);
     }
 
     public static float[] Normal(long seed, int count, float scale)

@@ -155,11 +155,12 @@ public sealed class Plan
 
         // Parameter gradients share one flat vector in the store's layout, so update rules see them whole.
         var gradients = View.Empty;
+        var gradientSlices = new View[count];
         if (options.Gradients)
         {
             gradients = new View(parameters.Backend.Allocate(Math.Max(1, parameters.All.Length)), 0, parameters.All.Length);
             allocated += parameters.All.Length;
-            var slices = ParameterLayout.Of(model).Slices(model, gradients);
+            var slices = gradientSlices = ParameterLayout.Of(model).Slices(model, gradients);
             foreach (var p in model.Parameters)
                 if (needsCotangent[p.Id]) buffers[p.Id].Cotangent = slices[p.Id];
         }
@@ -174,7 +175,7 @@ public sealed class Plan
         if (options.Gradients) parameters.Backend.Fill(0f, gradients);
         var backward = BackwardSchedule.Build(model, backwardOrder, buffers, objectiveSeeds);
         return new Plan(parameters, options, buffers, forwardOrder, tangentOrder, backward, tangentNonZero,
-            hasInputTangent, seeded, readable, generators, differentiating, allocated * sizeof(float)) { ParameterGradients = gradients };
+            hasInputTangent, seeded, readable, generators, differentiating, allocated * sizeof(float)) { ParameterGradients = gradients, _gradientSlices = gradientSlices };
     }
 
     // ---- inputs -------------------------------------------------------------------------------
@@ -421,11 +422,16 @@ public sealed class Plan
     /// (parameters off the loss path stay zero).</summary>
     public View ParameterGradients { get; private init; }
 
-    /// <summary>∂L/∂θ for a parameter after <see cref="Backward"/>.</summary>
+    private View[] _gradientSlices = [];
+
+    /// <summary>∂L/∂θ for a parameter after <see cref="Backward"/> (zero for a parameter no loss depends on through a
+    /// derivative path, e.g. behind a stop-gradient).</summary>
     public View Gradient(Node parameter)
     {
+        CheckNode(parameter);
         if (!parameter.IsParameter) throw new ArgumentException($"{parameter} is not a parameter.", nameof(parameter));
-        return Cotangent(parameter);
+        if (!Options.Gradients) throw new InvalidOperationException("This plan was compiled without gradients; set PlanOptions.Gradients = true.");
+        return _gradientSlices[parameter.Id];
     }
 
     /// <summary>True when no seed reaches the node (its tangent is a symbolic zero).</summary>

@@ -28,7 +28,7 @@ public abstract record Guess
     public static Guess Mixing { get; } = new MixingGuess();
 
     /// <summary>The true error (softmax − onehot) per example, normalised: local information only (self-sharpening's
-    /// last layer). Only at the site that makes the model's output and feeds its loss; elsewhere it is an error.</summary>
+    /// last layer). Only at a site that feeds a loss directly (the output layer, a local head); elsewhere it is an error.</summary>
     public static Guess TrueError { get; } = new TrueErrorGuess();
 
     /// <summary>
@@ -86,9 +86,9 @@ public sealed record TrueErrorGuess : Guess
     internal override GuessProgram Compile(GuessCompiler compiler, Site site)
     {
         var model = compiler.Plan.Model;
-        if (site.Node != model.Output || model.Loss.Inputs[0] != site.Node.Id)
-            throw new ArgumentException($"The true-error guess exists only at the site that makes the output and feeds the loss ({model.Output}); {site} is not it.");
-        return new TrueErrorProgram(compiler, site);
+        var loss = model.Losses.FirstOrDefault(l => l.Inputs[0] == site.Node.Id)
+            ?? throw new ArgumentException($"The true-error guess exists only at a site that feeds a loss directly (an output layer); {site} does not.");
+        return new TrueErrorProgram(compiler, site, loss);
     }
     public override string ToString() => "true error";
 }
@@ -210,15 +210,15 @@ internal sealed class MixingProgram : GuessProgram
     }
 }
 
-/// <summary>The normalised output error e_b/‖e_b‖ in every channel: with it the forward gradient at the
-/// output site is exact, (g_b·ê_b) ê_b = g_b, since g_b = e_b/B.</summary>
-internal sealed class TrueErrorProgram(GuessCompiler compiler, Site site) : GuessProgram
+/// <summary>The normalised error e_b/‖e_b‖ of the loss the site feeds, in every channel: with it the forward gradient
+/// at an output site is exact, (g_b·ê_b) ê_b = g_b, since g_b = e_b/B (when that loss is the site's only one).</summary>
+internal sealed class TrueErrorProgram(GuessCompiler compiler, Site site, Node loss) : GuessProgram
 {
     public override bool ReadsForwardValues => true;
 
     public override void Write(RandomKey key, View destination)
     {
-        var error = compiler.Plan.Derivative(compiler.Plan.Model.Loss);
+        var error = compiler.Plan.Derivative(loss);
         for (int g = 0; g < compiler.Channels; g++) compiler.Backend.Copy(error, destination.Channel(g, error.Length));
         compiler.Backend.NormalizeRows(destination, GuessCompiler.Width(site), 1f);
     }
