@@ -237,6 +237,31 @@ public class SiteTests
         }
     }
 
+    /// <summary>The README's "Sites" example, verbatim between the markers: a guesser on a residual model trains.</summary>
+    [Fact]
+    public void Readme_residual_example_trains()
+    {
+        var (train, test) = ForwardAD.Data.Digits.Load().Split(0.2, seed: 1);
+        // README: sites example
+        var b = new ModelBuilder();
+        var x = b.Input("x", new Shape(64), differentiable: false);
+        var h = b.Dense("embed", x, 64, ElementwiseFunction.Relu).Output;
+        var inner = b.Dense("inner", h, 64, ElementwiseFunction.Gelu).Output;
+        var r = b.Add("residual", h, b.Dense("outer", inner, 64, ElementwiseFunction.Identity).Output); // h + W₂ gelu(W₁ h)
+        var logits = b.Dense("head", r, 10, ElementwiseFunction.Identity).Output;
+        var model = b.Build(b.SoftmaxCrossEntropy("loss", logits, b.ClassLabels("y", 10)), logits);
+        // Sites from the graph: embed, inner, outer, head. Wᵀ at "embed" pulls noise at "inner" AND "head" back through gelu, the add, relu.
+        var guesser = new ActivationGuesser("Wᵀ, normalised", Guess.Normal.PulledBack().Normalized(), Guess.Normal, TangentMode.PerLayer);
+        var parameters = ParameterStore.Initialize(model, new CpuBackend(), seed: 1);
+        var trainer = new Trainer(guesser, Optim.Optimizers.AdamW(1e-3f), parameters, train, test, new TrainingOptions(BatchSize: 32, Seed: 1));
+        var report = trainer.RunEpoch(0);
+        // README: end
+        Assert.Equal(["embed", "inner", "outer", "head"], model.Sites.Select(s => s.Name));
+        Assert.Equal(4, report.SiteCosines.Length);
+        Assert.True(report.TestAccuracy > 0.3, $"one epoch of normalised Wᵀ reached {report.TestAccuracy:P1} test accuracy (chance is 10%)");
+        Assert.True(report.GlobalCosine > 0, $"mean cosine to backprop {report.GlobalCosine:F3}");
+    }
+
     /// <summary>The singular-value-power variant needs a plain dense successor and says so on a residual graph.</summary>
     [Fact]
     public void Projection_by_a_weight_explains_where_it_is_undefined()
