@@ -4,6 +4,7 @@ using ForwardAD.Graph;
 using ForwardAD.Guessing;
 using ForwardAD.Optim;
 using ForwardAD.Random;
+using ForwardAD.Tensors;
 using ForwardAD.Training;
 
 namespace ForwardAD.Tests;
@@ -120,6 +121,35 @@ public class FeedbackTests
         var dfa = estimator.Estimate(default).Gradient.ToArray();
         var oracle = new BackpropEstimator(problem.Parameters, 5);
         oracle.SetBatch(problem.Inputs[problem.Model["x"].Id], problem.Inputs[problem.Model["y"].Id]);
+        var exact = oracle.Estimate(default).Gradient.ToArray();
+        for (int j = 0; j < exact.Length; j++) JvpTests.AssertClose(exact[j], dfa[j], $"component {j}", 1e-5);
+    }
+
+    /// <summary>
+    /// Feedback per site, whatever its shape: a dense layer over the last axis of a [2, 3] input makes a [2, 4] site
+    /// (8 elements per example), flattened before the head. B ∈ R^{8 × o}; with B = J_hᵀ = W_headᵀ (h = relu(s)
+    /// flattened) DFA is backprop again.
+    /// </summary>
+    [Fact]
+    public void Dfa_feedback_covers_a_site_of_any_shape()
+    {
+        var builder = new ModelBuilder();
+        var x = builder.Input("x", new Shape(2, 3), differentiable: false);
+        var h = builder.Dense("rows", x, 4, ElementwiseFunction.Tanh).Output;
+        var flat = builder.Reshape("flat", h, new Shape(8));
+        var logits = builder.Dense("head", flat, 3, ElementwiseFunction.Identity).Output;
+        var model = builder.Build(builder.SoftmaxCrossEntropy("loss", logits, builder.ClassLabels("y", 3)), logits);
+        var problem = Problem.From(model, 32, 5);
+        var estimator = (FeedbackEstimator)Guessers.Dfa().Compile(problem.Parameters, 5);
+        Assert.Equal(8 * 3, estimator.Feedback(0).Length);
+        var head = problem.Parameters.ToArray(model["head.weight"]); // [3, 8]
+        var transposed = new float[8 * 3];
+        for (int o = 0; o < 3; o++) for (int n = 0; n < 8; n++) transposed[n * 3 + o] = head[o * 8 + n];
+        problem.Parameters.Backend.CopyFromHost(transposed, estimator.Feedback(0));
+        estimator.SetBatch(problem.Inputs[model["x"].Id], problem.Inputs[model["y"].Id]);
+        var dfa = estimator.Estimate(default).Gradient.ToArray();
+        var oracle = new BackpropEstimator(problem.Parameters, 5);
+        oracle.SetBatch(problem.Inputs[model["x"].Id], problem.Inputs[model["y"].Id]);
         var exact = oracle.Estimate(default).Gradient.ToArray();
         for (int j = 0; j < exact.Length; j++) JvpTests.AssertClose(exact[j], dfa[j], $"component {j}", 1e-5);
     }
