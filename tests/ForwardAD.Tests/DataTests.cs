@@ -232,6 +232,25 @@ public sealed class DataTests : IDisposable
     }
 
     [Fact]
+    public void Truncated_gzip_files_are_reported_not_loaded_in_part()
+    {
+        // GZipStream stops quietly where a cut file ends: a .csv.gz cut between rows used to load with rows missing.
+        var text = System.Text.Encoding.UTF8.GetBytes(string.Concat(Enumerable.Range(0, 2000).Select(i => $"{i % 97},{i % 13},{i % 3}\n")));
+        var gz = Gzip(text);
+        Assert.Equal(2000, CsvDataset.Load(File("whole.csv.gz", gz)).Count);
+        foreach (var cut in new[] { 8, 4, 1, gz.Length / 2 })
+        {
+            var error = Assert.Throws<InvalidDataException>(() => CsvDataset.Load(File($"cut{cut}.csv.gz", gz[..^cut])));
+            Assert.Contains($"cut{cut}.csv.gz", error.Message);
+            Assert.Contains("truncated", error.Message);
+        }
+        Assert.Contains("empty.csv.gz: not a valid gzip file", Assert.Throws<InvalidDataException>(() => CsvDataset.Load(File("empty.csv.gz", []))).Message);
+        var images = Gzip(Idx(0x08, [2, 1, 1], [1, 2]));
+        var labels = File("l2.idx", Idx(0x08, [2], [1, 2]));
+        Assert.Contains("truncated", Assert.Throws<InvalidDataException>(() => IdxDataset.Load(File("i.idx.gz", images[..^8]), labels)).Message);
+    }
+
+    [Fact]
     public void Idx_dimensions_that_overflow_directories_and_bad_class_counts_are_explained()
     {
         // 65536⁴ = 2⁶⁴ wraps to 0 in 64-bit arithmetic, which used to match an empty data section.

@@ -36,11 +36,13 @@ public static class CsvDataset
     /// <exception cref="InvalidDataException">The contents are not a valid data set; the message says where and why.</exception>
     public static Dataset Load(string path, float featureScale = 1f, int? classes = null)
     {
-        DataFile.CheckIsFile(path, "a CSV file (.csv or .csv.gz)");
-        using var stream = File.OpenRead(path);
-        using var reader = path.EndsWith(".gz", StringComparison.OrdinalIgnoreCase)
-            ? new StreamReader(new GZipStream(stream, CompressionMode.Decompress))
-            : new StreamReader(stream);
+        const string expected = "a CSV file (.csv or .csv.gz)";
+        DataFile.CheckIsFile(path, expected);
+        // A .gz file is decompressed whole first: GZipStream alone would let a cut file load with rows missing.
+        using var stream = path.EndsWith(".gz", StringComparison.OrdinalIgnoreCase)
+            ? new MemoryStream(DataFile.ReadAllBytes(path, expected))
+            : (Stream)File.OpenRead(path);
+        using var reader = new StreamReader(stream);
         return Parse(reader, path, featureScale, classes);
     }
 
@@ -82,7 +84,8 @@ public static class CsvDataset
             }
             else if (fields.Length != width)
                 throw new InvalidDataException($"{source}, line {lineNumber}: {fields.Length} field{(fields.Length == 1 ? "" : "s")}, but the first row has {width} " +
-                    $"(line {firstRowLine}, {(hasHeader ? "the header" : "data")}: features then a label). The file is ragged.{OtherDelimiter(line, delimiter, firstRowLine)}");
+                    $"({(hasHeader ? "the header, " : "")}line {firstRowLine}): every row needs the same columns, the features then a label. The file is ragged." +
+                    OtherDelimiter(line, delimiter, firstRowLine));
             for (int j = 0; j < width - 1; j++)
             {
                 if (!float.TryParse(fields[j], NumberStyles.Float, CultureInfo.InvariantCulture, out var value) || !float.IsFinite(value * featureScale))
@@ -160,7 +163,7 @@ public static class CsvDataset
         {
             return reader.ReadLine();
         }
-        catch (InvalidDataException e)
+        catch (InvalidDataException e) // from a GZipStream the caller passed
         {
             throw new InvalidDataException($"{source}, line {linesRead + 1}: not a valid gzip file, or a damaged one ({e.Message}).", e);
         }

@@ -130,23 +130,45 @@ internal static class DataFile
     public static byte[] ReadAllBytes(string path, string expected, bool allowGzip = true)
     {
         CheckIsFile(path, expected);
-        bool gzip = allowGzip && path.EndsWith(".gz", StringComparison.OrdinalIgnoreCase);
         try
         {
-            if (!gzip) return File.ReadAllBytes(path);
-            using var file = File.OpenRead(path);
-            using var stream = new GZipStream(file, CompressionMode.Decompress);
-            using var memory = new MemoryStream();
-            stream.CopyTo(memory);
-            return memory.ToArray();
-        }
-        catch (InvalidDataException e)
-        {
-            throw new InvalidDataException($"{path}: not a valid gzip file, or a damaged one ({e.Message}).", e);
+            var bytes = File.ReadAllBytes(path);
+            return allowGzip && path.EndsWith(".gz", StringComparison.OrdinalIgnoreCase) ? Gunzip(bytes, path) : bytes;
         }
         catch (IOException e) when (e is not FileNotFoundException)
         {
             throw new IOException($"{path}: reading failed ({e.Message}).", e);
         }
+    }
+
+    /// <summary>
+    /// Decompresses a whole gzip file and checks that it is whole. GZipStream checks the CRC-32 when the trailer is
+    /// there, but stops quietly where a cut file ends (dotnet/runtime#47563), so the trailer's ISIZE, the uncompressed
+    /// length mod 2³² (RFC 1952 §2.3.1), is compared with what came out: a cut file's last 4 bytes are deflate data.
+    /// A file of several gzip members (bgzip, cat a.gz b.gz) fails this check, and the message says so.
+    /// </summary>
+    private static byte[] Gunzip(byte[] compressed, string path)
+    {
+        const int HeaderAndTrailer = 10 + 8;
+        if (compressed.Length < HeaderAndTrailer + 2 || compressed[0] != 0x1F || compressed[1] != 0x8B)
+            throw new InvalidDataException($"{path}: not a valid gzip file ({compressed.Length} bytes; a gzip file starts with 0x1F 0x8B and has at least 20). " +
+                "Decompress it, or drop the .gz ending if it is not compressed.");
+        byte[] data;
+        try
+        {
+            using var stream = new GZipStream(new MemoryStream(compressed), CompressionMode.Decompress);
+            using var memory = new MemoryStream();
+            stream.CopyTo(memory);
+            data = memory.ToArray();
+        }
+        catch (InvalidDataException e)
+        {
+            throw new InvalidDataException($"{path}: not a valid gzip file, or a damaged one ({e.Message}).", e);
+        }
+        uint recorded = BinaryPrimitives.ReadUInt32LittleEndian(compressed.AsSpan(^4));
+        if (recorded != (uint)data.LongLength)
+            throw new InvalidDataException($"{path}: the gzip data is truncated or damaged: its trailer (the last 4 bytes) records {recorded} uncompressed bytes " +
+                $"(mod 2³²), but {data.LongLength} came out. Download or copy the file again. (Files of several gzip members, as bgzip writes, are not supported: gunzip it and load the plain file.)");
+        return data;
     }
 }
