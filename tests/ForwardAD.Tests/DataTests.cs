@@ -131,4 +131,156 @@ public sealed class DataTests : IDisposable
         Assert.Equal(2, ok.Count);
         Assert.Equal(3, ok.Classes);
     }
+
+    private string Text(string name, string text) => File(name, System.Text.Encoding.UTF8.GetBytes(text));
+
+    private static string CsvError(string path) => Assert.Throws<InvalidDataException>(() => CsvDataset.Load(path)).Message;
+
+    [Fact]
+    public void Csv_labels_must_be_whole_numbers_below_the_class_limit()
+    {
+        // 1e10 used to overflow the class count; 1000000 used to build a model with a million outputs.
+        var huge = CsvError(Text("huge.csv", "1,2,0\n3,4,1e10\n"));
+        Assert.Contains("huge.csv, line 2, column 3", huge);
+        Assert.Contains($"at most {CsvDataset.MaxClasses} classes", huge);
+        Assert.Contains("renumber", huge);
+        var million = CsvError(Text("million.csv", "1,2,0\n3,4,1000000\n"));
+        Assert.Contains("million.csv, line 2, column 3", million);
+        Assert.Contains($"at most {CsvDataset.MaxClasses} classes", million);
+        Assert.Contains("line 1, column 2: the label", CsvError(Text("negative.csv", "1,-1\n")));
+        Assert.Contains("line 1, column 2: the label", CsvError(Text("negative0.csv", "1,-3\n2,0\n")));
+        Assert.Contains("line 2, column 3: the label", CsvError(Text("fraction.csv", "1,2,0\n1,2,2.5\n")));
+        Assert.Contains("line 2, column 2: the label", CsvError(Text("word.csv", "1,0\n1,cat\n")));
+        Assert.Contains("line 2, column 2: label 7 is out of range for 3 classes", Assert.Throws<InvalidDataException>(() =>
+            CsvDataset.Parse(new StringReader("1,0\n1,7\n"), "inline", classes: 3)).Message);
+        // The largest allowed label and a whole number written as a decimal both load.
+        var top = CsvDataset.Load(Text("top.csv", $"1,{CsvDataset.MaxClasses - 1}\n2,3.0\n"));
+        Assert.Equal(CsvDataset.MaxClasses, top.Classes);
+        Assert.Equal(3f, top.Labels[1]);
+        Assert.Throws<ArgumentOutOfRangeException>(() => CsvDataset.Parse(new StringReader("1,0\n"), "inline", classes: CsvDataset.MaxClasses + 1));
+    }
+
+    [Fact]
+    public void Csv_delimiter_is_detected_from_the_first_row()
+    {
+        var comma = CsvDataset.Load(Text("comma.csv", "a,b,label\n0.5,1,2\n1,0,0\n"));
+        var semicolon = CsvDataset.Load(Text("semicolon.csv", "a;b;label\n0.5;1;2\n1;0;0\n"));
+        var tab = CsvDataset.Load(Text("tab.tsv", "0.5\t1\t2\n1\t0\t0\n"));
+        foreach (var other in new[] { semicolon, tab })
+        {
+            Assert.Equal(comma.Features, other.Features);
+            Assert.Equal(comma.Labels, other.Labels);
+        }
+        // A line with another delimiter than the one detected says which it found and which it expected.
+        var mixed = CsvError(Text("mixed.csv", "1,2,0\n3;4;1\n"));
+        Assert.Contains("mixed.csv, line 2", mixed);
+        Assert.Contains("';'", mixed);
+        Assert.Contains("','", mixed);
+        // Decimal commas in a ';' file are explained, not reported as "no data rows".
+        var decimalComma = CsvError(Text("decimal.csv", "1,5;2,0;1\n"));
+        Assert.Contains("decimal.csv, line 1, column 1: '1,5'", decimalComma);
+        Assert.Contains("decimal", decimalComma);
+        Assert.Contains("no ',', ';' or tab", CsvError(Text("spaces.csv", "1 2 0\n3 4 1\n")));
+    }
+
+    [Fact]
+    public void Csv_first_row_is_a_header_only_when_no_field_is_a_number()
+    {
+        // A typo in the first data row ('1x,2,0') used to be dropped silently as a header.
+        var typo = CsvError(Text("typo.csv", "1x,2,0\n3,4,1\n"));
+        Assert.Contains("typo.csv, line 1, column 1: '1x'", typo);
+        Assert.Contains("header", typo);
+        Assert.Contains("typo2.csv, line 1, column 2: '2x'", CsvError(Text("typo2.csv", "1,2x,0\n3,4,1\n")));
+        var numberedHeader = CsvError(Text("numbered.csv", "x,2019,label\n3,4,1\n"));
+        Assert.Contains("numbered.csv, line 1, column 1: 'x'", numberedHeader);
+        var header = CsvDataset.Load(Text("header.csv", "\uFEFFpixel 1, pixel 2 ,label\n1,2,1\n3,4,0\n"));
+        Assert.Equal(2, header.Count);
+        Assert.Equal(new float[] { 1, 2, 3, 4 }, header.Features);
+        // The header fixes the width: data rows must match it.
+        Assert.Contains("line 2: 2 fields, but the first row has 3", CsvError(Text("narrow.csv", "a,b,label\n1,0\n")));
+    }
+
+    [Fact]
+    public void Csv_empty_header_only_non_finite_and_directory_inputs_are_explained()
+    {
+        Assert.Contains("empty.csv: the file is empty", CsvError(Text("empty.csv", "")));
+        Assert.Contains("blank.csv: the file is empty", CsvError(Text("blank.csv", "\n  \n\n")));
+        Assert.Contains("only.csv: only a header (line 1)", CsvError(Text("only.csv", "a,b,label\n\n")));
+        Assert.Contains("nan.csv, line 2, column 1: 'NaN' is not a finite number", CsvError(Text("nan.csv", "1,2,0\nNaN,2,1\n")));
+        Assert.Contains("inf.csv, line 1, column 2: '-Infinity' is not a finite number", CsvError(Text("inf.csv", "1,-Infinity,0\n")));
+        Assert.Contains("big.csv, line 1, column 1: '1e39' is not a finite number", CsvError(Text("big.csv", "1e39,0\n")));
+        Assert.Contains("one.csv, line 1: a row needs at least one feature and a label", CsvError(Text("one.csv", "1\n2\n")));
+        var folder = Directory.CreateDirectory(Path.Combine(_folder, "data.csv")).FullName;
+        var directory = Assert.ThrowsAny<IOException>(() => CsvDataset.Load(folder));
+        Assert.Contains("data.csv' is a directory, not a file", directory.Message);
+        Assert.IsNotType<FileNotFoundException>(directory);
+        Assert.Throws<FileNotFoundException>(() => CsvDataset.Load(Path.Combine(_folder, "missing.csv")));
+    }
+
+    [Fact]
+    public void Csv_gzip_loads_and_damaged_gzip_names_the_file()
+    {
+        var text = "a,b,label\n0.5,1,2\n1,0,0\n"u8.ToArray();
+        var gz = CsvDataset.Load(File("ok.csv.gz", Gzip(text)));
+        Assert.Equal(CsvDataset.Load(File("ok.csv", text)).Features, gz.Features);
+        var notGzip = Assert.Throws<InvalidDataException>(() => CsvDataset.Load(File("plain.csv.gz", text)));
+        Assert.Contains("plain.csv.gz", notGzip.Message);
+        Assert.Contains("gzip", notGzip.Message);
+        var damaged = Gzip(text);
+        damaged[^6] ^= 0xFF; // the CRC-32 in the gzip trailer
+        Assert.Contains("crc.csv.gz", Assert.Throws<InvalidDataException>(() => CsvDataset.Load(File("crc.csv.gz", damaged))).Message);
+    }
+
+    [Fact]
+    public void Truncated_gzip_files_are_reported_not_loaded_in_part()
+    {
+        // GZipStream stops quietly where a cut file ends: a .csv.gz cut between rows used to load with rows missing.
+        var text = System.Text.Encoding.UTF8.GetBytes(string.Concat(Enumerable.Range(0, 2000).Select(i => $"{i % 97},{i % 13},{i % 3}\n")));
+        var gz = Gzip(text);
+        Assert.Equal(2000, CsvDataset.Load(File("whole.csv.gz", gz)).Count);
+        foreach (var cut in new[] { 8, 4, 1, gz.Length / 2 })
+        {
+            var error = Assert.Throws<InvalidDataException>(() => CsvDataset.Load(File($"cut{cut}.csv.gz", gz[..^cut])));
+            Assert.Contains($"cut{cut}.csv.gz", error.Message);
+            Assert.Contains("truncated", error.Message);
+        }
+        Assert.Contains("empty.csv.gz: not a valid gzip file", Assert.Throws<InvalidDataException>(() => CsvDataset.Load(File("empty.csv.gz", []))).Message);
+        var images = Gzip(Idx(0x08, [2, 1, 1], [1, 2]));
+        var labels = File("l2.idx", Idx(0x08, [2], [1, 2]));
+        Assert.Contains("truncated", Assert.Throws<InvalidDataException>(() => IdxDataset.Load(File("i.idx.gz", images[..^8]), labels)).Message);
+    }
+
+    [Fact]
+    public void Idx_dimensions_that_overflow_directories_and_bad_class_counts_are_explained()
+    {
+        // 65536⁴ = 2⁶⁴ wraps to 0 in 64-bit arithmetic, which used to match an empty data section.
+        var wrapping = File("wrap.idx", Idx(0x08, [65536, 65536, 65536, 65536], []));
+        var labels = File("l65536.idx", Idx(0x08, [65536], new byte[65536]));
+        var error = Assert.Throws<InvalidDataException>(() => IdxDataset.Load(wrapping, labels));
+        Assert.Contains("wrap.idx", error.Message);
+        Assert.Contains("65536×65536×65536×65536", error.Message);
+        var rank0 = File("rank0.idx", Idx(0x08, [], []));
+        var small = File("l2.idx", Idx(0x08, [2], [1, 2]));
+        Assert.Contains("rank0.idx, offset 3: rank 0", Assert.Throws<InvalidDataException>(() => IdxDataset.Load(rank0, small)).Message);
+        var images = File("i2.idx", Idx(0x08, [2, 1, 1], [1, 2]));
+        var folder = Directory.CreateDirectory(Path.Combine(_folder, "labels.idx")).FullName;
+        var directory = Assert.ThrowsAny<IOException>(() => IdxDataset.Load(images, folder));
+        Assert.Contains("labels.idx' is a directory, not a file", directory.Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => IdxDataset.Load(images, small, classes: 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => IdxDataset.Load(images, small, classes: CsvDataset.MaxClasses + 1));
+        var notGzip = Assert.Throws<InvalidDataException>(() => IdxDataset.Load(File("i2.idx.gz", Idx(0x08, [2, 1, 1], [1, 2])), small));
+        Assert.Contains("i2.idx.gz: not a valid gzip file", notGzip.Message);
+    }
+
+    [Fact]
+    public void Cifar_empty_files_directories_and_bad_coarse_labels_are_explained()
+    {
+        Assert.Contains("empty.bin: the file is empty", Assert.Throws<InvalidDataException>(() => CifarDataset.Load([File("empty.bin", [])])).Message);
+        var folder = Directory.CreateDirectory(Path.Combine(_folder, "batches")).FullName;
+        Assert.Contains("batches' is a directory, not a file", Assert.ThrowsAny<IOException>(() => CifarDataset.Load([folder])).Message);
+        var record100 = new byte[2 + 3072];
+        record100[0] = 20; // CIFAR-100 has 20 coarse classes
+        record100[1] = 5;
+        Assert.Contains("coarse.bin, offset 0: coarse label 20", Assert.Throws<InvalidDataException>(() => CifarDataset.Load([File("coarse.bin", record100)], cifar100: true)).Message);
+    }
 }
