@@ -109,6 +109,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
 
     public override DeviceBuffer Allocate(int length) => new CudaBuffer(this, Allocator.Allocate(Math.Max(1, length) * (long)sizeof(float)), length);
 
+    /// <summary>Bytes of <paramref name="elements"/> floats, in 64 bits: the int product overflows from 2^29 floats (2 GiB) on.</summary>
+    internal static nuint ByteCount(int elements) => (nuint)(elements * (long)sizeof(float));
+
     private ulong Pointer(View view)
     {
         if (view.Buffer is not CudaBuffer buffer || buffer.Backend != this)
@@ -120,7 +123,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     {
         if (source.Length != destination.Length) throw new ArgumentException($"Copy of {source.Length} values into a view of {destination.Length}.");
         fixed (float* pointer = source)
-            CudaDriver.Check(CudaDriver.cuMemcpyHtoDAsync(Pointer(destination), pointer, (nuint)(source.Length * sizeof(float)), Stream), "cuMemcpyHtoDAsync_v2");
+            CudaDriver.Check(CudaDriver.cuMemcpyHtoDAsync(Pointer(destination), pointer, ByteCount(source.Length), Stream), "cuMemcpyHtoDAsync_v2");
         Synchronize(); // the host memory is pageable and may be reused as soon as we return
     }
 
@@ -128,7 +131,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     {
         if (source.Length != destination.Length) throw new ArgumentException($"Copy of a view of {source.Length} values into {destination.Length}.");
         fixed (float* pointer = destination)
-            CudaDriver.Check(CudaDriver.cuMemcpyDtoHAsync(pointer, Pointer(source), (nuint)(source.Length * sizeof(float)), Stream), "cuMemcpyDtoHAsync_v2");
+            CudaDriver.Check(CudaDriver.cuMemcpyDtoHAsync(pointer, Pointer(source), ByteCount(source.Length), Stream), "cuMemcpyDtoHAsync_v2");
         Synchronize();
     }
 
@@ -171,7 +174,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     {
         if (!accumulate)
         {
-            CudaDriver.Check(CudaDriver.cuMemcpyDtoDAsync(Pointer(destination), Pointer(source), (nuint)(source.Length * sizeof(float)), Stream), "cuMemcpyDtoDAsync_v2");
+            CudaDriver.Check(CudaDriver.cuMemcpyDtoDAsync(Pointer(destination), Pointer(source), ByteCount(source.Length), Stream), "cuMemcpyDtoDAsync_v2");
             return;
         }
         ulong s = Pointer(source), d = Pointer(destination); long n = source.Length; int add = 1;
