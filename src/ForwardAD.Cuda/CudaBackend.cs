@@ -361,10 +361,7 @@ public sealed class CudaGraph : IDisposable
     public static CudaGraph Capture(CudaBackend backend, Action work)
     {
         var graph = new CudaGraph(backend);
-        CudaDriver.Check(CudaDriver.cuStreamBeginCapture(backend.Stream, CudaDriver.StreamCaptureModeThreadLocal), "cuStreamBeginCapture_v2");
-        IntPtr captured;
-        try { work(); }
-        finally { CudaDriver.Check(CudaDriver.cuStreamEndCapture(backend.Stream, out captured), "cuStreamEndCapture"); }
+        var captured = Record(new DriverCapture(), backend.Stream, work);
         try
         {
             CudaDriver.Check(CudaDriver.cuGraphInstantiateWithFlags(out var executable, captured, 0), "cuGraphInstantiateWithFlags");
@@ -374,7 +371,39 @@ public sealed class CudaGraph : IDisposable
         return graph;
     }
 
+    /// <summary>Records the work queued on the stream by <paramref name="work"/> into a graph.</summary>
+    internal static IntPtr Record<TCapture>(TCapture capture, IntPtr stream, Action work) where TCapture : IStreamCapture
+    {
+        CudaDriver.Check(capture.Begin(stream), "cuStreamBeginCapture_v2");
+        try { work(); }
+        catch
+        {
+            // End the capture, or the stream stays in capture mode and fails every later call; drop what was recorded.
+            // Its status (typically CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, caused by the work's own failure) would hide
+            // the error that says what went wrong, so the work's exception is the one rethrown.
+            if (capture.End(stream, out var partial) == CudaDriver.Success && partial != IntPtr.Zero) capture.DestroyGraph(partial);
+            throw;
+        }
+        CudaDriver.Check(capture.End(stream, out var captured), "cuStreamEndCapture");
+        return captured;
+    }
+
     public void Launch() => CudaDriver.Check(CudaDriver.cuGraphLaunch(_executable.DangerousGetHandle(), _backend.Stream), "cuGraphLaunch");
 
     public void Dispose() => _executable.Dispose();
+}
+
+/// <summary>The three driver calls of a stream capture, behind an interface so that the failure path can be tested without a GPU.</summary>
+internal interface IStreamCapture
+{
+    int Begin(IntPtr stream);
+    int End(IntPtr stream, out IntPtr graph);
+    void DestroyGraph(IntPtr graph);
+}
+
+internal readonly struct DriverCapture : IStreamCapture
+{
+    public int Begin(IntPtr stream) => CudaDriver.cuStreamBeginCapture(stream, CudaDriver.StreamCaptureModeThreadLocal);
+    public int End(IntPtr stream, out IntPtr graph) => CudaDriver.cuStreamEndCapture(stream, out graph);
+    public void DestroyGraph(IntPtr graph) => CudaDriver.cuGraphDestroy(graph);
 }
