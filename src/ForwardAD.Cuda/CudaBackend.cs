@@ -55,6 +55,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         CudaDriver.Check(CudaDriver.cuDevicePrimaryCtxRetain(out var context, device), "cuDevicePrimaryCtxRetain");
         _context.Attach(context);
         CudaDriver.Check(CudaDriver.cuCtxSetCurrent(context), "cuCtxSetCurrent");
+        Allocator = new DeviceAllocator(context);
         CudaDriver.Check(CudaDriver.cuStreamCreate(out var stream, CudaDriver.StreamNonBlocking), "cuStreamCreate");
         _stream.Attach(stream);
         CuBlas.Check(CuBlas.cublasCreate(out var cublas), "cublasCreate_v2");
@@ -88,7 +89,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
 
     public string DeviceName { get; }
     public (int Major, int Minor) ComputeCapability { get; }
-    public DeviceAllocator Allocator { get; } = new();
+    public DeviceAllocator Allocator { get; }
     public IReadOnlyList<string> KernelOrigins => _kernels.Origins;
     internal IntPtr Stream => _stream.DangerousGetHandle();
     public override string Name => $"cuda ({DeviceName}, sm_{ComputeCapability.Major}{ComputeCapability.Minor}{(_tf32 ? ", tf32" : "")})";
@@ -105,7 +106,15 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     }
 
     /// <summary>Waits until every queued kernel and copy has finished.</summary>
-    public void Synchronize() => CudaDriver.Check(CudaDriver.cuStreamSynchronize(Stream), "cuStreamSynchronize");
+    public void Synchronize()
+    {
+        MakeCurrent();
+        CudaDriver.Check(CudaDriver.cuStreamSynchronize(Stream), "cuStreamSynchronize");
+    }
+
+    /// <summary>Every operation that reaches the driver or cuBLAS starts here: the backend may be used from any thread
+    /// (one at a time), and the driver's current context is per thread. See <see cref="CudaDriver.MakeCurrent"/>.</summary>
+    internal void MakeCurrent() => CudaDriver.MakeCurrent(_context.DangerousGetHandle());
 
     public override DeviceBuffer Allocate(int length) => new CudaBuffer(this, Allocator.Allocate(Math.Max(1, length) * (long)sizeof(float)), length);
 
@@ -122,6 +131,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     public override void CopyFromHost(ReadOnlySpan<float> source, View destination)
     {
         if (source.Length != destination.Length) throw new ArgumentException($"Copy of {source.Length} values into a view of {destination.Length}.");
+        MakeCurrent();
         fixed (float* pointer = source)
             CudaDriver.Check(CudaDriver.cuMemcpyHtoDAsync(Pointer(destination), pointer, ByteCount(source.Length), Stream), "cuMemcpyHtoDAsync_v2");
         Synchronize(); // the host memory is pageable and may be reused as soon as we return
@@ -130,6 +140,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     public override void CopyToHost(View source, Span<float> destination)
     {
         if (source.Length != destination.Length) throw new ArgumentException($"Copy of a view of {source.Length} values into {destination.Length}.");
+        MakeCurrent();
         fixed (float* pointer = destination)
             CudaDriver.Check(CudaDriver.cuMemcpyDtoHAsync(pointer, Pointer(source), ByteCount(source.Length), Stream), "cuMemcpyDtoHAsync_v2");
         Synchronize();
@@ -140,6 +151,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     public override void Gemm(Transpose transposeA, Transpose transposeB, int m, int n, int k, float alpha, View a, int lda, View b, int ldb, float beta, View c, int ldc)
     {
         if (m == 0 || n == 0) return;
+        MakeCurrent();
         int opA = transposeA == Transpose.No ? CuBlas.OperationNone : CuBlas.OperationTranspose;
         int opB = transposeB == Transpose.No ? CuBlas.OperationNone : CuBlas.OperationTranspose;
         CuBlas.Check(CuBlas.cublasGemmEx(_cublas.DangerousGetHandle(), opB, opA, n, m, k, &alpha,
@@ -151,6 +163,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     public void GemmStridedBatched(Transpose transposeA, Transpose transposeB, int m, int n, int k, float alpha, View a, int lda, long strideA,
         View b, int ldb, long strideB, float beta, View c, int ldc, long strideC, int count)
     {
+        MakeCurrent();
         int opA = transposeA == Transpose.No ? CuBlas.OperationNone : CuBlas.OperationTranspose;
         int opB = transposeB == Transpose.No ? CuBlas.OperationNone : CuBlas.OperationTranspose;
         CuBlas.Check(CuBlas.cublasSgemmStridedBatched(_cublas.DangerousGetHandle(), opB, opA, n, m, k, &alpha, Pointer(b), ldb, strideB,
@@ -160,6 +173,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     private void Launch(string kernel, long work, void** arguments, int argumentCount)
     {
         uint blocks = (uint)Math.Clamp((work + Threads - 1) / Threads, 1, _maxBlocks);
+        MakeCurrent();
         CudaDriver.Check(CudaDriver.cuLaunchKernel(_kernels[kernel], blocks, 1, 1, Threads, 1, 1, 0, Stream, arguments, null), $"cuLaunchKernel ({kernel})");
     }
 
@@ -174,6 +188,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     {
         if (!accumulate)
         {
+            MakeCurrent();
             CudaDriver.Check(CudaDriver.cuMemcpyDtoDAsync(Pointer(destination), Pointer(source), ByteCount(source.Length), Stream), "cuMemcpyDtoDAsync_v2");
             return;
         }
@@ -286,6 +301,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     /// <summary>Σ f(x_i, y_i) on the device into one double, read back (the only device-to-host traffic of a step).</summary>
     private double Reduce(View x, View y, int mode, float vScale = 0, float floor = 0)
     {
+        MakeCurrent();
         CudaDriver.Check(CudaDriver.cuMemsetD32Async(_scalar, 0, 2, Stream), "cuMemsetD32Async");
         ulong a = Pointer(x), b = y.IsEmpty ? a : Pointer(y), result = _scalar; long n = x.Length;
         void** args = stackalloc void*[] { &a, &b, &mode, &vScale, &floor, &result, &n };
@@ -338,6 +354,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
 
     public void Dispose()
     {
+        MakeCurrent(); // modules, cuBLAS, memory and the stream are released in this context
         _kernels.Dispose();
         _cublas.Dispose();
         Allocator.Dispose();
@@ -360,6 +377,7 @@ public sealed class CudaGraph : IDisposable
 
     public static CudaGraph Capture(CudaBackend backend, Action work)
     {
+        backend.MakeCurrent();
         var graph = new CudaGraph(backend);
         var captured = Record(new DriverCapture(), backend.Stream, work);
         try
@@ -388,9 +406,17 @@ public sealed class CudaGraph : IDisposable
         return captured;
     }
 
-    public void Launch() => CudaDriver.Check(CudaDriver.cuGraphLaunch(_executable.DangerousGetHandle(), _backend.Stream), "cuGraphLaunch");
+    public void Launch()
+    {
+        _backend.MakeCurrent();
+        CudaDriver.Check(CudaDriver.cuGraphLaunch(_executable.DangerousGetHandle(), _backend.Stream), "cuGraphLaunch");
+    }
 
-    public void Dispose() => _executable.Dispose();
+    public void Dispose()
+    {
+        if (!_executable.IsInvalid && !_executable.IsClosed) _backend.MakeCurrent();
+        _executable.Dispose();
+    }
 }
 
 /// <summary>The three driver calls of a stream capture, behind an interface so that the failure path can be tested without a GPU.</summary>

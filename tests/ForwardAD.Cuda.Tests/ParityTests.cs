@@ -207,4 +207,35 @@ public sealed class ParityTests(CudaFixture fixture) : IClassFixture<CudaFixture
         graph.Launch();
         Assert.All(values.ToArray(), v => Assert.Equal(9f, v));
     }
+
+    /// <summary>The driver's current context is per thread: the backend, created on the fixture's thread, must work on a
+    /// fresh thread that never had a context (copies, kernels, a reduction, the allocator, a GEMM).</summary>
+    [Fact]
+    public void The_backend_works_on_a_thread_that_did_not_create_it()
+    {
+        var cuda = fixture.Require();
+        float[]? scaled = null, product = null;
+        double sum = 0;
+        Exception? error = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                var values = cuda.Upload([1f, 2f, 3f]);
+                cuda.Scale(values, 2f, values);
+                sum = cuda.Sum(values);
+                scaled = values.ToArray();
+                var c = cuda.Upload(new float[1]);
+                cuda.Gemm(Transpose.No, Transpose.Yes, 1, 1, 3, 1f, values, 3, values, 3, 0f, c, 1);
+                product = c.ToArray();
+            }
+            catch (Exception e) { error = e; }
+        });
+        thread.Start();
+        thread.Join();
+        Assert.Null(error);
+        Assert.Equal([2f, 4f, 6f], scaled!);
+        Assert.Equal(12.0, sum);
+        Assert.Equal([56f], product!);
+    }
 }
