@@ -225,11 +225,18 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("add_bias", n, args, 4);
     }
 
+    /// <summary>Columns per block of the sum_rows kernel, and rows summed side by side: SUM_ROWS_TILE in native/reduce.cu.</summary>
+    internal const int SumRowsTile = 32;
+
     public override void SumRows(View source, View destination, bool accumulate)
     {
+        if (destination.Length == 0) return;
         ulong s = Pointer(source), d = Pointer(destination); long columns = destination.Length, rows = source.Length / destination.Length; int add = accumulate ? 1 : 0;
         void** args = stackalloc void*[] { &s, &d, &rows, &columns, &add };
-        Launch("sum_rows", columns, args, 5);
+        // One block of SumRowsTile × SumRowsTile threads per tile of columns: a parallel reduction in a fixed order.
+        uint tiles = (uint)((columns + SumRowsTile - 1) / SumRowsTile);
+        MakeCurrent();
+        CudaDriver.Check(CudaDriver.cuLaunchKernel(_kernels["sum_rows"], tiles, 1, 1, SumRowsTile, SumRowsTile, 1, 0, Stream, args, null), "cuLaunchKernel (sum_rows)");
     }
 
     public override void RowDot(View a, View b, int columns, View destination)

@@ -238,4 +238,34 @@ public sealed class ParityTests(CudaFixture fixture) : IClassFixture<CudaFixture
         Assert.Equal(12.0, sum);
         Assert.Equal([56f], product!);
     }
+
+    /// <summary>The parallel sum_rows on a tall matrix (several tiles, a ragged last tile): within the float32 rounding of
+    /// both summation orders of the CPU's row-by-row sum, and the same bits on a second run (a fixed reduction order).</summary>
+    [Fact]
+    public void Sum_rows_on_many_rows_matches_the_cpu_and_is_reproducible()
+    {
+        var cuda = fixture.Require();
+        const int rows = 4099, columns = 1030;
+        var x = Host.Normal(11, rows * columns);
+        var start = Host.Normal(12, columns);
+        foreach (var accumulate in new[] { false, true })
+        {
+            var onCpu = _cpu.Upload(start);
+            _cpu.SumRows(_cpu.Upload(x), onCpu, accumulate);
+            var source = cuda.Upload(x);
+            var first = cuda.Upload(start);
+            var second = cuda.Upload(start);
+            cuda.SumRows(source, first, accumulate);
+            cuda.SumRows(source, second, accumulate);
+            float[] expected = onCpu.ToArray(), actual = first.ToArray();
+            Assert.Equal(actual.Select(BitConverter.SingleToUInt32Bits), second.ToArray().Select(BitConverter.SingleToUInt32Bits));
+            for (int j = 0; j < columns; j++)
+            {
+                // Each order errs by at most (additions) · 2^-24 · Σ|terms|: rows for the CPU, rows/32 + 6 for the GPU.
+                double magnitude = (accumulate ? Math.Abs(start[j]) : 0) + Enumerable.Range(0, rows).Sum(r => Math.Abs((double)x[r * columns + j]));
+                double bound = (rows + rows / CudaBackend.SumRowsTile + 6) * Math.Pow(2, -24) * magnitude;
+                Assert.True(Math.Abs(expected[j] - actual[j]) <= bound, $"column {j} (accumulate {accumulate}): CPU {expected[j]:G9}, CUDA {actual[j]:G9}, bound {bound:G3}");
+            }
+        }
+    }
 }
