@@ -70,3 +70,9 @@ __device__ __forceinline__ void box_muller(u32 a, u32 b, float* cosine_out, floa
 
 __device__ __forceinline__ long long global_index() { return (long long)blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ long long grid_stride() { return (long long)gridDim.x * blockDim.x; }
+
+// 32-bit indices for kernels that divide or take a modulo: a 64-bit division is a software routine of dozens of
+// instructions on the GPU, a 32-bit one a handful. Every size is a View's length (a C# int, < 2^31), so an index
+// fits; unsigned, so i + stride (both < 2^31) cannot overflow before the i < n test ends the loop.
+__device__ __forceinline__ u32 global_index32() { return blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ u32 grid_stride32() { return gridDim.x * blockDim.x; }

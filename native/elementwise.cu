@@ -60,20 +60,22 @@ extern "C" __global__ void add(const float* a, const float* b, float* destinatio
     for (long long i = global_index(); i < n; i += grid_stride()) destination[i] = a[i] + b[i];
 }
 
-// destination[c, i] (+)= a[i]·b[c, i] over channels c: n = channels·period.
+// destination[c, i] (+)= a[i]·b[c, i] over channels c: n = channels·period. 32-bit indices (see common.cuh).
 extern "C" __global__ void multiply_channels(const float* a, const float* b, float* destination, long long period, long long n, int accumulate)
 {
-    for (long long i = global_index(); i < n; i += grid_stride())
+    const u32 p = (u32)period, count = (u32)n;
+    for (u32 i = global_index32(); i < count; i += grid_stride32())
     {
-        float product = a[i % period] * b[i];
-        destination[i] = accumulate ? fmaf(a[i % period], b[i], destination[i]) : product;
+        float x = a[i % p];
+        destination[i] = accumulate ? fmaf(x, b[i], destination[i]) : x * b[i];
     }
 }
 
-// destination[r, j] += bias[j]
+// destination[r, j] += bias[j]. 32-bit indices (see common.cuh).
 extern "C" __global__ void add_bias(const float* bias, float* destination, long long columns, long long n)
 {
-    for (long long i = global_index(); i < n; i += grid_stride()) destination[i] += bias[i % columns];
+    const u32 width = (u32)columns, count = (u32)n;
+    for (u32 i = global_index32(); i < count; i += grid_stride32()) destination[i] += bias[i % width];
 }
 
 // y = alpha·x + beta·y

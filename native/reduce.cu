@@ -2,36 +2,53 @@
 // cosines, and whole-vector sums into a double accumulator read back by the host.
 #include "common.cuh"
 
-// destination[j] (+)= Σ_r source[r, j]; one thread per column, rows walked in order (deterministic).
+// destination[j] (+)= Σ_r source[r, j] (bias gradients: rows = K·B examples, columns = width).
+// A block of SUM_ROWS_TILE × SUM_ROWS_TILE threads sums a tile of SUM_ROWS_TILE columns; grid = one block per tile.
+// Thread (x, y) adds rows y, y + T, y + 2T, … of column tile·T + x in order (a warp reads T consecutive floats of a
+// row: coalesced), then the T partial sums of each column are added by a fixed tree in shared memory. The order of
+// every addition depends only on rows, never on the launch or on timing: the same bits run to run. (One thread per
+// column walking all rows left most of the GPU idle and read the matrix column by column.)
+#define SUM_ROWS_TILE 32
 extern "C" __global__ void sum_rows(const float* source, float* destination, long long rows, long long columns, int accumulate)
 {
-    for (long long j = global_index(); j < columns; j += grid_stride())
+    __shared__ float partial[SUM_ROWS_TILE][SUM_ROWS_TILE + 1]; // + 1: no bank conflicts
+    const u32 count = (u32)rows, width = (u32)columns;
+    const u32 x = threadIdx.x, y = threadIdx.y;
+    const u32 j = blockIdx.x * SUM_ROWS_TILE + x;
+    float sum = 0.0f;
+    if (j < width)
+        for (u32 r = y; r < count; r += SUM_ROWS_TILE) sum += source[(u64)r * width + j];
+    partial[y][x] = sum;
+    __syncthreads();
+    for (u32 half = SUM_ROWS_TILE / 2; half > 0; half >>= 1)
     {
-        float sum = 0.0f;
-        for (long long r = 0; r < rows; r++) sum += source[r * columns + j];
-        destination[j] = accumulate ? destination[j] + sum : sum;
+        if (y < half) partial[y][x] += partial[y + half][x];
+        __syncthreads();
     }
+    if (y == 0 && j < width) destination[j] = accumulate ? destination[j] + partial[0][x] : partial[0][x];
 }
 
-// destination[c, r] = Σ_j a[r, j]·b[c, r, j], total = channels·rows outputs.
+// destination[c, r] = Σ_j a[r, j]·b[c, r, j], total = channels·rows outputs. 32-bit indices (see common.cuh).
 extern "C" __global__ void row_dot(const float* a, const float* b, float* destination, long long rows, long long columns, long long total)
 {
-    for (long long i = global_index(); i < total; i += grid_stride())
+    const u32 height = (u32)rows, width = (u32)columns, count = (u32)total;
+    for (u32 i = global_index32(); i < count; i += grid_stride32())
     {
-        const float* x = a + (i % rows) * columns;
-        const float* y = b + i * columns;
+        const float* x = a + (u64)(i % height) * width;
+        const float* y = b + (u64)i * width;
         float sum = 0.0f;
-        for (long long j = 0; j < columns; j++) sum = fmaf(x[j], y[j], sum);
+        for (u32 j = 0; j < width; j++) sum = fmaf(x[j], y[j], sum);
         destination[i] = sum;
     }
 }
 
-// destination[r, j] (+)= a[r, j]·scale[r]
+// destination[r, j] (+)= a[r, j]·scale[r]. 32-bit indices (see common.cuh).
 extern "C" __global__ void scale_rows(const float* a, const float* scale, float* destination, long long columns, long long n, int accumulate)
 {
-    for (long long i = global_index(); i < n; i += grid_stride())
+    const u32 width = (u32)columns, count = (u32)n;
+    for (u32 i = global_index32(); i < count; i += grid_stride32())
     {
-        float s = scale[i / columns];
+        float s = scale[i / width];
         destination[i] = accumulate ? fmaf(a[i], s, destination[i]) : a[i] * s;
     }
 }

@@ -63,7 +63,10 @@ internal static class GpuCompare
             };
             double gemmRate = Row(peer, "gemm_gflops");
             Console.WriteLine();
-            Console.WriteLine($"batch {batch} on {peer.GetProperty("device")} (PyTorch {peer.GetProperty("torch")}, TF32 off); cuBLAS SGEMM 512×1024×1024 via torch.mm: {gemmRate:F0} GFLOP/s");
+            if (peer.Result is { } result)
+                Console.WriteLine($"batch {batch} on {Text(result, "device")} (PyTorch {Text(result, "torch")}, TF32 off); cuBLAS SGEMM 512×1024×1024 via torch.mm: {gemmRate:F0} GFLOP/s");
+            else
+                Console.WriteLine($"batch {batch}: the PyTorch GPU peer failed, so its columns are empty; our rows follow. {peer.Failure}");
             Console.WriteLine("| row | ForwardAD ms | PyTorch ms | ours / PyTorch | our GFLOP/s | / cuBLAS SGEMM rate |");
             Console.WriteLine("|---|---:|---:|---:|---:|---:|");
             foreach (var (name, work, peerRow, flops) in rows)
@@ -71,7 +74,7 @@ internal static class GpuCompare
                 double seconds = Time(cuda, work);
                 double theirs = peerRow.Length > 0 ? Row(peer, peerRow) : double.NaN;
                 double rate = flops / seconds / 1e9;
-                Console.WriteLine($"| {name} | {seconds * 1e3:F2} | {(double.IsNaN(theirs) ? "–" : (theirs * 1e3).ToString("F2"))} | {(double.IsNaN(theirs) ? "–" : (seconds / theirs).ToString("F2"))} | {rate:F0} | {rate / gemmRate:P0} |");
+                Console.WriteLine($"| {name} | {seconds * 1e3:F2} | {(double.IsNaN(theirs) ? "–" : (theirs * 1e3).ToString("F2"))} | {(double.IsNaN(theirs) ? "–" : (seconds / theirs).ToString("F2"))} | {rate:F0} | {(double.IsNaN(gemmRate) ? "–" : (rate / gemmRate).ToString("P0"))} |");
             }
         }
         return 0;
@@ -87,23 +90,25 @@ internal static class GpuCompare
         return watch.Elapsed.TotalSeconds / repeats;
     }
 
-    private static double Row(JsonElement peer, string name) => peer.GetProperty("rows").GetProperty(name).GetDouble();
+    /// <summary>A row of the peer's result, or NaN ("–" in the table) when the peer failed or did not measure it.</summary>
+    private static double Row(PeerResult peer, string name) =>
+        peer.Result is { } result && result.TryGetProperty("rows", out var rows) && rows.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Number
+            ? value.GetDouble() : double.NaN;
 
-    private static JsonElement RunPeer(int batch)
+    private static string Text(JsonElement result, string name) => result.TryGetProperty(name, out var value) ? value.ToString() : "?";
+
+    /// <summary>benchmarks/peers/torch_gpu.py at this batch, with the venv's Python when there is one. Never throws: a peer
+    /// that cannot run is reported beside our rows (see <see cref="PeerProcess"/>).</summary>
+    private static PeerResult RunPeer(int batch)
     {
-        string? script = null;
+        string? script = Environment.GetEnvironmentVariable("FORWARDAD_TORCH_GPU_PEER");
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null && script is null; dir = dir.Parent)
         {
             var candidate = Path.Combine(dir.FullName, "benchmarks", "peers", "torch_gpu.py");
             if (File.Exists(candidate)) script = candidate;
         }
-        script ??= Environment.GetEnvironmentVariable("FORWARDAD_TORCH_GPU_PEER") ?? throw new FileNotFoundException("benchmarks/peers/torch_gpu.py not found; set FORWARDAD_TORCH_GPU_PEER.");
+        if (script is null) return new PeerResult(null, $"benchmarks/peers/torch_gpu.py was not found above {AppContext.BaseDirectory}; set FORWARDAD_TORCH_GPU_PEER.");
         var python = Environment.GetEnvironmentVariable("FORWARDAD_PYTHON") ?? (File.Exists("/opt/torch/.venv/bin/python") ? "/opt/torch/.venv/bin/python" : "python3");
-        var start = new ProcessStartInfo(python, [script, batch.ToString(System.Globalization.CultureInfo.InvariantCulture)]) { RedirectStandardOutput = true };
-        using var process = Process.Start(start) ?? throw new InvalidOperationException($"Could not start {python}.");
-        var output = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        if (process.ExitCode != 0) throw new InvalidOperationException($"The PyTorch GPU peer failed (exit {process.ExitCode}).");
-        return JsonDocument.Parse(output.Trim().Split('\n')[^1]).RootElement;
+        return PeerProcess.Run(PeerProcess.StartInfo(python, [script, batch.ToString(System.Globalization.CultureInfo.InvariantCulture)]));
     }
 }

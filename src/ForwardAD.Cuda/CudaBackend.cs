@@ -55,6 +55,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         CudaDriver.Check(CudaDriver.cuDevicePrimaryCtxRetain(out var context, device), "cuDevicePrimaryCtxRetain");
         _context.Attach(context);
         CudaDriver.Check(CudaDriver.cuCtxSetCurrent(context), "cuCtxSetCurrent");
+        Allocator = new DeviceAllocator(context);
         CudaDriver.Check(CudaDriver.cuStreamCreate(out var stream, CudaDriver.StreamNonBlocking), "cuStreamCreate");
         _stream.Attach(stream);
         CuBlas.Check(CuBlas.cublasCreate(out var cublas), "cublasCreate_v2");
@@ -88,7 +89,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
 
     public string DeviceName { get; }
     public (int Major, int Minor) ComputeCapability { get; }
-    public DeviceAllocator Allocator { get; } = new();
+    public DeviceAllocator Allocator { get; }
     public IReadOnlyList<string> KernelOrigins => _kernels.Origins;
     internal IntPtr Stream => _stream.DangerousGetHandle();
     public override string Name => $"cuda ({DeviceName}, sm_{ComputeCapability.Major}{ComputeCapability.Minor}{(_tf32 ? ", tf32" : "")})";
@@ -105,9 +106,20 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     }
 
     /// <summary>Waits until every queued kernel and copy has finished.</summary>
-    public void Synchronize() => CudaDriver.Check(CudaDriver.cuStreamSynchronize(Stream), "cuStreamSynchronize");
+    public void Synchronize()
+    {
+        MakeCurrent();
+        CudaDriver.Check(CudaDriver.cuStreamSynchronize(Stream), "cuStreamSynchronize");
+    }
+
+    /// <summary>Every operation that reaches the driver or cuBLAS starts here: the backend may be used from any thread
+    /// (one at a time), and the driver's current context is per thread. See <see cref="CudaDriver.MakeCurrent"/>.</summary>
+    internal void MakeCurrent() => CudaDriver.MakeCurrent(_context.DangerousGetHandle());
 
     public override DeviceBuffer Allocate(int length) => new CudaBuffer(this, Allocator.Allocate(Math.Max(1, length) * (long)sizeof(float)), length);
+
+    /// <summary>Bytes of <paramref name="elements"/> floats, in 64 bits: the int product overflows from 2^29 floats (2 GiB) on.</summary>
+    internal static nuint ByteCount(int elements) => (nuint)(elements * (long)sizeof(float));
 
     private ulong Pointer(View view)
     {
@@ -119,16 +131,18 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     public override void CopyFromHost(ReadOnlySpan<float> source, View destination)
     {
         if (source.Length != destination.Length) throw new ArgumentException($"Copy of {source.Length} values into a view of {destination.Length}.");
+        MakeCurrent();
         fixed (float* pointer = source)
-            CudaDriver.Check(CudaDriver.cuMemcpyHtoDAsync(Pointer(destination), pointer, (nuint)(source.Length * sizeof(float)), Stream), "cuMemcpyHtoDAsync_v2");
+            CudaDriver.Check(CudaDriver.cuMemcpyHtoDAsync(Pointer(destination), pointer, ByteCount(source.Length), Stream), "cuMemcpyHtoDAsync_v2");
         Synchronize(); // the host memory is pageable and may be reused as soon as we return
     }
 
     public override void CopyToHost(View source, Span<float> destination)
     {
         if (source.Length != destination.Length) throw new ArgumentException($"Copy of a view of {source.Length} values into {destination.Length}.");
+        MakeCurrent();
         fixed (float* pointer = destination)
-            CudaDriver.Check(CudaDriver.cuMemcpyDtoHAsync(pointer, Pointer(source), (nuint)(source.Length * sizeof(float)), Stream), "cuMemcpyDtoHAsync_v2");
+            CudaDriver.Check(CudaDriver.cuMemcpyDtoHAsync(pointer, Pointer(source), ByteCount(source.Length), Stream), "cuMemcpyDtoHAsync_v2");
         Synchronize();
     }
 
@@ -137,6 +151,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     public override void Gemm(Transpose transposeA, Transpose transposeB, int m, int n, int k, float alpha, View a, int lda, View b, int ldb, float beta, View c, int ldc)
     {
         if (m == 0 || n == 0) return;
+        MakeCurrent();
         int opA = transposeA == Transpose.No ? CuBlas.OperationNone : CuBlas.OperationTranspose;
         int opB = transposeB == Transpose.No ? CuBlas.OperationNone : CuBlas.OperationTranspose;
         CuBlas.Check(CuBlas.cublasGemmEx(_cublas.DangerousGetHandle(), opB, opA, n, m, k, &alpha,
@@ -148,6 +163,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     public void GemmStridedBatched(Transpose transposeA, Transpose transposeB, int m, int n, int k, float alpha, View a, int lda, long strideA,
         View b, int ldb, long strideB, float beta, View c, int ldc, long strideC, int count)
     {
+        MakeCurrent();
         int opA = transposeA == Transpose.No ? CuBlas.OperationNone : CuBlas.OperationTranspose;
         int opB = transposeB == Transpose.No ? CuBlas.OperationNone : CuBlas.OperationTranspose;
         CuBlas.Check(CuBlas.cublasSgemmStridedBatched(_cublas.DangerousGetHandle(), opB, opA, n, m, k, &alpha, Pointer(b), ldb, strideB,
@@ -157,6 +173,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     private void Launch(string kernel, long work, void** arguments, int argumentCount)
     {
         uint blocks = (uint)Math.Clamp((work + Threads - 1) / Threads, 1, _maxBlocks);
+        MakeCurrent();
         CudaDriver.Check(CudaDriver.cuLaunchKernel(_kernels[kernel], blocks, 1, 1, Threads, 1, 1, 0, Stream, arguments, null), $"cuLaunchKernel ({kernel})");
     }
 
@@ -171,7 +188,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     {
         if (!accumulate)
         {
-            CudaDriver.Check(CudaDriver.cuMemcpyDtoDAsync(Pointer(destination), Pointer(source), (nuint)(source.Length * sizeof(float)), Stream), "cuMemcpyDtoDAsync_v2");
+            MakeCurrent();
+            CudaDriver.Check(CudaDriver.cuMemcpyDtoDAsync(Pointer(destination), Pointer(source), ByteCount(source.Length), Stream), "cuMemcpyDtoDAsync_v2");
             return;
         }
         ulong s = Pointer(source), d = Pointer(destination); long n = source.Length; int add = 1;
@@ -207,11 +225,18 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("add_bias", n, args, 4);
     }
 
+    /// <summary>Columns per block of the sum_rows kernel, and rows summed side by side: SUM_ROWS_TILE in native/reduce.cu.</summary>
+    internal const int SumRowsTile = 32;
+
     public override void SumRows(View source, View destination, bool accumulate)
     {
+        if (destination.Length == 0) return;
         ulong s = Pointer(source), d = Pointer(destination); long columns = destination.Length, rows = source.Length / destination.Length; int add = accumulate ? 1 : 0;
         void** args = stackalloc void*[] { &s, &d, &rows, &columns, &add };
-        Launch("sum_rows", columns, args, 5);
+        // One block of SumRowsTile × SumRowsTile threads per tile of columns: a parallel reduction in a fixed order.
+        uint tiles = (uint)((columns + SumRowsTile - 1) / SumRowsTile);
+        MakeCurrent();
+        CudaDriver.Check(CudaDriver.cuLaunchKernel(_kernels["sum_rows"], tiles, 1, 1, SumRowsTile, SumRowsTile, 1, 0, Stream, args, null), "cuLaunchKernel (sum_rows)");
     }
 
     public override void RowDot(View a, View b, int columns, View destination)
@@ -283,6 +308,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     /// <summary>Σ f(x_i, y_i) on the device into one double, read back (the only device-to-host traffic of a step).</summary>
     private double Reduce(View x, View y, int mode, float vScale = 0, float floor = 0)
     {
+        MakeCurrent();
         CudaDriver.Check(CudaDriver.cuMemsetD32Async(_scalar, 0, 2, Stream), "cuMemsetD32Async");
         ulong a = Pointer(x), b = y.IsEmpty ? a : Pointer(y), result = _scalar; long n = x.Length;
         void** args = stackalloc void*[] { &a, &b, &mode, &vScale, &floor, &result, &n };
@@ -335,6 +361,7 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
 
     public void Dispose()
     {
+        MakeCurrent(); // modules, cuBLAS, memory and the stream are released in this context
         _kernels.Dispose();
         _cublas.Dispose();
         Allocator.Dispose();
@@ -357,11 +384,9 @@ public sealed class CudaGraph : IDisposable
 
     public static CudaGraph Capture(CudaBackend backend, Action work)
     {
+        backend.MakeCurrent();
         var graph = new CudaGraph(backend);
-        CudaDriver.Check(CudaDriver.cuStreamBeginCapture(backend.Stream, CudaDriver.StreamCaptureModeThreadLocal), "cuStreamBeginCapture_v2");
-        IntPtr captured;
-        try { work(); }
-        finally { CudaDriver.Check(CudaDriver.cuStreamEndCapture(backend.Stream, out captured), "cuStreamEndCapture"); }
+        var captured = Record(new DriverCapture(), backend.Stream, work);
         try
         {
             CudaDriver.Check(CudaDriver.cuGraphInstantiateWithFlags(out var executable, captured, 0), "cuGraphInstantiateWithFlags");
@@ -371,7 +396,47 @@ public sealed class CudaGraph : IDisposable
         return graph;
     }
 
-    public void Launch() => CudaDriver.Check(CudaDriver.cuGraphLaunch(_executable.DangerousGetHandle(), _backend.Stream), "cuGraphLaunch");
+    /// <summary>Records the work queued on the stream by <paramref name="work"/> into a graph.</summary>
+    internal static IntPtr Record<TCapture>(TCapture capture, IntPtr stream, Action work) where TCapture : IStreamCapture
+    {
+        CudaDriver.Check(capture.Begin(stream), "cuStreamBeginCapture_v2");
+        try { work(); }
+        catch
+        {
+            // End the capture, or the stream stays in capture mode and fails every later call; drop what was recorded.
+            // Its status (typically CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, caused by the work's own failure) would hide
+            // the error that says what went wrong, so the work's exception is the one rethrown.
+            if (capture.End(stream, out var partial) == CudaDriver.Success && partial != IntPtr.Zero) capture.DestroyGraph(partial);
+            throw;
+        }
+        CudaDriver.Check(capture.End(stream, out var captured), "cuStreamEndCapture");
+        return captured;
+    }
 
-    public void Dispose() => _executable.Dispose();
+    public void Launch()
+    {
+        _backend.MakeCurrent();
+        CudaDriver.Check(CudaDriver.cuGraphLaunch(_executable.DangerousGetHandle(), _backend.Stream), "cuGraphLaunch");
+    }
+
+    public void Dispose()
+    {
+        if (!_executable.IsInvalid && !_executable.IsClosed) _backend.MakeCurrent();
+        _executable.Dispose();
+    }
+}
+
+/// <summary>The three driver calls of a stream capture, behind an interface so that the failure path can be tested without a GPU.</summary>
+internal interface IStreamCapture
+{
+    int Begin(IntPtr stream);
+    int End(IntPtr stream, out IntPtr graph);
+    void DestroyGraph(IntPtr graph);
+}
+
+internal readonly struct DriverCapture : IStreamCapture
+{
+    public int Begin(IntPtr stream) => CudaDriver.cuStreamBeginCapture(stream, CudaDriver.StreamCaptureModeThreadLocal);
+    public int End(IntPtr stream, out IntPtr graph) => CudaDriver.cuStreamEndCapture(stream, out graph);
+    public void DestroyGraph(IntPtr graph) => CudaDriver.cuGraphDestroy(graph);
 }

@@ -6,11 +6,15 @@ namespace ForwardAD.Cuda;
 /// A caching device allocator: freed blocks are kept by size and handed out again to requests of the same
 /// (rounded) size, so plans and workspaces compiled repeatedly do not pay cuMemAlloc each time. On
 /// out-of-memory it releases the whole cache and retries once, then throws <see cref="CudaOutOfMemoryException"/>
-/// with the bytes asked for and the bytes free. Not thread-safe (one per backend, like the stream).
+/// with the bytes asked for and the bytes free. Not thread-safe (one per backend, like the stream), but usable from any
+/// thread: every call that reaches the driver first makes the backend's context current there.
 /// </summary>
 public sealed class DeviceAllocator : IDisposable
 {
     private const long Granularity = 512;
+    private readonly IntPtr _context;
+
+    internal DeviceAllocator(IntPtr context) => _context = context;
     private readonly Dictionary<long, Stack<ulong>> _cache = [];
     private readonly Dictionary<ulong, long> _live = [];
 
@@ -30,6 +34,7 @@ public sealed class DeviceAllocator : IDisposable
             CachedBytes -= size;
             return Track(reused, size);
         }
+        CudaDriver.MakeCurrent(_context);
         int status = CudaDriver.cuMemAlloc(out var pointer, (nuint)size);
         if (status == CudaDriver.ErrorOutOfMemory)
         {
@@ -58,6 +63,7 @@ public sealed class DeviceAllocator : IDisposable
     /// <summary>Frees every cached block back to the driver.</summary>
     public void ReleaseCache()
     {
+        if (CachedBytes > 0) CudaDriver.MakeCurrent(_context);
         foreach (var (_, blocks) in _cache)
             while (blocks.Count > 0) CudaDriver.cuMemFree(blocks.Pop());
         CachedBytes = 0;
@@ -72,6 +78,7 @@ public sealed class DeviceAllocator : IDisposable
 
     public void Dispose()
     {
+        if (_live.Count > 0 || CachedBytes > 0) CudaDriver.MakeCurrent(_context);
         ReleaseCache();
         foreach (var pointer in _live.Keys) CudaDriver.cuMemFree(pointer);
         _live.Clear();

@@ -25,6 +25,28 @@ public class OfflineTests
     }
 
     [Fact]
+    public void The_sum_rows_launch_uses_the_kernels_tile()
+    {
+        // The kernel indexes shared memory and columns by SUM_ROWS_TILE; the launch shape comes from CudaBackend.SumRowsTile.
+        Assert.Contains($"#define SUM_ROWS_TILE {CudaBackend.SumRowsTile}\n", KernelLibrary.Source("reduce").ReplaceLineEndings("\n"));
+        Assert.True(CudaBackend.SumRowsTile * CudaBackend.SumRowsTile <= 1024, "a CUDA block has at most 1024 threads");
+    }
+
+    [Fact]
+    public void Kernels_with_division_or_modulo_use_32_bit_indices()
+    {
+        // A 64-bit division or modulo is a long software routine on the GPU; these kernels index with u32 (sizes are ints).
+        foreach (var (family, kernel) in new[] { ("elementwise", "multiply_channels"), ("elementwise", "add_bias"), ("reduce", "row_dot"), ("reduce", "scale_rows") })
+        {
+            var source = KernelLibrary.Source(family);
+            int start = source.IndexOf($"void {kernel}(", StringComparison.Ordinal), end = source.IndexOf("\n}", start, StringComparison.Ordinal);
+            var body = source[start..end];
+            Assert.Contains("global_index32()", body);
+            Assert.DoesNotContain("long long i", body);
+        }
+    }
+
+    [Fact]
     public void Without_a_driver_the_backend_says_why()
     {
         var backend = CudaBackend.TryCreate(out var reason);

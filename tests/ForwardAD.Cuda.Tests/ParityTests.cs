@@ -207,4 +207,65 @@ public sealed class ParityTests(CudaFixture fixture) : IClassFixture<CudaFixture
         graph.Launch();
         Assert.All(values.ToArray(), v => Assert.Equal(9f, v));
     }
+
+    /// <summary>The driver's current context is per thread: the backend, created on the fixture's thread, must work on a
+    /// fresh thread that never had a context (copies, kernels, a reduction, the allocator, a GEMM).</summary>
+    [Fact]
+    public void The_backend_works_on_a_thread_that_did_not_create_it()
+    {
+        var cuda = fixture.Require();
+        float[]? scaled = null, product = null;
+        double sum = 0;
+        Exception? error = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                var values = cuda.Upload([1f, 2f, 3f]);
+                cuda.Scale(values, 2f, values);
+                sum = cuda.Sum(values);
+                scaled = values.ToArray();
+                var c = cuda.Upload(new float[1]);
+                cuda.Gemm(Transpose.No, Transpose.Yes, 1, 1, 3, 1f, values, 3, values, 3, 0f, c, 1);
+                product = c.ToArray();
+            }
+            catch (Exception e) { error = e; }
+        });
+        thread.Start();
+        thread.Join();
+        Assert.Null(error);
+        Assert.Equal([2f, 4f, 6f], scaled!);
+        Assert.Equal(12.0, sum);
+        Assert.Equal([56f], product!);
+    }
+
+    /// <summary>The parallel sum_rows on a tall matrix (several tiles, a ragged last tile): within the float32 rounding of
+    /// both summation orders of the CPU's row-by-row sum, and the same bits on a second run (a fixed reduction order).</summary>
+    [Fact]
+    public void Sum_rows_on_many_rows_matches_the_cpu_and_is_reproducible()
+    {
+        var cuda = fixture.Require();
+        const int rows = 4099, columns = 1030;
+        var x = Host.Normal(11, rows * columns);
+        var start = Host.Normal(12, columns);
+        foreach (var accumulate in new[] { false, true })
+        {
+            var onCpu = _cpu.Upload(start);
+            _cpu.SumRows(_cpu.Upload(x), onCpu, accumulate);
+            var source = cuda.Upload(x);
+            var first = cuda.Upload(start);
+            var second = cuda.Upload(start);
+            cuda.SumRows(source, first, accumulate);
+            cuda.SumRows(source, second, accumulate);
+            float[] expected = onCpu.ToArray(), actual = first.ToArray();
+            Assert.Equal(actual.Select(BitConverter.SingleToUInt32Bits), second.ToArray().Select(BitConverter.SingleToUInt32Bits));
+            for (int j = 0; j < columns; j++)
+            {
+                // Each order errs by at most (additions) · 2^-24 · Σ|terms|: rows for the CPU, rows/32 + 6 for the GPU.
+                double magnitude = (accumulate ? Math.Abs(start[j]) : 0) + Enumerable.Range(0, rows).Sum(r => Math.Abs((double)x[r * columns + j]));
+                double bound = (rows + rows / CudaBackend.SumRowsTile + 6) * Math.Pow(2, -24) * magnitude;
+                Assert.True(Math.Abs(expected[j] - actual[j]) <= bound, $"column {j} (accumulate {accumulate}): CPU {expected[j]:G9}, CUDA {actual[j]:G9}, bound {bound:G3}");
+            }
+        }
+    }
 }

@@ -18,6 +18,7 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuDevicePrimaryCtxRetain(out IntPtr context, int device);
     [LibraryImport(NativeLibraries.Driver, EntryPoint = "cuDevicePrimaryCtxRelease_v2")] public static partial int cuDevicePrimaryCtxRelease(int device);
     [LibraryImport(NativeLibraries.Driver)] public static partial int cuCtxSetCurrent(IntPtr context);
+    [LibraryImport(NativeLibraries.Driver)] public static partial int cuCtxGetCurrent(out IntPtr context);
     [LibraryImport(NativeLibraries.Driver, EntryPoint = "cuMemAlloc_v2")] public static partial int cuMemAlloc(out ulong pointer, nuint bytes);
     [LibraryImport(NativeLibraries.Driver, EntryPoint = "cuMemFree_v2")] public static partial int cuMemFree(ulong pointer);
     [LibraryImport(NativeLibraries.Driver, EntryPoint = "cuMemGetInfo_v2")] public static partial int cuMemGetInfo(out nuint free, out nuint total);
@@ -52,6 +53,19 @@ internal static unsafe partial class CudaDriver
     public static void Check(int status, string function)
     {
         if (status != Success) throw new CudaException(function, status, Describe(status));
+    }
+
+    /// <summary>
+    /// Makes <paramref name="context"/> current on the calling thread unless it already is. The driver keeps the current
+    /// context per thread, so a backend created on one thread and used on another (a thread-pool continuation, a second
+    /// trainer thread, a finalizer) would otherwise fail with CUDA_ERROR_INVALID_CONTEXT, or run in another device's
+    /// context. Asking the driver (a thread-local read) rather than caching in a [ThreadStatic] keeps no state of our own
+    /// and stays right when other code on the thread switches contexts.
+    /// </summary>
+    public static void MakeCurrent(IntPtr context)
+    {
+        Check(cuCtxGetCurrent(out var current), "cuCtxGetCurrent");
+        if (current != context) Check(cuCtxSetCurrent(context), "cuCtxSetCurrent");
     }
 
     public static string Describe(int status)
