@@ -21,7 +21,7 @@ namespace ForwardAD.Tests;
 /// </summary>
 public sealed class CheckpointFuzzTests(ITestOutputHelper output) : IDisposable
 {
-    private const int Mutations = 800, Seed = 20261125;
+    private const int Mutations = 600, Seed = 20261125;
     private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-fuzz-").FullName;
     private static readonly Dictionary<string, string> Description = new()
     {
