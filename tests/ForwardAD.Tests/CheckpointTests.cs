@@ -224,6 +224,75 @@ public sealed class CheckpointTests : IDisposable
         Assert.Contains("checksum mismatch", error.Message);
     }
 
+    /// <summary>The data checksum cannot see two same-sized tensors whose offsets were swapped, or an edited metadata
+    /// value; the header checksum does. Removing the header checksum (an intended edit) makes the file load.</summary>
+    [Fact]
+    public void An_edited_header_is_a_checksum_mismatch()
+    {
+        var path = Path.Combine(_folder, "header.safetensors");
+        SafeTensors.Write(path, [new NamedTensor("a", [2], [1f, 2f]), new NamedTensor("b", [2], [3f, 4f])], new Dictionary<string, string> { ["step"] = "15" });
+        var bytes = File.ReadAllBytes(path);
+        int headerLength = (int)BitConverter.ToInt64(bytes, 0);
+        var json = System.Text.Encoding.UTF8.GetString(bytes, 8, headerLength);
+        string Rewrite(string edited)
+        {
+            var header = System.Text.Encoding.UTF8.GetBytes(edited);
+            var file = new byte[8 + header.Length + bytes.Length - 8 - headerLength];
+            BitConverter.TryWriteBytes(file.AsSpan(0, 8), (ulong)header.Length);
+            header.CopyTo(file, 8);
+            bytes.AsSpan(8 + headerLength).CopyTo(file.AsSpan(8 + header.Length));
+            var edit = Path.Combine(_folder, "edited.safetensors");
+            File.WriteAllBytes(edit, file);
+            return edit;
+        }
+        var swapped = Rewrite(json.Replace("[0,8]", "[X]").Replace("[8,16]", "[0,8]").Replace("[X]", "[8,16]"));
+        var error = Assert.Throws<InvalidDataException>(() => SafeTensors.Read(swapped));
+        Assert.Contains(swapped, error.Message);
+        Assert.Contains("checksum mismatch", error.Message);
+        Assert.Contains("header", error.Message);
+
+        var stepEdited = Rewrite(json.Replace("\"step\":\"15\"", "\"step\":\"16\""));
+        Assert.Contains("checksum mismatch", Assert.Throws<InvalidDataException>(() => SafeTensors.Read(stepEdited)).Message);
+
+        var node = System.Text.Json.Nodes.JsonNode.Parse(json)!.AsObject();
+        node["__metadata__"]!.AsObject().Remove(SafeTensors.HeaderChecksumKey);
+        node["__metadata__"]!["step"] = "16";
+        var (_, metadata) = SafeTensors.Read(Rewrite(node.ToJsonString()));
+        Assert.Equal("16", metadata["step"]);
+    }
+
+    [Fact]
+    public void A_header_that_is_not_utf8_is_rejected_naming_the_offset()
+    {
+        var path = WriteRaw("utf8.safetensors", "{'__metadata__':{'k':'ab'}}", 0);
+        var bytes = File.ReadAllBytes(path);
+        int at = Array.IndexOf(bytes, (byte)'a');
+        bytes[at] = 0xC3; // a two-byte sequence start followed by an ASCII byte
+        File.WriteAllBytes(path, bytes);
+        var error = Assert.Throws<InvalidDataException>(() => SafeTensors.Read(path));
+        Assert.Contains(path, error.Message);
+        Assert.Contains($"offset {at}", error.Message);
+        Assert.Contains("UTF-8", error.Message);
+    }
+
+    [Fact]
+    public void A_description_may_not_overwrite_what_the_trainer_records()
+    {
+        var (trainer, _) = NewTrainer(Guessers.Backprop);
+        var path = Path.Combine(_folder, "reserved.safetensors");
+        foreach (var (key, value) in new[] { ("step", "0"), ("epochs_completed", "0"), ("forwardad.format", "1"), ("seed", "4"), ("batch_size", "8") })
+        {
+            var description = new Dictionary<string, string>(Description) { [key] = value };
+            Assert.Contains(key, Assert.Throws<ArgumentException>(() => trainer.SaveCheckpoint(path, description)).Message);
+            Assert.Contains(key, Assert.Throws<ArgumentException>(() => trainer.Resume(path, description)).Message);
+        }
+        Assert.False(File.Exists(path));
+        // Repeating a setting with the trainer's own value is fine.
+        var same = new Dictionary<string, string>(Description) { ["seed"] = "3", ["batch_size"] = "16" };
+        trainer.SaveCheckpoint(path, same);
+        trainer.Resume(path, same);
+    }
+
     /// <summary>Temporaries of writers that no longer run (a PID that cannot exist; a PID whose process started after
     /// the temporary was last written, i.e. was reused) are removed; a live writer's and another file's are kept.</summary>
     [Fact]
