@@ -172,7 +172,7 @@ public sealed class CheckpointFuzzTests(ITestOutputHelper output) : IDisposable
         JsonObject Entry(string name) => header[name]!.AsObject();
         string Pick(string[] from) => from[random.Next(from.Length)];
         string kind;
-        switch (random.Next(13))
+        switch (random.Next(14))
         {
             case 0:
             {
@@ -253,6 +253,14 @@ public sealed class CheckpointFuzzTests(ITestOutputHelper output) : IDisposable
                 };
                 kind = "json: checksum edit";
                 break;
+            }
+            case 12:
+            {
+                // An escaped lone UTF-16 surrogate in a key or a value: valid JSON text, invalid Unicode.
+                var text = header.ToJsonString();
+                var key = System.Text.Json.JsonSerializer.Serialize(random.Next(2) == 0 ? Pick(metadataKeys) : Pick(names));
+                int at = text.IndexOf(key, StringComparison.Ordinal) + key.Length - 1;
+                return (Assemble(Encoding.UTF8.GetBytes(text.Insert(at, random.Next(2) == 0 ? "\\uD800" : "\\uDFFF")), data), "json: lone surrogate");
             }
             default:
             {

@@ -158,6 +158,9 @@ public sealed class CheckpointTests : IDisposable
     [InlineData("null", 0, "not a JSON object")]
     [InlineData("{'a':{'dtype':'F32','shape':[1],'data_offsets':[0,4]}", 4, "not valid JSON")]
     [InlineData("", 4, "not valid JSON")]
+    [InlineData("{'__metadata__':{'k':'\\uD800'}}", 0, "__metadata__")]
+    [InlineData("{'\\uDC00x':{'dtype':'F32','shape':[1],'data_offsets':[0,4]}}", 4, "UTF-16")]
+    [InlineData("{'__metadata__':{'\\uD800':'v'}}", 0, "UTF-16")]
     public void Malformed_headers_are_rejected_naming_the_file_and_what_was_expected(string json, int dataBytes, string expected)
     {
         var path = WriteRaw("bad.safetensors", json, dataBytes);

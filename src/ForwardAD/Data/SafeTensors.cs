@@ -236,10 +236,11 @@ public static class SafeTensors
             var keys = new HashSet<string>();
             foreach (var property in root.EnumerateObject())
             {
-                if (!keys.Add(property.Name))
-                    throw new InvalidDataException($"{header}: key '{property.Name}' appears twice; a safetensors header has unique keys.");
-                if (property.Name == MetadataKey) ReadMetadata(header, property.Value, metadata);
-                else entries.Add(ReadEntry(header, property.Name, property.Value, dataLength));
+                var name = Decode(header, () => property.Name);
+                if (!keys.Add(name))
+                    throw new InvalidDataException($"{header}: key '{name}' appears twice; a safetensors header has unique keys.");
+                if (name == MetadataKey) ReadMetadata(header, property.Value, metadata);
+                else entries.Add(ReadEntry(header, name, property.Value, dataLength));
             }
             CheckTiling(path, entries, dataStart, dataLength);
             if (metadata.TryGetValue(HeaderChecksumKey, out var recordedHeader))
@@ -271,10 +272,11 @@ public static class SafeTensors
             throw new InvalidDataException($"{header}: \"{MetadataKey}\" is {Describe(node)}; expected an object of string values.");
         foreach (var item in node.EnumerateObject())
         {
+            var key = Decode($"{header}, \"{MetadataKey}\"", () => item.Name);
             if (item.Value.ValueKind != JsonValueKind.String)
-                throw new InvalidDataException($"{header}: \"{MetadataKey}\" entry '{item.Name}' is {Describe(item.Value)}; expected a string.");
-            if (!metadata.TryAdd(item.Name, item.Value.GetString()!))
-                throw new InvalidDataException($"{header}: \"{MetadataKey}\" key '{item.Name}' appears twice; a safetensors header has unique keys.");
+                throw new InvalidDataException($"{header}: \"{MetadataKey}\" entry '{key}' is {Describe(item.Value)}; expected a string.");
+            if (!metadata.TryAdd(key, Decode($"{header}, \"{MetadataKey}\" entry '{key}'", () => item.Value.GetString()!)))
+                throw new InvalidDataException($"{header}: \"{MetadataKey}\" key '{key}' appears twice; a safetensors header has unique keys.");
         }
     }
 
@@ -287,17 +289,19 @@ public static class SafeTensors
         var seen = new HashSet<string>();
         foreach (var field in node.EnumerateObject())
         {
-            if (field.Name is not ("dtype" or "shape" or "data_offsets")) continue; // other fields are ignored, as the reference implementation does
-            if (!seen.Add(field.Name)) throw new InvalidDataException($"{where}: \"{field.Name}\" appears twice; a safetensors header has unique keys.");
-            if (field.Name == "dtype") dtype = field.Value;
-            else if (field.Name == "shape") shapeNode = field.Value;
+            var key = Decode(where, () => field.Name);
+            if (key is not ("dtype" or "shape" or "data_offsets")) continue; // other fields are ignored, as the reference implementation does
+            if (!seen.Add(key)) throw new InvalidDataException($"{where}: \"{key}\" appears twice; a safetensors header has unique keys.");
+            if (key == "dtype") dtype = field.Value;
+            else if (key == "shape") shapeNode = field.Value;
             else offsetsNode = field.Value;
         }
 
         if (dtype is not { ValueKind: JsonValueKind.String } type)
             throw new InvalidDataException($"{where}: \"dtype\" is {Describe(dtype)}; expected the string \"F32\".");
-        if (type.GetString() != "F32")
-            throw new InvalidDataException($"{where}: dtype \"{type.GetString()}\" is not supported; expected \"F32\" (this reader loads float32 tensors only).");
+        var dtypeName = Decode(where, () => type.GetString()!);
+        if (dtypeName != "F32")
+            throw new InvalidDataException($"{where}: dtype \"{Shorten(dtypeName)}\" is not supported; expected \"F32\" (this reader loads float32 tensors only).");
 
         if (shapeNode is not { ValueKind: JsonValueKind.Array } shapeArray)
             throw new InvalidDataException($"{where}: \"shape\" is {Describe(shapeNode)}; expected an array of non-negative integers.");
@@ -406,6 +410,20 @@ public static class SafeTensors
         if (!actual.AsSpan().SequenceEqual(Convert.FromHexString(recorded)))
             throw new InvalidDataException($"{path}, offset {dataStart}: checksum mismatch: the tensor data is corrupt (the SHA-256 of the {data.Length}-byte data section is " +
                 $"{Convert.ToHexStringLower(actual)}; the header records {recorded.ToLowerInvariant()}). Use another copy of the file.");
+    }
+
+    /// <summary>JSON may escape a lone UTF-16 surrogate ("\uD800"), which System.Text.Json refuses to decode
+    /// (InvalidOperationException): a damaged file, reported as such.</summary>
+    private static string Decode(string where, Func<string> read)
+    {
+        try
+        {
+            return read();
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new InvalidDataException($"{where}: a key or string holds an escaped lone surrogate (\\uD800 to \\uDFFF), which is not valid UTF-16 text; expected valid Unicode strings.", e);
+        }
     }
 
     private static string Describe(JsonElement? node) => node is not { } value ? "missing" : value.ValueKind switch
