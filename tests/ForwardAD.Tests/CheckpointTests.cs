@@ -316,13 +316,15 @@ public sealed class CheckpointTests : IDisposable
         var other = Temporary("other.safetensors", int.MaxValue);
         var notOurs = Path.Combine(_folder, ".run.safetensors.notes.tmp");
         File.WriteAllBytes(notOurs, [1]);
+        var bare = Path.Combine(_folder, ".run.safetensors.tmp");
+        File.WriteAllBytes(bare, [1]);
 
         SafeTensors.Write(path, [new NamedTensor("w", [1], [1f])], new Dictionary<string, string>());
         Assert.False(File.Exists(dead), "the temporary of a process that does not exist was kept");
         Assert.False(File.Exists(reused), "the temporary written before its PID's process started was kept");
         Assert.True(File.Exists(live), "the temporary of a live writer was deleted");
         Assert.True(File.Exists(oldInit), "the temporary of a process that may still be writing was deleted");
-        Assert.True(File.Exists(other) && File.Exists(notOurs), "a file of another destination was deleted");
+        Assert.True(File.Exists(other) && File.Exists(notOurs) && File.Exists(bare), "a file of another destination or another kind was deleted");
         Assert.Equal(new[] { 1f }, SafeTensors.Read(path).Tensors["w"].Data);
     }
 

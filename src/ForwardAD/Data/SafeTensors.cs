@@ -53,7 +53,8 @@ public static class SafeTensors
         var placeholder = new string('0', 2 * SHA256.HashSizeInBytes);
         var meta = new JsonObject();
         var kept = metadata.Where(m => m.Key is not (ChecksumKey or HeaderChecksumKey)).ToList();
-        foreach (var (key, value) in kept) meta[key] = value;
+        foreach (var (key, value) in kept)
+            meta[key] = value ?? throw new ArgumentException($"Metadata '{key}' is null; safetensors metadata values are strings.", nameof(metadata));
         meta[ChecksumKey] = placeholder;
         var header = new JsonObject { [MetadataKey] = meta };
         long offset = 0;
@@ -129,10 +130,11 @@ public static class SafeTensors
     private static void RemoveStaleTemporaries(string directory, string fileName)
     {
         var prefix = $".{fileName}.";
-        foreach (var candidate in Directory.EnumerateFiles(directory, "*.tmp"))
+        foreach (var candidate in Directory.GetFiles(directory, "*.tmp"))
         {
             var name = Path.GetFileName(candidate);
-            if (!name.StartsWith(prefix, StringComparison.Ordinal) || !name.EndsWith(".tmp", StringComparison.Ordinal)) continue;
+            if (name.Length <= prefix.Length + ".tmp".Length || !name.StartsWith(prefix, StringComparison.Ordinal) || !name.EndsWith(".tmp", StringComparison.Ordinal))
+                continue;
             var parts = name[prefix.Length..^".tmp".Length].Split('.');
             if (parts.Length != 2 || !int.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out int pid) || pid <= 0
                 || parts[1].Length != 32 || !parts[1].All(char.IsAsciiHexDigit))
