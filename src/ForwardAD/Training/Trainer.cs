@@ -12,7 +12,8 @@ namespace ForwardAD.Training;
 
 /// <summary>What one epoch achieved. Cosines are means over the measured steps of the epoch of
 /// cos(estimate, backprop gradient), per site (its op's parameters together: a dense layer's weight and bias) in
-/// <see cref="Model.Sites"/> order, and over all parameters; NaN when not measured.</summary>
+/// <see cref="Model.Sites"/> order, and over all parameters; NaN only when measuring is off
+/// (<see cref="TrainingOptions.CosineEvery"/> = 0).</summary>
 public sealed record EpochReport(int Epoch, double TrainLoss, double TrainAccuracy, double TestLoss, double TestAccuracy,
     ImmutableArray<double> SiteCosines, double GlobalCosine, double ExamplesPerSecond, TimeSpan WallTime)
 {
@@ -29,7 +30,8 @@ public interface ITrainingObserver
 }
 
 /// <summary>How to train: batch size, the seed every random choice derives from, and how often to
-/// measure the estimate's cosine to the backprop gradient (every n-th step; 0 = never).</summary>
+/// measure the estimate's cosine to the backprop gradient (every n-th step, and at least once per epoch: its last
+/// step when no other step was due; 0 = never).</summary>
 public sealed record TrainingOptions(int BatchSize, ulong Seed)
 {
     public int CosineEvery { get; init; } = 1;
@@ -44,6 +46,7 @@ public sealed record TrainingOptions(int BatchSize, ulong Seed)
 public sealed class Trainer
 {
     private const string FormatKey = "forwardad.format", FormatVersion = "1";
+    private const string StepKey = "step", EpochsKey = "epochs_completed", StepsPerEpochKey = "steps_per_epoch";
 
     private readonly GradientEstimator _estimator;
     private readonly BackpropEstimator? _oracle;
@@ -112,7 +115,10 @@ public sealed class Trainer
             if (!double.IsFinite(loss))
                 throw new TrainingDivergedException($"The batch loss became {loss} at epoch {epoch + 1}, step {_step} ({Guesser.Name}): training diverged. " +
                     "Lower the learning rate or clip the estimate (--lr, --clip); the last checkpoint, if any, is intact.");
-            if (_oracle is not null && _step % _options.CosineEvery == 0)
+            // Every CosineEvery-th step, and the epoch's last step when no other was due (CosineEvery beyond the
+            // epoch's length would leave whole epochs unmeasured). Both depend on the step count only, so a resumed
+            // run measures the same steps.
+            if (_oracle is not null && (_step % _options.CosineEvery == 0 || (measured == 0 && s == StepsPerEpoch - 1)))
             {
                 _oracle.SetBatch(_features, _labels);
                 var (exact, _) = _oracle.Estimate(default);
@@ -167,61 +173,123 @@ public sealed class Trainer
         _optimizer.State.Buffers.Select(b => ($"optimizer.{b.Name}", b.Buffer))
             .Concat(_estimator.StateBuffers.Select(b => ($"estimator.{b.Name}", b.Buffer)));
 
+    /// <summary>What the trainer itself records in a checkpoint besides the caller's description, and checks on resume.</summary>
+    private Dictionary<string, string> OwnSettings => new()
+    {
+        ["seed"] = _options.Seed.ToString(CultureInfo.InvariantCulture),
+        ["batch_size"] = _options.BatchSize.ToString(CultureInfo.InvariantCulture),
+        [StepsPerEpochKey] = StepsPerEpoch.ToString(CultureInfo.InvariantCulture),
+    };
+
+    /// <summary>The description and the trainer's own settings as one map. The progress keys and the forwardad.*
+    /// namespace are the trainer's; a description may repeat a setting (seed, batch size) only with the same value.</summary>
+    private Dictionary<string, string> Configuration(IReadOnlyDictionary<string, string> description)
+    {
+        var own = OwnSettings;
+        var configuration = new Dictionary<string, string>(own);
+        foreach (var (key, value) in description)
+        {
+            if (key.StartsWith("forwardad.", StringComparison.Ordinal) || key is StepKey or EpochsKey)
+                throw new ArgumentException($"The description key '{key}' is reserved: the trainer records it itself. Use another name.", nameof(description));
+            if (own.TryGetValue(key, out var mine) && mine != value)
+                throw new ArgumentException($"The description says {key} is '{value}' but this trainer's is '{mine}'.", nameof(description));
+            configuration[key] = value;
+        }
+        return configuration;
+    }
+
     /// <summary>
-    /// Writes parameters, optimizer state and progress as safetensors (readable by PyTorch), atomically.
-    /// <paramref name="description"/> (model, guesser, rule, ...) is stored as metadata and checked on resume.
+    /// Writes parameters, optimizer state and progress as safetensors (readable by PyTorch), atomically, with a
+    /// checksum of the tensor bytes. <paramref name="description"/> (model, guesser, rule, data, every option of the
+    /// run) is stored as metadata and checked on resume.
     /// </summary>
     public void SaveCheckpoint(string path, IReadOnlyDictionary<string, string> description)
     {
+        var metadata = Configuration(description);
+        metadata[FormatKey] = FormatVersion;
+        metadata[EpochsKey] = NextEpoch.ToString(CultureInfo.InvariantCulture);
+        metadata[StepKey] = _step.ToString(CultureInfo.InvariantCulture);
         var backend = _parameters.Backend;
         var tensors = new List<(string, int[], Func<float[]>)>();
         foreach (var p in _parameters.Model.Parameters)
             tensors.Add((p.Name, [.. p.Shape.Dimensions], () => _parameters.ToArray(p)));
         foreach (var (name, buffer) in StateBuffers)
             tensors.Add((name, [buffer.Length], () => { var host = new float[buffer.Length]; backend.CopyToHost(buffer, host); return host; }));
-        var metadata = new Dictionary<string, string>(description)
-        {
-            [FormatKey] = FormatVersion,
-            ["epochs_completed"] = NextEpoch.ToString(CultureInfo.InvariantCulture),
-            ["step"] = _step.ToString(CultureInfo.InvariantCulture),
-            ["seed"] = _options.Seed.ToString(CultureInfo.InvariantCulture),
-            ["batch_size"] = _options.BatchSize.ToString(CultureInfo.InvariantCulture),
-        };
         SafeTensors.Write(path, tensors, metadata);
     }
 
     /// <summary>
-    /// Restores a checkpoint written by <see cref="SaveCheckpoint"/> for the same model, guesser, rule, seed and
-    /// batch size. Everything is validated before anything is changed: a mismatch throws naming the file
-    /// and what differs, and leaves this trainer as it was.
+    /// Restores a checkpoint written by <see cref="SaveCheckpoint"/> for the same description (model, guesser, rule,
+    /// options), seed and batch size. Everything is validated before anything is changed: the file (format,
+    /// checksum), every description key in both directions, the progress counters, every parameter and state
+    /// tensor with its shape. One <see cref="InvalidDataException"/> names the file and every difference found, and
+    /// leaves this trainer (parameters, optimizer and estimator state, progress) exactly as it was.
     /// </summary>
     public void Resume(string path, IReadOnlyDictionary<string, string> description)
     {
+        var expected = Configuration(description);
         var (tensors, metadata) = SafeTensors.Read(path);
         if (!metadata.TryGetValue(FormatKey, out var format) || format != FormatVersion)
-            throw new InvalidDataException($"{path}: not a ForwardAD checkpoint (metadata '{FormatKey}' is missing or not {FormatVersion}).");
-        foreach (var (key, expected) in description.Append(new("seed", _options.Seed.ToString(CultureInfo.InvariantCulture)))
-                     .Append(new("batch_size", _options.BatchSize.ToString(CultureInfo.InvariantCulture))))
-            if (!metadata.TryGetValue(key, out var actual) || actual != expected)
-                throw new InvalidDataException($"{path}: the checkpoint's {key} is '{actual ?? "(missing)"}' but this run's is '{expected}'. Resume with the options the run was started with.");
+            throw new InvalidDataException($"{path}: not a ForwardAD checkpoint (metadata '{FormatKey}' is {(format is null ? "missing" : $"'{format}'")}; expected '{FormatVersion}').");
+
+        var problems = new List<string>();
+        foreach (var (key, mine) in expected)
+        {
+            if (!metadata.TryGetValue(key, out var theirs))
+            {
+                // Checkpoints written before the trainer recorded its steps per epoch still resume.
+                if (key != StepsPerEpochKey) problems.Add($"{key} is missing from the checkpoint but this run's is '{mine}'");
+            }
+            else if (theirs != mine) problems.Add($"{key} is '{theirs}' but this run's is '{mine}'");
+        }
+        foreach (var (key, theirs) in metadata.OrderBy(m => m.Key, StringComparer.Ordinal))
+            if (!expected.ContainsKey(key) && !key.StartsWith("forwardad.", StringComparison.Ordinal) && key is not (StepKey or EpochsKey))
+                problems.Add($"{key} is '{theirs}' but this run does not set it");
+
+        long step = ParseCount(StepKey, long.MaxValue, problems);
+        int epochs = (int)ParseCount(EpochsKey, int.MaxValue - 1, problems);
+        long ParseCount(string key, long max, List<string> found)
+        {
+            if (!metadata.TryGetValue(key, out var text)) found.Add($"{key} is missing; expected a whole number from 0 to {max}");
+            else if (!long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out long value) || value > max)
+                found.Add($"{key} is '{text}'; expected a whole number from 0 to {max}");
+            else return value;
+            return 0;
+        }
+
         var loads = new List<(float[] Data, View Target)>();
+        var known = new HashSet<string>();
         foreach (var p in _parameters.Model.Parameters)
         {
+            known.Add(p.Name);
             if (!tensors.TryGetValue(p.Name, out var t))
-                throw new InvalidDataException($"{path}: the checkpoint has no tensor '{p.Name}'; it does not match the model.");
-            if (!t.Shape.SequenceEqual(p.Shape.Dimensions))
-                throw new InvalidDataException($"{path}: tensor '{p.Name}' has shape [{string.Join(", ", t.Shape)}]; the model expects {p.Shape}.");
-            loads.Add((t.Data, _parameters[p]));
+                problems.Add($"tensor '{p.Name}' is missing; the model has it with shape {p.Shape}");
+            else if (!t.Shape.SequenceEqual(p.Shape.Dimensions))
+                problems.Add($"tensor '{p.Name}' has shape [{string.Join(", ", t.Shape)}]; the model expects {p.Shape}");
+            else loads.Add((t.Data, _parameters[p]));
         }
         foreach (var (name, buffer) in StateBuffers)
         {
-            if (!tensors.TryGetValue(name, out var t) || t.Data.Length != buffer.Length)
-                throw new InvalidDataException($"{path}: state '{name}' is missing or has the wrong size; the checkpoint was written with another update rule or guesser.");
-            loads.Add((t.Data, buffer));
+            known.Add(name);
+            if (!tensors.TryGetValue(name, out var t))
+                problems.Add($"state '{name}' is missing (the checkpoint was written with another update rule or guesser)");
+            else if (t.Shape is not [var length] || length != buffer.Length)
+                problems.Add($"state '{name}' has shape [{string.Join(", ", t.Shape)}]; this run's has [{buffer.Length}]");
+            else loads.Add((t.Data, buffer));
+        }
+        foreach (var name in tensors.Keys.Where(n => !known.Contains(n)).Order(StringComparer.Ordinal))
+            problems.Add($"tensor '{name}' is in the checkpoint but not in this run's model, update rule or guesser");
+
+        if (problems.Count > 0)
+        {
+            const int Listed = 25;
+            var listed = string.Join("; ", problems.Take(Listed)) + (problems.Count > Listed ? $"; and {problems.Count - Listed} more" : "");
+            throw new InvalidDataException($"{path}: the checkpoint differs from this run: {listed}. Resume with the model, data and options " +
+                "the run was started with, or start a new run; nothing was changed.");
         }
         foreach (var (data, target) in loads) _parameters.Backend.CopyFromHost(data, target);
-        _step = long.Parse(metadata["step"], CultureInfo.InvariantCulture);
-        NextEpoch = int.Parse(metadata["epochs_completed"], CultureInfo.InvariantCulture);
+        _step = step;
+        NextEpoch = epochs;
     }
 }
 
