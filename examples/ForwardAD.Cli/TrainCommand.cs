@@ -95,13 +95,13 @@ internal static class TrainCommand
         bool quiet = p.GetValue(o.Quiet);
         foreach (var (option, path) in new[] { ("--metrics", metricsPath), ("--checkpoint", checkpoint), ("--resume", resume) })
             if (path is not null && Directory.Exists(path)) throw new IOException($"{option} {path}: is a directory; give a file path.");
-        var reports = resume is null ? [] : MetricsFile.ReadForResume(metricsPath, runHash, context.Error);
         var backend = o.Device.Create(p);
 
         var model = spec.Build();
         var parameters = ParameterStore.Initialize(model, backend, seed);
         var trainer = new Trainer(guesser, rule, parameters, train, test, new TrainingOptions(batch, seed) { CosineEvery = cosineEvery });
         var description = configuration.ToDictionary();
+        List<EpochReport> reports = [];
         if (resume is not null)
         {
             try { trainer.Resume(resume, description); }
@@ -111,7 +111,8 @@ internal static class TrainCommand
                     "(the checkpoint's metadata lists them; see 'forwardad train --help' for those that may differ). To train with these options instead, " +
                     "start a new run: drop --resume and give a new --checkpoint path.", e);
             }
-            reports = reports.Where(r => r.Epoch < trainer.NextEpoch).ToList();
+            // After the checkpoint's check, so that a changed option is reported as such, not as a foreign metrics file.
+            reports = MetricsFile.ReadForResume(metricsPath, runHash, context.Error).Where(r => r.Epoch < trainer.NextEpoch).ToList();
         }
         checkpoint ??= resume;
 
