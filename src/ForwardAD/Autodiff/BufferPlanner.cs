@@ -20,9 +20,24 @@ internal sealed class BufferPlanner(bool reuse)
         if (length > 0) _requests.Add(new Lifetime(length, first, last, assign));
     }
 
+    /// <summary>Float elements the physical buffers will hold, known before anything is allocated.</summary>
+    public long PlannedElements() => Assign().Sum(p => (long)p.Capacity);
+
     /// <summary>Allocates the physical buffers on the backend and hands each request its view.
     /// Returns the number of float elements allocated.</summary>
     public long Allocate(Backend backend)
+    {
+        long total = 0;
+        foreach (var (capacity, _, tenants) in Assign())
+        {
+            var buffer = backend.Allocate(capacity);
+            total += capacity;
+            foreach (var tenant in tenants) tenant.Assign(new View(buffer, 0, tenant.Length));
+        }
+        return total;
+    }
+
+    private List<(int Capacity, int FreeAfter, List<Lifetime> Tenants)> Assign()
     {
         var physical = new List<(int Capacity, int FreeAfter, List<Lifetime> Tenants)>();
         foreach (var request in reuse ? _requests.OrderBy(r => r.First).ThenByDescending(r => r.Length).ToList() : _requests)
@@ -43,14 +58,7 @@ internal sealed class BufferPlanner(bool reuse)
             tenants.Add(request);
             physical[best] = (Math.Max(capacity, request.Length), Math.Max(request.Last, physical[best].FreeAfter), tenants);
         }
-        long total = 0;
-        foreach (var (capacity, _, tenants) in physical)
-        {
-            var buffer = backend.Allocate(capacity);
-            total += capacity;
-            foreach (var tenant in tenants) tenant.Assign(new View(buffer, 0, tenant.Length));
-        }
-        return total;
+        return physical;
 
         // Prefer a buffer that is already large enough and wastes least; growing one costs its growth.
         static long Fit(int capacity, int length) => capacity >= length ? capacity - length : 4L * (length - capacity);

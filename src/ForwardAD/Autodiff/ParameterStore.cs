@@ -32,6 +32,7 @@ public sealed class ParameterStore
     public static ParameterStore Initialize(Model model, Backend backend, ulong seed)
     {
         var layout = ParameterLayout.Of(model);
+        backend.RequireMemory(layout.TotalCount * (long)sizeof(float), $"The model's {layout.TotalCount:N0} parameters");
         var all = new View(backend.Allocate(Math.Max(1, layout.TotalCount)), 0, layout.TotalCount);
         var values = layout.Slices(model, all);
         foreach (var node in model.Parameters)
@@ -39,11 +40,17 @@ public sealed class ParameterStore
         return new ParameterStore(model, backend, all, values);
     }
 
-    /// <summary>Copies every parameter value from another store of the same model (any backend).</summary>
+    /// <summary>Copies every parameter value from another store of a model with the same parameters (names and shapes,
+    /// in order; any backend).</summary>
     public void CopyFrom(ParameterStore other)
     {
-        if (other.Model != Model && other.All.Length != All.Length)
-            throw new ArgumentException("The other store belongs to a different model.", nameof(other));
+        var (mine, theirs) = (Model.Parameters.ToList(), other.Model.Parameters.ToList());
+        int differs = Enumerable.Range(0, Math.Max(mine.Count, theirs.Count))
+            .FirstOrDefault(i => i >= mine.Count || i >= theirs.Count || mine[i].Name != theirs[i].Name || mine[i].Shape != theirs[i].Shape, -1);
+        if (differs >= 0)
+            throw new ArgumentException($"The other store belongs to a different model: parameter {differs + 1} is " +
+                $"{(differs < theirs.Count ? $"'{theirs[differs].Name}' {theirs[differs].Shape}" : "missing")} there and " +
+                $"{(differs < mine.Count ? $"'{mine[differs].Name}' {mine[differs].Shape}" : "missing")} here.", nameof(other));
         var host = new float[All.Length];
         other.Backend.CopyToHost(other.All, host);
         Backend.CopyFromHost(host, All);
@@ -83,13 +90,15 @@ public sealed record ParameterLayout(System.Collections.Immutable.ImmutableArray
     public static ParameterLayout Of(Model model)
     {
         var entries = System.Collections.Immutable.ImmutableArray.CreateBuilder<(Node, int)>();
-        int offset = 0;
+        long offset = 0;
         foreach (var p in model.Parameters)
         {
-            entries.Add((p, offset));
-            offset = checked(offset + p.Shape.ElementCount);
+            entries.Add((p, (int)offset));
+            offset += p.Shape.ElementCount;
+            if (offset > int.MaxValue)
+                throw new ArgumentException($"The model has more than {int.MaxValue:N0} parameters (at '{p.Name}'), the most one parameter store holds. Use smaller layers.");
         }
-        return new ParameterLayout(entries.ToImmutable(), offset);
+        return new ParameterLayout(entries.ToImmutable(), (int)offset);
     }
 
     /// <summary>Per-node views into a flat vector laid out by this layout (indexed by node id).</summary>

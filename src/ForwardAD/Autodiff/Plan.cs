@@ -123,6 +123,15 @@ public sealed class Plan
         int end = count;
         int LastStep(int id) => retained[id] || nodes[id].Op.IsLeaf ? end : lastUse[id];
 
+        // Every buffer length fits an int (checked in long here, with the node named), before anything is planned.
+        foreach (var node in nodes)
+        {
+            long valueElements = (long)(node.IsBatched ? batch : 1) * node.Shape.ElementCount;
+            long largest = tangentNonZero[node.Id] ? channels * valueElements : valueElements;
+            if (largest > int.MaxValue)
+                throw new ArgumentException($"Node {node} needs {largest:N0} floats for batch {batch}{(tangentNonZero[node.Id] ? $" and K = {channels}" : "")}, " +
+                    $"more than one buffer holds ({int.MaxValue:N0}). Use a smaller batch size or fewer tangent channels.");
+        }
         var buffers = new NodeBuffers[count];
         for (int id = 0; id < count; id++) buffers[id] = new NodeBuffers();
         var planner = new BufferPlanner(reuse);
@@ -151,6 +160,8 @@ public sealed class Plan
             }
             if (needsCotangent[id] && !node.IsParameter) planner.Request(elements, -1, end, v => b.Cotangent = v);
         }
+        parameters.Backend.RequireMemory((planner.PlannedElements() + (options.Gradients ? parameters.All.Length : 0)) * sizeof(float),
+            $"A plan for batch {batch} with K = {channels} tangent channels{(options.Gradients ? " and gradients" : "")}");
         long allocated = planner.Allocate(parameters.Backend);
 
         // Parameter gradients share one flat vector in the store's layout, so update rules see them whole.

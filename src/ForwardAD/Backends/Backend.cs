@@ -41,6 +41,22 @@ public abstract class Backend
     public abstract string Name { get; }
 
     public abstract DeviceBuffer Allocate(int length);
+
+    /// <summary>Bytes this backend can still allocate, as far as it knows (long.MaxValue when it cannot tell).
+    /// Compiling a plan or a parameter store checks its whole need against it before allocating anything.</summary>
+    public virtual long AvailableMemoryBytes => long.MaxValue;
+
+    /// <summary>Throws, before anything is allocated, when <paramref name="bytes"/> exceed <see cref="AvailableMemoryBytes"/>:
+    /// a clear error instead of an out-of-memory crash or a machine that swaps for minutes.</summary>
+    public void RequireMemory(long bytes, string what)
+    {
+        long available = AvailableMemoryBytes;
+        if (bytes > available)
+            throw new ArgumentException($"{what} needs {Gibibytes(bytes)} of memory, but {Name} has about {Gibibytes(available)} available. " +
+                "Use a smaller model, batch size or number of tangent channels.");
+    }
+
+    private static string Gibibytes(long bytes) => $"{bytes / (1024.0 * 1024 * 1024):0.##} GiB";
     public abstract void CopyFromHost(ReadOnlySpan<float> source, View destination);
     public abstract void CopyToHost(View source, Span<float> destination);
 

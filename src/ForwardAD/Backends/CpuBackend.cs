@@ -26,7 +26,22 @@ public sealed class CpuBackend(Gemm gemm) : Backend
 
     public override string Name => $"cpu ({MatrixMultiply.Name} gemm)";
 
-    public override DeviceBuffer Allocate(int length) => new CpuBuffer(this, length);
+    public override DeviceBuffer Allocate(int length)
+    {
+        RequireMemory(length * (long)sizeof(float), $"A buffer of {length:N0} floats");
+        return new CpuBuffer(this, length);
+    }
+
+    /// <summary>The memory the GC may still use: its limit (physical memory or the container's) minus what the process's
+    /// managed heap holds now. Other processes are not counted: a guard against hopeless sizes, not a precise budget.</summary>
+    public override long AvailableMemoryBytes
+    {
+        get
+        {
+            var info = GC.GetGCMemoryInfo();
+            return Math.Max(0, info.TotalAvailableMemoryBytes - info.HeapSizeBytes);
+        }
+    }
 
     /// <summary>The host memory behind a view of this backend.</summary>
     public static Span<float> Span(View view)

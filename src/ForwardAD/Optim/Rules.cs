@@ -121,8 +121,18 @@ public sealed record AddDecoupledWeightDecay(float Rate) : ElementwiseRule<Empty
 }
 
 /// <summary>u ← u · min(1, c / ‖u‖₂) over all parameters at once (torch.nn.utils.clip_grad_norm_).</summary>
-public sealed record ClipByGlobalNorm(float MaxNorm) : UpdateRule<EmptyState>
+public sealed record ClipByGlobalNorm : UpdateRule<EmptyState>
 {
+    /// <param name="maxNorm">c &gt; 0: a negative c would flip the update (gradient ascent), zero would freeze training.</param>
+    public ClipByGlobalNorm(float maxNorm)
+    {
+        if (!(maxNorm > 0) || !float.IsFinite(maxNorm))
+            throw new ArgumentOutOfRangeException(nameof(maxNorm), $"The clipping norm must be a positive finite number; got {maxNorm}.");
+        MaxNorm = maxNorm;
+    }
+
+    public float MaxNorm { get; }
+
     protected override EmptyState Create(ParameterStore parameters) => EmptyState.Instance;
     protected override void Apply(EmptyState state, in UpdateInputs inputs, View updates, View parameters)
     {

@@ -13,9 +13,15 @@ public readonly struct Shape : IEquatable<Shape>
 
     public Shape(params ReadOnlySpan<int> dimensions)
     {
+        long count = 1;
         foreach (var d in dimensions)
+        {
             if (d <= 0)
                 throw new ArgumentException($"Every dimension must be positive; got [{string.Join(", ", dimensions.ToArray())}].", nameof(dimensions));
+            count *= d; // ≤ 2^31 · 2^31 before the check below stops it: no long overflow
+            if (count > int.MaxValue)
+                throw new ArgumentException($"The shape [{string.Join(", ", dimensions.ToArray())}] has more than {int.MaxValue:N0} elements, the most one tensor holds. Use smaller layers.", nameof(dimensions));
+        }
         _dimensions = [.. dimensions];
     }
 
