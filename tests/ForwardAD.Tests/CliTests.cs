@@ -112,6 +112,8 @@ public sealed class CliTests : IDisposable
         Assert.Contains("--width", Fails(2, "--layers", "3", "--width", "16000000"));
         Assert.Contains("46341×46341", Fails(2, "--hidden", "46341,46341"));
         Assert.Contains("--width must be an integer from 1 to", Fails(2, "--layers", "3", "--width", "2147483647"));
+        // Each matrix fits a tensor, the whole model does not fit one parameter store: the library's check, before allocating.
+        Assert.Contains("parameters", Fails(1, "--layers", "8", "--width", "40000", "--quiet", "--metrics", PathOf("m.csv")));
     }
 
     [Fact]
