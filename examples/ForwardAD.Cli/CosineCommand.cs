@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Globalization;
 using ForwardAD.Autodiff;
 using ForwardAD.Backends;
@@ -19,11 +20,11 @@ internal static class CosineCommand
         along the guess relative to one backprop step, each at its best step size from {"{"}1e-5, 1e-4, 1e-3,
         1e-2, 1e-1{"}"}. Prints mean ± std per guesser and writes every measurement to a CSV.
 
-        {RunSpec.DataHelp}
-        {RunSpec.ModelHelp}
+        {DataOptions.Help}
+        {ModelOptions.Help}
           --guessers LIST           comma-separated guesser names (default {DefaultGuessers});
                                     --mode, --guesses, --k, --power and --cosine apply to them as in train
-        {RunSpec.RuleHelp}
+        {RuleOptions.Help}
         Trajectory
           --epochs N                (default 5)
           --batch-size B            (default 32)
@@ -32,29 +33,64 @@ internal static class CosineCommand
           --csv PATH                every measurement (default runs/cosine-seed<S>.csv)
         """;
 
-    public static int Run(string[] args)
+    private sealed class Options
     {
-        var options = new Options(args, new HashSet<string>());
-        ulong seed = (ulong)options.Int("seed", 1, min: 0);
-        int epochs = options.Int("epochs", 5, min: 1);
-        int batch = options.Int("batch-size", 32, min: 1);
-        int every = options.Int("every", 10, min: 1);
-        var (train, _, dataDescription) = RunSpec.LoadData(options, seed);
-        var spec = RunSpec.Model(options, train);
-        var names = options.String("guessers", DefaultGuessers).Split(',', StringSplitOptions.RemoveEmptyEntries);
-        var guessers = names.Select(n => RunSpec.Guesser(n.Trim(), options)).ToList();
-        var (rule, ruleDescription) = RunSpec.Rule(options, train.Count / Math.Max(1, batch), epochs);
-        var csv = options.String("csv", Path.Combine("runs", $"cosine-seed{seed}.csv"));
-        options.RejectUnknown();
+        public readonly DataOptions Data = new();
+        public readonly ModelOptions Model = new();
+        public readonly GuesserOptions Guesser = new();
+        public readonly RuleOptions Rule = new();
+        public readonly Option<string> Guessers = Opt.String("guessers", DefaultGuessers);
+        public readonly Option<int> Epochs = Opt.Int("epochs", 5, min: 1, max: 1_000_000);
+        public readonly Option<int> BatchSize = Opt.Int("batch-size", 32, min: 1);
+        public readonly Option<int> Every = Opt.Int("every", 10, min: 1);
+        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0);
+        public readonly Option<string?> Csv = Opt.OptionalString("csv");
+    }
+
+    public static Command Create(CliContext context)
+    {
+        var o = new Options();
+        var command = new Command("cosine", "Every guesser's cosine to the true gradient and 1-step effectiveness.");
+        o.Data.AddTo(command);
+        o.Model.AddTo(command);
+        command.Add(o.Guessers);
+        o.Guesser.AddTo(command);
+        o.Rule.AddTo(command);
+        foreach (var option in new Option[] { o.Epochs, o.BatchSize, o.Every, o.Seed, o.Csv }) command.Add(option);
+        command.SetAction(p => Run(p, o, context));
+        return command;
+    }
+
+    private static int Run(ParseResult p, Options o, CliContext context)
+    {
+        var console = context.Console;
+        ulong seed = (ulong)p.GetValue(o.Seed);
+        int epochs = p.GetValue(o.Epochs), batch = p.GetValue(o.BatchSize), every = p.GetValue(o.Every);
+        var names = p.GetValue(o.Guessers)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(GuesserOptions.Canonical).ToList();
+        if (names.Count == 0) throw new UsageException($"--guessers needs at least one guesser name: {Opt.List(GuesserOptions.Names)}.");
+        foreach (var name in names)
+            if (!GuesserOptions.Names.Contains(name))
+                throw new UsageException($"Unknown guesser '{name}' in --guessers. Use {Opt.List(GuesserOptions.Names)}.");
+        o.Guesser.RejectUnused(p, names);
+        var configuration = new RunConfiguration();
+        var (train, _) = o.Data.Load(p, seed, configuration);
+        if (batch > train.Count)
+            throw new UsageException($"--batch-size {batch} is larger than the training set ({train.Count} examples): no full batch to train on.");
+        var spec = o.Model.Build(p, train, configuration);
+        var guessers = names.Select(n => o.Guesser.Build(p, n, seed, configuration: null)).ToList();
+        var (rule, ruleDescription) = o.Rule.Build(p, train.Count / batch, epochs, configuration: null);
+        var csv = p.GetValue(o.Csv) ?? Path.Combine("runs", $"cosine-seed{seed}.csv");
+        if (Directory.Exists(csv)) throw new IOException($"--csv {csv}: is a directory; give a file path.");
 
         var parameters = ParameterStore.Initialize(spec.Build(), new CpuBackend(), seed);
         var study = new CosineStudy(parameters, guessers, rule, train, batch, seed);
-        AnsiConsole.MarkupLineInterpolated($"[bold]ForwardAD[/] cosine: {dataDescription}, {RunSpec.Describe(spec)}, trajectory backprop {ruleDescription}, batch {batch}, {epochs} epochs, every {every} steps, seed {seed}");
+        console.MarkupLineInterpolated($"[bold]ForwardAD[/] cosine: {DataOptions.Describe(configuration)}, {configuration["model"]}, trajectory backprop {ruleDescription}, batch {batch}, {epochs} epochs, every {every} steps, seed {seed}");
         List<CosineSample> samples = [];
-        if (AnsiConsole.Profile.Capabilities.Interactive)
-            AnsiConsole.Progress().Start(context =>
+        if (context.Interactive)
+            console.Progress().Start(progress =>
             {
-                var task = context.AddTask("trajectory");
+                var task = progress.AddTask("trajectory");
                 samples = study.Run(epochs, every, (done, total) => { task.MaxValue = total; task.Value = done; });
             });
         else samples = study.Run(epochs, every);
@@ -62,15 +98,12 @@ internal static class CosineCommand
         var table = new Table().AddColumns("guesser", "cosine to ∇L (mean ± std)", "1-step effectiveness (mean ± std)", "samples");
         foreach (var s in CosineStudy.Summarize(samples))
             table.AddRow(s.Guesser, $"{s.CosineMean:F4} ± {s.CosineStd:F4}", $"{s.EffectivenessMean:F4} ± {s.EffectivenessStd:F4}", s.Samples.ToString(CultureInfo.InvariantCulture));
-        AnsiConsole.Write(table);
+        console.Write(table);
 
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(csv))!);
-        var temporary = csv + ".tmp";
-        File.WriteAllLines(temporary, samples.Select(s => string.Join(',', s.Epoch + 1, s.Step, $"\"{s.Guesser}\"",
+        AtomicFile.WriteAllLines(csv, samples.Select(s => string.Join(',', s.Epoch + 1, s.Step, $"\"{s.Guesser}\"",
             s.Cosine.ToString("G6", CultureInfo.InvariantCulture), s.Effectiveness.ToString("G6", CultureInfo.InvariantCulture)))
             .Prepend("epoch,step,guesser,cosine,effectiveness"));
-        File.Move(temporary, csv, overwrite: true);
-        AnsiConsole.MarkupLineInterpolated($"measurements in {csv}");
-        return 0;
+        console.MarkupLineInterpolated($"measurements in {csv}");
+        return Cli.Success;
     }
 }

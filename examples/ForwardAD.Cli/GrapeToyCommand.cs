@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Globalization;
 using ForwardAD.Optim;
 using ForwardAD.Training;
@@ -15,23 +16,34 @@ internal static class GrapeToyCommand
         rule without noise and with noise (both renormalised to the initial norm), alternative 1 and
         alternative 2. Prints the final mean row-cosine per rule and start, and writes every step to a CSV.
 
-          --size N          target size (default 200)
+          --size N          target size, 2 to 46340 (N² must fit one array; default 200)
           --steps S         (default 50)
           --seeds K         (default 10)
-          --lr ETA          initial η (default 0.1)
-          --decay D         η multiplied by D every step (default 0.99)
-          --noise S         noise scale of the noisy original rule, per entry (default 0.001;
+          --lr ETA          initial η ≥ 0 (default 0.1)
+          --decay D         η multiplied by D > 0 every step (default 0.99)
+          --noise S         noise scale ≥ 0 of the noisy original rule, per entry (default 0.001;
                             B's rows have unit norm, so entries are about 1/√N)
           --csv PATH        every step (default runs/grape-toy.csv)
         """;
 
-    public static int Run(string[] args)
+    public static Command Create(CliContext context)
     {
-        var options = new Options(args, new HashSet<string>());
-        int size = options.Int("size", 200, min: 2), steps = options.Int("steps", 50, min: 1), seeds = options.Int("seeds", 10, min: 1);
-        float eta = options.Float("lr", 0.1f), decay = options.Float("decay", 0.99f), noise = options.Float("noise", 1e-3f);
-        var csv = options.String("csv", Path.Combine("runs", "grape-toy.csv"));
-        options.RejectUnknown();
+        var size = Opt.Int("size", 200, min: 2, max: 46_340);
+        var steps = Opt.Int("steps", 50, min: 1, max: 1_000_000);
+        var seeds = Opt.Int("seeds", 10, min: 1, max: 1_000_000);
+        var lr = Opt.Float("lr", 0.1f, v => v >= 0, "a number ≥ 0");
+        var decay = Opt.Float("decay", 0.99f, v => v > 0, "a number > 0");
+        var noise = Opt.Float("noise", 1e-3f, v => v >= 0, "a number ≥ 0");
+        var csv = Opt.String("csv", Path.Combine("runs", "grape-toy.csv"));
+        var command = new Command("grape-toy", "The toy experiment of the GrAPE rebuttal.") { size, steps, seeds, lr, decay, noise, csv };
+        command.SetAction(p => Run(context, p.GetValue(size), p.GetValue(steps), p.GetValue(seeds), p.GetValue(lr), p.GetValue(decay), p.GetValue(noise), p.GetValue(csv)!));
+        return command;
+    }
+
+    private static int Run(CliContext context, int size, int steps, int seeds, float eta, float decay, float noise, string csv)
+    {
+        if (Directory.Exists(csv)) throw new IOException($"--csv {csv}: is a directory; give a file path.");
+        var console = context.Console;
         var rate = Schedule.Exponential(eta, decay);
         var rules = new (string Label, FeedbackRule Rule)[]
         {
@@ -42,7 +54,7 @@ internal static class GrapeToyCommand
         };
         double[] starts = [-0.9, -0.3, 0, 0.3, 0.9];
         var runs = new List<ToyTrajectory>();
-        AnsiConsole.MarkupLineInterpolated($"[bold]ForwardAD[/] grape-toy: {size}×{size} target, {steps} steps, η {eta} ×{decay}/step, {seeds} seeds, noise {noise}");
+        console.MarkupLineInterpolated($"[bold]ForwardAD[/] grape-toy: {size}×{size} target, {steps} steps, η {eta} ×{decay}/step, {seeds} seeds, noise {noise}");
         foreach (var (label, rule) in rules)
             foreach (var start in starts)
                 for (int s = 0; s < seeds; s++)
@@ -57,15 +69,12 @@ internal static class GrapeToyCommand
                 double mean = finals.Average(), std = Math.Sqrt(finals.Sum(v => (v - mean) * (v - mean)) / Math.Max(1, finals.Length - 1));
                 return $"{Math.Round(mean, 3):+0.000;-0.000;0.000} ± {std:0.000}";
             })]);
-        AnsiConsole.Write(table);
+        console.Write(table);
 
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(csv))!);
-        var temporary = csv + ".tmp";
-        File.WriteAllLines(temporary, runs.SelectMany(r => r.MeanRowCosine.Select((c, step) => string.Join(',', $"\"{r.Rule}\"",
+        AtomicFile.WriteAllLines(csv, runs.SelectMany(r => r.MeanRowCosine.Select((c, step) => string.Join(',', $"\"{r.Rule}\"",
             r.Start.ToString(CultureInfo.InvariantCulture), r.Seed, step, c.ToString("G6", CultureInfo.InvariantCulture))))
             .Prepend("rule,start,seed,step,mean_row_cosine"));
-        File.Move(temporary, csv, overwrite: true);
-        AnsiConsole.MarkupLineInterpolated($"every step in {csv}");
-        return 0;
+        console.MarkupLineInterpolated($"every step in {csv}");
+        return Cli.Success;
     }
 }

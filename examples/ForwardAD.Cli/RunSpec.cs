@@ -1,3 +1,5 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
 using System.Globalization;
 using ForwardAD.Backends;
 using ForwardAD.Data;
@@ -7,235 +9,475 @@ using ForwardAD.Optim;
 
 namespace ForwardAD.Cli;
 
-/// <summary>The options shared by the commands: data, model, guesser, update rule.</summary>
-internal static class RunSpec
+/// <summary>
+/// The run's configuration as text: every option that influences the result, normalised (effective defaults
+/// filled in, aliases resolved, options the run does not use left out), keyed by option name. It goes into the
+/// checkpoint's metadata, so that resume refuses any difference, and its hash names the default metrics file
+/// and marks every metrics row.
+/// </summary>
+internal sealed class RunConfiguration
 {
-    public const string DataHelp = """
+    private readonly List<KeyValuePair<string, string>> _entries = [];
+
+    public IReadOnlyList<KeyValuePair<string, string>> Entries => _entries;
+
+    public void Add(string key, string value) => _entries.Add(new(key, value));
+
+    public void Add(string key, float value) => Add(key, value.ToString("R", CultureInfo.InvariantCulture));
+
+    public void Add(string key, int value) => Add(key, value.ToString(CultureInfo.InvariantCulture));
+
+    public string this[string key] => _entries.Single(e => e.Key == key).Value;
+
+    public Dictionary<string, string> ToDictionary() => _entries.ToDictionary(e => e.Key, e => e.Value, StringComparer.Ordinal);
+
+    /// <summary>The first 8 hex digits of SHA-256 over the sorted entries plus <paramref name="extra"/> (seed, batch size).</summary>
+    public string Hash(params (string Key, string Value)[] extra)
+    {
+        var text = string.Join('\n', _entries.Select(e => (e.Key, e.Value)).Concat(extra)
+            .OrderBy(e => e.Key, StringComparer.Ordinal).Select(e => $"{e.Key}={e.Value}"));
+        return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(text)))[..8];
+    }
+}
+
+/// <summary>The data options: source, test set or split, standardisation.</summary>
+internal sealed class DataOptions
+{
+    public const string Help = """
         Data
           --data SOURCE             digits (embedded, default); PATH.csv[.gz] (features, then an integer label
                                     per row); idx:IMAGES,LABELS (MNIST IDX files, raw or .gz);
-                                    cifar10:FILE[,FILE...] or cifar100:FILE[,FILE...] (binary batches)
-          --test-data SOURCE        a separate test set in the same forms (default: split --data)
-          --test-fraction F         held-out fraction when splitting, shuffled by the seed (default 0.2)
+                                    cifar10:FILE[,FILE...] or cifar100:FILE[,FILE...] (binary batches).
+                                    An existing file is always read as CSV, even if its name has a ':'.
+          --test-data SOURCE        a separate test set in the same forms (default: split --data); its features
+                                    per example and labels must fit the training data (checked before training)
+          --test-fraction F         held-out fraction when splitting, shuffled by the seed (default 0.2;
+                                    not with --test-data)
+          --standardize             z-score every feature with the training set's mean and standard deviation
+                                    (a constant feature: std 1), applied to train and test alike (default off)
         """;
 
-    public const string ModelHelp = """
-        Model (an MLP; the defaults give 3 weight matrices, "3×128")
-          --hidden W1,W2,...        hidden layer widths (default 128,128; 'none' for a linear model)
-          --layers L --width W      alternatively: L weight matrices, hidden layers all of width W
-          --activation NAME         relu (default), tanh, gelu, identity
-        """;
+    private static readonly string[] Schemes = ["idx", "cifar10", "cifar100"];
 
-    public const string GuesserHelp = """
-        Gradient estimate
-          --guesser NAME            backprop (default), directional, activation-perturbation (ap), wt,
-                                    downstream, mixing, self-sharpening, wt-power, cosine-matched
-          --mode joint|per-layer    one tangent channel for all layers, or one per layer (default joint)
-          --guesses G               guesses averaged per step (default 1)
-          --k K                     layers for 'downstream' (default 2)
-          --power P                 singular-value power for 'wt-power' (default 0)
-          --cosine C                target cosine for 'cosine-matched' (default 0.1)
-        Feedback alignment (--guesser dfa or grape)
-          --feedback-init NAME      xavier (default), kaiming, gaussian
-          --grape-rule NAME         original (default), original-no-noise, alt1, alt2
-          --grape-lr ETA            η_B of the feedback rule (default 0.01)
-          --grape-decay D           η_B multiplied by D every step (default 1: constant)
-          --grape-noise S           noise scale of the original rule (default 0.001)
-          --grape-renormalize yes|no  keep ‖B‖ at its initial value (default yes for original, no for alt1/alt2)
-          --grape-average yes|no    cumulative moving average of J̃ over steps (default yes)
-          --grape-placement h|a     tangent on the hidden output h_l (default) or the pre-activation a_l
-          (--mode joint|per-layer also chooses GrAPE's tangent channels; default joint)
-        """;
+    public readonly Option<string> Data = Opt.String("data", "digits");
+    public readonly Option<string?> TestData = Opt.OptionalString("test-data");
+    public readonly Option<float?> TestFraction = Opt.OptionalFloat("test-fraction", f => f is > 0 and < 1, "a number between 0 and 1 (both excluded)");
+    public readonly Option<bool> Standardize = Opt.Flag("standardize");
 
-    public const string RuleHelp = """
-        Update rule
-          --optimizer NAME          sgd (default), momentum, nesterov, adam, adamw, stable-adamw
-          --lr RATE                 learning rate (default 0.1 for sgd/momentum/nesterov, 0.001 for the Adam family)
-          --momentum M              for momentum/nesterov (default 0.9)
-          --weight-decay L          decoupled weight decay for adamw/stable-adamw (default 0.01)
-          --clip C                  clip the estimate to global norm C first (default: off)
-          --schedule NAME           constant (default), step, exponential, cosine
-          --warmup N                warm-up steps for 'cosine' (default 0)
-          --decay D                 factor for 'step' (every quarter of the run) and per-epoch factor for 'exponential' (default 0.5)
-        """;
-
-    public const string DeviceHelp = """
-        Device
-          --device cpu|cuda[:N]     where to train (default cpu; cuda needs an NVIDIA driver, cuBLAS and NVRTC)
-          --tf32                    allow TF32 tensor-core GEMMs on CUDA (faster, less exact; default off)
-        """;
-
-    /// <summary>The backend the options ask for; a CUDA request without a usable GPU is an error that says why.</summary>
-    public static Backend Device(Options options)
+    public void AddTo(Command command)
     {
-        var device = options.String("device", "cpu");
-        bool tf32 = options.Flag("tf32");
-        if (device == "cpu") return new CpuBackend();
-        if (!device.StartsWith("cuda", StringComparison.Ordinal))
-            throw new UsageException($"--device must be cpu or cuda[:N]; got '{device}'.");
-        int ordinal = device.Length > 5 && int.TryParse(device[5..], out var n) ? n : 0;
-        var cuda = ForwardAD.Cuda.CudaBackend.TryCreate(out var reason, ordinal)
-            ?? throw new UsageException($"--device {device}: {reason}");
-        cuda.UseTf32 = tf32;
-        return cuda;
+        command.Add(Data);
+        command.Add(TestData);
+        command.Add(TestFraction);
+        command.Add(Standardize);
     }
 
-    public static (Dataset Train, Dataset Test, string Description) LoadData(Options options, ulong seed)
+    /// <summary>
+    /// Loads the training and test sets and checks that they fit each other, all before any model exists:
+    /// a mismatching test set is reported naming its file, not after an epoch of training.
+    /// </summary>
+    public (Dataset Train, Dataset Test) Load(ParseResult p, ulong seed, RunConfiguration configuration)
     {
-        var source = options.String("data", "digits");
-        var testSource = options.OptionalString("test-data");
-        float fraction = options.Float("test-fraction", 0.2f);
-        var data = Load(source);
-        if (testSource is not null) return (data, Load(testSource), $"{source} | {testSource}");
-        var (train, test) = data.Split(fraction, seed);
-        return (train, test, $"{source} split {fraction.ToString(CultureInfo.InvariantCulture)}");
+        if (p.Given(TestFraction) && p.Given(TestData))
+            throw new UsageException("--test-fraction and --test-data cannot be used together: --test-fraction splits --data, --test-data replaces the split. Drop one.");
+        var source = p.GetValue(Data)!;
+        var testSource = p.GetValue(TestData);
+        var data = LoadSource("--data", source, classes: null);
+        Dataset train, test;
+        if (testSource is not null)
+        {
+            train = data;
+            test = LoadSource("--test-data", testSource, classes: data.Classes);
+            if (test.FeatureSize != train.FeatureSize)
+                throw new InvalidDataException($"--test-data {testSource}: {test.FeatureSize} features per example, but the training data ({source}) has {train.FeatureSize}. Give a test set of the same kind as --data.");
+            if (test.Classes > train.Classes)
+                throw new InvalidDataException($"--test-data {testSource}: {test.Classes} classes, but the training data ({source}) has {train.Classes}; the model would have no output for the extra classes.");
+            test = test with { Classes = train.Classes };
+            configuration.Add("data", Normalize(source));
+            configuration.Add("test-data", Normalize(testSource));
+        }
+        else
+        {
+            float fraction = p.GetValue(TestFraction) ?? 0.2f;
+            int held = (int)Math.Ceiling(fraction * data.Count);
+            if (held < 1 || held >= data.Count)
+                throw new InvalidDataException($"--data {source}: {data.Count} examples cannot be split with --test-fraction {fraction.ToString(CultureInfo.InvariantCulture)} into non-empty training and test sets.");
+            (train, test) = data.Split(fraction, seed);
+            configuration.Add("data", Normalize(source));
+            configuration.Add("test-data", string.Create(CultureInfo.InvariantCulture, $"split {fraction:R}"));
+        }
+        bool standardize = p.GetValue(Standardize);
+        if (standardize)
+        {
+            var (mean, deviation) = train.FeatureStatistics();
+            (train, test) = (train.Standardize(mean, deviation), test.Standardize(mean, deviation));
+        }
+        configuration.Add("standardize", standardize ? "yes" : "no");
+        return (train, test);
     }
 
-    private static Dataset Load(string source)
+    /// <summary>One line for the banner: what was loaded from where.</summary>
+    public static string Describe(RunConfiguration c) =>
+        $"{c["data"]} | {c["test-data"]}" + (c["standardize"] == "yes" ? " | standardized" : "");
+
+    /// <summary>File paths as full paths (the same file from another working directory is the same data); names as they are.</summary>
+    private static string Normalize(string source) =>
+        source == "digits" ? source : File.Exists(source) ? Path.GetFullPath(source) : source;
+
+    /// <summary>
+    /// digits, an existing file (CSV, whatever its name: a ':' in a path is not a scheme), a known scheme
+    /// (idx:, cifar10:, cifar100:), else a CSV path that the loader reports as missing.
+    /// </summary>
+    private static Dataset LoadSource(string option, string source, int? classes)
     {
         if (source == "digits") return Digits.Load();
+        if (source.Length == 0) throw new UsageException($"{option} needs a source: digits, PATH.csv, idx:IMAGES,LABELS, cifar10:FILES or cifar100:FILES.");
+        if (File.Exists(source)) return CsvDataset.Load(source, classes: classes);
+        RejectDirectory(option, source);
         int colon = source.IndexOf(':');
-        if (colon > 1)
+        var kind = colon > 0 ? source[..colon] : "";
+        if (Schemes.Contains(kind, StringComparer.Ordinal))
         {
-            var kind = source[..colon];
             var files = source[(colon + 1)..].Split(',', StringSplitOptions.RemoveEmptyEntries);
+            if (files.Length == 0) throw new UsageException($"{option} {source}: no files after '{kind}:'.");
+            foreach (var file in files) RejectDirectory(option, file);
             return kind switch
             {
                 "idx" when files.Length == 2 => IdxDataset.Load(files[0], files[1]),
-                "idx" => throw new UsageException($"idx data needs two files, images then labels: idx:IMAGES,LABELS; got '{source}'."),
+                "idx" => throw new UsageException($"{option}: idx data needs two files, images then labels: idx:IMAGES,LABELS; got '{source}'."),
                 "cifar10" => CifarDataset.Load(files, cifar100: false),
-                "cifar100" => CifarDataset.Load(files, cifar100: true),
-                _ => throw new UsageException($"Unknown data kind '{kind}' in '{source}'. Use digits, PATH.csv, idx:IMAGES,LABELS, cifar10:FILES or cifar100:FILES."),
+                _ => CifarDataset.Load(files, cifar100: true),
             };
         }
-        return CsvDataset.Load(source);
+        if (colon > 1 && kind.All(char.IsAsciiLetterOrDigit))
+            throw new UsageException($"{option}: unknown data kind '{kind}' in '{source}', and no file of that name exists. Use digits, PATH.csv, idx:IMAGES,LABELS, cifar10:FILES or cifar100:FILES.");
+        return CsvDataset.Load(source, classes: classes);
     }
 
-    public static MlpSpec Model(Options options, Dataset data)
+    private static void RejectDirectory(string option, string path)
     {
-        var activation = ParseActivation(options.String("activation", "relu"));
-        var layers = options.OptionalString("layers");
-        if (layers is not null)
-        {
-            int depth = options.Int("layers", 3, min: 1), width = options.Int("width", 128, min: 1);
-            return MlpSpec.Uniform(data.FeatureSize, depth, width, data.Classes, activation);
-        }
-        var hidden = options.IntList("hidden", "128,128");
-        return new MlpSpec(data.FeatureSize, [.. hidden], data.Classes, activation);
+        if (Directory.Exists(path))
+            throw new IOException($"{option}: '{path}' is a directory; give a data file (PATH.csv[.gz], idx:IMAGES,LABELS, cifar10:FILES or cifar100:FILES).");
+    }
+}
+
+/// <summary>The model options: an MLP given by hidden widths, or by depth and width.</summary>
+internal sealed class ModelOptions
+{
+    public const string Help = """
+        Model (an MLP; the defaults give 3 weight matrices, "3×128")
+          --hidden W1,W2,...        hidden layer widths (default 128,128; 'none' for a linear model)
+          --layers L --width W      alternatively: L weight matrices, hidden layers all of width W (default 128)
+          --activation NAME         relu (default), tanh, gelu, identity
+        """;
+
+    /// <summary>Far beyond what trains in reasonable time on any machine here; a typo guard, not a memory check
+    /// (that is the library's, before allocating).</summary>
+    private const int MaxWidth = 1 << 24, MaxLayers = 10_000;
+
+    public readonly Option<int[]?> Hidden = Opt.IntList("hidden", MaxWidth);
+    public readonly Option<int?> Layers = Opt.OptionalInt("layers", 1, MaxLayers);
+    public readonly Option<int?> Width = Opt.OptionalInt("width", 1, MaxWidth);
+    public readonly Option<string> Activation = Opt.String("activation", "relu");
+
+    public void AddTo(Command command)
+    {
+        command.Add(Hidden);
+        command.Add(Layers);
+        command.Add(Width);
+        command.Add(Activation);
+    }
+
+    public MlpSpec Build(ParseResult p, Dataset data, RunConfiguration configuration)
+    {
+        if (p.Given(Hidden) && (p.Given(Layers) || p.Given(Width)))
+            throw new UsageException($"--hidden and {(p.Given(Layers) ? "--layers" : "--width")} cannot be used together: give the hidden widths as a list (--hidden 128,128) or as depth and width (--layers 3 --width 128).");
+        if (p.Given(Width) && !p.Given(Layers))
+            throw new UsageException("--width needs --layers (the number of weight matrices); for explicit widths use --hidden W1,W2,....");
+        ElementwiseFunction activation;
+        try { activation = ElementwiseFunction.Parse(p.GetValue(Activation)!); }
+        catch (ArgumentException e) { throw new UsageException($"--activation: {e.Message}"); }
+        int[] hidden = p.GetValue(Layers) is int depth
+            ? [.. Enumerable.Repeat(p.GetValue(Width) ?? 128, depth - 1)]
+            : p.Given(Hidden) ? p.GetValue(Hidden) ?? [] : [128, 128];
+        // A weight matrix is one tensor: its element count must fit an array (2³¹ − 1). Checked here so that the
+        // error names the option; whether the whole model fits in memory is the library's check.
+        int[] widths = [data.FeatureSize, .. hidden, data.Classes];
+        for (int i = 0; i + 1 < widths.Length; i++)
+            if ((long)widths[i] * widths[i + 1] > Array.MaxLength)
+                throw new UsageException($"{(p.Given(Layers) ? "--width" : "--hidden")}: the {widths[i]}×{widths[i + 1]} weight matrix of layer {i + 1} would have {(long)widths[i] * widths[i + 1]:N0} elements, more than one tensor can hold ({Array.MaxLength:N0}). Use smaller widths.");
+        var spec = new MlpSpec(data.FeatureSize, [.. hidden], data.Classes, activation);
+        configuration.Add("model", Describe(spec));
+        return spec;
     }
 
     public static string Describe(MlpSpec spec) =>
         $"mlp {spec.Inputs}-{string.Join("-", spec.HiddenWidths.Append(spec.Outputs))} {spec.Activation.Name}";
+}
 
-    public static Guesser Guesser(Options options, string fallback = "backprop") => Guesser(options.String("guesser", fallback), options);
+/// <summary>The gradient-estimate options: guesser and its knobs, DFA/GrAPE feedback.</summary>
+internal sealed class GuesserOptions
+{
+    public const string Help = """
+        Gradient estimate
+          --guesser NAME            backprop (default), directional, activation-perturbation (ap), wt,
+                                    downstream, mixing, self-sharpening, wt-power, cosine-matched, dfa, grape
+          --mode joint|per-layer    one tangent channel for all layers, or one per layer (default joint)
+          --guesses G               guesses averaged per step (default 1)
+          --k K                     layers for 'downstream' (default 2)
+          --power P                 singular-value power for 'wt-power' (default 0)
+          --cosine C                target cosine for 'cosine-matched', in (0, 1] (default 0.1)
+        Feedback alignment (--guesser dfa or grape)
+          --feedback-init NAME      xavier (default), kaiming, gaussian
+          --grape-rule NAME         original (default), original-no-noise, alt1, alt2
+          --grape-lr ETA            η_B of the feedback rule, ≥ 0 (default 0.01)
+          --grape-decay D           η_B multiplied by D > 0 every step (default 1: constant)
+          --grape-noise S           noise scale of the original rule, ≥ 0 (default 0.001)
+          --grape-renormalize yes|no  keep ‖B‖ at its initial value (default yes for original, no for alt1/alt2)
+          --grape-average yes|no    cumulative moving average of J̃ over steps (default yes)
+          --grape-placement h|a     tangent on the hidden output h_l (default) or the pre-activation a_l
+          (--mode joint|per-layer also chooses GrAPE's tangent channels; default joint)
+        An option that the chosen guesser does not use (--k without downstream, --grape-* without grape, …)
+        is an error rather than silently ignored.
+        """;
 
-    public static Guesser Guesser(string name, Options options)
+    public static readonly string[] Names =
+        ["backprop", "directional", "activation-perturbation", "ap", "wt", "downstream", "mixing", "self-sharpening", "wt-power", "cosine-matched", "dfa", "grape"];
+
+    private static readonly string[] WithMode = ["activation-perturbation", "wt", "downstream", "mixing", "self-sharpening", "wt-power", "grape"];
+    private static readonly string[] WithGuesses = ["directional", "activation-perturbation", "wt", "downstream", "mixing", "self-sharpening", "wt-power", "cosine-matched"];
+
+    public readonly Option<string> Mode = Opt.Choice("mode", "joint", "mode", "joint", "per-layer");
+    public readonly Option<int> Guesses = Opt.Int("guesses", 1, min: 1, max: 1 << 16);
+    public readonly Option<int?> K = Opt.OptionalInt("k", 1, 1 << 16);
+    public readonly Option<float?> Power = Opt.OptionalFloat("power", _ => true, "a number");
+    public readonly Option<float?> Cosine = Opt.OptionalFloat("cosine", c => c is > 0 and <= 1, "a number in (0, 1]");
+    public readonly Option<string?> FeedbackInit = Opt.OptionalChoice("feedback-init", "feedback initialisation", "xavier", "kaiming", "gaussian");
+    public readonly Option<string?> GrapeRule = Opt.OptionalChoice("grape-rule", "GrAPE rule", "original", "original-no-noise", "alt1", "alt2");
+    public readonly Option<float?> GrapeLr = Opt.OptionalFloat("grape-lr", v => v >= 0, "a number ≥ 0");
+    public readonly Option<float?> GrapeDecay = Opt.OptionalFloat("grape-decay", v => v > 0, "a number > 0");
+    public readonly Option<float?> GrapeNoise = Opt.OptionalFloat("grape-noise", v => v >= 0, "a number ≥ 0");
+    public readonly Option<bool?> GrapeRenormalize = Opt.YesNo("grape-renormalize");
+    public readonly Option<bool?> GrapeAverage = Opt.YesNo("grape-average");
+    public readonly Option<string?> GrapePlacement = Opt.OptionalChoice("grape-placement", "GrAPE placement", "h", "a");
+
+    private Option[] GrapeOnly => [GrapeRule, GrapeLr, GrapeDecay, GrapeNoise, GrapeRenormalize, GrapeAverage, GrapePlacement];
+
+    public void AddTo(Command command)
     {
-        var mode = options.String("mode", "joint") switch
+        foreach (var option in (Option[])[Mode, Guesses, K, Power, Cosine, FeedbackInit, .. GrapeOnly]) command.Add(option);
+    }
+
+    public static string Canonical(string name) => name == "ap" ? "activation-perturbation" : name;
+
+    /// <summary>Options that only some guessers use must not be given for a run where none of them does.</summary>
+    public void RejectUnused(ParseResult p, IReadOnlyCollection<string> guessers)
+    {
+        void Require(Option option, string[] users)
         {
-            "joint" => TangentMode.Joint,
-            "per-layer" => TangentMode.PerLayer,
-            var m => throw new UsageException($"--mode must be joint or per-layer; got '{m}'."),
-        };
-        int guesses = options.Int("guesses", 1, min: 1);
+            if (p.Given(option) && !guessers.Any(users.Contains))
+                throw new UsageException($"{option.Name} applies only to {Opt.List([.. users.Select(u => "--guesser " + u)])}; this run uses {Opt.List([.. guessers])}. Drop {option.Name}.");
+        }
+        Require(K, ["downstream"]);
+        Require(Power, ["wt-power"]);
+        Require(Cosine, ["cosine-matched"]);
+        Require(FeedbackInit, ["dfa", "grape"]);
+        foreach (var option in GrapeOnly) Require(option, ["grape"]);
+    }
+
+    /// <summary>The guesser <paramref name="name"/> (canonical) with its options; what it uses goes into <paramref name="configuration"/> (null: not recorded).</summary>
+    public Guesser Build(ParseResult p, string name, ulong seed, RunConfiguration? configuration)
+    {
+        var mode = p.GetValue(Mode) == "per-layer" ? TangentMode.PerLayer : TangentMode.Joint;
+        int guesses = p.GetValue(Guesses);
+        configuration?.Add("guesser", name);
+        if (WithMode.Contains(name)) configuration?.Add("mode", p.GetValue(Mode)!);
+        if (WithGuesses.Contains(name)) configuration?.Add("guesses", guesses);
+        switch (name)
+        {
+            case "backprop": return Guessers.Backprop;
+            case "directional": return Guessers.DirectionalDescent(guesses);
+            case "activation-perturbation": return Guessers.ActivationPerturbation(mode, guesses);
+            case "wt": return Guessers.WeightTranspose(mode, guesses);
+            case "downstream":
+                int k = p.GetValue(K) ?? 2;
+                configuration?.Add("k", k);
+                return Guessers.Downstream(k, mode, guesses);
+            case "mixing": return Guessers.ActivationMixing(mode, guesses);
+            case "self-sharpening": return Guessers.SelfSharpening(mode, guesses);
+            case "wt-power":
+                float power = p.GetValue(Power) ?? 0f;
+                configuration?.Add("power", power);
+                return Guessers.WeightTransposePower(power, mode, guesses);
+            case "cosine-matched":
+                float cosine = p.GetValue(Cosine) ?? 0.1f;
+                configuration?.Add("cosine", cosine);
+                return Guessers.CosineMatched(cosine, guesses);
+            case "dfa": return Guessers.Dfa(FeedbackInitialization(p, configuration), seed);
+            case "grape":
+                var init = FeedbackInitialization(p, configuration);
+                return Guessers.Grape(Grape(p, mode, configuration), init, seed);
+            default: throw new UsageException($"Unknown guesser '{name}'. Use {Opt.List(Names)}.");
+        }
+    }
+
+    private FeedbackInitialization FeedbackInitialization(ParseResult p, RunConfiguration? configuration)
+    {
+        var name = p.GetValue(FeedbackInit) ?? "xavier";
+        configuration?.Add("feedback-init", name);
         return name switch
         {
-            "backprop" => Guessers.Backprop,
-            "directional" => Guessers.DirectionalDescent(guesses),
-            "activation-perturbation" or "ap" => Guessers.ActivationPerturbation(mode, guesses),
-            "wt" => Guessers.WeightTranspose(mode, guesses),
-            "downstream" => Guessers.Downstream(options.Int("k", 2, min: 1), mode, guesses),
-            "mixing" => Guessers.ActivationMixing(mode, guesses),
-            "self-sharpening" => Guessers.SelfSharpening(mode, guesses),
-            "wt-power" => Guessers.WeightTransposePower(options.Float("power", 0f), mode, guesses),
-            "cosine-matched" => Guessers.CosineMatched(options.Float("cosine", 0.1f), guesses),
-            "dfa" => Guessers.Dfa(FeedbackInit(options), Seed(options)),
-            "grape" => Guessers.Grape(Grape(options, mode), FeedbackInit(options), Seed(options)),
-            _ => throw new UsageException($"Unknown guesser '{name}'. Use backprop, directional, activation-perturbation, wt, downstream, mixing, self-sharpening, wt-power, cosine-matched, dfa or grape."),
+            "kaiming" => Guessing.FeedbackInitialization.KaimingUniform,
+            "gaussian" => Guessing.FeedbackInitialization.Gaussian,
+            _ => Guessing.FeedbackInitialization.XavierUniform,
         };
     }
 
-    private static ulong Seed(Options options) => (ulong)options.Int("seed", 1, min: 0);
-
-    private static FeedbackInitialization FeedbackInit(Options options) => options.String("feedback-init", "xavier") switch
+    private GrapeOptions Grape(ParseResult p, TangentMode mode, RunConfiguration? configuration)
     {
-        "xavier" => FeedbackInitialization.XavierUniform,
-        "kaiming" => FeedbackInitialization.KaimingUniform,
-        "gaussian" => FeedbackInitialization.Gaussian,
-        var n => throw new UsageException($"--feedback-init must be xavier, kaiming or gaussian; got '{n}'."),
-    };
-
-    private static bool YesNo(Options options, string name, bool fallback) => options.String(name, fallback ? "yes" : "no") switch
-    {
-        "yes" or "true" or "on" => true,
-        "no" or "false" or "off" => false,
-        var v => throw new UsageException($"--{name} must be yes or no; got '{v}'."),
-    };
-
-    private static GrapeOptions Grape(Options options, TangentMode mode)
-    {
-        var ruleName = options.String("grape-rule", "original");
-        float eta = options.Float("grape-lr", 0.01f), decay = options.Float("grape-decay", 1f), noise = options.Float("grape-noise", 1e-3f);
+        var ruleName = p.GetValue(GrapeRule) ?? "original";
+        float eta = p.GetValue(GrapeLr) ?? 0.01f, decay = p.GetValue(GrapeDecay) ?? 1f, noise = p.GetValue(GrapeNoise) ?? 1e-3f;
+        if (p.Given(GrapeNoise) && ruleName != "original")
+            throw new UsageException($"--grape-noise applies only to --grape-rule original; this run uses '{ruleName}'. Drop --grape-noise.");
         Schedule rate = decay == 1f ? Schedule.Constant(eta) : Schedule.Exponential(eta, decay);
-        bool renormalize = YesNo(options, "grape-renormalize", ruleName.StartsWith("original", StringComparison.Ordinal));
+        bool renormalize = p.GetValue(GrapeRenormalize) ?? ruleName.StartsWith("original", StringComparison.Ordinal);
         var rule = ruleName switch
         {
             "original" => FeedbackRules.Original(rate, noise, renormalize),
             "original-no-noise" => FeedbackRules.Original(rate, 0f, renormalize),
             "alt1" => FeedbackRules.Alternative1(rate, 0f, renormalize),
-            "alt2" => FeedbackRules.Alternative2(rate, 0f, renormalize),
-            _ => throw new UsageException($"--grape-rule must be original, original-no-noise, alt1 or alt2; got '{ruleName}'."),
+            _ => FeedbackRules.Alternative2(rate, 0f, renormalize),
         };
-        var placement = options.String("grape-placement", "h") switch
+        var placement = p.GetValue(GrapePlacement) ?? "h";
+        bool average = p.GetValue(GrapeAverage) ?? true;
+        if (configuration is not null)
         {
-            "h" => TangentPlacement.HiddenOutput,
-            "a" => TangentPlacement.PreActivation,
-            var p => throw new UsageException($"--grape-placement must be h or a; got '{p}'."),
+            configuration.Add("grape-rule", ruleName);
+            configuration.Add("grape-lr", eta);
+            configuration.Add("grape-decay", decay);
+            if (ruleName == "original") configuration.Add("grape-noise", noise);
+            configuration.Add("grape-renormalize", renormalize ? "yes" : "no");
+            configuration.Add("grape-average", average ? "yes" : "no");
+            configuration.Add("grape-placement", placement);
+        }
+        return new GrapeOptions
+        {
+            Rule = rule, Mode = mode, MovingAverage = average, Label = ruleName,
+            Placement = placement == "a" ? TangentPlacement.PreActivation : TangentPlacement.HiddenOutput,
         };
-        return new GrapeOptions { Rule = rule, Placement = placement, Mode = mode, MovingAverage = YesNo(options, "grape-average", true), Label = ruleName };
+    }
+}
+
+/// <summary>The update-rule options: optimizer, learning rate and schedule, clipping.</summary>
+internal sealed class RuleOptions
+{
+    public const string Help = """
+        Update rule
+          --optimizer NAME          sgd (default), momentum, nesterov, adam, adamw, stable-adamw
+          --lr RATE                 learning rate > 0 (default 0.1 for sgd/momentum/nesterov, 0.001 for the Adam family)
+          --momentum M              for momentum/nesterov, in [0, 1) (default 0.9)
+          --weight-decay L          decoupled weight decay ≥ 0 for adamw/stable-adamw (default 0.01)
+          --clip C                  clip the estimate to global norm C > 0 first (default: off)
+          --schedule NAME           constant (default), step, exponential, cosine
+          --warmup N                warm-up steps for 'cosine' (default 0)
+          --decay D                 factor > 0 for 'step' (every quarter of the run) and per-epoch factor for
+                                    'exponential' (default 0.5)
+        """;
+
+    public readonly Option<string> Optimizer = Opt.Choice("optimizer", "sgd", "optimizer", "sgd", "momentum", "nesterov", "adam", "adamw", "stable-adamw");
+    public readonly Option<float?> Lr = Opt.OptionalFloat("lr", v => v > 0, "a number > 0 (a negative rate would climb the loss)");
+    public readonly Option<float> Momentum = Opt.Float("momentum", 0.9f, v => v is >= 0 and < 1, "a number in [0, 1)");
+    public readonly Option<float> WeightDecay = Opt.Float("weight-decay", 0.01f, v => v >= 0, "a number ≥ 0");
+    public readonly Option<float?> Clip = Opt.OptionalFloat("clip", v => v > 0, "a norm > 0 (−1 would reverse the estimate, 0 would freeze training)");
+    public readonly Option<string> Schedule = Opt.Choice("schedule", "constant", "schedule", "constant", "step", "exponential", "cosine");
+    public readonly Option<int?> Warmup = Opt.OptionalInt("warmup", 0);
+    public readonly Option<float> Decay = Opt.Float("decay", 0.5f, v => v > 0, "a number > 0");
+
+    public void AddTo(Command command)
+    {
+        foreach (var option in new Option[] { Optimizer, Lr, Momentum, WeightDecay, Clip, Schedule, Warmup, Decay }) command.Add(option);
     }
 
-    public static (UpdateRule Rule, string Description) Rule(Options options, int stepsPerEpoch, int epochs)
+    /// <summary>The update rule; the schedule's length (step, cosine) depends on the run's total steps, which is then recorded.</summary>
+    public (UpdateRule Rule, string Description) Build(ParseResult p, int stepsPerEpoch, int epochs, RunConfiguration? configuration)
     {
-        var name = options.String("optimizer", "sgd");
+        var name = p.GetValue(Optimizer)!;
+        var scheduleName = p.GetValue(Schedule)!;
+        if (p.Given(Warmup) && scheduleName != "cosine")
+            throw new UsageException($"--warmup applies only to --schedule cosine; this run's schedule is '{scheduleName}'. Drop --warmup.");
         bool adamFamily = name.Contains("adam", StringComparison.Ordinal);
-        float rate = options.Float("lr", adamFamily ? 1e-3f : 0.1f);
-        float momentum = options.Float("momentum", 0.9f);
-        float decay = options.Float("weight-decay", 0.01f);
-        var clip = options.OptionalString("clip");
-        float clipNorm = clip is null ? 0 : options.Float("clip", 1f);
-        var scheduleName = options.String("schedule", "constant");
+        float rate = p.GetValue(Lr) ?? (adamFamily ? 1e-3f : 0.1f);
+        float momentum = p.GetValue(Momentum), decay = p.GetValue(WeightDecay), factor = p.GetValue(Decay);
+        float? clip = p.GetValue(Clip);
         long total = (long)stepsPerEpoch * epochs;
-        float factor = options.Float("decay", 0.5f);
-        Schedule schedule = scheduleName switch
+        Optim.Schedule schedule = scheduleName switch
         {
-            "constant" => Schedule.Constant(rate),
-            "step" => Schedule.Step(rate, factor, total / 4, total / 2, 3 * total / 4),
-            "exponential" => Schedule.Exponential(rate, MathF.Pow(factor, 1f / Math.Max(1, stepsPerEpoch))),
-            "cosine" => Schedule.CosineWithWarmup(rate, options.Int("warmup", 0, min: 0), total),
-            _ => throw new UsageException($"Unknown schedule '{scheduleName}'. Use constant, step, exponential or cosine."),
+            "step" => Optim.Schedule.Step(rate, factor, total / 4, total / 2, 3 * total / 4),
+            "exponential" => Optim.Schedule.Exponential(rate, MathF.Pow(factor, 1f / Math.Max(1, stepsPerEpoch))),
+            "cosine" => Optim.Schedule.CosineWithWarmup(rate, p.GetValue(Warmup) ?? 0, total),
+            _ => Optim.Schedule.Constant(rate),
         };
         UpdateRule rule = name switch
         {
-            "sgd" => Optimizers.Sgd(schedule),
             "momentum" => Optimizers.Momentum(schedule, momentum),
             "nesterov" => Optimizers.Momentum(schedule, momentum, nesterov: true),
             "adam" => Optimizers.Adam(schedule),
             "adamw" => Optimizers.AdamW(schedule, decay),
             "stable-adamw" => Optimizers.StableAdamW(schedule, decay),
-            _ => throw new UsageException($"Unknown optimizer '{name}'. Use sgd, momentum, nesterov, adam, adamw or stable-adamw."),
+            _ => Optimizers.Sgd(schedule),
         };
-        if (clip is not null) rule = new ClipByGlobalNorm(clipNorm).Then(rule);
+        if (clip is float c) rule = new ClipByGlobalNorm(c).Then(rule);
+        if (configuration is not null)
+        {
+            configuration.Add("optimizer", name);
+            configuration.Add("lr", rate);
+            if (name is "momentum" or "nesterov") configuration.Add("momentum", momentum);
+            if (name.EndsWith("adamw", StringComparison.Ordinal)) configuration.Add("weight-decay", decay);
+            configuration.Add("clip", clip is float cc ? cc.ToString("R", CultureInfo.InvariantCulture) : "off");
+            configuration.Add("schedule", scheduleName);
+            if (scheduleName is "step" or "exponential") configuration.Add("decay", factor);
+            if (scheduleName == "cosine") configuration.Add("warmup", p.GetValue(Warmup) ?? 0);
+            // The step and cosine schedules stretch over the whole run: --epochs then changes every later rate.
+            if (scheduleName is "step" or "cosine") configuration.Add("schedule-steps", total.ToString(CultureInfo.InvariantCulture));
+        }
         var description = string.Create(CultureInfo.InvariantCulture, $"{name} lr {rate} schedule {scheduleName}") +
             (name.EndsWith("adamw", StringComparison.Ordinal) ? string.Create(CultureInfo.InvariantCulture, $" wd {decay}") : "") +
             (name is "momentum" or "nesterov" ? string.Create(CultureInfo.InvariantCulture, $" momentum {momentum}") : "") +
-            (clip is null ? "" : string.Create(CultureInfo.InvariantCulture, $" clip {clipNorm}"));
+            (clip is null ? "" : string.Create(CultureInfo.InvariantCulture, $" clip {clip}"));
         return (rule, description);
     }
+}
 
-    private static ElementwiseFunction ParseActivation(string name)
+/// <summary>The device options of train.</summary>
+internal sealed class DeviceOptions
+{
+    public const string Help = """
+        Device
+          --device cpu|cuda[:N]     where to train (default cpu; cuda needs an NVIDIA driver, cuBLAS and NVRTC)
+          --tf32                    allow TF32 tensor-core GEMMs on CUDA (faster, less exact; default off)
+        """;
+
+    public readonly Option<string> Device = Opt.String("device", "cpu");
+    public readonly Option<bool> Tf32 = Opt.Flag("tf32");
+
+    public void AddTo(Command command)
     {
-        try { return ElementwiseFunction.Parse(name); }
-        catch (ArgumentException e) { throw new UsageException(e.Message); }
+        command.Add(Device);
+        command.Add(Tf32);
+    }
+
+    /// <summary>The backend the options ask for; a CUDA request without a usable GPU is an error that says why.</summary>
+    public Backend Create(ParseResult p)
+    {
+        var device = p.GetValue(Device)!;
+        if (device == "cpu") return new CpuBackend();
+        int ordinal = 0;
+        if (device != "cuda" && !(device.StartsWith("cuda:", StringComparison.Ordinal)
+                                  && int.TryParse(device.AsSpan(5), NumberStyles.None, CultureInfo.InvariantCulture, out ordinal)))
+            throw new UsageException($"--device must be cpu, cuda or cuda:N; got '{device}'.");
+        var cuda = ForwardAD.Cuda.CudaBackend.TryCreate(out var reason, ordinal)
+            ?? throw new UsageException($"--device {device}: {reason}");
+        cuda.UseTf32 = p.GetValue(Tf32);
+        return cuda;
     }
 }

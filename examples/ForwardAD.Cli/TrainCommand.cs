@@ -1,6 +1,6 @@
+using System.CommandLine;
 using System.Globalization;
 using ForwardAD.Autodiff;
-using ForwardAD.Backends;
 using ForwardAD.Training;
 using Spectre.Console;
 
@@ -14,100 +14,151 @@ internal static class TrainCommand
         With no options it trains a 3×128 ReLU MLP (hidden 128,128) with backprop and SGD on the embedded
         digits data set (1,797 8×8 images, no download) for 20 epochs, in a few seconds.
 
-        {RunSpec.DataHelp}
-        {RunSpec.ModelHelp}
-        {RunSpec.GuesserHelp}
-        {RunSpec.RuleHelp}
-        {RunSpec.DeviceHelp}
+        {DataOptions.Help}
+        {ModelOptions.Help}
+        {GuesserOptions.Help}
+        {RuleOptions.Help}
+        {DeviceOptions.Help}
         Training
           --epochs N                (default 20)
-          --batch-size B            (default 32)
+          --batch-size B            (default 32; at most the number of training examples)
           --seed S                  seed of initialisation, split, shuffling and every guess (default 1)
           --cosine-every N          measure cos(estimate, backprop gradient) every N steps (default 1; 0 = never)
         Output and checkpoints
-          --metrics PATH            per-epoch CSV (default runs/train-<guesser>-seed<S>.csv)
+          --metrics PATH            per-epoch CSV (default runs/train-<guesser>-seed<S>-<config>.csv, where
+                                    <config> is a hash of the run's configuration); its 'run' column holds that hash
           --checkpoint PATH         write a safetensors checkpoint after every epoch (atomically)
-          --resume PATH             continue a run from its checkpoint, bit for bit (same options)
+          --resume PATH             continue a run from its checkpoint, bit for bit. The checkpoint records the
+                                    run's configuration (data, split, standardisation, model, guesser and its
+                                    options, optimizer, rate, clipping, schedule, seed, batch size; --epochs too
+                                    when the schedule is step or cosine, whose length it sets), and any difference
+                                    is refused. May differ: --epochs (other schedules: train longer), --metrics,
+                                    --checkpoint, --cosine-every, --quiet, --device and --tf32 (another device
+                                    continues the run to float rounding, not bit for bit). Rows of the metrics CSV
+                                    from before the checkpoint are kept; an empty CSV starts afresh; a CSV of another
+                                    run or not written by this tool is an error (pass another --metrics).
           --quiet                   no live progress, only the final table
         """;
 
-    public static int Run(string[] args)
+    private sealed class Options
     {
-        var options = new Options(args, new HashSet<string> { "quiet", "tf32" });
-        ulong seed = (ulong)options.Int("seed", 1, min: 0);
-        int epochs = options.Int("epochs", 20, min: 1);
-        int batch = options.Int("batch-size", 32, min: 1);
-        int cosineEvery = options.Int("cosine-every", 1, min: 0);
-        var (train, test, dataDescription) = RunSpec.LoadData(options, seed);
-        var spec = RunSpec.Model(options, train);
-        var guesser = RunSpec.Guesser(options);
-        var (rule, ruleDescription) = RunSpec.Rule(options, train.Count / Math.Max(1, batch), epochs);
-        var metricsPath = options.String("metrics", Path.Combine("runs", $"train-{guesser.Name.Replace(' ', '-').Replace("(", "").Replace(")", "")}-seed{seed}.csv"));
-        var checkpoint = options.OptionalString("checkpoint");
-        var resume = options.OptionalString("resume");
-        bool quiet = options.Flag("quiet");
-        var backend = RunSpec.Device(options);
-        options.RejectUnknown();
+        public readonly DataOptions Data = new();
+        public readonly ModelOptions Model = new();
+        public readonly GuesserOptions Guesser = new();
+        public readonly RuleOptions Rule = new();
+        public readonly DeviceOptions Device = new();
+        public readonly Option<string> GuesserName = Opt.Choice("guesser", "backprop", "guesser", GuesserOptions.Names);
+        public readonly Option<int> Epochs = Opt.Int("epochs", 20, min: 1, max: 1_000_000);
+        public readonly Option<int> BatchSize = Opt.Int("batch-size", 32, min: 1);
+        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0);
+        public readonly Option<int> CosineEvery = Opt.Int("cosine-every", 1, min: 0);
+        public readonly Option<string?> Metrics = Opt.OptionalString("metrics");
+        public readonly Option<string?> Checkpoint = Opt.OptionalString("checkpoint");
+        public readonly Option<string?> Resume = Opt.OptionalString("resume");
+        public readonly Option<bool> Quiet = Opt.Flag("quiet");
+    }
+
+    public static Command Create(CliContext context)
+    {
+        var o = new Options();
+        var command = new Command("train", "Train an MLP with a gradient guesser.");
+        o.Data.AddTo(command);
+        o.Model.AddTo(command);
+        command.Add(o.GuesserName);
+        o.Guesser.AddTo(command);
+        o.Rule.AddTo(command);
+        o.Device.AddTo(command);
+        foreach (var option in new Option[] { o.Epochs, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Resume, o.Quiet }) command.Add(option);
+        command.SetAction(p => Run(p, o, context));
+        return command;
+    }
+
+    private static int Run(ParseResult p, Options o, CliContext context)
+    {
+        var console = context.Console;
+        ulong seed = (ulong)p.GetValue(o.Seed);
+        int epochs = p.GetValue(o.Epochs), batch = p.GetValue(o.BatchSize), cosineEvery = p.GetValue(o.CosineEvery);
+        var guesserName = GuesserOptions.Canonical(p.GetValue(o.GuesserName)!);
+        o.Guesser.RejectUnused(p, [guesserName]);
+        // Everything is checked and loaded before the first step: a bad option or file costs no epoch.
+        var configuration = new RunConfiguration();
+        var (train, test) = o.Data.Load(p, seed, configuration);
+        if (batch > train.Count)
+            throw new UsageException($"--batch-size {batch} is larger than the training set ({train.Count} examples): no full batch to train on.");
+        var spec = o.Model.Build(p, train, configuration);
+        var guesser = o.Guesser.Build(p, guesserName, seed, configuration);
+        var (rule, ruleDescription) = o.Rule.Build(p, train.Count / batch, epochs, configuration);
+        var runHash = configuration.Hash(("seed", seed.ToString(CultureInfo.InvariantCulture)), ("batch_size", batch.ToString(CultureInfo.InvariantCulture)));
+        var metricsPath = p.GetValue(o.Metrics) ?? Path.Combine("runs", $"train-{Slug(guesser.Name)}-seed{seed}-{runHash}.csv");
+        var checkpoint = p.GetValue(o.Checkpoint);
+        var resume = p.GetValue(o.Resume);
+        bool quiet = p.GetValue(o.Quiet);
+        foreach (var (option, path) in new[] { ("--metrics", metricsPath), ("--checkpoint", checkpoint), ("--resume", resume) })
+            if (path is not null && Directory.Exists(path)) throw new IOException($"{option} {path}: is a directory; give a file path.");
+        var backend = o.Device.Create(p);
 
         var model = spec.Build();
         var parameters = ParameterStore.Initialize(model, backend, seed);
         var trainer = new Trainer(guesser, rule, parameters, train, test, new TrainingOptions(batch, seed) { CosineEvery = cosineEvery });
-        var description = new Dictionary<string, string>
-        {
-            ["model"] = RunSpec.Describe(spec),
-            ["guesser"] = guesser.Name,
-            ["rule"] = ruleDescription,
-            ["data"] = dataDescription,
-        };
-        var reports = resume is null ? new List<EpochReport>() : ReadPreviousMetrics(metricsPath);
+        var description = configuration.ToDictionary();
+        List<EpochReport> reports = [];
         if (resume is not null)
         {
-            trainer.Resume(resume, description);
-            reports = reports.Where(r => r.Epoch < trainer.NextEpoch).ToList();
+            try { trainer.Resume(resume, description); }
+            catch (InvalidDataException e)
+            {
+                throw new InvalidDataException($"{e.Message} --resume continues a run only with the options it was started with " +
+                    "(the checkpoint's metadata lists them; see 'forwardad train --help' for those that may differ). To train with these options instead, " +
+                    "start a new run: drop --resume and give a new --checkpoint path.", e);
+            }
+            // After the checkpoint's check, so that a changed option is reported as such, not as a foreign metrics file.
+            reports = MetricsFile.ReadForResume(metricsPath, runHash, context.Error).Where(r => r.Epoch < trainer.NextEpoch).ToList();
         }
         checkpoint ??= resume;
 
-        AnsiConsole.MarkupLineInterpolated($"[bold]ForwardAD[/] train: {train.Name} ({train.Count} train / {test.Count} test), {description["model"]}, {guesser.Name}, {ruleDescription}, batch {batch}, seed {seed}, {backend.Name}");
-        if (resume is not null) AnsiConsole.MarkupLineInterpolated($"resumed from {resume} at epoch {trainer.NextEpoch + 1}, step {trainer.Step}");
+        console.MarkupLineInterpolated($"[bold]ForwardAD[/] train: {train.Name} ({train.Count} train / {test.Count} test), {configuration["model"]}, {guesser.Name}, {ruleDescription}, batch {batch}, seed {seed}, {backend.Name}");
+        if (resume is not null) console.MarkupLineInterpolated($"resumed from {resume} at epoch {trainer.NextEpoch + 1}, step {trainer.Step}");
         void EpochDone(EpochReport report)
         {
             reports.Add(report);
             if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, description);
-            WriteMetrics(metricsPath, reports);
+            MetricsFile.Write(metricsPath, reports, runHash);
         }
-        if (quiet || !AnsiConsole.Profile.Capabilities.Interactive)
+        if (quiet || !context.Interactive)
         {
             for (int e = trainer.NextEpoch; e < epochs; e++)
             {
                 EpochDone(trainer.RunEpoch(e));
-                if (!quiet) Console.WriteLine(Line(reports[^1], epochs));
+                if (!quiet) context.Output.WriteLine(Line(reports[^1], epochs));
             }
         }
         else
         {
-            AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-                .Start(context =>
+            console.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                .Start(progress =>
                 {
-                    var task = context.AddTask("starting", maxValue: (epochs - trainer.NextEpoch) * trainer.StepsPerEpoch);
+                    var task = progress.AddTask("starting", maxValue: (epochs - trainer.NextEpoch) * trainer.StepsPerEpoch);
                     var observer = new ProgressObserver(task, epochs, batch);
                     for (int e = trainer.NextEpoch; e < epochs; e++) EpochDone(trainer.RunEpoch(e, observer));
                 });
         }
         if (reports.Count == 0)
         {
-            AnsiConsole.MarkupLine("nothing to do: the checkpoint has already completed every epoch.");
-            return 0;
+            console.MarkupLine("nothing to do: the checkpoint has already completed every epoch.");
+            return Cli.Success;
         }
         var table = new Table().AddColumns("epoch", "train loss", "train acc", "test loss", "test acc", "cos(est, ∇L)", "B·J align", "examples/s");
         foreach (var r in reports.Where((r, i) => i == 0 || i == reports.Count - 1 || (i + 1) % Math.Max(1, epochs / 5) == 0))
             table.AddRow(Cells(r));
-        AnsiConsole.Write(table);
+        console.Write(table);
         var last = reports[^1];
-        AnsiConsole.MarkupLineInterpolated($"final: train accuracy [green]{last.TrainAccuracy:P2}[/], test accuracy [green]{last.TestAccuracy:P2}[/]; metrics in {metricsPath}");
-        return 0;
+        console.MarkupLineInterpolated($"final: train accuracy [green]{last.TrainAccuracy:P2}[/], test accuracy [green]{last.TestAccuracy:P2}[/]; metrics in {metricsPath}");
+        return Cli.Success;
     }
 
-    private static string F(double v, string format = "F4") => double.IsNaN(v) ? "–" : v.ToString(format, CultureInfo.InvariantCulture);
+    private static string Slug(string name) => name.Replace(' ', '-').Replace("(", "").Replace(")", "");
+
+    internal static string F(double v, string format = "F4") => double.IsNaN(v) ? "–" : v.ToString(format, CultureInfo.InvariantCulture);
 
     private static string[] Cells(EpochReport r) =>
     [
@@ -119,48 +170,6 @@ internal static class TrainCommand
         $"epoch {r.Epoch + 1}/{epochs}: train loss {F(r.TrainLoss)} acc {F(r.TrainAccuracy, "P2")}, test loss {F(r.TestLoss)} acc {F(r.TestAccuracy, "P2")}, " +
         $"cos {F(r.GlobalCosine, "F3")} (sites {string.Join(" ", r.SiteCosines.Select(c => F(c, "F3")))})" +
         (r.FeedbackAlignment.IsEmpty ? "" : $", B·J alignment {string.Join(" ", r.FeedbackAlignment.Select(c => F(c, "F3")))}") + $", {F(r.ExamplesPerSecond, "F0")} examples/s";
-
-    private static readonly string[] FixedColumns = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "cosine_global"];
-
-    /// <summary>Writes the whole CSV to a temporary file, then renames it into place: a failed run never leaves half a file.</summary>
-    private static void WriteMetrics(string path, IReadOnlyList<EpochReport> reports)
-    {
-        var directory = Path.GetDirectoryName(Path.GetFullPath(path))!;
-        Directory.CreateDirectory(directory);
-        var temporary = path + ".tmp";
-        using (var writer = new StreamWriter(temporary))
-        {
-            int layers = reports[0].SiteCosines.Length, aligned = reports.Max(r => r.FeedbackAlignment.Length);
-            writer.WriteLine(string.Join(',', FixedColumns.Concat(Enumerable.Range(1, layers).Select(l => $"cosine_layer{l}"))
-                .Concat(Enumerable.Range(1, aligned).Select(l => $"alignment_layer{l}")).Concat(["examples_per_second", "wall_seconds"])));
-            foreach (var r in reports)
-                writer.WriteLine(string.Join(',', new[] { (r.Epoch + 1).ToString(CultureInfo.InvariantCulture), G(r.TrainLoss), G(r.TrainAccuracy), G(r.TestLoss), G(r.TestAccuracy), G(r.GlobalCosine) }
-                    .Concat(r.SiteCosines.Select(G)).Concat(Enumerable.Range(0, aligned).Select(l => l < r.FeedbackAlignment.Length ? G(r.FeedbackAlignment[l]) : "NaN"))
-                    .Concat([G(r.ExamplesPerSecond), G(r.WallTime.TotalSeconds)])));
-        }
-        File.Move(temporary, path, overwrite: true);
-        static string G(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
-    }
-
-    /// <summary>On resume, the epochs already in the metrics CSV are kept so that the file covers the whole run.</summary>
-    private static List<EpochReport> ReadPreviousMetrics(string path)
-    {
-        if (!File.Exists(path)) return [];
-        var lines = File.ReadAllLines(path);
-        var header = lines[0].Split(',');
-        int layers = header.Count(h => h.StartsWith("cosine_layer", StringComparison.Ordinal));
-        int aligned = header.Count(h => h.StartsWith("alignment_layer", StringComparison.Ordinal));
-        var result = new List<EpochReport>();
-        foreach (var line in lines.Skip(1))
-        {
-            var v = line.Split(',').Select(x => double.Parse(x, CultureInfo.InvariantCulture)).ToArray();
-            result.Add(new EpochReport((int)v[0] - 1, v[1], v[2], v[3], v[4], [.. v.Skip(6).Take(layers)], v[5], v[^2], TimeSpan.FromSeconds(v[^1]))
-            {
-                FeedbackAlignment = [.. v.Skip(6 + layers).Take(aligned)],
-            });
-        }
-        return result;
-    }
 
     private sealed class ProgressObserver(ProgressTask task, int epochs, int batch) : ITrainingObserver
     {

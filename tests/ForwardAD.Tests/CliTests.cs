@@ -1,8 +1,13 @@
 using ForwardAD.Cli;
+using ForwardAD.Data;
+using ForwardAD.Tensors;
 
 namespace ForwardAD.Tests;
 
-/// <summary>The command-line tool end to end on the embedded digits: the main job, its CSV, resume, and bad input.</summary>
+/// <summary>
+/// The command-line tool end to end on the embedded digits, in process through its entry point: the main job,
+/// its CSV, resume, exit codes and messages for bad input.
+/// </summary>
 public sealed class CliTests : IDisposable
 {
     private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-cli-").FullName;
@@ -11,38 +16,286 @@ public sealed class CliTests : IDisposable
 
     private string PathOf(string name) => Path.Combine(_folder, name);
 
+    internal static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Cli.Cli.Run(args, output, error);
+        return (code, output.ToString(), error.ToString());
+    }
+
+    /// <summary>A usage or data error: the expected code, the message on stderr (not stdout), no stack trace, no colour.</summary>
+    private static string Fails(int code, params string[] args)
+    {
+        var (actual, output, error) = Run(args);
+        Assert.True(code == actual, $"exit code {actual}, expected {code}; stderr: {error}; stdout: {output}");
+        Assert.StartsWith("error: ", error);
+        Assert.DoesNotContain("   at ", error);
+        Assert.DoesNotContain("\u001b[", error + output);
+        Assert.DoesNotContain("error", output);
+        return error;
+    }
+
+    // Tiny runs: an 8-unit hidden layer, one or two epochs on digits, a fraction of a second each.
+    private string[] Tiny(string metrics) => ["--hidden", "8", "--quiet", "--metrics", PathOf(metrics)];
+
     [Fact]
     public void Train_writes_a_metrics_row_per_epoch_and_resumes_into_the_same_file()
     {
         var metrics = PathOf("m.csv");
         var checkpoint = PathOf("c.safetensors");
         string[] common = ["--guesser", "wt", "--mode", "per-layer", "--optimizer", "adamw", "--lr", "1e-3", "--hidden", "32", "--quiet", "--metrics", metrics];
-        Assert.Equal(0, TrainCommand.Run([.. common, "--epochs", "2", "--checkpoint", checkpoint]));
+        Assert.Equal(0, Run([.. common, "--epochs", "2", "--checkpoint", checkpoint]).Code);
         Assert.Equal(3, File.ReadAllLines(metrics).Length);
-        Assert.Equal(0, TrainCommand.Run([.. common, "--epochs", "3", "--resume", checkpoint]));
+        // --epochs may differ on resume with a constant schedule: the run goes on for longer.
+        var (code, _, error) = Run([.. common, "--epochs", "3", "--resume", checkpoint]);
+        Assert.True(code == 0, error);
         var lines = File.ReadAllLines(metrics);
         Assert.Equal(4, lines.Length);
         Assert.StartsWith("epoch,train_loss,train_accuracy,test_loss,test_accuracy,cosine_global,cosine_layer1,cosine_layer2", lines[0]);
+        Assert.EndsWith(",examples_per_second,wall_seconds,run", lines[0]);
         Assert.StartsWith("3,", lines[3]);
+        Assert.Single(lines.Skip(1).Select(l => l.Split(',')[^1]).Distinct());
+        Assert.All(lines, l => Assert.Equal(lines[0].Split(',').Length, l.Split(',').Length));
     }
 
     [Fact]
-    public void Bad_options_and_files_are_usage_errors_that_name_the_problem()
+    public void No_command_means_train_and_help_lists_the_options()
     {
-        Assert.Contains("--epochz", Assert.Throws<UsageException>(() => TrainCommand.Run(["--epochz", "3"])).Message);
-        Assert.Contains("Unknown guesser 'magic'", Assert.Throws<UsageException>(() => TrainCommand.Run(["--guesser", "magic"])).Message);
-        Assert.Contains("--epochs must be an integer", Assert.Throws<UsageException>(() => TrainCommand.Run(["--epochs", "many"])).Message);
-        Assert.Contains("does not exist", Assert.Throws<FileNotFoundException>(() => TrainCommand.Run(["--data", PathOf("missing.csv")])).Message);
+        Assert.Equal(0, Run([.. Tiny("m.csv"), "--epochs", "1"]).Code);
+        Assert.Equal(2, File.ReadAllLines(PathOf("m.csv")).Length);
+        var (code, help, _) = Run("train", "--help");
+        Assert.Equal(0, code);
+        foreach (var option in new[] { "--guesser", "--lr", "--epochs", "--hidden", "--layers", "--width", "--data", "--test-data", "--standardize", "--checkpoint", "--resume", "--metrics", "--quiet", "--device", "--clip" })
+            Assert.Contains(option, help);
+        Assert.Contains("grape-toy", Run("--help").Out);
+        Assert.Contains("--size", Run("grape-toy", "--help").Out);
+    }
+
+    [Fact]
+    public void Bad_options_are_usage_errors_with_exit_code_2_on_stderr()
+    {
+        Assert.Contains("--epochz", Fails(2, "--epochz", "3"));
+        Assert.Contains("Unknown guesser 'magic'", Fails(2, "--guesser", "magic"));
+        Assert.Contains("--epochs must be an integer", Fails(2, "--epochs", "many"));
+        Assert.Contains("Unknown command 'trian'", Fails(2, "trian"));
+        Assert.Contains("--lr", Fails(2, "--lr", "1", "--lr", "2"));
+        Assert.Contains("--data needs a value", Fails(2, "--data", "--quiet"));
+        Assert.Contains("--lr must be a number > 0", Fails(2, "--lr", "-0.1"));
+    }
+
+    [Theory]
+    [InlineData("-1")]
+    [InlineData("0")]
+    [InlineData("NaN")]
+    [InlineData("Infinity")]
+    [InlineData("1e40")]
+    public void Clip_must_be_a_positive_finite_norm(string clip) =>
+        Assert.Contains("--clip must be a norm > 0", Fails(2, [.. Tiny("m.csv"), "--epochs", "1", "--clip", clip]));
+
+    [Fact]
+    public void Conflicting_options_are_reported_as_conflicts_naming_both()
+    {
+        var error = Fails(2, "--hidden", "8", "--layers", "2");
+        Assert.Contains("--hidden and --layers cannot be used together", error);
+        Assert.DoesNotContain("Unknown", error);
+        Assert.Contains("--hidden and --width cannot be used together", Fails(2, "--hidden", "8", "--width", "16"));
+        Assert.Contains("--test-fraction and --test-data cannot be used together", Fails(2, "--test-fraction", "0.3", "--test-data", "digits"));
+        Assert.Contains("--width needs --layers", Fails(2, "--width", "16"));
+        Assert.Contains("--k applies only to --guesser downstream", Fails(2, "--guesser", "wt", "--k", "3"));
+        Assert.Contains("--warmup applies only to --schedule cosine", Fails(2, "--warmup", "3"));
+    }
+
+    [Fact]
+    public void A_weight_matrix_too_large_for_one_tensor_is_a_usage_error_naming_the_option()
+    {
+        Assert.Contains("--width", Fails(2, "--layers", "3", "--width", "16000000"));
+        Assert.Contains("46341×46341", Fails(2, "--hidden", "46341,46341"));
+        Assert.Contains("--width must be an integer from 1 to", Fails(2, "--layers", "3", "--width", "2147483647"));
+        // Each matrix fits a tensor, the whole model does not fit one parameter store: the library's check, before allocating.
+        Assert.Contains("parameters", Fails(1, "--layers", "8", "--width", "40000", "--quiet", "--metrics", PathOf("m.csv")));
+    }
+
+    [Fact]
+    public void Bad_files_are_data_errors_with_exit_code_1_naming_the_file()
+    {
+        Assert.Contains("does not exist", Fails(1, "--data", PathOf("missing.csv")));
         File.WriteAllText(PathOf("ragged.csv"), "1,2,0\n1,1\n");
-        Assert.Contains("line 2", Assert.Throws<InvalidDataException>(() => TrainCommand.Run(["--data", PathOf("ragged.csv")])).Message);
+        Assert.Contains("line 2", Fails(1, "--data", PathOf("ragged.csv")));
+        Assert.Contains("is a directory", Fails(1, "--data", _folder));
+        Assert.Contains("is a directory", Fails(1, "--data", $"idx:{_folder},{PathOf("labels")}"));
+    }
+
+    [Fact]
+    public void A_path_with_a_colon_is_loaded_as_a_file()
+    {
+        var path = PathOf("run:1.csv");
+        File.WriteAllLines(path, Enumerable.Range(0, 40).Select(i => $"{i % 7},{i % 3},{i % 2}"));
+        var (code, _, error) = Run("--data", path, "--hidden", "4", "--epochs", "1", "--batch-size", "8", "--quiet", "--metrics", PathOf("m.csv"));
+        Assert.True(code == 0, error);
+        Assert.Equal(2, File.ReadAllLines(PathOf("m.csv")).Length);
+    }
+
+    [Fact]
+    public void A_test_set_that_does_not_fit_the_training_data_is_refused_before_training_naming_its_file()
+    {
+        File.WriteAllLines(PathOf("train.csv"), Enumerable.Range(0, 40).Select(i => $"{i % 7},{i % 5},{i % 3}"));
+        File.WriteAllLines(PathOf("narrow.csv"), Enumerable.Range(0, 10).Select(i => $"{i % 7},{i % 3}"));
+        File.WriteAllLines(PathOf("classes.csv"), Enumerable.Range(0, 10).Select(i => $"{i % 7},{i % 5},{i % 4}"));
+        string[] common = ["--data", PathOf("train.csv"), "--hidden", "4", "--batch-size", "8", "--quiet", "--metrics", PathOf("m.csv"), "--checkpoint", PathOf("c.safetensors")];
+        var error = Fails(1, [.. common, "--test-data", PathOf("narrow.csv")]);
+        Assert.Contains("narrow.csv", error);
+        Assert.Contains("features per example", error);
+        Assert.Contains("classes.csv", Fails(1, [.. common, "--test-data", PathOf("classes.csv")]));
+        Assert.False(File.Exists(PathOf("m.csv")));
+        Assert.False(File.Exists(PathOf("c.safetensors")));
+    }
+
+    [Fact]
+    public void Resume_refuses_every_option_that_changes_the_result()
+    {
+        var checkpoint = PathOf("c.safetensors");
+        string[] Args(params string[] extra) => [.. Tiny("m.csv"), "--epochs", "1", .. extra];
+        void Start(params string[] options) => Assert.Equal(0, Run([.. Args(options), "--checkpoint", checkpoint]).Code);
+        string Refused(string key, params string[] options)
+        {
+            var error = Fails(1, [.. Args(options), "--resume", checkpoint]);
+            Assert.Contains(key, error);
+            Assert.Contains("drop --resume", error);
+            return error;
+        }
+
+        Start("--guesser", "ap", "--guesses", "2");
+        Refused("guesses", "--guesser", "ap", "--guesses", "3");
+        Refused("mode", "--guesser", "ap", "--guesses", "2", "--mode", "per-layer");
+        Refused("lr", "--guesser", "ap", "--guesses", "2", "--lr", "0.05");
+        Refused("standardize", "--guesser", "ap", "--guesses", "2", "--standardize");
+        Refused("test-data", "--guesser", "ap", "--guesses", "2", "--test-fraction", "0.3");
+        Refused("clip", "--guesser", "ap", "--guesses", "2", "--clip", "1");
+        // Not in the configuration: output options, and --epochs with a constant schedule.
+        Assert.Equal(0, Run([.. Tiny("other.csv"), "--epochs", "2", "--guesser", "ap", "--guesses", "2", "--resume", checkpoint, "--cosine-every", "3"]).Code);
+
+        Start("--guesser", "grape");
+        Refused("grape-lr", "--guesser", "grape", "--grape-lr", "0.02");
+        Refused("grape-placement", "--guesser", "grape", "--grape-placement", "a");
+        Refused("feedback-init", "--guesser", "grape", "--feedback-init", "kaiming");
+
+        Start("--schedule", "step", "--decay", "0.5");
+        Refused("decay", "--schedule", "step", "--decay", "0.25");
+        // The step schedule's length is the run's: another --epochs changes every later rate.
+        Assert.Contains("schedule-steps", Fails(1, [.. Tiny("m.csv"), "--epochs", "3", "--schedule", "step", "--decay", "0.5", "--resume", checkpoint]));
+
+        Start("--schedule", "cosine", "--warmup", "2");
+        Refused("warmup", "--schedule", "cosine", "--warmup", "3");
+    }
+
+    [Fact]
+    public void The_same_model_given_as_hidden_widths_or_as_layers_and_width_resumes()
+    {
+        var checkpoint = PathOf("c.safetensors");
+        Assert.Equal(0, Run("--hidden", "8,8", "--epochs", "1", "--quiet", "--metrics", PathOf("m.csv"), "--checkpoint", checkpoint).Code);
+        var (code, _, error) = Run("--layers", "3", "--width", "8", "--epochs", "2", "--quiet", "--metrics", PathOf("m.csv"), "--resume", checkpoint);
+        Assert.True(code == 0, error);
+        Assert.Equal(3, File.ReadAllLines(PathOf("m.csv")).Length);
+    }
+
+    [Fact]
+    public void A_resumed_run_never_mixes_its_metrics_with_another_runs()
+    {
+        var checkpoint = PathOf("c.safetensors");
+        var metrics = PathOf("m.csv");
+        Assert.Equal(0, Run([.. Tiny("m.csv"), "--epochs", "1", "--checkpoint", checkpoint]).Code);
+        // Another run (another rate) writes the same CSV.
+        Assert.Equal(0, Run([.. Tiny("m.csv"), "--epochs", "1", "--lr", "0.05"]).Code);
+        var before = File.ReadAllText(metrics);
+        var error = Fails(1, [.. Tiny("m.csv"), "--epochs", "2", "--resume", checkpoint]);
+        Assert.Contains("another run", error);
+        Assert.Contains("m.csv", error);
+        Assert.Equal(before, File.ReadAllText(metrics));
+    }
+
+    [Fact]
+    public void An_empty_metrics_file_on_resume_starts_afresh_and_a_foreign_one_is_refused()
+    {
+        var checkpoint = PathOf("c.safetensors");
+        var metrics = PathOf("m.csv");
+        Assert.Equal(0, Run([.. Tiny("m.csv"), "--epochs", "1", "--checkpoint", checkpoint]).Code);
+        File.WriteAllText(metrics, "");
+        var (code, _, error) = Run([.. Tiny("m.csv"), "--epochs", "2", "--resume", checkpoint]);
+        Assert.True(code == 0, error);
+        Assert.Contains("is empty", error);
+        var lines = File.ReadAllLines(metrics);
+        Assert.Equal(2, lines.Length);
+        Assert.StartsWith("2,", lines[1]);
+
+        File.WriteAllText(metrics, "epoch,train_loss,train_accuracy,test_loss,test_accuracy,cosine_global,cosine_layer1,cosine_layer2,examples_per_second,wall_seconds\n1,2,0.5,2,0.5,1,1,1,100,1\n");
+        Assert.Contains("older forwardad", Fails(1, [.. Tiny("m.csv"), "--epochs", "3", "--resume", checkpoint]));
+        File.WriteAllText(metrics, "a,b\n1,2\n");
+        Assert.Contains("not a metrics CSV", Fails(1, [.. Tiny("m.csv"), "--epochs", "3", "--resume", checkpoint]));
+    }
+
+    [Fact]
+    public void A_failed_metrics_write_leaves_no_temporary_file()
+    {
+        var directory = Directory.CreateDirectory(PathOf("taken")).FullName;
+        Assert.Contains("is a directory", Fails(1, "--hidden", "4", "--epochs", "1", "--quiet", "--metrics", directory));
+        Assert.Empty(Directory.GetFiles(_folder, "*.tmp"));
+
+        var target = PathOf("out.csv");
+        File.WriteAllText(target, "old");
+        static IEnumerable<string> Failing() { yield return "a"; throw new IOException("disk full"); }
+        Assert.Throws<IOException>(() => AtomicFile.WriteAllLines(target, Failing()));
+        Assert.Equal("old", File.ReadAllText(target));
+        Assert.Empty(Directory.GetFiles(_folder, "*.tmp"));
+    }
+
+    [Fact]
+    public void Standardize_z_scores_every_feature_with_the_given_statistics()
+    {
+        // Feature 0 varies with a large offset, feature 1 is constant.
+        var data = new Dataset("d", new Shape(2), 2, [1000f, 5f, 1002f, 5f, 1004f, 5f, 1006f, 5f], [0f, 1f, 0f, 1f]);
+        var (mean, deviation) = data.FeatureStatistics();
+        Assert.Equal([1003f, 5f], mean);
+        Assert.Equal(MathF.Sqrt(5f), deviation[0], 5);
+        Assert.Equal(1f, deviation[1]);
+        var z = data.Standardize(mean, deviation);
+        var column = new[] { z.Features[0], z.Features[2], z.Features[4], z.Features[6] };
+        Assert.Equal(0.0, column.Average(), 6);
+        Assert.Equal(1.0, Math.Sqrt(column.Average(v => (double)v * v)), 5);
+        Assert.All(new[] { z.Features[1], z.Features[3], z.Features[5], z.Features[7] }, v => Assert.Equal(0f, v));
+        Assert.Equal(data.Labels, z.Labels);
+        // The test set is scaled with the training set's statistics, not its own.
+        var test = new Dataset("t", new Shape(2), 2, [1003f, 6f], [0f]);
+        Assert.Equal([0f, 1f], test.Standardize(mean, deviation).Features);
+        Assert.Throws<ArgumentException>(() => test.Standardize([0f], [1f]));
+    }
+
+    [Fact]
+    public void Standardize_trains_and_is_part_of_the_configuration()
+    {
+        var (code, output, error) = Run([.. Tiny("m.csv"), "--epochs", "1", "--standardize"]);
+        Assert.True(code == 0, error);
+        Assert.DoesNotContain("\u001b[", output);
+        Assert.Equal(2, File.ReadAllLines(PathOf("m.csv")).Length);
     }
 
     [Fact]
     public void The_toy_experiment_command_writes_every_step()
     {
         var csv = PathOf("toy.csv");
-        Assert.Equal(0, GrapeToyCommand.Run(["--size", "20", "--steps", "5", "--seeds", "2", "--csv", csv]));
+        Assert.Equal(0, Run("grape-toy", "--size", "20", "--steps", "5", "--seeds", "2", "--csv", csv).Code);
         // 4 rules × 5 starts × 2 seeds × (5 steps + the start) rows, plus the header.
         Assert.Equal(1 + 4 * 5 * 2 * 6, File.ReadAllLines(csv).Length);
+        Assert.Contains("--size must be an integer from 2 to 46340", Fails(2, "grape-toy", "--size", "100000"));
+    }
+
+    [Fact]
+    public void The_cosine_command_writes_every_measurement()
+    {
+        var csv = PathOf("cos.csv");
+        var (code, _, error) = Run("cosine", "--hidden", "8", "--epochs", "1", "--every", "20", "--guessers", "ap,wt,backprop", "--csv", csv);
+        Assert.True(code == 0, error);
+        Assert.True(File.ReadAllLines(csv).Length > 1);
+        Assert.Contains("Unknown guesser 'nope' in --guessers", Fails(2, "cosine", "--guessers", "ap,nope", "--csv", csv));
     }
 }

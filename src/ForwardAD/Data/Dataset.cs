@@ -29,6 +29,53 @@ public sealed record Dataset(string Name, Shape FeatureShape, int Classes, float
         return this with { Name = name, Features = features, Labels = labels };
     }
 
+    /// <summary>
+    /// The mean and standard deviation of every feature over this data set (population, accumulated in float64),
+    /// for z-scoring with <see cref="Standardize"/>. A constant feature gets standard deviation 1, so that it maps
+    /// to 0 instead of NaN. Compute them on the training set and apply them to train and test alike.
+    /// </summary>
+    public (float[] Mean, float[] StandardDeviation) FeatureStatistics()
+    {
+        if (Count == 0) throw new InvalidOperationException($"'{Name}' has no examples to compute feature statistics from.");
+        int size = FeatureSize;
+        var sum = new double[size];
+        var squares = new double[size];
+        for (int e = 0; e < Count; e++)
+        {
+            var row = Features.AsSpan(e * size, size);
+            for (int j = 0; j < size; j++) sum[j] += row[j];
+        }
+        var mean = new float[size];
+        for (int j = 0; j < size; j++) mean[j] = (float)(sum[j] / Count);
+        // Two passes (mean first, then squared deviations): Σx² − N·mean² loses everything to cancellation
+        // for features with a large offset, such as raw pixel values around 128.
+        for (int e = 0; e < Count; e++)
+        {
+            var row = Features.AsSpan(e * size, size);
+            for (int j = 0; j < size; j++) { double d = row[j] - sum[j] / Count; squares[j] += d * d; }
+        }
+        var deviation = new float[size];
+        for (int j = 0; j < size; j++)
+        {
+            double std = Math.Sqrt(squares[j] / Count);
+            deviation[j] = std > 0 && (float)std > 0 ? (float)std : 1f;
+        }
+        return (mean, deviation);
+    }
+
+    /// <summary>A copy with every feature z-scored: <c>(x − mean) / standardDeviation</c>, per feature.</summary>
+    public Dataset Standardize(ReadOnlySpan<float> mean, ReadOnlySpan<float> standardDeviation)
+    {
+        int size = FeatureSize;
+        if (mean.Length != size || standardDeviation.Length != size)
+            throw new ArgumentException($"'{Name}' has {size} features per example; the statistics have {mean.Length} means and {standardDeviation.Length} standard deviations.");
+        var features = new float[Features.Length];
+        for (int e = 0; e < Count; e++)
+            for (int j = 0; j < size; j++)
+                features[e * size + j] = (Features[e * size + j] - mean[j]) / standardDeviation[j];
+        return this with { Features = features };
+    }
+
     /// <summary>Copies the examples at <paramref name="indices"/> into batch buffers.</summary>
     public void CopyBatch(ReadOnlySpan<int> indices, Span<float> features, Span<float> labels)
     {

@@ -1,0 +1,132 @@
+using System.CommandLine;
+using System.CommandLine.Help;
+using System.CommandLine.Invocation;
+using ForwardAD.Training;
+using Spectre.Console;
+
+namespace ForwardAD.Cli;
+
+/// <summary>What a command writes to: plain text writers, and a Spectre console over the output writer for tables.</summary>
+internal sealed record CliContext(TextWriter Output, TextWriter Error, IAnsiConsole Console, bool Interactive);
+
+/// <summary>
+/// The command line: System.CommandLine parses and checks every option (types, ranges, duplicates, unknown
+/// names); the commands check what depends on several options or on the data. Exit codes: 0 success,
+/// 1 a data or runtime error (a bad file, a diverged run), 2 a usage error. Errors go to stderr as one
+/// "error: …" line each, without colour and without a stack trace.
+/// </summary>
+internal static class Cli
+{
+    public const string Usage = """
+        forwardad COMMAND [options]
+
+        Commands
+          train      train an MLP with a gradient guesser (the default command)
+          cosine     every guesser's cosine to the true gradient and 1-step effectiveness along a
+                     backprop training trajectory (Figure 1 of "How to Guess a Gradient")
+          grape-toy  the toy experiment of the GrAPE rebuttal: feedback rules aligning B with a fixed target
+
+        `forwardad COMMAND --help` shows every option of a command.
+        Exit codes: 0 success, 1 data or runtime error, 2 usage error (messages on stderr).
+        """;
+
+    public const int Success = 0, RuntimeError = 1, UsageError = 2;
+
+    private static readonly string[] CommandNames = ["train", "cosine", "grape-toy"];
+
+    /// <summary>
+    /// Runs the tool on <paramref name="args"/>. <paramref name="terminal"/>: both streams are an interactive
+    /// terminal, so colour and a live progress bar are welcome (never when redirected or under NO_COLOR).
+    /// </summary>
+    public static int Run(string[] args, TextWriter output, TextWriter error, bool terminal = false)
+    {
+        bool colour = terminal && string.IsNullOrEmpty(Environment.GetEnvironmentVariable("NO_COLOR"));
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Ansi = colour ? AnsiSupport.Detect : AnsiSupport.No,
+            ColorSystem = colour ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
+            Interactive = terminal ? InteractionSupport.Detect : InteractionSupport.No,
+            Out = new AnsiConsoleOutput(output),
+        });
+        // Redirected output (files, CI logs) gets wide tables instead of Spectre's 80-column default.
+        if (!terminal) console.Profile.Width = Math.Max(console.Profile.Width, 140);
+        var context = new CliContext(output, error, console, terminal && console.Profile.Capabilities.Interactive);
+
+        args = args switch
+        {
+            [] => ["train"],
+            ["help"] => ["--help"],
+            ["help", var command, ..] => [command, "--help"],
+            [var first, ..] when first.StartsWith("--", StringComparison.Ordinal) && first != "--help" => ["train", .. args],
+            _ => args,
+        };
+        if (!args[0].StartsWith('-') && !CommandNames.Contains(args[0]))
+            return Fail(error, UsageError, $"Unknown command '{args[0]}'. Commands: train, cosine, grape-toy. See 'forwardad --help'.");
+
+        var root = Build(context);
+        var parse = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
+        var commandName = parse.CommandResult.Command is RootCommand ? "" : parse.CommandResult.Command.Name + " ";
+        try
+        {
+            if (parse.Action is not HelpTextAction && parse.Errors.Count > 0)
+            {
+                foreach (var e in parse.Errors) error.WriteLine($"error: {e.Message}");
+                error.WriteLine($"See 'forwardad {commandName}--help'.");
+                return UsageError;
+            }
+            return parse.Invoke(new InvocationConfiguration { Output = output, Error = error, EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = null });
+        }
+        catch (UsageException e)
+        {
+            error.WriteLine($"error: {e.Message}");
+            error.WriteLine($"See 'forwardad {commandName}--help'.");
+            return UsageError;
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or UnauthorizedAccessException
+                                      or NotSupportedException or TrainingDivergedException)
+        {
+            return Fail(error, RuntimeError, e.Message);
+        }
+        catch (OutOfMemoryException)
+        {
+            return Fail(error, RuntimeError, "out of memory: the model or the data does not fit. Use smaller widths, fewer layers or a smaller batch.");
+        }
+    }
+
+    private static int Fail(TextWriter error, int code, string message)
+    {
+        error.WriteLine($"error: {message}");
+        return code;
+    }
+
+    private static RootCommand Build(CliContext context)
+    {
+        var root = new RootCommand("forwardad: training and studying neural networks with forward-mode gradients.");
+        root.Directives.Clear(); // no [diagram]/[suggest] tokens: an argument in brackets is just an argument
+        var help = new HelpTextAction(context.Output) { [root] = Usage };
+        root.SetAction(_ => { context.Output.WriteLine(Usage); return Success; });
+        foreach (var (command, text) in new (Command, string)[] { (TrainCommand.Create(context), TrainCommand.Help), (CosineCommand.Create(context), CosineCommand.Help), (GrapeToyCommand.Create(context), GrapeToyCommand.Help) })
+        {
+            root.Add(command);
+            help[command] = text;
+        }
+        foreach (var option in root.Options.OfType<HelpOption>()) option.Action = help;
+        return root;
+    }
+
+    /// <summary>Prints the hand-written help of the command being parsed: grouped, with defaults and the why.</summary>
+    private sealed class HelpTextAction(TextWriter output) : SynchronousCommandLineAction
+    {
+        private readonly Dictionary<Command, string> _texts = [];
+
+        public string this[Command command] { set => _texts[command] = value; }
+
+        public override bool ClearsParseErrors => true;
+
+        public override int Invoke(ParseResult parseResult)
+        {
+            output.WriteLine(_texts.GetValueOrDefault(parseResult.CommandResult.Command, Usage));
+            return Success;
+        }
+    }
+}

@@ -1,0 +1,104 @@
+using System.Globalization;
+using ForwardAD.Training;
+
+namespace ForwardAD.Cli;
+
+/// <summary>
+/// The per-epoch metrics CSV of train. Every row ends with the run's configuration hash (column 'run'), so
+/// that a resumed run can tell its own rows from another run's: the default path already differs per
+/// configuration, but --metrics can point anywhere.
+/// </summary>
+internal static class MetricsFile
+{
+    private static readonly string[] FixedColumns = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "cosine_global"];
+    private static readonly string[] TrailingColumns = ["examples_per_second", "wall_seconds", "run"];
+
+    public static void Write(string path, IReadOnlyList<EpochReport> reports, string run)
+    {
+        int layers = reports.Max(r => r.SiteCosines.Length), aligned = reports.Max(r => r.FeedbackAlignment.Length);
+        var header = string.Join(',', FixedColumns.Concat(Enumerable.Range(1, layers).Select(l => $"cosine_layer{l}"))
+            .Concat(Enumerable.Range(1, aligned).Select(l => $"alignment_layer{l}")).Concat(TrailingColumns));
+        AtomicFile.WriteAllLines(path, reports.Select(r => string.Join(',',
+            new[] { (r.Epoch + 1).ToString(CultureInfo.InvariantCulture), G(r.TrainLoss), G(r.TrainAccuracy), G(r.TestLoss), G(r.TestAccuracy), G(r.GlobalCosine) }
+                .Concat(Enumerable.Range(0, layers).Select(l => l < r.SiteCosines.Length ? G(r.SiteCosines[l]) : "NaN"))
+                .Concat(Enumerable.Range(0, aligned).Select(l => l < r.FeedbackAlignment.Length ? G(r.FeedbackAlignment[l]) : "NaN"))
+                .Concat([G(r.ExamplesPerSecond), G(r.WallTime.TotalSeconds), run]))).Prepend(header));
+        static string G(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>
+    /// The rows already in <paramref name="path"/>, for a resumed run whose configuration hash is <paramref name="run"/>.
+    /// A missing or empty file holds no rows (an empty file has nothing to lose: the run starts the file afresh, with a
+    /// note). A file that is not a metrics CSV of this tool, is damaged, or holds another run's rows is an error: it
+    /// is left untouched, and the message says how to proceed.
+    /// </summary>
+    public static List<EpochReport> ReadForResume(string path, string run, TextWriter notes)
+    {
+        if (Directory.Exists(path)) throw new IOException($"--metrics {path}: is a directory; give a file path.");
+        if (!File.Exists(path)) return [];
+        var lines = File.ReadAllLines(path);
+        if (lines.All(string.IsNullOrWhiteSpace))
+        {
+            notes.WriteLine($"note: the metrics file {path} is empty; it will hold the epochs from the checkpoint on.");
+            return [];
+        }
+        const string Advice = "It is left as it is: move it away or pass --metrics with another path.";
+        var header = lines[0].Split(',');
+        if (!header.Take(FixedColumns.Length).SequenceEqual(FixedColumns))
+            throw new InvalidDataException($"{path}, line 1: not a metrics CSV of forwardad train (the header does not start with {string.Join(',', FixedColumns)}). {Advice}");
+        if (!header.TakeLast(TrailingColumns.Length).SequenceEqual(TrailingColumns))
+            throw new InvalidDataException($"{path}, line 1: the header does not end with {string.Join(',', TrailingColumns)}: written by an older forwardad (without the run column) or not by forwardad. {Advice}");
+        int layers = header.Count(h => h.StartsWith("cosine_layer", StringComparison.Ordinal));
+        int aligned = header.Count(h => h.StartsWith("alignment_layer", StringComparison.Ordinal));
+        if (header.Length != FixedColumns.Length + layers + aligned + TrailingColumns.Length)
+            throw new InvalidDataException($"{path}, line 1: unexpected columns in the header. {Advice}");
+        var result = new List<EpochReport>();
+        for (int i = 1; i < lines.Length; i++)
+        {
+            if (string.IsNullOrWhiteSpace(lines[i])) continue;
+            var cells = lines[i].Split(',');
+            if (cells.Length != header.Length)
+                throw new InvalidDataException($"{path}, line {i + 1}: {cells.Length} columns, the header has {header.Length}. {Advice}");
+            if (cells[^1] != run)
+                throw new InvalidDataException($"{path}, line {i + 1}: a row of another run (configuration {cells[^1]}; this run's is {run}). " +
+                    "Rows of two runs would mix in one file. Pass --metrics with another path (the default path is unique to the configuration).");
+            var v = new double[cells.Length - 1];
+            for (int c = 0; c < v.Length; c++)
+                if (!double.TryParse(cells[c], NumberStyles.Float, CultureInfo.InvariantCulture, out v[c]))
+                    throw new InvalidDataException($"{path}, line {i + 1}: '{cells[c]}' in column {header[c]} is not a number. {Advice}");
+            if (v[0] != Math.Floor(v[0]) || v[0] < 1 || v[0] > int.MaxValue)
+                throw new InvalidDataException($"{path}, line {i + 1}: epoch '{cells[0]}' is not a positive integer. {Advice}");
+            result.Add(new EpochReport((int)v[0] - 1, v[1], v[2], v[3], v[4], [.. v.Skip(6).Take(layers)], v[5], v[^2], TimeSpan.FromSeconds(Math.Clamp(v[^1], 0, TimeSpan.MaxValue.TotalSeconds / 2)))
+            {
+                FeedbackAlignment = [.. v.Skip(6 + layers).Take(aligned)],
+            });
+        }
+        return result;
+    }
+}
+
+/// <summary>Writes a whole text file through a temporary file renamed into place: readers never see half a file.</summary>
+internal static class AtomicFile
+{
+    /// <summary>
+    /// The temporary file has a unique name beside the target (two runs writing the same path do not share it)
+    /// and is deleted when anything fails, so a failed write leaves neither half a file nor a stray temporary.
+    /// </summary>
+    public static void WriteAllLines(string path, IEnumerable<string> lines)
+    {
+        var full = Path.GetFullPath(path);
+        if (Directory.Exists(full)) throw new IOException($"{path}: is a directory; give a file path for the CSV.");
+        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+        var temporary = $"{full}.{Environment.ProcessId}-{Guid.NewGuid():N}.tmp";
+        try
+        {
+            File.WriteAllLines(temporary, lines);
+            File.Move(temporary, full, overwrite: true);
+        }
+        catch
+        {
+            try { File.Delete(temporary); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            throw;
+        }
+    }
+}
