@@ -38,8 +38,9 @@ public sealed class CpuBackend(Gemm gemm) : Backend
     {
         get
         {
-            var info = GC.GetGCMemoryInfo();
-            return Math.Max(0, info.TotalAvailableMemoryBytes - info.HeapSizeBytes);
+            // GetTotalMemory counts what is allocated now (GCMemoryInfo's heap size dates from the last collection),
+            // so allocations made one after another add up.
+            return Math.Max(0, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes - GC.GetTotalMemory(forceFullCollection: false));
         }
     }
 
