@@ -105,8 +105,9 @@ internal static class TrainCommand
         if (resume is not null)
         {
             try { trainer.Resume(resume, description); }
-            catch (InvalidDataException e)
+            catch (InvalidDataException e) when (e.Message.Contains("differs from this run", StringComparison.Ordinal))
             {
+                // Only a changed configuration gets the hint; a damaged file's own message says what to do.
                 throw new InvalidDataException($"{e.Message} --resume continues a run only with the options it was started with " +
                     "(the checkpoint's metadata lists them; see 'forwardad train --help' for those that may differ). To train with these options instead, " +
                     "start a new run: drop --resume and give a new --checkpoint path.", e);
