@@ -18,10 +18,20 @@ if (args.Length > 0 && args[0] == "compare")
     bool quick = args.Contains("--quick");
     return Compare.Run(quick);
 }
+// `ours` prints this library's rows as JSON (one side of compare-peers); `compare-peers` runs ForwardAD, TorchSharp and
+// PyTorch alternately at 1 and 2 threads and prints one table (issue 11).
+if (args.Length > 0 && args[0] == "ours")
+    return OursSide.Run(IntOption(args, "--repeats", 10));
+if (args.Length > 0 && args[0] == "compare-peers")
+    return PeerComparison.Run(IntOption(args, "--rounds", 4), IntOption(args, "--repeats", 10),
+        [.. (Option(args, "--threads") ?? "1,2").Split(',').Select(t => int.Parse(t, CultureInfo.InvariantCulture))], Option(args, "--out"));
 if (args.Length > 1 && args[0] == "profile")
     return Profile.Run(args[1], args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 20);
 BenchmarkSwitcher.FromAssembly(typeof(MlpBenchmarks).Assembly).Run(args);
 return 0;
+
+static string? Option(string[] args, string name) => Array.IndexOf(args, name) is int i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
+static int IntOption(string[] args, string name, int fallback) => Option(args, name) is { } v ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
 
 internal static class Compare
 {

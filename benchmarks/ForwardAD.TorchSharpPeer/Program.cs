@@ -91,15 +91,21 @@ foreach (var (name, make) in rows)
     var call = make();
     for (int w = 0; w < 2; w++) call(); // warm-up
     var samples = new double[repeats];
+    var process = Process.GetCurrentProcess();
+    var cpuBefore = process.TotalProcessorTime;
+    long wallStart = Stopwatch.GetTimestamp();
     for (int r = 0; r < repeats; r++)
     {
         long start = Stopwatch.GetTimestamp();
         call();
         samples[r] = Stopwatch.GetElapsedTime(start).TotalSeconds;
     }
+    double wall = Stopwatch.GetElapsedTime(wallStart).TotalSeconds;
+    process.Refresh();
+    double cpuPerWall = (process.TotalProcessorTime - cpuBefore).TotalSeconds / wall;
     Array.Sort(samples);
     double median = repeats % 2 == 1 ? samples[repeats / 2] : (samples[repeats / 2 - 1] + samples[repeats / 2]) / 2;
-    results[name] = new { median, min = samples[0] };
+    results[name] = new { median, min = samples[0], cpu_per_wall = cpuPerWall };
 }
 Console.WriteLine(JsonSerializer.Serialize(new { threads = torch.get_num_threads(), torchsharp = "0.107.0", libtorch = "2.10.0", rows = results }));
 return 0;

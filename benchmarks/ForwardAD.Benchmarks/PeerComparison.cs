@@ -1,0 +1,214 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+
+namespace ForwardAD.Benchmarks;
+
+/// <summary>
+/// `ours`: this library's side of the three-way comparison (issue 11), measured exactly as the peers measure
+/// theirs: the same MLP (depth 6, width 1024, input 3072, 10 classes, batch 512), two warm-up calls, then single calls;
+/// median, minimum, process CPU time per wall time, and managed bytes allocated per call. Prints one JSON object.
+/// </summary>
+internal static class OursSide
+{
+    public static int Run(int repeats)
+    {
+        var mlp = new MlpBenchmarks();
+        mlp.Setup();
+        var steps = new StepBenchmarks();
+        steps.Setup();
+        var rows = new (string Name, Action Call)[]
+        {
+            ("forward", mlp.Forward), ("jvp_k1", mlp.JvpK1), ("jvp_k16", mlp.JvpK16), ("backprop", mlp.Backprop),
+            ("backprop_adamw", steps.BackpropAdamW), ("ap_adamw", steps.ActivationPerturbationAdamW), ("wt_adamw", steps.WeightTransposeAdamW),
+            ("dfa_adamw", steps.DfaAdamW), ("grape_adamw", steps.GrapeAdamW),
+        };
+        var results = new Dictionary<string, object>();
+        foreach (var (name, call) in rows)
+        {
+            call();
+            call();
+            var samples = new double[repeats];
+            var process = Process.GetCurrentProcess();
+            var cpuBefore = process.TotalProcessorTime;
+            long allocatedBefore = GC.GetAllocatedBytesForCurrentThread(), wallStart = Stopwatch.GetTimestamp();
+            for (int r = 0; r < repeats; r++)
+            {
+                long start = Stopwatch.GetTimestamp();
+                call();
+                samples[r] = Stopwatch.GetElapsedTime(start).TotalSeconds;
+            }
+            double wall = Stopwatch.GetElapsedTime(wallStart).TotalSeconds;
+            long allocated = (GC.GetAllocatedBytesForCurrentThread() - allocatedBefore) / repeats;
+            process.Refresh();
+            Array.Sort(samples);
+            results[name] = new
+            {
+                median = PeerComparison.Median(samples),
+                min = samples[0],
+                cpu_per_wall = (process.TotalProcessorTime - cpuBefore).TotalSeconds / wall,
+                allocated_bytes = allocated,
+            };
+        }
+        Console.WriteLine(JsonSerializer.Serialize(new { backend = new Backends.CpuBackend().Name, rows = results }));
+        return 0;
+    }
+}
+
+/// <summary>
+/// `compare-peers`: ForwardAD, TorchSharp (benchmarks/ForwardAD.TorchSharpPeer) and PyTorch
+/// (benchmarks/peers/torch_peer.py) on the same MLP rows, each side its own process at the same priority, run
+/// alternately (A, B, C, then B, C, A, …) at one thread per side and at two (DESIGN.md §6: OMP_NUM_THREADS,
+/// MKL_NUM_THREADS and OPENBLAS_NUM_THREADS set to the count, OMP_WAIT_POLICY=PASSIVE so that spin-waiting libtorch
+/// threads do not starve the other side). Per row: the median over rounds of each side's median of single calls,
+/// the minimum over all calls, the ratios, the spread of the per-round ratios, CPU/wall, our bytes per call, the
+/// load average, and the targets of issue 11 judged from the table.
+/// </summary>
+internal static class PeerComparison
+{
+    private sealed record Side(string Name, string Program, string[] Arguments);
+
+    // (row label, our row, TorchSharp's row, PyTorch's row)
+    private static readonly (string Label, string Ours, string? TorchSharp, string? PyTorch)[] Rows =
+    [
+        ("forward", "forward", "forward", "forward"),
+        ("JVP K=1 (TorchSharp: double backward; PyTorch: forward_ad)", "jvp_k1", "jvp_k1_double_backward", "jvp_k1"),
+        ("JVP K=16 (PyTorch: vmap(jvp))", "jvp_k16", null, "jvp_k16"),
+        ("backprop", "backprop", "backprop", "backprop"),
+        ("step: backprop + AdamW", "backprop_adamw", "backprop_adamw", "backprop_adamw"),
+        ("step: activation perturbation + AdamW (PyTorch: forward_ad)", "ap_adamw", "backprop_adamw", "forward_ad_ap"),
+        ("step: Wᵀ + AdamW (peers: backprop + AdamW)", "wt_adamw", "backprop_adamw", "backprop_adamw"),
+        ("step: DFA + AdamW (peers: backprop + AdamW)", "dfa_adamw", "backprop_adamw", "backprop_adamw"),
+        ("step: GrAPE + AdamW (peers: backprop + AdamW)", "grape_adamw", "backprop_adamw", "backprop_adamw"),
+    ];
+
+    internal static double Median(IReadOnlyList<double> sorted) =>
+        sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
+
+    private static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.Where(double.IsFinite).Order().ToList();
+        return sorted.Count == 0 ? double.NaN : Median(sorted);
+    }
+
+    public static int Run(int rounds, int repeats, int[] threadCounts, string? outPath)
+    {
+        var root = FindRoot();
+        var peerProject = Path.Combine(root, "benchmarks", "ForwardAD.TorchSharpPeer");
+        Console.Error.WriteLine("building the TorchSharp peer (downloads TorchSharp and libtorch, ~160 MB, the first time) …");
+        RunToEnd("dotnet", ["build", "-c", "Release", "-nologo", "-v", "q", peerProject], null, TimeSpan.FromMinutes(15), out _);
+        var peerDll = Path.Combine(peerProject, "bin", "Release", "net10.0", "ForwardAD.TorchSharpPeer.dll");
+        var ourDll = typeof(PeerComparison).Assembly.Location;
+        var report = new StringBuilder();
+        report.AppendLine($"ForwardAD / TorchSharp 0.107.0 (libtorch 2.10) / PyTorch (Debian python3-torch) — {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, " +
+            $"{Environment.ProcessorCount} cores, {File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':')[1].Trim() ?? "cpu"}");
+        report.AppendLine($"MLP depth 6, width 1024, input 3072, batch 512, float32; {rounds} alternating rounds, each side a fresh process per round, " +
+            $"{repeats} single calls after 2 warm-up calls per row.");
+        foreach (int threads in threadCounts)
+        {
+            var environment = new Dictionary<string, string>
+            {
+                ["OMP_NUM_THREADS"] = threads.ToString(CultureInfo.InvariantCulture),
+                ["MKL_NUM_THREADS"] = threads.ToString(CultureInfo.InvariantCulture),
+                ["OPENBLAS_NUM_THREADS"] = threads.ToString(CultureInfo.InvariantCulture),
+                ["OMP_WAIT_POLICY"] = "PASSIVE",
+            };
+            string count = threads.ToString(CultureInfo.InvariantCulture), repeat = repeats.ToString(CultureInfo.InvariantCulture);
+            var sides = new[]
+            {
+                new Side("ForwardAD", "dotnet", [ourDll, "ours", "--repeats", repeat]),
+                new Side("TorchSharp", "dotnet", [peerDll, "--threads", count, "--repeats", repeat]),
+                new Side("PyTorch", "/usr/bin/python3", [Path.Combine(root, "benchmarks", "peers", "torch_peer.py"), "--threads", count, "--repeats", repeat]),
+            };
+            var results = sides.ToDictionary(s => s.Name, _ => new List<JsonElement?>());
+            var loads = new List<string>();
+            for (int round = 0; round < rounds; round++)
+                for (int i = 0; i < sides.Length; i++)
+                {
+                    var side = sides[(i + round) % sides.Length];
+                    loads.Add(File.ReadAllText("/proc/loadavg").Split(' ')[0]);
+                    Console.Error.WriteLine($"{threads} thread(s), round {round + 1}/{rounds}: {side.Name} (load {loads[^1]})");
+                    bool ok = RunToEnd(side.Program, side.Arguments, environment, TimeSpan.FromMinutes(10), out var output);
+                    results[side.Name].Add(ok ? ParseLastJson(output) : null);
+                    if (!ok) Console.Error.WriteLine($"  {side.Name} failed: {output[^Math.Min(600, output.Length)..]}");
+                }
+            AppendTable(report, threads, rounds, results, loads);
+        }
+        Console.WriteLine(report);
+        if (outPath is not null) File.WriteAllText(outPath, report.ToString());
+        return 0;
+    }
+
+    private static void AppendTable(StringBuilder report, int threads, int rounds, Dictionary<string, List<JsonElement?>> results, List<string> loads)
+    {
+        double Value(JsonElement? run, string? row, string field) =>
+            run is { } r && row is not null && r.GetProperty("rows").TryGetProperty(row, out var v) && v.TryGetProperty(field, out var f) ? f.GetDouble() : double.NaN;
+        IEnumerable<double> PerRound(string side, string? row, string field = "median") => results[side].Select(r => Value(r, row, field));
+        double MedianOf(string side, string? row) => Median(PerRound(side, row));
+        double MinOf(string side, string? row) => PerRound(side, row, "min").Where(double.IsFinite).DefaultIfEmpty(double.NaN).Min();
+        string Spread(string side, string ours, string? theirs)
+        {
+            var ratios = PerRound("ForwardAD", ours).Zip(PerRound(side, theirs), (a, b) => a / b).Where(double.IsFinite).ToList();
+            return ratios.Count == 0 ? "–" : $"{ratios.Min():F2}–{ratios.Max():F2}";
+        }
+        static string Ms(double seconds) => double.IsFinite(seconds) ? (seconds * 1e3).ToString("F1", CultureInfo.InvariantCulture) : "–";
+        static string Ratio(double r) => double.IsFinite(r) ? r.ToString("F2", CultureInfo.InvariantCulture) : "–";
+
+        report.AppendLine();
+        report.AppendLine($"### {threads} thread{(threads == 1 ? "" : "s")} per side (load average before each process: {string.Join(" ", loads)})");
+        report.AppendLine();
+        report.AppendLine("| row | ForwardAD ms (min) | TorchSharp ms (min) | PyTorch ms (min) | ours/TorchSharp (per-round spread) | ours/PyTorch (spread) | CPU/wall ours, TS, PT | our B/call |");
+        report.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|");
+        foreach (var (label, ours, torchSharp, pyTorch) in Rows)
+        {
+            double o = MedianOf("ForwardAD", ours), t = MedianOf("TorchSharp", torchSharp), p = MedianOf("PyTorch", pyTorch);
+            string cpu = string.Join(", ", new[] { ("ForwardAD", ours), ("TorchSharp", torchSharp), ("PyTorch", pyTorch) }
+                .Select(s => Median(PerRound(s.Item1, s.Item2, "cpu_per_wall"))).Select(v => double.IsFinite(v) ? v.ToString("F2", CultureInfo.InvariantCulture) : "–"));
+            double allocated = Median(PerRound("ForwardAD", ours, "allocated_bytes"));
+            report.AppendLine($"| {label} | {Ms(o)} ({Ms(MinOf("ForwardAD", ours))}) | {Ms(t)} ({Ms(MinOf("TorchSharp", torchSharp))}) | {Ms(p)} ({Ms(MinOf("PyTorch", pyTorch))}) | " +
+                $"{Ratio(o / t)} ({Spread("TorchSharp", ours, torchSharp)}) | {Ratio(o / p)} ({Spread("PyTorch", ours, pyTorch)}) | {cpu} | {(double.IsFinite(allocated) ? allocated.ToString("F0", CultureInfo.InvariantCulture) : "–")} |");
+        }
+        double forward = MedianOf("ForwardAD", "forward"), jvp = MedianOf("ForwardAD", "jvp_k1"), ap = MedianOf("ForwardAD", "ap_adamw");
+        double tsForward = MedianOf("TorchSharp", "forward"), tsJvp = MedianOf("TorchSharp", "jvp_k1_double_backward"), tsStep = MedianOf("TorchSharp", "backprop_adamw");
+        static string Judge(double value, double target) => !double.IsFinite(value) ? "not measured" : value <= target ? "met" : "missed";
+        report.AppendLine();
+        report.AppendLine($"Targets ({threads} thread{(threads == 1 ? "" : "s")}): forward ≤ 0.9× TorchSharp: {Ratio(forward / tsForward)} ({Judge(forward / tsForward, 0.9)}); " +
+            $"JVP K=1 ≤ 0.7× TorchSharp's double backward: {Ratio(jvp / tsJvp)} ({Judge(jvp / tsJvp, 0.7)}); JVP K=1 ≤ 1.6× our forward: {Ratio(jvp / forward)} ({Judge(jvp / forward, 1.6)}); " +
+            $"activation-perturbation step ≤ 1.0× TorchSharp's backprop + AdamW step: {Ratio(ap / tsStep)} ({Judge(ap / tsStep, 1.0)}).");
+    }
+
+    private static JsonElement? ParseLastJson(string output)
+    {
+        var line = output.Split('\n', StringSplitOptions.RemoveEmptyEntries).LastOrDefault(l => l.TrimStart().StartsWith('{'));
+        if (line is null) return null;
+        try { return JsonDocument.Parse(line).RootElement.Clone(); }
+        catch (JsonException) { return null; }
+    }
+
+    /// <summary>Runs a program to its end; returns its standard output (or, on failure, stdout and stderr) and whether it succeeded.</summary>
+    private static bool RunToEnd(string program, string[] arguments, Dictionary<string, string>? environment, TimeSpan timeout, out string output)
+    {
+        var start = new ProcessStartInfo(program, arguments) { RedirectStandardOutput = true, RedirectStandardError = true };
+        if (environment is not null) foreach (var (key, value) in environment) start.Environment[key] = value;
+        using var process = Process.Start(start) ?? throw new InvalidOperationException($"Could not start {program}.");
+        var error = process.StandardError.ReadToEndAsync();
+        output = process.StandardOutput.ReadToEnd();
+        if (!process.WaitForExit(timeout))
+        {
+            process.Kill(entireProcessTree: true);
+            output += "\n(timed out)";
+            return false;
+        }
+        if (process.ExitCode == 0) return true;
+        output += "\n" + error.Result;
+        return false;
+    }
+
+    private static string FindRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "benchmarks", "peers", "torch_peer.py"))) return dir.FullName;
+        throw new DirectoryNotFoundException("benchmarks/peers/torch_peer.py not found above " + AppContext.BaseDirectory);
+    }
+}

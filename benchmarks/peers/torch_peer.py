@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""PyTorch side of the three-way comparison (issue 11): ForwardAD, TorchSharp and PyTorch, alternately.
+
+The same MLP as every side (depth 6, width 1024, input 3072, 10 classes, batch 512, float32, ReLU, nn.Linear's
+initialisation) and the same statistic: single calls after two warm-up calls, median and minimum, plus the
+process CPU time per wall time over the timed calls.
+Rows:  forward            logits and per-example cross-entropy, no autograd
+       jvp_k1             torch.autograd.forward_ad, a per-example tangent on every pre-activation
+       jvp_k16            the same for K = 16 tangents through functorch.vmap(jvp)
+       backprop           forward + backward of the mean loss
+       backprop_adamw     a whole training step with AdamW (lr 1e-3, weight decay 0.01)
+       forward_ad_ap      activation perturbation with forward_ad + AdamW (torch_step.py's row)
+Run: /usr/bin/python3 benchmarks/peers/torch_peer.py --threads N [--repeats R] [--rows a,b]; prints one JSON object.
+Set OPENBLAS_NUM_THREADS=N as well: Debian's OpenBLAS sizes its own pool (torch.set_num_threads does not reach it).
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+from functorch import jvp, vmap
+
+from peer_common import BATCH, CLASSES, INPUTS, make_params
+
+DEPTH = 6
+
+
+def forward(params, x, y, tangents=None):
+    h = x
+    for i in range(DEPTH):
+        s = F.linear(h, params[2 * i], params[2 * i + 1])
+        if tangents is not None:
+            s = s + fwAD.make_dual(torch.zeros_like(s), tangents[i])
+        h = torch.relu(s) if i < DEPTH - 1 else s
+    return F.cross_entropy(h, y, reduction="none")
+
+
+def plain_losses(params, x, y, offsets):
+    h = x
+    for i in range(DEPTH):
+        s = F.linear(h, params[2 * i], params[2 * i + 1]) + offsets[i]
+        h = torch.relu(s) if i < DEPTH - 1 else s
+    return F.cross_entropy(h, y, reduction="none")
+
+
+def measure(fn, repeats):
+    for _ in range(2):
+        fn()
+    samples = []
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    return {"median": statistics.median(samples), "min": min(samples), "cpu_per_wall": cpu / wall}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--rows", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    only = set(args.rows.split(",")) if args.rows else None
+    x = torch.randn(BATCH, INPUTS)
+    y = torch.arange(BATCH) % CLASSES
+    params = make_params(DEPTH)
+    sizes = [p.shape[0] for p in params[0::2]]
+    tangents = [torch.randn(BATCH, n) for n in sizes]
+    rows = {}
+
+    def want(name):
+        return only is None or name in only
+
+    if want("forward"):
+        with torch.no_grad():
+            rows["forward"] = measure(lambda: forward(params, x, y), args.repeats)
+    if want("jvp_k1"):
+        def dual_pass():
+            with fwAD.dual_level():
+                return fwAD.unpack_dual(forward(params, x, y, tangents)).tangent
+        with torch.no_grad():
+            rows["jvp_k1"] = measure(dual_pass, args.repeats)
+    if want("jvp_k16"):
+        many = [torch.randn(16, BATCH, n) for n in sizes]
+        zeros = [torch.zeros(BATCH, n) for n in sizes]
+        one = lambda *u: jvp(lambda *o: plain_losses(params, x, y, o), tuple(zeros), tuple(u))[1]
+        with torch.no_grad():
+            rows["jvp_k16"] = measure(lambda: vmap(one)(*many), args.repeats)
+    if want("backprop"):
+        grad_params = make_params(DEPTH, requires_grad=True)
+        def backprop():
+            for p in grad_params:
+                p.grad = None
+            forward(grad_params, x, y).mean().backward()
+        rows["backprop"] = measure(backprop, args.repeats)
+    if want("backprop_adamw"):
+        step_params = make_params(DEPTH, requires_grad=True)
+        opt = torch.optim.AdamW(step_params, lr=1e-3, weight_decay=0.01)
+        def step():
+            opt.zero_grad(set_to_none=True)
+            forward(step_params, x, y).mean().backward()
+            opt.step()
+        rows["backprop_adamw"] = measure(step, args.repeats)
+    if want("forward_ad_ap"):
+        ap_params = make_params(DEPTH, requires_grad=True)
+        opt2 = torch.optim.AdamW(ap_params, lr=1e-3, weight_decay=0.01)
+        def ap_step():
+            with torch.no_grad():
+                guesses = [torch.randn(BATCH, n) for n in sizes]
+                inputs = []
+                with fwAD.dual_level():
+                    h = x
+                    for i in range(DEPTH):
+                        inputs.append(fwAD.unpack_dual(h).primal)
+                        s = F.linear(h, ap_params[2 * i], ap_params[2 * i + 1])
+                        s = s + fwAD.make_dual(torch.zeros_like(s), guesses[i])
+                        h = torch.relu(s) if i < DEPTH - 1 else s
+                    d = fwAD.unpack_dual(F.cross_entropy(h, y, reduction="none")).tangent / BATCH
+                for i in range(DEPTH):
+                    scaled = guesses[i] * d[:, None]
+                    ap_params[2 * i].grad = scaled.t() @ inputs[i]
+                    ap_params[2 * i + 1].grad = scaled.sum(0)
+            opt2.step()
+        rows["forward_ad_ap"] = measure(ap_step, args.repeats)
+    print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
