@@ -113,6 +113,10 @@ internal static class PeerComparison
                 ["MKL_NUM_THREADS"] = threads.ToString(CultureInfo.InvariantCulture),
                 ["OPENBLAS_NUM_THREADS"] = threads.ToString(CultureInfo.InvariantCulture),
                 ["OMP_WAIT_POLICY"] = "PASSIVE",
+                // .NET sides: fully optimised code from the first call. With tiered compilation, a dozen calls leave hot
+                // managed loops at tier 0 (or on-stack-replaced) and a JIT thread busy during the timing (CPU/wall 1.2 at
+                // one thread in a first run); the peers' native code has no such phase.
+                ["DOTNET_TieredCompilation"] = "0",
             };
             string count = threads.ToString(CultureInfo.InvariantCulture), repeat = repeats.ToString(CultureInfo.InvariantCulture);
             var sides = new[]
