@@ -54,6 +54,35 @@ internal static class OursSide
         Console.WriteLine(JsonSerializer.Serialize(new { backend = new Backends.CpuBackend().Name, rows = results }));
         return 0;
     }
+
+    /// <summary>`ours-memory --depth D --row jvp_k1|backprop`: the peak resident memory a call adds beyond the parameters and
+    /// inputs (VmHWM after two calls minus VmRSS before compiling the plan), measured as the peers measure theirs.</summary>
+    public static int Memory(int depth, string row)
+    {
+        var model = Graph.MlpSpec.Uniform(MlpBenchmarks.Inputs, depth, MlpBenchmarks.Width, MlpBenchmarks.Classes, Backends.ElementwiseFunction.Relu).Build();
+        var store = Autodiff.ParameterStore.Initialize(model, new Backends.CpuBackend(), 1);
+        var x = new float[MlpBenchmarks.Batch * MlpBenchmarks.Inputs];
+        Random.RandomFill.Normal(new Random.RandomKey(1, 1), 0, 0f, 1f, x);
+        var y = Enumerable.Range(0, MlpBenchmarks.Batch).Select(i => (float)(i % MlpBenchmarks.Classes)).ToArray();
+        long baseline = PeerComparison.ProcStatusBytes("VmRSS:");
+        var options = row == "jvp_k1"
+            ? new Autodiff.PlanOptions(MlpBenchmarks.Batch)
+            {
+                ReuseBuffers = true,
+                Seeds = [.. model.Sites.Select(s => new Autodiff.TangentSeed(s.Node, new Random.RandomKey(1, (ulong)s.Node.Id)))],
+            }
+            : new Autodiff.PlanOptions(MlpBenchmarks.Batch) { Gradients = true };
+        var plan = Autodiff.Plan.Compile(store, options);
+        plan.SetInput(model["x"], x);
+        plan.SetInput(model["y"], y);
+        for (int i = 0; i < 2; i++)
+        {
+            if (row == "jvp_k1") plan.ForwardJvp();
+            else { plan.Forward(); plan.Backward(); }
+        }
+        Console.WriteLine(JsonSerializer.Serialize(new { memory = new { row, depth, peak_bytes = PeerComparison.ProcStatusBytes("VmHWM:") - baseline } }));
+        return 0;
+    }
 }
 
 /// <summary>
@@ -82,6 +111,11 @@ internal static class PeerComparison
         ("step: DFA + AdamW (peers: backprop + AdamW)", "dfa_adamw", "backprop_adamw", "backprop_adamw"),
         ("step: GrAPE + AdamW (peers: backprop + AdamW)", "grape_adamw", "backprop_adamw", "backprop_adamw"),
     ];
+
+    /// <summary>A line of /proc/self/status ("VmRSS:   1234 kB") in bytes.</summary>
+    internal static long ProcStatusBytes(string key) =>
+        long.Parse(File.ReadLines("/proc/self/status").First(l => l.StartsWith(key, StringComparison.Ordinal))[key.Length..].Trim().Split(' ')[0],
+            CultureInfo.InvariantCulture) * 1024;
 
     internal static double Median(IReadOnlyList<double> sorted) =>
         sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
@@ -139,6 +173,7 @@ internal static class PeerComparison
                 }
             AppendTable(report, threads, rounds, results, loads);
         }
+        AppendMemory(report, ourDll, peerDll, root);
         Console.WriteLine(report);
         if (outPath is not null) File.WriteAllText(outPath, report.ToString());
         return 0;
@@ -180,6 +215,37 @@ internal static class PeerComparison
         report.AppendLine($"Targets ({threads} thread{(threads == 1 ? "" : "s")}): forward ≤ 0.9× TorchSharp: {Ratio(forward / tsForward)} ({Judge(forward / tsForward, 0.9)}); " +
             $"JVP K=1 ≤ 0.7× TorchSharp's double backward: {Ratio(jvp / tsJvp)} ({Judge(jvp / tsJvp, 0.7)}); JVP K=1 ≤ 1.6× our forward: {Ratio(jvp / forward)} ({Judge(jvp / forward, 1.6)}); " +
             $"activation-perturbation step ≤ 1.0× TorchSharp's backprop + AdamW step: {Ratio(ap / tsStep)} ({Judge(ap / tsStep, 1.0)}).");
+    }
+
+    /// <summary>Peak memory against depth, one fresh process per side, depth and row (one thread): what a JVP or a backprop
+    /// call adds beyond parameters and inputs. Ours should stay flat in depth for the JVP (buffers reused layer by layer).</summary>
+    private static void AppendMemory(StringBuilder report, string ourDll, string peerDll, string root)
+    {
+        var environment = new Dictionary<string, string> { ["OMP_NUM_THREADS"] = "1", ["MKL_NUM_THREADS"] = "1", ["OPENBLAS_NUM_THREADS"] = "1" };
+        report.AppendLine();
+        report.AppendLine("### Peak memory a call adds beyond parameters and inputs (MiB; VmHWM after two calls − VmRSS before; one thread)");
+        report.AppendLine();
+        report.AppendLine("| depth | ForwardAD JVP K=1 | TorchSharp JVP (double backward) | PyTorch JVP (forward_ad) | ForwardAD backprop | TorchSharp backprop | PyTorch backprop |");
+        report.AppendLine("|---:|---:|---:|---:|---:|---:|---:|");
+        foreach (int depth in new[] { 6, 12, 24 })
+        {
+            string d = depth.ToString(CultureInfo.InvariantCulture);
+            var cells = new List<string>();
+            foreach (var (ours, torchSharp, pyTorch) in new[] { ("jvp_k1", "jvp_k1_double_backward", "jvp_k1"), ("backprop", "backprop", "backprop") })
+                foreach (var (program, arguments) in new[]
+                {
+                    ("dotnet", new[] { ourDll, "ours-memory", "--depth", d, "--row", ours }),
+                    ("dotnet", new[] { peerDll, "--threads", "1", "--depth", d, "--memory", torchSharp }),
+                    ("/usr/bin/python3", new[] { Path.Combine(root, "benchmarks", "peers", "torch_peer.py"), "--threads", "1", "--depth", d, "--memory", pyTorch }),
+                })
+                {
+                    Console.Error.WriteLine($"memory: depth {depth}, {Path.GetFileName(arguments[0])} {arguments[^1]}");
+                    bool ok = RunToEnd(program, arguments, environment, TimeSpan.FromMinutes(5), out var output);
+                    var json = ok ? ParseLastJson(output) : null;
+                    cells.Add(json is { } j ? (j.GetProperty("memory").GetProperty("peak_bytes").GetInt64() / 1048576.0).ToString("F0", CultureInfo.InvariantCulture) : "–");
+                }
+            report.AppendLine($"| {depth} | {string.Join(" | ", cells)} |");
+        }
     }
 
     private static JsonElement? ParseLastJson(string output)

@@ -22,9 +22,12 @@ if (args.Length > 0 && args[0] == "compare")
 // PyTorch alternately at 1 and 2 threads and prints one table (issue 11).
 if (args.Length > 0 && args[0] == "ours")
     return OursSide.Run(IntOption(args, "--repeats", 10));
+if (args.Length > 0 && args[0] == "ours-memory")
+    return OursSide.Memory(IntOption(args, "--depth", 6), Option(args, "--row") ?? "jvp_k1");
 if (args.Length > 0 && args[0] == "compare-peers")
     return PeerComparison.Run(IntOption(args, "--rounds", 4), IntOption(args, "--repeats", 10),
-        [.. (Option(args, "--threads") ?? "1,2").Split(',').Select(t => int.Parse(t, CultureInfo.InvariantCulture))], Option(args, "--out"));
+        args.Contains("--memory-only") ? [] : [.. (Option(args, "--threads") ?? "1,2").Split(',').Select(t => int.Parse(t, CultureInfo.InvariantCulture))],
+        Option(args, "--out"));
 if (args.Length > 1 && args[0] == "profile")
     return Profile.Run(args[1], args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 20);
 BenchmarkSwitcher.FromAssembly(typeof(MlpBenchmarks).Assembly).Run(args);

@@ -11,9 +11,13 @@ using F = TorchSharp.torch.nn.functional;
 // double-backward emulation: a backward with create_graph through a dummy cotangent v, then the backward of
 // ⟨g, u⟩ with respect to v (two reverse passes, the second through the graph of the first).
 //
-// Usage: ForwardAD.TorchSharpPeer [--threads N] [--repeats R] [--rows a,b,...]
+// Usage: ForwardAD.TorchSharpPeer [--threads N] [--repeats R] [--rows a,b,...] [--depth D] [--memory ROW]
+// --memory ROW: instead of timing, the peak resident memory a call of ROW adds beyond the parameters and inputs
+// (VmHWM after two calls minus VmRSS before them), {"memory": {"row", "depth", "peak_bytes"}}.
 // Prints one JSON object: {"threads": N, "rows": {name: {"median": s, "min": s}}}.
-const int Inputs = 3072, Width = 1024, Classes = 10, Batch = 512, Depth = 6;
+const int Inputs = 3072, Width = 1024, Classes = 10, Batch = 512;
+int Depth = 6;
+string? memoryRow = null;
 
 int threads = 1, repeats = 10;
 string[]? only = null;
@@ -25,6 +29,8 @@ for (int i = 0; i < args.Length; i++)
         case "--repeats": repeats = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
         case "--rows": only = args[++i].Split(','); break;
         case "--check": break;
+        case "--depth": Depth = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
+        case "--memory": memoryRow = args[++i]; break;
         default: Console.Error.WriteLine($"unknown argument '{args[i]}'; use --threads N --repeats R --rows a,b"); return 2;
     }
 }
@@ -85,6 +91,17 @@ var rows = new Dictionary<string, Func<Action>>
         };
     },
 };
+
+if (memoryRow is not null)
+{
+    if (!rows.TryGetValue(memoryRow, out var makeRow)) { Console.Error.WriteLine($"unknown row '{memoryRow}'"); return 2; }
+    var call = makeRow();
+    long baseline = ProcStatusBytes("VmRSS:");
+    call();
+    call();
+    Console.WriteLine(JsonSerializer.Serialize(new { memory = new { row = memoryRow, depth = Depth, peak_bytes = ProcStatusBytes("VmHWM:") - baseline } }));
+    return 0;
+}
 
 var results = new Dictionary<string, object>();
 foreach (var (name, make) in rows)
@@ -168,3 +185,8 @@ static int CheckDoubleBackwardJvp()
     Console.WriteLine($"double-backward JVP against central differences (float64): largest relative error {worst:E2}");
     return worst < 1e-6 ? 0 : 1;
 }
+
+// A line of /proc/self/status ("VmRSS:   1234 kB") in bytes.
+static long ProcStatusBytes(string key) =>
+    long.Parse(File.ReadLines("/proc/self/status").First(l => l.StartsWith(key, StringComparison.Ordinal))[key.Length..].Trim().Split(' ')[0],
+        System.Globalization.CultureInfo.InvariantCulture) * 1024;

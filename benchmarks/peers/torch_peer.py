@@ -64,7 +64,11 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rows", default=None)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--memory", default=None, help="a row: print the peak resident memory one call adds instead")
     args = parser.parse_args()
+    global DEPTH
+    DEPTH = args.depth
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     only = set(args.rows.split(",")) if args.rows else None
@@ -77,6 +81,26 @@ def main():
 
     def want(name):
         return only is None or name in only
+
+    if args.memory is not None:
+        # Peak resident memory a call adds beyond the parameters and inputs: VmHWM after two calls minus VmRSS before.
+        def status(key):
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))
+        grad_params = make_params(DEPTH, requires_grad=True)
+        def backprop():
+            for p in grad_params:
+                p.grad = None
+            forward(grad_params, x, y).mean().backward()
+        def dual_pass():
+            with torch.no_grad(), fwAD.dual_level():
+                return fwAD.unpack_dual(forward(params, x, y, tangents)).tangent
+        call = {"backprop": backprop, "jvp_k1": dual_pass}[args.memory]
+        baseline = status("VmRSS:")
+        call()
+        call()
+        print(json.dumps({"memory": {"row": args.memory, "depth": DEPTH, "peak_bytes": status("VmHWM:") - baseline}}))
+        return
 
     if want("forward"):
         with torch.no_grad():
