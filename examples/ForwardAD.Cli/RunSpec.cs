@@ -476,7 +476,7 @@ internal sealed class DeviceOptions
                                   && int.TryParse(device.AsSpan(5), NumberStyles.None, CultureInfo.InvariantCulture, out ordinal)))
             throw new UsageException($"--device must be cpu, cuda or cuda:N; got '{device}'.");
         var cuda = ForwardAD.Cuda.CudaBackend.TryCreate(out var reason, ordinal)
-            ?? throw new UsageException($"--device {device}: {reason}");
+            ?? throw new NotSupportedException($"--device {device}: {reason}"); // the option is fine; this machine lacks the GPU: a runtime error (exit 1)
         cuda.UseTf32 = p.GetValue(Tf32);
         return cuda;
     }

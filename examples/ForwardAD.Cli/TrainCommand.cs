@@ -89,7 +89,7 @@ internal static class TrainCommand
         var guesser = o.Guesser.Build(p, guesserName, seed, configuration);
         var (rule, ruleDescription) = o.Rule.Build(p, train.Count / batch, epochs, configuration);
         var runHash = configuration.Hash(("seed", seed.ToString(CultureInfo.InvariantCulture)), ("batch_size", batch.ToString(CultureInfo.InvariantCulture)));
-        var metricsPath = p.GetValue(o.Metrics) ?? Path.Combine("runs", $"train-{Slug(guesser.Name)}-seed{seed}-{runHash}.csv");
+        var metricsPath = p.GetValue(o.Metrics) ?? Path.Combine("runs", $"train-{guesserName}-seed{seed}-{runHash}.csv"); // the option's name: ASCII, as typed
         var checkpoint = p.GetValue(o.Checkpoint);
         var resume = p.GetValue(o.Resume);
         bool quiet = p.GetValue(o.Quiet);
@@ -156,8 +156,6 @@ internal static class TrainCommand
         console.MarkupLineInterpolated($"final: train accuracy [green]{last.TrainAccuracy:P2}[/], test accuracy [green]{last.TestAccuracy:P2}[/]; metrics in {metricsPath}");
         return Cli.Success;
     }
-
-    private static string Slug(string name) => name.Replace(' ', '-').Replace("(", "").Replace(")", "");
 
     internal static string F(double v, string format = "F4") => double.IsNaN(v) ? "–" : v.ToString(format, CultureInfo.InvariantCulture);
 

@@ -126,6 +126,17 @@ public sealed class CliTests : IDisposable
         Assert.Contains("is a directory", Fails(1, "--data", $"idx:{_folder},{PathOf("labels")}"));
     }
 
+    /// <summary>A machine without a GPU is a runtime condition, not a usage mistake: exit 1 with the driver's reason
+    /// (this test runs where CUDA is absent; on a GPU machine it is skipped by its own guard).</summary>
+    [Fact]
+    public void A_missing_gpu_is_a_runtime_error_not_a_usage_error()
+    {
+        if (ForwardAD.Cuda.CudaBackend.TryCreate(out _) is { } gpu) { gpu.Dispose(); return; }
+        var error = Fails(1, "--device", "cuda", "--epochs", "1", "--quiet");
+        Assert.Contains("--device cuda", error);
+        Assert.DoesNotContain("--help", error);
+    }
+
     [Fact]
     public void A_path_with_a_colon_is_loaded_as_a_file()
     {

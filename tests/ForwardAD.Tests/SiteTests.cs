@@ -1,5 +1,7 @@
 using System.Text.Json;
 using ForwardAD.Autodiff;
+using ForwardAD.Data;
+using ForwardAD.Optim;
 using ForwardAD.Backends;
 using ForwardAD.Graph;
 using ForwardAD.Guessing;
@@ -237,12 +239,13 @@ public class SiteTests
         }
     }
 
-    /// <summary>The README's "Sites" example, verbatim between the markers: a guesser on a residual model trains.</summary>
+    /// <summary>The README's "Sites" example, verbatim between the markers (its using lines are this file's): a guesser on a
+    /// residual model trains.</summary>
     [Fact]
     public void Readme_residual_example_trains()
     {
-        var (train, test) = ForwardAD.Data.Digits.Load().Split(0.2, seed: 1);
-        // README: sites example
+        // README: sites example (after its using lines)
+        var (train, test) = Digits.Load().Split(0.2, seed: 1);
         var b = new ModelBuilder();
         var x = b.Input("x", new Shape(64), differentiable: false);
         var h = b.Dense("embed", x, 64, ElementwiseFunction.Relu).Output;
@@ -253,9 +256,9 @@ public class SiteTests
         // Sites from the graph: embed, inner, outer, head. Wᵀ at "embed" pulls noise at "inner" AND "head" back through gelu, the add, relu.
         var guesser = new ActivationGuesser("Wᵀ, normalised", Guess.Normal.PulledBack().Normalized(), Guess.Normal, TangentMode.PerLayer);
         var parameters = ParameterStore.Initialize(model, new CpuBackend(), seed: 1);
-        var trainer = new Trainer(guesser, Optim.Optimizers.AdamW(1e-3f), parameters, train, test, new TrainingOptions(BatchSize: 32, Seed: 1));
-        var report = trainer.RunEpoch(0);
+        var trainer = new Trainer(guesser, Optimizers.AdamW(1e-3f), parameters, train, test, new TrainingOptions(BatchSize: 32, Seed: 1));
         // README: end
+        var report = trainer.RunEpoch(0);
         Assert.Equal(["embed", "inner", "outer", "head"], model.Sites.Select(s => s.Name));
         Assert.Equal(4, report.SiteCosines.Length);
         Assert.True(report.TestAccuracy > 0.3, $"one epoch of normalised Wᵀ reached {report.TestAccuracy:P1} test accuracy (chance is 10%)");
