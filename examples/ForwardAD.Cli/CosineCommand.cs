@@ -23,7 +23,9 @@ internal static class CosineCommand
         {DataOptions.Help}
         {ModelOptions.Help}
           --guessers LIST           comma-separated guesser names (default {DefaultGuessers});
-                                    --mode, --guesses, --k, --power and --cosine apply to them as in train
+                                    --mode joint|per-layer (default joint), --guesses G (default 1),
+                                    --k K (downstream, default 2), --power P (wt-power, default 0) and
+                                    --cosine C (cosine-matched, default 0.1) apply to them as in train
         {RuleOptions.Help}
         Trajectory
           --epochs N                (default 5)
