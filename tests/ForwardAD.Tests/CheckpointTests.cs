@@ -108,6 +108,21 @@ public sealed class CheckpointTests : IDisposable
         Assert.Contains("Truncated", Assert.Throws<InvalidDataException>(() => trainer.Resume(path, Description)).Message, StringComparison.OrdinalIgnoreCase);
     }
 
+    /// <summary>A checkpoint of a deeper model differs in many tensors: the first three are named, the rest counted, so the
+    /// message stays readable.</summary>
+    [Fact]
+    public void Many_tensor_differences_are_listed_briefly()
+    {
+        var (trainer, _) = NewTrainer(Guessers.Backprop);
+        var path = Path.Combine(_folder, "deep.safetensors");
+        var deepStore = ParameterStore.Initialize(new MlpSpec(64, [8, 8, 8, 8, 8], 10, ElementwiseFunction.Relu).Build(), new CpuBackend(), 1);
+        var (train, test) = Digits.Load().Split(0.2, 1);
+        new Trainer(Guessers.Backprop, Optimizers.AdamW(1e-3f), deepStore, train, test, new TrainingOptions(16, 1)).SaveCheckpoint(path, Description);
+        var message = Assert.Throws<InvalidDataException>(() => trainer.Resume(path, Description)).Message;
+        Assert.Contains("more tensor differences", message);
+        Assert.Equal(3, message.Split("tensor '").Length - 1);
+    }
+
     /// <summary>Writes a safetensors file by hand: the 8-byte header length, the JSON as given (single quotes
     /// stand for double quotes), then <paramref name="dataBytes"/> zero bytes.</summary>
     private string WriteRaw(string name, string json, int dataBytes)

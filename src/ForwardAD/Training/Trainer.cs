@@ -257,6 +257,9 @@ public sealed class Trainer
             return 0;
         }
 
+        // Tensor differences usually share one cause (another model, rule or guesser): after the configuration's
+        // differences, list the first few tensors and count the rest, so the cause is not buried under every tensor.
+        int configurationProblems = problems.Count;
         var loads = new List<(float[] Data, View Target)>();
         var known = new HashSet<string>();
         foreach (var p in _parameters.Model.Parameters)
@@ -280,6 +283,13 @@ public sealed class Trainer
         foreach (var name in tensors.Keys.Where(n => !known.Contains(n)).Order(StringComparer.Ordinal))
             problems.Add($"tensor '{name}' is in the checkpoint but not in this run's model, update rule or guesser");
 
+        const int ListedTensors = 3;
+        int tensorProblems = problems.Count - configurationProblems;
+        if (tensorProblems > ListedTensors + 1)
+        {
+            problems.RemoveRange(configurationProblems + ListedTensors, tensorProblems - ListedTensors);
+            problems.Add($"{tensorProblems - ListedTensors} more tensor differences");
+        }
         if (problems.Count > 0)
         {
             const int Listed = 25;
