@@ -131,8 +131,9 @@ internal static class PeerComparison
         var root = FindRoot();
         var peerProject = Path.Combine(root, "benchmarks", "ForwardAD.TorchSharpPeer");
         Console.Error.WriteLine("building the TorchSharp peer (downloads TorchSharp and libtorch, ~160 MB, the first time) …");
-        RunToEnd("dotnet", ["build", "-c", "Release", "-nologo", "-v", "q", peerProject], null, TimeSpan.FromMinutes(15), out _);
         var peerDll = Path.Combine(peerProject, "bin", "Release", "net10.0", "ForwardAD.TorchSharpPeer.dll");
+        if (!RunToEnd("dotnet", ["build", "-c", "Release", "-nologo", "-v", "q", peerProject], null, TimeSpan.FromMinutes(15), out var build))
+            Console.Error.WriteLine($"The TorchSharp peer did not build (its columns will show –); the build said:\n{build[^Math.Min(1500, build.Length)..]}");
         var ourDll = typeof(PeerComparison).Assembly.Location;
         var report = new StringBuilder();
         report.AppendLine($"ForwardAD / TorchSharp 0.107.0 (libtorch 2.10) / PyTorch (Debian python3-torch) — {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, " +
