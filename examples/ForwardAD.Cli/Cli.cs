@@ -48,8 +48,9 @@ internal static class Cli
             Interactive = terminal ? InteractionSupport.Detect : InteractionSupport.No,
             Out = new AnsiConsoleOutput(output),
         });
-        // Redirected output (files, CI logs) gets wide tables instead of Spectre's 80-column default.
-        if (!terminal) console.Profile.Width = Math.Max(console.Profile.Width, 140);
+        // Redirected output (files, CI logs): no 80-column default and no wrapping of long lines mid-phrase; tables still
+        // size themselves to their content.
+        if (!terminal) console.Profile.Width = Math.Max(console.Profile.Width, 1000);
         var context = new CliContext(output, error, console, terminal && console.Profile.Capabilities.Interactive);
 
         args = args switch
