@@ -23,7 +23,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from functorch import jvp, vmap
 
-from peer_common import BATCH, CLASSES, INPUTS, make_params
+from peer_common import BATCH, CLASSES, INPUTS, forward_ad_ap_step, make_params
 from torch_mlp import forward  # the same forward (and tangent injection) as the issue-2 peer; its depth is len(params) // 2
 
 DEPTH = 6
@@ -126,24 +126,7 @@ def main():
     if want("forward_ad_ap"):
         ap_params = make_params(DEPTH, requires_grad=True)
         opt2 = torch.optim.AdamW(ap_params, lr=1e-3, weight_decay=0.01)
-        def ap_step():
-            with torch.no_grad():
-                guesses = [torch.randn(BATCH, n) for n in sizes]
-                inputs = []
-                with fwAD.dual_level():
-                    h = x
-                    for i in range(DEPTH):
-                        inputs.append(fwAD.unpack_dual(h).primal)
-                        s = F.linear(h, ap_params[2 * i], ap_params[2 * i + 1])
-                        s = s + fwAD.make_dual(torch.zeros_like(s), guesses[i])
-                        h = torch.relu(s) if i < DEPTH - 1 else s
-                    d = fwAD.unpack_dual(F.cross_entropy(h, y, reduction="none")).tangent / BATCH
-                for i in range(DEPTH):
-                    scaled = guesses[i] * d[:, None]
-                    ap_params[2 * i].grad = scaled.t() @ inputs[i]
-                    ap_params[2 * i + 1].grad = scaled.sum(0)
-            opt2.step()
-        rows["forward_ad_ap"] = measure(ap_step, args.repeats)
+        rows["forward_ad_ap"] = measure(lambda: forward_ad_ap_step(ap_params, opt2, x, y), args.repeats)
     print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}))
 
 

@@ -13,10 +13,9 @@ import json
 import sys
 
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
-from peer_common import BATCH, CLASSES, INPUTS, make_params, timeit
+from peer_common import BATCH, CLASSES, INPUTS, forward_ad_ap_step, make_params, timeit
 
 torch.set_num_threads(2)
 torch.manual_seed(0)
@@ -47,26 +46,7 @@ def main():
     params2 = make_params(DEPTH, requires_grad=True)
     opt2 = torch.optim.AdamW(params2, lr=1e-3, weight_decay=0.01)
 
-    def forward_ad_step():
-        with torch.no_grad():
-            tangents = [torch.randn(BATCH, n) for n in sizes[1:]]
-            inputs = []
-            with fwAD.dual_level():
-                h = x
-                for i in range(DEPTH):
-                    inputs.append(fwAD.unpack_dual(h).primal)
-                    s = F.linear(h, params2[2 * i], params2[2 * i + 1])
-                    s = s + fwAD.make_dual(torch.zeros_like(s), tangents[i])
-                    h = torch.relu(s) if i < DEPTH - 1 else s
-                loss = F.cross_entropy(h, y, reduction="none")
-                d = fwAD.unpack_dual(loss).tangent / BATCH
-            for i in range(DEPTH):
-                scaled = tangents[i] * d[:, None]
-                params2[2 * i].grad = scaled.t() @ inputs[i]
-                params2[2 * i + 1].grad = scaled.sum(0)
-        opt2.step()
-
-    rows["forward_ad_ap"] = timeit(forward_ad_step, repeats)
+    rows["forward_ad_ap"] = timeit(lambda: forward_ad_ap_step(params2, opt2, x, y), repeats)
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}))
 
 

@@ -105,7 +105,7 @@ internal static class TrainCommand
         if (resume is not null)
         {
             try { trainer.Resume(resume, description); }
-            catch (InvalidDataException e) when (e.Message.Contains("differs from this run", StringComparison.Ordinal))
+            catch (CheckpointMismatchException e)
             {
                 // Only a changed configuration gets the hint; a damaged file's own message says what to do.
                 throw new InvalidDataException($"{e.Message} --resume continues a run only with the options it was started with " +

@@ -96,13 +96,13 @@ public sealed class CheckpointTests : IDisposable
         var other = new Trainer(Guessers.Backprop, Optimizers.AdamW(1e-3f), otherStore, train, test, new TrainingOptions(16, 3));
         other.SaveCheckpoint(path, Description);
         var before = store.All.ToArray();
-        var error = Assert.Throws<InvalidDataException>(() => trainer.Resume(path, Description));
+        var error = Assert.Throws<CheckpointMismatchException>(() => trainer.Resume(path, Description));
         Assert.Contains("tensor 'layer1.weight' has shape [8, 64]; the model expects [16, 64]", error.Message);
         Assert.Equal(before, store.All.ToArray());
 
         var changed = new Dictionary<string, string>(Description) { ["guesser"] = "wt" };
         trainer.SaveCheckpoint(path, Description);
-        Assert.Contains("guesser is 'ap' but this run's is 'wt'", Assert.Throws<InvalidDataException>(() => trainer.Resume(path, changed)).Message);
+        Assert.Contains("guesser is 'ap' but this run's is 'wt'", Assert.Throws<CheckpointMismatchException>(() => trainer.Resume(path, changed)).Message);
 
         File.WriteAllBytes(path, File.ReadAllBytes(path)[..100]);
         Assert.Contains("Truncated", Assert.Throws<InvalidDataException>(() => trainer.Resume(path, Description)).Message, StringComparison.OrdinalIgnoreCase);
@@ -118,7 +118,7 @@ public sealed class CheckpointTests : IDisposable
         var deepStore = ParameterStore.Initialize(new MlpSpec(64, [8, 8, 8, 8, 8], 10, ElementwiseFunction.Relu).Build(), new CpuBackend(), 1);
         var (train, test) = Digits.Load().Split(0.2, 1);
         new Trainer(Guessers.Backprop, Optimizers.AdamW(1e-3f), deepStore, train, test, new TrainingOptions(16, 1)).SaveCheckpoint(path, Description);
-        var message = Assert.Throws<InvalidDataException>(() => trainer.Resume(path, Description)).Message;
+        var message = Assert.Throws<CheckpointMismatchException>(() => trainer.Resume(path, Description)).Message;
         Assert.Contains("more tensor differences", message);
         Assert.Equal(3, message.Split("tensor '").Length - 1);
     }
@@ -376,7 +376,7 @@ public sealed class CheckpointTests : IDisposable
         trainer.RunEpoch(0);
         trainer.RunEpoch(1);
         var before = store.All.ToArray();
-        var error = Assert.Throws<InvalidDataException>(() => trainer.Resume(bad, Description));
+        var error = Assert.Throws<CheckpointMismatchException>(() => trainer.Resume(bad, Description));
         Assert.Contains(bad, error.Message);
         Assert.Contains(edit is "drop" or "extra" ? value : edit, error.Message);
         Assert.Equal(before, store.All.ToArray());
@@ -400,7 +400,7 @@ public sealed class CheckpointTests : IDisposable
         trainer.SaveCheckpoint(path, saved);
         var changed = new Dictionary<string, string>(Description) { ["guesser"] = "wt", ["rule"] = "adamw lr 0.01", ["epochs"] = "5" };
         var before = store.All.ToArray();
-        var message = Assert.Throws<InvalidDataException>(() => trainer.Resume(path, changed)).Message;
+        var message = Assert.Throws<CheckpointMismatchException>(() => trainer.Resume(path, changed)).Message;
         Assert.Contains(path, message);
         Assert.Contains("guesser is 'ap' but this run's is 'wt'", message);
         Assert.Contains("rule is 'adamw lr 0.003' but this run's is 'adamw lr 0.01'", message);

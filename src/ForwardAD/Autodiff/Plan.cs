@@ -186,7 +186,7 @@ public sealed class Plan
         if (options.Gradients) parameters.Backend.Fill(0f, gradients);
         var backward = BackwardSchedule.Build(model, backwardOrder, buffers, objectiveSeeds);
         return new Plan(parameters, options, buffers, forwardOrder, tangentOrder, backward, tangentNonZero,
-            hasInputTangent, seeded, readable, generators, differentiating, allocated * sizeof(float)) { ParameterGradients = gradients, _gradientSlices = gradientSlices };
+            hasInputTangent, seeded, readable, generators, differentiating, allocated * sizeof(float)) { ParameterGradients = gradients, GradientSlices = gradientSlices };
     }
 
     // ---- inputs -------------------------------------------------------------------------------
@@ -433,7 +433,8 @@ public sealed class Plan
     /// (parameters off the loss path stay zero).</summary>
     public View ParameterGradients { get; private init; }
 
-    private View[] _gradientSlices = [];
+    /// <summary>Per node id, the parameter's slice of <see cref="ParameterGradients"/> (empty without gradients).</summary>
+    private View[] GradientSlices { get; init; } = [];
 
     /// <summary>∂L/∂θ for a parameter after <see cref="Backward"/> (zero for a parameter no loss depends on through a
     /// derivative path, e.g. behind a stop-gradient).</summary>
@@ -442,7 +443,7 @@ public sealed class Plan
         CheckNode(parameter);
         if (!parameter.IsParameter) throw new ArgumentException($"{parameter} is not a parameter.", nameof(parameter));
         if (!Options.Gradients) throw new InvalidOperationException("This plan was compiled without gradients; set PlanOptions.Gradients = true.");
-        return _gradientSlices[parameter.Id];
+        return GradientSlices[parameter.Id];
     }
 
     /// <summary>True when no seed reaches the node (its tangent is a symbolic zero).</summary>

@@ -294,7 +294,7 @@ public sealed class Trainer
         {
             const int Listed = 25;
             var listed = string.Join("; ", problems.Take(Listed)) + (problems.Count > Listed ? $"; and {problems.Count - Listed} more" : "");
-            throw new InvalidDataException($"{path}: the checkpoint differs from this run: {listed}. Resume with the model, data and options " +
+            throw new CheckpointMismatchException($"{path}: the checkpoint differs from this run: {listed}. Resume with the model, data and options " +
                 "the run was started with, or start a new run; nothing was changed.");
         }
         foreach (var (data, target) in loads) _parameters.Backend.CopyFromHost(data, target);
@@ -302,6 +302,10 @@ public sealed class Trainer
         NextEpoch = epochs;
     }
 }
+
+/// <summary>Thrown by <see cref="Trainer.Resume"/> when a readable checkpoint belongs to another run (configuration,
+/// progress or tensors differ), as opposed to a damaged or foreign file: the caller can then say how to resume.</summary>
+public sealed class CheckpointMismatchException(string message) : ArgumentException(message);
 
 /// <summary>Thrown when the loss stops being finite: the run cannot continue meaningfully.</summary>
 public sealed class TrainingDivergedException(string message) : Exception(message);
