@@ -56,11 +56,4 @@ public abstract record Op
         if (inputs.Count < minimum || inputs.Count > maximum)
             throw new ArgumentException($"Node '{name}': a {Kind} op takes {(minimum == maximum ? $"{minimum}" : $"{minimum} to {maximum}")} inputs; got {inputs.Count}.");
     }
-
-    /// <summary>Checks that an input is batched data or an activation, not a parameter.</summary>
-    private protected static void RequireBatched(string name, Node input, string role)
-    {
-        if (!input.IsBatched)
-            throw new ShapeMismatchException(name, $"a batched {role}", $"parameter {input}", $"The {role} must be data or an activation.");
-    }
 }
