@@ -165,10 +165,13 @@ public class GuesserTests
     /// "head"), so E[u uᵀ] = J_bᵀ J_b and the estimate of ∂L/∂s_b averages to J_bᵀ J_b g_b. J_b g_b is taken by
     /// float64 central differences of the next sites, J_bᵀ(·) by the float64 reference pull-back.
     /// </summary>
-    [Fact]
-    public void Weight_transpose_mean_on_a_residual_network_is_Jt_J_g()
+    [Theory]
+    [InlineData("residual")]
+    [InlineData("gelu")]
+    public void Weight_transpose_mean_through_the_real_consuming_ops_is_Jt_J_g(string name)
     {
-        var model = Problem.Residual();
+        // The residual network, and an MLP with GELU between its dense layers (the mask is then GELU's f').
+        var model = name == "residual" ? Problem.Residual() : new MlpSpec(3, [5, 4], 3, ElementwiseFunction.Gelu).Build();
         var problem = Problem.From(model, 16, Batch);
         var reference = new ReferenceEvaluator(model, Batch);
         var leaves = problem.Leaves();
@@ -193,7 +196,7 @@ public class GuesserTests
         });
         const int samples = 20000;
         var (mean, std) = Sample(problem, Guessers.WeightTranspose(TangentMode.PerLayer), samples);
-        AssertWithinStandardErrors(expected, mean, std, samples, "Wᵀ on a residual network");
+        AssertWithinStandardErrors(expected, mean, std, samples, $"Wᵀ on the {name} network");
     }
 
     /// <summary>Activation perturbation stays unbiased for the objective Σ_losses mean ℓ on a model with a local loss, a
