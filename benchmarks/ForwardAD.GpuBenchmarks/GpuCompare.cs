@@ -48,10 +48,20 @@ internal static class GpuCompare
             var jvp1 = Compile(new PlanOptions(batch) { Seeds = [.. seeds], ReuseBuffers = true });
             var jvp16 = Compile(new PlanOptions(batch) { Seeds = [.. seeds], TangentCount = 16, ReuseBuffers = true });
             var backprop = Compile(new PlanOptions(batch) { Gradients = true });
-            var estimator = Guessers.ActivationPerturbation().Compile(store, batch);
-            estimator.SetBatch(x, y);
-            var optimizer = new Optimizer(Optimizers.AdamW(1e-3f), store);
-            long step = 0;
+            // Whole training steps, each with its own store and AdamW (lr 1e-3, weight decay 0.01, as the peer's).
+            Action TrainingStep(Guesser guesser)
+            {
+                var stepStore = ParameterStore.Initialize(model, cuda, 1);
+                var estimator = guesser.Compile(stepStore, batch);
+                estimator.SetBatch(x, y);
+                var optimizer = new Optimizer(Optimizers.AdamW(1e-3f, 0.01f), stepStore);
+                long step = 0;
+                return () =>
+                {
+                    var (g, loss) = estimator.Estimate(new RandomKey(3, (ulong)step), step);
+                    optimizer.Step(new UpdateInputs(step++, loss, default), g);
+                };
+            }
             double forwardFlops = 2.0 * batch * model.Sites.Sum(l => (double)l.Parameters[0].Shape.ElementCount);
             var rows = new (string Name, Action Work, string Peer, double Flops)[]
             {
@@ -59,12 +69,16 @@ internal static class GpuCompare
                 ("JVP K=1", jvp1.ForwardJvp, "jvp_k1", forwardFlops * (1 + 4.0 / 7)),
                 ("JVP K=16", jvp16.ForwardJvp, "jvp_k16", forwardFlops * (1 + 16 * 4.0 / 7)),
                 ("backprop", () => { backprop.Forward(); backprop.Backward(); }, "backprop", forwardFlops * (3 - 3.0 / 7)),
-                ("activation perturbation step (AdamW)", () => { var (g, _) = estimator.Estimate(new RandomKey(3, (ulong)step), step); optimizer.Step(new UpdateInputs(step++, 0, default), g); }, "", forwardFlops * (2 + 4.0 / 7)),
+                ("backprop step (AdamW)", TrainingStep(Guessers.Backprop), "backprop_adamw", forwardFlops * (3 - 3.0 / 7)),
+                ("activation perturbation step (AdamW)", TrainingStep(Guessers.ActivationPerturbation()), "ap_adamw", forwardFlops * (2 + 4.0 / 7)),
+                ("Wᵀ step (AdamW)", TrainingStep(Guessers.WeightTranspose()), "", double.NaN),
+                ("DFA step (AdamW)", TrainingStep(Guessers.Dfa()), "", double.NaN),
+                ("GrAPE step (AdamW)", TrainingStep(Guessers.Grape(new GrapeOptions())), "", double.NaN),
             };
             double gemmRate = Row(peer, "gemm_gflops");
             Console.WriteLine();
             if (peer.Result is { } result)
-                Console.WriteLine($"batch {batch} on {Text(result, "device")} (PyTorch {Text(result, "torch")}, TF32 off); cuBLAS SGEMM 512×1024×1024 via torch.mm: {gemmRate:F0} GFLOP/s");
+                Console.WriteLine($"batch {batch} on {Text(result, "device")} (PyTorch {Text(result, "torch")}, TF32 off); cuBLAS SGEMM {batch}×1024×1024 via torch.mm: {gemmRate:F0} GFLOP/s");
             else
                 Console.WriteLine($"batch {batch}: the PyTorch GPU peer failed, so its columns are empty; our rows follow. {peer.Failure}");
             Console.WriteLine("| row | ForwardAD ms | PyTorch ms | ours / PyTorch | our GFLOP/s | / cuBLAS SGEMM rate |");
@@ -73,12 +87,14 @@ internal static class GpuCompare
             {
                 double seconds = Time(cuda, work);
                 double theirs = peerRow.Length > 0 ? Row(peer, peerRow) : double.NaN;
-                double rate = flops / seconds / 1e9;
-                Console.WriteLine($"| {name} | {seconds * 1e3:F2} | {(double.IsNaN(theirs) ? "–" : (theirs * 1e3).ToString("F2"))} | {(double.IsNaN(theirs) ? "–" : (seconds / theirs).ToString("F2"))} | {rate:F0} | {(double.IsNaN(gemmRate) ? "–" : (rate / gemmRate).ToString("P0"))} |");
+                double rate = flops / seconds / 1e9; // NaN for rows whose FLOP count we do not claim (Wᵀ, DFA, GrAPE)
+                Console.WriteLine($"| {name} | {seconds * 1e3:F2} | {Cell(theirs * 1e3, "F2")} | {Cell(seconds / theirs, "F2")} | {Cell(rate, "F0")} | {Cell(rate / gemmRate, "P0")} |");
             }
         }
         return 0;
     }
+
+    private static string Cell(double value, string format) => double.IsNaN(value) ? "–" : value.ToString(format, System.Globalization.CultureInfo.InvariantCulture);
 
     private static double Time(CudaBackend cuda, Action work, int repeats = 20)
     {

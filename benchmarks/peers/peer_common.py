@@ -37,7 +37,7 @@ def forward_ad_ap_step(params, opt, x, y):
     dW_i = (d * u_i)^T x_i and db_i = sum_b d_b u_i, then the optimizer's step."""
     depth = len(params) // 2
     with torch.no_grad():
-        tangents = [torch.randn(x.shape[0], params[2 * i].shape[0]) for i in range(depth)]
+        tangents = [torch.randn(x.shape[0], params[2 * i].shape[0], device=x.device) for i in range(depth)]
         inputs = []
         with fwAD.dual_level():
             h = x

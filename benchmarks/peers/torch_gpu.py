@@ -7,7 +7,9 @@ batch given (default 512; the benchmark also asks for 8192). Rows, timed with CU
   jvp_k1          torch.func.jvp of the per-example loss w.r.t. offsets on every pre-activation (K = 1)
   jvp_k16         torch.func.vmap over 16 such tangents
   backprop        forward + backward
-  gemm_gflops     torch.mm at 512x1024x1024 (what cuBLAS itself reaches on the step's dominant shape)
+  backprop_adamw  a training step: forward, backward, torch.optim.AdamW(fused=True) (PyTorch's fastest AdamW)
+  ap_adamw        an activation-perturbation step (peer_common.forward_ad_ap_step: forward AD, estimates, the same AdamW)
+  gemm_gflops     torch.mm at batch x 1024 x 1024 (what cuBLAS itself reaches on the step's dominant shape)
 Prints one JSON object.
 """
 import json
@@ -15,6 +17,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
+
+from peer_common import forward_ad_ap_step
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
@@ -72,7 +76,24 @@ def backprop():
 
 
 rows["backprop"] = timed(backprop)
-a, b = torch.randn(512, 1024, device=device), torch.randn(1024, 1024, device=device)
+adamw = torch.optim.AdamW(grads, lr=1e-3, weight_decay=0.01, fused=True)
+
+
+def backprop_adamw():
+    adamw.zero_grad(set_to_none=True)
+    h = x
+    for i in range(DEPTH):
+        s = F.linear(h, grads[2 * i], grads[2 * i + 1])
+        h = torch.relu(s) if i < DEPTH - 1 else s
+    F.cross_entropy(h, y).backward()
+    adamw.step()
+
+
+rows["backprop_adamw"] = timed(backprop_adamw)
+ap_params = [p.clone() for p in params]
+ap_adamw = torch.optim.AdamW(ap_params, lr=1e-3, weight_decay=0.01, fused=True)
+rows["ap_adamw"] = timed(lambda: forward_ad_ap_step(ap_params, ap_adamw, x, y))
+a, b = torch.randn(batch, 1024, device=device), torch.randn(1024, 1024, device=device)
 rows["gemm_seconds"] = timed(lambda: a @ b.t(), repeats=50)
-rows["gemm_gflops"] = 2 * 512 * 1024 * 1024 / rows["gemm_seconds"] / 1e9
+rows["gemm_gflops"] = 2 * batch * 1024 * 1024 / rows["gemm_seconds"] / 1e9
 print(json.dumps({"torch": torch.__version__, "device": torch.cuda.get_device_name(), "batch": batch, "rows": rows}))

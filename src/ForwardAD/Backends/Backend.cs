@@ -46,6 +46,11 @@ public abstract class Backend
     /// Compiling a plan or a parameter store checks its whole need against it before allocating anything.</summary>
     public virtual long AvailableMemoryBytes => long.MaxValue;
 
+    /// <summary>Elements per tile when elementwise update rules run fused, tile by tile (one trip through memory
+    /// for the whole chain). On a CPU 16K floats per buffer stay in L2; a GPU gains nothing from tiles and pays a
+    /// kernel launch per tile and rule, so it takes the whole vector at once.</summary>
+    public virtual int FusedTileElements => 16384;
+
     /// <summary>Throws, before anything is allocated, when <paramref name="bytes"/> exceed <see cref="AvailableMemoryBytes"/>:
     /// a clear error instead of an out-of-memory crash or a machine that swaps for minutes.</summary>
     public void RequireMemory(long bytes, string what)

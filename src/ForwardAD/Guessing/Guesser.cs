@@ -178,11 +178,16 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
             var guess = GuessSlice(_plan.Seed(_sites[i].Node), i);
             int channelBase = _guesser.Mode == TangentMode.PerLayer ? i * _guesses : 0;
             var scales = _lossGroups[_siteGroup[i]].Scales.Slice(channelBase * batch, _guesses * batch);
-            var scaled = _scaled.Slice(0, guess.Length);
             var summed = _summed.Slice(0, guess.Length / _guesses);
             // Σ_g d_{g,b} u_{g,b}: scale each example's guess by its scalar, then sum the G channels: the site cotangent.
-            backend.ScaleRows(guess, scales, scaled, accumulate: false);
-            backend.SumRows(scaled, summed, accumulate: false);
+            // One guess: the scaled guess is the cotangent (no pass that only copies).
+            if (_guesses == 1) backend.ScaleRows(guess, scales, summed, accumulate: false);
+            else
+            {
+                var scaled = _scaled.Slice(0, guess.Length);
+                backend.ScaleRows(guess, scales, scaled, accumulate: false);
+                backend.SumRows(scaled, summed, accumulate: false);
+            }
             _update.Write(i, summed);
         }
         return (_gradient, _plan.MeanLoss());

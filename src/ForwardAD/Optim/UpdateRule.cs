@@ -35,9 +35,6 @@ public sealed record EmptyState : UpdateState
 /// </summary>
 public abstract record UpdateRule
 {
-    /// <summary>Elements per tile when elementwise rules are fused (16K floats per buffer stay in L2).</summary>
-    internal const int TileElements = 16384;
-
     public abstract UpdateState Init(ParameterStore parameters);
     public abstract void Update(UpdateState state, in UpdateInputs inputs, View updates, View parameters);
 
@@ -103,9 +100,11 @@ public sealed record Chain(ImmutableArray<UpdateRule> Rules) : UpdateRule<ChainS
             }
             int end = i;
             while (end < Rules.Length && Rules[end].IsElementwise) end++;
-            for (int offset = 0; offset < updates.Length; offset += TileElements)
+            int tile = parameters.Buffer!.Backend.FusedTileElements;
+            // offset advances by n, not by the tile: a tile of int.MaxValue (a GPU's) would overflow it.
+            for (int offset = 0, n; offset < updates.Length; offset += n)
             {
-                int n = Math.Min(TileElements, updates.Length - offset);
+                n = Math.Min(tile, updates.Length - offset);
                 UpdateRange(state, inputs, updates.Slice(offset, n), parameters.Slice(offset, n), offset, i, end);
             }
             i = end;
@@ -149,10 +148,12 @@ public sealed class Optimizer(UpdateRule rule, ParameterStore parameters)
             backend.Axpby(1f, gradient, 1f, Parameters.All);
             return;
         }
-        // Every rule elementwise: the whole step, θ ← θ + u included, in one pass over L2-sized tiles.
-        for (int offset = 0; offset < gradient.Length; offset += UpdateRule.TileElements)
+        // Every rule elementwise: the whole step, θ ← θ + u included, in one pass over the backend's tiles
+        // (L2-sized on a CPU, the whole vector on a GPU); offset advances by n so that a tile of int.MaxValue cannot overflow it.
+        int tile = backend.FusedTileElements;
+        for (int offset = 0, n; offset < gradient.Length; offset += n)
         {
-            int n = Math.Min(UpdateRule.TileElements, gradient.Length - offset);
+            n = Math.Min(tile, gradient.Length - offset);
             var updates = gradient.Slice(offset, n);
             var parameters = Parameters.All.Slice(offset, n);
             Rule.UpdateRange(State, inputs, updates, parameters, offset);
