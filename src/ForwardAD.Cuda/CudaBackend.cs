@@ -251,6 +251,18 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         CudaDriver.Check(CudaDriver.cuLaunchKernel(_kernels["sum_rows"], tiles, 1, 1, SumRowsTile, SumRowsTile, 1, 0, Stream, args, null), "cuLaunchKernel (sum_rows)");
     }
 
+    // Convolution, pooling and normalisation kernels (issue 12): CPU only until the CUDA kernels land.
+    private static NotSupportedException NotYetOnCuda(string kernel) => new($"{kernel} has no CUDA kernel yet; run convolutional models with --device cpu.");
+    public override void ScaleColumns(View a, View scale, View destination, bool accumulate) => throw NotYetOnCuda(nameof(ScaleColumns));
+    public override void ReciprocalSqrt(View x, float epsilon, View destination) => throw NotYetOnCuda(nameof(ReciprocalSqrt));
+    public override void Im2Col(View images, in ConvGeometry geometry, View columns) => throw NotYetOnCuda(nameof(Im2Col));
+    public override void Col2Im(View columns, in ConvGeometry geometry, View images, bool accumulate) => throw NotYetOnCuda(nameof(Col2Im));
+    public override void MaxPool(View images, in PoolGeometry geometry, View output, View argmax) => throw NotYetOnCuda(nameof(MaxPool));
+    public override void AvgPool(View images, in PoolGeometry geometry, View output) => throw NotYetOnCuda(nameof(AvgPool));
+    public override void AvgPoolBackward(View output, in PoolGeometry geometry, View images, bool accumulate) => throw NotYetOnCuda(nameof(AvgPoolBackward));
+    public override void GatherColumns(View source, int sourceColumns, View indices, View destination) => throw NotYetOnCuda(nameof(GatherColumns));
+    public override void ScatterAddColumns(View source, View indices, int destinationColumns, View destination, bool accumulate) => throw NotYetOnCuda(nameof(ScatterAddColumns));
+
     public override void RowDot(View a, View b, int columns, View destination)
     {
         ulong x = Pointer(a), y = Pointer(b), d = Pointer(destination); long cols = columns, rows = a.Length / columns, total = destination.Length;

@@ -91,6 +91,41 @@ public abstract class Backend
     /// <summary>destination[r, j] (+)= a[r, j]·scale[r].</summary>
     public abstract void ScaleRows(View a, View scale, View destination, bool accumulate);
 
+    /// <summary>destination[r, j] (+)= a[r, j]·scale[j] for rows = a.Length / scale.Length: a per-column (per-channel) scale.</summary>
+    public abstract void ScaleColumns(View a, View scale, View destination, bool accumulate);
+
+    /// <summary>destination[i] = 1/√(x[i] + ε): batch normalisation's inverse standard deviation.</summary>
+    public abstract void ReciprocalSqrt(View x, float epsilon, View destination);
+
+    /// <summary>im2col over channels-last images: <paramref name="images"/> [N, H, W, C] → <paramref name="columns"/>
+    /// [N·Ho·Wo, kh·kw·C], row (n, oy, ox) holding, for each group g, kernel row ky, kernel column kx and channel c of the
+    /// group, x[n, oy·s − p + ky, ox·s − p + kx, g·C/G + c] (0 outside the image). N = images.Length / (H·W·C).</summary>
+    public abstract void Im2Col(View images, in ConvGeometry geometry, View columns);
+
+    /// <summary>The adjoint of <see cref="Im2Col"/> (col2im): every column entry is added back to the pixel it was read
+    /// from; <paramref name="images"/> is overwritten first unless <paramref name="accumulate"/>.</summary>
+    public abstract void Col2Im(View columns, in ConvGeometry geometry, View images, bool accumulate);
+
+    /// <summary>Max pooling of [N, H, W, C] into [N, Ho, Wo, C]; <paramref name="argmax"/> [N, Ho, Wo, C] receives the
+    /// index within the example (y·W·C + x·C + c, as a float) of the first maximum of each window.</summary>
+    public abstract void MaxPool(View images, in PoolGeometry geometry, View output, View argmax);
+
+    /// <summary>Average pooling of [N, H, W, C] into [N, Ho, Wo, C], padding counted as zeros (divides by kh·kw).</summary>
+    public abstract void AvgPool(View images, in PoolGeometry geometry, View output);
+
+    /// <summary>The adjoint of <see cref="AvgPool"/>: each output cotangent / (kh·kw) added to every pixel of its window;
+    /// <paramref name="images"/> is overwritten first unless <paramref name="accumulate"/>.</summary>
+    public abstract void AvgPoolBackward(View output, in PoolGeometry geometry, View images, bool accumulate);
+
+    /// <summary>destination[r, j] = source[r, indices[r mod N, j]] with source rows of <paramref name="sourceColumns"/>
+    /// elements, indices [N, m] (whole numbers stored as floats) and destination [R, m], R a multiple of N: one index
+    /// set (one batch) applied to every tangent or cotangent channel. The JVP of max pooling.</summary>
+    public abstract void GatherColumns(View source, int sourceColumns, View indices, View destination);
+
+    /// <summary>The adjoint of <see cref="GatherColumns"/>: destination[r, indices[r mod N, j]] += source[r, j];
+    /// <paramref name="destination"/> [R, destinationColumns] is zeroed first unless <paramref name="accumulate"/>.</summary>
+    public abstract void ScatterAddColumns(View source, View indices, int destinationColumns, View destination, bool accumulate);
+
     public abstract void Elementwise(ElementwiseFunction function, View x, View y);
     public abstract void ElementwiseDerivative(ElementwiseFunction function, View x, View y, View derivative);
 

@@ -100,6 +100,210 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    public override void ScaleColumns(View a, View scale, View destination, bool accumulate)
+    {
+        var factor = Read(scale);
+        var source = Read(a);
+        var target = Span(destination);
+        for (int offset = 0; offset < target.Length; offset += factor.Length)
+        {
+            var from = source.Slice(offset, factor.Length);
+            var to = target.Slice(offset, factor.Length);
+            if (accumulate) TensorPrimitives.FusedMultiplyAdd(from, factor, to, to);
+            else TensorPrimitives.Multiply(from, factor, to);
+        }
+    }
+
+    public override void ReciprocalSqrt(View x, float epsilon, View destination)
+    {
+        var source = Read(x);
+        var target = Span(destination);
+        for (int i = 0; i < target.Length; i++) target[i] = 1f / MathF.Sqrt(source[i] + epsilon);
+    }
+
+    public override void Im2Col(View images, in ConvGeometry geometry, View columns)
+    {
+        var g = geometry;
+        var x = Read(images);
+        var cols = Span(columns);
+        int examples = x.Length / g.InputElements, groupChannels = g.GroupChannels, row = 0;
+        for (int n = 0; n < examples; n++)
+        {
+            var image = x.Slice(n * g.InputElements, g.InputElements);
+            for (int oy = 0; oy < g.OutputHeight; oy++)
+                for (int ox = 0; ox < g.OutputWidth; ox++, row++)
+                {
+                    var patch = cols.Slice(row * g.PatchLength, g.PatchLength);
+                    int at = 0;
+                    for (int group = 0; group < g.Groups; group++)
+                        for (int ky = 0; ky < g.KernelHeight; ky++)
+                        {
+                            int iy = oy * g.Stride - g.Padding + ky;
+                            for (int kx = 0; kx < g.KernelWidth; kx++, at += groupChannels)
+                            {
+                                int ix = ox * g.Stride - g.Padding + kx;
+                                var to = patch.Slice(at, groupChannels);
+                                if (iy < 0 || iy >= g.Height || ix < 0 || ix >= g.Width) to.Clear();
+                                else image.Slice((iy * g.Width + ix) * g.Channels + group * groupChannels, groupChannels).CopyTo(to);
+                            }
+                        }
+                }
+        }
+    }
+
+    public override void Col2Im(View columns, in ConvGeometry geometry, View images, bool accumulate)
+    {
+        var g = geometry;
+        var x = Span(images);
+        var cols = Read(columns);
+        if (!accumulate) x.Clear();
+        int examples = x.Length / g.InputElements, groupChannels = g.GroupChannels, row = 0;
+        for (int n = 0; n < examples; n++)
+        {
+            var image = x.Slice(n * g.InputElements, g.InputElements);
+            for (int oy = 0; oy < g.OutputHeight; oy++)
+                for (int ox = 0; ox < g.OutputWidth; ox++, row++)
+                {
+                    var patch = cols.Slice(row * g.PatchLength, g.PatchLength);
+                    int at = 0;
+                    for (int group = 0; group < g.Groups; group++)
+                        for (int ky = 0; ky < g.KernelHeight; ky++)
+                        {
+                            int iy = oy * g.Stride - g.Padding + ky;
+                            for (int kx = 0; kx < g.KernelWidth; kx++, at += groupChannels)
+                            {
+                                int ix = ox * g.Stride - g.Padding + kx;
+                                if (iy < 0 || iy >= g.Height || ix < 0 || ix >= g.Width) continue;
+                                var to = image.Slice((iy * g.Width + ix) * g.Channels + group * groupChannels, groupChannels);
+                                TensorPrimitives.Add(to, patch.Slice(at, groupChannels), to);
+                            }
+                        }
+                }
+        }
+    }
+
+    public override void MaxPool(View images, in PoolGeometry geometry, View output, View argmax)
+    {
+        var g = geometry;
+        var x = Read(images);
+        var y = Span(output);
+        var index = Span(argmax);
+        int examples = x.Length / g.InputElements, c = g.Channels;
+        for (int n = 0; n < examples; n++)
+        {
+            var image = x.Slice(n * g.InputElements, g.InputElements);
+            for (int oy = 0; oy < g.OutputHeight; oy++)
+                for (int ox = 0; ox < g.OutputWidth; ox++)
+                {
+                    int at = n * g.OutputElements + (oy * g.OutputWidth + ox) * c;
+                    var best = y.Slice(at, c);
+                    var bestIndex = index.Slice(at, c);
+                    best.Fill(float.NegativeInfinity);
+                    bestIndex.Fill(-1f);
+                    for (int ky = 0; ky < g.KernelHeight; ky++)
+                    {
+                        int iy = oy * g.Stride - g.Padding + ky;
+                        if (iy < 0 || iy >= g.Height) continue;
+                        for (int kx = 0; kx < g.KernelWidth; kx++)
+                        {
+                            int ix = ox * g.Stride - g.Padding + kx;
+                            if (ix < 0 || ix >= g.Width) continue;
+                            int pixel = (iy * g.Width + ix) * c;
+                            // Strictly greater: the first maximum in window order wins, on every backend.
+                            for (int j = 0; j < c; j++)
+                                if (image[pixel + j] > best[j] || bestIndex[j] < 0) { best[j] = image[pixel + j]; bestIndex[j] = pixel + j; }
+                        }
+                    }
+                }
+        }
+    }
+
+    public override void AvgPool(View images, in PoolGeometry geometry, View output)
+    {
+        var g = geometry;
+        var x = Read(images);
+        var y = Span(output);
+        y.Clear();
+        int examples = x.Length / g.InputElements, c = g.Channels;
+        float scale = 1f / (g.KernelHeight * g.KernelWidth);
+        for (int n = 0; n < examples; n++)
+            for (int oy = 0; oy < g.OutputHeight; oy++)
+                for (int ox = 0; ox < g.OutputWidth; ox++)
+                {
+                    var sum = y.Slice(n * g.OutputElements + (oy * g.OutputWidth + ox) * c, c);
+                    for (int ky = 0; ky < g.KernelHeight; ky++)
+                    {
+                        int iy = oy * g.Stride - g.Padding + ky;
+                        if (iy < 0 || iy >= g.Height) continue;
+                        for (int kx = 0; kx < g.KernelWidth; kx++)
+                        {
+                            int ix = ox * g.Stride - g.Padding + kx;
+                            if (ix >= 0 && ix < g.Width) TensorPrimitives.Add(sum, x.Slice(n * g.InputElements + (iy * g.Width + ix) * c, c), sum);
+                        }
+                    }
+                    TensorPrimitives.Multiply(sum, scale, sum);
+                }
+    }
+
+    public override void AvgPoolBackward(View output, in PoolGeometry geometry, View images, bool accumulate)
+    {
+        var g = geometry;
+        var dy = Read(output);
+        var dx = Span(images);
+        if (!accumulate) dx.Clear();
+        int examples = dx.Length / g.InputElements, c = g.Channels;
+        float scale = 1f / (g.KernelHeight * g.KernelWidth);
+        for (int n = 0; n < examples; n++)
+            for (int oy = 0; oy < g.OutputHeight; oy++)
+                for (int ox = 0; ox < g.OutputWidth; ox++)
+                {
+                    var from = dy.Slice(n * g.OutputElements + (oy * g.OutputWidth + ox) * c, c);
+                    for (int ky = 0; ky < g.KernelHeight; ky++)
+                    {
+                        int iy = oy * g.Stride - g.Padding + ky;
+                        if (iy < 0 || iy >= g.Height) continue;
+                        for (int kx = 0; kx < g.KernelWidth; kx++)
+                        {
+                            int ix = ox * g.Stride - g.Padding + kx;
+                            if (ix < 0 || ix >= g.Width) continue;
+                            var to = dx.Slice(n * g.InputElements + (iy * g.Width + ix) * c, c);
+                            TensorPrimitives.MultiplyAdd(from, scale, to, to);
+                        }
+                    }
+                }
+    }
+
+    public override void GatherColumns(View source, int sourceColumns, View indices, View destination)
+    {
+        var from = Read(source);
+        var index = Read(indices);
+        var to = Span(destination);
+        int rows = from.Length / sourceColumns, columns = to.Length / rows, examples = index.Length / columns;
+        for (int r = 0; r < rows; r++)
+        {
+            var row = from.Slice(r * sourceColumns, sourceColumns);
+            var rowIndex = index.Slice(r % examples * columns, columns);
+            var target = to.Slice(r * columns, columns);
+            for (int j = 0; j < columns; j++) target[j] = row[(int)rowIndex[j]];
+        }
+    }
+
+    public override void ScatterAddColumns(View source, View indices, int destinationColumns, View destination, bool accumulate)
+    {
+        var from = Read(source);
+        var index = Read(indices);
+        var to = Span(destination);
+        if (!accumulate) to.Clear();
+        int rows = to.Length / destinationColumns, columns = from.Length / rows, examples = index.Length / columns;
+        for (int r = 0; r < rows; r++)
+        {
+            var row = to.Slice(r * destinationColumns, destinationColumns);
+            var rowIndex = index.Slice(r % examples * columns, columns);
+            var values = from.Slice(r * columns, columns);
+            for (int j = 0; j < columns; j++) row[(int)rowIndex[j]] += values[j];
+        }
+    }
+
     public override void SumRows(View source, View destination, bool accumulate)
     {
         var target = Span(destination);
