@@ -15,11 +15,12 @@ public sealed class ParameterStore
 {
     private readonly View[] _values;
 
-    private ParameterStore(Model model, Backend backend, View all, View[] values)
+    private ParameterStore(Model model, Backend backend, View all, View state, View[] values)
     {
         Model = model;
         Backend = backend;
         All = all;
+        State = state;
         _values = values;
     }
 
@@ -29,6 +30,10 @@ public sealed class ParameterStore
     /// <summary>Every parameter, concatenated in model order (see <see cref="ParameterLayout"/>).</summary>
     public View All { get; }
 
+    /// <summary>Every state tensor (running statistics), concatenated in model order (<see cref="ParameterLayout.OfState"/>);
+    /// kept apart from <see cref="All"/> so that update rules and gradients never touch it.</summary>
+    public View State { get; }
+
     public static ParameterStore Initialize(Model model, Backend backend, ulong seed)
     {
         var layout = ParameterLayout.Of(model);
@@ -37,7 +42,15 @@ public sealed class ParameterStore
         var values = layout.Slices(model, all);
         foreach (var node in model.Parameters)
             ((ParameterOp)node.Op).Initializer.Fill(backend, new RandomKey(seed, (ulong)node.Id), values[node.Id]);
-        return new ParameterStore(model, backend, all, values);
+        var stateLayout = ParameterLayout.OfState(model);
+        var state = new View(backend.Allocate(Math.Max(1, stateLayout.TotalCount)), 0, stateLayout.TotalCount);
+        var stateValues = stateLayout.Slices(model, state);
+        foreach (var node in model.States)
+        {
+            ((StateOp)node.Op).Initializer.Fill(backend, new RandomKey(seed, (ulong)node.Id), stateValues[node.Id]);
+            values[node.Id] = stateValues[node.Id];
+        }
+        return new ParameterStore(model, backend, all, state, values);
     }
 
     /// <summary>Copies every parameter value from another store of a model with the same parameters (names and shapes,
@@ -54,6 +67,11 @@ public sealed class ParameterStore
         var host = new float[All.Length];
         other.Backend.CopyToHost(other.All, host);
         Backend.CopyFromHost(host, All);
+        if (State.Length != other.State.Length)
+            throw new ArgumentException($"The other store belongs to a different model: {other.State.Length} state values there, {State.Length} here.", nameof(other));
+        host = new float[State.Length];
+        other.Backend.CopyToHost(other.State, host);
+        Backend.CopyFromHost(host, State);
     }
 
     /// <summary>The value of parameter <paramref name="parameter"/> on the backend.</summary>
@@ -61,8 +79,8 @@ public sealed class ParameterStore
     {
         get
         {
-            if (!Model.Contains(parameter) || !parameter.IsParameter)
-                throw new ArgumentException($"{parameter} is not a parameter of this model.", nameof(parameter));
+            if (!Model.Contains(parameter) || !(parameter.IsParameter || parameter.IsState))
+                throw new ArgumentException($"{parameter} is not a parameter or state of this model.", nameof(parameter));
             return _values[parameter.Id];
         }
     }
@@ -87,11 +105,16 @@ public sealed class ParameterStore
 /// <summary>Where each parameter sits in the flat parameter (and gradient) vector: model order, contiguous.</summary>
 public sealed record ParameterLayout(System.Collections.Immutable.ImmutableArray<(Node Parameter, int Offset)> Entries, int TotalCount)
 {
-    public static ParameterLayout Of(Model model)
+    public static ParameterLayout Of(Model model) => Of(model.Parameters);
+
+    /// <summary>The layout of the model's state (running statistics) in <see cref="ParameterStore.State"/>.</summary>
+    public static ParameterLayout OfState(Model model) => Of(model.States);
+
+    private static ParameterLayout Of(IEnumerable<Node> tensors)
     {
         var entries = System.Collections.Immutable.ImmutableArray.CreateBuilder<(Node, int)>();
         long offset = 0;
-        foreach (var p in model.Parameters)
+        foreach (var p in tensors)
         {
             entries.Add((p, (int)offset));
             offset += p.Shape.ElementCount;

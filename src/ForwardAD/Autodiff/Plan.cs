@@ -25,6 +25,7 @@ public sealed class Plan
     private readonly bool[] _readable;
     private readonly RandomKey?[] _generators;
     private readonly bool _saveAuxiliary;
+    private readonly View _scratch;
     private bool _forwardDone;
 
     public Model Model { get; }
@@ -38,8 +39,9 @@ public sealed class Plan
 
     private Plan(ParameterStore parameters, PlanOptions options, NodeBuffers[] buffers, int[] forwardOrder, int[] tangentOrder,
         BackwardSchedule backward, bool[] tangentNonZero, bool[] hasInputTangent, bool[] seeded, bool[] readable,
-        RandomKey?[] generators, bool saveAuxiliary, long allocatedBytes)
+        RandomKey?[] generators, bool saveAuxiliary, View scratch, long allocatedBytes)
     {
+        _scratch = scratch;
         Model = parameters.Model;
         Parameters = parameters;
         Options = options;
@@ -139,7 +141,7 @@ public sealed class Plan
         {
             int id = node.Id, elements = node.ElementCount(batch);
             var b = buffers[id];
-            if (node.IsParameter) b.Value = parameters[node];
+            if (node.IsParameter || node.IsState) b.Value = parameters[node];
             else planner.Request(elements, node.Op.IsLeaf ? -1 : id, LastStep(id), v => b.Value = v);
 
             int auxiliary = node.Op.AuxiliaryElements(node, nodes, batch);
@@ -160,9 +162,12 @@ public sealed class Plan
             }
             if (needsCotangent[id] && !node.IsParameter) planner.Request(elements, -1, end, v => b.Cotangent = v);
         }
-        parameters.Backend.RequireMemory((planner.PlannedElements() + (options.Gradients ? parameters.All.Length : 0)) * sizeof(float),
+        // One scratch buffer for every rule (im2col columns, normalisation temporaries): rules run one at a time.
+        long scratchElements = ScratchNeed(nodes, nodes.Select(n => n.Id), batch, channels);
+        parameters.Backend.RequireMemory((planner.PlannedElements() + scratchElements + (options.Gradients ? parameters.All.Length : 0)) * sizeof(float),
             $"A plan for batch {batch} with K = {channels} tangent channels{(options.Gradients ? " and gradients" : "")}");
-        long allocated = planner.Allocate(parameters.Backend);
+        long allocated = planner.Allocate(parameters.Backend) + scratchElements;
+        var scratch = scratchElements == 0 ? View.Empty : new View(parameters.Backend.Allocate((int)scratchElements), 0, (int)scratchElements);
 
         // Parameter gradients share one flat vector in the store's layout, so update rules see them whole.
         var gradients = View.Empty;
@@ -186,7 +191,22 @@ public sealed class Plan
         if (options.Gradients) parameters.Backend.Fill(0f, gradients);
         var backward = BackwardSchedule.Build(model, backwardOrder, buffers, objectiveSeeds);
         return new Plan(parameters, options, buffers, forwardOrder, tangentOrder, backward, tangentNonZero,
-            hasInputTangent, seeded, readable, generators, differentiating, allocated * sizeof(float)) { ParameterGradients = gradients, GradientSlices = gradientSlices };
+            hasInputTangent, seeded, readable, generators, differentiating, scratch, allocated * sizeof(float)) { ParameterGradients = gradients, GradientSlices = gradientSlices };
+    }
+
+    /// <summary>The largest scratch need of the given nodes' rules with <paramref name="channels"/> channels, checked to fit one buffer.</summary>
+    private static long ScratchNeed(IReadOnlyList<Node> nodes, IEnumerable<int> ids, int batch, int channels)
+    {
+        long need = 0;
+        foreach (var id in ids)
+        {
+            long elements = nodes[id].Op.ScratchElements(nodes[id], nodes, batch, channels);
+            if (elements > int.MaxValue)
+                throw new ArgumentException($"Node {nodes[id]} needs {elements:N0} floats of scratch for batch {batch} and {channels} channel(s), " +
+                    $"more than one buffer holds ({int.MaxValue:N0}). Use a smaller batch size or fewer channels.");
+            need = Math.Max(need, elements);
+        }
+        return need;
     }
 
     // ---- inputs -------------------------------------------------------------------------------
@@ -261,7 +281,7 @@ public sealed class Plan
         if (!Options.Gradients) throw new InvalidOperationException("This plan was compiled without gradients; set PlanOptions.Gradients = true.");
         RequireForward();
         foreach (var loss in _backward.Seeds) Backend.Fill(1f / BatchSize, _buffers[loss].Cotangent);
-        RunBackward(_backward, _buffers);
+        RunBackward(_backward, _buffers, _scratch);
     }
 
     /// <summary>The mean loss (1/B) Σ_b ℓ_b of the last forward pass.</summary>
@@ -324,13 +344,15 @@ public sealed class Plan
             .Where(id => downstream[id] && upstream[id] && id != to.Id && !nodes[id].Op.IsLeaf).Reverse().ToArray();
         var schedule = BackwardSchedule.Build(Model, order, restricted, [.. from.Select(n => n.Id)]);
         bool readsForwardValues = order.Any(id => nodes[id].Op.InputVjpReadsForwardValues);
-        return new PullBack(this, schedule, restricted, channels, to, readsForwardValues);
+        long scratchElements = ScratchNeed(nodes, order, BatchSize, channels);
+        var scratch = scratchElements <= _scratch.Length ? _scratch : new View(Backend.Allocate((int)scratchElements), 0, (int)scratchElements);
+        return new PullBack(this, schedule, restricted, channels, to, readsForwardValues, scratch);
     }
 
-    internal void RunPullBack(BackwardSchedule schedule, NodeBuffers[] buffers, int channels)
+    internal void RunPullBack(BackwardSchedule schedule, NodeBuffers[] buffers, int channels, View scratch)
     {
         RequireForward();
-        RunBackward(schedule, buffers, channels);
+        RunBackward(schedule, buffers, scratch, channels);
     }
 
     /// <summary>
@@ -369,11 +391,11 @@ public sealed class Plan
     internal void RunParameterVjp(Node site, NodeBuffers[] buffers, int overwriteMask)
     {
         RequireForward();
-        site.Op.Vjp(new RuleContext(Backend, BatchSize, TangentCount, site, buffers, overwriteMask));
+        site.Op.Vjp(new RuleContext(Backend, BatchSize, TangentCount, site, buffers, _scratch, Options, Model, overwriteMask));
     }
 
     private void RunForward(int id) =>
-        Model.Nodes[id].Op.Forward(new RuleContext(Backend, BatchSize, TangentCount, Model.Nodes[id], _buffers), _saveAuxiliary);
+        Model.Nodes[id].Op.Forward(new RuleContext(Backend, BatchSize, TangentCount, Model.Nodes[id], _buffers, _scratch, Options, Model), _saveAuxiliary);
 
     private void RunJvp(int id)
     {
@@ -383,19 +405,19 @@ public sealed class Plan
         if (node.Op.IsLeaf) return;
         if (_hasInputTangent[id])
         {
-            node.Op.Jvp(new RuleContext(Backend, BatchSize, TangentCount, node, _buffers));
+            node.Op.Jvp(new RuleContext(Backend, BatchSize, TangentCount, node, _buffers, _scratch, Options, Model));
             if (_seeded[id]) Backend.Add(b.Tangent, b.Seed, b.Tangent);
         }
         else Backend.Copy(b.Seed, b.Tangent);
     }
 
-    private void RunBackward(BackwardSchedule schedule, NodeBuffers[] buffers, int channels = 1)
+    private void RunBackward(BackwardSchedule schedule, NodeBuffers[] buffers, View scratch, int channels = 1)
     {
         foreach (var view in schedule.Clear) Backend.Fill(0f, view);
         for (int i = 0; i < schedule.Order.Length; i++)
         {
             var node = Model.Nodes[schedule.Order[i]];
-            node.Op.Vjp(new RuleContext(Backend, BatchSize, TangentCount, node, buffers, schedule.OverwriteMasks[i], channels));
+            node.Op.Vjp(new RuleContext(Backend, BatchSize, TangentCount, node, buffers, scratch, Options, Model, schedule.OverwriteMasks[i], channels));
         }
     }
 
@@ -480,10 +502,11 @@ public sealed class PullBack
     private readonly NodeBuffers[] _buffers;
     private readonly Node _to;
     private readonly View _ownTarget;
+    private readonly View _scratch;
 
-    internal PullBack(Plan plan, BackwardSchedule schedule, NodeBuffers[] buffers, int channels, Node to, bool readsForwardValues)
+    internal PullBack(Plan plan, BackwardSchedule schedule, NodeBuffers[] buffers, int channels, Node to, bool readsForwardValues, View scratch)
     {
-        (_plan, _schedule, _buffers, Channels, _to, ReadsForwardValues) = (plan, schedule, buffers, channels, to, readsForwardValues);
+        (_plan, _schedule, _buffers, Channels, _to, ReadsForwardValues, _scratch) = (plan, schedule, buffers, channels, to, readsForwardValues, scratch);
         _ownTarget = buffers[to.Id].Cotangent;
     }
 
@@ -503,7 +526,7 @@ public sealed class PullBack
     }
 
     /// <summary>Pulls the cotangents at the starts back to the end (read it with <see cref="Cotangent"/>).</summary>
-    public void Run() => _plan.RunPullBack(_schedule, _buffers, Channels);
+    public void Run() => _plan.RunPullBack(_schedule, _buffers, Channels, _scratch);
 
     /// <summary>Pulls back and writes the end's cotangent straight into <paramref name="target"/> (same length), saving a copy.</summary>
     public void Run(View target)
@@ -511,7 +534,7 @@ public sealed class PullBack
         if (target.Length != _ownTarget.Length)
             throw new ArgumentException($"The target holds {target.Length} elements; the cotangent of {_to} has {_ownTarget.Length}.", nameof(target));
         _buffers[_to.Id].Cotangent = target;
-        try { _plan.RunPullBack(_schedule, _buffers, Channels); }
+        try { _plan.RunPullBack(_schedule, _buffers, Channels, _scratch); }
         finally { _buffers[_to.Id].Cotangent = _ownTarget; }
     }
 }

@@ -12,6 +12,9 @@ namespace ForwardAD.Autodiff;
 /// </summary>
 public sealed record TangentSeed(Node Node, RandomKey? Generator = null);
 
+/// <summary>How normalisation layers run: on the batch's statistics (training) or the running ones (evaluation).</summary>
+public enum PlanMode { Training, Evaluation }
+
 /// <summary>
 /// What to compile: batch size B, tangent channel count K, where tangents enter, whether the
 /// backward pass (exact gradient, pull-backs) is needed, and whether buffers may be reused.
@@ -36,6 +39,14 @@ public sealed record PlanOptions(int BatchSize)
     /// <summary>Save the local derivatives (f'(x) of every activation) even without seeds or gradients:
     /// feedback alignment reads them (<see cref="Plan.Derivative"/>) after a plain forward pass.</summary>
     public bool SaveDerivatives { get; init; }
+
+    /// <summary>Training (the default) or evaluation: batch normalisation uses the batch's statistics in training and the
+    /// running statistics in evaluation.</summary>
+    public PlanMode Mode { get; init; } = PlanMode.Training;
+
+    /// <summary>In training mode, whether each forward pass updates the running statistics (once per step: the plan that
+    /// makes the step's update; false for side plans such as a backprop oracle measuring cosines on the same batch).</summary>
+    public bool UpdatesRunningStatistics { get; init; } = true;
 
     /// <summary>Nodes whose value and tangent stay readable when buffers are reused.</summary>
     public ImmutableArray<Node> Retain { get; init; } = [];

@@ -1,3 +1,4 @@
+using ForwardAD.Tensors;
 using ForwardAD.Backends;
 using ForwardAD.Graph;
 
@@ -20,8 +21,22 @@ internal sealed class NodeBuffers
 }
 
 /// <summary>What a rule sees: the backend, the sizes, its node and its inputs' buffers.</summary>
-internal readonly struct RuleContext(Backend backend, int batchSize, int tangentCount, Node node, NodeBuffers[] buffers, int overwriteMask = 0, int channels = 1)
+internal readonly struct RuleContext(Backend backend, int batchSize, int tangentCount, Node node, NodeBuffers[] buffers, View scratch,
+    PlanOptions options, Model model, int overwriteMask = 0, int channels = 1)
 {
+    /// <summary>The per-example (or parameter) shape of input <paramref name="index"/>.</summary>
+    public Shape InputShape(int index) => model.Nodes[Node.Inputs[index]].Shape;
+
+    /// <summary>Scratch space shared by all rules of a plan (or pull-back), at least <see cref="Graph.Op.ScratchElements"/>
+    /// long for this node; its contents do not survive the rule.</summary>
+    public View Scratch { get; } = scratch;
+
+    /// <summary>Batch statistics (training) or running statistics (evaluation).</summary>
+    public bool Training => options.Mode == PlanMode.Training;
+
+    /// <summary>Whether this forward pass updates the running statistics.</summary>
+    public bool UpdatesRunningStatistics => options.Mode == PlanMode.Training && options.UpdatesRunningStatistics;
+
     /// <summary>In a VJP rule: false when this rule is the first to write input i's cotangent in the
     /// backward pass (it overwrites, so no buffer needs clearing first), true when it adds to it.</summary>
     public bool Accumulate(int input) => (overwriteMask & (1 << input)) == 0;

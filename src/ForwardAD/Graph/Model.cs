@@ -12,6 +12,8 @@ namespace ForwardAD.Graph;
 public sealed record Model(ImmutableArray<Node> Nodes, Node Loss, Node Output, ImmutableArray<Node> Losses, ImmutableArray<Site> Sites)
 {
     public IEnumerable<Node> Parameters => Nodes.Where(n => n.IsParameter);
+    /// <summary>Untrained state (batch normalisation's running statistics), in model order.</summary>
+    public IEnumerable<Node> States => Nodes.Where(n => n.IsState);
     public IEnumerable<Node> Inputs => Nodes.Where(n => n.Op is InputOp or ClassLabelsOp);
 
     /// <summary>Total number of trainable scalars.</summary>

@@ -34,11 +34,14 @@ public sealed class ModelBuilder
 
     public Node Parameter(string name, Shape shape, Initializer initializer) => AddNode(name, new ParameterOp(initializer), [], shape, batched: false);
 
+    /// <summary>Untrained model state (running statistics): stored and checkpointed with the parameters, never trained.</summary>
+    public Node State(string name, Shape shape, Initializer initializer) => AddNode(name, new StateOp(initializer), [], shape, batched: false);
+
     /// <summary>Applies any non-leaf op to earlier nodes of this builder; the op's shape rule gives the output shape.
     /// Every named method below is this with its op.</summary>
     public Node Apply(string name, Op op, params ReadOnlySpan<Node> inputs)
     {
-        if (op.IsLeaf) throw new ArgumentException($"Node '{name}': leaves are made by Input, ClassLabels and Parameter, not applied.", nameof(op));
+        if (op.IsLeaf) throw new ArgumentException($"Node '{name}': leaves are made by Input, ClassLabels, Parameter and State, not applied.", nameof(op));
         foreach (var input in inputs) CheckOwn(input);
         var list = inputs.ToArray();
         var (shape, batched) = op.InferShape(name, list);
@@ -62,6 +65,53 @@ public sealed class ModelBuilder
         var s = Linear(name, x, w, b);
         var output = activation is IdentityFunction ? s : Activation($"{name}.{activation.Name}", s, activation);
         return new DenseLayer(x, w, b, s, output, activation);
+    }
+
+    /// <summary>
+    /// A 2-D convolution with its own parameters over a channels-last image x [H, W, C]: weight [outChannels, kernel,
+    /// kernel, C/groups] drawn by <paramref name="weightInit"/> (PyTorch's nn.Conv2d default, U(±1/√fan_in) with
+    /// fan_in = C/groups·kernel², when null), zero bias unless <paramref name="bias"/> is false. Its output is a site.
+    /// </summary>
+    public Node Conv2d(string name, Node x, int outChannels, int kernel, int stride = 1, int padding = 0, int groups = 1, bool bias = true, Initializer? weightInit = null)
+    {
+        if (outChannels <= 0 || kernel <= 0)
+            throw new ArgumentOutOfRangeException(nameof(outChannels), $"Convolution '{name}' needs positive output channels and kernel size; got {outChannels} channels, kernel {kernel}.");
+        if (x.Shape.Rank != 3)
+            throw new ShapeMismatchException(name, "a batched image [H, W, C] (channels last)", x.ToString(), "Reshape flat data to [H, W, C] first.");
+        if (groups < 1 || x.Shape[2] % groups != 0)
+            throw new ArgumentOutOfRangeException(nameof(groups), $"Convolution '{name}': groups must divide the {x.Shape[2]} input channels; got {groups}.");
+        int fanIn = x.Shape[2] / groups * kernel * kernel;
+        var w = Parameter($"{name}.weight", new Shape(outChannels, kernel, kernel, x.Shape[2] / groups), weightInit ?? Initializer.LinearDefault(fanIn));
+        var op = new Conv2dOp(stride, padding, groups);
+        return bias ? Apply(name, op, x, w, Parameter($"{name}.bias", new Shape(outChannels), Initializer.Zeros)) : Apply(name, op, x, w);
+    }
+
+    /// <summary>Max pooling of [H, W, C] over kernel × kernel windows (stride = kernel when null).</summary>
+    public Node MaxPool2d(string name, Node x, int kernel, int? stride = null, int padding = 0) => Apply(name, new MaxPool2dOp(kernel, stride ?? kernel, padding), x);
+
+    /// <summary>Average pooling of [H, W, C] over kernel × kernel windows (stride = kernel when null; padding counts as zeros).</summary>
+    public Node AvgPool2d(string name, Node x, int kernel, int? stride = null, int padding = 0) => Apply(name, new AvgPool2dOp(kernel, stride ?? kernel, padding), x);
+
+    /// <summary>[H, W, C] → [C]: the mean of each channel over positions.</summary>
+    public Node GlobalAvgPool(string name, Node x) => Apply(name, new GlobalAvgPoolOp(), x);
+
+    /// <summary>Any per-example shape → [elements], in channels-last row-major order.</summary>
+    public Node Flatten(string name, Node x) => Reshape(name, x, new Shape(x.Shape.ElementCount));
+
+    /// <summary>
+    /// Batch normalisation of x's last axis (channels) with running statistics as model state (mean 0, variance 1 at
+    /// first) and, when <paramref name="affine"/>, a scale γ (ones) and shift β (zeros), which make its output a site.
+    /// <paramref name="frozenStatistics"/> normalises with the running statistics in training too (examples stay
+    /// independent: what per-example guesses need); see <see cref="BatchNormOp"/>.
+    /// </summary>
+    public Node BatchNorm(string name, Node x, bool affine = true, float momentum = 0.1f, float epsilon = 1e-5f, bool frozenStatistics = false)
+    {
+        var channels = new Shape(x.Shape.Last);
+        var mean = State($"{name}.running_mean", channels, Initializer.Zeros);
+        var variance = State($"{name}.running_var", channels, new ConstantInitializer(1f));
+        var op = new BatchNormOp(momentum, epsilon, frozenStatistics);
+        if (!affine) return Apply(name, op, x, mean, variance);
+        return Apply(name, op, x, mean, variance, Parameter($"{name}.weight", channels, new ConstantInitializer(1f)), Parameter($"{name}.bias", channels, Initializer.Zeros));
     }
 
     public Node Activation(string name, Node x, ElementwiseFunction function) => Apply(name, new ElementwiseOp(function), x);

@@ -16,6 +16,9 @@ public sealed record Node(int Id, string Name, Op Op, ImmutableArray<int> Inputs
 
     public bool IsParameter => Op is ParameterOp;
 
+    /// <summary>Untrained model state (running statistics), stored beside the parameters.</summary>
+    public bool IsState => Op is StateOp;
+
     public override string ToString() => $"'{Name}' ({Op.Kind}, {(IsBatched ? "[B, " + Shape.ToString()[1..] : Shape.ToString())})";
 }
 

@@ -29,6 +29,16 @@ public sealed record ClassLabelsOp(int Classes) : LeafOp
     public override bool IsDifferentiable => false;
 }
 
+/// <summary>Model state that is not trained: running statistics of batch normalisation. Its value lives in the
+/// parameter store beside the parameters (<see cref="Autodiff.ParameterStore.State"/>), is saved in checkpoints and
+/// restored on resume, and changes only when a training plan's forward pass updates it; no derivative flows through it
+/// and no update rule sees it (weight decay would otherwise shrink it).</summary>
+public sealed record StateOp(Initializer Initializer) : LeafOp
+{
+    public override string Kind => "state";
+    public override bool IsDifferentiable => false;
+}
+
 /// <summary>A trainable tensor, initialised by <see cref="Initializer"/>.</summary>
 public sealed record ParameterOp(Initializer Initializer) : LeafOp
 {

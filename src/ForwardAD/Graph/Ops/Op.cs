@@ -43,6 +43,10 @@ public abstract record Op
     /// <summary>Elements of the auxiliary buffer the forward pass saves for the derivative rules.</summary>
     internal virtual int AuxiliaryElements(Node node, IReadOnlyList<Node> nodes, int batchSize) => 0;
 
+    /// <summary>Scratch elements any rule of this node needs with <paramref name="channels"/> tangent or cotangent channels
+    /// (the plan keeps one scratch buffer, as long as the largest need; a rule's scratch does not survive it).</summary>
+    internal virtual long ScratchElements(Node node, IReadOnlyList<Node> nodes, int batchSize, int channels) => 0;
+
     /// <summary>True when the forward kernel writes the auxiliary buffer even without derivatives (losses).</summary>
     internal virtual bool ForwardWritesAuxiliary => false;
 

@@ -1,0 +1,169 @@
+using ForwardAD.Autodiff;
+using ForwardAD.Backends;
+using ForwardAD.Tensors;
+
+namespace ForwardAD.Graph;
+
+/// <summary>
+/// 2-D convolution over channels-last images: x [H, W, C] per example, weight [Cout, kh, kw, C/G], optional
+/// bias [Cout], output [Ho, Wo, Cout]. Channels-last makes a convolution a dense layer over im2col patches:
+/// s = cols(x) Wᵀ + b, with cols(x) [B·Ho·Wo, kh·kw·C] (one GEMM per group), so the K tangent channels of ẋ
+/// are K·B more images through the same GEMM, and the rules are the dense layer's through im2col:
+/// JVP ṡ = cols(ẋ) Wᵀ + cols(x) Ẇᵀ + ḃ; VJP x̄ = col2im(s̄ W), W̄ = s̄ᵀ cols(x), b̄ = Σ_rows s̄.
+/// x̄ = col2im(s̄ W) is the transposed convolution that pulls a guess at the next site back through this one (Wᵀ).
+/// The columns live in the plan's scratch buffer and are rebuilt when needed (never kept between rules), in
+/// passes of at most <see cref="MaxScratchElements"/> floats when many channels would need more.
+/// </summary>
+public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) : Op
+{
+    /// <summary>The most scratch one pass of channels takes (256 MiB); channels beyond it run in several passes.</summary>
+    internal const long MaxScratchElements = 1L << 26;
+
+    public override string Kind => "conv2d";
+    internal override bool InputVjpReadsForwardValues => false;
+
+    internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs)
+    {
+        RequireInputs(name, inputs, 2, 3);
+        var (x, weight) = (inputs[0], inputs[1]);
+        if (Stride < 1 || Padding < 0 || Groups < 1)
+            throw new ArgumentException($"Node '{name}': conv2d needs stride ≥ 1, padding ≥ 0 and groups ≥ 1; got stride {Stride}, padding {Padding}, groups {Groups}.");
+        if (!x.IsBatched || x.Shape.Rank != 3)
+            throw new ShapeMismatchException(name, "a batched image [H, W, C] (channels last)", x.ToString(), "Reshape flat data to [H, W, C] first.");
+        int channels = x.Shape[2];
+        if (channels % Groups != 0)
+            throw new ShapeMismatchException(name, $"input channels divisible by groups ({Groups})", $"{channels} channels", "Each group convolves C/G input channels.");
+        if (weight.Shape.Rank != 4 || weight.Shape[3] != channels / Groups || weight.Shape[0] % Groups != 0)
+            throw new ShapeMismatchException(name, $"weight [Cout, kh, kw, {channels / Groups}] with Cout divisible by {Groups}", $"{weight.Shape} for {weight}",
+                "A conv2d weight is [output channels, kernel height, kernel width, input channels per group].");
+        if (inputs.Count == 3 && inputs[2].Shape != new Shape(weight.Shape[0]))
+            throw new ShapeMismatchException(name, $"bias [{weight.Shape[0]}]", $"{inputs[2].Shape} for {inputs[2]}", "The bias has one element per output channel.");
+        var g = Geometry(x.Shape, weight.Shape);
+        if (g.OutputHeight < 1 || g.OutputWidth < 1)
+            throw new ShapeMismatchException(name, $"an image of at least {weight.Shape[1]}×{weight.Shape[2]} after padding {Padding}", x.Shape.ToString(), "The kernel is larger than the padded image.");
+        return (new Shape(g.OutputHeight, g.OutputWidth, weight.Shape[0]), true);
+    }
+
+    internal ConvGeometry Geometry(Shape input, Shape weight) =>
+        new(input[0], input[1], input[2], weight[1], weight[2], Stride, Padding, Groups);
+
+    private ConvGeometry Geometry(in RuleContext c) => Geometry(c.InputShape(0), c.InputShape(1));
+
+    /// <summary>Images per im2col pass: as many as fit <see cref="MaxScratchElements"/>, at least one batch.</summary>
+    private static int ImagesPerPass(in ConvGeometry g, int batch, int channels)
+    {
+        long perBatch = (long)batch * g.OutputPositions * g.PatchLength;
+        return batch * (int)Math.Clamp(MaxScratchElements / Math.Max(1, perBatch), 1, channels);
+    }
+
+    internal override long ScratchElements(Node node, IReadOnlyList<Node> nodes, int batchSize, int channels)
+    {
+        var g = Geometry(nodes[node.Inputs[0]].Shape, nodes[node.Inputs[1]].Shape);
+        return (long)ImagesPerPass(g, batchSize, channels) * g.OutputPositions * g.PatchLength;
+    }
+
+    /// <summary>y[rows, Cout] (+)= cols[rows, kh·kw·C] · Wᵀ, group by group (group g: its column block, its Cout/G rows of W).</summary>
+    private static void Multiply(Backend backend, in ConvGeometry g, int rows, View columns, View weight, int outputs, float beta, View y)
+    {
+        int perGroup = outputs / g.Groups;
+        for (int group = 0; group < g.Groups; group++)
+        {
+            int a = group * g.GroupPatchLength, b = group * perGroup * g.GroupPatchLength, o = group * perGroup;
+            backend.Gemm(Transpose.No, Transpose.Yes, rows, perGroup, g.GroupPatchLength, 1f,
+                columns.Slice(a, columns.Length - a), g.PatchLength, weight.Slice(b, weight.Length - b), g.GroupPatchLength,
+                beta, y.Slice(o, y.Length - o), outputs);
+        }
+    }
+
+    internal override void Forward(in RuleContext c, bool saveAuxiliary)
+    {
+        var g = Geometry(c);
+        var (x, w, y) = (c.Input(0).Value, c.Input(1).Value, c.Output.Value);
+        int outputs = c.Node.Shape[2], rows = c.BatchSize * g.OutputPositions;
+        var columns = c.Scratch.Slice(0, rows * g.PatchLength);
+        c.Backend.Im2Col(x, g, columns);
+        Multiply(c.Backend, g, rows, columns, w, outputs, 0f, y);
+        if (c.Node.Inputs.Length == 3) c.Backend.AddBias(c.Input(2).Value, y);
+    }
+
+    internal override void Jvp(in RuleContext c)
+    {
+        var g = Geometry(c);
+        var (x, w, dy) = (c.Input(0), c.Input(1), c.Output.Tangent);
+        int outputs = c.Node.Shape[2], batch = c.BatchSize, images = batch * c.TangentCount;
+        int outputPerImage = g.OutputPositions * outputs;
+        bool written = false;
+        if (!x.Tangent.IsEmpty)
+        {
+            // ṡ = cols(ẋ) Wᵀ: the K channels are K·B images through one GEMM per pass.
+            int step = ImagesPerPass(g, batch, c.TangentCount);
+            for (int first = 0; first < images; first += step)
+            {
+                int count = Math.Min(step, images - first), rows = count * g.OutputPositions;
+                var columns = c.Scratch.Slice(0, rows * g.PatchLength);
+                c.Backend.Im2Col(x.Tangent.Slice(first * g.InputElements, count * g.InputElements), g, columns);
+                Multiply(c.Backend, g, rows, columns, w.Value, outputs, 0f, dy.Slice(first * outputPerImage, count * outputPerImage));
+            }
+            written = true;
+        }
+        if (!w.Tangent.IsEmpty)
+        {
+            // ṡ_k += cols(x) Ẇ_kᵀ: the columns of x once, one GEMM per channel.
+            int rows = batch * g.OutputPositions;
+            var columns = c.Scratch.Slice(0, rows * g.PatchLength);
+            c.Backend.Im2Col(x.Value, g, columns);
+            for (int k = 0; k < c.TangentCount; k++)
+                Multiply(c.Backend, g, rows, columns, w.Tangent.Channel(k, w.Value.Length), outputs, written ? 1f : 0f, dy.Channel(k, batch * outputPerImage));
+            written = true;
+        }
+        if (c.Node.Inputs.Length == 3 && !c.Input(2).Tangent.IsEmpty)
+        {
+            if (!written) c.Backend.Fill(0f, dy);
+            for (int k = 0; k < c.TangentCount; k++)
+                c.Backend.AddBias(c.Input(2).Tangent.Channel(k, outputs), dy.Channel(k, batch * outputPerImage));
+        }
+    }
+
+    internal override void Vjp(in RuleContext c)
+    {
+        var g = Geometry(c);
+        var (x, w, dy) = (c.Input(0), c.Input(1), c.Output.Cotangent);
+        int outputs = c.Node.Shape[2], perGroup = outputs / g.Groups, outputPerImage = g.OutputPositions * outputs;
+        int images = dy.Length / outputPerImage; // C·B in a pull-back
+        if (!x.Cotangent.IsEmpty)
+        {
+            // x̄ = col2im(s̄ W): per group, cols̄[:, group block] = s̄[:, group outputs] W_group.
+            int step = ImagesPerPass(g, c.BatchSize, Math.Max(1, images / c.BatchSize));
+            for (int first = 0; first < images; first += step)
+            {
+                int count = Math.Min(step, images - first), rows = count * g.OutputPositions;
+                var columns = c.Scratch.Slice(0, rows * g.PatchLength);
+                var cotangent = dy.Slice(first * outputPerImage, count * outputPerImage);
+                for (int group = 0; group < g.Groups; group++)
+                {
+                    int a = group * perGroup, b = group * perGroup * g.GroupPatchLength, o = group * g.GroupPatchLength;
+                    c.Backend.Gemm(Transpose.No, Transpose.No, rows, g.GroupPatchLength, perGroup, 1f,
+                        cotangent.Slice(a, cotangent.Length - a), outputs, w.Value.Slice(b, w.Value.Length - b), g.GroupPatchLength,
+                        0f, columns.Slice(o, columns.Length - o), g.PatchLength);
+                }
+                c.Backend.Col2Im(columns, g, x.Cotangent.Slice(first * g.InputElements, count * g.InputElements), c.Accumulate(0));
+            }
+        }
+        if (!w.Cotangent.IsEmpty)
+        {
+            // W̄_group = s̄[:, group outputs]ᵀ cols(x)[:, group block].
+            int rows = c.BatchSize * g.OutputPositions;
+            var columns = c.Scratch.Slice(0, rows * g.PatchLength);
+            c.Backend.Im2Col(x.Value, g, columns);
+            for (int group = 0; group < g.Groups; group++)
+            {
+                int a = group * perGroup, b = group * g.GroupPatchLength, o = group * perGroup * g.GroupPatchLength;
+                c.Backend.Gemm(Transpose.Yes, Transpose.No, perGroup, g.GroupPatchLength, rows, 1f,
+                    dy.Slice(a, dy.Length - a), outputs, columns.Slice(b, columns.Length - b), g.PatchLength,
+                    c.Accumulate(1) ? 1f : 0f, w.Cotangent.Slice(o, perGroup * g.GroupPatchLength), g.GroupPatchLength);
+            }
+        }
+        if (c.Node.Inputs.Length == 3 && !c.Input(2).Cotangent.IsEmpty)
+            c.Backend.SumRows(dy, c.Input(2).Cotangent, c.Accumulate(2));
+    }
+}
