@@ -7,8 +7,10 @@ namespace ForwardAD.Tests;
 /// An independent float64 interpreter of a model, used as the finite-difference reference: plain
 /// loops, no shared kernels. Values of node n are f(inputs) + ε·perturbation[n] when a perturbation
 /// is given (the additive tangent-injection semantics of seeds).
+/// Batch normalisation uses the batch statistics when <paramref name="training"/> (and its op's statistics are not
+/// frozen), the running statistics (leaves) otherwise; the reference never updates them.
 /// </summary>
-internal sealed class ReferenceEvaluator(Model model, int batch)
+internal sealed class ReferenceEvaluator(Model model, int batch, bool training = true)
 {
     public Dictionary<int, double[]> Values { get; } = [];
 
@@ -73,9 +75,89 @@ internal sealed class ReferenceEvaluator(Model model, int batch)
                     for (int j = 0; j < width; j++) loss[b] += Math.Pow(p[b * width + j] - t[b * width + j], 2) / width;
                 return loss;
             }
+            case Conv2dOp conv:
+            {
+                var (x, w) = (In(0), In(1));
+                var g = conv.Geometry(model.Nodes[node.Inputs[0]].Shape, model.Nodes[node.Inputs[1]].Shape);
+                int outputs = node.Shape[2], perGroup = outputs / g.Groups, examples = x.Length / g.InputElements;
+                var y = new double[examples * g.OutputPositions * outputs];
+                for (int n = 0; n < examples; n++)
+                    for (int oy = 0; oy < g.OutputHeight; oy++)
+                        for (int ox = 0; ox < g.OutputWidth; ox++)
+                            for (int o = 0; o < outputs; o++)
+                            {
+                                double s = node.Inputs.Length == 3 ? In(2)[o] : 0;
+                                int group = o / perGroup;
+                                for (int ky = 0; ky < g.KernelHeight; ky++)
+                                    for (int kx = 0; kx < g.KernelWidth; kx++)
+                                    {
+                                        int iy = oy * g.Stride - g.Padding + ky, ix = ox * g.Stride - g.Padding + kx;
+                                        if (iy < 0 || iy >= g.Height || ix < 0 || ix >= g.Width) continue;
+                                        for (int c = 0; c < g.GroupChannels; c++)
+                                            s += x[n * g.InputElements + (iy * g.Width + ix) * g.Channels + group * g.GroupChannels + c]
+                                                * w[((o * g.KernelHeight + ky) * g.KernelWidth + kx) * g.GroupChannels + c];
+                                    }
+                                y[((n * g.OutputHeight + oy) * g.OutputWidth + ox) * outputs + o] = s;
+                            }
+                return y;
+            }
+            case PoolOp pool:
+                return Pool(In(0), pool.Geometry(model.Nodes[node.Inputs[0]].Shape), pool is MaxPool2dOp);
+            case GlobalAvgPoolOp:
+            {
+                var shape = model.Nodes[node.Inputs[0]].Shape;
+                return Pool(In(0), new PoolGeometry(shape[0], shape[1], shape[2], shape[0], shape[1], 1, 0), max: false);
+            }
+            case BatchNormOp norm:
+            {
+                var x = In(0);
+                int channels = node.Shape.Last, rows = x.Length / channels;
+                var (mean, variance) = ((double[])In(1).Clone(), (double[])In(2).Clone());
+                if (training && !norm.FrozenStatistics)
+                {
+                    Array.Clear(mean);
+                    Array.Clear(variance);
+                    for (int r = 0; r < rows; r++)
+                        for (int c = 0; c < channels; c++) mean[c] += x[r * channels + c] / rows;
+                    for (int r = 0; r < rows; r++)
+                        for (int c = 0; c < channels; c++) variance[c] += Math.Pow(x[r * channels + c] - mean[c], 2) / rows;
+                }
+                var y = new double[x.Length];
+                for (int r = 0; r < rows; r++)
+                    for (int c = 0; c < channels; c++)
+                    {
+                        double normalized = (x[r * channels + c] - mean[c]) / Math.Sqrt(variance[c] + norm.Epsilon);
+                        y[r * channels + c] = node.Inputs.Length == 5 ? normalized * In(3)[c] + In(4)[c] : normalized;
+                    }
+                return y;
+            }
             default:
                 throw new NotSupportedException($"The reference evaluator has no rule for {node.Op.Kind}.");
         }
+    }
+
+    /// <summary>Max (padded positions never win) or average (padding counted as zeros) pooling of [N, H, W, C].</summary>
+    private static double[] Pool(double[] x, PoolGeometry g, bool max)
+    {
+        int examples = x.Length / g.InputElements;
+        var y = new double[examples * g.OutputElements];
+        for (int n = 0; n < examples; n++)
+            for (int oy = 0; oy < g.OutputHeight; oy++)
+                for (int ox = 0; ox < g.OutputWidth; ox++)
+                    for (int c = 0; c < g.Channels; c++)
+                    {
+                        double result = max ? double.NegativeInfinity : 0;
+                        for (int ky = 0; ky < g.KernelHeight; ky++)
+                            for (int kx = 0; kx < g.KernelWidth; kx++)
+                            {
+                                int iy = oy * g.Stride - g.Padding + ky, ix = ox * g.Stride - g.Padding + kx;
+                                if (iy < 0 || iy >= g.Height || ix < 0 || ix >= g.Width) continue;
+                                double v = x[n * g.InputElements + (iy * g.Width + ix) * g.Channels + c];
+                                result = max ? Math.Max(result, v) : result + v;
+                            }
+                        y[n * g.OutputElements + (oy * g.OutputWidth + ox) * g.Channels + c] = max ? result : result / (g.KernelHeight * g.KernelWidth);
+                    }
+        return y;
     }
 
     /// <summary>

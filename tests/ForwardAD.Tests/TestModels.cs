@@ -96,7 +96,7 @@ internal sealed record Problem(Model Model, ParameterStore Parameters, int Batch
     public Dictionary<int, double[]> Leaves()
     {
         var leaves = Inputs.ToDictionary(kv => kv.Key, kv => kv.Value.Select(v => (double)v).ToArray());
-        foreach (var p in Model.Parameters) leaves[p.Id] = Parameters.ToArray(p).Select(v => (double)v).ToArray();
+        foreach (var p in Model.Parameters.Concat(Model.States)) leaves[p.Id] = Parameters.ToArray(p).Select(v => (double)v).ToArray();
         return leaves;
     }
 }
