@@ -121,50 +121,27 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         for (int i = 0; i < target.Length; i++) target[i] = 1f / MathF.Sqrt(source[i] + epsilon);
     }
 
-    public override void Im2Col(View images, in ConvGeometry geometry, View columns)
-    {
-        var g = geometry;
-        var x = Read(images);
-        var cols = Span(columns);
-        int examples = x.Length / g.InputElements, groupChannels = g.GroupChannels, row = 0;
-        for (int n = 0; n < examples; n++)
-        {
-            var image = x.Slice(n * g.InputElements, g.InputElements);
-            for (int oy = 0; oy < g.OutputHeight; oy++)
-                for (int ox = 0; ox < g.OutputWidth; ox++, row++)
-                {
-                    var patch = cols.Slice(row * g.PatchLength, g.PatchLength);
-                    int at = 0;
-                    for (int group = 0; group < g.Groups; group++)
-                        for (int ky = 0; ky < g.KernelHeight; ky++)
-                        {
-                            int iy = oy * g.Stride - g.Padding + ky;
-                            for (int kx = 0; kx < g.KernelWidth; kx++, at += groupChannels)
-                            {
-                                int ix = ox * g.Stride - g.Padding + kx;
-                                var to = patch.Slice(at, groupChannels);
-                                if (iy < 0 || iy >= g.Height || ix < 0 || ix >= g.Width) to.Clear();
-                                else image.Slice((iy * g.Width + ix) * g.Channels + group * groupChannels, groupChannels).CopyTo(to);
-                            }
-                        }
-                }
-        }
-    }
+    public override void Im2Col(View images, in ConvGeometry geometry, View columns) => Patches(geometry, Span(images), Span(columns), toColumns: true);
 
     public override void Col2Im(View columns, in ConvGeometry geometry, View images, bool accumulate)
     {
-        var g = geometry;
-        var x = Span(images);
-        var cols = Read(columns);
-        if (!accumulate) x.Clear();
-        int examples = x.Length / g.InputElements, groupChannels = g.GroupChannels, row = 0;
+        if (!accumulate) Span(images).Clear();
+        Patches(geometry, Span(images), Span(columns), toColumns: false);
+    }
+
+    /// <summary>Walks every im2col entry block (example, output position, group, kernel row, kernel column: C/G contiguous
+    /// channels) and copies the pixel's channels into the columns (im2col; zeros outside the image) or adds the columns'
+    /// block back to the pixel (col2im, its adjoint).</summary>
+    private static void Patches(in ConvGeometry g, Span<float> images, Span<float> columns, bool toColumns)
+    {
+        int examples = images.Length / g.InputElements, groupChannels = g.GroupChannels, row = 0;
         for (int n = 0; n < examples; n++)
         {
-            var image = x.Slice(n * g.InputElements, g.InputElements);
+            var image = images.Slice(n * g.InputElements, g.InputElements);
             for (int oy = 0; oy < g.OutputHeight; oy++)
                 for (int ox = 0; ox < g.OutputWidth; ox++, row++)
                 {
-                    var patch = cols.Slice(row * g.PatchLength, g.PatchLength);
+                    var patch = columns.Slice(row * g.PatchLength, g.PatchLength);
                     int at = 0;
                     for (int group = 0; group < g.Groups; group++)
                         for (int ky = 0; ky < g.KernelHeight; ky++)
@@ -173,9 +150,15 @@ public sealed class CpuBackend(Gemm gemm) : Backend
                             for (int kx = 0; kx < g.KernelWidth; kx++, at += groupChannels)
                             {
                                 int ix = ox * g.Stride - g.Padding + kx;
-                                if (iy < 0 || iy >= g.Height || ix < 0 || ix >= g.Width) continue;
-                                var to = image.Slice((iy * g.Width + ix) * g.Channels + group * groupChannels, groupChannels);
-                                TensorPrimitives.Add(to, patch.Slice(at, groupChannels), to);
+                                var block = patch.Slice(at, groupChannels);
+                                bool inside = iy >= 0 && iy < g.Height && ix >= 0 && ix < g.Width;
+                                var pixel = inside ? image.Slice((iy * g.Width + ix) * g.Channels + group * groupChannels, groupChannels) : default;
+                                if (toColumns)
+                                {
+                                    if (inside) pixel.CopyTo(block);
+                                    else block.Clear();
+                                }
+                                else if (inside) TensorPrimitives.Add(pixel, block, pixel);
                             }
                         }
                 }
@@ -220,44 +203,27 @@ public sealed class CpuBackend(Gemm gemm) : Backend
 
     public override void AvgPool(View images, in PoolGeometry geometry, View output)
     {
-        var g = geometry;
-        var x = Read(images);
-        var y = Span(output);
-        y.Clear();
-        int examples = x.Length / g.InputElements, c = g.Channels;
-        float scale = 1f / (g.KernelHeight * g.KernelWidth);
-        for (int n = 0; n < examples; n++)
-            for (int oy = 0; oy < g.OutputHeight; oy++)
-                for (int ox = 0; ox < g.OutputWidth; ox++)
-                {
-                    var sum = y.Slice(n * g.OutputElements + (oy * g.OutputWidth + ox) * c, c);
-                    for (int ky = 0; ky < g.KernelHeight; ky++)
-                    {
-                        int iy = oy * g.Stride - g.Padding + ky;
-                        if (iy < 0 || iy >= g.Height) continue;
-                        for (int kx = 0; kx < g.KernelWidth; kx++)
-                        {
-                            int ix = ox * g.Stride - g.Padding + kx;
-                            if (ix >= 0 && ix < g.Width) TensorPrimitives.Add(sum, x.Slice(n * g.InputElements + (iy * g.Width + ix) * c, c), sum);
-                        }
-                    }
-                    TensorPrimitives.Multiply(sum, scale, sum);
-                }
+        Span(output).Clear();
+        AverageWindows(geometry, Span(images), Span(output), toOutput: true);
     }
 
     public override void AvgPoolBackward(View output, in PoolGeometry geometry, View images, bool accumulate)
     {
-        var g = geometry;
-        var dy = Read(output);
-        var dx = Span(images);
-        if (!accumulate) dx.Clear();
-        int examples = dx.Length / g.InputElements, c = g.Channels;
+        if (!accumulate) Span(images).Clear();
+        AverageWindows(geometry, Span(images), Span(output), toOutput: false);
+    }
+
+    /// <summary>Walks every (output position, in-image window pixel) pair: y += x/(kh·kw) (average pooling, padding
+    /// counted as zeros) or, its adjoint, x̄ += ȳ/(kh·kw).</summary>
+    private static void AverageWindows(in PoolGeometry g, Span<float> images, Span<float> outputs, bool toOutput)
+    {
+        int examples = images.Length / g.InputElements, c = g.Channels;
         float scale = 1f / (g.KernelHeight * g.KernelWidth);
         for (int n = 0; n < examples; n++)
             for (int oy = 0; oy < g.OutputHeight; oy++)
                 for (int ox = 0; ox < g.OutputWidth; ox++)
                 {
-                    var from = dy.Slice(n * g.OutputElements + (oy * g.OutputWidth + ox) * c, c);
+                    var output = outputs.Slice(n * g.OutputElements + (oy * g.OutputWidth + ox) * c, c);
                     for (int ky = 0; ky < g.KernelHeight; ky++)
                     {
                         int iy = oy * g.Stride - g.Padding + ky;
@@ -266,10 +232,12 @@ public sealed class CpuBackend(Gemm gemm) : Backend
                         {
                             int ix = ox * g.Stride - g.Padding + kx;
                             if (ix < 0 || ix >= g.Width) continue;
-                            var to = dx.Slice(n * g.InputElements + (iy * g.Width + ix) * c, c);
-                            TensorPrimitives.MultiplyAdd(from, scale, to, to);
+                            var pixel = images.Slice(n * g.InputElements + (iy * g.Width + ix) * c, c);
+                            if (toOutput) TensorPrimitives.Add(output, pixel, output);
+                            else TensorPrimitives.MultiplyAdd(output, scale, pixel, pixel);
                         }
                     }
+                    if (toOutput) TensorPrimitives.Multiply(output, scale, output);
                 }
     }
 
