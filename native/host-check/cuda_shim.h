@@ -17,4 +17,8 @@ inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __int_as_float(int i) { float f; __builtin_memcpy(&f, &i, 4); return f; }
+// attention.cu's warp reductions: compiled, not run here (host-check/attention_check.cpp runs them with real threads).
+inline float __shfl_xor_sync(unsigned, float value, int) { return value; }
 using std::fmax;

@@ -163,10 +163,12 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
             Pointer(c), CuBlas.DataTypeFloat32, Math.Max(1, ldc), _tf32 ? CuBlas.Compute32FFastTf32 : CuBlas.Compute32F, CuBlas.GemmDefault), "cublasGemmEx");
     }
 
-    /// <summary>K independent GEMMs with fixed strides in one call (C_i = α op(A_i) op(B_i) + β C_i), row-major like <see cref="Gemm"/>.</summary>
-    public void GemmStridedBatched(Transpose transposeA, Transpose transposeB, int m, int n, int k, float alpha, View a, int lda, long strideA,
+    /// <summary>K independent GEMMs with fixed strides in one call (C_i = α op(A_i) op(B_i) + β C_i), row-major like <see cref="Gemm"/>:
+    /// one cublasSgemmStridedBatched (operands swapped as in <see cref="Gemm"/>; the math mode, TF32 or not, applies).</summary>
+    public override void GemmStridedBatched(Transpose transposeA, Transpose transposeB, int m, int n, int k, float alpha, View a, int lda, long strideA,
         View b, int ldb, long strideB, float beta, View c, int ldc, long strideC, int count)
     {
+        if (m == 0 || n == 0 || count == 0) return;
         MakeCurrent();
         int opA = transposeA == Transpose.No ? CuBlas.OperationNone : CuBlas.OperationTranspose;
         int opB = transposeB == Transpose.No ? CuBlas.OperationNone : CuBlas.OperationTranspose;
@@ -518,6 +520,33 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         ulong first = Pointer(m), second = Pointer(v), d = Pointer(destination); long n = destination.Length;
         void** args = stackalloc void*[] { &first, &second, &mScale, &vScale, &epsilon, &d, &n };
         Launch("adam_direction", n, args, 7);
+    }
+
+    // ---- attention (issue 13): native/attention.cu, one warp per row -------------------------------------------
+
+    private const int WarpSize = 32;
+
+    public override void CausalSoftmaxRows(View scores, int size, View probabilities)
+    {
+        long square = (long)size * size;
+        if (size <= 0 || scores.Length != probabilities.Length || scores.Length % square != 0)
+            throw new ArgumentException($"CausalSoftmaxRows: scores ({scores.Length} floats) and probabilities ({probabilities.Length}) must both hold whole [{size}, {size}] matrices.");
+        if (scores.Length == 0) return;
+        ulong s = Pointer(scores), p = Pointer(probabilities); long rows = scores.Length / size;
+        void** args = stackalloc void*[] { &s, &p, &size, &rows };
+        Launch("causal_softmax_rows", rows * WarpSize, args, 4);
+    }
+
+    public override void SoftmaxJvpRows(View probabilities, View x, int columns, View destination)
+    {
+        if (columns <= 0 || probabilities.Length % columns != 0 || probabilities.Length == 0 || x.Length != destination.Length || x.Length % probabilities.Length != 0)
+            throw new ArgumentException($"SoftmaxJvpRows: probabilities ({probabilities.Length} floats) must be whole rows of {columns}, and x ({x.Length}) and " +
+                $"the destination ({destination.Length}) the same whole number of copies of them.");
+        if (x.Length == 0) return;
+        ulong p = Pointer(probabilities), from = Pointer(x), to = Pointer(destination);
+        long probabilityRows = probabilities.Length / columns, rows = x.Length / columns;
+        void** args = stackalloc void*[] { &p, &from, &to, &columns, &probabilityRows, &rows };
+        Launch("softmax_jvp_rows", rows * WarpSize, args, 6);
     }
 
     public void Dispose()

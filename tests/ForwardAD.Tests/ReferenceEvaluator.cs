@@ -131,6 +131,33 @@ internal sealed class ReferenceEvaluator(Model model, int batch, bool training =
                     }
                 return y;
             }
+            case CausalSelfAttentionOp attention:
+            {
+                // Per example, head and query position i: s_j = ⟨q_i, k_j⟩/√dh for j ≤ i, p = softmax(s), y_i = Σ_j p_j v_j.
+                var (q, k, v) = (In(0), In(1), In(2));
+                int length = node.Shape[0], width = node.Shape[1], headWidth = width / attention.Heads, examples = q.Length / (length * width);
+                var y = new double[q.Length];
+                var weights = new double[length];
+                for (int b = 0; b < examples; b++)
+                    for (int h = 0; h < attention.Heads; h++)
+                        for (int i = 0; i < length; i++)
+                        {
+                            int query = (b * length + i) * width + h * headWidth;
+                            double max = double.NegativeInfinity, total = 0;
+                            for (int j = 0; j <= i; j++)
+                            {
+                                int key = (b * length + j) * width + h * headWidth;
+                                double score = 0;
+                                for (int c = 0; c < headWidth; c++) score += q[query + c] * k[key + c];
+                                weights[j] = score / Math.Sqrt(headWidth);
+                                max = Math.Max(max, weights[j]);
+                            }
+                            for (int j = 0; j <= i; j++) total += weights[j] = Math.Exp(weights[j] - max);
+                            for (int j = 0; j <= i; j++)
+                                for (int c = 0; c < headWidth; c++) y[query + c] += weights[j] / total * v[(b * length + j) * width + h * headWidth + c];
+                        }
+                return y;
+            }
             default:
                 throw new NotSupportedException($"The reference evaluator has no rule for {node.Op.Kind}.");
         }

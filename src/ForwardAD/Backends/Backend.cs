@@ -168,4 +168,45 @@ public abstract class Backend
 
     /// <summary>(1/n) Σ_i g[i]² / max(v[i]·vScale, floor): the update RMS of StableAdamW (Adafactor-style clipping).</summary>
     public abstract double MeanRatioOfSquares(View g, View v, float vScale, float floor);
+
+    // ---- attention (issue 13): batched GEMM, causal softmax and the softmax JVP over rows -------------------------
+
+    /// <summary>
+    /// <paramref name="count"/> GEMMs with fixed strides: C_i = α·op(A_i)·op(B_i) + β·C_i for i in [0, count), where A_i starts
+    /// <paramref name="strideA"/> elements after A_{i−1} (likewise B, C), each row-major with its leading dimension as in
+    /// <see cref="Gemm"/>. Attention's per-head products are such batches: a head's Q slice is a [T, dh] matrix with leading
+    /// dimension D (the model width), one example after the other every T·D elements. The default runs the GEMMs one by
+    /// one on slices of the views (allocation-free); CUDA makes one cuBLAS strided-batched call.
+    /// </summary>
+    public virtual void GemmStridedBatched(Transpose transposeA, Transpose transposeB, int m, int n, int k, float alpha, View a, int lda, long strideA,
+        View b, int ldb, long strideB, float beta, View c, int ldc, long strideC, int count)
+    {
+        if (m == 0 || n == 0 || count == 0) return;
+        var (aRows, aColumns) = transposeA == Transpose.No ? (m, k) : (k, m);
+        var (bRows, bColumns) = transposeB == Transpose.No ? (k, n) : (n, k);
+        int aExtent = Extent(aRows, aColumns, lda), bExtent = Extent(bRows, bColumns, ldb), cExtent = Extent(m, n, ldc);
+        for (int i = 0; i < count; i++)
+            Gemm(transposeA, transposeB, m, n, k, alpha, a.Slice((int)(i * strideA), aExtent), lda, b.Slice((int)(i * strideB), bExtent), ldb,
+                beta, c.Slice((int)(i * strideC), cExtent), ldc);
+
+        // The elements a rows × columns matrix with leading dimension ld spans (0 for an empty one).
+        static int Extent(int rows, int columns, int ld) => rows == 0 || columns == 0 ? 0 : (rows - 1) * ld + columns;
+    }
+
+    /// <summary>
+    /// Causal softmax over the rows of square matrices: <paramref name="scores"/> and <paramref name="probabilities"/> hold
+    /// N matrices [size, size] (N = length / size²); for row i of each, p[i, j] = exp(s[i, j] − m_i) / Σ_{j' ≤ i} exp(s[i, j'] − m_i)
+    /// for j ≤ i, with m_i = max_{j ≤ i} s[i, j], and p[i, j] = 0 for j &gt; i (the mask −∞ of a decoder: position i attends to
+    /// positions 0..i only). Entries above the diagonal of <paramref name="scores"/> are never read. In place is allowed.
+    /// </summary>
+    public abstract void CausalSoftmaxRows(View scores, int size, View probabilities);
+
+    /// <summary>
+    /// The softmax Jacobian applied row by row: destination[c, r, j] = p[r, j]·(x[c, r, j] − Σ_{j'} p[r, j']·x[c, r, j']) for rows of
+    /// <paramref name="columns"/> elements, where <paramref name="x"/> and <paramref name="destination"/> hold a whole number of
+    /// copies (channels c) of <paramref name="probabilities"/>' length. The JVP ṗ = p ⊙ (ż − ⟨p, ż⟩) of p = softmax(z), and, the
+    /// Jacobian diag(p) − p pᵀ being symmetric, also its VJP z̄ = p ⊙ (p̄ − ⟨p, p̄⟩). Masked entries (p = 0) come out 0 for any
+    /// finite x. In place (destination = x) is allowed.
+    /// </summary>
+    public abstract void SoftmaxJvpRows(View probabilities, View x, int columns, View destination);
 }

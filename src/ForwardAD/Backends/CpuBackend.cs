@@ -463,4 +463,45 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         for (int i = 0; i < gradient.Length; i++) total += gradient[i] * gradient[i] / Math.Max(second[i] * vScale, floor);
         return gradient.Length == 0 ? 0 : total / gradient.Length;
     }
+
+    // ---- attention (issue 13) ----------------------------------------------------------------------------------
+    // GemmStridedBatched: the base class's loop of GEMMs on slices (one OpenBLAS call per head and example).
+
+    public override void CausalSoftmaxRows(View scores, int size, View probabilities)
+    {
+        var source = Read(scores);
+        var target = Span(probabilities);
+        long square = (long)size * size;
+        if (size <= 0 || source.Length != target.Length || source.Length % square != 0)
+            throw new ArgumentException($"CausalSoftmaxRows: scores ({source.Length} floats) and probabilities ({target.Length}) must both hold whole [{size}, {size}] matrices.");
+        for (int row = 0; row < source.Length / size; row++)
+        {
+            int i = row % size, start = row * size; // position i attends to 0..i
+            var visible = target.Slice(start, i + 1);
+            float max = TensorPrimitives.Max(source.Slice(start, i + 1));
+            TensorPrimitives.Subtract(source.Slice(start, i + 1), max, visible);
+            TensorPrimitives.Exp(visible, visible);
+            TensorPrimitives.Divide(visible, TensorPrimitives.Sum(visible), visible);
+            target.Slice(start + i + 1, size - i - 1).Clear();
+        }
+    }
+
+    public override void SoftmaxJvpRows(View probabilities, View x, int columns, View destination)
+    {
+        var p = Read(probabilities);
+        var source = Read(x);
+        var target = Span(destination);
+        if (columns <= 0 || p.Length % columns != 0 || p.Length == 0 || source.Length != target.Length || source.Length % p.Length != 0)
+            throw new ArgumentException($"SoftmaxJvpRows: probabilities ({p.Length} floats) must be whole rows of {columns}, and x ({source.Length}) and " +
+                $"the destination ({target.Length}) the same whole number of copies of them.");
+        for (int offset = 0; offset < source.Length; offset += p.Length)
+            for (int start = 0; start < p.Length; start += columns)
+            {
+                var pRow = p.Slice(start, columns);
+                var to = target.Slice(offset + start, columns);
+                float mean = TensorPrimitives.Dot(pRow, source.Slice(offset + start, columns)); // ⟨p, x⟩ before x is overwritten
+                TensorPrimitives.Subtract(source.Slice(offset + start, columns), mean, to);
+                TensorPrimitives.Multiply(to, pRow, to);
+            }
+    }
 }

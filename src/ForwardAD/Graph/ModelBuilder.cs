@@ -130,6 +130,15 @@ public sealed class ModelBuilder
     /// <summary>Per-example mean squared error between a prediction and a target of the same shape.</summary>
     public Node MeanSquaredError(string name, Node prediction, Node target) => Apply(name, new MeanSquaredErrorOp(), prediction, target);
 
+    // ---- attention (issue 13) ---------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Multi-head causal self-attention of sequences q, k, v [T, D] (usually three projections, each a site) with
+    /// <paramref name="heads"/> heads of D/heads columns each: softmax(Q Kᵀ/√dh + causal mask) V per head, heads merged back
+    /// into [T, D]. Saves the attention probabilities, B·heads·T² floats; see <see cref="CausalSelfAttentionOp"/>.
+    /// </summary>
+    public Node CausalSelfAttention(string name, Node q, Node k, Node v, int heads) => Apply(name, new CausalSelfAttentionOp(heads), q, k, v);
+
     /// <summary>Makes a differentiable, batched node a site even though no parameterised op makes it (the outputs of
     /// parameterised ops are sites without asking). A guess can then enter there; its update goes to the parameters
     /// of the op that makes it, if any.</summary>
