@@ -78,6 +78,13 @@ extern "C" __global__ void add_bias(const float* bias, float* destination, long 
     for (u32 i = global_index32(); i < count; i += grid_stride32()) destination[i] += bias[i % width];
 }
 
+// destination = 1/√(x + ε): batch normalisation's inverse standard deviation. The correctly rounded intrinsics, as
+// the CPU's 1f / MathF.Sqrt(x + ε), whatever the compiler's flags (no rsqrtf approximation).
+extern "C" __global__ void reciprocal_sqrt(const float* x, float epsilon, float* destination, long long n)
+{
+    for (long long i = global_index(); i < n; i += grid_stride()) destination[i] = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(x[i], epsilon)));
+}
+
 // y = alpha·x + beta·y
 extern "C" __global__ void axpby(float alpha, const float* x, float beta, float* y, long long n)
 {

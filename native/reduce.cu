@@ -53,6 +53,18 @@ extern "C" __global__ void scale_rows(const float* a, const float* scale, float*
     }
 }
 
+// destination[r, j] (+)= a[r, j]·scale[j]: a per-column (per-channel: batch normalisation) scale over rows of
+// `columns`. Accumulating is one fused multiply-add, as the CPU's TensorPrimitives.FusedMultiplyAdd. 32-bit indices.
+extern "C" __global__ void scale_columns(const float* a, const float* scale, float* destination, long long columns, long long n, int accumulate)
+{
+    const u32 width = (u32)columns, count = (u32)n;
+    for (u32 i = global_index32(); i < count; i += grid_stride32())
+    {
+        float s = scale[i % width];
+        destination[i] = accumulate ? fmaf(a[i], s, destination[i]) : a[i] * s;
+    }
+}
+
 extern "C" __global__ void normalize_rows(float* x, long long rows, long long columns, float norm)
 {
     for (long long r = global_index(); r < rows; r += grid_stride())

@@ -251,17 +251,154 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         CudaDriver.Check(CudaDriver.cuLaunchKernel(_kernels["sum_rows"], tiles, 1, 1, SumRowsTile, SumRowsTile, 1, 0, Stream, args, null), "cuLaunchKernel (sum_rows)");
     }
 
-    // Convolution, pooling and normalisation kernels (issue 12): CPU only until the CUDA kernels land.
-    private static NotSupportedException NotYetOnCuda(string kernel) => new($"{kernel} has no CUDA kernel yet; run convolutional models with --device cpu.");
-    public override void ScaleColumns(View a, View scale, View destination, bool accumulate) => throw NotYetOnCuda(nameof(ScaleColumns));
-    public override void ReciprocalSqrt(View x, float epsilon, View destination) => throw NotYetOnCuda(nameof(ReciprocalSqrt));
-    public override void Im2Col(View images, in ConvGeometry geometry, View columns) => throw NotYetOnCuda(nameof(Im2Col));
-    public override void Col2Im(View columns, in ConvGeometry geometry, View images, bool accumulate) => throw NotYetOnCuda(nameof(Col2Im));
-    public override void MaxPool(View images, in PoolGeometry geometry, View output, View argmax) => throw NotYetOnCuda(nameof(MaxPool));
-    public override void AvgPool(View images, in PoolGeometry geometry, View output) => throw NotYetOnCuda(nameof(AvgPool));
-    public override void AvgPoolBackward(View output, in PoolGeometry geometry, View images, bool accumulate) => throw NotYetOnCuda(nameof(AvgPoolBackward));
-    public override void GatherColumns(View source, int sourceColumns, View indices, View destination) => throw NotYetOnCuda(nameof(GatherColumns));
-    public override void ScatterAddColumns(View source, View indices, int destinationColumns, View destination, bool accumulate) => throw NotYetOnCuda(nameof(ScatterAddColumns));
+    /// <summary>destination[r, j] (+)= a[r, j]·scale[j] (scale_columns in native/reduce.cu: one fused multiply-add when
+    /// accumulating, as the CPU's TensorPrimitives.FusedMultiplyAdd).</summary>
+    public override void ScaleColumns(View a, View scale, View destination, bool accumulate)
+    {
+        if (destination.Length == 0) return;
+        ulong x = Pointer(a), s = Pointer(scale), d = Pointer(destination); long columns = scale.Length, n = destination.Length; int add = accumulate ? 1 : 0;
+        void** args = stackalloc void*[] { &x, &s, &d, &columns, &n, &add };
+        Launch("scale_columns", n, args, 6);
+    }
+
+    public override void ReciprocalSqrt(View x, float epsilon, View destination)
+    {
+        if (destination.Length == 0) return;
+        ulong s = Pointer(x), d = Pointer(destination); long n = destination.Length;
+        void** args = stackalloc void*[] { &s, &epsilon, &d, &n };
+        Launch("reciprocal_sqrt", n, args, 4);
+    }
+
+    // Convolution and pooling (native/conv.cu). Every kernel gives the CPU backend's bits: sums are gathers by one thread
+    // per output element in the CPU's order (no atomics), so they are also the same run to run. The kernels trust the
+    // view lengths, so the host checks them against the geometry first (a wrong length would read out of bounds).
+
+    /// <summary>The number of examples N in <paramref name="images"/> [N, H, W, C], checked to be whole.</summary>
+    private static int Examples(string kernel, string what, View images, int elementsPerExample, string shape)
+    {
+        if (elementsPerExample <= 0 || images.Length % elementsPerExample != 0)
+            throw new ArgumentException($"{kernel}: {what} holds {images.Length} floats, not a whole number of {shape} examples of {elementsPerExample}.");
+        return images.Length / elementsPerExample;
+    }
+
+    private static void RequireLength(string kernel, string what, View view, long expected, string formula)
+    {
+        if (view.Length != expected)
+            throw new ArgumentException($"{kernel}: {what} holds {view.Length} floats, but {formula} = {expected}; allocate it from the same geometry.");
+    }
+
+    public override void Im2Col(View images, in ConvGeometry geometry, View columns)
+    {
+        int examples = Examples(nameof(Im2Col), "images", images, geometry.InputElements, "H·W·C");
+        RequireLength(nameof(Im2Col), "columns", columns, (long)examples * geometry.OutputPositions * geometry.PatchLength, $"N·Ho·Wo·kh·kw·C for N = {examples}");
+        if (columns.Length == 0) return;
+        ulong x = Pointer(images), c = Pointer(columns); long total = columns.Length;
+        int h = geometry.Height, w = geometry.Width, channels = geometry.Channels, kh = geometry.KernelHeight, kw = geometry.KernelWidth,
+            stride = geometry.Stride, padding = geometry.Padding, groups = geometry.Groups, oh = geometry.OutputHeight, ow = geometry.OutputWidth;
+        void** args = stackalloc void*[] { &x, &c, &h, &w, &channels, &kh, &kw, &stride, &padding, &groups, &oh, &ow, &total };
+        Launch("im2col", total, args, 13);
+    }
+
+    public override void Col2Im(View columns, in ConvGeometry geometry, View images, bool accumulate)
+    {
+        int examples = Examples(nameof(Col2Im), "images", images, geometry.InputElements, "H·W·C");
+        RequireLength(nameof(Col2Im), "columns", columns, (long)examples * geometry.OutputPositions * geometry.PatchLength, $"N·Ho·Wo·kh·kw·C for N = {examples}");
+        if (images.Length == 0) return;
+        ulong c = Pointer(columns), x = Pointer(images); long total = images.Length; int add = accumulate ? 1 : 0;
+        int h = geometry.Height, w = geometry.Width, channels = geometry.Channels, kh = geometry.KernelHeight, kw = geometry.KernelWidth,
+            stride = geometry.Stride, padding = geometry.Padding, groups = geometry.Groups, oh = geometry.OutputHeight, ow = geometry.OutputWidth;
+        void** args = stackalloc void*[] { &c, &x, &h, &w, &channels, &kh, &kw, &stride, &padding, &groups, &oh, &ow, &total, &add };
+        Launch("col2im", total, args, 14);
+    }
+
+    public override void MaxPool(View images, in PoolGeometry geometry, View output, View argmax)
+    {
+        int examples = Examples(nameof(MaxPool), "images", images, geometry.InputElements, "H·W·C");
+        RequireLength(nameof(MaxPool), "output", output, (long)examples * geometry.OutputElements, $"N·Ho·Wo·C for N = {examples}");
+        RequireLength(nameof(MaxPool), "argmax", argmax, output.Length, "the output's length");
+        if (output.Length == 0) return;
+        ulong x = Pointer(images), y = Pointer(output), index = Pointer(argmax); long total = output.Length;
+        int h = geometry.Height, w = geometry.Width, channels = geometry.Channels, kh = geometry.KernelHeight, kw = geometry.KernelWidth,
+            stride = geometry.Stride, padding = geometry.Padding, oh = geometry.OutputHeight, ow = geometry.OutputWidth;
+        void** args = stackalloc void*[] { &x, &y, &index, &h, &w, &channels, &kh, &kw, &stride, &padding, &oh, &ow, &total };
+        Launch("max_pool", total, args, 13);
+    }
+
+    public override void AvgPool(View images, in PoolGeometry geometry, View output)
+    {
+        int examples = Examples(nameof(AvgPool), "images", images, geometry.InputElements, "H·W·C");
+        RequireLength(nameof(AvgPool), "output", output, (long)examples * geometry.OutputElements, $"N·Ho·Wo·C for N = {examples}");
+        if (output.Length == 0) return;
+        ulong x = Pointer(images), y = Pointer(output); long total = output.Length;
+        int h = geometry.Height, w = geometry.Width, channels = geometry.Channels, kh = geometry.KernelHeight, kw = geometry.KernelWidth,
+            stride = geometry.Stride, padding = geometry.Padding, oh = geometry.OutputHeight, ow = geometry.OutputWidth;
+        float scale = 1f / (geometry.KernelHeight * geometry.KernelWidth); // as CpuBackend.AvgPool computes it
+        void** args = stackalloc void*[] { &x, &y, &h, &w, &channels, &kh, &kw, &stride, &padding, &oh, &ow, &scale, &total };
+        Launch("avg_pool", total, args, 13);
+    }
+
+    public override void AvgPoolBackward(View output, in PoolGeometry geometry, View images, bool accumulate)
+    {
+        int examples = Examples(nameof(AvgPoolBackward), "images", images, geometry.InputElements, "H·W·C");
+        RequireLength(nameof(AvgPoolBackward), "output", output, (long)examples * geometry.OutputElements, $"N·Ho·Wo·C for N = {examples}");
+        if (images.Length == 0) return;
+        ulong dy = Pointer(output), dx = Pointer(images); long total = images.Length; int add = accumulate ? 1 : 0;
+        int h = geometry.Height, w = geometry.Width, channels = geometry.Channels, kh = geometry.KernelHeight, kw = geometry.KernelWidth,
+            stride = geometry.Stride, padding = geometry.Padding, oh = geometry.OutputHeight, ow = geometry.OutputWidth;
+        float scale = 1f / (geometry.KernelHeight * geometry.KernelWidth); // as CpuBackend.AvgPoolBackward computes it
+        void** args = stackalloc void*[] { &dy, &dx, &h, &w, &channels, &kh, &kw, &stride, &padding, &oh, &ow, &scale, &total, &add };
+        Launch("avg_pool_backward", total, args, 14);
+    }
+
+    /// <summary>The sizes of a gather or scatter by index, as CpuBackend derives them: R rows of <paramref name="wide"/>
+    /// and of m = narrow.Length / R columns, indices [N, m] with R a multiple of N.</summary>
+    private static (int Rows, int Columns, int Examples) IndexedRows(string kernel, View wide, int wideColumns, View narrow, View indices)
+    {
+        if (wideColumns <= 0 || wide.Length % wideColumns != 0)
+            throw new ArgumentException($"{kernel}: a view of {wide.Length} floats is not a whole number of rows of {wideColumns}.");
+        int rows = wide.Length / wideColumns;
+        if (rows == 0 || narrow.Length % rows != 0)
+            throw new ArgumentException($"{kernel}: {narrow.Length} gathered values do not split into the {rows} rows of the other view.");
+        int columns = narrow.Length / rows;
+        if (columns == 0) return (rows, 0, 0);
+        if (indices.Length % columns != 0 || indices.Length == 0 || rows % (indices.Length / columns) != 0)
+            throw new ArgumentException($"{kernel}: indices of {indices.Length} floats are not [N, {columns}] with N dividing the {rows} rows.");
+        return (rows, columns, indices.Length / columns);
+    }
+
+    public override void GatherColumns(View source, int sourceColumns, View indices, View destination)
+    {
+        if (destination.Length == 0) return;
+        var (_, columns, examples) = IndexedRows(nameof(GatherColumns), source, sourceColumns, destination, indices);
+        ulong s = Pointer(source), index = Pointer(indices), d = Pointer(destination);
+        long width = sourceColumns, m = columns, n = examples, total = destination.Length;
+        void** args = stackalloc void*[] { &s, &index, &d, &width, &m, &n, &total };
+        Launch("gather_columns", total, args, 7);
+    }
+
+    /// <summary>Threads per block of scatter_add_columns, and columns per tile: SCATTER_TILE in native/conv.cu.</summary>
+    internal const int ScatterTile = 128;
+
+    /// <summary>One block per destination row (grid-stride over rows): the block walks its row's source values in tiles
+    /// of <see cref="ScatterTile"/>, and within a tile the first thread holding an index adds all of that index's values
+    /// in column order. Deterministic and in CpuBackend's order, so bit for bit equal to it, where atomics would add
+    /// repeated indices (overlapping pooling windows) in a timing-dependent order.</summary>
+    public override void ScatterAddColumns(View source, View indices, int destinationColumns, View destination, bool accumulate)
+    {
+        if (destination.Length == 0) return;
+        var (rows, columns, examples) = IndexedRows(nameof(ScatterAddColumns), destination, destinationColumns, source, indices);
+        if (columns == 0)
+        {
+            if (!accumulate) Fill(0f, destination);
+            return;
+        }
+        ulong s = Pointer(source), index = Pointer(indices), d = Pointer(destination);
+        long height = rows, m = columns, width = destinationColumns, n = examples; int add = accumulate ? 1 : 0;
+        void** args = stackalloc void*[] { &s, &index, &d, &height, &m, &width, &n, &add };
+        uint blocks = (uint)Math.Min(rows, _maxBlocks);
+        MakeCurrent();
+        CudaDriver.Check(CudaDriver.cuLaunchKernel(_kernels["scatter_add_columns"], blocks, 1, 1, ScatterTile, 1, 1, 0, Stream, args, null), "cuLaunchKernel (scatter_add_columns)");
+    }
 
     public override void RowDot(View a, View b, int columns, View destination)
     {

@@ -11,7 +11,8 @@ public class OfflineTests
         var defined = KernelLibrary.Families.SelectMany(f => KernelLibrary.KernelNames(KernelLibrary.Source(f))).ToHashSet();
         var launched = new[] { "fill", "copy", "scale", "add", "multiply_channels", "add_bias", "sum_rows", "row_dot", "scale_rows",
             "activation_forward", "activation_backward", "softmax_cross_entropy", "squared_error", "fill_normal", "fill_uniform",
-            "reduce_sum", "normalize_rows", "row_cosines", "axpby", "moving_average_of_squares", "adam_direction" };
+            "reduce_sum", "normalize_rows", "row_cosines", "axpby", "moving_average_of_squares", "adam_direction",
+            "scale_columns", "reciprocal_sqrt", "im2col", "col2im", "max_pool", "avg_pool", "avg_pool_backward", "gather_columns", "scatter_add_columns" };
         Assert.Empty(launched.Except(defined));
         Assert.Contains("philox_block", KernelLibrary.Source("common.cuh"));
     }
@@ -33,10 +34,27 @@ public class OfflineTests
     }
 
     [Fact]
+    public void The_scatter_add_launch_uses_the_kernels_tile()
+    {
+        // scatter_add_columns sizes its shared tile and walks its row by SCATTER_TILE; the launch's block is CudaBackend.ScatterTile.
+        Assert.Contains($"#define SCATTER_TILE {CudaBackend.ScatterTile}\n", KernelLibrary.Source("conv").ReplaceLineEndings("\n"));
+        Assert.True(CudaBackend.ScatterTile <= 1024, "a CUDA block has at most 1024 threads");
+    }
+
+    [Fact]
+    public void The_convolution_kernels_sum_without_atomics()
+    {
+        // Deterministic, in the CPU's order: col2im, the pooling adjoints and the scatter gather their terms (conv.cu's header).
+        Assert.DoesNotMatch(@"atomic\w*\s*\(", KernelLibrary.Source("conv"));
+    }
+
+    [Fact]
     public void Kernels_with_division_or_modulo_use_32_bit_indices()
     {
         // A 64-bit division or modulo is a long software routine on the GPU; these kernels index with u32 (sizes are ints).
-        foreach (var (family, kernel) in new[] { ("elementwise", "multiply_channels"), ("elementwise", "add_bias"), ("reduce", "row_dot"), ("reduce", "scale_rows") })
+        foreach (var (family, kernel) in new[] { ("elementwise", "multiply_channels"), ("elementwise", "add_bias"), ("reduce", "row_dot"), ("reduce", "scale_rows"),
+            ("reduce", "scale_columns"), ("conv", "im2col"), ("conv", "col2im"), ("conv", "max_pool"), ("conv", "avg_pool"), ("conv", "avg_pool_backward"),
+            ("conv", "gather_columns") })
         {
             var source = KernelLibrary.Source(family);
             int start = source.IndexOf($"void {kernel}(", StringComparison.Ordinal), end = source.IndexOf("\n}", start, StringComparison.Ordinal);

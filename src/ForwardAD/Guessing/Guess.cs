@@ -183,7 +183,8 @@ internal sealed class NoiseProgram(Backend backend, NoiseKind kind) : GuessProgr
     }
 }
 
-/// <summary>u[g] = α_g H with α_g ~ N(0,1) of size B×B and H = f(s) (B×n): all G channels in one GEMM.</summary>
+/// <summary>u[g] = α_g H with α_g ~ N(0,1) of size B×B and H = f(s) (B×n, n = the site's elements per example: a
+/// feature map mixes as a whole): all G channels in one GEMM.</summary>
 internal sealed class MixingProgram : GuessProgram
 {
     private readonly GuessCompiler _compiler;
@@ -194,8 +195,6 @@ internal sealed class MixingProgram : GuessProgram
 
     public MixingProgram(GuessCompiler compiler, Site site)
     {
-        if (site.Output.Shape.Rank != 1)
-            throw new ArgumentException($"Activation mixing is defined for sites over vectors ([B, n]); {site} has the shape {site.Node.Shape} per example.");
         _compiler = compiler;
         _site = site;
         _coefficients = compiler.Workspace(compiler.Channels * compiler.BatchSize * compiler.BatchSize);
@@ -203,7 +202,7 @@ internal sealed class MixingProgram : GuessProgram
 
     public override void Write(RandomKey key, View destination)
     {
-        int batch = _compiler.BatchSize, width = GuessCompiler.Width(_site);
+        int batch = _compiler.BatchSize, width = _site.ElementCount;
         _compiler.Backend.FillNormal(key, 0, 0f, 1f, _coefficients);
         _compiler.Backend.Gemm(Transpose.No, Transpose.No, _compiler.Channels * batch, width, batch, 1f,
             _coefficients, batch, _compiler.Plan.Value(_site.Output), width, 0f, destination, width);
@@ -325,15 +324,16 @@ internal sealed class MaskedProgram(GuessCompiler compiler, Site site, GuessProg
     }
 }
 
+/// <summary>Each example's guess rescaled to norm √n, n its elements (a whole feature map at a convolutional site).</summary>
 internal sealed class NormalizedProgram(GuessCompiler compiler, Site site, GuessProgram source) : GuessProgram
 {
-    private readonly float _norm = MathF.Sqrt(GuessCompiler.Width(site));
+    private readonly float _norm = MathF.Sqrt(site.ElementCount);
 
     public override bool ReadsForwardValues => source.ReadsForwardValues;
 
     public override void Write(RandomKey key, View destination)
     {
         source.Write(key, destination);
-        compiler.Backend.NormalizeRows(destination, GuessCompiler.Width(site), _norm);
+        compiler.Backend.NormalizeRows(destination, site.ElementCount, _norm);
     }
 }

@@ -246,7 +246,7 @@ internal sealed class DirectionalEstimator : GradientEstimator
             Seeds = [.. _parameters.Select(p => new TangentSeed(p, cosine is null ? new RandomKey(0, (ulong)p.Id) : null))],
             ReuseBuffers = true,
         });
-        _oracle = cosine is null ? null : new BackpropEstimator(parameters, batchSize);
+        _oracle = cosine is null ? null : new BackpropEstimator(parameters, batchSize, updatesRunningStatistics: false);
         var backend = parameters.Backend;
         _gradient = new View(backend.Allocate(Math.Max(1, parameters.All.Length)), 0, parameters.All.Length);
         _gradients = _layout.Slices(model, _gradient);

@@ -41,7 +41,7 @@ public sealed class CosineStudy
     {
         if (train.Count < batchSize) throw new ArgumentException($"The training set has {train.Count} examples, fewer than one batch of {batchSize}.");
         _parameters = parameters;
-        _oracle = new BackpropEstimator(parameters, batchSize);
+        _oracle = new BackpropEstimator(parameters, batchSize, updatesRunningStatistics: false);
         _guessers = [.. guessers.Select(g => (g, g.Compile(parameters, batchSize)))];
         _trajectory = new Optimizer(trajectoryRule, parameters);
         _train = train;

@@ -24,9 +24,9 @@ public sealed class Evaluator
         if (data.Count == 0) throw new ArgumentException($"Data set '{data.Name}' is empty.", nameof(data));
         _data = data;
         int chunk = Math.Min(chunkSize, data.Count);
-        _chunk = Plan.Compile(parameters, new PlanOptions(chunk));
+        _chunk = Plan.Compile(parameters, new PlanOptions(chunk) { Mode = PlanMode.Evaluation });
         int tail = data.Count % chunk;
-        _tail = tail == 0 ? null : Plan.Compile(parameters, new PlanOptions(tail));
+        _tail = tail == 0 ? null : Plan.Compile(parameters, new PlanOptions(tail) { Mode = PlanMode.Evaluation });
         _features = new float[chunk * data.FeatureSize];
         _labels = new float[chunk];
         _logits = new float[chunk * parameters.Model.Output.Shape.ElementCount];

@@ -30,10 +30,12 @@ public abstract class GradientEstimator
     public virtual IEnumerable<(string Name, View Buffer)> StateBuffers => [];
 }
 
-/// <summary>The exact gradient of the mean loss by the backward pass: the oracle every guess is compared with.</summary>
-public sealed class BackpropEstimator(ParameterStore parameters, int batchSize) : GradientEstimator
+/// <summary>The exact gradient of the mean loss by the backward pass: the oracle every guess is compared with. As a
+/// side plan (cosines, cosine-matched directions) it must not update running statistics a second time in a step:
+/// pass <paramref name="updatesRunningStatistics"/> = false.</summary>
+public sealed class BackpropEstimator(ParameterStore parameters, int batchSize, bool updatesRunningStatistics = true) : GradientEstimator
 {
-    public override Plan Plan { get; } = Plan.Compile(parameters, new PlanOptions(batchSize) { Gradients = true });
+    public override Plan Plan { get; } = Plan.Compile(parameters, new PlanOptions(batchSize) { Gradients = true, UpdatesRunningStatistics = updatesRunningStatistics });
 
     public override (View Gradient, double Loss) Estimate(RandomKey key, long step = 0)
     {

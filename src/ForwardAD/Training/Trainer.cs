@@ -78,7 +78,7 @@ public sealed class Trainer
         _parameters = parameters;
         _options = options;
         _estimator = guesser.Compile(parameters, batch);
-        _oracle = guesser is BackpropGuesser || options.CosineEvery <= 0 ? null : new BackpropEstimator(parameters, batch);
+        _oracle = guesser is BackpropGuesser || options.CosineEvery <= 0 ? null : new BackpropEstimator(parameters, batch, updatesRunningStatistics: false);
         _optimizer = new Optimizer(rule, parameters);
         _train = train;
         _trainEvaluator = new Evaluator(parameters, train);
@@ -211,7 +211,8 @@ public sealed class Trainer
         metadata[StepKey] = _step.ToString(CultureInfo.InvariantCulture);
         var backend = _parameters.Backend;
         var tensors = new List<(string, int[], Func<float[]>)>();
-        foreach (var p in _parameters.Model.Parameters)
+        // Parameters, then model state (batch normalisation's running statistics), under their node names.
+        foreach (var p in _parameters.Model.Parameters.Concat(_parameters.Model.States))
             tensors.Add((p.Name, [.. p.Shape.Dimensions], () => _parameters.ToArray(p)));
         foreach (var (name, buffer) in StateBuffers)
             tensors.Add((name, [buffer.Length], () => { var host = new float[buffer.Length]; backend.CopyToHost(buffer, host); return host; }));
@@ -262,7 +263,7 @@ public sealed class Trainer
         int configurationProblems = problems.Count;
         var loads = new List<(float[] Data, View Target)>();
         var known = new HashSet<string>();
-        foreach (var p in _parameters.Model.Parameters)
+        foreach (var p in _parameters.Model.Parameters.Concat(_parameters.Model.States))
         {
             known.Add(p.Name);
             if (!tensors.TryGetValue(p.Name, out var t))

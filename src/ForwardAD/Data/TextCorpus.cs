@@ -1,0 +1,124 @@
+using System.Text;
+using ForwardAD.Random;
+
+namespace ForwardAD.Data;
+
+/// <summary>
+/// A text for character-level language modelling, tokenised as bytes (UTF-8): vocabulary 256, token = byte, so any
+/// file works and "bits per character" is bits per byte (the same for ASCII text such as the fortunes). The split is
+/// contiguous and stable: the first 90 % of the bytes train, the last 10 % validate (as enwik8/text8 are split),
+/// so a validation window never overlaps a training one. Training batches are windows of T + 1 bytes starting at
+/// positions drawn from a Philox stream (seed, step): reproducible, resumable from the step alone.
+/// </summary>
+public sealed class TextCorpus
+{
+    /// <summary>Byte-level vocabulary.</summary>
+    public const int Vocabulary = 256;
+
+    /// <summary>Where Debian's `fortunes` package puts its text (the files without an extension).</summary>
+    public const string FortunesFolder = "/usr/share/games/fortunes";
+
+    private TextCorpus(string name, byte[] bytes)
+    {
+        Name = name;
+        Bytes = bytes;
+        TrainLength = (int)(bytes.LongLength * 9 / 10);
+    }
+
+    public string Name { get; }
+    public byte[] Bytes { get; }
+    /// <summary>Bytes [0, TrainLength) train; [TrainLength, Length) validate.</summary>
+    public int TrainLength { get; }
+    public ReadOnlySpan<byte> Train => Bytes.AsSpan(0, TrainLength);
+    public ReadOnlySpan<byte> Validation => Bytes.AsSpan(TrainLength);
+
+    /// <summary>
+    /// The English text of Debian's fortunes (about 2.6 MB): every file without an extension under
+    /// <see cref="FortunesFolder"/> (the .dat indexes and .u8 links skipped), in name order, the "%" lines that separate
+    /// fortunes replaced by blank lines, files joined by a blank line.
+    /// </summary>
+    public static TextCorpus Fortunes(string folder = FortunesFolder)
+    {
+        if (!Directory.Exists(folder))
+            throw new DirectoryNotFoundException($"{folder} does not exist: install the fortunes with `sudo apt-get install fortunes`, or train on any text file with --text PATH.");
+        var files = Directory.GetFiles(folder).Where(f => Path.GetExtension(f).Length == 0 && !Directory.Exists(f))
+            .Order(StringComparer.Ordinal).ToList();
+        if (files.Count == 0) throw new InvalidDataException($"{folder} holds no fortune files (files without an extension).");
+        var text = new StringBuilder();
+        foreach (var file in files)
+        {
+            foreach (var line in File.ReadLines(file, Encoding.UTF8))
+                text.Append(line == "%" ? "" : line).Append('\n');
+            text.Append('\n');
+        }
+        return FromText($"fortunes ({files.Count} files)", text.ToString(), folder);
+    }
+
+    /// <summary>Any plain-text file (UTF-8). Empty files, files with NUL bytes and files that are not valid UTF-8 are
+    /// refused with the reason: they are not text.</summary>
+    public static TextCorpus Load(string path)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path} does not exist; --text needs a plain-text file.", path);
+        var bytes = File.ReadAllBytes(path);
+        int nul = Array.IndexOf(bytes, (byte)0);
+        if (nul >= 0) throw new InvalidDataException($"{path}: byte {nul} is NUL; this looks like a binary file, not text. Give a plain-text (UTF-8) file.");
+        try { _ = new UTF8Encoding(false, throwOnInvalidBytes: true).GetCharCount(bytes); }
+        catch (DecoderFallbackException e) { throw new InvalidDataException($"{path}: not valid UTF-8 text ({e.Message}). Give a plain-text (UTF-8) file."); }
+        return Checked(Path.GetFileName(path), bytes, path);
+    }
+
+    /// <summary>A corpus from a string (tests write their own small texts).</summary>
+    public static TextCorpus FromText(string name, string text, string? source = null) => Checked(name, Encoding.UTF8.GetBytes(text), source ?? name);
+
+    private static TextCorpus Checked(string name, byte[] bytes, string source)
+    {
+        if (bytes.Length < 20)
+            throw new InvalidDataException($"{source}: {bytes.Length} bytes of text; a language model needs at least a few windows of text to train and validate on.");
+        return new TextCorpus(name, bytes);
+    }
+
+    /// <summary>Throws unless both splits hold a window of <paramref name="context"/> + 1 bytes.</summary>
+    public void RequireContext(int context)
+    {
+        if (context < 1) throw new ArgumentOutOfRangeException(nameof(context), $"The context must be at least 1 token; got {context}.");
+        if (Validation.Length < context + 1 || Train.Length < context + 1)
+            throw new ArgumentException($"{Name}: {Train.Length} training and {Validation.Length} validation bytes cannot hold a window of {context} + 1 bytes. Use a longer text or a shorter context.");
+    }
+
+    /// <summary>
+    /// Training batch for <paramref name="step"/>: example b is the window at a start drawn from Philox (seed, step)
+    /// word b (uniform over the training split's starts, by multiply-shift: bias below starts/2³²); inputs are its first
+    /// T bytes, targets the next T (each byte's successor), as floats, [B, T] each.
+    /// </summary>
+    public void TrainingBatch(ulong seed, long step, int batch, int context, Span<float> inputs, Span<float> targets)
+    {
+        RequireContext(context);
+        if (inputs.Length != batch * context || targets.Length != batch * context)
+            throw new ArgumentException($"Inputs and targets must hold batch × context = {batch * context} tokens; got {inputs.Length} and {targets.Length}.");
+        var key = new RandomKey(seed, 0x7e47).Derive((ulong)step);
+        uint starts = (uint)(TrainLength - context);
+        for (int b = 0; b < batch; b++)
+        {
+            var (bits, _, _, _) = key.Block((ulong)b);
+            int start = (int)((ulong)bits * starts >> 32);
+            Window(Bytes.AsSpan(start, context + 1), inputs.Slice(b * context, context), targets.Slice(b * context, context));
+        }
+    }
+
+    /// <summary>The validation split as consecutive, non-overlapping windows (the last partial one dropped): window w
+    /// starts at w·T. Every validation byte after the first of a window is predicted once.</summary>
+    public int ValidationWindows(int context) => (Validation.Length - 1) / context;
+
+    /// <summary>Validation window <paramref name="index"/>: inputs and targets of T tokens.</summary>
+    public void ValidationWindow(int index, int context, Span<float> inputs, Span<float> targets) =>
+        Window(Validation.Slice(index * context, context + 1), inputs, targets);
+
+    private static void Window(ReadOnlySpan<byte> window, Span<float> inputs, Span<float> targets)
+    {
+        for (int t = 0; t < inputs.Length; t++)
+        {
+            inputs[t] = window[t];
+            targets[t] = window[t + 1];
+        }
+    }
+}

@@ -1,0 +1,244 @@
+using ForwardAD.Autodiff;
+using ForwardAD.Backends;
+using ForwardAD.Graph;
+using ForwardAD.Guessing;
+using ForwardAD.Optim;
+using ForwardAD.Random;
+using ForwardAD.Tensors;
+
+namespace ForwardAD.Tests;
+
+/// <summary>Guessers, DFA and GrAPE on convolutional sites (issue 12): every kind runs, activation perturbation is
+/// unbiased (and, with batch statistics, estimates the per-example diagonal), Wᵀ pulls back through the real
+/// consuming convolution, and a CNN training step allocates nothing.</summary>
+public class CnnGuesserTests
+{
+    private const int Batch = 4;
+
+    /// <summary>x [5, 5, 1] → conv 3 (3×3, pad 1) → batch norm → tanh → max pool 2 → conv 4 (2×2) → relu → flatten → dense 3.</summary>
+    internal static Model SmallCnn(bool frozenStatistics, bool batchNorm = true)
+    {
+        var b = new ModelBuilder();
+        var x = b.Input("x", new Shape(5, 5, 1), differentiable: false);
+        var h = b.Conv2d("conv1", x, 3, 3, padding: 1);
+        if (batchNorm) h = b.BatchNorm("bn1", h, affine: false, frozenStatistics: frozenStatistics);
+        h = b.MaxPool2d("pool", b.Activation("tanh1", h, ElementwiseFunction.Tanh), 2);
+        h = b.Flatten("flat", b.Activation("relu2", b.Conv2d("conv2", h, 4, 2), ElementwiseFunction.Relu));
+        var logits = b.Dense("head", h, 3, ElementwiseFunction.Identity).Output;
+        return b.Build(b.SoftmaxCrossEntropy("loss", logits, b.ClassLabels("y", 3)), logits);
+    }
+
+    public static TheoryData<string> GuesserNames => new()
+    {
+        "backprop", "activation-perturbation", "activation-perturbation per-layer", "weight-transpose", "downstream-2", "mixing",
+        "self-sharpening", "directional", "dfa", "grape",
+    };
+
+    private static Guesser Named(string name) => name switch
+    {
+        "backprop" => Guessers.Backprop,
+        "activation-perturbation" => Guessers.ActivationPerturbation(),
+        "activation-perturbation per-layer" => Guessers.ActivationPerturbation(TangentMode.PerLayer, 2),
+        "weight-transpose" => Guessers.WeightTranspose(),
+        "downstream-2" => Guessers.Downstream(2),
+        "mixing" => Guessers.ActivationMixing(),
+        "self-sharpening" => Guessers.SelfSharpening(),
+        "directional" => Guessers.DirectionalDescent(2),
+        "dfa" => Guessers.Dfa(),
+        _ => Guessers.Grape(new GrapeOptions()),
+    };
+
+    /// <summary>Every guesser compiles on a CNN with batch normalisation, estimates a finite, non-zero gradient, and
+    /// its AdamW training steps allocate nothing after the first two.</summary>
+    [Theory]
+    [MemberData(nameof(GuesserNames))]
+    public void Every_guesser_trains_a_cnn_without_allocating(string name)
+    {
+        var problem = Problem.From(SmallCnn(frozenStatistics: false), 5, Batch);
+        var estimator = Named(name).Compile(problem.Parameters, Batch);
+        var optimizer = new Optimizer(Optimizers.AdamW(1e-3f), problem.Parameters);
+        var (x, y) = (problem.Inputs[problem.Model["x"].Id], problem.Inputs[problem.Model["y"].Id]);
+        void Step(int i)
+        {
+            estimator.SetBatch(x, y);
+            var (gradient, loss) = estimator.Estimate(new RandomKey(1, (ulong)i), i);
+            optimizer.Step(new UpdateInputs(i, loss, default), gradient);
+        }
+        estimator.SetBatch(x, y);
+        var first = estimator.Estimate(new RandomKey(9, 9)).Gradient.ToArray();
+        Assert.All(first, v => Assert.True(float.IsFinite(v), $"{name}: a non-finite estimate"));
+        Assert.Contains(first, v => v != 0);
+        Step(0);
+        Step(1);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 2; i < 5; i++) Step(i);
+        Assert.True(GC.GetAllocatedBytesForCurrentThread() - before == 0, $"{name} allocated {GC.GetAllocatedBytesForCurrentThread() - before} bytes in 3 CNN steps");
+    }
+
+    /// <summary>σ^p Wᵀ needs the spectrum of a dense next layer; on a conv site it is refused with the way out named.</summary>
+    [Fact]
+    public void Singular_value_powers_on_a_conv_site_are_refused_clearly()
+    {
+        var problem = Problem.From(SmallCnn(frozenStatistics: false), 5, Batch);
+        var error = Assert.Throws<ArgumentException>(() => Guessers.WeightTransposePower(2).Compile(problem.Parameters, Batch));
+        Assert.Contains("conv1", error.Message);
+        Assert.Contains("PulledBack()", error.Message);
+    }
+
+    // ---- expectations ---------------------------------------------------------------------------
+
+    /// <summary>Mean and sample standard deviation of <paramref name="samples"/> estimates, with the model state (running
+    /// statistics) restored before each so that every sample sees the same model.</summary>
+    private static (double[] Mean, double[] Std) Sample(Problem problem, Guesser guesser, int samples)
+    {
+        var estimator = guesser.Compile(problem.Parameters, Batch);
+        estimator.SetBatch(problem.Inputs[problem.Model["x"].Id], problem.Inputs[problem.Model["y"].Id]);
+        var state = problem.Parameters.State.ToArray();
+        double[]? sum = null, squares = null;
+        for (int s = 0; s < samples; s++)
+        {
+            CpuBackend.Span(problem.Parameters.State).CopyFrom(state);
+            var estimate = estimator.Estimate(new RandomKey(2026, 0).Derive((ulong)s)).Gradient.ToArray();
+            sum ??= new double[estimate.Length];
+            squares ??= new double[estimate.Length];
+            for (int j = 0; j < estimate.Length; j++) { sum[j] += estimate[j]; squares[j] += (double)estimate[j] * estimate[j]; }
+        }
+        CpuBackend.Span(problem.Parameters.State).CopyFrom(state);
+        var mean = sum!.Select(v => v / samples).ToArray();
+        return (mean, [.. squares!.Select((v, j) => Math.Sqrt(Math.Max(0, v / samples - mean[j] * mean[j]) * samples / (samples - 1)))]);
+    }
+
+    /// <summary>|mean − expected| ≤ 5 standard errors (+ float32 rounding) per component: a false failure has odds ~6e-7 each.</summary>
+    private static void AssertWithinStandardErrors(double[] expected, double[] mean, double[] std, int samples, string what)
+    {
+        for (int j = 0; j < expected.Length; j++)
+        {
+            double bound = 5 * std[j] / Math.Sqrt(samples) + 1e-6 * (1 + Math.Abs(expected[j]));
+            if (Math.Abs(mean[j] - expected[j]) > bound)
+                throw new Xunit.Sdk.XunitException($"{what}: component {j} mean {mean[j]:G6}, expected {expected[j]:G6} (5 standard errors = {bound:G3}).");
+        }
+    }
+
+    private static double[] Gradient(Problem problem)
+    {
+        var plan = problem.Compile(new PlanOptions(Batch) { Gradients = true, UpdatesRunningStatistics = false });
+        plan.Forward();
+        plan.Backward();
+        return [.. plan.ParameterGradients.ToArray().Select(v => (double)v)];
+    }
+
+    /// <summary>The parameter estimate a guesser makes from given site cotangents ([B, ...] per site, in site order):
+    /// the sites' own VJP rules, the same linear map the estimators use.</summary>
+    private static double[] ParametersFrom(Problem problem, Plan plan, IReadOnlyList<float[]> siteCotangents)
+    {
+        var store = problem.Parameters;
+        var destination = new View(store.Backend.Allocate(store.All.Length), 0, store.All.Length);
+        var update = plan.CreateParameterUpdate([.. problem.Model.Sites.Select(s => s.Node)], destination);
+        for (int i = 0; i < siteCotangents.Count; i++)
+        {
+            var view = new View(store.Backend.Allocate(siteCotangents[i].Length), 0, siteCotangents[i].Length);
+            store.Backend.CopyFromHost(siteCotangents[i], view);
+            update.Write(i, view);
+        }
+        return [.. destination.ToArray().Select(v => (double)v)];
+    }
+
+    /// <summary>With frozen statistics the examples are independent, so E[d_b u_b] = ∂L/∂s_b at every conv and dense site
+    /// (tangent shaped like the feature map) and activation perturbation is unbiased on the CNN.</summary>
+    [Theory]
+    [InlineData(TangentMode.Joint)]
+    [InlineData(TangentMode.PerLayer)]
+    public void Activation_perturbation_is_unbiased_on_a_cnn(TangentMode mode)
+    {
+        var problem = Problem.From(SmallCnn(frozenStatistics: true), 21, Batch);
+        var g = Gradient(problem);
+        const int samples = 6000;
+        var (mean, std) = Sample(problem, Guessers.ActivationPerturbation(mode, guesses: 2), samples);
+        AssertWithinStandardErrors(g, mean, std, samples, $"activation perturbation on a CNN ({mode})");
+    }
+
+    /// <summary>
+    /// With batch statistics, ℓ_b depends on every example's activation at a site before the normalisation, and a
+    /// per-example guess d_b u_b with d_b = ℓ̇_b / B has expectation (1/B) ∂ℓ_b/∂s_b: the diagonal blocks of the batch's
+    /// Jacobian, not ∂L/∂s_b = (1/B) Σ_b' ∂ℓ_b'/∂s_b. The test computes that diagonal exactly (a pull-back of e_c/B from the
+    /// loss in C = B channels, row c of channel c), checks the estimator's mean against it, and that it differs from
+    /// the gradient: per-example activation perturbation is biased under batch statistics (README, "Batch normalisation").
+    /// </summary>
+    [Fact]
+    public void Activation_perturbation_with_batch_statistics_estimates_the_per_example_diagonal()
+    {
+        var problem = Problem.From(SmallCnn(frozenStatistics: false), 22, Batch);
+        var model = problem.Model;
+        var plan = problem.Compile(new PlanOptions(Batch) { Gradients = true, UpdatesRunningStatistics = false });
+        plan.Forward();
+        var diagonal = new List<float[]>();
+        foreach (var site in model.Sites)
+        {
+            var pullBack = plan.CreatePullBack([model.Loss], site.Node, Batch);
+            var seed = new float[Batch * Batch];
+            for (int c = 0; c < Batch; c++) seed[c * Batch + c] = 1f / Batch;
+            CpuBackend.Span(pullBack.Cotangent(model.Loss)).CopyFrom(seed);
+            pullBack.Run();
+            var all = pullBack.Cotangent(site.Node).ToArray();
+            int n = site.ElementCount;
+            var rows = new float[Batch * n];
+            for (int b = 0; b < Batch; b++) Array.Copy(all, (b * Batch + b) * n, rows, b * n, n);
+            diagonal.Add(rows);
+        }
+        var expected = ParametersFrom(problem, plan, diagonal);
+        const int samples = 6000;
+        var (mean, std) = Sample(problem, Guessers.ActivationPerturbation(TangentMode.Joint, guesses: 2), samples);
+        AssertWithinStandardErrors(expected, mean, std, samples, "activation perturbation under batch statistics");
+        var g = Gradient(problem);
+        double bias = expected.Zip(g).Max(p => Math.Abs(p.First - p.Second)), scale = g.Max(Math.Abs);
+        Assert.True(bias > 0.05 * scale, $"the diagonal expectation should differ from the gradient (largest difference {bias:G3}, gradient scale {scale:G3})");
+    }
+
+    /// <summary>
+    /// Wᵀ on a CNN: the guess at conv1 is the noise at conv2 pulled back through conv2's transposed convolution, the
+    /// max pool's scatter, tanh's derivative and the frozen normalisation: u_b = J_bᵀ ε, so the mean estimate of
+    /// ∂L/∂s_b is J_bᵀ J_b g_b (g_b the exact per-example cotangent). J_b g_b by float64 central differences of the
+    /// reference evaluator (perturbing example b only), J_bᵀ(·) by the plan's pull-back (adjoint-tested in CnnTests).
+    /// </summary>
+    [Fact]
+    public void Weight_transpose_mean_through_a_convolution_is_Jt_J_g()
+    {
+        var problem = Problem.From(SmallCnn(frozenStatistics: true), 23, Batch);
+        var model = problem.Model;
+        var plan = problem.Compile(new PlanOptions(Batch) { Gradients = true, UpdatesRunningStatistics = false });
+        plan.Forward();
+        plan.Backward();
+        var reference = new ReferenceEvaluator(model, Batch);
+        var leaves = problem.Leaves();
+        var cotangents = new List<float[]>();
+        foreach (var site in model.Sites)
+        {
+            var g = plan.Cotangent(site.Node).ToArray();
+            if (site.Next.IsEmpty) { cotangents.Add(g); continue; } // the head: N(0, I) noise, Cov = I
+            var next = model.Sites[site.Next.Single()].Node;
+            int n = site.ElementCount, m = next.Shape.ElementCount;
+            var pullBack = plan.CreatePullBack([next], site.Node);
+            var expected = new float[Batch * n];
+            for (int b = 0; b < Batch; b++)
+            {
+                var direction = new double[Batch * n];
+                for (int j = 0; j < n; j++) direction[b * n + j] = g[b * n + j];
+                const double epsilon = 1e-6;
+                var perturbation = new Dictionary<int, double[]> { [site.Node.Id] = direction };
+                reference.Run(leaves, perturbation, epsilon);
+                var plus = (double[])reference.Values[next.Id].Clone();
+                reference.Run(leaves, perturbation, -epsilon);
+                var jg = new float[Batch * m];
+                for (int j = 0; j < m; j++) jg[b * m + j] = (float)((plus[b * m + j] - reference.Values[next.Id][b * m + j]) / (2 * epsilon));
+                CpuBackend.Span(pullBack.Cotangent(next)).CopyFrom(jg);
+                pullBack.Run();
+                Array.Copy(pullBack.Cotangent(site.Node).ToArray(), b * n, expected, b * n, n);
+            }
+            cotangents.Add(expected);
+        }
+        var mean = ParametersFrom(problem, plan, cotangents);
+        const int samples = 12000;
+        var (sampled, std) = Sample(problem, Guessers.WeightTranspose(TangentMode.PerLayer), samples);
+        AssertWithinStandardErrors(mean, sampled, std, samples, "Wᵀ on a CNN");
+    }
+}

@@ -1,0 +1,70 @@
+using System.Text;
+using ForwardAD.Data;
+
+namespace ForwardAD.Tests;
+
+/// <summary>The text corpus of the language-model runs (issue 13): byte tokens, a stable split, seeded windows.</summary>
+public class TextCorpusTests
+{
+    private static readonly string Text = string.Concat(Enumerable.Range(0, 40).Select(i => $"Line {i}: the quick brown fox jumps over the lazy dog.\n"));
+
+    [Fact]
+    public void The_split_is_the_first_90_percent_and_windows_predict_the_next_byte()
+    {
+        var corpus = TextCorpus.FromText("test", Text);
+        var bytes = Encoding.UTF8.GetBytes(Text);
+        Assert.Equal(bytes.Length * 9 / 10, corpus.TrainLength);
+        Assert.Equal(bytes.Length, corpus.Train.Length + corpus.Validation.Length);
+        const int batch = 3, context = 16;
+        var (x, y) = (new float[batch * context], new float[batch * context]);
+        corpus.TrainingBatch(7, 5, batch, context, x, y);
+        for (int b = 0; b < batch; b++)
+        {
+            // Find the window in the training split: its bytes follow one another, each target the next input.
+            var window = x.AsSpan(b * context, context).ToArray().Select(v => (byte)v).ToArray();
+            int start = corpus.Train.IndexOf(window);
+            Assert.True(start >= 0 && start + context < corpus.TrainLength, "a training window lies inside the training split");
+            for (int t = 0; t < context; t++) Assert.Equal(bytes[start + t + 1], (byte)y[b * context + t]);
+        }
+        var (x2, y2) = (new float[batch * context], new float[batch * context]);
+        corpus.TrainingBatch(7, 5, batch, context, x2, y2);
+        Assert.Equal(x, x2); // the step alone fixes the batch (resumable)
+        corpus.TrainingBatch(7, 6, batch, context, x2, y2);
+        Assert.NotEqual(x, x2);
+        Assert.Equal((corpus.Validation.Length - 1) / context, corpus.ValidationWindows(context));
+        corpus.ValidationWindow(1, context, x.AsSpan(0, context), y.AsSpan(0, context));
+        Assert.Equal(corpus.Validation[context], (byte)x[0]);
+        Assert.Equal(corpus.Validation[context + 1], (byte)y[0]);
+    }
+
+    [Fact]
+    public void Files_that_are_not_text_are_refused_with_the_reason()
+    {
+        string folder = Directory.CreateTempSubdirectory("forwardad-text").FullName;
+        try
+        {
+            var empty = Path.Combine(folder, "empty.txt");
+            File.WriteAllText(empty, "");
+            Assert.Contains("0 bytes of text", Assert.Throws<InvalidDataException>(() => TextCorpus.Load(empty)).Message);
+            var binary = Path.Combine(folder, "data.bin");
+            File.WriteAllBytes(binary, [.. Encoding.UTF8.GetBytes(Text), 0, 1, 2]);
+            Assert.Contains("binary", Assert.Throws<InvalidDataException>(() => TextCorpus.Load(binary)).Message);
+            var latin1 = Path.Combine(folder, "latin1.txt");
+            File.WriteAllBytes(latin1, [.. Encoding.UTF8.GetBytes(Text), 0xE9, 0x20]);
+            Assert.Contains("UTF-8", Assert.Throws<InvalidDataException>(() => TextCorpus.Load(latin1)).Message);
+            Assert.Throws<FileNotFoundException>(() => TextCorpus.Load(Path.Combine(folder, "missing.txt")));
+            var shortText = TextCorpus.FromText("short", new string('a', 40));
+            Assert.Contains("shorter context", Assert.Throws<ArgumentException>(() => shortText.RequireContext(16)).Message);
+        }
+        finally { Directory.Delete(folder, recursive: true); }
+    }
+
+    [Fact]
+    public void The_fortunes_load_when_installed()
+    {
+        Assert.SkipUnless(Directory.Exists(TextCorpus.FortunesFolder), $"{TextCorpus.FortunesFolder} is missing (apt-get install fortunes).");
+        var corpus = TextCorpus.Fortunes();
+        Assert.InRange(corpus.Bytes.Length, 1_000_000, 10_000_000);
+        Assert.DoesNotContain("\n%\n", Encoding.UTF8.GetString(corpus.Bytes[..100_000]));
+    }
+}
