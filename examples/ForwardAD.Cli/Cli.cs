@@ -21,7 +21,7 @@ internal static class Cli
         forwardad COMMAND [options]
 
         Commands
-          train      train an MLP with a gradient guesser (the default command)
+          train      train an MLP or a CNN with a gradient guesser (the default command)
           cosine     every guesser's cosine to the true gradient and 1-step effectiveness along a
                      backprop training trajectory (Figure 1 of "How to Guess a Gradient")
           grape-toy  the toy experiment of the GrAPE rebuttal: feedback rules aligning B with a fixed target

@@ -79,13 +79,13 @@ internal static class CosineCommand
         var (train, _) = o.Data.Load(p, seed, configuration);
         if (batch > train.Count)
             throw new UsageException($"--batch-size {batch} is larger than the training set ({train.Count} examples): no full batch to train on.");
-        var spec = o.Model.Build(p, train, configuration);
+        var model = o.Model.Build(p, train, configuration);
         var guessers = names.Select(n => o.Guesser.Build(p, n, seed, configuration: null)).ToList();
         var (rule, ruleDescription) = o.Rule.Build(p, train.Count / batch, epochs, configuration: null);
         var csv = p.GetValue(o.Csv) ?? Path.Combine("runs", $"cosine-seed{seed}.csv");
         if (Directory.Exists(csv)) throw new IOException($"--csv {csv}: is a directory; give a file path.");
 
-        var parameters = ParameterStore.Initialize(spec.Build(), new CpuBackend(), seed);
+        var parameters = ParameterStore.Initialize(model, new CpuBackend(), seed);
         var study = new CosineStudy(parameters, guessers, rule, train, batch, seed);
         console.MarkupLineInterpolated($"[bold]ForwardAD[/] cosine: {DataOptions.Describe(configuration)}, {configuration["model"]}, trajectory backprop {ruleDescription}, batch {batch}, {epochs} epochs, every {every} steps, seed {seed}");
         List<CosineSample> samples = [];

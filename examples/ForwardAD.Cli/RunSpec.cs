@@ -47,7 +47,12 @@ internal sealed class DataOptions
         Data
           --data SOURCE             digits (embedded, default); PATH.csv[.gz] (features, then an integer label
                                     per row); idx:IMAGES,LABELS (MNIST IDX files, raw or .gz);
-                                    cifar10:FILE[,FILE...] or cifar100:FILE[,FILE...] (binary batches).
+                                    cifar10:FILE[,FILE...] or cifar100:FILE[,FILE...] (binary batches);
+                                    fashion-mnist[:DIR] (Debian's dataset-fashion-mnist: the 60,000 training
+                                    images from /usr/share/datasets/fashion-mnist, or from DIR; its test set is
+                                    then the 10,000 test images, fashion-mnist-test[:DIR], unless --test-data
+                                    or --test-fraction is given). Images come channels last: digits 8×8×1,
+                                    fashion-mnist and idx: grey images H×W×1, cifar 32×32×3.
                                     An existing file is always read as CSV, even if its name has a ':'.
           --test-data SOURCE        a separate test set in the same forms (default: split --data); its features
                                     per example and labels must fit the training data (checked before training)
@@ -82,6 +87,9 @@ internal sealed class DataOptions
             throw new UsageException("--test-fraction and --test-data cannot be used together: --test-fraction splits --data, --test-data replaces the split. Drop one.");
         var source = p.GetValue(Data)!;
         var testSource = p.GetValue(TestData);
+        // Fashion-MNIST comes with its own test set: the benchmark's numbers are on it, not on a split of the training set.
+        if (testSource is null && !p.Given(TestFraction) && FashionDirectory(source) is { } directory)
+            testSource = directory == FashionMnist.DefaultDirectory ? FashionTest : $"{FashionTest}:{directory}";
         var data = LoadSource("--data", source, classes: null);
         Dataset train, test;
         if (testSource is not null)
@@ -122,7 +130,23 @@ internal sealed class DataOptions
 
     /// <summary>File paths as full paths (the same file from another working directory is the same data); names as they are.</summary>
     private static string Normalize(string source) =>
-        source == "digits" ? source : File.Exists(source) ? Path.GetFullPath(source) : source;
+        source == "digits" ? source : File.Exists(source) ? Path.GetFullPath(source)
+        : FashionDirectory(source) is { } directory ? (source.StartsWith(FashionTest, StringComparison.Ordinal) ? FashionTest : Fashion) +
+            (directory == FashionMnist.DefaultDirectory ? "" : ":" + Path.GetFullPath(directory))
+        : source;
+
+    private const string Fashion = "fashion-mnist", FashionTest = "fashion-mnist-test";
+
+    /// <summary>The folder of a fashion-mnist[-test][:DIR] source (the Debian folder without DIR); null for other sources.</summary>
+    private static string? FashionDirectory(string source)
+    {
+        foreach (var name in new[] { FashionTest, Fashion })
+        {
+            if (source == name) return FashionMnist.DefaultDirectory;
+            if (source.StartsWith(name + ":", StringComparison.Ordinal) && !File.Exists(source)) return source[(name.Length + 1)..];
+        }
+        return null;
+    }
 
     /// <summary>
     /// digits, an existing file (CSV, whatever its name: a ':' in a path is not a scheme), a known scheme
@@ -133,6 +157,11 @@ internal sealed class DataOptions
         if (source == "digits") return Digits.Load();
         if (source.Length == 0) throw new UsageException($"{option} needs a source: digits, PATH.csv, idx:IMAGES,LABELS, cifar10:FILES or cifar100:FILES.");
         if (File.Exists(source)) return CsvDataset.Load(source, classes: classes);
+        if (FashionDirectory(source) is { } directory)
+        {
+            if (directory.Length == 0) throw new UsageException($"{option} {source}: no folder after ':'; give fashion-mnist alone for Debian's {FashionMnist.DefaultDirectory}.");
+            return FashionMnist.Load(test: source.StartsWith(FashionTest, StringComparison.Ordinal), directory);
+        }
         RejectDirectory(option, source);
         int colon = source.IndexOf(':');
         var kind = colon > 0 ? source[..colon] : "";
@@ -150,7 +179,7 @@ internal sealed class DataOptions
             };
         }
         if (colon > 1 && kind.All(char.IsAsciiLetterOrDigit))
-            throw new UsageException($"{option}: unknown data kind '{kind}' in '{source}', and no file of that name exists. Use digits, PATH.csv, idx:IMAGES,LABELS, cifar10:FILES or cifar100:FILES.");
+            throw new UsageException($"{option}: unknown data kind '{kind}' in '{source}', and no file of that name exists. Use digits, fashion-mnist, PATH.csv, idx:IMAGES,LABELS, cifar10:FILES or cifar100:FILES.");
         return CsvDataset.Load(source, classes: classes);
     }
 
@@ -161,20 +190,33 @@ internal sealed class DataOptions
     }
 }
 
-/// <summary>The model options: an MLP given by hidden widths, or by depth and width.</summary>
+/// <summary>The model options: an MLP given by hidden widths or by depth and width, or a CNN given by a spec or a
+/// ready-made name.</summary>
 internal sealed class ModelOptions
 {
-    public const string Help = """
-        Model (an MLP; the defaults give 3 weight matrices, "3×128")
+    public static readonly string Help = $"""
+        Model
+          --model NAME              mlp (default), a ready-made CNN ({string.Join(", ", CnnSpec.ReadyMade.Select(r => r.Name))})
+                                    or cnn:SPEC (grammar below). A CNN needs image data: digits (8×8×1),
+                                    fashion-mnist and idx: grey images (H×W×1), cifar10:/cifar100: (32×32×3)
+        MLP (--model mlp; the defaults give 3 weight matrices, "3×128")
           --hidden W1,W2,...        hidden layer widths (default 128,128; 'none' for a linear model)
           --layers L --width W      alternatively: L weight matrices, hidden layers all of width W (default 128)
           --activation NAME         relu (default), tanh, gelu, identity
+        CNN (--model cnn:SPEC or a ready-made name; its activations are in the spec)
+        {Indent(CnnSpec.Grammar)}
+          Ready-made:
+        {Indent(string.Join("\n", CnnSpec.ReadyMade.Select(r => $"  {r.Name,-14}{r.Purpose}:\n    {r.Layers}")))}
         """;
+
+    /// <summary>Every line two spaces in (a hole of a raw string indents only its first line by its own position).</summary>
+    private static string Indent(string text) => string.Join('\n', text.Split('\n').Select(l => "  " + l.TrimEnd('\r')));
 
     /// <summary>Far beyond what trains in reasonable time on any machine here; a typo guard, not a memory check
     /// (that is the library's, before allocating).</summary>
     private const int MaxWidth = 1 << 24, MaxLayers = 10_000;
 
+    public readonly Option<string> Model = Opt.String("model", "mlp");
     public readonly Option<int[]?> Hidden = Opt.IntList("hidden", MaxWidth);
     public readonly Option<int?> Layers = Opt.OptionalInt("layers", 1, MaxLayers);
     public readonly Option<int?> Width = Opt.OptionalInt("width", 1, MaxWidth);
@@ -182,13 +224,48 @@ internal sealed class ModelOptions
 
     public void AddTo(Command command)
     {
+        command.Add(Model);
         command.Add(Hidden);
         command.Add(Layers);
         command.Add(Width);
         command.Add(Activation);
     }
 
-    public MlpSpec Build(ParseResult p, Dataset data, RunConfiguration configuration)
+    /// <summary>The model for the training data's features and classes; its description goes into the configuration
+    /// (so into the run hash and the checkpoint's metadata, which resume compares).</summary>
+    public Graph.Model Build(ParseResult p, Dataset data, RunConfiguration configuration)
+    {
+        var name = p.GetValue(Model)!;
+        if (name == "mlp")
+        {
+            var mlp = BuildMlp(p, data);
+            configuration.Add("model", Describe(mlp));
+            return mlp.Build();
+        }
+        bool custom = name.StartsWith("cnn:", StringComparison.Ordinal);
+        if (!custom && !CnnSpec.ReadyMade.Any(r => r.Name == name))
+            throw new UsageException($"Unknown model '{name}' for --model. Use {Opt.List(["mlp", .. CnnSpec.ReadyMade.Select(r => r.Name), "cnn:SPEC"])}.");
+        foreach (var option in new Option[] { Hidden, Layers, Width, Activation })
+            if (p.Given(option))
+                throw new UsageException($"{option.Name} applies only to --model mlp; this run uses --model {name}. Drop {option.Name}: a CNN's layers and activations are in its spec.");
+        var input = data.FeatureShape.Rank switch
+        {
+            3 => data.FeatureShape,
+            2 => new Tensors.Shape(data.FeatureShape[0], data.FeatureShape[1], 1), // a grey image without its channel axis
+            _ => throw new UsageException($"--model {name} needs image data, but the features of {data.Name} are {(data.FeatureShape.Rank == 1 ? "a vector" : "of shape")} {data.FeatureShape}. " +
+                "A CNN takes channels-last images [H, W, C]: digits, fashion-mnist, idx: (grey images) or cifar10:/cifar100:; a CSV's rows are vectors: use --model mlp."),
+        };
+        CnnSpec spec;
+        try { spec = custom ? CnnSpec.Parse(name["cnn:".Length..], input, data.Classes) : CnnSpec.Named(name, input, data.Classes); }
+        catch (Exception e) when (e is FormatException or ArgumentException)
+        {
+            throw new UsageException($"--model {name}: {e.Message}");
+        }
+        configuration.Add("model", Describe(spec));
+        return spec.Build();
+    }
+
+    private MlpSpec BuildMlp(ParseResult p, Dataset data)
     {
         if (p.Given(Hidden) && (p.Given(Layers) || p.Given(Width)))
             throw new UsageException($"--hidden and {(p.Given(Layers) ? "--layers" : "--width")} cannot be used together: give the hidden widths as a list (--hidden 128,128) or as depth and width (--layers 3 --width 128).");
@@ -206,13 +283,16 @@ internal sealed class ModelOptions
         for (int i = 0; i + 1 < widths.Length; i++)
             if ((long)widths[i] * widths[i + 1] > Array.MaxLength)
                 throw new UsageException($"{(p.Given(Layers) ? "--width" : "--hidden")}: the {widths[i]}×{widths[i + 1]} weight matrix of layer {i + 1} would have {(long)widths[i] * widths[i + 1]:N0} elements, more than one tensor can hold ({Array.MaxLength:N0}). Use smaller widths.");
-        var spec = new MlpSpec(data.FeatureSize, [.. hidden], data.Classes, activation);
-        configuration.Add("model", Describe(spec));
-        return spec;
+        return new MlpSpec(data.FeatureSize, [.. hidden], data.Classes, activation);
     }
 
     public static string Describe(MlpSpec spec) =>
         $"mlp {spec.Inputs}-{string.Join("-", spec.HiddenWidths.Append(spec.Outputs))} {spec.Activation.Name}";
+
+    /// <summary>The input, the canonical spec (a ready-made name resolved: a changed definition is another model) and
+    /// the class count.</summary>
+    public static string Describe(CnnSpec spec) =>
+        string.Create(CultureInfo.InvariantCulture, $"cnn {spec.Input[0]}x{spec.Input[1]}x{spec.Input[2]} {spec} -> {spec.Classes} classes");
 }
 
 /// <summary>The gradient-estimate options: guesser and its knobs, DFA/GrAPE feedback.</summary>

@@ -9,7 +9,7 @@ namespace ForwardAD.Cli;
 internal static class TrainCommand
 {
     public static readonly string Help = $"""
-        forwardad train [options]      Train an MLP with a gradient guesser and report accuracies per epoch.
+        forwardad train [options]      Train an MLP or a CNN with a gradient guesser and report accuracies per epoch.
 
         With no options it trains a 3×128 ReLU MLP (hidden 128,128) with backprop and SGD on the embedded
         digits data set (1,797 8×8 images, no download) for 20 epochs, in a few seconds.
@@ -61,7 +61,7 @@ internal static class TrainCommand
     public static Command Create(CliContext context)
     {
         var o = new Options();
-        var command = new Command("train", "Train an MLP with a gradient guesser.");
+        var command = new Command("train", "Train an MLP or a CNN with a gradient guesser.");
         o.Data.AddTo(command);
         o.Model.AddTo(command);
         command.Add(o.GuesserName);
@@ -85,7 +85,7 @@ internal static class TrainCommand
         var (train, test) = o.Data.Load(p, seed, configuration);
         if (batch > train.Count)
             throw new UsageException($"--batch-size {batch} is larger than the training set ({train.Count} examples): no full batch to train on.");
-        var spec = o.Model.Build(p, train, configuration);
+        var model = o.Model.Build(p, train, configuration);
         var guesser = o.Guesser.Build(p, guesserName, seed, configuration);
         var (rule, ruleDescription) = o.Rule.Build(p, train.Count / batch, epochs, configuration);
         var runHash = configuration.Hash(("seed", seed.ToString(CultureInfo.InvariantCulture)), ("batch_size", batch.ToString(CultureInfo.InvariantCulture)));
@@ -97,7 +97,6 @@ internal static class TrainCommand
             if (path is not null && Directory.Exists(path)) throw new IOException($"{option} {path}: is a directory; give a file path.");
         var backend = o.Device.Create(p);
 
-        var model = spec.Build();
         var parameters = ParameterStore.Initialize(model, backend, seed);
         var trainer = new Trainer(guesser, rule, parameters, train, test, new TrainingOptions(batch, seed) { CosineEvery = cosineEvery });
         var description = configuration.ToDictionary();

@@ -309,4 +309,93 @@ public sealed class CliTests : IDisposable
         Assert.True(File.ReadAllLines(csv).Length > 1);
         Assert.Contains("Unknown guesser 'nope' in --guessers", Fails(2, "cosine", "--guessers", "ap,nope", "--csv", csv));
     }
+
+    // ---- CNNs (issue 12) ----------------------------------------------------------------------
+
+    /// <summary>A tiny CNN on the embedded digits (8×8×1 images): 4 and 8 channels, a fraction of a second per epoch.</summary>
+    private const string TinyCnn = "cnn:c4k3-bn-relu-p2,c8k3-relu,gap";
+
+    [Fact]
+    public void A_cnn_trains_on_the_digits_images_with_backprop_and_activation_perturbation()
+    {
+        foreach (var guesser in new[] { "backprop", "ap" })
+        {
+            var metrics = PathOf($"{guesser}.csv");
+            var (code, output, error) = Run("--model", TinyCnn, "--guesser", guesser, "--epochs", "1", "--quiet", "--metrics", metrics);
+            Assert.True(code == 0, error);
+            Assert.Contains("cnn 8x8x1 c4k3-bn-relu-p2,c8k3-relu,gap -> 10 classes", output);
+            var lines = File.ReadAllLines(metrics);
+            Assert.Equal(2, lines.Length);
+            // Sites: conv1, bn1, conv2, classifier.
+            Assert.StartsWith("epoch,train_loss,train_accuracy,test_loss,test_accuracy,cosine_global,cosine_layer1,cosine_layer2,cosine_layer3,cosine_layer4,examples_per_second", lines[0]);
+        }
+    }
+
+    [Fact]
+    public void The_cnn_spec_is_part_of_the_configuration_and_resume_refuses_another()
+    {
+        var checkpoint = PathOf("c.safetensors");
+        Assert.Equal(0, Run("--model", TinyCnn, "--epochs", "1", "--quiet", "--metrics", PathOf("m.csv"), "--checkpoint", checkpoint).Code);
+        // The same net written another way is the same model: the canonical spec is recorded.
+        var (code, _, error) = Run("--model", "cnn:C4K3P1-bn-relu-p2s2-c8k3-relu-gap", "--epochs", "2", "--quiet", "--metrics", PathOf("m.csv"), "--resume", checkpoint);
+        Assert.True(code == 0, error);
+        Assert.Equal(3, File.ReadAllLines(PathOf("m.csv")).Length);
+        var refused = Fails(1, "--model", "cnn:c4k3-bn-relu-p2,c6k3-relu,gap", "--epochs", "3", "--quiet", "--metrics", PathOf("m.csv"), "--resume", checkpoint);
+        Assert.Contains("model", refused);
+        Assert.Contains("drop --resume", refused);
+        Assert.Contains("model", Fails(1, "--hidden", "8", "--epochs", "3", "--quiet", "--metrics", PathOf("m.csv"), "--resume", checkpoint));
+    }
+
+    [Fact]
+    public void Cnn_model_mistakes_are_usage_errors_naming_the_option()
+    {
+        Assert.Contains("--hidden applies only to --model mlp; this run uses --model cnn-small. Drop --hidden", Fails(2, "--model", "cnn-small", "--hidden", "8"));
+        Assert.Contains("--layers applies only to --model mlp", Fails(2, "--model", TinyCnn, "--layers", "3"));
+        Assert.Contains("--activation applies only to --model mlp", Fails(2, "--model", "vgg-small", "--activation", "tanh"));
+        Assert.Contains("Unknown model 'resnet' for --model. Use mlp, cnn-small, vgg-small, alexnet-small or cnn:SPEC", Fails(2, "--model", "resnet"));
+        var syntax = Fails(2, "--model", "cnn:c4k3-x9,gap");
+        Assert.Contains("--model cnn:c4k3-x9,gap: CNN spec 'c4k3-x9,gap', layer 2 'x9': not a layer of the grammar", syntax);
+        Assert.Contains("c<N>[k<K>][s<S>][p<P>][g<G>][b0]", syntax);
+        // 8×8 digits: alexnet-small's third 3×3/2 pooling meets a 1×1 map.
+        var vanishing = Fails(2, "--model", "alexnet-small");
+        Assert.Contains("--model alexnet-small: CNN spec", vanishing);
+        Assert.Contains("'p3s2' (input [1, 1, 48])", vanishing);
+        Assert.Contains("the image vanishes", vanishing);
+        File.WriteAllLines(PathOf("flat.csv"), Enumerable.Range(0, 40).Select(i => $"{i % 7},{i % 5},{i % 3}"));
+        var notImage = Fails(2, "--data", PathOf("flat.csv"), "--model", "cnn-small", "--batch-size", "8");
+        Assert.Contains("--model cnn-small needs image data, but the features of flat.csv (train) are a vector [2]", notImage);
+        Assert.Contains("use --model mlp", notImage);
+        Assert.Contains("--model", Run("train", "--help").Out);
+    }
+
+    [Fact]
+    public void Fashion_mnist_is_found_by_name_and_its_absence_names_the_install_line()
+    {
+        var empty = Directory.CreateDirectory(PathOf("no-fashion")).FullName;
+        var error = Fails(1, "--data", $"fashion-mnist:{empty}", "--model", "cnn-small", "--quiet", "--metrics", PathOf("m.csv"));
+        Assert.Contains("train-images-idx3-ubyte.gz is missing", error);
+        Assert.Contains("sudo apt-get install dataset-fashion-mnist", error);
+        // Stand-in files with the original names: the test set is the folder's t10k files, not a split.
+        var folder = Directory.CreateDirectory(PathOf("fashion")).FullName;
+        foreach (var (prefix, count) in new[] { ("train", 40), ("t10k", 12) })
+        {
+            var pixels = Enumerable.Range(0, count * 36).Select(i => (byte)(i * 7 % 256)).ToArray();
+            File.WriteAllBytes(Path.Combine(folder, $"{prefix}-images-idx3-ubyte.gz"), CnnSpecTests.Gzip(IdxBytes([count, 6, 6], pixels)));
+            File.WriteAllBytes(Path.Combine(folder, $"{prefix}-labels-idx1-ubyte.gz"), CnnSpecTests.Gzip(IdxBytes([count], [.. Enumerable.Range(0, count).Select(i => (byte)(i % 10))])));
+        }
+        var (code, output, runError) = Run("--data", $"fashion-mnist:{folder}", "--model", "cnn:c4k3-relu,gap", "--batch-size", "8", "--epochs", "1", "--quiet", "--metrics", PathOf("f.csv"));
+        Assert.True(code == 0, runError);
+        Assert.Contains("(40 train / 12 test)", output);
+        Assert.Contains("cnn 6x6x1", output);
+    }
+
+    private static byte[] IdxBytes(int[] dims, byte[] data)
+    {
+        var bytes = new byte[4 + 4 * dims.Length + data.Length];
+        bytes[2] = 0x08;
+        bytes[3] = (byte)dims.Length;
+        for (int d = 0; d < dims.Length; d++) System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(bytes.AsSpan(4 + 4 * d), dims[d]);
+        data.CopyTo(bytes, 4 + 4 * dims.Length);
+        return bytes;
+    }
 }

@@ -102,7 +102,7 @@ public sealed class DataTests : IDisposable
         var batch = File("data_batch_1.bin", [.. record10, .. record10]);
         var cifar = CifarDataset.Load([batch]);
         Assert.Equal(2, cifar.Count);
-        Assert.Equal(new Tensors.Shape(3, 32, 32), cifar.FeatureShape);
+        Assert.Equal(new Tensors.Shape(32, 32, 3), cifar.FeatureShape); // channels last (CnnSpecTests checks the pixel order)
         Assert.Equal(1f, cifar.Features[0]);
         Assert.Equal(3f, cifar.Labels[1]);
 

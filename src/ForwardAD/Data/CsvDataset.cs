@@ -178,7 +178,8 @@ public static class CsvDataset
 }
 
 /// <summary>
-/// The embedded default data set: 1,797 handwritten digits, 8×8 grey levels 0..16 scaled to [0, 1],
+/// The embedded default data set: 1,797 handwritten digits, 8×8 grey levels 0..16 scaled to [0, 1] (feature shape
+/// [8, 8, 1], channels last),
 /// labels 0..9 (UCI "Optical Recognition of Handwritten Digits", Alpaydin &amp; Kaynak 1998, CC BY 4.0,
 /// as redistributed with scikit-learn). No download needed.
 /// </summary>
@@ -189,6 +190,10 @@ public static class Digits
         using var stream = typeof(Digits).Assembly.GetManifestResourceStream("ForwardAD.Data.digits.csv.gz")
             ?? throw new InvalidOperationException("The embedded digits data set is missing from the ForwardAD assembly.");
         using var reader = new StreamReader(new GZipStream(stream, CompressionMode.Decompress));
-        return CsvDataset.Parse(reader, "digits.csv.gz (embedded)", featureScale: 1f / 16f, classes: 10) with { Name = "digits" };
+        // 8×8 grey images, row by row: the feature shape [8, 8, 1] lets a CNN take them as channels-last images
+        // (an MLP sees the same 64 values in the same order).
+        var data = CsvDataset.Parse(reader, "digits.csv.gz (embedded)", featureScale: 1f / 16f, classes: 10);
+        if (data.FeatureSize != 64) throw new InvalidOperationException($"The embedded digits data set has {data.FeatureSize} features per example; expected 8×8 = 64.");
+        return data with { Name = "digits", FeatureShape = new Shape(8, 8, 1) };
     }
 }

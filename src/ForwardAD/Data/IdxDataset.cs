@@ -8,7 +8,9 @@ namespace ForwardAD.Data;
 /// <summary>
 /// MNIST-style IDX files (LeCun et al.): a big-endian header (0, 0, type 0x08 = unsigned byte, rank),
 /// the dimensions, then the bytes. Images (rank ≥ 2, N×H×W or N×D) and labels (rank 1, N) come in two files,
-/// raw or .gz. Pixels are scaled to [0, 1]. Every error names the file, the offset and what was expected:
+/// raw or .gz. Pixels are scaled to [0, 1]. Grey images N×H×W get the feature shape [H, W, 1] (a channels-last
+/// image, what the convolutions take; an MLP sees the same H·W values in the same order); N×D gives [D] and
+/// N×H×W×C gives [H, W, C]. Every error names the file, the offset and what was expected:
 /// a wrong magic number or data type, a rank of 0, dimensions whose product exceeds the file (checked without
 /// overflow), truncated or trailing data, a damaged gzip stream, image and label counts that differ, a label
 /// ≥ the class count.
@@ -38,7 +40,8 @@ public static class IdxDataset
         }
         var features = new float[pixels.Length];
         for (int i = 0; i < pixels.Length; i++) features[i] = pixels[i] / 255f;
-        return new Dataset(Path.GetFileName(imagesPath), new Shape(imageDims[1..]), classes, features, labels);
+        int[] shape = imageDims.Length == 3 ? [imageDims[1], imageDims[2], 1] : imageDims[1..];
+        return new Dataset(Path.GetFileName(imagesPath), new Shape(shape), classes, features, labels);
     }
 
     private static int HeaderLength(int rank) => 4 + 4 * rank;
@@ -72,14 +75,49 @@ public static class IdxDataset
 }
 
 /// <summary>
+/// Fashion-MNIST (Xiao, Rasul &amp; Vollgraf 2017: 28×28 grey images of clothing, 10 classes, 60,000 training and
+/// 10,000 test images) as Debian's package dataset-fashion-mnist installs it: gzip'd IDX files in
+/// <see cref="DefaultDirectory"/>. Features [28, 28, 1] in [0, 1].
+/// </summary>
+public static class FashionMnist
+{
+    public const string DefaultDirectory = "/usr/share/datasets/fashion-mnist";
+    public const string InstallHint = "Install it with: sudo apt-get install dataset-fashion-mnist (Debian/Ubuntu), or give the IDX files as idx:IMAGES,LABELS.";
+
+    /// <summary>The file names of a split: train-… (60,000) or t10k-… (10,000), as in the original distribution.</summary>
+    public static (string Images, string Labels) Files(string directory, bool test)
+    {
+        string prefix = test ? "t10k" : "train";
+        return (Path.Combine(directory, $"{prefix}-images-idx3-ubyte.gz"), Path.Combine(directory, $"{prefix}-labels-idx1-ubyte.gz"));
+    }
+
+    /// <summary>True when both files of both splits are in <paramref name="directory"/>.</summary>
+    public static bool IsInstalled(string directory = DefaultDirectory) =>
+        new[] { Files(directory, false), Files(directory, true) }.All(f => File.Exists(f.Images) && File.Exists(f.Labels));
+
+    /// <summary>The training (60,000) or test (10,000) images.</summary>
+    /// <exception cref="FileNotFoundException">A file is missing; the message names it and how to install the package.</exception>
+    public static Dataset Load(bool test = false, string directory = DefaultDirectory)
+    {
+        var (images, labels) = Files(directory, test);
+        foreach (var file in new[] { images, labels })
+            if (!File.Exists(file))
+                throw new FileNotFoundException($"Fashion-MNIST: {file} is missing{(Directory.Exists(directory) ? "" : $" (no folder {directory})")}. {InstallHint}", file);
+        return IdxDataset.Load(images, labels) with { Name = test ? "fashion-mnist (test)" : "fashion-mnist" };
+    }
+}
+
+/// <summary>
 /// CIFAR-10/100 binary batches (Krizhevsky 2009): records of label byte(s) then 3072 pixel bytes
 /// (3×32×32, channel-major). CIFAR-10 has one label byte (0..9); CIFAR-100 two (coarse 0..19, fine 0..99;
-/// the fine label is used, both are checked). Several batch files may be given. Pixels are scaled to [0, 1].
+/// the fine label is used, both are checked). Several batch files may be given. Pixels are scaled to [0, 1] and
+/// reordered to channels last: the feature shape is [32, 32, 3], feature (y·32 + x)·3 + c = file byte c·1024 + y·32 + x,
+/// the layout the convolutions take (an MLP does not care about the order).
 /// Every error names the file and the offset.
 /// </summary>
 public static class CifarDataset
 {
-    private const int PixelBytes = 3 * 32 * 32, CoarseClasses = 20;
+    private const int Plane = 32 * 32, PixelBytes = 3 * Plane, CoarseClasses = 20;
 
     /// <exception cref="ArgumentException">No files given.</exception>
     /// <exception cref="FileNotFoundException">A file does not exist.</exception>
@@ -107,10 +145,13 @@ public static class CifarDataset
                 if (label >= classes)
                     throw new InvalidDataException($"{path}, offset {offset + labelBytes - 1}: label {label} is out of range for {classes} classes (wrong CIFAR variant?).");
                 labels.Add(label);
-                for (int i = 0; i < PixelBytes; i++) features.Add(bytes[offset + labelBytes + i] / 255f);
+                // Channel-major on disk (plane c, row y, column x) → channels last (row y, column x, channel c).
+                int pixels = offset + labelBytes;
+                for (int position = 0; position < Plane; position++)
+                    for (int c = 0; c < 3; c++) features.Add(bytes[pixels + c * Plane + position] / 255f);
             }
         }
-        return new Dataset(Path.GetFileName(paths[0]), new Shape(3, 32, 32), classes, [.. features], [.. labels]);
+        return new Dataset(Path.GetFileName(paths[0]), new Shape(32, 32, 3), classes, [.. features], [.. labels]);
     }
 }
 
