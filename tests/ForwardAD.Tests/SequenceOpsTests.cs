@@ -419,7 +419,8 @@ public class SequenceOpsTests
     /// So |ΔΦ| ≤ min(Φ, 1 − Φ)·(4e-7 + 1.2e-7 z²) + 6e-8 (the rounding of 1 − r/2), and y = xΦ, f' = Φ + xφ add their own
     /// roundings (≤ 2⁻²³ relative) and, for f', φ's relative error ≤ 2e-7 + 1.2e-7·z². The tanh GELU: x·σ(2u) with u carrying
     /// ≈ 3 roundings: Δσ ≤ σ(1 − σ)·2|u|·2e-7 + 2e-7·σ.
-    /// The exact GELU's Φ is also checked against erf to ~1e-7 absolute: |Δerf| = 2|ΔΦ| ≤ 3e-7 on the grid.
+    /// The exact GELU's Φ (read back as y/x for |x| ≥ 0.5) is within 1e-7 of the true one (measured 8.9e-8, y/x's rounding
+    /// included): erf = 2Φ − 1 to 2e-7 absolute.
     /// </summary>
     [Fact]
     public void Gelu_matches_double_precision_over_a_dense_grid()
@@ -450,8 +451,7 @@ public class SequenceOpsTests
             Within(tanhValue, yTanh[i], Math.Abs(v) * sigmaError + Rounding * Math.Abs(tanhValue), $"gelu_tanh({v})", Math.Abs(v));
             Within(tanhSlope, dTanh[i], sigmaError * (1 + 3 * Math.Abs(v) * uSlope) + 4 * Rounding * (sigma + Math.Abs(v) * sigma * (1 - sigma) * uSlope), $"gelu_tanh'({v})", 1 + Math.Abs(v) * uSlope);
         }
-        Assert.True(worstCdf <= 1e-9, $"Φ (erf/2) is off by {worstCdf:G3}");
-        Console.WriteLine($"GELU: worst |ΔΦ| = {worstCdf:G3} on |x| ≥ 0.5");
+        Assert.True(worstCdf <= 1e-7, $"Φ (erf/2) is off by {worstCdf:G3}");
     }
 
     private static void Within(double expected, float actual, double bound, string what, double scale)
