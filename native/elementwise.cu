@@ -2,14 +2,43 @@
 // the saved derivative), broadcasts over the K tangent channels, and the small vector updates of optimizers.
 #include "common.cuh"
 
-// Activation codes, as CudaBackend passes them: 0 relu, 1 tanh, 2 gelu (exact, erf), 3 identity.
+// Activation codes, as CudaBackend passes them: 0 relu, 1 tanh, 2 gelu (exact), 3 identity, 4 gelu_tanh.
+// Both GELUs in float32 with ForwardAD.Backends.Gaussian's formulas: the exact one takes Φ from erfc (Numerical Recipes'
+// erfcc Chebyshev fit, fractional error < 1.2e-7), Φ(x) = erfc(|x|/√2)/2 for x < 0 and 1 − erfc(|x|/√2)/2 otherwise; the
+// tanh one is x·σ(2u), u = √(2/π)(x + 0.044715x³).
+__device__ __forceinline__ void normal_cdf_density(float x, float* cdf, float* density)
+{
+    float z = fabsf(x) * 0.70710678118654752440f;
+    float t = 1.0f / (1.0f + z * 0.5f);
+    float p = 0.17087277f;
+    p = p * t + -0.82215223f;
+    p = p * t + 1.48851587f;
+    p = p * t + -1.13520398f;
+    p = p * t + 0.27886807f;
+    p = p * t + -0.18628806f;
+    p = p * t + 0.09678418f;
+    p = p * t + 0.37409196f;
+    p = p * t + 1.00002368f;
+    float square = z * z;
+    float half = t * expf(t * p + -1.26551223f - square) * 0.5f;
+    *cdf = x < 0.0f ? half : 1.0f - half;
+    *density = expf(-square) * 0.39894228040143267794f;
+}
+
+__device__ __forceinline__ float gelu_tanh_sigma(float x)
+{
+    float u = x * (1.0f + x * x * 0.044715f) * 0.79788456080286535588f;
+    return 1.0f / (1.0f + expf(u * -2.0f));
+}
+
 __device__ __forceinline__ float activation(int code, float x)
 {
     switch (code)
     {
         case 0: return x > 0.0f ? x : 0.0f;
         case 1: return tanhf(x);
-        case 2: return (float)((double)x * 0.5 * (1.0 + erf((double)x * 0.70710678118654752440)));
+        case 2: { float cdf, density; normal_cdf_density(x, &cdf, &density); return x * cdf; }
+        case 4: return x * gelu_tanh_sigma(x);
         default: return x;
     }
 }
@@ -20,10 +49,11 @@ __device__ __forceinline__ float activation_derivative(int code, float x, float 
     {
         case 0: return x > 0.0f ? 1.0f : 0.0f;
         case 1: return 1.0f - y * y;
-        case 2:
+        case 2: { float cdf, density; normal_cdf_density(x, &cdf, &density); return cdf + x * density; }
+        case 4:
         {
-            double v = x;
-            return (float)(0.5 * (1.0 + erf(v * 0.70710678118654752440)) + v * 0.39894228040143267794 * exp(-0.5 * v * v));
+            float sigma = gelu_tanh_sigma(x);
+            return sigma + x * sigma * (1.0f - sigma) * (1.0f + x * x * (3.0f * 0.044715f)) * (2.0f * 0.79788456080286535588f);
         }
         default: return 1.0f;
     }

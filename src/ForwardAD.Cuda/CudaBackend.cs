@@ -416,12 +416,95 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("scale_rows", n, args, 6);
     }
 
+    // ---- Sequence ops (issue 13, native/sequence.cu) --------------------------------------------------------------------
+
+    /// <summary>Rows handled per block by the one-warp-per-row kernels (256 threads).</summary>
+    private const int RowsPerBlock = Threads / 32;
+
+    private void LaunchRows(string kernel, long rows, void** arguments)
+    {
+        uint blocks = (uint)Math.Clamp((rows + RowsPerBlock - 1) / RowsPerBlock, 1, _maxBlocks);
+        MakeCurrent();
+        CudaDriver.Check(CudaDriver.cuLaunchKernel(_kernels[kernel], blocks, 1, 1, Threads, 1, 1, 0, Stream, arguments, null), $"cuLaunchKernel ({kernel})");
+    }
+
+    public override void NormalizeLastAxis(View x, int width, float epsilon, bool centre, View normalized, View inverseStd)
+    {
+        if (inverseStd.Length == 0) return;
+        RequireLength(nameof(NormalizeLastAxis), "normalized", normalized, (long)inverseStd.Length * width, "rows·width");
+        RequireLength(nameof(NormalizeLastAxis), "x", x, normalized.Length, "the normalized view's length");
+        ulong s = Pointer(x), d = Pointer(normalized), inv = Pointer(inverseStd); long rows = inverseStd.Length, w = width; int c = centre ? 1 : 0;
+        void** args = stackalloc void*[] { &s, &d, &inv, &rows, &w, &epsilon, &c };
+        LaunchRows("normalize_last_axis", rows, args);
+    }
+
+    public override void NormalizeLastAxisDerivative(View normalized, View inverseStd, View v, bool centre, View destination, bool accumulate)
+    {
+        if (destination.Length == 0) return;
+        if (inverseStd.Length == 0 || normalized.Length % inverseStd.Length != 0 || v.Length % normalized.Length != 0 || destination.Length != v.Length)
+            throw new ArgumentException($"{nameof(NormalizeLastAxisDerivative)}: x̂ of {normalized.Length}, s of {inverseStd.Length}, v of {v.Length} and a destination of " +
+                $"{destination.Length} floats are not [R, D], [R], [C, R, D], [C, R, D].");
+        ulong x = Pointer(normalized), inv = Pointer(inverseStd), source = Pointer(v), d = Pointer(destination);
+        long rows = inverseStd.Length, w = normalized.Length / inverseStd.Length, total = v.Length / w; int c = centre ? 1 : 0, add = accumulate ? 1 : 0;
+        void** args = stackalloc void*[] { &x, &inv, &source, &d, &rows, &w, &total, &c, &add };
+        LaunchRows("normalize_last_axis_derivative", total, args);
+    }
+
+    public override void GatherRows(View table, View indices, int width, View destination)
+    {
+        if (destination.Length == 0) return;
+        long perChannel = (long)indices.Length * width;
+        if (perChannel == 0 || destination.Length % perChannel != 0 || table.Length % (destination.Length / perChannel * width) != 0)
+            throw new ArgumentException($"{nameof(GatherRows)}: a destination of {destination.Length} floats is not [C, {indices.Length}, {width}] for a table of {table.Length}.");
+        ulong t = Pointer(table), index = Pointer(indices), d = Pointer(destination);
+        long count = indices.Length, w = width, vocabulary = table.Length / (destination.Length / perChannel * width), total = destination.Length;
+        void** args = stackalloc void*[] { &t, &index, &d, &count, &w, &vocabulary, &total };
+        Launch("gather_rows", total, args, 7);
+    }
+
+    /// <summary>Columns per block of scatter_add_rows: SCATTER_ROWS_TILE in native/sequence.cu.</summary>
+    internal const int ScatterRowsTile = 128;
+
+    public override void ScatterAddRows(View source, View indices, int width, View destination, bool accumulate)
+    {
+        if (destination.Length == 0) return;
+        RequireLength(nameof(ScatterAddRows), "source", source, (long)indices.Length * width, "ids·width");
+        if (destination.Length % width != 0) throw new ArgumentException($"{nameof(ScatterAddRows)}: a destination of {destination.Length} floats is not [V, {width}].");
+        ulong s = Pointer(source), index = Pointer(indices), d = Pointer(destination);
+        long count = indices.Length, w = width, vocabulary = destination.Length / width; int add = accumulate ? 1 : 0;
+        void** args = stackalloc void*[] { &s, &index, &d, &count, &w, &vocabulary, &add };
+        uint tiles = (uint)((width + ScatterRowsTile - 1) / ScatterRowsTile), rows = (uint)Math.Min(vocabulary, 65535);
+        MakeCurrent();
+        CudaDriver.Check(CudaDriver.cuLaunchKernel(_kernels["scatter_add_rows"], tiles, rows, 1, ScatterRowsTile, 1, 1, 0, Stream, args, null), "cuLaunchKernel (scatter_add_rows)");
+    }
+
+    /// <summary>The longest sequence sequence_cross_entropy takes: its 2·T floats of dynamic shared memory stay within 48 KiB.</summary>
+    internal const int SequenceCrossEntropyMaxLength = 6144;
+
+    public override void SequenceCrossEntropy(View logits, View targets, int length, int classes, float ignoreIndex, View loss, View error)
+    {
+        if (loss.Length == 0) return;
+        if (length > SequenceCrossEntropyMaxLength)
+            throw new NotSupportedException($"{nameof(SequenceCrossEntropy)} on CUDA takes sequences up to {SequenceCrossEntropyMaxLength} positions; got {length}.");
+        RequireLength(nameof(SequenceCrossEntropy), "targets", targets, (long)loss.Length * length, "B·T");
+        RequireLength(nameof(SequenceCrossEntropy), "logits", logits, (long)loss.Length * length * classes, "B·T·V");
+        RequireLength(nameof(SequenceCrossEntropy), "error", error, logits.Length, "the logits' length");
+        ulong z = Pointer(logits), y = Pointer(targets), l = Pointer(loss), e = Pointer(error);
+        long examples = loss.Length, t = length, v = classes;
+        void** args = stackalloc void*[] { &z, &y, &l, &e, &examples, &t, &v, &ignoreIndex };
+        uint blocks = (uint)Math.Min(examples, _maxBlocks);
+        MakeCurrent();
+        CudaDriver.Check(CudaDriver.cuLaunchKernel(_kernels["sequence_cross_entropy"], blocks, 1, 1, 128, 1, 1, (uint)(2 * length * sizeof(float)), Stream, args, null),
+            "cuLaunchKernel (sequence_cross_entropy)");
+    }
+
     private static int Code(ElementwiseFunction function) => function switch
     {
         ReluFunction => 0,
         TanhFunction => 1,
         GeluFunction => 2,
         IdentityFunction => 3,
+        GeluTanhFunction => 4,
         _ => throw new NotSupportedException($"No CUDA kernel for activation {function.Name}."),
     };
 

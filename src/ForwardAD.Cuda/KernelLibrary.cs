@@ -13,7 +13,7 @@ namespace ForwardAD.Cuda;
 /// </summary>
 internal sealed class KernelLibrary : IDisposable
 {
-    public static readonly string[] Families = ["elementwise", "random", "reduce", "loss", "conv", "attention"];
+    public static readonly string[] Families = ["elementwise", "random", "reduce", "loss", "conv", "attention", "sequence"];
 
     private readonly List<CudaModuleHandle> _modules = [];
     private readonly Dictionary<string, IntPtr> _functions = [];

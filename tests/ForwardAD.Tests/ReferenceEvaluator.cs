@@ -158,6 +158,67 @@ internal sealed class ReferenceEvaluator(Model model, int batch, bool training =
                         }
                 return y;
             }
+            // ---- sequence ops (issue 13) ----
+            case RowNormalizationOp norm:
+            {
+                // LayerNorm: (x − μ)/√(σ² + ε) per row (biased σ²); RMSNorm: x/√(mean(x²) + ε); then γ, β.
+                var x = In(0);
+                int width = node.Shape.Last, rows = x.Length / width;
+                bool centre = norm is LayerNormOp;
+                var y = new double[x.Length];
+                for (int r = 0; r < rows; r++)
+                {
+                    double mean = 0, squares = 0;
+                    if (centre) for (int j = 0; j < width; j++) mean += x[r * width + j] / width;
+                    for (int j = 0; j < width; j++) squares += Math.Pow(x[r * width + j] - mean, 2) / width;
+                    double scale = 1 / Math.Sqrt(squares + norm.Epsilon);
+                    for (int j = 0; j < width; j++)
+                    {
+                        double v = (x[r * width + j] - mean) * scale;
+                        if (node.Inputs.Length > 1) v *= In(1)[j];
+                        if (node.Inputs.Length > 2) v += In(2)[j];
+                        y[r * width + j] = v;
+                    }
+                }
+                return y;
+            }
+            case EmbeddingOp:
+            {
+                var (ids, table) = (In(0), In(1));
+                int width = node.Shape.Last;
+                var y = new double[ids.Length * width];
+                for (int n = 0; n < ids.Length; n++)
+                    for (int j = 0; j < width; j++) y[n * width + j] = ids[n] < 0 ? 0 : table[(int)ids[n] * width + j];
+                return y;
+            }
+            case AddPositionOp:
+            {
+                var (x, positions) = (In(0), In(1));
+                int perExample = node.Shape.ElementCount;
+                return [.. x.Select((v, i) => v + positions[i % perExample])];
+            }
+            case SequenceCrossEntropyOp ce:
+            {
+                var (z, targets) = (In(0), In(1));
+                var shape = model.Nodes[node.Inputs[0]].Shape;
+                int length = shape[0], classes = shape[1];
+                var loss = new double[batch];
+                for (int b = 0; b < batch; b++)
+                {
+                    int kept = 0;
+                    for (int t = 0; t < length; t++)
+                    {
+                        double label = targets[b * length + t];
+                        if (label == ce.IgnoreIndex || label < 0) continue;
+                        var row = z.Skip((b * length + t) * classes).Take(classes).ToArray();
+                        double max = row.Max();
+                        loss[b] += Math.Log(row.Sum(v => Math.Exp(v - max))) + max - row[(int)label];
+                        kept++;
+                    }
+                    loss[b] = kept == 0 ? 0 : loss[b] / kept;
+                }
+                return loss;
+            }
             default:
                 throw new NotSupportedException($"The reference evaluator has no rule for {node.Op.Kind}.");
         }
@@ -248,6 +309,7 @@ internal sealed class ReferenceEvaluator(Model model, int batch, bool training =
         TanhFunction => 1 - Math.Tanh(x) * Math.Tanh(x),
         GeluFunction => 0.5 * (1 + ErfReference(x / Math.Sqrt(2))) + x * Math.Exp(-x * x / 2) / Math.Sqrt(2 * Math.PI),
         IdentityFunction => 1,
+        GeluTanhFunction => GeluTanhDerivative(x),
         _ => throw new NotSupportedException(f.Name),
     };
 
@@ -257,8 +319,18 @@ internal sealed class ReferenceEvaluator(Model model, int batch, bool training =
         TanhFunction => Math.Tanh(x),
         GeluFunction => x * 0.5 * (1 + ErfReference(x / Math.Sqrt(2))),
         IdentityFunction => x,
+        // ½x(1 + tanh u) written as x·σ(2u): the same function without double's cancellation of 1 + tanh u in the far negative tail.
+        GeluTanhFunction => x / (1 + Math.Exp(-2 * Math.Sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
         _ => throw new NotSupportedException(f.Name),
     };
+
+    /// <summary>d/dx ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³): ½(1 + tanh u) + ½x(1 − tanh²u)·u'(x), written with
+    /// σ = σ(2u) = ½(1 + tanh u) (1 − tanh²u = 4σ(1 − σ)) so that double does not cancel 1 + tanh u in the negative tail.</summary>
+    private static double GeluTanhDerivative(double x)
+    {
+        double sigma = 1 / (1 + Math.Exp(-2 * Math.Sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
+        return sigma + 2 * x * sigma * (1 - sigma) * Math.Sqrt(2 / Math.PI) * (1 + 3 * 0.044715 * x * x);
+    }
 
     /// <summary>erf by its Maclaurin series / continued fraction in double (independent of the library's fit).</summary>
     private static double ErfReference(double x)

@@ -213,12 +213,12 @@ public sealed class Plan
 
     /// <summary>
     /// Copies a batch into an input node: B × (per-example elements) values, examples one after the
-    /// other. Class labels must be whole numbers in [0, classes). Checked before anything is written.
+    /// other. Class labels must be whole numbers in [0, classes), tokens in [0, vocabulary) or their padding id. Checked before anything is written.
     /// </summary>
     public void SetInput(Node input, ReadOnlySpan<float> values)
     {
         CheckNode(input);
-        if (input.Op is not (InputOp or ClassLabelsOp))
+        if (input.Op is not (InputOp or ClassLabelsOp or TokensOp))
             throw new ArgumentException($"{input} is not an input of the model; inputs are: {string.Join(", ", Model.Inputs)}.", nameof(input));
         int expected = input.ElementCount(BatchSize);
         if (values.Length != expected)
@@ -227,6 +227,11 @@ public sealed class Plan
             for (int i = 0; i < values.Length; i++)
                 if (values[i] < 0 || values[i] >= labels.Classes || values[i] != MathF.Floor(values[i]))
                     throw new ArgumentException($"Input {input}: example {i} has label {values[i]}; labels must be whole numbers in [0, {labels.Classes}).", nameof(values));
+        if (input.Op is TokensOp tokens)
+            for (int i = 0; i < values.Length; i++)
+                if ((values[i] < 0 || values[i] >= tokens.Vocabulary || values[i] != MathF.Floor(values[i])) && values[i] != tokens.Padding)
+                    throw new ArgumentException($"Input {input}: example {i / tokens.Length}, position {i % tokens.Length} has token {values[i]}; " +
+                        $"tokens must be whole numbers in [0, {tokens.Vocabulary}) or the padding id {tokens.Padding}.", nameof(values));
         Backend.CopyFromHost(values, _buffers[input.Id].Value);
         _forwardDone = false;
     }

@@ -209,4 +209,32 @@ public abstract class Backend
     /// finite x. In place (destination = x) is allowed.
     /// </summary>
     public abstract void SoftmaxJvpRows(View probabilities, View x, int columns, View destination);
+    // ---- Sequence ops (issue 13): LayerNorm/RMSNorm over the last axis, embeddings, sequence cross-entropy ----------
+
+    /// <summary>Row-wise normalisation of x [R, D] (D = <paramref name="width"/>), each row on its own:
+    /// with <paramref name="centre"/> (LayerNorm) s_r = 1/√(σ²_r + ε), σ²_r = (1/D) Σ_j (x_rj − μ_r)² (biased, as PyTorch),
+    /// normalized[r, j] = (x_rj − μ_r)·s_r; without (RMSNorm) s_r = 1/√((1/D) Σ_j x_rj² + ε), normalized[r, j] = x_rj·s_r.
+    /// <paramref name="inverseStd"/> [R] receives s_r.</summary>
+    public abstract void NormalizeLastAxis(View x, int width, float epsilon, bool centre, View normalized, View inverseStd);
+
+    /// <summary>The JVP (and, the projection being symmetric, the VJP) of <see cref="NormalizeLastAxis"/> for C channels:
+    /// destination[c, r, :] (+)= s_r (v[c, r, :] − mean_j v[c, r, j] − x̂[r, :]·mean_j(v[c, r, j] x̂[r, j])), the mean of v
+    /// subtracted only with <paramref name="centre"/>; x̂ = <paramref name="normalized"/> [R, D], s = <paramref name="inverseStd"/>
+    /// [R], v and destination [C, R, D] with C = v.Length / x̂.Length.</summary>
+    public abstract void NormalizeLastAxisDerivative(View normalized, View inverseStd, View v, bool centre, View destination, bool accumulate);
+
+    /// <summary>destination[c, n, :] = table[c, ids[n], :]: an embedding lookup for every channel c of the table. ids =
+    /// <paramref name="indices"/> [N] (whole numbers stored as floats); a negative id (padding) gives a row of zeros. Rows are
+    /// <paramref name="width"/> wide, C = destination.Length / (N·width), table [C, V, width].</summary>
+    public abstract void GatherRows(View table, View indices, int width, View destination);
+
+    /// <summary>The adjoint of <see cref="GatherRows"/> for one channel: destination[ids[n], :] += source[n, :] for n = 0, 1, …, N − 1
+    /// in that order (deterministic; negative ids skipped); destination [V, width] is zeroed first unless <paramref name="accumulate"/>.</summary>
+    public abstract void ScatterAddRows(View source, View indices, int width, View destination, bool accumulate);
+
+    /// <summary>Per-example sequence cross-entropy over logits [B, T, V] (T = <paramref name="length"/>, V = <paramref name="classes"/>)
+    /// and targets [B, T] (ids stored as floats): with n_b the number of positions whose target is not <paramref name="ignoreIndex"/>,
+    /// loss[b] = (1/n_b) Σ_{t kept} (logsumexp(z_bt) − z_bt[y_bt]) and error[b, t, :] = (softmax(z_bt) − onehot(y_bt)) / n_b on kept
+    /// positions, 0 on ignored ones (a negative target, the tokens' padding, is ignored too); an example with n_b = 0 has loss 0 and error 0. error = ∂loss[b]/∂z_b.</summary>
+    public abstract void SequenceCrossEntropy(View logits, View targets, int length, int classes, float ignoreIndex, View loss, View error);
 }

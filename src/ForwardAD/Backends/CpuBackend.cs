@@ -504,4 +504,120 @@ public sealed class CpuBackend(Gemm gemm) : Backend
                 TensorPrimitives.Multiply(to, pRow, to);
             }
     }
+    // ---- Sequence ops (issue 13) ----------------------------------------------------------------------------------------
+
+    public override void NormalizeLastAxis(View x, int width, float epsilon, bool centre, View normalized, View inverseStd)
+    {
+        var source = Read(x);
+        var target = Span(normalized);
+        var scale = Span(inverseStd);
+        for (int r = 0; r < scale.Length; r++)
+        {
+            var row = source.Slice(r * width, width);
+            var to = target.Slice(r * width, width);
+            float s;
+            if (centre)
+            {
+                // Two passes (centre, then the mean square of the centred row): no cancellation of E[x²] − μ².
+                TensorPrimitives.Subtract(row, TensorPrimitives.Sum(row) / width, to);
+                s = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(to) / width + epsilon);
+                TensorPrimitives.Multiply(to, s, to);
+            }
+            else
+            {
+                s = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(row) / width + epsilon);
+                TensorPrimitives.Multiply(row, s, to);
+            }
+            scale[r] = s;
+        }
+    }
+
+    public override void NormalizeLastAxisDerivative(View normalized, View inverseStd, View v, bool centre, View destination, bool accumulate)
+    {
+        var xHat = Read(normalized);
+        var scale = Read(inverseStd);
+        var source = Read(v);
+        var target = Span(destination);
+        int rows = scale.Length, width = xHat.Length / rows, total = source.Length / width;
+        for (int i = 0; i < total; i++)
+        {
+            int r = i % rows;
+            var row = source.Slice(i * width, width);
+            var xRow = xHat.Slice(r * width, width);
+            var to = target.Slice(i * width, width);
+            float s = scale[r], projection = TensorPrimitives.Dot(row, xRow) / width;
+            // to (+)= s·v − s·mean(v) − s·mean(v ⊙ x̂)·x̂, in place (no temporary).
+            if (accumulate) TensorPrimitives.MultiplyAdd(row, s, to, to);
+            else TensorPrimitives.Multiply(row, s, to);
+            if (centre) TensorPrimitives.Add(to, -s * (TensorPrimitives.Sum(row) / width), to);
+            TensorPrimitives.MultiplyAdd(xRow, -s * projection, to, to);
+        }
+    }
+
+    public override void GatherRows(View table, View indices, int width, View destination)
+    {
+        var from = Read(table);
+        var ids = Read(indices);
+        var to = Span(destination);
+        int count = ids.Length, channels = to.Length / (count * width), vocabulary = from.Length / (channels * width);
+        for (int c = 0; c < channels; c++)
+            for (int n = 0; n < count; n++)
+            {
+                int id = (int)ids[n];
+                var row = to.Slice((c * count + n) * width, width);
+                if (id < 0) row.Clear();
+                else from.Slice((c * vocabulary + id) * width, width).CopyTo(row);
+            }
+    }
+
+    public override void ScatterAddRows(View source, View indices, int width, View destination, bool accumulate)
+    {
+        var from = Read(source);
+        var ids = Read(indices);
+        var to = Span(destination);
+        if (!accumulate) to.Clear();
+        for (int n = 0; n < ids.Length; n++)
+        {
+            int id = (int)ids[n];
+            if (id < 0) continue;
+            var row = to.Slice(id * width, width);
+            TensorPrimitives.Add(row, from.Slice(n * width, width), row);
+        }
+    }
+
+    public override void SequenceCrossEntropy(View logits, View targets, int length, int classes, float ignoreIndex, View loss, View error)
+    {
+        var z = Read(logits);
+        var y = Read(targets);
+        var losses = Span(loss);
+        var errors = Span(error);
+        for (int b = 0; b < losses.Length; b++)
+        {
+            float total = 0f;
+            int kept = 0;
+            for (int t = 0; t < length; t++)
+            {
+                int r = b * length + t;
+                var row = z.Slice(r * classes, classes);
+                var e = errors.Slice(r * classes, classes);
+                if (y[r] == ignoreIndex || y[r] < 0f) // negative: the tokens' padding, never a class
+                {
+                    e.Clear();
+                    continue;
+                }
+                // As SoftmaxCrossEntropy: softmax shifted by the row maximum.
+                float max = TensorPrimitives.Max(row);
+                TensorPrimitives.Subtract(row, max, e);
+                TensorPrimitives.Exp(e, e);
+                float sum = TensorPrimitives.Sum(e);
+                TensorPrimitives.Divide(e, sum, e);
+                int label = (int)y[r];
+                total += MathF.Log(sum) + max - row[label];
+                e[label] -= 1f;
+                kept++;
+            }
+            losses[b] = kept == 0 ? 0f : total / kept;
+            if (kept > 0) TensorPrimitives.Multiply(errors.Slice(b * length * classes, length * classes), 1f / kept, errors.Slice(b * length * classes, length * classes));
+        }
+    }
 }

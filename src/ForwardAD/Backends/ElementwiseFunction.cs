@@ -23,7 +23,9 @@ public abstract record ElementwiseFunction
 
     public static ElementwiseFunction Relu { get; } = new ReluFunction();
     public static ElementwiseFunction Tanh { get; } = new TanhFunction();
+    /// <summary>Exact GELU x·Φ(x) (PyTorch's default); <see cref="GeluTanh"/> is the tanh approximation.</summary>
     public static ElementwiseFunction Gelu { get; } = new GeluFunction();
+    public static ElementwiseFunction GeluTanh { get; } = new GeluTanhFunction();
     public static ElementwiseFunction Identity { get; } = new IdentityFunction();
 
     /// <summary>Looks a function up by its name (command lines, checkpoints).</summary>
@@ -32,8 +34,9 @@ public abstract record ElementwiseFunction
         "relu" => Relu,
         "tanh" => Tanh,
         "gelu" => Gelu,
+        "gelu_tanh" or "gelu-tanh" => GeluTanh,
         "identity" or "linear" or "none" => Identity,
-        _ => throw new ArgumentException($"Unknown activation '{name}'. Use relu, tanh, gelu or identity."),
+        _ => throw new ArgumentException($"Unknown activation '{name}'. Use relu, tanh, gelu (exact), gelu_tanh (tanh approximation) or identity."),
     };
 
     public override string ToString() => Name;
@@ -73,40 +76,121 @@ public sealed record TanhFunction : ElementwiseFunction
 }
 
 /// <summary>
-/// GELU, exact form (PyTorch's default): f(x) = x·Φ(x), f'(x) = Φ(x) + x·φ(x), with Φ the
-/// standard normal CDF, Φ(x) = ½(1 + erf(x/√2)).
+/// GELU, exact form (PyTorch's default, <c>approximate="none"</c>; the name "gelu" has always meant this one):
+/// f(x) = x·Φ(x), f'(x) = Φ(x) + x·φ(x), with Φ the standard normal CDF and φ its density.
+/// <para>Vectorised in float32 (Vector256, scalar tail with the same operations). Φ is computed from erfc, never as
+/// ½(1 + erf): with z = |x|/√2, r = erfc(z) = t·exp(−z² − 1.26551223 + t·P(t)), t = 1/(1 + z/2), P the degree-9 Chebyshev fit
+/// of Numerical Recipes (Press et al., 2nd ed., §6.2, erfcc: fractional error below 1.2e-7 for every z ≥ 0);
+/// Φ(x) = r/2 for x &lt; 0 and 1 − r/2 for x ≥ 0. The negative tail (where 1 + erf would cancel) keeps its relative accuracy,
+/// and erf = 1 − r is accurate to ~1e-7 absolute (float32 rounding of 1 − r and of the exponent; the tests state the bound).</para>
 /// </summary>
 public sealed record GeluFunction : ElementwiseFunction
 {
-    private const double InverseSqrt2 = 0.70710678118654752440;
-    private const double InverseSqrt2Pi = 0.39894228040143267794;
-
     public override string Name => "gelu";
-    public override void Apply(ReadOnlySpan<float> x, Span<float> y)
+    public override void Apply(ReadOnlySpan<float> x, Span<float> y) => Gaussian.Gelu(x, y, derivative: false);
+    public override void Differentiate(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> derivative) => Gaussian.Gelu(x, derivative, derivative: true);
+}
+
+/// <summary>
+/// GELU, tanh approximation (PyTorch's <c>approximate="tanh"</c>, GPT-2's): f(x) = ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³).
+/// Since ½(1 + tanh u) = σ(2u), it is computed as f(x) = x·σ(2u) with σ(v) = 1/(1 + e^(−v)) (no cancellation near
+/// tanh u = −1), and f'(x) = σ + 2xσ(1 − σ)·√(2/π)(1 + 3·0.044715x²) (from 1 − tanh²u = 4σ(1 − σ)). Vectorised in float32.
+/// </summary>
+public sealed record GeluTanhFunction : ElementwiseFunction
+{
+    public override string Name => "gelu_tanh";
+    public override void Apply(ReadOnlySpan<float> x, Span<float> y) => Gaussian.GeluTanh(x, y, derivative: false);
+    public override void Differentiate(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> derivative) => Gaussian.GeluTanh(x, derivative, derivative: true);
+}
+
+/// <summary>The float32 kernels of both GELUs, 8 lanes at a time (Vector256) with a scalar tail of the same operations.
+/// native/elementwise.cu evaluates the same formulas on the GPU.</summary>
+internal static class Gaussian
+{
+    private const float InverseSqrt2 = 0.70710678118654752440f;
+    private const float InverseSqrt2Pi = 0.39894228040143267794f;
+    private const float Sqrt2OverPi = 0.79788456080286535588f;
+    private const float Cubic = 0.044715f;
+
+    /// <summary>(Φ(x), φ(x)) from the erfc fit described on <see cref="GeluFunction"/>.</summary>
+    private static (Vector256<float> Cdf, Vector256<float> Density) Normal(Vector256<float> x)
     {
-        for (int i = 0; i < x.Length; i++) y[i] = (float)(x[i] * NormalCdf(x[i]));
+        var z = Vector256.Abs(x) * InverseSqrt2;
+        var t = Vector256<float>.One / (Vector256<float>.One + z * 0.5f);
+        var p = Vector256.Create(0.17087277f);
+        p = p * t + Vector256.Create(-0.82215223f);
+        p = p * t + Vector256.Create(1.48851587f);
+        p = p * t + Vector256.Create(-1.13520398f);
+        p = p * t + Vector256.Create(0.27886807f);
+        p = p * t + Vector256.Create(-0.18628806f);
+        p = p * t + Vector256.Create(0.09678418f);
+        p = p * t + Vector256.Create(0.37409196f);
+        p = p * t + Vector256.Create(1.00002368f);
+        var square = z * z;
+        var half = t * Vector256.Exp(t * p + Vector256.Create(-1.26551223f) - square) * 0.5f; // erfc(z)/2
+        var cdf = Vector256.ConditionalSelect(Vector256.LessThan(x, Vector256<float>.Zero), half, Vector256<float>.One - half);
+        return (cdf, Vector256.Exp(-square) * InverseSqrt2Pi); // φ(x) = e^(−x²/2)/√(2π), −x²/2 = −z²
     }
-    public override void Differentiate(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> derivative)
+
+    private static (float Cdf, float Density) Normal(float x)
     {
-        for (int i = 0; i < x.Length; i++)
+        float z = MathF.Abs(x) * InverseSqrt2;
+        float t = 1f / (1f + z * 0.5f);
+        float p = 0.17087277f;
+        p = p * t + -0.82215223f;
+        p = p * t + 1.48851587f;
+        p = p * t + -1.13520398f;
+        p = p * t + 0.27886807f;
+        p = p * t + -0.18628806f;
+        p = p * t + 0.09678418f;
+        p = p * t + 0.37409196f;
+        p = p * t + 1.00002368f;
+        float square = z * z;
+        float half = t * MathF.Exp(t * p + -1.26551223f - square) * 0.5f;
+        return (x < 0f ? half : 1f - half, MathF.Exp(-square) * InverseSqrt2Pi);
+    }
+
+    /// <summary>destination = x·Φ(x), or Φ(x) + x·φ(x) when <paramref name="derivative"/>.</summary>
+    public static void Gelu(ReadOnlySpan<float> x, Span<float> destination, bool derivative)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i <= x.Length - Vector256<float>.Count; i += Vector256<float>.Count)
+            {
+                var v = Vector256.Create(x.Slice(i, Vector256<float>.Count));
+                var (cdf, density) = Normal(v);
+                (derivative ? cdf + v * density : v * cdf).CopyTo(destination.Slice(i, Vector256<float>.Count));
+            }
+        for (; i < x.Length; i++)
         {
-            double v = x[i];
-            derivative[i] = (float)(NormalCdf(v) + v * InverseSqrt2Pi * Math.Exp(-0.5 * v * v));
+            var (cdf, density) = Normal(x[i]);
+            destination[i] = derivative ? cdf + x[i] * density : x[i] * cdf;
         }
     }
 
-    internal static double NormalCdf(double x) => 0.5 * (1.0 + Erf(x * InverseSqrt2));
-
-    /// <summary>erf with absolute error below 1.2e-7 (Numerical Recipes' erfc Chebyshev fit),
-    /// evaluated in double: far below float32 resolution of the result.</summary>
-    internal static double Erf(double x)
+    /// <summary>destination = x·σ(2u), or σ + 2xσ(1 − σ)·u'(x) when <paramref name="derivative"/>.</summary>
+    public static void GeluTanh(ReadOnlySpan<float> x, Span<float> destination, bool derivative)
     {
-        double z = Math.Abs(x);
-        double t = 1.0 / (1.0 + 0.5 * z);
-        double r = t * Math.Exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
-            t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
-            t * (-0.82215223 + t * 0.17087277)))))))));
-        return x >= 0 ? 1.0 - r : r - 1.0;
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i <= x.Length - Vector256<float>.Count; i += Vector256<float>.Count)
+            {
+                var v = Vector256.Create(x.Slice(i, Vector256<float>.Count));
+                var square = v * v;
+                var u = v * (Vector256<float>.One + square * Cubic) * Sqrt2OverPi;
+                var sigma = Vector256<float>.One / (Vector256<float>.One + Vector256.Exp(u * -2f));
+                var result = derivative
+                    ? sigma + v * sigma * (Vector256<float>.One - sigma) * (Vector256<float>.One + square * (3f * Cubic)) * (2f * Sqrt2OverPi)
+                    : v * sigma;
+                result.CopyTo(destination.Slice(i, Vector256<float>.Count));
+            }
+        for (; i < x.Length; i++)
+        {
+            float v = x[i], square = v * v;
+            float u = v * (1f + square * Cubic) * Sqrt2OverPi;
+            float sigma = 1f / (1f + MathF.Exp(u * -2f));
+            destination[i] = derivative ? sigma + v * sigma * (1f - sigma) * (1f + square * (3f * Cubic)) * (2f * Sqrt2OverPi) : v * sigma;
+        }
     }
 }
 

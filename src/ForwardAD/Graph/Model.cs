@@ -14,7 +14,7 @@ public sealed record Model(ImmutableArray<Node> Nodes, Node Loss, Node Output, I
     public IEnumerable<Node> Parameters => Nodes.Where(n => n.IsParameter);
     /// <summary>Untrained state (batch normalisation's running statistics), in model order.</summary>
     public IEnumerable<Node> States => Nodes.Where(n => n.IsState);
-    public IEnumerable<Node> Inputs => Nodes.Where(n => n.Op is InputOp or ClassLabelsOp);
+    public IEnumerable<Node> Inputs => Nodes.Where(n => n.Op is InputOp or ClassLabelsOp or TokensOp);
 
     /// <summary>Total number of trainable scalars.</summary>
     public long ParameterCount => Parameters.Sum(p => (long)p.Shape.ElementCount);

@@ -41,7 +41,7 @@ public sealed class ModelBuilder
     /// Every named method below is this with its op.</summary>
     public Node Apply(string name, Op op, params ReadOnlySpan<Node> inputs)
     {
-        if (op.IsLeaf) throw new ArgumentException($"Node '{name}': leaves are made by Input, ClassLabels, Parameter and State, not applied.", nameof(op));
+        if (op.IsLeaf) throw new ArgumentException($"Node '{name}': leaves are made by Input, ClassLabels, Tokens, Parameter and State, not applied.", nameof(op));
         foreach (var input in inputs) CheckOwn(input);
         var list = inputs.ToArray();
         var (shape, batched) = op.InferShape(name, list);
@@ -138,6 +138,57 @@ public sealed class ModelBuilder
     /// into [T, D]. Saves the attention probabilities, B·heads·T² floats; see <see cref="CausalSelfAttentionOp"/>.
     /// </summary>
     public Node CausalSelfAttention(string name, Node q, Node k, Node v, int heads) => Apply(name, new CausalSelfAttentionOp(heads), q, k, v);
+    // ---- Sequence ops (issue 13): tokens, embeddings, LayerNorm/RMSNorm, sequence cross-entropy -------------------------
+
+    /// <summary>Per-example token ids [length] in [0, vocabulary), or <paramref name="padding"/> (negative: no token there).
+    /// Not differentiable; fed with <see cref="Autodiff.Plan.SetInput"/>, which checks every id.</summary>
+    public Node Tokens(string name, int length, int vocabulary, int padding = -1)
+    {
+        if (length < 1 || vocabulary < 1)
+            throw new ArgumentOutOfRangeException(nameof(length), $"Tokens '{name}' need a positive length and vocabulary; got length {length}, vocabulary {vocabulary}.");
+        if (padding >= 0) throw new ArgumentOutOfRangeException(nameof(padding), $"Tokens '{name}': the padding id must be negative (no token takes it); got {padding}. " +
+            "To ignore a vocabulary id in a loss, pass it as the loss's ignore index instead.");
+        return AddNode(name, new TokensOp(length, vocabulary, padding), [], new Shape(length), batched: true);
+    }
+
+    /// <summary>A token embedding with its own table [V, width] (PyTorch's nn.Embedding init N(0, 1) when null): ids [T] →
+    /// [T, width]. Its output is a site.</summary>
+    public Node Embedding(string name, Node tokens, int width, Initializer? init = null)
+    {
+        if (tokens.Op is not TokensOp t) throw new ArgumentException($"Embedding '{name}' looks up ids from Tokens(); got {tokens}.", nameof(tokens));
+        if (width < 1) throw new ArgumentOutOfRangeException(nameof(width), $"Embedding '{name}' needs a positive width; got {width}.");
+        return Apply(name, new EmbeddingOp(), tokens, Parameter($"{name}.weight", new Shape(t.Vocabulary, width), init ?? new NormalInitializer(1f)));
+    }
+
+    /// <summary>x [T, D] + P[:T] with a learned table P [maxLength, D] (N(0, 0.02²) when null, as GPT-2). Its output is a site.</summary>
+    public Node PositionalEmbedding(string name, Node x, int maxLength, Initializer? init = null)
+    {
+        if (x.Shape.Rank != 2) throw new ShapeMismatchException(name, "a batched sequence [T, D]", x.ToString(), "Positional embeddings add one row per position.");
+        if (maxLength < x.Shape[0])
+            throw new ArgumentOutOfRangeException(nameof(maxLength), $"Positional embedding '{name}': maxLength {maxLength} is shorter than the sequence ({x.Shape[0]}).");
+        return Apply(name, new AddPositionOp(), x, Parameter($"{name}.weight", new Shape(maxLength, x.Shape[1]), init ?? new NormalInitializer(0.02f)));
+    }
+
+    /// <summary>LayerNorm over x's last axis, each row on its own; with <paramref name="affine"/>, γ (ones) and β (zeros)
+    /// [D], which make its output a site.</summary>
+    public Node LayerNorm(string name, Node x, bool affine = true, float epsilon = 1e-5f)
+    {
+        var op = new LayerNormOp(epsilon);
+        if (!affine) return Apply(name, op, x);
+        var width = new Shape(x.Shape.Last);
+        return Apply(name, op, x, Parameter($"{name}.weight", width, new ConstantInitializer(1f)), Parameter($"{name}.bias", width, Initializer.Zeros));
+    }
+
+    /// <summary>RMSNorm over x's last axis, each row on its own; with <paramref name="affine"/>, γ (ones) [D], which makes its
+    /// output a site.</summary>
+    public Node RmsNorm(string name, Node x, bool affine = true, float epsilon = 1e-5f) =>
+        affine ? Apply(name, new RmsNormOp(epsilon), x, Parameter($"{name}.weight", new Shape(x.Shape.Last), new ConstantInitializer(1f)))
+               : Apply(name, new RmsNormOp(epsilon), x);
+
+    /// <summary>Per-example mean over the positions whose target is not <paramref name="ignoreIndex"/> (nor padding) of the
+    /// cross-entropy of logits [T, V] against target tokens [T]; see <see cref="SequenceCrossEntropyOp"/>.</summary>
+    public Node SequenceCrossEntropy(string name, Node logits, Node targets, int ignoreIndex = -1) =>
+        Apply(name, new SequenceCrossEntropyOp(ignoreIndex), logits, targets);
 
     /// <summary>Makes a differentiable, batched node a site even though no parameterised op makes it (the outputs of
     /// parameterised ops are sites without asking). A guess can then enter there; its update goes to the parameters

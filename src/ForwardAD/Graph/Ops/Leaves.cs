@@ -44,3 +44,12 @@ public sealed record ParameterOp(Initializer Initializer) : LeafOp
 {
     public override string Kind => "parameter";
 }
+
+/// <summary>Token ids of a sequence, per example [Length], stored as floats: whole numbers in [0, Vocabulary), or
+/// <see cref="Padding"/> (a negative id: no token there). An embedding gives padding a zero vector; a sequence loss whose ignore
+/// index is the padding id skips it. Checked by <see cref="Autodiff.Plan.SetInput"/> like class labels; no derivative flows.</summary>
+public sealed record TokensOp(int Length, int Vocabulary, int Padding = -1) : LeafOp
+{
+    public override string Kind => "tokens";
+    public override bool IsDifferentiable => false;
+}

@@ -69,3 +69,37 @@ public sealed record MeanSquaredErrorOp : PerExampleLossOp
     internal override void Forward(in RuleContext c, bool saveAuxiliary) =>
         c.Backend.SquaredError(c.Input(0).Value, c.Input(1).Value, c.Input(0).Value.Length / c.BatchSize, c.Output.Value, c.Output.Auxiliary);
 }
+
+/// <summary>
+/// Sequence cross-entropy of logits [T, V] against target tokens [T] (a <see cref="TokensOp"/> with length T and vocabulary V):
+/// ℓ_b = (1/n_b) Σ_{t: y_bt ≠ ignore} (logsumexp(z_bt) − z_bt[y_bt]), the mean over the example's n_b kept positions (PyTorch's
+/// cross_entropy with ignore_index and reduction="mean", per example); an example with every position ignored has ℓ_b = 0.
+/// Padding targets (negative ids) are ignored whatever the ignore index.
+/// e_b = ∂ℓ_b/∂z_b = (softmax(z_bt) − onehot(y_bt))/n_b on kept positions, 0 on ignored ones: the shared loss rules then give the
+/// JVP ℓ̇_b = ⟨e_b, ż_b⟩ and the VJP z̄_b = e_b ℓ̄_b.
+/// </summary>
+public sealed record SequenceCrossEntropyOp(int IgnoreIndex = -1) : PerExampleLossOp
+{
+    public override string Kind => "sequence-cross-entropy";
+
+    internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs)
+    {
+        RequireInputs(name, inputs, 2, 2);
+        var (logits, targets) = (inputs[0], inputs[1]);
+        if (targets.Op is not TokensOp tokens)
+            throw new ArgumentException($"Node '{name}': sequence cross-entropy needs target tokens from Tokens(); got {targets}.");
+        if (logits.Shape.Rank != 2 || logits.Shape[0] != tokens.Length || logits.Shape[1] != tokens.Vocabulary || !logits.IsBatched)
+            throw new ShapeMismatchException(name, $"logits [B, {tokens.Length}, {tokens.Vocabulary}]", logits.ToString(),
+                $"One logit per position of {targets} and token of its vocabulary.");
+        if (IgnoreIndex != tokens.Padding && (IgnoreIndex < 0 || IgnoreIndex >= tokens.Vocabulary))
+            throw new ArgumentException($"Node '{name}': the ignore index {IgnoreIndex} is neither the padding id {tokens.Padding} of {targets} nor a token in [0, {tokens.Vocabulary}); " +
+                "no target could ever equal it. Use the padding id (the default −1) or a vocabulary id that marks padding.");
+        return (Shape.Scalar, true);
+    }
+
+    internal override void Forward(in RuleContext c, bool saveAuxiliary)
+    {
+        var shape = c.InputShape(0);
+        c.Backend.SequenceCrossEntropy(c.Input(0).Value, c.Input(1).Value, shape[0], shape[1], IgnoreIndex, c.Output.Value, c.Output.Auxiliary);
+    }
+}
