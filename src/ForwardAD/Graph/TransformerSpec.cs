@@ -1,0 +1,68 @@
+using System.Globalization;
+using System.Text.RegularExpressions;
+using ForwardAD.Backends;
+using ForwardAD.Tensors;
+
+namespace ForwardAD.Graph;
+
+/// <summary>
+/// A decoder-only, pre-LayerNorm transformer language model (GPT-2's block): token embedding + learned positions, then
+/// <see cref="Layers"/> blocks h ← h + proj(attention(q, k, v of LN₁(h))), h ← h + fc₂(GELU(fc₁(LN₂(h)))), a final
+/// LayerNorm and a linear head to the vocabulary; the loss is the per-example mean cross-entropy of each position's
+/// next token. Inputs "x" (tokens [T]) and targets "y" (tokens [T], the next token at each position). Every projection
+/// (q, k, v, proj, fc₁, fc₂, head), the embeddings and the LayerNorms' affine parameters are sites.
+/// </summary>
+public sealed partial record TransformerSpec(int Layers, int Heads, int Width, int Context, int Vocabulary = 256, int MlpRatio = 4)
+{
+    /// <summary>The textual form used by the CLI: "l4-h4-d128-t64" (layers, heads, width, context), optionally "-v256"
+    /// (vocabulary) and "-m4" (MLP width ratio). <see cref="ToString"/> writes it back.</summary>
+    public const string Grammar = "l<layers>-h<heads>-d<width>-t<context>[-v<vocabulary>][-m<mlp ratio>], e.g. l4-h4-d128-t64";
+
+    public static TransformerSpec Parse(string text)
+    {
+        var match = SpecPattern().Match(text.Trim().ToLowerInvariant());
+        if (!match.Success)
+            throw new FormatException($"'{text}' is not a transformer spec: expected {Grammar}.");
+        int Group(string name, int fallback) => match.Groups[name].Success ? int.Parse(match.Groups[name].Value, CultureInfo.InvariantCulture) : fallback;
+        var spec = new TransformerSpec(Group("l", 0), Group("h", 0), Group("d", 0), Group("t", 0), Group("v", 256), Group("m", 4));
+        spec.Validate();
+        return spec;
+    }
+
+    [GeneratedRegex(@"^l(?<l>\d{1,4})-h(?<h>\d{1,4})-d(?<d>\d{1,6})-t(?<t>\d{1,6})(-v(?<v>\d{1,7}))?(-m(?<m>\d{1,3}))?$")]
+    private static partial Regex SpecPattern();
+
+    /// <summary>Throws naming the size that cannot work.</summary>
+    public void Validate()
+    {
+        if (Layers < 1 || Heads < 1 || Width < 1 || Context < 1 || Vocabulary < 2 || MlpRatio < 1)
+            throw new ArgumentException($"Transformer {this}: layers, heads, width, context and MLP ratio must be at least 1 and the vocabulary at least 2.");
+        if (Width % Heads != 0)
+            throw new ArgumentException($"Transformer {this}: the width {Width} must be a multiple of the {Heads} heads (each head takes width/heads columns).");
+    }
+
+    public override string ToString() =>
+        $"l{Layers}-h{Heads}-d{Width}-t{Context}{(Vocabulary != 256 ? $"-v{Vocabulary}" : "")}{(MlpRatio != 4 ? $"-m{MlpRatio}" : "")}";
+
+    public Model Build()
+    {
+        Validate();
+        var b = new ModelBuilder();
+        var x = b.Tokens("x", Context, Vocabulary);
+        var y = b.Tokens("y", Context, Vocabulary);
+        var h = b.PositionalEmbedding("pos", b.Embedding("embed", x, Width), Context);
+        for (int l = 1; l <= Layers; l++)
+        {
+            string block = $"block{l}";
+            var a = b.LayerNorm($"{block}.ln1", h);
+            Node Projection(string name, Node input, int width, ElementwiseFunction? activation = null) =>
+                b.Dense($"{block}.{name}", input, width, activation ?? ElementwiseFunction.Identity).Output;
+            var attention = b.CausalSelfAttention($"{block}.attn", Projection("q", a, Width), Projection("k", a, Width), Projection("v", a, Width), Heads);
+            h = b.Add($"{block}.res1", h, Projection("proj", attention, Width));
+            var hidden = Projection("fc1", b.LayerNorm($"{block}.ln2", h), MlpRatio * Width, ElementwiseFunction.Gelu);
+            h = b.Add($"{block}.res2", h, Projection("fc2", hidden, Width));
+        }
+        var logits = b.Dense("head", b.LayerNorm("ln_f", h), Vocabulary, ElementwiseFunction.Identity).Output;
+        return b.Build(b.SequenceCrossEntropy("loss", logits, y), logits);
+    }
+}
