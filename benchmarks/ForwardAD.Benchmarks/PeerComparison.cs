@@ -7,23 +7,34 @@ namespace ForwardAD.Benchmarks;
 
 /// <summary>
 /// `ours`: this library's side of the three-way comparison (issue 11), measured exactly as the peers measure
-/// theirs: the same MLP (depth 6, width 1024, input 3072, 10 classes, batch 512), two warm-up calls, then single calls;
+/// theirs: the same MLP (depth 6, width 1024, input 3072, 10 classes, batch 512) and CNN (<see cref="CnnBenchmarks"/>; rows
+/// cnn_*), two warm-up calls, then single calls;
 /// median, minimum, process CPU time per wall time, and managed bytes allocated per call. Prints one JSON object.
 /// </summary>
 internal static class OursSide
 {
-    public static int Run(int repeats)
+    /// <param name="only">Row names to run (all when null): `--rows cnn_forward,cnn_jvp_k1`.</param>
+    public static int Run(int repeats, IReadOnlySet<string>? only = null)
     {
-        var mlp = new MlpBenchmarks();
-        mlp.Setup();
-        var steps = new StepBenchmarks();
-        steps.Setup();
-        var rows = new (string Name, Action Call)[]
+        // Each suite's setup (plans, parameter stores) runs only when one of its rows is wanted.
+        var mlp = new Lazy<MlpBenchmarks>(() => { var m = new MlpBenchmarks(); m.Setup(); return m; });
+        var steps = new Lazy<StepBenchmarks>(() => { var s = new StepBenchmarks(); s.Setup(); return s; });
+        var cnn = new Lazy<CnnBenchmarks>(() => { var c = new CnnBenchmarks(); c.Setup(); return c; });
+        var all = new (string Name, Func<Action> Call)[]
         {
-            ("forward", mlp.Forward), ("jvp_k1", mlp.JvpK1), ("jvp_k16", mlp.JvpK16), ("backprop", mlp.Backprop),
-            ("backprop_adamw", steps.BackpropAdamW), ("ap_adamw", steps.ActivationPerturbationAdamW), ("wt_adamw", steps.WeightTransposeAdamW),
-            ("dfa_adamw", steps.DfaAdamW), ("grape_adamw", steps.GrapeAdamW),
+            ("forward", () => mlp.Value.Forward), ("jvp_k1", () => mlp.Value.JvpK1), ("jvp_k16", () => mlp.Value.JvpK16),
+            ("backprop", () => mlp.Value.Backprop), ("backprop_adamw", () => steps.Value.BackpropAdamW),
+            ("ap_adamw", () => steps.Value.ActivationPerturbationAdamW), ("wt_adamw", () => steps.Value.WeightTransposeAdamW),
+            ("dfa_adamw", () => steps.Value.DfaAdamW), ("grape_adamw", () => steps.Value.GrapeAdamW),
+            ("cnn_forward", () => cnn.Value.Forward), ("cnn_jvp_k1", () => cnn.Value.JvpK1), ("cnn_backprop", () => cnn.Value.Backprop),
+            ("cnn_backprop_adamw", () => cnn.Value.BackpropAdamW), ("cnn_ap_adamw", () => cnn.Value.ActivationPerturbationAdamW),
         };
+        if (only is not null && only.FirstOrDefault(r => !all.Any(a => a.Name == r)) is { } unknown)
+        {
+            Console.Error.WriteLine($"ours: unknown row '{unknown}'; the rows are {string.Join(", ", all.Select(a => a.Name))}.");
+            return 2;
+        }
+        var rows = all.Where(r => only is null || only.Contains(r.Name)).Select(r => (r.Name, Call: r.Call())).ToArray();
         var results = new Dictionary<string, object>();
         foreach (var (name, call) in rows)
         {

@@ -21,7 +21,7 @@ if (args.Length > 0 && args[0] == "compare")
 // `ours` prints this library's rows as JSON (one side of compare-peers); `compare-peers` runs ForwardAD, TorchSharp and
 // PyTorch alternately at 1 and 2 threads and prints one table (issue 11).
 if (args.Length > 0 && args[0] == "ours")
-    return OursSide.Run(IntOption(args, "--repeats", 10));
+    return OursSide.Run(IntOption(args, "--repeats", 10), Option(args, "--rows")?.Split(',').ToHashSet());
 if (args.Length > 0 && args[0] == "ours-memory")
     return OursSide.Memory(IntOption(args, "--depth", 6), Option(args, "--row") ?? "jvp_k1");
 if (args.Length > 0 && args[0] == "compare-peers")
