@@ -153,8 +153,8 @@ internal static class PeerComparison
     }
 
     /// <param name="models">mlp, cnn or both: whose rows run (the memory table belongs to the MLP).</param>
-    /// <param name="cnnLayout">nchw or nhwc for both torch peers' CNN rows; null: each peer's default (the faster one measured
-    /// here; see torch_cnn.DEFAULT_LAYOUT and the TorchSharp peer's --cnn-layout).</param>
+    /// <param name="cnnLayout">nchw or nhwc for every CNN row of both torch peers; null: each row in the layout measured faster
+    /// for it on that peer (torch_cnn.DEFAULT_LAYOUTS, the TorchSharp peer's cnnDefaultLayouts).</param>
     public static int Run(int rounds, int repeats, int[] threadCounts, string? outPath, IReadOnlySet<string>? models = null, string? cnnLayout = null)
     {
         models ??= new HashSet<string> { "mlp", "cnn" };
@@ -258,12 +258,15 @@ internal static class PeerComparison
         static string Judge(double value, double target) => !double.IsFinite(value) ? "not measured" : value <= target ? "met" : "missed";
         if (models.Contains("cnn"))
         {
-            // The CNN's layouts as each torch peer reported them (the same in every round: one command-line setting).
-            string Layout(string side) => results[side].Select(r => r is { } j && j.TryGetProperty("cnn_layout", out var l) ? l.GetString() : null).FirstOrDefault(l => l is not null) ?? "–";
+            // The layout of each CNN row as the torch peer reported it ({row: "nchw" | "nhwc"}; the same in every round).
+            string Layout(string side) => results[side]
+                .Select(r => r is { } j && j.TryGetProperty("cnn_layout", out var l) && l.ValueKind == JsonValueKind.Object
+                    ? string.Join(", ", l.EnumerateObject().Select(p => $"{p.Name} {p.Value.GetString()}")) : null)
+                .FirstOrDefault(l => l is not null) ?? "–";
             double cnnForward = MedianOf("ForwardAD", "cnn_forward"), cnnJvp = MedianOf("ForwardAD", "cnn_jvp_k1"), cnnAp = MedianOf("ForwardAD", "cnn_ap_adamw");
             double tsCnnForward = MedianOf("TorchSharp", "cnn_forward"), tsCnnJvp = MedianOf("TorchSharp", "cnn_jvp_k1_double_backward"), tsCnnStep = MedianOf("TorchSharp", "cnn_backprop_adamw");
             report.AppendLine();
-            report.AppendLine($"CNN layouts: TorchSharp {Layout("TorchSharp")}, PyTorch {Layout("PyTorch")}; ours channels last. " +
+            report.AppendLine($"CNN layouts (per row; channels last = nhwc): TorchSharp {Layout("TorchSharp")}; PyTorch {Layout("PyTorch")}; ours nhwc. " +
                 $"CNN target (issue 12, {threads} thread{(threads == 1 ? "" : "s")}): forward ≤ 1.0× TorchSharp: {Ratio(cnnForward / tsCnnForward)} ({Judge(cnnForward / tsCnnForward, 1.0)}). " +
                 $"Not targets, for reading: JVP K=1 / TorchSharp's double backward {Ratio(cnnJvp / tsCnnJvp)}, JVP K=1 / our forward {Ratio(cnnJvp / cnnForward)}, " +
                 $"activation-perturbation step / TorchSharp's backprop + AdamW step {Ratio(cnnAp / tsCnnStep)}.");

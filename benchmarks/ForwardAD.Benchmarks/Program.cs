@@ -160,7 +160,7 @@ internal static class Compare
     }
 }
 
-/// <summary>`profile NAME`: runs one MLP benchmark row in a tight loop for external profilers (perf).</summary>
+/// <summary>`profile NAME`: runs one MLP or CNN benchmark row in a tight loop for external profilers (perf).</summary>
 internal static class Profile
 {
     public static int Run(string row, int iterations)
@@ -168,6 +168,7 @@ internal static class Profile
         var bench = new MlpBenchmarks();
         bench.Setup();
         static StepBenchmarks Steps() { var s = new StepBenchmarks(); s.Setup(); return s; }
+        static CnnBenchmarks Cnn() { var c = new CnnBenchmarks(); c.Setup(); return c; }
         Action action = row switch
         {
             "forward" => bench.Forward,
@@ -180,7 +181,13 @@ internal static class Profile
             "step-backprop" => Steps().BackpropAdamW,
             "step-dfa" => Steps().DfaAdamW,
             "step-grape" => Steps().GrapeAdamW,
-            _ => throw new ArgumentException($"Unknown row '{row}': use forward, jvp1, jvp16, backprop or gemm-managed."),
+            "cnn-forward" => Cnn().Forward,
+            "cnn-jvp1" => Cnn().JvpK1,
+            "cnn-backprop" => Cnn().Backprop,
+            "cnn-step-backprop" => Cnn().BackpropAdamW,
+            "cnn-step-ap" => Cnn().ActivationPerturbationAdamW,
+            _ => throw new ArgumentException($"Unknown row '{row}': use forward, jvp1, jvp16, backprop, gemm-managed, step-ap, step-wt, " +
+                "step-backprop, step-dfa, step-grape, cnn-forward, cnn-jvp1, cnn-backprop, cnn-step-backprop or cnn-step-ap."),
         };
         action();
         var watch = Stopwatch.StartNew();

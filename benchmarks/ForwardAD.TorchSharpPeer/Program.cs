@@ -14,11 +14,11 @@ using F = TorchSharp.torch.nn.functional;
 // The CNN rows (cnn_*; issue 12) time the benchmark CNN of benchmarks/peers/torch_cnn.py and CnnBenchmarks.cs: input
 // 32×32×3, batch 64; conv 32 3×3 pad 1 → batch norm (affine, training mode) → relu → max pool 2 → conv 64 3×3 pad 1 →
 // batch norm → relu → max pool 2 → flatten → linear 10 → softmax cross-entropy; the same five sites (conv, batch-norm and
-// linear outputs) carry the JVP's tangents. TorchSharp 0.107 has no memory_format API; --cnn-layout nhwc reaches libtorch's
-// channels_last kernels anyway by storing the images and conv weights NHWC and viewing them as NCHW (permute), which is
-// what channels_last means; nchw (the default) is PyTorch's default layout.
+// linear outputs) carry the JVP's tangents. TorchSharp 0.107 has no memory_format API; channels last is reached anyway by
+// storing the images, tangents and conv weights NHWC and viewing them as NCHW (permute), which is what channels_last means
+// to libtorch. --cnn-layout auto (the default) runs each row in the layout measured faster for it (cnnDefaultLayouts).
 //
-// Usage: ForwardAD.TorchSharpPeer [--threads N] [--repeats R] [--rows a,b,...] [--depth D] [--memory ROW] [--cnn-layout nchw|nhwc]
+// Usage: ForwardAD.TorchSharpPeer [--threads N] [--repeats R] [--rows a,b,...] [--depth D] [--memory ROW] [--cnn-layout auto|nchw|nhwc]
 // --memory ROW: instead of timing, the peak resident memory a call of ROW adds beyond the parameters and inputs
 // (VmHWM after two calls minus VmRSS before them), {"memory": {"row", "depth", "peak_bytes"}}.
 // Prints one JSON object: {"threads": N, "rows": {name: {"median": s, "min": s}}}.
@@ -28,7 +28,17 @@ string? memoryRow = null;
 
 int threads = 1, repeats = 10;
 string[]? only = null;
-bool cnnChannelsLast = false;
+string cnnLayout = "auto";
+// The layout each CNN row runs in under --cnn-layout auto: the faster of NCHW and channels last for that row, measured on the
+// 2-core EPYC VM at one thread (2026-11-26, interleaved runs, minimum of 5-7 calls, a shared machine at load 10-30: rough
+// ratios, the same ordering in every run): channels last was 1.5-3× faster for the forward, backprop and the backprop step;
+// the double-backward JVP was 2.3× faster in NCHW (libtorch's double backward of the channels-last convolution and max
+// pool is slow). Confirm on a quiet machine with --cnn-layout nchw and nhwc.
+var cnnDefaultLayouts = new Dictionary<string, string>
+{
+    ["cnn_forward"] = "nhwc", ["cnn_jvp_k1_double_backward"] = "nchw", ["cnn_backprop"] = "nhwc", ["cnn_backprop_adamw"] = "nhwc",
+};
+var cnnUsedLayouts = new Dictionary<string, string>();
 const int CnnBatch = 64, CnnImage = 32, CnnClasses = 10;
 for (int i = 0; i < args.Length; i++)
 {
@@ -40,7 +50,7 @@ for (int i = 0; i < args.Length; i++)
         case "--check": break;
         case "--depth": Depth = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
         case "--memory": memoryRow = args[++i]; break;
-        case "--cnn-layout": cnnChannelsLast = args[++i] switch { "nhwc" => true, "nchw" => false, var v => throw new ArgumentException($"--cnn-layout {v}: use nchw or nhwc") }; break;
+        case "--cnn-layout": cnnLayout = args[++i] is "auto" or "nchw" or "nhwc" ? args[i] : throw new ArgumentException($"--cnn-layout {args[i]}: use auto, nchw or nhwc"); break;
         default: Console.Error.WriteLine($"unknown argument '{args[i]}'; use --threads N --repeats R --rows a,b"); return 2;
     }
 }
@@ -51,8 +61,14 @@ if (args.Contains("--check")) return CheckDoubleBackwardJvp() | CheckCnnDoubleBa
 var sizes = new[] { Inputs }.Concat(Enumerable.Repeat(Width, Depth - 1)).Append(Classes).ToArray();
 var x = torch.randn(Batch, Inputs);
 var y = torch.arange(Batch, dtype: int64) % Classes;
-var cnnX = new Lazy<Tensor>(() => Layout(torch.randn(CnnBatch, 3, CnnImage, CnnImage), cnnChannelsLast));
-var cnnY = new Lazy<Tensor>(() => torch.arange(CnnBatch, dtype: int64) % CnnClasses);
+// A CNN row's layout (recorded for the JSON) and its batch, made outside the calls' dispose scopes.
+(bool ChannelsLast, Tensor X, Tensor Y) CnnSetup(string row)
+{
+    string layout = cnnUsedLayouts[row] = cnnLayout == "auto" ? cnnDefaultLayouts[row] : cnnLayout;
+    torch.manual_seed(1);
+    bool last = layout == "nhwc";
+    return (last, Image([CnnBatch, 3, CnnImage, CnnImage], last, s => torch.randn(s)), torch.arange(CnnBatch, dtype: int64) % CnnClasses);
+}
 var rows = new Dictionary<string, Func<Action>>
 {
     ["forward"] = () =>
@@ -104,21 +120,21 @@ var rows = new Dictionary<string, Func<Action>>
     },
     ["cnn_forward"] = () =>
     {
-        var (cx, cy) = (cnnX.Value, cnnY.Value); // made here, outside the calls' dispose scopes
-        var (parameters, state) = MakeCnnParameters(requiresGrad: false);
+        var (last, cx, cy) = CnnSetup("cnn_forward");
+        var (parameters, state) = MakeCnnParameters(last, requiresGrad: false);
         return () => { using var scope = torch.NewDisposeScope(); using var _ = torch.no_grad(); CnnLosses(parameters, state, cx, cy, null); };
     },
     ["cnn_jvp_k1_double_backward"] = () =>
     {
-        var (cx, cy) = (cnnX.Value, cnnY.Value); // made here, outside the calls' dispose scopes
-        var (parameters, state) = MakeCnnParameters(requiresGrad: false);
-        var tangents = CnnSiteShapes(CnnBatch).Select(shape => Layout(torch.randn(shape), cnnChannelsLast)).ToArray();
+        var (last, cx, cy) = CnnSetup("cnn_jvp_k1_double_backward");
+        var (parameters, state) = MakeCnnParameters(last, requiresGrad: false);
+        var tangents = CnnSiteShapes(CnnBatch).Select(shape => Image(shape, last, s => torch.randn(s))).ToArray();
         return () =>
         {
             using var scope = torch.NewDisposeScope();
             // As the MLP's row: zero offsets d_i on the five sites, a dummy cotangent v of the per-example losses,
             // g_i = v_b ∂ℓ_b/∂s_i by a backward with create_graph, then ∂⟨g, u⟩/∂v_b = Σ_i ∂ℓ_b/∂s_i · u_i.
-            var dummies = CnnSiteShapes(CnnBatch).Select(shape => Layout(torch.zeros(shape), cnnChannelsLast).requires_grad_(true)).ToArray();
+            var dummies = CnnSiteShapes(CnnBatch).Select(shape => Image(shape, last, s => torch.zeros(s)).requires_grad_(true)).ToArray();
             var losses = CnnLosses(parameters, state, cx, cy, dummies);
             var v = torch.zeros(CnnBatch, requires_grad: true);
             var g = torch.autograd.grad([losses], dummies, [v], create_graph: true);
@@ -128,8 +144,8 @@ var rows = new Dictionary<string, Func<Action>>
     },
     ["cnn_backprop"] = () =>
     {
-        var (cx, cy) = (cnnX.Value, cnnY.Value); // made here, outside the calls' dispose scopes
-        var (parameters, state) = MakeCnnParameters(requiresGrad: true);
+        var (last, cx, cy) = CnnSetup("cnn_backprop");
+        var (parameters, state) = MakeCnnParameters(last, requiresGrad: true);
         return () =>
         {
             using var scope = torch.NewDisposeScope();
@@ -139,8 +155,8 @@ var rows = new Dictionary<string, Func<Action>>
     },
     ["cnn_backprop_adamw"] = () =>
     {
-        var (cx, cy) = (cnnX.Value, cnnY.Value); // made here, outside the calls' dispose scopes
-        var (parameters, state) = MakeCnnParameters(requiresGrad: true);
+        var (last, cx, cy) = CnnSetup("cnn_backprop_adamw");
+        var (parameters, state) = MakeCnnParameters(last, requiresGrad: true);
         var owned = parameters.Select(p => new TorchSharp.Modules.Parameter(p)).ToArray();
         var optimizer = torch.optim.AdamW(owned, lr: 1e-3, weight_decay: 0.01);
         return () =>
@@ -187,7 +203,7 @@ foreach (var (name, make) in rows)
     double median = repeats % 2 == 1 ? samples[repeats / 2] : (samples[repeats / 2 - 1] + samples[repeats / 2]) / 2;
     results[name] = new { median, min = samples[0], cpu_per_wall = cpuPerWall };
 }
-Console.WriteLine(JsonSerializer.Serialize(new { threads = torch.get_num_threads(), torchsharp = "0.107.0", libtorch = "2.10.0", cnn_layout = cnnChannelsLast ? "nhwc" : "nchw", rows = results }));
+Console.WriteLine(JsonSerializer.Serialize(new { threads = torch.get_num_threads(), torchsharp = "0.107.0", libtorch = "2.10.0", cnn_layout = cnnUsedLayouts, rows = results }));
 return 0;
 
 // nn.Linear's default initialisation: W ~ U(±1/√fan_in), b = 0 (as peer_common.make_params).
@@ -250,10 +266,10 @@ static int CheckDoubleBackwardJvp()
 // The benchmark CNN's parameters with nn.Conv2d / nn.Linear / nn.BatchNorm2d's default initialisation (U(±1/√fan_in) for
 // the conv and linear weights and biases, γ = 1, β = 0): [w1, b1, γ1, β1, w2, b2, γ2, β2, w3, b3]; the running statistics
 // [mean1, var1, mean2, var2] are state (updated in place by every training-mode pass).
-(Tensor[] Parameters, Tensor[] State) MakeCnnParameters(bool requiresGrad)
+static (Tensor[] Parameters, Tensor[] State) MakeCnnParameters(bool channelsLast, bool requiresGrad)
 {
-    Tensor Uniform(long[] shape, long fanIn) => torch.empty(shape).uniform_(-1 / Math.Sqrt(fanIn), 1 / Math.Sqrt(fanIn));
-    Tensor ConvWeight(long outChannels, long inChannels) => Layout(Uniform([outChannels, inChannels, 3, 3], inChannels * 9), cnnChannelsLast);
+    static Tensor Uniform(long[] shape, long fanIn) => torch.empty(shape).uniform_(-1 / Math.Sqrt(fanIn), 1 / Math.Sqrt(fanIn));
+    Tensor ConvWeight(long outChannels, long inChannels) => Image([outChannels, inChannels, 3, 3], channelsLast, s => Uniform(s, inChannels * 9));
     const long c1 = 32, c2 = 64, flat = c2 * (CnnImage / 4) * (CnnImage / 4);
     Tensor[] parameters =
     [
@@ -283,10 +299,10 @@ static Tensor CnnLosses(IReadOnlyList<Tensor> p, Tensor[] state, Tensor x, Tenso
 static long[][] CnnSiteShapes(long batch, long image = CnnImage, long c1 = 32, long c2 = 64, long classes = CnnClasses) =>
     [[batch, c1, image, image], [batch, c1, image, image], [batch, c2, image / 2, image / 2], [batch, c2, image / 2, image / 2], [batch, classes]];
 
-// A 4-D NCHW tensor stored channels last (NHWC strides) when asked: the same values, permuted into NHWC storage and viewed
-// back as NCHW, which libtorch's convolutions recognise as channels_last. 2-D tensors are left as they are.
-static Tensor Layout(Tensor t, bool channelsLast) =>
-    channelsLast && t.dim() == 4 ? t.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2).detach() : t;
+// A new tensor of NCHW sizes [n, c, h, w] made by make, stored channels last when asked: made as [n, h, w, c] and viewed as
+// NCHW (permute), the strides libtorch's kernels recognise as channels_last. Other ranks are made as they are.
+static Tensor Image(long[] nchw, bool channelsLast, Func<long[], Tensor> make) =>
+    channelsLast && nchw.Length == 4 ? make([nchw[0], nchw[2], nchw[3], nchw[1]]).permute(0, 3, 1, 2) : make(nchw);
 
 // --check, CNN part: the double-backward JVP of a small CNN of the benchmark's form (6×6×2 images, batch 4, conv 3 → batch
 // norm → relu → max pool 2 → conv 4 → batch norm → relu → max pool 2 → linear 3; float64, both layouts) against central
@@ -297,18 +313,18 @@ static int CheckCnnDoubleBackwardJvp()
     foreach (bool channelsLast in new[] { false, true })
     {
         const int batch = 4, image = 6, c1 = 3, c2 = 4, classes = 3;
-        var x = Layout(torch.randn(batch, 2, image, image, dtype: float64), channelsLast);
+        var x = Image([batch, 2, image, image], channelsLast, s => torch.randn(s, dtype: float64));
         var y = torch.tensor(new long[] { 0, 2, 1, 2 });
         Tensor[] p =
         [
-            Layout(torch.randn(c1, 2, 3, 3, dtype: float64), channelsLast), torch.randn(c1, dtype: float64), 1 + 0.5 * torch.rand(c1, dtype: float64), torch.randn(c1, dtype: float64),
-            Layout(torch.randn(c2, c1, 3, 3, dtype: float64), channelsLast), torch.randn(c2, dtype: float64), 1 + 0.5 * torch.rand(c2, dtype: float64), torch.randn(c2, dtype: float64),
+            Image([c1, 2, 3, 3], channelsLast, s => torch.randn(s, dtype: float64)), torch.randn(c1, dtype: float64), 1 + 0.5 * torch.rand(c1, dtype: float64), torch.randn(c1, dtype: float64),
+            Image([c2, c1, 3, 3], channelsLast, s => torch.randn(s, dtype: float64)), torch.randn(c2, dtype: float64), 1 + 0.5 * torch.rand(c2, dtype: float64), torch.randn(c2, dtype: float64),
             torch.randn(classes, c2 * (image / 4) * (image / 4), dtype: float64), torch.randn(classes, dtype: float64),
         ];
         Tensor[] State() => [torch.zeros(c1, dtype: float64), torch.ones(c1, dtype: float64), torch.zeros(c2, dtype: float64), torch.ones(c2, dtype: float64)];
         var shapes = CnnSiteShapes(batch, image, c1, c2, classes);
-        var tangents = shapes.Select(s => Layout(torch.randn(s, dtype: float64), channelsLast)).ToArray();
-        var dummies = shapes.Select(s => Layout(torch.zeros(s, dtype: float64), channelsLast).requires_grad_(true)).ToArray();
+        var tangents = shapes.Select(s => Image(s, channelsLast, t => torch.randn(t, dtype: float64))).ToArray();
+        var dummies = shapes.Select(s => Image(s, channelsLast, t => torch.zeros(t, dtype: float64)).requires_grad_(true)).ToArray();
         var v = torch.zeros(batch, dtype: float64, requires_grad: true);
         var g = torch.autograd.grad([CnnLosses(p, State(), x, y, dummies)], dummies, [v], create_graph: true);
         var inner = g.Zip(tangents, (gi, ui) => (gi * ui).sum()).Aggregate((a, b) => a + b);

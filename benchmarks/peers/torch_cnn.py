@@ -7,8 +7,8 @@ The same network on every side (ForwardAD: CnnBenchmarks.cs; TorchSharp: Forward
 Sites (where tangents enter, as ForwardAD's Model.Sites): the two conv outputs, the two batch-norm outputs (their affine
 parameters make them sites) and the linear output. Initialisation: nn.Conv2d / nn.Linear / nn.BatchNorm2d defaults.
 
-Layout: PyTorch's default is NCHW. LAYOUT picks channels_last (NHWC) instead, which reaches oneDNN's NHWC convolutions;
-see torch_peer.py --cnn-layout and the comment on DEFAULT_LAYOUT for the measured choice.
+Layout: PyTorch's default is NCHW; channels_last (NHWC) reaches oneDNN's NHWC convolutions and pooling. Each row runs in
+the layout measured faster for it (DEFAULT_LAYOUTS) unless torch_peer.py --cnn-layout names one.
 """
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -16,9 +16,14 @@ import torch.nn.functional as F
 
 IMAGE, IN_CHANNELS, CHANNELS1, CHANNELS2, CLASSES, BATCH = 32, 3, 32, 64, 10, 64
 SITES = 5  # conv1, bn1, conv2, bn2, linear
-# Measured on the 2-core EPYC VM (1 thread, --repeats 5, a shared and noisy machine; rerun `torch_peer.py --rows cnn_forward,
-# cnn_backprop --cnn-layout nchw` and `... nhwc` on a quiet one to confirm): see the report of the cnn-bench branch.
-DEFAULT_LAYOUT = "nchw"
+# The layout each row runs in unless --cnn-layout names one: the faster of NCHW and channels_last for that row, measured on
+# the 2-core EPYC VM at one thread (2026-11-26, interleaved runs, minimum of 5-7 calls; the machine was shared, load 10-30,
+# so the ratios were rough, but the ordering was the same in every run): channels_last was 1.3-1.7x faster for the forward,
+# the forward_ad JVP, backprop and the backprop step (oneDNN's NHWC convolutions and a much faster NHWC max pool); the AP
+# step was as fast or slightly faster in NCHW (its aten.convolution_backward weight gradients and forward_ad's batch-norm
+# tangent arithmetic gain nothing from NHWC). Confirm on a quiet machine: torch_peer.py --cnn-layout nchw / nhwc.
+DEFAULT_LAYOUTS = {"cnn_forward": "nhwc", "cnn_jvp_k1": "nhwc", "cnn_backprop": "nhwc", "cnn_backprop_adamw": "nhwc", "cnn_ap_adamw": "nchw"}
+DEFAULT_LAYOUT = "nchw"  # PyTorch's own default, for callers that name no row
 
 
 def memory_format(layout):
@@ -76,6 +81,15 @@ def make_tangents(layout=DEFAULT_LAYOUT, batch=BATCH, dtype=torch.float32):
             for shape in tangent_shapes(batch)]
 
 
+def randn_as(s):
+    """N(0, I) shaped and laid out like s. For a channels_last s, the draw is made in NHWC order and viewed as NCHW:
+    randn_like (normal_ on a non-contiguous tensor) takes a slow strided path, 7x slower here than a contiguous draw."""
+    if s.dim() == 4 and not s.is_contiguous() and s.is_contiguous(memory_format=torch.channels_last):
+        n, c, h, w = s.shape
+        return torch.randn(n, h, w, c).permute(0, 3, 1, 2)
+    return torch.randn_like(s)
+
+
 def dual_site(tangents):
     """A site callback adding dual(0, u_i) to site i: the tangent of every later value gains the JVP of u_i."""
     return lambda i, s, op_input: s + fwAD.make_dual(torch.zeros_like(s), tangents[i])
@@ -113,7 +127,7 @@ def ap_step(params, state, opt, x, y):
         tangents, inputs, outputs = [], [], []
 
         def site(i, s, op_input):
-            u = torch.randn_like(s)  # keeps the layout of s
+            u = randn_as(s)
             tangents.append(u)
             inputs.append(None if op_input is None else fwAD.unpack_dual(op_input).primal)
             outputs.append(fwAD.unpack_dual(s).primal)

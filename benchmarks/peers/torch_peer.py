@@ -62,8 +62,9 @@ def main():
     parser.add_argument("--rows", default=None)
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--memory", default=None, help="a row: print the peak resident memory one call adds instead")
-    parser.add_argument("--cnn-layout", choices=["nchw", "nhwc"], default=torch_cnn.DEFAULT_LAYOUT,
-                        help="memory format of the CNN rows: NCHW (PyTorch's default) or channels_last")
+    parser.add_argument("--cnn-layout", choices=["auto", "nchw", "nhwc"], default="auto",
+                        help="memory format of the CNN rows: NCHW (PyTorch's default), channels_last, or auto: each row in the "
+                             "layout measured faster for it (torch_cnn.DEFAULT_LAYOUTS)")
     parser.add_argument("--check", action="store_true", help="run the CNN's correctness guard instead of timing")
     args = parser.parse_args()
     if args.check:
@@ -145,25 +146,33 @@ def main():
         ap_params = make_params(DEPTH, requires_grad=True)
         opt2 = torch.optim.AdamW(ap_params, lr=1e-3, weight_decay=0.01)
         rows["forward_ad_ap"] = measure(lambda: forward_ad_ap_step(ap_params, opt2, x, y), args.repeats)
-    cnn_rows(rows, want, args.repeats, args.cnn_layout)
-    print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "cnn_layout": args.cnn_layout, "rows": rows}))
+    layouts = cnn_rows(rows, want, args.repeats, args.cnn_layout)
+    print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "cnn_layout": layouts, "rows": rows}))
 
 
-def cnn_rows(rows, want, repeats, layout):
+def cnn_rows(rows, want, repeats, choice):
     """The CNN's rows (torch_cnn.py), timed as the MLP's; the model trains in every row (batch statistics, running
-    averages updated), as on the other sides."""
-    torch.manual_seed(1)
-    x, y = torch_cnn.make_batch(layout)
+    averages updated), as on the other sides. Returns the layout each timed row ran in."""
+    used = {}
+
+    def setup(row):
+        layout = used[row] = torch_cnn.DEFAULT_LAYOUTS[row] if choice == "auto" else choice
+        torch.manual_seed(1)
+        return (layout, *torch_cnn.make_batch(layout))
+
     if want("cnn_forward"):
+        layout, x, y = setup("cnn_forward")
         params, state = torch_cnn.make_params(layout=layout)
         with torch.no_grad():
             rows["cnn_forward"] = measure(lambda: torch_cnn.losses(params, state, x, y), repeats)
     if want("cnn_jvp_k1"):
+        layout, x, y = setup("cnn_jvp_k1")
         params, state = torch_cnn.make_params(layout=layout)
         tangents = torch_cnn.make_tangents(layout)
         with torch.no_grad():
             rows["cnn_jvp_k1"] = measure(lambda: torch_cnn.jvp_k1(params, state, x, y, tangents), repeats)
     if want("cnn_backprop"):
+        layout, x, y = setup("cnn_backprop")
         params, state = torch_cnn.make_params(requires_grad=True, layout=layout)
         def backprop():
             for p in params:
@@ -171,6 +180,7 @@ def cnn_rows(rows, want, repeats, layout):
             torch_cnn.losses(params, state, x, y).mean().backward()
         rows["cnn_backprop"] = measure(backprop, repeats)
     if want("cnn_backprop_adamw"):
+        layout, x, y = setup("cnn_backprop_adamw")
         params, state = torch_cnn.make_params(requires_grad=True, layout=layout)
         opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
         def step():
@@ -179,9 +189,11 @@ def cnn_rows(rows, want, repeats, layout):
             opt.step()
         rows["cnn_backprop_adamw"] = measure(step, repeats)
     if want("cnn_ap_adamw"):
+        layout, x, y = setup("cnn_ap_adamw")
         params, state = torch_cnn.make_params(requires_grad=True, layout=layout)
         opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
         rows["cnn_ap_adamw"] = measure(lambda: torch_cnn.ap_step(params, state, opt, x, y), repeats)
+    return used
 
 
 if __name__ == "__main__":
