@@ -7,23 +7,34 @@ namespace ForwardAD.Benchmarks;
 
 /// <summary>
 /// `ours`: this library's side of the three-way comparison (issue 11), measured exactly as the peers measure
-/// theirs: the same MLP (depth 6, width 1024, input 3072, 10 classes, batch 512), two warm-up calls, then single calls;
+/// theirs: the same MLP (depth 6, width 1024, input 3072, 10 classes, batch 512) and CNN (<see cref="CnnBenchmarks"/>; rows
+/// cnn_*), two warm-up calls, then single calls;
 /// median, minimum, process CPU time per wall time, and managed bytes allocated per call. Prints one JSON object.
 /// </summary>
 internal static class OursSide
 {
-    public static int Run(int repeats)
+    /// <param name="only">Row names to run (all when null): `--rows cnn_forward,cnn_jvp_k1`.</param>
+    public static int Run(int repeats, IReadOnlySet<string>? only = null)
     {
-        var mlp = new MlpBenchmarks();
-        mlp.Setup();
-        var steps = new StepBenchmarks();
-        steps.Setup();
-        var rows = new (string Name, Action Call)[]
+        // Each suite's setup (plans, parameter stores) runs only when one of its rows is wanted.
+        var mlp = new Lazy<MlpBenchmarks>(() => { var m = new MlpBenchmarks(); m.Setup(); return m; });
+        var steps = new Lazy<StepBenchmarks>(() => { var s = new StepBenchmarks(); s.Setup(); return s; });
+        var cnn = new Lazy<CnnBenchmarks>(() => { var c = new CnnBenchmarks(); c.Setup(); return c; });
+        var all = new (string Name, Func<Action> Call)[]
         {
-            ("forward", mlp.Forward), ("jvp_k1", mlp.JvpK1), ("jvp_k16", mlp.JvpK16), ("backprop", mlp.Backprop),
-            ("backprop_adamw", steps.BackpropAdamW), ("ap_adamw", steps.ActivationPerturbationAdamW), ("wt_adamw", steps.WeightTransposeAdamW),
-            ("dfa_adamw", steps.DfaAdamW), ("grape_adamw", steps.GrapeAdamW),
+            ("forward", () => mlp.Value.Forward), ("jvp_k1", () => mlp.Value.JvpK1), ("jvp_k16", () => mlp.Value.JvpK16),
+            ("backprop", () => mlp.Value.Backprop), ("backprop_adamw", () => steps.Value.BackpropAdamW),
+            ("ap_adamw", () => steps.Value.ActivationPerturbationAdamW), ("wt_adamw", () => steps.Value.WeightTransposeAdamW),
+            ("dfa_adamw", () => steps.Value.DfaAdamW), ("grape_adamw", () => steps.Value.GrapeAdamW),
+            ("cnn_forward", () => cnn.Value.Forward), ("cnn_jvp_k1", () => cnn.Value.JvpK1), ("cnn_backprop", () => cnn.Value.Backprop),
+            ("cnn_backprop_adamw", () => cnn.Value.BackpropAdamW), ("cnn_ap_adamw", () => cnn.Value.ActivationPerturbationAdamW),
         };
+        if (only is not null && only.FirstOrDefault(r => !all.Any(a => a.Name == r)) is { } unknown)
+        {
+            Console.Error.WriteLine($"ours: unknown row '{unknown}'; the rows are {string.Join(", ", all.Select(a => a.Name))}.");
+            return 2;
+        }
+        var rows = all.Where(r => only is null || only.Contains(r.Name)).Select(r => (r.Name, Call: r.Call())).ToArray();
         var results = new Dictionary<string, object>();
         foreach (var (name, call) in rows)
         {
@@ -87,7 +98,8 @@ internal static class OursSide
 
 /// <summary>
 /// `compare-peers`: ForwardAD, TorchSharp (benchmarks/ForwardAD.TorchSharpPeer) and PyTorch
-/// (benchmarks/peers/torch_peer.py) on the same MLP rows, each side its own process at the same priority, run
+/// (benchmarks/peers/torch_peer.py) on the same MLP and CNN rows (`--models mlp,cnn`; the CNN is <see cref="CnnBenchmarks"/>,
+/// benchmarks/peers/torch_cnn.py and the TorchSharp peer's cnn_* rows), each side its own process at the same priority, run
 /// alternately (A, B, C, then B, C, A, …) at one thread per side and at two (DESIGN.md §6: OMP_NUM_THREADS,
 /// MKL_NUM_THREADS and OPENBLAS_NUM_THREADS set to the count, OMP_WAIT_POLICY=PASSIVE so that spin-waiting libtorch
 /// threads do not starve the other side). Per row: the median over rounds of each side's median of single calls,
@@ -98,19 +110,33 @@ internal static class PeerComparison
 {
     private sealed record Side(string Name, string Program, string[] Arguments);
 
-    // (row label, our row, TorchSharp's row, PyTorch's row)
-    private static readonly (string Label, string Ours, string? TorchSharp, string? PyTorch)[] Rows =
+    // (model, row label, our row, TorchSharp's row, PyTorch's row)
+    private static readonly (string Model, string Label, string Ours, string? TorchSharp, string? PyTorch)[] Rows =
     [
-        ("forward", "forward", "forward", "forward"),
-        ("JVP K=1 (TorchSharp: double backward; PyTorch: forward_ad)", "jvp_k1", "jvp_k1_double_backward", "jvp_k1"),
-        ("JVP K=16 (PyTorch: vmap(jvp))", "jvp_k16", null, "jvp_k16"),
-        ("backprop", "backprop", "backprop", "backprop"),
-        ("step: backprop + AdamW", "backprop_adamw", "backprop_adamw", "backprop_adamw"),
-        ("step: activation perturbation + AdamW (PyTorch: forward_ad)", "ap_adamw", "backprop_adamw", "forward_ad_ap"),
-        ("step: Wᵀ + AdamW (peers: backprop + AdamW)", "wt_adamw", "backprop_adamw", "backprop_adamw"),
-        ("step: DFA + AdamW (peers: backprop + AdamW)", "dfa_adamw", "backprop_adamw", "backprop_adamw"),
-        ("step: GrAPE + AdamW (peers: backprop + AdamW)", "grape_adamw", "backprop_adamw", "backprop_adamw"),
+        ("mlp", "forward", "forward", "forward", "forward"),
+        ("mlp", "JVP K=1 (TorchSharp: double backward; PyTorch: forward_ad)", "jvp_k1", "jvp_k1_double_backward", "jvp_k1"),
+        ("mlp", "JVP K=16 (PyTorch: vmap(jvp))", "jvp_k16", null, "jvp_k16"),
+        ("mlp", "backprop", "backprop", "backprop", "backprop"),
+        ("mlp", "step: backprop + AdamW", "backprop_adamw", "backprop_adamw", "backprop_adamw"),
+        ("mlp", "step: activation perturbation + AdamW (PyTorch: forward_ad)", "ap_adamw", "backprop_adamw", "forward_ad_ap"),
+        ("mlp", "step: Wᵀ + AdamW (peers: backprop + AdamW)", "wt_adamw", "backprop_adamw", "backprop_adamw"),
+        ("mlp", "step: DFA + AdamW (peers: backprop + AdamW)", "dfa_adamw", "backprop_adamw", "backprop_adamw"),
+        ("mlp", "step: GrAPE + AdamW (peers: backprop + AdamW)", "grape_adamw", "backprop_adamw", "backprop_adamw"),
+        ("cnn", "CNN forward", "cnn_forward", "cnn_forward", "cnn_forward"),
+        ("cnn", "CNN JVP K=1 (TorchSharp: double backward; PyTorch: forward_ad)", "cnn_jvp_k1", "cnn_jvp_k1_double_backward", "cnn_jvp_k1"),
+        ("cnn", "CNN backprop", "cnn_backprop", "cnn_backprop", "cnn_backprop"),
+        ("cnn", "CNN step: backprop + AdamW", "cnn_backprop_adamw", "cnn_backprop_adamw", "cnn_backprop_adamw"),
+        ("cnn", "CNN step: activation perturbation + AdamW (TorchSharp: backprop + AdamW; PyTorch: forward_ad)", "cnn_ap_adamw", "cnn_backprop_adamw", "cnn_ap_adamw"),
     ];
+
+    /// <summary>The rows of the chosen models, and each side's row names for its `--rows` argument.</summary>
+    private static ((string Model, string Label, string Ours, string? TorchSharp, string? PyTorch)[] Rows, string Ours, string TorchSharp, string PyTorch)
+        Select(IReadOnlySet<string> models)
+    {
+        var rows = Rows.Where(r => models.Contains(r.Model)).ToArray();
+        static string Names(IEnumerable<string?> names) => string.Join(",", names.OfType<string>().Distinct());
+        return (rows, Names(rows.Select(r => r.Ours)), Names(rows.Select(r => r.TorchSharp)), Names(rows.Select(r => r.PyTorch)));
+    }
 
     /// <summary>A line of /proc/self/status ("VmRSS:   1234 kB") in bytes.</summary>
     internal static long ProcStatusBytes(string key) =>
@@ -126,8 +152,24 @@ internal static class PeerComparison
         return sorted.Count == 0 ? double.NaN : Median(sorted);
     }
 
-    public static int Run(int rounds, int repeats, int[] threadCounts, string? outPath)
+    /// <param name="models">mlp, cnn or both: whose rows run (the memory table belongs to the MLP).</param>
+    /// <param name="cnnLayout">nchw or nhwc for every CNN row of both torch peers; null: each row in the layout measured faster
+    /// for it on that peer (torch_cnn.DEFAULT_LAYOUTS, the TorchSharp peer's cnnDefaultLayouts).</param>
+    public static int Run(int rounds, int repeats, int[] threadCounts, string? outPath, IReadOnlySet<string>? models = null, string? cnnLayout = null)
     {
+        models ??= new HashSet<string> { "mlp", "cnn" };
+        if (models.FirstOrDefault(m => m is not ("mlp" or "cnn")) is { } unknownModel)
+        {
+            Console.Error.WriteLine($"compare-peers: unknown model '{unknownModel}' in --models; use mlp, cnn or mlp,cnn.");
+            return 2;
+        }
+        if (cnnLayout is not (null or "nchw" or "nhwc"))
+        {
+            Console.Error.WriteLine($"compare-peers: --cnn-layout {cnnLayout}: use nchw or nhwc.");
+            return 2;
+        }
+        var (rows, ourRows, torchSharpRows, pyTorchRows) = Select(models);
+        string[] layout = cnnLayout is null || !models.Contains("cnn") ? [] : ["--cnn-layout", cnnLayout];
         var root = FindRoot();
         var peerProject = Path.Combine(root, "benchmarks", "ForwardAD.TorchSharpPeer");
         Console.Error.WriteLine("building the TorchSharp peer (downloads TorchSharp and libtorch, ~160 MB, the first time) …");
@@ -138,8 +180,11 @@ internal static class PeerComparison
         var report = new StringBuilder();
         report.AppendLine($"ForwardAD / TorchSharp 0.107.0 (libtorch 2.10) / PyTorch (Debian python3-torch) — {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, " +
             $"{Environment.ProcessorCount} cores, {File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':')[1].Trim() ?? "cpu"}");
-        report.AppendLine($"MLP depth 6, width 1024, input 3072, batch 512, float32; {rounds} alternating rounds, each side a fresh process per round, " +
-            $"{repeats} single calls after 2 warm-up calls per row.");
+        report.AppendLine($"{(models.Contains("mlp") ? "MLP depth 6, width 1024, input 3072, batch 512, float32; " : "float32; ")}{rounds} alternating rounds, " +
+            $"each side a fresh process per round, {repeats} single calls after 2 warm-up calls per row.");
+        if (models.Contains("cnn"))
+            report.AppendLine("CNN: input 32×32×3, batch 64, conv 32 3×3 pad 1 → batch norm (affine, training mode) → relu → max pool 2 → conv 64 3×3 pad 1 → " +
+                "batch norm → relu → max pool 2 → flatten → linear 10 → softmax cross-entropy; tangents on the five sites (conv, batch-norm and linear outputs).");
         foreach (int threads in threadCounts)
         {
             var environment = new Dictionary<string, string>
@@ -156,9 +201,9 @@ internal static class PeerComparison
             string count = threads.ToString(CultureInfo.InvariantCulture), repeat = repeats.ToString(CultureInfo.InvariantCulture);
             var sides = new[]
             {
-                new Side("ForwardAD", "dotnet", [ourDll, "ours", "--repeats", repeat]),
-                new Side("TorchSharp", "dotnet", [peerDll, "--threads", count, "--repeats", repeat]),
-                new Side("PyTorch", "/usr/bin/python3", [Path.Combine(root, "benchmarks", "peers", "torch_peer.py"), "--threads", count, "--repeats", repeat]),
+                new Side("ForwardAD", "dotnet", [ourDll, "ours", "--repeats", repeat, "--rows", ourRows]),
+                new Side("TorchSharp", "dotnet", [peerDll, "--threads", count, "--repeats", repeat, "--rows", torchSharpRows, .. layout]),
+                new Side("PyTorch", "/usr/bin/python3", [Path.Combine(root, "benchmarks", "peers", "torch_peer.py"), "--threads", count, "--repeats", repeat, "--rows", pyTorchRows, .. layout]),
             };
             var results = sides.ToDictionary(s => s.Name, _ => new List<JsonElement?>());
             var loads = new List<string>();
@@ -172,15 +217,16 @@ internal static class PeerComparison
                     results[side.Name].Add(ok ? ParseLastJson(output) : null);
                     if (!ok) Console.Error.WriteLine($"  {side.Name} failed: {output[^Math.Min(600, output.Length)..]}");
                 }
-            AppendTable(report, threads, rounds, results, loads);
+            AppendTable(report, threads, rows, models, results, loads);
         }
-        AppendMemory(report, ourDll, peerDll, root);
+        if (models.Contains("mlp")) AppendMemory(report, ourDll, peerDll, root);
         Console.WriteLine(report);
         if (outPath is not null) File.WriteAllText(outPath, report.ToString());
         return 0;
     }
 
-    private static void AppendTable(StringBuilder report, int threads, int rounds, Dictionary<string, List<JsonElement?>> results, List<string> loads)
+    private static void AppendTable(StringBuilder report, int threads, (string Model, string Label, string Ours, string? TorchSharp, string? PyTorch)[] rows,
+        IReadOnlySet<string> models, Dictionary<string, List<JsonElement?>> results, List<string> loads)
     {
         double Value(JsonElement? run, string? row, string field) =>
             run is { } r && row is not null && r.GetProperty("rows").TryGetProperty(row, out var v) && v.TryGetProperty(field, out var f) ? f.GetDouble() : double.NaN;
@@ -200,7 +246,7 @@ internal static class PeerComparison
         report.AppendLine();
         report.AppendLine("| row | ForwardAD ms (min) | TorchSharp ms (min) | PyTorch ms (min) | ours/TorchSharp (per-round spread) | ours/PyTorch (spread) | CPU/wall ours, TS, PT | our B/call |");
         report.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|");
-        foreach (var (label, ours, torchSharp, pyTorch) in Rows)
+        foreach (var (_, label, ours, torchSharp, pyTorch) in rows)
         {
             double o = MedianOf("ForwardAD", ours), t = MedianOf("TorchSharp", torchSharp), p = MedianOf("PyTorch", pyTorch);
             string cpu = string.Join(", ", new[] { ("ForwardAD", ours), ("TorchSharp", torchSharp), ("PyTorch", pyTorch) }
@@ -209,9 +255,25 @@ internal static class PeerComparison
             report.AppendLine($"| {label} | {Ms(o)} ({Ms(MinOf("ForwardAD", ours))}) | {Ms(t)} ({Ms(MinOf("TorchSharp", torchSharp))}) | {Ms(p)} ({Ms(MinOf("PyTorch", pyTorch))}) | " +
                 $"{Ratio(o / t)} ({Spread("TorchSharp", ours, torchSharp)}) | {Ratio(o / p)} ({Spread("PyTorch", ours, pyTorch)}) | {cpu} | {(double.IsFinite(allocated) ? allocated.ToString("F0", CultureInfo.InvariantCulture) : "–")} |");
         }
+        static string Judge(double value, double target) => !double.IsFinite(value) ? "not measured" : value <= target ? "met" : "missed";
+        if (models.Contains("cnn"))
+        {
+            // The layout of each CNN row as the torch peer reported it ({row: "nchw" | "nhwc"}; the same in every round).
+            string Layout(string side) => results[side]
+                .Select(r => r is { } j && j.TryGetProperty("cnn_layout", out var l) && l.ValueKind == JsonValueKind.Object
+                    ? string.Join(", ", l.EnumerateObject().Select(p => $"{p.Name} {p.Value.GetString()}")) : null)
+                .FirstOrDefault(l => l is not null) ?? "–";
+            double cnnForward = MedianOf("ForwardAD", "cnn_forward"), cnnJvp = MedianOf("ForwardAD", "cnn_jvp_k1"), cnnAp = MedianOf("ForwardAD", "cnn_ap_adamw");
+            double tsCnnForward = MedianOf("TorchSharp", "cnn_forward"), tsCnnJvp = MedianOf("TorchSharp", "cnn_jvp_k1_double_backward"), tsCnnStep = MedianOf("TorchSharp", "cnn_backprop_adamw");
+            report.AppendLine();
+            report.AppendLine($"CNN layouts (per row; channels last = nhwc): TorchSharp {Layout("TorchSharp")}; PyTorch {Layout("PyTorch")}; ours nhwc. " +
+                $"CNN target (issue 12, {threads} thread{(threads == 1 ? "" : "s")}): forward ≤ 1.0× TorchSharp: {Ratio(cnnForward / tsCnnForward)} ({Judge(cnnForward / tsCnnForward, 1.0)}). " +
+                $"Not targets, for reading: JVP K=1 / TorchSharp's double backward {Ratio(cnnJvp / tsCnnJvp)}, JVP K=1 / our forward {Ratio(cnnJvp / cnnForward)}, " +
+                $"activation-perturbation step / TorchSharp's backprop + AdamW step {Ratio(cnnAp / tsCnnStep)}.");
+        }
+        if (!models.Contains("mlp")) return;
         double forward = MedianOf("ForwardAD", "forward"), jvp = MedianOf("ForwardAD", "jvp_k1"), ap = MedianOf("ForwardAD", "ap_adamw");
         double tsForward = MedianOf("TorchSharp", "forward"), tsJvp = MedianOf("TorchSharp", "jvp_k1_double_backward"), tsStep = MedianOf("TorchSharp", "backprop_adamw");
-        static string Judge(double value, double target) => !double.IsFinite(value) ? "not measured" : value <= target ? "met" : "missed";
         report.AppendLine();
         report.AppendLine($"Targets ({threads} thread{(threads == 1 ? "" : "s")}): forward ≤ 0.9× TorchSharp: {Ratio(forward / tsForward)} ({Judge(forward / tsForward, 0.9)}); " +
             $"JVP K=1 ≤ 0.7× TorchSharp's double backward: {Ratio(jvp / tsJvp)} ({Judge(jvp / tsJvp, 0.7)}); JVP K=1 ≤ 1.6× our forward: {Ratio(jvp / forward)} ({Judge(jvp / forward, 1.6)}); " +

@@ -21,13 +21,13 @@ if (args.Length > 0 && args[0] == "compare")
 // `ours` prints this library's rows as JSON (one side of compare-peers); `compare-peers` runs ForwardAD, TorchSharp and
 // PyTorch alternately at 1 and 2 threads and prints one table (issue 11).
 if (args.Length > 0 && args[0] == "ours")
-    return OursSide.Run(IntOption(args, "--repeats", 10));
+    return OursSide.Run(IntOption(args, "--repeats", 10), Option(args, "--rows")?.Split(',').ToHashSet());
 if (args.Length > 0 && args[0] == "ours-memory")
     return OursSide.Memory(IntOption(args, "--depth", 6), Option(args, "--row") ?? "jvp_k1");
 if (args.Length > 0 && args[0] == "compare-peers")
     return PeerComparison.Run(IntOption(args, "--rounds", 4), IntOption(args, "--repeats", 10),
         args.Contains("--memory-only") ? [] : [.. (Option(args, "--threads") ?? "1,2").Split(',').Select(t => int.Parse(t, CultureInfo.InvariantCulture))],
-        Option(args, "--out"));
+        Option(args, "--out"), Option(args, "--models")?.Split(',').ToHashSet(), Option(args, "--cnn-layout"));
 if (args.Length > 1 && args[0] == "profile")
     return Profile.Run(args[1], args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 20);
 BenchmarkSwitcher.FromAssembly(typeof(MlpBenchmarks).Assembly).Run(args);
@@ -160,7 +160,7 @@ internal static class Compare
     }
 }
 
-/// <summary>`profile NAME`: runs one MLP benchmark row in a tight loop for external profilers (perf).</summary>
+/// <summary>`profile NAME`: runs one MLP or CNN benchmark row in a tight loop for external profilers (perf).</summary>
 internal static class Profile
 {
     public static int Run(string row, int iterations)
@@ -168,6 +168,7 @@ internal static class Profile
         var bench = new MlpBenchmarks();
         bench.Setup();
         static StepBenchmarks Steps() { var s = new StepBenchmarks(); s.Setup(); return s; }
+        static CnnBenchmarks Cnn() { var c = new CnnBenchmarks(); c.Setup(); return c; }
         Action action = row switch
         {
             "forward" => bench.Forward,
@@ -180,7 +181,13 @@ internal static class Profile
             "step-backprop" => Steps().BackpropAdamW,
             "step-dfa" => Steps().DfaAdamW,
             "step-grape" => Steps().GrapeAdamW,
-            _ => throw new ArgumentException($"Unknown row '{row}': use forward, jvp1, jvp16, backprop or gemm-managed."),
+            "cnn-forward" => Cnn().Forward,
+            "cnn-jvp1" => Cnn().JvpK1,
+            "cnn-backprop" => Cnn().Backprop,
+            "cnn-step-backprop" => Cnn().BackpropAdamW,
+            "cnn-step-ap" => Cnn().ActivationPerturbationAdamW,
+            _ => throw new ArgumentException($"Unknown row '{row}': use forward, jvp1, jvp16, backprop, gemm-managed, step-ap, step-wt, " +
+                "step-backprop, step-dfa, step-grape, cnn-forward, cnn-jvp1, cnn-backprop, cnn-step-backprop or cnn-step-ap."),
         };
         action();
         var watch = Stopwatch.StartNew();

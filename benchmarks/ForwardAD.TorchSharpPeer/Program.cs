@@ -11,7 +11,14 @@ using F = TorchSharp.torch.nn.functional;
 // double-backward emulation: a backward with create_graph through a dummy cotangent v, then the backward of
 // ⟨g, u⟩ with respect to v (two reverse passes, the second through the graph of the first).
 //
-// Usage: ForwardAD.TorchSharpPeer [--threads N] [--repeats R] [--rows a,b,...] [--depth D] [--memory ROW]
+// The CNN rows (cnn_*; issue 12) time the benchmark CNN of benchmarks/peers/torch_cnn.py and CnnBenchmarks.cs: input
+// 32×32×3, batch 64; conv 32 3×3 pad 1 → batch norm (affine, training mode) → relu → max pool 2 → conv 64 3×3 pad 1 →
+// batch norm → relu → max pool 2 → flatten → linear 10 → softmax cross-entropy; the same five sites (conv, batch-norm and
+// linear outputs) carry the JVP's tangents. TorchSharp 0.107 has no memory_format API; channels last is reached anyway by
+// storing the images, tangents and conv weights NHWC and viewing them as NCHW (permute), which is what channels_last means
+// to libtorch. --cnn-layout auto (the default) runs each row in the layout measured faster for it (cnnDefaultLayouts).
+//
+// Usage: ForwardAD.TorchSharpPeer [--threads N] [--repeats R] [--rows a,b,...] [--depth D] [--memory ROW] [--cnn-layout auto|nchw|nhwc]
 // --memory ROW: instead of timing, the peak resident memory a call of ROW adds beyond the parameters and inputs
 // (VmHWM after two calls minus VmRSS before them), {"memory": {"row", "depth", "peak_bytes"}}.
 // Prints one JSON object: {"threads": N, "rows": {name: {"median": s, "min": s}}}.
@@ -21,6 +28,18 @@ string? memoryRow = null;
 
 int threads = 1, repeats = 10;
 string[]? only = null;
+string cnnLayout = "auto";
+// The layout each CNN row runs in under --cnn-layout auto: the faster of NCHW and channels last for that row, measured on the
+// 2-core EPYC VM at one thread (2026-11-26, interleaved runs, minimum of 5-7 calls, a shared machine at load 10-30: rough
+// ratios, the same ordering in every run): channels last was 1.5-3× faster for the forward, backprop and the backprop step;
+// the double-backward JVP was 2.3× faster in NCHW (libtorch's double backward of the channels-last convolution and max
+// pool is slow). Confirm on a quiet machine with --cnn-layout nchw and nhwc.
+var cnnDefaultLayouts = new Dictionary<string, string>
+{
+    ["cnn_forward"] = "nhwc", ["cnn_jvp_k1_double_backward"] = "nchw", ["cnn_backprop"] = "nhwc", ["cnn_backprop_adamw"] = "nhwc",
+};
+var cnnUsedLayouts = new Dictionary<string, string>();
+const int CnnBatch = 64, CnnImage = 32, CnnClasses = 10;
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -31,16 +50,25 @@ for (int i = 0; i < args.Length; i++)
         case "--check": break;
         case "--depth": Depth = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
         case "--memory": memoryRow = args[++i]; break;
+        case "--cnn-layout": cnnLayout = args[++i] is "auto" or "nchw" or "nhwc" ? args[i] : throw new ArgumentException($"--cnn-layout {args[i]}: use auto, nchw or nhwc"); break;
         default: Console.Error.WriteLine($"unknown argument '{args[i]}'; use --threads N --repeats R --rows a,b"); return 2;
     }
 }
 torch.set_num_threads(threads);
 torch.manual_seed(0);
-if (args.Contains("--check")) return CheckDoubleBackwardJvp();
+if (args.Contains("--check")) return CheckDoubleBackwardJvp() | CheckCnnDoubleBackwardJvp();
 
 var sizes = new[] { Inputs }.Concat(Enumerable.Repeat(Width, Depth - 1)).Append(Classes).ToArray();
 var x = torch.randn(Batch, Inputs);
 var y = torch.arange(Batch, dtype: int64) % Classes;
+// A CNN row's layout (recorded for the JSON) and its batch, made outside the calls' dispose scopes.
+(bool ChannelsLast, Tensor X, Tensor Y) CnnSetup(string row)
+{
+    string layout = cnnUsedLayouts[row] = cnnLayout == "auto" ? cnnDefaultLayouts[row] : cnnLayout;
+    torch.manual_seed(1);
+    bool last = layout == "nhwc";
+    return (last, Image([CnnBatch, 3, CnnImage, CnnImage], last, s => torch.randn(s)), torch.arange(CnnBatch, dtype: int64) % CnnClasses);
+}
 var rows = new Dictionary<string, Func<Action>>
 {
     ["forward"] = () =>
@@ -90,6 +118,55 @@ var rows = new Dictionary<string, Func<Action>>
             optimizer.step();
         };
     },
+    ["cnn_forward"] = () =>
+    {
+        var (last, cx, cy) = CnnSetup("cnn_forward");
+        var (parameters, state) = MakeCnnParameters(last, requiresGrad: false);
+        return () => { using var scope = torch.NewDisposeScope(); using var _ = torch.no_grad(); CnnLosses(parameters, state, cx, cy, null); };
+    },
+    ["cnn_jvp_k1_double_backward"] = () =>
+    {
+        var (last, cx, cy) = CnnSetup("cnn_jvp_k1_double_backward");
+        var (parameters, state) = MakeCnnParameters(last, requiresGrad: false);
+        var tangents = CnnSiteShapes(CnnBatch).Select(shape => Image(shape, last, s => torch.randn(s))).ToArray();
+        return () =>
+        {
+            using var scope = torch.NewDisposeScope();
+            // As the MLP's row: zero offsets d_i on the five sites, a dummy cotangent v of the per-example losses,
+            // g_i = v_b ∂ℓ_b/∂s_i by a backward with create_graph, then ∂⟨g, u⟩/∂v_b = Σ_i ∂ℓ_b/∂s_i · u_i.
+            var dummies = CnnSiteShapes(CnnBatch).Select(shape => Image(shape, last, s => torch.zeros(s)).requires_grad_(true)).ToArray();
+            var losses = CnnLosses(parameters, state, cx, cy, dummies);
+            var v = torch.zeros(CnnBatch, requires_grad: true);
+            var g = torch.autograd.grad([losses], dummies, [v], create_graph: true);
+            var inner = g.Zip(tangents, (gi, ui) => (gi * ui).sum()).Aggregate((a, b) => a + b);
+            torch.autograd.grad([inner], [v])[0].sum().item<float>();
+        };
+    },
+    ["cnn_backprop"] = () =>
+    {
+        var (last, cx, cy) = CnnSetup("cnn_backprop");
+        var (parameters, state) = MakeCnnParameters(last, requiresGrad: true);
+        return () =>
+        {
+            using var scope = torch.NewDisposeScope();
+            foreach (var p in parameters) p.grad = null;
+            CnnLosses(parameters, state, cx, cy, null).mean().backward();
+        };
+    },
+    ["cnn_backprop_adamw"] = () =>
+    {
+        var (last, cx, cy) = CnnSetup("cnn_backprop_adamw");
+        var (parameters, state) = MakeCnnParameters(last, requiresGrad: true);
+        var owned = parameters.Select(p => new TorchSharp.Modules.Parameter(p)).ToArray();
+        var optimizer = torch.optim.AdamW(owned, lr: 1e-3, weight_decay: 0.01);
+        return () =>
+        {
+            using var scope = torch.NewDisposeScope();
+            optimizer.zero_grad();
+            CnnLosses(owned, state, cx, cy, null).mean().backward();
+            optimizer.step();
+        };
+    },
 };
 
 if (memoryRow is not null)
@@ -126,7 +203,7 @@ foreach (var (name, make) in rows)
     double median = repeats % 2 == 1 ? samples[repeats / 2] : (samples[repeats / 2 - 1] + samples[repeats / 2]) / 2;
     results[name] = new { median, min = samples[0], cpu_per_wall = cpuPerWall };
 }
-Console.WriteLine(JsonSerializer.Serialize(new { threads = torch.get_num_threads(), torchsharp = "0.107.0", libtorch = "2.10.0", rows = results }));
+Console.WriteLine(JsonSerializer.Serialize(new { threads = torch.get_num_threads(), torchsharp = "0.107.0", libtorch = "2.10.0", cnn_layout = cnnUsedLayouts, rows = results }));
 return 0;
 
 // nn.Linear's default initialisation: W ~ U(±1/√fan_in), b = 0 (as peer_common.make_params).
@@ -184,6 +261,82 @@ static int CheckDoubleBackwardJvp()
         worst = Math.Max(worst, Math.Abs(jvp[b] - (plus[b] - minus[b]) / (2 * epsilon)) / (1 + Math.Abs(jvp[b])));
     Console.WriteLine($"double-backward JVP against central differences (float64): largest relative error {worst:E2}");
     return worst < 1e-6 ? 0 : 1;
+}
+
+// The benchmark CNN's parameters with nn.Conv2d / nn.Linear / nn.BatchNorm2d's default initialisation (U(±1/√fan_in) for
+// the conv and linear weights and biases, γ = 1, β = 0): [w1, b1, γ1, β1, w2, b2, γ2, β2, w3, b3]; the running statistics
+// [mean1, var1, mean2, var2] are state (updated in place by every training-mode pass).
+static (Tensor[] Parameters, Tensor[] State) MakeCnnParameters(bool channelsLast, bool requiresGrad)
+{
+    static Tensor Uniform(long[] shape, long fanIn) => torch.empty(shape).uniform_(-1 / Math.Sqrt(fanIn), 1 / Math.Sqrt(fanIn));
+    Tensor ConvWeight(long outChannels, long inChannels) => Image([outChannels, inChannels, 3, 3], channelsLast, s => Uniform(s, inChannels * 9));
+    const long c1 = 32, c2 = 64, flat = c2 * (CnnImage / 4) * (CnnImage / 4);
+    Tensor[] parameters =
+    [
+        ConvWeight(c1, 3), Uniform([c1], 27), torch.ones(c1), torch.zeros(c1),
+        ConvWeight(c2, c1), Uniform([c2], c1 * 9), torch.ones(c2), torch.zeros(c2),
+        Uniform([CnnClasses, flat], flat), Uniform([CnnClasses], flat),
+    ];
+    return ([.. parameters.Select(p => p.requires_grad_(requiresGrad))], [torch.zeros(c1), torch.ones(c1), torch.zeros(c2), torch.ones(c2)]);
+}
+
+// Per-example cross-entropy of the benchmark CNN (the same function serves --check's small CNN: the widths come from the
+// parameters); offsets (if any) are added to the five sites: conv1, bn1, conv2, bn2, linear.
+static Tensor CnnLosses(IReadOnlyList<Tensor> p, Tensor[] state, Tensor x, Tensor y, Tensor[]? offsets)
+{
+    Tensor Site(int i, Tensor s) => offsets is null ? s : s + offsets[i];
+    var h = x;
+    for (int i = 0; i < 2; i++)
+    {
+        var s = Site(2 * i, F.conv2d(h, p[4 * i], p[4 * i + 1], padding: [1, 1]));
+        s = Site(2 * i + 1, F.batch_norm(s, state[2 * i], state[2 * i + 1], p[4 * i + 2], p[4 * i + 3], training: true, momentum: 0.1, eps: 1e-5));
+        h = F.max_pool2d(F.relu(s), 2);
+    }
+    return F.cross_entropy(Site(4, F.linear(h.flatten(1), p[8], p[9])), y, reduction: nn.Reduction.None);
+}
+
+// The shapes of the five sites (NCHW sizes) for a batch.
+static long[][] CnnSiteShapes(long batch, long image = CnnImage, long c1 = 32, long c2 = 64, long classes = CnnClasses) =>
+    [[batch, c1, image, image], [batch, c1, image, image], [batch, c2, image / 2, image / 2], [batch, c2, image / 2, image / 2], [batch, classes]];
+
+// A new tensor of NCHW sizes [n, c, h, w] made by make, stored channels last when asked: made as [n, h, w, c] and viewed as
+// NCHW (permute), the strides libtorch's kernels recognise as channels_last. Other ranks are made as they are.
+static Tensor Image(long[] nchw, bool channelsLast, Func<long[], Tensor> make) =>
+    channelsLast && nchw.Length == 4 ? make([nchw[0], nchw[2], nchw[3], nchw[1]]).permute(0, 3, 1, 2) : make(nchw);
+
+// --check, CNN part: the double-backward JVP of a small CNN of the benchmark's form (6×6×2 images, batch 4, conv 3 → batch
+// norm → relu → max pool 2 → conv 4 → batch norm → relu → max pool 2 → linear 3; float64, both layouts) against central
+// differences of the per-example losses along the same site tangents. Exit 0 when the largest relative error is below 1e-6.
+static int CheckCnnDoubleBackwardJvp()
+{
+    int failures = 0;
+    foreach (bool channelsLast in new[] { false, true })
+    {
+        const int batch = 4, image = 6, c1 = 3, c2 = 4, classes = 3;
+        var x = Image([batch, 2, image, image], channelsLast, s => torch.randn(s, dtype: float64));
+        var y = torch.tensor(new long[] { 0, 2, 1, 2 });
+        Tensor[] p =
+        [
+            Image([c1, 2, 3, 3], channelsLast, s => torch.randn(s, dtype: float64)), torch.randn(c1, dtype: float64), 1 + 0.5 * torch.rand(c1, dtype: float64), torch.randn(c1, dtype: float64),
+            Image([c2, c1, 3, 3], channelsLast, s => torch.randn(s, dtype: float64)), torch.randn(c2, dtype: float64), 1 + 0.5 * torch.rand(c2, dtype: float64), torch.randn(c2, dtype: float64),
+            torch.randn(classes, c2 * (image / 4) * (image / 4), dtype: float64), torch.randn(classes, dtype: float64),
+        ];
+        Tensor[] State() => [torch.zeros(c1, dtype: float64), torch.ones(c1, dtype: float64), torch.zeros(c2, dtype: float64), torch.ones(c2, dtype: float64)];
+        var shapes = CnnSiteShapes(batch, image, c1, c2, classes);
+        var tangents = shapes.Select(s => Image(s, channelsLast, t => torch.randn(t, dtype: float64))).ToArray();
+        var dummies = shapes.Select(s => Image(s, channelsLast, t => torch.zeros(t, dtype: float64)).requires_grad_(true)).ToArray();
+        var v = torch.zeros(batch, dtype: float64, requires_grad: true);
+        var g = torch.autograd.grad([CnnLosses(p, State(), x, y, dummies)], dummies, [v], create_graph: true);
+        var inner = g.Zip(tangents, (gi, ui) => (gi * ui).sum()).Aggregate((a, b) => a + b);
+        var jvp = torch.autograd.grad([inner], [v])[0].data<double>().ToArray();
+        const double epsilon = 1e-6;
+        double[] Shifted(double sign) { using var _ = torch.no_grad(); return CnnLosses(p, State(), x, y, [.. tangents.Select(u => u * (sign * epsilon))]).data<double>().ToArray(); }
+        var (plus, minus) = (Shifted(1), Shifted(-1));
+        double worst = Enumerable.Range(0, batch).Max(b => Math.Abs(jvp[b] - (plus[b] - minus[b]) / (2 * epsilon)) / (1 + Math.Abs(jvp[b])));
+        Console.WriteLine($"CNN ({(channelsLast ? "channels last" : "NCHW")}) double-backward JVP against central differences (float64): largest relative error {worst:E2}");
+        if (!(worst < 1e-6)) failures = 1;
+    }
+    return failures;
 }
 
 // A line of /proc/self/status ("VmRSS:   1234 kB") in bytes.

@@ -10,6 +10,10 @@ Rows:  forward            logits and per-example cross-entropy, no autograd
        backprop           forward + backward of the mean loss
        backprop_adamw     a whole training step with AdamW (lr 1e-3, weight decay 0.01)
        forward_ad_ap      activation perturbation with forward_ad + AdamW (torch_step.py's row)
+and the same for the benchmark CNN of torch_cnn.py (32x32x3, batch 64; issue 12):
+       cnn_forward, cnn_jvp_k1 (forward_ad, a per-example tangent on every site), cnn_backprop, cnn_backprop_adamw,
+       cnn_ap_adamw (forward_ad activation perturbation; conv weight gradients by aten.convolution_backward)
+--check: the CNN's correctness guard (torch_cnn.check) instead of timing; exit 1 when it fails.
 Run: /usr/bin/python3 benchmarks/peers/torch_peer.py --threads N [--repeats R] [--rows a,b]; prints one JSON object.
 Set OPENBLAS_NUM_THREADS=N as well: Debian's OpenBLAS sizes its own pool (torch.set_num_threads does not reach it).
 """
@@ -23,6 +27,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from functorch import jvp, vmap
 
+import torch_cnn
 from peer_common import BATCH, CLASSES, INPUTS, forward_ad_ap_step, make_params
 from torch_mlp import forward  # the same forward (and tangent injection) as the issue-2 peer; its depth is len(params) // 2
 
@@ -57,7 +62,21 @@ def main():
     parser.add_argument("--rows", default=None)
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--memory", default=None, help="a row: print the peak resident memory one call adds instead")
+    parser.add_argument("--cnn-layout", choices=["auto", "nchw", "nhwc"], default="auto",
+                        help="memory format of the CNN rows: NCHW (PyTorch's default), channels_last, or auto: each row in the "
+                             "layout measured faster for it (torch_cnn.DEFAULT_LAYOUTS)")
+    parser.add_argument("--check", action="store_true", help="run the CNN's correctness guard instead of timing")
     args = parser.parse_args()
+    if args.check:
+        torch.set_num_threads(args.threads)
+        worst = torch_cnn.check()
+        for name, value in worst.items():
+            print(f"{name}: {value:.3e}")
+        # float64 throughout: the VJP path agrees with autograd to rounding (~1e-15 relative), the gradient-norm ratio is
+        # 1 to the same; central differences with eps = 1e-6 carry O(eps^2) truncation plus ~1e-10 cancellation error.
+        ok = all(abs(v - 1 if "norm" in k else v) < (1e-9 if "central" not in k else 1e-6) for k, v in worst.items())
+        print("CNN check " + ("passed" if ok else "FAILED"))
+        raise SystemExit(0 if ok else 1)
     global DEPTH
     DEPTH = args.depth
     torch.set_num_threads(args.threads)
@@ -127,7 +146,54 @@ def main():
         ap_params = make_params(DEPTH, requires_grad=True)
         opt2 = torch.optim.AdamW(ap_params, lr=1e-3, weight_decay=0.01)
         rows["forward_ad_ap"] = measure(lambda: forward_ad_ap_step(ap_params, opt2, x, y), args.repeats)
-    print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}))
+    layouts = cnn_rows(rows, want, args.repeats, args.cnn_layout)
+    print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "cnn_layout": layouts, "rows": rows}))
+
+
+def cnn_rows(rows, want, repeats, choice):
+    """The CNN's rows (torch_cnn.py), timed as the MLP's; the model trains in every row (batch statistics, running
+    averages updated), as on the other sides. Returns the layout each timed row ran in."""
+    used = {}
+
+    def setup(row):
+        layout = used[row] = torch_cnn.DEFAULT_LAYOUTS[row] if choice == "auto" else choice
+        torch.manual_seed(1)
+        return (layout, *torch_cnn.make_batch(layout))
+
+    if want("cnn_forward"):
+        layout, x, y = setup("cnn_forward")
+        params, state = torch_cnn.make_params(layout=layout)
+        with torch.no_grad():
+            rows["cnn_forward"] = measure(lambda: torch_cnn.losses(params, state, x, y), repeats)
+    if want("cnn_jvp_k1"):
+        layout, x, y = setup("cnn_jvp_k1")
+        params, state = torch_cnn.make_params(layout=layout)
+        tangents = torch_cnn.make_tangents(layout)
+        with torch.no_grad():
+            rows["cnn_jvp_k1"] = measure(lambda: torch_cnn.jvp_k1(params, state, x, y, tangents), repeats)
+    if want("cnn_backprop"):
+        layout, x, y = setup("cnn_backprop")
+        params, state = torch_cnn.make_params(requires_grad=True, layout=layout)
+        def backprop():
+            for p in params:
+                p.grad = None
+            torch_cnn.losses(params, state, x, y).mean().backward()
+        rows["cnn_backprop"] = measure(backprop, repeats)
+    if want("cnn_backprop_adamw"):
+        layout, x, y = setup("cnn_backprop_adamw")
+        params, state = torch_cnn.make_params(requires_grad=True, layout=layout)
+        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+        def step():
+            opt.zero_grad(set_to_none=True)
+            torch_cnn.losses(params, state, x, y).mean().backward()
+            opt.step()
+        rows["cnn_backprop_adamw"] = measure(step, repeats)
+    if want("cnn_ap_adamw"):
+        layout, x, y = setup("cnn_ap_adamw")
+        params, state = torch_cnn.make_params(requires_grad=True, layout=layout)
+        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+        rows["cnn_ap_adamw"] = measure(lambda: torch_cnn.ap_step(params, state, opt, x, y), repeats)
+    return used
 
 
 if __name__ == "__main__":
