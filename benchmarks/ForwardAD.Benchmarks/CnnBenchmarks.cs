@@ -12,7 +12,7 @@ namespace ForwardAD.Benchmarks;
 
 /// <summary>
 /// The benchmark CNN of the three-way comparison (issues 11 and 12), the same network on every side
-/// (benchmarks/peers/torch_cnn.py, ForwardAD.TorchSharpPeer): input 32×32×3 (channels last), batch 64, float32;
+/// (benchmarks/peers/torch_cnn.py, ForwardAD.TorchSharpPeer): input 32×32×3 (channels last), batch 128 (issue 12), float32;
 /// conv 32 3×3 pad 1 → batch norm (affine, training mode) → relu → max pool 2 → conv 64 3×3 pad 1 → batch norm → relu →
 /// max pool 2 → flatten (4096) → linear 10 → softmax cross-entropy. Sites: conv1, bn1, conv2, bn2, head (the conv
 /// outputs and, through their affine parameters, the batch-norm outputs). Every row trains: batch statistics, running
@@ -25,10 +25,10 @@ namespace ForwardAD.Benchmarks;
 [MemoryDiagnoser]
 public class CnnBenchmarks
 {
-    public const int Image = 32, InChannels = 3, Classes = 10, Batch = 64;
+    public const int Image = 32, InChannels = 3, Classes = 10, Batch = 128;
 
     private Plan _forward = null!, _jvp1 = null!, _backprop = null!;
-    private (GradientEstimator Estimator, Optimizer Optimizer) _backpropStep, _apStep;
+    private (GradientEstimator Estimator, Optimizer Optimizer) _backpropStep, _apStep, _dfaStep, _grapeStep;
     private static readonly (float[] X, float[] Y)[] Batches = [.. Enumerable.Range(0, 8).Select(MakeBatch)];
     private long _step;
 
@@ -68,6 +68,8 @@ public class CnnBenchmarks
         _backprop = Compile(ParameterStore.Initialize(model, new CpuBackend(), 1), new PlanOptions(Batch) { Gradients = true });
         _backpropStep = CreateStep(Guessers.Backprop);
         _apStep = CreateStep(Guessers.ActivationPerturbation());
+        _dfaStep = CreateStep(Guessers.Dfa());
+        _grapeStep = CreateStep(Guessers.Grape(new GrapeOptions()));
     }
 
     private static Plan Compile(ParameterStore store, PlanOptions options)
@@ -112,4 +114,12 @@ public class CnnBenchmarks
     /// <summary>Activation perturbation with its defaults: one joint tangent channel, N(0, I) on every site.</summary>
     [Benchmark]
     public void ActivationPerturbationAdamW() => Step(_apStep);
+
+    /// <summary>DFA: one feedback matrix per site ([H·W·C, classes] for a conv site), the error projected to every site.</summary>
+    [Benchmark]
+    public void DfaAdamW() => Step(_dfaStep);
+
+    /// <summary>GrAPE with its defaults: DFA plus the JVP that aligns each site's feedback matrix.</summary>
+    [Benchmark]
+    public void GrapeAdamW() => Step(_grapeStep);
 }

@@ -28,6 +28,7 @@ internal static class OursSide
             ("dfa_adamw", () => steps.Value.DfaAdamW), ("grape_adamw", () => steps.Value.GrapeAdamW),
             ("cnn_forward", () => cnn.Value.Forward), ("cnn_jvp_k1", () => cnn.Value.JvpK1), ("cnn_backprop", () => cnn.Value.Backprop),
             ("cnn_backprop_adamw", () => cnn.Value.BackpropAdamW), ("cnn_ap_adamw", () => cnn.Value.ActivationPerturbationAdamW),
+            ("cnn_dfa_adamw", () => cnn.Value.DfaAdamW), ("cnn_grape_adamw", () => cnn.Value.GrapeAdamW),
         };
         if (only is not null && only.FirstOrDefault(r => !all.Any(a => a.Name == r)) is { } unknown)
         {
@@ -127,6 +128,8 @@ internal static class PeerComparison
         ("cnn", "CNN backprop", "cnn_backprop", "cnn_backprop", "cnn_backprop"),
         ("cnn", "CNN step: backprop + AdamW", "cnn_backprop_adamw", "cnn_backprop_adamw", "cnn_backprop_adamw"),
         ("cnn", "CNN step: activation perturbation + AdamW (TorchSharp: backprop + AdamW; PyTorch: forward_ad)", "cnn_ap_adamw", "cnn_backprop_adamw", "cnn_ap_adamw"),
+        ("cnn", "CNN step: DFA + AdamW (peers: backprop + AdamW)", "cnn_dfa_adamw", "cnn_backprop_adamw", "cnn_backprop_adamw"),
+        ("cnn", "CNN step: GrAPE + AdamW (peers: backprop + AdamW)", "cnn_grape_adamw", "cnn_backprop_adamw", "cnn_backprop_adamw"),
     ];
 
     /// <summary>The rows of the chosen models, and each side's row names for its `--rows` argument.</summary>
@@ -183,7 +186,7 @@ internal static class PeerComparison
         report.AppendLine($"{(models.Contains("mlp") ? "MLP depth 6, width 1024, input 3072, batch 512, float32; " : "float32; ")}{rounds} alternating rounds, " +
             $"each side a fresh process per round, {repeats} single calls after 2 warm-up calls per row.");
         if (models.Contains("cnn"))
-            report.AppendLine("CNN: input 32×32×3, batch 64, conv 32 3×3 pad 1 → batch norm (affine, training mode) → relu → max pool 2 → conv 64 3×3 pad 1 → " +
+            report.AppendLine("CNN: input 32×32×3, batch 128, conv 32 3×3 pad 1 → batch norm (affine, training mode) → relu → max pool 2 → conv 64 3×3 pad 1 → " +
                 "batch norm → relu → max pool 2 → flatten → linear 10 → softmax cross-entropy; tangents on the five sites (conv, batch-norm and linear outputs).");
         foreach (int threads in threadCounts)
         {

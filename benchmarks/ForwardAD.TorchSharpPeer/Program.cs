@@ -12,7 +12,7 @@ using F = TorchSharp.torch.nn.functional;
 // ⟨g, u⟩ with respect to v (two reverse passes, the second through the graph of the first).
 //
 // The CNN rows (cnn_*; issue 12) time the benchmark CNN of benchmarks/peers/torch_cnn.py and CnnBenchmarks.cs: input
-// 32×32×3, batch 64; conv 32 3×3 pad 1 → batch norm (affine, training mode) → relu → max pool 2 → conv 64 3×3 pad 1 →
+// 32×32×3, batch 128; conv 32 3×3 pad 1 → batch norm (affine, training mode) → relu → max pool 2 → conv 64 3×3 pad 1 →
 // batch norm → relu → max pool 2 → flatten → linear 10 → softmax cross-entropy; the same five sites (conv, batch-norm and
 // linear outputs) carry the JVP's tangents. TorchSharp 0.107 has no memory_format API; channels last is reached anyway by
 // storing the images, tangents and conv weights NHWC and viewing them as NCHW (permute), which is what channels_last means
@@ -39,7 +39,7 @@ var cnnDefaultLayouts = new Dictionary<string, string>
     ["cnn_forward"] = "nhwc", ["cnn_jvp_k1_double_backward"] = "nchw", ["cnn_backprop"] = "nhwc", ["cnn_backprop_adamw"] = "nhwc",
 };
 var cnnUsedLayouts = new Dictionary<string, string>();
-const int CnnBatch = 64, CnnImage = 32, CnnClasses = 10;
+const int CnnBatch = 128, CnnImage = 32, CnnClasses = 10;
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])

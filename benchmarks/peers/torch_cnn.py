@@ -1,7 +1,7 @@
 """The benchmark CNN of the three-way comparison (issues 11 and 12), PyTorch side; torch_peer.py times its rows.
 
 The same network on every side (ForwardAD: CnnBenchmarks.cs; TorchSharp: ForwardAD.TorchSharpPeer):
-  input 32x32x3, batch 64, float32
+  input 32x32x3, batch 128 (issue 12), float32
   conv 32 3x3 pad 1 -> batch norm (affine, training mode: batch statistics, running averages updated) -> relu -> max pool 2
   conv 64 3x3 pad 1 -> batch norm -> relu -> max pool 2 -> flatten (4096) -> linear 10 -> softmax cross-entropy (mean)
 Sites (where tangents enter, as ForwardAD's Model.Sites): the two conv outputs, the two batch-norm outputs (their affine
@@ -14,7 +14,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
-IMAGE, IN_CHANNELS, CHANNELS1, CHANNELS2, CLASSES, BATCH = 32, 3, 32, 64, 10, 64
+IMAGE, IN_CHANNELS, CHANNELS1, CHANNELS2, CLASSES, BATCH = 32, 3, 32, 64, 10, 128
 SITES = 5  # conv1, bn1, conv2, bn2, linear
 # The layout each row runs in unless --cnn-layout names one: the faster of NCHW and channels_last for that row, measured on
 # the 2-core EPYC VM at one thread (2026-11-26, interleaved runs, minimum of 5-7 calls; the machine was shared, load 10-30,

@@ -10,7 +10,7 @@ Rows:  forward            logits and per-example cross-entropy, no autograd
        backprop           forward + backward of the mean loss
        backprop_adamw     a whole training step with AdamW (lr 1e-3, weight decay 0.01)
        forward_ad_ap      activation perturbation with forward_ad + AdamW (torch_step.py's row)
-and the same for the benchmark CNN of torch_cnn.py (32x32x3, batch 64; issue 12):
+and the same for the benchmark CNN of torch_cnn.py (32x32x3, batch 128; issue 12):
        cnn_forward, cnn_jvp_k1 (forward_ad, a per-example tangent on every site), cnn_backprop, cnn_backprop_adamw,
        cnn_ap_adamw (forward_ad activation perturbation; conv weight gradients by aten.convolution_backward)
 --check: the CNN's correctness guard (torch_cnn.check) instead of timing; exit 1 when it fails.

@@ -181,8 +181,7 @@ public sealed class CpuBackend(Gemm gemm) : Backend
                     int at = n * g.OutputElements + (oy * g.OutputWidth + ox) * c;
                     var best = y.Slice(at, c);
                     var bestIndex = index.Slice(at, c);
-                    best.Fill(float.NegativeInfinity);
-                    bestIndex.Fill(-1f);
+                    bool first = true;
                     for (int ky = 0; ky < g.KernelHeight; ky++)
                     {
                         int iy = oy * g.Stride - g.Padding + ky;
@@ -192,13 +191,42 @@ public sealed class CpuBackend(Gemm gemm) : Backend
                             int ix = ox * g.Stride - g.Padding + kx;
                             if (ix < 0 || ix >= g.Width) continue;
                             int pixel = (iy * g.Width + ix) * c;
-                            // Strictly greater: the first maximum in window order wins, on every backend.
-                            for (int j = 0; j < c; j++)
-                                if (image[pixel + j] > best[j] || bestIndex[j] < 0) { best[j] = image[pixel + j]; bestIndex[j] = pixel + j; }
+                            if (first) TakePixel(image.Slice(pixel, c), pixel, best, bestIndex);
+                            else MaxIntoBest(image.Slice(pixel, c), pixel, best, bestIndex);
+                            first = false;
                         }
                     }
                 }
         }
+    }
+
+    /// <summary>The window's first in-image pixel: its channels and their indices (pixel offset + channel).</summary>
+    private static void TakePixel(ReadOnlySpan<float> values, int pixel, Span<float> best, Span<float> bestIndex)
+    {
+        values.CopyTo(best);
+        for (int j = 0; j < values.Length; j++) bestIndex[j] = pixel + j;
+    }
+
+    /// <summary>best = max(best, values) per channel, strictly greater (the first maximum in window order wins, on every
+    /// backend), with the winners' indices; eight channels at a time (channels are contiguous in channels-last images).</summary>
+    private static void MaxIntoBest(ReadOnlySpan<float> values, int pixel, Span<float> best, Span<float> bestIndex)
+    {
+        int j = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var lane = Vector256.Create(0f, 1f, 2f, 3f, 4f, 5f, 6f, 7f);
+            for (; j + 8 <= values.Length; j += 8)
+            {
+                var v = Vector256.Create(values.Slice(j, 8));
+                var b = Vector256.Create((ReadOnlySpan<float>)best.Slice(j, 8));
+                var greater = Vector256.GreaterThan(v, b);
+                Vector256.ConditionalSelect(greater, v, b).CopyTo(best.Slice(j, 8));
+                var candidate = Vector256.Create((float)(pixel + j)) + lane; // exact: indices stay below 2²⁴
+                Vector256.ConditionalSelect(greater, candidate, Vector256.Create((ReadOnlySpan<float>)bestIndex.Slice(j, 8))).CopyTo(bestIndex.Slice(j, 8));
+            }
+        }
+        for (; j < values.Length; j++)
+            if (values[j] > best[j]) { best[j] = values[j]; bestIndex[j] = pixel + j; }
     }
 
     public override void AvgPool(View images, in PoolGeometry geometry, View output)

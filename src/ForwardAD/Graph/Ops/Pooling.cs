@@ -34,6 +34,16 @@ public sealed record MaxPool2dOp(int Kernel, int Stride, int Padding = 0) : Pool
 {
     public override string Kind => "max-pool2d";
     internal override bool ForwardWritesAuxiliary => true;
+
+    /// <summary>The argmax indices are stored as floats, exact up to 2²⁴: larger feature maps are refused.</summary>
+    internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs)
+    {
+        var result = base.InferShape(name, inputs);
+        if (inputs[0].Shape.ElementCount > 1 << 24)
+            throw new ShapeMismatchException(name, "a feature map of at most 2²⁴ elements per example", $"{inputs[0].Shape} ({inputs[0].Shape.ElementCount:N0})",
+                "Max pooling records each winner's index as a float, exact only up to 2²⁴; pool or stride earlier.");
+        return result;
+    }
     internal override int AuxiliaryElements(Node node, IReadOnlyList<Node> nodes, int batchSize) => node.ElementCount(batchSize);
 
     internal override void Forward(in RuleContext c, bool saveAuxiliary) =>
