@@ -57,8 +57,7 @@ public sealed class Trainer
     private readonly TrainingOptions _options;
     private readonly float[] _features, _labels;
     private readonly int[] _order;
-    private readonly (int Offset, int Length)[][] _siteSlices; // per site: its op's parameters in the flat vector
-    private readonly double[] _cosineSums;
+    private readonly CosineMeter _cosines;
     private long _step;
 
     public Trainer(Guesser guesser, UpdateRule rule, ParameterStore parameters, Dataset train, Dataset test, TrainingOptions options)
@@ -86,10 +85,7 @@ public sealed class Trainer
         _features = new float[batch * train.FeatureSize];
         _labels = new float[batch];
         _order = new int[train.Count];
-        var layout = ParameterLayout.Of(model);
-        _siteSlices = [.. model.Sites.Select(site => site.Parameters
-            .Select(p => layout.Entries.Single(e => e.Parameter == p)).Select(e => (e.Offset, e.Parameter.Shape.ElementCount)).ToArray())];
-        _cosineSums = new double[model.Sites.Length + 1];
+        _cosines = new CosineMeter(parameters);
     }
 
     public Guesser Guesser { get; }
@@ -104,8 +100,8 @@ public sealed class Trainer
     public EpochReport RunEpoch(int epoch, ITrainingObserver? observer = null)
     {
         var watch = System.Diagnostics.Stopwatch.StartNew();
-        int batch = _options.BatchSize, measured = 0;
-        Array.Clear(_cosineSums);
+        int batch = _options.BatchSize;
+        _cosines.Clear();
         Dataset.Permute(new RandomKey(_options.Seed, 0xE90C).Derive((ulong)epoch), _order);
         for (int s = 0; s < StepsPerEpoch; s++)
         {
@@ -118,12 +114,11 @@ public sealed class Trainer
             // Every CosineEvery-th step, and the epoch's last step when no other was due (CosineEvery beyond the
             // epoch's length would leave whole epochs unmeasured). Both depend on the step count only, so a resumed
             // run measures the same steps.
-            if (_oracle is not null && (_step % _options.CosineEvery == 0 || (measured == 0 && s == StepsPerEpoch - 1)))
+            if (_oracle is not null && (_step % _options.CosineEvery == 0 || (_cosines.Measured == 0 && s == StepsPerEpoch - 1)))
             {
                 _oracle.SetBatch(_features, _labels);
                 var (exact, _) = _oracle.Estimate(default);
-                AccumulateCosines(gradient, exact);
-                measured++;
+                _cosines.Add(gradient, exact);
             }
             _optimizer.Step(new UpdateInputs(_step, loss, new RandomKey(_options.Seed, 0x0971).Derive((ulong)_step)), gradient);
             _step++;
@@ -132,8 +127,7 @@ public sealed class Trainer
         double seconds = watch.Elapsed.TotalSeconds;
         var train = _trainEvaluator.Evaluate();
         var test = _testEvaluator.Evaluate();
-        bool exactGradient = Guesser is BackpropGuesser;
-        var cosines = _cosineSums.Select(sum => exactGradient ? 1.0 : measured == 0 ? double.NaN : sum / measured).ToArray();
+        var cosines = _cosines.Means(exactGradient: Guesser is BackpropGuesser);
         var alignment = ImmutableArray<double>.Empty;
         if (_estimator is IFeedbackAlignment feedback && _oracle is not null)
         {
@@ -145,27 +139,6 @@ public sealed class Trainer
         NextEpoch = epoch + 1;
         observer?.EpochCompleted(report);
         return report;
-    }
-
-    private void AccumulateCosines(View estimate, View exact)
-    {
-        var backend = _parameters.Backend;
-        double allDot = 0, allEstimate = 0, allExact = 0;
-        for (int i = 0; i < _siteSlices.Length; i++)
-        {
-            double dot = 0, ee = 0, gg = 0;
-            foreach (var (offset, length) in _siteSlices[i])
-            {
-                var a = estimate.Slice(offset, length);
-                var b = exact.Slice(offset, length);
-                dot += backend.Dot(a, b);
-                ee += backend.SumOfSquares(a);
-                gg += backend.SumOfSquares(b);
-            }
-            _cosineSums[i] += ee == 0 || gg == 0 ? 0 : dot / Math.Sqrt(ee * gg);
-            (allDot, allEstimate, allExact) = (allDot + dot, allEstimate + ee, allExact + gg);
-        }
-        _cosineSums[^1] += allEstimate == 0 || allExact == 0 ? 0 : allDot / Math.Sqrt(allEstimate * allExact);
     }
 
     /// <summary>Optimizer and estimator state, named as in checkpoints.</summary>

@@ -1,0 +1,156 @@
+using System.Collections.Immutable;
+using System.Diagnostics;
+using System.Globalization;
+using ForwardAD.Autodiff;
+using ForwardAD.Data;
+using ForwardAD.Graph;
+using ForwardAD.Guessing;
+using ForwardAD.Optim;
+using ForwardAD.Random;
+
+namespace ForwardAD.Training;
+
+/// <summary>How to train a language model: batch size, the seed of every random choice, how often to measure the cosine
+/// to backprop's gradient (every n-th step; 0 = never) and how many validation windows an evaluation reads.</summary>
+public sealed record LanguageModelOptions(int BatchSize, ulong Seed)
+{
+    public int CosineEvery { get; init; }
+    /// <summary>Validation windows per evaluation: the first N of the split (null: all of them).</summary>
+    public int? ValidationWindows { get; init; } = 256;
+}
+
+/// <summary>Validation of a language model: mean cross-entropy per token (nats), the same in bits, next-byte accuracy.</summary>
+public readonly record struct TextEvaluation(double Loss, double Accuracy, int Tokens)
+{
+    public double BitsPerCharacter => Loss / Math.Log(2);
+}
+
+/// <summary>What a stretch of training steps achieved: the mean batch loss over it, the validation, the mean cosines over
+/// the measured steps (per site, then global; NaN when none was measured), speed and the total training wall time.</summary>
+public sealed record LanguageModelReport(long Step, double TrainLoss, TextEvaluation Validation, ImmutableArray<double> SiteCosines,
+    double GlobalCosine, double TokensPerSecond, TimeSpan TrainingTime);
+
+/// <summary>
+/// Trains a <see cref="TransformerSpec"/> language model (any model with token inputs "x" and targets "y") on a
+/// <see cref="TextCorpus"/> with any guesser and update rule: step s trains on the windows drawn from (seed, s), so a
+/// run is reproducible from its seed. <see cref="Validate"/> reads consecutive validation windows with an evaluation
+/// plan. <see cref="SaveCheckpoint"/> writes parameters, model state and the spec (what <see cref="TextSampler"/> needs).
+/// </summary>
+public sealed class LanguageModelTrainer
+{
+    private readonly GradientEstimator _estimator;
+    private readonly BackpropEstimator? _oracle;
+    private readonly Optimizer _optimizer;
+    private readonly ParameterStore _parameters;
+    private readonly TextCorpus _corpus;
+    private readonly LanguageModelOptions _options;
+    private readonly Plan _validation;
+    private readonly int _context;
+    private readonly float[] _inputs, _targets, _validationInputs, _validationTargets, _logits;
+    private readonly CosineMeter _cosines;
+    private readonly Stopwatch _trainingTime = new();
+
+    public LanguageModelTrainer(Guesser guesser, UpdateRule rule, ParameterStore parameters, TextCorpus corpus, LanguageModelOptions options)
+    {
+        var model = parameters.Model;
+        if (model.Nodes.FirstOrDefault(n => n.Name == "x")?.Op is not TokensOp tokens || model.Nodes.FirstOrDefault(n => n.Name == "y")?.Op is not TokensOp)
+            throw new ArgumentException("A language model needs token inputs named 'x' and targets named 'y' (TransformerSpec builds them).", nameof(parameters));
+        if (tokens.Vocabulary < TextCorpus.Vocabulary)
+            throw new ArgumentException($"The model's vocabulary ({tokens.Vocabulary}) is smaller than the corpus's byte tokens ({TextCorpus.Vocabulary}).", nameof(parameters));
+        if (options.BatchSize < 1) throw new ArgumentOutOfRangeException(nameof(options), $"The batch size must be at least 1; got {options.BatchSize}.");
+        _context = tokens.Length;
+        corpus.RequireContext(_context);
+        (Guesser, Rule, _parameters, _corpus, _options) = (guesser, rule, parameters, corpus, options);
+        _estimator = guesser.Compile(parameters, options.BatchSize);
+        _oracle = guesser is BackpropGuesser || options.CosineEvery <= 0 ? null : new BackpropEstimator(parameters, options.BatchSize, updatesRunningStatistics: false);
+        _optimizer = new Optimizer(rule, parameters);
+        int windows = ValidationWindowCount;
+        if (windows < 1) throw new ArgumentException($"{corpus.Name}: the validation split holds no window of {_context} + 1 bytes.", nameof(corpus));
+        int validationBatch = Math.Min(32, windows);
+        _validation = Plan.Compile(parameters, new PlanOptions(validationBatch) { Mode = PlanMode.Evaluation });
+        _inputs = new float[options.BatchSize * _context];
+        _targets = new float[options.BatchSize * _context];
+        _validationInputs = new float[validationBatch * _context];
+        _validationTargets = new float[validationBatch * _context];
+        _logits = new float[validationBatch * model.Output.Shape.ElementCount];
+        _cosines = new CosineMeter(parameters);
+    }
+
+    public Guesser Guesser { get; }
+    public UpdateRule Rule { get; }
+    /// <summary>Optimizer steps taken so far.</summary>
+    public long Step { get; private set; }
+
+    private int ValidationWindowCount => Math.Min(_options.ValidationWindows ?? int.MaxValue, _corpus.ValidationWindows(_context));
+
+    /// <summary>Runs <paramref name="steps"/> training steps, then validates.</summary>
+    public LanguageModelReport Train(int steps, ITrainingObserver? observer = null)
+    {
+        if (steps < 1) throw new ArgumentOutOfRangeException(nameof(steps), $"Train at least one step; got {steps}.");
+        _cosines.Clear();
+        double lossSum = 0;
+        long start = Step;
+        var watch = Stopwatch.StartNew();
+        _trainingTime.Start();
+        for (int s = 0; s < steps; s++)
+        {
+            _corpus.TrainingBatch(_options.Seed, Step, _options.BatchSize, _context, _inputs, _targets);
+            _estimator.SetBatch(_inputs, _targets);
+            var (gradient, loss) = _estimator.Estimate(new RandomKey(_options.Seed, 0x6E55).Derive((ulong)Step), Step);
+            if (!double.IsFinite(loss))
+                throw new TrainingDivergedException($"The batch loss became {loss} at step {Step} ({Guesser.Name}): training diverged. Lower the learning rate or clip the estimate (--lr, --clip).");
+            if (_oracle is not null && Step % _options.CosineEvery == 0)
+            {
+                _oracle.SetBatch(_inputs, _targets);
+                _cosines.Add(gradient, _oracle.Estimate(default).Gradient);
+            }
+            _optimizer.Step(new UpdateInputs(Step, loss, new RandomKey(_options.Seed, 0x0971).Derive((ulong)Step)), gradient);
+            lossSum += loss;
+            Step++;
+            observer?.StepCompleted(0, (int)(Step - start - 1), steps, loss);
+        }
+        _trainingTime.Stop();
+        double seconds = watch.Elapsed.TotalSeconds;
+        var cosines = _cosines.Means(exactGradient: Guesser is BackpropGuesser);
+        return new LanguageModelReport(Step, lossSum / steps, Validate(), [.. cosines[..^1]], cosines[^1],
+            steps * (double)_options.BatchSize * _context / seconds, _trainingTime.Elapsed);
+    }
+
+    /// <summary>Mean loss per token and next-byte accuracy over the first <see cref="LanguageModelOptions.ValidationWindows"/>
+    /// consecutive validation windows (every window full, so each example's mean is a mean over T tokens).</summary>
+    public TextEvaluation Validate()
+    {
+        int windows = ValidationWindowCount, batch = _validation.BatchSize, vocabulary = _parameters.Model.Output.Shape.Last;
+        double loss = 0;
+        long correct = 0;
+        int counted = 0;
+        for (int first = 0; first + batch <= windows; first += batch)
+        {
+            for (int b = 0; b < batch; b++)
+                _corpus.ValidationWindow(first + b, _context, _validationInputs.AsSpan(b * _context, _context), _validationTargets.AsSpan(b * _context, _context));
+            _validation.SetInput(_parameters.Model["x"], _validationInputs);
+            _validation.SetInput(_parameters.Model["y"], _validationTargets);
+            _validation.Forward();
+            loss += _validation.MeanLoss() * batch;
+            _validation.Backend.CopyToHost(_validation.Value(_parameters.Model.Output), _logits);
+            correct += Evaluator.CountCorrect(_logits, _validationTargets, vocabulary);
+            counted += batch;
+        }
+        return new TextEvaluation(loss / counted, (double)correct / (counted * _context), counted * _context);
+    }
+
+    /// <summary>Parameters and model state under their node names, with the model spec and progress as metadata
+    /// (safetensors, atomic, checksummed): what <see cref="TextSampler.Load"/> reads.</summary>
+    public void SaveCheckpoint(string path, TransformerSpec spec, IReadOnlyDictionary<string, string> description)
+    {
+        var metadata = new Dictionary<string, string>(description)
+        {
+            [TextSampler.SpecKey] = spec.ToString(),
+            ["step"] = Step.ToString(CultureInfo.InvariantCulture),
+            ["seed"] = _options.Seed.ToString(CultureInfo.InvariantCulture),
+        };
+        var tensors = _parameters.Model.Parameters.Concat(_parameters.Model.States)
+            .Select(p => (p.Name, (int[])[.. p.Shape.Dimensions], (Func<float[]>)(() => _parameters.ToArray(p)))).ToList();
+        SafeTensors.Write(path, tensors, metadata);
+    }
+}
