@@ -25,6 +25,8 @@ internal static class Cli
           cosine     every guesser's cosine to the true gradient and 1-step effectiveness along a
                      backprop training trajectory (Figure 1 of "How to Guess a Gradient")
           grape-toy  the toy experiment of the GrAPE rebuttal: feedback rules aligning B with a fixed target
+          lm         train a transformer language model on a text (the fortunes by default), any guesser
+          sample     generate text from a checkpoint of `lm`
 
         `forwardad COMMAND --help` shows every option of a command.
         Exit codes: 0 success, 1 data or runtime error, 2 usage error (messages on stderr).
@@ -32,7 +34,7 @@ internal static class Cli
 
     public const int Success = 0, RuntimeError = 1, UsageError = 2;
 
-    private static readonly string[] CommandNames = ["train", "cosine", "grape-toy"];
+    private static readonly string[] CommandNames = ["train", "cosine", "grape-toy", "lm", "sample"];
 
     /// <summary>
     /// Runs the tool on <paramref name="args"/>. <paramref name="terminal"/>: both streams are an interactive
@@ -62,7 +64,7 @@ internal static class Cli
             _ => args,
         };
         if (!args[0].StartsWith('-') && !CommandNames.Contains(args[0]))
-            return Fail(error, UsageError, $"Unknown command '{args[0]}'. Commands: train, cosine, grape-toy. See 'forwardad --help'.");
+            return Fail(error, UsageError, $"Unknown command '{args[0]}'. Commands: {string.Join(", ", CommandNames)}. See 'forwardad --help'.");
 
         var root = Build(context);
         var parse = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
@@ -106,7 +108,8 @@ internal static class Cli
         root.Directives.Clear(); // no [diagram]/[suggest] tokens: an argument in brackets is just an argument
         var help = new HelpTextAction(context.Output) { [root] = Usage };
         root.SetAction(_ => { context.Output.WriteLine(Usage); return Success; });
-        foreach (var (command, text) in new (Command, string)[] { (TrainCommand.Create(context), TrainCommand.Help), (CosineCommand.Create(context), CosineCommand.Help), (GrapeToyCommand.Create(context), GrapeToyCommand.Help) })
+        foreach (var (command, text) in new (Command, string)[] { (TrainCommand.Create(context), TrainCommand.Help), (CosineCommand.Create(context), CosineCommand.Help), (GrapeToyCommand.Create(context), GrapeToyCommand.Help),
+            (LanguageModelCommands.CreateLm(context), LanguageModelCommands.LmHelp), (LanguageModelCommands.CreateSample(context), LanguageModelCommands.SampleHelp) })
         {
             root.Add(command);
             help[command] = text;

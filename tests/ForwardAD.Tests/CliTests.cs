@@ -398,4 +398,31 @@ public sealed class CliTests : IDisposable
         data.CopyTo(bytes, 4 + 4 * dims.Length);
         return bytes;
     }
+
+    /// <summary>`lm` trains a tiny transformer on a text the test writes, writes its metrics and checkpoint, and `sample`
+    /// continues a prompt from that checkpoint; mistakes are usage or data errors naming the option or file.</summary>
+    [Fact]
+    public void Lm_trains_on_a_text_file_and_sample_continues_a_prompt()
+    {
+        var text = PathOf("text.txt");
+        File.WriteAllText(text, string.Concat(Enumerable.Range(0, 200).Select(i => $"to be or not to be {i % 7}\n")));
+        var (metrics, checkpoint) = (PathOf("lm.csv"), PathOf("lm.safetensors"));
+        var (code, output, error) = Run("lm", "--text", text, "--model", "transformer:l1-h2-d16-t16", "--steps", "20", "--eval-every", "10",
+            "--batch-size", "4", "--validation-windows", "8", "--optimizer", "adamw", "--lr", "3e-3", "--quiet", "--metrics", metrics, "--checkpoint", checkpoint);
+        Assert.True(code == 0, error);
+        Assert.Contains("bits per character after 20 steps", output);
+        Assert.Equal(3, File.ReadAllLines(metrics).Length); // header + 2 evaluations
+        (code, output, error) = Run("sample", "--checkpoint", checkpoint, "--prompt", "to be", "--length", "20", "--seed", "3");
+        Assert.True(code == 0, error);
+        Assert.StartsWith("to be", output);
+        Assert.Equal(output, Run("sample", "--checkpoint", checkpoint, "--prompt", "to be", "--length", "20", "--seed", "3").Out);
+
+        Assert.Contains("multiple of the 3 heads", Fails(2, "lm", "--text", text, "--model", "transformer:l1-h3-d16-t16"));
+        Assert.Contains("--model transformer:SPEC", Fails(2, "lm", "--text", text, "--model", "cnn-small"));
+        var binary = PathOf("data.bin");
+        File.WriteAllBytes(binary, [1, 2, 0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]);
+        Assert.Contains("binary", Fails(1, "lm", "--text", binary));
+        Assert.Contains("--checkpoint", Fails(2, "sample"));
+        Assert.Contains("lm.csv", Fails(1, "sample", "--checkpoint", metrics)); // not safetensors at all: the reader names the file
+    }
 }

@@ -1,0 +1,186 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text;
+using ForwardAD.Autodiff;
+using ForwardAD.Data;
+using ForwardAD.Graph;
+using ForwardAD.Training;
+using Spectre.Console;
+
+namespace ForwardAD.Cli;
+
+/// <summary>`forwardad lm`: a byte-level transformer language model on a text with any guesser; `forwardad sample`:
+/// text from its checkpoint.</summary>
+internal static class LanguageModelCommands
+{
+    public static readonly string LmHelp = $"""
+        forwardad lm [options]         Train a decoder-only transformer language model on a text, bytes as tokens.
+
+        With no options it trains transformer:l4-h4-d128-t64 (4 blocks, 4 heads, width 128, context 64) with
+        backprop and AdamW on Debian's fortunes (sudo apt-get install fortunes), validating in bits per character
+        on the last 10 % of the text.
+
+        Model and text
+          --model transformer:SPEC  {TransformerSpec.Grammar} (default l4-h4-d128-t64)
+          --text PATH               any UTF-8 text file instead of the fortunes (first 90 % trains, last 10 % validates)
+        {GuesserOptions.Help}
+        {RuleOptions.Help}
+        {DeviceOptions.Help}
+        Training
+          --steps N                 optimizer steps (default 2000)
+          --max-seconds S           stop as soon as the training time passes S seconds (compare methods at equal time)
+          --eval-every N            validate every N steps (default 250)
+          --validation-windows N    windows of the validation split per evaluation (default 256; 0 = all)
+          --batch-size B            windows per step (default 32)
+          --seed S                  seed of initialisation, windows and every guess (default 1)
+          --cosine-every N          measure cos(estimate, backprop gradient) every N steps (default 50; 0 = never)
+        Output
+          --metrics PATH            CSV per evaluation (default runs/lm-<guesser>-seed<S>-<config>.csv)
+          --checkpoint PATH         safetensors checkpoint after every evaluation (what `forwardad sample` reads)
+          --quiet                   no live progress, only the final table
+        """;
+
+    public const string SampleHelp = """
+        forwardad sample --checkpoint PATH [options]   Generate text from a language model checkpoint of `forwardad lm`.
+
+          --checkpoint PATH         the checkpoint (required)
+          --prompt TEXT             text to continue (default: a new line)
+          --length N                bytes to generate (default 400)
+          --temperature T           softmax temperature (default 0.8; 0 = always the most likely byte)
+          --seed S                  seed of the sampling (default 1)
+        """;
+
+    private sealed class LmOptions
+    {
+        public readonly GuesserOptions Guesser = new();
+        public readonly RuleOptions Rule = new();
+        public readonly DeviceOptions Device = new();
+        public readonly Option<string> GuesserName = Opt.Choice("guesser", "backprop", "guesser", GuesserOptions.Names);
+        public readonly Option<string> Model = Opt.String("model", "transformer:l4-h4-d128-t64");
+        public readonly Option<string?> Text = Opt.OptionalString("text");
+        public readonly Option<int> Steps = Opt.Int("steps", 2000, min: 1, max: 100_000_000);
+        public readonly Option<int?> MaxSeconds = Opt.OptionalInt("max-seconds", 1);
+        public readonly Option<int> EvalEvery = Opt.Int("eval-every", 250, min: 1);
+        public readonly Option<int> ValidationWindows = Opt.Int("validation-windows", 256, min: 0);
+        public readonly Option<int> BatchSize = Opt.Int("batch-size", 32, min: 1, max: 1 << 20);
+        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0);
+        public readonly Option<int> CosineEvery = Opt.Int("cosine-every", 50, min: 0);
+        public readonly Option<string?> Metrics = Opt.OptionalString("metrics");
+        public readonly Option<string?> Checkpoint = Opt.OptionalString("checkpoint");
+        public readonly Option<bool> Quiet = Opt.Flag("quiet");
+    }
+
+    public static Command CreateLm(CliContext context)
+    {
+        var o = new LmOptions();
+        var command = new Command("lm", "Train a transformer language model on a text.");
+        command.Add(o.GuesserName);
+        o.Guesser.AddTo(command);
+        o.Rule.AddTo(command);
+        o.Device.AddTo(command);
+        foreach (var option in new Option[] { o.Model, o.Text, o.Steps, o.MaxSeconds, o.EvalEvery, o.ValidationWindows, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Quiet })
+            command.Add(option);
+        command.SetAction(p => RunLm(p, o, context));
+        return command;
+    }
+
+    private static TransformerSpec ParseModel(string text)
+    {
+        const string prefix = "transformer:";
+        if (!text.StartsWith(prefix, StringComparison.OrdinalIgnoreCase))
+            throw new UsageException($"--model {text}: the lm command trains transformers: --model transformer:SPEC with SPEC {TransformerSpec.Grammar}.");
+        try { return TransformerSpec.Parse(text[prefix.Length..]); }
+        catch (Exception e) when (e is FormatException or ArgumentException) { throw new UsageException($"--model {text}: {e.Message}"); }
+    }
+
+    private static int RunLm(ParseResult p, LmOptions o, CliContext context)
+    {
+        var console = context.Console;
+        ulong seed = (ulong)p.GetValue(o.Seed);
+        int steps = p.GetValue(o.Steps), evalEvery = p.GetValue(o.EvalEvery), batch = p.GetValue(o.BatchSize);
+        int? maxSeconds = p.GetValue(o.MaxSeconds);
+        var guesserName = GuesserOptions.Canonical(p.GetValue(o.GuesserName)!);
+        o.Guesser.RejectUnused(p, [guesserName]);
+        var spec = ParseModel(p.GetValue(o.Model)!);
+        var textPath = p.GetValue(o.Text);
+        var corpus = textPath is null ? TextCorpus.Fortunes() : TextCorpus.Load(textPath);
+        if (corpus.ValidationWindows(spec.Context) < 1 || corpus.Train.Length <= spec.Context)
+            throw new UsageException($"{corpus.Name}: too short for context {spec.Context} ({corpus.Train.Length} training and {corpus.Validation.Length} validation bytes). Use a longer text or a shorter context (t in the spec).");
+        var configuration = new RunConfiguration();
+        configuration.Add("model", $"transformer {spec}");
+        configuration.Add("text", textPath is null ? "fortunes" : Path.GetFullPath(textPath));
+        var guesser = o.Guesser.Build(p, guesserName, seed, configuration);
+        var (rule, ruleDescription) = o.Rule.Build(p, evalEvery, Math.Max(1, steps / evalEvery), configuration);
+        var runHash = configuration.Hash(("seed", seed.ToString(CultureInfo.InvariantCulture)), ("batch_size", batch.ToString(CultureInfo.InvariantCulture)));
+        var metricsPath = p.GetValue(o.Metrics) ?? Path.Combine("runs", $"lm-{guesserName}-seed{seed}-{runHash}.csv");
+        var checkpoint = p.GetValue(o.Checkpoint);
+        foreach (var (option, path) in new[] { ("--metrics", metricsPath), ("--checkpoint", checkpoint) })
+            if (path is not null && Directory.Exists(path)) throw new IOException($"{option} {path}: is a directory; give a file path.");
+        var backend = o.Device.Create(p);
+        var parameters = ParameterStore.Initialize(spec.Build(), backend, seed);
+        int windows = p.GetValue(o.ValidationWindows);
+        var trainer = new LanguageModelTrainer(guesser, rule, parameters, corpus,
+            new LanguageModelOptions(batch, seed) { CosineEvery = p.GetValue(o.CosineEvery), ValidationWindows = windows == 0 ? null : windows });
+        console.MarkupLineInterpolated($"[bold]ForwardAD[/] lm: {corpus.Name} ({corpus.Train.Length:N0} training / {corpus.Validation.Length:N0} validation bytes), transformer {spec} ({parameters.Model.ParameterCount:N0} parameters), {guesser.Name}, {ruleDescription}, batch {batch}, seed {seed}, {backend.Name}");
+
+        var reports = new List<LanguageModelReport>();
+        var initial = trainer.Validate();
+        bool quiet = p.GetValue(o.Quiet);
+        if (!quiet) context.Output.WriteLine($"step 0: validation {initial.BitsPerCharacter:F3} bits/char");
+        while (trainer.Step < steps && (maxSeconds is null || reports.Count == 0 || reports[^1].TrainingTime.TotalSeconds < maxSeconds))
+        {
+            int chunk = (int)Math.Min(evalEvery, steps - trainer.Step);
+            var report = trainer.Train(chunk);
+            reports.Add(report);
+            WriteMetrics(metricsPath, reports, runHash);
+            if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, spec, configuration.ToDictionary());
+            if (!quiet) context.Output.WriteLine($"step {report.Step}: train loss {report.TrainLoss / Math.Log(2):F3} bits/char, validation {report.Validation.BitsPerCharacter:F3} bits/char " +
+                $"(next-byte accuracy {report.Validation.Accuracy:P1}), cos {TrainCommand.F(report.GlobalCosine, "F3")}, {report.TokensPerSecond:F0} tokens/s, {report.TrainingTime.TotalSeconds:F0} s");
+        }
+        var table = new Table().AddColumns("step", "train bits/char", "validation bits/char", "next-byte acc", "cos(est, ∇L)", "tokens/s", "training time");
+        foreach (var r in reports)
+            table.AddRow(r.Step.ToString(CultureInfo.InvariantCulture), TrainCommand.F(r.TrainLoss / Math.Log(2), "F3"), TrainCommand.F(r.Validation.BitsPerCharacter, "F3"),
+                TrainCommand.F(r.Validation.Accuracy, "P1"), TrainCommand.F(r.GlobalCosine, "F3"), TrainCommand.F(r.TokensPerSecond, "F0"), $"{r.TrainingTime.TotalSeconds:F0} s");
+        console.Write(table);
+        console.MarkupLineInterpolated($"final: validation [green]{reports[^1].Validation.BitsPerCharacter:F3}[/] bits per character after {reports[^1].Step} steps; metrics in {metricsPath}");
+        return Cli.Success;
+    }
+
+    /// <summary>One row per evaluation: step, train and validation bits per character, next-byte accuracy, cosines, speed, time.</summary>
+    private static void WriteMetrics(string path, List<LanguageModelReport> reports, string run)
+    {
+        if (Path.GetDirectoryName(path) is { Length: > 0 } folder) Directory.CreateDirectory(folder);
+        static string G(double v) => v.ToString("R", CultureInfo.InvariantCulture);
+        var lines = new List<string> { "step,train_bits_per_char,validation_bits_per_char,validation_accuracy,cosine_global,tokens_per_second,training_seconds,run" };
+        lines.AddRange(reports.Select(r => string.Join(',', r.Step.ToString(CultureInfo.InvariantCulture), G(r.TrainLoss / Math.Log(2)), G(r.Validation.BitsPerCharacter),
+            G(r.Validation.Accuracy), G(r.GlobalCosine), G(r.TokensPerSecond), G(r.TrainingTime.TotalSeconds), run)));
+        var temporary = path + ".tmp";
+        File.WriteAllLines(temporary, lines);
+        File.Move(temporary, path, overwrite: true);
+    }
+
+    private sealed class SampleOptions
+    {
+        public readonly Option<string?> Checkpoint = Opt.OptionalString("checkpoint");
+        public readonly Option<string> Prompt = Opt.String("prompt", "\n");
+        public readonly Option<int> Length = Opt.Int("length", 400, min: 0, max: 1_000_000);
+        public readonly Option<float> Temperature = Opt.Float("temperature", 0.8f, t => t >= 0, "a number ≥ 0");
+        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0);
+    }
+
+    public static Command CreateSample(CliContext context)
+    {
+        var o = new SampleOptions();
+        var command = new Command("sample", "Generate text from a language model checkpoint.");
+        foreach (var option in new Option[] { o.Checkpoint, o.Prompt, o.Length, o.Temperature, o.Seed }) command.Add(option);
+        command.SetAction(p =>
+        {
+            var path = p.GetValue(o.Checkpoint) ?? throw new UsageException("sample needs --checkpoint PATH (a checkpoint written by `forwardad lm --checkpoint`).");
+            var (spec, parameters) = TextSampler.Load(path);
+            var text = new TextSampler(parameters).Sample(p.GetValue(o.Prompt)!, p.GetValue(o.Length), p.GetValue(o.Temperature), (ulong)p.GetValue(o.Seed));
+            context.Output.WriteLine(text);
+            return Cli.Success;
+        });
+        return command;
+    }
+}
