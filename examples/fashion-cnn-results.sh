@@ -18,8 +18,8 @@ for guesser in backprop ap wt dfa grape; do
   metrics=$(mktemp)
   if $cli train --guesser "$guesser" $common --metrics "$metrics" >/dev/null 2>&1; then
     # columns: epoch,train_loss,train_accuracy,test_loss,test_accuracy,cosine_global,...,examples_per_second,wall_seconds,run
-    awk -F, -v name="$guesser" 'NR > 1 { last = $5; if ($5 > best) best = $5; cos += $6; n++; wall += $(NF - 1) }
-      END { printf "| %s | %.2f%% | %.2f%% | %.3f | %.0f s |\n", name, 100 * last, 100 * best, cos / n, wall }' "$metrics"
+    awk -F, -v name="$guesser" 'NR > 1 { last = $5; if ($5 > best) best = $5; cosines += $6; n++; wall += $(NF - 1) }
+      END { printf "| %s | %.2f%% | %.2f%% | %.3f | %.0f s |\n", name, 100 * last, 100 * best, cosines / n, wall }' "$metrics"
   else
     echo "| $guesser | diverged | – | – | – |"
   fi

@@ -25,8 +25,8 @@ echo "| method | validation bits/char after $steps steps | next-byte accuracy | 
 echo "|---|---:|---:|---:|---:|---:|"
 for guesser in backprop ap wt dfa grape; do
   [ -s "$out/$guesser.csv" ] || { echo "| $guesser | failed | – | – | – | – |"; continue; }
-  awk -F, -v name="$guesser" -v budget="$budget" 'NR > 1 { last = $3; accuracy = $4; if ($5 == $5 + 0 && $5 != "NaN") { cos += $5; n++ } time = $7; if ($7 <= budget + 1e-9) atBudget = $3 }
-    END { printf "| %s | %.3f | %.1f%% | %s | %.0f s | %s |\n", name, last, 100 * accuracy, n ? sprintf("%.3f", cos / n) : "–", time, atBudget == "" ? "–" : sprintf("%.3f", atBudget) }' "$out/$guesser.csv"
+  awk -F, -v name="$guesser" -v budget="$budget" 'NR > 1 { last = $3; accuracy = $4; if ($5 == $5 + 0 && $5 != "NaN") { cosines += $5; n++ } time = $7; if ($7 <= budget + 1e-9) atBudget = $3 }
+    END { printf "| %s | %.3f | %.1f%% | %s | %.0f s | %s |\n", name, last, 100 * accuracy, n ? sprintf("%.3f", cosines / n) : "–", time, atBudget == "" ? "–" : sprintf("%.3f", atBudget) }' "$out/$guesser.csv"
 done
 echo
 echo "Sample from the backprop model (temperature 0.8, seed 1):"
