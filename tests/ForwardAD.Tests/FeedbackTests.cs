@@ -155,6 +155,48 @@ public class FeedbackTests
     }
 
     /// <summary>
+    /// Sequence models share one B_l ∈ R^{D × V} over the T positions (a whole-sequence B would be (T·D) × (T·V)). With
+    /// B = W_headᵀ at the LayerNorm site that feeds the per-position head, δ at every position is the exact cotangent, so
+    /// DFA's estimate for the LayerNorm's γ, β (and the head's exact error) equals backprop's.
+    /// </summary>
+    [Fact]
+    public void Dfa_on_a_sequence_model_shares_feedback_over_positions()
+    {
+        const int T = 4, V = 7, D = 5, batch = 3;
+        var builder = new ModelBuilder();
+        var x = builder.Tokens("x", T, V);
+        var y = builder.Tokens("y", T, V);
+        var h = builder.LayerNorm("ln", builder.Embedding("embed", x, D));
+        var logits = builder.Dense("head", h, V, ElementwiseFunction.Identity).Output;
+        var model = builder.Build(builder.SequenceCrossEntropy("loss", logits, y), logits);
+        var store = ParameterStore.Initialize(model, new CpuBackend(), 3);
+        store.Set(model["ln.weight"], Problem.Normal(5, D, 0.5f).Select(v => 1 + v).ToArray());
+        store.Set(model["ln.bias"], Problem.Normal(6, D, 0.5f));
+        var rng = new System.Random(9);
+        var tokens = Enumerable.Range(0, batch * T).Select(_ => (float)rng.Next(V)).ToArray();
+        var targets = Enumerable.Range(0, batch * T).Select(_ => (float)rng.Next(V)).ToArray();
+        var estimator = (FeedbackEstimator)Guessers.Dfa().Compile(store, batch);
+        Assert.Equal(D * V, estimator.Feedback(0).Length); // embed
+        Assert.Equal(D * V, estimator.Feedback(1).Length); // ln
+        var head = store.ToArray(model["head.weight"]); // [V, D]
+        var transposed = new float[D * V];
+        for (int o = 0; o < V; o++) for (int n = 0; n < D; n++) transposed[n * V + o] = head[o * D + n];
+        store.Backend.CopyFromHost(transposed, estimator.Feedback(1));
+        estimator.SetBatch(tokens, targets);
+        var dfa = estimator.Estimate(default).Gradient.ToArray();
+        var oracle = new BackpropEstimator(store, batch);
+        oracle.SetBatch(tokens, targets);
+        var exact = oracle.Estimate(default).Gradient.ToArray();
+        var layout = ParameterLayout.Of(model);
+        foreach (var name in new[] { "ln.weight", "ln.bias", "head.weight", "head.bias" })
+        {
+            var (_, offset) = layout.Entries.Single(e => e.Parameter.Name == name);
+            for (int j = 0; j < model[name].Shape.ElementCount; j++)
+                JvpTests.AssertClose(exact[offset + j], dfa[offset + j], $"{name}[{j}]", 1e-5);
+        }
+    }
+
+    /// <summary>
     /// E[J̃_l] = J_l: with a rule that leaves B alone, the cumulative moving average after T steps is the mean of T
     /// estimates (1/B) Σ_b (J_b δ_b)δ_bᵀ. Var of element (i, j) per step is (1/B²) Σ_b (‖J_b[i]‖² + J_b[i,j]²), so the mean
     /// must lie within 5 standard errors of the batch-mean Jacobian, computed exactly by pull-backs.

@@ -40,6 +40,11 @@ public sealed record GrapeOptions
 /// δs_l x_lᵀ). With <see cref="Grape"/> set, GrAPE: before each
 /// DFA step every B_l is moved toward J̃_lᵀ, the Jacobian ∂ŷ/∂h_l estimated by one JVP with δ ~ N(0, I):
 /// J̃_l = (1/B) Σ_b (J_l δ_b) δ_bᵀ, E[J̃_l] = J_l.
+/// <para>Sequence models (the output and every site [T, ·] with the same T: a transformer's) get one B_l ∈ R^{D_l × V}
+/// shared by the T positions, as DFA for transformers is used: δs_{b,t} = B_l e_{b,t}. A B over whole sequences would
+/// be (T·D) × (T·V): 537 MB per site for T = 64, D = 128, V = 256. GrAPE then aligns B_l with the same-position Jacobian
+/// ∂ŷ_t/∂h_t: J̃_l = (1/(B·T)) Σ_{b,t} (J δ)_{b,t} δ_{b,t}ᵀ, whose expectation is the mean diagonal block (attention's
+/// cross-position terms average out, δ being independent across positions).</para>
 /// </summary>
 public sealed record DirectFeedbackAlignment(FeedbackInitialization Initialization = FeedbackInitialization.XavierUniform, GrapeOptions? Grape = null, ulong Seed = 0) : Guesser
 {
@@ -68,6 +73,8 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
     private readonly ParameterUpdate _update;
     private readonly View _error, _delta, _estimate, _gradient;
     private readonly int _outputs, _channels;
+    /// <summary>Rows of the feedback GEMMs per example: T for sequence models (one B shared by the positions), else 1.</summary>
+    private readonly int _positions;
     private readonly Dictionary<int, PullBack> _pullBacks = [];
 
     public FeedbackEstimator(DirectFeedbackAlignment guesser, ParameterStore parameters, int batchSize)
@@ -80,7 +87,10 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
         _sites = [.. model.Sites];
         _hidden = [.. _sites.Where(s => s.Node != model.Output)];
         _hiddenIndex = [.. _sites.Select(s => Array.IndexOf(_hidden, s))];
-        _outputs = model.Output.Shape.ElementCount;
+        // Sequence models: the output and every hidden site [T, ·] with the same T share B over positions.
+        var output = model.Output.Shape;
+        _positions = output.Rank == 2 && _hidden.All(s => s.Node.Shape.Rank == 2 && s.Node.Shape[0] == output[0]) ? output[0] : 1;
+        _outputs = output.ElementCount / _positions;
         var grape = guesser.Grape;
         _channels = grape is not null && grape.Mode == TangentMode.PerLayer ? Math.Max(1, _hidden.Length) : 1;
         _plan = Plan.Compile(parameters, new PlanOptions(batchSize)
@@ -90,12 +100,13 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
             Seeds = grape is null ? [] : [.. _hidden.Select(s => new TangentSeed(Placed(s)))],
         });
         int widest = Math.Max(1, _hidden.Select(s => s.ElementCount).DefaultIfEmpty(1).Max());
+        int rows = batchSize * _positions;
         _feedback = new View[_hidden.Length];
         _jacobians = new View[_hidden.Length];
         _contexts = new FeedbackContext[_hidden.Length];
         for (int l = 0; l < _hidden.Length; l++)
         {
-            int n = _hidden[l].ElementCount; // B_l ∈ R^{site elements × outputs}, whatever the site's shape
+            int n = _hidden[l].ElementCount / _positions; // B_l ∈ R^{site elements (per position) × outputs}, whatever the site's shape
             _feedback[l] = Allocate(backend, n * _outputs);
             float bound = guesser.Initialization switch
             {
@@ -113,9 +124,9 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
                 Allocate(backend, n * _outputs), Allocate(backend, n), _outputs, Math.Sqrt(backend.SumOfSquares(_feedback[l])));
             backend.Fill(0f, _plan.Seed(Placed(_hidden[l])));
         }
-        _error = Allocate(backend, batchSize * _outputs);
+        _error = Allocate(backend, rows * _outputs);
         _delta = Allocate(backend, batchSize * widest);
-        _estimate = Allocate(backend, widest * _outputs);
+        _estimate = Allocate(backend, widest / _positions * _outputs);
         _gradient = Allocate(backend, parameters.All.Length);
         _update = _plan.CreateParameterUpdate([.. _sites.Select(s => s.Node)], _gradient);
     }
@@ -152,10 +163,10 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
             int l = _hiddenIndex[i];
             if (l < 0) { _update.Write(i, _error); continue; } // the output site: its exact error
             var site = _hidden[l];
-            int n = site.ElementCount;
-            var delta = _delta.Slice(0, batch * n);
-            // δs_l = (B_l e) ⊙ f'(s_l), per example: rows e_bᵀ B_lᵀ.
-            backend.Gemm(Transpose.No, Transpose.Yes, batch, n, _outputs, 1f, _error, _outputs, _feedback[l], _outputs, 0f, delta, n);
+            int n = site.ElementCount / _positions, rows = batch * _positions;
+            var delta = _delta.Slice(0, rows * n);
+            // δs_l = (B_l e) ⊙ f'(s_l), per example (per position in a sequence model): rows e_rᵀ B_lᵀ.
+            backend.Gemm(Transpose.No, Transpose.Yes, rows, n, _outputs, 1f, _error, _outputs, _feedback[l], _outputs, 0f, delta, n);
             if (site.Activation is { } activation)
                 backend.MultiplyChannels(_plan.Derivative(activation), delta, delta, accumulate: false);
             _update.Write(i, delta);
@@ -175,11 +186,11 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
     {
         var backend = _plan.Backend;
         var grape = _guesser.Grape!;
-        int n = _hidden[l].ElementCount, batch = _plan.BatchSize;
+        int n = _hidden[l].ElementCount / _positions, rows = _plan.BatchSize * _positions;
         var outputTangent = _plan.Tangent(_plan.Model.Output);
-        var y = _channels == 1 ? outputTangent : outputTangent.Channel(l, batch * _outputs);
+        var y = _channels == 1 ? outputTangent : outputTangent.Channel(l, rows * _outputs);
         var estimate = _estimate.Slice(0, n * _outputs);
-        backend.Gemm(Transpose.Yes, Transpose.No, n, _outputs, batch, 1f / batch, Activity(l), n, y, _outputs, 0f, estimate, _outputs);
+        backend.Gemm(Transpose.Yes, Transpose.No, n, _outputs, rows, 1f / rows, Activity(l), n, y, _outputs, 0f, estimate, _outputs);
         // Cumulative moving average over steps: J̄_t = J̄_{t−1} + (J̃_t − J̄_{t−1})/(t + 1).
         float weight = grape.MovingAverage ? 1f / (step + 1) : 1f;
         backend.Axpby(weight, estimate, 1f - weight, _jacobians[l]);
@@ -194,28 +205,29 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
     {
         var plan = oracle.Plan;
         var backend = plan.Backend;
-        int batch = plan.BatchSize;
+        int batch = plan.BatchSize, rows = batch * _positions;
         plan.Forward();
         var result = new double[_hidden.Length];
-        var oneHot = new float[batch * _outputs];
+        var oneHot = new float[rows * _outputs];
         for (int l = 0; l < _hidden.Length; l++)
         {
             var h = _hidden[l].Output;
             if (!_pullBacks.TryGetValue(l, out var pullBack)) _pullBacks[l] = pullBack = plan.CreatePullBack([plan.Model.Output], h);
-            int n = h.Shape.ElementCount;
+            int n = h.Shape.ElementCount / _positions;
             var jacobianTransposed = new float[n * _outputs];
             var row = new float[n];
             var sums = Allocate(backend, n);
             for (int k = 0; k < _outputs; k++)
             {
-                // Row k of J_l for every example: pull the unit cotangent e_k at ŷ back to h_l; then average over the batch.
+                // Row k of J_l for every example: pull the unit cotangent e_k at ŷ back to h_l; then average over the batch
+                // (in a sequence model e_k at every position, averaged over examples and positions).
                 Array.Clear(oneHot);
-                for (int b = 0; b < batch; b++) oneHot[b * _outputs + k] = 1f;
+                for (int r = 0; r < rows; r++) oneHot[r * _outputs + k] = 1f;
                 backend.CopyFromHost(oneHot, pullBack.Cotangent(plan.Model.Output));
                 pullBack.Run();
                 backend.SumRows(pullBack.Cotangent(h), sums, accumulate: false);
                 backend.CopyToHost(sums, row);
-                for (int i = 0; i < n; i++) jacobianTransposed[i * _outputs + k] = row[i] / batch;
+                for (int i = 0; i < n; i++) jacobianTransposed[i * _outputs + k] = row[i] / rows;
             }
             var feedback = new float[n * _outputs];
             backend.CopyToHost(_feedback[l], feedback);
