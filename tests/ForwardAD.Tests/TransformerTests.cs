@@ -228,20 +228,102 @@ public class TransformerTests
         plan.Backward();
         var g = plan.ParameterGradients.ToArray().Select(v => (double)v).ToArray();
         const int samples = 6000;
-        var estimator = Guessers.ActivationPerturbation(mode, guesses: 2).Compile(problem.Parameters, batch);
+        var estimator = Guessers.ActivationPerturbation(mode, guesses: mode == TangentMode.Joint ? 2 : 1).Compile(problem.Parameters, batch);
         estimator.SetBatch(problem.Inputs[problem.Model["x"].Id], problem.Inputs[problem.Model["y"].Id]);
-        var (sum, squares) = (new double[g.Length], new double[g.Length]);
+        AssertMeanWithinStandardErrors(g, estimator, samples, $"activation perturbation ({mode})");
+    }
+
+    /// <summary>
+    /// Wᵀ on a transformer: the guess at a site is N(0, I) noise ε_n at each of its next sites n (<see cref="Site.Next"/>: for
+    /// ln1, the q, k and v projections; for the residual stream's sites, every LayerNorm downstream on the stream; for v, the
+    /// output projection through attention) pulled back through the real ops in between, u_b = Σ_n J_nbᵀ ε_n, so the mean
+    /// estimate of ∂L/∂s_b is Σ_n J_nbᵀ J_nb g_b (g_b the exact per-example cotangent). J_nb g_b by float64 central differences
+    /// of the reference evaluator (perturbing example b only; attention's and LayerNorm's Jacobians come from its own
+    /// loops), Σ_n J_nᵀ(·) by the plan's pull-back from all next sites at once (what the guesser runs, adjoint-tested per op).
+    /// Per-layer tangents: each site's estimate has its own JVP, so other sites' guesses add no cross terms.
+    /// </summary>
+    [Fact]
+    public void Weight_transpose_mean_through_attention_and_layer_norms_is_Jt_J_g()
+    {
+        const int batch = 2;
+        var problem = Randomized(new TransformerSpec(Layers: 1, Heads: 2, Width: 4, Context: 3, Vocabulary: 5, MlpRatio: 2), 32, batch, padTarget: true);
+        var model = problem.Model;
+        // ln1 feeds q, k, v; v reaches proj only through attention.
+        Assert.Equal(["block1.q", "block1.k", "block1.v"], model.Sites.Single(s => s.Name == "block1.ln1").Next.Select(j => model.Sites[j].Name));
+        Assert.Equal(["block1.proj"], model.Sites.Single(s => s.Name == "block1.v").Next.Select(j => model.Sites[j].Name));
+        var plan = problem.Compile(new PlanOptions(batch) { Gradients = true });
+        plan.Forward();
+        plan.Backward();
+        var reference = new ReferenceEvaluator(model, batch);
+        var leaves = problem.Leaves();
+        var cotangents = new List<float[]>();
+        foreach (var site in model.Sites)
+        {
+            var g = plan.Cotangent(site.Node).ToArray();
+            if (site.Next.IsEmpty) { cotangents.Add(g); continue; } // the head: N(0, I) noise, Cov = I
+            var next = site.Next.Select(j => model.Sites[j].Node).ToList();
+            int n = site.ElementCount;
+            var pullBack = plan.CreatePullBack(next, site.Node);
+            var expected = new float[batch * n];
+            for (int b = 0; b < batch; b++)
+            {
+                var direction = new double[batch * n];
+                for (int j = 0; j < n; j++) direction[b * n + j] = g[b * n + j];
+                const double epsilon = 1e-6;
+                var perturbation = new Dictionary<int, double[]> { [site.Node.Id] = direction };
+                reference.Run(leaves, perturbation, epsilon);
+                var plus = next.ToDictionary(f => f.Id, f => (double[])reference.Values[f.Id].Clone());
+                reference.Run(leaves, perturbation, -epsilon);
+                foreach (var f in next)
+                {
+                    int m = f.Shape.ElementCount;
+                    var jg = new float[batch * m];
+                    for (int j = 0; j < m; j++) jg[b * m + j] = (float)((plus[f.Id][b * m + j] - reference.Values[f.Id][b * m + j]) / (2 * epsilon));
+                    CpuBackend.Span(pullBack.Cotangent(f)).CopyFrom(jg);
+                }
+                pullBack.Run();
+                Array.Copy(pullBack.Cotangent(site.Node).ToArray(), b * n, expected, b * n, n);
+            }
+            cotangents.Add(expected);
+        }
+        var mean = ParametersFrom(problem, plan, cotangents);
+        const int samples = 6000;
+        var estimator = Guessers.WeightTranspose(TangentMode.PerLayer).Compile(problem.Parameters, batch);
+        estimator.SetBatch(problem.Inputs[model["x"].Id], problem.Inputs[model["y"].Id]);
+        AssertMeanWithinStandardErrors(mean, estimator, samples, "Wᵀ on a transformer");
+    }
+
+    /// <summary>The parameter estimate a guesser makes from given site cotangents ([B, ...] per site, in site order): the
+    /// sites' own VJP rules, the same linear map the estimators use.</summary>
+    private static double[] ParametersFrom(Problem problem, Plan plan, IReadOnlyList<float[]> siteCotangents)
+    {
+        var store = problem.Parameters;
+        var destination = new View(store.Backend.Allocate(store.All.Length), 0, store.All.Length);
+        var update = plan.CreateParameterUpdate([.. problem.Model.Sites.Select(s => s.Node)], destination);
+        for (int i = 0; i < siteCotangents.Count; i++)
+        {
+            var view = new View(store.Backend.Allocate(siteCotangents[i].Length), 0, siteCotangents[i].Length);
+            store.Backend.CopyFromHost(siteCotangents[i], view);
+            update.Write(i, view);
+        }
+        return [.. destination.ToArray().Select(v => (double)v)];
+    }
+
+    /// <summary>Mean of <paramref name="samples"/> estimates within 5 standard errors of <paramref name="expected"/> per component
+    /// (a false failure has odds ~6e-7 each), plus float32 rounding.</summary>
+    private static void AssertMeanWithinStandardErrors(double[] expected, Training.GradientEstimator estimator, int samples, string what)
+    {
+        var (sum, squares) = (new double[expected.Length], new double[expected.Length]);
         for (int s = 0; s < samples; s++)
         {
             var estimate = CpuBackend.Span(estimator.Estimate(new RandomKey(2027, 0).Derive((ulong)s)).Gradient);
-            for (int j = 0; j < g.Length; j++) { sum[j] += estimate[j]; squares[j] += (double)estimate[j] * estimate[j]; }
+            for (int j = 0; j < expected.Length; j++) { sum[j] += estimate[j]; squares[j] += (double)estimate[j] * estimate[j]; }
         }
-        for (int j = 0; j < g.Length; j++)
+        for (int j = 0; j < expected.Length; j++)
         {
             double mean = sum[j] / samples, std = Math.Sqrt(Math.Max(0, squares[j] / samples - mean * mean) * samples / (samples - 1));
-            // 5 standard errors (a false failure has odds ~6e-7 per component) + float32 rounding of the estimates.
-            double bound = 5 * std / Math.Sqrt(samples) + 1e-6 * (1 + Math.Abs(g[j]));
-            Assert.True(Math.Abs(mean - g[j]) <= bound, $"{mode}: component {j} mean {mean:G6}, gradient {g[j]:G6} (5 standard errors = {bound:G3})");
+            double bound = 5 * std / Math.Sqrt(samples) + 1e-6 * (1 + Math.Abs(expected[j]));
+            Assert.True(Math.Abs(mean - expected[j]) <= bound, $"{what}: component {j} mean {mean:G6}, expected {expected[j]:G6} (5 standard errors = {bound:G3})");
         }
     }
 }
