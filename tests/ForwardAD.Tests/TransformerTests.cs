@@ -210,6 +210,21 @@ public class TransformerTests
         Assert.Contains("PulledBack()", error.Message);
     }
 
+    /// <summary>DFA's feedback matrix at a site is dense, (site elements) × (output elements): on a sequence model both count
+    /// every position, T·D × T·V. Where that exceeds an array (fc1 of l1-h1-d64-t256: 256·256 × 256·256 = 2³² floats) the
+    /// guesser is refused naming the site and the sizes, instead of the product wrapping around to a wrong (here empty) matrix.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Feedback_matrices_beyond_an_array_are_refused_clearly(bool grape)
+    {
+        var problem = Randomized(new TransformerSpec(Layers: 1, Heads: 1, Width: 64, Context: 256, Vocabulary: 256), 3, 1);
+        var guesser = grape ? Guessers.Grape(new GrapeOptions()) : Guessers.Dfa();
+        var error = Assert.Throws<ArgumentException>(() => guesser.Compile(problem.Parameters, 1));
+        Assert.Contains("block1.fc1", error.Message);
+        Assert.Contains("65536 × 65536", error.Message);
+    }
+
     /// <summary>
     /// Attention couples the positions of an example and LayerNorm the columns of a row, but nothing couples examples: ℓ_b
     /// depends on example b's activations only, so E[d_b u_b] = ∂L/∂s_b at every site (u_b ~ N(0, I) over the whole [T, D]

@@ -81,6 +81,13 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
         _hidden = [.. _sites.Where(s => s.Node != model.Output)];
         _hiddenIndex = [.. _sites.Select(s => Array.IndexOf(_hidden, s))];
         _outputs = model.Output.Shape.ElementCount;
+        // B_l is dense, (site elements) × (output elements): on a sequence model both count every position (T·D × T·V), and
+        // the product can pass what one buffer holds. Checked before anything is allocated, so that it is refused, not wrapped.
+        foreach (var site in _hidden)
+            if ((long)site.ElementCount * _outputs > int.MaxValue)
+                throw new ArgumentException($"Feedback alignment: the feedback matrix of {site} would be {site.ElementCount} × {_outputs} " +
+                    $"(its elements per example × the output {model.Output}'s) = {(long)site.ElementCount * _outputs} floats, more than one buffer holds " +
+                    $"({int.MaxValue}). Use a shorter sequence, a narrower site or a smaller output.");
         var grape = guesser.Grape;
         _channels = grape is not null && grape.Mode == TangentMode.PerLayer ? Math.Max(1, _hidden.Length) : 1;
         _plan = Plan.Compile(parameters, new PlanOptions(batchSize)
