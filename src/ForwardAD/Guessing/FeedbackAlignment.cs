@@ -91,6 +91,13 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
         var output = model.Output.Shape;
         _positions = output.Rank == 2 && _hidden.All(s => s.Node.Shape.Rank == 2 && s.Node.Shape[0] == output[0]) ? output[0] : 1;
         _outputs = output.ElementCount / _positions;
+        // B_l is (site elements per position) × (outputs per position); checked before anything is allocated, so that a size
+        // beyond one buffer is refused, not wrapped.
+        foreach (var site in _hidden)
+            if ((long)(site.ElementCount / _positions) * _outputs > int.MaxValue)
+                throw new ArgumentException($"Feedback alignment: the feedback matrix of {site} would be {site.ElementCount / _positions} × {_outputs} " +
+                    $"(its elements per {(_positions > 1 ? "position" : "example")} × the output {model.Output}'s) = {(long)(site.ElementCount / _positions) * _outputs} floats, " +
+                    $"more than one buffer holds ({int.MaxValue}). Use a narrower site or a smaller output.");
         var grape = guesser.Grape;
         _channels = grape is not null && grape.Mode == TangentMode.PerLayer ? Math.Max(1, _hidden.Length) : 1;
         _plan = Plan.Compile(parameters, new PlanOptions(batchSize)
