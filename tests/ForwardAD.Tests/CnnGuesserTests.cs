@@ -28,51 +28,13 @@ public class CnnGuesserTests
         return b.Build(b.SoftmaxCrossEntropy("loss", logits, b.ClassLabels("y", 3)), logits);
     }
 
-    public static TheoryData<string> GuesserNames => new()
-    {
-        "backprop", "activation-perturbation", "activation-perturbation per-layer", "weight-transpose", "downstream-2", "mixing",
-        "self-sharpening", "directional", "dfa", "grape",
-    };
-
-    private static Guesser Named(string name) => name switch
-    {
-        "backprop" => Guessers.Backprop,
-        "activation-perturbation" => Guessers.ActivationPerturbation(),
-        "activation-perturbation per-layer" => Guessers.ActivationPerturbation(TangentMode.PerLayer, 2),
-        "weight-transpose" => Guessers.WeightTranspose(),
-        "downstream-2" => Guessers.Downstream(2),
-        "mixing" => Guessers.ActivationMixing(),
-        "self-sharpening" => Guessers.SelfSharpening(),
-        "directional" => Guessers.DirectionalDescent(2),
-        "dfa" => Guessers.Dfa(),
-        _ => Guessers.Grape(new GrapeOptions()),
-    };
-
     /// <summary>Every guesser compiles on a CNN with batch normalisation, estimates a finite, non-zero gradient, and
     /// its AdamW training steps allocate nothing after the first two.</summary>
     [Theory]
-    [MemberData(nameof(GuesserNames))]
+    [MemberData(nameof(GuessSampling.GuesserNames), MemberType = typeof(GuessSampling))]
     public void Every_guesser_trains_a_cnn_without_allocating(string name)
     {
-        var problem = Problem.From(SmallCnn(frozenStatistics: false), 5, Batch);
-        var estimator = Named(name).Compile(problem.Parameters, Batch);
-        var optimizer = new Optimizer(Optimizers.AdamW(1e-3f), problem.Parameters);
-        var (x, y) = (problem.Inputs[problem.Model["x"].Id], problem.Inputs[problem.Model["y"].Id]);
-        void Step(int i)
-        {
-            estimator.SetBatch(x, y);
-            var (gradient, loss) = estimator.Estimate(new RandomKey(1, (ulong)i), i);
-            optimizer.Step(new UpdateInputs(i, loss, default), gradient);
-        }
-        estimator.SetBatch(x, y);
-        var first = estimator.Estimate(new RandomKey(9, 9)).Gradient.ToArray();
-        Assert.All(first, v => Assert.True(float.IsFinite(v), $"{name}: a non-finite estimate"));
-        Assert.Contains(first, v => v != 0);
-        Step(0);
-        Step(1);
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 2; i < 5; i++) Step(i);
-        Assert.True(GC.GetAllocatedBytesForCurrentThread() - before == 0, $"{name} allocated {GC.GetAllocatedBytesForCurrentThread() - before} bytes in 3 CNN steps");
+        GuessSampling.AssertTrainsWithoutAllocating(Problem.From(SmallCnn(frozenStatistics: false), 5, Batch), name, Batch);
     }
 
     /// <summary>σ^p Wᵀ needs the spectrum of a dense next layer; on a conv site it is refused with the way out named.</summary>
@@ -87,37 +49,11 @@ public class CnnGuesserTests
 
     // ---- expectations ---------------------------------------------------------------------------
 
-    /// <summary>Mean and sample standard deviation of <paramref name="samples"/> estimates, with the model state (running
-    /// statistics) restored before each so that every sample sees the same model.</summary>
-    private static (double[] Mean, double[] Std) Sample(Problem problem, Guesser guesser, int samples)
-    {
-        var estimator = guesser.Compile(problem.Parameters, Batch);
-        estimator.SetBatch(problem.Inputs[problem.Model["x"].Id], problem.Inputs[problem.Model["y"].Id]);
-        var state = problem.Parameters.State.ToArray();
-        double[]? sum = null, squares = null;
-        for (int s = 0; s < samples; s++)
-        {
-            CpuBackend.Span(problem.Parameters.State).CopyFrom(state);
-            var estimate = estimator.Estimate(new RandomKey(2026, 0).Derive((ulong)s)).Gradient.ToArray();
-            sum ??= new double[estimate.Length];
-            squares ??= new double[estimate.Length];
-            for (int j = 0; j < estimate.Length; j++) { sum[j] += estimate[j]; squares[j] += (double)estimate[j] * estimate[j]; }
-        }
-        CpuBackend.Span(problem.Parameters.State).CopyFrom(state);
-        var mean = sum!.Select(v => v / samples).ToArray();
-        return (mean, [.. squares!.Select((v, j) => Math.Sqrt(Math.Max(0, v / samples - mean[j] * mean[j]) * samples / (samples - 1)))]);
-    }
+    private static (double[] Mean, double[] Std) Sample(Problem problem, Guesser guesser, int samples) =>
+        GuessSampling.Sample(problem, guesser, Batch, samples, seed: 2026);
 
-    /// <summary>|mean − expected| ≤ 5 standard errors (+ float32 rounding) per component: a false failure has odds ~6e-7 each.</summary>
-    private static void AssertWithinStandardErrors(double[] expected, double[] mean, double[] std, int samples, string what)
-    {
-        for (int j = 0; j < expected.Length; j++)
-        {
-            double bound = 5 * std[j] / Math.Sqrt(samples) + 1e-6 * (1 + Math.Abs(expected[j]));
-            if (Math.Abs(mean[j] - expected[j]) > bound)
-                throw new Xunit.Sdk.XunitException($"{what}: component {j} mean {mean[j]:G6}, expected {expected[j]:G6} (5 standard errors = {bound:G3}).");
-        }
-    }
+    private static void AssertWithinStandardErrors(double[] expected, double[] mean, double[] std, int samples, string what) =>
+        GuessSampling.AssertWithinStandardErrors(expected, mean, std, samples, what);
 
     private static double[] Gradient(Problem problem)
     {

@@ -32,33 +32,11 @@ public class GuesserTests
     private static void SetBatch(Problem problem, GradientEstimator estimator) =>
         estimator.SetBatch(problem.Inputs[problem.Model["x"].Id], problem.Inputs[problem.Model["y"].Id]);
 
-    /// <summary>Draws <paramref name="samples"/> estimates; returns their mean and sample standard deviation per component.</summary>
-    private static (double[] Mean, double[] Std) Sample(Problem problem, Guesser guesser, int samples)
-    {
-        var estimator = guesser.Compile(problem.Parameters, Batch);
-        SetBatch(problem, estimator);
-        double[]? sum = null, sumSquares = null;
-        for (int s = 0; s < samples; s++)
-        {
-            var estimate = estimator.Estimate(new RandomKey(2024, 0).Derive((ulong)s)).Gradient.ToArray();
-            sum ??= new double[estimate.Length];
-            sumSquares ??= new double[estimate.Length];
-            for (int j = 0; j < estimate.Length; j++) { sum[j] += estimate[j]; sumSquares[j] += (double)estimate[j] * estimate[j]; }
-        }
-        var mean = sum!.Select(v => v / samples).ToArray();
-        var std = sumSquares!.Select((v, j) => Math.Sqrt(Math.Max(0, v / samples - mean[j] * mean[j]) * samples / (samples - 1))).ToArray();
-        return (mean, std);
-    }
+    private static (double[] Mean, double[] Std) Sample(Problem problem, Guesser guesser, int samples) =>
+        GuessSampling.Sample(problem, guesser, Batch, samples, seed: 2024);
 
-    private static void AssertWithinStandardErrors(double[] expected, double[] mean, double[] std, int samples, string what)
-    {
-        for (int j = 0; j < expected.Length; j++)
-        {
-            double bound = 5 * std[j] / Math.Sqrt(samples) + 1e-6 * (1 + Math.Abs(expected[j]));
-            if (Math.Abs(mean[j] - expected[j]) > bound)
-                throw new Xunit.Sdk.XunitException($"{what}: component {j} mean {mean[j]:G6}, expected {expected[j]:G6} (5 standard errors = {bound:G3}).");
-        }
-    }
+    private static void AssertWithinStandardErrors(double[] expected, double[] mean, double[] std, int samples, string what) =>
+        GuessSampling.AssertWithinStandardErrors(expected, mean, std, samples, what);
 
     private static Arbitrary<(int Seed, int Activation)> Models =>
         (from seed in Gen.Choose(0, 100_000) from activation in Gen.Choose(0, 3) select (seed, activation)).ToArbitrary();

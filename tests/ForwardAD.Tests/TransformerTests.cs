@@ -151,52 +151,13 @@ public class TransformerTests
 
     private static readonly TransformerSpec Small = new(Layers: 2, Heads: 2, Width: 8, Context: 5, Vocabulary: 11);
 
-    public static TheoryData<string> GuesserNames => new()
-    {
-        "backprop", "activation-perturbation", "activation-perturbation per-layer", "weight-transpose", "downstream-2", "mixing",
-        "self-sharpening", "directional", "dfa", "grape",
-    };
-
-    private static Guesser Named(string name) => name switch
-    {
-        "backprop" => Guessers.Backprop,
-        "activation-perturbation" => Guessers.ActivationPerturbation(),
-        "activation-perturbation per-layer" => Guessers.ActivationPerturbation(TangentMode.PerLayer, 2),
-        "weight-transpose" => Guessers.WeightTranspose(),
-        "downstream-2" => Guessers.Downstream(2),
-        "mixing" => Guessers.ActivationMixing(),
-        "self-sharpening" => Guessers.SelfSharpening(),
-        "directional" => Guessers.DirectionalDescent(2),
-        "dfa" => Guessers.Dfa(),
-        _ => Guessers.Grape(new GrapeOptions()),
-    };
-
     /// <summary>Every guesser compiles on the transformer, estimates a finite, non-zero gradient, and its AdamW training
     /// steps allocate nothing after two warm-up steps.</summary>
     [Theory]
-    [MemberData(nameof(GuesserNames))]
+    [MemberData(nameof(GuessSampling.GuesserNames), MemberType = typeof(GuessSampling))]
     public void Every_guesser_trains_a_transformer_without_allocating(string name)
     {
-        const int batch = 3;
-        var problem = Randomized(Small, 5, batch, padTarget: true);
-        var estimator = Named(name).Compile(problem.Parameters, batch);
-        var optimizer = new Optimizer(Optimizers.AdamW(1e-3f), problem.Parameters);
-        var (x, y) = (problem.Inputs[problem.Model["x"].Id], problem.Inputs[problem.Model["y"].Id]);
-        void Step(int i)
-        {
-            estimator.SetBatch(x, y);
-            var (gradient, loss) = estimator.Estimate(new RandomKey(1, (ulong)i), i);
-            optimizer.Step(new UpdateInputs(i, loss, default), gradient);
-        }
-        estimator.SetBatch(x, y);
-        var first = estimator.Estimate(new RandomKey(9, 9)).Gradient.ToArray();
-        Assert.All(first, v => Assert.True(float.IsFinite(v), $"{name}: a non-finite estimate"));
-        Assert.Contains(first, v => v != 0);
-        Step(0);
-        Step(1);
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 2; i < 5; i++) Step(i);
-        Assert.True(GC.GetAllocatedBytesForCurrentThread() - before == 0, $"{name} allocated {GC.GetAllocatedBytesForCurrentThread() - before} bytes in 3 transformer steps");
+        GuessSampling.AssertTrainsWithoutAllocating(Randomized(Small, 5, 3, padTarget: true), name, 3);
     }
 
     /// <summary>σ^p Wᵀ needs the spectrum of a dense next layer; the transformer's first site (the token embedding, consumed by
