@@ -132,7 +132,7 @@ internal static class LanguageModelCommands
             int chunk = (int)Math.Min(evalEvery, steps - trainer.Step);
             var report = trainer.Train(chunk);
             reports.Add(report);
-            WriteMetrics(metricsPath, reports, runHash);
+            WriteMetrics(metricsPath, reports, runHash, parameters.Model.Sites.Select(site => site.Name));
             if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, spec, configuration.ToDictionary());
             if (!quiet) context.Output.WriteLine($"step {report.Step}: train loss {report.TrainLoss / Math.Log(2):F3} bits/char, validation {report.Validation.BitsPerCharacter:F3} bits/char " +
                 $"(next-byte accuracy {report.Validation.Accuracy:P1}), cos {TrainCommand.F(report.GlobalCosine, "F3")}, {report.TokensPerSecond:F0} tokens/s, {report.TrainingTime.TotalSeconds:F0} s");
@@ -146,14 +146,18 @@ internal static class LanguageModelCommands
         return Cli.Success;
     }
 
-    /// <summary>One row per evaluation: step, train and validation bits per character, next-byte accuracy, cosines, speed, time.</summary>
-    private static void WriteMetrics(string path, List<LanguageModelReport> reports, string run)
+    /// <summary>One row per evaluation: step, train and validation bits per character, next-byte accuracy, the global cosine,
+    /// speed, time, the run's hash, then the cosine at every site.</summary>
+    private static void WriteMetrics(string path, List<LanguageModelReport> reports, string run, IEnumerable<string> sites)
     {
         if (Path.GetDirectoryName(path) is { Length: > 0 } folder) Directory.CreateDirectory(folder);
         static string G(double v) => v.ToString("R", CultureInfo.InvariantCulture);
-        var lines = new List<string> { "step,train_bits_per_char,validation_bits_per_char,validation_accuracy,cosine_global,tokens_per_second,training_seconds,run" };
+        // Per-site cosines after the fixed columns (sites in model order, named in the header), so that the columns
+        // scripts read by position stay where they are.
+        var lines = new List<string> { "step,train_bits_per_char,validation_bits_per_char,validation_accuracy,cosine_global,tokens_per_second,training_seconds,run" +
+            string.Concat(sites.Select(site => $",cosine_{site}")) };
         lines.AddRange(reports.Select(r => string.Join(',', r.Step.ToString(CultureInfo.InvariantCulture), G(r.TrainLoss / Math.Log(2)), G(r.Validation.BitsPerCharacter),
-            G(r.Validation.Accuracy), G(r.GlobalCosine), G(r.TokensPerSecond), G(r.TrainingTime.TotalSeconds), run)));
+            G(r.Validation.Accuracy), G(r.GlobalCosine), G(r.TokensPerSecond), G(r.TrainingTime.TotalSeconds), run) + string.Concat(r.SiteCosines.Select(c => "," + G(c)))));
         var temporary = path + ".tmp";
         File.WriteAllLines(temporary, lines);
         File.Move(temporary, path, overwrite: true);

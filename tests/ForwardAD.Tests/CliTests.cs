@@ -411,7 +411,11 @@ public sealed class CliTests : IDisposable
             "--batch-size", "4", "--validation-windows", "8", "--optimizer", "adamw", "--lr", "3e-3", "--quiet", "--metrics", metrics, "--checkpoint", checkpoint);
         Assert.True(code == 0, error);
         Assert.Contains("bits per character after 20 steps", output);
-        Assert.Equal(3, File.ReadAllLines(metrics).Length); // header + 2 evaluations
+        var rows = File.ReadAllLines(metrics);
+        Assert.Equal(3, rows.Length); // header + 2 evaluations
+        Assert.DoesNotContain(",cosine_block1.attn,", rows[0] + ","); // not a site: attention has no parameters
+        Assert.Contains(",cosine_block1.q,", rows[0] + ","); // every projection is
+        Assert.Equal(rows[0].Split(',').Length, rows[1].Split(',').Length);
         (code, output, error) = Run("sample", "--checkpoint", checkpoint, "--prompt", "to be", "--length", "20", "--seed", "3");
         Assert.True(code == 0, error);
         Assert.StartsWith("to be", output);
