@@ -94,6 +94,42 @@ public abstract class Backend
     /// <summary>destination[r, j] (+)= a[r, j]·scale[j] for rows = a.Length / scale.Length: a per-column (per-channel) scale.</summary>
     public abstract void ScaleColumns(View a, View scale, View destination, bool accumulate);
 
+    /// <summary>
+    /// Batch statistics of the columns of x [rows, C]: negativeMean[c] = −(1/n) Σ_r x[r, c] and
+    /// variance[c] = (1/n) Σ_r (x[r, c] − mean[c])² (biased; centred first, so no E[x²] − μ² cancellation).
+    /// <paramref name="scratch"/> holds at least x.Length floats. The default composes the general kernels; a backend
+    /// may fuse it (the CPU reads x twice instead of about eight passes).
+    /// </summary>
+    public virtual void ColumnMoments(View x, View negativeMean, View variance, View scratch)
+    {
+        int rows = x.Length / negativeMean.Length;
+        var centred = scratch.Slice(0, x.Length);
+        SumRows(x, negativeMean, accumulate: false);
+        Scale(negativeMean, -1f / rows, negativeMean);
+        Copy(x, centred);
+        AddBias(negativeMean, centred);
+        MultiplyChannels(centred, centred, centred, accumulate: false);
+        SumRows(centred, variance, accumulate: false);
+        Scale(variance, 1f / rows, variance);
+    }
+
+    /// <summary>destination[r, c] = (x[r, c] + shift[c])·scale[c]: normalisation with −mean and 1/σ. Default composed;
+    /// the CPU fuses it into one pass.</summary>
+    public virtual void ShiftScaleColumns(View x, View shift, View scale, View destination)
+    {
+        Copy(x, destination);
+        AddBias(shift, destination);
+        ScaleColumns(destination, scale, destination, accumulate: false);
+    }
+
+    /// <summary>destination[r, c] = x[r, c]·scale[c] + shift[c]: the affine γ, β of a normalisation. Default composed;
+    /// the CPU fuses it into one pass.</summary>
+    public virtual void ScaleShiftColumns(View x, View scale, View shift, View destination)
+    {
+        ScaleColumns(x, scale, destination, accumulate: false);
+        AddBias(shift, destination);
+    }
+
     /// <summary>destination[i] = 1/√(x[i] + ε): batch normalisation's inverse standard deviation.</summary>
     public abstract void ReciprocalSqrt(View x, float epsilon, View destination);
 

@@ -135,6 +135,50 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    public override void ColumnMoments(View x, View negativeMean, View variance, View scratch)
+    {
+        var source = Read(x);
+        var shift = Span(negativeMean);
+        var spread = Span(variance);
+        int columns = shift.Length, rows = source.Length / columns;
+        var deviation = Span(scratch)[..columns];
+        // Pass 1: the column sums, row by row (the order SumRows uses); pass 2: the squared deviations from the mean.
+        shift.Clear();
+        for (int offset = 0; offset < source.Length; offset += columns) TensorPrimitives.Add(shift, source.Slice(offset, columns), shift);
+        TensorPrimitives.Multiply(shift, -1f / rows, shift);
+        spread.Clear();
+        for (int offset = 0; offset < source.Length; offset += columns)
+        {
+            TensorPrimitives.Add(source.Slice(offset, columns), shift, deviation);
+            TensorPrimitives.MultiplyAdd(deviation, deviation, spread, spread);
+        }
+        TensorPrimitives.Multiply(spread, 1f / rows, spread);
+    }
+
+    public override void ShiftScaleColumns(View x, View shift, View scale, View destination)
+    {
+        var source = Read(x);
+        var add = Read(shift);
+        var multiply = Read(scale);
+        var target = Span(destination);
+        for (int offset = 0; offset < target.Length; offset += add.Length)
+        {
+            var row = target.Slice(offset, add.Length);
+            TensorPrimitives.Add(source.Slice(offset, add.Length), add, row);
+            TensorPrimitives.Multiply(row, multiply, row);
+        }
+    }
+
+    public override void ScaleShiftColumns(View x, View scale, View shift, View destination)
+    {
+        var source = Read(x);
+        var multiply = Read(scale);
+        var add = Read(shift);
+        var target = Span(destination);
+        for (int offset = 0; offset < target.Length; offset += add.Length)
+            TensorPrimitives.MultiplyAdd(source.Slice(offset, add.Length), multiply, add, target.Slice(offset, add.Length));
+    }
+
     public override void ReciprocalSqrt(View x, float epsilon, View destination)
     {
         var source = Read(x);

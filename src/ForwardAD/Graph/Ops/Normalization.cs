@@ -77,30 +77,21 @@ public sealed record BatchNormOp(float Momentum = 0.1f, float Epsilon = 1e-5f, b
         if (batchStatistics || update)
         {
             // Vector0 = −μ_B; Vector1 = σ²_B = mean((x − μ_B)²) (biased, for normalising).
-            var centred = batchStatistics ? b.Normalized : b.Temporary;
-            backend.SumRows(x, b.Vector0, accumulate: false);
-            backend.Scale(b.Vector0, -1f / b.Rows, b.Vector0);
-            backend.Copy(x, centred);
-            backend.AddBias(b.Vector0, centred);
-            backend.MultiplyChannels(centred, centred, b.Temporary2, accumulate: false);
-            backend.SumRows(b.Temporary2, b.Vector1, accumulate: false);
-            backend.Scale(b.Vector1, 1f / b.Rows, b.Vector1);
-            if (batchStatistics) backend.ReciprocalSqrt(b.Vector1, Epsilon, b.InverseStd);
+            backend.ColumnMoments(x, b.Vector0, b.Vector1, b.Temporary);
+            if (batchStatistics)
+            {
+                backend.ReciprocalSqrt(b.Vector1, Epsilon, b.InverseStd);
+                backend.ShiftScaleColumns(x, b.Vector0, b.InverseStd, b.Normalized);
+            }
         }
         if (!batchStatistics)
         {
             // Running statistics (evaluation, or frozen): x̂ = (x − μ_run) σ̂_run⁻¹, with the values before this step's update.
             backend.ReciprocalSqrt(runningVariance, Epsilon, b.InverseStd);
             backend.Scale(runningMean, -1f, b.Scale);
-            backend.Copy(x, b.Normalized);
-            backend.AddBias(b.Scale, b.Normalized);
+            backend.ShiftScaleColumns(x, b.Scale, b.InverseStd, b.Normalized);
         }
-        backend.ScaleColumns(b.Normalized, b.InverseStd, b.Normalized, accumulate: false);
-        if (Affine(c))
-        {
-            backend.ScaleColumns(b.Normalized, c.Input(3).Value, c.Output.Value, accumulate: false);
-            backend.AddBias(c.Input(4).Value, c.Output.Value);
-        }
+        if (Affine(c)) backend.ScaleShiftColumns(b.Normalized, c.Input(3).Value, c.Input(4).Value, c.Output.Value);
         else backend.Copy(b.Normalized, c.Output.Value);
         if (update)
         {
