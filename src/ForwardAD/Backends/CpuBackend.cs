@@ -207,11 +207,23 @@ public sealed class CpuBackend(Gemm gemm) : Backend
                 for (int ox = 0; ox < g.OutputWidth; ox++, row++)
                 {
                     var patch = columns.Slice(row * g.PatchLength, g.PatchLength);
-                    int at = 0;
+                    int at = 0, left = ox * g.Stride - g.Padding;
                     for (int group = 0; group < g.Groups; group++)
                         for (int ky = 0; ky < g.KernelHeight; ky++)
                         {
                             int iy = oy * g.Stride - g.Padding + ky;
+                            if (g.Groups == 1 && iy >= 0 && iy < g.Height && left >= 0 && left + g.KernelWidth <= g.Width)
+                            {
+                                // One group and the whole kernel row inside the image: its kw pixels' channels are one
+                                // contiguous run in both layouts (kw·C floats), copied (or added) at once.
+                                int length = g.KernelWidth * g.Channels;
+                                var run = image.Slice((iy * g.Width + left) * g.Channels, length);
+                                var block = patch.Slice(at, length);
+                                if (toColumns) run.CopyTo(block);
+                                else TensorPrimitives.Add(run, block, run);
+                                at += length;
+                                continue;
+                            }
                             for (int kx = 0; kx < g.KernelWidth; kx++, at += groupChannels)
                             {
                                 int ix = ox * g.Stride - g.Padding + kx;
