@@ -119,32 +119,7 @@ public class TransformerTests
         var model = problem.Model;
         var seeded = model.Parameters.Concat(model.Sites.Select(s => s.Node)).ToList();
         Assert.Contains(model.Sites, s => s.Node.Op is EmbeddingOp);
-        var plan = problem.Compile(new PlanOptions(batch) { TangentCount = K, Seeds = [.. seeded.Select(n => new TangentSeed(n))] });
-        var seeds = seeded.ToDictionary(n => n.Id, n => Problem.Normal(700 + n.Id, plan.Seed(n).Length, 1f));
-        foreach (var n in seeded) CpuBackend.Span(plan.Seed(n)).CopyFrom(seeds[n.Id]);
-        plan.ForwardJvp();
-        var lossTangent = plan.Tangent(model.Loss).ToArray();
-        var outputTangent = plan.Tangent(model.Output).ToArray();
-
-        var reference = new ReferenceEvaluator(model, batch);
-        var leaves = problem.Leaves();
-        var forward = reference.Run(leaves);
-        var ours = plan.Value(model.Loss).ToArray();
-        for (int i = 0; i < batch; i++) JvpTests.AssertClose(forward[i], ours[i], $"{spec}: loss of example {i}", 1e-5);
-        int outputs = model.Output.ElementCount(batch);
-        for (int k = 0; k < K; k++)
-        {
-            var direction = seeds.ToDictionary(kv => kv.Key, kv => JvpTests.Channel(kv.Value, k, K));
-            const double epsilon = 1e-5;
-            var plus = reference.Run(leaves, direction, epsilon);
-            var outPlus = reference.Values[model.Output.Id];
-            var minus = reference.Run(leaves, direction, -epsilon);
-            var outMinus = reference.Values[model.Output.Id];
-            for (int i = 0; i < batch; i++)
-                JvpTests.AssertClose((plus[i] - minus[i]) / (2 * epsilon), lossTangent[k * batch + i], $"{spec}: loss tangent k={k} b={i}");
-            for (int i = 0; i < outputs; i++)
-                JvpTests.AssertClose((outPlus[i] - outMinus[i]) / (2 * epsilon), outputTangent[k * outputs + i], $"{spec}: logit tangent k={k} i={i}");
-        }
+        FiniteDifferences.AssertJvpMatchesReference(problem, seeded, K, spec.ToString(), seedBase: 700);
     }
 
     // ---- guessers ---------------------------------------------------------------------------------
