@@ -63,22 +63,6 @@ public class CnnGuesserTests
         return [.. plan.ParameterGradients.ToArray().Select(v => (double)v)];
     }
 
-    /// <summary>The parameter estimate a guesser makes from given site cotangents ([B, ...] per site, in site order):
-    /// the sites' own VJP rules, the same linear map the estimators use.</summary>
-    private static double[] ParametersFrom(Problem problem, Plan plan, IReadOnlyList<float[]> siteCotangents)
-    {
-        var store = problem.Parameters;
-        var destination = new View(store.Backend.Allocate(store.All.Length), 0, store.All.Length);
-        var update = plan.CreateParameterUpdate([.. problem.Model.Sites.Select(s => s.Node)], destination);
-        for (int i = 0; i < siteCotangents.Count; i++)
-        {
-            var view = new View(store.Backend.Allocate(siteCotangents[i].Length), 0, siteCotangents[i].Length);
-            store.Backend.CopyFromHost(siteCotangents[i], view);
-            update.Write(i, view);
-        }
-        return [.. destination.ToArray().Select(v => (double)v)];
-    }
-
     /// <summary>With frozen statistics the examples are independent, so E[d_b u_b] = ∂L/∂s_b at every conv and dense site
     /// (tangent shaped like the feature map) and activation perturbation is unbiased on the CNN.</summary>
     [Theory]
@@ -121,7 +105,7 @@ public class CnnGuesserTests
             for (int b = 0; b < Batch; b++) Array.Copy(all, (b * Batch + b) * n, rows, b * n, n);
             diagonal.Add(rows);
         }
-        var expected = ParametersFrom(problem, plan, diagonal);
+        var expected = GuessSampling.ParametersFrom(problem, plan, diagonal);
         const int samples = 6000;
         var (mean, std) = Sample(problem, Guessers.ActivationPerturbation(TangentMode.Joint, guesses: 2), samples);
         AssertWithinStandardErrors(expected, mean, std, samples, "activation perturbation under batch statistics");
@@ -172,7 +156,7 @@ public class CnnGuesserTests
             }
             cotangents.Add(expected);
         }
-        var mean = ParametersFrom(problem, plan, cotangents);
+        var mean = GuessSampling.ParametersFrom(problem, plan, cotangents);
         const int samples = 12000;
         var (sampled, std) = Sample(problem, Guessers.WeightTranspose(TangentMode.PerLayer), samples);
         AssertWithinStandardErrors(mean, sampled, std, samples, "Wᵀ on a CNN");

@@ -11,9 +11,9 @@ internal static class FiniteDifferences
     /// Seeds every node of <paramref name="seeded"/> with N(0, 1) tangents in K channels, runs the plan's fused forward and
     /// JVP, and checks the per-example losses against the float64 reference evaluator and the tangents of the losses and of
     /// the output against its central differences: ε = 1e-5 in double (truncation ~1e-10); the float32 plan is accurate to
-    /// ~1e-6 relative, hence 2e-4 relative, as in the MLP test (JvpTests).
+    /// ~1e-6 relative, hence 2e-4 relative, as in the MLP test (JvpTests). Returns the plan's per-example losses.
     /// </summary>
-    public static void AssertJvpMatchesReference(Problem problem, IReadOnlyList<Node> seeded, int channels, string label,
+    public static float[] AssertJvpMatchesReference(Problem problem, IReadOnlyList<Node> seeded, int channels, string label,
         int seedBase = 700, bool updatesRunningStatistics = true)
     {
         var model = problem.Model;
@@ -47,5 +47,6 @@ internal static class FiniteDifferences
             for (int i = 0; i < outputs; i++)
                 JvpTests.AssertClose((outPlus[i] - outMinus[i]) / (2 * epsilon), outputTangent[k * outputs + i], $"{label}: output tangent k={k} i={i}");
         }
+        return ours;
     }
 }

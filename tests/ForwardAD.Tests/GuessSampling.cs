@@ -88,4 +88,20 @@ internal static class GuessSampling
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
         Assert.True(allocated == 0, $"{name} allocated {allocated} bytes in 3 steps");
     }
+
+    /// <summary>The parameter estimate a guesser makes from given site cotangents ([B, ...] per site, in site order): the
+    /// sites' own VJP rules, the same linear map the estimators use.</summary>
+    public static double[] ParametersFrom(Problem problem, Autodiff.Plan plan, IReadOnlyList<float[]> siteCotangents)
+    {
+        var store = problem.Parameters;
+        var destination = new View(store.Backend.Allocate(store.All.Length), 0, store.All.Length);
+        var update = plan.CreateParameterUpdate([.. problem.Model.Sites.Select(s => s.Node)], destination);
+        for (int i = 0; i < siteCotangents.Count; i++)
+        {
+            var view = new View(store.Backend.Allocate(siteCotangents[i].Length), 0, siteCotangents[i].Length);
+            store.Backend.CopyFromHost(siteCotangents[i], view);
+            update.Write(i, view);
+        }
+        return [.. destination.ToArray().Select(v => (double)v)];
+    }
 }

@@ -240,27 +240,11 @@ public class TransformerTests
             }
             cotangents.Add(expected);
         }
-        var mean = ParametersFrom(problem, plan, cotangents);
+        var mean = GuessSampling.ParametersFrom(problem, plan, cotangents);
         const int samples = 6000;
         var estimator = Guessers.WeightTranspose(TangentMode.PerLayer).Compile(problem.Parameters, batch);
         estimator.SetBatch(problem.Inputs[model["x"].Id], problem.Inputs[model["y"].Id]);
         AssertMeanWithinStandardErrors(mean, estimator, samples, "Wᵀ on a transformer");
-    }
-
-    /// <summary>The parameter estimate a guesser makes from given site cotangents ([B, ...] per site, in site order): the
-    /// sites' own VJP rules, the same linear map the estimators use.</summary>
-    private static double[] ParametersFrom(Problem problem, Plan plan, IReadOnlyList<float[]> siteCotangents)
-    {
-        var store = problem.Parameters;
-        var destination = new View(store.Backend.Allocate(store.All.Length), 0, store.All.Length);
-        var update = plan.CreateParameterUpdate([.. problem.Model.Sites.Select(s => s.Node)], destination);
-        for (int i = 0; i < siteCotangents.Count; i++)
-        {
-            var view = new View(store.Backend.Allocate(siteCotangents[i].Length), 0, siteCotangents[i].Length);
-            store.Backend.CopyFromHost(siteCotangents[i], view);
-            update.Write(i, view);
-        }
-        return [.. destination.ToArray().Select(v => (double)v)];
     }
 
     /// <summary>Mean of <paramref name="samples"/> estimates within 5 standard errors of <paramref name="expected"/> per component

@@ -153,7 +153,7 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
         }
         _lossGroups = [.. groups];
         int widest = _sites.Max(compiler.Elements);
-        _scaled = compiler.Workspace(widest);
+        _scaled = _guesses > 1 ? compiler.Workspace(widest) : View.Empty; // one guess is scaled straight into the cotangent
         _summed = compiler.Workspace(widest / _guesses);
         _gradient = compiler.Workspace(parameters.All.Length);
         _update = _plan.CreateParameterUpdate([.. _sites.Select(s => s.Node)], _gradient);
