@@ -1,0 +1,101 @@
+using System.Globalization;
+using ScottPlot;
+
+namespace ForwardAD.Plots;
+
+/// <summary>One named curve of a chart: y against x, as many points as x has.</summary>
+public sealed record Series(string Name, IReadOnlyList<double> X, IReadOnlyList<double> Y)
+{
+    /// <summary>Checks that the curve can be drawn; the message names the series and the fix.</summary>
+    public void Validate()
+    {
+        if (string.IsNullOrWhiteSpace(Name)) throw new ArgumentException("a series needs a name (it labels the legend)");
+        if (X.Count != Y.Count)
+            throw new ArgumentException($"series '{Name}': {X.Count} x values but {Y.Count} y values; give one y per x");
+    }
+}
+
+/// <summary>
+/// A line chart described as a value: title, axis labels, named series, optional log axes. Written by
+/// <see cref="ChartFile"/> as PNG and SVG. Log axes plot log10 of the data with decade ticks (ScottPlot has no native log
+/// scale); points that are not positive on a log axis are left out, since they have no place on it.
+/// </summary>
+public sealed record LineChart(string Title, string XLabel, string YLabel, IReadOnlyList<Series> Series, bool LogX = false, bool LogY = false)
+{
+    /// <summary>The same chart with one more series.</summary>
+    public LineChart With(Series series) => this with { Series = [.. Series, series] };
+}
+
+/// <summary>Writes charts to image files.</summary>
+public static class ChartFile
+{
+    /// <summary>Default image size in pixels: readable in a README at full width.</summary>
+    public const int DefaultWidth = 800, DefaultHeight = 500;
+
+    /// <summary>
+    /// Writes <paramref name="chart"/> to <paramref name="path"/>; the extension chooses the format (.png or .svg).
+    /// The folder is created when missing. Returns the path written.
+    /// </summary>
+    public static string Save(LineChart chart, string path, int width = DefaultWidth, int height = DefaultHeight)
+    {
+        ArgumentNullException.ThrowIfNull(chart);
+        if (width < 100 || height < 100) throw new ArgumentOutOfRangeException(nameof(width), $"a chart of {width}×{height} pixels is too small to read; use at least 100×100");
+        string extension = Path.GetExtension(path).ToLowerInvariant();
+        if (extension is not (".png" or ".svg"))
+            throw new ArgumentException($"'{path}': charts are written as .png or .svg; give the file one of these extensions");
+        string? folder = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (folder is not null) Directory.CreateDirectory(folder);
+        using var plot = Build(chart);
+        if (extension == ".png") plot.SavePng(path, width, height);
+        else plot.SaveSvg(path, width, height);
+        return path;
+    }
+
+    /// <summary>Writes the chart as both <c>stem.png</c> and <c>stem.svg</c>; returns both paths.</summary>
+    public static (string Png, string Svg) SaveBoth(LineChart chart, string stem, int width = DefaultWidth, int height = DefaultHeight) =>
+        (Save(chart, stem + ".png", width, height), Save(chart, stem + ".svg", width, height));
+
+    private static Plot Build(LineChart chart)
+    {
+        var plot = new Plot();
+        foreach (var series in chart.Series)
+        {
+            series.Validate();
+            var (xs, ys) = Points(series, chart.LogX, chart.LogY);
+            var scatter = plot.Add.Scatter(xs, ys);
+            scatter.LegendText = series.Name;
+            scatter.MarkerSize = xs.Length <= 40 ? 5 : 0;
+            scatter.LineWidth = 1.5f;
+        }
+        plot.Title(chart.Title);
+        plot.XLabel(chart.LogX ? chart.XLabel + " (log scale)" : chart.XLabel);
+        plot.YLabel(chart.LogY ? chart.YLabel + " (log scale)" : chart.YLabel);
+        if (chart.LogX) plot.Axes.Bottom.TickGenerator = LogTicks();
+        if (chart.LogY) plot.Axes.Left.TickGenerator = LogTicks();
+        if (chart.Series.Count > 1) plot.ShowLegend(Alignment.UpperRight);
+        return plot;
+    }
+
+    /// <summary>The drawable points: finite values only, log10 of those on a log axis (positive values only).</summary>
+    private static (double[] X, double[] Y) Points(Series series, bool logX, bool logY)
+    {
+        var xs = new List<double>(series.X.Count);
+        var ys = new List<double>(series.Y.Count);
+        for (int i = 0; i < series.X.Count; i++)
+        {
+            double x = series.X[i], y = series.Y[i];
+            if (!double.IsFinite(x) || !double.IsFinite(y) || (logX && x <= 0) || (logY && y <= 0)) continue;
+            xs.Add(logX ? Math.Log10(x) : x);
+            ys.Add(logY ? Math.Log10(y) : y);
+        }
+        return ([.. xs], [.. ys]);
+    }
+
+    /// <summary>Decade labels (1, 10, 100, …) with minor ticks at 2…9 for an axis that carries log10 of the data.</summary>
+    private static ScottPlot.TickGenerators.NumericAutomatic LogTicks() => new()
+    {
+        MinorTickGenerator = new ScottPlot.TickGenerators.LogMinorTickGenerator(),
+        IntegerTicksOnly = true,
+        LabelFormatter = exponent => Math.Pow(10, exponent).ToString("G4", CultureInfo.InvariantCulture),
+    };
+}

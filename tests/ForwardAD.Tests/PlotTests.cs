@@ -1,0 +1,58 @@
+using System.Buffers.Binary;
+using System.Xml.Linq;
+using ForwardAD.Plots;
+
+namespace ForwardAD.Tests;
+
+/// <summary>Charts are written as real image files: a PNG whose header carries the asked size, an SVG document of that size.</summary>
+public sealed class PlotTests : IDisposable
+{
+    private readonly string folder = Directory.CreateTempSubdirectory("forwardad-plots-").FullName;
+
+    public void Dispose() => Directory.Delete(folder, recursive: true);
+
+    private static LineChart Example(bool logX = false) => new(
+        "cosine against guesses", "guesses", "cosine",
+        [new Series("Wᵀ", [2, 8, 32, 128], [0.1, 0.2, 0.25, 0.26]), new Series("activation perturbation", [2, 8, 32, 128], [0.01, 0.03, 0.06, 0.12])],
+        LogX: logX);
+
+    /// <summary>Reads width and height from a PNG's IHDR chunk (bytes 16–23, big-endian), after checking the signature.</summary>
+    public static (int Width, int Height) PngSize(string path)
+    {
+        byte[] bytes = File.ReadAllBytes(path);
+        Assert.True(bytes.Length > 24, $"{path}: {bytes.Length} bytes is no PNG");
+        Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A], bytes[..8]);
+        Assert.Equal("IHDR", System.Text.Encoding.ASCII.GetString(bytes, 12, 4));
+        return (BinaryPrimitives.ReadInt32BigEndian(bytes.AsSpan(16)), BinaryPrimitives.ReadInt32BigEndian(bytes.AsSpan(20)));
+    }
+
+    /// <summary>Parses an SVG file as XML and returns its root's width and height attributes.</summary>
+    public static (double Width, double Height) SvgSize(string path)
+    {
+        var root = XDocument.Load(path).Root!;
+        Assert.Equal("svg", root.Name.LocalName);
+        return (double.Parse(root.Attribute("width")!.Value.TrimEnd('p', 'x'), System.Globalization.CultureInfo.InvariantCulture),
+                double.Parse(root.Attribute("height")!.Value.TrimEnd('p', 'x'), System.Globalization.CultureInfo.InvariantCulture));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Writes_png_and_svg_of_the_asked_size(bool logX)
+    {
+        var (png, svg) = ChartFile.SaveBoth(Example(logX), Path.Combine(folder, "sub", "chart"), 640, 400);
+        Assert.Equal((640, 400), PngSize(png));
+        Assert.Equal((640.0, 400.0), SvgSize(svg));
+        Assert.Contains("activation perturbation", File.ReadAllText(svg));
+    }
+
+    [Fact]
+    public void Bad_requests_name_the_fix()
+    {
+        var e = Assert.Throws<ArgumentException>(() => ChartFile.Save(Example(), Path.Combine(folder, "chart.jpg")));
+        Assert.Contains(".png or .svg", e.Message);
+        var mismatch = Example().With(new Series("broken", [1, 2], [1]));
+        e = Assert.Throws<ArgumentException>(() => ChartFile.Save(mismatch, Path.Combine(folder, "chart.png")));
+        Assert.Contains("series 'broken'", e.Message);
+    }
+}
