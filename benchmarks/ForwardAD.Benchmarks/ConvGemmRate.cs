@@ -44,6 +44,40 @@ internal static class ConvGemmRate
             double rate = Rate(m, n, k);
             Console.WriteLine($"| {name} | {rate:F1} | {rate / reference:P0} |");
         }
+        Console.WriteLine();
+        Console.WriteLine("| convolution | images per pass | im2col + GEMM ms | GFLOP/s | / reference |");
+        Console.WriteLine("|---|---:|---:|---:|---:|");
+        var backend = new ForwardAD.Backends.CpuBackend();
+        foreach (var (name, g, outputs) in new[] { ("conv1", new ForwardAD.Backends.ConvGeometry(32, 32, 3, 3, 3, 1, 1, 1), 32), ("conv2", new ForwardAD.Backends.ConvGeometry(16, 16, 32, 3, 3, 1, 1, 1), 64) })
+        {
+            const int batch = 128;
+            var x = new ForwardAD.Backends.View(backend.Allocate(batch * g.InputElements));
+            var w = new ForwardAD.Backends.View(backend.Allocate(outputs * g.PatchLength));
+            var y = new ForwardAD.Backends.View(backend.Allocate(batch * g.OutputPositions * outputs));
+            var columns = new ForwardAD.Backends.View(backend.Allocate(batch * g.OutputPositions * g.PatchLength));
+            ForwardAD.Backends.CpuBackend.Span(x).Fill(0.5f);
+            ForwardAD.Backends.CpuBackend.Span(w).Fill(0.25f);
+            foreach (int perPass in new[] { 128, 32, 8, 4, 2, 1 })
+            {
+                void Conv()
+                {
+                    for (int first = 0; first < batch; first += perPass)
+                    {
+                        int rows = perPass * g.OutputPositions;
+                        var cols = columns.Slice(0, rows * g.PatchLength);
+                        backend.Im2Col(x.Slice(first * g.InputElements, perPass * g.InputElements), g, cols);
+                        backend.Gemm(Transpose.No, Transpose.Yes, rows, outputs, g.PatchLength, 1f, cols, g.PatchLength, w, g.PatchLength, 0f,
+                            y.Slice(first * g.OutputPositions * outputs, rows * outputs), outputs);
+                    }
+                }
+                Conv(); Conv();
+                var samples = new double[repeats];
+                for (int r = 0; r < repeats; r++) { long start = Stopwatch.GetTimestamp(); Conv(); samples[r] = Stopwatch.GetElapsedTime(start).TotalSeconds; }
+                Array.Sort(samples);
+                double t = samples[repeats / 2], gflops = 2.0 * batch * g.OutputPositions * outputs * g.PatchLength / t / 1e9;
+                Console.WriteLine($"| {name} | {perPass} | {t * 1e3:F2} | {gflops:F1} | {gflops / reference:P0} |");
+            }
+        }
         return 0;
     }
 }

@@ -120,6 +120,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     /// AdamW step about 1,000 launches, measured at 10 ms on an H200 where the work itself takes well under one.</summary>
     public override int FusedTileElements => int.MaxValue;
 
+    public override int ConvolutionPassElements => int.MaxValue;
+
     public override DeviceBuffer Allocate(int length) => new CudaBuffer(this, Allocator.Allocate(Math.Max(1, length) * (long)sizeof(float)), length);
 
     /// <summary>Bytes of <paramref name="elements"/> floats, in 64 bits: the int product overflows from 2^29 floats (2 GiB) on.</summary>

@@ -28,11 +28,12 @@ public class CnnTests
     }
 
     /// <summary>The geometries every op is checked on: strides 1 and 2, padding 0 to 2, odd sizes, 1×1 to 3×3 kernels,
-    /// groups 1, 2 and depthwise, with and without bias; pooling with overlapping and padded windows; batch
+    /// groups 1, 2 and depthwise, with and without bias, an image whose im2col columns exceed one pass
+    /// (<see cref="Backend.ConvolutionPassElements"/>: 64·64 rows of 36 floats, so every rule runs image by image); pooling with overlapping and padded windows; batch
     /// normalisation over images and flat features, with and without affine parameters, batch and frozen statistics.</summary>
     public static TheoryData<string> Ops => new()
     {
-        "conv k3 s1 p1", "conv k3 s2 p0 nobias", "conv k1", "conv k3 s2 p2 odd", "conv groups2", "conv depthwise s2 p1",
+        "conv k3 s1 p1", "conv k3 s2 p0 nobias", "conv k1", "conv k3 s2 p2 odd", "conv groups2", "conv depthwise s2 p1", "conv passes",
         "maxpool k2", "maxpool k3 s2 p1 odd", "avgpool k2", "avgpool k3 s1 p1", "gap",
         "bn2d", "bn2d noaffine", "bn1d", "bn2d frozen",
     };
@@ -45,6 +46,7 @@ public class CnnTests
         "conv k3 s2 p2 odd" => Single(new Shape(7, 5, 2), (b, x) => b.Conv2d("op", x, 3, 3, stride: 2, padding: 2)),
         "conv groups2" => Single(new Shape(5, 4, 4), (b, x) => b.Conv2d("op", x, 6, 3, padding: 1, groups: 2)),
         "conv depthwise s2 p1" => Single(new Shape(6, 6, 3), (b, x) => b.Conv2d("op", x, 3, 3, stride: 2, padding: 1, groups: 3)),
+        "conv passes" => Single(new Shape(64, 64, 4), (b, x) => b.Conv2d("op", x, 3, 3, padding: 1)),
         "maxpool k2" => Single(new Shape(4, 6, 3), (b, x) => b.MaxPool2d("op", x, 2)),
         "maxpool k3 s2 p1 odd" => Single(new Shape(7, 5, 2), (b, x) => b.MaxPool2d("op", x, 3, 2, 1)),
         "avgpool k2" => Single(new Shape(4, 6, 3), (b, x) => b.AvgPool2d("op", x, 2)),
@@ -147,6 +149,11 @@ public class CnnTests
                 h = b.Activation("t2", b.Conv2d("c2", h, 6, 3, stride: 2, padding: 1, groups: 2), ElementwiseFunction.Tanh);
                 h = b.GlobalAvgPool("gap", h);
                 break;
+            case 3: // columns of two 64×64×3 images fill a CPU pass: the forward, JVP and VJP run in several passes
+                x = b.Input("x", new Shape(64, 64, 3));
+                h = b.Activation("t1", b.Conv2d("c1", x, 4, 3, padding: 1), ElementwiseFunction.Tanh);
+                h = b.GlobalAvgPool("gap", b.AvgPool2d("p1", h, 4)); // average pooling: no max switching under ε
+                break;
             default:
                 x = b.Input("x", new Shape(7, 7, 3));
                 h = b.Conv2d("dw", x, 3, 3, stride: 2, padding: 1, groups: 3);
@@ -169,6 +176,7 @@ public class CnnTests
     [InlineData(0)]
     [InlineData(1)]
     [InlineData(2)]
+    [InlineData(3)]
     public void Cnn_jvp_matches_central_differences_of_a_float64_reference(int variant)
     {
         var model = Cnn(variant);

@@ -11,8 +11,9 @@ namespace ForwardAD.Graph;
 /// are K·B more images through the same GEMM, and the rules are the dense layer's through im2col:
 /// JVP ṡ = cols(ẋ) Wᵀ + cols(x) Ẇᵀ + ḃ; VJP x̄ = col2im(s̄ W), W̄ = s̄ᵀ cols(x), b̄ = Σ_rows s̄.
 /// x̄ = col2im(s̄ W) is the transposed convolution that pulls a guess at the next site back through this one (Wᵀ).
-/// The columns live in the plan's scratch buffer and are rebuilt when needed (never kept between rules), in
-/// passes of at most <see cref="MaxScratchElements"/> floats when many channels would need more.
+/// The columns live in the plan's scratch buffer and are rebuilt when needed (never kept between rules), in passes of
+/// a few images (<see cref="Backend.ConvolutionPassElements"/>: on a CPU each pass's columns are still in cache when its
+/// GEMM reads them) and never more than <see cref="MaxScratchElements"/> floats.
 /// </summary>
 public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) : Op
 {
@@ -49,17 +50,26 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
 
     private ConvGeometry Geometry(in RuleContext c) => Geometry(c.InputShape(0), c.InputShape(1));
 
-    /// <summary>Images per im2col pass: as many as fit <see cref="MaxScratchElements"/>, at least one batch.</summary>
-    private static int ImagesPerPass(in ConvGeometry g, int batch, int channels)
+    /// <summary>Images per im2col pass that the scratch buffer holds: as many batches as fit <see cref="MaxScratchElements"/>,
+    /// at least one (the scratch is sized for this).</summary>
+    private static int ImagesPerScratch(in ConvGeometry g, int batch, int channels)
     {
         long perBatch = (long)batch * g.OutputPositions * g.PatchLength;
         return batch * (int)Math.Clamp(MaxScratchElements / Math.Max(1, perBatch), 1, channels);
     }
 
+    /// <summary>Images per im2col pass: what the scratch holds, cut to the backend's cache-sized pass
+    /// (<see cref="Backend.ConvolutionPassElements"/>), at least one image.</summary>
+    private static int ImagesPerPass(Backend backend, in ConvGeometry g, int batch, int channels)
+    {
+        long perImage = Math.Max(1L, (long)g.OutputPositions * g.PatchLength);
+        return (int)Math.Clamp(backend.ConvolutionPassElements / perImage, 1, ImagesPerScratch(g, batch, channels));
+    }
+
     internal override long ScratchElements(Node node, IReadOnlyList<Node> nodes, int batchSize, int channels)
     {
         var g = Geometry(nodes[node.Inputs[0]].Shape, nodes[node.Inputs[1]].Shape);
-        return (long)ImagesPerPass(g, batchSize, channels) * g.OutputPositions * g.PatchLength;
+        return (long)ImagesPerScratch(g, batchSize, channels) * g.OutputPositions * g.PatchLength;
     }
 
     /// <summary>y[rows, Cout] (+)= cols[rows, kh·kw·C] · Wᵀ, group by group (group g: its column block, its Cout/G rows of W).</summary>
@@ -79,10 +89,14 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
     {
         var g = Geometry(c);
         var (x, w, y) = (c.Input(0).Value, c.Input(1).Value, c.Output.Value);
-        int outputs = c.Node.Shape[2], rows = c.BatchSize * g.OutputPositions;
-        var columns = c.Scratch.Slice(0, rows * g.PatchLength);
-        c.Backend.Im2Col(x, g, columns);
-        Multiply(c.Backend, g, rows, columns, w, outputs, 0f, y);
+        int outputs = c.Node.Shape[2], outputPerImage = g.OutputPositions * outputs, step = ImagesPerPass(c.Backend, g, c.BatchSize, 1);
+        for (int first = 0; first < c.BatchSize; first += step)
+        {
+            int count = Math.Min(step, c.BatchSize - first), rows = count * g.OutputPositions;
+            var columns = c.Scratch.Slice(0, rows * g.PatchLength);
+            c.Backend.Im2Col(x.Slice(first * g.InputElements, count * g.InputElements), g, columns);
+            Multiply(c.Backend, g, rows, columns, w, outputs, 0f, y.Slice(first * outputPerImage, count * outputPerImage));
+        }
         if (c.Node.Inputs.Length == 3) c.Backend.AddBias(c.Input(2).Value, y);
     }
 
@@ -96,7 +110,7 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
         if (!x.Tangent.IsEmpty)
         {
             // ṡ = cols(ẋ) Wᵀ: the K channels are K·B images through one GEMM per pass.
-            int step = ImagesPerPass(g, batch, c.TangentCount);
+            int step = ImagesPerPass(c.Backend, g, batch, c.TangentCount);
             for (int first = 0; first < images; first += step)
             {
                 int count = Math.Min(step, images - first), rows = count * g.OutputPositions;
@@ -108,12 +122,17 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
         }
         if (!w.Tangent.IsEmpty)
         {
-            // ṡ_k += cols(x) Ẇ_kᵀ: the columns of x once, one GEMM per channel.
-            int rows = batch * g.OutputPositions;
-            var columns = c.Scratch.Slice(0, rows * g.PatchLength);
-            c.Backend.Im2Col(x.Value, g, columns);
-            for (int k = 0; k < c.TangentCount; k++)
-                Multiply(c.Backend, g, rows, columns, w.Tangent.Channel(k, w.Value.Length), outputs, written ? 1f : 0f, dy.Channel(k, batch * outputPerImage));
+            // ṡ_k += cols(x) Ẇ_kᵀ: each pass's columns of x once, one GEMM per channel.
+            int step = ImagesPerPass(c.Backend, g, batch, 1);
+            for (int first = 0; first < batch; first += step)
+            {
+                int count = Math.Min(step, batch - first), rows = count * g.OutputPositions;
+                var columns = c.Scratch.Slice(0, rows * g.PatchLength);
+                c.Backend.Im2Col(x.Value.Slice(first * g.InputElements, count * g.InputElements), g, columns);
+                for (int k = 0; k < c.TangentCount; k++)
+                    Multiply(c.Backend, g, rows, columns, w.Tangent.Channel(k, w.Value.Length), outputs, written ? 1f : 0f,
+                        dy.Channel(k, batch * outputPerImage).Slice(first * outputPerImage, count * outputPerImage));
+            }
             written = true;
         }
         if (c.Node.Inputs.Length == 3 && !c.Input(2).Tangent.IsEmpty)
@@ -133,7 +152,7 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
         if (!x.Cotangent.IsEmpty)
         {
             // x̄ = col2im(s̄ W): per group, cols̄[:, group block] = s̄[:, group outputs] W_group.
-            int step = ImagesPerPass(g, c.BatchSize, Math.Max(1, images / c.BatchSize));
+            int step = ImagesPerPass(c.Backend, g, c.BatchSize, Math.Max(1, images / c.BatchSize));
             for (int first = 0; first < images; first += step)
             {
                 int count = Math.Min(step, images - first), rows = count * g.OutputPositions;
@@ -151,16 +170,22 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
         }
         if (!w.Cotangent.IsEmpty)
         {
-            // W̄_group = s̄[:, group outputs]ᵀ cols(x)[:, group block].
-            int rows = c.BatchSize * g.OutputPositions;
-            var columns = c.Scratch.Slice(0, rows * g.PatchLength);
-            c.Backend.Im2Col(x.Value, g, columns);
-            for (int group = 0; group < g.Groups; group++)
+            // W̄_group = s̄[:, group outputs]ᵀ cols(x)[:, group block], summed pass by pass.
+            int step = ImagesPerPass(c.Backend, g, c.BatchSize, 1);
+            for (int first = 0; first < c.BatchSize; first += step)
             {
-                int a = group * perGroup, b = group * g.GroupPatchLength, o = group * perGroup * g.GroupPatchLength;
-                c.Backend.Gemm(Transpose.Yes, Transpose.No, perGroup, g.GroupPatchLength, rows, 1f,
-                    dy.Slice(a, dy.Length - a), outputs, columns.Slice(b, columns.Length - b), g.PatchLength,
-                    c.Accumulate(1) ? 1f : 0f, w.Cotangent.Slice(o, perGroup * g.GroupPatchLength), g.GroupPatchLength);
+                int count = Math.Min(step, c.BatchSize - first), rows = count * g.OutputPositions;
+                var columns = c.Scratch.Slice(0, rows * g.PatchLength);
+                var cotangent = dy.Slice(first * outputPerImage, count * outputPerImage);
+                c.Backend.Im2Col(x.Value.Slice(first * g.InputElements, count * g.InputElements), g, columns);
+                float beta = first > 0 || c.Accumulate(1) ? 1f : 0f;
+                for (int group = 0; group < g.Groups; group++)
+                {
+                    int a = group * perGroup, b = group * g.GroupPatchLength, o = group * perGroup * g.GroupPatchLength;
+                    c.Backend.Gemm(Transpose.Yes, Transpose.No, perGroup, g.GroupPatchLength, rows, 1f,
+                        cotangent.Slice(a, cotangent.Length - a), outputs, columns.Slice(b, columns.Length - b), g.PatchLength,
+                        beta, w.Cotangent.Slice(o, perGroup * g.GroupPatchLength), g.GroupPatchLength);
+                }
             }
         }
         if (c.Node.Inputs.Length == 3 && !c.Input(2).Cotangent.IsEmpty)
