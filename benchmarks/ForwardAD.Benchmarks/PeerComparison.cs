@@ -20,6 +20,7 @@ internal static class OursSide
         var mlp = new Lazy<MlpBenchmarks>(() => { var m = new MlpBenchmarks(); m.Setup(); return m; });
         var steps = new Lazy<StepBenchmarks>(() => { var s = new StepBenchmarks(); s.Setup(); return s; });
         var cnn = new Lazy<CnnBenchmarks>(() => { var c = new CnnBenchmarks(); c.Setup(); return c; });
+        var tf = new Lazy<TransformerBenchmarks>(() => { var t = new TransformerBenchmarks(); t.Setup(); return t; });
         var all = new (string Name, Func<Action> Call)[]
         {
             ("forward", () => mlp.Value.Forward), ("jvp_k1", () => mlp.Value.JvpK1), ("jvp_k16", () => mlp.Value.JvpK16),
@@ -29,6 +30,9 @@ internal static class OursSide
             ("cnn_forward", () => cnn.Value.Forward), ("cnn_jvp_k1", () => cnn.Value.JvpK1), ("cnn_backprop", () => cnn.Value.Backprop),
             ("cnn_backprop_adamw", () => cnn.Value.BackpropAdamW), ("cnn_ap_adamw", () => cnn.Value.ActivationPerturbationAdamW),
             ("cnn_dfa_adamw", () => cnn.Value.DfaAdamW), ("cnn_grape_adamw", () => cnn.Value.GrapeAdamW),
+            ("tf_forward", () => tf.Value.Forward), ("tf_jvp_k1", () => tf.Value.JvpK1), ("tf_backprop", () => tf.Value.Backprop),
+            ("tf_backprop_adamw", () => tf.Value.BackpropAdamW), ("tf_ap_adamw", () => tf.Value.ActivationPerturbationAdamW),
+            ("tf_dfa_adamw", () => tf.Value.DfaAdamW), ("tf_grape_adamw", () => tf.Value.GrapeAdamW),
         };
         if (only is not null && only.FirstOrDefault(r => !all.Any(a => a.Name == r)) is { } unknown)
         {
