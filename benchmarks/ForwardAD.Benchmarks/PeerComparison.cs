@@ -7,8 +7,8 @@ namespace ForwardAD.Benchmarks;
 
 /// <summary>
 /// `ours`: this library's side of the three-way comparison (issue 11), measured exactly as the peers measure
-/// theirs: the same MLP (depth 6, width 1024, input 3072, 10 classes, batch 512) and CNN (<see cref="CnnBenchmarks"/>; rows
-/// cnn_*), two warm-up calls, then single calls;
+/// theirs: the same MLP (depth 6, width 1024, input 3072, 10 classes, batch 512), CNN (<see cref="CnnBenchmarks"/>; rows
+/// cnn_*) and transformer (<see cref="TransformerBenchmarks"/>; rows tf_*), two warm-up calls, then single calls;
 /// median, minimum, process CPU time per wall time, and managed bytes allocated per call. Prints one JSON object.
 /// </summary>
 internal static class OursSide
@@ -20,6 +20,7 @@ internal static class OursSide
         var mlp = new Lazy<MlpBenchmarks>(() => { var m = new MlpBenchmarks(); m.Setup(); return m; });
         var steps = new Lazy<StepBenchmarks>(() => { var s = new StepBenchmarks(); s.Setup(); return s; });
         var cnn = new Lazy<CnnBenchmarks>(() => { var c = new CnnBenchmarks(); c.Setup(); return c; });
+        var tf = new Lazy<TransformerBenchmarks>(() => { var t = new TransformerBenchmarks(); t.Setup(); return t; });
         var all = new (string Name, Func<Action> Call)[]
         {
             ("forward", () => mlp.Value.Forward), ("jvp_k1", () => mlp.Value.JvpK1), ("jvp_k16", () => mlp.Value.JvpK16),
@@ -29,6 +30,9 @@ internal static class OursSide
             ("cnn_forward", () => cnn.Value.Forward), ("cnn_jvp_k1", () => cnn.Value.JvpK1), ("cnn_backprop", () => cnn.Value.Backprop),
             ("cnn_backprop_adamw", () => cnn.Value.BackpropAdamW), ("cnn_ap_adamw", () => cnn.Value.ActivationPerturbationAdamW),
             ("cnn_dfa_adamw", () => cnn.Value.DfaAdamW), ("cnn_grape_adamw", () => cnn.Value.GrapeAdamW),
+            ("tf_forward", () => tf.Value.Forward), ("tf_jvp_k1", () => tf.Value.JvpK1), ("tf_backprop", () => tf.Value.Backprop),
+            ("tf_backprop_adamw", () => tf.Value.BackpropAdamW), ("tf_ap_adamw", () => tf.Value.ActivationPerturbationAdamW),
+            ("tf_dfa_adamw", () => tf.Value.DfaAdamW), ("tf_grape_adamw", () => tf.Value.GrapeAdamW),
         };
         if (only is not null && only.FirstOrDefault(r => !all.Any(a => a.Name == r)) is { } unknown)
         {
@@ -99,8 +103,9 @@ internal static class OursSide
 
 /// <summary>
 /// `compare-peers`: ForwardAD, TorchSharp (benchmarks/ForwardAD.TorchSharpPeer) and PyTorch
-/// (benchmarks/peers/torch_peer.py) on the same MLP and CNN rows (`--models mlp,cnn`; the CNN is <see cref="CnnBenchmarks"/>,
-/// benchmarks/peers/torch_cnn.py and the TorchSharp peer's cnn_* rows), each side its own process at the same priority, run
+/// (benchmarks/peers/torch_peer.py) on the same MLP, CNN and transformer rows (`--models mlp,cnn,transformer`; the CNN is
+/// <see cref="CnnBenchmarks"/>, benchmarks/peers/torch_cnn.py and the TorchSharp peer's cnn_* rows; the transformer
+/// <see cref="TransformerBenchmarks"/>, benchmarks/peers/torch_transformer.py and the peer's tf_* rows), each side its own process at the same priority, run
 /// alternately (A, B, C, then B, C, A, …) at one thread per side and at two (DESIGN.md §6: OMP_NUM_THREADS,
 /// MKL_NUM_THREADS and OPENBLAS_NUM_THREADS set to the count, OMP_WAIT_POLICY=PASSIVE so that spin-waiting libtorch
 /// threads do not starve the other side). Per row: the median over rounds of each side's median of single calls,
@@ -130,6 +135,13 @@ internal static class PeerComparison
         ("cnn", "CNN step: activation perturbation + AdamW (TorchSharp: backprop + AdamW; PyTorch: forward_ad)", "cnn_ap_adamw", "cnn_backprop_adamw", "cnn_ap_adamw"),
         ("cnn", "CNN step: DFA + AdamW (peers: backprop + AdamW)", "cnn_dfa_adamw", "cnn_backprop_adamw", "cnn_backprop_adamw"),
         ("cnn", "CNN step: GrAPE + AdamW (peers: backprop + AdamW)", "cnn_grape_adamw", "cnn_backprop_adamw", "cnn_backprop_adamw"),
+        ("transformer", "transformer forward", "tf_forward", "tf_forward", "tf_forward"),
+        ("transformer", "transformer JVP K=1 (TorchSharp: double backward; PyTorch: forward_ad)", "tf_jvp_k1", "tf_jvp_k1_double_backward", "tf_jvp_k1"),
+        ("transformer", "transformer backprop", "tf_backprop", "tf_backprop", "tf_backprop"),
+        ("transformer", "transformer step: backprop + AdamW", "tf_backprop_adamw", "tf_backprop_adamw", "tf_backprop_adamw"),
+        ("transformer", "transformer step: activation perturbation + AdamW (TorchSharp: backprop + AdamW; PyTorch: forward_ad)", "tf_ap_adamw", "tf_backprop_adamw", "tf_ap_adamw"),
+        ("transformer", "transformer step: DFA + AdamW (peers: backprop + AdamW)", "tf_dfa_adamw", "tf_backprop_adamw", "tf_backprop_adamw"),
+        ("transformer", "transformer step: GrAPE + AdamW (peers: backprop + AdamW)", "tf_grape_adamw", "tf_backprop_adamw", "tf_backprop_adamw"),
     ];
 
     /// <summary>The rows of the chosen models, and each side's row names for its `--rows` argument.</summary>
@@ -155,15 +167,15 @@ internal static class PeerComparison
         return sorted.Count == 0 ? double.NaN : Median(sorted);
     }
 
-    /// <param name="models">mlp, cnn or both: whose rows run (the memory table belongs to the MLP).</param>
+    /// <param name="models">any of mlp, cnn and transformer: whose rows run (the memory table belongs to the MLP).</param>
     /// <param name="cnnLayout">nchw or nhwc for every CNN row of both torch peers; null: each row in the layout measured faster
     /// for it on that peer (torch_cnn.DEFAULT_LAYOUTS, the TorchSharp peer's cnnDefaultLayouts).</param>
     public static int Run(int rounds, int repeats, int[] threadCounts, string? outPath, IReadOnlySet<string>? models = null, string? cnnLayout = null)
     {
-        models ??= new HashSet<string> { "mlp", "cnn" };
-        if (models.FirstOrDefault(m => m is not ("mlp" or "cnn")) is { } unknownModel)
+        models ??= new HashSet<string> { "mlp", "cnn", "transformer" };
+        if (models.FirstOrDefault(m => m is not ("mlp" or "cnn" or "transformer")) is { } unknownModel)
         {
-            Console.Error.WriteLine($"compare-peers: unknown model '{unknownModel}' in --models; use mlp, cnn or mlp,cnn.");
+            Console.Error.WriteLine($"compare-peers: unknown model '{unknownModel}' in --models; use any of mlp, cnn and transformer, e.g. mlp,cnn,transformer.");
             return 2;
         }
         if (cnnLayout is not (null or "nchw" or "nhwc"))
@@ -188,6 +200,11 @@ internal static class PeerComparison
         if (models.Contains("cnn"))
             report.AppendLine("CNN: input 32×32×3, batch 128, conv 32 3×3 pad 1 → batch norm (affine, training mode) → relu → max pool 2 → conv 64 3×3 pad 1 → " +
                 "batch norm → relu → max pool 2 → flatten → linear 10 → softmax cross-entropy; tangents on the five sites (conv, batch-norm and linear outputs).");
+        if (models.Contains("transformer"))
+            report.AppendLine($"Transformer: {TransformerBenchmarks.Spec} (pre-LN GPT-2 blocks: {TransformerBenchmarks.Spec.Layers} layers, {TransformerBenchmarks.Spec.Heads} heads, " +
+                $"width {TransformerBenchmarks.Spec.Width}, context {TransformerBenchmarks.Spec.Context}, vocabulary {TransformerBenchmarks.Spec.Vocabulary}, MLP ×{TransformerBenchmarks.Spec.MlpRatio}, exact GELU), " +
+                $"batch {TransformerBenchmarks.Batch} sequences of random tokens, loss the mean next-token cross-entropy; attention written as matmul + causal mask + softmax + matmul " +
+                "on the peers; tangents on the 20 sites (embedding, positions, every LayerNorm, q, k, v, proj, fc1, fc2, head).");
         foreach (int threads in threadCounts)
         {
             var environment = new Dictionary<string, string>
@@ -273,6 +290,16 @@ internal static class PeerComparison
                 $"CNN target (issue 12, {threads} thread{(threads == 1 ? "" : "s")}): forward ≤ 1.0× TorchSharp: {Ratio(cnnForward / tsCnnForward)} ({Judge(cnnForward / tsCnnForward, 1.0)}). " +
                 $"Not targets, for reading: JVP K=1 / TorchSharp's double backward {Ratio(cnnJvp / tsCnnJvp)}, JVP K=1 / our forward {Ratio(cnnJvp / cnnForward)}, " +
                 $"activation-perturbation step / TorchSharp's backprop + AdamW step {Ratio(cnnAp / tsCnnStep)}.");
+        }
+        if (models.Contains("transformer"))
+        {
+            double tfForward = MedianOf("ForwardAD", "tf_forward"), tfJvp = MedianOf("ForwardAD", "tf_jvp_k1"), tfAp = MedianOf("ForwardAD", "tf_ap_adamw");
+            double tsTfForward = MedianOf("TorchSharp", "tf_forward"), tsTfJvp = MedianOf("TorchSharp", "tf_jvp_k1_double_backward"), tsTfStep = MedianOf("TorchSharp", "tf_backprop_adamw");
+            double ptTfJvp = MedianOf("PyTorch", "tf_jvp_k1"), ptTfAp = MedianOf("PyTorch", "tf_ap_adamw");
+            report.AppendLine();
+            report.AppendLine($"Transformer, not targets, for reading ({threads} thread{(threads == 1 ? "" : "s")}): forward / TorchSharp's {Ratio(tfForward / tsTfForward)}; " +
+                $"JVP K=1 / TorchSharp's double backward {Ratio(tfJvp / tsTfJvp)}, / PyTorch's forward_ad {Ratio(tfJvp / ptTfJvp)}, / our forward {Ratio(tfJvp / tfForward)}; " +
+                $"activation-perturbation step / TorchSharp's backprop + AdamW step {Ratio(tfAp / tsTfStep)}, / PyTorch's forward_ad AP step {Ratio(tfAp / ptTfAp)}.");
         }
         if (!models.Contains("mlp")) return;
         double forward = MedianOf("ForwardAD", "forward"), jvp = MedianOf("ForwardAD", "jvp_k1"), ap = MedianOf("ForwardAD", "ap_adamw");

@@ -162,7 +162,7 @@ internal static class Compare
     }
 }
 
-/// <summary>`profile NAME`: runs one MLP or CNN benchmark row in a tight loop for external profilers (perf).</summary>
+/// <summary>`profile NAME`: runs one MLP, CNN or transformer benchmark row in a tight loop for external profilers (perf).</summary>
 internal static class Profile
 {
     public static int Run(string row, int iterations)
@@ -171,6 +171,7 @@ internal static class Profile
         bench.Setup();
         static StepBenchmarks Steps() { var s = new StepBenchmarks(); s.Setup(); return s; }
         static CnnBenchmarks Cnn() { var c = new CnnBenchmarks(); c.Setup(); return c; }
+        static TransformerBenchmarks Tf() { var t = new TransformerBenchmarks(); t.Setup(); return t; }
         Action action = row switch
         {
             "forward" => bench.Forward,
@@ -188,8 +189,14 @@ internal static class Profile
             "cnn-backprop" => Cnn().Backprop,
             "cnn-step-backprop" => Cnn().BackpropAdamW,
             "cnn-step-ap" => Cnn().ActivationPerturbationAdamW,
+            "tf-forward" => Tf().Forward,
+            "tf-jvp1" => Tf().JvpK1,
+            "tf-backprop" => Tf().Backprop,
+            "tf-step-backprop" => Tf().BackpropAdamW,
+            "tf-step-ap" => Tf().ActivationPerturbationAdamW,
             _ => throw new ArgumentException($"Unknown row '{row}': use forward, jvp1, jvp16, backprop, gemm-managed, step-ap, step-wt, " +
-                "step-backprop, step-dfa, step-grape, cnn-forward, cnn-jvp1, cnn-backprop, cnn-step-backprop or cnn-step-ap."),
+                "step-backprop, step-dfa, step-grape, cnn-forward, cnn-jvp1, cnn-backprop, cnn-step-backprop, cnn-step-ap, tf-forward, tf-jvp1, " +
+                "tf-backprop, tf-step-backprop or tf-step-ap."),
         };
         action();
         var watch = Stopwatch.StartNew();

@@ -18,6 +18,12 @@ using F = TorchSharp.torch.nn.functional;
 // storing the images, tangents and conv weights NHWC and viewing them as NCHW (permute), which is what channels_last means
 // to libtorch. --cnn-layout auto (the default) runs each row in the layout measured faster for it (cnnDefaultLayouts).
 //
+// The transformer rows (tf_*) time the benchmark transformer of benchmarks/peers/torch_transformer.py and
+// TransformerBenchmarks.cs: TransformerSpec l2-h4-d128-t64 (2 pre-LN GPT-2 blocks, 4 heads, width 128, context 64,
+// vocabulary 256, MLP ratio 4, exact GELU), batch 32 sequences; attention written as matmul + additive causal mask +
+// softmax + matmul, as the PyTorch peer; the same 20 sites (embedding, positions, every LayerNorm, q, k, v, proj, fc1, fc2,
+// head) carry the JVP's tangents.
+//
 // Usage: ForwardAD.TorchSharpPeer [--threads N] [--repeats R] [--rows a,b,...] [--depth D] [--memory ROW] [--cnn-layout auto|nchw|nhwc]
 // --memory ROW: instead of timing, the peak resident memory a call of ROW adds beyond the parameters and inputs
 // (VmHWM after two calls minus VmRSS before them), {"memory": {"row", "depth", "peak_bytes"}}.
@@ -40,6 +46,8 @@ var cnnDefaultLayouts = new Dictionary<string, string>
 };
 var cnnUsedLayouts = new Dictionary<string, string>();
 const int CnnBatch = 128, CnnImage = 32, CnnClasses = 10;
+// The benchmark transformer: l2-h4-d128-t64, vocabulary 256, batch 32 sequences (TransformerBenchmarks.cs).
+var TfBench = new TfConfig(Layers: 2, Heads: 4, Width: 128, Context: 64, Vocabulary: 256, Batch: 32);
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -56,7 +64,7 @@ for (int i = 0; i < args.Length; i++)
 }
 torch.set_num_threads(threads);
 torch.manual_seed(0);
-if (args.Contains("--check")) return CheckDoubleBackwardJvp() | CheckCnnDoubleBackwardJvp();
+if (args.Contains("--check")) return CheckDoubleBackwardJvp() | CheckCnnDoubleBackwardJvp() | CheckTransformer();
 
 var sizes = new[] { Inputs }.Concat(Enumerable.Repeat(Width, Depth - 1)).Append(Classes).ToArray();
 var x = torch.randn(Batch, Inputs);
@@ -164,6 +172,57 @@ var rows = new Dictionary<string, Func<Action>>
             using var scope = torch.NewDisposeScope();
             optimizer.zero_grad();
             CnnLosses(owned, state, cx, cy, null).mean().backward();
+            optimizer.step();
+        };
+    },
+    ["tf_forward"] = () =>
+    {
+        var (parameters, tx, ty) = TransformerSetup(requiresGrad: false);
+        var mask = CausalMask(TfBench.Context, float32);
+        return () => { using var scope = torch.NewDisposeScope(); using var _ = torch.no_grad(); TransformerLosses(parameters, TfBench, tx, ty, mask, null); };
+    },
+    ["tf_jvp_k1_double_backward"] = () =>
+    {
+        var (parameters, tx, ty) = TransformerSetup(requiresGrad: false);
+        var mask = CausalMask(TfBench.Context, float32);
+        var shapes = TransformerSiteShapes(TfBench, TfBench.Batch);
+        var tangents = shapes.Select(s => torch.randn(s)).ToArray();
+        return () =>
+        {
+            using var scope = torch.NewDisposeScope();
+            // As the MLP's row: zero offsets d_i on the 20 sites, a dummy cotangent v of the per-example losses,
+            // g_i = v_b ∂ℓ_b/∂s_i by a backward with create_graph, then ∂⟨g, u⟩/∂v_b = Σ_i ∂ℓ_b/∂s_i · u_i.
+            var dummies = shapes.Select(s => torch.zeros(s, requires_grad: true)).ToArray();
+            var losses = TransformerLosses(parameters, TfBench, tx, ty, mask, dummies);
+            var v = torch.zeros(TfBench.Batch, requires_grad: true);
+            var g = torch.autograd.grad([losses], dummies, [v], create_graph: true);
+            var inner = g.Zip(tangents, (gi, ui) => (gi * ui).sum()).Aggregate((a, b) => a + b);
+            torch.autograd.grad([inner], [v])[0].sum().item<float>();
+        };
+    },
+    ["tf_backprop"] = () =>
+    {
+        var (parameters, tx, ty) = TransformerSetup(requiresGrad: true);
+        var mask = CausalMask(TfBench.Context, float32);
+        return () =>
+        {
+            using var scope = torch.NewDisposeScope();
+            foreach (var p in parameters.Values) p.grad = null;
+            TransformerLosses(parameters, TfBench, tx, ty, mask, null).mean().backward();
+        };
+    },
+    ["tf_backprop_adamw"] = () =>
+    {
+        var (parameters, tx, ty) = TransformerSetup(requiresGrad: true);
+        var mask = CausalMask(TfBench.Context, float32);
+        // A Parameter takes over its tensor's handle: make each once and compute with the Parameters.
+        var owned = parameters.ToDictionary(p => p.Key, p => (Tensor)new TorchSharp.Modules.Parameter(p.Value));
+        var optimizer = torch.optim.AdamW(owned.Values.Cast<TorchSharp.Modules.Parameter>().ToArray(), lr: 1e-3, weight_decay: 0.01);
+        return () =>
+        {
+            using var scope = torch.NewDisposeScope();
+            optimizer.zero_grad();
+            TransformerLosses(owned, TfBench, tx, ty, mask, null).mean().backward();
             optimizer.step();
         };
     },
@@ -339,7 +398,143 @@ static int CheckCnnDoubleBackwardJvp()
     return failures;
 }
 
+// The benchmark transformer's parameters and one batch of random tokens (seed 2), made outside the calls' dispose scopes.
+(Dictionary<string, Tensor> Parameters, Tensor X, Tensor Y) TransformerSetup(bool requiresGrad)
+{
+    torch.manual_seed(2);
+    var parameters = MakeTransformerParameters(TfBench, float32, requiresGrad);
+    var window = torch.randint(0, TfBench.Vocabulary, [TfBench.Batch, TfBench.Context + 1], dtype: int64);
+    return (parameters, window[.., ..^1].contiguous(), window[.., 1..].contiguous());
+}
+
+// The parameters of a transformer in ForwardAD's names and layouts, with ModelBuilder's default initialisation (as
+// torch_transformer.make_params): linear weights [out, in] U(±1/√fan_in), zero biases, token table N(0, 1), positions
+// N(0, 0.02²), LayerNorm γ = 1, β = 0.
+static Dictionary<string, Tensor> MakeTransformerParameters(TfConfig c, ScalarType dtype, bool requiresGrad)
+{
+    var p = new Dictionary<string, Tensor>
+    {
+        ["embed.weight"] = torch.randn(c.Vocabulary, c.Width, dtype: dtype),
+        ["pos.weight"] = 0.02 * torch.randn(c.Context, c.Width, dtype: dtype),
+    };
+    void Linear(string name, long outputs, long inputs)
+    {
+        p[$"{name}.weight"] = torch.empty(outputs, inputs, dtype: dtype).uniform_(-1 / Math.Sqrt(inputs), 1 / Math.Sqrt(inputs));
+        p[$"{name}.bias"] = torch.zeros(outputs, dtype: dtype);
+    }
+    void Norm(string name) { p[$"{name}.weight"] = torch.ones(c.Width, dtype: dtype); p[$"{name}.bias"] = torch.zeros(c.Width, dtype: dtype); }
+    for (int l = 1; l <= c.Layers; l++)
+    {
+        Norm($"block{l}.ln1");
+        foreach (var name in new[] { "q", "k", "v", "proj" }) Linear($"block{l}.{name}", c.Width, c.Width);
+        Norm($"block{l}.ln2");
+        Linear($"block{l}.fc1", 4 * c.Width, c.Width);
+        Linear($"block{l}.fc2", c.Width, 4 * c.Width);
+    }
+    Norm("ln_f");
+    Linear("head", c.Vocabulary, c.Width);
+    foreach (var t in p.Values) t.requires_grad_(requiresGrad);
+    return p;
+}
+
+// The additive causal mask [T, T]: 0 on and below the diagonal, −∞ above.
+static Tensor CausalMask(long length, ScalarType dtype) => torch.full(length, length, double.NegativeInfinity, dtype: dtype).triu(1);
+
+// Per-example mean next-token cross-entropy [B] of the transformer (targets −1 ignored); offsets (if any) are added to the
+// sites in Model.Sites order: embed, pos, per block ln1, q, k, v, proj, ln2, fc1 (before the GELU), fc2, then ln_f, head.
+static Tensor TransformerLosses(IReadOnlyDictionary<string, Tensor> p, TfConfig c, Tensor x, Tensor y, Tensor mask, Tensor[]? offsets)
+{
+    int site = 0;
+    Tensor Site(Tensor s) => offsets is null ? s : s + offsets[site++];
+    Tensor Linear(Tensor t, string name) => Site(F.linear(t, p[$"{name}.weight"], p[$"{name}.bias"]));
+    Tensor Norm(Tensor t, string name) => Site(F.layer_norm(t, [c.Width], p[$"{name}.weight"], p[$"{name}.bias"], 1e-5));
+    long batch = x.shape[0], length = x.shape[1], dh = c.Width / c.Heads;
+    Tensor Split(Tensor t) => t.view(batch, length, c.Heads, dh).transpose(1, 2); // [B, H, T, dh]
+    // TorchSharp 0.107 has no functional embedding: index_select is the kernel libtorch's embedding runs.
+    var h = Site(p["embed.weight"].index_select(0, x.reshape(-1)).view(batch, length, c.Width));
+    h = Site(h + p["pos.weight"][..(int)length]);
+    for (int l = 1; l <= c.Layers; l++)
+    {
+        var a = Norm(h, $"block{l}.ln1");
+        var (q, k, v) = (Linear(a, $"block{l}.q"), Linear(a, $"block{l}.k"), Linear(a, $"block{l}.v"));
+        var scores = torch.matmul(Split(q), Split(k).transpose(-1, -2)) * (1 / Math.Sqrt(dh)) + mask;
+        var attended = torch.matmul(scores.softmax(-1), Split(v)).transpose(1, 2).reshape(batch, length, c.Width);
+        h = h + Linear(attended, $"block{l}.proj");
+        h = h + Linear(F.gelu(Linear(Norm(h, $"block{l}.ln2"), $"block{l}.fc1")), $"block{l}.fc2");
+    }
+    var logits = Linear(Norm(h, "ln_f"), "head");
+    var perToken = F.cross_entropy(logits.reshape(-1, c.Vocabulary), y.reshape(-1), ignore_index: -1, reduction: nn.Reduction.None).view(batch, length);
+    var kept = y.ne(-1).to_type(perToken.dtype);
+    return (perToken * kept).sum(1) / kept.sum(1);
+}
+
+// The sites' shapes [B, T, width] in TransformerLosses's order.
+static long[][] TransformerSiteShapes(TfConfig c, long batch) =>
+    [[batch, c.Context, c.Width], [batch, c.Context, c.Width],
+     .. Enumerable.Range(0, c.Layers).SelectMany(_ => new[] { c.Width, c.Width, c.Width, c.Width, c.Width, c.Width, 4L * c.Width, c.Width }.Select(w => new[] { batch, c.Context, w })),
+     [batch, c.Context, c.Width], [batch, c.Context, c.Vocabulary]];
+
+// --check, transformer part (float64). (1) On tests/ForwardAD.Tests/Golden/transformer.json (the parameters and batch that
+// ForwardAD's TransformerTests match, with a padding target): TransformerLosses equals the golden per-example losses, so
+// this peer computes the model ForwardAD computes. (2) On a small transformer with parameters off their defaults
+// (l2-h2-d8-t6, vocabulary 13, batch 3): the double-backward JVP with tangents on every site against central differences
+// of the per-example losses. Exit 0 when the golden losses agree to 1e-12 and the JVP to 1e-6 (relative).
+static int CheckTransformer()
+{
+    int failures = 0;
+    string? golden = null;
+    for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null && golden is null; dir = dir.Parent)
+        if (File.Exists(Path.Combine(dir.FullName, "tests", "ForwardAD.Tests", "Golden", "transformer.json")))
+            golden = Path.Combine(dir.FullName, "tests", "ForwardAD.Tests", "Golden", "transformer.json");
+    if (golden is null) { Console.WriteLine("transformer: tests/ForwardAD.Tests/Golden/transformer.json not found above the peer"); failures = 1; }
+    else
+    {
+        var root = JsonDocument.Parse(File.ReadAllText(golden)).RootElement;
+        var config = root.GetProperty("config");
+        int Int(string name) => config.GetProperty(name).GetInt32();
+        var c = new TfConfig(Int("layers"), Int("heads"), Int("width"), Int("context"), Int("vocabulary"), Int("batch"));
+        // The parameters are float32 values written in their shortest form: read them as float32, then widen.
+        static Tensor Array(JsonElement a, ScalarType dtype) =>
+            torch.tensor(a.GetProperty("data").EnumerateArray().Select(v => v.GetDouble()).ToArray(), dtype: float64).to_type(dtype).to_type(float64)
+                .reshape([.. a.GetProperty("shape").EnumerateArray().Select(d => d.GetInt64())]);
+        var parameters = root.GetProperty("parameters").EnumerateObject().ToDictionary(p => p.Name, p => Array(p.Value, float32));
+        Tensor Ids(string name) => torch.tensor(root.GetProperty(name).EnumerateArray().SelectMany(r => r.EnumerateArray()).Select(v => v.GetInt64()).ToArray())
+            .reshape(c.Batch, c.Context);
+        var losses = TransformerLosses(parameters, c, Ids("x"), Ids("y"), CausalMask(c.Context, float64), null);
+        var want = Array(root.GetProperty("per_example_loss"), float64);
+        double error = ((losses - want).abs().max() / want.abs().max()).item<double>();
+        Console.WriteLine($"transformer against the golden losses (float64): largest relative error {error:E2}");
+        if (!(error < 1e-12)) failures = 1;
+    }
+    {
+        var c = new TfConfig(Layers: 2, Heads: 2, Width: 8, Context: 6, Vocabulary: 13, Batch: 3);
+        var p = MakeTransformerParameters(c, float64, requiresGrad: false);
+        foreach (var (name, t) in p) // off the defaults: every term counts
+            t.add_(torch.randn(t.shape, dtype: float64) * (t.dim() == 1 ? 0.3 : 0.5 / Math.Sqrt(t.shape[^1])));
+        var window = torch.randint(0, c.Vocabulary, [c.Batch, c.Context + 1], dtype: int64);
+        var (x, y) = (window[.., ..^1].contiguous(), window[.., 1..].contiguous());
+        var mask = CausalMask(c.Context, float64);
+        var shapes = TransformerSiteShapes(c, c.Batch);
+        var tangents = shapes.Select(s => torch.randn(s, dtype: float64)).ToArray();
+        var dummies = shapes.Select(s => torch.zeros(s, dtype: float64, requires_grad: true)).ToArray();
+        var v = torch.zeros(c.Batch, dtype: float64, requires_grad: true);
+        var g = torch.autograd.grad([TransformerLosses(p, c, x, y, mask, dummies)], dummies, [v], create_graph: true);
+        var inner = g.Zip(tangents, (gi, ui) => (gi * ui).sum()).Aggregate((a, b) => a + b);
+        var jvp = torch.autograd.grad([inner], [v])[0].data<double>().ToArray();
+        const double epsilon = 1e-6;
+        double[] Shifted(double sign) { using var _ = torch.no_grad(); return TransformerLosses(p, c, x, y, mask, [.. tangents.Select(u => u * (sign * epsilon))]).data<double>().ToArray(); }
+        var (plus, minus) = (Shifted(1), Shifted(-1));
+        double worst = Enumerable.Range(0, c.Batch).Max(b => Math.Abs(jvp[b] - (plus[b] - minus[b]) / (2 * epsilon)) / (1 + Math.Abs(jvp[b])));
+        Console.WriteLine($"transformer double-backward JVP against central differences (float64): largest relative error {worst:E2}");
+        if (!(worst < 1e-6)) failures = 1;
+    }
+    return failures;
+}
+
 // A line of /proc/self/status ("VmRSS:   1234 kB") in bytes.
 static long ProcStatusBytes(string key) =>
     long.Parse(File.ReadLines("/proc/self/status").First(l => l.StartsWith(key, StringComparison.Ordinal))[key.Length..].Trim().Split(' ')[0],
         System.Globalization.CultureInfo.InvariantCulture) * 1024;
+
+// A transformer's sizes (MLP ratio 4) and batch.
+internal sealed record TfConfig(int Layers, int Heads, int Width, int Context, int Vocabulary, int Batch);

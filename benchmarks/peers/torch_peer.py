@@ -13,7 +13,11 @@ Rows:  forward            logits and per-example cross-entropy, no autograd
 and the same for the benchmark CNN of torch_cnn.py (32x32x3, batch 128; issue 12):
        cnn_forward, cnn_jvp_k1 (forward_ad, a per-example tangent on every site), cnn_backprop, cnn_backprop_adamw,
        cnn_ap_adamw (forward_ad activation perturbation; conv weight gradients by aten.convolution_backward)
---check: the CNN's correctness guard (torch_cnn.check) instead of timing; exit 1 when it fails.
+and for the benchmark transformer of torch_transformer.py (l2-h4-d128-t64, vocabulary 256, batch 32 sequences):
+       tf_forward, tf_jvp_k1 (forward_ad, a per-example tangent on every site), tf_backprop, tf_backprop_adamw,
+       tf_ap_adamw (forward_ad activation perturbation; parameter gradients by each op's VJP)
+--check: the CNN's and the transformer's correctness guards (torch_cnn.check, torch_transformer.check) instead of timing;
+exit 1 when one fails.
 Run: /usr/bin/python3 benchmarks/peers/torch_peer.py --threads N [--repeats R] [--rows a,b]; prints one JSON object.
 Set OPENBLAS_NUM_THREADS=N as well: Debian's OpenBLAS sizes its own pool (torch.set_num_threads does not reach it).
 """
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from functorch import jvp, vmap
 
 import torch_cnn
+import torch_transformer
 from peer_common import BATCH, CLASSES, INPUTS, forward_ad_ap_step, make_params
 from torch_mlp import forward  # the same forward (and tangent injection) as the issue-2 peer; its depth is len(params) // 2
 
@@ -65,18 +70,22 @@ def main():
     parser.add_argument("--cnn-layout", choices=["auto", "nchw", "nhwc"], default="auto",
                         help="memory format of the CNN rows: NCHW (PyTorch's default), channels_last, or auto: each row in the "
                              "layout measured faster for it (torch_cnn.DEFAULT_LAYOUTS)")
-    parser.add_argument("--check", action="store_true", help="run the CNN's correctness guard instead of timing")
+    parser.add_argument("--check", action="store_true", help="run the CNN's and the transformer's correctness guards instead of timing")
     args = parser.parse_args()
     if args.check:
         torch.set_num_threads(args.threads)
-        worst = torch_cnn.check()
-        for name, value in worst.items():
-            print(f"{name}: {value:.3e}")
-        # float64 throughout: the VJP path agrees with autograd to rounding (~1e-15 relative), the gradient-norm ratio is
-        # 1 to the same; central differences with eps = 1e-6 carry O(eps^2) truncation plus ~1e-10 cancellation error.
-        ok = all(abs(v - 1 if "norm" in k else v) < (1e-9 if "central" not in k else 1e-6) for k, v in worst.items())
-        print("CNN check " + ("passed" if ok else "FAILED"))
-        raise SystemExit(0 if ok else 1)
+        failed = False
+        for model, guard in [("CNN", torch_cnn.check), ("transformer", torch_transformer.check)]:
+            worst = guard()
+            for name, value in worst.items():
+                print(f"{model} {name}: {value:.3e}")
+            # float64 throughout: the VJP path (and the transformer against its float64 golden values) agrees with autograd
+            # to rounding (~1e-15 relative), the gradient-norm ratio is 1 to the same; central differences with eps = 1e-6
+            # carry O(eps^2) truncation plus ~1e-10 cancellation error.
+            ok = all(abs(v - 1 if "norm" in k else v) < (1e-9 if "central" not in k else 1e-6) for k, v in worst.items())
+            print(f"{model} check " + ("passed" if ok else "FAILED"))
+            failed |= not ok
+        raise SystemExit(1 if failed else 0)
     global DEPTH
     DEPTH = args.depth
     torch.set_num_threads(args.threads)
@@ -147,6 +156,7 @@ def main():
         opt2 = torch.optim.AdamW(ap_params, lr=1e-3, weight_decay=0.01)
         rows["forward_ad_ap"] = measure(lambda: forward_ad_ap_step(ap_params, opt2, x, y), args.repeats)
     layouts = cnn_rows(rows, want, args.repeats, args.cnn_layout)
+    transformer_rows(rows, want, args.repeats)
     print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__, "cnn_layout": layouts, "rows": rows}))
 
 
@@ -194,6 +204,44 @@ def cnn_rows(rows, want, repeats, choice):
         opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
         rows["cnn_ap_adamw"] = measure(lambda: torch_cnn.ap_step(params, state, opt, x, y), repeats)
     return used
+
+
+def transformer_rows(rows, want, repeats):
+    """The transformer's rows (torch_transformer.py), timed as the MLP's: one batch of random tokens per row (seed 2)."""
+    tt = torch_transformer
+
+    def setup(requires_grad):
+        torch.manual_seed(2)
+        return tt.make_params(requires_grad), *tt.make_batch(), tt.causal_mask(tt.BENCH.context)
+
+    if want("tf_forward"):
+        params, x, y, mask = setup(False)
+        with torch.no_grad():
+            rows["tf_forward"] = measure(lambda: tt.losses(params, x, y, mask=mask), repeats)
+    if want("tf_jvp_k1"):
+        params, x, y, mask = setup(False)
+        tangents = tt.make_tangents()
+        with torch.no_grad():
+            rows["tf_jvp_k1"] = measure(lambda: tt.jvp_k1(params, x, y, tangents, mask=mask), repeats)
+    if want("tf_backprop"):
+        params, x, y, mask = setup(True)
+        def backprop():
+            for p in params.values():
+                p.grad = None
+            tt.losses(params, x, y, mask=mask).mean().backward()
+        rows["tf_backprop"] = measure(backprop, repeats)
+    if want("tf_backprop_adamw"):
+        params, x, y, mask = setup(True)
+        opt = torch.optim.AdamW(params.values(), lr=1e-3, weight_decay=0.01)
+        def step():
+            opt.zero_grad(set_to_none=True)
+            tt.losses(params, x, y, mask=mask).mean().backward()
+            opt.step()
+        rows["tf_backprop_adamw"] = measure(step, repeats)
+    if want("tf_ap_adamw"):
+        params, x, y, mask = setup(True)
+        opt = torch.optim.AdamW(params.values(), lr=1e-3, weight_decay=0.01)
+        rows["tf_ap_adamw"] = measure(lambda: tt.ap_step(params, opt, x, y, mask=mask), repeats)
 
 
 if __name__ == "__main__":
