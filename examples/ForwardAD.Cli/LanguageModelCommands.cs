@@ -23,6 +23,7 @@ internal static class LanguageModelCommands
         Model and text
           --model transformer:SPEC  {TransformerSpec.Grammar} (default l4-h4-d128-t64)
           --text PATH               any UTF-8 text file instead of the fortunes (first 90 % trains, last 10 % validates)
+        {InitOption.Help}
         {GuesserOptions.Help}
         {RuleOptions.Help}
         {DeviceOptions.Help}
@@ -58,6 +59,7 @@ internal static class LanguageModelCommands
         public readonly Option<string> GuesserName = Opt.Choice("guesser", "backprop", "guesser", GuesserOptions.Names);
         public readonly Option<string> Model = Opt.String("model", "transformer:l4-h4-d128-t64");
         public readonly Option<string?> Text = Opt.OptionalString("text");
+        public readonly Option<string> Init = InitOption.Create();
         public readonly Option<int> Steps = Opt.Int("steps", 2000, min: 1, max: 100_000_000);
         public readonly Option<int?> MaxSeconds = Opt.OptionalInt("max-seconds", 1);
         public readonly Option<int> EvalEvery = Opt.Int("eval-every", 250, min: 1);
@@ -78,7 +80,7 @@ internal static class LanguageModelCommands
         o.Guesser.AddTo(command);
         o.Rule.AddTo(command);
         o.Device.AddTo(command);
-        foreach (var option in new Option[] { o.Model, o.Text, o.Steps, o.MaxSeconds, o.EvalEvery, o.ValidationWindows, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Quiet })
+        foreach (var option in new Option[] { o.Model, o.Text, o.Init, o.Steps, o.MaxSeconds, o.EvalEvery, o.ValidationWindows, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Quiet })
             command.Add(option);
         command.SetAction(p => RunLm(p, o, context));
         return command;
@@ -109,6 +111,7 @@ internal static class LanguageModelCommands
         var configuration = new RunConfiguration();
         configuration.Add("model", $"transformer {spec}");
         configuration.Add("text", textPath is null ? "fortunes" : Path.GetFullPath(textPath));
+        var init = InitOption.Read(p, o.Init, configuration);
         var guesser = o.Guesser.Build(p, guesserName, seed, configuration);
         var (rule, ruleDescription) = o.Rule.Build(p, evalEvery, Math.Max(1, steps / evalEvery), configuration);
         var runHash = configuration.Hash(("seed", seed.ToString(CultureInfo.InvariantCulture)), ("batch_size", batch.ToString(CultureInfo.InvariantCulture)));
@@ -117,7 +120,7 @@ internal static class LanguageModelCommands
         foreach (var (option, path) in new[] { ("--metrics", metricsPath), ("--checkpoint", checkpoint) })
             if (path is not null && Directory.Exists(path)) throw new IOException($"{option} {path}: is a directory; give a file path.");
         var backend = o.Device.Create(p);
-        var parameters = ParameterStore.Initialize(spec.Build(), backend, seed);
+        var parameters = ParameterStore.Initialize(spec.Build(init), backend, seed);
         int windows = p.GetValue(o.ValidationWindows);
         var trainer = new LanguageModelTrainer(guesser, rule, parameters, corpus,
             new LanguageModelOptions(batch, seed) { CosineEvery = p.GetValue(o.CosineEvery), ValidationWindows = windows == 0 ? null : windows });

@@ -27,6 +27,13 @@ internal sealed class RunConfiguration
 
     public void Add(string key, int value) => Add(key, value.ToString(CultureInfo.InvariantCulture));
 
+    /// <summary>A setting that runs did not record before it existed: left out at <paramref name="earlierValue"/>, the value
+    /// every earlier run had, so that those runs keep their hash (metrics files) and their checkpoints still resume.</summary>
+    public void AddSince(string key, string value, string earlierValue)
+    {
+        if (value != earlierValue) Add(key, value);
+    }
+
     public string this[string key] => _entries.Single(e => e.Key == key).Value;
 
     public Dictionary<string, string> ToDictionary() => _entries.ToDictionary(e => e.Key, e => e.Value, StringComparer.Ordinal);
@@ -203,6 +210,8 @@ internal sealed class ModelOptions
           --hidden W1,W2,...        hidden layer widths (default 128,128; 'none' for a linear model)
           --layers L --width W      alternatively: L weight matrices, hidden layers all of width W (default 128)
           --activation NAME         relu (default), tanh, gelu, identity
+        Initialisation (MLP and CNN)
+        {InitOption.Help}
         CNN (--model cnn:SPEC or a ready-made name; its activations are in the spec)
         {Indent(CnnSpec.Grammar)}
           Ready-made:
@@ -221,10 +230,12 @@ internal sealed class ModelOptions
     public readonly Option<int?> Layers = Opt.OptionalInt("layers", 1, MaxLayers);
     public readonly Option<int?> Width = Opt.OptionalInt("width", 1, MaxWidth);
     public readonly Option<string> Activation = Opt.String("activation", "relu");
+    public readonly Option<string> Init = InitOption.Create();
 
     public void AddTo(Command command)
     {
         command.Add(Model);
+        command.Add(Init);
         command.Add(Hidden);
         command.Add(Layers);
         command.Add(Width);
@@ -240,7 +251,7 @@ internal sealed class ModelOptions
         {
             var mlp = BuildMlp(p, data);
             configuration.Add("model", Describe(mlp));
-            return mlp.Build();
+            return mlp.Build(InitOption.Read(p, Init, configuration));
         }
         bool custom = name.StartsWith("cnn:", StringComparison.Ordinal);
         if (!custom && !CnnSpec.ReadyMade.Any(r => r.Name == name))
@@ -262,7 +273,7 @@ internal sealed class ModelOptions
             throw new UsageException($"--model {name}: {e.Message}");
         }
         configuration.Add("model", Describe(spec));
-        return spec.Build();
+        return spec.Build(InitOption.Read(p, Init, configuration));
     }
 
     private MlpSpec BuildMlp(ParseResult p, Dataset data)
@@ -293,6 +304,26 @@ internal sealed class ModelOptions
     /// the class count.</summary>
     public static string Describe(CnnSpec spec) =>
         string.Create(CultureInfo.InvariantCulture, $"cnn {spec.Input[0]}x{spec.Input[1]}x{spec.Input[2]} {spec} -> {spec.Classes} classes");
+}
+
+/// <summary>--init: how the dense and convolution layers start (<see cref="InitScheme"/>).</summary>
+internal static class InitOption
+{
+    public const string Help = """
+          --init NAME               torch (default): weights and biases U(±1/√fan_in) as nn.Linear and
+                                    nn.Conv2d; torch-zero-bias: the same weights, zero biases (the only
+                                    scheme before --init existed: give it to resume a checkpoint from then)
+        """;
+
+    public static Option<string> Create() => Opt.Choice("init", InitScheme.Torch.Name, "initialisation", [.. InitScheme.All.Select(s => s.Name)]);
+
+    /// <summary>The chosen scheme, recorded in the configuration except at torch-zero-bias (see <see cref="RunConfiguration.AddSince"/>).</summary>
+    public static InitScheme Read(ParseResult p, Option<string> option, RunConfiguration configuration)
+    {
+        var scheme = InitScheme.Named(p.GetValue(option)!);
+        configuration.AddSince("init", scheme.Name, earlierValue: InitScheme.TorchZeroBias.Name);
+        return scheme;
+    }
 }
 
 /// <summary>The gradient-estimate options: guesser and its knobs, DFA/GrAPE feedback.</summary>

@@ -1,5 +1,6 @@
 using FsCheck;
 using FsCheck.Fluent;
+using FsCheck.Xunit;
 using ForwardAD.Autodiff;
 using ForwardAD.Backends;
 using ForwardAD.Graph;
@@ -38,10 +39,14 @@ public class GuesserTests
     private static void AssertWithinStandardErrors(double[] expected, double[] mean, double[] std, int samples, string what) =>
         GuessSampling.AssertWithinStandardErrors(expected, mean, std, samples, what);
 
-    private static Arbitrary<(int Seed, int Activation)> Models =>
-        (from seed in Gen.Choose(0, 100_000) from activation in Gen.Choose(0, 3) select (seed, activation)).ToArbitrary();
+    /// <summary>A random model: the seed of its sizes and data, and its activation.</summary>
+    public sealed record ModelCase(int Seed, int Activation);
 
-    private static Problem RandomProblem((int Seed, int Activation) c) =>
+    /// <summary>Random models for the properties below (the [Property] ones find it by their parameter's type).</summary>
+    public static Arbitrary<ModelCase> Models() =>
+        (from seed in Gen.Choose(0, 100_000) from activation in Gen.Choose(0, 3) select new ModelCase(seed, activation)).ToArbitrary();
+
+    private static Problem RandomProblem(ModelCase c) =>
         Problem.RandomMlp(c.Seed, Problem.Activations[c.Activation], Batch, widths: [4, 3], inputs: 3, outputs: 3);
 
     /// <summary>
@@ -79,18 +84,17 @@ public class GuesserTests
     }
 
     /// <summary>Directional descent over random models: E[(g·v)v] = g with Var[(g·v)v_j] = ‖g‖² + g_j² for v ~ N(0, I).</summary>
-    [Fact]
-    public void Directional_descent_is_unbiased() =>
-        Prop.ForAll(Models, c =>
-        {
-            var problem = RandomProblem(c);
-            var g = Oracle(problem).Select(v => (double)v).ToArray();
-            const int samples = 8000;
-            var (mean, _) = Sample(problem, Guessers.DirectionalDescent(), samples);
-            double normSquared = g.Sum(v => v * v);
-            var exactStd = g.Select(v => Math.Sqrt(normSquared + v * v)).ToArray();
-            AssertWithinStandardErrors(g, mean, exactStd, samples, $"directional descent {c}");
-        }).CheckFixed(maxTest: 4);
+    [Property(Replay = PropertyConfig.Replay, MaxTest = 4, Arbitrary = new[] { typeof(GuesserTests) })]
+    public void Directional_descent_is_unbiased(ModelCase c)
+    {
+        var problem = RandomProblem(c);
+        var g = Oracle(problem).Select(v => (double)v).ToArray();
+        const int samples = 8000;
+        var (mean, _) = Sample(problem, Guessers.DirectionalDescent(), samples);
+        double normSquared = g.Sum(v => v * v);
+        var exactStd = g.Select(v => Math.Sqrt(normSquared + v * v)).ToArray();
+        AssertWithinStandardErrors(g, mean, exactStd, samples, $"directional descent {c}");
+    }
 
     /// <summary>Activation perturbation over random models, joint and per-layer: E[d_b u_b] = ∂L/∂s_b, so the
     /// weight estimate is unbiased.</summary>
@@ -98,7 +102,7 @@ public class GuesserTests
     [InlineData(TangentMode.Joint)]
     [InlineData(TangentMode.PerLayer)]
     public void Activation_perturbation_is_unbiased(TangentMode mode) =>
-        Prop.ForAll(Models, c =>
+        Prop.ForAll(Models(), c =>
         {
             var problem = RandomProblem(c);
             var g = Oracle(problem).Select(v => (double)v).ToArray();

@@ -28,7 +28,8 @@ internal sealed record Problem(Model Model, ParameterStore Parameters, int Batch
     {
         rng ??= new System.Random(seed);
         var store = ParameterStore.Initialize(model, backend ?? new CpuBackend(), (ulong)seed);
-        // Biases start at zero; give them values so that their rules are exercised.
+        // Biases of N(0, 0.3²), whatever the initialisation scheme draws, so that their rules are exercised and these
+        // problems stay the same when a default changes.
         foreach (var p in model.Parameters.Where(p => p.Name.EndsWith(".bias")))
             store.Set(p, Normal(seed + p.Id, p.Shape.ElementCount, 0.3f));
         var data = new Dictionary<int, float[]>();

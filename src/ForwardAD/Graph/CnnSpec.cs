@@ -363,11 +363,12 @@ public sealed record CnnSpec(Shape Input, ImmutableArray<CnnLayer> Layers, int C
     }
 
     /// <summary>The model: the layers (nodes named conv1, bn1, relu1, maxpool1, …, fc1), then "classifier" (the logits,
-    /// the output), loss "loss" (softmax cross-entropy against labels "y"); input "x", not differentiable.</summary>
-    public Model Build()
+    /// the output), loss "loss" (softmax cross-entropy against labels "y"); input "x", not differentiable. Convolutions and
+    /// dense layers start as <paramref name="init"/> says (<see cref="InitScheme.Torch"/> when null).</summary>
+    public Model Build(InitScheme? init = null)
     {
         Validate();
-        var builder = new ModelBuilder();
+        var builder = new ModelBuilder(init);
         var x = builder.Input("x", Input, differentiable: false);
         Node h = x;
         var counts = new Dictionary<string, int>(StringComparer.Ordinal);

@@ -24,10 +24,11 @@ public sealed record MlpSpec(int Inputs, ImmutableArray<int> HiddenWidths, int O
     /// <summary>Number of weight matrices (hidden layers + output layer).</summary>
     public int Depth => HiddenWidths.Length + 1;
 
-    public Model Build()
+    /// <summary>The model; dense layers start as <paramref name="init"/> says (<see cref="InitScheme.Torch"/> when null).</summary>
+    public Model Build(InitScheme? init = null)
     {
         if (Inputs <= 0 || Outputs <= 0) throw new ArgumentOutOfRangeException(nameof(Inputs), $"MLP sizes must be positive: inputs {Inputs}, outputs {Outputs}.");
-        var builder = new ModelBuilder();
+        var builder = new ModelBuilder(init);
         var x = builder.Input("x", new Shape(Inputs), differentiable: false);
         Node h = x;
         for (int i = 0; i < HiddenWidths.Length; i++)

@@ -20,6 +20,13 @@ public sealed class ModelBuilder
     private readonly HashSet<string> _names = [];
     private readonly HashSet<int> _markedSites = [];
 
+    /// <summary>A builder whose dense and convolution layers start as <paramref name="init"/> says
+    /// (<see cref="InitScheme.Torch"/>, PyTorch's own defaults, when null).</summary>
+    public ModelBuilder(InitScheme? init = null) => Init = init ?? InitScheme.Torch;
+
+    /// <summary>How <see cref="Dense"/> and <see cref="Conv2d"/> draw weights and biases not given explicitly.</summary>
+    public InitScheme Init { get; }
+
     public IReadOnlyList<Node> Nodes => _nodes;
 
     /// <summary>Per-example real-valued input of the given shape, e.g. [64], [3, 32, 32], [T, D].</summary>
@@ -54,14 +61,15 @@ public sealed class ModelBuilder
 
     /// <summary>
     /// A dense layer with its own parameters: weight [width, in] drawn by <paramref name="weightInit"/>
-    /// (PyTorch's nn.Linear default when null), zero bias, then the activation. Its pre-activation is a site.
+    /// (<see cref="Init"/>'s weight when null: nn.Linear's default U(±1/√in)), bias [width] as <see cref="Init"/> says
+    /// (U(±1/√in) as nn.Linear, or zeros), then the activation. Its pre-activation is a site.
     /// </summary>
     public DenseLayer Dense(string name, Node x, int width, ElementwiseFunction activation, Initializer? weightInit = null, bool bias = true)
     {
         if (width <= 0) throw new ArgumentOutOfRangeException(nameof(width), $"Layer '{name}' needs a positive width; got {width}.");
         int fanIn = x.Shape.Last;
-        var w = Parameter($"{name}.weight", new Shape(width, fanIn), weightInit ?? Initializer.LinearDefault(fanIn));
-        var b = bias ? Parameter($"{name}.bias", new Shape(width), Initializer.Zeros) : null;
+        var w = Parameter($"{name}.weight", new Shape(width, fanIn), weightInit ?? Init.Weight(fanIn));
+        var b = bias ? Parameter($"{name}.bias", new Shape(width), Init.Bias(fanIn)) : null;
         var s = Linear(name, x, w, b);
         var output = activation is IdentityFunction ? s : Activation($"{name}.{activation.Name}", s, activation);
         return new DenseLayer(x, w, b, s, output, activation);
@@ -69,8 +77,9 @@ public sealed class ModelBuilder
 
     /// <summary>
     /// A 2-D convolution with its own parameters over a channels-last image x [H, W, C]: weight [outChannels, kernel,
-    /// kernel, C/groups] drawn by <paramref name="weightInit"/> (PyTorch's nn.Conv2d default, U(±1/√fan_in) with
-    /// fan_in = C/groups·kernel², when null), zero bias unless <paramref name="bias"/> is false. Its output is a site.
+    /// kernel, C/groups] drawn by <paramref name="weightInit"/> (<see cref="Init"/>'s weight when null: nn.Conv2d's default
+    /// U(±1/√fan_in) with fan_in = C/groups·kernel², the elements of one output channel's filter), bias [outChannels] as
+    /// <see cref="Init"/> says with the same fan_in (none when <paramref name="bias"/> is false). Its output is a site.
     /// </summary>
     public Node Conv2d(string name, Node x, int outChannels, int kernel, int stride = 1, int padding = 0, int groups = 1, bool bias = true, Initializer? weightInit = null)
     {
@@ -81,9 +90,9 @@ public sealed class ModelBuilder
         if (groups < 1 || x.Shape[2] % groups != 0)
             throw new ArgumentOutOfRangeException(nameof(groups), $"Convolution '{name}': groups must divide the {x.Shape[2]} input channels; got {groups}.");
         int fanIn = x.Shape[2] / groups * kernel * kernel;
-        var w = Parameter($"{name}.weight", new Shape(outChannels, kernel, kernel, x.Shape[2] / groups), weightInit ?? Initializer.LinearDefault(fanIn));
+        var w = Parameter($"{name}.weight", new Shape(outChannels, kernel, kernel, x.Shape[2] / groups), weightInit ?? Init.Weight(fanIn));
         var op = new Conv2dOp(stride, padding, groups);
-        return bias ? Apply(name, op, x, w, Parameter($"{name}.bias", new Shape(outChannels), Initializer.Zeros)) : Apply(name, op, x, w);
+        return bias ? Apply(name, op, x, w, Parameter($"{name}.bias", new Shape(outChannels), Init.Bias(fanIn))) : Apply(name, op, x, w);
     }
 
     /// <summary>Max pooling of [H, W, C] over kernel × kernel windows (stride = kernel when null).</summary>

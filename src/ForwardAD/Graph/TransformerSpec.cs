@@ -44,10 +44,12 @@ public sealed partial record TransformerSpec(int Layers, int Heads, int Width, i
     public override string ToString() =>
         $"l{Layers}-h{Heads}-d{Width}-t{Context}{(Vocabulary != 256 ? $"-v{Vocabulary}" : "")}{(MlpRatio != 4 ? $"-m{MlpRatio}" : "")}";
 
-    public Model Build()
+    /// <summary>The model; its projections and head start as <paramref name="init"/> says (<see cref="InitScheme.Torch"/>
+    /// when null), the token embedding N(0, 1) as nn.Embedding, the positions N(0, 0.02²) as GPT-2.</summary>
+    public Model Build(InitScheme? init = null)
     {
         Validate();
-        var b = new ModelBuilder();
+        var b = new ModelBuilder(init);
         var x = b.Tokens("x", Context, Vocabulary);
         var y = b.Tokens("y", Context, Vocabulary);
         var h = b.PositionalEmbedding("pos", b.Embedding("embed", x, Width), Context);
