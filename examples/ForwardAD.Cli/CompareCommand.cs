@@ -10,8 +10,8 @@ namespace ForwardAD.Cli;
 
 /// <summary>
 /// `forwardad compare`, the main job and what `forwardad` alone runs: the same model, optimizer, seed, batches and
-/// initial weights trained with backprop and with four methods that do without it, one after the other (one at a time,
-/// so that the time per step of each is its own), then one table and one figure of the curves.
+/// initial weights trained with backprop and with four methods that do without it, taking turns epoch by epoch (one at
+/// a time, so that the time per step of each is its own), then one table and one figure of the curves.
 /// </summary>
 internal static class CompareCommand
 {
@@ -27,13 +27,13 @@ internal static class CompareCommand
         forwardad compare [options]    Backprop against forward gradients, side by side (what `forwardad` alone runs).
 
         Trains the same model from the same initial weights, with the same optimizer (AdamW), seed and batches, with
-        backprop, activation perturbation, Wᵀ, DFA and GrAPE, one after the other; prints one table (test accuracy,
+        backprop, activation perturbation, Wᵀ, DFA and GrAPE, taking turns epoch by epoch; prints one table (test accuracy,
         mean cosine of the update to the backprop gradient, time per step) and writes the curves per epoch as a CSV
         and a figure (test accuracy and cosine per epoch, PNG and SVG) into a folder. With no options: the 3×128 MLP
         on the embedded digits, {DefaultEpochs} epochs, batch {DefaultBatch}, about a minute on 2 cores.
 
         The cosine is measured at every step against a backprop pass on the same batch (not counted in the time per
-        step, which is the method's own: batch, estimate, update).
+        step, which is the method's own: batch, estimate, update; the median over the epochs).
 
         {DataOptions.Help}
         {ModelOptions.Help}
@@ -107,46 +107,34 @@ internal static class CompareCommand
         var methods = string.Join(", ", guessers.Select(g => g.Name));
         var rate = string.Create(CultureInfo.InvariantCulture, $"adamw lr {lr} wd {weightDecay}");
         console.MarkupLineInterpolated($"[bold]ForwardAD[/] compare: {train.Name} ({train.Count} train / {test.Count} test), {configuration["model"]}, {rate}, batch {batch}, {epochs} epochs, seed {seed}; {methods}");
-        var runs = new List<MethodRun>();
         // Every method starts from the same weights (same seed) and sees the same batches (the trainer's permutation
-        // depends on the seed and the epoch only); the cosine is measured at every step.
-        Trainer Start(int m) => new(guessers[m], rule, ParameterStore.Initialize(model, new CpuBackend(), seed), train, test,
-            new TrainingOptions(batch, seed) { CosineEvery = 1 });
-        void Finished(MethodRun run)
-        {
-            runs.Add(run);
-            WriteCsv(csv, runs);
-        }
+        // depends on the seed and the epoch only); the cosine is measured at every step. The methods take turns epoch by
+        // epoch, so that a change in the machine's load (these 2 cores are shared) weighs on all of them alike.
+        var trainers = guessers.Select(g => new Trainer(g, rule, ParameterStore.Initialize(model, new CpuBackend(), seed), train, test,
+            new TrainingOptions(batch, seed) { CosineEvery = 1 })).ToList();
+        var runs = guessers.Select(g => new MethodRun(g.Name, [])).ToList();
         if (context.Interactive && !quiet)
         {
             console.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
                 .Start(progress =>
                 {
-                    var tasks = guessers.Select(g => progress.AddTask(g.Name, autoStart: false)).ToList();
-                    for (int m = 0; m < guessers.Count; m++)
+                    var observers = trainers.Select((t, m) => new TrainCommand.ProgressObserver(
+                        progress.AddTask(runs[m].Name, maxValue: epochs * t.StepsPerEpoch), epochs, batch, runs[m].Name)).ToList();
+                    for (int e = 0; e < epochs; e++)
                     {
-                        var trainer = Start(m);
-                        tasks[m].MaxValue = epochs * trainer.StepsPerEpoch;
-                        tasks[m].StartTask();
-                        var observer = new TrainCommand.ProgressObserver(tasks[m], epochs, batch, guessers[m].Name);
-                        var run = new MethodRun(guessers[m].Name, []);
-                        for (int e = 0; e < epochs; e++) run.Reports.Add(trainer.RunEpoch(e, observer));
-                        tasks[m].StopTask();
-                        Finished(run);
+                        for (int m = 0; m < trainers.Count; m++) runs[m].Reports.Add(trainers[m].RunEpoch(e, observers[m]));
+                        WriteCsv(csv, runs);
                     }
                 });
         }
         else
         {
-            for (int m = 0; m < guessers.Count; m++)
+            for (int e = 0; e < epochs; e++)
             {
-                var trainer = Start(m);
-                var run = new MethodRun(guessers[m].Name, []);
-                for (int e = 0; e < epochs; e++) run.Reports.Add(trainer.RunEpoch(e));
-                Finished(run);
-                if (!quiet)
-                    context.Output.WriteLine($"{run.Name}: test accuracy {TrainCommand.F(run.Reports[^1].TestAccuracy, "P2")}, mean cos {TrainCommand.F(MeanCosine(run), "F3")}, " +
-                        $"{StepMilliseconds(run):F2} ms/step, {run.Reports.Sum(r => r.WallTime.TotalSeconds):F1} s");
+                for (int m = 0; m < trainers.Count; m++) runs[m].Reports.Add(trainers[m].RunEpoch(e));
+                WriteCsv(csv, runs);
+                if (!quiet && (e == 0 || e == epochs - 1 || (e + 1) % 10 == 0))
+                    context.Output.WriteLine($"epoch {e + 1}/{epochs}: test accuracy " + string.Join(", ", runs.Select(r => $"{r.Name} {TrainCommand.F(r.Reports[^1].TestAccuracy, "P1")}")));
             }
         }
 
@@ -157,7 +145,7 @@ internal static class CompareCommand
                 $"{StepMilliseconds(run):F2} ms", $"{StepMilliseconds(run) / reference:F2}");
         foreach (int c in new[] { 1, 2, 3, 4 }) table.Columns[c].RightAligned();
         console.Write(table);
-        console.MarkupLineInterpolated($"test accuracy after epoch {epochs}; cosine: mean over every step of the run; time per step without the cosine measurement.");
+        console.MarkupLineInterpolated($"test accuracy after epoch {epochs}; cosine: mean over every step of the run; time per step: median over the epochs of the mean step (batch, estimate, update), without the cosine measurement.");
         if (plot)
         {
             var (png, svg, _) = MetricsPlots.Draw(csv);
@@ -170,7 +158,13 @@ internal static class CompareCommand
     /// <summary>The mean cosine over the run: every epoch has as many steps, each measured, so the mean of the epoch means.</summary>
     private static double MeanCosine(MethodRun run) => run.Reports.Average(r => r.GlobalCosine);
 
-    private static double StepMilliseconds(MethodRun run) => run.Reports.Average(r => r.StepTime.TotalMilliseconds);
+    /// <summary>The median over the epochs of the mean step time: an epoch slowed by another process on the shared cores
+    /// does not move it.</summary>
+    private static double StepMilliseconds(MethodRun run)
+    {
+        var times = run.Reports.Select(r => r.StepTime.TotalMilliseconds).Order().ToList();
+        return times.Count % 2 == 1 ? times[times.Count / 2] : (times[times.Count / 2 - 1] + times[times.Count / 2]) / 2;
+    }
 
     private static void WriteCsv(string path, List<MethodRun> runs)
     {
