@@ -21,12 +21,16 @@ internal static class Cli
         forwardad COMMAND [options]
 
         Commands
-          train      train an MLP or a CNN with a gradient guesser (the default command)
+          compare    backprop, activation perturbation, Wᵀ, DFA and GrAPE side by side on the same MLP, optimizer
+                     and seed: one table, one figure (what `forwardad` alone runs; about a minute)
+          train      train an MLP or a CNN with a gradient guesser (default GrAPE; the default command when the
+                     first argument is an option)
           cosine     every guesser's cosine to the true gradient and 1-step effectiveness along a
                      backprop training trajectory (Figure 1 of "How to Guess a Gradient")
           grape-toy  the toy experiment of the GrAPE rebuttal: feedback rules aligning B with a fixed target
           lm         train a transformer language model on a text (the fortunes by default), any guesser
           sample     generate text from a checkpoint of `lm`
+          plot       draw any metrics CSV these commands wrote (PNG and SVG; every command also draws its own)
 
         `forwardad COMMAND --help` shows every option of a command.
         Exit codes: 0 success, 1 data or runtime error, 2 usage error (messages on stderr).
@@ -34,7 +38,7 @@ internal static class Cli
 
     public const int Success = 0, RuntimeError = 1, UsageError = 2;
 
-    private static readonly string[] CommandNames = ["train", "cosine", "grape-toy", "lm", "sample"];
+    private static readonly string[] CommandNames = ["compare", "train", "cosine", "grape-toy", "lm", "sample", "plot"];
 
     /// <summary>
     /// Runs the tool on <paramref name="args"/>. <paramref name="terminal"/>: both streams are an interactive
@@ -57,7 +61,7 @@ internal static class Cli
 
         args = args switch
         {
-            [] => ["train"],
+            [] => ["compare"],
             ["help"] => ["--help"],
             ["help", var command, ..] => [command, "--help"],
             [var first, ..] when first.StartsWith("--", StringComparison.Ordinal) && first != "--help" => ["train", .. args],
@@ -108,8 +112,9 @@ internal static class Cli
         root.Directives.Clear(); // no [diagram]/[suggest] tokens: an argument in brackets is just an argument
         var help = new HelpTextAction(context.Output) { [root] = Usage };
         root.SetAction(_ => { context.Output.WriteLine(Usage); return Success; });
-        foreach (var (command, text) in new (Command, string)[] { (TrainCommand.Create(context), TrainCommand.Help), (CosineCommand.Create(context), CosineCommand.Help), (GrapeToyCommand.Create(context), GrapeToyCommand.Help),
-            (LanguageModelCommands.CreateLm(context), LanguageModelCommands.LmHelp), (LanguageModelCommands.CreateSample(context), LanguageModelCommands.SampleHelp) })
+        foreach (var (command, text) in new (Command, string)[] { (CompareCommand.Create(context), CompareCommand.Help), (TrainCommand.Create(context), TrainCommand.Help), (CosineCommand.Create(context), CosineCommand.Help), (GrapeToyCommand.Create(context), GrapeToyCommand.Help),
+            (LanguageModelCommands.CreateLm(context), LanguageModelCommands.LmHelp), (LanguageModelCommands.CreateSample(context), LanguageModelCommands.SampleHelp),
+            (PlotCommand.Create(context), PlotCommand.Help) })
         {
             root.Add(command);
             help[command] = text;

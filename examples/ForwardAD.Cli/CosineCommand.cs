@@ -32,7 +32,9 @@ internal static class CosineCommand
           --batch-size B            (default 32)
           --every N                 measure every N-th step (default 10)
           --seed S                  (default 1)
-          --csv PATH                every measurement (default runs/cosine-seed<S>.csv)
+          --csv PATH                every measurement (default runs/cosine-seed<S>.csv); beside it its plot
+                                    (.png and .svg: cosine and 1-step effectiveness per guesser over the steps)
+          --no-plot                 write no plot
         """;
 
     private sealed class Options
@@ -47,6 +49,7 @@ internal static class CosineCommand
         public readonly Option<int> Every = Opt.Int("every", 10, min: 1);
         public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0);
         public readonly Option<string?> Csv = Opt.OptionalString("csv");
+        public readonly Option<bool> NoPlot = Opt.Flag("no-plot");
     }
 
     public static Command Create(CliContext context)
@@ -58,7 +61,7 @@ internal static class CosineCommand
         command.Add(o.Guessers);
         o.Guesser.AddTo(command);
         o.Rule.AddTo(command);
-        foreach (var option in new Option[] { o.Epochs, o.BatchSize, o.Every, o.Seed, o.Csv }) command.Add(option);
+        foreach (var option in new Option[] { o.Epochs, o.BatchSize, o.Every, o.Seed, o.Csv, o.NoPlot }) command.Add(option);
         command.SetAction(p => Run(p, o, context));
         return command;
     }
@@ -106,6 +109,11 @@ internal static class CosineCommand
             s.Cosine.ToString("G6", CultureInfo.InvariantCulture), s.Effectiveness.ToString("G6", CultureInfo.InvariantCulture)))
             .Prepend("epoch,step,guesser,cosine,effectiveness"));
         console.MarkupLineInterpolated($"measurements in {csv}");
+        if (!p.GetValue(o.NoPlot))
+        {
+            var (png, svg, _) = MetricsPlots.Draw(csv);
+            console.MarkupLineInterpolated($"plot in {png} and {svg}");
+        }
         return Cli.Success;
     }
 }

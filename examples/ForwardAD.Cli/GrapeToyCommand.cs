@@ -23,7 +23,9 @@ internal static class GrapeToyCommand
           --decay D         η multiplied by D > 0 every step (default 0.99)
           --noise S         noise scale ≥ 0 of the noisy original rule, per entry (default 0.001;
                             B's rows have unit norm, so entries are about 1/√N)
-          --csv PATH        every step (default runs/grape-toy.csv)
+          --csv PATH        every step (default runs/grape-toy.csv); beside it its plot (.png and .svg: one
+                            panel per rule, the mean row-cosine over the steps per start)
+          --no-plot         write no plot
         """;
 
     public static Command Create(CliContext context)
@@ -35,12 +37,13 @@ internal static class GrapeToyCommand
         var decay = Opt.Float("decay", 0.99f, v => v > 0, "a number > 0");
         var noise = Opt.Float("noise", 1e-3f, v => v >= 0, "a number ≥ 0");
         var csv = Opt.String("csv", Path.Combine("runs", "grape-toy.csv"));
-        var command = new Command("grape-toy", "The toy experiment of the GrAPE rebuttal.") { size, steps, seeds, lr, decay, noise, csv };
-        command.SetAction(p => Run(context, p.GetValue(size), p.GetValue(steps), p.GetValue(seeds), p.GetValue(lr), p.GetValue(decay), p.GetValue(noise), p.GetValue(csv)!));
+        var noPlot = Opt.Flag("no-plot");
+        var command = new Command("grape-toy", "The toy experiment of the GrAPE rebuttal.") { size, steps, seeds, lr, decay, noise, csv, noPlot };
+        command.SetAction(p => Run(context, p.GetValue(size), p.GetValue(steps), p.GetValue(seeds), p.GetValue(lr), p.GetValue(decay), p.GetValue(noise), p.GetValue(csv)!, !p.GetValue(noPlot)));
         return command;
     }
 
-    private static int Run(CliContext context, int size, int steps, int seeds, float eta, float decay, float noise, string csv)
+    private static int Run(CliContext context, int size, int steps, int seeds, float eta, float decay, float noise, string csv, bool plot)
     {
         if (Directory.Exists(csv)) throw new IOException($"--csv {csv}: is a directory; give a file path.");
         var console = context.Console;
@@ -75,6 +78,11 @@ internal static class GrapeToyCommand
             r.Start.ToString(CultureInfo.InvariantCulture), r.Seed, step, c.ToString("G6", CultureInfo.InvariantCulture))))
             .Prepend("rule,start,seed,step,mean_row_cosine"));
         console.MarkupLineInterpolated($"every step in {csv}");
+        if (plot)
+        {
+            var (png, svg, _) = MetricsPlots.Draw(csv);
+            console.MarkupLineInterpolated($"plot in {png} and {svg}");
+        }
         return Cli.Success;
     }
 }

@@ -36,7 +36,9 @@ internal static class LanguageModelCommands
           --seed S                  seed of initialisation, windows and every guess (default 1)
           --cosine-every N          measure cos(estimate, backprop gradient) every N steps (default 50; 0 = never)
         Output
-          --metrics PATH            CSV per evaluation (default runs/lm-<guesser>-seed<S>-<config>.csv)
+          --metrics PATH            CSV per evaluation (default runs/lm-<guesser>-seed<S>-<config>.csv); beside it,
+                                    at the end, its plot (.png and .svg: bits per character, accuracy, cosine)
+          --no-plot                 write no plot
           --checkpoint PATH         safetensors checkpoint after every evaluation (what `forwardad sample` reads)
           --quiet                   no live progress, only the final table
         """;
@@ -70,6 +72,7 @@ internal static class LanguageModelCommands
         public readonly Option<string?> Metrics = Opt.OptionalString("metrics");
         public readonly Option<string?> Checkpoint = Opt.OptionalString("checkpoint");
         public readonly Option<bool> Quiet = Opt.Flag("quiet");
+        public readonly Option<bool> NoPlot = Opt.Flag("no-plot");
     }
 
     public static Command CreateLm(CliContext context)
@@ -80,7 +83,7 @@ internal static class LanguageModelCommands
         o.Guesser.AddTo(command);
         o.Rule.AddTo(command);
         o.Device.AddTo(command);
-        foreach (var option in new Option[] { o.Model, o.Text, o.Init, o.Steps, o.MaxSeconds, o.EvalEvery, o.ValidationWindows, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Quiet })
+        foreach (var option in new Option[] { o.Model, o.Text, o.Init, o.Steps, o.MaxSeconds, o.EvalEvery, o.ValidationWindows, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Quiet, o.NoPlot })
             command.Add(option);
         command.SetAction(p => RunLm(p, o, context));
         return command;
@@ -146,6 +149,11 @@ internal static class LanguageModelCommands
                 TrainCommand.F(r.Validation.Accuracy, "P1"), TrainCommand.F(r.GlobalCosine, "F3"), TrainCommand.F(r.TokensPerSecond, "F0"), $"{r.TrainingTime.TotalSeconds:F0} s");
         console.Write(table);
         console.MarkupLineInterpolated($"final: validation [green]{reports[^1].Validation.BitsPerCharacter:F3}[/] bits per character after {reports[^1].Step} steps; metrics in {metricsPath}");
+        if (!p.GetValue(o.NoPlot))
+        {
+            var (png, svg, _) = MetricsPlots.Draw(metricsPath);
+            console.MarkupLineInterpolated($"plot in {png} and {svg}");
+        }
         return Cli.Success;
     }
 

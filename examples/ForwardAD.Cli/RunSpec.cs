@@ -326,8 +326,9 @@ internal static class InitOption
     }
 }
 
-/// <summary>The gradient-estimate options: guesser and its knobs, DFA/GrAPE feedback.</summary>
-internal sealed class GuesserOptions
+/// <summary>The gradient-estimate options: guesser and its knobs, DFA/GrAPE feedback. <paramref name="defaultMode"/>: the
+/// tangent mode when --mode is absent (compare runs per-layer, the better mode for activation guessers on digits).</summary>
+internal sealed class GuesserOptions(string defaultMode = "joint")
 {
     public const string Help = """
         Gradient estimate
@@ -358,7 +359,7 @@ internal sealed class GuesserOptions
     private static readonly string[] WithMode = ["activation-perturbation", "wt", "downstream", "mixing", "self-sharpening", "wt-power", "grape"];
     private static readonly string[] WithGuesses = ["directional", "activation-perturbation", "wt", "downstream", "mixing", "self-sharpening", "wt-power", "cosine-matched"];
 
-    public readonly Option<string> Mode = Opt.Choice("mode", "joint", "mode", "joint", "per-layer");
+    public readonly Option<string> Mode = Opt.Choice("mode", defaultMode, "mode", "joint", "per-layer");
     public readonly Option<int> Guesses = Opt.Int("guesses", 1, min: 1, max: 1 << 16);
     public readonly Option<int?> K = Opt.OptionalInt("k", 1, 1 << 16);
     public readonly Option<float?> Power = Opt.OptionalFloat("power", _ => true, "a number");

@@ -11,8 +11,10 @@ internal static class TrainCommand
     public static readonly string Help = $"""
         forwardad train [options]      Train an MLP or a CNN with a gradient guesser and report accuracies per epoch.
 
-        With no options it trains a 3×128 ReLU MLP (hidden 128,128) with backprop and SGD on the embedded
-        digits data set (1,797 8×8 images, no download) for 20 epochs, in a few seconds.
+        With no options it trains a 3×128 ReLU MLP (hidden 128,128) without backpropagation, with GrAPE (DFA whose
+        feedback matrices are aligned with forward-mode Jacobian estimates) and SGD, on the embedded digits data set
+        (1,797 8×8 images, no download) for 20 epochs, in a few seconds. --guesser backprop is the reference;
+        `forwardad compare` trains backprop and four methods without it side by side.
 
         {DataOptions.Help}
         {ModelOptions.Help}
@@ -26,7 +28,10 @@ internal static class TrainCommand
           --cosine-every N          measure cos(estimate, backprop gradient) every N steps (default 1; 0 = never)
         Output and checkpoints
           --metrics PATH            per-epoch CSV (default runs/train-<guesser>-seed<S>-<config>.csv, where
-                                    <config> is a hash of the run's configuration); its 'run' column holds that hash
+                                    <config> is a hash of the run's configuration); its 'run' column holds that hash.
+                                    Beside it, at the end, its plot: the same path with .png and .svg (loss, accuracy,
+                                    cosine per site over the epochs; `forwardad plot CSV` redraws it)
+          --no-plot                 write no plot
           --checkpoint PATH         write a safetensors checkpoint after every epoch (atomically)
           --resume PATH             continue a run from its checkpoint, bit for bit. The checkpoint records the
                                     run's configuration (data, split, standardisation, model, guesser and its
@@ -47,7 +52,7 @@ internal static class TrainCommand
         public readonly GuesserOptions Guesser = new();
         public readonly RuleOptions Rule = new();
         public readonly DeviceOptions Device = new();
-        public readonly Option<string> GuesserName = Opt.Choice("guesser", "backprop", "guesser", GuesserOptions.Names);
+        public readonly Option<string> GuesserName = Opt.Choice("guesser", DefaultGuesser, "guesser", GuesserOptions.Names);
         public readonly Option<int> Epochs = Opt.Int("epochs", 20, min: 1, max: 1_000_000);
         public readonly Option<int> BatchSize = Opt.Int("batch-size", 32, min: 1);
         public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0);
@@ -56,7 +61,13 @@ internal static class TrainCommand
         public readonly Option<string?> Checkpoint = Opt.OptionalString("checkpoint");
         public readonly Option<string?> Resume = Opt.OptionalString("resume");
         public readonly Option<bool> Quiet = Opt.Flag("quiet");
+        public readonly Option<bool> NoPlot = Opt.Flag("no-plot");
     }
+
+    /// <summary>Without --guesser: GrAPE, a method without backprop. On digits (3×128, 20 epochs, SGD lr 0.1, seeds 1–3) it
+    /// trains as well as DFA (test accuracy within 0.6 points, equal on two seeds) and, unlike DFA, it uses forward
+    /// gradients (JVPs align its feedback); activation perturbation diverges and joint Wᵀ stays at chance at this rate.</summary>
+    public const string DefaultGuesser = "grape";
 
     public static Command Create(CliContext context)
     {
@@ -68,7 +79,7 @@ internal static class TrainCommand
         o.Guesser.AddTo(command);
         o.Rule.AddTo(command);
         o.Device.AddTo(command);
-        foreach (var option in new Option[] { o.Epochs, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Resume, o.Quiet }) command.Add(option);
+        foreach (var option in new Option[] { o.Epochs, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Resume, o.Quiet, o.NoPlot }) command.Add(option);
         command.SetAction(p => Run(p, o, context));
         return command;
     }
@@ -153,6 +164,11 @@ internal static class TrainCommand
         console.Write(table);
         var last = reports[^1];
         console.MarkupLineInterpolated($"final: train accuracy [green]{last.TrainAccuracy:P2}[/], test accuracy [green]{last.TestAccuracy:P2}[/]; metrics in {metricsPath}");
+        if (!p.GetValue(o.NoPlot))
+        {
+            var (png, svg, _) = MetricsPlots.Draw(metricsPath);
+            console.MarkupLineInterpolated($"plot in {png} and {svg}");
+        }
         return Cli.Success;
     }
 
@@ -169,7 +185,9 @@ internal static class TrainCommand
         $"cos {F(r.GlobalCosine, "F3")} (sites {string.Join(" ", r.SiteCosines.Select(c => F(c, "F3")))})" +
         (r.FeedbackAlignment.IsEmpty ? "" : $", B·J alignment {string.Join(" ", r.FeedbackAlignment.Select(c => F(c, "F3")))}") + $", {F(r.ExamplesPerSecond, "F0")} examples/s";
 
-    private sealed class ProgressObserver(ProgressTask task, int epochs, int batch) : ITrainingObserver
+    /// <summary>The live progress line of a run: epoch, batch loss, speed, the last epoch's accuracies and cosine;
+    /// <paramref name="label"/> (the method, when several runs share one display) goes first.</summary>
+    internal sealed class ProgressObserver(ProgressTask task, int epochs, int batch, string? label = null) : ITrainingObserver
     {
         private string _last = "";
         private readonly System.Diagnostics.Stopwatch _watch = System.Diagnostics.Stopwatch.StartNew();
@@ -179,7 +197,7 @@ internal static class TrainCommand
         {
             task.Increment(1);
             _examples += batch;
-            task.Description = $"epoch {epoch + 1}/{epochs} loss {batchLoss:F3} {_examples / _watch.Elapsed.TotalSeconds:F0} ex/s{_last}";
+            task.Description = $"{(label is null ? "" : label + ": ")}epoch {epoch + 1}/{epochs} loss {batchLoss:F3} {_examples / _watch.Elapsed.TotalSeconds:F0} ex/s{_last}";
         }
 
         public void EpochCompleted(EpochReport report) =>

@@ -22,12 +22,21 @@ public sealed record Series(string Name, IReadOnlyList<double> X, IReadOnlyList<
 /// </summary>
 public sealed record LineChart(string Title, string XLabel, string YLabel, IReadOnlyList<Series> Series, bool LogX = false, bool LogY = false)
 {
+    /// <summary>Where the legend sits (with two or more series): pick the corner the curves leave free (rising
+    /// accuracy curves leave the lower right), or outside the data area.</summary>
+    public LegendCorner Legend { get; init; } = LegendCorner.UpperRight;
+
     /// <summary>The same chart with one more series.</summary>
     public LineChart With(Series series) => this with { Series = [.. Series, series] };
 }
 
+/// <summary>Where a chart's legend goes: a corner of the data area, outside it on the right (never over a curve, at the
+/// cost of some width; for many series or curves that fill the area), or nowhere (for a panel of a <see cref="Figure"/>
+/// whose series, and so their colours, are those of a panel that shows the legend).</summary>
+public enum LegendCorner { UpperRight, LowerRight, UpperLeft, LowerLeft, OutsideRight, None }
+
 /// <summary>Writes charts to image files.</summary>
-public static class ChartFile
+public static partial class ChartFile
 {
     /// <summary>Default image size in pixels: readable in a README at full width.</summary>
     public const int DefaultWidth = 800, DefaultHeight = 500;
@@ -55,7 +64,7 @@ public static class ChartFile
     public static (string Png, string Svg) SaveBoth(LineChart chart, string stem, int width = DefaultWidth, int height = DefaultHeight) =>
         (Save(chart, stem + ".png", width, height), Save(chart, stem + ".svg", width, height));
 
-    private static Plot Build(LineChart chart)
+    internal static Plot Build(LineChart chart)
     {
         var plot = new Plot();
         foreach (var series in chart.Series)
@@ -72,7 +81,17 @@ public static class ChartFile
         plot.YLabel(chart.LogY ? chart.YLabel + " (log scale)" : chart.YLabel);
         if (chart.LogX) plot.Axes.Bottom.TickGenerator = LogTicks();
         if (chart.LogY) plot.Axes.Left.TickGenerator = LogTicks();
-        if (chart.Series.Count > 1) plot.ShowLegend(Alignment.UpperRight);
+        // ScottPlot shows a legend by itself once series have names: hiding it is explicit.
+        if (chart.Series.Count < 2 || chart.Legend == LegendCorner.None) plot.HideLegend();
+        else if (chart.Legend == LegendCorner.OutsideRight) plot.ShowLegend(Edge.Right);
+        else
+            plot.ShowLegend(chart.Legend switch
+            {
+                LegendCorner.LowerRight => Alignment.LowerRight,
+                LegendCorner.UpperLeft => Alignment.UpperLeft,
+                LegendCorner.LowerLeft => Alignment.LowerLeft,
+                _ => Alignment.UpperRight,
+            });
         return plot;
     }
 

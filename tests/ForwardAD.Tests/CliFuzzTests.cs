@@ -7,7 +7,8 @@ namespace ForwardAD.Tests;
 /// (unknown names, empty and out-of-range values, duplicated and dropped tokens, odd model specs and data
 /// sources) must each end in exit code 0, 1 or 2 with a one-line "error: …" on stderr for 1 and 2 — never an
 /// unhandled exception or a stack trace. Runs stay tiny (a 4-unit MLP, one epoch) so that the whole test takes
-/// seconds; the output options are fixed and appended last, so nothing is written outside a temporary folder.
+/// seconds; the output options are fixed and appended last, so nothing is written outside a temporary folder (and
+/// --no-plot on most lines).
 /// </summary>
 public sealed class CliFuzzTests : IDisposable
 {
@@ -120,7 +121,8 @@ public sealed class CliFuzzTests : IDisposable
                 }
             }
             if (random.Next(20) == 0) mutable.RemoveAt(0); // no command: train is the default
-            string[] args = [.. mutable, .. outputs];
+            // Plots (drawn at the end of a successful run) on one line in eight: enough to fuzz them, not the cost of each.
+            string[] args = [.. mutable, .. outputs, .. i % 8 == 0 ? Array.Empty<string>() : ["--no-plot"]];
             var line = string.Join(' ', args.Select(a => a.Length == 0 || a.Contains(' ') ? $"'{a}'" : a));
             try
             {

@@ -36,8 +36,9 @@ public sealed class CliTests : IDisposable
         return error;
     }
 
-    // Tiny runs: an 8-unit hidden layer, one or two epochs on digits, a fraction of a second each.
-    private string[] Tiny(string metrics) => ["--hidden", "8", "--quiet", "--metrics", PathOf(metrics)];
+    // Tiny runs: an 8-unit hidden layer, one or two epochs on digits, a fraction of a second each; no plot (drawing is
+    // tested on its own below).
+    private string[] Tiny(string metrics) => ["--hidden", "8", "--quiet", "--no-plot", "--metrics", PathOf(metrics)];
 
     [Fact]
     public void Train_writes_a_metrics_row_per_epoch_and_resumes_into_the_same_file()
@@ -59,17 +60,24 @@ public sealed class CliTests : IDisposable
         Assert.All(lines, l => Assert.Equal(lines[0].Split(',').Length, l.Split(',').Length));
     }
 
+    /// <summary>Options without a command are train's (no arguments at all run compare, the main job: a minute, not run
+    /// here; its tiny version is tested below).</summary>
     [Fact]
-    public void No_command_means_train_and_help_lists_the_options()
+    public void Options_without_a_command_mean_train_and_help_lists_the_commands_and_options()
     {
         Assert.Equal(0, Run([.. Tiny("m.csv"), "--epochs", "1"]).Code);
         Assert.Equal(2, File.ReadAllLines(PathOf("m.csv")).Length);
         var (code, help, _) = Run("train", "--help");
         Assert.Equal(0, code);
-        foreach (var option in new[] { "--guesser", "--lr", "--epochs", "--hidden", "--layers", "--width", "--data", "--test-data", "--standardize", "--checkpoint", "--resume", "--metrics", "--quiet", "--device", "--clip" })
+        foreach (var option in new[] { "--guesser", "--lr", "--epochs", "--hidden", "--layers", "--width", "--data", "--test-data", "--standardize", "--checkpoint", "--resume", "--metrics", "--quiet", "--device", "--clip", "--no-plot" })
             Assert.Contains(option, help);
-        Assert.Contains("grape-toy", Run("--help").Out);
+        Assert.Contains("with GrAPE", help);
+        var usage = Run("--help").Out;
+        foreach (var command in new[] { "compare", "train", "cosine", "grape-toy", "lm", "sample", "plot" }) Assert.Contains($"\n  {command} ", usage);
+        Assert.Contains("what `forwardad` alone runs", usage);
         Assert.Contains("--size", Run("grape-toy", "--help").Out);
+        Assert.Contains("--out DIR", Run("compare", "--help").Out);
+        Assert.Contains("--out STEM", Run("plot", "--help").Out);
     }
 
     [Fact]
@@ -297,6 +305,8 @@ public sealed class CliTests : IDisposable
         Assert.Equal(0, Run("grape-toy", "--size", "20", "--steps", "5", "--seeds", "2", "--csv", csv).Code);
         // 4 rules × 5 starts × 2 seeds × (5 steps + the start) rows, plus the header.
         Assert.Equal(1 + 4 * 5 * 2 * 6, File.ReadAllLines(csv).Length);
+        AssertFigure(PathOf("toy"), columns: 2, rows: 2); // one panel per rule
+        AssertRedrawn(csv, "grape-toy", columns: 2, rows: 2);
         Assert.Contains("--size must be an integer from 2 to 46340", Fails(2, "grape-toy", "--size", "100000"));
     }
 
@@ -307,6 +317,8 @@ public sealed class CliTests : IDisposable
         var (code, _, error) = Run("cosine", "--hidden", "8", "--epochs", "1", "--every", "20", "--guessers", "ap,wt,backprop", "--csv", csv);
         Assert.True(code == 0, error);
         Assert.True(File.ReadAllLines(csv).Length > 1);
+        AssertFigure(PathOf("cos"), columns: 2, rows: 1);
+        AssertRedrawn(csv, "cosine", columns: 2, rows: 1);
         Assert.Contains("Unknown guesser 'nope' in --guessers", Fails(2, "cosine", "--guessers", "ap,nope", "--csv", csv));
     }
 
@@ -416,6 +428,8 @@ public sealed class CliTests : IDisposable
         Assert.DoesNotContain(",cosine_block1.attn,", rows[0] + ","); // not a site: attention has no parameters
         Assert.Contains(",cosine_block1.q,", rows[0] + ","); // every projection is
         Assert.Equal(rows[0].Split(',').Length, rows[1].Split(',').Length);
+        AssertFigure(PathOf("lm"), columns: 3, rows: 1);
+        AssertRedrawn(metrics, "lm", columns: 3, rows: 1);
         (code, output, error) = Run("sample", "--checkpoint", checkpoint, "--prompt", "to be", "--length", "20", "--seed", "3");
         Assert.True(code == 0, error);
         Assert.StartsWith("to be", output);
@@ -428,5 +442,90 @@ public sealed class CliTests : IDisposable
         Assert.Contains("binary", Fails(1, "lm", "--text", binary));
         Assert.Contains("--checkpoint", Fails(2, "sample"));
         Assert.Contains("lm.csv", Fails(1, "sample", "--checkpoint", metrics)); // not safetensors at all: the reader names the file
+    }
+
+    // ---- the main job and plots (issue 15) ------------------------------------------------------
+
+    /// <summary>STEM.png and STEM.svg exist and are images of <paramref name="columns"/> × <paramref name="rows"/> panels.</summary>
+    private static void AssertFigure(string stem, int columns, int rows)
+    {
+        var (width, height) = (columns * MetricsPlots.PanelWidth, rows * MetricsPlots.PanelHeight);
+        Assert.Equal((width, height), PlotTests.PngSize(stem + ".png"));
+        Assert.Equal(((double)width, (double)height), PlotTests.SvgSize(stem + ".svg"));
+    }
+
+    /// <summary>`plot` recognises <paramref name="csv"/> as <paramref name="kind"/> and draws the same figure again elsewhere.</summary>
+    private void AssertRedrawn(string csv, string kind, int columns, int rows)
+    {
+        var stem = PathOf($"redrawn-{kind}");
+        var (code, output, error) = Run("plot", csv, "--out", stem);
+        Assert.True(code == 0, error);
+        Assert.Contains($"{kind} metrics", output);
+        AssertFigure(stem, columns, rows);
+    }
+
+    [Fact]
+    public void Compare_trains_the_five_methods_and_prints_one_table_a_csv_and_a_plot()
+    {
+        var folder = PathOf("compare");
+        var (code, output, error) = Run("compare", "--hidden", "16", "--epochs", "1", "--batch-size", "256", "--quiet", "--out", folder);
+        Assert.True(code == 0, error);
+        string[] methods = ["backprop", "activation perturbation (per-layer)", "Wᵀ (per-layer)", "DFA", "GrAPE (original)"];
+        var tableRows = output.Split('\n').Where(l => l.StartsWith("│ ", StringComparison.Ordinal)).ToList();
+        Assert.Equal(1 + methods.Length, tableRows.Count); // the header and one row per method
+        Assert.Contains("time per step", tableRows[0]);
+        for (int m = 0; m < methods.Length; m++) Assert.StartsWith($"│ {methods[m]} ", tableRows[m + 1]);
+        Assert.Contains(Path.Combine(folder, "compare.png"), output);
+
+        var lines = File.ReadAllLines(Path.Combine(folder, "compare.csv"));
+        Assert.Equal(CompareCommand.Header, lines[0]);
+        Assert.Equal(1 + methods.Length, lines.Length); // one epoch per method
+        var cosine = lines.Skip(1).Select(l => double.Parse(l.Split(',')[^4], System.Globalization.CultureInfo.InvariantCulture)).ToList();
+        Assert.Equal(1.0, cosine[0], 6); // backprop's update is the gradient
+        Assert.All(cosine.Skip(1), c => Assert.InRange(c, -1.0, 0.999)); // the others are estimates, measured
+        AssertFigure(Path.Combine(folder, "compare"), columns: 2, rows: 1);
+        AssertRedrawn(Path.Combine(folder, "compare.csv"), "compare", columns: 2, rows: 1);
+
+        Assert.Contains("--k applies only to --guesser downstream", Fails(2, "compare", "--k", "2", "--out", folder));
+        File.WriteAllText(PathOf("taken"), "");
+        Assert.Contains("is a file", Fails(1, "compare", "--hidden", "4", "--epochs", "1", "--out", PathOf("taken")));
+    }
+
+    [Fact]
+    public void Train_defaults_to_grape_and_draws_loss_accuracy_and_cosines_unless_told_not_to()
+    {
+        var (code, output, error) = Run("--hidden", "8", "--epochs", "2", "--quiet", "--metrics", PathOf("m.csv"));
+        Assert.True(code == 0, error);
+        Assert.Contains("GrAPE (original)", output);
+        Assert.Contains(PathOf("m.png"), output);
+        AssertFigure(PathOf("m"), columns: 3, rows: 1);
+        var svg = File.ReadAllText(PathOf("m.svg"));
+        foreach (var text in new[] { "loss", "accuracy", "cosine to the backprop gradient", "site 2", "epoch" }) Assert.Contains(text, svg);
+        AssertRedrawn(PathOf("m.csv"), "train", columns: 3, rows: 1);
+
+        Assert.Equal(0, Run("--hidden", "8", "--epochs", "1", "--quiet", "--metrics", PathOf("n.csv"), "--no-plot").Code);
+        Assert.True(File.Exists(PathOf("n.csv")));
+        Assert.False(File.Exists(PathOf("n.png")));
+        Assert.False(File.Exists(PathOf("n.svg")));
+    }
+
+    [Fact]
+    public void Plot_refuses_a_file_it_cannot_draw_naming_the_file_and_the_kinds()
+    {
+        Assert.Contains("does not exist", Fails(1, "plot", PathOf("missing.csv")));
+        Assert.Contains("is a directory", Fails(1, "plot", _folder));
+        File.WriteAllText(PathOf("foreign.csv"), "a,b\n1,2\n");
+        var error = Fails(1, "plot", PathOf("foreign.csv"));
+        Assert.Contains("foreign.csv, line 1", error);
+        Assert.Contains("train, lm, cosine, grape-toy or compare", error);
+        Assert.False(File.Exists(PathOf("foreign.png")));
+        File.WriteAllText(PathOf("ragged.csv"), "rule,start,seed,step,mean_row_cosine\n\"a, b\",0,1,0\n");
+        Assert.Contains("ragged.csv, line 2: 4 fields", Fails(1, "plot", PathOf("ragged.csv")));
+        File.WriteAllText(PathOf("words.csv"), "epoch,step,guesser,cosine,effectiveness\n1,0,\"ap\",high,0.1\n");
+        Assert.Contains("'high' in column cosine", Fails(1, "plot", PathOf("words.csv")));
+        File.WriteAllText(PathOf("header.csv"), "epoch,step,guesser,cosine,effectiveness\n");
+        Assert.Contains("without data rows", Fails(1, "plot", PathOf("header.csv")));
+        Assert.Contains("plot", Fails(2, "plot"));
+        Assert.Contains("not a folder", Fails(2, "plot", PathOf("header.csv"), "--out", _folder));
     }
 }

@@ -186,7 +186,7 @@ public sealed class InitTests : IDisposable
 
     /// <summary>
     /// Golden/pre_init_checkpoint.safetensors and pre_init_metrics.csv were written by the tool before --init existed
-    /// (commit 0be1420: <c>forwardad train --hidden 8 --epochs 1 --quiet --metrics … --checkpoint …</c>). The same run with
+    /// (commit 0be1420, when backprop was train's default guesser: <c>forwardad train --hidden 8 --epochs 1 --quiet --metrics … --checkpoint …</c>). The same run with
     /// --init torch-zero-bias is the same run: the same hash, and it resumes that checkpoint into that CSV. With the new
     /// default the checkpoint is refused, naming init; a torch run records init = torch.
     /// </summary>
@@ -200,12 +200,12 @@ public sealed class InitTests : IDisposable
         string oldHash = RunHash(metrics);
 
         var before = File.ReadAllText(metrics);
-        var (code, _, error) = CliTests.Run("--hidden", "8", "--epochs", "2", "--quiet", "--metrics", metrics, "--resume", checkpoint);
+        var (code, _, error) = CliTests.Run("--guesser", "backprop", "--hidden", "8", "--epochs", "2", "--quiet", "--metrics", metrics, "--resume", checkpoint);
         Assert.Equal(1, code);
         Assert.Contains("init is missing from the checkpoint but this run's is 'torch'", error);
         Assert.Equal(before, File.ReadAllText(metrics));
 
-        (code, _, error) = CliTests.Run("--hidden", "8", "--epochs", "2", "--quiet", "--init", "torch-zero-bias", "--metrics", metrics, "--resume", checkpoint);
+        (code, _, error) = CliTests.Run("--guesser", "backprop", "--hidden", "8", "--epochs", "2", "--quiet", "--init", "torch-zero-bias", "--metrics", metrics, "--resume", checkpoint);
         Assert.True(code == 0, error);
         var lines = File.ReadAllLines(metrics);
         Assert.Equal(3, lines.Length);
@@ -213,12 +213,12 @@ public sealed class InitTests : IDisposable
         Assert.False(SafeTensors.Read(checkpoint).Metadata.ContainsKey("init"));
 
         // Fresh runs: torch-zero-bias has the old hash; torch records itself and is another run.
-        Assert.Equal(0, CliTests.Run("--hidden", "8", "--epochs", "1", "--quiet", "--init", "torch-zero-bias", "--metrics", PathOf("zero.csv")).Code);
+        Assert.Equal(0, CliTests.Run("--guesser", "backprop", "--hidden", "8", "--epochs", "1", "--quiet", "--init", "torch-zero-bias", "--metrics", PathOf("zero.csv")).Code);
         Assert.Equal(oldHash, RunHash(PathOf("zero.csv")));
-        Assert.Equal(0, CliTests.Run("--hidden", "8", "--epochs", "1", "--quiet", "--metrics", PathOf("torch.csv"), "--checkpoint", PathOf("torch.safetensors")).Code);
+        Assert.Equal(0, CliTests.Run("--guesser", "backprop", "--hidden", "8", "--epochs", "1", "--quiet", "--metrics", PathOf("torch.csv"), "--checkpoint", PathOf("torch.safetensors")).Code);
         Assert.NotEqual(oldHash, RunHash(PathOf("torch.csv")));
         Assert.Equal("torch", SafeTensors.Read(PathOf("torch.safetensors")).Metadata["init"]);
-        var refused = CliTests.Run("--hidden", "8", "--epochs", "2", "--quiet", "--init", "torch-zero-bias", "--metrics", PathOf("torch.csv"), "--resume", PathOf("torch.safetensors"));
+        var refused = CliTests.Run("--guesser", "backprop", "--hidden", "8", "--epochs", "2", "--quiet", "--init", "torch-zero-bias", "--metrics", PathOf("torch.csv"), "--resume", PathOf("torch.safetensors"));
         Assert.Equal(1, refused.Code);
         Assert.Contains("init is 'torch' but this run does not set it", refused.Err);
 

@@ -55,4 +55,29 @@ public sealed class PlotTests : IDisposable
         e = Assert.Throws<ArgumentException>(() => ChartFile.Save(mismatch, Path.Combine(folder, "chart.png")));
         Assert.Contains("series 'broken'", e.Message);
     }
+
+    [Fact]
+    public void A_figure_draws_its_panels_side_by_side_in_one_png_and_svg()
+    {
+        var accuracy = new LineChart("accuracy", "epoch", "accuracy", [new Series("train", [1, 2, 3], [0.5, 0.8, 0.9])]) { Legend = LegendCorner.LowerRight };
+        var figure = new Figure([Example(), accuracy, Example(logX: true) with { Legend = LegendCorner.OutsideRight }], Columns: 2);
+        Assert.Equal(2, figure.Rows);
+        Assert.Equal((600, 500), figure.Size(300, 250));
+        var (png, svg) = ChartFile.SaveBoth(figure, Path.Combine(folder, "figure"), 600, 500);
+        Assert.Equal((600, 500), PngSize(png));
+        Assert.Equal((600.0, 500.0), SvgSize(svg));
+        var text = File.ReadAllText(svg);
+        Assert.Contains("activation perturbation", text); // a legend of the first panel
+        Assert.Contains("accuracy", text);                // the second panel's title
+        Assert.Contains("(log scale)", text);             // the third panel's axis
+    }
+
+    [Fact]
+    public void A_figure_too_small_for_its_panels_names_the_size_per_panel()
+    {
+        var figure = new Figure([Example(), Example(), Example()], Columns: 3);
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => ChartFile.Save(figure, Path.Combine(folder, "small.png"), 240, 400));
+        Assert.Contains("80×400 each", e.Message);
+        Assert.Throws<ArgumentException>(() => ChartFile.Save(new Figure([], 1), Path.Combine(folder, "empty.png"), 400, 400));
+    }
 }

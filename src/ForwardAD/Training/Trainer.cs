@@ -20,6 +20,11 @@ public sealed record EpochReport(int Epoch, double TrainLoss, double TrainAccura
     /// <summary>For feedback-alignment guessers: per hidden site, the mean row-cosine of B_l to the exact J_lᵀ
     /// on the epoch's last batch (empty otherwise).</summary>
     public ImmutableArray<double> FeedbackAlignment { get; init; } = [];
+
+    /// <summary>Mean wall time of one training step (batch copy, estimate, update), without the cosine measurement
+    /// (a backprop pass of its own) and the evaluation: the cost of the method itself. Zero when unknown (rows read
+    /// back from a metrics file).</summary>
+    public TimeSpan StepTime { get; init; }
 }
 
 /// <summary>Progress of a run, called from the training thread.</summary>
@@ -100,6 +105,7 @@ public sealed class Trainer
     public EpochReport RunEpoch(int epoch, ITrainingObserver? observer = null)
     {
         var watch = System.Diagnostics.Stopwatch.StartNew();
+        long measuring = 0; // Stopwatch ticks spent in the oracle, left out of StepTime
         int batch = _options.BatchSize;
         _cosines.Clear();
         Dataset.Permute(new RandomKey(_options.Seed, 0xE90C).Derive((ulong)epoch), _order);
@@ -116,15 +122,18 @@ public sealed class Trainer
             // run measures the same steps.
             if (_oracle is not null && (_step % _options.CosineEvery == 0 || (_cosines.Measured == 0 && s == StepsPerEpoch - 1)))
             {
+                long start = System.Diagnostics.Stopwatch.GetTimestamp();
                 _oracle.SetBatch(_features, _labels);
                 var (exact, _) = _oracle.Estimate(default);
                 _cosines.Add(gradient, exact);
+                measuring += System.Diagnostics.Stopwatch.GetTimestamp() - start;
             }
             _optimizer.Step(new UpdateInputs(_step, loss, new RandomKey(_options.Seed, 0x0971).Derive((ulong)_step)), gradient);
             _step++;
             observer?.StepCompleted(epoch, s, StepsPerEpoch, loss);
         }
         double seconds = watch.Elapsed.TotalSeconds;
+        var stepTime = TimeSpan.FromSeconds(Math.Max(0, seconds - (double)measuring / System.Diagnostics.Stopwatch.Frequency) / StepsPerEpoch);
         var train = _trainEvaluator.Evaluate();
         var test = _testEvaluator.Evaluate();
         var cosines = _cosines.Means(exactGradient: Guesser is BackpropGuesser);
@@ -135,7 +144,7 @@ public sealed class Trainer
             alignment = [.. feedback.MeasureAlignment(_oracle)];
         }
         var report = new EpochReport(epoch, train.Loss, train.Accuracy, test.Loss, test.Accuracy,
-            [.. cosines[..^1]], cosines[^1], StepsPerEpoch * batch / seconds, watch.Elapsed) { FeedbackAlignment = alignment };
+            [.. cosines[..^1]], cosines[^1], StepsPerEpoch * batch / seconds, watch.Elapsed) { FeedbackAlignment = alignment, StepTime = stepTime };
         NextEpoch = epoch + 1;
         observer?.EpochCompleted(report);
         return report;
