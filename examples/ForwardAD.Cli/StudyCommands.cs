@@ -154,9 +154,9 @@ internal static class StudyCommands
             context.Console.Write(table);
             var folder = p.GetValue(common.Out)!;
             Csv(folder, "saturation", "guesser,guesses,cosine", points.Select(q => $"{Quote(q.Guesser)},{q.Guesses},{G(q.Cosine)}"));
-            Chart(context, folder, "saturation", new LineChart($"Cosine of the mean of n guesses to the true gradient ({description})", "guesses averaged (n)",
+            Chart(context, folder, "saturation", new LineChart("Bias saturation: cosine of the mean of n guesses", "guesses averaged (n)",
                 "cosine to the true gradient", [.. points.GroupBy(q => q.Guesser).Select(g => new Series(Label(g.Key), [.. g.Select(q => (double)q.Guesses)], [.. g.Select(q => q.Cosine)]))],
-                LogX: true));
+                LogX: true) { Legend = LegendPlace.UpperLeft });
             Done(context, watch);
             return Cli.Success;
         });
@@ -288,9 +288,9 @@ internal static class StudyCommands
             var points = RunCurves(context, s, guessers);
             var folder = p.GetValue(common.Out)!;
             WriteCurves(context, folder, "bias-variance", s.Description, points, []);
-            Chart(context, folder, "bias-variance", new LineChart($"Bias against variance: training loss ({s.Description})", "epoch", "training loss",
-                Curves(points, q => q.TrainLoss), LogY: true));
-            Chart(context, folder, "bias-variance-cosine", new LineChart("Bias against variance: mean cosine to the true gradient per epoch", "epoch", "cosine to the true gradient",
+            Chart(context, folder, "bias-variance", new LineChart("Bias against variance: training loss", "epoch", "training loss",
+                Curves(points, q => q.TrainLoss), LogY: true) { Legend = LegendPlace.LowerLeft });
+            Chart(context, folder, "bias-variance-cosine", new LineChart("Bias against variance: mean cosine per epoch", "epoch", "cosine to the true gradient",
                 Curves(points, q => q.Cosine, skipInitial: true)));
             Done(context, watch);
             return Cli.Success;
@@ -326,11 +326,11 @@ internal static class StudyCommands
             var points = RunCurves(context, s, guessers, ps => [TrainingCurves.FirstLayerEffectiveRank(ps)]);
             var folder = p.GetValue(common.Out)!;
             WriteCurves(context, folder, "sharpening", s.Description, points, ["first_layer_effective_rank"]);
-            Chart(context, folder, "sharpening-cosine", new LineChart($"Self-sharpening: mean cosine to the true gradient ({s.Description})", "epoch", "cosine to the true gradient",
+            Chart(context, folder, "sharpening-cosine", new LineChart("Self-sharpening: mean cosine to the true gradient", "epoch", "cosine to the true gradient",
                 Curves(points.Where(q => q.Guesser != "backprop").ToList(), q => q.Cosine, skipInitial: true)));
             Chart(context, folder, "sharpening-rank", new LineChart("Self-sharpening: effective rank of the first layer's weight", "epoch", "effective rank (Roy & Vetterli)",
-                Curves(points, q => q.Extra[0])));
-            Chart(context, folder, "sharpening-accuracy", new LineChart("Self-sharpening: test accuracy", "epoch", "test accuracy", Curves(points, q => q.TestAccuracy)));
+                Curves(points, q => q.Extra[0])) { Legend = LegendPlace.LowerLeft });
+            Chart(context, folder, "sharpening-accuracy", new LineChart("Self-sharpening: test accuracy", "epoch", "test accuracy", Curves(points, q => q.TestAccuracy)) { Legend = LegendPlace.LowerRight });
             Done(context, watch);
             return Cli.Success;
         });
@@ -365,7 +365,7 @@ internal static class StudyCommands
             var points = RunCurves(context, s, guessers);
             var folder = p.GetValue(common.Out)!;
             WriteCurves(context, folder, "downstream", s.Description, points, []);
-            Chart(context, folder, "downstream-accuracy", new LineChart($"k-layer downstream: test accuracy ({s.Description})", "epoch", "test accuracy", Curves(points, q => q.TestAccuracy)));
+            Chart(context, folder, "downstream-accuracy", new LineChart("k-layer downstream: test accuracy", "epoch", "test accuracy", Curves(points, q => q.TestAccuracy)) { Legend = LegendPlace.LowerRight });
             Chart(context, folder, "downstream-cosine", new LineChart("k-layer downstream: mean cosine to the true gradient", "epoch", "cosine to the true gradient",
                 Curves(points, q => q.Cosine, skipInitial: true)));
             Done(context, watch);
@@ -408,11 +408,11 @@ internal static class StudyCommands
             Csv(folder, "spectra", "site,kind,k,value", spectra.SelectMany(s =>
                 s.JacobianSingularValues.Select((v, k) => $"{Quote(s.Site)},jacobian_singular_value,{k + 1},{G(v)}")
                     .Concat(s.ExplainedVariance.Select((v, k) => $"{Quote(s.Site)},explained_variance,{k + 1},{G(v)}"))));
-            Chart(context, folder, "spectra-jacobian", new LineChart($"Singular values of the Jacobian to the next site, σ_k/σ_1 ({description})", "k", "σ_k / σ_1",
+            Chart(context, folder, "spectra-jacobian", new LineChart("Singular values of the Jacobian to the next site", "k", "σ_k / σ_1",
                 [.. spectra.Where(s => s.JacobianSingularValues.Length > 0).Select(s => new Series(s.Site,
                     [.. s.JacobianSingularValues.Select((_, k) => (double)(k + 1))], s.JacobianSingularValues))], LogY: true));
-            Chart(context, folder, "spectra-activations", new LineChart($"Explained variance of each site's outputs over {count} examples", "principal components k",
-                "fraction of variance explained", [.. spectra.Select(s => new Series(s.Site, [.. s.ExplainedVariance.Select((_, k) => (double)(k + 1))], s.ExplainedVariance))], LogX: true));
+            Chart(context, folder, "spectra-activations", new LineChart($"Explained variance of the site outputs ({count} examples)", "principal components k",
+                "fraction of variance explained", [.. spectra.Select(s => new Series(s.Site, [.. s.ExplainedVariance.Select((_, k) => (double)(k + 1))], s.ExplainedVariance))], LogX: true) { Legend = LegendPlace.LowerRight });
             Done(context, watch);
             return Cli.Success;
         });

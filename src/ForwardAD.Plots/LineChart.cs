@@ -22,9 +22,15 @@ public sealed record Series(string Name, IReadOnlyList<double> X, IReadOnlyList<
 /// </summary>
 public sealed record LineChart(string Title, string XLabel, string YLabel, IReadOnlyList<Series> Series, bool LogX = false, bool LogY = false)
 {
+    /// <summary>Where the legend sits (default upper right): put it where the curves are not.</summary>
+    public LegendPlace Legend { get; init; } = LegendPlace.UpperRight;
+
     /// <summary>The same chart with one more series.</summary>
     public LineChart With(Series series) => this with { Series = [.. Series, series] };
 }
+
+/// <summary>A corner of the plot area for the legend.</summary>
+public enum LegendPlace { UpperRight, UpperLeft, LowerRight, LowerLeft }
 
 /// <summary>Writes charts to image files.</summary>
 public static class ChartFile
@@ -72,7 +78,14 @@ public static class ChartFile
         plot.YLabel(chart.LogY ? chart.YLabel + " (log scale)" : chart.YLabel);
         if (chart.LogX) plot.Axes.Bottom.TickGenerator = LogTicks();
         if (chart.LogY) plot.Axes.Left.TickGenerator = LogTicks();
-        if (chart.Series.Count > 1) plot.ShowLegend(Alignment.UpperRight);
+        if (chart.Series.Count > 1)
+            plot.ShowLegend(chart.Legend switch
+            {
+                LegendPlace.UpperLeft => Alignment.UpperLeft,
+                LegendPlace.LowerRight => Alignment.LowerRight,
+                LegendPlace.LowerLeft => Alignment.LowerLeft,
+                _ => Alignment.UpperRight,
+            });
         return plot;
     }
 
