@@ -65,7 +65,8 @@ public class DebiasingTests
                 for (int r = 0; r < m; r++) c[i, j] += (double)w[r * n + i] * w[r * n + j];
             }
         for (int i = 0; i < n; i++) trace += c[i, i];
-        return (c, rho * trace / n);
+        // As the library: tr C = 0 (every unit inactive) means C = 0, and λ = ρ keeps C + λI invertible.
+        return (c, trace > 0 ? rho * trace / n : rho);
     }
 
     private static double[] Multiply(double[,] a, double[] x) =>

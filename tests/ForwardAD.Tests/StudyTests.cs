@@ -1,3 +1,4 @@
+using ForwardAD.Backends;
 using ForwardAD.Graph;
 using ForwardAD.Guessing;
 using ForwardAD.Studies;
@@ -35,8 +36,9 @@ public sealed class StudyTests : IDisposable
     {
         // ±a e₁ and ±b e₂ (mean 0): variances a²/2 and b²/2 along the axes: [a²/(a²+b²), 1].
         const float a = 3, b = 1;
+        const double aa = a * a, bb = b * b;
         var explained = Spectra.ExplainedVariance([a, 0, -a, 0, 0, b, 0, -b], 4, 2);
-        Assert.Equal([a * a / (a * a + b * b), 1.0], explained, new Tolerance(1e-12));
+        Assert.Equal([aa / (aa + bb), 1.0], explained, new Tolerance(1e-12));
         // Three points on a line through (1, 1, 1) with an offset: one component explains everything; 3 samples give 3 entries.
         explained = Spectra.ExplainedVariance([1, 2, 3, 2, 3, 4, 3, 4, 5], 3, 3);
         Assert.Equal(1, explained[0], 10);
