@@ -31,6 +31,8 @@ internal static class Cli
           lm         train a transformer language model on a text (the fortunes by default), any guesser
           sample     generate text from a checkpoint of `lm`
           plot       draw any metrics CSV these commands wrote (PNG and SVG; every command also draws its own)
+          study      the paper's studies as CSV + charts: saturation, bias-variance, sharpening,
+                     downstream, spectra (`forwardad study --help`)
 
         `forwardad COMMAND --help` shows every option of a command.
         Exit codes: 0 success, 1 data or runtime error, 2 usage error (messages on stderr).
@@ -38,7 +40,7 @@ internal static class Cli
 
     public const int Success = 0, RuntimeError = 1, UsageError = 2;
 
-    private static readonly string[] CommandNames = ["compare", "train", "cosine", "grape-toy", "lm", "sample", "plot"];
+    private static readonly string[] CommandNames = ["compare", "train", "cosine", "grape-toy", "lm", "sample", "plot", "study"];
 
     /// <summary>
     /// Runs the tool on <paramref name="args"/>. <paramref name="terminal"/>: both streams are an interactive
@@ -119,6 +121,11 @@ internal static class Cli
             root.Add(command);
             help[command] = text;
         }
+        var studyHelps = new Dictionary<Command, string>();
+        var study = StudyCommands.Create(context, studyHelps);
+        root.Add(study);
+        help[study] = StudyCommands.Help;
+        foreach (var (command, text) in studyHelps) help[command] = text;
         foreach (var option in root.Options.OfType<HelpOption>()) option.Action = help;
         return root;
     }

@@ -66,9 +66,13 @@ internal static class GuessSampling
 
     /// <summary>The guesser compiles on the problem's model, estimates a finite, non-zero gradient, and its AdamW training
     /// steps allocate nothing after two warm-up steps.</summary>
-    public static void AssertTrainsWithoutAllocating(Problem problem, string name, int batch)
+    public static void AssertTrainsWithoutAllocating(Problem problem, string name, int batch) =>
+        AssertTrainsWithoutAllocating(problem, Named(name), name, batch);
+
+    /// <summary>As above for any guesser value (<paramref name="name"/> labels the messages).</summary>
+    public static void AssertTrainsWithoutAllocating(Problem problem, Guesser guesser, string name, int batch)
     {
-        var estimator = Named(name).Compile(problem.Parameters, batch);
+        var estimator = guesser.Compile(problem.Parameters, batch);
         var optimizer = new Optimizer(Optimizers.AdamW(1e-3f), problem.Parameters);
         var (x, y) = (problem.Inputs[problem.Model["x"].Id], problem.Inputs[problem.Model["y"].Id]);
         void Step(int i)

@@ -122,8 +122,12 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
     private readonly View _scaled, _summed, _gradient;
     private readonly int _guesses;
     private readonly bool _readsForwardValues;
+    private readonly SiteCorrection?[] _corrections;
 
-    public ActivationGuessEstimator(ActivationGuesser guesser, ParameterStore parameters, int batchSize)
+    /// <remarks>corrections: Optional linear maps applied to each site's estimated cotangent before it becomes a
+    /// parameter update (de-biasing, <see cref="DebiasedGuesser"/>); null: none.</remarks>
+    public ActivationGuessEstimator(ActivationGuesser guesser, ParameterStore parameters, int batchSize,
+        Func<Plan, Site, SiteCorrection?>? corrections = null)
     {
         var model = parameters.Model;
         if (model.Sites.IsEmpty) throw new ArgumentException("Activation guessing needs a model with sites (outputs of parameterised ops such as dense layers).");
@@ -157,6 +161,7 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
         _summed = compiler.Workspace(widest / _guesses);
         _gradient = compiler.Workspace(parameters.All.Length);
         _update = _plan.CreateParameterUpdate([.. _sites.Select(s => s.Node)], _gradient);
+        _corrections = [.. _sites.Select(s => corrections?.Invoke(_plan, s))];
     }
 
     public override Plan Plan => _plan;
@@ -188,6 +193,7 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
                 backend.ScaleRows(guess, scales, scaled, accumulate: false);
                 backend.SumRows(scaled, summed, accumulate: false);
             }
+            _corrections[i]?.Apply(summed);
             _update.Write(i, summed);
         }
         return (_gradient, _plan.MeanLoss());

@@ -1,0 +1,459 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using ForwardAD.Autodiff;
+using ForwardAD.Backends;
+using ForwardAD.Data;
+using ForwardAD.Graph;
+using ForwardAD.Guessing;
+using ForwardAD.Optim;
+using ForwardAD.Plots;
+using ForwardAD.Studies;
+using ForwardAD.Training;
+using Spectre.Console;
+
+namespace ForwardAD.Cli;
+
+/// <summary>
+/// `forwardad study NAME`: the figures of "How to Guess a Gradient" (arXiv 2312.04709) as commands, each writing a CSV
+/// and a chart (PNG + SVG) into one folder. Defaults run in minutes on two cores; the options reach the paper's sizes.
+/// </summary>
+internal static class StudyCommands
+{
+    public static readonly string[] Names = ["saturation", "bias-variance", "sharpening", "downstream", "spectra"];
+
+    public const string Help = """
+        forwardad study NAME [options]     The paper's studies, each writing CSV + PNG/SVG into --out.
+
+          saturation     cosine to the true gradient of the mean of n = 2 … 8192 guesses on one example (Fig. 4 left):
+                         unbiased guessers keep improving, Wᵀ and mixing saturate; de-biased Wᵀ in between
+          bias-variance  training curves of directional descent, Wᵀ, directional descent matched to Wᵀ's cosine at
+                         every step, and de-biased Wᵀ (Fig. 4 right)
+          sharpening     self-sharpening with Wᵀ's singular values raised to p: cosine and the first layer's
+                         effective rank over training (Fig. 5)
+          downstream     k-layer downstream guesses, k = 1 … L−1: accuracy and cosine over training (Fig. 7 left)
+          spectra        singular values of the Jacobians between consecutive sites and the explained variance of
+                         each site's outputs (Figs. 2 and 7), on any model --model builds
+
+        `forwardad study NAME --help` shows the options of one study.
+        """;
+
+    private const string CommonHelp = """
+        Common
+          --out DIR                 folder for NAME.csv, NAME*.png and NAME*.svg (default runs/studies)
+          --seed S                  initialisation, data split and order, every guess (default 1)
+          --optimizer, --lr, ...    the update rule as in train (default here: adamw, lr 0.001, weight decay 0.01)
+        """;
+
+    private static string SubHelp(string name, string what, string options) => $"""
+        forwardad study {name} [options]     {what}
+
+        {options}
+        {CommonHelp}
+        {DataOptions.Help}
+        {ModelOptions.Help}
+        {RuleOptions.Help}
+        """;
+
+    /// <summary>Options every study shares.</summary>
+    private sealed class Common
+    {
+        public readonly DataOptions Data = new();
+        public readonly ModelOptions Model = new();
+        public readonly RuleOptions Rule = new();
+        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0);
+        public readonly Option<string> Out = Opt.String("out", Path.Combine("runs", "studies"));
+
+        public void AddTo(Command command)
+        {
+            Data.AddTo(command);
+            Model.AddTo(command);
+            Rule.AddTo(command);
+            command.Add(Seed);
+            command.Add(Out);
+        }
+
+        public (UpdateRule Rule, string Description) BuildRule(ParseResult p, int stepsPerEpoch, int epochs)
+        {
+            if (p.Given(Rule.Optimizer)) return Rule.Build(p, stepsPerEpoch, epochs, configuration: null);
+            if (p.Given(Rule.Lr)) throw new UsageException("--lr needs --optimizer in a study (its default rule is adamw, lr 0.001, weight decay 0.01).");
+            return (Optimizers.AdamW(1e-3f, 0.01f), "adamw lr 0.001 wd 0.01");
+        }
+    }
+
+    public static Command Create(CliContext context, IDictionary<Command, string> helps)
+    {
+        var study = new Command("study", "The paper's studies as commands writing CSV and charts.");
+        study.SetAction(_ => { context.Output.WriteLine(Help); return Cli.Success; });
+        foreach (var (command, text) in new[] { Saturation(context), BiasVariance(context), Sharpening(context), Downstream(context), Spectrum(context) })
+        {
+            study.Add(command);
+            helps[command] = text;
+        }
+        return study;
+    }
+
+    private static Option<string> Mode() => Opt.Choice("mode", "per-layer", "mode", "joint", "per-layer");
+
+    private static TangentMode ModeOf(ParseResult p, Option<string> mode) => p.GetValue(mode) == "joint" ? TangentMode.Joint : TangentMode.PerLayer;
+
+    private static double[] Numbers(ParseResult p, Option<string> option, Func<double, bool> valid, string requirement)
+    {
+        var text = p.GetValue(option)!;
+        var values = new List<double>();
+        foreach (var part in text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (!double.TryParse(part, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) || !double.IsFinite(v) || !valid(v))
+                throw new UsageException($"--{option.Name.TrimStart('-')} must be a comma-separated list of {requirement}; got '{text}'.");
+            values.Add(v);
+        }
+        return [.. values];
+    }
+
+    // ---------------------------------------------------------------------------------------------------- saturation
+
+    private static (Command, string) Saturation(CliContext context)
+    {
+        var common = new Common();
+        var maxGuesses = Opt.Int("max-guesses", 8192, min: 2, max: 1 << 20);
+        var example = Opt.Int("example", 0, min: 0);
+        var batch = Opt.Int("batch-size", 1, min: 1);
+        var pretrain = Opt.Int("pretrain-epochs", 1, min: 0, max: 10_000);
+        var ridges = Opt.String("ridges", "0.1,0.01");
+        var mode = Mode();
+        var command = new Command("saturation", "Cosine of the mean of n guesses to the true gradient (Fig. 4 left).");
+        common.AddTo(command);
+        foreach (var o in new Option[] { maxGuesses, example, batch, pretrain, ridges, mode }) command.Add(o);
+        command.SetAction(p =>
+        {
+            var watch = Stopwatch.StartNew();
+            int max = p.GetValue(maxGuesses), b = p.GetValue(batch), first = p.GetValue(example);
+            if ((max & (max - 1)) != 0) throw new UsageException($"--max-guesses must be a power of two (2, 4, …, 8192); got {max}.");
+            var rhos = Numbers(p, ridges, v => v > 0, "numbers > 0 (relative ridges ρ; 'none' is not a number: give e.g. 0.1)");
+            var (parameters, train, description) = Pretrained(p, common, p.GetValue(pretrain), context);
+            if (first + b > train.Count) throw new UsageException($"--example {first} with --batch-size {b} runs past the training set ({train.Count} examples).");
+            var features = new float[b * train.FeatureSize];
+            var labels = new float[b];
+            train.CopyBatch(Enumerable.Range(first, b).ToArray(), features, labels);
+            var m = ModeOf(p, mode);
+            var methods = new List<Func<int, Guesser>>
+            {
+                g => Guessers.DirectionalDescent(g),
+                g => Guessers.ActivationPerturbation(m, g),
+                g => Guessers.WeightTranspose(m, g),
+                g => Guessers.ActivationMixing(m, g),
+            };
+            foreach (var rho in rhos) methods.Add(g => new DebiasedGuesser((ActivationGuesser)Guessers.WeightTranspose(m, g), rho));
+            context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study saturation: {description}, examples {first}…{first + b - 1}, up to {max} guesses, {p.GetValue(mode)}");
+            var points = SaturationStudy.Run(parameters, features, labels, b, methods, max, (ulong)p.GetValue(common.Seed),
+                name => context.Console.MarkupLineInterpolated($"  {name} done ({watch.Elapsed.TotalSeconds:F0} s)"));
+
+            var table = new Table().AddColumns("guesser", "n = 2", "n = 64", $"n = {max}");
+            foreach (var group in points.GroupBy(q => q.Guesser))
+                table.AddRow(group.Key, F(group.First().Cosine), F(group.FirstOrDefault(q => q.Guesses == 64)?.Cosine ?? double.NaN), F(group.Last().Cosine));
+            context.Console.Write(table);
+            var folder = p.GetValue(common.Out)!;
+            Csv(folder, "saturation", "guesser,guesses,cosine", points.Select(q => $"{Quote(q.Guesser)},{q.Guesses},{G(q.Cosine)}"));
+            Chart(context, folder, "saturation", new LineChart("Bias saturation: cosine of the mean of n guesses", "guesses averaged (n)",
+                "cosine to the true gradient", [.. points.GroupBy(q => q.Guesser).Select(g => new Series(Label(g.Key), [.. g.Select(q => (double)q.Guesses)], [.. g.Select(q => q.Cosine)]))],
+                LogX: true) { Legend = LegendCorner.UpperLeft });
+            Done(context, watch);
+            return Cli.Success;
+        });
+        return (command, SubHelp("saturation", "Cosine of the mean of n guesses to the true gradient (Fig. 4 left).", """
+            Saturation
+              --pretrain-epochs N       backprop epochs before measuring (default 1: the paper's "after one epoch")
+              --example I               first training example of the batch measured (default 0)
+              --batch-size B            examples in that batch (default 1: one example)
+              --max-guesses N           largest n, a power of two (default 8192)
+              --mode joint|per-layer    tangent channels of the activation guessers (default per-layer)
+              --ridges LIST             relative ridges ρ of the de-biased Wᵀ curves, λ = ρ·tr(C)/n (default 0.1,0.01)
+            Directional descent, activation perturbation, Wᵀ, activation mixing and de-biased Wᵀ are measured. With
+            one example, activation mixing mixes that example's own output only.
+            """));
+    }
+
+    /// <summary>The model, initialised from the seed and trained with backprop for <paramref name="epochs"/> epochs.</summary>
+    private static (ParameterStore Parameters, Dataset Train, string Description) Pretrained(ParseResult p, Common common, int epochs, CliContext context)
+    {
+        ulong seed = (ulong)p.GetValue(common.Seed);
+        var configuration = new RunConfiguration();
+        var (train, test) = common.Data.Load(p, seed, configuration);
+        var model = common.Model.Build(p, train, configuration);
+        var parameters = ParameterStore.Initialize(model, new CpuBackend(), seed);
+        const int batch = 32;
+        var (rule, ruleText) = common.BuildRule(p, train.Count / batch, Math.Max(1, epochs));
+        if (epochs > 0)
+        {
+            var trainer = new Trainer(Guessers.Backprop, rule, parameters, train, test, new TrainingOptions(batch, seed) { CosineEvery = 0 });
+            for (int e = 0; e < epochs; e++)
+            {
+                var r = trainer.RunEpoch(e);
+                context.Console.MarkupLineInterpolated($"  backprop epoch {e + 1}: test accuracy {r.TestAccuracy:P1}");
+            }
+        }
+        return (parameters, train, $"{configuration["model"]}, {epochs} backprop epoch{(epochs == 1 ? "" : "s")} ({ruleText})");
+    }
+
+    // ------------------------------------------------------------------------------------------------- training curves
+
+    /// <summary>Options of the studies that train: epochs, batch, mode, guesses per step.</summary>
+    private sealed class CurveOptions
+    {
+        public readonly Option<int> Epochs;
+        public readonly Option<int> BatchSize = Opt.Int("batch-size", 32, min: 1);
+        public readonly Option<string> Mode = StudyCommands.Mode();
+        public readonly Option<int> Guesses = Opt.Int("guesses", 1, min: 1, max: 1 << 16);
+
+        public CurveOptions(int epochs) => Epochs = Opt.Int("epochs", epochs, min: 1, max: 1_000_000);
+
+        public void AddTo(Command command)
+        {
+            foreach (var o in new Option[] { Epochs, BatchSize, Mode, Guesses }) command.Add(o);
+        }
+
+        public static string Help(int epochs) => $"""
+            Training
+              --epochs N                (default {epochs})
+              --batch-size B            (default 32)
+              --mode joint|per-layer    tangent channels of the activation guessers (default per-layer)
+              --guesses G               guesses averaged per step (default 1)
+            """;
+    }
+
+    private sealed record CurveSetup(Model Model, Dataset Train, Dataset Test, UpdateRule Rule, TrainingOptions Options, string Description, int Epochs);
+
+    private static CurveSetup Setup(ParseResult p, Common common, CurveOptions training, Func<Dataset, RunConfiguration, Model?>? defaultModel = null)
+    {
+        ulong seed = (ulong)p.GetValue(common.Seed);
+        var configuration = new RunConfiguration();
+        var (train, test) = common.Data.Load(p, seed, configuration);
+        int batch = p.GetValue(training.BatchSize), epochs = p.GetValue(training.Epochs);
+        if (batch > train.Count) throw new UsageException($"--batch-size {batch} is larger than the training set ({train.Count} examples).");
+        var model = (p.GetValue(common.Model.Model) == "mlp" && !p.Given(common.Model.Hidden) && !p.Given(common.Model.Layers) ? defaultModel?.Invoke(train, configuration) : null)
+            ?? common.Model.Build(p, train, configuration);
+        var (rule, ruleText) = common.BuildRule(p, train.Count / batch, epochs);
+        // Cosines on every step (the oracle is one backprop pass, cheaper than most guessers' step): smooth per-epoch means.
+        var options = new TrainingOptions(batch, seed) { CosineEvery = 1 };
+        return new CurveSetup(model, train, test, rule, options, $"{configuration["model"]}, {ruleText}, batch {batch}, {p.GetValue(training.Mode)}", epochs);
+    }
+
+    private static List<CurvePoint> RunCurves(CliContext context, CurveSetup s, IReadOnlyList<Guesser> guessers, Func<ParameterStore, double[]>? extra = null) =>
+        TrainingCurves.Run(s.Model, guessers, s.Rule, s.Train, s.Test, s.Options, s.Epochs, extra,
+            progress: point =>
+            {
+                if (point.Epoch == s.Epochs || point.Epoch == 0)
+                    context.Console.MarkupLineInterpolated($"  {point.Guesser}, epoch {point.Epoch}: test accuracy {point.TestAccuracy:P1}, cosine {point.Cosine:F3}");
+            },
+            diverged: (name, e) => context.Console.MarkupLineInterpolated($"  [yellow]{name} diverged:[/] {e.Message}"));
+
+    private static void WriteCurves(CliContext context, string folder, string name, string description, List<CurvePoint> points, string[] extraNames)
+    {
+        var header = "guesser,epoch,train_loss,train_accuracy,test_loss,test_accuracy,cosine" + string.Concat(extraNames.Select(n => "," + n));
+        Csv(folder, name, header, points.Select(q => string.Join(',', [Quote(q.Guesser), q.Epoch.ToString(CultureInfo.InvariantCulture),
+            G(q.TrainLoss), G(q.TrainAccuracy), G(q.TestLoss), G(q.TestAccuracy), G(q.Cosine), .. q.Extra.Select(G)])));
+        var table = new Table().AddColumns(["guesser", "epochs", "train loss", "test accuracy", "mean cosine (last epoch)", .. extraNames]);
+        foreach (var g in points.GroupBy(q => q.Guesser))
+        {
+            var last = g.Last();
+            table.AddRow([g.Key, last.Epoch.ToString(CultureInfo.InvariantCulture), F(last.TrainLoss), $"{last.TestAccuracy:P1}", F(last.Cosine), .. last.Extra.Select(F)]);
+        }
+        context.Console.Write(table);
+    }
+
+    private static Series[] Curves(List<CurvePoint> points, Func<CurvePoint, double> y, bool skipInitial = false) =>
+        [.. points.GroupBy(q => q.Guesser).Select(g => new Series(Label(g.Key),
+            [.. g.Where(q => !skipInitial || q.Epoch > 0).Select(q => (double)q.Epoch)], [.. g.Where(q => !skipInitial || q.Epoch > 0).Select(y)]))];
+
+    private static (Command, string) BiasVariance(CliContext context)
+    {
+        var common = new Common();
+        var training = new CurveOptions(20);
+        var ridges = Opt.String("ridges", "0.1");
+        var command = new Command("bias-variance", "Directional descent, Wᵀ and cosine-matched directional descent training curves (Fig. 4 right).");
+        common.AddTo(command);
+        training.AddTo(command);
+        command.Add(ridges);
+        command.SetAction(p =>
+        {
+            var watch = Stopwatch.StartNew();
+            var s = Setup(p, common, training);
+            var mode = ModeOf(p, training.Mode);
+            int g = p.GetValue(training.Guesses);
+            var wt = Guessers.WeightTranspose(mode, g);
+            var text = p.GetValue(ridges)!;
+            var rhos = text is "none" or "" ? [] : Numbers(p, ridges, v => v > 0, "numbers > 0 (or 'none')");
+            List<Guesser> guessers = [Guessers.DirectionalDescent(g), wt, new CosineMatchedTo(wt), .. rhos.Select(r => (Guesser)new DebiasedGuesser((ActivationGuesser)wt, r))];
+            context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study bias-variance: {s.Description}, {s.Epochs} epochs");
+            var points = RunCurves(context, s, guessers);
+            var folder = p.GetValue(common.Out)!;
+            WriteCurves(context, folder, "bias-variance", s.Description, points, []);
+            Chart(context, folder, "bias-variance", new LineChart("Bias against variance: training loss", "epoch", "training loss",
+                Curves(points, q => q.TrainLoss), LogY: true) { Legend = LegendCorner.LowerLeft });
+            Chart(context, folder, "bias-variance-cosine", new LineChart("Bias against variance: mean cosine per epoch", "epoch", "cosine to the true gradient",
+                Curves(points, q => q.Cosine, skipInitial: true)));
+            Done(context, watch);
+            return Cli.Success;
+        });
+        return (command, SubHelp("bias-variance", "Training curves of directional descent, Wᵀ and cosine-matched directional descent (Fig. 4 right).", CurveOptions.Help(20) + """
+              --ridges LIST             relative ridges ρ of de-biased Wᵀ curves (default 0.1; 'none' for no such curve)
+            "cosine-matched to Wᵀ": at every step Wᵀ's estimate on the same batch gives θ = cos(ĝ_Wᵀ, g); the direction
+            y = √N(|θ| g/‖g‖ + √(1−θ²) r̂), r̂ ⟂ g random, gives sign(θ)(g·y)y: the same cosine, no bias.
+            """));
+    }
+
+    private static (Command, string) Sharpening(CliContext context)
+    {
+        var common = new Common();
+        var training = new CurveOptions(20);
+        var powers = Opt.String("powers", "0,1,2,3");
+        var command = new Command("sharpening", "Self-sharpening with σ^p Wᵀ: cosine and the first layer's effective rank (Fig. 5).");
+        common.AddTo(command);
+        training.AddTo(command);
+        command.Add(powers);
+        command.SetAction(p =>
+        {
+            var watch = Stopwatch.StartNew();
+            // Default model 64-64-64-10: σ^p ≠ 1 decomposes WᵀW on the host at every step (n³), 8× cheaper than at width 128.
+            var s = Setup(p, common, training, (train, configuration) =>
+            {
+                var spec = new MlpSpec(train.FeatureSize, [64, 64], train.Classes, ElementwiseFunction.Relu);
+                configuration.Add("model", ModelOptions.Describe(spec));
+                return spec.Build();
+            });
+            var mode = ModeOf(p, training.Mode);
+            int g = p.GetValue(training.Guesses);
+            // Self-sharpening's composition (uniform noise pulled back one site, the true error at the output) with
+            // Wᵀ = V Σ Uᵀ replaced by V Σ^p Uᵀ: p = 1 is self-sharpening itself.
+            var guessers = Numbers(p, powers, _ => true, "numbers").Select(power => (Guesser)new ActivationGuesser(
+                string.Create(CultureInfo.InvariantCulture, $"σ^{power:0.##} Wᵀ self-sharpening"),
+                Guess.Uniform.ProjectedWithSingularValuePower((float)power).Masked(), Guess.TrueError, mode, g)).Prepend(Guessers.Backprop).ToList();
+            context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study sharpening: {s.Description}, {s.Epochs} epochs");
+            var points = RunCurves(context, s, guessers, ps => [TrainingCurves.FirstLayerEffectiveRank(ps)]);
+            var folder = p.GetValue(common.Out)!;
+            WriteCurves(context, folder, "sharpening", s.Description, points, ["first_layer_effective_rank"]);
+            Chart(context, folder, "sharpening-cosine", new LineChart("Self-sharpening: mean cosine to the true gradient", "epoch", "cosine to the true gradient",
+                Curves(points.Where(q => q.Guesser != "backprop").ToList(), q => q.Cosine, skipInitial: true)));
+            Chart(context, folder, "sharpening-rank", new LineChart("Self-sharpening: effective rank of the first layer's weight", "epoch", "effective rank (Roy & Vetterli)",
+                Curves(points, q => q.Extra[0])) { Legend = LegendCorner.LowerLeft });
+            Chart(context, folder, "sharpening-accuracy", new LineChart("Self-sharpening: test accuracy", "epoch", "test accuracy", Curves(points, q => q.TestAccuracy)) { Legend = LegendCorner.LowerRight });
+            Done(context, watch);
+            return Cli.Success;
+        });
+        return (command, SubHelp("sharpening", "Self-sharpening with σ^p Wᵀ: cosine and the first layer's effective rank (Fig. 5).", CurveOptions.Help(20) + """
+              --powers LIST             singular-value powers p (default 0,1,2,3; p = 1 is self-sharpening)
+            Default model --hidden 64,64 (p ≠ 1 decomposes WᵀW on the host every step). Backprop is trained
+            alongside for reference (its effective rank).
+            """));
+    }
+
+    private static (Command, string) Downstream(CliContext context)
+    {
+        var common = new Common();
+        var training = new CurveOptions(15);
+        var command = new Command("downstream", "k-layer downstream guesses for k = 1 … L−1 (Fig. 7 left).");
+        common.AddTo(command);
+        training.AddTo(command);
+        command.SetAction(p =>
+        {
+            var watch = Stopwatch.StartNew();
+            // Default model: 5 weight matrices of width 128, so that k reaches 4.
+            var s = Setup(p, common, training, (train, configuration) =>
+            {
+                var spec = MlpSpec.Uniform(train.FeatureSize, 5, 128, train.Classes, ElementwiseFunction.Relu);
+                configuration.Add("model", ModelOptions.Describe(spec));
+                return spec.Build();
+            });
+            var mode = ModeOf(p, training.Mode);
+            int g = p.GetValue(training.Guesses), sites = s.Model.Sites.Length;
+            if (sites < 2) throw new UsageException("k-layer downstream needs a model with at least two sites (one hidden layer).");
+            var guessers = Enumerable.Range(1, sites - 1).Select(k => Guessers.Downstream(k, mode, g)).Prepend(Guessers.ActivationPerturbation(mode, g)).ToList();
+            context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study downstream: {s.Description}, {s.Epochs} epochs");
+            var points = RunCurves(context, s, guessers);
+            var folder = p.GetValue(common.Out)!;
+            WriteCurves(context, folder, "downstream", s.Description, points, []);
+            Chart(context, folder, "downstream-accuracy", new LineChart("k-layer downstream: test accuracy", "epoch", "test accuracy", Curves(points, q => q.TestAccuracy)) { Legend = LegendCorner.LowerRight });
+            Chart(context, folder, "downstream-cosine", new LineChart("k-layer downstream: mean cosine to the true gradient", "epoch", "cosine to the true gradient",
+                Curves(points, q => q.Cosine, skipInitial: true)) { Legend = LegendCorner.LowerRight });
+            Done(context, watch);
+            return Cli.Success;
+        });
+        return (command, SubHelp("downstream", "k-layer downstream guesses for k = 1 … L−1 (Fig. 7 left).", CurveOptions.Help(15) + """
+            Default model: --layers 5 --width 128 (k = 1 … 4); activation perturbation (k = 0) for reference.
+            """));
+    }
+
+    // ------------------------------------------------------------------------------------------------------- spectra
+
+    private static (Command, string) Spectrum(CliContext context)
+    {
+        var common = new Common();
+        var pretrain = Opt.Int("pretrain-epochs", 1, min: 0, max: 10_000);
+        var examples = Opt.Int("examples", 512, min: 2);
+        var jacobians = Opt.Int("jacobian-examples", 8, min: 1);
+        var command = new Command("spectra", "Jacobian singular values and explained variance of the activations (Figs. 2 and 7).");
+        common.AddTo(command);
+        foreach (var o in new Option[] { pretrain, examples, jacobians }) command.Add(o);
+        command.SetAction(p =>
+        {
+            var watch = Stopwatch.StartNew();
+            var (parameters, train, description) = Pretrained(p, common, p.GetValue(pretrain), context);
+            int count = Math.Min(p.GetValue(examples), train.Count);
+            context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study spectra: {description}, {count} examples, {p.GetValue(jacobians)} Jacobians per site");
+            var spectra = SpectraStudy.Run(parameters, train, Math.Min(p.GetValue(jacobians), train.Count), count);
+            var table = new Table().AddColumns("site", "Jacobian σ_k/σ_1 at k = 2, 5, 10", "Jacobian effective rank", "components for 90 % of activation variance", "site width");
+            var model = parameters.Model;
+            foreach (var s in spectra)
+            {
+                string At(int k) => s.JacobianSingularValues.Length >= k ? F(s.JacobianSingularValues[k - 1]) : "–";
+                table.AddRow(s.Site, s.JacobianSingularValues.Length == 0 ? "(no next site)" : $"{At(2)}, {At(5)}, {At(10)}",
+                    s.JacobianSingularValues.Length == 0 ? "–" : F(s.JacobianEffectiveRank), s.ComponentsFor90Percent.ToString(CultureInfo.InvariantCulture),
+                    model.Sites.First(x => x.Name == s.Site).ElementCount.ToString(CultureInfo.InvariantCulture));
+            }
+            context.Console.Write(table);
+            var folder = p.GetValue(common.Out)!;
+            Csv(folder, "spectra", "site,kind,k,value", spectra.SelectMany(s =>
+                s.JacobianSingularValues.Select((v, k) => $"{Quote(s.Site)},jacobian_singular_value,{k + 1},{G(v)}")
+                    .Concat(s.ExplainedVariance.Select((v, k) => $"{Quote(s.Site)},explained_variance,{k + 1},{G(v)}"))));
+            Chart(context, folder, "spectra-jacobian", new LineChart("Singular values of the Jacobian to the next site", "k", "σ_k / σ_1",
+                [.. spectra.Where(s => s.JacobianSingularValues.Length > 0).Select(s => new Series(s.Site,
+                    [.. s.JacobianSingularValues.Select((_, k) => (double)(k + 1))], s.JacobianSingularValues))], LogY: true));
+            Chart(context, folder, "spectra-activations", new LineChart($"Explained variance of the site outputs ({count} examples)", "principal components k",
+                "fraction of variance explained", [.. spectra.Select(s => new Series(s.Site, [.. s.ExplainedVariance.Select((_, k) => (double)(k + 1))], s.ExplainedVariance))], LogX: true) { Legend = LegendCorner.LowerRight });
+            Done(context, watch);
+            return Cli.Success;
+        });
+        return (command, SubHelp("spectra", "Jacobian singular values and explained variance of the activations (Figs. 2 and 7).", """
+            Spectra
+              --pretrain-epochs N       backprop epochs first (default 1; 0: the initial model)
+              --examples N              examples whose site outputs are analysed (default 512)
+              --jacobian-examples N     examples whose Jacobian spectra are averaged (default 8)
+            The Jacobian of a site is that of its next sites with respect to it, read by pulling unit vectors back
+            through the real ops (residual adds, convolutions, norms included); sides above 1024 are skipped.
+            """));
+    }
+
+    // ------------------------------------------------------------------------------------------------------- output
+
+    private static string F(double v) => double.IsFinite(v) ? v.ToString("F4", CultureInfo.InvariantCulture) : "–";
+    private static string G(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
+    private static string Quote(string s) => $"\"{s.Replace("\"", "\"\"", StringComparison.Ordinal)}\"";
+
+    /// <summary>Legend text: W^T instead of Wᵀ (the superscript T is missing from common chart fonts).</summary>
+    private static string Label(string name) => name.Replace("Wᵀ", "W^T", StringComparison.Ordinal);
+
+    private static void Csv(string folder, string name, string header, IEnumerable<string> rows)
+    {
+        AtomicFile.WriteAllLines(Path.Combine(folder, name + ".csv"), rows.Prepend(header));
+    }
+
+    private static void Chart(CliContext context, string folder, string name, LineChart chart)
+    {
+        chart = chart with { Title = Label(chart.Title), YLabel = Label(chart.YLabel) };
+        var (png, svg) = ChartFile.SaveBoth(chart, Path.Combine(folder, name));
+        context.Console.MarkupLineInterpolated($"chart {png} and {svg}");
+    }
+
+    private static void Done(CliContext context, Stopwatch watch) =>
+        context.Console.MarkupLineInterpolated($"CSV and charts in the --out folder; {watch.Elapsed.TotalSeconds:F0} s");
+}
