@@ -111,10 +111,19 @@ public static partial class ChartFile
     }
 
     /// <summary>Decade labels (1, 10, 100, …) with minor ticks at 2…9 for an axis that carries log10 of the data.</summary>
+    /// <summary>10^e written plainly from 0.0001 to 1,000,000 ("10000", not "1E+04"), as 1e7 beyond.</summary>
+    private static string DecadeLabel(double exponent)
+    {
+        int e = (int)Math.Round(exponent);
+        return e is >= -4 and <= 6
+            ? Math.Pow(10, e).ToString(e < 0 ? "0.####" : "0", CultureInfo.InvariantCulture)
+            : string.Create(CultureInfo.InvariantCulture, $"1e{e}");
+    }
+
     private static ScottPlot.TickGenerators.NumericAutomatic LogTicks() => new()
     {
         MinorTickGenerator = new ScottPlot.TickGenerators.LogMinorTickGenerator(),
         IntegerTicksOnly = true,
-        LabelFormatter = exponent => Math.Pow(10, exponent).ToString("G4", CultureInfo.InvariantCulture),
+        LabelFormatter = DecadeLabel,
     };
 }
