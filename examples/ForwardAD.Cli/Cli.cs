@@ -27,6 +27,8 @@ internal static class Cli
           grape-toy  the toy experiment of the GrAPE rebuttal: feedback rules aligning B with a fixed target
           lm         train a transformer language model on a text (the fortunes by default), any guesser
           sample     generate text from a checkpoint of `lm`
+          mixer-table  Ren et al.'s Table 1 on a LocalMixer: backprop, activation perturbation, mixing and Wᵀ,
+                     each with local losses, with and without augmentation (CSV and Markdown)
 
         `forwardad COMMAND --help` shows every option of a command.
         Exit codes: 0 success, 1 data or runtime error, 2 usage error (messages on stderr).
@@ -34,7 +36,7 @@ internal static class Cli
 
     public const int Success = 0, RuntimeError = 1, UsageError = 2;
 
-    private static readonly string[] CommandNames = ["train", "cosine", "grape-toy", "lm", "sample"];
+    private static readonly string[] CommandNames = ["train", "cosine", "grape-toy", "lm", "sample", "mixer-table"];
 
     /// <summary>
     /// Runs the tool on <paramref name="args"/>. <paramref name="terminal"/>: both streams are an interactive
@@ -109,7 +111,8 @@ internal static class Cli
         var help = new HelpTextAction(context.Output) { [root] = Usage };
         root.SetAction(_ => { context.Output.WriteLine(Usage); return Success; });
         foreach (var (command, text) in new (Command, string)[] { (TrainCommand.Create(context), TrainCommand.Help), (CosineCommand.Create(context), CosineCommand.Help), (GrapeToyCommand.Create(context), GrapeToyCommand.Help),
-            (LanguageModelCommands.CreateLm(context), LanguageModelCommands.LmHelp), (LanguageModelCommands.CreateSample(context), LanguageModelCommands.SampleHelp) })
+            (LanguageModelCommands.CreateLm(context), LanguageModelCommands.LmHelp), (LanguageModelCommands.CreateSample(context), LanguageModelCommands.SampleHelp),
+            (MixerTableCommand.Create(context), MixerTableCommand.Help) })
         {
             root.Add(command);
             help[command] = text;
