@@ -229,6 +229,64 @@ public class LocalMixerTests
         GuessSampling.AssertWithinStandardErrors(backprop, mean, std, samples, "activation perturbation (local losses) on the mixer");
     }
 
+    /// <summary>
+    /// Wᵀ with local losses on the mixer: the guess at a site is the noise at each of its next sites pulled back through the
+    /// real ops in between (token mixing's Wᵀ, LayerNorm's projection, ReLU's mask, the residual add, the grouped 1×1
+    /// convolution's transpose, the token average), u_b = Σ_k J_kbᵀ ε_k, so the mean estimate of ∂L/∂s_b is
+    /// Σ_k J_kbᵀ J_kb g_b (g_b the exact per-example cotangent; the patch embedding has two next sites, block 1's token
+    /// mixing and, through the residual, its head). J_kb g_b by float64 central differences of the reference evaluator
+    /// (perturbing example b only), J_kbᵀ(·) by the plan's pull-back (adjoint-tested above); heads and the classifier have
+    /// no next site: N(0, I) noise, Cov = I. 3000 per-layer estimates, 5 standard errors (GuessSampling).
+    /// </summary>
+    [Fact]
+    public void Weight_transpose_mean_on_the_mixer_is_the_sum_of_Jt_J_g()
+    {
+        var model = TinySpec.Build();
+        const int batch = 2, samples = 3000;
+        var problem = Randomized(model, 29, batch);
+        var plan = problem.Compile(new PlanOptions(batch) { Gradients = true });
+        plan.Forward();
+        plan.Backward();
+        var reference = new ReferenceEvaluator(model, batch);
+        var leaves = problem.Leaves();
+        var cotangents = new List<float[]>();
+        foreach (var site in model.Sites)
+        {
+            var g = plan.Cotangent(site.Node).ToArray();
+            if (site.Next.IsEmpty) { cotangents.Add(g); continue; }
+            int n = site.ElementCount;
+            var expected = new float[batch * n];
+            foreach (var nextIndex in site.Next)
+            {
+                var next = model.Sites[nextIndex].Node;
+                int m = next.Shape.ElementCount;
+                var pullBack = plan.CreatePullBack([next], site.Node);
+                for (int b = 0; b < batch; b++)
+                {
+                    var direction = new double[batch * n];
+                    for (int j = 0; j < n; j++) direction[b * n + j] = g[b * n + j];
+                    const double epsilon = 1e-6;
+                    var perturbation = new Dictionary<int, double[]> { [site.Node.Id] = direction };
+                    reference.Run(leaves, perturbation, epsilon);
+                    var plus = (double[])reference.Values[next.Id].Clone();
+                    reference.Run(leaves, perturbation, -epsilon);
+                    var jg = new float[batch * m];
+                    for (int j = 0; j < m; j++) jg[b * m + j] = (float)((plus[b * m + j] - reference.Values[next.Id][b * m + j]) / (2 * epsilon));
+                    CpuBackend.Span(pullBack.Cotangent(next)).CopyFrom(jg);
+                    pullBack.Run();
+                    var back = pullBack.Cotangent(site.Node).ToArray();
+                    for (int j = 0; j < n; j++) expected[b * n + j] += back[b * n + j];
+                }
+            }
+            cotangents.Add(expected);
+        }
+        Assert.Contains(model.Sites, s => s.Next.Length == 2); // the patch embedding: token mixing and, by the residual, the head
+        var mean = GuessSampling.ParametersFrom(problem, plan, cotangents);
+        var guesser = (ActivationGuesser)Guessers.WeightTranspose(TangentMode.PerLayer) with { Loss = SiteLoss.Local };
+        var (sampled, std) = GuessSampling.Sample(problem, guesser, batch, samples, 13);
+        GuessSampling.AssertWithinStandardErrors(mean, sampled, std, samples, "Wᵀ (local losses) on the mixer");
+    }
+
     /// <summary>Backprop, activation perturbation, Wᵀ and mixing (the four columns of Table 1), the guessers with local losses
     /// (and activation perturbation with the objective too), train the tiny mixer without allocating after warm-up.</summary>
     [Theory]
