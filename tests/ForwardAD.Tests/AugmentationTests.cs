@@ -156,4 +156,22 @@ public sealed class AugmentationTests : IDisposable
         Assert.Equal(2, bad);
         Assert.Contains("p3 must divide the image's height 8", message);
     }
+
+    /// <summary>`train` with --model localmixer:SPEC, a local-loss guesser and --augment runs; the configuration records the
+    /// local losses and the augmentation; --crop-padding without --augment and a bad mixer token are usage errors.</summary>
+    [Fact]
+    public void Train_takes_a_local_mixer_with_augmentation()
+    {
+        var metrics = Path.Combine(_folder, "train.csv");
+        var (code, output, error) = CliTests.Run("train", "--data", "digits", "--model", "localmixer:p2-d8-b1-g2", "--guesser", "ap", "--augment", "--crop-padding", "1",
+            "--epochs", "1", "--quiet", "--metrics", metrics, "--optimizer", "adam", "--lr", "0.003");
+        Assert.True(code == 0, error + output);
+        Assert.True(File.Exists(metrics));
+        var (bad, _, message) = CliTests.Run("train", "--data", "digits", "--model", "localmixer:p2-d8-b1-g2", "--crop-padding", "1", "--quiet");
+        Assert.Equal(2, bad);
+        Assert.Contains("--crop-padding applies only with --augment", message);
+        (bad, _, message) = CliTests.Run("train", "--data", "digits", "--model", "localmixer:p2-d8-b1-g3", "--quiet");
+        Assert.Equal(2, bad);
+        Assert.Contains("g3 must divide the width d8", message);
+    }
 }
