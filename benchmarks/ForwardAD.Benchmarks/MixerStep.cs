@@ -23,7 +23,7 @@ internal static class MixerStep
 {
     public static int Run(int rounds, int repeats)
     {
-        OpenBlasGemm.SetThreadCount(1);
+        if (OpenBlasGemm.TryCreate() is not null) OpenBlasGemm.SetThreadCount(1); // loads the library first (its resolver)
         var spec = LocalMixerSpec.Parse("p4-d64-b2-g4", new Shape(28, 28, 1), 10);
         const int batch = 64;
         var methods = new (string Name, Guesser Guesser, string PeerRow)[]
