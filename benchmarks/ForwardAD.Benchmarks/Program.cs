@@ -28,6 +28,8 @@ if (args.Length > 0 && args[0] == "compare-peers")
     return PeerComparison.Run(IntOption(args, "--rounds", 4), IntOption(args, "--repeats", 10),
         args.Contains("--memory-only") ? [] : [.. (Option(args, "--threads") ?? "1,2").Split(',').Select(t => int.Parse(t, CultureInfo.InvariantCulture))],
         Option(args, "--out"), Option(args, "--models")?.Split(',').ToHashSet(), Option(args, "--cnn-layout"));
+if (args.Length > 0 && args[0] == "mixer-step")
+    return MixerStep.Run(IntOption(args, "--rounds", 3), IntOption(args, "--repeats", 10));
 if (args.Length > 0 && args[0] == "conv-gemm-rate")
     return ConvGemmRate.Run(IntOption(args, "--repeats", 15));
 if (args.Length > 1 && args[0] == "profile")

@@ -33,6 +33,8 @@ internal static class Cli
           plot       draw any metrics CSV these commands wrote (PNG and SVG; every command also draws its own)
           study      the paper's studies as CSV + charts: saturation, bias-variance, sharpening,
                      downstream, spectra (`forwardad study --help`)
+          mixer-table  Ren et al.'s Table 1 on a LocalMixer: backprop, activation perturbation, mixing and Wᵀ,
+                     each with local losses, with and without augmentation (CSV and Markdown)
 
         `forwardad COMMAND --help` shows every option of a command.
         Exit codes: 0 success, 1 data or runtime error, 2 usage error (messages on stderr).
@@ -40,7 +42,7 @@ internal static class Cli
 
     public const int Success = 0, RuntimeError = 1, UsageError = 2;
 
-    private static readonly string[] CommandNames = ["compare", "train", "cosine", "grape-toy", "lm", "sample", "plot", "study"];
+    private static readonly string[] CommandNames = ["compare", "train", "cosine", "grape-toy", "lm", "sample", "plot", "study", "mixer-table"];
 
     /// <summary>
     /// Runs the tool on <paramref name="args"/>. <paramref name="terminal"/>: both streams are an interactive
@@ -116,7 +118,7 @@ internal static class Cli
         root.SetAction(_ => { context.Output.WriteLine(Usage); return Success; });
         foreach (var (command, text) in new (Command, string)[] { (CompareCommand.Create(context), CompareCommand.Help), (TrainCommand.Create(context), TrainCommand.Help), (CosineCommand.Create(context), CosineCommand.Help), (GrapeToyCommand.Create(context), GrapeToyCommand.Help),
             (LanguageModelCommands.CreateLm(context), LanguageModelCommands.LmHelp), (LanguageModelCommands.CreateSample(context), LanguageModelCommands.SampleHelp),
-            (PlotCommand.Create(context), PlotCommand.Help) })
+            (PlotCommand.Create(context), PlotCommand.Help), (MixerTableCommand.Create(context), MixerTableCommand.Help) })
         {
             root.Add(command);
             help[command] = text;

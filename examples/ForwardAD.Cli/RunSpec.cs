@@ -48,7 +48,7 @@ internal sealed class RunConfiguration
 }
 
 /// <summary>The data options: source, test set or split, standardisation.</summary>
-internal sealed class DataOptions
+internal sealed class DataOptions(string defaultData = "digits")
 {
     public const string Help = """
         Data
@@ -71,7 +71,7 @@ internal sealed class DataOptions
 
     private static readonly string[] Schemes = ["idx", "cifar10", "cifar100"];
 
-    public readonly Option<string> Data = Opt.String("data", "digits");
+    public readonly Option<string> Data = Opt.String("data", defaultData);
     public readonly Option<string?> TestData = Opt.OptionalString("test-data");
     public readonly Option<float?> TestFraction = Opt.OptionalFloat("test-fraction", f => f is > 0 and < 1, "a number between 0 and 1 (both excluded)");
     public readonly Option<bool> Standardize = Opt.Flag("standardize");
@@ -204,7 +204,8 @@ internal sealed class ModelOptions
     public static readonly string Help = $"""
         Model
           --model NAME              mlp (default), a ready-made CNN ({string.Join(", ", CnnSpec.ReadyMade.Select(r => r.Name))})
-                                    or cnn:SPEC (grammar below). A CNN needs image data: digits (8×8×1),
+                                    or cnn:SPEC (grammar below), or localmixer:SPEC (Ren et al.'s LocalMixer with local
+                                    losses, grammar below). CNNs and mixers need image data: digits (8×8×1),
                                     fashion-mnist and idx: grey images (H×W×1), cifar10:/cifar100: (32×32×3)
         MLP (--model mlp; the defaults give 3 weight matrices, "3×128")
           --hidden W1,W2,...        hidden layer widths (default 128,128; 'none' for a linear model)
@@ -216,6 +217,8 @@ internal sealed class ModelOptions
         {Indent(CnnSpec.Grammar)}
           Ready-made:
         {Indent(string.Join("\n", CnnSpec.ReadyMade.Select(r => $"  {r.Name,-14}{r.Purpose}:\n    {r.Layers}")))}
+        LocalMixer (--model localmixer:SPEC; guessers then take each site's JVP of its own block's local loss)
+        {Indent(LocalMixerSpec.Grammar)}
         """;
 
     /// <summary>Every line two spaces in (a hole of a raw string indents only its first line by its own position).</summary>
@@ -253,9 +256,9 @@ internal sealed class ModelOptions
             configuration.Add("model", Describe(mlp));
             return mlp.Build(InitOption.Read(p, Init, configuration));
         }
-        bool custom = name.StartsWith("cnn:", StringComparison.Ordinal);
-        if (!custom && !CnnSpec.ReadyMade.Any(r => r.Name == name))
-            throw new UsageException($"Unknown model '{name}' for --model. Use {Opt.List(["mlp", .. CnnSpec.ReadyMade.Select(r => r.Name), "cnn:SPEC"])}.");
+        bool custom = name.StartsWith("cnn:", StringComparison.Ordinal), mixer = name.StartsWith("localmixer:", StringComparison.Ordinal);
+        if (!custom && !mixer && !CnnSpec.ReadyMade.Any(r => r.Name == name))
+            throw new UsageException($"Unknown model '{name}' for --model. Use {Opt.List(["mlp", .. CnnSpec.ReadyMade.Select(r => r.Name), "cnn:SPEC", "localmixer:SPEC"])}.");
         foreach (var option in new Option[] { Hidden, Layers, Width, Activation })
             if (p.Given(option))
                 throw new UsageException($"{option.Name} applies only to --model mlp; this run uses --model {name}. Drop {option.Name}: a CNN's layers and activations are in its spec.");
@@ -266,6 +269,12 @@ internal sealed class ModelOptions
             _ => throw new UsageException($"--model {name} needs image data, but the features of {data.Name} are {(data.FeatureShape.Rank == 1 ? "a vector" : "of shape")} {data.FeatureShape}. " +
                 "A CNN takes channels-last images [H, W, C]: digits, fashion-mnist, idx: (grey images) or cifar10:/cifar100:; a CSV's rows are vectors: use --model mlp."),
         };
+        if (mixer)
+        {
+            var mixerSpec = ParseMixer(name, input, data.Classes);
+            configuration.Add("model", Describe(mixerSpec));
+            return mixerSpec.Build();
+        }
         CnnSpec spec;
         try { spec = custom ? CnnSpec.Parse(name["cnn:".Length..], input, data.Classes) : CnnSpec.Named(name, input, data.Classes); }
         catch (Exception e) when (e is FormatException or ArgumentException)
@@ -296,6 +305,19 @@ internal sealed class ModelOptions
                 throw new UsageException($"{(p.Given(Layers) ? "--width" : "--hidden")}: the {widths[i]}×{widths[i + 1]} weight matrix of layer {i + 1} would have {(long)widths[i] * widths[i + 1]:N0} elements, more than one tensor can hold ({Array.MaxLength:N0}). Use smaller widths.");
         return new MlpSpec(data.FeatureSize, [.. hidden], data.Classes, activation);
     }
+
+    /// <summary>The LocalMixer of "localmixer:SPEC" for this input; a bad spec is a usage error naming the token.</summary>
+    public static LocalMixerSpec ParseMixer(string name, Tensors.Shape input, int classes)
+    {
+        try { return LocalMixerSpec.Parse(name["localmixer:".Length..], input, classes); }
+        catch (Exception e) when (e is FormatException or ArgumentException)
+        {
+            throw new UsageException($"--model {name}: {e.Message}");
+        }
+    }
+
+    public static string Describe(LocalMixerSpec spec) =>
+        string.Create(CultureInfo.InvariantCulture, $"localmixer {spec.Input[0]}x{spec.Input[1]}x{spec.Input[2]} {spec} -> {spec.Classes} classes");
 
     public static string Describe(MlpSpec spec) =>
         $"mlp {spec.Inputs}-{string.Join("-", spec.HiddenWidths.Append(spec.Outputs))} {spec.Activation.Name}";

@@ -26,6 +26,9 @@ internal static class TrainCommand
           --batch-size B            (default 32; at most the number of training examples)
           --seed S                  seed of initialisation, split, shuffling and every guess (default 1)
           --cosine-every N          measure cos(estimate, backprop gradient) every N steps (default 1; 0 = never)
+          --augment                 random crop (padding --crop-padding, default 4) and horizontal flip of every
+                                    training image, keyed by (seed, step): a resumed run augments identically
+          --crop-padding P          zeros added on each side before the random crop (with --augment)
         Output and checkpoints
           --metrics PATH            per-epoch CSV (default runs/train-<guesser>-seed<S>-<config>.csv, where
                                     <config> is a hash of the run's configuration); its 'run' column holds that hash.
@@ -62,6 +65,8 @@ internal static class TrainCommand
         public readonly Option<string?> Resume = Opt.OptionalString("resume");
         public readonly Option<bool> Quiet = Opt.Flag("quiet");
         public readonly Option<bool> NoPlot = Opt.Flag("no-plot");
+        public readonly Option<bool> Augment = Opt.Flag("augment");
+        public readonly Option<int?> CropPadding = Opt.OptionalInt("crop-padding", 0);
     }
 
     /// <summary>Without --guesser: GrAPE, a method without backprop. On digits (3×128, 20 epochs, SGD lr 0.1, seeds 1–3) it
@@ -79,7 +84,7 @@ internal static class TrainCommand
         o.Guesser.AddTo(command);
         o.Rule.AddTo(command);
         o.Device.AddTo(command);
-        foreach (var option in new Option[] { o.Epochs, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Resume, o.Quiet, o.NoPlot }) command.Add(option);
+        foreach (var option in new Option[] { o.Epochs, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Resume, o.Quiet, o.NoPlot, o.Augment, o.CropPadding }) command.Add(option);
         command.SetAction(p => Run(p, o, context));
         return command;
     }
@@ -97,7 +102,8 @@ internal static class TrainCommand
         if (batch > train.Count)
             throw new UsageException($"--batch-size {batch} is larger than the training set ({train.Count} examples): no full batch to train on.");
         var model = o.Model.Build(p, train, configuration);
-        var guesser = o.Guesser.Build(p, guesserName, seed, configuration);
+        var guesser = WithLocalLosses(o.Guesser.Build(p, guesserName, seed, configuration), model, configuration);
+        var augmentation = Augmentation(p, o.Augment, o.CropPadding, train, configuration);
         var (rule, ruleDescription) = o.Rule.Build(p, train.Count / batch, epochs, configuration);
         var runHash = configuration.Hash(("seed", seed.ToString(CultureInfo.InvariantCulture)), ("batch_size", batch.ToString(CultureInfo.InvariantCulture)));
         var metricsPath = p.GetValue(o.Metrics) ?? Path.Combine("runs", $"train-{guesserName}-seed{seed}-{runHash}.csv"); // the option's name: ASCII, as typed
@@ -109,7 +115,7 @@ internal static class TrainCommand
         var backend = o.Device.Create(p);
 
         var parameters = ParameterStore.Initialize(model, backend, seed);
-        var trainer = new Trainer(guesser, rule, parameters, train, test, new TrainingOptions(batch, seed) { CosineEvery = cosineEvery });
+        var trainer = new Trainer(guesser, rule, parameters, train, test, new TrainingOptions(batch, seed) { CosineEvery = cosineEvery, Augmentation = augmentation });
         var description = configuration.ToDictionary();
         List<EpochReport> reports = [];
         if (resume is not null)
@@ -170,6 +176,30 @@ internal static class TrainCommand
             console.MarkupLineInterpolated($"plot in {png} and {svg}");
         }
         return Cli.Success;
+    }
+
+    /// <summary>On a model with local losses (the LocalMixer), activation guessers take each site's JVP of its own block's
+    /// losses (Ren et al. 2022), not of the sum of all of them; recorded in the configuration.</summary>
+    internal static Guessing.Guesser WithLocalLosses(Guessing.Guesser guesser, Graph.Model model, RunConfiguration? configuration)
+    {
+        if (model.Losses.Length == 1 || guesser is not Guessing.ActivationGuesser activation) return guesser;
+        configuration?.Add("site_loss", "local");
+        return activation with { Loss = Guessing.SiteLoss.Local };
+    }
+
+    /// <summary>The augmentation of --augment (null without it), checked against the data; recorded in the configuration.</summary>
+    internal static Data.ImageAugmentation? Augmentation(ParseResult p, Option<bool> augment, Option<int?> cropPadding, Data.Dataset train, RunConfiguration configuration)
+    {
+        if (!p.GetValue(augment))
+        {
+            if (p.Given(cropPadding)) throw new UsageException("--crop-padding applies only with --augment. Add --augment or drop --crop-padding.");
+            return null;
+        }
+        var augmentation = new Data.ImageAugmentation(p.GetValue(cropPadding) ?? 4);
+        try { augmentation.Validate(train.FeatureShape); }
+        catch (ArgumentException e) { throw new UsageException($"--augment: {e.Message}"); }
+        configuration.Add("augmentation", augmentation.ToString());
+        return augmentation;
     }
 
     internal static string F(double v, string format = "F4") => double.IsNaN(v) ? "–" : v.ToString(format, CultureInfo.InvariantCulture);

@@ -364,7 +364,7 @@ public sealed class CliTests : IDisposable
         Assert.Contains("--hidden applies only to --model mlp; this run uses --model cnn-small. Drop --hidden", Fails(2, "--model", "cnn-small", "--hidden", "8"));
         Assert.Contains("--layers applies only to --model mlp", Fails(2, "--model", TinyCnn, "--layers", "3"));
         Assert.Contains("--activation applies only to --model mlp", Fails(2, "--model", "vgg-small", "--activation", "tanh"));
-        Assert.Contains("Unknown model 'resnet' for --model. Use mlp, cnn-small, vgg-small, alexnet-small or cnn:SPEC", Fails(2, "--model", "resnet"));
+        Assert.Contains("Unknown model 'resnet' for --model. Use mlp, cnn-small, vgg-small, alexnet-small, cnn:SPEC or localmixer:SPEC", Fails(2, "--model", "resnet"));
         var syntax = Fails(2, "--model", "cnn:c4k3-x9,gap");
         Assert.Contains("--model cnn:c4k3-x9,gap: CNN spec 'c4k3-x9,gap', layer 2 'x9': not a layer of the grammar", syntax);
         Assert.Contains("c<N>[k<K>][s<S>][p<P>][g<G>][b0]", syntax);

@@ -61,6 +61,10 @@ internal static class GuessSampling
         "directional" => Guessers.DirectionalDescent(2),
         "dfa" => Guessers.Dfa(),
         "grape" => Guessers.Grape(new GrapeOptions()),
+        // Each site's JVP of its own block's losses (models with local losses, the LocalMixer).
+        "activation-perturbation local" => (ActivationGuesser)Guessers.ActivationPerturbation() with { Loss = SiteLoss.Local },
+        "weight-transpose local" => (ActivationGuesser)Guessers.WeightTranspose() with { Loss = SiteLoss.Local },
+        "mixing local" => (ActivationGuesser)Guessers.ActivationMixing() with { Loss = SiteLoss.Local },
         _ => throw new ArgumentException($"No guesser named '{name}'.", nameof(name)),
     };
 

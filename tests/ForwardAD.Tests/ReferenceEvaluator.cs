@@ -219,6 +219,40 @@ internal sealed class ReferenceEvaluator(Model model, int batch, bool training =
                 }
                 return loss;
             }
+            case TokenMixingOp:
+            {
+                // y_b[q, c] = Σ_p W[q, p] x_b[p, c] + b[q]
+                var (x, w) = (In(0), In(1));
+                int outputs = node.Shape[0], channels = node.Shape[1], tokens = w.Length / outputs;
+                var y = new double[batch * outputs * channels];
+                for (int e = 0; e < batch; e++)
+                    for (int q = 0; q < outputs; q++)
+                        for (int c = 0; c < channels; c++)
+                        {
+                            double s = node.Inputs.Length == 3 ? In(2)[q] : 0;
+                            for (int p = 0; p < tokens; p++) s += w[q * tokens + p] * x[(e * tokens + p) * channels + c];
+                            y[(e * outputs + q) * channels + c] = s;
+                        }
+                return y;
+            }
+            case GroupedSoftmaxCrossEntropyOp:
+            {
+                var (z, labels) = (In(0), In(1));
+                var shape = model.Nodes[node.Inputs[0]].Shape;
+                int groups = shape[0], classes = shape[1];
+                var loss = new double[batch];
+                for (int e = 0; e < batch; e++)
+                {
+                    for (int g = 0; g < groups; g++)
+                    {
+                        var row = z.Skip((e * groups + g) * classes).Take(classes).ToArray();
+                        double max = row.Max();
+                        loss[e] += Math.Log(row.Sum(v => Math.Exp(v - max))) + max - row[(int)labels[e]];
+                    }
+                    loss[e] /= groups;
+                }
+                return loss;
+            }
             default:
                 throw new NotSupportedException($"The reference evaluator has no rule for {node.Op.Kind}.");
         }

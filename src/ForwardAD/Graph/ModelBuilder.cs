@@ -199,6 +199,42 @@ public sealed class ModelBuilder
     public Node SequenceCrossEntropy(string name, Node logits, Node targets, int ignoreIndex = -1) =>
         Apply(name, new SequenceCrossEntropyOp(ignoreIndex), logits, targets);
 
+    // ---- LocalMixer (issue 14): token mixing, group-wise linear layers, grouped local losses -------------------------
+
+    /// <summary>Token mixing of x [P, C]: y = W x + b 1ᵀ per example with its own W [<paramref name="tokens"/>, P] (PyTorch's
+    /// nn.Linear default U(±1/√P) when null) and, unless <paramref name="bias"/> is false, b [tokens] (zeros). Its output is a
+    /// site; see <see cref="TokenMixingOp"/>.</summary>
+    public Node TokenMixing(string name, Node x, int tokens, bool bias = true, Initializer? weightInit = null)
+    {
+        if (tokens < 1) throw new ArgumentOutOfRangeException(nameof(tokens), $"Token mixing '{name}' needs at least one output token; got {tokens}.");
+        if (x.Shape.Rank != 2) throw new ShapeMismatchException(name, "a batched token matrix [P, C]", x.ToString(), "Reshape patches to [tokens, channels] first.");
+        var w = Parameter($"{name}.weight", new Shape(tokens, x.Shape[0]), weightInit ?? Initializer.LinearDefault(x.Shape[0]));
+        return bias ? Apply(name, new TokenMixingOp(), x, w, Parameter($"{name}.bias", new Shape(tokens), Initializer.Zeros))
+                    : Apply(name, new TokenMixingOp(), x, w);
+    }
+
+    /// <summary>
+    /// A group-wise linear layer over x's last axis (any rank): the C channels split into <paramref name="groups"/> groups of
+    /// C/G, each mapped by its own weight [outputs/G, C/G] (and bias) to its own outputs/G channels. Built as a grouped 1×1
+    /// convolution over x viewed as [rows, 1, C] (weight [outputs, 1, 1, C/G], nn.Conv2d's default init), so it reuses the
+    /// convolution's rules and kernels; the convolution node (named <paramref name="name"/>) is the site, and the result is
+    /// reshaped back to x's shape with the last axis <paramref name="outputs"/>.
+    /// </summary>
+    public Node GroupedLinear(string name, Node x, int outputs, int groups, bool bias = true)
+    {
+        int channels = x.Shape.Last;
+        if (groups < 1 || channels % groups != 0 || outputs % groups != 0)
+            throw new ArgumentOutOfRangeException(nameof(groups), $"Grouped linear '{name}': groups ({groups}) must divide both the {channels} input channels and the {outputs} outputs.");
+        int rows = x.Shape.ElementCount / channels;
+        var image = Reshape($"{name}.rows", x, new Shape(rows, 1, channels));
+        var s = Conv2d(name, image, outputs, kernel: 1, groups: groups, bias: bias);
+        return Reshape($"{name}.out", s, x.Shape.WithLast(outputs));
+    }
+
+    /// <summary>The mean over groups of the softmax cross-entropy of logits [G, classes] against one class label per example;
+    /// see <see cref="GroupedSoftmaxCrossEntropyOp"/>.</summary>
+    public Node GroupedSoftmaxCrossEntropy(string name, Node logits, Node labels) => Apply(name, new GroupedSoftmaxCrossEntropyOp(), logits, labels);
+
     /// <summary>Makes a differentiable, batched node a site even though no parameterised op makes it (the outputs of
     /// parameterised ops are sites without asking). A guess can then enter there; its update goes to the parameters
     /// of the op that makes it, if any.</summary>

@@ -40,6 +40,9 @@ public interface ITrainingObserver
 public sealed record TrainingOptions(int BatchSize, ulong Seed)
 {
     public int CosineEvery { get; init; } = 1;
+
+    /// <summary>Random crop and flip of every training batch (images only), keyed by (seed, step); null: none.</summary>
+    public Data.ImageAugmentation? Augmentation { get; init; }
 }
 
 /// <summary>
@@ -62,6 +65,7 @@ public sealed class Trainer
     private readonly TrainingOptions _options;
     private readonly float[] _features, _labels;
     private readonly int[] _order;
+    private readonly float[] _augmentationScratch;
     private readonly CosineMeter _cosines;
     private long _step;
 
@@ -90,6 +94,8 @@ public sealed class Trainer
         _features = new float[batch * train.FeatureSize];
         _labels = new float[batch];
         _order = new int[train.Count];
+        options.Augmentation?.Validate(train.FeatureShape);
+        _augmentationScratch = options.Augmentation is null ? [] : new float[train.FeatureSize];
         _cosines = new CosineMeter(parameters);
     }
 
@@ -112,6 +118,7 @@ public sealed class Trainer
         for (int s = 0; s < StepsPerEpoch; s++)
         {
             _train.CopyBatch(_order.AsSpan(s * batch, batch), _features, _labels);
+            _options.Augmentation?.Apply(_features, _train.FeatureShape, new RandomKey(_options.Seed, 0xA06E).Derive((ulong)_step), _augmentationScratch);
             _estimator.SetBatch(_features, _labels);
             var (gradient, loss) = _estimator.Estimate(new RandomKey(_options.Seed, 0x6E55).Derive((ulong)_step), _step);
             if (!double.IsFinite(loss))
@@ -156,12 +163,21 @@ public sealed class Trainer
             .Concat(_estimator.StateBuffers.Select(b => ($"estimator.{b.Name}", b.Buffer)));
 
     /// <summary>What the trainer itself records in a checkpoint besides the caller's description, and checks on resume.</summary>
-    private Dictionary<string, string> OwnSettings => new()
+    private Dictionary<string, string> OwnSettings
     {
-        ["seed"] = _options.Seed.ToString(CultureInfo.InvariantCulture),
-        ["batch_size"] = _options.BatchSize.ToString(CultureInfo.InvariantCulture),
-        [StepsPerEpochKey] = StepsPerEpoch.ToString(CultureInfo.InvariantCulture),
-    };
+        get
+        {
+            var settings = new Dictionary<string, string>
+            {
+                ["seed"] = _options.Seed.ToString(CultureInfo.InvariantCulture),
+                ["batch_size"] = _options.BatchSize.ToString(CultureInfo.InvariantCulture),
+                [StepsPerEpochKey] = StepsPerEpoch.ToString(CultureInfo.InvariantCulture),
+            };
+            // Only when on, so that checkpoints of runs without augmentation read as before.
+            if (_options.Augmentation is { } augmentation) settings["augmentation"] = augmentation.ToString();
+            return settings;
+        }
+    }
 
     /// <summary>The description and the trainer's own settings as one map. The progress keys and the forwardad.*
     /// namespace are the trainer's; a description may repeat a setting (seed, batch size) only with the same value.</summary>

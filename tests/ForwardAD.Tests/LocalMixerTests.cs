@@ -1,0 +1,345 @@
+using System.Text.Json;
+using ForwardAD.Autodiff;
+using ForwardAD.Backends;
+using ForwardAD.Graph;
+using ForwardAD.Guessing;
+using ForwardAD.Tensors;
+
+namespace ForwardAD.Tests;
+
+/// <summary>
+/// The LocalMixer (issue 14): token mixing, the group-wise linear layer and the grouped local loss (adjoint identities and
+/// central differences of the float64 reference), the whole tiny mixer's local-loss JVPs against central differences, its
+/// backprop gradients and stop-gradients against PyTorch (Golden/local_mixer.py), activation perturbation with local losses
+/// unbiased on it, every mixer guesser allocation-free, and the spec's text form and errors.
+/// </summary>
+public class LocalMixerTests
+{
+    internal static LocalMixerSpec TinySpec => new(new Shape(4, 4, 2), Patch: 2, Width: 4, Blocks: 2, Groups: 2, Classes: 3, Expansion: 2);
+
+    private sealed record OpModel(Model Model, Node X, Node Op);
+
+    /// <summary>x → op → flatten → mean squared error against a fixed target (so every output element carries a cotangent),
+    /// or x → op → grouped cross-entropy.</summary>
+    private static OpModel Build(string name)
+    {
+        var b = new ModelBuilder();
+        if (name == "grouped-ce g3 c4")
+        {
+            var z = b.Input("x", new Shape(3, 4));
+            var ce = b.GroupedSoftmaxCrossEntropy("loss", z, b.ClassLabels("y", 4));
+            return new OpModel(b.Build(ce, z), z, ce);
+        }
+        var x = b.Input("x", name.StartsWith("grouped-linear") ? new Shape(3, 6) : new Shape(5, 4));
+        var op = name switch
+        {
+            "token-mixing p5 q3 c4" => b.TokenMixing("op", x, 3),
+            "token-mixing p5 q7 c4 no-bias" => b.TokenMixing("op", x, 7, bias: false),
+            "grouped-linear c6 o4 g2" => b.GroupedLinear("op", x, 4, 2),
+            "grouped-linear c6 o6 g3 no-bias" => b.GroupedLinear("op", x, 6, 3, bias: false),
+            _ => throw new ArgumentException(name),
+        };
+        var flat = b.Flatten("flat", op);
+        var target = b.Input("target", flat.Shape, differentiable: false);
+        return new OpModel(b.Build(b.MeanSquaredError("loss", flat, target), flat), x, op);
+    }
+
+    public static TheoryData<string> Ops => new()
+    {
+        "token-mixing p5 q3 c4", "token-mixing p5 q7 c4 no-bias", "grouped-linear c6 o4 g2", "grouped-linear c6 o6 g3 no-bias", "grouped-ce g3 c4",
+    };
+
+    /// <summary>Parameters off their defaults (biases non-zero).</summary>
+    private static Problem Randomized(Model model, int seed, int batch)
+    {
+        var problem = Problem.From(model, seed, batch);
+        foreach (var p in model.Parameters) problem.Parameters.Set(p, Problem.Normal(seed + 13 * p.Id, p.Shape.ElementCount, 0.5f));
+        return problem;
+    }
+
+    /// <summary>
+    /// ⟨w, J v⟩ = ⟨Jᵀ w, v⟩ for the op's input (J v: the plan's JVP, K = 2; Jᵀ w: a pull-back, C = 3), and L̇ = ⟨∇_θ L, θ̇⟩ for its
+    /// parameters (backprop against the JVP of the mean loss). Float64 dot products of float32 values: 1e-4 relative, as
+    /// SequenceOpsTests.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Ops))]
+    public void Jvp_and_vjp_are_adjoint(string name)
+    {
+        var m = Build(name);
+        const int batch = 3, K = 2, C = 3;
+        var problem = Randomized(m.Model, name.Length * 31 + 7, batch);
+        var parameters = m.Model.Parameters.ToList();
+        var plan = problem.Compile(new PlanOptions(batch)
+        {
+            TangentCount = K, Gradients = true, Seeds = [new TangentSeed(m.X), .. parameters.Select(p => new TangentSeed(p))],
+        });
+        var v = Problem.Normal(1, plan.Seed(m.X).Length, 1f);
+        CpuBackend.Span(plan.Seed(m.X)).CopyFrom(v);
+        foreach (var p in parameters) CpuBackend.Span(plan.Seed(p)).Clear();
+        plan.Forward();
+        plan.Jvp();
+        var jv = plan.Tangent(m.Op).ToArray();
+        var pullBack = plan.CreatePullBack([m.Op], m.X, C);
+        var w = Problem.Normal(3, pullBack.Cotangent(m.Op).Length, 1f);
+        CpuBackend.Span(pullBack.Cotangent(m.Op)).CopyFrom(w);
+        pullBack.Run();
+        var jtw = pullBack.Cotangent(m.X).ToArray();
+        int perChannel = jv.Length / K, inputPerChannel = v.Length / K;
+        for (int c = 0; c < C; c++)
+            for (int k = 0; k < K; k++)
+            {
+                double left = 0, right = 0;
+                for (int i = 0; i < perChannel; i++) left += (double)w[c * perChannel + i] * jv[k * perChannel + i];
+                for (int i = 0; i < inputPerChannel; i++) right += (double)jtw[c * inputPerChannel + i] * v[k * inputPerChannel + i];
+                JvpTests.AssertClose(left, right, $"{name}: ⟨w_{c}, J v_{k}⟩ vs ⟨Jᵀ w_{c}, v_{k}⟩", 1e-4);
+            }
+        CpuBackend.Span(plan.Seed(m.X)).Clear();
+        if (parameters.Count == 0) return;
+        plan.Forward();
+        plan.Backward();
+        var tangents = parameters.ToDictionary(p => p, p => Problem.Normal(2 + p.Id, plan.Seed(p).Length, 1f));
+        foreach (var (p, t) in tangents) CpuBackend.Span(plan.Seed(p)).CopyFrom(t);
+        plan.Jvp();
+        var lossTangent = plan.Tangent(m.Model.Loss).ToArray();
+        for (int k = 0; k < K; k++)
+        {
+            double expected = 0, actual = 0;
+            for (int b = 0; b < batch; b++) expected += lossTangent[k * batch + b] / batch;
+            foreach (var p in parameters)
+            {
+                var gradient = plan.Gradient(p).ToArray();
+                for (int i = 0; i < gradient.Length; i++) actual += (double)gradient[i] * tangents[p][k * gradient.Length + i];
+            }
+            JvpTests.AssertClose(expected, actual, $"{name}: L̇ vs ⟨∇θ L, θ̇⟩, channel {k}", 1e-4);
+        }
+    }
+
+    /// <summary>Each op's JVP (input and parameters seeded, K = 2) against central differences of the float64 reference,
+    /// through the shared whole-model check.</summary>
+    [Theory]
+    [MemberData(nameof(Ops))]
+    public void Op_jvp_matches_central_differences(string name)
+    {
+        var m = Build(name);
+        var problem = Randomized(m.Model, name.Length * 17 + 3, 3);
+        FiniteDifferences.AssertJvpMatchesReference(problem, [m.X, .. m.Model.Parameters], 2, name);
+    }
+
+    /// <summary>
+    /// The tiny mixer with tangents on every parameter (K = 2): the JVP of every loss (the two local losses and the main one)
+    /// against central differences of the float64 reference, ε = 1e-5 (truncation ~1e-10; float32 plan ~1e-6 relative, hence
+    /// 2e-4 as FiniteDifferences). The stop-gradients make the reference's differences and the plan's tangents agree only
+    /// if both cut the same paths: the reference perturbs parameters, so a block's parameters change later blocks' values,
+    /// but the plan's tangents must not cross a stop-gradient; so the check is of each loss against the perturbation of the
+    /// parameters that reach it through no stop-gradient (its own block's, and the heads').
+    /// </summary>
+    [Fact]
+    public void Local_loss_jvps_match_central_differences_of_a_float64_reference()
+    {
+        var model = TinySpec.Build();
+        const int batch = 3, K = 2;
+        var problem = Randomized(model, 41, batch);
+        var parameters = model.Parameters.ToList();
+        var plan = problem.Compile(new PlanOptions(batch) { TangentCount = K, Seeds = [.. parameters.Select(p => new TangentSeed(p))] });
+        var seeds = parameters.ToDictionary(p => p.Id, p => Problem.Normal(500 + p.Id, plan.Seed(p).Length, 1f));
+        foreach (var p in parameters) CpuBackend.Span(plan.Seed(p)).CopyFrom(seeds[p.Id]);
+        plan.ForwardJvp();
+        var reference = new ReferenceEvaluator(model, batch);
+        var leaves = problem.Leaves();
+        foreach (var loss in model.Losses)
+        {
+            reference.Run(leaves);
+            var values = reference.Values[loss.Id];
+            var ours = plan.Value(loss).ToArray();
+            for (int i = 0; i < batch; i++) JvpTests.AssertClose(values[i], ours[i], $"{loss.Name} of example {i}", 1e-5);
+            // The parameters whose tangents reach this loss in the plan: those of sites that list it, and the heads' own.
+            var reaching = model.Sites.Where(s => s.Losses.Contains(loss)).SelectMany(s => s.Parameters).Select(p => p.Id).ToHashSet();
+            var tangent = plan.Tangent(loss).ToArray();
+            for (int k = 0; k < K; k++)
+            {
+                var direction = seeds.Where(kv => reaching.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => JvpTests.Channel(kv.Value, k, K));
+                const double epsilon = 1e-5;
+                reference.Run(leaves, direction, epsilon);
+                var plus = reference.Values[loss.Id];
+                reference.Run(leaves, direction, -epsilon);
+                var minus = reference.Values[loss.Id];
+                for (int i = 0; i < batch; i++)
+                    JvpTests.AssertClose((plus[i] - minus[i]) / (2 * epsilon), tangent[k * batch + i], $"{loss.Name}: tangent k={k} b={i}");
+            }
+        }
+        // Every parameter reaches exactly one loss: the blocks are cut apart.
+        foreach (var p in parameters)
+            Assert.Single(model.Losses, l => model.Sites.Any(s => s.Parameters.Contains(p) && s.Losses.Contains(l)));
+    }
+
+    /// <summary>
+    /// Backprop through the local losses of the tiny mixer against PyTorch (Golden/local_mixer.py: the same model written with
+    /// torch ops, parameters fixed by a formula and dumped, stop-gradients as detach()): every loss, and the gradient of the
+    /// objective (Σ of the batch-mean losses) for every parameter, to 1e-4 absolute or relative. A missing stop-gradient
+    /// would give block 1's parameters block 2's and the head's gradient too.
+    /// </summary>
+    [Fact]
+    public void Local_loss_gradients_match_pytorch()
+    {
+        var golden = JsonDocument.Parse(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "Golden", "local_mixer.json"))).RootElement;
+        var spec = TinySpec;
+        var model = spec.Build();
+        int batch = golden.GetProperty("batch").GetInt32();
+        var store = ParameterStore.Initialize(model, new CpuBackend(), 1);
+        var parameters = golden.GetProperty("parameters");
+        foreach (var p in model.Parameters) store.Set(p, Floats(parameters.GetProperty(p.Name)));
+        var plan = Plan.Compile(store, new PlanOptions(batch) { Gradients = true });
+        plan.SetInput(model["x"], Floats(golden.GetProperty("x")));
+        plan.SetInput(model["y"], Floats(golden.GetProperty("y")));
+        plan.Forward();
+        plan.Backward();
+        var losses = golden.GetProperty("losses");
+        foreach (var loss in model.Losses)
+            AssertAll(Floats(losses.GetProperty(loss.Name)), plan.Value(loss).ToArray(), loss.Name);
+        var gradients = golden.GetProperty("gradients");
+        foreach (var p in model.Parameters)
+            AssertAll(Floats(gradients.GetProperty(p.Name)), plan.Gradient(p).ToArray(), $"∂/∂{p.Name}");
+    }
+
+    private static float[] Floats(JsonElement array) => [.. array.EnumerateArray().Select(v => v.GetSingle())];
+
+    private static void AssertAll(float[] expected, float[] actual, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++)
+            if (Math.Abs(expected[i] - actual[i]) > 1e-4 * Math.Max(1, Math.Abs(expected[i])))
+                throw new Xunit.Sdk.XunitException($"{what}[{i}]: PyTorch {expected[i]:G7}, ours {actual[i]:G7}.");
+    }
+
+    /// <summary>
+    /// Activation perturbation with each site's JVP taken of its own block's loss (Ren et al.'s training, SiteLoss.Local) is
+    /// unbiased on the mixer: E[ĝ] = ∇ of the objective, which the stop-gradients make the local losses' gradients. 2000
+    /// estimates on one batch, each component within 5 standard errors (GuessSampling).
+    /// </summary>
+    [Fact]
+    public void Activation_perturbation_with_local_losses_is_unbiased_on_the_mixer()
+    {
+        var model = TinySpec.Build();
+        const int batch = 2, samples = 2000;
+        var problem = Randomized(model, 77, batch);
+        var (backprop, _) = GuessSampling.Sample(problem, Guessers.Backprop, batch, 1, 5);
+        var guesser = (ActivationGuesser)Guessers.ActivationPerturbation() with { Loss = SiteLoss.Local };
+        var (mean, std) = GuessSampling.Sample(problem, guesser, batch, samples, 11);
+        GuessSampling.AssertWithinStandardErrors(backprop, mean, std, samples, "activation perturbation (local losses) on the mixer");
+    }
+
+    /// <summary>
+    /// Wᵀ with local losses on the mixer: the guess at a site is the noise at each of its next sites pulled back through the
+    /// real ops in between (token mixing's Wᵀ, LayerNorm's projection, ReLU's mask, the residual add, the grouped 1×1
+    /// convolution's transpose, the token average), u_b = Σ_k J_kbᵀ ε_k, so the mean estimate of ∂L/∂s_b is
+    /// Σ_k J_kbᵀ J_kb g_b (g_b the exact per-example cotangent; the patch embedding has two next sites, block 1's token
+    /// mixing and, through the residual, its head). J_kb g_b by float64 central differences of the reference evaluator
+    /// (perturbing example b only), J_kbᵀ(·) by the plan's pull-back (adjoint-tested above); heads and the classifier have
+    /// no next site: N(0, I) noise, Cov = I. 3000 per-layer estimates, 5 standard errors (GuessSampling).
+    /// </summary>
+    [Fact]
+    public void Weight_transpose_mean_on_the_mixer_is_the_sum_of_Jt_J_g()
+    {
+        var model = TinySpec.Build();
+        const int batch = 2, samples = 3000;
+        var problem = Randomized(model, 29, batch);
+        var plan = problem.Compile(new PlanOptions(batch) { Gradients = true });
+        plan.Forward();
+        plan.Backward();
+        var reference = new ReferenceEvaluator(model, batch);
+        var leaves = problem.Leaves();
+        var cotangents = new List<float[]>();
+        foreach (var site in model.Sites)
+        {
+            var g = plan.Cotangent(site.Node).ToArray();
+            if (site.Next.IsEmpty) { cotangents.Add(g); continue; }
+            int n = site.ElementCount;
+            var expected = new float[batch * n];
+            foreach (var nextIndex in site.Next)
+            {
+                var next = model.Sites[nextIndex].Node;
+                int m = next.Shape.ElementCount;
+                var pullBack = plan.CreatePullBack([next], site.Node);
+                for (int b = 0; b < batch; b++)
+                {
+                    var direction = new double[batch * n];
+                    for (int j = 0; j < n; j++) direction[b * n + j] = g[b * n + j];
+                    const double epsilon = 1e-6;
+                    var perturbation = new Dictionary<int, double[]> { [site.Node.Id] = direction };
+                    reference.Run(leaves, perturbation, epsilon);
+                    var plus = (double[])reference.Values[next.Id].Clone();
+                    reference.Run(leaves, perturbation, -epsilon);
+                    var jg = new float[batch * m];
+                    for (int j = 0; j < m; j++) jg[b * m + j] = (float)((plus[b * m + j] - reference.Values[next.Id][b * m + j]) / (2 * epsilon));
+                    CpuBackend.Span(pullBack.Cotangent(next)).CopyFrom(jg);
+                    pullBack.Run();
+                    var back = pullBack.Cotangent(site.Node).ToArray();
+                    for (int j = 0; j < n; j++) expected[b * n + j] += back[b * n + j];
+                }
+            }
+            cotangents.Add(expected);
+        }
+        Assert.Contains(model.Sites, s => s.Next.Length == 2); // the patch embedding: token mixing and, by the residual, the head
+        var mean = GuessSampling.ParametersFrom(problem, plan, cotangents);
+        var guesser = (ActivationGuesser)Guessers.WeightTranspose(TangentMode.PerLayer) with { Loss = SiteLoss.Local };
+        var (sampled, std) = GuessSampling.Sample(problem, guesser, batch, samples, 13);
+        GuessSampling.AssertWithinStandardErrors(mean, sampled, std, samples, "Wᵀ (local losses) on the mixer");
+    }
+
+    /// <summary>Backprop, activation perturbation, Wᵀ and mixing (the four columns of Table 1), the guessers with local losses
+    /// (and activation perturbation with the objective too), train the tiny mixer without allocating after warm-up.</summary>
+    [Theory]
+    [InlineData("backprop")]
+    [InlineData("activation-perturbation")]
+    [InlineData("activation-perturbation local")]
+    [InlineData("weight-transpose local")]
+    [InlineData("mixing local")]
+    public void Mixer_guessers_train_without_allocating(string name)
+    {
+        var problem = Randomized(TinySpec.Build(), 3, 4);
+        GuessSampling.AssertTrainsWithoutAllocating(problem, name, 4);
+    }
+
+    [Theory]
+    [InlineData("p4-d64-b2-g4", "p4-d64-b2-g4")]
+    [InlineData("g8-b3-d32-p7-e2-t16", "p7-d32-b3-g8-e2-t16")]
+    [InlineData("P4-D64-B2-G4-E1-T0", "p4-d64-b2-g4")]
+    public void Spec_text_round_trips(string text, string canonical)
+    {
+        var spec = LocalMixerSpec.Parse(text, new Shape(28, 28, 1), 10);
+        Assert.Equal(canonical, spec.ToString());
+        Assert.Equal(spec, LocalMixerSpec.Parse(spec.ToString(), new Shape(28, 28, 1), 10));
+    }
+
+    [Theory]
+    [InlineData("p4-d64-b2", "option g<N> is missing")]
+    [InlineData("p4-d64-b2-g4-x3", "unknown option 'x3'")]
+    [InlineData("p4-d64-b2-g4-g2", "option 'g' is given twice")]
+    [InlineData("p4-dd-b2-g4", "'dd' needs a whole number")]
+    [InlineData("p5-d64-b2-g4", "p5 must divide the image's height 28")]
+    [InlineData("p4-d64-b2-g5", "g5 must divide the width d64")]
+    [InlineData("p4-d64-b0-g4", "b0: at least one block")]
+    [InlineData("p4--d64-b2-g4", "an empty option")]
+    public void Spec_errors_name_the_token_and_the_fix(string text, string message)
+    {
+        var e = Assert.ThrowsAny<Exception>(() => LocalMixerSpec.Parse(text, new Shape(28, 28, 1), 10));
+        Assert.True(e is FormatException or ArgumentException);
+        Assert.Contains(message, e.Message);
+    }
+
+    /// <summary>The model's structure: the sites of each block reach only that block's local loss, the classifier only the
+    /// main loss; one local loss per block.</summary>
+    [Fact]
+    public void Each_block_learns_from_its_own_local_loss()
+    {
+        var model = (TinySpec with { Blocks = 3, TokenHidden = 3 }).Build();
+        Assert.Equal(4, model.Losses.Length);
+        foreach (var site in model.Sites)
+        {
+            var loss = Assert.Single(site.Losses);
+            string expected = site.Name == "classifier" ? "loss" : site.Name == "patch" ? "block1.loss" : site.Name[..site.Name.IndexOf('.')] + ".loss";
+            Assert.Equal(expected, loss.Name);
+        }
+    }
+}
