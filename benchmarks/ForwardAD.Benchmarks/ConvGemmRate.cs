@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using ForwardAD.Backends;
 using ForwardAD.Tensors;
 
 namespace ForwardAD.Benchmarks;
@@ -8,6 +9,7 @@ namespace ForwardAD.Benchmarks;
 /// GEMMs of <see cref="CnnBenchmarks"/>'s forward (cols(x) Wᵀ: conv1 [128·32·32, 27] × [27, 32], conv2 [128·16·16, 288] ×
 /// [288, 64]) and the reference shape of the MLP benchmark (512 × 1024 × 1024, A Bᵀ), through the library's default GEMM
 /// (OpenBLAS when installed), at whatever thread count OPENBLAS_NUM_THREADS sets; medians of single calls after warm-up.
+/// Then the same convolutions as the library runs them, in passes of a few images whose columns stay in cache.
 /// </summary>
 internal static class ConvGemmRate
 {
@@ -45,37 +47,53 @@ internal static class ConvGemmRate
             Console.WriteLine($"| {name} | {rate:F1} | {rate / reference:P0} |");
         }
         Console.WriteLine();
-        Console.WriteLine("| convolution | images per pass | im2col + GEMM ms | GFLOP/s | / reference |");
-        Console.WriteLine("|---|---:|---:|---:|---:|");
-        var backend = new ForwardAD.Backends.CpuBackend();
-        foreach (var (name, g, outputs) in new[] { ("conv1", new ForwardAD.Backends.ConvGeometry(32, 32, 3, 3, 3, 1, 1, 1), 32), ("conv2", new ForwardAD.Backends.ConvGeometry(16, 16, 32, 3, 3, 1, 1, 1), 64) })
+        Console.WriteLine("The same convolutions as the library runs them (im2col + GEMM in passes of a few images, `Backend.ConvolutionPassElements`; * = the CPU default), per pass size: the GEMMs alone (columns still in cache) and the whole convolution.");
+        Console.WriteLine("| convolution | images per pass | GEMMs GFLOP/s | GEMMs / reference | im2col + GEMM ms | im2col + GEMM / reference |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|");
+        var backend = new CpuBackend();
+        foreach (var (name, g, outputs) in new[] { ("conv1", new ConvGeometry(32, 32, 3, 3, 3, 1, 1, 1), 32), ("conv2", new ConvGeometry(16, 16, 32, 3, 3, 1, 1, 1), 64) })
         {
             const int batch = 128;
-            var x = new ForwardAD.Backends.View(backend.Allocate(batch * g.InputElements));
-            var w = new ForwardAD.Backends.View(backend.Allocate(outputs * g.PatchLength));
-            var y = new ForwardAD.Backends.View(backend.Allocate(batch * g.OutputPositions * outputs));
-            var columns = new ForwardAD.Backends.View(backend.Allocate(batch * g.OutputPositions * g.PatchLength));
-            ForwardAD.Backends.CpuBackend.Span(x).Fill(0.5f);
-            ForwardAD.Backends.CpuBackend.Span(w).Fill(0.25f);
-            foreach (int perPass in new[] { 128, 32, 8, 4, 2, 1 })
+            var x = new View(backend.Allocate(batch * g.InputElements));
+            var w = new View(backend.Allocate(outputs * g.PatchLength));
+            var y = new View(backend.Allocate(batch * g.OutputPositions * outputs));
+            var columns = new View(backend.Allocate(batch * g.OutputPositions * g.PatchLength));
+            CpuBackend.Span(x).Fill(0.5f);
+            CpuBackend.Span(w).Fill(0.25f);
+            int libraryPass = Math.Clamp(backend.ConvolutionPassElements / (g.OutputPositions * g.PatchLength), 1, batch);
+            double flops = 2.0 * batch * g.OutputPositions * outputs * g.PatchLength;
+            foreach (int perPass in new[] { batch, 32, 8, 4, 2, 1, libraryPass }.Distinct().Order())
             {
-                void Conv()
+                // Returns the seconds spent in the GEMMs; the caller times the whole pass loop.
+                double Conv()
                 {
+                    long gemmTicks = 0;
                     for (int first = 0; first < batch; first += perPass)
                     {
-                        int rows = perPass * g.OutputPositions;
+                        int count = Math.Min(perPass, batch - first), rows = count * g.OutputPositions;
                         var cols = columns.Slice(0, rows * g.PatchLength);
-                        backend.Im2Col(x.Slice(first * g.InputElements, perPass * g.InputElements), g, cols);
+                        backend.Im2Col(x.Slice(first * g.InputElements, count * g.InputElements), g, cols);
+                        long start = Stopwatch.GetTimestamp();
                         backend.Gemm(Transpose.No, Transpose.Yes, rows, outputs, g.PatchLength, 1f, cols, g.PatchLength, w, g.PatchLength, 0f,
                             y.Slice(first * g.OutputPositions * outputs, rows * outputs), outputs);
+                        gemmTicks += Stopwatch.GetTimestamp() - start;
                     }
+                    return (double)gemmTicks / Stopwatch.Frequency;
                 }
-                Conv(); Conv();
-                var samples = new double[repeats];
-                for (int r = 0; r < repeats; r++) { long start = Stopwatch.GetTimestamp(); Conv(); samples[r] = Stopwatch.GetElapsedTime(start).TotalSeconds; }
-                Array.Sort(samples);
-                double t = samples[repeats / 2], gflops = 2.0 * batch * g.OutputPositions * outputs * g.PatchLength / t / 1e9;
-                Console.WriteLine($"| {name} | {perPass} | {t * 1e3:F2} | {gflops:F1} | {gflops / reference:P0} |");
+                Conv();
+                Conv();
+                var total = new double[repeats];
+                var gemms = new double[repeats];
+                for (int r = 0; r < repeats; r++)
+                {
+                    long start = Stopwatch.GetTimestamp();
+                    gemms[r] = Conv();
+                    total[r] = Stopwatch.GetElapsedTime(start).TotalSeconds;
+                }
+                Array.Sort(total);
+                Array.Sort(gemms);
+                double gemmRate = flops / gemms[repeats / 2] / 1e9, t = total[repeats / 2];
+                Console.WriteLine($"| {name} | {perPass}{(perPass == libraryPass ? "*" : "")} | {gemmRate:F1} | {gemmRate / reference:P0} | {t * 1e3:F2} | {flops / t / 1e9 / reference:P0} |");
             }
         }
         return 0;

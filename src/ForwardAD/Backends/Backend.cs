@@ -51,11 +51,12 @@ public abstract class Backend
     /// kernel launch per tile and rule, so it takes the whole vector at once.</summary>
     public virtual int FusedTileElements => 16384;
 
-    /// <summary>Floats of im2col columns a convolution builds per pass before its GEMM reads them. On a CPU 256K floats
-    /// (1 MiB) stay in L2/L3 between the copy that writes them and the GEMM that reads them, so the GEMM runs at its
-    /// in-cache rate instead of streaming a whole batch's columns from memory; a GPU gains nothing from small passes and
-    /// pays more, smaller GEMM launches, so it takes the whole batch.</summary>
-    public virtual int ConvolutionPassElements => 1 << 18;
+    /// <summary>Floats of im2col columns a convolution builds per pass before its GEMM reads them. On a CPU 320K floats
+    /// (1.25 MiB) stay in L2/L3 between the copy that writes them and the GEMM that reads them, so the GEMM runs at its
+    /// in-cache rate instead of streaming a whole batch's columns from memory (`conv-gemm-rate`: the benchmark CNN's
+    /// conv2 GEMMs at 75 % of the reference GEMM rate for the whole batch at once, 83–102 % in passes of 3–4 images). A
+    /// GPU gains nothing from small passes and pays more, smaller GEMM launches, so it takes the whole batch.</summary>
+    public virtual int ConvolutionPassElements => 5 << 16;
 
     /// <summary>Throws, before anything is allocated, when <paramref name="bytes"/> exceed <see cref="AvailableMemoryBytes"/>:
     /// a clear error instead of an out-of-memory crash or a machine that swaps for minutes.</summary>
