@@ -1,12 +1,7 @@
-using BenchmarkDotNet.Attributes;
-using ForwardAD.Autodiff;
 using ForwardAD.Backends;
 using ForwardAD.Graph;
-using ForwardAD.Guessing;
-using ForwardAD.Optim;
 using ForwardAD.Random;
 using ForwardAD.Tensors;
-using ForwardAD.Training;
 
 namespace ForwardAD.Benchmarks;
 
@@ -22,15 +17,10 @@ namespace ForwardAD.Benchmarks;
 /// through eight random batches with random labels (see <see cref="StepBenchmarks"/>: one repeated batch is memorised
 /// and drives Adam's moments into denormals).
 /// </summary>
-[MemoryDiagnoser]
-public class CnnBenchmarks
+public sealed class CnnBenchmarks : ModelRowBenchmarks
 {
     public const int Image = 32, InChannels = 3, Classes = 10, Batch = 128;
 
-    private Plan _forward = null!, _jvp1 = null!, _backprop = null!;
-    private (GradientEstimator Estimator, Optimizer Optimizer) _backpropStep, _apStep, _dfaStep, _grapeStep;
-    private static readonly (float[] X, float[] Y)[] Batches = [.. Enumerable.Range(0, 8).Select(MakeBatch)];
-    private long _step;
 
     /// <summary>The benchmark CNN, built once here (each side defines it once).</summary>
     public static Model Build()
@@ -46,7 +36,7 @@ public class CnnBenchmarks
         return b.Build(b.SoftmaxCrossEntropy("loss", logits, b.ClassLabels("y", Classes)), logits);
     }
 
-    private static (float[], float[]) MakeBatch(int index)
+    protected override (float[] X, float[] Y) MakeBatch(int index)
     {
         var x = new float[Batch * Image * Image * InChannels];
         RandomFill.Normal(new RandomKey(11, (ulong)index), 0, 0f, 1f, x);
@@ -56,70 +46,9 @@ public class CnnBenchmarks
         return (x, labels);
     }
 
-    [GlobalSetup]
-    public void Setup()
-    {
-        var model = Build();
-        _forward = Compile(ParameterStore.Initialize(model, new CpuBackend(), 1), new PlanOptions(Batch));
-        var jvpStore = ParameterStore.Initialize(model, new CpuBackend(), 1);
-        _jvp1 = Compile(jvpStore, new PlanOptions(Batch) { ReuseBuffers = true, Seeds = [.. model.Sites.Select(s => new TangentSeed(s.Node))] });
-        for (int l = 0; l < model.Sites.Length; l++)
-            RandomFill.Normal(new RandomKey(13, (ulong)l), 0, 0f, 1f, CpuBackend.Span(_jvp1.Seed(model.Sites[l].Node)));
-        _backprop = Compile(ParameterStore.Initialize(model, new CpuBackend(), 1), new PlanOptions(Batch) { Gradients = true });
-        _backpropStep = CreateStep(Guessers.Backprop);
-        _apStep = CreateStep(Guessers.ActivationPerturbation());
-        _dfaStep = CreateStep(Guessers.Dfa());
-        _grapeStep = CreateStep(Guessers.Grape(new GrapeOptions()));
-    }
+    protected override Model BuildModel() => Build();
 
-    private static Plan Compile(ParameterStore store, PlanOptions options)
-    {
-        var plan = Plan.Compile(store, options);
-        plan.SetInput(store.Model["x"], Batches[0].X);
-        plan.SetInput(store.Model["y"], Batches[0].Y);
-        return plan;
-    }
+    protected override int BatchSize => Batch;
 
-    private static (GradientEstimator, Optimizer) CreateStep(Guesser guesser)
-    {
-        var store = ParameterStore.Initialize(Build(), new CpuBackend(), 1);
-        return (guesser.Compile(store, Batch), new Optimizer(Optimizers.AdamW(1e-3f, 0.01f), store));
-    }
-
-    private void Step((GradientEstimator Estimator, Optimizer Optimizer) run)
-    {
-        var (x, y) = Batches[_step % Batches.Length];
-        run.Estimator.SetBatch(x, y);
-        var (gradient, loss) = run.Estimator.Estimate(new RandomKey(17, 0).Derive((ulong)_step), _step);
-        run.Optimizer.Step(new UpdateInputs(_step, loss, default), gradient);
-        _step++;
-    }
-
-    [Benchmark(Baseline = true)]
-    public void Forward() => _forward.Forward();
-
-    [Benchmark]
-    public void JvpK1() => _jvp1.ForwardJvp();
-
-    [Benchmark]
-    public void Backprop()
-    {
-        _backprop.Forward();
-        _backprop.Backward();
-    }
-
-    [Benchmark]
-    public void BackpropAdamW() => Step(_backpropStep);
-
-    /// <summary>Activation perturbation with its defaults: one joint tangent channel, N(0, I) on every site.</summary>
-    [Benchmark]
-    public void ActivationPerturbationAdamW() => Step(_apStep);
-
-    /// <summary>DFA: one feedback matrix per site ([H·W·C, classes] for a conv site), the error projected to every site.</summary>
-    [Benchmark]
-    public void DfaAdamW() => Step(_dfaStep);
-
-    /// <summary>GrAPE with its defaults: DFA plus the JVP that aligns each site's feedback matrix.</summary>
-    [Benchmark]
-    public void GrapeAdamW() => Step(_grapeStep);
+    protected override (ulong Tangents, ulong Guesses) Keys => (13, 17);
 }
