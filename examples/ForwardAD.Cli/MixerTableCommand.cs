@@ -24,7 +24,8 @@ internal static class MixerTableCommand
         forwardad mixer-table [options]   Table 1 of "How to Guess a Gradient" on a LocalMixer (Ren et al. 2022).
 
         Trains the LocalMixer --mixer with each of backprop (through the local losses, stop-gradients kept),
-        Ren et al.'s activation perturbation (ap), activation mixing (mixing) and Wᵀ (wt), every guess's JVP
+        Ren et al.'s activation perturbation (ap: one JVP scalar per example, token and channel group where the
+        blocks stay apart up to the local loss), activation mixing (mixing) and Wᵀ (wt), every guess's JVP
         taken of its own block's local loss, with Adam, without and with augmentation (random crop + flip);
         writes the test accuracies and wall times as PREFIX.csv (one row per run) and PREFIX.md (the table).
         The defaults (Fashion-MNIST, {DefaultMixer}, 2 epochs, batch 64) take about 2–4 minutes per run on 2
@@ -39,7 +40,9 @@ internal static class MixerTableCommand
           --train-examples N        train on the first N training examples only (a quick look; default all)
         Model and training
           --mixer SPEC              the LocalMixer (default {DefaultMixer}; grammar below)
-          --methods LIST            columns, of backprop, ap, mixing, wt (default all four, in that order)
+          --methods LIST            columns, of backprop, ap, mixing, wt (default these four, in that order) and
+                                    ap-example (activation perturbation with one JVP scalar per example and block
+                                    loss instead of ap's one per (token, group) block)
           --augment-modes LIST      off, on (default both): rows without and with augmentation
           --crop-padding P          zeros on each side before the random crop (default 4)
           --epochs N                (default 2)
@@ -53,14 +56,15 @@ internal static class MixerTableCommand
         {string.Join('\n', LocalMixerSpec.Grammar.Split('\n').Select(l => "  " + l.TrimEnd('\r')))}
         """;
 
-    private static readonly string[] MethodNames = ["backprop", "ap", "mixing", "wt"];
+    private static readonly string[] MethodNames = ["backprop", "ap", "mixing", "wt", "ap-example"];
+    private static readonly string[] DefaultMethods = ["backprop", "ap", "mixing", "wt"];
 
     private sealed class Options
     {
         public readonly DataOptions Data = new("fashion-mnist");
         public readonly DeviceOptions Device = new();
         public readonly Option<string> Mixer = Opt.String("mixer", DefaultMixer);
-        public readonly Option<string> Methods = Opt.String("methods", string.Join(',', MethodNames));
+        public readonly Option<string> Methods = Opt.String("methods", string.Join(',', DefaultMethods));
         public readonly Option<string> AugmentModes = Opt.String("augment-modes", "off,on");
         public readonly Option<int> CropPadding = Opt.Int("crop-padding", 4, min: 0);
         public readonly Option<int> Epochs = Opt.Int("epochs", 2, min: 1, max: 100_000);
@@ -89,7 +93,8 @@ internal static class MixerTableCommand
     public static Guesser Column(string method) => method switch
     {
         "backprop" => Guessers.Backprop,
-        "ap" => (ActivationGuesser)Guessers.ActivationPerturbation() with { Loss = SiteLoss.Local },
+        "ap" => Guessers.RenActivationPerturbation(),
+        "ap-example" => (ActivationGuesser)Guessers.ActivationPerturbation() with { Loss = SiteLoss.Local },
         "mixing" => (ActivationGuesser)Guessers.ActivationMixing() with { Loss = SiteLoss.Local },
         "wt" => (ActivationGuesser)Guessers.WeightTranspose() with { Loss = SiteLoss.Local },
         _ => throw new UsageException($"--methods: unknown method '{method}'; use {Opt.List(MethodNames)}."),
@@ -150,7 +155,7 @@ internal static class MixerTableCommand
         foreach (var (mode, method, r, wall) in rows)
             csv.Append(CultureInfo.InvariantCulture, $"{mode},{method},{epochs},{r.TrainLoss:R},{r.TrainAccuracy:R},{r.TestLoss:R},{r.TestAccuracy:R},{(double.IsNaN(r.GlobalCosine) ? "" : r.GlobalCosine.ToString("R", CultureInfo.InvariantCulture))},{wall.TotalSeconds:F1}\n");
         File.WriteAllText(prefix + ".csv", csv.ToString());
-        var header = new Dictionary<string, string> { ["backprop"] = "Backprop", ["ap"] = "Ren et al. (AP)", ["mixing"] = "Mixing", ["wt"] = "Wᵀ" };
+        var header = new Dictionary<string, string> { ["backprop"] = "Backprop", ["ap"] = "Ren et al. (AP)", ["ap-example"] = "AP, one JVP per example", ["mixing"] = "Mixing", ["wt"] = "Wᵀ" };
         var md = new StringBuilder();
         md.Append(CultureInfo.InvariantCulture, $"Test accuracy (%), {train.Name}, LocalMixer {spec}, Adam {p.GetValue(o.Lr)}, {epochs} epoch(s), batch {batch}, seed {seed}\n\n");
         md.Append("| augmentation | ").Append(string.Join(" | ", methods.Select(m => header[m]))).Append(" |\n|---|").Append(string.Concat(methods.Select(_ => "---:|"))).Append('\n');

@@ -65,6 +65,9 @@ internal static class GuessSampling
         "activation-perturbation local" => (ActivationGuesser)Guessers.ActivationPerturbation() with { Loss = SiteLoss.Local },
         "weight-transpose local" => (ActivationGuesser)Guessers.WeightTranspose() with { Loss = SiteLoss.Local },
         "mixing local" => (ActivationGuesser)Guessers.ActivationMixing() with { Loss = SiteLoss.Local },
+        // Ren et al.'s per-(token, group) block JVPs of the local losses (models that declare their blocks, the LocalMixer).
+        "ren" => Guessers.RenActivationPerturbation(),
+        "ren per-layer" => Guessers.RenActivationPerturbation(TangentMode.PerLayer, 2),
         _ => throw new ArgumentException($"No guesser named '{name}'.", nameof(name)),
     };
 

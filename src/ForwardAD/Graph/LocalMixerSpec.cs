@@ -114,6 +114,7 @@ public sealed record LocalMixerSpec(Shape Input, int Patch, int Width, int Block
         var patches = b.Conv2d("patch", x, Width, kernel: Patch, stride: Patch);
         Node h = b.Activation("patch.relu", b.LayerNorm("patch.ln", b.Reshape("patch.tokens", patches, new Shape(tokens, Width)), affine: false), ElementwiseFunction.Relu);
         var localLosses = ImmutableArray.CreateBuilder<Node>(Blocks);
+        var lossBlocks = ImmutableArray.CreateBuilder<LocalLossBlocks>(Blocks);
         for (int i = 1; i <= Blocks; i++)
         {
             string n = BlockName(i);
@@ -132,11 +133,22 @@ public sealed record LocalMixerSpec(Shape Input, int Patch, int Width, int Block
             var pooled = b.GlobalAvgPool($"{n}.pool", b.Reshape($"{n}.pool.image", h, new Shape(tokens, 1, Width)));
             var logits = b.Reshape($"{n}.head.logits", b.GroupedLinear($"{n}.head", pooled, Groups * Classes, Groups), new Shape(Groups, Classes));
             localLosses.Add(b.GroupedSoftmaxCrossEntropy($"{n}.loss", logits, y));
+            // How each site's tangent reaches h on its way to this loss (Ren et al.'s local forward gradients):
+            // channel2 [P, C]: LayerNorm within each group, the residual add and ReLU act per (token, group): TokenGroup.
+            // channel1 and token: LayerNorm over all of a token's channels, then per-token ops: Token (the LayerNorm couples
+            // the groups of a token; Ren et al. add their noise after it, so theirs reaches per (token, group)).
+            // token0 and the patch embedding: a token-mixing layer follows, which mixes the tokens: Example.
+            var sites = ImmutableArray.CreateBuilder<SiteBlocks>();
+            sites.Add(new SiteBlocks(Named($"{n}.token"), BlockPartition.Token));
+            sites.Add(new SiteBlocks(Named($"{n}.channel1"), BlockPartition.Token));
+            sites.Add(new SiteBlocks(Named($"{n}.channel2"), BlockPartition.TokenGroup));
+            lossBlocks.Add(new LocalLossBlocks(localLosses[^1], h, tokens, Groups, sites.ToImmutable()));
         }
         var features = b.LayerNorm("final.ln", b.GlobalAvgPool("final.pool", b.Reshape("final.image", b.StopGradient("final.in", h), new Shape(tokens, 1, Width))), affine: false);
         var prediction = b.Dense("classifier", features, Classes, ElementwiseFunction.Identity).Output;
-        return b.Build(b.SoftmaxCrossEntropy("loss", prediction, y), prediction, localLosses.MoveToImmutable());
+        return b.Build(b.SoftmaxCrossEntropy("loss", prediction, y), prediction, localLosses.MoveToImmutable()) with { LocalLossBlocks = lossBlocks.MoveToImmutable() };
 
+        Node Named(string name) => b.Nodes.Single(node => node.Name == name);
         Node NormRelu(string name, Node s) => b.Activation($"{name}.relu", b.LayerNorm($"{name}.ln", s, affine: false), ElementwiseFunction.Relu);
     }
 }

@@ -12,6 +12,11 @@ namespace ForwardAD.Graph;
 public sealed record Model(ImmutableArray<Node> Nodes, Node Loss, Node Output, ImmutableArray<Node> Losses, ImmutableArray<Site> Sites)
 {
     public IEnumerable<Node> Parameters => Nodes.Where(n => n.IsParameter);
+
+    /// <summary>Local losses that can be read per (token, group) block, with how finely each site's tangent stays apart on
+    /// the way (Ren et al.'s local forward gradients; <see cref="Graph.LocalLossBlocks"/>); empty for models that declare none.
+    /// <see cref="LocalMixerSpec.Build"/> declares its blocks.</summary>
+    public ImmutableArray<LocalLossBlocks> LocalLossBlocks { get; init; } = [];
     /// <summary>Untrained state (batch normalisation's running statistics), in model order.</summary>
     public IEnumerable<Node> States => Nodes.Where(n => n.IsState);
     public IEnumerable<Node> Inputs => Nodes.Where(n => n.Op is InputOp or ClassLabelsOp or TokensOp);

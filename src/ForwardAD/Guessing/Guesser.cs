@@ -53,9 +53,22 @@ public sealed record ActivationGuesser(string Label, Guess Hidden, Guess Last, T
     /// <summary>The loss each site's JVP is taken of (default: the objective, the sum of every loss).</summary>
     public SiteLoss Loss { get; init; } = SiteLoss.Objective;
 
+    /// <summary>
+    /// Ren et al.'s local forward gradients (ICLR 2023, §3.2): at the sites whose blocks stay apart up to their local loss
+    /// (<see cref="Model.LocalLossBlocks"/>: per (token, group) or per token), one JVP scalar per block instead of per example,
+    /// ĝ_{b,β} = ℓ̇_{b,β} u_{b,β} with ℓ̇_{b,β} = ⟨∂ℓ_b/∂h_β, ḣ_β⟩ (<see cref="LocalBlockJvps"/>): still unbiased, since
+    /// E[(∇_β·u_β) u_β] = ∇_β, without the other blocks' noise. Other sites keep the per-example scalar. Needs
+    /// <see cref="SiteLoss.Local"/> and a model that declares its blocks (the LocalMixer does).
+    /// </summary>
+    public bool LocalBlocks { get; init; }
+
     public override GradientEstimator Compile(ParameterStore parameters, int batchSize)
     {
         if (Guesses < 1) throw new ArgumentOutOfRangeException(nameof(Guesses), $"At least one guess per step; got {Guesses}.");
+        if (LocalBlocks && Loss != SiteLoss.Local)
+            throw new ArgumentException($"{Name}: per-block JVPs (LocalBlocks) are JVPs of each block's local loss; set Loss = SiteLoss.Local.");
+        if (LocalBlocks && parameters.Model.LocalLossBlocks.IsEmpty)
+            throw new ArgumentException($"{Name}: per-block JVPs (LocalBlocks) need a model that declares its local-loss blocks (Model.LocalLossBlocks, as LocalMixerSpec.Build does); this model declares none. Use the per-example scalars (LocalBlocks = false).");
         return new ActivationGuessEstimator(this, parameters, batchSize);
     }
 }
@@ -92,6 +105,10 @@ public static class Guessers
     public static Guesser DirectionalDescent(int guesses = 1) => new DirectionalDescent(guesses);
     public static Guesser ActivationPerturbation(TangentMode mode = TangentMode.Joint, int guesses = 1) =>
         new ActivationGuesser("activation perturbation", Guesses.ActivationPerturbation, Guess.Normal, mode, guesses);
+    /// <summary>Ren et al.'s activation perturbation (ICLR 2023): each site's JVP of its own block's local loss, one scalar per
+    /// (token, group) block where the blocks stay apart up to the loss (<see cref="ActivationGuesser.LocalBlocks"/>).</summary>
+    public static Guesser RenActivationPerturbation(TangentMode mode = TangentMode.Joint, int guesses = 1) =>
+        new ActivationGuesser("Ren et al. activation perturbation", Guesses.ActivationPerturbation, Guess.Normal, mode, guesses) { Loss = SiteLoss.Local, LocalBlocks = true };
     public static Guesser WeightTranspose(TangentMode mode = TangentMode.Joint, int guesses = 1) =>
         new ActivationGuesser("Wᵀ", Guesses.WeightTranspose, Guess.Normal, mode, guesses);
     public static Guesser Downstream(int k, TangentMode mode = TangentMode.Joint, int guesses = 1) =>
@@ -123,6 +140,8 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
     private readonly int _guesses;
     private readonly bool _readsForwardValues;
     private readonly SiteCorrection?[] _corrections;
+    private readonly LocalBlockJvps[] _blockJvps;              // one per local loss read per block (LocalBlocks)
+    private readonly (int Blocks, BlockPartition Partition)[] _siteBlocks; // per site; Blocks = -1: per-example scalars
 
     /// <remarks>corrections: Optional linear maps applied to each site's estimated cotangent before it becomes a
     /// parameter update (de-biasing, <see cref="DebiasedGuesser"/>); null: none.</remarks>
@@ -156,6 +175,28 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
             _siteGroup[i] = group;
         }
         _lossGroups = [.. groups];
+        // Per-block JVPs (Ren et al.): a site listed with a finer partition than the example, in a block whose loss is the
+        // only one it reaches, takes that loss's block scalars.
+        var blockJvps = new List<LocalBlockJvps>();
+        _siteBlocks = [.. _sites.Select(_ => (-1, BlockPartition.Example))];
+        if (guesser.LocalBlocks)
+            foreach (var blocks in model.LocalLossBlocks)
+                for (int i = 0; i < _sites.Length; i++)
+                {
+                    var partition = blocks.PartitionOf(_sites[i].Node);
+                    if (partition == BlockPartition.Example) continue;
+                    if (_sites[i].Losses.Length != 1 || _sites[i].Losses[0].Id != blocks.Loss.Id)
+                        throw new ArgumentException($"{_sites[i]} is declared per {partition} for local loss '{blocks.Loss.Name}', but it reaches the losses " +
+                            $"{string.Join(", ", _sites[i].Losses.Select(l => l.Name))}; a per-block site must reach that loss only (a stop-gradient after its block).");
+                    if (_siteBlocks[i].Item1 >= 0) throw new ArgumentException($"{_sites[i]} is declared in two local losses' blocks.");
+                    int index = blockJvps.FindIndex(j => j.Blocks == blocks);
+                    if (index < 0) { index = blockJvps.Count; blockJvps.Add(new LocalBlockJvps(_plan, blocks)); }
+                    int perExample = blockJvps[index].BlocksPerExample(partition);
+                    if (_sites[i].ElementCount % perExample != 0)
+                        throw new ArgumentException($"{_sites[i]} is declared per {partition} ({perExample} blocks per example) but has {_sites[i].ElementCount} elements per example, not a multiple.");
+                    _siteBlocks[i] = (index, partition);
+                }
+        _blockJvps = [.. blockJvps];
         int widest = _sites.Max(compiler.Elements);
         _scaled = _guesses > 1 ? compiler.Workspace(widest) : View.Empty; // one guess is scaled straight into the cotangent
         _summed = compiler.Workspace(widest / _guesses);
@@ -178,11 +219,17 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
         else _plan.ForwardJvp();
         // d_{k,b} = Σ_losses ℓ̇_{k,b} / B, with the average over G guesses folded in: scale = 1/(B·G).
         foreach (var (losses, scales) in _lossGroups) SumLossTangents(losses, 1f / (batch * _guesses), scales);
+        foreach (var blocks in _blockJvps) blocks.Run(1f / (batch * _guesses));
         for (int i = 0; i < _sites.Length; i++)
         {
             var guess = GuessSlice(_plan.Seed(_sites[i].Node), i);
             int channelBase = _guesser.Mode == TangentMode.PerLayer ? i * _guesses : 0;
-            var scales = _lossGroups[_siteGroup[i]].Scales.Slice(channelBase * batch, _guesses * batch);
+            var (blockIndex, partition) = _siteBlocks[i];
+            // Per-example: d_{k,b}, one scalar per row [n] of the guess. Per block: d_{k,b,β}, one per block [n/blocks]:
+            // ScaleRows reads the row length off the scale count, so both scale the guess in place of the same call.
+            int perExample = blockIndex < 0 ? 1 : _blockJvps[blockIndex].BlocksPerExample(partition);
+            var scales = (blockIndex < 0 ? _lossGroups[_siteGroup[i]].Scales : _blockJvps[blockIndex].For(partition))
+                .Slice(channelBase * batch * perExample, _guesses * batch * perExample);
             var summed = _summed.Slice(0, guess.Length / _guesses);
             // Σ_g d_{g,b} u_{g,b}: scale each example's guess by its scalar, then sum the G channels: the site cotangent.
             // One guess: the scaled guess is the cotangent (no pass that only copies).
