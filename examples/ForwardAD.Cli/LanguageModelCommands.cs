@@ -24,7 +24,7 @@ internal static class LanguageModelCommands
           --model transformer:SPEC  {TransformerSpec.Grammar} (default l4-h4-d128-t64)
           --text PATH               any UTF-8 text file instead of the fortunes (first 90 % trains, last 10 % validates)
         {InitOption.Help}
-        {GuesserOptions.Help}
+        {GuesserOptions.Help("backprop")}
         {RuleOptions.Help}
         {DeviceOptions.Help}
         Training

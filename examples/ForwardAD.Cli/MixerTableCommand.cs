@@ -52,6 +52,7 @@ internal static class MixerTableCommand
           --cosine-every N          measure cos(estimate, backprop gradient) every N steps (default 50; 0 = never)
           --out PREFIX              output files PREFIX.csv and PREFIX.md (default runs/mixer-table)
           --quiet                   no per-run lines
+        {DeviceOptions.Help}
         LocalMixer grammar
         {string.Join('\n', LocalMixerSpec.Grammar.Split('\n').Select(l => "  " + l.TrimEnd('\r')))}
         """;
@@ -123,9 +124,14 @@ internal static class MixerTableCommand
         if (batch > train.Count) throw new UsageException($"--batch-size {batch} is larger than the training set ({train.Count} examples).");
         var input = train.FeatureShape.Rank == 2 ? new Tensors.Shape(train.FeatureShape[0], train.FeatureShape[1], 1) : train.FeatureShape;
         var spec = ModelOptions.ParseMixer("localmixer:" + p.GetValue(o.Mixer), input, train.Classes);
+        if (p.Given(o.CropPadding) && !modes.Contains("on"))
+            throw new UsageException("--crop-padding applies only to the augmented rows; --augment-modes has no 'on'. Drop --crop-padding or add on.");
         var augmentation = new ImageAugmentation(p.GetValue(o.CropPadding));
-        try { augmentation.Validate(input); }
-        catch (ArgumentException e) { throw new UsageException($"--crop-padding: {e.Message}"); }
+        if (modes.Contains("on"))
+        {
+            try { augmentation.Validate(input); }
+            catch (ArgumentException e) { throw new UsageException($"--crop-padding: {e.Message}"); }
+        }
         var prefix = p.GetValue(o.Out)!;
         if (Path.GetDirectoryName(prefix) is { Length: > 0 } directory) Directory.CreateDirectory(directory);
         var backend = o.Device.Create(p);

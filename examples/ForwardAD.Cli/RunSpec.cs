@@ -273,7 +273,7 @@ internal sealed class ModelOptions
         {
             var mixerSpec = ParseMixer(name, input, data.Classes);
             configuration.Add("model", Describe(mixerSpec));
-            return mixerSpec.Build();
+            return mixerSpec.Build(InitOption.Read(p, Init, configuration));
         }
         CnnSpec spec;
         try { spec = custom ? CnnSpec.Parse(name["cnn:".Length..], input, data.Classes) : CnnSpec.Named(name, input, data.Classes); }
@@ -352,10 +352,11 @@ internal static class InitOption
 /// tangent mode when --mode is absent (compare runs per-layer, the better mode for activation guessers on digits).</summary>
 internal sealed class GuesserOptions(string defaultMode = "joint")
 {
-    public const string Help = """
+    /// <summary>The options' help, naming the command's own default guesser.</summary>
+    public static string Help(string defaultGuesser) => $"""
         Gradient estimate
-          --guesser NAME            backprop (default), directional, activation-perturbation (ap), wt,
-                                    downstream, mixing, self-sharpening, wt-power, cosine-matched, dfa, grape
+          --guesser NAME            {defaultGuesser} (default); backprop, directional, activation-perturbation (ap),
+                                    wt, downstream, mixing, self-sharpening, wt-power, cosine-matched, dfa, grape
           --mode joint|per-layer    one tangent channel for all layers, or one per layer (default joint)
           --guesses G               guesses averaged per step (default 1)
           --k K                     layers for 'downstream' (default 2)

@@ -42,7 +42,9 @@ internal static class StudyCommands
         Common
           --out DIR                 folder for NAME.csv, NAME*.png and NAME*.svg (default runs/studies)
           --seed S                  initialisation, data split and order, every guess (default 1)
-          --optimizer, --lr, ...    the update rule as in train (default here: adamw, lr 0.001, weight decay 0.01)
+          --optimizer, --lr, ...    the update rule as in train below; without --optimizer a study uses adamw, lr
+                                    0.001, weight decay 0.01 (the defaults listed below are train's), and the
+                                    other rule options need --optimizer
         """;
 
     private static string SubHelp(string name, string what, string options) => $"""
@@ -76,7 +78,10 @@ internal static class StudyCommands
         public (UpdateRule Rule, string Description) BuildRule(ParseResult p, int stepsPerEpoch, int epochs)
         {
             if (p.Given(Rule.Optimizer)) return Rule.Build(p, stepsPerEpoch, epochs, configuration: null);
-            if (p.Given(Rule.Lr)) throw new UsageException("--lr needs --optimizer in a study (its default rule is adamw, lr 0.001, weight decay 0.01).");
+            // Without --optimizer a study uses its own fixed rule, so every other rule option would be silently ignored.
+            var given = new Option[] { Rule.Lr, Rule.Momentum, Rule.WeightDecay, Rule.Clip, Rule.Schedule, Rule.Warmup, Rule.Decay }.Where(p.Given).ToList();
+            if (given.Count > 0)
+                throw new UsageException($"{Opt.List([.. given.Select(o => o.Name)])} need{(given.Count == 1 ? "s" : "")} --optimizer in a study (its default rule is adamw, lr 0.001, weight decay 0.01).");
             return (Optimizers.AdamW(1e-3f, 0.01f), "adamw lr 0.001 wd 0.01");
         }
     }
@@ -129,9 +134,9 @@ internal static class StudyCommands
             var watch = Stopwatch.StartNew();
             int max = p.GetValue(maxGuesses), b = p.GetValue(batch), first = p.GetValue(example);
             if ((max & (max - 1)) != 0) throw new UsageException($"--max-guesses must be a power of two (2, 4, …, 8192); got {max}.");
-            var rhos = Numbers(p, ridges, v => v > 0, "numbers > 0 (relative ridges ρ; 'none' is not a number: give e.g. 0.1)");
+            var rhos = p.GetValue(ridges) is "none" or "" ? [] : Numbers(p, ridges, v => v > 0, "numbers > 0 (relative ridges ρ, or 'none')");
             var (parameters, train, description) = Pretrained(p, common, p.GetValue(pretrain), context);
-            if (first + b > train.Count) throw new UsageException($"--example {first} with --batch-size {b} runs past the training set ({train.Count} examples).");
+            if ((long)first + b > train.Count) throw new UsageException($"--example {first} with --batch-size {b} runs past the training set ({train.Count} examples).");
             var features = new float[b * train.FeatureSize];
             var labels = new float[b];
             train.CopyBatch(Enumerable.Range(first, b).ToArray(), features, labels);
@@ -144,6 +149,7 @@ internal static class StudyCommands
                 g => Guessers.ActivationMixing(m, g),
             };
             foreach (var rho in rhos) methods.Add(g => new DebiasedGuesser((ActivationGuesser)Guessers.WeightTranspose(m, g), rho));
+            if (rhos.Any()) RequireDebiasable(() => methods[^1](1).Compile(parameters, 1));
             context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study saturation: {description}, examples {first}…{first + b - 1}, up to {max} guesses, {p.GetValue(mode)}");
             var points = SaturationStudy.Run(parameters, features, labels, b, methods, max, (ulong)p.GetValue(common.Seed),
                 name => context.Console.MarkupLineInterpolated($"  {name} done ({watch.Elapsed.TotalSeconds:F0} s)"));
@@ -167,7 +173,7 @@ internal static class StudyCommands
               --batch-size B            examples in that batch (default 1: one example)
               --max-guesses N           largest n, a power of two (default 8192)
               --mode joint|per-layer    tangent channels of the activation guessers (default per-layer)
-              --ridges LIST             relative ridges ρ of the de-biased Wᵀ curves, λ = ρ·tr(C)/n (default 0.1,0.01)
+              --ridges LIST             relative ridges ρ of the de-biased Wᵀ curves, λ = ρ·tr(C)/n (default 0.1,0.01; 'none' for no such curve)
             Directional descent, activation perturbation, Wᵀ, activation mixing and de-biased Wᵀ are measured. With
             one example, activation mixing mixes that example's own output only.
             """));
@@ -221,6 +227,17 @@ internal static class StudyCommands
             """;
     }
 
+    /// <summary>De-biased Wᵀ works on dense sites feeding dense sites only: check the model before minutes of other methods
+    /// run, and name the way out.</summary>
+    private static void RequireDebiasable(Action compile)
+    {
+        try { compile(); }
+        catch (ArgumentException e)
+        {
+            throw new UsageException($"--ridges: the de-biased Wᵀ curves cannot run on this model ({e.Message}). Give an MLP, or --ridges none.");
+        }
+    }
+
     private sealed record CurveSetup(Model Model, Dataset Train, Dataset Test, UpdateRule Rule, TrainingOptions Options, string Description, int Epochs);
 
     private static CurveSetup Setup(ParseResult p, Common common, CurveOptions training, Func<Dataset, RunConfiguration, Model?>? defaultModel = null)
@@ -230,7 +247,9 @@ internal static class StudyCommands
         var (train, test) = common.Data.Load(p, seed, configuration);
         int batch = p.GetValue(training.BatchSize), epochs = p.GetValue(training.Epochs);
         if (batch > train.Count) throw new UsageException($"--batch-size {batch} is larger than the training set ({train.Count} examples).");
-        var model = (p.GetValue(common.Model.Model) == "mlp" && !p.Given(common.Model.Hidden) && !p.Given(common.Model.Layers) ? defaultModel?.Invoke(train, configuration) : null)
+        // The study's own default network unless any MLP option asks for another (never silently ignored).
+        bool mlpOptionGiven = new Option[] { common.Model.Hidden, common.Model.Layers, common.Model.Width, common.Model.Activation }.Any(p.Given);
+        var model = (p.GetValue(common.Model.Model) == "mlp" && !mlpOptionGiven ? defaultModel?.Invoke(train, configuration) : null)
             ?? common.Model.Build(p, train, configuration);
         var (rule, ruleText) = common.BuildRule(p, train.Count / batch, epochs);
         // Cosines on every step (the oracle is one backprop pass, cheaper than most guessers' step): smooth per-epoch means.
@@ -284,6 +303,7 @@ internal static class StudyCommands
             var text = p.GetValue(ridges)!;
             var rhos = text is "none" or "" ? [] : Numbers(p, ridges, v => v > 0, "numbers > 0 (or 'none')");
             List<Guesser> guessers = [Guessers.DirectionalDescent(g), wt, new CosineMatchedTo(wt), .. rhos.Select(r => (Guesser)new DebiasedGuesser((ActivationGuesser)wt, r))];
+            if (rhos.Any()) RequireDebiasable(() => guessers[^1].Compile(ParameterStore.Initialize(s.Model, new CpuBackend(), 1), 1));
             context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study bias-variance: {s.Description}, {s.Epochs} epochs");
             var points = RunCurves(context, s, guessers);
             var folder = p.GetValue(common.Out)!;
@@ -319,7 +339,7 @@ internal static class StudyCommands
             {
                 var spec = new MlpSpec(train.FeatureSize, [64, 64], train.Classes, ElementwiseFunction.Relu);
                 configuration.Add("model", ModelOptions.Describe(spec));
-                return spec.Build();
+                return spec.Build(InitOption.Read(p, common.Model.Init, configuration));
             });
             var mode = ModeOf(p, training.Mode);
             int g = p.GetValue(training.Guesses);
@@ -362,7 +382,7 @@ internal static class StudyCommands
             {
                 var spec = MlpSpec.Uniform(train.FeatureSize, 5, 128, train.Classes, ElementwiseFunction.Relu);
                 configuration.Add("model", ModelOptions.Describe(spec));
-                return spec.Build();
+                return spec.Build(InitOption.Read(p, common.Model.Init, configuration));
             });
             var mode = ModeOf(p, training.Mode);
             int g = p.GetValue(training.Guesses), sites = s.Model.Sites.Length;

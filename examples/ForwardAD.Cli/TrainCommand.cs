@@ -18,7 +18,7 @@ internal static class TrainCommand
 
         {DataOptions.Help}
         {ModelOptions.Help}
-        {GuesserOptions.Help}
+        {GuesserOptions.Help(DefaultGuesser)}
         {RuleOptions.Help}
         {DeviceOptions.Help}
         Training

@@ -103,11 +103,12 @@ public sealed record LocalMixerSpec(Shape Input, int Patch, int Width, int Block
     /// <summary>Node names of block <paramref name="block"/> (1-based) start with this.</summary>
     public static string BlockName(int block) => string.Create(CultureInfo.InvariantCulture, $"block{block}");
 
-    /// <summary>The model (see the type's summary); its local losses are "block1.loss" … in block order.</summary>
-    public Model Build()
+    /// <summary>The model (see the type's summary); its local losses are "block1.loss" … in block order. <paramref name="init"/>:
+    /// how its dense and convolution layers start (PyTorch's defaults when null).</summary>
+    public Model Build(InitScheme? init = null)
     {
         Validate();
-        var b = new ModelBuilder();
+        var b = new ModelBuilder(init);
         var x = b.Input("x", Input, differentiable: false);
         var y = b.ClassLabels("y", Classes);
         int tokens = Tokens, groupWidth = Width / Groups;

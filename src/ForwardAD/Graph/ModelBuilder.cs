@@ -201,14 +201,15 @@ public sealed class ModelBuilder
 
     // ---- LocalMixer (issue 14): token mixing, group-wise linear layers, grouped local losses -------------------------
 
-    /// <summary>Token mixing of x [P, C]: y = W x + b 1ᵀ per example with its own W [<paramref name="tokens"/>, P] (PyTorch's
-    /// nn.Linear default U(±1/√P) when null) and, unless <paramref name="bias"/> is false, b [tokens] (zeros). Its output is a
-    /// site; see <see cref="TokenMixingOp"/>.</summary>
+    /// <summary>Token mixing of x [P, C]: y = W x + b 1ᵀ per example with its own W [<paramref name="tokens"/>, P] (the
+    /// builder's <see cref="Init"/> weights, U(±1/√P) as nn.Linear, when null) and, unless <paramref name="bias"/> is false,
+    /// b [tokens], starting at zero under every scheme (the LocalMixer's published results were measured so). Its output is
+    /// a site; see <see cref="TokenMixingOp"/>.</summary>
     public Node TokenMixing(string name, Node x, int tokens, bool bias = true, Initializer? weightInit = null)
     {
         if (tokens < 1) throw new ArgumentOutOfRangeException(nameof(tokens), $"Token mixing '{name}' needs at least one output token; got {tokens}.");
         if (x.Shape.Rank != 2) throw new ShapeMismatchException(name, "a batched token matrix [P, C]", x.ToString(), "Reshape patches to [tokens, channels] first.");
-        var w = Parameter($"{name}.weight", new Shape(tokens, x.Shape[0]), weightInit ?? Initializer.LinearDefault(x.Shape[0]));
+        var w = Parameter($"{name}.weight", new Shape(tokens, x.Shape[0]), weightInit ?? Init.Weight(x.Shape[0]));
         return bias ? Apply(name, new TokenMixingOp(), x, w, Parameter($"{name}.bias", new Shape(tokens), Initializer.Zeros))
                     : Apply(name, new TokenMixingOp(), x, w);
     }

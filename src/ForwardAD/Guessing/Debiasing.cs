@@ -174,8 +174,13 @@ internal static class Cholesky
         {
             double diagonal = a[j * n + j];
             for (int k = 0; k < j; k++) diagonal -= a[j * n + k] * a[j * n + k];
+            // A pivot that is not positive means C + λI lost definiteness in float arithmetic, or the weights that build C
+            // are no longer finite: either way the run cannot go on, and it ends as a diverged run does (a clear message,
+            // the last checkpoint intact), not with a stack trace.
             if (!(diagonal > 0))
-                throw new ArithmeticException($"Cholesky: the matrix is not positive definite at row {j} (pivot {diagonal:G3}); a ridge λ > 0 keeps C + λI definite.");
+                throw new Training.TrainingDivergedException(double.IsFinite(diagonal)
+                    ? $"The de-biasing solve lost definiteness (pivot {diagonal:G3} at row {j} of C + λI): raise the ridge ρ or lower the learning rate."
+                    : $"The de-biasing solve met non-finite weights (pivot {diagonal:G3} at row {j} of C + λI): training diverged. Lower the learning rate or raise the ridge ρ.");
             double l = Math.Sqrt(diagonal);
             a[j * n + j] = l;
             for (int i = j + 1; i < n; i++)
