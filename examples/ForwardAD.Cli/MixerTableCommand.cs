@@ -40,9 +40,10 @@ internal static class MixerTableCommand
           --train-examples N        train on the first N training examples only (a quick look; default all)
         Model and training
           --mixer SPEC              the LocalMixer (default {DefaultMixer}; grammar below)
-          --methods LIST            columns, of backprop, ap, mixing, wt (default these four, in that order) and
-                                    ap-example (activation perturbation with one JVP scalar per example and block
-                                    loss instead of ap's one per (token, group) block)
+          --methods LIST            columns, of backprop, ap, mixing, wt (default these four, in that order; the
+                                    guessers take one JVP scalar per (token, group) block, as Ren et al.) and
+                                    ap-example, mixing-example, wt-example (the same guesses with one JVP scalar
+                                    per example and block loss)
           --augment-modes LIST      off, on (default both): rows without and with augmentation
           --crop-padding P          zeros on each side before the random crop (default 4)
           --epochs N                (default 2)
@@ -57,7 +58,7 @@ internal static class MixerTableCommand
         {string.Join('\n', LocalMixerSpec.Grammar.Split('\n').Select(l => "  " + l.TrimEnd('\r')))}
         """;
 
-    private static readonly string[] MethodNames = ["backprop", "ap", "mixing", "wt", "ap-example"];
+    private static readonly string[] MethodNames = ["backprop", "ap", "mixing", "wt", "ap-example", "mixing-example", "wt-example"];
     private static readonly string[] DefaultMethods = ["backprop", "ap", "mixing", "wt"];
 
     private sealed class Options
@@ -96,8 +97,10 @@ internal static class MixerTableCommand
         "backprop" => Guessers.Backprop,
         "ap" => Guessers.RenActivationPerturbation(),
         "ap-example" => (ActivationGuesser)Guessers.ActivationPerturbation() with { Loss = SiteLoss.Local },
-        "mixing" => (ActivationGuesser)Guessers.ActivationMixing() with { Loss = SiteLoss.Local },
-        "wt" => (ActivationGuesser)Guessers.WeightTranspose() with { Loss = SiteLoss.Local },
+        "mixing" => (ActivationGuesser)Guessers.ActivationMixing() with { Loss = SiteLoss.Local, LocalBlocks = true },
+        "mixing-example" => (ActivationGuesser)Guessers.ActivationMixing() with { Loss = SiteLoss.Local },
+        "wt" => (ActivationGuesser)Guessers.WeightTranspose() with { Loss = SiteLoss.Local, LocalBlocks = true },
+        "wt-example" => (ActivationGuesser)Guessers.WeightTranspose() with { Loss = SiteLoss.Local },
         _ => throw new UsageException($"--methods: unknown method '{method}'; use {Opt.List(MethodNames)}."),
     };
 
@@ -161,7 +164,8 @@ internal static class MixerTableCommand
         foreach (var (mode, method, r, wall) in rows)
             csv.Append(CultureInfo.InvariantCulture, $"{mode},{method},{epochs},{r.TrainLoss:R},{r.TrainAccuracy:R},{r.TestLoss:R},{r.TestAccuracy:R},{(double.IsNaN(r.GlobalCosine) ? "" : r.GlobalCosine.ToString("R", CultureInfo.InvariantCulture))},{wall.TotalSeconds:F1}\n");
         File.WriteAllText(prefix + ".csv", csv.ToString());
-        var header = new Dictionary<string, string> { ["backprop"] = "Backprop", ["ap"] = "Ren et al. (AP)", ["ap-example"] = "AP, one JVP per example", ["mixing"] = "Mixing", ["wt"] = "Wᵀ" };
+        var header = new Dictionary<string, string> { ["backprop"] = "Backprop", ["ap"] = "Ren et al. (AP)", ["ap-example"] = "AP, one JVP per example", ["mixing"] = "Mixing", ["wt"] = "Wᵀ",
+            ["mixing-example"] = "Mixing, one JVP per example", ["wt-example"] = "Wᵀ, one JVP per example" };
         var md = new StringBuilder();
         md.Append(CultureInfo.InvariantCulture, $"Test accuracy (%), {train.Name}, LocalMixer {spec}, Adam {p.GetValue(o.Lr)}, {epochs} epoch(s), batch {batch}, seed {seed}\n\n");
         md.Append("| augmentation | ").Append(string.Join(" | ", methods.Select(m => header[m]))).Append(" |\n|---|").Append(string.Concat(methods.Select(_ => "---:|"))).Append('\n');

@@ -68,6 +68,8 @@ internal static class GuessSampling
         // Ren et al.'s per-(token, group) block JVPs of the local losses (models that declare their blocks, the LocalMixer).
         "ren" => Guessers.RenActivationPerturbation(),
         "ren per-layer" => Guessers.RenActivationPerturbation(TangentMode.PerLayer, 2),
+        "weight-transpose blocks" => (ActivationGuesser)Guessers.WeightTranspose() with { Loss = SiteLoss.Local, LocalBlocks = true },
+        "mixing blocks" => (ActivationGuesser)Guessers.ActivationMixing() with { Loss = SiteLoss.Local, LocalBlocks = true },
         _ => throw new ArgumentException($"No guesser named '{name}'.", nameof(name)),
     };
 

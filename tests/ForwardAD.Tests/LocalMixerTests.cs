@@ -403,6 +403,8 @@ public class LocalMixerTests
     [InlineData("mixing local")]
     [InlineData("ren")]
     [InlineData("ren per-layer")]
+    [InlineData("weight-transpose blocks")]
+    [InlineData("mixing blocks")]
     public void Mixer_guessers_train_without_allocating(string name)
     {
         var problem = Randomized(TinySpec.Build(), 3, 4);
