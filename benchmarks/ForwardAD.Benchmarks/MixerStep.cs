@@ -29,9 +29,9 @@ internal static class MixerStep
         var methods = new (string Name, Guesser Guesser, string PeerRow)[]
         {
             ("backprop", Guessers.Backprop, "mixer_backprop_adam"),
-            ("activation perturbation (Ren et al.)", (ActivationGuesser)Guessers.ActivationPerturbation() with { Loss = SiteLoss.Local }, "mixer_ap_adam"),
-            ("activation mixing", (ActivationGuesser)Guessers.ActivationMixing() with { Loss = SiteLoss.Local }, ""),
-            ("Wᵀ", (ActivationGuesser)Guessers.WeightTranspose() with { Loss = SiteLoss.Local }, ""),
+            ("activation perturbation (Ren et al., per-block JVPs)", Guessers.RenActivationPerturbation(), "mixer_ap_adam"),
+            ("activation mixing", (ActivationGuesser)Guessers.ActivationMixing() with { Loss = SiteLoss.Local, LocalBlocks = true }, ""),
+            ("Wᵀ", (ActivationGuesser)Guessers.WeightTranspose() with { Loss = SiteLoss.Local, LocalBlocks = true }, ""),
         };
         var ours = methods.Select(_ => new List<double>()).ToArray();
         var peer = new Dictionary<string, List<double>>();
