@@ -78,27 +78,7 @@ public class LocalMixerTests
         {
             TangentCount = K, Gradients = true, Seeds = [new TangentSeed(m.X), .. parameters.Select(p => new TangentSeed(p))],
         });
-        var v = Problem.Normal(1, plan.Seed(m.X).Length, 1f);
-        CpuBackend.Span(plan.Seed(m.X)).CopyFrom(v);
-        foreach (var p in parameters) CpuBackend.Span(plan.Seed(p)).Clear();
-        plan.Forward();
-        plan.Jvp();
-        var jv = plan.Tangent(m.Op).ToArray();
-        var pullBack = plan.CreatePullBack([m.Op], m.X, C);
-        var w = Problem.Normal(3, pullBack.Cotangent(m.Op).Length, 1f);
-        CpuBackend.Span(pullBack.Cotangent(m.Op)).CopyFrom(w);
-        pullBack.Run();
-        var jtw = pullBack.Cotangent(m.X).ToArray();
-        int perChannel = jv.Length / K, inputPerChannel = v.Length / K;
-        for (int c = 0; c < C; c++)
-            for (int k = 0; k < K; k++)
-            {
-                double left = 0, right = 0;
-                for (int i = 0; i < perChannel; i++) left += (double)w[c * perChannel + i] * jv[k * perChannel + i];
-                for (int i = 0; i < inputPerChannel; i++) right += (double)jtw[c * inputPerChannel + i] * v[k * inputPerChannel + i];
-                JvpTests.AssertClose(left, right, $"{name}: ⟨w_{c}, J v_{k}⟩ vs ⟨Jᵀ w_{c}, v_{k}⟩", 1e-4);
-            }
-        CpuBackend.Span(plan.Seed(m.X)).Clear();
+        Adjoint.AssertInputAdjoint(plan, m.X, m.Op, parameters, K, C, name);
         if (parameters.Count == 0) return;
         plan.Forward();
         plan.Backward();
