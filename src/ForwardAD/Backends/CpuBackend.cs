@@ -1,3 +1,4 @@
+using System.Numerics;
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
 using ForwardAD.Random;
@@ -110,16 +111,8 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         }
     }
 
-    public override void AddBias(View bias, View destination)
-    {
-        var b = Read(bias);
-        var target = Span(destination);
-        for (int offset = 0; offset < target.Length; offset += b.Length)
-        {
-            var row = target.Slice(offset, b.Length);
-            TensorPrimitives.Add(row, b, row);
-        }
-    }
+    public override void AddBias(View bias, View destination) =>
+        ForEachRow<AddColumns>(Read(destination), Read(bias), Read(bias), Span(destination));
 
     public override void ScaleColumns(View a, View scale, View destination, bool accumulate)
     {
@@ -140,43 +133,86 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         var source = Read(x);
         var shift = Span(negativeMean);
         var spread = Span(variance);
-        int columns = shift.Length, rows = source.Length / columns;
-        var deviation = Span(scratch)[..columns];
-        // Pass 1: the column sums, row by row (the order SumRows uses); pass 2: the squared deviations from the mean.
+        int columns = shift.Length, rows = source.Length / columns, width = Vector<float>.Count, vectorEnd = columns - columns % width;
+        // Pass 1: the column sums, row by row (the order SumRows uses); pass 2: the squared deviations from the mean,
+        // Σ_r (x_rc − μ_c)². Vector loops over a row's columns (rows are short: one TensorPrimitives call per row would
+        // spend more on its argument checks than on the arithmetic).
         shift.Clear();
-        for (int offset = 0; offset < source.Length; offset += columns) TensorPrimitives.Add(shift, source.Slice(offset, columns), shift);
-        TensorPrimitives.Multiply(shift, -1f / rows, shift);
         spread.Clear();
         for (int offset = 0; offset < source.Length; offset += columns)
         {
-            TensorPrimitives.Add(source.Slice(offset, columns), shift, deviation);
-            TensorPrimitives.MultiplyAdd(deviation, deviation, spread, spread);
+            var row = source.Slice(offset, columns);
+            int j = 0;
+            for (; j < vectorEnd; j += width) (new Vector<float>(shift[j..]) + new Vector<float>(row[j..])).CopyTo(shift[j..]);
+            for (; j < columns; j++) shift[j] += row[j];
+        }
+        TensorPrimitives.Multiply(shift, -1f / rows, shift);
+        for (int offset = 0; offset < source.Length; offset += columns)
+        {
+            var row = source.Slice(offset, columns);
+            int j = 0;
+            for (; j < vectorEnd; j += width)
+            {
+                var deviation = new Vector<float>(row[j..]) + new Vector<float>(shift[j..]);
+                (new Vector<float>(spread[j..]) + deviation * deviation).CopyTo(spread[j..]);
+            }
+            for (; j < columns; j++) spread[j] += (row[j] + shift[j]) * (row[j] + shift[j]);
         }
         TensorPrimitives.Multiply(spread, 1f / rows, spread);
     }
 
-    public override void ShiftScaleColumns(View x, View shift, View scale, View destination)
+    public override void ShiftScaleColumns(View x, View shift, View scale, View destination) =>
+        ForEachRow<ShiftThenScale>(Read(x), Read(shift), Read(scale), Span(destination));
+
+    public override void ScaleShiftColumns(View x, View scale, View shift, View destination) =>
+        ForEachRow<ScaleThenShift>(Read(x), Read(scale), Read(shift), Span(destination));
+
+    /// <summary>Per-column arithmetic on rows: y[r, c] = f(x[r, c], a[c], b[c]).</summary>
+    private interface IColumnOperation
     {
-        var source = Read(x);
-        var add = Read(shift);
-        var multiply = Read(scale);
-        var target = Span(destination);
-        for (int offset = 0; offset < target.Length; offset += add.Length)
-        {
-            var row = target.Slice(offset, add.Length);
-            TensorPrimitives.Add(source.Slice(offset, add.Length), add, row);
-            TensorPrimitives.Multiply(row, multiply, row);
-        }
+        static abstract Vector<float> Apply(Vector<float> x, Vector<float> a, Vector<float> b);
+        static abstract float Apply(float x, float a, float b);
     }
 
-    public override void ScaleShiftColumns(View x, View scale, View shift, View destination)
+    /// <summary>y = x + a (a bias per column).</summary>
+    private readonly struct AddColumns : IColumnOperation
     {
-        var source = Read(x);
-        var multiply = Read(scale);
-        var add = Read(shift);
-        var target = Span(destination);
-        for (int offset = 0; offset < target.Length; offset += add.Length)
-            TensorPrimitives.MultiplyAdd(source.Slice(offset, add.Length), multiply, add, target.Slice(offset, add.Length));
+        public static Vector<float> Apply(Vector<float> x, Vector<float> a, Vector<float> b) => x + a;
+        public static float Apply(float x, float a, float b) => x + a;
+    }
+
+    /// <summary>y = (x + a) b: batch norm's normalisation, a = −μ, b = 1/√(σ² + ε).</summary>
+    private readonly struct ShiftThenScale : IColumnOperation
+    {
+        public static Vector<float> Apply(Vector<float> x, Vector<float> a, Vector<float> b) => (x + a) * b;
+        public static float Apply(float x, float a, float b) => (x + a) * b;
+    }
+
+    /// <summary>y = x a + b: batch norm's affine step, a = γ, b = β.</summary>
+    private readonly struct ScaleThenShift : IColumnOperation
+    {
+        public static Vector<float> Apply(Vector<float> x, Vector<float> a, Vector<float> b) => x * a + b;
+        public static float Apply(float x, float a, float b) => x * a + b;
+    }
+
+    /// <summary>
+    /// Applies <typeparamref name="TOperation"/> to every row of <paramref name="source"/> (rows of a.Length columns) into
+    /// <paramref name="target"/> (which may be the source). Rows are short (a convolution's channels): vector loops here
+    /// instead of one TensorPrimitives call per row, whose argument and overlap checks cost more than a 32-float row.
+    /// </summary>
+    private static void ForEachRow<TOperation>(ReadOnlySpan<float> source, ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> target)
+        where TOperation : struct, IColumnOperation
+    {
+        int columns = a.Length, width = Vector<float>.Count, vectorEnd = columns - columns % width;
+        for (int offset = 0; offset < target.Length; offset += columns)
+        {
+            var x = source.Slice(offset, columns);
+            var y = target.Slice(offset, columns);
+            int j = 0;
+            for (; j < vectorEnd; j += width)
+                TOperation.Apply(new Vector<float>(x[j..]), new Vector<float>(a[j..]), new Vector<float>(b[j..])).CopyTo(y[j..]);
+            for (; j < columns; j++) y[j] = TOperation.Apply(x[j], a[j], b[j]);
+        }
     }
 
     public override void ReciprocalSqrt(View x, float epsilon, View destination)
