@@ -13,6 +13,9 @@ public abstract class Gemm
     /// <summary>Short name for reports ("openblas", "managed").</summary>
     public abstract string Name { get; }
 
+    /// <summary>Threads one call uses (1 for the managed kernel; OpenBLAS's own pool size).</summary>
+    public virtual int Threads => 1;
+
     public abstract void Multiply(Transpose transposeA, Transpose transposeB, int m, int n, int k,
         float alpha, ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb,
         float beta, Span<float> c, int ldc);

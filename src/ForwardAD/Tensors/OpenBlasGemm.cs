@@ -19,6 +19,8 @@ public sealed class OpenBlasGemm : Gemm
     /// <summary>Threads OpenBLAS uses for each call (its own pool).</summary>
     public static void SetThreadCount(int threads) => OpenBlas.openblas_set_num_threads(threads);
 
+    public override int Threads => OpenBlas.openblas_get_num_threads();
+
     public override unsafe void Multiply(Transpose transposeA, Transpose transposeB, int m, int n, int k,
         float alpha, ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb,
         float beta, Span<float> c, int ldc)
@@ -44,6 +46,9 @@ internal static unsafe partial class OpenBlas
 
     [LibraryImport(NativeLibraries.OpenBlas)]
     public static partial void openblas_set_num_threads(int threads);
+
+    [LibraryImport(NativeLibraries.OpenBlas)]
+    public static partial int openblas_get_num_threads();
 }
 
 /// <summary>
