@@ -187,7 +187,8 @@ internal static class StudyCommands
         var (train, test) = common.Data.Load(p, seed, configuration);
         var model = common.Model.Build(p, train, configuration);
         var parameters = ParameterStore.Initialize(model, new CpuBackend(), seed);
-        const int batch = 32;
+        // Batches of 32, or the whole set when it is smaller (else an epoch would have no step and "pretraining" do nothing).
+        int batch = Math.Min(32, train.Count);
         var (rule, ruleText) = common.BuildRule(p, train.Count / batch, Math.Max(1, epochs));
         if (epochs > 0)
         {

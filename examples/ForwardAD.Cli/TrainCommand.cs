@@ -220,18 +220,26 @@ internal static class TrainCommand
     internal sealed class ProgressObserver(ProgressTask task, int epochs, int batch, string? label = null) : ITrainingObserver
     {
         private string _last = "";
-        private readonly System.Diagnostics.Stopwatch _watch = System.Diagnostics.Stopwatch.StartNew();
+        // Runs only while this run's epochs run: `compare` interleaves its methods epoch by epoch, and a clock running
+        // through the other methods' epochs would divide this one's examples by all of their time.
+        private readonly System.Diagnostics.Stopwatch _watch = new();
         private long _examples;
 
         public void StepCompleted(int epoch, int step, int stepsPerEpoch, double batchLoss)
         {
             task.Increment(1);
-            _examples += batch;
-            task.Description = $"{(label is null ? "" : label + ": ")}epoch {epoch + 1}/{epochs} loss {batchLoss:F3} {_examples / _watch.Elapsed.TotalSeconds:F0} ex/s{_last}";
+            // The clock starts at an epoch's first completed step, so that step's examples are not counted either.
+            if (_watch.IsRunning) _examples += batch;
+            else _watch.Start();
+            string rate = _examples > 0 ? $" {_examples / _watch.Elapsed.TotalSeconds:F0} ex/s" : "";
+            task.Description = $"{(label is null ? "" : label + ": ")}epoch {epoch + 1}/{epochs} loss {batchLoss:F3}{rate}{_last}";
         }
 
-        public void EpochCompleted(EpochReport report) =>
+        public void EpochCompleted(EpochReport report)
+        {
+            _watch.Stop();
             _last = $" | last epoch: train acc {report.TrainAccuracy:P1} test acc {report.TestAccuracy:P1} cos {F(report.GlobalCosine, "F3")}" +
                 (report.FeedbackAlignment.IsEmpty ? "" : $" align {report.FeedbackAlignment.Average():F3}");
+        }
     }
 }
