@@ -124,12 +124,21 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         var factor = Read(scale);
         var source = Read(a);
         var target = Span(destination);
-        for (int offset = 0; offset < target.Length; offset += factor.Length)
+        if (!accumulate)
         {
-            var from = source.Slice(offset, factor.Length);
-            var to = target.Slice(offset, factor.Length);
-            if (accumulate) TensorPrimitives.FusedMultiplyAdd(from, factor, to, to);
-            else TensorPrimitives.Multiply(from, factor, to);
+            ForEachRow<ScaleOnly>(source, factor, factor, target);
+            return;
+        }
+        // y += x ⊙ factor per row, fused as before; vector loops for the same reason as ForEachRow's.
+        int columns = factor.Length, width = Vector<float>.Count, vectorEnd = columns - columns % width;
+        for (int offset = 0; offset < target.Length; offset += columns)
+        {
+            var x = source.Slice(offset, columns);
+            var y = target.Slice(offset, columns);
+            int j = 0;
+            for (; j < vectorEnd; j += width)
+                Vector.FusedMultiplyAdd(new Vector<float>(x[j..]), new Vector<float>(factor[j..]), new Vector<float>(y[j..])).CopyTo(y[j..]);
+            for (; j < columns; j++) y[j] = MathF.FusedMultiplyAdd(x[j], factor[j], y[j]);
         }
     }
 
@@ -144,13 +153,7 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         // spend more on its argument checks than on the arithmetic).
         shift.Clear();
         spread.Clear();
-        for (int offset = 0; offset < source.Length; offset += columns)
-        {
-            var row = source.Slice(offset, columns);
-            int j = 0;
-            for (; j < vectorEnd; j += width) (new Vector<float>(shift[j..]) + new Vector<float>(row[j..])).CopyTo(shift[j..]);
-            for (; j < columns; j++) shift[j] += row[j];
-        }
+        AccumulateRows(source, shift);
         TensorPrimitives.Multiply(shift, -1f / rows, shift);
         for (int offset = 0; offset < source.Length; offset += columns)
         {
@@ -184,6 +187,13 @@ public sealed class CpuBackend(Gemm gemm) : Backend
     {
         public static Vector<float> Apply(Vector<float> x, Vector<float> a, Vector<float> b) => x + a;
         public static float Apply(float x, float a, float b) => x + a;
+    }
+
+    /// <summary>y = x a (a scale per column).</summary>
+    private readonly struct ScaleOnly : IColumnOperation
+    {
+        public static Vector<float> Apply(Vector<float> x, Vector<float> a, Vector<float> b) => x * a;
+        public static float Apply(float x, float a, float b) => x * a;
     }
 
     /// <summary>y = (x + a) b: batch norm's normalisation, a = −μ, b = 1/√(σ² + ε).</summary>
@@ -423,8 +433,21 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         var target = Span(destination);
         var rows = Read(source);
         if (!accumulate) target.Clear();
-        for (int offset = 0; offset < rows.Length; offset += target.Length)
-            TensorPrimitives.Add(target, rows.Slice(offset, target.Length), target);
+        AccumulateRows(rows, target);
+    }
+
+    /// <summary>sum[c] += Σ_r rows[r, c], row by row in order (rows of sum.Length columns; vector loops over a row's
+    /// columns, as <see cref="ForEachRow"/>: rows are often a layer's few channels).</summary>
+    private static void AccumulateRows(ReadOnlySpan<float> rows, Span<float> sum)
+    {
+        int columns = sum.Length, width = Vector<float>.Count, vectorEnd = columns - columns % width;
+        for (int offset = 0; offset < rows.Length; offset += columns)
+        {
+            var row = rows.Slice(offset, columns);
+            int j = 0;
+            for (; j < vectorEnd; j += width) (new Vector<float>(sum[j..]) + new Vector<float>(row[j..])).CopyTo(sum[j..]);
+            for (; j < columns; j++) sum[j] += row[j];
+        }
     }
 
     public override void RowDot(View a, View b, int columns, View destination)
