@@ -178,16 +178,9 @@ public class AttentionTests
             plan.Backward();
             pullBack.Run();
         }
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        plan.ForwardJvp();
-        long forwardJvp = GC.GetAllocatedBytesForCurrentThread() - before;
-        before = GC.GetAllocatedBytesForCurrentThread();
-        plan.Backward();
-        long backward = GC.GetAllocatedBytesForCurrentThread() - before;
-        before = GC.GetAllocatedBytesForCurrentThread();
-        pullBack.Run();
-        long pull = GC.GetAllocatedBytesForCurrentThread() - before;
-        Assert.True(forwardJvp == 0 && backward == 0 && pull == 0, $"allocated {forwardJvp} bytes in forward + JVP, {backward} in backward, {pull} in the pull-back");
+        Allocations.AssertNone(_ => plan.ForwardJvp(), warmUp: 0, steps: 1, "attention's forward + JVP");
+        Allocations.AssertNone(_ => plan.Backward(), warmUp: 0, steps: 1, "attention's backward");
+        Allocations.AssertNone(_ => pullBack.Run(), warmUp: 0, steps: 1, "attention's pull-back");
         Assert.All(plan.Gradient(model["q.weight"]).ToArray(), g => Assert.True(float.IsFinite(g)));
     }
 

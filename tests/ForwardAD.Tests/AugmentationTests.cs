@@ -79,10 +79,7 @@ public sealed class AugmentationTests : IDisposable
         none.Apply(images, shape, new RandomKey(1, 1), scratch);
         Assert.Equal(original, images);
         var augmentation = new ImageAugmentation(2);
-        augmentation.Apply(images, shape, new RandomKey(1, 1), scratch);
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 5; i++) augmentation.Apply(images, shape, new RandomKey(1, (ulong)i), scratch);
-        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        Allocations.AssertNone(i => augmentation.Apply(images, shape, new RandomKey(1, (ulong)i), scratch), warmUp: 1, steps: 5, "augmentation");
     }
 
     [Theory]

@@ -484,11 +484,7 @@ public sealed class CheckpointTests : IDisposable
                 var (gradient, loss) = estimator.Estimate(new Random.RandomKey(1, (ulong)i));
                 optimizer.Step(new UpdateInputs(i, loss, default), gradient);
             }
-            Step(0);
-            Step(1);
-            long before = GC.GetAllocatedBytesForCurrentThread();
-            for (int i = 2; i < 6; i++) Step(i);
-            Assert.True(GC.GetAllocatedBytesForCurrentThread() - before == 0, $"{guesser.Name} allocated {GC.GetAllocatedBytesForCurrentThread() - before} bytes");
+            Allocations.AssertNone(Step, warmUp: 2, steps: 4, guesser.Name);
         }
     }
 }

@@ -262,10 +262,7 @@ public class FeedbackTests
         {
             var estimator = Guessers.Grape(new GrapeOptions { Mode = mode, Rule = FeedbackRules.Alternative1(Schedule.Exponential(0.1f, 0.99f), 1e-3f, true) }).Compile(problem.Parameters, 8);
             estimator.SetBatch(problem.Inputs[problem.Model["x"].Id], problem.Inputs[problem.Model["y"].Id]);
-            for (int t = 0; t < 2; t++) estimator.Estimate(new RandomKey(1, (ulong)t), t);
-            long before = GC.GetAllocatedBytesForCurrentThread();
-            for (int t = 2; t < 6; t++) estimator.Estimate(new RandomKey(1, (ulong)t), t);
-            Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+            Allocations.AssertNone(t => estimator.Estimate(new RandomKey(1, (ulong)t), t), warmUp: 2, steps: 4, $"GrAPE ({mode})");
         }
     }
 }

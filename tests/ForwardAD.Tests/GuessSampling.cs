@@ -94,12 +94,7 @@ internal static class GuessSampling
         var first = estimator.Estimate(new RandomKey(9, 9)).Gradient.ToArray();
         Assert.All(first, v => Assert.True(float.IsFinite(v), $"{name}: a non-finite estimate"));
         Assert.Contains(first, v => v != 0);
-        Step(0);
-        Step(1);
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 2; i < 5; i++) Step(i);
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        Assert.True(allocated == 0, $"{name} allocated {allocated} bytes in 3 steps");
+        Allocations.AssertNone(Step, warmUp: 2, steps: 3, $"{name}'s training step");
     }
 
     /// <summary>The parameter estimate a guesser makes from given site cotangents ([B, ...] per site, in site order): the

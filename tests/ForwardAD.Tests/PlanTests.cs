@@ -28,7 +28,7 @@ public class PlanTests
         var input = problem.Model["x"];
         var x = problem.Inputs[input.Id];
         double loss = 0;
-        void Step()
+        void Step(int _)
         {
             plan.SetInput(input, x);
             plan.SetSeedGenerator(layers[0].Node, new RandomKey(2, 5));
@@ -40,12 +40,7 @@ public class PlanTests
             lean.ForwardJvp();
             loss += plan.MeanLoss() + lean.MeanLoss();
         }
-        Step();
-        Step();
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 5; i++) Step();
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        Assert.Equal(0, allocated);
+        Allocations.AssertNone(Step, warmUp: 2, steps: 5, "the plan's passes");
         Assert.True(double.IsFinite(loss));
     }
 

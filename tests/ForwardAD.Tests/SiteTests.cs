@@ -230,11 +230,8 @@ public class SiteTests
             {
                 var estimator = guesser.Compile(problem.Parameters, 8);
                 estimator.SetBatch(problem.Inputs[model["x"].Id], problem.Inputs[model["y"].Id]);
-                for (int t = 0; t < 2; t++) estimator.Estimate(new RandomKey(1, (ulong)t), t);
-                long before = GC.GetAllocatedBytesForCurrentThread();
-                for (int t = 2; t < 5; t++) estimator.Estimate(new RandomKey(1, (ulong)t), t);
-                long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-                Assert.True(allocated == 0, $"{guesser.Name} on {string.Join(",", model.Sites.Select(s => s.Name))} allocated {allocated} bytes");
+                Allocations.AssertNone(t => estimator.Estimate(new RandomKey(1, (ulong)t), t), warmUp: 2, steps: 3,
+                    $"{guesser.Name} on {string.Join(",", model.Sites.Select(s => s.Name))}");
             }
         }
     }
