@@ -47,11 +47,13 @@ internal static class ConvGemmRate
             Console.WriteLine($"| {name} | {rate:F1} | {rate / reference:P0} |");
         }
         Console.WriteLine();
-        Console.WriteLine("The same convolutions as the library runs them (im2col + GEMM in passes of a few images, `Backend.ConvolutionPassElements`; * = the CPU default), per pass size: the GEMMs alone (columns still in cache) and the whole convolution.");
+        Console.WriteLine("The same convolutions as the library runs them, im2col + GEMM in passes of a few images (`Backend.ConvolutionPassElements`), per pass size: the GEMMs alone (columns still in cache) and the whole convolution; then the direct convolution (implicit GEMM, no columns: both columns are the whole convolution). * = the CPU default.");
         Console.WriteLine("| convolution | images per pass | GEMMs GFLOP/s | GEMMs / reference | im2col + GEMM ms | im2col + GEMM / reference |");
         Console.WriteLine("|---|---:|---:|---:|---:|---:|");
-        var backend = new CpuBackend();
-        foreach (var (name, g, outputs) in new[] { ("conv1", new ConvGeometry(32, 32, 3, 3, 3, 1, 1, 1), 32), ("conv2", new ConvGeometry(16, 16, 32, 3, 3, 1, 1, 1), 64) })
+        var backend = new CpuBackend { DirectPatchLength = 0 };
+        var direct = new CpuBackend { DirectPatchLength = int.MaxValue };
+        foreach (var (name, g, outputs) in new[] { ("conv1", new ConvGeometry(32, 32, 3, 3, 3, 1, 1, 1), 32), ("conv2", new ConvGeometry(16, 16, 32, 3, 3, 1, 1, 1), 64),
+            ("deeper 8×8×128→128 (not in the CNN)", new ConvGeometry(8, 8, 128, 3, 3, 1, 1, 1), 128), ("deeper 4×4×256→256 (not in the CNN)", new ConvGeometry(4, 4, 256, 3, 3, 1, 1, 1), 256) })
         {
             const int batch = 128;
             var x = new View(backend.Allocate(batch * g.InputElements));
@@ -93,8 +95,20 @@ internal static class ConvGemmRate
                 Array.Sort(total);
                 Array.Sort(gemms);
                 double gemmRate = flops / gemms[repeats / 2] / 1e9, t = total[repeats / 2];
-                Console.WriteLine($"| {name} | {perPass}{(perPass == libraryPass ? "*" : "")} | {gemmRate:F1} | {gemmRate / reference:P0} | {t * 1e3:F2} | {flops / t / 1e9 / reference:P0} |");
+                Console.WriteLine($"| {name} | {perPass}{(perPass == libraryPass && g.PatchLength > new CpuBackend().DirectPatchLength ? "*" : "")} | {gemmRate:F1} | {gemmRate / reference:P0} | {t * 1e3:F2} | {flops / t / 1e9 / reference:P0} |");
             }
+            // The direct (implicit-GEMM) convolution: no columns, image by image; the library's choice for short patches.
+            var samples = new double[repeats];
+            for (int r = -2; r < repeats; r++)
+            {
+                long start = Stopwatch.GetTimestamp();
+                direct.Convolve(x, g, w, outputs, 0f, y, columns);
+                if (r >= 0) samples[r] = Stopwatch.GetElapsedTime(start).TotalSeconds;
+            }
+            Array.Sort(samples);
+            double rate = flops / samples[repeats / 2] / 1e9;
+            string chosen = g.PatchLength <= new CpuBackend().DirectPatchLength ? "*" : "";
+            Console.WriteLine($"| {name} | direct{chosen} | {rate:F1} | {rate / reference:P0} | {samples[repeats / 2] * 1e3:F2} | {rate / reference:P0} |");
         }
         return 0;
     }

@@ -34,6 +34,7 @@ public class CnnTests
     public static TheoryData<string> Ops => new()
     {
         "conv k3 s1 p1", "conv k3 s2 p0 nobias", "conv k1", "conv k3 s2 p2 odd", "conv groups2", "conv depthwise s2 p1", "conv passes",
+        "conv direct k3 p1", "conv direct k5 s2 p2", "conv direct k2 s2 nobias",
         "maxpool k2", "maxpool k3 s2 p1 odd", "avgpool k2", "avgpool k3 s1 p1", "gap",
         "bn2d", "bn2d noaffine", "bn1d", "bn2d frozen",
     };
@@ -47,6 +48,10 @@ public class CnnTests
         "conv groups2" => Single(new Shape(5, 4, 4), (b, x) => b.Conv2d("op", x, 6, 3, padding: 1, groups: 2)),
         "conv depthwise s2 p1" => Single(new Shape(6, 6, 3), (b, x) => b.Conv2d("op", x, 3, 3, stride: 2, padding: 1, groups: 3)),
         "conv passes" => Single(new Shape(64, 64, 4), (b, x) => b.Conv2d("op", x, 3, 3, padding: 1)),
+        // Short patches and whole 16-channel panels: the CPU's direct convolution (35 and 20 positions: partial tiles).
+        "conv direct k3 p1" => Single(new Shape(7, 5, 3), (b, x) => b.Conv2d("op", x, 16, 3, padding: 1)),
+        "conv direct k5 s2 p2" => Single(new Shape(9, 8, 2), (b, x) => b.Conv2d("op", x, 32, 5, stride: 2, padding: 2)),
+        "conv direct k2 s2 nobias" => Single(new Shape(6, 6, 4), (b, x) => b.Conv2d("op", x, 16, 2, stride: 2, bias: false)),
         "maxpool k2" => Single(new Shape(4, 6, 3), (b, x) => b.MaxPool2d("op", x, 2)),
         "maxpool k3 s2 p1 odd" => Single(new Shape(7, 5, 2), (b, x) => b.MaxPool2d("op", x, 3, 2, 1)),
         "avgpool k2" => Single(new Shape(4, 6, 3), (b, x) => b.AvgPool2d("op", x, 2)),
@@ -134,6 +139,12 @@ public class CnnTests
                 h = b.Activation("t2", b.Conv2d("c2", h, 6, 3, stride: 2, padding: 1, groups: 2), ElementwiseFunction.Tanh);
                 h = b.GlobalAvgPool("gap", h);
                 break;
+            case 4: // two convolutions the CPU runs directly (patches 27 and 64, 16 channels), then one it does not (4 channels)
+                x = b.Input("x", new Shape(8, 7, 3));
+                h = b.Activation("t1", b.Conv2d("c1", x, 16, 3, padding: 1), ElementwiseFunction.Tanh);
+                h = b.Activation("t2", b.Conv2d("c2", h, 16, 2, stride: 2), ElementwiseFunction.Tanh);
+                h = b.GlobalAvgPool("gap", b.Conv2d("c3", h, 4, 3, padding: 1));
+                break;
             case 3: // columns of two 64×64×3 images fill a CPU pass: the forward, JVP and VJP run in several passes
                 x = b.Input("x", new Shape(64, 64, 3));
                 h = b.Activation("t1", b.Conv2d("c1", x, 4, 3, padding: 1), ElementwiseFunction.Tanh);
@@ -162,6 +173,7 @@ public class CnnTests
     [InlineData(1)]
     [InlineData(2)]
     [InlineData(3)]
+    [InlineData(4)]
     public void Cnn_jvp_matches_central_differences_of_a_float64_reference(int variant)
     {
         var model = Cnn(variant);
@@ -344,6 +356,50 @@ public class CnnTests
             double scale = expected.Max(v => Math.Abs(v));
             for (int i = 0; i < expected.Length; i++)
                 JvpTests.AssertClose(expected[i], actual[i], $"{name} ∂L/∂{p.Name}[{i}]", scale < 1e-6 ? 1e-6 : 1e-4);
+        }
+    }
+}
+
+/// <summary>The CPU's direct convolution (patches up to CpuBackend.DirectPatchLength) against im2col + GEMM
+/// (the path the PyTorch golden values check) on the same data: strides, padding, partial tiles, several images,
+/// overwrite (β = 0, stale NaNs in y) and accumulate (β = 1).</summary>
+public class DirectConvolutionTests
+{
+    [Theory]
+    [InlineData(7, 5, 3, 3, 1, 1, 16, 2)]
+    [InlineData(9, 8, 2, 5, 2, 2, 32, 3)]
+    [InlineData(6, 6, 4, 2, 2, 0, 16, 1)]
+    [InlineData(32, 32, 3, 3, 1, 1, 32, 2)]
+    [InlineData(5, 7, 7, 1, 1, 0, 48, 2)]
+    [InlineData(6, 5, 32, 3, 1, 1, 16, 2)]
+    public void Direct_convolution_matches_im2col_and_gemm(int height, int width, int channels, int kernel, int stride, int padding, int outputs, int images)
+    {
+        var backend = new CpuBackend();
+        var g = new ConvGeometry(height, width, channels, kernel, kernel, stride, padding, 1);
+        Assert.True(g.PatchLength <= backend.DirectPatchLength, "the case must take the direct path");
+        View Upload(float[] values)
+        {
+            var view = new View(backend.Allocate(values.Length));
+            values.CopyTo(CpuBackend.Span(view));
+            return view;
+        }
+        View Filled(int length, int seed) => Upload(Problem.Normal(seed, length, 1f));
+        var x = Filled(images * g.InputElements, 1);
+        var w = Filled(outputs * g.PatchLength, 2);
+        int length = images * g.OutputPositions * outputs;
+        var scratch = new View(backend.Allocate(images * g.OutputPositions * g.PatchLength + outputs * g.PatchLength));
+        foreach (float beta in new[] { 0f, 1f })
+        {
+            var start = beta == 0 ? Enumerable.Repeat(float.NaN, length).ToArray() : Problem.Normal(3, length, 1f);
+            var direct = Upload(start);
+            backend.Convolve(x, g, w, outputs, beta, direct, scratch);
+            var reference = Upload(beta == 0 ? new float[length] : start);
+            var columns = scratch.Slice(0, images * g.OutputPositions * g.PatchLength);
+            backend.Im2Col(x, g, columns);
+            backend.MultiplyColumns(g, images * g.OutputPositions, columns, w, outputs, beta, reference);
+            var (d, r) = (CpuBackend.Span(direct).ToArray(), CpuBackend.Span(reference).ToArray());
+            for (int i = 0; i < length; i++)
+                JvpTests.AssertClose(r[i], d[i], $"β = {beta}, y[{i}] (position {i / outputs % g.OutputPositions}, channel {i % outputs})", 1e-5);
         }
     }
 }

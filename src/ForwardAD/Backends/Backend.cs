@@ -140,6 +140,44 @@ public abstract class Backend
     /// <summary>destination[i] = 1/√(x[i] + ε): batch normalisation's inverse standard deviation.</summary>
     public abstract void ReciprocalSqrt(View x, float epsilon, View destination);
 
+    /// <summary>
+    /// <paramref name="y"/> [N·Ho·Wo, outputs] = β·y + conv(images, W) for channels-last <paramref name="images"/> [N, H, W, C]
+    /// and <paramref name="weight"/> [outputs, kh, kw, C/G]: s = cols(x) Wᵀ. This default runs im2col + GEMM in passes of
+    /// <see cref="ConvolutionPassElements"/> column floats (at least one image, at most what <paramref name="scratch"/>
+    /// holds), the columns of each pass in <paramref name="scratch"/>.
+    /// </summary>
+    public virtual void Convolve(View images, in ConvGeometry geometry, View weight, int outputs, float beta, View y, View scratch)
+    {
+        var g = geometry;
+        int count = images.Length / g.InputElements, outputPerImage = g.OutputPositions * outputs;
+        long perImage = Math.Max(1L, (long)g.OutputPositions * g.PatchLength);
+        if (scratch.Length < perImage)
+            throw new ArgumentException($"Convolve: the scratch holds {scratch.Length} floats, fewer than one image's {perImage} im2col columns.", nameof(scratch));
+        int step = (int)Math.Clamp(ConvolutionPassElements / perImage, 1, scratch.Length / perImage);
+        for (int first = 0; first < count; first += step)
+        {
+            int inPass = Math.Min(step, count - first), rows = inPass * g.OutputPositions;
+            var columns = scratch.Slice(0, rows * g.PatchLength);
+            Im2Col(images.Slice(first * g.InputElements, inPass * g.InputElements), g, columns);
+            MultiplyColumns(g, rows, columns, weight, outputs, beta, y.Slice(first * outputPerImage, inPass * outputPerImage));
+        }
+    }
+
+    /// <summary>y[rows, outputs] = β·y + cols[rows, kh·kw·C] · Wᵀ, group by group (group g: its column block, its
+    /// outputs/G rows of W).</summary>
+    public void MultiplyColumns(in ConvGeometry geometry, int rows, View columns, View weight, int outputs, float beta, View y)
+    {
+        var g = geometry;
+        int perGroup = outputs / g.Groups;
+        for (int group = 0; group < g.Groups; group++)
+        {
+            int a = group * g.GroupPatchLength, b = group * perGroup * g.GroupPatchLength, o = group * perGroup;
+            Gemm(Transpose.No, Transpose.Yes, rows, perGroup, g.GroupPatchLength, 1f,
+                columns.Slice(a, columns.Length - a), g.PatchLength, weight.Slice(b, weight.Length - b), g.GroupPatchLength,
+                beta, y.Slice(o, y.Length - o), outputs);
+        }
+    }
+
     /// <summary>im2col over channels-last images: <paramref name="images"/> [N, H, W, C] → <paramref name="columns"/>
     /// [N·Ho·Wo, kh·kw·C], row (n, oy, ox) holding, for each group g, kernel row ky, kernel column kx and channel c of the
     /// group, x[n, oy·s − p + ky, ox·s − p + kx, g·C/G + c] (0 outside the image). N = images.Length / (H·W·C).</summary>

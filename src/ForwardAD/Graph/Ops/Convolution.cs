@@ -72,31 +72,11 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
         return (long)ImagesPerScratch(g, batchSize, channels) * g.OutputPositions * g.PatchLength;
     }
 
-    /// <summary>y[rows, Cout] (+)= cols[rows, kh·kw·C] · Wᵀ, group by group (group g: its column block, its Cout/G rows of W).</summary>
-    private static void Multiply(Backend backend, in ConvGeometry g, int rows, View columns, View weight, int outputs, float beta, View y)
-    {
-        int perGroup = outputs / g.Groups;
-        for (int group = 0; group < g.Groups; group++)
-        {
-            int a = group * g.GroupPatchLength, b = group * perGroup * g.GroupPatchLength, o = group * perGroup;
-            backend.Gemm(Transpose.No, Transpose.Yes, rows, perGroup, g.GroupPatchLength, 1f,
-                columns.Slice(a, columns.Length - a), g.PatchLength, weight.Slice(b, weight.Length - b), g.GroupPatchLength,
-                beta, y.Slice(o, y.Length - o), outputs);
-        }
-    }
-
     internal override void Forward(in RuleContext c, bool saveAuxiliary)
     {
         var g = Geometry(c);
         var (x, w, y) = (c.Input(0).Value, c.Input(1).Value, c.Output.Value);
-        int outputs = c.Node.Shape[2], outputPerImage = g.OutputPositions * outputs, step = ImagesPerPass(c.Backend, g, c.BatchSize, 1);
-        for (int first = 0; first < c.BatchSize; first += step)
-        {
-            int count = Math.Min(step, c.BatchSize - first), rows = count * g.OutputPositions;
-            var columns = c.Scratch.Slice(0, rows * g.PatchLength);
-            c.Backend.Im2Col(x.Slice(first * g.InputElements, count * g.InputElements), g, columns);
-            Multiply(c.Backend, g, rows, columns, w, outputs, 0f, y.Slice(first * outputPerImage, count * outputPerImage));
-        }
+        c.Backend.Convolve(x, g, w, c.Node.Shape[2], 0f, y, c.Scratch);
         if (c.Node.Inputs.Length == 3) c.Backend.AddBias(c.Input(2).Value, y);
     }
 
@@ -109,30 +89,16 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
         bool written = false;
         if (!x.Tangent.IsEmpty)
         {
-            // ṡ = cols(ẋ) Wᵀ: the K channels are K·B images through one GEMM per pass.
-            int step = ImagesPerPass(c.Backend, g, batch, c.TangentCount);
-            for (int first = 0; first < images; first += step)
-            {
-                int count = Math.Min(step, images - first), rows = count * g.OutputPositions;
-                var columns = c.Scratch.Slice(0, rows * g.PatchLength);
-                c.Backend.Im2Col(x.Tangent.Slice(first * g.InputElements, count * g.InputElements), g, columns);
-                Multiply(c.Backend, g, rows, columns, w.Value, outputs, 0f, dy.Slice(first * outputPerImage, count * outputPerImage));
-            }
+            // ṡ = cols(ẋ) Wᵀ: the K channels are K·B images through the same convolution.
+            c.Backend.Convolve(x.Tangent.Slice(0, images * g.InputElements), g, w.Value, outputs, 0f, dy.Slice(0, images * outputPerImage), c.Scratch);
             written = true;
         }
         if (!w.Tangent.IsEmpty)
         {
-            // ṡ_k += cols(x) Ẇ_kᵀ: each pass's columns of x once, one GEMM per channel.
-            int step = ImagesPerPass(c.Backend, g, batch, 1);
-            for (int first = 0; first < batch; first += step)
-            {
-                int count = Math.Min(step, batch - first), rows = count * g.OutputPositions;
-                var columns = c.Scratch.Slice(0, rows * g.PatchLength);
-                c.Backend.Im2Col(x.Value.Slice(first * g.InputElements, count * g.InputElements), g, columns);
-                for (int k = 0; k < c.TangentCount; k++)
-                    Multiply(c.Backend, g, rows, columns, w.Tangent.Channel(k, w.Value.Length), outputs, written ? 1f : 0f,
-                        dy.Channel(k, batch * outputPerImage).Slice(first * outputPerImage, count * outputPerImage));
-            }
+            // ṡ_k += cols(x) Ẇ_kᵀ, one convolution of x per channel.
+            for (int k = 0; k < c.TangentCount; k++)
+                c.Backend.Convolve(x.Value, g, w.Tangent.Channel(k, w.Value.Length), outputs, written ? 1f : 0f,
+                    dy.Channel(k, batch * outputPerImage), c.Scratch);
             written = true;
         }
         if (c.Node.Inputs.Length == 3 && !c.Input(2).Tangent.IsEmpty)
