@@ -30,6 +30,8 @@ if (args.Length > 0 && args[0] == "compare-peers")
         Option(args, "--out"), Option(args, "--models")?.Split(',').ToHashSet(), Option(args, "--cnn-layout"));
 if (args.Length > 0 && args[0] == "mixer-step")
     return MixerStep.Run(IntOption(args, "--rounds", 3), IntOption(args, "--repeats", 10));
+if (args.Length > 0 && args[0] == "cpu-threads")
+    return CpuThreadScaling.Run(IntOption(args, "--repeats", 15));
 if (args.Length > 0 && args[0] == "conv-gemm-rate")
     return ConvGemmRate.Run(IntOption(args, "--repeats", 15));
 if (args.Length > 1 && args[0] == "profile")

@@ -25,6 +25,18 @@ public sealed class CpuBackend(Gemm gemm) : Backend
 
     public Gemm MatrixMultiply { get; } = gemm;
 
+    /// <summary>Threads the backend's own parallel kernels use (the calling thread and up to Threads − 1 .NET thread-pool
+    /// threads): by default as many as the GEMM uses (OpenBLAS: OPENBLAS_NUM_THREADS or the cores), so that
+    /// OPENBLAS_NUM_THREADS=1 means one thread for everything. Results do not depend on it.</summary>
+    public int Threads { get; init; } = gemm.Threads;
+
+    /// <summary>Parts per thread in a parallel kernel: more than one, so that a thread that starts late still finds work.</summary>
+    private const int PartsPerThread = 2;
+
+    /// <summary>Kernels over fewer floats run on the calling thread alone: 64K floats take ~10–30 µs, about what waking a
+    /// pool thread costs.</summary>
+    private const int ParallelElements = 1 << 16;
+
     public override string Name => $"cpu ({MatrixMultiply.Name} gemm)";
 
     /// <summary>Cache-sized convolution passes pay off when one thread runs the GEMM (`profile cnn-forward`, the benchmark
@@ -116,8 +128,7 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         }
     }
 
-    public override void AddBias(View bias, View destination) =>
-        ForEachRow<AddColumns>(Read(destination), Read(bias), Read(bias), Span(destination));
+    public override void AddBias(View bias, View destination) => InParallelRows<AddColumns>(ref _addBias, destination, bias, bias, destination);
 
     public override void ScaleColumns(View a, View scale, View destination, bool accumulate)
     {
@@ -126,7 +137,7 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         var target = Span(destination);
         if (!accumulate)
         {
-            ForEachRow<ScaleOnly>(source, factor, factor, target);
+            InParallelRows<ScaleOnly>(ref _scaleOnly, a, scale, scale, destination);
             return;
         }
         // y += x ⊙ factor per row, fused as before; vector loops for the same reason as ForEachRow's.
@@ -144,36 +155,103 @@ public sealed class CpuBackend(Gemm gemm) : Backend
 
     public override void ColumnMoments(View x, View negativeMean, View variance, View scratch)
     {
-        var source = Read(x);
+        // Rows in fixed blocks (by size only, never by thread count, so results do not depend on the threads): pass 1 sums
+        // each block's columns into the scratch and adds the block sums in block order; pass 2 does the same for the
+        // squared deviations Σ_r (x_rc − μ_c)² (centred first, so no E[x²] − μ² cancellation).
+        int columns = negativeMean.Length, rows = x.Length / columns;
+        int blocks = x.Length < ParallelElements ? 1 : Math.Min(MomentBlocks, rows);
+        var arguments = new MomentArguments(x, negativeMean, scratch.Slice(0, blocks * columns), Squares: false);
+        var partials = Span(arguments.Partials);
         var shift = Span(negativeMean);
         var spread = Span(variance);
-        int columns = shift.Length, rows = source.Length / columns, width = Vector<float>.Count, vectorEnd = columns - columns % width;
-        // Pass 1: the column sums, row by row (the order SumRows uses); pass 2: the squared deviations from the mean,
-        // Σ_r (x_rc − μ_c)². Vector loops over a row's columns (rows are short: one TensorPrimitives call per row would
-        // spend more on its argument checks than on the arithmetic).
-        shift.Clear();
-        spread.Clear();
-        AccumulateRows(source, shift);
-        TensorPrimitives.Multiply(shift, -1f / rows, shift);
-        for (int offset = 0; offset < source.Length; offset += columns)
+        RunParts(ref _columnMoments, static (in MomentArguments a, int part, int parts) =>
         {
-            var row = source.Slice(offset, columns);
+            int columns = a.Shift.Length, rows = a.X.Length / columns, first = Share(rows, part, parts), count = Share(rows, part + 1, parts) - first;
+            var sum = Span(a.Partials.Slice(part * columns, columns));
+            sum.Clear();
+            var block = Read(a.X.Slice(first * columns, count * columns));
+            if (a.Squares) AccumulateSquaredDeviations(block, Read(a.Shift), sum);
+            else AccumulateRows(block, sum);
+        }, arguments, blocks);
+        AddBlocks(partials, shift);
+        TensorPrimitives.Multiply(shift, -1f / rows, shift);
+        RunParts(ref _columnMoments, _columnMoments!.Action, arguments with { Squares = true }, blocks);
+        AddBlocks(partials, spread);
+        TensorPrimitives.Multiply(spread, 1f / rows, spread);
+
+        static void AddBlocks(ReadOnlySpan<float> partials, Span<float> total)
+        {
+            partials[..total.Length].CopyTo(total);
+            for (int at = total.Length; at < partials.Length; at += total.Length) TensorPrimitives.Add(total, partials.Slice(at, total.Length), total);
+        }
+    }
+
+    /// <summary>Row blocks of the batch statistics of a large activation (fixed, so results do not depend on the threads).</summary>
+    private const int MomentBlocks = 16;
+
+    private readonly record struct MomentArguments(View X, View Shift, View Partials, bool Squares);
+
+    private PartWork<MomentArguments>? _columnMoments;
+
+    /// <summary>sum[c] += Σ_r (rows[r, c] + shift[c])², row by row in order, vector loops over a row's columns.</summary>
+    private static void AccumulateSquaredDeviations(ReadOnlySpan<float> rows, ReadOnlySpan<float> shift, Span<float> sum)
+    {
+        int columns = sum.Length, width = Vector<float>.Count, vectorEnd = columns - columns % width;
+        for (int offset = 0; offset < rows.Length; offset += columns)
+        {
+            var row = rows.Slice(offset, columns);
             int j = 0;
             for (; j < vectorEnd; j += width)
             {
                 var deviation = new Vector<float>(row[j..]) + new Vector<float>(shift[j..]);
-                (new Vector<float>(spread[j..]) + deviation * deviation).CopyTo(spread[j..]);
+                (new Vector<float>(sum[j..]) + deviation * deviation).CopyTo(sum[j..]);
             }
-            for (; j < columns; j++) spread[j] += (row[j] + shift[j]) * (row[j] + shift[j]);
+            for (; j < columns; j++) sum[j] += (row[j] + shift[j]) * (row[j] + shift[j]);
         }
-        TensorPrimitives.Multiply(spread, 1f / rows, spread);
     }
 
     public override void ShiftScaleColumns(View x, View shift, View scale, View destination) =>
-        ForEachRow<ShiftThenScale>(Read(x), Read(shift), Read(scale), Span(destination));
+        InParallelRows<ShiftThenScale>(ref _shiftScale, x, shift, scale, destination);
 
     public override void ScaleShiftColumns(View x, View scale, View shift, View destination) =>
-        ForEachRow<ScaleThenShift>(Read(x), Read(scale), Read(shift), Span(destination));
+        InParallelRows<ScaleThenShift>(ref _scaleShift, x, scale, shift, destination);
+
+    /// <summary><see cref="ForEachRow"/> over row blocks in parallel (each row computed by one part, as one thread would).</summary>
+    private void InParallelRows<TOperation>(ref PartWork<ColumnArguments>? job, View source, View a, View b, View target)
+        where TOperation : struct, IColumnOperation
+    {
+        int rows = target.Length / a.Length;
+        RunParts(ref job, static (in ColumnArguments c, int part, int parts) =>
+        {
+            int rows = c.Target.Length / c.A.Length, first = Share(rows, part, parts), count = Share(rows, part + 1, parts) - first;
+            int at = first * c.A.Length, length = count * c.A.Length;
+            ForEachRow<TOperation>(Read(c.Source.Slice(at, length)), Read(c.A), Read(c.B), Span(c.Target.Slice(at, length)));
+        }, new ColumnArguments(source, a, b, target), Parts(target.Length, rows));
+    }
+
+    private readonly record struct ColumnArguments(View Source, View A, View B, View Target);
+
+    private PartWork<ColumnArguments>? _addBias, _scaleOnly, _shiftScale, _scaleShift;
+
+    /// <summary>Runs a kernel's parts on <see cref="Threads"/> threads (its work item made once, its arguments set per call).</summary>
+    private void RunParts<TArguments>(ref PartWork<TArguments>? work, PartAction<TArguments> action, in TArguments arguments, int parts)
+        where TArguments : struct
+    {
+        work ??= new PartWork<TArguments>(action);
+        work.Arguments = arguments;
+        (_workers ??= new CpuWorkers(Threads - 1)).Run(work, parts);
+        work.Arguments = default; // drops the views' buffers
+    }
+
+    private CpuWorkers? _workers;
+
+    /// <summary>Parts for a kernel over <paramref name="elements"/> floats in <paramref name="units"/> independent units
+    /// (rows, images): one below <see cref="ParallelElements"/> (waking a thread costs more), else a few per thread.</summary>
+    private int Parts(int elements, int units) =>
+        Threads == 1 || elements < ParallelElements ? 1 : Math.Max(1, Math.Min(units, PartsPerThread * Threads));
+
+    /// <summary>Start of part <paramref name="part"/>'s share when <paramref name="units"/> are split in <paramref name="parts"/>.</summary>
+    private static int Share(int units, int part, int parts) => (int)((long)units * part / parts);
 
     /// <summary>Per-column arithmetic on rows: y[r, c] = f(x[r, c], a[c], b[c]).</summary>
     private interface IColumnOperation
@@ -245,11 +323,30 @@ public sealed class CpuBackend(Gemm gemm) : Backend
 
     public override void Convolve(View images, in ConvGeometry geometry, View weight, int outputs, float beta, View y, View scratch)
     {
-        if (geometry.PatchLength <= DirectPatchLength && DirectConvolution.Supports(geometry, outputs)
-            && DirectConvolution.ScratchElements(geometry, outputs) <= scratch.Length)
-            DirectConvolution.Run(geometry, Read(images), Read(weight), outputs, beta, Span(y), Span(scratch));
-        else base.Convolve(images, geometry, weight, outputs, beta, y, scratch);
+        var g = geometry;
+        int count = images.Length / g.InputElements, packed = DirectConvolution.PackedElements(g, outputs), padded = DirectConvolution.PaddedElements(g);
+        if (g.PatchLength > DirectPatchLength || !DirectConvolution.Supports(g, outputs) || packed + padded > scratch.Length)
+        {
+            base.Convolve(images, geometry, weight, outputs, beta, y, scratch);
+            return;
+        }
+        DirectConvolution.PackWeight(Read(weight), outputs, g.PatchLength, Span(scratch.Slice(0, packed)));
+        // Images split into parts (each with its own padded copy in the scratch after the packed weight); a few parts per
+        // thread so that a thread that starts late still finds work.
+        int parts = Math.Min(Math.Min(count, PartsPerThread * Threads), padded == 0 ? int.MaxValue : (scratch.Length - packed) / padded);
+        RunParts(ref _convolve, static (in ConvolveArguments a, int part, int parts) =>
+        {
+            int count = a.Images.Length / a.Geometry.InputElements, first = Share(count, part, parts), end = Share(count, part + 1, parts);
+            int inputs = a.Geometry.InputElements, outputElements = a.Geometry.OutputPositions * a.Outputs;
+            DirectConvolution.Run(a.Geometry, Read(a.Images.Slice(first * inputs, (end - first) * inputs)), Read(a.Packed), a.Outputs, a.Beta,
+                Span(a.Y.Slice(first * outputElements, (end - first) * outputElements)), Span(a.Padded.Slice(part * a.PaddedLength, a.PaddedLength)));
+        }, new ConvolveArguments(images, g, scratch.Slice(0, packed), outputs, beta, y, scratch.Slice(packed, scratch.Length - packed), padded),
+            parts);
     }
+
+    private readonly record struct ConvolveArguments(View Images, ConvGeometry Geometry, View Packed, int Outputs, float Beta, View Y, View Padded, int PaddedLength);
+
+    private PartWork<ConvolveArguments>? _convolve;
 
     public override void Im2Col(View images, in ConvGeometry geometry, View columns) => Patches(geometry, Span(images), Span(columns), toColumns: true);
 
@@ -309,10 +406,23 @@ public sealed class CpuBackend(Gemm gemm) : Backend
 
     public override void MaxPool(View images, in PoolGeometry geometry, View output, View argmax)
     {
-        var g = geometry;
-        var x = Read(images);
-        var y = Span(output);
-        var index = Span(argmax);
+        int examples = images.Length / geometry.InputElements;
+        RunParts(ref _maxPool, static (in PoolArguments a, int part, int parts) =>
+        {
+            var g = a.Geometry;
+            int examples = a.Images.Length / g.InputElements, first = Share(examples, part, parts), count = Share(examples, part + 1, parts) - first;
+            MaxPool(g, Read(a.Images.Slice(first * g.InputElements, count * g.InputElements)),
+                Span(a.Output.Slice(first * g.OutputElements, count * g.OutputElements)), Span(a.Argmax.Slice(first * g.OutputElements, count * g.OutputElements)));
+        }, new PoolArguments(images, geometry, output, argmax), Parts(images.Length, examples));
+    }
+
+    private readonly record struct PoolArguments(View Images, PoolGeometry Geometry, View Output, View Argmax);
+
+    private PartWork<PoolArguments>? _maxPool;
+
+    /// <summary>Max pooling of whole images; argmax indices are within each image, so any run of images can go alone.</summary>
+    private static void MaxPool(in PoolGeometry g, ReadOnlySpan<float> x, Span<float> y, Span<float> index)
+    {
         int examples = x.Length / g.InputElements, c = g.Channels;
         for (int n = 0; n < examples; n++)
         {
@@ -489,7 +599,21 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         }
     }
 
-    public override void Elementwise(ElementwiseFunction function, View x, View y) => function.Apply(Read(x), Span(y));
+    public override void Elementwise(ElementwiseFunction function, View x, View y)
+    {
+        // Elementwise: contiguous chunks of whole vectors, each computed as one thread would.
+        RunParts(ref _elementwise, static (in ElementwiseArguments a, int part, int parts) =>
+        {
+            int vectors = (a.X.Length + Vector<float>.Count - 1) / Vector<float>.Count;
+            int first = Math.Min(a.X.Length, Share(vectors, part, parts) * Vector<float>.Count);
+            int end = Math.Min(a.X.Length, Share(vectors, part + 1, parts) * Vector<float>.Count);
+            a.Function.Apply(Read(a.X.Slice(first, end - first)), Span(a.Y.Slice(first, end - first)));
+        }, new ElementwiseArguments(function, x, y), Parts(x.Length, x.Length / Vector<float>.Count));
+    }
+
+    private readonly record struct ElementwiseArguments(ElementwiseFunction Function, View X, View Y);
+
+    private PartWork<ElementwiseArguments>? _elementwise;
 
     public override void ElementwiseDerivative(ElementwiseFunction function, View x, View y, View derivative) =>
         function.Differentiate(Read(x), Read(y), Span(derivative));

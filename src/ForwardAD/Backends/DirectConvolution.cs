@@ -20,23 +20,23 @@ internal static class DirectConvolution
     /// <summary>Output positions and output channels per register tile.</summary>
     public const int TileRows = 6, TileColumns = 16;
 
-    /// <summary>Scratch floats a call needs: the packed weight and one zero-padded image.</summary>
-    public static int ScratchElements(in ConvGeometry g, int outputs) =>
-        outputs * g.PatchLength + (g.Padding == 0 ? 0 : PaddedWidth(g) * (g.Height + 2 * g.Padding) * g.Channels);
+    /// <summary>Floats of packed weight (<see cref="PackWeight"/>).</summary>
+    public static int PackedElements(in ConvGeometry g, int outputs) => outputs * g.PatchLength;
+
+    /// <summary>Scratch floats one run of images needs for a zero-padded copy of its current image (0 without padding).</summary>
+    public static int PaddedElements(in ConvGeometry g) => g.Padding == 0 ? 0 : PaddedWidth(g) * (g.Height + 2 * g.Padding) * g.Channels;
 
     /// <summary>Whether the kernel covers this convolution: one group and whole 16-channel panels.</summary>
     public static bool Supports(in ConvGeometry g, int outputs) => g.Groups == 1 && outputs % TileColumns == 0;
 
     private static int PaddedWidth(in ConvGeometry g) => g.Width + 2 * g.Padding;
 
-    /// <summary>y[images·Ho·Wo, outputs] = β·y + conv(x, W) for W [outputs, kh·kw·C].</summary>
-    public static void Run(in ConvGeometry g, ReadOnlySpan<float> images, ReadOnlySpan<float> weight, int outputs, float beta, Span<float> y, Span<float> scratch)
+    /// <summary>y[images·Ho·Wo, outputs] = β·y + conv(x, W), W packed by <see cref="PackWeight"/>; <paramref name="padded"/>
+    /// holds <see cref="PaddedElements"/> floats. Images are independent: runs over disjoint images may go in parallel.</summary>
+    public static void Run(in ConvGeometry g, ReadOnlySpan<float> images, ReadOnlySpan<float> packed, int outputs, float beta, Span<float> y, Span<float> padded)
     {
         int patch = g.PatchLength, count = images.Length / g.InputElements, positions = g.OutputPositions;
-        var packed = scratch[..(outputs * patch)];
-        PackWeight(weight, outputs, patch, packed);
-        int width = PaddedWidth(g), height = g.Height + 2 * g.Padding;
-        var padded = scratch.Slice(outputs * patch, g.Padding == 0 ? 0 : width * height * g.Channels);
+        int width = PaddedWidth(g);
         Span<int> bases = stackalloc int[TileRows];
         for (int n = 0; n < count; n++)
         {
@@ -66,7 +66,7 @@ internal static class DirectConvolution
     }
 
     /// <summary>packed[p][k][j] = W[16p + j, k]: panel p holds 16 output channels, depth-major, so each depth step loads two vectors.</summary>
-    private static void PackWeight(ReadOnlySpan<float> weight, int outputs, int patch, Span<float> packed)
+    public static void PackWeight(ReadOnlySpan<float> weight, int outputs, int patch, Span<float> packed)
     {
         for (int n = 0; n < outputs; n++)
         {
