@@ -1,0 +1,94 @@
+using ForwardAD.Autodiff;
+using ForwardAD.Backends;
+using ForwardAD.Graph;
+using ForwardAD.Tensors;
+
+namespace ForwardAD.Tests;
+
+/// <summary>The CPU backend's parallel kernels: every part runs exactly once per call, a failing part's exception reaches
+/// the caller, and a whole CNN gives bit-identical results at 1, 2 and 3 threads (each output is computed by one part in
+/// the order one thread uses, and batch statistics are summed in blocks fixed by size, not by thread count).</summary>
+public class CpuWorkersTests
+{
+    private readonly record struct Counts(int[] Runs);
+
+    [Fact]
+    public void Every_part_runs_once_per_call()
+    {
+        var workers = new CpuWorkers(helpers: 2);
+        var runs = new int[37];
+        var work = new PartWork<Counts>(static (in Counts c, int part, int parts) => Interlocked.Increment(ref c.Runs[part]));
+        work.Arguments = new Counts(runs);
+        for (int call = 1; call <= 500; call++)
+        {
+            int parts = 1 + call % runs.Length;
+            workers.Run(work, parts);
+            for (int p = 0; p < runs.Length; p++) Assert.Equal(p < parts ? 1 : 0, runs[p]);
+            Array.Clear(runs);
+        }
+    }
+
+    [Fact]
+    public void A_failing_part_reaches_the_caller()
+    {
+        var workers = new CpuWorkers(helpers: 1);
+        var work = new PartWork<Counts>(static (in Counts c, int part, int parts) =>
+        {
+            if (part == 3) throw new InvalidOperationException("part three failed");
+        });
+        var error = Assert.Throws<AggregateException>(() => workers.Run(work, 6));
+        Assert.Contains("part three failed", error.InnerException!.Message);
+        workers.Run(new PartWork<Counts>(static (in Counts c, int part, int parts) => { }), 4); // still usable
+    }
+
+    private static Model Cnn()
+    {
+        var b = new ModelBuilder();
+        var x = b.Input("x", new Shape(16, 16, 3));
+        var h = b.Activation("r1", b.BatchNorm("bn1", b.Conv2d("c1", x, 16, 3, padding: 1)), ElementwiseFunction.Relu);
+        h = b.MaxPool2d("p1", h, 2);
+        h = b.Activation("r2", b.BatchNorm("bn2", b.Conv2d("c2", h, 32, 3, padding: 1)), ElementwiseFunction.Tanh);
+        var logits = b.Dense("head", b.Flatten("flat", b.MaxPool2d("p2", h, 2)), 5, ElementwiseFunction.Identity).Output;
+        return b.Build(b.SoftmaxCrossEntropy("loss", logits, b.ClassLabels("y", 5)), logits);
+    }
+
+    /// <summary>Batch 32: the first block's activations (32·16·16·16 floats) are above the size at which kernels split.</summary>
+    [Fact]
+    public void A_cnn_gives_the_same_bits_at_any_thread_count()
+    {
+        const int batch = 32;
+        float[][] Run(int threads)
+        {
+            var problem = Problem.From(Cnn(), 5, batch, new CpuBackend { Threads = threads });
+            var model = problem.Model;
+            var plan = problem.Compile(new PlanOptions(batch) { TangentCount = 2, Gradients = true,
+                Seeds = [new TangentSeed(model["x"]), .. model.Parameters.Select(p => new TangentSeed(p))] });
+            foreach (var node in new[] { model["x"] }.Concat(model.Parameters))
+                CpuBackend.Span(plan.Seed(node)).CopyFrom(Problem.Normal(node.Id + 100, plan.Seed(node).Length, 1f));
+            plan.ForwardJvp();
+            plan.Backward();
+            return [plan.Value(model.Loss).ToArray(), plan.Tangent(model.Loss).ToArray(), .. model.Parameters.Select(p => plan.Gradient(p).ToArray())];
+        }
+        var one = Run(1);
+        foreach (int threads in new[] { 2, 3 })
+        {
+            var many = Run(threads);
+            for (int i = 0; i < one.Length; i++) Assert.True(one[i].AsSpan().SequenceEqual(many[i]), $"output {i} differs at {threads} threads");
+        }
+    }
+
+    /// <summary>The parallel kernels allocate nothing per call on the calling thread (work items made once, helpers queued
+    /// as the same object).</summary>
+    [Fact]
+    public void Parallel_passes_allocate_nothing()
+    {
+        const int batch = 32;
+        var problem = Problem.From(Cnn(), 5, batch, new CpuBackend { Threads = 2 });
+        var plan = problem.Compile(new PlanOptions(batch) { TangentCount = 1, Gradients = true, Seeds = [new TangentSeed(problem.Model["x"])] });
+        Allocations.AssertNone(_ =>
+        {
+            plan.ForwardJvp();
+            plan.Backward();
+        }, warmUp: 2, steps: 3, "a parallel CNN forward + JVP + backward");
+    }
+}
