@@ -98,6 +98,9 @@ internal static class ConvGemmRate
                 Console.WriteLine($"| {name} | {perPass}{(perPass == libraryPass && g.PatchLength > new CpuBackend().DirectPatchLength ? "*" : "")} | {gemmRate:F1} | {gemmRate / reference:P0} | {t * 1e3:F2} | {flops / t / 1e9 / reference:P0} |");
             }
             // The direct (implicit-GEMM) convolution: no columns, image by image; the library's choice for short patches.
+            // With OPENBLAS_NUM_THREADS > 1, OpenBLAS's idle threads keep spinning (sched_yield) for ~0.1 s after each GEMM
+            // call and would take the second core from our own kernel's helper: wait until they have parked.
+            Thread.Sleep(300);
             var samples = new double[repeats];
             for (int r = -2; r < repeats; r++)
             {
