@@ -384,22 +384,30 @@ public class DirectConvolutionTests
             return view;
         }
         View Filled(int length, int seed) => Upload(Problem.Normal(seed, length, 1f));
+        const int weightChannels = 2; // K weight tensors through one call (the JVP's cols(x) Ẇ_kᵀ)
         var x = Filled(images * g.InputElements, 1);
-        var w = Filled(outputs * g.PatchLength, 2);
+        var w = Filled(weightChannels * outputs * g.PatchLength, 2);
         int length = images * g.OutputPositions * outputs;
         var scratch = new View(backend.Allocate(images * g.OutputPositions * g.PatchLength + outputs * g.PatchLength));
-        foreach (float beta in new[] { 0f, 1f })
-        {
-            var start = beta == 0 ? Enumerable.Repeat(float.NaN, length).ToArray() : Problem.Normal(3, length, 1f);
-            var direct = Upload(start);
-            backend.Convolve(x, g, w, outputs, beta, direct, scratch);
-            var reference = Upload(beta == 0 ? new float[length] : start);
-            var columns = scratch.Slice(0, images * g.OutputPositions * g.PatchLength);
-            backend.Im2Col(x, g, columns);
-            backend.MultiplyColumns(g, images * g.OutputPositions, columns, w, outputs, beta, reference);
-            var (d, r) = (CpuBackend.Span(direct).ToArray(), CpuBackend.Span(reference).ToArray());
-            for (int i = 0; i < length; i++)
-                JvpTests.AssertClose(r[i], d[i], $"β = {beta}, y[{i}] (position {i / outputs % g.OutputPositions}, channel {i % outputs})", 1e-5);
-        }
+        // Both of the backend's paths: the direct kernel and im2col + GEMM in passes (DirectPatchLength = 0).
+        foreach (var path in new[] { backend, new CpuBackend { DirectPatchLength = 0 } })
+            foreach (float beta in new[] { 0f, 1f })
+            {
+                var start = beta == 0 ? Enumerable.Repeat(float.NaN, weightChannels * length).ToArray() : Problem.Normal(3, weightChannels * length, 1f);
+                var actual = Upload(start);
+                path.Convolve(x, g, w, outputs, beta, actual, scratch, weightChannels);
+                var a = CpuBackend.Span(actual).ToArray();
+                for (int k = 0; k < weightChannels; k++)
+                {
+                    var reference = Upload(beta == 0 ? new float[length] : start[(k * length)..((k + 1) * length)]);
+                    var columns = scratch.Slice(0, images * g.OutputPositions * g.PatchLength);
+                    backend.Im2Col(x, g, columns);
+                    backend.MultiplyColumns(g, images * g.OutputPositions, columns, w.Channel(k, outputs * g.PatchLength), outputs, beta, reference);
+                    var r = CpuBackend.Span(reference).ToArray();
+                    for (int i = 0; i < length; i++)
+                        JvpTests.AssertClose(r[i], a[k * length + i],
+                            $"{(path.DirectPatchLength == 0 ? "im2col" : "direct")}, β = {beta}, weight {k}, y[{i}] (position {i / outputs % g.OutputPositions}, channel {i % outputs})", 1e-5);
+                }
+            }
     }
 }

@@ -142,14 +142,17 @@ public abstract class Backend
 
     /// <summary>
     /// <paramref name="y"/> [N·Ho·Wo, outputs] = β·y + conv(images, W) for channels-last <paramref name="images"/> [N, H, W, C]
-    /// and <paramref name="weight"/> [outputs, kh, kw, C/G]: s = cols(x) Wᵀ. This default runs im2col + GEMM in passes of
-    /// <see cref="ConvolutionPassElements"/> column floats (at least one image, at most what <paramref name="scratch"/>
-    /// holds), the columns of each pass in <paramref name="scratch"/>.
+    /// and <paramref name="weights"/> [outputs, kh, kw, C/G]: s = cols(x) Wᵀ. With <paramref name="channels"/> K > 1 the
+    /// same images are convolved with K weight tensors stored one after another, into K outputs stored one after another
+    /// (the JVP's cols(x) Ẇ_kᵀ). This default runs im2col + GEMM in passes of <see cref="ConvolutionPassElements"/> column
+    /// floats (at least one image, at most what <paramref name="scratch"/> holds), each pass's columns built once in
+    /// <paramref name="scratch"/> for all K weights.
     /// </summary>
-    public virtual void Convolve(View images, in ConvGeometry geometry, View weight, int outputs, float beta, View y, View scratch)
+    public virtual void Convolve(View images, in ConvGeometry geometry, View weights, int outputs, float beta, View y, View scratch, int channels = 1)
     {
         var g = geometry;
         int count = images.Length / g.InputElements, outputPerImage = g.OutputPositions * outputs;
+        int weightLength = weights.Length / channels, outputLength = count * outputPerImage;
         long perImage = Math.Max(1L, (long)g.OutputPositions * g.PatchLength);
         if (scratch.Length < perImage)
             throw new ArgumentException($"Convolve: the scratch holds {scratch.Length} floats, fewer than one image's {perImage} im2col columns.", nameof(scratch));
@@ -159,7 +162,9 @@ public abstract class Backend
             int inPass = Math.Min(step, count - first), rows = inPass * g.OutputPositions;
             var columns = scratch.Slice(0, rows * g.PatchLength);
             Im2Col(images.Slice(first * g.InputElements, inPass * g.InputElements), g, columns);
-            MultiplyColumns(g, rows, columns, weight, outputs, beta, y.Slice(first * outputPerImage, inPass * outputPerImage));
+            for (int k = 0; k < channels; k++)
+                MultiplyColumns(g, rows, columns, weights.Channel(k, weightLength), outputs, beta,
+                    y.Channel(k, outputLength).Slice(first * outputPerImage, inPass * outputPerImage));
         }
     }
 

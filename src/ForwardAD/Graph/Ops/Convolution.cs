@@ -95,10 +95,9 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
         }
         if (!w.Tangent.IsEmpty)
         {
-            // ṡ_k += cols(x) Ẇ_kᵀ, one convolution of x per channel.
-            for (int k = 0; k < c.TangentCount; k++)
-                c.Backend.Convolve(x.Value, g, w.Tangent.Channel(k, w.Value.Length), outputs, written ? 1f : 0f,
-                    dy.Channel(k, batch * outputPerImage), c.Scratch);
+            // ṡ_k += cols(x) Ẇ_kᵀ: the K weight tangents through one convolution of x (im2col: each pass's columns once).
+            c.Backend.Convolve(x.Value, g, w.Tangent.Slice(0, c.TangentCount * w.Value.Length), outputs, written ? 1f : 0f,
+                dy.Slice(0, c.TangentCount * batch * outputPerImage), c.Scratch, c.TangentCount);
             written = true;
         }
         if (c.Node.Inputs.Length == 3 && !c.Input(2).Tangent.IsEmpty)
