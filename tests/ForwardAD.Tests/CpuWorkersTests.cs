@@ -54,16 +54,27 @@ public class CpuWorkersTests
 
     /// <summary>Batch 32: the first block's activations (32·16·16·16 floats) are above the size at which kernels split.</summary>
     [Fact]
-    public void A_cnn_gives_the_same_bits_at_any_thread_count()
+    public void A_cnn_gives_the_same_bits_at_any_thread_count() =>
+        AssertSameBitsAtAnyThreadCount(threads => Problem.From(Cnn(), 5, 32, new CpuBackend { Threads = threads }), 32);
+
+    /// <summary>A transformer whose LayerNorm rows (32·32·64 floats) and attention scores (32·2·32·32) split: layer norm,
+    /// causal softmax, their JVPs and adjoints, GELU.</summary>
+    [Fact]
+    public void A_transformer_gives_the_same_bits_at_any_thread_count() =>
+        AssertSameBitsAtAnyThreadCount(threads => TransformerTests.Randomized(new TransformerSpec(Layers: 1, Heads: 2, Width: 64, Context: 32, Vocabulary: 32),
+            5, 32, backend: new CpuBackend { Threads = threads }), 32);
+
+    /// <summary>Loss, loss JVP (K = 2, tangents on the input when it is differentiable and on every parameter) and every
+    /// parameter gradient at 1 thread against 2 and 3: equal bits.</summary>
+    private static void AssertSameBitsAtAnyThreadCount(Func<int, Problem> problemAt, int batch)
     {
-        const int batch = 32;
         float[][] Run(int threads)
         {
-            var problem = Problem.From(Cnn(), 5, batch, new CpuBackend { Threads = threads });
+            var problem = problemAt(threads);
             var model = problem.Model;
-            var plan = problem.Compile(new PlanOptions(batch) { TangentCount = 2, Gradients = true,
-                Seeds = [new TangentSeed(model["x"]), .. model.Parameters.Select(p => new TangentSeed(p))] });
-            foreach (var node in new[] { model["x"] }.Concat(model.Parameters))
+            var seeded = model.Nodes.Where(n => n.Op is InputOp { Differentiable: true }).Concat(model.Parameters).ToList();
+            var plan = problem.Compile(new PlanOptions(batch) { TangentCount = 2, Gradients = true, Seeds = [.. seeded.Select(n => new TangentSeed(n))] });
+            foreach (var node in seeded)
                 CpuBackend.Span(plan.Seed(node)).CopyFrom(Problem.Normal(node.Id + 100, plan.Seed(node).Length, 1f));
             plan.ForwardJvp();
             plan.Backward();

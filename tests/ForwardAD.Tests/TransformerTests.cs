@@ -22,10 +22,10 @@ public class TransformerTests
     /// <summary>Parameters off their defaults (LayerNorm γ = 1 + N(0, 0.3²), every bias and β N(0, 0.3²) by
     /// <see cref="Problem.From"/>) and valid token ids: uniform in [0, V), the targets the inputs shifted by one
     /// position, and with <paramref name="padTarget"/> the padding target −1 at position 1 of example 0 (ignored by the loss).</summary>
-    internal static Problem Randomized(TransformerSpec spec, int seed, int batch, bool padTarget = false)
+    internal static Problem Randomized(TransformerSpec spec, int seed, int batch, bool padTarget = false, Backends.Backend? backend = null)
     {
         var model = spec.Build();
-        var problem = Problem.From(model, seed, batch);
+        var problem = Problem.From(model, seed, batch, backend);
         foreach (var p in model.Parameters.Where(p => p.Name.Contains("ln") && p.Name.EndsWith(".weight")))
             problem.Parameters.Set(p, [.. Problem.Normal(seed + 7 * p.Id, p.Shape.ElementCount, 0.3f).Select(v => 1 + v)]);
         var rng = new System.Random(seed);

@@ -781,12 +781,21 @@ public sealed class CpuBackend(Gemm gemm) : Backend
 
     public override void CausalSoftmaxRows(View scores, int size, View probabilities)
     {
-        var source = Read(scores);
-        var target = Span(probabilities);
         long square = (long)size * size;
-        if (size <= 0 || source.Length != target.Length || source.Length % square != 0)
-            throw new ArgumentException($"CausalSoftmaxRows: scores ({source.Length} floats) and probabilities ({target.Length}) must both hold whole [{size}, {size}] matrices.");
-        for (int row = 0; row < source.Length / size; row++)
+        if (size <= 0 || scores.Length != probabilities.Length || scores.Length % square != 0)
+            throw new ArgumentException($"CausalSoftmaxRows: scores ({scores.Length} floats) and probabilities ({probabilities.Length}) must both hold whole [{size}, {size}] matrices.");
+        int rows = scores.Length / size;
+        RunParts(ref _causalSoftmax, static (in RowArguments a, int part, int parts) =>
+        {
+            int rows = a.A.Length / a.Width;
+            CausalSoftmaxRows(Read(a.A), a.Width, Share(rows, part, parts), Share(rows, part + 1, parts), Span(a.Destination));
+        }, new RowArguments(scores, default, default, probabilities, size), Parts(scores.Length, rows));
+    }
+
+    /// <summary>Rows first..end of the causal softmax: row r (position i = r mod size) over its visible 0..i.</summary>
+    private static void CausalSoftmaxRows(ReadOnlySpan<float> source, int size, int first, int end, Span<float> target)
+    {
+        for (int row = first; row < end; row++)
         {
             int i = row % size, start = row * size; // position i attends to 0..i
             var visible = target.Slice(start, i + 1);
@@ -799,72 +808,86 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    /// <summary>The views and sizes of a row kernel (unused views default).</summary>
+    private readonly record struct RowArguments(View A, View B, View C, View Destination, int Width, float Epsilon = 0, bool Centre = false, bool Accumulate = false);
+
+    private PartWork<RowArguments>? _causalSoftmax, _softmaxJvp, _normalize, _normalizeDerivative;
+
     public override void SoftmaxJvpRows(View probabilities, View x, int columns, View destination)
     {
-        var p = Read(probabilities);
-        var source = Read(x);
-        var target = Span(destination);
-        if (columns <= 0 || p.Length % columns != 0 || p.Length == 0 || source.Length != target.Length || source.Length % p.Length != 0)
-            throw new ArgumentException($"SoftmaxJvpRows: probabilities ({p.Length} floats) must be whole rows of {columns}, and x ({source.Length}) and " +
-                $"the destination ({target.Length}) the same whole number of copies of them.");
-        for (int offset = 0; offset < source.Length; offset += p.Length)
-            for (int start = 0; start < p.Length; start += columns)
+        if (columns <= 0 || probabilities.Length % columns != 0 || probabilities.Length == 0 || x.Length != destination.Length || x.Length % probabilities.Length != 0)
+            throw new ArgumentException($"SoftmaxJvpRows: probabilities ({probabilities.Length} floats) must be whole rows of {columns}, and x ({x.Length}) and " +
+                $"the destination ({destination.Length}) the same whole number of copies of them.");
+        int rows = x.Length / columns;
+        RunParts(ref _softmaxJvp, static (in RowArguments a, int part, int parts) =>
+        {
+            ReadOnlySpan<float> p = Read(a.A), source = Read(a.B);
+            var target = Span(a.Destination);
+            int columns = a.Width, rows = source.Length / columns;
+            for (int row = Share(rows, part, parts), end = Share(rows, part + 1, parts); row < end; row++)
             {
-                var pRow = p.Slice(start, columns);
-                var to = target.Slice(offset + start, columns);
-                float mean = TensorPrimitives.Dot(pRow, source.Slice(offset + start, columns)); // ⟨p, x⟩ before x is overwritten
-                TensorPrimitives.Subtract(source.Slice(offset + start, columns), mean, to);
+                int at = row * columns;
+                var pRow = p.Slice(at % p.Length, columns);
+                var to = target.Slice(at, columns);
+                float mean = TensorPrimitives.Dot(pRow, source.Slice(at, columns)); // ⟨p, x⟩ before x is overwritten
+                TensorPrimitives.Subtract(source.Slice(at, columns), mean, to);
                 TensorPrimitives.Multiply(to, pRow, to);
             }
+        }, new RowArguments(probabilities, x, default, destination, columns), Parts(x.Length, rows));
     }
     // ---- Sequence ops (issue 13) ----------------------------------------------------------------------------------------
 
     public override void NormalizeLastAxis(View x, int width, float epsilon, bool centre, View normalized, View inverseStd)
     {
-        var source = Read(x);
-        var target = Span(normalized);
-        var scale = Span(inverseStd);
-        for (int r = 0; r < scale.Length; r++)
+        RunParts(ref _normalize, static (in RowArguments a, int part, int parts) =>
         {
-            var row = source.Slice(r * width, width);
-            var to = target.Slice(r * width, width);
-            float s;
-            if (centre)
+            var source = Read(a.A);
+            Span<float> target = Span(a.Destination), scale = Span(a.B);
+            int width = a.Width;
+            for (int r = Share(scale.Length, part, parts), end = Share(scale.Length, part + 1, parts); r < end; r++)
             {
-                // Two passes (centre, then the mean square of the centred row): no cancellation of E[x²] − μ².
-                TensorPrimitives.Subtract(row, TensorPrimitives.Sum(row) / width, to);
-                s = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(to) / width + epsilon);
-                TensorPrimitives.Multiply(to, s, to);
+                var row = source.Slice(r * width, width);
+                var to = target.Slice(r * width, width);
+                float s;
+                if (a.Centre)
+                {
+                    // Two passes (centre, then the mean square of the centred row): no cancellation of E[x²] − μ².
+                    TensorPrimitives.Subtract(row, TensorPrimitives.Sum(row) / width, to);
+                    s = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(to) / width + a.Epsilon);
+                    TensorPrimitives.Multiply(to, s, to);
+                }
+                else
+                {
+                    s = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(row) / width + a.Epsilon);
+                    TensorPrimitives.Multiply(row, s, to);
+                }
+                scale[r] = s;
             }
-            else
-            {
-                s = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(row) / width + epsilon);
-                TensorPrimitives.Multiply(row, s, to);
-            }
-            scale[r] = s;
-        }
+        }, new RowArguments(x, inverseStd, default, normalized, width, epsilon, centre), Parts(x.Length, inverseStd.Length));
     }
 
     public override void NormalizeLastAxisDerivative(View normalized, View inverseStd, View v, bool centre, View destination, bool accumulate)
     {
-        var xHat = Read(normalized);
-        var scale = Read(inverseStd);
-        var source = Read(v);
-        var target = Span(destination);
-        int rows = scale.Length, width = xHat.Length / rows, total = source.Length / width;
-        for (int i = 0; i < total; i++)
+        int rows = inverseStd.Length, width = normalized.Length / rows;
+        RunParts(ref _normalizeDerivative, static (in RowArguments a, int part, int parts) =>
         {
-            int r = i % rows;
-            var row = source.Slice(i * width, width);
-            var xRow = xHat.Slice(r * width, width);
-            var to = target.Slice(i * width, width);
-            float s = scale[r], projection = TensorPrimitives.Dot(row, xRow) / width;
-            // to (+)= s·v − s·mean(v) − s·mean(v ⊙ x̂)·x̂, in place (no temporary).
-            if (accumulate) TensorPrimitives.MultiplyAdd(row, s, to, to);
-            else TensorPrimitives.Multiply(row, s, to);
-            if (centre) TensorPrimitives.Add(to, -s * (TensorPrimitives.Sum(row) / width), to);
-            TensorPrimitives.MultiplyAdd(xRow, -s * projection, to, to);
-        }
+            ReadOnlySpan<float> xHat = Read(a.A), scale = Read(a.B), source = Read(a.C);
+            var target = Span(a.Destination);
+            int rows = scale.Length, width = a.Width, total = source.Length / width;
+            for (int i = Share(total, part, parts), end = Share(total, part + 1, parts); i < end; i++)
+            {
+                int r = i % rows;
+                var row = source.Slice(i * width, width);
+                var xRow = xHat.Slice(r * width, width);
+                var to = target.Slice(i * width, width);
+                float s = scale[r], projection = TensorPrimitives.Dot(row, xRow) / width;
+                // to (+)= s·v − s·mean(v) − s·mean(v ⊙ x̂)·x̂, in place (no temporary).
+                if (a.Accumulate) TensorPrimitives.MultiplyAdd(row, s, to, to);
+                else TensorPrimitives.Multiply(row, s, to);
+                if (a.Centre) TensorPrimitives.Add(to, -s * (TensorPrimitives.Sum(row) / width), to);
+                TensorPrimitives.MultiplyAdd(xRow, -s * projection, to, to);
+            }
+        }, new RowArguments(normalized, inverseStd, v, destination, width, Centre: centre, Accumulate: accumulate), Parts(v.Length, v.Length / width));
     }
 
     public override void GatherRows(View table, View indices, int width, View destination)
