@@ -121,6 +121,20 @@ public class CnnTests
         }
     }
 
+    /// <summary>A kernel or window that overhangs the padded image is refused even when it overhangs by less than a stride
+    /// (where ⌊(H + 2p − k)/s⌋ + 1 rounds toward zero to 1: a 4×4 kernel at stride 2 on a 3×3 image), naming the node.</summary>
+    [Theory]
+    [InlineData("conv")]
+    [InlineData("pool")]
+    public void A_kernel_larger_than_the_padded_image_is_refused(string kind)
+    {
+        var b = new ModelBuilder();
+        var x = b.Input("x", new Shape(3, 3, 2));
+        var error = Assert.Throws<ShapeMismatchException>(() => kind == "conv" ? b.Conv2d("big", x, 16, 4, stride: 2) : b.MaxPool2d("big", x, 4, 2));
+        Assert.Contains("'big'", error.Message);
+        Assert.Contains("larger than the padded image", error.Message);
+    }
+
     // ---- whole CNNs against finite differences ------------------------------------------------
 
     /// <summary>Small CNNs covering every new op in sequence (convolutions with stride, padding, groups and depthwise,

@@ -36,9 +36,28 @@ public class CpuWorkersTests
         {
             if (part == 3) throw new InvalidOperationException("part three failed");
         });
-        var error = Assert.Throws<AggregateException>(() => workers.Run(work, 6));
-        Assert.Contains("part three failed", error.InnerException!.Message);
+        var error = Assert.Throws<InvalidOperationException>(() => workers.Run(work, 6));
+        Assert.Equal("part three failed", error.Message);
         workers.Run(new PartWork<Counts>(static (in Counts c, int part, int parts) => { }), 4); // still usable
+    }
+
+    /// <summary>A part that calls back into the same workers (or a second thread using them) runs that call's parts on
+    /// its own thread: every part of both calls still runs exactly once.</summary>
+    [Fact]
+    public void A_nested_call_runs_on_its_own_thread()
+    {
+        var workers = new CpuWorkers(helpers: 1);
+        var outer = new int[8];
+        var inner = new int[5];
+        var innerWork = new PartWork<Counts>(static (in Counts c, int part, int parts) => Interlocked.Increment(ref c.Runs[part])) { Arguments = new Counts(inner) };
+        var outerWork = new PartWork<(Counts Runs, CpuWorkers Workers, PartWork Inner)>(static (in (Counts Runs, CpuWorkers Workers, PartWork Inner) a, int part, int parts) =>
+        {
+            Interlocked.Increment(ref a.Runs.Runs[part]);
+            if (part == 0) a.Workers.Run(a.Inner, 5);
+        }) { Arguments = (new Counts(outer), workers, innerWork) };
+        workers.Run(outerWork, outer.Length);
+        Assert.All(outer, n => Assert.Equal(1, n));
+        Assert.All(inner, n => Assert.Equal(1, n));
     }
 
     private static Model Cnn()

@@ -28,7 +28,13 @@ public sealed class CpuBackend(Gemm gemm) : Backend
     /// <summary>Threads the backend's own parallel kernels use (the calling thread and up to Threads − 1 .NET thread-pool
     /// threads): by default as many as the GEMM uses (OpenBLAS: OPENBLAS_NUM_THREADS or the cores), so that
     /// OPENBLAS_NUM_THREADS=1 means one thread for everything. Results do not depend on it.</summary>
-    public int Threads { get; init; } = gemm.Threads;
+    public int Threads
+    {
+        get => _threads;
+        init => _threads = value >= 1 ? value : throw new ArgumentOutOfRangeException(nameof(Threads), value, "CpuBackend.Threads must be at least 1 (1 = the calling thread only).");
+    }
+
+    private readonly int _threads = Math.Max(1, gemm.Threads);
 
     /// <summary>Parts per thread in a parallel kernel: more than one, so that a thread that starts late still finds work.</summary>
     private const int PartsPerThread = 2;
@@ -239,8 +245,14 @@ public sealed class CpuBackend(Gemm gemm) : Backend
     {
         work ??= new PartWork<TArguments>(action);
         work.Arguments = arguments;
-        (_workers ??= new CpuWorkers(Threads - 1)).Run(work, parts);
-        work.Arguments = default; // drops the views' buffers
+        try
+        {
+            (_workers ??= new CpuWorkers(Threads - 1)).Run(work, parts);
+        }
+        finally
+        {
+            work.Arguments = default; // drops the views' buffers
+        }
     }
 
     private CpuWorkers? _workers;
@@ -332,7 +344,7 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         }
         // Images split into parts (each with its own padded copy in the scratch after the packed weight); a few parts per
         // thread so that a thread that starts late still finds work. One weight tensor (channel) at a time.
-        int parts = Math.Min(Math.Min(count, PartsPerThread * Threads), padded == 0 ? int.MaxValue : (scratch.Length - packed) / padded);
+        int parts = Math.Min(Parts(y.Length / channels, count), padded == 0 ? int.MaxValue : (scratch.Length - packed) / padded);
         int weightLength = weights.Length / channels, outputLength = count * g.OutputPositions * outputs;
         for (int k = 0; k < channels; k++)
         {

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.ExceptionServices;
 
 namespace ForwardAD.Backends;
 
@@ -33,7 +34,8 @@ internal sealed class PartWork<TArguments>(PartAction<TArguments> action) : Part
 /// parked pool thread took 0.7–1.7 ms on this machine's virtual CPUs, as long as a whole kernel, while the kernels of one
 /// forward pass follow each other within microseconds.
 /// Results do not depend on which thread ran which part: every kernel splits so that each output is computed by one
-/// part, in the order one thread would use. One call at a time: a backend serves one plan on one thread.
+/// part, in the order one thread would use. A backend serves one plan on one thread, so calls do not overlap; if one
+/// does anyway (the backend shared between threads, or a part that calls back in), it runs its parts on its own thread.
 /// </summary>
 internal sealed class CpuWorkers(int helpers) : IThreadPoolWorkItem
 {
@@ -44,12 +46,13 @@ internal sealed class CpuWorkers(int helpers) : IThreadPoolWorkItem
     private const long PartMask = (1L << PartBits) - 1;
     private static readonly long LingerTicks = Stopwatch.Frequency * HelperLingerMicroseconds / 1_000_000;
 
-    private readonly ManualResetEventSlim _done = new(false);
+    private readonly object _gate = new(); // the caller waits on it for the last part (Monitor: nothing allocated lazily)
     private PartWork? _work;
     private int _parts;
     private long _state;     // (call number << 2·PartBits) | (parts << PartBits) | next part
     private int _pending;    // parts not yet finished in this call
     private int _active;     // helpers queued, working or lingering
+    private int _busy;       // 1 while a call is in progress
     private Exception? _error;
 
     /// <summary>Threads that may run parts: the caller and the helpers.</summary>
@@ -59,18 +62,29 @@ internal sealed class CpuWorkers(int helpers) : IThreadPoolWorkItem
     /// has finished and rethrows the first exception a part threw.</summary>
     public void Run(PartWork work, int parts)
     {
-        Debug.Assert(parts <= (int)PartMask);
+        if (parts > (int)PartMask) throw new ArgumentOutOfRangeException(nameof(parts), parts, $"At most {PartMask} parts per call.");
         if (parts <= 0) return;
-        if (parts == 1 || helpers == 0)
+        if (parts == 1 || helpers == 0 || Interlocked.CompareExchange(ref _busy, 1, 0) != 0)
         {
             for (int part = 0; part < parts; part++) work.RunPart(part, parts);
             return;
         }
+        try
+        {
+            RunShared(work, parts);
+        }
+        finally
+        {
+            Volatile.Write(ref _busy, 0);
+        }
+    }
+
+    private void RunShared(PartWork work, int parts)
+    {
         _work = work;
         _parts = parts;
         _error = null;
         _pending = parts;
-        _done.Reset();
         long call = (Volatile.Read(ref _state) >> (2 * PartBits)) + 1;
         Interlocked.Exchange(ref _state, (call << (2 * PartBits)) | ((long)parts << PartBits)); // publishes the call: parts from 0
         for (int i = Math.Min(helpers, parts - 1) - Volatile.Read(ref _active); i > 0; i--)
@@ -79,9 +93,14 @@ internal sealed class CpuWorkers(int helpers) : IThreadPoolWorkItem
             ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
         }
         Work();
-        _done.Wait();
+        // The helpers' last parts: spin briefly, then sleep until the part that brings _pending to 0 pulses the gate.
+        var spinner = new SpinWait();
+        while (Volatile.Read(ref _pending) > 0 && !spinner.NextSpinWillYield) spinner.SpinOnce();
+        if (Volatile.Read(ref _pending) > 0)
+            lock (_gate)
+                while (Volatile.Read(ref _pending) > 0) Monitor.Wait(_gate);
         _work = null;
-        if (_error is { } error) throw new AggregateException($"A parallel CPU kernel failed in one of its {parts} parts.", error);
+        if (_error is { } error) ExceptionDispatchInfo.Capture(error).Throw(); // the part's own exception, as on one thread
     }
 
     void IThreadPoolWorkItem.Execute()
@@ -124,7 +143,8 @@ internal sealed class CpuWorkers(int helpers) : IThreadPoolWorkItem
             {
                 Interlocked.CompareExchange(ref _error, e, null);
             }
-            if (Interlocked.Decrement(ref _pending) == 0) _done.Set();
+            if (Interlocked.Decrement(ref _pending) == 0)
+                lock (_gate) Monitor.PulseAll(_gate);
         }
     }
 }

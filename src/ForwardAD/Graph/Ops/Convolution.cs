@@ -40,7 +40,9 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
         if (inputs.Count == 3 && inputs[2].Shape != new Shape(weight.Shape[0]))
             throw new ShapeMismatchException(name, $"bias [{weight.Shape[0]}]", $"{inputs[2].Shape} for {inputs[2]}", "The bias has one element per output channel.");
         var g = Geometry(x.Shape, weight.Shape);
-        if (g.OutputHeight < 1 || g.OutputWidth < 1)
+        // Compared directly: (H + 2p − k)/s + 1 rounds toward zero in C#, so it is 1, not 0, when the kernel overhangs the
+        // padded image by less than a stride.
+        if (x.Shape[0] + 2 * Padding < weight.Shape[1] || x.Shape[1] + 2 * Padding < weight.Shape[2])
             throw new ShapeMismatchException(name, $"an image of at least {weight.Shape[1]}×{weight.Shape[2]} after padding {Padding}", x.Shape.ToString(), "The kernel is larger than the padded image.");
         return (new Shape(g.OutputHeight, g.OutputWidth, weight.Shape[0]), true);
     }

@@ -18,7 +18,8 @@ public abstract record PoolOp(int Kernel, int Stride, int Padding) : Op
         if (!x.IsBatched || x.Shape.Rank != 3)
             throw new ShapeMismatchException(name, "a batched image [H, W, C] (channels last)", x.ToString(), "Pooling works on feature maps.");
         var g = Geometry(x.Shape);
-        if (g.OutputHeight < 1 || g.OutputWidth < 1)
+        // Compared directly: (H + 2p − k)/s + 1 rounds toward zero, so it is 1, not 0, when the window overhangs by less than a stride.
+        if (g.Height + 2 * Padding < Kernel || g.Width + 2 * Padding < Kernel)
             throw new ShapeMismatchException(name, $"an image of at least {Kernel}×{Kernel} after padding {Padding}", x.Shape.ToString(), "The window is larger than the padded image.");
         return (new Shape(g.OutputHeight, g.OutputWidth, g.Channels), true);
     }
