@@ -7,7 +7,8 @@ namespace ForwardAD.Tests;
 
 /// <summary>The CPU backend's parallel kernels: every part runs exactly once per call, a failing part's exception reaches
 /// the caller, and a whole CNN gives bit-identical results at 1, 2 and 3 threads (each output is computed by one part in
-/// the order one thread uses, and batch statistics are summed in blocks fixed by size, not by thread count).</summary>
+/// the order one thread uses, and batch statistics are summed in blocks fixed by size, not by thread count): convolutions,
+/// im2col/col2im, max and average pooling and their adjoints, batch norm, activations.</summary>
 public class CpuWorkersTests
 {
     private readonly record struct Counts(int[] Runs);
@@ -67,7 +68,7 @@ public class CpuWorkersTests
         var h = b.Activation("r1", b.BatchNorm("bn1", b.Conv2d("c1", x, 16, 3, padding: 1)), ElementwiseFunction.Relu);
         h = b.MaxPool2d("p1", h, 2);
         h = b.Activation("r2", b.BatchNorm("bn2", b.Conv2d("c2", h, 32, 3, padding: 1)), ElementwiseFunction.Tanh);
-        var logits = b.Dense("head", b.Flatten("flat", b.MaxPool2d("p2", h, 2)), 5, ElementwiseFunction.Identity).Output;
+        var logits = b.Dense("head", b.Flatten("flat", b.AvgPool2d("p2", h, 2)), 5, ElementwiseFunction.Identity).Output;
         return b.Build(b.SoftmaxCrossEntropy("loss", logits, b.ClassLabels("y", 5)), logits);
     }
 

@@ -105,8 +105,12 @@ public sealed class CpuBackend(Gemm gemm) : Backend
     public override void CopyToHost(View source, Span<float> destination) => Read(source).CopyTo(destination);
 
     public override void Gemm(Transpose transposeA, Transpose transposeB, int m, int n, int k, float alpha,
-        View a, int lda, View b, int ldb, float beta, View c, int ldc) =>
+        View a, int lda, View b, int ldb, float beta, View c, int ldc)
+    {
+        // OpenBLAS brings its own threads: our lingering helpers step aside rather than spin beside them.
+        if (MatrixMultiply.Threads > 1) _workers?.Park();
         MatrixMultiply.Multiply(transposeA, transposeB, m, n, k, alpha, Read(a), lda, Read(b), ldb, beta, Span(c), ldc);
+    }
 
     public override void Fill(float value, View destination) => Span(destination).Fill(value);
 
@@ -364,13 +368,32 @@ public sealed class CpuBackend(Gemm gemm) : Backend
 
     private PartWork<ConvolveArguments>? _convolve;
 
-    public override void Im2Col(View images, in ConvGeometry geometry, View columns) => Patches(geometry, Span(images), Span(columns), toColumns: true);
+    public override void Im2Col(View images, in ConvGeometry geometry, View columns) => PatchesByImages(images, geometry, columns, toColumns: true);
 
     public override void Col2Im(View columns, in ConvGeometry geometry, View images, bool accumulate)
     {
         if (!accumulate) Span(images).Clear();
-        Patches(geometry, Span(images), Span(columns), toColumns: false);
+        PatchesByImages(images, geometry, columns, toColumns: false);
     }
+
+    /// <summary><see cref="Patches"/> split by images: image n's columns are rows n·Ho·Wo.. and col2im adds them back into
+    /// image n only, so every output is written by one part.</summary>
+    private void PatchesByImages(View images, in ConvGeometry geometry, View columns, bool toColumns)
+    {
+        int count = images.Length / geometry.InputElements;
+        RunParts(ref _patches, static (in PatchArguments a, int part, int parts) =>
+        {
+            var g = a.Geometry;
+            int count = a.Images.Length / g.InputElements, first = Share(count, part, parts), n = Share(count, part + 1, parts) - first;
+            long perImage = (long)g.OutputPositions * g.PatchLength;
+            Patches(g, Span(a.Images.Slice(first * g.InputElements, n * g.InputElements)),
+                Span(a.Columns.Slice((int)(first * perImage), (int)(n * perImage))), a.ToColumns);
+        }, new PatchArguments(images, geometry, columns, toColumns), Parts(columns.Length, count));
+    }
+
+    private readonly record struct PatchArguments(View Images, ConvGeometry Geometry, View Columns, bool ToColumns);
+
+    private PartWork<PatchArguments>? _patches;
 
     /// <summary>Walks every im2col entry block (example, output position, group, kernel row, kernel column: C/G contiguous
     /// channels) and copies the pixel's channels into the columns (im2col; zeros outside the image) or adds the columns'
@@ -432,7 +455,7 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         }, new PoolArguments(images, geometry, output, argmax), Parts(images.Length, examples));
     }
 
-    private readonly record struct PoolArguments(View Images, PoolGeometry Geometry, View Output, View Argmax);
+    private readonly record struct PoolArguments(View Images, PoolGeometry Geometry, View Output, View Argmax, bool ToOutput = false);
 
     private PartWork<PoolArguments>? _maxPool;
 
@@ -500,14 +523,29 @@ public sealed class CpuBackend(Gemm gemm) : Backend
     public override void AvgPool(View images, in PoolGeometry geometry, View output)
     {
         Span(output).Clear();
-        AverageWindows(geometry, Span(images), Span(output), toOutput: true);
+        AverageWindowsByImages(images, geometry, output, toOutput: true);
     }
 
     public override void AvgPoolBackward(View output, in PoolGeometry geometry, View images, bool accumulate)
     {
         if (!accumulate) Span(images).Clear();
-        AverageWindows(geometry, Span(images), Span(output), toOutput: false);
+        AverageWindowsByImages(images, geometry, output, toOutput: false);
     }
+
+    /// <summary><see cref="AverageWindows"/> split by images (each image's windows read and write that image only).</summary>
+    private void AverageWindowsByImages(View images, in PoolGeometry geometry, View output, bool toOutput)
+    {
+        int count = images.Length / geometry.InputElements;
+        RunParts(ref _averageWindows, static (in PoolArguments a, int part, int parts) =>
+        {
+            var g = a.Geometry;
+            int count = a.Images.Length / g.InputElements, first = Share(count, part, parts), n = Share(count, part + 1, parts) - first;
+            AverageWindows(g, Span(a.Images.Slice(first * g.InputElements, n * g.InputElements)),
+                Span(a.Output.Slice(first * g.OutputElements, n * g.OutputElements)), a.ToOutput);
+        }, new PoolArguments(images, geometry, output, default, toOutput), Parts(images.Length, count));
+    }
+
+    private PartWork<PoolArguments>? _averageWindows;
 
     /// <summary>Walks every (output position, in-image window pixel) pair: y += x/(kh·kw) (average pooling, padding
     /// counted as zeros) or, its adjoint, x̄ += ȳ/(kh·kw).</summary>
@@ -539,33 +577,40 @@ public sealed class CpuBackend(Gemm gemm) : Backend
 
     public override void GatherColumns(View source, int sourceColumns, View indices, View destination)
     {
-        var from = Read(source);
-        var index = Read(indices);
-        var to = Span(destination);
-        int rows = from.Length / sourceColumns, columns = to.Length / rows, examples = index.Length / columns;
-        for (int r = 0; r < rows; r++)
+        int rows = source.Length / sourceColumns;
+        RunParts(ref _gatherColumns, static (in RowArguments a, int part, int parts) =>
         {
-            var row = from.Slice(r * sourceColumns, sourceColumns);
-            var rowIndex = index.Slice(r % examples * columns, columns);
-            var target = to.Slice(r * columns, columns);
-            for (int j = 0; j < columns; j++) target[j] = row[(int)rowIndex[j]];
-        }
+            ReadOnlySpan<float> from = Read(a.A), index = Read(a.B);
+            var to = Span(a.Destination);
+            int sourceColumns = a.Width, rows = from.Length / sourceColumns, columns = to.Length / rows, examples = index.Length / columns;
+            for (int r = Share(rows, part, parts), end = Share(rows, part + 1, parts); r < end; r++)
+            {
+                var row = from.Slice(r * sourceColumns, sourceColumns);
+                var rowIndex = index.Slice(r % examples * columns, columns);
+                var target = to.Slice(r * columns, columns);
+                for (int j = 0; j < columns; j++) target[j] = row[(int)rowIndex[j]];
+            }
+        }, new RowArguments(source, indices, default, destination, sourceColumns), Parts(source.Length, rows));
     }
 
     public override void ScatterAddColumns(View source, View indices, int destinationColumns, View destination, bool accumulate)
     {
-        var from = Read(source);
-        var index = Read(indices);
-        var to = Span(destination);
-        if (!accumulate) to.Clear();
-        int rows = to.Length / destinationColumns, columns = from.Length / rows, examples = index.Length / columns;
-        for (int r = 0; r < rows; r++)
+        if (!accumulate) Span(destination).Clear();
+        int rows = destination.Length / destinationColumns;
+        // Row r adds into destination row r only: rows split across threads, each row in one thread's order.
+        RunParts(ref _scatterAddColumns, static (in RowArguments a, int part, int parts) =>
         {
-            var row = to.Slice(r * destinationColumns, destinationColumns);
-            var rowIndex = index.Slice(r % examples * columns, columns);
-            var values = from.Slice(r * columns, columns);
-            for (int j = 0; j < columns; j++) row[(int)rowIndex[j]] += values[j];
-        }
+            ReadOnlySpan<float> from = Read(a.A), index = Read(a.B);
+            var to = Span(a.Destination);
+            int destinationColumns = a.Width, rows = to.Length / destinationColumns, columns = from.Length / rows, examples = index.Length / columns;
+            for (int r = Share(rows, part, parts), end = Share(rows, part + 1, parts); r < end; r++)
+            {
+                var row = to.Slice(r * destinationColumns, destinationColumns);
+                var rowIndex = index.Slice(r % examples * columns, columns);
+                var values = from.Slice(r * columns, columns);
+                for (int j = 0; j < columns; j++) row[(int)rowIndex[j]] += values[j];
+            }
+        }, new RowArguments(source, indices, default, destination, destinationColumns), Parts(destination.Length, rows));
     }
 
     public override void SumRows(View source, View destination, bool accumulate)
@@ -823,7 +868,7 @@ public sealed class CpuBackend(Gemm gemm) : Backend
     /// <summary>The views and sizes of a row kernel (unused views default).</summary>
     private readonly record struct RowArguments(View A, View B, View C, View Destination, int Width, float Epsilon = 0, bool Centre = false, bool Accumulate = false);
 
-    private PartWork<RowArguments>? _causalSoftmax, _softmaxJvp, _normalize, _normalizeDerivative;
+    private PartWork<RowArguments>? _causalSoftmax, _softmaxJvp, _normalize, _normalizeDerivative, _gatherColumns, _scatterAddColumns;
 
     public override void SoftmaxJvpRows(View probabilities, View x, int columns, View destination)
     {

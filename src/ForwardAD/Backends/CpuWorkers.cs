@@ -53,6 +53,7 @@ internal sealed class CpuWorkers(int helpers) : IThreadPoolWorkItem
     private int _pending;    // parts not yet finished in this call
     private int _active;     // helpers queued, working or lingering
     private int _busy;       // 1 while a call is in progress
+    private int _parks;      // counts Park() calls: a lingering helper leaves when it changes
     private Exception? _error;
 
     /// <summary>Threads that may run parts: the caller and the helpers.</summary>
@@ -109,7 +110,8 @@ internal sealed class CpuWorkers(int helpers) : IThreadPoolWorkItem
         {
             Work();
             long idleSince = Stopwatch.GetTimestamp();
-            while (!HasParts() && Stopwatch.GetTimestamp() - idleSince < LingerTicks) Thread.Yield();
+            int parks = Volatile.Read(ref _parks);
+            while (!HasParts() && Stopwatch.GetTimestamp() - idleSince < LingerTicks && Volatile.Read(ref _parks) == parks) Thread.Yield();
             if (HasParts()) continue;
             // Leaving: announce it, then look once more, so that a call published meanwhile either sees this helper gone
             // (and queues another) or is seen here.
@@ -118,6 +120,10 @@ internal sealed class CpuWorkers(int helpers) : IThreadPoolWorkItem
             Interlocked.Increment(ref _active);
         }
     }
+
+    /// <summary>Sends lingering helpers back to the pool now: called before work that brings its own threads (a
+    /// multi-threaded GEMM), whose threads the lingering helpers would otherwise compete with for the cores.</summary>
+    public void Park() => Interlocked.Increment(ref _parks);
 
     private bool HasParts()
     {

@@ -115,6 +115,14 @@ internal static class Gaussian
     /// <summary>(Φ(x), φ(x)) from the erfc fit described on <see cref="GeluFunction"/>.</summary>
     private static (Vector256<float> Cdf, Vector256<float> Density) Normal(Vector256<float> x)
     {
+        var cdf = Cdf(x, out var square, out var tail);
+        return (cdf, Vector256.ConditionalSelect(tail, Vector256<float>.Zero, Vector256.Exp(-square) * InverseSqrt2Pi)); // φ(x) = e^(−x²/2)/√(2π), −x²/2 = −z²
+    }
+
+    /// <summary>Φ(x) alone (the forward needs no density: one exponential instead of two), with z² = x²/2 and the tail mask
+    /// for <see cref="Normal(Vector256{float})"/>.</summary>
+    private static Vector256<float> Cdf(Vector256<float> x, out Vector256<float> square, out Vector256<float> tail)
+    {
         var z = Vector256.Abs(x) * InverseSqrt2;
         var t = Vector256<float>.One / (Vector256<float>.One + z * 0.5f);
         var p = Vector256.Create(0.17087277f);
@@ -126,14 +134,13 @@ internal static class Gaussian
         p = p * t + Vector256.Create(0.09678418f);
         p = p * t + Vector256.Create(0.37409196f);
         p = p * t + Vector256.Create(1.00002368f);
-        var square = z * z;
+        square = z * z;
         var half = t * Vector256.Exp(t * p + Vector256.Create(-1.26551223f) - square) * 0.5f; // erfc(z)/2
         // Beyond |x| = 12, Φ(−|x|) < 2e-33 and φ(x) < 6e-32, and e^(−z²) soon underflows into subnormals, which x86
         // multiplies ~100× slower (GELU outputs feed GEMMs): those tails are exactly 0 here.
-        var tail = Vector256.GreaterThan(Vector256.Abs(x), Vector256.Create(12f));
+        tail = Vector256.GreaterThan(Vector256.Abs(x), Vector256.Create(12f));
         half = Vector256.ConditionalSelect(tail, Vector256<float>.Zero, half);
-        var cdf = Vector256.ConditionalSelect(Vector256.LessThan(x, Vector256<float>.Zero), half, Vector256<float>.One - half);
-        return (cdf, Vector256.ConditionalSelect(tail, Vector256<float>.Zero, Vector256.Exp(-square) * InverseSqrt2Pi)); // φ(x) = e^(−x²/2)/√(2π), −x²/2 = −z²
+        return Vector256.ConditionalSelect(Vector256.LessThan(x, Vector256<float>.Zero), half, Vector256<float>.One - half);
     }
 
     private static (float Cdf, float Density) Normal(float x)
@@ -163,8 +170,12 @@ internal static class Gaussian
             for (; i <= x.Length - Vector256<float>.Count; i += Vector256<float>.Count)
             {
                 var v = Vector256.Create(x.Slice(i, Vector256<float>.Count));
-                var (cdf, density) = Normal(v);
-                (derivative ? cdf + v * density : v * cdf).CopyTo(destination.Slice(i, Vector256<float>.Count));
+                if (derivative)
+                {
+                    var (cdf, density) = Normal(v);
+                    (cdf + v * density).CopyTo(destination.Slice(i, Vector256<float>.Count));
+                }
+                else (v * Cdf(v, out _, out _)).CopyTo(destination.Slice(i, Vector256<float>.Count));
             }
         for (; i < x.Length; i++)
         {
