@@ -193,13 +193,15 @@ internal static class Profile
             "cnn-backprop" => Cnn().Backprop,
             "cnn-step-backprop" => Cnn().BackpropAdamW,
             "cnn-step-ap" => Cnn().ActivationPerturbationAdamW,
+            "cnn-step-dfa" => Cnn().DfaAdamW,
+            "cnn-step-grape" => Cnn().GrapeAdamW,
             "tf-forward" => Tf().Forward,
             "tf-jvp1" => Tf().JvpK1,
             "tf-backprop" => Tf().Backprop,
             "tf-step-backprop" => Tf().BackpropAdamW,
             "tf-step-ap" => Tf().ActivationPerturbationAdamW,
             _ => throw new ArgumentException($"Unknown row '{row}': use forward, jvp1, jvp16, backprop, gemm-managed, step-ap, step-wt, " +
-                "step-backprop, step-dfa, step-grape, cnn-forward, cnn-jvp1, cnn-backprop, cnn-step-backprop, cnn-step-ap, tf-forward, tf-jvp1, " +
+                "step-backprop, step-dfa, step-grape, cnn-forward, cnn-jvp1, cnn-backprop, cnn-step-backprop, cnn-step-ap, cnn-step-dfa, cnn-step-grape, tf-forward, tf-jvp1, " +
                 "tf-backprop, tf-step-backprop or tf-step-ap."),
         };
         action();
