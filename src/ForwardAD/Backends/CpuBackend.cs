@@ -333,8 +333,9 @@ public sealed class CpuBackend(Gemm gemm) : Backend
 
     /// <summary>Convolutions whose patches are at most this long (kh·kw·C floats) run as a direct (implicit-GEMM)
     /// convolution (<see cref="DirectConvolution"/>) rather than im2col + GEMM. Measured with `conv-gemm-rate` (one thread,
-    /// share of OpenBLAS's 512×1024×1024 rate, direct vs the best im2col + OpenBLAS pass size): patch 27 85 % vs 59 %,
-    /// 288 95 % vs 89 %, 1152 101 % vs 91 %, 2304 85 % vs 87 %; so up to 1152. 0 sends every convolution through im2col.</summary>
+    /// share of OpenBLAS's 512×1024×1024 rate, direct vs the best im2col + OpenBLAS pass size, im2col included;
+    /// benchmarks/results/conv-gemm-rate-2026-11-26-direct.md, quiet run): patch 27 75 % vs 33 %, 288 102 % vs 82 %,
+    /// 1152 101 % vs 96 %, 2304 96 % vs 98 %; so up to 1152. 0 sends every convolution through im2col.</summary>
     public int DirectPatchLength { get; init; } = 1152;
 
     public override void Convolve(View images, in ConvGeometry geometry, View weights, int outputs, float beta, View y, View scratch, int channels = 1)

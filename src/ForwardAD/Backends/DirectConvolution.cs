@@ -13,8 +13,8 @@ namespace ForwardAD.Backends;
 /// Why not im2col + OpenBLAS: writing the columns costs as much again as a short patch's GEMM, and OpenBLAS runs the
 /// [B·H·W, 27] × [27, Cout] product of a first layer at about half its large-GEMM rate; this kernel keeps 6 output
 /// positions × 16 channels in twelve 8-wide accumulators, reads the 16-channel weight panel (packed depth-major) from L1/L2
-/// and reaches 85–100 % of OpenBLAS's large-GEMM rate for patches of 27 to 1152 floats (`conv-gemm-rate`). Longer patches
-/// stay with im2col + GEMM (<see cref="CpuBackend.DirectPatchLength"/>).
+/// and reaches 75–102 % of OpenBLAS's one-thread large-GEMM rate for patches of 27 to 1152 floats (`conv-gemm-rate`).
+/// Longer patches stay with im2col + GEMM (<see cref="CpuBackend.DirectPatchLength"/>).
 /// </summary>
 internal static class DirectConvolution
 {
