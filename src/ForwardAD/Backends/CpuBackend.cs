@@ -170,36 +170,40 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         // squared deviations Σ_r (x_rc − μ_c)² (centred first, so no E[x²] − μ² cancellation).
         int columns = negativeMean.Length, rows = x.Length / columns;
         int blocks = x.Length < ParallelElements ? 1 : Math.Min(MomentBlocks, rows);
-        var arguments = new MomentArguments(x, negativeMean, scratch.Slice(0, blocks * columns), Squares: false);
+        // Each block's partial sums start on their own cache line, one line apart: a part rewrites its sums on every row,
+        // and sums sharing a line with another core's would bounce that line between the cores on every row.
+        int stride = (columns + 15) / 16 * 16 + 16;
+        if (blocks * stride > scratch.Length) stride = columns;
+        var arguments = new MomentArguments(x, negativeMean, scratch.Slice(0, blocks * stride), stride, Squares: false);
         var partials = Span(arguments.Partials);
         var shift = Span(negativeMean);
         var spread = Span(variance);
         RunParts(ref _columnMoments, static (in MomentArguments a, int part, int parts) =>
         {
             int columns = a.Shift.Length, rows = a.X.Length / columns, first = Share(rows, part, parts), count = Share(rows, part + 1, parts) - first;
-            var sum = Span(a.Partials.Slice(part * columns, columns));
+            var sum = Span(a.Partials.Slice(part * a.Stride, columns));
             sum.Clear();
             var block = Read(a.X.Slice(first * columns, count * columns));
             if (a.Squares) AccumulateSquaredDeviations(block, Read(a.Shift), sum);
             else AccumulateRows(block, sum);
         }, arguments, blocks);
-        AddBlocks(partials, shift);
+        AddBlocks(partials, stride, shift);
         TensorPrimitives.Multiply(shift, -1f / rows, shift);
         RunParts(ref _columnMoments, _columnMoments!.Action, arguments with { Squares = true }, blocks);
-        AddBlocks(partials, spread);
+        AddBlocks(partials, stride, spread);
         TensorPrimitives.Multiply(spread, 1f / rows, spread);
 
-        static void AddBlocks(ReadOnlySpan<float> partials, Span<float> total)
+        static void AddBlocks(ReadOnlySpan<float> partials, int stride, Span<float> total)
         {
             partials[..total.Length].CopyTo(total);
-            for (int at = total.Length; at < partials.Length; at += total.Length) TensorPrimitives.Add(total, partials.Slice(at, total.Length), total);
+            for (int at = stride; at < partials.Length; at += stride) TensorPrimitives.Add(total, partials.Slice(at, total.Length), total);
         }
     }
 
     /// <summary>Row blocks of the batch statistics of a large activation (fixed, so results do not depend on the threads).</summary>
     private const int MomentBlocks = 16;
 
-    private readonly record struct MomentArguments(View X, View Shift, View Partials, bool Squares);
+    private readonly record struct MomentArguments(View X, View Shift, View Partials, int Stride, bool Squares);
 
     private PartWork<MomentArguments>? _columnMoments;
 
