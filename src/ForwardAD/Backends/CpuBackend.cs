@@ -40,12 +40,13 @@ public sealed class CpuBackend(Gemm gemm) : Backend
     private const int PartsPerThread = 2;
 
     /// <summary>Kernels over fewer floats run on the calling thread alone: 64K floats take ~10–30 µs, about what waking a
-    /// pool thread costs.</summary>
+    /// parked pool thread costs on an idle machine (6–20 µs measured; far more when the cores are busy).</summary>
     private const int ParallelElements = 1 << 16;
 
     public override string Name => $"cpu ({MatrixMultiply.Name} gemm)";
 
-    /// <summary>Cache-sized convolution passes pay off when one thread runs the GEMM (`profile cnn-forward`, the benchmark
+    /// <summary>For the im2col path (VJPs, and convolutions the direct kernel does not cover): cache-sized convolution passes
+    /// pay off when one thread runs the GEMM (`profile cnn-forward`, the benchmark
     /// CNN: 54.6 ms in passes against 61.2 for the whole batch); with a multi-threaded GEMM each small pass pays the pool's
     /// start-up twice over (2 OpenBLAS threads: 60 ms in passes against 47.3 whole), so the whole batch goes at once.</summary>
     public override int ConvolutionPassElements => MatrixMultiply.Threads > 1 ? int.MaxValue : base.ConvolutionPassElements;
