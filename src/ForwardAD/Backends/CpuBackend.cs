@@ -181,10 +181,10 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         var spread = Span(variance);
         RunParts(ref _columnMoments, static (in MomentArguments a, int part, int parts) =>
         {
-            int columns = a.Shift.Length, rows = a.X.Length / columns, first = Share(rows, part, parts), count = Share(rows, part + 1, parts) - first;
+            int columns = a.Shift.Length;
             var sum = Span(a.Partials.Slice(part * a.Stride, columns));
             sum.Clear();
-            var block = Read(a.X.Slice(first * columns, count * columns));
+            var block = Read(PartRange.Of(a.X.Length / columns, part, parts).Of(a.X, columns));
             if (a.Squares) AccumulateSquaredDeviations(block, Read(a.Shift), sum);
             else AccumulateRows(block, sum);
         }, arguments, blocks);
@@ -238,9 +238,8 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         int rows = target.Length / a.Length;
         RunParts(ref job, static (in ColumnArguments c, int part, int parts) =>
         {
-            int rows = c.Target.Length / c.A.Length, first = Share(rows, part, parts), count = Share(rows, part + 1, parts) - first;
-            int at = first * c.A.Length, length = count * c.A.Length;
-            ForEachRow<TOperation>(Read(c.Source.Slice(at, length)), Read(c.A), Read(c.B), Span(c.Target.Slice(at, length)));
+            var rows = PartRange.Of(c.Target.Length / c.A.Length, part, parts);
+            ForEachRow<TOperation>(Read(rows.Of(c.Source, c.A.Length)), Read(c.A), Read(c.B), Span(rows.Of(c.Target, c.A.Length)));
         }, new ColumnArguments(source, a, b, target), Parts(target.Length, rows));
     }
 
@@ -271,8 +270,18 @@ public sealed class CpuBackend(Gemm gemm) : Backend
     private int Parts(int elements, int units) =>
         Threads == 1 || elements < ParallelElements ? 1 : Math.Max(1, Math.Min(units, PartsPerThread * Threads));
 
-    /// <summary>Start of part <paramref name="part"/>'s share when <paramref name="units"/> are split in <paramref name="parts"/>.</summary>
-    private static int Share(int units, int part, int parts) => (int)((long)units * part / parts);
+    /// <summary>One part's share of units (rows, images, vectors) split into contiguous runs: units First..End.</summary>
+    private readonly record struct PartRange(int First, int End)
+    {
+        /// <summary>Part <paramref name="part"/>'s run when <paramref name="units"/> are split in <paramref name="parts"/>.</summary>
+        public static PartRange Of(int units, int part, int parts) =>
+            new((int)((long)units * part / parts), (int)((long)units * (part + 1) / parts));
+
+        public int Count => End - First;
+
+        /// <summary>The units' slice of a view holding <paramref name="unitLength"/> floats per unit.</summary>
+        public View Of(View view, int unitLength) => view.Slice(First * unitLength, Count * unitLength);
+    }
 
     /// <summary>Per-column arithmetic on rows: y[r, c] = f(x[r, c], a[c], b[c]).</summary>
     private interface IColumnOperation
@@ -361,10 +370,10 @@ public sealed class CpuBackend(Gemm gemm) : Backend
             DirectConvolution.PackWeight(Read(weights.Channel(k, weightLength)), outputs, g.PatchLength, Span(scratch.Slice(0, packed)));
             RunParts(ref _convolve, static (in ConvolveArguments a, int part, int parts) =>
             {
-                int count = a.Images.Length / a.Geometry.InputElements, first = Share(count, part, parts), end = Share(count, part + 1, parts);
-                int inputs = a.Geometry.InputElements, outputElements = a.Geometry.OutputPositions * a.Outputs;
-                DirectConvolution.Run(a.Geometry, Read(a.Images.Slice(first * inputs, (end - first) * inputs)), Read(a.Packed), a.Outputs, a.Beta,
-                    Span(a.Y.Slice(first * outputElements, (end - first) * outputElements)), Span(a.Padded.Slice(part * a.PaddedLength, a.PaddedLength)));
+                int inputs = a.Geometry.InputElements;
+                var images = PartRange.Of(a.Images.Length / inputs, part, parts);
+                DirectConvolution.Run(a.Geometry, Read(images.Of(a.Images, inputs)), Read(a.Packed), a.Outputs, a.Beta,
+                    Span(images.Of(a.Y, a.Geometry.OutputPositions * a.Outputs)), Span(a.Padded.Slice(part * a.PaddedLength, a.PaddedLength)));
             }, new ConvolveArguments(images, g, scratch.Slice(0, packed), outputs, beta, y.Channel(k, outputLength),
                 scratch.Slice(packed, scratch.Length - packed), padded), parts);
         }
@@ -390,10 +399,8 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         RunParts(ref _patches, static (in PatchArguments a, int part, int parts) =>
         {
             var g = a.Geometry;
-            int count = a.Images.Length / g.InputElements, first = Share(count, part, parts), n = Share(count, part + 1, parts) - first;
-            long perImage = (long)g.OutputPositions * g.PatchLength;
-            Patches(g, Span(a.Images.Slice(first * g.InputElements, n * g.InputElements)),
-                Span(a.Columns.Slice((int)(first * perImage), (int)(n * perImage))), a.ToColumns);
+            var images = PartRange.Of(a.Images.Length / g.InputElements, part, parts);
+            Patches(g, Span(images.Of(a.Images, g.InputElements)), Span(images.Of(a.Columns, g.OutputPositions * g.PatchLength)), a.ToColumns);
         }, new PatchArguments(images, geometry, columns, toColumns), Parts(columns.Length, count));
     }
 
@@ -455,9 +462,8 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         RunParts(ref _maxPool, static (in PoolArguments a, int part, int parts) =>
         {
             var g = a.Geometry;
-            int examples = a.Images.Length / g.InputElements, first = Share(examples, part, parts), count = Share(examples, part + 1, parts) - first;
-            MaxPool(g, Read(a.Images.Slice(first * g.InputElements, count * g.InputElements)),
-                Span(a.Output.Slice(first * g.OutputElements, count * g.OutputElements)), Span(a.Argmax.Slice(first * g.OutputElements, count * g.OutputElements)));
+            var images = PartRange.Of(a.Images.Length / g.InputElements, part, parts);
+            MaxPool(g, Read(images.Of(a.Images, g.InputElements)), Span(images.Of(a.Output, g.OutputElements)), Span(images.Of(a.Argmax, g.OutputElements)));
         }, new PoolArguments(images, geometry, output, argmax), Parts(images.Length, examples));
     }
 
@@ -545,9 +551,8 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         RunParts(ref _averageWindows, static (in PoolArguments a, int part, int parts) =>
         {
             var g = a.Geometry;
-            int count = a.Images.Length / g.InputElements, first = Share(count, part, parts), n = Share(count, part + 1, parts) - first;
-            AverageWindows(g, Span(a.Images.Slice(first * g.InputElements, n * g.InputElements)),
-                Span(a.Output.Slice(first * g.OutputElements, n * g.OutputElements)), a.ToOutput);
+            var images = PartRange.Of(a.Images.Length / g.InputElements, part, parts);
+            AverageWindows(g, Span(images.Of(a.Images, g.InputElements)), Span(images.Of(a.Output, g.OutputElements)), a.ToOutput);
         }, new PoolArguments(images, geometry, output, default, toOutput), Parts(images.Length, count));
     }
 
@@ -589,7 +594,8 @@ public sealed class CpuBackend(Gemm gemm) : Backend
             ReadOnlySpan<float> from = Read(a.A), index = Read(a.B);
             var to = Span(a.Destination);
             int sourceColumns = a.Width, rows = from.Length / sourceColumns, columns = to.Length / rows, examples = index.Length / columns;
-            for (int r = Share(rows, part, parts), end = Share(rows, part + 1, parts); r < end; r++)
+            var share = PartRange.Of(rows, part, parts);
+            for (int r = share.First; r < share.End; r++)
             {
                 var row = from.Slice(r * sourceColumns, sourceColumns);
                 var rowIndex = index.Slice(r % examples * columns, columns);
@@ -609,7 +615,8 @@ public sealed class CpuBackend(Gemm gemm) : Backend
             ReadOnlySpan<float> from = Read(a.A), index = Read(a.B);
             var to = Span(a.Destination);
             int destinationColumns = a.Width, rows = to.Length / destinationColumns, columns = from.Length / rows, examples = index.Length / columns;
-            for (int r = Share(rows, part, parts), end = Share(rows, part + 1, parts); r < end; r++)
+            var share = PartRange.Of(rows, part, parts);
+            for (int r = share.First; r < share.End; r++)
             {
                 var row = to.Slice(r * destinationColumns, destinationColumns);
                 var rowIndex = index.Slice(r % examples * columns, columns);
@@ -672,8 +679,8 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         RunParts(ref _elementwise, static (in ElementwiseArguments a, int part, int parts) =>
         {
             int vectors = (a.X.Length + Vector<float>.Count - 1) / Vector<float>.Count;
-            int first = Math.Min(a.X.Length, Share(vectors, part, parts) * Vector<float>.Count);
-            int end = Math.Min(a.X.Length, Share(vectors, part + 1, parts) * Vector<float>.Count);
+            var share = PartRange.Of(vectors, part, parts);
+            int first = Math.Min(a.X.Length, share.First * Vector<float>.Count), end = Math.Min(a.X.Length, share.End * Vector<float>.Count);
             a.Function.Apply(Read(a.X.Slice(first, end - first)), Span(a.Y.Slice(first, end - first)));
         }, new ElementwiseArguments(function, x, y), Parts(x.Length, x.Length / Vector<float>.Count));
     }
@@ -851,7 +858,8 @@ public sealed class CpuBackend(Gemm gemm) : Backend
         RunParts(ref _causalSoftmax, static (in RowArguments a, int part, int parts) =>
         {
             int rows = a.A.Length / a.Width;
-            CausalSoftmaxRows(Read(a.A), a.Width, Share(rows, part, parts), Share(rows, part + 1, parts), Span(a.Destination));
+            var share = PartRange.Of(rows, part, parts);
+            CausalSoftmaxRows(Read(a.A), a.Width, share.First, share.End, Span(a.Destination));
         }, new RowArguments(scores, default, default, probabilities, size), Parts(scores.Length, rows));
     }
 
@@ -887,7 +895,8 @@ public sealed class CpuBackend(Gemm gemm) : Backend
             ReadOnlySpan<float> p = Read(a.A), source = Read(a.B);
             var target = Span(a.Destination);
             int columns = a.Width, rows = source.Length / columns;
-            for (int row = Share(rows, part, parts), end = Share(rows, part + 1, parts); row < end; row++)
+            var share = PartRange.Of(rows, part, parts);
+            for (int row = share.First; row < share.End; row++)
             {
                 int at = row * columns;
                 var pRow = p.Slice(at % p.Length, columns);
@@ -907,7 +916,8 @@ public sealed class CpuBackend(Gemm gemm) : Backend
             var source = Read(a.A);
             Span<float> target = Span(a.Destination), scale = Span(a.B);
             int width = a.Width;
-            for (int r = Share(scale.Length, part, parts), end = Share(scale.Length, part + 1, parts); r < end; r++)
+            var share = PartRange.Of(scale.Length, part, parts);
+            for (int r = share.First; r < share.End; r++)
             {
                 var row = source.Slice(r * width, width);
                 var to = target.Slice(r * width, width);
@@ -937,7 +947,8 @@ public sealed class CpuBackend(Gemm gemm) : Backend
             ReadOnlySpan<float> xHat = Read(a.A), scale = Read(a.B), source = Read(a.C);
             var target = Span(a.Destination);
             int rows = scale.Length, width = a.Width, total = source.Length / width;
-            for (int i = Share(total, part, parts), end = Share(total, part + 1, parts); i < end; i++)
+            var share = PartRange.Of(total, part, parts);
+            for (int i = share.First; i < share.End; i++)
             {
                 int r = i % rows;
                 var row = source.Slice(i * width, width);
