@@ -6,19 +6,21 @@ namespace ForwardAD.Cuda.Interop;
 
 /// <summary>
 /// The assembly's one native-library resolver: maps the logical names of the <c>[LibraryImport]</c>s to the
-/// versioned sonames (libcuda.so.1; cuBLAS and NVRTC 13, then 12), searched in the loader's default paths,
+/// versioned sonames (libcuda.so.1; cuBLAS and NVRTC 13, then 12; NCCL 2), searched in the loader's default paths,
 /// then under $CUDA_PATH, /usr/local/cuda and PyTorch's nvidia wheels. Installed by the module initializer, so it is in
 /// place before any code of this assembly can reach a <c>[LibraryImport]</c>.
 /// </summary>
 internal static class NativeLibraries
 {
-    public const string Driver = "cuda", CuBlas = "cublas", Nvrtc = "nvrtc";
+    public const string Driver = "cuda", CuBlas = "cublas", Nvrtc = "nvrtc", Nccl = "nccl";
 
     private static readonly Dictionary<string, string[]> Sonames = new()
     {
         [Driver] = ["libcuda.so.1", "libcuda.so", "nvcuda.dll"],
         [CuBlas] = ["libcublas.so.13", "libcublas.so.12", "libcublas.so", "cublas64_13.dll", "cublas64_12.dll"],
         [Nvrtc] = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so", "nvrtc64_130_0.dll", "nvrtc64_120_0.dll"],
+        // NCCL has kept soname 2 since 2.0 and has no Windows build. PyTorch's wheel puts it in site-packages/nvidia/nccl/lib.
+        [Nccl] = ["libnccl.so.2", "libnccl.so"],
     };
 
     /// <summary>Sets the resolver when the module loads. Registering it lazily, on the first <see cref="TryLoad"/>, left every

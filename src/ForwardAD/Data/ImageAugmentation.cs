@@ -23,8 +23,9 @@ public sealed record ImageAugmentation(int Padding = 4, bool HorizontalFlip = tr
     }
 
     /// <summary>Augments every image of <paramref name="images"/> (examples of <paramref name="shape"/> after each other);
-    /// <paramref name="scratch"/> holds one image.</summary>
-    public void Apply(Span<float> images, Shape shape, RandomKey key, Span<float> scratch)
+    /// <paramref name="scratch"/> holds one image. <paramref name="firstExample"/>: the batch index of the first image (a
+    /// data-parallel rank's share starts inside the batch; each example draws at counter 4·(its index in the batch)).</summary>
+    public void Apply(Span<float> images, Shape shape, RandomKey key, Span<float> scratch, int firstExample = 0)
     {
         Validate(shape);
         int height = shape[0], width = shape[1], channels = shape.Rank == 3 ? shape[2] : 1, size = shape.ElementCount;
@@ -33,7 +34,7 @@ public sealed record ImageAugmentation(int Padding = 4, bool HorizontalFlip = tr
         int examples = images.Length / size, span = 2 * Padding + 1;
         for (int b = 0; b < examples; b++)
         {
-            RandomFill.Uniform(key, 4L * b, 0f, 1f, u);
+            RandomFill.Uniform(key, 4L * (firstExample + b), 0f, 1f, u);
             // Offsets in [−p, p]: output pixel (y, x) reads input (y + dy, x + dx), zero outside.
             int dy = Math.Min((int)(u[0] * span), span - 1) - Padding, dx = Math.Min((int)(u[1] * span), span - 1) - Padding;
             bool flip = HorizontalFlip && u[2] < 0.5f;

@@ -90,7 +90,7 @@ public sealed class TextCorpus
     /// word b (uniform over the training split's starts, by multiply-shift: bias below starts/2³²); inputs are its first
     /// T bytes, targets the next T (each byte's successor), as floats, [B, T] each.
     /// </summary>
-    public void TrainingBatch(ulong seed, long step, int batch, int context, Span<float> inputs, Span<float> targets)
+    public void TrainingBatch(ulong seed, long step, int batch, int context, Span<float> inputs, Span<float> targets, int firstExample = 0)
     {
         RequireContext(context);
         if (inputs.Length != batch * context || targets.Length != batch * context)
@@ -99,7 +99,8 @@ public sealed class TextCorpus
         uint starts = (uint)(TrainLength - context);
         for (int b = 0; b < batch; b++)
         {
-            var (bits, _, _, _) = key.Block((ulong)b);
+            // Window b of the step's batch at counter firstExample + b: a data-parallel rank reads its share of the batch.
+            var (bits, _, _, _) = key.Block((ulong)(firstExample + b));
             int start = (int)((ulong)bits * starts >> 32);
             Window(Bytes.AsSpan(start, context + 1), inputs.Slice(b * context, context), targets.Slice(b * context, context));
         }

@@ -1,5 +1,6 @@
 using ForwardAD.Autodiff;
 using ForwardAD.Backends;
+using ForwardAD.Distributed;
 using ForwardAD.Graph;
 using ForwardAD.Training;
 
@@ -22,7 +23,7 @@ public sealed record DebiasedGuesser(ActivationGuesser Inner, double RelativeRid
 
     public override string Name => $"de-biased {Inner.Name} (ρ {RelativeRidge:G3})";
 
-    public override GradientEstimator Compile(ParameterStore parameters, int batchSize)
+    public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard)
     {
         if (!(RelativeRidge > 0) || !double.IsFinite(RelativeRidge))
             throw new ArgumentOutOfRangeException(nameof(RelativeRidge), $"The relative ridge ρ must be a finite number > 0 (λ = ρ·tr(C)/n); got {RelativeRidge}.");
@@ -30,7 +31,7 @@ public sealed record DebiasedGuesser(ActivationGuesser Inner, double RelativeRid
         if (!HasWeightTransposeCovariance(Inner.Hidden))
             throw new ArgumentException($"De-biasing needs a hidden guess whose covariance is known: unit-variance noise pulled back one dense site " +
                 $"(Guess.Normal.PulledBack(), Guess.Uniform.PulledBack() or Guess.Normal.Projected().Masked()); '{Inner.Name}' uses {Inner.Hidden}.");
-        return new ActivationGuessEstimator(Inner, parameters, batchSize,
+        return new ActivationGuessEstimator(Inner, parameters, shard,
             (plan, site) => site.Next.IsEmpty ? null : new WeightTransposeCorrection(plan, site, RelativeRidge));
     }
 

@@ -1,5 +1,6 @@
 using ForwardAD.Autodiff;
 using ForwardAD.Backends;
+using ForwardAD.Distributed;
 using ForwardAD.Graph;
 using ForwardAD.Optim;
 using ForwardAD.Random;
@@ -50,7 +51,7 @@ public sealed record DirectFeedbackAlignment(FeedbackInitialization Initializati
 {
     public override string Name => Grape is null ? "DFA" : $"GrAPE ({Grape.Label})";
 
-    public override GradientEstimator Compile(ParameterStore parameters, int batchSize) => new FeedbackEstimator(this, parameters, batchSize);
+    public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard) => new FeedbackEstimator(this, parameters, shard);
 }
 
 /// <summary>Estimators that keep feedback matrices report how well they match the true Jacobians.</summary>
@@ -77,8 +78,12 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
     private readonly int _positions;
     private readonly Dictionary<int, PullBack> _pullBacks = [];
 
-    public FeedbackEstimator(DirectFeedbackAlignment guesser, ParameterStore parameters, int batchSize)
+    private readonly BatchShard _shard;
+
+    public FeedbackEstimator(DirectFeedbackAlignment guesser, ParameterStore parameters, BatchShard shard)
     {
+        int batchSize = shard.Count;
+        _shard = shard;
         var model = parameters.Model;
         var backend = parameters.Backend;
         if (!model.Sites.Any(s => s.Node == model.Output))
@@ -159,12 +164,14 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
         else
         {
             // δ does not depend on the forward values: draw it first, then run forward and JVP fused, site by site.
-            for (int l = 0; l < _hidden.Length; l++) backend.FillNormal(key.Derive((ulong)l), 0, 0f, 1f, Activity(l));
+            // δ per example at its global index, so that ranks holding shares of the batch draw what one process would.
+            for (int l = 0; l < _hidden.Length; l++) _shard.Fill(backend, key.Derive((ulong)l), Placed(_hidden[l]).Shape.ElementCount, uniform: false, 0f, 1f, Activity(l));
             _plan.ForwardJvp();
             for (int l = 0; l < _hidden.Length; l++) Align(l, step, key.Derive(1000 + (ulong)l));
         }
-        // e = ∂L/∂ŷ of the mean loss: the loss's saved per-example derivative, divided by B.
-        backend.Scale(_plan.Derivative(_plan.Model.Loss), 1f / batch, _error);
+        // e = ∂L/∂ŷ of the mean loss: the loss's saved per-example derivative, divided by B (the global batch: a rank's
+        // updates are then its share of the sum).
+        backend.Scale(_plan.Derivative(_plan.Model.Loss), 1f / _shard.GlobalBatch, _error);
         for (int i = 0; i < _sites.Length; i++)
         {
             int l = _hiddenIndex[i];
@@ -197,7 +204,10 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
         var outputTangent = _plan.Tangent(_plan.Model.Output);
         var y = _channels == 1 ? outputTangent : outputTangent.Channel(l, rows * _outputs);
         var estimate = _estimate.Slice(0, n * _outputs);
-        backend.Gemm(Transpose.Yes, Transpose.No, n, _outputs, rows, 1f / rows, Activity(l), n, y, _outputs, 0f, estimate, _outputs);
+        // Averaged over the global batch's rows; data parallel, each rank's sum over its rows, then summed over the ranks:
+        // the alignment statistics every rank then applies the same rule to.
+        backend.Gemm(Transpose.Yes, Transpose.No, n, _outputs, rows, 1f / (_shard.GlobalBatch * _positions), Activity(l), n, y, _outputs, 0f, estimate, _outputs);
+        _shard.Communicator.AllReduceSum(backend, estimate);
         // Cumulative moving average over steps: J̄_t = J̄_{t−1} + (J̃_t − J̄_{t−1})/(t + 1).
         float weight = grape.MovingAverage ? 1f / (step + 1) : 1f;
         backend.Axpby(weight, estimate, 1f - weight, _jacobians[l]);

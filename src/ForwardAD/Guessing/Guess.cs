@@ -1,5 +1,6 @@
 using ForwardAD.Autodiff;
 using ForwardAD.Backends;
+using ForwardAD.Distributed;
 using ForwardAD.Graph;
 using ForwardAD.Random;
 using ForwardAD.Tensors;
@@ -71,7 +72,7 @@ public enum NoiseKind { Normal, Uniform }
 
 public sealed record NoiseGuess(NoiseKind Kind) : Guess
 {
-    internal override GuessProgram Compile(GuessCompiler compiler, Site site) => new NoiseProgram(compiler.Backend, Kind);
+    internal override GuessProgram Compile(GuessCompiler compiler, Site site) => new NoiseProgram(compiler, site, Kind);
     public override string ToString() => Kind == NoiseKind.Normal ? "N(0,I)" : "U(-√3,√3)";
 }
 
@@ -143,9 +144,11 @@ public static class Guesses
 }
 
 /// <summary>Compiles guesses for one plan: gives programs the plan's values, its pull-backs and their own workspace.</summary>
-internal sealed class GuessCompiler(Plan plan, int channels)
+internal sealed class GuessCompiler(Plan plan, int channels, BatchShard shard)
 {
     public Plan Plan { get; } = plan;
+    /// <summary>Which examples of the global batch the plan holds: per-example noise is drawn at their global positions.</summary>
+    public BatchShard Shard { get; } = shard;
     public Backend Backend => Plan.Backend;
     public System.Collections.Immutable.ImmutableArray<Site> Sites => Plan.Model.Sites;
     /// <summary>Guesses per program (G): each program writes [G, B, ...site shape].</summary>
@@ -170,7 +173,9 @@ internal abstract class GuessProgram
     public abstract bool ReadsForwardValues { get; }
 }
 
-internal sealed class NoiseProgram(Backend backend, NoiseKind kind) : GuessProgram
+/// <summary>Noise [G, B, site elements], example b's at its global index (<see cref="BatchShard.Fill"/>): a rank holding a
+/// share of the batch draws exactly the numbers one process would draw for those examples.</summary>
+internal sealed class NoiseProgram(GuessCompiler compiler, Site site, NoiseKind kind) : GuessProgram
 {
     public override bool ReadsForwardValues => false;
 
@@ -178,8 +183,8 @@ internal sealed class NoiseProgram(Backend backend, NoiseKind kind) : GuessProgr
 
     public override void Write(RandomKey key, View destination)
     {
-        if (kind == NoiseKind.Normal) backend.FillNormal(key, 0, 0f, 1f, destination);
-        else backend.FillUniform(key, 0, -UniformBound, UniformBound, destination);
+        if (kind == NoiseKind.Normal) compiler.Shard.Fill(compiler.Backend, key, site.ElementCount, uniform: false, 0f, 1f, destination);
+        else compiler.Shard.Fill(compiler.Backend, key, site.ElementCount, uniform: true, -UniformBound, UniformBound, destination);
     }
 }
 
@@ -203,7 +208,16 @@ internal sealed class MixingProgram : GuessProgram
     public override void Write(RandomKey key, View destination)
     {
         int batch = _compiler.BatchSize, width = _site.ElementCount;
-        _compiler.Backend.FillNormal(key, 0, 0f, 1f, _coefficients);
+        // α [G, B, B]. A rank holding a share of the batch mixes its own examples' outputs (it has no others): the block
+        // of the whole batch's α at its examples, row b's coefficients at global positions (b_global·B + first ..).
+        var shard = _compiler.Shard;
+        if (shard.IsWhole) _compiler.Backend.FillNormal(key, 0, 0f, 1f, _coefficients);
+        else
+            for (int row = 0; row < _compiler.Channels * batch; row++)
+            {
+                int channel = row / batch, example = shard.First + row % batch;
+                _compiler.Backend.FillNormal(key, ((long)channel * shard.GlobalBatch + example) * shard.GlobalBatch + shard.First, 0f, 1f, _coefficients.Slice(row * batch, batch));
+            }
         _compiler.Backend.Gemm(Transpose.No, Transpose.No, _compiler.Channels * batch, width, batch, 1f,
             _coefficients, batch, _compiler.Plan.Value(_site.Output), width, 0f, destination, width);
     }

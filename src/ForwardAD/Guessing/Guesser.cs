@@ -1,5 +1,6 @@
 using ForwardAD.Autodiff;
 using ForwardAD.Backends;
+using ForwardAD.Distributed;
 using ForwardAD.Graph;
 using ForwardAD.Random;
 using ForwardAD.Training;
@@ -27,7 +28,13 @@ public abstract record Guesser
     /// <summary>Short name for reports and CSV columns.</summary>
     public abstract string Name { get; }
 
-    public abstract GradientEstimator Compile(ParameterStore parameters, int batchSize);
+    /// <summary>Compiles the guesser for a whole batch of <paramref name="batchSize"/> examples in this process.</summary>
+    public GradientEstimator Compile(ParameterStore parameters, int batchSize) => Compile(parameters, BatchShard.Whole(batchSize));
+
+    /// <summary>Compiles the guesser for one rank's share of the batch (data-parallel training, DESIGN.md §7): every
+    /// per-example random number at its global index, every mean over the global batch, so that the ranks' estimates
+    /// combined as <see cref="GradientEstimator.Exchange"/> says are what one process with the whole batch computes.</summary>
+    public abstract GradientEstimator Compile(ParameterStore parameters, BatchShard shard);
 
     public override string ToString() => Name;
 }
@@ -36,7 +43,7 @@ public abstract record Guesser
 public sealed record BackpropGuesser : Guesser
 {
     public override string Name => "backprop";
-    public override GradientEstimator Compile(ParameterStore parameters, int batchSize) => new BackpropEstimator(parameters, batchSize);
+    public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard) => new BackpropEstimator(parameters, shard);
 }
 
 /// <summary>
@@ -62,14 +69,14 @@ public sealed record ActivationGuesser(string Label, Guess Hidden, Guess Last, T
     /// </summary>
     public bool LocalBlocks { get; init; }
 
-    public override GradientEstimator Compile(ParameterStore parameters, int batchSize)
+    public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard)
     {
         if (Guesses < 1) throw new ArgumentOutOfRangeException(nameof(Guesses), $"At least one guess per step; got {Guesses}.");
         if (LocalBlocks && Loss != SiteLoss.Local)
             throw new ArgumentException($"{Name}: per-block JVPs (LocalBlocks) are JVPs of each block's local loss; set Loss = SiteLoss.Local.");
         if (LocalBlocks && parameters.Model.LocalLossBlocks.IsEmpty)
             throw new ArgumentException($"{Name}: per-block JVPs (LocalBlocks) need a model that declares its local-loss blocks (Model.LocalLossBlocks, as LocalMixerSpec.Build does); this model declares none. Use the per-example scalars (LocalBlocks = false).");
-        return new ActivationGuessEstimator(this, parameters, batchSize);
+        return new ActivationGuessEstimator(this, parameters, shard);
     }
 }
 
@@ -80,7 +87,7 @@ public sealed record ActivationGuesser(string Label, Guess Hidden, Guess Last, T
 public sealed record DirectionalDescent(int Guesses = 1) : Guesser
 {
     public override string Name => "directional descent";
-    public override GradientEstimator Compile(ParameterStore parameters, int batchSize) => new DirectionalEstimator(parameters, batchSize, Guesses, null);
+    public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard) => new DirectionalEstimator(parameters, shard, Guesses, null);
 }
 
 /// <summary>
@@ -91,10 +98,11 @@ public sealed record DirectionalDescent(int Guesses = 1) : Guesser
 public sealed record CosineMatchedDescent(double Cosine, int Guesses = 1) : Guesser
 {
     public override string Name => $"cosine-matched ({Cosine:0.###})";
-    public override GradientEstimator Compile(ParameterStore parameters, int batchSize)
+    public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard)
     {
         if (Cosine is < -1 or > 1) throw new ArgumentOutOfRangeException(nameof(Cosine), $"A cosine lies in [−1, 1]; got {Cosine}.");
-        return new DirectionalEstimator(parameters, batchSize, Guesses, Cosine);
+        if (!shard.IsWhole) throw new ArgumentException($"{Name} shapes its directions with the exact gradient of the whole batch, a measurement device for one process; run it without data parallelism.");
+        return new DirectionalEstimator(parameters, shard, Guesses, Cosine);
     }
 }
 
@@ -137,7 +145,7 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
     private readonly (Node[] Losses, View Scales)[] _lossGroups; // sites that take the JVP of the same losses share d
     private readonly int[] _siteGroup;
     private readonly View _scaled, _summed, _gradient;
-    private readonly int _guesses;
+    private readonly int _guesses, _globalBatch;
     private readonly bool _readsForwardValues;
     private readonly SiteCorrection?[] _corrections;
     private readonly LocalBlockJvps[] _blockJvps;              // one per local loss read per block (LocalBlocks)
@@ -145,9 +153,11 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
 
     /// <remarks>corrections: Optional linear maps applied to each site's estimated cotangent before it becomes a
     /// parameter update (de-biasing, <see cref="DebiasedGuesser"/>); null: none.</remarks>
-    public ActivationGuessEstimator(ActivationGuesser guesser, ParameterStore parameters, int batchSize,
+    public ActivationGuessEstimator(ActivationGuesser guesser, ParameterStore parameters, BatchShard shard,
         Func<Plan, Site, SiteCorrection?>? corrections = null)
     {
+        int batchSize = shard.Count;
+        _globalBatch = shard.GlobalBatch;
         var model = parameters.Model;
         if (model.Sites.IsEmpty) throw new ArgumentException("Activation guessing needs a model with sites (outputs of parameterised ops such as dense layers).");
         _guesser = guesser;
@@ -159,7 +169,7 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
             TangentCount = channels,
             Seeds = [.. _sites.Select(s => new TangentSeed(s.Node))],
         });
-        var compiler = new GuessCompiler(_plan, _guesses);
+        var compiler = new GuessCompiler(_plan, _guesses, shard);
         _programs = [.. _sites.Select(s => (s.Next.IsEmpty ? guesser.Last : guesser.Hidden).Compile(compiler, s))];
         _readsForwardValues = _programs.Any(p => p.ReadsForwardValues);
         // Channels of other sites stay zero in per-layer mode: clear the seeds once.
@@ -211,15 +221,17 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
     {
         var backend = _plan.Backend;
         int batch = _plan.BatchSize;
+        float scale = 1f / ((float)_globalBatch * _guesses);
         if (_readsForwardValues) _plan.Forward();
         for (int i = 0; i < _sites.Length; i++)
             _programs[i].Write(key.Derive((ulong)i), GuessSlice(_plan.Seed(_sites[i].Node), i));
         // Guesses that need no forward value (plain noise) are drawn first; forward and JVP then run fused, site by site.
         if (_readsForwardValues) _plan.Jvp();
         else _plan.ForwardJvp();
-        // d_{k,b} = Σ_losses ℓ̇_{k,b} / B, with the average over G guesses folded in: scale = 1/(B·G).
-        foreach (var (losses, scales) in _lossGroups) SumLossTangents(losses, 1f / (batch * _guesses), scales);
-        foreach (var blocks in _blockJvps) blocks.Run(1f / (batch * _guesses));
+        // d_{k,b} = Σ_losses ℓ̇_{k,b} / B, with the average over G guesses folded in: scale = 1/(B·G), B the global batch
+        // (a rank holding a share of it returns Σ over its examples, its share of the sum).
+        foreach (var (losses, scales) in _lossGroups) SumLossTangents(losses, scale, scales);
+        foreach (var blocks in _blockJvps) blocks.Run(scale);
         for (int i = 0; i < _sites.Length; i++)
         {
             var guess = GuessSlice(_plan.Seed(_sites[i].Node), i);
@@ -283,9 +295,14 @@ internal sealed class DirectionalEstimator : GradientEstimator
     private readonly View[] _gradients;
     private readonly ParameterLayout _layout;
     private readonly float[] _lossTangent;
+    private readonly double[] _directionals;
+    private readonly BatchShard _shard;
 
-    public DirectionalEstimator(ParameterStore parameters, int batchSize, int guesses, double? cosine)
+    public DirectionalEstimator(ParameterStore parameters, BatchShard shard, int guesses, double? cosine)
     {
+        int batchSize = shard.Count;
+        _shard = shard;
+        _directionals = new double[guesses];
         if (guesses < 1) throw new ArgumentOutOfRangeException(nameof(guesses), $"At least one guess per step; got {guesses}.");
         var model = parameters.Model;
         _guesses = guesses;
@@ -313,6 +330,9 @@ internal sealed class DirectionalEstimator : GradientEstimator
 
     public override Plan Plan => _plan;
 
+    /// <summary>The K JVP scalars are summed over the ranks inside <see cref="Estimate"/>: every rank returns the same estimate.</summary>
+    public override EstimateExchange Exchange => EstimateExchange.Agreed;
+
     public override void SetBatch(ReadOnlySpan<float> features, ReadOnlySpan<float> labels)
     {
         base.SetBatch(features, labels);
@@ -329,13 +349,21 @@ internal sealed class DirectionalEstimator : GradientEstimator
             WriteCosineMatchedDirections(key);
         _plan.ForwardJvp();
         backend.CopyToHost(_plan.Tangent(_plan.Model.Loss), _lossTangent);
+        // g·v_k = (1/B) Σ_b ℓ̇_{k,b}. Data parallel (DESIGN.md §7): every rank draws the same v_k (keyed by step and
+        // parameter, not by example), sums its own examples, and one all-reduce of the K partial sums gives every rank
+        // the same g·v_k: 8K bytes a step, whatever the parameter count.
+        for (int k = 0; k < _guesses; k++)
+        {
+            double directional = 0;
+            for (int b = 0; b < batch; b++) directional += _lossTangent[k * batch + b];
+            _directionals[k] = directional;
+        }
+        _shard.Communicator.AllReduceSum(_directionals);
         backend.Fill(0f, _gradient);
         for (int k = 0; k < _guesses; k++)
         {
-            // g·v_k = (1/B) Σ_b ℓ̇_{k,b}; ĝ = (1/G) Σ_k (g·v_k) v_k.
-            double directional = 0;
-            for (int b = 0; b < batch; b++) directional += _lossTangent[k * batch + b];
-            float weight = (float)(directional / batch / _guesses);
+            // ĝ = (1/G) Σ_k (g·v_k) v_k.
+            float weight = (float)(_directionals[k] / _shard.GlobalBatch / _guesses);
             foreach (var p in _parameters)
                 backend.Axpby(weight, _plan.Seed(p).Channel(k, p.Shape.ElementCount), 1f, _gradients[p.Id]);
         }

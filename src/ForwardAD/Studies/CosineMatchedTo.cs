@@ -1,5 +1,6 @@
 using ForwardAD.Autodiff;
 using ForwardAD.Backends;
+using ForwardAD.Distributed;
 using ForwardAD.Guessing;
 using ForwardAD.Random;
 using ForwardAD.Training;
@@ -19,7 +20,9 @@ public sealed record CosineMatchedTo(Guesser Reference) : Guesser
 {
     public override string Name => $"cosine-matched to {Reference.Name}";
 
-    public override GradientEstimator Compile(ParameterStore parameters, int batchSize) => new Estimator(this, parameters, batchSize);
+    public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard) => shard.IsWhole
+        ? new Estimator(this, parameters, shard.Count)
+        : throw new ArgumentException($"{Name} needs the exact gradient of the whole batch at every step, a measurement device for one process; run it without data parallelism.");
 
     private sealed class Estimator : GradientEstimator
     {

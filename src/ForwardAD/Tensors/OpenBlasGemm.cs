@@ -57,11 +57,14 @@ internal static unsafe partial class OpenBlas
 /// </summary>
 internal static class NativeLibraries
 {
-    public const string OpenBlas = "openblas";
+    public const string OpenBlas = "openblas", Mpi = "mpi";
 
     private static readonly Dictionary<string, string[]> Candidates = new()
     {
         [OpenBlas] = ["libopenblas.so.0", "libopenblas.so", "libopenblasp.so.0", "libopenblaso.so.0", "libopenblas.dylib", "openblas.dll", "libopenblas.dll"],
+        // The MPICH ABI (libmpi.so.12: MPICH, Intel MPI, MVAPICH, Cray MPICH; Debian names MPICH's libmpich.so.12). Open MPI's
+        // libmpi.so.40 has another ABI (handles are pointers to its symbols) and is deliberately not in the list.
+        [Mpi] = ["libmpi.so.12", "libmpich.so.12"],
     };
 
     private static readonly Lazy<bool> Registered = new(() =>

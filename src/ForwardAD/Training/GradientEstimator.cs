@@ -1,5 +1,6 @@
 using ForwardAD.Autodiff;
 using ForwardAD.Backends;
+using ForwardAD.Distributed;
 using ForwardAD.Random;
 
 namespace ForwardAD.Training;
@@ -28,19 +29,48 @@ public abstract class GradientEstimator
     /// <summary>State the estimator carries across steps (feedback matrices, running averages), with stable
     /// names: saved in checkpoints and restored bit for bit.</summary>
     public virtual IEnumerable<(string Name, View Buffer)> StateBuffers => [];
+
+    /// <summary>What is left to do across ranks with <see cref="Estimate"/>'s gradient when the estimator was compiled for a
+    /// share of the batch (<see cref="BatchShard"/>; with the whole batch there is nothing to do either way).</summary>
+    public virtual EstimateExchange Exchange => EstimateExchange.SumShares;
+}
+
+/// <summary>How the ranks of a data-parallel step combine their estimates (DESIGN.md §7).</summary>
+public enum EstimateExchange
+{
+    /// <summary>Each rank returns its share Σ_{b∈shard} ĝ_b / B; the all-reduce sum over ranks is the estimate
+    /// (backprop, activation guesses, DFA, GrAPE).</summary>
+    SumShares,
+
+    /// <summary>The estimator already exchanged what it needed (directional descent: the K JVP scalars), and every rank
+    /// returns the same estimate: nothing more is sent.</summary>
+    Agreed,
 }
 
 /// <summary>The exact gradient of the mean loss by the backward pass: the oracle every guess is compared with. As a
 /// side plan (cosines, cosine-matched directions) it must not update running statistics a second time in a step:
-/// pass <paramref name="updatesRunningStatistics"/> = false.</summary>
-public sealed class BackpropEstimator(ParameterStore parameters, int batchSize, bool updatesRunningStatistics = true) : GradientEstimator
+/// pass updatesRunningStatistics = false.</summary>
+public sealed class BackpropEstimator : GradientEstimator
 {
-    public override Plan Plan { get; } = Plan.Compile(parameters, new PlanOptions(batchSize) { Gradients = true, UpdatesRunningStatistics = updatesRunningStatistics });
+    private readonly float _share;
+
+    public BackpropEstimator(ParameterStore parameters, int batchSize, bool updatesRunningStatistics = true)
+        : this(parameters, BatchShard.Whole(batchSize), updatesRunningStatistics) { }
+
+    /// <summary>For a shard of the batch: the gradient of this shard's mean loss times B_r/B, its share of the batch's.</summary>
+    public BackpropEstimator(ParameterStore parameters, BatchShard shard, bool updatesRunningStatistics = true)
+    {
+        Plan = Plan.Compile(parameters, new PlanOptions(shard.Count) { Gradients = true, UpdatesRunningStatistics = updatesRunningStatistics });
+        _share = shard.IsWhole ? 1f : (float)shard.Count / shard.GlobalBatch;
+    }
+
+    public override Plan Plan { get; }
 
     public override (View Gradient, double Loss) Estimate(RandomKey key, long step = 0)
     {
         Plan.Forward();
         Plan.Backward();
+        if (_share != 1f) Plan.Backend.Scale(Plan.ParameterGradients, _share, Plan.ParameterGradients);
         return (Plan.ParameterGradients, Plan.MeanLoss());
     }
 }

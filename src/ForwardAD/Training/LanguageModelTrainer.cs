@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using ForwardAD.Autodiff;
 using ForwardAD.Data;
+using ForwardAD.Distributed;
 using ForwardAD.Graph;
 using ForwardAD.Guessing;
 using ForwardAD.Optim;
@@ -17,6 +18,9 @@ public sealed record LanguageModelOptions(int BatchSize, ulong Seed)
     public int CosineEvery { get; init; }
     /// <summary>Validation windows per evaluation: the first N of the split (null: all of them).</summary>
     public int? ValidationWindows { get; init; } = 256;
+
+    /// <summary>The ranks of a data-parallel run: each trains on its share of every batch (DESIGN.md §7). Default: one process.</summary>
+    public Communicator Communicator { get; init; } = Communicator.SingleProcess;
 }
 
 /// <summary>Validation of a language model: mean cross-entropy per token (nats), the same in bits, next-byte accuracy.</summary>
@@ -28,7 +32,11 @@ public readonly record struct TextEvaluation(double Loss, double Accuracy, int T
 /// <summary>What a stretch of training steps achieved: the mean batch loss over it, the validation, the mean cosines over
 /// the measured steps (per site, then global; NaN when none was measured), speed and the total training wall time.</summary>
 public sealed record LanguageModelReport(long Step, double TrainLoss, TextEvaluation Validation, ImmutableArray<double> SiteCosines,
-    double GlobalCosine, double TokensPerSecond, TimeSpan TrainingTime);
+    double GlobalCosine, double TokensPerSecond, TimeSpan TrainingTime)
+{
+    /// <summary>Data-parallel runs: mean bytes per step this rank handed to the communicator for the step (0 in one process).</summary>
+    public double ExchangedBytesPerStep { get; init; }
+}
 
 /// <summary>
 /// Trains a <see cref="TransformerSpec"/> language model (any model with token inputs "x" and targets "y") on a
@@ -49,6 +57,9 @@ public sealed class LanguageModelTrainer
     private readonly float[] _inputs, _targets, _validationInputs, _validationTargets, _logits;
     private readonly CosineMeter _cosines;
     private readonly Stopwatch _trainingTime = new();
+    private readonly BatchShard _shard;
+    private readonly DataParallelStep _dataParallel;
+    private bool _agreed;
 
     public LanguageModelTrainer(Guesser guesser, UpdateRule rule, ParameterStore parameters, TextCorpus corpus, LanguageModelOptions options)
     {
@@ -61,15 +72,17 @@ public sealed class LanguageModelTrainer
         _context = tokens.Length;
         corpus.RequireContext(_context);
         (Guesser, Rule, _parameters, _corpus, _options) = (guesser, rule, parameters, corpus, options);
-        _estimator = guesser.Compile(parameters, options.BatchSize);
-        _oracle = guesser is BackpropGuesser || options.CosineEvery <= 0 ? null : new BackpropEstimator(parameters, options.BatchSize, updatesRunningStatistics: false);
+        _shard = BatchShard.Split(options.BatchSize, options.Communicator);
+        _estimator = guesser.Compile(parameters, _shard);
+        _dataParallel = new DataParallelStep(_estimator, _shard, parameters);
+        _oracle = guesser is BackpropGuesser || options.CosineEvery <= 0 ? null : new BackpropEstimator(parameters, _shard, updatesRunningStatistics: false);
         _optimizer = new Optimizer(rule, parameters);
         int windows = ValidationWindowCount;
         if (windows < 1) throw new ArgumentException($"{corpus.Name}: the validation split holds no window of {_context} + 1 bytes.", nameof(corpus));
         int validationBatch = Math.Min(32, windows);
         _validation = Plan.Compile(parameters, new PlanOptions(validationBatch) { Mode = PlanMode.Evaluation });
-        _inputs = new float[options.BatchSize * _context];
-        _targets = new float[options.BatchSize * _context];
+        _inputs = new float[_shard.Count * _context];
+        _targets = new float[_shard.Count * _context];
         _validationInputs = new float[validationBatch * _context];
         _validationTargets = new float[validationBatch * _context];
         _logits = new float[validationBatch * model.Output.Shape.ElementCount];
@@ -81,28 +94,55 @@ public sealed class LanguageModelTrainer
     /// <summary>Optimizer steps taken so far.</summary>
     public long Step { get; private set; }
 
+    /// <summary>Data-parallel runs: checks that every rank runs this configuration (<paramref name="description"/>, seed, batch),
+    /// on the same text, from the same parameters and step; throws <see cref="RunMismatchException"/> on every rank otherwise.
+    /// <see cref="Train"/> checks the trainer's own part before its first step.</summary>
+    public void RequireSameRun(IReadOnlyDictionary<string, string> description)
+    {
+        var communicator = _options.Communicator;
+        if (communicator.Size == 1) return;
+        var host = new float[_parameters.All.Length];
+        _parameters.Backend.CopyToHost(_parameters.All, host);
+        var facts = new Dictionary<string, string>(description)
+        {
+            ["seed"] = _options.Seed.ToString(CultureInfo.InvariantCulture),
+            ["batch_size"] = _options.BatchSize.ToString(CultureInfo.InvariantCulture),
+            ["step"] = Step.ToString(CultureInfo.InvariantCulture),
+            ["guesser"] = Guesser.Name,
+            ["text"] = $"{_corpus.Name}:{_corpus.TrainLength}",
+            ["parameters"] = RunAgreement.Fingerprint(host),
+        };
+        RunAgreement.Require(communicator, facts);
+        _agreed = true;
+    }
+
     private int ValidationWindowCount => Math.Min(_options.ValidationWindows ?? int.MaxValue, _corpus.ValidationWindows(_context));
 
     /// <summary>Runs <paramref name="steps"/> training steps, then validates.</summary>
     public LanguageModelReport Train(int steps, ITrainingObserver? observer = null)
     {
         if (steps < 1) throw new ArgumentOutOfRangeException(nameof(steps), $"Train at least one step; got {steps}.");
+        if (!_agreed) RequireSameRun(new Dictionary<string, string>());
         _cosines.Clear();
         double lossSum = 0;
+        long exchanged = 0;
         long start = Step;
         var watch = Stopwatch.StartNew();
         _trainingTime.Start();
         for (int s = 0; s < steps; s++)
         {
-            _corpus.TrainingBatch(_options.Seed, Step, _options.BatchSize, _context, _inputs, _targets);
+            _corpus.TrainingBatch(_options.Seed, Step, _shard.Count, _context, _inputs, _targets, _shard.First);
             _estimator.SetBatch(_inputs, _targets);
-            var (gradient, loss) = _estimator.Estimate(new RandomKey(_options.Seed, 0x6E55).Derive((ulong)Step), Step);
+            var (gradient, loss) = _dataParallel.Run(new RandomKey(_options.Seed, 0x6E55).Derive((ulong)Step), Step);
+            exchanged += _dataParallel.LastTraffic.TotalBytes;
             if (!double.IsFinite(loss))
                 throw new TrainingDivergedException($"The batch loss became {loss} at step {Step} ({Guesser.Name}): training diverged. Lower the learning rate or clip the estimate (--lr, --clip).");
             if (_oracle is not null && Step % _options.CosineEvery == 0)
             {
                 _oracle.SetBatch(_inputs, _targets);
-                _cosines.Add(gradient, _oracle.Estimate(default).Gradient);
+                var exact = _oracle.Estimate(default).Gradient;
+                _options.Communicator.AllReduceSum(_parameters.Backend, exact); // the shares of the batch's gradient
+                _cosines.Add(gradient, exact);
             }
             _optimizer.Step(new UpdateInputs(Step, loss, new RandomKey(_options.Seed, 0x0971).Derive((ulong)Step)), gradient);
             lossSum += loss;
@@ -113,7 +153,7 @@ public sealed class LanguageModelTrainer
         double seconds = watch.Elapsed.TotalSeconds;
         var cosines = _cosines.Means(exactGradient: Guesser is BackpropGuesser);
         return new LanguageModelReport(Step, lossSum / steps, Validate(), [.. cosines[..^1]], cosines[^1],
-            steps * (double)_options.BatchSize * _context / seconds, _trainingTime.Elapsed);
+            steps * (double)_options.BatchSize * _context / seconds, _trainingTime.Elapsed) { ExchangedBytesPerStep = (double)exchanged / steps };
     }
 
     /// <summary>Mean loss per token and next-byte accuracy over the first <see cref="LanguageModelOptions.ValidationWindows"/>
@@ -151,6 +191,6 @@ public sealed class LanguageModelTrainer
         };
         var tensors = _parameters.Model.Parameters.Concat(_parameters.Model.States)
             .Select(p => (p.Name, (int[])[.. p.Shape.Dimensions], (Func<float[]>)(() => _parameters.ToArray(p)))).ToList();
-        SafeTensors.Write(path, tensors, metadata);
+        Trainer.WriteOnRankZero(_options.Communicator, path, () => SafeTensors.Write(path, tensors, metadata));
     }
 }

@@ -3,6 +3,7 @@ using System.Globalization;
 using ForwardAD.Autodiff;
 using ForwardAD.Backends;
 using ForwardAD.Data;
+using ForwardAD.Distributed;
 using ForwardAD.Graph;
 using ForwardAD.Guessing;
 using ForwardAD.Optim;
@@ -25,6 +26,11 @@ public sealed record EpochReport(int Epoch, double TrainLoss, double TrainAccura
     /// (a backprop pass of its own) and the evaluation: the cost of the method itself. Zero when unknown (rows read
     /// back from a metrics file).</summary>
     public TimeSpan StepTime { get; init; }
+
+    /// <summary>Data-parallel runs: the mean bytes per step this rank handed to the communicator for the step itself (the
+    /// exchange of the update or of the JVP scalars, the loss, running statistics; not the cosine measurement). Zero in
+    /// one process.</summary>
+    public double ExchangedBytesPerStep { get; init; }
 }
 
 /// <summary>Progress of a run, called from the training thread.</summary>
@@ -43,6 +49,11 @@ public sealed record TrainingOptions(int BatchSize, ulong Seed)
 
     /// <summary>Random crop and flip of every training batch (images only), keyed by (seed, step); null: none.</summary>
     public Data.ImageAugmentation? Augmentation { get; init; }
+
+    /// <summary>The ranks of a data-parallel run (DESIGN.md §7): each trains on its share of every batch of
+    /// <see cref="BatchSize"/> examples, split by global example index, and the ranks together compute what one process
+    /// with the whole batch computes. Default: one process.</summary>
+    public Communicator Communicator { get; init; } = Communicator.SingleProcess;
 }
 
 /// <summary>
@@ -67,6 +78,10 @@ public sealed class Trainer
     private readonly int[] _order;
     private readonly float[] _augmentationScratch;
     private readonly CosineMeter _cosines;
+    private readonly BatchShard _shard;
+    private readonly DataParallelStep _dataParallel;
+    private readonly string _dataFingerprint;
+    private bool _agreed;
     private long _step;
 
     public Trainer(Guesser guesser, UpdateRule rule, ParameterStore parameters, Dataset train, Dataset test, TrainingOptions options)
@@ -85,18 +100,69 @@ public sealed class Trainer
         Rule = rule;
         _parameters = parameters;
         _options = options;
-        _estimator = guesser.Compile(parameters, batch);
-        _oracle = guesser is BackpropGuesser || options.CosineEvery <= 0 ? null : new BackpropEstimator(parameters, batch, updatesRunningStatistics: false);
+        _shard = BatchShard.Split(batch, options.Communicator);
+        _estimator = guesser.Compile(parameters, _shard);
+        _dataParallel = new DataParallelStep(_estimator, _shard, parameters);
+        _oracle = guesser is BackpropGuesser || options.CosineEvery <= 0 ? null : new BackpropEstimator(parameters, _shard, updatesRunningStatistics: false);
         _optimizer = new Optimizer(rule, parameters);
         _train = train;
         _trainEvaluator = new Evaluator(parameters, train);
         _testEvaluator = new Evaluator(parameters, test);
-        _features = new float[batch * train.FeatureSize];
-        _labels = new float[batch];
+        _features = new float[_shard.Count * train.FeatureSize];
+        _labels = new float[_shard.Count];
         _order = new int[train.Count];
         options.Augmentation?.Validate(train.FeatureShape);
         _augmentationScratch = options.Augmentation is null ? [] : new float[train.FeatureSize];
         _cosines = new CosineMeter(parameters);
+        _dataFingerprint = options.Communicator.Size > 1 ? Fingerprint(train) + "/" + Fingerprint(test) : "";
+    }
+
+    /// <summary>The name, size and a fingerprint of every example of a data set: ranks that read different files differ.</summary>
+    private static string Fingerprint(Dataset data)
+    {
+        const int Chunk = 512;
+        var indices = new int[Chunk];
+        var features = new float[Chunk * data.FeatureSize];
+        var labels = new float[Chunk];
+        ulong hash = RunAgreement.EmptyHash;
+        for (int start = 0; start < data.Count; start += Chunk)
+        {
+            int n = Math.Min(Chunk, data.Count - start);
+            for (int i = 0; i < n; i++) indices[i] = start + i;
+            data.CopyBatch(indices.AsSpan(0, n), features.AsSpan(0, n * data.FeatureSize), labels.AsSpan(0, n));
+            hash = RunAgreement.Hash(labels.AsSpan(0, n), RunAgreement.Hash(features.AsSpan(0, n * data.FeatureSize), hash));
+        }
+        return $"{data.Name}:{data.Count}x{data.FeatureSize}:{hash:x16}";
+    }
+
+    /// <summary>This rank's share of every batch and the communicator of the run.</summary>
+    public BatchShard Shard => _shard;
+
+    /// <summary>
+    /// Data-parallel runs: checks that every rank runs this configuration (the trainer's settings and
+    /// <paramref name="description"/>), on the same data, from the same parameters and step, and throws
+    /// <see cref="RunMismatchException"/> on every rank otherwise. <see cref="RunEpoch"/> checks the trainer's own part
+    /// before its first step; call this first to include the caller's description (model, guesser, rule …). One
+    /// process: nothing to check.
+    /// </summary>
+    public void RequireSameRun(IReadOnlyDictionary<string, string> description)
+    {
+        var communicator = _options.Communicator;
+        if (communicator.Size == 1) return;
+        var facts = Configuration(description);
+        facts["data"] = _dataFingerprint;
+        facts["parameters"] = ParameterFingerprint();
+        facts[StepKey] = _step.ToString(CultureInfo.InvariantCulture);
+        facts["guesser"] = Guesser.Name;
+        RunAgreement.Require(communicator, facts);
+        _agreed = true;
+    }
+
+    private string ParameterFingerprint()
+    {
+        var host = new float[_parameters.All.Length];
+        _parameters.Backend.CopyToHost(_parameters.All, host);
+        return RunAgreement.Fingerprint(host);
     }
 
     public Guesser Guesser { get; }
@@ -113,14 +179,19 @@ public sealed class Trainer
         var watch = System.Diagnostics.Stopwatch.StartNew();
         long measuring = 0; // Stopwatch ticks spent in the oracle, left out of StepTime
         int batch = _options.BatchSize;
+        if (!_agreed) RequireSameRun(new Dictionary<string, string>());
+        var communicator = _options.Communicator;
+        long exchanged = 0;
         _cosines.Clear();
+        // Every rank permutes the whole training set alike and takes its share of each batch (by global index).
         Dataset.Permute(new RandomKey(_options.Seed, 0xE90C).Derive((ulong)epoch), _order);
         for (int s = 0; s < StepsPerEpoch; s++)
         {
-            _train.CopyBatch(_order.AsSpan(s * batch, batch), _features, _labels);
-            _options.Augmentation?.Apply(_features, _train.FeatureShape, new RandomKey(_options.Seed, 0xA06E).Derive((ulong)_step), _augmentationScratch);
+            _train.CopyBatch(_order.AsSpan(s * batch + _shard.First, _shard.Count), _features, _labels);
+            _options.Augmentation?.Apply(_features, _train.FeatureShape, new RandomKey(_options.Seed, 0xA06E).Derive((ulong)_step), _augmentationScratch, _shard.First);
             _estimator.SetBatch(_features, _labels);
-            var (gradient, loss) = _estimator.Estimate(new RandomKey(_options.Seed, 0x6E55).Derive((ulong)_step), _step);
+            var (gradient, loss) = _dataParallel.Run(new RandomKey(_options.Seed, 0x6E55).Derive((ulong)_step), _step);
+            exchanged += _dataParallel.LastTraffic.TotalBytes;
             if (!double.IsFinite(loss))
                 throw new TrainingDivergedException($"The batch loss became {loss} at epoch {epoch + 1}, step {_step} ({Guesser.Name}): training diverged. " +
                     "Lower the learning rate or clip the estimate (--lr, --clip); the last checkpoint, if any, is intact.");
@@ -132,6 +203,7 @@ public sealed class Trainer
                 long start = System.Diagnostics.Stopwatch.GetTimestamp();
                 _oracle.SetBatch(_features, _labels);
                 var (exact, _) = _oracle.Estimate(default);
+                communicator.AllReduceSum(_parameters.Backend, exact); // the shares of the batch's gradient
                 _cosines.Add(gradient, exact);
                 measuring += System.Diagnostics.Stopwatch.GetTimestamp() - start;
             }
@@ -150,8 +222,12 @@ public sealed class Trainer
             _oracle.SetBatch(_features, _labels);
             alignment = [.. feedback.MeasureAlignment(_oracle)];
         }
+        // The ranks apply the same updates to the same parameters; a difference now would mean they drifted apart.
+        if (communicator.Size > 1)
+            RunAgreement.Require(communicator, new Dictionary<string, string> { ["parameters"] = ParameterFingerprint() }, "set of parameters at the end of the epoch");
         var report = new EpochReport(epoch, train.Loss, train.Accuracy, test.Loss, test.Accuracy,
-            [.. cosines[..^1]], cosines[^1], StepsPerEpoch * batch / seconds, watch.Elapsed) { FeedbackAlignment = alignment, StepTime = stepTime };
+            [.. cosines[..^1]], cosines[^1], StepsPerEpoch * batch / seconds, watch.Elapsed)
+        { FeedbackAlignment = alignment, StepTime = stepTime, ExchangedBytesPerStep = (double)exchanged / StepsPerEpoch };
         NextEpoch = epoch + 1;
         observer?.EpochCompleted(report);
         return report;
@@ -214,7 +290,21 @@ public sealed class Trainer
             tensors.Add((p.Name, [.. p.Shape.Dimensions], () => _parameters.ToArray(p)));
         foreach (var (name, buffer) in StateBuffers)
             tensors.Add((name, [buffer.Length], () => { var host = new float[buffer.Length]; backend.CopyToHost(buffer, host); return host; }));
-        SafeTensors.Write(path, tensors, metadata);
+        WriteOnRankZero(_options.Communicator, path, () => SafeTensors.Write(path, tensors, metadata));
+    }
+
+    /// <summary>Rank 0 alone writes (every rank holds the same state); then every rank learns whether it succeeded, so
+    /// that a failed write stops the whole job, not rank 0 alone while the others wait for it.</summary>
+    internal static void WriteOnRankZero(Communicator communicator, string path, Action write)
+    {
+        if (communicator.Size == 1) { write(); return; }
+        Exception? failure = null;
+        if (communicator.Rank == 0)
+            try { write(); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { failure = e; }
+        bool written = communicator.AllAgree(failure is null);
+        if (failure is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
+        if (!written) throw new CommunicationException($"Rank 0 could not write {path} (it says why); the previous file, if any, is intact.");
     }
 
     /// <summary>
