@@ -91,15 +91,15 @@ public sealed class NcclCommunicator : Communicator
         // The local checks are folded into one agreement before anything else: a rank that stopped here on its own would
         // leave the others in ncclCommInitRank, which waits for every rank and has no timeout. The library comes first:
         // without it nothing else can be used, and its message says what to install.
-        string? problem = !IsAvailable(out var reason) ? reason : backend is null ? "no CUDA backend was given" : null;
-        if (!bootstrap.AllAgree(problem is null))
+        bool available = IsAvailable(out var reason);
+        if (!bootstrap.AllAgree(available && backend is not null))
         {
-            if (problem is null)
-                throw new CommunicationException($"Rank {bootstrap.Rank} of {bootstrap.Size}: another rank could not set up NCCL (its own error says why), so no rank creates an NCCL communicator.");
+            if (!available)
+                throw new DllNotFoundException($"NCCL cannot be used on rank {bootstrap.Rank} of {bootstrap.Size}: {reason}. Install NCCL 2 (the libnccl2 " +
+                    "package, or PyTorch's nvidia-nccl wheel, found under site-packages/nvidia/nccl/lib), or use the bootstrap communicator alone " +
+                    "(device buffers then go through the host).");
             if (backend is null) throw new ArgumentNullException(nameof(backend), "An NCCL communicator needs this rank's CUDA backend.");
-            throw new DllNotFoundException($"NCCL cannot be used on rank {bootstrap.Rank} of {bootstrap.Size}: {problem}. Install NCCL 2 (the libnccl2 package, " +
-                "or PyTorch's nvidia-nccl wheel, found under site-packages/nvidia/nccl/lib), or use the bootstrap communicator alone " +
-                "(device buffers then go through the host).");
+            throw new CommunicationException($"Rank {bootstrap.Rank} of {bootstrap.Size}: another rank could not set up NCCL (its own error says why), so no rank creates an NCCL communicator.");
         }
         ArgumentNullException.ThrowIfNull(backend); // for the compiler: every rank agreed there was one
 
@@ -133,7 +133,8 @@ public sealed class NcclCommunicator : Communicator
     }
 
     /// <summary>Sums a device buffer of <see cref="Backend"/> in place with ncclAllReduce; other backends' buffers (the CPU's)
-    /// are left to the base class, which sums them through the host.</summary>
+    /// are left to the base class, which sums them through the host. It waits for the stream, as the host path does, so a
+    /// step that sums cannot be captured in a <see cref="CudaGraph"/>.</summary>
     protected override bool TryAllReduceOnDevice(ForwardAD.Backends.Backend backend, View buffer)
     {
         if (backend is not CudaBackend cuda) return false;
