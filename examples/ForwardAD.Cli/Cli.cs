@@ -1,13 +1,21 @@
 using System.CommandLine;
 using System.CommandLine.Help;
 using System.CommandLine.Invocation;
+using ForwardAD.Distributed;
 using ForwardAD.Training;
 using Spectre.Console;
 
 namespace ForwardAD.Cli;
 
-/// <summary>What a command writes to: plain text writers, and a Spectre console over the output writer for tables.</summary>
-internal sealed record CliContext(TextWriter Output, TextWriter Error, IAnsiConsole Console, bool Interactive);
+/// <summary>What a command writes to: plain text writers, and a Spectre console over the output writer for tables; and the
+/// ranks of a data-parallel run (<c>mpiexec -n N forwardad …</c>; one process otherwise). Only rank 0 writes files.</summary>
+internal sealed record CliContext(TextWriter Output, TextWriter Error, IAnsiConsole Console, bool Interactive)
+{
+    public Communicator Communicator { get; init; } = Communicator.SingleProcess;
+
+    /// <summary>Rank 0 writes metrics, plots and checkpoints; the other ranks hold the same state and write nothing.</summary>
+    public bool WritesFiles => Communicator.Rank == 0;
+}
 
 /// <summary>
 /// The command line: System.CommandLine parses and checks every option (types, ranges, duplicates, unknown
@@ -48,8 +56,11 @@ internal static class Cli
     /// Runs the tool on <paramref name="args"/>. <paramref name="terminal"/>: both streams are an interactive
     /// terminal, so colour and a live progress bar are welcome (never when redirected or under NO_COLOR).
     /// </summary>
-    public static int Run(string[] args, TextWriter output, TextWriter error, bool terminal = false)
+    public static int Run(string[] args, TextWriter output, TextWriter error, bool terminal = false, Communicator? communicator = null)
     {
+        communicator ??= Communicator.SingleProcess;
+        // Ranks other than 0 print nothing but their own errors: the run's output is rank 0's.
+        if (communicator.Rank != 0) (output, terminal) = (TextWriter.Null, false);
         bool colour = terminal && string.IsNullOrEmpty(Environment.GetEnvironmentVariable("NO_COLOR"));
         var console = AnsiConsole.Create(new AnsiConsoleSettings
         {
@@ -61,7 +72,7 @@ internal static class Cli
         // Redirected output (files, CI logs): no 80-column default and no wrapping of long lines mid-phrase; tables still
         // size themselves to their content.
         if (!terminal) console.Profile.Width = Math.Max(console.Profile.Width, 1000);
-        var context = new CliContext(output, error, console, terminal && console.Profile.Capabilities.Interactive);
+        var context = new CliContext(output, error, console, terminal && console.Profile.Capabilities.Interactive) { Communicator = communicator };
 
         args = args switch
         {
@@ -71,8 +82,10 @@ internal static class Cli
             [var first, ..] when first.StartsWith("--", StringComparison.Ordinal) && first != "--help" => ["train", .. args],
             _ => args,
         };
+        // Every rank parses the same arguments and fails alike on a usage error: rank 0 alone says so.
+        var usageError = communicator.Rank == 0 ? error : TextWriter.Null;
         if (!args[0].StartsWith('-') && !CommandNames.Contains(args[0]))
-            return Fail(error, UsageError, $"Unknown command '{args[0]}'. Commands: {string.Join(", ", CommandNames)}. See 'forwardad --help'.");
+            return Fail(usageError, UsageError, $"Unknown command '{args[0]}'. Commands: {string.Join(", ", CommandNames)}. See 'forwardad --help'.");
 
         var root = Build(context);
         var parse = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
@@ -81,22 +94,33 @@ internal static class Cli
         {
             if (parse.Action is not HelpTextAction && parse.Errors.Count > 0)
             {
-                foreach (var e in parse.Errors) error.WriteLine($"error: {e.Message}");
-                error.WriteLine($"See 'forwardad {commandName}--help'.");
+                foreach (var e in parse.Errors) usageError.WriteLine($"error: {e.Message}");
+                usageError.WriteLine($"See 'forwardad {commandName}--help'.");
                 return UsageError;
             }
             return parse.Invoke(new InvocationConfiguration { Output = output, Error = error, EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = null });
         }
         catch (UsageException e)
         {
-            error.WriteLine($"error: {e.Message}");
-            error.WriteLine($"See 'forwardad {commandName}--help'.");
+            usageError.WriteLine($"error: {e.Message}");
+            usageError.WriteLine($"See 'forwardad {commandName}--help'.");
             return UsageError;
         }
-        catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or UnauthorizedAccessException
-                                      or NotSupportedException or TrainingDivergedException)
+        catch (Exception e) when (e is CommunicationException or TrainingDivergedException && communicator.Size > 1)
         {
-            return Fail(error, RuntimeError, e.Message);
+            // Thrown on every rank together (ranks that differ, a checkpoint rank 0 could not write, a rank that stopped
+            // answering, a loss that every rank sees diverge: it is the batch's, summed over the ranks): rank 0 says it once.
+            return Fail(communicator.Rank == 0 ? error : TextWriter.Null, RuntimeError, e.Message);
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or UnauthorizedAccessException
+                                      or NotSupportedException or TrainingDivergedException or CommunicationException)
+        {
+            if (communicator.Size == 1) return Fail(error, RuntimeError, e.Message);
+            // Possibly this rank alone (its own file, its own device): say which rank, then end the job, since the other
+            // ranks may be waiting for this one in an exchange.
+            var message = $"rank {communicator.Rank} of {communicator.Size}: {e.Message}";
+            if (communicator is MpiCommunicator mpi) mpi.Abort($"error: {message}", RuntimeError);
+            return Fail(error, RuntimeError, message);
         }
         catch (OutOfMemoryException)
         {

@@ -110,8 +110,11 @@ internal static class CompareCommand
         // Every method starts from the same weights (same seed) and sees the same batches (the trainer's permutation
         // depends on the seed and the epoch only); the cosine is measured at every step. The methods take turns epoch by
         // epoch, so that a change in the machine's load (these 2 cores are shared) weighs on all of them alike.
+        var communicator = context.Communicator;
+        if (communicator.Size > 1) console.MarkupLineInterpolated($"data parallel: {TrainCommand.DataParallelBanner(communicator, batch)}");
         var trainers = guessers.Select(g => new Trainer(g, rule, ParameterStore.Initialize(model, new CpuBackend(), seed), train, test,
-            new TrainingOptions(batch, seed) { CosineEvery = 1 })).ToList();
+            new TrainingOptions(batch, seed) { CosineEvery = 1, Communicator = communicator })).ToList();
+        foreach (var trainer in trainers) trainer.RequireSameRun(configuration.ToDictionary());
         var runs = guessers.Select(g => new MethodRun(g.Name, [])).ToList();
         if (context.Interactive && !quiet)
         {
@@ -123,7 +126,7 @@ internal static class CompareCommand
                     for (int e = 0; e < epochs; e++)
                     {
                         for (int m = 0; m < trainers.Count; m++) runs[m].Reports.Add(trainers[m].RunEpoch(e, observers[m]));
-                        WriteCsv(csv, runs);
+                        if (context.WritesFiles) WriteCsv(csv, runs);
                     }
                 });
         }
@@ -132,7 +135,7 @@ internal static class CompareCommand
             for (int e = 0; e < epochs; e++)
             {
                 for (int m = 0; m < trainers.Count; m++) runs[m].Reports.Add(trainers[m].RunEpoch(e));
-                WriteCsv(csv, runs);
+                if (context.WritesFiles) WriteCsv(csv, runs);
                 if (!quiet && (e == 0 || e == epochs - 1 || (e + 1) % 10 == 0))
                     context.Output.WriteLine($"epoch {e + 1}/{epochs}: test accuracy " + string.Join(", ", runs.Select(r => $"{r.Name} {TrainCommand.F(r.Reports[^1].TestAccuracy, "P1")}")));
             }
@@ -146,7 +149,7 @@ internal static class CompareCommand
         foreach (int c in new[] { 1, 2, 3, 4 }) table.Columns[c].RightAligned();
         console.Write(table);
         console.MarkupLineInterpolated($"test accuracy after epoch {epochs}; cosine: mean over every step of the run; time per step: median over the epochs of the mean step (batch, estimate, update), without the cosine measurement.");
-        if (plot)
+        if (plot && context.WritesFiles)
         {
             var (png, svg, _) = MetricsPlots.Draw(csv);
             console.MarkupLineInterpolated($"curves in {csv}; plot in {png} and {svg}");

@@ -125,20 +125,24 @@ internal static class LanguageModelCommands
         var backend = o.Device.Create(p);
         var parameters = ParameterStore.Initialize(spec.Build(init), backend, seed);
         int windows = p.GetValue(o.ValidationWindows);
+        var communicator = context.Communicator;
         var trainer = new LanguageModelTrainer(guesser, rule, parameters, corpus,
-            new LanguageModelOptions(batch, seed) { CosineEvery = p.GetValue(o.CosineEvery), ValidationWindows = windows == 0 ? null : windows });
+            new LanguageModelOptions(batch, seed) { CosineEvery = p.GetValue(o.CosineEvery), ValidationWindows = windows == 0 ? null : windows, Communicator = communicator });
+        trainer.RequireSameRun(configuration.ToDictionary());
         console.MarkupLineInterpolated($"[bold]ForwardAD[/] lm: {corpus.Name} ({corpus.Train.Length:N0} training / {corpus.Validation.Length:N0} validation bytes), transformer {spec} ({parameters.Model.ParameterCount:N0} parameters), {guesser.Name}, {ruleDescription}, batch {batch}, seed {seed}, {backend.Name}");
 
+        if (communicator.Size > 1) console.MarkupLineInterpolated($"data parallel: {TrainCommand.DataParallelBanner(communicator, batch)}");
         var reports = new List<LanguageModelReport>();
         var initial = trainer.Validate();
         bool quiet = p.GetValue(o.Quiet);
         if (!quiet) context.Output.WriteLine($"step 0: validation {initial.BitsPerCharacter:F3} bits/char");
-        while (trainer.Step < steps && (maxSeconds is null || reports.Count == 0 || reports[^1].TrainingTime.TotalSeconds < maxSeconds))
+        // --max-seconds: the ranks' clocks differ, so they stop together when any of them is out of time.
+        while (trainer.Step < steps && communicator.AllAgree(maxSeconds is null || reports.Count == 0 || reports[^1].TrainingTime.TotalSeconds < maxSeconds))
         {
             int chunk = (int)Math.Min(evalEvery, steps - trainer.Step);
             var report = trainer.Train(chunk);
             reports.Add(report);
-            WriteMetrics(metricsPath, reports, runHash, parameters.Model.Sites.Select(site => site.Name));
+            if (context.WritesFiles) WriteMetrics(metricsPath, reports, runHash, parameters.Model.Sites.Select(site => site.Name));
             if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, spec, configuration.ToDictionary());
             if (!quiet) context.Output.WriteLine($"step {report.Step}: train loss {report.TrainLoss / Math.Log(2):F3} bits/char, validation {report.Validation.BitsPerCharacter:F3} bits/char " +
                 $"(next-byte accuracy {report.Validation.Accuracy:P1}), cos {TrainCommand.F(report.GlobalCosine, "F3")}, {report.TokensPerSecond:F0} tokens/s, {report.TrainingTime.TotalSeconds:F0} s");
@@ -149,7 +153,7 @@ internal static class LanguageModelCommands
                 TrainCommand.F(r.Validation.Accuracy, "P1"), TrainCommand.F(r.GlobalCosine, "F3"), TrainCommand.F(r.TokensPerSecond, "F0"), $"{r.TrainingTime.TotalSeconds:F0} s");
         console.Write(table);
         console.MarkupLineInterpolated($"final: validation [green]{reports[^1].Validation.BitsPerCharacter:F3}[/] bits per character after {reports[^1].Step} steps; metrics in {metricsPath}");
-        if (!p.GetValue(o.NoPlot))
+        if (!p.GetValue(o.NoPlot) && context.WritesFiles)
         {
             var (png, svg, _) = MetricsPlots.Draw(metricsPath);
             console.MarkupLineInterpolated($"plot in {png} and {svg}");

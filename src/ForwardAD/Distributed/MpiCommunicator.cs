@@ -80,7 +80,9 @@ public sealed partial class MpiCommunicator : Communicator
         if (MPI_Get_library_version(text, &length) != Success) return "MPI";
         var version = System.Text.Encoding.UTF8.GetString(text, Math.Clamp(length, 0, Capacity)).Trim('\0', ' ', '\n');
         int line = version.IndexOfAny(['\n', '\r']);
-        return line > 0 ? version[..line].Trim() : version;
+        // MPICH's first line is "MPICH Version:\t4.0.2": "MPICH 4.0.2".
+        var first = line > 0 ? version[..line] : version;
+        return string.Join(' ', first.Replace("Version:", "", StringComparison.Ordinal).Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries));
     }
 
     protected override unsafe void AllReduceSumCore(Span<float> buffer)
@@ -153,7 +155,7 @@ public sealed partial class MpiCommunicator : Communicator
     [DoesNotReturn]
     public void Abort(string message, int exitCode = 70)
     {
-        Console.Error.WriteLine($"forwardad: {message}.");
+        Console.Error.WriteLine($"forwardad: {message}{(message.EndsWith('.') ? "" : ".")}");
         Console.Error.Flush();
         _ = MPI_Abort(CommWorld, exitCode);
         Environment.Exit(exitCode); // not reached: MPI_Abort ends the process
