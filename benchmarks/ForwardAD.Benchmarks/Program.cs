@@ -34,6 +34,13 @@ if (args.Length > 0 && args[0] == "cpu-threads")
     return CpuThreadScaling.Run(IntOption(args, "--repeats", 15));
 if (args.Length > 0 && args[0] == "conv-gemm-rate")
     return ConvGemmRate.Run(IntOption(args, "--repeats", 15));
+// `distributed`: 1 process × 2 threads against 2 MPI ranks × 1 thread, and the exchange costs for 8 to 1024 workers.
+if (args.Length > 0 && args[0] == "distributed")
+    return DistributedBenchmark.Run(IntOption(args, "--rounds", 3));
+if (args.Length > 0 && args[0] == "distributed-worker")
+    return DistributedBenchmark.Worker(IntOption(args, "--threads", 1));
+if (args.Length > 0 && args[0] == "message-costs")
+    return DistributedBenchmark.MessageCosts();
 if (args.Length > 1 && args[0] == "profile")
     return Profile.Run(args[1], args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 20);
 BenchmarkSwitcher.FromAssembly(typeof(MlpBenchmarks).Assembly).Run(args);
