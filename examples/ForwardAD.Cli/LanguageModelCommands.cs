@@ -167,12 +167,12 @@ internal static class LanguageModelCommands
     {
         if (Path.GetDirectoryName(path) is { Length: > 0 } folder) Directory.CreateDirectory(folder);
         static string G(double v) => v.ToString("R", CultureInfo.InvariantCulture);
-        // Per-site cosines after the fixed columns (sites in model order, named in the header), so that the columns
-        // scripts read by position stay where they are.
+        // Per-site cosines after the fixed columns (sites in model order, named in the header), then the bytes a step
+        // exchanged in a data-parallel run (0 in one process), so that the columns scripts read by position stay where they are.
         var lines = new List<string> { "step,train_bits_per_char,validation_bits_per_char,validation_accuracy,cosine_global,tokens_per_second,training_seconds,run" +
-            string.Concat(sites.Select(site => $",cosine_{site}")) };
+            string.Concat(sites.Select(site => $",cosine_{site}")) + ",exchanged_bytes_per_step" };
         lines.AddRange(reports.Select(r => string.Join(',', r.Step.ToString(CultureInfo.InvariantCulture), G(r.TrainLoss / Math.Log(2)), G(r.Validation.BitsPerCharacter),
-            G(r.Validation.Accuracy), G(r.GlobalCosine), G(r.TokensPerSecond), G(r.TrainingTime.TotalSeconds), run) + string.Concat(r.SiteCosines.Select(c => "," + G(c)))));
+            G(r.Validation.Accuracy), G(r.GlobalCosine), G(r.TokensPerSecond), G(r.TrainingTime.TotalSeconds), run) + string.Concat(r.SiteCosines.Select(c => "," + G(c))) + "," + G(r.ExchangedBytesPerStep)));
         var temporary = path + ".tmp";
         File.WriteAllLines(temporary, lines);
         File.Move(temporary, path, overwrite: true);

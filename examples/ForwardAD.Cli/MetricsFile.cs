@@ -11,7 +11,9 @@ namespace ForwardAD.Cli;
 internal static class MetricsFile
 {
     private static readonly string[] FixedColumns = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "cosine_global"];
-    private static readonly string[] TrailingColumns = ["examples_per_second", "wall_seconds", "run"];
+    private static readonly string[] TrailingColumns = ["examples_per_second", "exchanged_bytes_per_step", "wall_seconds", "run"];
+    /// <summary>The trailing columns before data-parallel runs reported their exchange (read as 0 bytes).</summary>
+    private static readonly string[] EarlierTrailingColumns = ["examples_per_second", "wall_seconds", "run"];
 
     public static void Write(string path, IReadOnlyList<EpochReport> reports, string run)
     {
@@ -22,7 +24,7 @@ internal static class MetricsFile
             new[] { (r.Epoch + 1).ToString(CultureInfo.InvariantCulture), G(r.TrainLoss), G(r.TrainAccuracy), G(r.TestLoss), G(r.TestAccuracy), G(r.GlobalCosine) }
                 .Concat(Enumerable.Range(0, layers).Select(l => l < r.SiteCosines.Length ? G(r.SiteCosines[l]) : "NaN"))
                 .Concat(Enumerable.Range(0, aligned).Select(l => l < r.FeedbackAlignment.Length ? G(r.FeedbackAlignment[l]) : "NaN"))
-                .Concat([G(r.ExamplesPerSecond), G(r.WallTime.TotalSeconds), run]))).Prepend(header));
+                .Concat([G(r.ExamplesPerSecond), G(r.ExchangedBytesPerStep), G(r.WallTime.TotalSeconds), run]))).Prepend(header));
         static string G(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
     }
 
@@ -46,11 +48,13 @@ internal static class MetricsFile
         var header = lines[0].Split(',');
         if (!header.Take(FixedColumns.Length).SequenceEqual(FixedColumns))
             throw new InvalidDataException($"{path}, line 1: not a metrics CSV of forwardad train (the header does not start with {string.Join(',', FixedColumns)}). {Advice}");
-        if (!header.TakeLast(TrailingColumns.Length).SequenceEqual(TrailingColumns))
+        bool exchange = header.TakeLast(TrailingColumns.Length).SequenceEqual(TrailingColumns);
+        var trailing = exchange ? TrailingColumns : EarlierTrailingColumns;
+        if (!header.TakeLast(trailing.Length).SequenceEqual(trailing))
             throw new InvalidDataException($"{path}, line 1: the header does not end with {string.Join(',', TrailingColumns)}: written by an older forwardad (without the run column) or not by forwardad. {Advice}");
         int layers = header.Count(h => h.StartsWith("cosine_layer", StringComparison.Ordinal));
         int aligned = header.Count(h => h.StartsWith("alignment_layer", StringComparison.Ordinal));
-        if (header.Length != FixedColumns.Length + layers + aligned + TrailingColumns.Length)
+        if (header.Length != FixedColumns.Length + layers + aligned + trailing.Length)
             throw new InvalidDataException($"{path}, line 1: unexpected columns in the header. {Advice}");
         var result = new List<EpochReport>();
         for (int i = 1; i < lines.Length; i++)
@@ -68,9 +72,11 @@ internal static class MetricsFile
                     throw new InvalidDataException($"{path}, line {i + 1}: '{cells[c]}' in column {header[c]} is not a number. {Advice}");
             if (v[0] != Math.Floor(v[0]) || v[0] < 1 || v[0] > int.MaxValue)
                 throw new InvalidDataException($"{path}, line {i + 1}: epoch '{cells[0]}' is not a positive integer. {Advice}");
-            result.Add(new EpochReport((int)v[0] - 1, v[1], v[2], v[3], v[4], [.. v.Skip(6).Take(layers)], v[5], v[^2], TimeSpan.FromSeconds(Math.Clamp(v[^1], 0, TimeSpan.MaxValue.TotalSeconds / 2)))
+            result.Add(new EpochReport((int)v[0] - 1, v[1], v[2], v[3], v[4], [.. v.Skip(6).Take(layers)], v[5], v[exchange ? ^3 : ^2],
+                TimeSpan.FromSeconds(Math.Clamp(v[^1], 0, TimeSpan.MaxValue.TotalSeconds / 2)))
             {
                 FeedbackAlignment = [.. v.Skip(6 + layers).Take(aligned)],
+                ExchangedBytesPerStep = exchange ? v[^2] : 0,
             });
         }
         return result;

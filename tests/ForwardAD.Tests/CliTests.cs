@@ -54,7 +54,7 @@ public sealed class CliTests : IDisposable
         var lines = File.ReadAllLines(metrics);
         Assert.Equal(4, lines.Length);
         Assert.StartsWith("epoch,train_loss,train_accuracy,test_loss,test_accuracy,cosine_global,cosine_layer1,cosine_layer2", lines[0]);
-        Assert.EndsWith(",examples_per_second,wall_seconds,run", lines[0]);
+        Assert.EndsWith(",examples_per_second,exchanged_bytes_per_step,wall_seconds,run", lines[0]);
         Assert.StartsWith("3,", lines[3]);
         Assert.Single(lines.Skip(1).Select(l => l.Split(',')[^1]).Distinct());
         Assert.All(lines, l => Assert.Equal(lines[0].Split(',').Length, l.Split(',').Length));

@@ -27,11 +27,16 @@ public sealed class InProcessCommunicator : Communicator
         return [.. Enumerable.Range(0, size).Select(r => new InProcessCommunicator(group, r))];
     }
 
-    protected override unsafe void AllReduceSumCore(Span<float> buffer)
+    protected override void AllReduceSumCore(Span<float> buffer) => AllReduceSum(buffer, ref _floatScratch);
+    protected override void AllReduceSumCore(Span<double> buffer) => AllReduceSum(buffer, ref _doubleScratch);
+
+    /// <summary>Every rank publishes its pinned buffer, then sums all of them in rank order into its scratch (the same
+    /// order on every rank: the same bits), waits until every rank has read every buffer, and copies the sum back.</summary>
+    private unsafe void AllReduceSum<T>(Span<T> buffer, ref T[] scratch) where T : unmanaged, System.Numerics.INumberBase<T>
     {
-        if (_floatScratch.Length < buffer.Length) _floatScratch = new float[buffer.Length];
-        var sum = _floatScratch.AsSpan(0, buffer.Length);
-        fixed (float* mine = buffer)
+        if (scratch.Length < buffer.Length) scratch = new T[buffer.Length];
+        var sum = scratch.AsSpan(0, buffer.Length);
+        fixed (T* mine = buffer)
         {
             _group.Publish(_rank, (IntPtr)mine, buffer.Length);
             Arrive("an all-reduce");
@@ -40,29 +45,9 @@ public sealed class InProcessCommunicator : Communicator
             {
                 var (address, length) = _group.Published(r);
                 if (length != buffer.Length) Fail($"all-reduce of {buffer.Length} values on rank {_rank} met {length} on rank {r}: every rank must sum the same length");
-                System.Numerics.Tensors.TensorPrimitives.Add(sum, new ReadOnlySpan<float>((void*)address, length), sum);
+                System.Numerics.Tensors.TensorPrimitives.Add(sum, new ReadOnlySpan<T>((void*)address, length), sum);
             }
             Arrive("an all-reduce"); // every rank has read every buffer before any is overwritten
-        }
-        sum.CopyTo(buffer);
-    }
-
-    protected override unsafe void AllReduceSumCore(Span<double> buffer)
-    {
-        if (_doubleScratch.Length < buffer.Length) _doubleScratch = new double[buffer.Length];
-        var sum = _doubleScratch.AsSpan(0, buffer.Length);
-        fixed (double* mine = buffer)
-        {
-            _group.Publish(_rank, (IntPtr)mine, buffer.Length);
-            Arrive("an all-reduce");
-            sum.Clear();
-            for (int r = 0; r < Size; r++)
-            {
-                var (address, length) = _group.Published(r);
-                if (length != buffer.Length) Fail($"all-reduce of {buffer.Length} values on rank {_rank} met {length} on rank {r}: every rank must sum the same length");
-                System.Numerics.Tensors.TensorPrimitives.Add(sum, new ReadOnlySpan<double>((void*)address, length), sum);
-            }
-            Arrive("an all-reduce");
         }
         sum.CopyTo(buffer);
     }

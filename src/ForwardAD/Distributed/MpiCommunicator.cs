@@ -85,27 +85,18 @@ public sealed partial class MpiCommunicator : Communicator
         return string.Join(' ', first.Replace("Version:", "", StringComparison.Ordinal).Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries));
     }
 
-    protected override unsafe void AllReduceSumCore(Span<float> buffer)
-    {
-        fixed (float* data = buffer)
-            for (long done = 0; done < buffer.Length;)
-            {
-                int count = (int)Math.Min(int.MaxValue, buffer.Length - done);
-                int request;
-                Check(MPI_Iallreduce(InPlace, data + done, count, Float, Sum, CommWorld, &request), "MPI_Iallreduce");
-                Wait(ref request, "MPI_Iallreduce");
-                done += count;
-            }
-    }
+    protected override void AllReduceSumCore(Span<float> buffer) => AllReduceSum(buffer, Float);
+    protected override void AllReduceSumCore(Span<double> buffer) => AllReduceSum(buffer, Double);
 
-    protected override unsafe void AllReduceSumCore(Span<double> buffer)
+    /// <summary>MPI_Iallreduce(MPI_IN_PLACE, …, MPI_SUM) in pieces of at most 2³¹ − 1 elements (MPI counts are ints).</summary>
+    private unsafe void AllReduceSum<T>(Span<T> buffer, int type) where T : unmanaged
     {
-        fixed (double* data = buffer)
+        fixed (T* data = buffer)
             for (long done = 0; done < buffer.Length;)
             {
                 int count = (int)Math.Min(int.MaxValue, buffer.Length - done);
                 int request;
-                Check(MPI_Iallreduce(InPlace, data + done, count, Double, Sum, CommWorld, &request), "MPI_Iallreduce");
+                Check(MPI_Iallreduce(InPlace, data + done, count, type, Sum, CommWorld, &request), "MPI_Iallreduce");
                 Wait(ref request, "MPI_Iallreduce");
                 done += count;
             }
