@@ -1,3 +1,4 @@
+using ForwardAD.Random;
 using ForwardAD.Autodiff;
 using ForwardAD.Backends;
 using ForwardAD.Graph;
@@ -105,6 +106,30 @@ public class CpuWorkersTests
         {
             var many = Run(threads);
             for (int i = 0; i < one.Length; i++) Assert.True(one[i].AsSpan().SequenceEqual(many[i]), $"output {i} differs at {threads} threads");
+        }
+    }
+
+    /// <summary>Normal and uniform fills split across threads give the numbers one thread gives, at any start (the parts
+    /// begin on multiples of 16 after it, odd lengths end mid-block) and allocate nothing.</summary>
+    [Theory]
+    [InlineData(0L, 1_000_003)]
+    [InlineData(7L, 300_001)]
+    public void Random_fills_give_the_same_bits_at_any_thread_count(long first, int length)
+    {
+        var key = new RandomKey(42, 7);
+        var normal = new float[length];
+        var uniform = new float[length];
+        RandomFill.Normal(key, first, 0.5f, 2f, normal);
+        RandomFill.Uniform(key, first, -1f, 3f, uniform);
+        foreach (int threads in new[] { 1, 2, 3 })
+        {
+            var backend = new CpuBackend { Threads = threads };
+            var buffer = new View(backend.Allocate(length));
+            backend.FillNormal(key, first, 0.5f, 2f, buffer);
+            Assert.True(normal.AsSpan().SequenceEqual(CpuBackend.Span(buffer)), $"normal numbers differ at {threads} threads");
+            backend.FillUniform(key, first, -1f, 3f, buffer);
+            Assert.True(uniform.AsSpan().SequenceEqual(CpuBackend.Span(buffer)), $"uniform numbers differ at {threads} threads");
+            Allocations.AssertNone(_ => backend.FillNormal(key, first, 0.5f, 2f, buffer), warmUp: 2, steps: 3, $"a normal fill at {threads} threads");
         }
     }
 
