@@ -176,6 +176,13 @@ internal static class Compare
 /// <summary>`profile NAME`: runs one MLP, CNN or transformer benchmark row in a tight loop for external profilers (perf).</summary>
 internal static class Profile
 {
+    /// <summary>8 M normal numbers on one thread (the scale of a CNN activation-perturbation step's guesses).</summary>
+    private static Action NormalFill()
+    {
+        var buffer = new float[8 << 20];
+        return () => ForwardAD.Random.RandomFill.Normal(new RandomKey(1, 2), 0, 0f, 1f, buffer);
+    }
+
     public static int Run(string row, int iterations)
     {
         var bench = new MlpBenchmarks();
@@ -207,6 +214,7 @@ internal static class Profile
             "tf-backprop" => Tf().Backprop,
             "tf-step-backprop" => Tf().BackpropAdamW,
             "tf-step-ap" => Tf().ActivationPerturbationAdamW,
+            "normal-fill" => NormalFill(),
             _ => throw new ArgumentException($"Unknown row '{row}': use forward, jvp1, jvp16, backprop, gemm-managed, step-ap, step-wt, " +
                 "step-backprop, step-dfa, step-grape, cnn-forward, cnn-jvp1, cnn-backprop, cnn-step-backprop, cnn-step-ap, cnn-step-dfa, cnn-step-grape, tf-forward, tf-jvp1, " +
                 "tf-backprop, tf-step-backprop or tf-step-ap."),

@@ -82,8 +82,17 @@ internal static class Cli
             [var first, ..] when first.StartsWith("--", StringComparison.Ordinal) && first != "--help" => ["train", .. args],
             _ => args,
         };
-        // Every rank parses the same arguments and fails alike on a usage error: rank 0 alone says so.
+        // Data parallel: every rank must run the same command line (a rank with other options would call other exchanges,
+        // or the same ones at other times); checked before anything else, so that every rank then parses the same
+        // arguments and fails alike on a usage error, which rank 0 alone says.
         var usageError = communicator.Rank == 0 ? error : TextWriter.Null;
+        if (communicator.Size > 1)
+        {
+            try { RunAgreement.Require(communicator, new Dictionary<string, string> { ["the command line"] = string.Join(' ', args) }, "command line"); }
+            catch (RunMismatchException e) { return Fail(usageError, UsageError, e.Message); }
+            if (args[0] is not ("train" or "lm" or "compare") && !args.Contains("--help"))
+                return Fail(usageError, UsageError, $"'{args[0]}' runs in one process; start it without mpiexec. Data-parallel commands: train, lm, compare.");
+        }
         if (!args[0].StartsWith('-') && !CommandNames.Contains(args[0]))
             return Fail(usageError, UsageError, $"Unknown command '{args[0]}'. Commands: {string.Join(", ", CommandNames)}. See 'forwardad --help'.");
 
@@ -102,8 +111,10 @@ internal static class Cli
         }
         catch (UsageException e)
         {
-            usageError.WriteLine($"error: {e.Message}");
-            usageError.WriteLine($"See 'forwardad {commandName}--help'.");
+            // A usage error found while running (in the data, a file) may be this rank's alone: end the job.
+            if (communicator.Size > 1) return FailAlone(communicator, error, UsageError, e.Message);
+            error.WriteLine($"error: {e.Message}");
+            error.WriteLine($"See 'forwardad {commandName}--help'.");
             return UsageError;
         }
         catch (Exception e) when (e is CommunicationException or TrainingDivergedException && communicator.Size > 1)
@@ -115,17 +126,22 @@ internal static class Cli
         catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or UnauthorizedAccessException
                                       or NotSupportedException or TrainingDivergedException or CommunicationException)
         {
-            if (communicator.Size == 1) return Fail(error, RuntimeError, e.Message);
-            // Possibly this rank alone (its own file, its own device): say which rank, then end the job, since the other
-            // ranks may be waiting for this one in an exchange.
-            var message = $"rank {communicator.Rank} of {communicator.Size}: {e.Message}";
-            if (communicator is MpiCommunicator mpi) mpi.Abort($"error: {message}", RuntimeError);
-            return Fail(error, RuntimeError, message);
+            return communicator.Size == 1 ? Fail(error, RuntimeError, e.Message) : FailAlone(communicator, error, RuntimeError, e.Message);
         }
         catch (OutOfMemoryException)
         {
-            return Fail(error, RuntimeError, "out of memory: the model or the data does not fit. Use smaller widths, fewer layers or a smaller batch.");
+            const string Message = "out of memory: the model or the data does not fit. Use smaller widths, fewer layers or a smaller batch.";
+            return communicator.Size == 1 ? Fail(error, RuntimeError, Message) : FailAlone(communicator, error, RuntimeError, Message);
         }
+    }
+
+    /// <summary>An error that may be this rank's alone (its own file, its own device or memory): says which rank, then ends
+    /// the whole job, since the other ranks may be waiting for this one in an exchange.</summary>
+    private static int FailAlone(Communicator communicator, TextWriter error, int code, string message)
+    {
+        var text = $"rank {communicator.Rank} of {communicator.Size}: {message}";
+        if (communicator is MpiCommunicator mpi) mpi.Abort($"error: {text}", code);
+        return Fail(error, code, text);
     }
 
     private static int Fail(TextWriter error, int code, string message)

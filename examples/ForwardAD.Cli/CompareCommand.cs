@@ -93,6 +93,7 @@ internal static class CompareCommand
         float lr = p.GetValue(o.Lr), weightDecay = p.GetValue(o.WeightDecay);
         o.Guesser.RejectUnused(p, Methods);
         var configuration = new RunConfiguration();
+        TrainCommand.RequireBatchForRanks(context.Communicator, batch);
         var (train, test) = o.Data.Load(p, seed, configuration);
         if (batch > train.Count)
             throw new UsageException($"--batch-size {batch} is larger than the training set ({train.Count} examples): no full batch to train on.");
@@ -112,6 +113,7 @@ internal static class CompareCommand
         // epoch, so that a change in the machine's load (these 2 cores are shared) weighs on all of them alike.
         var communicator = context.Communicator;
         if (communicator.Size > 1) console.MarkupLineInterpolated($"data parallel: {TrainCommand.DataParallelBanner(communicator, batch)}");
+        foreach (var note in guessers.SelectMany(g => TrainCommand.DataParallelNotes(communicator, model, g)).Distinct()) console.MarkupLineInterpolated($"{note}");
         var trainers = guessers.Select(g => new Trainer(g, rule, ParameterStore.Initialize(model, new CpuBackend(), seed), train, test,
             new TrainingOptions(batch, seed) { CosineEvery = 1, Communicator = communicator })).ToList();
         foreach (var trainer in trainers) trainer.RequireSameRun(configuration.ToDictionary());

@@ -106,6 +106,7 @@ internal static class LanguageModelCommands
         int? maxSeconds = p.GetValue(o.MaxSeconds);
         var guesserName = GuesserOptions.Canonical(p.GetValue(o.GuesserName)!);
         o.Guesser.RejectUnused(p, [guesserName]);
+        TrainCommand.RequireBatchForRanks(context.Communicator, batch);
         var spec = ParseModel(p.GetValue(o.Model)!);
         var textPath = p.GetValue(o.Text);
         var corpus = textPath is null ? TextCorpus.Fortunes() : TextCorpus.Load(textPath);
@@ -132,6 +133,7 @@ internal static class LanguageModelCommands
         console.MarkupLineInterpolated($"[bold]ForwardAD[/] lm: {corpus.Name} ({corpus.Train.Length:N0} training / {corpus.Validation.Length:N0} validation bytes), transformer {spec} ({parameters.Model.ParameterCount:N0} parameters), {guesser.Name}, {ruleDescription}, batch {batch}, seed {seed}, {backend.Name}");
 
         if (communicator.Size > 1) console.MarkupLineInterpolated($"data parallel: {TrainCommand.DataParallelBanner(communicator, batch)}");
+        foreach (var note in TrainCommand.DataParallelNotes(communicator, parameters.Model, guesser)) console.MarkupLineInterpolated($"{note}");
         var reports = new List<LanguageModelReport>();
         var initial = trainer.Validate();
         bool quiet = p.GetValue(o.Quiet);

@@ -24,7 +24,7 @@ internal static class MetricsFile
             new[] { (r.Epoch + 1).ToString(CultureInfo.InvariantCulture), G(r.TrainLoss), G(r.TrainAccuracy), G(r.TestLoss), G(r.TestAccuracy), G(r.GlobalCosine) }
                 .Concat(Enumerable.Range(0, layers).Select(l => l < r.SiteCosines.Length ? G(r.SiteCosines[l]) : "NaN"))
                 .Concat(Enumerable.Range(0, aligned).Select(l => l < r.FeedbackAlignment.Length ? G(r.FeedbackAlignment[l]) : "NaN"))
-                .Concat([G(r.ExamplesPerSecond), G(r.ExchangedBytesPerStep), G(r.WallTime.TotalSeconds), run]))).Prepend(header));
+                .Concat([G(r.ExamplesPerSecond), r.ExchangedBytesPerStep.ToString("R", CultureInfo.InvariantCulture), G(r.WallTime.TotalSeconds), run]))).Prepend(header));
         static string G(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
     }
 

@@ -12,6 +12,14 @@ if (!MpiCommunicator.IsAvailable(out var reason))
     return ForwardAD.Cli.Cli.RuntimeError;
 }
 using var mpi = MpiCommunicator.Initialize();
-if (Environment.GetEnvironmentVariable("FORWARDAD_COLLECTIVE_TIMEOUT") is { } seconds && double.TryParse(seconds, System.Globalization.CultureInfo.InvariantCulture, out var timeout) && timeout > 0)
+// How long a rank waits for the others in one exchange before it ends the job (default 60 s).
+if (Environment.GetEnvironmentVariable("FORWARDAD_COLLECTIVE_TIMEOUT") is { } seconds)
+{
+    if (!double.TryParse(seconds, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var timeout) || !(timeout > 0) || timeout > 1e7)
+    {
+        if (mpi.Rank == 0) Console.Error.WriteLine($"error: FORWARDAD_COLLECTIVE_TIMEOUT is '{seconds}'; expected seconds, a number > 0 (e.g. 120).");
+        return ForwardAD.Cli.Cli.UsageError;
+    }
     mpi.Timeout = TimeSpan.FromSeconds(timeout);
+}
 return ForwardAD.Cli.Cli.Run(args, Console.Out, Console.Error, terminal: mpi.Rank == 0 && !Console.IsOutputRedirected && !Console.IsErrorRedirected, mpi);

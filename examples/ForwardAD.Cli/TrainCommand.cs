@@ -98,6 +98,7 @@ internal static class TrainCommand
         o.Guesser.RejectUnused(p, [guesserName]);
         // Everything is checked and loaded before the first step: a bad option or file costs no epoch.
         var configuration = new RunConfiguration();
+        RequireBatchForRanks(context.Communicator, batch);
         var (train, test) = o.Data.Load(p, seed, configuration);
         if (batch > train.Count)
             throw new UsageException($"--batch-size {batch} is larger than the training set ({train.Count} examples): no full batch to train on.");
@@ -140,6 +141,7 @@ internal static class TrainCommand
 
         console.MarkupLineInterpolated($"[bold]ForwardAD[/] train: {train.Name} ({train.Count} train / {test.Count} test), {configuration["model"]}, {guesser.Name}, {ruleDescription}, batch {batch}, seed {seed}, {backend.Name}");
         if (communicator.Size > 1) console.MarkupLineInterpolated($"data parallel: {DataParallelBanner(communicator, batch)}");
+        foreach (var note in DataParallelNotes(communicator, model, guesser)) console.MarkupLineInterpolated($"{note}");
         if (resume is not null) console.MarkupLineInterpolated($"resumed from {resume} at epoch {trainer.NextEpoch + 1}, step {trainer.Step}");
         void EpochDone(EpochReport report)
         {
@@ -208,6 +210,34 @@ internal static class TrainCommand
         configuration.Add("augmentation", augmentation.ToString());
         return augmentation;
     }
+
+    /// <summary>Refuses a batch that cannot give every rank an example (a usage error, found before anything is loaded).</summary>
+    internal static void RequireBatchForRanks(ForwardAD.Distributed.Communicator communicator, int batch)
+    {
+        if (batch < communicator.Size)
+            throw new UsageException($"--batch-size {batch} cannot be split over {communicator.Size} ranks: every rank needs at least one example of each batch. Use a batch of at least {communicator.Size} or fewer ranks.");
+    }
+
+    /// <summary>What a data-parallel run computes differently from one process, said in its banner: batch statistics are
+    /// each rank's own, and mixing combines each rank's own examples.</summary>
+    internal static IEnumerable<string> DataParallelNotes(ForwardAD.Distributed.Communicator communicator, Graph.Model model, Guessing.Guesser guesser)
+    {
+        if (communicator.Size == 1) yield break;
+        if (model.States.Any())
+            yield return "note: batch normalisation uses each rank's own batch statistics (its running statistics are averaged over the ranks), so this run is not the one-process computation";
+        if (guesser is Guessing.ActivationGuesser { Hidden: var hidden } && Mixes(hidden))
+            yield return "note: activation mixing combines each rank's own examples, so this run is not the one-process computation";
+    }
+
+    private static bool Mixes(Guessing.Guess guess) => guess switch
+    {
+        Guessing.MixingGuess => true,
+        Guessing.MaskedGuess masked => Mixes(masked.Source),
+        Guessing.NormalizedGuess normalized => Mixes(normalized.Source),
+        Guessing.PulledBackGuess pulled => Mixes(pulled.Source),
+        Guessing.ProjectedGuess projected => Mixes(projected.Source),
+        _ => false,
+    };
 
     /// <summary>"3 ranks (MPICH 4.0.2), 10–11 of the 32 examples of each batch per rank".</summary>
     internal static string DataParallelBanner(ForwardAD.Distributed.Communicator communicator, int batch)

@@ -5,6 +5,7 @@ using ForwardAD.Distributed;
 using ForwardAD.Graph;
 using ForwardAD.Guessing;
 using ForwardAD.Optim;
+using ForwardAD.Tensors;
 using ForwardAD.Training;
 
 namespace ForwardAD.Tests;
@@ -139,6 +140,83 @@ public sealed class DataParallelTests(ITestOutputHelper output)
         var (_, parallel) = Train("ap", 3, cosineEvery: 1);
         Assert.Equal(single[^1].GlobalCosine, parallel[^1].GlobalCosine, 4);
         Assert.Equal(1.0, Train("backprop", 2, cosineEvery: 1).Reports[^1].GlobalCosine, 6);
+    }
+
+    [Fact]
+    public void One_process_exchanges_nothing()
+    {
+        Assert.All(new[] { "directional", "grape", "backprop" }, method => Assert.Equal(0, Train(method, 1).Reports[^1].ExchangedBytesPerStep));
+    }
+
+    /// <summary>GrAPE's reported alignment of B to the exact Jacobian is measured over the whole batch, not rank 0's share.</summary>
+    [Fact]
+    public void The_feedback_alignment_of_a_data_parallel_run_is_measured_over_the_whole_batch()
+    {
+        var single = Train("grape", 1, cosineEvery: 5).Reports[^1].FeedbackAlignment;
+        var parallel = Train("grape", 3, cosineEvery: 5).Reports[^1].FeedbackAlignment;
+        Assert.NotEmpty(single);
+        for (int l = 0; l < single.Length; l++) Assert.Equal(single[l], parallel[l], 5);
+    }
+
+    /// <summary>A data-parallel step (estimate, exchange of the update or of the JVP scalars, loss, running statistics of a
+    /// batch-norm model) allocates nothing on either rank. Both ranks run the same fixed windows (an exchange needs both);
+    /// a rank passes when one of its windows read 0 bytes (the runtime's counter is occasionally off by stray bytes, see
+    /// <see cref="Allocations"/>).</summary>
+    [Theory]
+    [InlineData("backprop")]
+    [InlineData("directional")]
+    [InlineData("grape")]
+    public void A_data_parallel_step_allocates_nothing(string method)
+    {
+        var communicators = InProcessCommunicator.CreateGroup(2);
+        var windows = new long[2][];
+        var threads = communicators.Select(c => new Thread(() =>
+        {
+            var b = new ModelBuilder();
+            var x = b.Input("x", new Shape(64), differentiable: false);
+            var h = b.Activation("r1", b.BatchNorm("bn1", b.Dense("d1", x, 32, ElementwiseFunction.Identity).Output), ElementwiseFunction.Relu);
+            var logits = b.Dense("head", h, 10, ElementwiseFunction.Identity).Output;
+            var model = b.Build(b.SoftmaxCrossEntropy("loss", logits, b.ClassLabels("y", 10)), logits);
+            var store = ParameterStore.Initialize(model, new CpuBackend { Threads = 1 }, 1);
+            var shard = BatchShard.Split(Batch, c);
+            var estimator = Method(method).Compile(store, shard);
+            var (train, _) = Data();
+            var features = new float[shard.Count * 64];
+            var labels = new float[shard.Count];
+            train.CopyBatch([.. Enumerable.Range(shard.First, shard.Count)], features, labels);
+            estimator.SetBatch(features, labels);
+            var step = new DataParallelStep(estimator, shard, store);
+            long Window(int steps)
+            {
+                long before = GC.GetAllocatedBytesForCurrentThread();
+                for (int i = 0; i < steps; i++) step.Run(new Random.RandomKey(1, (ulong)i), i);
+                return GC.GetAllocatedBytesForCurrentThread() - before;
+            }
+            Window(3);
+            windows[c.Rank] = [Window(5), Window(40)];
+        })).ToList();
+        threads.ForEach(t => t.Start());
+        threads.ForEach(t => t.Join());
+        Assert.All(windows, w => Assert.True(w[0] == 0 || w[1] == 0, $"{method}: a data-parallel step allocated {w[0]} bytes in 5 steps, then {w[1]} in 40"));
+    }
+
+    [Fact]
+    public void Language_model_ranks_on_other_texts_are_refused()
+    {
+        var communicators = InProcessCommunicator.CreateGroup(2);
+        var errors = new Exception?[2];
+        var threads = communicators.Select(c => new Thread(() =>
+        {
+            var text = string.Concat(Enumerable.Range(0, 400).Select(i => $"line {i} of {(c.Rank == 0 ? "one" : "two")} text\n"));
+            var corpus = TextCorpus.FromText("corpus.txt", text); // the same name and length, other bytes
+            var spec = new TransformerSpec(Layers: 1, Heads: 2, Width: 16, Context: 12);
+            var store = ParameterStore.Initialize(spec.Build(), new CpuBackend { Threads = 1 }, 1);
+            var trainer = new LanguageModelTrainer(Guessers.Backprop, Optimizers.Sgd(0.1f), store, corpus, new LanguageModelOptions(8, 1) { Communicator = c });
+            try { trainer.Train(2); } catch (Exception e) { errors[c.Rank] = e; }
+        })).ToList();
+        threads.ForEach(t => t.Start());
+        threads.ForEach(t => t.Join());
+        Assert.All(errors, e => Assert.Contains("text_fingerprint", Assert.IsType<RunMismatchException>(e).Message));
     }
 
     [Fact]

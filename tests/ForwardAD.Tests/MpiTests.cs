@@ -29,11 +29,12 @@ public sealed partial class MpiTests(ITestOutputHelper output) : IDisposable
 
     /// <summary>Runs `mpiexec -n N dotnet forwardad ARGS` (N = 0: one process without mpiexec) in the test folder.</summary>
     private (int Code, string Out, string Err, TimeSpan Wall) Run(int ranks, string arguments, Action<Process>? during = null, int timeoutSeconds = 120,
-        string? environment = null)
+        string? environment = null, bool prefixOnly = false)
     {
+        // prefixOnly: the arguments hold whole mpiexec program segments (with their own -wdir, program and options).
         var start = ranks == 0
             ? new ProcessStartInfo("dotnet", $"\"{Cli}\" {arguments}")
-            : new ProcessStartInfo(MpiExec!, $"-n {ranks} {environment} dotnet \"{Cli}\" {arguments}");
+            : new ProcessStartInfo(MpiExec!, prefixOnly ? $"-n {ranks} {arguments}" : $"-n {ranks} {environment} dotnet \"{Cli}\" {arguments}");
         start.WorkingDirectory = _folder;
         start.RedirectStandardOutput = start.RedirectStandardError = true;
         start.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
@@ -134,16 +135,64 @@ public sealed partial class MpiTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
-    public void A_rank_with_another_configuration_is_refused_before_the_first_step()
+    public void A_rank_with_another_learning_rate_is_refused_before_the_first_step()
     {
         RequireMpi();
         var run = Run(1, $"{Training("backprop")} : -n 1 dotnet \"{Cli}\" {Training("backprop").Replace("--lr 0.1", "--lr 0.2")}");
         Assert.NotEqual(0, run.Code);
-        Assert.Contains("rank 1 of 2 runs another configuration than rank 0", run.Err);
-        Assert.Contains("'0.2' here but '0.1' on rank 0", run.Err);
-        Assert.Single(Regex.Matches(run.Err, "runs another configuration"));
+        Assert.Contains("rank 1 of 2 runs another command line than rank 0", run.Err);
+        Assert.Contains("--lr 0.2", run.Err);
+        Assert.Single(Regex.Matches(run.Err, "runs another command line"));
         Assert.False(File.Exists(Path.Combine(_folder, "c.safetensors")), "nothing may be written");
         Assert.True(run.Wall < TimeSpan.FromSeconds(30));
+    }
+
+    /// <summary>The same command line in two working directories whose data files differ (one label changed): refused
+    /// before the first step by the data's fingerprint, nothing written.</summary>
+    [Fact]
+    public void Ranks_that_read_different_data_are_refused_before_the_first_step()
+    {
+        RequireMpi();
+        var rows = Enumerable.Range(0, 200).Select(i => string.Join(',', Enumerable.Range(0, 4).Select(j => ((i * 7 + j * 3) % 11).ToString(System.Globalization.CultureInfo.InvariantCulture))) + $",{i % 3}").ToList();
+        foreach (var (folder, label) in new[] { ("a", "0"), ("b", "1") })
+        {
+            Directory.CreateDirectory(Path.Combine(_folder, folder));
+            File.WriteAllLines(Path.Combine(_folder, folder, "data.csv"), rows.Take(199).Append("1,2,3,4," + label));
+        }
+        string command = "train --data data.csv --guesser backprop --epochs 1 --batch-size 16 --no-plot --quiet --metrics m.csv --checkpoint c.safetensors";
+        var run = Run(1, $"-wdir a dotnet \"{Cli}\" {command} : -n 1 -wdir b dotnet \"{Cli}\" {command}", prefixOnly: true);
+        Assert.NotEqual(0, run.Code);
+        Assert.Contains("rank 1 of 2 runs another configuration than rank 0", run.Err);
+        Assert.Contains("data is", run.Err);
+        Assert.False(File.Exists(Path.Combine(_folder, "a", "c.safetensors")), "nothing may be written");
+    }
+
+    /// <summary>A rank with one option more (here a checkpoint path: only that rank would write and wait for the others
+    /// to agree) or an unknown option: refused at once, with one message, whatever the option.</summary>
+    [Theory]
+    [InlineData("--checkpoint extra.safetensors")]
+    [InlineData("--bogus")]
+    public void A_rank_with_another_command_line_is_refused_at_once(string extra)
+    {
+        RequireMpi();
+        string common = "train --guesser backprop --epochs 2 --batch-size 57 --no-plot --quiet --metrics m.csv";
+        var run = Run(1, $"{common} : -n 1 dotnet \"{Cli}\" {common} {extra}");
+        Assert.Equal(2, run.Code);
+        Assert.Contains("rank 1 of 2 runs another command line than rank 0", run.Err);
+        Assert.Contains($"{common} {extra}' here", run.Err);
+        Assert.Single(Regex.Matches(run.Err, "runs another command line"));
+        Assert.True(run.Wall < TimeSpan.FromSeconds(30), $"took {run.Wall}");
+        Assert.False(File.Exists(Path.Combine(_folder, "m.csv")));
+    }
+
+    [Fact]
+    public void A_command_that_runs_in_one_process_is_refused_under_mpiexec()
+    {
+        RequireMpi();
+        var run = Run(2, "grape-toy --size 20 --steps 5 --seeds 2 --csv toy.csv");
+        Assert.Equal(2, run.Code);
+        Assert.Contains("'grape-toy' runs in one process; start it without mpiexec", run.Err);
+        Assert.Single(Regex.Matches(run.Err, "runs in one process"));
     }
 
     private static int? RankProcess(int rank, string marker)

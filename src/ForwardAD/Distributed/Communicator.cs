@@ -16,6 +16,7 @@ namespace ForwardAD.Distributed;
 public abstract class Communicator : IDisposable
 {
     private long _reducedBytes, _broadcastBytes, _operations;
+    private float[] _staging = []; // host copy of another backend's buffers, reused (no allocation per step)
 
     /// <summary>This process's (or thread's) rank, 0 ≤ Rank &lt; Size.</summary>
     public abstract int Rank { get; }
@@ -33,7 +34,8 @@ public abstract class Communicator : IDisposable
     /// <summary>A communicator of one rank: sums and broadcasts leave the data as it is.</summary>
     public static Communicator SingleProcess { get; } = new SingleProcessCommunicator();
 
-    /// <summary>Bytes handed to all-reduce and broadcast, and the number of operations, since the start.</summary>
+    /// <summary>Bytes handed to all-reduce and broadcast, and the number of operations, since the start. One rank sends
+    /// nothing: its operations are not counted.</summary>
     public CommunicationTraffic Traffic => new(Interlocked.Read(ref _reducedBytes), Interlocked.Read(ref _broadcastBytes), Interlocked.Read(ref _operations));
 
     /// <summary>Replaces <paramref name="buffer"/> on every rank by the element-wise sum over all ranks. Every rank gets
@@ -55,10 +57,11 @@ public abstract class Communicator : IDisposable
     /// where they lie; other backends' go through the host unless the communicator reaches their memory (NCCL).</summary>
     public void AllReduceSum(Backend backend, View buffer)
     {
-        if (Size == 1 || buffer.Length == 0) { Count(ref _reducedBytes, (long)buffer.Length * sizeof(float)); return; }
+        if (Size == 1 || buffer.Length == 0) return;
         if (TryAllReduceOnDevice(backend, buffer)) { Count(ref _reducedBytes, (long)buffer.Length * sizeof(float)); return; }
         if (backend is CpuBackend) { AllReduceSum(CpuBackend.Span(buffer)); return; }
-        var host = new float[buffer.Length];
+        if (_staging.Length < buffer.Length) _staging = new float[buffer.Length];
+        var host = _staging.AsSpan(0, buffer.Length);
         backend.CopyToHost(buffer, host);
         AllReduceSum(host);
         backend.CopyFromHost(host, buffer);
@@ -75,8 +78,9 @@ public abstract class Communicator : IDisposable
     /// <summary>Returns when every rank has called it.</summary>
     public void Barrier()
     {
+        if (Size == 1) return;
         Interlocked.Increment(ref _operations);
-        if (Size > 1) BarrierCore();
+        BarrierCore();
     }
 
     /// <summary>Rank <paramref name="root"/>'s text on every rank (its length first, then its UTF-8 bytes).</summary>
@@ -102,6 +106,7 @@ public abstract class Communicator : IDisposable
 
     private void Count(ref long bytes, long added)
     {
+        if (Size == 1) return;
         Interlocked.Add(ref bytes, added);
         Interlocked.Increment(ref _operations);
     }

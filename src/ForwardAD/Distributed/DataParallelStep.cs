@@ -20,7 +20,8 @@ public sealed class DataParallelStep
     private readonly BatchShard _shard;
     private readonly ParameterStore _parameters;
     private readonly View[] _states;
-    private readonly double[] _loss = new double[1];
+    private readonly float[] _stateHost;
+    private readonly double[] _stateSums, _loss = new double[1];
 
     public DataParallelStep(GradientEstimator estimator, BatchShard shard, ParameterStore parameters)
     {
@@ -28,6 +29,8 @@ public sealed class DataParallelStep
             throw new ArgumentException($"The estimator was compiled for {estimator.Plan.BatchSize} examples but this rank's share is {shard.Count} ({shard}).", nameof(estimator));
         (_estimator, _shard, _parameters) = (estimator, shard, parameters);
         _states = [.. parameters.Model.States.Select(s => parameters[s])];
+        int stateLength = shard.IsWhole ? 0 : _states.Sum(s => s.Length);
+        (_stateHost, _stateSums) = (new float[stateLength], new double[stateLength]);
     }
 
     public BatchShard Shard => _shard;
@@ -49,16 +52,34 @@ public sealed class DataParallelStep
             _loss[0] = loss * _shard.Count / _shard.GlobalBatch;
             communicator.AllReduceSum(_loss);
             loss = _loss[0];
-            // Batch statistics are each rank's own (as in PyTorch's DDP without SyncBatchNorm): average the running
-            // estimates so that every rank evaluates and saves the same model.
-            foreach (var state in _states)
-            {
-                communicator.AllReduceSum(_parameters.Backend, state);
-                _parameters.Backend.Scale(state, 1f / communicator.Size, state);
-            }
+            if (_states.Length > 0) AverageRunningStatistics();
         }
         LastTraffic = communicator.Traffic - before;
         return (gradient, loss);
+    }
+
+    /// <summary>Batch statistics are each rank's own (as in PyTorch's DDP without SyncBatchNorm): the running estimates are
+    /// averaged over the ranks so that every rank evaluates and saves the same model. Summed and divided in float64, so
+    /// that equal values (frozen statistics) stay exactly what they were: (x + x + x)/3 = x in float64 for a float32 x.</summary>
+    private void AverageRunningStatistics()
+    {
+        var backend = _parameters.Backend;
+        int offset = 0;
+        foreach (var state in _states)
+        {
+            backend.CopyToHost(state, _stateHost.AsSpan(offset, state.Length));
+            offset += state.Length;
+        }
+        for (int i = 0; i < _stateHost.Length; i++) _stateSums[i] = _stateHost[i];
+        _shard.Communicator.AllReduceSum(_stateSums);
+        double size = _shard.Communicator.Size;
+        for (int i = 0; i < _stateHost.Length; i++) _stateHost[i] = (float)(_stateSums[i] / size);
+        offset = 0;
+        foreach (var state in _states)
+        {
+            backend.CopyFromHost(_stateHost.AsSpan(offset, state.Length), state);
+            offset += state.Length;
+        }
     }
 }
 
@@ -100,7 +121,7 @@ public static class RunAgreement
             $"(rank {first}: {detail}). Start every rank with the same command, data files and checkpoint; nothing was trained or written.");
     }
 
-    /// <summary>FNV-1a's starting value: <see cref="Hash"/> of nothing.</summary>
+    /// <summary>FNV-1a's starting value: <see cref="Hash(ReadOnlySpan{float}, ulong)"/> of nothing.</summary>
     public const ulong EmptyHash = 14695981039346656037UL;
 
     /// <summary>A 64-bit hash of floats (FNV-1a over their bits, 8 bytes at a time), continuing from <paramref name="hash"/>.</summary>
@@ -112,7 +133,15 @@ public static class RunAgreement
         return hash;
     }
 
-    /// <summary><see cref="Hash"/> as 16 hexadecimal digits: equal data, equal text.</summary>
+    /// <summary>A 64-bit hash of bytes (FNV-1a, 8 bytes at a time, then the rest one by one), continuing from <paramref name="hash"/>.</summary>
+    public static ulong Hash(ReadOnlySpan<byte> bytes, ulong hash = EmptyHash)
+    {
+        foreach (ulong word in MemoryMarshal.Cast<byte, ulong>(bytes)) hash = (hash ^ word) * 1099511628211UL;
+        foreach (byte rest in bytes[(bytes.Length & ~7)..]) hash = (hash ^ rest) * 1099511628211UL;
+        return hash;
+    }
+
+    /// <summary><see cref="Hash(ReadOnlySpan{float}, ulong)"/> as 16 hexadecimal digits: equal data, equal text.</summary>
     public static string Fingerprint(ReadOnlySpan<float> values) => Hash(values).ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
 
     private static string Canonical(IReadOnlyDictionary<string, string> facts) =>

@@ -64,11 +64,19 @@ public sealed partial class MpiCommunicator : Communicator
         {
             int provided;
             Check(MPI_Init_thread(IntPtr.Zero, IntPtr.Zero, ThreadSerialized, &provided), "MPI_Init_thread");
+            // One thread at a time calls MPI, not always the one that initialised it (a library user's thread pool).
+            if (provided < ThreadSerialized)
+                throw new CommunicationException($"MPI_Init_thread: the MPI library provides thread level {provided}; ForwardAD needs MPI_THREAD_SERIALIZED ({ThreadSerialized}) or more. Use an MPI built with thread support (Debian's mpich is).");
         }
         Check(MPI_Comm_set_errhandler(CommWorld, ErrorsReturn), "MPI_Comm_set_errhandler");
         int rank, size;
         Check(MPI_Comm_rank(CommWorld, &rank), "MPI_Comm_rank");
         Check(MPI_Comm_size(CommWorld, &size), "MPI_Comm_size");
+        // A launcher of another MPI (Open MPI's mpirun) starting processes linked to this one: each would come up as its
+        // own job of one rank and train alone, all writing the same files.
+        foreach (var variable in new[] { "PMI_SIZE", "OMPI_COMM_WORLD_SIZE" })
+            if (int.TryParse(Environment.GetEnvironmentVariable(variable), out int launched) && launched != size)
+                throw new CommunicationException($"The launcher started {launched} processes ({variable}) but MPI sees {size}: the job was started by another MPI's launcher than the library loaded ({LibraryVersion()}). Start it with that library's mpiexec (MPICH: mpiexec.hydra).");
         return new MpiCommunicator(rank, size, LibraryVersion());
     }
 
@@ -129,15 +137,20 @@ public sealed partial class MpiCommunicator : Communicator
     {
         long start = Stopwatch.GetTimestamp();
         long spinUntil = start + Stopwatch.Frequency / 20_000;
-        long deadline = start + (long)(Timeout.TotalSeconds * Stopwatch.Frequency);
+        // A negative (infinite) or very long timeout waits without a deadline.
+        double ticks = Timeout.TotalSeconds * Stopwatch.Frequency;
+        long deadline = Timeout < TimeSpan.Zero || ticks >= long.MaxValue - start ? long.MaxValue : start + (long)ticks;
         int done = 0;
         fixed (int* handle = &request)
             while (true)
             {
-                Check(MPI_Test(handle, &done, StatusIgnore), function);
+                // The operation still writes into the pinned buffer: a failure here cannot unwind past it, it ends the job.
+                int status = MPI_Test(handle, &done, StatusIgnore);
+                if (status != Success) Abort($"{function} on rank {_rank} of {_size}: {new MpiException("MPI_Test", status, ErrorText(status)).Message}. Ending the job");
                 if (done != 0) return;
                 long now = Stopwatch.GetTimestamp();
-                if (now > deadline) Abort($"{function} on rank {_rank} of {_size} waited {Timeout.TotalSeconds:0.#} s for the other ranks: a rank stopped answering (hung, stopped or on a lost host). Ending the job");
+                if (now > deadline) Abort($"{function} on rank {_rank} of {_size} waited {Timeout.TotalSeconds:0.#} s for the other ranks: a rank stopped answering " +
+                    "(hung, stopped, on a lost host, or it ended early or takes other steps because it was started with other options or data). Ending the job");
                 if (now > spinUntil) Thread.Sleep(now - start > Stopwatch.Frequency / 100 ? 1 : 0);
             }
     }
@@ -153,15 +166,17 @@ public sealed partial class MpiCommunicator : Communicator
         throw new UnreachableException();
     }
 
-    private static unsafe void Check(int status, string function)
+    private static void Check(int status, string function)
     {
-        if (status == Success) return;
+        if (status != Success) throw new MpiException(function, status, ErrorText(status));
+    }
+
+    private static unsafe string ErrorText(int status)
+    {
         const int Capacity = 512; // MPI_MAX_ERROR_STRING
         byte* text = stackalloc byte[Capacity + 1];
         int length = 0;
-        string message = MPI_Error_string(status, text, &length) == Success
-            ? System.Text.Encoding.UTF8.GetString(text, Math.Clamp(length, 0, Capacity)) : "no description";
-        throw new MpiException(function, status, message);
+        return MPI_Error_string(status, text, &length) == Success ? System.Text.Encoding.UTF8.GetString(text, Math.Clamp(length, 0, Capacity)) : "no description";
     }
 
     protected override void Dispose(bool disposing)

@@ -222,7 +222,10 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
     {
         var plan = oracle.Plan;
         var backend = plan.Backend;
-        int batch = plan.BatchSize, rows = batch * _positions;
+        int rows = plan.BatchSize * _positions;
+        // Data parallel, the oracle holds this rank's share and the rows are summed over the ranks; in one process the oracle
+        // may hold any batch.
+        int totalRows = _shard.IsWhole ? rows : _shard.GlobalBatch * _positions;
         plan.Forward();
         var result = new double[_hidden.Length];
         var oneHot = new float[rows * _outputs];
@@ -243,8 +246,10 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
                 backend.CopyFromHost(oneHot, pullBack.Cotangent(plan.Model.Output));
                 pullBack.Run();
                 backend.SumRows(pullBack.Cotangent(h), sums, accumulate: false);
+                // Data parallel: the rows of every rank's share of the batch (the oracle is compiled for this rank's share).
+                _shard.Communicator.AllReduceSum(backend, sums);
                 backend.CopyToHost(sums, row);
-                for (int i = 0; i < n; i++) jacobianTransposed[i * _outputs + k] = row[i] / rows;
+                for (int i = 0; i < n; i++) jacobianTransposed[i * _outputs + k] = row[i] / totalRows;
             }
             var feedback = new float[n * _outputs];
             backend.CopyToHost(_feedback[l], feedback);

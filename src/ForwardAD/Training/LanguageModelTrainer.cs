@@ -109,7 +109,7 @@ public sealed class LanguageModelTrainer
             ["batch_size"] = _options.BatchSize.ToString(CultureInfo.InvariantCulture),
             ["step"] = Step.ToString(CultureInfo.InvariantCulture),
             ["guesser"] = Guesser.Name,
-            ["text"] = $"{_corpus.Name}:{_corpus.TrainLength}",
+            ["text_fingerprint"] = $"{_corpus.Name}:{_corpus.Bytes.Length}:{RunAgreement.Hash(_corpus.Bytes):x16}",
             ["parameters"] = RunAgreement.Fingerprint(host),
         };
         RunAgreement.Require(communicator, facts);
