@@ -212,7 +212,8 @@ public sealed partial class MpiTests(ITestOutputHelper output) : IDisposable
     }
 
     /// <summary>kill -9 of rank 1 after the first checkpoint: the job ends within seconds with the launcher's message; the
-    /// checkpoint is intact and a run resumes from it.</summary>
+    /// checkpoint is intact and a run resumes from it. (Repeated for kill -9 of rank 0 at random moments, mid-checkpoint
+    /// included, by hand in review: the same.)</summary>
     [Fact]
     public void A_killed_rank_ends_the_job_within_seconds_and_leaves_the_checkpoint_intact()
     {
@@ -234,8 +235,10 @@ public sealed partial class MpiTests(ITestOutputHelper output) : IDisposable
         });
         Assert.NotNull(killedAfter);
         Assert.NotEqual(0, run.Code);
-        Assert.Contains("BAD TERMINATION", run.Out + run.Err);
-        Assert.Contains("Killed (signal 9)", run.Out + run.Err);
+        // The launcher reports the first rank it saw end: the killed one (Killed (signal 9)), or the survivor when MPI's
+        // transport noticed the lost peer first and aborted it (Aborted (signal 6)); either way the job ends at once.
+        Assert.Contains("BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES", run.Out + run.Err);
+        Assert.Matches("EXIT STRING: (Killed \\(signal 9\\)|Aborted \\(signal 6\\))", run.Out + run.Err);
         Assert.Null(RankProcess(0, "killed.safetensors"));
         // Intact: it loads, and a run resumes from it in one process.
         var resume = Run(0, Training("backprop", epochs: 100_000, checkpoint: "killed.safetensors").Replace("--epochs 100000", "--epochs 1000") + " --resume killed.safetensors", process =>
