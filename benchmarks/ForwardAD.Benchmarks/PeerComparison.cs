@@ -87,7 +87,8 @@ internal static class OursSide
                 ReuseBuffers = true,
                 Seeds = [.. model.Sites.Select(s => new Autodiff.TangentSeed(s.Node, new Random.RandomKey(1, (ulong)s.Node.Id)))],
             }
-            : new Autodiff.PlanOptions(MlpBenchmarks.Batch) { Gradients = true };
+            // Backprop as the training step runs it (BackpropGuesser): only what the backward pass reads is kept.
+            : new Autodiff.PlanOptions(MlpBenchmarks.Batch) { Gradients = true, ReuseBuffers = true };
         var plan = Autodiff.Plan.Compile(store, options);
         plan.SetInput(model["x"], x);
         plan.SetInput(model["y"], y);

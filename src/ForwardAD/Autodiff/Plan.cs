@@ -26,7 +26,7 @@ public sealed class Plan
     private readonly RandomKey?[] _generators;
     private readonly bool _saveAuxiliary;
     private readonly View _scratch;
-    private bool _forwardDone;
+    private bool _forwardDone, _backwardDone;
 
     public Model Model { get; }
     public ParameterStore Parameters { get; }
@@ -66,8 +66,6 @@ public sealed class Plan
         int count = nodes.Length, batch = options.BatchSize, channels = options.TangentCount;
         if (batch < 1) throw new ArgumentOutOfRangeException(nameof(options), $"Batch size must be at least 1; got {batch}.");
         if (channels < 1) throw new ArgumentOutOfRangeException(nameof(options), $"Tangent count K must be at least 1; got {channels}.");
-        if (options.ReuseBuffers && options.Gradients)
-            throw new ArgumentException("ReuseBuffers cannot be combined with Gradients: the backward pass needs every forward value.", nameof(options));
 
         var seeded = new bool[count];
         var generators = new RandomKey?[count];
@@ -122,8 +120,34 @@ public sealed class Plan
         for (int id = 0; id < count; id++) lastUse[id] = id;
         foreach (var node in nodes)
             foreach (var input in node.Inputs) lastUse[input] = Math.Max(lastUse[input], node.Id);
-        int end = count;
-        int LastStep(int id) => retained[id] || nodes[id].Op.IsLeaf ? end : lastUse[id];
+        // Steps: the forward pass runs node id at step id; the backward pass (gradients) runs node id's VJP at step
+        // 2·count − 1 − id. With reuse, a value lives until its last forward consumer or the last VJP rule that reads it
+        // (Op.VjpReadsInput/VjpReadsOutput), a saved derivative until its own VJP, a cotangent from its first writer (the
+        // latest consumer's VJP, or the loss seed at the start of the backward pass) to its own VJP: a deep model's
+        // backward pass then keeps x and f'(s) of each layer, not s, and a few cotangents for all layers.
+        int end = options.Gradients ? 2 * count : count;
+        int BackwardStep(int id) => 2 * count - 1 - id;
+        var runsVjp = new bool[count];
+        var readByBackward = new int[count];
+        var firstCotangentWrite = new int[count];
+        Array.Fill(readByBackward, -1);
+        Array.Fill(firstCotangentWrite, count); // the loss seed at the start of the backward pass; a consumer's VJP later
+        if (options.Gradients)
+            foreach (var node in nodes)
+            {
+                if (!needsCotangent[node.Id] || node.Op.IsLeaf) continue;
+                runsVjp[node.Id] = true;
+                int step = BackwardStep(node.Id);
+                if (node.Op.VjpReadsOutput) readByBackward[node.Id] = Math.Max(readByBackward[node.Id], step);
+                for (int i = 0; i < node.Inputs.Length; i++)
+                {
+                    int input = node.Inputs[i];
+                    if (node.Op.VjpReadsInput(i)) readByBackward[input] = Math.Max(readByBackward[input], step);
+                    // The latest consumer writes first (backward order); the loss, with no consumer, is seeded at step count.
+                    firstCotangentWrite[input] = firstCotangentWrite[input] == count ? step : Math.Min(firstCotangentWrite[input], step);
+                }
+            }
+        int LastStep(int id) => retained[id] || nodes[id].Op.IsLeaf ? end : Math.Max(lastUse[id], readByBackward[id]);
 
         // Every buffer length fits an int (checked in long here, with the node named), before anything is planned.
         foreach (var node in nodes)
@@ -146,7 +170,7 @@ public sealed class Plan
 
             int auxiliary = node.Op.AuxiliaryElements(node, nodes, batch);
             if (differentiating || node.Op.ForwardWritesAuxiliary)
-                planner.Request(auxiliary, id, retained[id] ? end : id, v => b.Auxiliary = v);
+                planner.Request(auxiliary, id, retained[id] ? end : runsVjp[id] ? BackwardStep(id) : id, v => b.Auxiliary = v);
 
             if (tangentNonZero[id])
             {
@@ -160,7 +184,8 @@ public sealed class Plan
                         planner.Request(tangentElements, generators[id] is null ? -1 : id, generators[id] is null ? end : id, v => b.Seed = v);
                 }
             }
-            if (needsCotangent[id] && !node.IsParameter) planner.Request(elements, -1, end, v => b.Cotangent = v);
+            if (needsCotangent[id] && !node.IsParameter)
+                planner.Request(elements, reuse ? firstCotangentWrite[id] : -1, reuse && !node.Op.IsLeaf ? BackwardStep(id) : end, v => b.Cotangent = v);
         }
         // One scratch buffer for every rule (im2col columns, normalisation temporaries): rules run one at a time.
         long scratchElements = ScratchNeed(nodes, nodes.Select(n => n.Id), batch, channels);
@@ -183,6 +208,9 @@ public sealed class Plan
 
         var readable = new bool[count];
         for (int id = 0; id < count; id++) readable[id] = !reuse || retained[id] || nodes[id].Op.IsLeaf;
+        // With reuse, only the cotangents of leaves (a differentiable input's gradient) outlive the backward pass.
+        var cotangentReadable = new bool[count];
+        for (int id = 0; id < count; id++) cotangentReadable[id] = !reuse || nodes[id].Op.IsLeaf;
         var forwardOrder = nodes.Where(n => !n.Op.IsLeaf).Select(n => n.Id).ToArray();
         var tangentOrder = nodes.Where(n => tangentNonZero[n.Id]).Select(n => n.Id).ToArray();
         var backwardOrder = nodes.Where(n => needsCotangent[n.Id] && !n.Op.IsLeaf).Select(n => n.Id).Reverse().ToArray();
@@ -191,7 +219,8 @@ public sealed class Plan
         if (options.Gradients) parameters.Backend.Fill(0f, gradients);
         var backward = BackwardSchedule.Build(model, backwardOrder, buffers, objectiveSeeds);
         return new Plan(parameters, options, buffers, forwardOrder, tangentOrder, backward, tangentNonZero,
-            hasInputTangent, seeded, readable, generators, differentiating, scratch, allocated * sizeof(float)) { ParameterGradients = gradients, GradientSlices = gradientSlices };
+            hasInputTangent, seeded, readable, generators, differentiating, scratch, allocated * sizeof(float))
+        { ParameterGradients = gradients, GradientSlices = gradientSlices, CotangentReadable = cotangentReadable };
     }
 
     /// <summary>The largest scratch need of the given nodes' rules with <paramref name="channels"/> channels, checked to fit one buffer.</summary>
@@ -251,6 +280,7 @@ public sealed class Plan
     {
         foreach (var id in _forwardOrder) RunForward(id);
         _forwardDone = true;
+        _backwardDone = false;
     }
 
     /// <summary>Pushes the seeds through the graph: every reached node gets its K-channel tangent.
@@ -274,6 +304,7 @@ public sealed class Plan
         }
         while (t < _tangentOrder.Length) RunJvp(_tangentOrder[t++]);
         _forwardDone = true;
+        _backwardDone = false;
     }
 
     /// <summary>
@@ -285,8 +316,12 @@ public sealed class Plan
     {
         if (!Options.Gradients) throw new InvalidOperationException("This plan was compiled without gradients; set PlanOptions.Gradients = true.");
         RequireForward();
+        // With reuse, the backward pass overwrites saved derivatives it has used: one backward pass per forward pass.
+        if (Options.ReuseBuffers && _backwardDone)
+            throw new InvalidOperationException("This plan reuses buffers in the backward pass: run Forward() again before another Backward().");
         foreach (var loss in _backward.Seeds) Backend.Fill(1f / BatchSize, _buffers[loss].Cotangent);
         RunBackward(_backward, _buffers, _scratch);
+        _backwardDone = true;
     }
 
     /// <summary>The mean loss (1/B) Σ_b ℓ_b of the last forward pass.</summary>
@@ -453,12 +488,17 @@ public sealed class Plan
         CheckNode(node);
         var view = _buffers[node.Id].Cotangent;
         if (view.IsEmpty) throw new ArgumentException($"{node} has no cotangent: it is off every path from a parameter to the loss, or the plan has no gradients.", nameof(node));
+        if (!CotangentReadable[node.Id])
+            throw new InvalidOperationException($"The cotangent of {node} is not kept: this plan reuses buffers in the backward pass (PlanOptions.ReuseBuffers); only parameter gradients and the inputs' cotangents are. Compile without ReuseBuffers to read it.");
         return view;
     }
 
     /// <summary>∂L/∂θ for every parameter after <see cref="Backward"/>, flat in the store's layout
     /// (parameters off the loss path stay zero).</summary>
     public View ParameterGradients { get; private init; }
+
+    /// <summary>Per node id: whether <see cref="Cotangent"/> may read the node's cotangent after the backward pass.</summary>
+    private bool[] CotangentReadable { get; init; } = [];
 
     /// <summary>Per node id, the parameter's slice of <see cref="ParameterGradients"/> (empty without gradients).</summary>
     private View[] GradientSlices { get; init; } = [];

@@ -30,9 +30,13 @@ public sealed record PlanOptions(int BatchSize)
     public bool Gradients { get; init; }
 
     /// <summary>
-    /// Reuse a node's buffers once its consumers have run (memory flat in depth). Only the fused
-    /// <see cref="Plan.ForwardJvp"/> and <see cref="Plan.Forward"/> may then run, and only the loss,
-    /// the output and <see cref="Retain"/> nodes can be read afterwards. Not allowed with gradients.
+    /// Reuse a node's buffers once nothing the plan still runs needs them. Without gradients (a JVP): once its
+    /// consumers have run, so memory is flat in depth; only the fused <see cref="Plan.ForwardJvp"/> and
+    /// <see cref="Plan.Forward"/> may then run. With gradients (backprop): a value lives until its last forward consumer
+    /// or the last VJP rule that reads it, a cotangent only while the backward pass needs it, as PyTorch's autograd frees
+    /// them; one <see cref="Plan.Backward"/> per forward pass. Either way only the loss, the output, <see cref="Retain"/>
+    /// nodes, the parameter gradients and the inputs' cotangents can be read afterwards, and pull-backs and parameter
+    /// updates (which read forward values later) are refused.
     /// </summary>
     public bool ReuseBuffers { get; init; }
 

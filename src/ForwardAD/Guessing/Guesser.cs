@@ -43,7 +43,8 @@ public abstract record Guesser
 public sealed record BackpropGuesser : Guesser
 {
     public override string Name => "backprop";
-    public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard) => new BackpropEstimator(parameters, shard);
+    /// <summary>The training step's backprop keeps only what its backward pass reads (the memory autograd keeps).</summary>
+    public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard) => new BackpropEstimator(parameters, shard, releaseBuffers: true);
 }
 
 /// <summary>

@@ -57,10 +57,12 @@ public sealed class BackpropEstimator : GradientEstimator
     public BackpropEstimator(ParameterStore parameters, int batchSize, bool updatesRunningStatistics = true)
         : this(parameters, BatchShard.Whole(batchSize), updatesRunningStatistics) { }
 
-    /// <summary>For a shard of the batch: the gradient of this shard's mean loss times B_r/B, its share of the batch's.</summary>
-    public BackpropEstimator(ParameterStore parameters, BatchShard shard, bool updatesRunningStatistics = true)
+    /// <summary>For a shard of the batch: the gradient of this shard's mean loss times B_r/B, its share of the batch's.
+    /// <paramref name="releaseBuffers"/>: the plan keeps only what the backward pass reads (PlanOptions.ReuseBuffers), as
+    /// autograd does: the training estimator's choice; an oracle whose plan others read (pull-backs, cotangents) keeps all.</summary>
+    public BackpropEstimator(ParameterStore parameters, BatchShard shard, bool updatesRunningStatistics = true, bool releaseBuffers = false)
     {
-        Plan = Plan.Compile(parameters, new PlanOptions(shard.Count) { Gradients = true, UpdatesRunningStatistics = updatesRunningStatistics });
+        Plan = Plan.Compile(parameters, new PlanOptions(shard.Count) { Gradients = true, UpdatesRunningStatistics = updatesRunningStatistics, ReuseBuffers = releaseBuffers });
         _share = shard.IsWhole ? 1f : (float)shard.Count / shard.GlobalBatch;
     }
 

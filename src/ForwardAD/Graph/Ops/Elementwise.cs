@@ -11,6 +11,10 @@ public sealed record ElementwiseOp(ElementwiseFunction Function) : Op
 {
     public override string Kind => Function.Name;
 
+    /// <summary>x̄ = f'(x) ⊙ ȳ reads the derivative the forward pass saved, neither x nor y.</summary>
+    internal override bool VjpReadsInput(int input) => false;
+    internal override bool VjpReadsOutput => false;
+
     internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs)
     {
         RequireInputs(name, inputs, 1, 1);

@@ -16,6 +16,10 @@ public sealed record LinearOp : Op
     /// <summary>x̄ = s̄ W reads only the weight.</summary>
     internal override bool InputVjpReadsForwardValues => false;
 
+    /// <summary>W̄ = s̄ᵀ x reads x (and the weight, a parameter); b̄ = Σ s̄ reads nothing, nor does any rule read s.</summary>
+    internal override bool VjpReadsInput(int input) => input != 2;
+    internal override bool VjpReadsOutput => false;
+
     internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs)
     {
         RequireInputs(name, inputs, 2, 3);

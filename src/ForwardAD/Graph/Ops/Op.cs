@@ -40,6 +40,14 @@ public abstract record Op
     /// back through ops that read nothing can be drawn before the forward pass.</summary>
     internal virtual bool InputVjpReadsForwardValues => true;
 
+    /// <summary>True when the VJP rule reads the forward value of input <paramref name="input"/> (a dense layer's x, for
+    /// W̄ = s̄ᵀx). A plan that reuses buffers in the backward pass (<see cref="PlanOptions.ReuseBuffers"/> with gradients)
+    /// keeps only the values some VJP rule reads. Default true: an op that says nothing keeps every value.</summary>
+    internal virtual bool VjpReadsInput(int input) => true;
+
+    /// <summary>True when the VJP rule reads the op's own forward value (see <see cref="VjpReadsInput"/>). Default true.</summary>
+    internal virtual bool VjpReadsOutput => true;
+
     /// <summary>Elements of the auxiliary buffer the forward pass saves for the derivative rules.</summary>
     internal virtual int AuxiliaryElements(Node node, IReadOnlyList<Node> nodes, int batchSize) => 0;
 

@@ -8,6 +8,9 @@ public sealed record AddOp : Op
 {
     public override string Kind => "add";
     internal override bool InputVjpReadsForwardValues => false;
+    /// <summary>ā = b̄ = s̄: copies, no value read.</summary>
+    internal override bool VjpReadsInput(int input) => false;
+    internal override bool VjpReadsOutput => false;
 
     internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs)
     {
