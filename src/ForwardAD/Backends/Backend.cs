@@ -153,10 +153,7 @@ public abstract class Backend
         var g = geometry;
         int count = images.Length / g.InputElements, outputPerImage = g.OutputPositions * outputs;
         int weightLength = weights.Length / channels, outputLength = count * outputPerImage;
-        long perImage = Math.Max(1L, (long)g.OutputPositions * g.PatchLength);
-        if (scratch.Length < perImage)
-            throw new ArgumentException($"Convolve: the scratch holds {scratch.Length} floats, fewer than one image's {perImage} im2col columns.", nameof(scratch));
-        int step = (int)Math.Clamp(ConvolutionPassElements / perImage, 1, scratch.Length / perImage);
+        int step = ImagesPerPass(g, scratch, nameof(Convolve));
         for (int first = 0; first < count; first += step)
         {
             int inPass = Math.Min(step, count - first), rows = inPass * g.OutputPositions;
@@ -166,6 +163,71 @@ public abstract class Backend
                 MultiplyColumns(g, rows, columns, weights.Channel(k, weightLength), outputs, beta,
                     y.Channel(k, outputLength).Slice(first * outputPerImage, inPass * outputPerImage));
         }
+    }
+
+    /// <summary>
+    /// The input VJP of <see cref="Convolve"/>, the transposed convolution: <paramref name="images"/> [N, H, W, C] (+)= col2im(s̄ W)
+    /// for <paramref name="cotangent"/> s̄ [N·Ho·Wo, outputs] and <paramref name="weights"/> [outputs, kh, kw, C/G]; overwritten
+    /// unless <paramref name="accumulate"/>. This default runs, per pass of images (as <see cref="Convolve"/>'s), one GEMM per
+    /// group into im2col columns in <paramref name="scratch"/> (cols̄[:, group block] = s̄[:, group outputs] W_group), then col2im.
+    /// </summary>
+    public virtual void ConvolveTransposed(View cotangent, in ConvGeometry geometry, View weights, int outputs, View images, bool accumulate, View scratch)
+    {
+        var g = geometry;
+        int count = images.Length / g.InputElements, perGroup = outputs / g.Groups, outputPerImage = g.OutputPositions * outputs;
+        int step = ImagesPerPass(g, scratch, nameof(ConvolveTransposed));
+        for (int first = 0; first < count; first += step)
+        {
+            int inPass = Math.Min(step, count - first), rows = inPass * g.OutputPositions;
+            var columns = scratch.Slice(0, rows * g.PatchLength);
+            var passCotangent = cotangent.Slice(first * outputPerImage, inPass * outputPerImage);
+            for (int group = 0; group < g.Groups; group++)
+            {
+                int a = group * perGroup, b = group * perGroup * g.GroupPatchLength, o = group * g.GroupPatchLength;
+                Gemm(Transpose.No, Transpose.No, rows, g.GroupPatchLength, perGroup, 1f,
+                    passCotangent.Slice(a, passCotangent.Length - a), outputs, weights.Slice(b, weights.Length - b), g.GroupPatchLength,
+                    0f, columns.Slice(o, columns.Length - o), g.PatchLength);
+            }
+            Col2Im(columns, g, images.Slice(first * g.InputElements, inPass * g.InputElements), accumulate);
+        }
+    }
+
+    /// <summary>
+    /// The weight VJP of <see cref="Convolve"/>: <paramref name="weightGradient"/> [outputs, kh, kw, C/G] (+)= s̄ᵀ cols(x) for
+    /// <paramref name="images"/> x [N, H, W, C] and <paramref name="cotangent"/> s̄ [N·Ho·Wo, outputs]; overwritten unless
+    /// <paramref name="accumulate"/>. This default builds im2col columns in <paramref name="scratch"/> pass by pass (as
+    /// <see cref="Convolve"/>'s) and adds each pass's W̄_group = s̄[:, group outputs]ᵀ cols(x)[:, group block] by GEMM.
+    /// </summary>
+    public virtual void ConvolutionWeightGradient(View images, in ConvGeometry geometry, View cotangent, int outputs, View weightGradient, bool accumulate, View scratch)
+    {
+        var g = geometry;
+        int count = images.Length / g.InputElements, perGroup = outputs / g.Groups, outputPerImage = g.OutputPositions * outputs;
+        int step = ImagesPerPass(g, scratch, nameof(ConvolutionWeightGradient));
+        for (int first = 0; first < count; first += step)
+        {
+            int inPass = Math.Min(step, count - first), rows = inPass * g.OutputPositions;
+            var columns = scratch.Slice(0, rows * g.PatchLength);
+            var passCotangent = cotangent.Slice(first * outputPerImage, inPass * outputPerImage);
+            Im2Col(images.Slice(first * g.InputElements, inPass * g.InputElements), g, columns);
+            float beta = first > 0 || accumulate ? 1f : 0f;
+            for (int group = 0; group < g.Groups; group++)
+            {
+                int a = group * perGroup, b = group * g.GroupPatchLength, o = group * perGroup * g.GroupPatchLength;
+                Gemm(Transpose.Yes, Transpose.No, perGroup, g.GroupPatchLength, rows, 1f,
+                    passCotangent.Slice(a, passCotangent.Length - a), outputs, columns.Slice(b, columns.Length - b), g.PatchLength,
+                    beta, weightGradient.Slice(o, perGroup * g.GroupPatchLength), g.GroupPatchLength);
+            }
+        }
+    }
+
+    /// <summary>Images per im2col pass: <see cref="ConvolutionPassElements"/> column floats, at least one image, at most what
+    /// <paramref name="scratch"/> holds.</summary>
+    private int ImagesPerPass(in ConvGeometry g, View scratch, string caller)
+    {
+        long perImage = Math.Max(1L, (long)g.OutputPositions * g.PatchLength);
+        if (scratch.Length < perImage)
+            throw new ArgumentException($"{caller}: the scratch holds {scratch.Length} floats, fewer than one image's {perImage} im2col columns.", nameof(scratch));
+        return (int)Math.Clamp(ConvolutionPassElements / perImage, 1, scratch.Length / perImage);
     }
 
     /// <summary>y[rows, outputs] = β·y + cols[rows, kh·kw·C] · Wᵀ, group by group (group g: its column block, its

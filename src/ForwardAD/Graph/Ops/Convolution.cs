@@ -13,7 +13,9 @@ namespace ForwardAD.Graph;
 /// x̄ = col2im(s̄ W) is the transposed convolution that pulls a guess at the next site back through this one (Wᵀ).
 /// The columns live in the plan's scratch buffer and are rebuilt when needed (never kept between rules), in passes of
 /// a few images (<see cref="Backend.ConvolutionPassElements"/>: on a CPU each pass's columns are still in cache when its
-/// GEMM reads them) and never more than <see cref="MaxScratchElements"/> floats.
+/// GEMM reads them) and never more than <see cref="MaxScratchElements"/> floats. The rules ask the backend for the
+/// convolution and its two VJPs (<see cref="Backend.Convolve"/>, <see cref="Backend.ConvolveTransposed"/>,
+/// <see cref="Backend.ConvolutionWeightGradient"/>): im2col + GEMM by default.
 /// </summary>
 public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) : Op
 {
@@ -58,14 +60,6 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
     {
         long perBatch = (long)batch * g.OutputPositions * g.PatchLength;
         return batch * (int)Math.Clamp(MaxScratchElements / Math.Max(1, perBatch), 1, channels);
-    }
-
-    /// <summary>Images per im2col pass: what the scratch holds, cut to the backend's cache-sized pass
-    /// (<see cref="Backend.ConvolutionPassElements"/>), at least one image.</summary>
-    private static int ImagesPerPass(Backend backend, in ConvGeometry g, int batch, int channels)
-    {
-        long perImage = Math.Max(1L, (long)g.OutputPositions * g.PatchLength);
-        return (int)Math.Clamp(backend.ConvolutionPassElements / perImage, 1, ImagesPerScratch(g, batch, channels));
     }
 
     internal override long ScratchElements(Node node, IReadOnlyList<Node> nodes, int batchSize, int channels)
@@ -114,47 +108,13 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
     {
         var g = Geometry(c);
         var (x, w, dy) = (c.Input(0), c.Input(1), c.Output.Cotangent);
-        int outputs = c.Node.Shape[2], perGroup = outputs / g.Groups, outputPerImage = g.OutputPositions * outputs;
-        int images = dy.Length / outputPerImage; // C·B in a pull-back
+        int outputs = c.Node.Shape[2];
+        // x̄ = col2im(s̄ W), for all C·B images of a pull-back; W̄ = s̄ᵀ cols(x) over the batch. Which kernels compute them is the
+        // backend's choice (im2col + GEMM by default).
         if (!x.Cotangent.IsEmpty)
-        {
-            // x̄ = col2im(s̄ W): per group, cols̄[:, group block] = s̄[:, group outputs] W_group.
-            int step = ImagesPerPass(c.Backend, g, c.BatchSize, Math.Max(1, images / c.BatchSize));
-            for (int first = 0; first < images; first += step)
-            {
-                int count = Math.Min(step, images - first), rows = count * g.OutputPositions;
-                var columns = c.Scratch.Slice(0, rows * g.PatchLength);
-                var cotangent = dy.Slice(first * outputPerImage, count * outputPerImage);
-                for (int group = 0; group < g.Groups; group++)
-                {
-                    int a = group * perGroup, b = group * perGroup * g.GroupPatchLength, o = group * g.GroupPatchLength;
-                    c.Backend.Gemm(Transpose.No, Transpose.No, rows, g.GroupPatchLength, perGroup, 1f,
-                        cotangent.Slice(a, cotangent.Length - a), outputs, w.Value.Slice(b, w.Value.Length - b), g.GroupPatchLength,
-                        0f, columns.Slice(o, columns.Length - o), g.PatchLength);
-                }
-                c.Backend.Col2Im(columns, g, x.Cotangent.Slice(first * g.InputElements, count * g.InputElements), c.Accumulate(0));
-            }
-        }
+            c.Backend.ConvolveTransposed(dy, g, w.Value, outputs, x.Cotangent.Slice(0, dy.Length / (g.OutputPositions * outputs) * g.InputElements), c.Accumulate(0), c.Scratch);
         if (!w.Cotangent.IsEmpty)
-        {
-            // W̄_group = s̄[:, group outputs]ᵀ cols(x)[:, group block], summed pass by pass.
-            int step = ImagesPerPass(c.Backend, g, c.BatchSize, 1);
-            for (int first = 0; first < c.BatchSize; first += step)
-            {
-                int count = Math.Min(step, c.BatchSize - first), rows = count * g.OutputPositions;
-                var columns = c.Scratch.Slice(0, rows * g.PatchLength);
-                var cotangent = dy.Slice(first * outputPerImage, count * outputPerImage);
-                c.Backend.Im2Col(x.Value.Slice(first * g.InputElements, count * g.InputElements), g, columns);
-                float beta = first > 0 || c.Accumulate(1) ? 1f : 0f;
-                for (int group = 0; group < g.Groups; group++)
-                {
-                    int a = group * perGroup, b = group * g.GroupPatchLength, o = group * perGroup * g.GroupPatchLength;
-                    c.Backend.Gemm(Transpose.Yes, Transpose.No, perGroup, g.GroupPatchLength, rows, 1f,
-                        cotangent.Slice(a, cotangent.Length - a), outputs, columns.Slice(b, columns.Length - b), g.PatchLength,
-                        beta, w.Cotangent.Slice(o, perGroup * g.GroupPatchLength), g.GroupPatchLength);
-                }
-            }
-        }
+            c.Backend.ConvolutionWeightGradient(x.Value, g, dy.Slice(0, c.BatchSize * g.OutputPositions * outputs), outputs, w.Cotangent, c.Accumulate(1), c.Scratch);
         if (c.Node.Inputs.Length == 3 && !c.Input(2).Cotangent.IsEmpty)
             c.Backend.SumRows(dy, c.Input(2).Cotangent, c.Accumulate(2));
     }
