@@ -19,7 +19,7 @@ public sealed class CpuBuffer(CpuBackend backend, int length) : DeviceBuffer
 /// (SIMD), matrix products through a <see cref="Tensors.Gemm"/> (OpenBLAS when installed).
 /// One instance per plan: the managed GEMM keeps packing scratch, so it is not shared between threads.
 /// </summary>
-public sealed class CpuBackend(Gemm gemm) : Backend
+public sealed partial class CpuBackend(Gemm gemm) : Backend
 {
     public CpuBackend() : this(Tensors.Gemm.CreateDefault()) { }
 
@@ -361,22 +361,29 @@ public sealed class CpuBackend(Gemm gemm) : Backend
             base.Convolve(images, geometry, weights, outputs, beta, y, scratch, channels);
             return;
         }
-        // Images split into parts (each with its own padded copy in the scratch after the packed weight); a few parts per
-        // thread so that a thread that starts late still finds work. One weight tensor (channel) at a time.
-        int parts = Math.Min(Parts(y.Length / channels, count), padded == 0 ? int.MaxValue : (scratch.Length - packed) / padded);
+        // One weight tensor (channel) at a time.
         int weightLength = weights.Length / channels, outputLength = count * g.OutputPositions * outputs;
         for (int k = 0; k < channels; k++)
         {
             DirectConvolution.PackWeight(Read(weights.Channel(k, weightLength)), outputs, g.PatchLength, Span(scratch.Slice(0, packed)));
-            RunParts(ref _convolve, static (in ConvolveArguments a, int part, int parts) =>
-            {
-                int inputs = a.Geometry.InputElements;
-                var images = PartRange.Of(a.Images.Length / inputs, part, parts);
-                DirectConvolution.Run(a.Geometry, Read(images.Of(a.Images, inputs)), Read(a.Packed), a.Outputs, a.Beta,
-                    Span(images.Of(a.Y, a.Geometry.OutputPositions * a.Outputs)), Span(a.Padded.Slice(part * a.PaddedLength, a.PaddedLength)));
-            }, new ConvolveArguments(images, g, scratch.Slice(0, packed), outputs, beta, y.Channel(k, outputLength),
-                scratch.Slice(packed, scratch.Length - packed), padded), parts);
+            RunDirect(images, g, outputs, beta, y.Channel(k, outputLength), scratch, packed);
         }
+    }
+
+    /// <summary>y = β·y + conv(images, W) by the direct kernel, W already packed in the first <paramref name="packed"/> floats
+    /// of the scratch. Images split into parts (each with its own padded copy in the scratch after the packed weight); a few
+    /// parts per thread so that a thread that starts late still finds work.</summary>
+    private void RunDirect(View images, in ConvGeometry g, int outputs, float beta, View y, View scratch, int packed)
+    {
+        int count = images.Length / g.InputElements, padded = DirectConvolution.PaddedElements(g);
+        int parts = Math.Min(Parts(y.Length, count), padded == 0 ? int.MaxValue : (scratch.Length - packed) / padded);
+        RunParts(ref _convolve, static (in ConvolveArguments a, int part, int parts) =>
+        {
+            int inputs = a.Geometry.InputElements;
+            var images = PartRange.Of(a.Images.Length / inputs, part, parts);
+            DirectConvolution.Run(a.Geometry, Read(images.Of(a.Images, inputs)), Read(a.Packed), a.Outputs, a.Beta,
+                Span(images.Of(a.Y, a.Geometry.OutputPositions * a.Outputs)), Span(a.Padded.Slice(part * a.PaddedLength, a.PaddedLength)));
+        }, new ConvolveArguments(images, g, scratch.Slice(0, packed), outputs, beta, y, scratch.Slice(packed, scratch.Length - packed), padded), parts);
     }
 
     private readonly record struct ConvolveArguments(View Images, ConvGeometry Geometry, View Packed, int Outputs, float Beta, View Y, View Padded, int PaddedLength);

@@ -80,8 +80,30 @@ internal static class DirectConvolution
         }
     }
 
+    /// <summary>
+    /// Packs, in <see cref="PackWeight"/>'s layout for C output channels, the weight of the transposed convolution
+    /// x̄ = col2im(s̄ W) of a stride-1 convolution with a square kh×kh kernel and padding p: x̄[iy, ix, c] =
+    /// Σ_{ky', kx', o} s̄_pad[iy + ky', ix + kx', o]·W'[c, ky', kx', o], s̄ zero-padded by kh − 1 − p, with
+    /// W'[c, ky', kx', o] = W[o, kh − 1 − ky', kw − 1 − kx', c]: the kernel turned by 180° and its channel axes swapped (output
+    /// position iy + p − ky of the forward reads pixel iy through tap ky, and iy + p − ky = (iy + ky') − (kh − 1 − p) for ky' = kh − 1 − ky).
+    /// <paramref name="outputs"/> is the forward's output channels (the transposed convolution's input channels).
+    /// </summary>
+    public static void PackTransposedWeight(ReadOnlySpan<float> weight, in ConvGeometry g, int outputs, Span<float> packed)
+    {
+        int kh = g.KernelHeight, kw = g.KernelWidth, channels = g.Channels, patch = kh * kw * outputs;
+        for (int o = 0; o < outputs; o++)
+            for (int ky = 0; ky < kh; ky++)
+                for (int kx = 0; kx < kw; kx++)
+                {
+                    var source = weight.Slice(((o * kh + ky) * kw + kx) * channels, channels);
+                    int k = ((kh - 1 - ky) * kw + (kw - 1 - kx)) * outputs + o; // depth index in W'[c]'s patch
+                    for (int c = 0; c < channels; c++)
+                        packed[c / TileColumns * patch * TileColumns + k * TileColumns + c % TileColumns] = source[c];
+                }
+    }
+
     /// <summary>Copies one image into a zero border of <see cref="ConvGeometry.Padding"/> pixels.</summary>
-    private static void Pad(in ConvGeometry g, ReadOnlySpan<float> image, Span<float> padded)
+    public static void Pad(in ConvGeometry g, ReadOnlySpan<float> image, Span<float> padded)
     {
         int width = PaddedWidth(g), rowLength = g.Width * g.Channels, border = g.Padding * g.Channels, paddedRow = width * g.Channels;
         padded[..(g.Padding * paddedRow)].Clear(); // top rows

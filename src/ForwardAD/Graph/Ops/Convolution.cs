@@ -15,7 +15,8 @@ namespace ForwardAD.Graph;
 /// a few images (<see cref="Backend.ConvolutionPassElements"/>: on a CPU each pass's columns are still in cache when its
 /// GEMM reads them) and never more than <see cref="MaxScratchElements"/> floats. The rules ask the backend for the
 /// convolution and its two VJPs (<see cref="Backend.Convolve"/>, <see cref="Backend.ConvolveTransposed"/>,
-/// <see cref="Backend.ConvolutionWeightGradient"/>): im2col + GEMM by default.
+/// <see cref="Backend.ConvolutionWeightGradient"/>): im2col + GEMM by default; the CPU reads the image in place where it
+/// can (<see cref="CpuBackend.ConvolutionVjps"/>), and the scratch is sized for the larger of both needs.
 /// </summary>
 public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) : Op
 {
@@ -65,7 +66,8 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
     internal override long ScratchElements(Node node, IReadOnlyList<Node> nodes, int batchSize, int channels)
     {
         var g = Geometry(nodes[node.Inputs[0]].Shape, nodes[node.Inputs[1]].Shape);
-        return (long)ImagesPerScratch(g, batchSize, channels) * g.OutputPositions * g.PatchLength;
+        return Math.Max((long)ImagesPerScratch(g, batchSize, channels) * g.OutputPositions * g.PatchLength,
+            CpuBackend.ConvolutionVjpScratch(g, node.Shape[2], batchSize));
     }
 
     internal override void Forward(in RuleContext c, bool saveAuxiliary)
@@ -110,7 +112,7 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
         var (x, w, dy) = (c.Input(0), c.Input(1), c.Output.Cotangent);
         int outputs = c.Node.Shape[2];
         // x̄ = col2im(s̄ W), for all C·B images of a pull-back; W̄ = s̄ᵀ cols(x) over the batch. Which kernels compute them is the
-        // backend's choice (im2col + GEMM by default).
+        // backend's choice (im2col + GEMM by default; the CPU reads the image in place where it can).
         if (!x.Cotangent.IsEmpty)
             c.Backend.ConvolveTransposed(dy, g, w.Value, outputs, x.Cotangent.Slice(0, dy.Length / (g.OutputPositions * outputs) * g.InputElements), c.Accumulate(0), c.Scratch);
         if (!w.Cotangent.IsEmpty)

@@ -1,0 +1,276 @@
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using ForwardAD.Tensors;
+
+namespace ForwardAD.Backends;
+
+/// <summary>The kernels a <see cref="CpuBackend"/> may run a convolution's VJPs with (<see cref="Backend.ConvolveTransposed"/>,
+/// x̄ = col2im(s̄ W), and <see cref="Backend.ConvolutionWeightGradient"/>, W̄ = s̄ᵀ cols(x)).</summary>
+public enum ConvolutionVjpKernels
+{
+    /// <summary>The kernel measured fastest for the geometry (<see cref="CpuBackend.ConvolutionVjps"/>): direct or im2col.</summary>
+    Automatic,
+    /// <summary>im2col/col2im + GEMM (the <see cref="Backend"/> default): every geometry.</summary>
+    Im2Col,
+    /// <summary>Shifted GEMMs over a padded row layout, one per kernel tap (kn2row, <see cref="ShiftedGemmLayout"/>): stride 1, one
+    /// group; im2col otherwise.</summary>
+    ShiftedGemm,
+    /// <summary>Implicit-GEMM kernels that read the image in place, wherever they apply: W̄ by <see cref="DirectWeightGradient"/>
+    /// (stride 1, one group, outputs in whole 16-channel panels), x̄ as the transposed convolution by <see cref="DirectConvolution"/>
+    /// (stride 1, one group, input channels in whole panels, a square kernel, p ≤ kh − 1); im2col otherwise.</summary>
+    Direct,
+}
+
+public sealed partial class CpuBackend
+{
+    /// <summary>
+    /// Which kernels run convolution VJPs. <see cref="ConvolutionVjpKernels.Automatic"/> (the default) takes, where they apply, the
+    /// direct x̄ (the transposed convolution, patches kh·kw·O up to <see cref="DirectPatchLength"/> as the forward's) and the direct
+    /// W̄ for up to <see cref="DirectWeightMaxOutputs"/> outputs; im2col elsewhere. Measured at batch 128, one thread, 3×3 kernels
+    /// with padding 1, minima of 15 interleaved rounds on this 2-core machine under load (ms; im2col / direct / shifted GEMMs):
+    /// x̄: 16×16×32→64 (the benchmark CNN's conv2) 19.1 / 13.6 / 20.4; 16×16×32→40 14.3 / 8.5 / 13.5; 16×16×16→32 6.8 / 3.6 / 6.8;
+    /// 16×16×64→64 36.9 / 26.1 / 35.9; 8×8×128→128 31.5 / 27.0 / 35.9; 32×32×3→32 (conv1; C = 3, no direct x̄) 8.7 / – / 18.8.
+    /// W̄: conv1 8.7 / 3.9 / 23; conv2 16.0 / 15.1 / 19.7; 16×16×16→32 5.2 / 3.7 / 6.5; 16×16×64→64 31.9 / 31.1 / 35.1;
+    /// 8×8×32→128 7.5 / 8.3 / 10.6; 8×8×64→128 14.5 / 16.6 / –; 8×8×128→128 29.3 / 33.9 / –.
+    /// Shifted GEMMs never won by more than the noise, so Automatic does not take them; <see cref="ConvolutionVjpKernels.ShiftedGemm"/>
+    /// selects them, and <see cref="ConvolutionVjpKernels.Direct"/> the direct kernels wherever they apply, past the measured limits.
+    /// Results do not depend on <see cref="Threads"/> for any choice.
+    /// </summary>
+    public ConvolutionVjpKernels ConvolutionVjps { get; init; } = ConvolutionVjpKernels.Automatic;
+
+    /// <summary>The most outputs for which <see cref="ConvolutionVjpKernels.Automatic"/> takes the direct W̄: the im2col columns cost
+    /// about as much as a GEMM over few outputs, but with 128 outputs OpenBLAS's GEMM outruns the direct kernel (see
+    /// <see cref="ConvolutionVjps"/>).</summary>
+    public const int DirectWeightMaxOutputs = 64;
+
+    /// <summary>Scratch floats the CPU's non-im2col VJP kernels need for a convolution over <paramref name="batch"/> images (the
+    /// op sizes the plan's scratch for the larger of this and im2col's need); 0 where only im2col applies.</summary>
+    public static long ConvolutionVjpScratch(in ConvGeometry g, int outputs, int batch)
+    {
+        if (g.Stride != 1 || g.Groups != 1) return 0;
+        long weight = DirectWeightScratch(g, outputs, batch);
+        long transposed = TransposedGeometry(g, outputs) is { } t ? DirectConvolution.PackedElements(t, g.Channels) + Math.Max(DirectConvolution.PaddedElements(t), 1) : 0;
+        return Math.Max(Math.Max(weight, transposed), new ShiftedGemmLayout(g).ChunkElements(1, outputs));
+    }
+
+    /// <summary>The geometry of x̄ = col2im(s̄ W) as a convolution of s̄ [Ho, Wo, outputs] (<see cref="DirectConvolution.PackTransposedWeight"/>):
+    /// padding kh − 1 − p on both axes, so a square kernel and p ≤ kh − 1; null otherwise (or for stride ≠ 1, groups ≠ 1).</summary>
+    private static ConvGeometry? TransposedGeometry(in ConvGeometry g, int outputs) =>
+        g.Stride == 1 && g.Groups == 1 && g.KernelHeight == g.KernelWidth && g.Padding <= g.KernelHeight - 1
+            ? new ConvGeometry(g.OutputHeight, g.OutputWidth, outputs, g.KernelHeight, g.KernelWidth, 1, g.KernelHeight - 1 - g.Padding, 1)
+            : null;
+
+    /// <summary>The kernel this backend runs a VJP with, W̄ (<paramref name="weightGradient"/>) or x̄, for the geometry, the number of
+    /// images and the scratch length: <see cref="ConvolutionVjpKernels.Direct"/> or <see cref="ConvolutionVjpKernels.ShiftedGemm"/>
+    /// where <see cref="ConvolutionVjps"/> selects it and it applies, <see cref="ConvolutionVjpKernels.Im2Col"/> otherwise.</summary>
+    public ConvolutionVjpKernels ConvolutionVjpKernel(in ConvGeometry geometry, int outputs, int images, int scratchLength, bool weightGradient)
+    {
+        var g = geometry;
+        if (ConvolutionVjps is ConvolutionVjpKernels.Automatic or ConvolutionVjpKernels.Direct)
+        {
+            bool measured = ConvolutionVjps == ConvolutionVjpKernels.Automatic;
+            if (weightGradient && DirectWeightGradient.Supports(g, outputs) && (!measured || outputs <= DirectWeightMaxOutputs)
+                && DirectWeightScratch(g, outputs, images) <= scratchLength)
+                return ConvolutionVjpKernels.Direct;
+            if (!weightGradient && TransposedGeometry(g, outputs) is { } t && (!measured || t.PatchLength <= DirectPatchLength)
+                && DirectConvolution.Supports(t, g.Channels) && DirectConvolution.PackedElements(t, g.Channels) + DirectConvolution.PaddedElements(t) <= scratchLength)
+                return ConvolutionVjpKernels.Direct;
+        }
+        if (ConvolutionVjps == ConvolutionVjpKernels.ShiftedGemm && ShiftedChunk(g, outputs, images, scratchLength) > 0)
+            return ConvolutionVjpKernels.ShiftedGemm;
+        return ConvolutionVjpKernels.Im2Col;
+    }
+
+    public override void ConvolveTransposed(View cotangent, in ConvGeometry geometry, View weights, int outputs, View images, bool accumulate, View scratch)
+    {
+        var g = geometry;
+        int count = images.Length / g.InputElements;
+        switch (ConvolutionVjpKernel(g, outputs, count, scratch.Length, weightGradient: false))
+        {
+            case ConvolutionVjpKernels.Direct:
+                // x̄ = conv(s̄ zero-padded by kh − 1 − p, W turned by 180° with its channel axes swapped): each image's x̄ from its
+                // own s̄, written once (β = 0 never reads x̄, so stale values cannot leak) or added (β = 1).
+                var t = TransposedGeometry(g, outputs)!.Value;
+                int packed = DirectConvolution.PackedElements(t, g.Channels);
+                DirectConvolution.PackTransposedWeight(Read(weights), g, outputs, Span(scratch.Slice(0, packed)));
+                RunDirect(cotangent, t, g.Channels, accumulate ? 1f : 0f, images, scratch, packed);
+                break;
+            case ConvolutionVjpKernels.ShiftedGemm:
+                ShiftedTransposed(cotangent, g, weights, outputs, images, accumulate, scratch, ShiftedChunk(g, outputs, count, scratch.Length));
+                break;
+            default:
+                base.ConvolveTransposed(cotangent, geometry, weights, outputs, images, accumulate, scratch);
+                break;
+        }
+    }
+
+    public override void ConvolutionWeightGradient(View images, in ConvGeometry geometry, View cotangent, int outputs, View weightGradient, bool accumulate, View scratch)
+    {
+        var g = geometry;
+        int count = images.Length / g.InputElements;
+        switch (ConvolutionVjpKernel(g, outputs, count, scratch.Length, weightGradient: true))
+        {
+            case ConvolutionVjpKernels.Direct:
+                DirectWeight(images, g, cotangent, outputs, weightGradient, accumulate, scratch);
+                break;
+            case ConvolutionVjpKernels.ShiftedGemm:
+                ShiftedWeight(images, g, cotangent, outputs, weightGradient, accumulate, scratch, ShiftedChunk(g, outputs, count, scratch.Length));
+                break;
+            default:
+                base.ConvolutionWeightGradient(images, geometry, cotangent, outputs, weightGradient, accumulate, scratch);
+                break;
+        }
+    }
+
+    /// <summary>Scratch floats of <see cref="DirectWeight"/> for <paramref name="images"/> images.</summary>
+    private static long DirectWeightScratch(in ConvGeometry g, int outputs, int images) =>
+        (long)images * DirectConvolution.PaddedElements(g) + DirectWeightGradient.AccumulatorElements(g, outputs) + DirectWeightGradient.PaddedPatch(g);
+
+    // ---- direct W̄ ---------------------------------------------------------------------------------------------------
+
+    /// <summary>W̄ (+)= s̄ᵀ cols(x) by <see cref="DirectWeightGradient"/>. Scratch: the accumulators, the patch offsets (ints in float
+    /// slots), then, with padding, every image zero-padded (padded once, in parallel by images, for all tiles to read).</summary>
+    private void DirectWeight(View images, in ConvGeometry g, View cotangent, int outputs, View weightGradient, bool accumulate, View scratch)
+    {
+        int count = images.Length / g.InputElements, paddedPatch = DirectWeightGradient.PaddedPatch(g);
+        int sums = DirectWeightGradient.AccumulatorElements(g, outputs), paddedImage = DirectConvolution.PaddedElements(g);
+        var offsets = scratch.Slice(sums, paddedPatch);
+        DirectWeightGradient.Offsets(g, MemoryMarshal.Cast<float, int>(Span(offsets)));
+        var padded = images;
+        if (paddedImage > 0)
+        {
+            padded = scratch.Slice(sums + paddedPatch, count * paddedImage);
+            RunParts(ref _padImages, static (in PadArguments a, int part, int parts) =>
+            {
+                var g = a.Geometry;
+                int paddedImage = a.Padded.Length / (a.Images.Length / g.InputElements);
+                var share = PartRange.Of(a.Images.Length / g.InputElements, part, parts);
+                for (int n = share.First; n < share.End; n++)
+                    DirectConvolution.Pad(g, Read(a.Images.Slice(n * g.InputElements, g.InputElements)), Span(a.Padded.Slice(n * paddedImage, paddedImage)));
+            }, new PadArguments(images, g, padded), Parts(padded.Length, count));
+        }
+        int tiles = DirectWeightGradient.Tiles(g, outputs);
+        RunParts(ref _directWeight, static (in DirectWeightArguments a, int part, int parts) =>
+        {
+            var tiles = PartRange.Of(DirectWeightGradient.Tiles(a.Geometry, a.Outputs), part, parts);
+            DirectWeightGradient.Run(a.Geometry, Read(a.Images), a.ImageStride, Read(a.Cotangent), a.Outputs, MemoryMarshal.Cast<float, int>(Read(a.Offsets)),
+                tiles.First, tiles.End, Span(a.Sums), Span(a.WeightGradient), a.Accumulate);
+        }, new DirectWeightArguments(padded, paddedImage > 0 ? paddedImage : g.InputElements, g, cotangent, outputs, offsets, scratch.Slice(0, sums), weightGradient, accumulate),
+            Parts(images.Length + cotangent.Length, tiles));
+    }
+
+    private readonly record struct PadArguments(View Images, ConvGeometry Geometry, View Padded);
+
+    private readonly record struct DirectWeightArguments(View Images, int ImageStride, ConvGeometry Geometry, View Cotangent, int Outputs, View Offsets,
+        View Sums, View WeightGradient, bool Accumulate);
+
+    private PartWork<PadArguments>? _padImages;
+    private PartWork<DirectWeightArguments>? _directWeight;
+
+    // ---- shifted GEMMs (kn2row) -----------------------------------------------------------------------------------
+
+    /// <summary>Images per chunk of the shifted GEMMs: <see cref="ShiftedGemmLayout.ChunkFloats"/> of layout rows with a one-thread
+    /// GEMM (the chunk's rows stay in cache across the kh·kw GEMMs), the whole batch with OpenBLAS's threads (each small GEMM would
+    /// pay their start-up, as <see cref="ConvolutionPassElements"/>), never more than the scratch holds; 0 when not even one
+    /// image fits or the geometry is not stride 1, one group.</summary>
+    private int ShiftedChunk(in ConvGeometry g, int outputs, int count, long scratchLength)
+    {
+        if (g.Stride != 1 || g.Groups != 1 || count == 0) return 0;
+        var layout = new ShiftedGemmLayout(g);
+        long budget = MatrixMultiply.Threads > 1 ? long.MaxValue : ShiftedGemmLayout.ChunkFloats;
+        long perImage = layout.ChunkElements(1, outputs);
+        int chunk = (int)Math.Clamp(Math.Min(budget, scratchLength) / perImage, 1, count);
+        while (chunk > 1 && layout.ChunkElements(chunk, outputs) > scratchLength) chunk--;
+        return layout.ChunkElements(chunk, outputs) <= scratchLength ? chunk : 0;
+    }
+
+    /// <summary>W̄[:, ky, kx, :] (+)= S̄ᵀ X[s ..] per tap (see <see cref="ShiftedGemmLayout"/>), chunk by chunk of images: the first
+    /// chunk's GEMMs overwrite unless <paramref name="accumulate"/>, later chunks add (β = 1). Chunks are sized by the GEMM's threads
+    /// and the scratch, never by <see cref="Threads"/>, so the sums' order is the same at any thread count.</summary>
+    private void ShiftedWeight(View images, in ConvGeometry g, View cotangent, int outputs, View weightGradient, bool accumulate, View scratch, int chunk)
+    {
+        var layout = new ShiftedGemmLayout(g);
+        int count = images.Length / g.InputElements, outputPerImage = g.OutputPositions * outputs, patch = g.PatchLength;
+        for (int first = 0; first < count; first += chunk)
+        {
+            int n = Math.Min(chunk, count - first), rows = layout.OutputRows(n), head = layout.HeadRows;
+            var x = scratch.Slice(0, layout.InputRows(n) * g.Channels);
+            var s = scratch.Slice(x.Length, layout.CotangentRows(n) * outputs);
+            ToLayout(images.Slice(first * g.InputElements, n * g.InputElements), layout, g.Height, g.Width * g.Channels, g.Channels, g.Padding, g.Padding, 0, x);
+            ToLayout(cotangent.Slice(first * outputPerImage, n * outputPerImage), layout, g.OutputHeight, g.OutputWidth * outputs, outputs, 0, 0, head * outputs, s);
+            float beta = first > 0 || accumulate ? 1f : 0f;
+            for (int ky = 0; ky < g.KernelHeight; ky++)
+                for (int kx = 0; kx < g.KernelWidth; kx++)
+                {
+                    int shift = layout.Shift(ky, kx), tap = (ky * g.KernelWidth + kx) * g.Channels;
+                    Gemm(Transpose.Yes, Transpose.No, outputs, g.Channels, rows, 1f, s.Slice(head * outputs, rows * outputs), outputs,
+                        x.Slice(shift * g.Channels, rows * g.Channels), g.Channels, beta, weightGradient.Slice(tap, (outputs - 1) * patch + g.Channels), patch);
+                }
+        }
+    }
+
+    /// <summary>X̄[r] = Σ_taps S̄[r − s] W[:, ky, kx, :] for the pixel rows r (see <see cref="ShiftedGemmLayout"/>): the first tap's
+    /// GEMM overwrites X̄ (β = 0), the others add, then the pixels are copied (or added) to x̄; chunk by chunk of images, each
+    /// image's x̄ from its own s̄.</summary>
+    private void ShiftedTransposed(View cotangent, in ConvGeometry g, View weights, int outputs, View images, bool accumulate, View scratch, int chunk)
+    {
+        var layout = new ShiftedGemmLayout(g);
+        int count = images.Length / g.InputElements, outputPerImage = g.OutputPositions * outputs, patch = g.PatchLength;
+        for (int first = 0; first < count; first += chunk)
+        {
+            int n = Math.Min(chunk, count - first), rows = layout.PixelRows(n), head = layout.HeadRows;
+            var sums = scratch.Slice(0, rows * g.Channels);
+            var s = scratch.Slice(sums.Length, layout.CotangentRows(n) * outputs);
+            ToLayout(cotangent.Slice(first * outputPerImage, n * outputPerImage), layout, g.OutputHeight, g.OutputWidth * outputs, outputs, 0, 0, head * outputs, s);
+            for (int ky = 0; ky < g.KernelHeight; ky++)
+                for (int kx = 0; kx < g.KernelWidth; kx++)
+                {
+                    int from = head + layout.FirstPixelRow - layout.Shift(ky, kx), tap = (ky * g.KernelWidth + kx) * g.Channels;
+                    Gemm(Transpose.No, Transpose.No, rows, g.Channels, outputs, 1f, s.Slice(from * outputs, rows * outputs), outputs,
+                        weights.Slice(tap, (outputs - 1) * patch + g.Channels), patch, ky + kx == 0 ? 0f : 1f, sums, g.Channels);
+                }
+            FromLayout(sums, layout, images.Slice(first * g.InputElements, n * g.InputElements), accumulate);
+        }
+    }
+
+    /// <summary>Writes examples' rows into the layout matrix <paramref name="target"/> (<see cref="ShiftedGemmLayout.Scatter"/>),
+    /// in parallel by examples (each part writes its examples' range of the layout).</summary>
+    private void ToLayout(View source, in ShiftedGemmLayout layout, int rows, int rowLength, int width, int rowOffset, int columnOffset, int origin, View target)
+    {
+        int count = source.Length / (rows * rowLength);
+        RunParts(ref _toLayout, static (in LayoutArguments a, int part, int parts) =>
+        {
+            int count = a.Source.Length / (a.Rows * a.RowLength);
+            var share = PartRange.Of(count, part, parts);
+            a.Layout.Scatter(Read(share.Of(a.Source, a.Rows * a.RowLength)), a.Rows, a.RowLength, a.Width, a.RowOffset, a.ColumnOffset, a.Origin,
+                share.First, share.Count, share.End == count, Span(a.Target));
+        }, new LayoutArguments(source, layout, rows, rowLength, width, rowOffset, columnOffset, origin, target), Parts(target.Length, count));
+    }
+
+    /// <summary>x̄[n, iy, :, :] (+)= X̄ rows (n·Hs + iy)·Ws .. + W (X̄ starts at the first pixel's row), in parallel by images.</summary>
+    private void FromLayout(View sums, in ShiftedGemmLayout layout, View images, bool accumulate)
+    {
+        var g = layout.Geometry;
+        RunParts(ref _fromLayout, static (in LayoutArguments a, int part, int parts) =>
+        {
+            var g = a.Layout.Geometry;
+            var share = PartRange.Of(a.Target.Length / g.InputElements, part, parts);
+            ReadOnlySpan<float> sums = Read(a.Source);
+            var images = Span(a.Target);
+            int rowLength = g.Width * g.Channels;
+            for (int n = share.First; n < share.End; n++)
+                for (int iy = 0; iy < g.Height; iy++)
+                {
+                    var from = sums.Slice((n * a.Layout.ImageStride + iy * a.Layout.RowStride) * g.Channels, rowLength);
+                    var to = images.Slice((n * g.Height + iy) * rowLength, rowLength);
+                    if (a.Accumulate) TensorPrimitives.Add(to, from, to);
+                    else from.CopyTo(to);
+                }
+        }, new LayoutArguments(sums, layout, 0, 0, 0, 0, 0, 0, images, accumulate), Parts(images.Length, images.Length / g.InputElements));
+    }
+
+    private readonly record struct LayoutArguments(View Source, ShiftedGemmLayout Layout, int Rows, int RowLength, int Width, int RowOffset, int ColumnOffset,
+        int Origin, View Target, bool Accumulate = false);
+
+    private PartWork<LayoutArguments>? _toLayout, _fromLayout;
+}
