@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using ForwardAD.Backends;
+using ForwardAD.Random;
 using ForwardAD.Tensors;
 
 namespace ForwardAD.Benchmarks;
@@ -9,7 +10,8 @@ namespace ForwardAD.Benchmarks;
 /// GEMMs of <see cref="CnnBenchmarks"/>'s forward (cols(x) Wᵀ: conv1 [128·32·32, 27] × [27, 32], conv2 [128·16·16, 288] ×
 /// [288, 64]) and the reference shape of the MLP benchmark (512 × 1024 × 1024, A Bᵀ), through the library's default GEMM
 /// (OpenBLAS when installed), at whatever thread count OPENBLAS_NUM_THREADS sets; medians of single calls after warm-up.
-/// Then the same convolutions as the library runs them, in passes of a few images whose columns stay in cache.
+/// Then the same convolutions as the library runs them, in passes of a few images whose columns stay in cache; then their VJPs
+/// by each of the CPU's kernels (im2col, shifted GEMMs, direct), which is how <see cref="CpuBackend.ConvolutionVjps"/> chose.
 /// </summary>
 internal static class ConvGemmRate
 {
@@ -114,6 +116,62 @@ internal static class ConvGemmRate
             string chosen = g.PatchLength <= libraryDirectPatch ? "*" : "";
             Console.WriteLine($"| {name} | direct{chosen} | {rate:F1} | {rate / reference:P0} | {samples[repeats / 2] * 1e3:F2} | {rate / reference:P0} |");
         }
+        Vjps(repeats, reference);
         return 0;
+    }
+
+    /// <summary>The convolutions' VJPs by each of the CPU's kernels (<see cref="CpuBackend.ConvolutionVjps"/>): x̄ = col2im(s̄ W) and
+    /// W̄ = s̄ᵀ cols(x) at batch 128, the backend's threads as OPENBLAS_NUM_THREADS sets them. On a shared machine the kernels are
+    /// compared in interleaved rounds (one call of each per round, after two warm-up rounds), so that a busy spell slows all of them;
+    /// the minimum over rounds is the steadier figure, the median is also given. GFLOP/s count the useful products,
+    /// 2·B·Ho·Wo·kh·kw·C·O, at the minimum.</summary>
+    private static void Vjps(int repeats, double reference)
+    {
+        Console.WriteLine();
+        Console.WriteLine($"Convolution VJPs by kernel (CpuBackend.ConvolutionVjps; {new CpuBackend().Threads} backend thread(s)), batch 128, 3×3, padding 1, " +
+            $"{repeats} interleaved rounds. * = Automatic's choice.");
+        Console.WriteLine("| convolution | VJP | kernel | min ms | median ms | GFLOP/s | / reference |");
+        Console.WriteLine("|---|---|---|---:|---:|---:|---:|");
+        foreach (var (name, height, channels, outputs) in new[] { ("conv1", 32, 3, 32), ("conv2", 16, 32, 64), ("16×16×32→40", 16, 32, 40),
+            ("16×16×16→32", 16, 16, 32), ("16×16×64→64", 16, 64, 64), ("8×8×32→128", 8, 32, 128), ("8×8×64→128", 8, 64, 128), ("8×8×128→128", 8, 128, 128) })
+        {
+            const int batch = 128;
+            var g = new ConvGeometry(height, height, channels, 3, 3, 1, 1, 1);
+            var automatic = new CpuBackend();
+            var x = new View(automatic.Allocate(batch * g.InputElements));
+            var w = new View(automatic.Allocate(outputs * g.PatchLength));
+            var dy = new View(automatic.Allocate(batch * g.OutputPositions * outputs));
+            var dx = new View(automatic.Allocate(x.Length));
+            var dw = new View(automatic.Allocate(w.Length));
+            var scratch = new View(automatic.Allocate((int)Math.Max((long)batch * g.OutputPositions * g.PatchLength, CpuBackend.ConvolutionVjpScratch(g, outputs, batch))));
+            RandomFill.Normal(new RandomKey(1, 1), 0, 0f, 1f, CpuBackend.Span(x));
+            RandomFill.Normal(new RandomKey(1, 2), 0, 0f, 1f, CpuBackend.Span(w));
+            RandomFill.Normal(new RandomKey(1, 3), 0, 0f, 1f, CpuBackend.Span(dy));
+            double flops = 2.0 * batch * g.OutputPositions * outputs * g.PatchLength;
+            foreach (var (vjp, weight) in new[] { ("x̄", false), ("W̄", true) })
+            {
+                var chosen = automatic.ConvolutionVjpKernel(g, outputs, batch, scratch.Length, weight);
+                // Each kernel that applies here (one that falls back to im2col would only repeat the im2col row).
+                var backends = new[] { ConvolutionVjpKernels.Im2Col, ConvolutionVjpKernels.ShiftedGemm, ConvolutionVjpKernels.Direct }
+                    .Select(k => new CpuBackend { ConvolutionVjps = k })
+                    .Where(b => b.ConvolutionVjpKernel(g, outputs, batch, scratch.Length, weight) == b.ConvolutionVjps).ToArray();
+                var samples = backends.Select(_ => new double[repeats]).ToArray();
+                for (int round = -2; round < repeats; round++)
+                    for (int i = 0; i < backends.Length; i++)
+                    {
+                        long start = Stopwatch.GetTimestamp();
+                        if (weight) backends[i].ConvolutionWeightGradient(x, g, dy, outputs, dw, false, scratch);
+                        else backends[i].ConvolveTransposed(dy, g, w, outputs, dx, false, scratch);
+                        if (round >= 0) samples[i][round] = Stopwatch.GetElapsedTime(start).TotalSeconds;
+                    }
+                for (int i = 0; i < backends.Length; i++)
+                {
+                    Array.Sort(samples[i]);
+                    var kernels = backends[i].ConvolutionVjps;
+                    double rate = flops / samples[i][0] / 1e9;
+                    Console.WriteLine($"| {name} | {vjp} | {kernels}{(kernels == chosen ? "*" : "")} | {samples[i][0] * 1e3:F2} | {samples[i][repeats / 2] * 1e3:F2} | {rate:F1} | {rate / reference:P0} |");
+                }
+            }
+        }
     }
 }

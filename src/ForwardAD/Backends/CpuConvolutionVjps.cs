@@ -26,12 +26,14 @@ public sealed partial class CpuBackend
     /// <summary>
     /// Which kernels run convolution VJPs. <see cref="ConvolutionVjpKernels.Automatic"/> (the default) takes, where they apply, the
     /// direct x̄ (the transposed convolution, patches kh·kw·O up to <see cref="DirectPatchLength"/> as the forward's) and the direct
-    /// W̄ for up to <see cref="DirectWeightMaxOutputs"/> outputs; im2col elsewhere. Measured at batch 128, one thread, 3×3 kernels
-    /// with padding 1, minima of 15 interleaved rounds on this 2-core machine under load (ms; im2col / direct / shifted GEMMs):
-    /// x̄: 16×16×32→64 (the benchmark CNN's conv2) 19.1 / 13.6 / 20.4; 16×16×32→40 14.3 / 8.5 / 13.5; 16×16×16→32 6.8 / 3.6 / 6.8;
-    /// 16×16×64→64 36.9 / 26.1 / 35.9; 8×8×128→128 31.5 / 27.0 / 35.9; 32×32×3→32 (conv1; C = 3, no direct x̄) 8.7 / – / 18.8.
-    /// W̄: conv1 8.7 / 3.9 / 23; conv2 16.0 / 15.1 / 19.7; 16×16×16→32 5.2 / 3.7 / 6.5; 16×16×64→64 31.9 / 31.1 / 35.1;
-    /// 8×8×32→128 7.5 / 8.3 / 10.6; 8×8×64→128 14.5 / 16.6 / –; 8×8×128→128 29.3 / 33.9 / –.
+    /// W̄ for up to <see cref="DirectWeightMaxOutputs"/> outputs; im2col elsewhere. Measured with `conv-gemm-rate` (batch 128, 3×3,
+    /// padding 1, minima of 15 interleaved rounds, load average 6–7 on this 2-core machine; ms, im2col / direct / shifted GEMMs), one thread:
+    /// x̄: 16×16×32→64 (the benchmark CNN's conv2) 19.3 / 13.4 / 20.3; 16×16×32→40 14.2 / 8.5 / 13.3; 16×16×16→32 6.7 / 3.5 / 6.6;
+    /// 16×16×64→64 36.7 / 26.0 / 35.4; 8×8×128→128 31.1 / 26.4 / 35.1; 32×32×3→32 (conv1; C = 3, no direct x̄) 9.1 / – / 18.3.
+    /// W̄: conv1 8.1 / 3.9 / 21.9; conv2 16.3 / 14.5 / 19.3; 16×16×16→32 5.1 / 3.9 / 6.3; 16×16×64→64 31.8 / 30.8 / 35.0;
+    /// 8×8×32→128 7.5 / 7.7 / 10.5; 8×8×64→128 14.6 / 16.3 / 19.1; 8×8×128→128 28.7 / 36.8 / 35.4.
+    /// Two threads: conv2 x̄ 32.1 / 10.4 / 30.4, W̄ 20.8 / 16.7 / 33.9; conv1 W̄ 15.1 / 6.4 / 69 (with 128 outputs the direct W̄ is
+    /// ahead by the minima and behind by the medians: the one-thread limit stands).
     /// Shifted GEMMs never won by more than the noise, so Automatic does not take them; <see cref="ConvolutionVjpKernels.ShiftedGemm"/>
     /// selects them, and <see cref="ConvolutionVjpKernels.Direct"/> the direct kernels wherever they apply, past the measured limits.
     /// Results do not depend on <see cref="Threads"/> for any choice.
