@@ -103,6 +103,7 @@ internal static class CompareCommand
         var folder = p.GetValue(o.Out)!;
         if (File.Exists(folder)) throw new IOException($"--out {folder}: is a file; give a folder for compare.csv and its plot.");
         var csv = Path.Combine(folder, "compare.csv");
+        using var outputs = context.WritesFiles ? OutputLock.Acquire($"compare (out {folder})", ("--out", folder)) : null;
         bool quiet = p.GetValue(o.Quiet), plot = !p.GetValue(o.NoPlot);
 
         var methods = string.Join(", ", guessers.Select(g => g.Name));

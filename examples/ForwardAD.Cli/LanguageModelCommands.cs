@@ -123,6 +123,7 @@ internal static class LanguageModelCommands
         var checkpoint = p.GetValue(o.Checkpoint);
         foreach (var (option, path) in new[] { ("--metrics", metricsPath), ("--checkpoint", checkpoint) })
             if (path is not null && Directory.Exists(path)) throw new IOException($"{option} {path}: is a directory; give a file path.");
+        using var outputs = context.WritesFiles ? OutputLock.Acquire($"lm (metrics {metricsPath})", ("--metrics", metricsPath), ("--checkpoint", checkpoint)) : null;
         var backend = o.Device.Create(p);
         var parameters = ParameterStore.Initialize(spec.Build(init), backend, seed);
         int windows = p.GetValue(o.ValidationWindows);

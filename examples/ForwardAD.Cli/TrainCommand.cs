@@ -113,6 +113,8 @@ internal static class TrainCommand
         bool quiet = p.GetValue(o.Quiet);
         foreach (var (option, path) in new[] { ("--metrics", metricsPath), ("--checkpoint", checkpoint), ("--resume", resume) })
             if (path is not null && Directory.Exists(path)) throw new IOException($"{option} {path}: is a directory; give a file path.");
+        // Claimed before anything is read for a resume or written: a second run on these outputs is refused, not interleaved.
+        using var outputs = context.WritesFiles ? OutputLock.Acquire($"train (metrics {metricsPath})", ("--metrics", metricsPath), ("--checkpoint", checkpoint ?? resume)) : null;
         var backend = o.Device.Create(p);
 
         var parameters = ParameterStore.Initialize(model, backend, seed);
