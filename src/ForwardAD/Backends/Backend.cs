@@ -277,6 +277,13 @@ public abstract class Backend
     public abstract void Elementwise(ElementwiseFunction function, View x, View y);
     public abstract void ElementwiseDerivative(ElementwiseFunction function, View x, View y, View derivative);
 
+    /// <summary>y = f(x) and f'(x) in one call (a forward pass that saves the derivative); by default the two calls.</summary>
+    public virtual void ElementwiseWithDerivative(ElementwiseFunction function, View x, View y, View derivative)
+    {
+        Elementwise(function, x, y);
+        ElementwiseDerivative(function, x, y, derivative);
+    }
+
     /// <summary>Per-row softmax cross-entropy: loss[r] = logsumexp(z_r) − z_r[label_r] and
     /// error[r, :] = softmax(z_r) − onehot(label_r) = ∂loss[r]/∂z_r. Labels are class indices stored as floats.</summary>
     public abstract void SoftmaxCrossEntropy(View logits, View labels, int classes, View loss, View error);

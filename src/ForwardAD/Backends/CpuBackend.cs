@@ -696,8 +696,32 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
 
     private PartWork<ElementwiseArguments>? _elementwise;
 
+    /// <summary>Split like <see cref="Elementwise"/>: contiguous chunks of whole vectors (it ran on one thread, and GELU's
+    /// derivative, two exponentials an element, was the slowest elementwise pass of a transformer at two threads).</summary>
     public override void ElementwiseDerivative(ElementwiseFunction function, View x, View y, View derivative) =>
-        function.Differentiate(Read(x), Read(y), Span(derivative));
+        RunParts(ref _elementwiseDerivative, static (in ElementwiseDerivativeArguments a, int part, int parts) =>
+        {
+            var (first, length) = VectorChunk(a.X.Length, part, parts);
+            a.Function.Differentiate(Read(a.X.Slice(first, length)), Read(a.Y.Slice(first, length)), Span(a.Derivative.Slice(first, length)));
+        }, new ElementwiseDerivativeArguments(function, x, y, derivative), Parts(x.Length, x.Length / Vector<float>.Count));
+
+    public override void ElementwiseWithDerivative(ElementwiseFunction function, View x, View y, View derivative) =>
+        RunParts(ref _elementwiseWithDerivative, static (in ElementwiseDerivativeArguments a, int part, int parts) =>
+        {
+            var (first, length) = VectorChunk(a.X.Length, part, parts);
+            a.Function.ApplyWithDerivative(Read(a.X.Slice(first, length)), Span(a.Y.Slice(first, length)), Span(a.Derivative.Slice(first, length)));
+        }, new ElementwiseDerivativeArguments(function, x, y, derivative), Parts(x.Length, x.Length / Vector<float>.Count));
+
+    /// <summary>Part <paramref name="part"/>'s chunk of whole vectors of <paramref name="length"/> elements.</summary>
+    private static (int First, int Length) VectorChunk(int length, int part, int parts)
+    {
+        var share = PartRange.Of((length + Vector<float>.Count - 1) / Vector<float>.Count, part, parts);
+        int first = Math.Min(length, share.First * Vector<float>.Count), end = Math.Min(length, share.End * Vector<float>.Count);
+        return (first, end - first);
+    }
+
+    private readonly record struct ElementwiseDerivativeArguments(ElementwiseFunction Function, View X, View Y, View Derivative);
+    private PartWork<ElementwiseDerivativeArguments>? _elementwiseDerivative, _elementwiseWithDerivative;
 
     public override void SoftmaxCrossEntropy(View logits, View labels, int classes, View loss, View error)
     {

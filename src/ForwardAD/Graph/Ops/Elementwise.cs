@@ -25,8 +25,8 @@ public sealed record ElementwiseOp(ElementwiseFunction Function) : Op
 
     internal override void Forward(in RuleContext c, bool saveAuxiliary)
     {
-        c.Backend.Elementwise(Function, c.Input(0).Value, c.Output.Value);
-        if (saveAuxiliary) c.Backend.ElementwiseDerivative(Function, c.Input(0).Value, c.Output.Value, c.Output.Auxiliary);
+        if (saveAuxiliary) c.Backend.ElementwiseWithDerivative(Function, c.Input(0).Value, c.Output.Value, c.Output.Auxiliary);
+        else c.Backend.Elementwise(Function, c.Input(0).Value, c.Output.Value);
     }
 
     internal override void Jvp(in RuleContext c) =>
