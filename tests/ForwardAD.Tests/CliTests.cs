@@ -139,7 +139,11 @@ public sealed class CliTests : IDisposable
     [Fact]
     public void A_missing_gpu_is_a_runtime_error_not_a_usage_error()
     {
-        if (ForwardAD.Cuda.CudaBackend.TryCreate(out _) is { } gpu) { gpu.Dispose(); return; }
+        if (ForwardAD.Cuda.CudaBackend.TryCreate(out _) is { } gpu)
+        {
+            gpu.Dispose();
+            Assert.Skip("this machine has a working GPU: a missing one cannot be provoked here");
+        }
         var error = Fails(1, "--device", "cuda", "--epochs", "1", "--quiet");
         Assert.Contains("--device cuda", error);
         Assert.DoesNotContain("--help", error);

@@ -51,7 +51,8 @@ public class VjpTests
 
         var reference = new ReferenceEvaluator(model, batch);
         var leaves = problem.Leaves();
-        if (JvpTests.NearReluKink(problem, reference, leaves)) return;
+        // Fixed data: a kink within reach would make this case untestable by finite differences every time; say so.
+        Assert.SkipWhen(JvpTests.NearReluKink(problem, reference, leaves), "a ReLU input lies within 1e-3 of the kink: finite differences are invalid there");
         foreach (var node in model.Parameters.Append(x))
         {
             var gradient = plan.Cotangent(node).ToArray();
