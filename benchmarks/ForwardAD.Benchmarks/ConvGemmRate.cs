@@ -11,7 +11,7 @@ namespace ForwardAD.Benchmarks;
 /// [288, 64]) and the reference shape of the MLP benchmark (512 × 1024 × 1024, A Bᵀ), through the library's default GEMM
 /// (OpenBLAS when installed), at whatever thread count OPENBLAS_NUM_THREADS sets; medians of single calls after warm-up.
 /// Then the same convolutions as the library runs them, in passes of a few images whose columns stay in cache; then their VJPs
-/// by each of the CPU's kernels (im2col, shifted GEMMs, direct), which is how <see cref="CpuBackend.ConvolutionVjps"/> chose.
+/// by each of the CPU's kernels (im2col, direct), which is how <see cref="CpuBackend.ConvolutionVjps"/> chose.
 /// </summary>
 internal static class ConvGemmRate
 {
@@ -152,7 +152,7 @@ internal static class ConvGemmRate
             {
                 var chosen = automatic.ConvolutionVjpKernel(g, outputs, batch, scratch.Length, weight);
                 // Each kernel that applies here (one that falls back to im2col would only repeat the im2col row).
-                var backends = new[] { ConvolutionVjpKernels.Im2Col, ConvolutionVjpKernels.ShiftedGemm, ConvolutionVjpKernels.Direct }
+                var backends = new[] { ConvolutionVjpKernels.Im2Col, ConvolutionVjpKernels.Direct }
                     .Select(k => new CpuBackend { ConvolutionVjps = k })
                     .Where(b => b.ConvolutionVjpKernel(g, outputs, batch, scratch.Length, weight) == b.ConvolutionVjps).ToArray();
                 var samples = backends.Select(_ => new double[repeats]).ToArray();

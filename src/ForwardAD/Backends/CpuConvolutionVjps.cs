@@ -12,9 +12,6 @@ public enum ConvolutionVjpKernels
     Automatic,
     /// <summary>im2col/col2im + GEMM (the <see cref="Backend"/> default): every geometry.</summary>
     Im2Col,
-    /// <summary>Shifted GEMMs over a padded row layout, one per kernel tap (kn2row, <see cref="ShiftedGemmLayout"/>): stride 1, one
-    /// group; im2col otherwise.</summary>
-    ShiftedGemm,
     /// <summary>Implicit-GEMM kernels that read the image in place, wherever they apply: W̄ by <see cref="DirectWeightGradient"/>
     /// (stride 1, one group, outputs in whole 16-channel panels), x̄ as the transposed convolution by <see cref="DirectConvolution"/>
     /// (stride 1, one group, input channels in whole panels, a square kernel, p ≤ kh − 1); im2col otherwise.</summary>
@@ -27,15 +24,15 @@ public sealed partial class CpuBackend
     /// Which kernels run convolution VJPs. <see cref="ConvolutionVjpKernels.Automatic"/> (the default) takes, where they apply, the
     /// direct x̄ (the transposed convolution, patches kh·kw·O up to <see cref="DirectPatchLength"/> as the forward's) and the direct
     /// W̄ for up to <see cref="DirectWeightMaxOutputs"/> outputs; im2col elsewhere. Measured with `conv-gemm-rate` (batch 128, 3×3,
-    /// padding 1, minima of 15 interleaved rounds, load average 6–7 on this 2-core machine; ms, im2col / direct / shifted GEMMs), one thread:
+    /// padding 1, minima of 15 interleaved rounds, load average 6–7 on this 2-core machine; ms, im2col / direct / shifted GEMMs
+    /// (kn2row, one GEMM per kernel tap over a padded row layout: built, measured and removed, as it never won), one thread:
     /// x̄: 16×16×32→64 (the benchmark CNN's conv2) 19.3 / 13.4 / 20.3; 16×16×32→40 14.2 / 8.5 / 13.3; 16×16×16→32 6.7 / 3.5 / 6.6;
     /// 16×16×64→64 36.7 / 26.0 / 35.4; 8×8×128→128 31.1 / 26.4 / 35.1; 32×32×3→32 (conv1; C = 3, no direct x̄) 9.1 / – / 18.3.
     /// W̄: conv1 8.1 / 3.9 / 21.9; conv2 16.3 / 14.5 / 19.3; 16×16×16→32 5.1 / 3.9 / 6.3; 16×16×64→64 31.8 / 30.8 / 35.0;
     /// 8×8×32→128 7.5 / 7.7 / 10.5; 8×8×64→128 14.6 / 16.3 / 19.1; 8×8×128→128 28.7 / 36.8 / 35.4.
     /// Two threads: conv2 x̄ 32.1 / 10.4 / 30.4, W̄ 20.8 / 16.7 / 33.9; conv1 W̄ 15.1 / 6.4 / 69 (with 128 outputs the direct W̄ is
     /// ahead by the minima and behind by the medians: the one-thread limit stands).
-    /// Shifted GEMMs never won by more than the noise, so Automatic does not take them; <see cref="ConvolutionVjpKernels.ShiftedGemm"/>
-    /// selects them, and <see cref="ConvolutionVjpKernels.Direct"/> the direct kernels wherever they apply, past the measured limits.
+    /// <see cref="ConvolutionVjpKernels.Direct"/> selects the direct kernels wherever they apply, past the measured limits.
     /// Results do not depend on <see cref="Threads"/> for any choice.
     /// </summary>
     public ConvolutionVjpKernels ConvolutionVjps { get; init; } = ConvolutionVjpKernels.Automatic;
@@ -52,7 +49,7 @@ public sealed partial class CpuBackend
         if (g.Stride != 1 || g.Groups != 1) return 0;
         long weight = DirectWeightScratch(g, outputs, batch);
         long transposed = TransposedGeometry(g, outputs) is { } t ? DirectConvolution.PackedElements(t, g.Channels) + Math.Max(DirectConvolution.PaddedElements(t), 1) : 0;
-        return Math.Max(Math.Max(weight, transposed), new ShiftedGemmLayout(g).ChunkElements(1, outputs));
+        return Math.Max(weight, transposed);
     }
 
     /// <summary>The geometry of x̄ = col2im(s̄ W) as a convolution of s̄ [Ho, Wo, outputs] (<see cref="DirectConvolution.PackTransposedWeight"/>):
@@ -63,8 +60,8 @@ public sealed partial class CpuBackend
             : null;
 
     /// <summary>The kernel this backend runs a VJP with, W̄ (<paramref name="weightGradient"/>) or x̄, for the geometry, the number of
-    /// images and the scratch length: <see cref="ConvolutionVjpKernels.Direct"/> or <see cref="ConvolutionVjpKernels.ShiftedGemm"/>
-    /// where <see cref="ConvolutionVjps"/> selects it and it applies, <see cref="ConvolutionVjpKernels.Im2Col"/> otherwise.</summary>
+    /// images and the scratch length: <see cref="ConvolutionVjpKernels.Direct"/> where <see cref="ConvolutionVjps"/> selects it and
+    /// it applies, <see cref="ConvolutionVjpKernels.Im2Col"/> otherwise.</summary>
     public ConvolutionVjpKernels ConvolutionVjpKernel(in ConvGeometry geometry, int outputs, int images, int scratchLength, bool weightGradient)
     {
         var g = geometry;
@@ -78,8 +75,6 @@ public sealed partial class CpuBackend
                 && DirectConvolution.Supports(t, g.Channels) && DirectConvolution.PackedElements(t, g.Channels) + DirectConvolution.PaddedElements(t) <= scratchLength)
                 return ConvolutionVjpKernels.Direct;
         }
-        if (ConvolutionVjps == ConvolutionVjpKernels.ShiftedGemm && ShiftedChunk(g, outputs, images, scratchLength) > 0)
-            return ConvolutionVjpKernels.ShiftedGemm;
         return ConvolutionVjpKernels.Im2Col;
     }
 
@@ -97,9 +92,6 @@ public sealed partial class CpuBackend
                 DirectConvolution.PackTransposedWeight(Read(weights), g, outputs, Span(scratch.Slice(0, packed)));
                 RunDirect(cotangent, t, g.Channels, accumulate ? 1f : 0f, images, scratch, packed);
                 break;
-            case ConvolutionVjpKernels.ShiftedGemm:
-                ShiftedTransposed(cotangent, g, weights, outputs, images, accumulate, scratch, ShiftedChunk(g, outputs, count, scratch.Length));
-                break;
             default:
                 base.ConvolveTransposed(cotangent, geometry, weights, outputs, images, accumulate, scratch);
                 break;
@@ -114,9 +106,6 @@ public sealed partial class CpuBackend
         {
             case ConvolutionVjpKernels.Direct:
                 DirectWeight(images, g, cotangent, outputs, weightGradient, accumulate, scratch);
-                break;
-            case ConvolutionVjpKernels.ShiftedGemm:
-                ShiftedWeight(images, g, cotangent, outputs, weightGradient, accumulate, scratch, ShiftedChunk(g, outputs, count, scratch.Length));
                 break;
             default:
                 base.ConvolutionWeightGradient(images, geometry, cotangent, outputs, weightGradient, accumulate, scratch);
@@ -168,111 +157,4 @@ public sealed partial class CpuBackend
 
     private PartWork<PadArguments>? _padImages;
     private PartWork<DirectWeightArguments>? _directWeight;
-
-    // ---- shifted GEMMs (kn2row) -----------------------------------------------------------------------------------
-
-    /// <summary>Images per chunk of the shifted GEMMs: <see cref="ShiftedGemmLayout.ChunkFloats"/> of layout rows with a one-thread
-    /// GEMM (the chunk's rows stay in cache across the kh·kw GEMMs), the whole batch with OpenBLAS's threads (each small GEMM would
-    /// pay their start-up, as <see cref="ConvolutionPassElements"/>), never more than the scratch holds; 0 when not even one
-    /// image fits or the geometry is not stride 1, one group.</summary>
-    private int ShiftedChunk(in ConvGeometry g, int outputs, int count, long scratchLength)
-    {
-        if (g.Stride != 1 || g.Groups != 1 || count == 0) return 0;
-        var layout = new ShiftedGemmLayout(g);
-        long budget = MatrixMultiply.Threads > 1 ? long.MaxValue : ShiftedGemmLayout.ChunkFloats;
-        long perImage = layout.ChunkElements(1, outputs);
-        int chunk = (int)Math.Clamp(Math.Min(budget, scratchLength) / perImage, 1, count);
-        while (chunk > 1 && layout.ChunkElements(chunk, outputs) > scratchLength) chunk--;
-        return layout.ChunkElements(chunk, outputs) <= scratchLength ? chunk : 0;
-    }
-
-    /// <summary>W̄[:, ky, kx, :] (+)= S̄ᵀ X[s ..] per tap (see <see cref="ShiftedGemmLayout"/>), chunk by chunk of images: the first
-    /// chunk's GEMMs overwrite unless <paramref name="accumulate"/>, later chunks add (β = 1). Chunks are sized by the GEMM's threads
-    /// and the scratch, never by <see cref="Threads"/>, so the sums' order is the same at any thread count.</summary>
-    private void ShiftedWeight(View images, in ConvGeometry g, View cotangent, int outputs, View weightGradient, bool accumulate, View scratch, int chunk)
-    {
-        var layout = new ShiftedGemmLayout(g);
-        int count = images.Length / g.InputElements, outputPerImage = g.OutputPositions * outputs, patch = g.PatchLength;
-        for (int first = 0; first < count; first += chunk)
-        {
-            int n = Math.Min(chunk, count - first), rows = layout.OutputRows(n), head = layout.HeadRows;
-            var x = scratch.Slice(0, layout.InputRows(n) * g.Channels);
-            var s = scratch.Slice(x.Length, layout.CotangentRows(n) * outputs);
-            ToLayout(images.Slice(first * g.InputElements, n * g.InputElements), layout, g.Height, g.Width * g.Channels, g.Channels, g.Padding, g.Padding, 0, x);
-            ToLayout(cotangent.Slice(first * outputPerImage, n * outputPerImage), layout, g.OutputHeight, g.OutputWidth * outputs, outputs, 0, 0, head * outputs, s);
-            float beta = first > 0 || accumulate ? 1f : 0f;
-            for (int ky = 0; ky < g.KernelHeight; ky++)
-                for (int kx = 0; kx < g.KernelWidth; kx++)
-                {
-                    int shift = layout.Shift(ky, kx), tap = (ky * g.KernelWidth + kx) * g.Channels;
-                    Gemm(Transpose.Yes, Transpose.No, outputs, g.Channels, rows, 1f, s.Slice(head * outputs, rows * outputs), outputs,
-                        x.Slice(shift * g.Channels, rows * g.Channels), g.Channels, beta, weightGradient.Slice(tap, (outputs - 1) * patch + g.Channels), patch);
-                }
-        }
-    }
-
-    /// <summary>X̄[r] = Σ_taps S̄[r − s] W[:, ky, kx, :] for the pixel rows r (see <see cref="ShiftedGemmLayout"/>): the first tap's
-    /// GEMM overwrites X̄ (β = 0), the others add, then the pixels are copied (or added) to x̄; chunk by chunk of images, each
-    /// image's x̄ from its own s̄.</summary>
-    private void ShiftedTransposed(View cotangent, in ConvGeometry g, View weights, int outputs, View images, bool accumulate, View scratch, int chunk)
-    {
-        var layout = new ShiftedGemmLayout(g);
-        int count = images.Length / g.InputElements, outputPerImage = g.OutputPositions * outputs, patch = g.PatchLength;
-        for (int first = 0; first < count; first += chunk)
-        {
-            int n = Math.Min(chunk, count - first), rows = layout.PixelRows(n), head = layout.HeadRows;
-            var sums = scratch.Slice(0, rows * g.Channels);
-            var s = scratch.Slice(sums.Length, layout.CotangentRows(n) * outputs);
-            ToLayout(cotangent.Slice(first * outputPerImage, n * outputPerImage), layout, g.OutputHeight, g.OutputWidth * outputs, outputs, 0, 0, head * outputs, s);
-            for (int ky = 0; ky < g.KernelHeight; ky++)
-                for (int kx = 0; kx < g.KernelWidth; kx++)
-                {
-                    int from = head + layout.FirstPixelRow - layout.Shift(ky, kx), tap = (ky * g.KernelWidth + kx) * g.Channels;
-                    Gemm(Transpose.No, Transpose.No, rows, g.Channels, outputs, 1f, s.Slice(from * outputs, rows * outputs), outputs,
-                        weights.Slice(tap, (outputs - 1) * patch + g.Channels), patch, ky + kx == 0 ? 0f : 1f, sums, g.Channels);
-                }
-            FromLayout(sums, layout, images.Slice(first * g.InputElements, n * g.InputElements), accumulate);
-        }
-    }
-
-    /// <summary>Writes examples' rows into the layout matrix <paramref name="target"/> (<see cref="ShiftedGemmLayout.Scatter"/>),
-    /// in parallel by examples (each part writes its examples' range of the layout).</summary>
-    private void ToLayout(View source, in ShiftedGemmLayout layout, int rows, int rowLength, int width, int rowOffset, int columnOffset, int origin, View target)
-    {
-        int count = source.Length / (rows * rowLength);
-        RunParts(ref _toLayout, static (in LayoutArguments a, int part, int parts) =>
-        {
-            int count = a.Source.Length / (a.Rows * a.RowLength);
-            var share = PartRange.Of(count, part, parts);
-            a.Layout.Scatter(Read(share.Of(a.Source, a.Rows * a.RowLength)), a.Rows, a.RowLength, a.Width, a.RowOffset, a.ColumnOffset, a.Origin,
-                share.First, share.Count, share.End == count, Span(a.Target));
-        }, new LayoutArguments(source, layout, rows, rowLength, width, rowOffset, columnOffset, origin, target), Parts(target.Length, count));
-    }
-
-    /// <summary>x̄[n, iy, :, :] (+)= X̄ rows (n·Hs + iy)·Ws .. + W (X̄ starts at the first pixel's row), in parallel by images.</summary>
-    private void FromLayout(View sums, in ShiftedGemmLayout layout, View images, bool accumulate)
-    {
-        var g = layout.Geometry;
-        RunParts(ref _fromLayout, static (in LayoutArguments a, int part, int parts) =>
-        {
-            var g = a.Layout.Geometry;
-            var share = PartRange.Of(a.Target.Length / g.InputElements, part, parts);
-            ReadOnlySpan<float> sums = Read(a.Source);
-            var images = Span(a.Target);
-            int rowLength = g.Width * g.Channels;
-            for (int n = share.First; n < share.End; n++)
-                for (int iy = 0; iy < g.Height; iy++)
-                {
-                    var from = sums.Slice((n * a.Layout.ImageStride + iy * a.Layout.RowStride) * g.Channels, rowLength);
-                    var to = images.Slice((n * g.Height + iy) * rowLength, rowLength);
-                    if (a.Accumulate) TensorPrimitives.Add(to, from, to);
-                    else from.CopyTo(to);
-                }
-        }, new LayoutArguments(sums, layout, 0, 0, 0, 0, 0, 0, images, accumulate), Parts(images.Length, images.Length / g.InputElements));
-    }
-
-    private readonly record struct LayoutArguments(View Source, ShiftedGemmLayout Layout, int Rows, int RowLength, int Width, int RowOffset, int ColumnOffset,
-        int Origin, View Target, bool Accumulate = false);
-
-    private PartWork<LayoutArguments>? _toLayout, _fromLayout;
 }

@@ -5,9 +5,9 @@ using ForwardAD.Backends;
 namespace ForwardAD.Tests;
 
 /// <summary>
-/// The CPU's convolution VJPs without im2col, shifted GEMMs (kn2row, <see cref="ShiftedGemmLayout"/>) and the direct kernels
-/// (<see cref="DirectWeightGradient"/>, the transposed convolution through <see cref="DirectConvolution"/>), against im2col + GEMM
-/// (the path the PyTorch golden values check) on the same data: kernels 1×1 to 5×5 (and 3×1, 1×3 for the shifted GEMMs), paddings
+/// The CPU's convolution VJPs without im2col, the direct kernels (<see cref="DirectWeightGradient"/>, the transposed convolution
+/// through <see cref="DirectConvolution"/>), against im2col + GEMM (the path the PyTorch golden values check) on the same data:
+/// kernels 1×1 to 5×5 (and 3×1, 1×3, which stay on im2col), paddings
 /// 0–2 (beyond kh − 1 too), odd image sizes, one image and several, channel counts that are not multiples of 8, overwrite (stale NaNs
 /// in x̄ and W̄ must not leak) and accumulate, at 1 and 3 threads (the same bits).
 /// Tolerance: each element is a float32 sum of n products (W̄: n = N·Ho·Wo positions; x̄: n = kh·kw·O taps), plus the value it adds
@@ -15,7 +15,7 @@ namespace ForwardAD.Tests;
 /// Stability of Numerical Algorithms, §3.1), and the two paths add in different orders, so they may differ by 2γ_n·Σ|terms|; Σ|terms|
 /// is computed in float64. A wrong tap, shift or row adds or drops whole products, about Σ|terms|/n, far above that for these n.
 /// </summary>
-public class ShiftedGemmConvolutionTests
+public class DirectConvolutionVjpTests
 {
     private static readonly bool HardwareFma = Vector256.IsHardwareAccelerated && Fma.IsSupported;
 
@@ -48,7 +48,7 @@ public class ShiftedGemmConvolutionTests
         var staleX = Problem.Normal(4, x.Length, 1f);
         var staleW = Problem.Normal(5, w.Length, 1f);
         var (weightBound, inputBound) = AbsoluteSums(g, outputs, x, w, dy);
-        foreach (var kernels in new[] { ConvolutionVjpKernels.ShiftedGemm, ConvolutionVjpKernels.Direct })
+        foreach (var kernels in new[] { ConvolutionVjpKernels.Direct })
             foreach (bool accumulate in new[] { false, true })
             {
                 float[]? firstInput = null, firstWeight = null;
@@ -71,7 +71,7 @@ public class ShiftedGemmConvolutionTests
     }
 
     /// <summary>Which geometries of <see cref="Vjps_match_im2col"/> the direct kernels take (so that the theory covers them, not
-    /// only their im2col fallback); the shifted GEMMs take every one (stride 1, one group).</summary>
+    /// only their im2col fallback).</summary>
     [Theory]
     [InlineData(5, 7, 3, 16, 3, 3, 1, true, false)]
     [InlineData(9, 8, 5, 32, 5, 5, 2, true, false)]
@@ -89,11 +89,8 @@ public class ShiftedGemmConvolutionTests
         var g = new ConvGeometry(height, width, channels, kernelHeight, kernelWidth, 1, padding, 1);
         const int images = 3, scratch = 1 << 20;
         var direct = new CpuBackend { ConvolutionVjps = ConvolutionVjpKernels.Direct };
-        var shifted = new CpuBackend { ConvolutionVjps = ConvolutionVjpKernels.ShiftedGemm };
         Assert.Equal(weight && HardwareFma ? ConvolutionVjpKernels.Direct : ConvolutionVjpKernels.Im2Col, direct.ConvolutionVjpKernel(g, outputs, images, scratch, weightGradient: true));
         Assert.Equal(input && HardwareFma ? ConvolutionVjpKernels.Direct : ConvolutionVjpKernels.Im2Col, direct.ConvolutionVjpKernel(g, outputs, images, scratch, weightGradient: false));
-        Assert.Equal(ConvolutionVjpKernels.ShiftedGemm, shifted.ConvolutionVjpKernel(g, outputs, images, scratch, weightGradient: true));
-        Assert.Equal(ConvolutionVjpKernels.ShiftedGemm, shifted.ConvolutionVjpKernel(g, outputs, images, scratch, weightGradient: false));
     }
 
     /// <summary>The default backend's choices, as measured (<see cref="CpuBackend.ConvolutionVjps"/>), with the scratch a plan sizes: the
@@ -118,7 +115,6 @@ public class ShiftedGemmConvolutionTests
     /// <summary>Every kernel's VJPs allocate nothing per call, split over 2 threads (work items made once per backend).</summary>
     [Theory]
     [InlineData(ConvolutionVjpKernels.Im2Col)]
-    [InlineData(ConvolutionVjpKernels.ShiftedGemm)]
     [InlineData(ConvolutionVjpKernels.Direct)]
     public void Vjps_allocate_nothing(ConvolutionVjpKernels kernels)
     {
