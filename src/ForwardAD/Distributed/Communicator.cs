@@ -96,6 +96,20 @@ public abstract class Communicator : IDisposable
         return Rank == root ? text : System.Text.Encoding.UTF8.GetString(bytes);
     }
 
+    /// <summary>Rank 0 alone writes <paramref name="path"/> (every rank holds the same state); then every rank learns whether it
+    /// succeeded, so that a failed write stops the whole job, not rank 0 alone while the others wait for it.</summary>
+    public void WriteOnRankZero(string path, Action write)
+    {
+        if (Size == 1) { write(); return; }
+        Exception? failure = null;
+        if (Rank == 0)
+            try { write(); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { failure = e; }
+        bool written = AllAgree(failure is null);
+        if (failure is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
+        if (!written) throw new CommunicationException($"Rank 0 could not write {path} (it says why); the previous file, if any, is intact.");
+    }
+
     /// <summary>True on every rank when <paramref name="value"/> is true on every rank.</summary>
     public bool AllAgree(bool value)
     {

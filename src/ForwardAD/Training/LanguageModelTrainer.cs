@@ -191,6 +191,6 @@ public sealed class LanguageModelTrainer
         };
         var tensors = _parameters.Model.Parameters.Concat(_parameters.Model.States)
             .Select(p => (p.Name, (int[])[.. p.Shape.Dimensions], (Func<float[]>)(() => _parameters.ToArray(p)))).ToList();
-        Trainer.WriteOnRankZero(_options.Communicator, path, () => SafeTensors.Write(path, tensors, metadata));
+        _options.Communicator.WriteOnRankZero(path, () => SafeTensors.Write(path, tensors, metadata));
     }
 }

@@ -290,21 +290,7 @@ public sealed class Trainer
             tensors.Add((p.Name, [.. p.Shape.Dimensions], () => _parameters.ToArray(p)));
         foreach (var (name, buffer) in StateBuffers)
             tensors.Add((name, [buffer.Length], () => { var host = new float[buffer.Length]; backend.CopyToHost(buffer, host); return host; }));
-        WriteOnRankZero(_options.Communicator, path, () => SafeTensors.Write(path, tensors, metadata));
-    }
-
-    /// <summary>Rank 0 alone writes (every rank holds the same state); then every rank learns whether it succeeded, so
-    /// that a failed write stops the whole job, not rank 0 alone while the others wait for it.</summary>
-    internal static void WriteOnRankZero(Communicator communicator, string path, Action write)
-    {
-        if (communicator.Size == 1) { write(); return; }
-        Exception? failure = null;
-        if (communicator.Rank == 0)
-            try { write(); }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { failure = e; }
-        bool written = communicator.AllAgree(failure is null);
-        if (failure is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
-        if (!written) throw new CommunicationException($"Rank 0 could not write {path} (it says why); the previous file, if any, is intact.");
+        _options.Communicator.WriteOnRankZero(path, () => SafeTensors.Write(path, tensors, metadata));
     }
 
     /// <summary>
