@@ -735,8 +735,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
             var e = errors.Slice(r * classes, classes);
             // Softmax shifted by the row maximum, so exp never overflows: p = exp(z − m) / Σ exp(z − m).
             float max = TensorPrimitives.Max(row);
-            TensorPrimitives.Subtract(row, max, e);
-            TensorPrimitives.Exp(e, e);
+            FloatMath.ExpShifted(row, max, e);
             float sum = TensorPrimitives.Sum(e);
             TensorPrimitives.Divide(e, sum, e);
             FlushSubnormals(e);
@@ -926,8 +925,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
             int i = row % size, start = row * size; // position i attends to 0..i
             var visible = target.Slice(start, i + 1);
             float max = TensorPrimitives.Max(source.Slice(start, i + 1));
-            TensorPrimitives.Subtract(source.Slice(start, i + 1), max, visible);
-            TensorPrimitives.Exp(visible, visible);
+            FloatMath.ExpShifted(source.Slice(start, i + 1), max, visible);
             TensorPrimitives.Divide(visible, TensorPrimitives.Sum(visible), visible);
             FlushSubnormals(visible);
             target.Slice(start + i + 1, size - i - 1).Clear();
@@ -1072,8 +1070,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
                 }
                 // As SoftmaxCrossEntropy: softmax shifted by the row maximum.
                 float max = TensorPrimitives.Max(row);
-                TensorPrimitives.Subtract(row, max, e);
-                TensorPrimitives.Exp(e, e);
+                FloatMath.ExpShifted(row, max, e);
                 float sum = TensorPrimitives.Sum(e);
                 TensorPrimitives.Divide(e, sum, e);
                 FlushSubnormals(e);

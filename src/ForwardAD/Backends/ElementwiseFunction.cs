@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
 
@@ -123,14 +124,16 @@ internal static class Gaussian
     private const float Cubic = 0.044715f;
 
     /// <summary>(Φ(x), φ(x)) from the erfc fit described on <see cref="GeluFunction"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static (Vector256<float> Cdf, Vector256<float> Density) Normal(Vector256<float> x)
     {
         var cdf = Cdf(x, out var square, out var tail);
-        return (cdf, Vector256.ConditionalSelect(tail, Vector256<float>.Zero, Vector256.Exp(-square) * InverseSqrt2Pi)); // φ(x) = e^(−x²/2)/√(2π), −x²/2 = −z²
+        return (cdf, Vector256.ConditionalSelect(tail, Vector256<float>.Zero, FloatMath.Exp(-square) * InverseSqrt2Pi)); // φ(x) = e^(−x²/2)/√(2π), −x²/2 = −z²
     }
 
     /// <summary>Φ(x) alone (the forward needs no density: one exponential instead of two), with z² = x²/2 and the tail mask
     /// for <see cref="Normal(Vector256{float})"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Cdf(Vector256<float> x, out Vector256<float> square, out Vector256<float> tail)
     {
         var z = Vector256.Abs(x) * InverseSqrt2;
@@ -145,7 +148,7 @@ internal static class Gaussian
         p = p * t + Vector256.Create(0.37409196f);
         p = p * t + Vector256.Create(1.00002368f);
         square = z * z;
-        var half = t * Vector256.Exp(t * p + Vector256.Create(-1.26551223f) - square) * 0.5f; // erfc(z)/2
+        var half = t * FloatMath.Exp(t * p + Vector256.Create(-1.26551223f) - square) * 0.5f; // erfc(z)/2
         // Beyond |x| = 12, Φ(−|x|) < 2e-33 and φ(x) < 6e-32, and e^(−z²) soon underflows into subnormals, which x86
         // multiplies ~100× slower (GELU outputs feed GEMMs): those tails are exactly 0 here.
         tail = Vector256.GreaterThan(Vector256.Abs(x), Vector256.Create(12f));
@@ -168,8 +171,8 @@ internal static class Gaussian
         p = p * t + 1.00002368f;
         float square = z * z;
         if (MathF.Abs(x) > 12f) return (x < 0f ? 0f : 1f, 0f); // the tails, as in the vector path
-        float half = t * MathF.Exp(t * p + -1.26551223f - square) * 0.5f;
-        return (x < 0f ? half : 1f - half, MathF.Exp(-square) * InverseSqrt2Pi);
+        float half = t * FloatMath.Exp(t * p + -1.26551223f - square) * 0.5f;
+        return (x < 0f ? half : 1f - half, FloatMath.Exp(-square) * InverseSqrt2Pi);
     }
 
     /// <summary>destination = x·Φ(x), or Φ(x) + x·φ(x) when <paramref name="derivative"/>.</summary>
@@ -225,7 +228,7 @@ internal static class Gaussian
                 var v = Vector256.Create(x.Slice(i, Vector256<float>.Count));
                 var square = v * v;
                 var u = v * (Vector256<float>.One + square * Cubic) * Sqrt2OverPi;
-                var sigma = Vector256<float>.One / (Vector256<float>.One + Vector256.Exp(u * -2f));
+                var sigma = Vector256<float>.One / (Vector256<float>.One + FloatMath.Exp(u * -2f));
                 var result = derivative
                     ? sigma + v * sigma * (Vector256<float>.One - sigma) * (Vector256<float>.One + square * (3f * Cubic)) * (2f * Sqrt2OverPi)
                     : v * sigma;
@@ -235,7 +238,7 @@ internal static class Gaussian
         {
             float v = x[i], square = v * v;
             float u = v * (1f + square * Cubic) * Sqrt2OverPi;
-            float sigma = 1f / (1f + MathF.Exp(u * -2f));
+            float sigma = 1f / (1f + FloatMath.Exp(u * -2f));
             destination[i] = derivative ? sigma + v * sigma * (1f - sigma) * (1f + square * (3f * Cubic)) * (2f * Sqrt2OverPi) : v * sigma;
         }
     }
