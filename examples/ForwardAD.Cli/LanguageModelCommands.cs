@@ -24,6 +24,8 @@ internal static class LanguageModelCommands
           --model transformer:SPEC  {TransformerSpec.Grammar} (default l4-h4-d128-t64)
           --text PATH               any UTF-8 text file instead of the fortunes (first 90 % trains, last 10 % validates)
         {InitOption.Help}
+          --positions NAME          how the learned position table starts: gpt2 (default): N(0, 0.02²) as GPT-2;
+                                    embedding: N(0, 1) as a PyTorch nn.Embedding (the token table's scale)
         {GuesserOptions.Help("backprop")}
         {RuleOptions.Help}
         {DeviceOptions.Help}
@@ -62,6 +64,8 @@ internal static class LanguageModelCommands
         public readonly Option<string> Model = Opt.String("model", "transformer:l4-h4-d128-t64");
         public readonly Option<string?> Text = Opt.OptionalString("text");
         public readonly Option<string> Init = InitOption.Create();
+        public readonly Option<string> Positions = Opt.Choice("positions", PositionInit.Gpt2.Name(), "position initialisation",
+            PositionInit.Gpt2.Name(), PositionInit.Embedding.Name());
         public readonly Option<int> Steps = Opt.Int("steps", 2000, min: 1, max: 100_000_000);
         public readonly Option<int?> MaxSeconds = Opt.OptionalInt("max-seconds", 1);
         public readonly Option<int> EvalEvery = Opt.Int("eval-every", 250, min: 1);
@@ -83,7 +87,7 @@ internal static class LanguageModelCommands
         o.Guesser.AddTo(command);
         o.Rule.AddTo(command);
         o.Device.AddTo(command);
-        foreach (var option in new Option[] { o.Model, o.Text, o.Init, o.Steps, o.MaxSeconds, o.EvalEvery, o.ValidationWindows, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Quiet, o.NoPlot })
+        foreach (var option in new Option[] { o.Model, o.Text, o.Init, o.Positions, o.Steps, o.MaxSeconds, o.EvalEvery, o.ValidationWindows, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Quiet, o.NoPlot })
             command.Add(option);
         command.SetAction(p => RunLm(p, o, context));
         return command;
@@ -116,6 +120,8 @@ internal static class LanguageModelCommands
         configuration.Add("model", $"transformer {spec}");
         configuration.Add("text", textPath is null ? "fortunes" : Path.GetFullPath(textPath));
         var init = InitOption.Read(p, o.Init, configuration);
+        var positions = PositionInits.Parse(p.GetValue(o.Positions)!);
+        configuration.AddSince("positions", positions.Name(), earlierValue: PositionInit.Gpt2.Name()); // runs from before the option: gpt2
         var guesser = o.Guesser.Build(p, guesserName, seed, configuration);
         var (rule, ruleDescription) = o.Rule.Build(p, evalEvery, Math.Max(1, steps / evalEvery), configuration);
         var runHash = configuration.Hash(("seed", seed.ToString(CultureInfo.InvariantCulture)), ("batch_size", batch.ToString(CultureInfo.InvariantCulture)));
@@ -125,7 +131,7 @@ internal static class LanguageModelCommands
             if (path is not null && Directory.Exists(path)) throw new IOException($"{option} {path}: is a directory; give a file path.");
         using var outputs = context.WritesFiles ? OutputLock.Acquire($"lm (metrics {metricsPath})", ("--metrics", metricsPath), ("--checkpoint", checkpoint)) : null;
         var backend = o.Device.Create(p);
-        var parameters = ParameterStore.Initialize(spec.Build(init), backend, seed);
+        var parameters = ParameterStore.Initialize(spec.Build(init, positions), backend, seed);
         int windows = p.GetValue(o.ValidationWindows);
         var communicator = context.Communicator;
         var trainer = new LanguageModelTrainer(guesser, rule, parameters, corpus,

@@ -137,6 +137,26 @@ public sealed class InitTests : IDisposable
         }
     }
 
+    /// <summary>The learned positions start N(0, 0.02²) as GPT-2 by default and N(0, 1) as an nn.Embedding on request: the rms
+    /// of n draws is σ within 5 standard errors σ/√(2n); the token table and every other parameter are the same draws either way.</summary>
+    [Fact]
+    public void Transformer_positions_start_as_the_chosen_initialisation_says()
+    {
+        var spec = new TransformerSpec(Layers: 1, Heads: 2, Width: 32, Context: 64, Vocabulary: 20);
+        var gpt2 = ParameterStore.Initialize(spec.Build(), new CpuBackend(), seed: 4);
+        var embedding = ParameterStore.Initialize(spec.Build(positions: PositionInit.Embedding), new CpuBackend(), seed: 4);
+        foreach (var (store, sd) in new[] { (gpt2, 0.02), (embedding, 1.0) })
+        {
+            var table = store.ToArray(store.Model["pos.weight"]);
+            int n = table.Length;
+            double rms = Math.Sqrt(table.Average(v => (double)v * v));
+            Assert.InRange(rms, sd * (1 - 5 / Math.Sqrt(2.0 * n)), sd * (1 + 5 / Math.Sqrt(2.0 * n)));
+        }
+        Assert.Equal(gpt2.ToArray(gpt2.Model["embed.weight"]), embedding.ToArray(embedding.Model["embed.weight"]));
+        Assert.Equal(PositionInit.Embedding, PositionInits.Parse(PositionInit.Embedding.Name()));
+        Assert.Contains("gpt2", Assert.Throws<ArgumentException>(() => PositionInits.Parse("sinusoidal")).Message);
+    }
+
     /// <summary>torch-zero-bias draws the same weights (the same Philox streams: one per parameter node) and zero biases,
     /// for MLPs and CNNs: exactly what every model got before biases were drawn.</summary>
     [Fact]

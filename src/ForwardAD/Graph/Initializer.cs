@@ -46,8 +46,9 @@ public sealed record NormalInitializer(float StandardDeviation) : Initializer
 
 /// <summary>
 /// How the weights and biases of a model's dense and convolution layers start; a <see cref="ModelBuilder"/> takes one
-/// (the model specs pass theirs to it). Embeddings (N(0, 1), as nn.Embedding), LayerNorm and batch norm (γ = 1, β = 0)
-/// start as in PyTorch under every scheme.
+/// (the model specs pass theirs to it). Under every scheme, token embeddings start N(0, 1) as nn.Embedding, LayerNorm and
+/// batch norm γ = 1, β = 0 as in PyTorch, and a transformer's learned positions N(0, 0.02²) as GPT-2's (not as
+/// nn.Embedding; <see cref="PositionInit"/> offers both).
 /// <list type="bullet">
 /// <item><see cref="Torch"/> (the default): exactly nn.Linear's and nn.Conv2d's reset_parameters: weight
 /// kaiming_uniform_(a = √5) = U(±1/√fan_in), bias U(±1/√fan_in), with fan_in = in_features for a dense layer and

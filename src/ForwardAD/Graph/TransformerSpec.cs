@@ -45,14 +45,15 @@ public sealed partial record TransformerSpec(int Layers, int Heads, int Width, i
         $"l{Layers}-h{Heads}-d{Width}-t{Context}{(Vocabulary != 256 ? $"-v{Vocabulary}" : "")}{(MlpRatio != 4 ? $"-m{MlpRatio}" : "")}";
 
     /// <summary>The model; its projections and head start as <paramref name="init"/> says (<see cref="InitScheme.Torch"/>
-    /// when null), the token embedding N(0, 1) as nn.Embedding, the positions N(0, 0.02²) as GPT-2.</summary>
-    public Model Build(InitScheme? init = null)
+    /// when null), the token embedding N(0, 1) as nn.Embedding, the positions as <paramref name="positions"/> says
+    /// (N(0, 0.02²) as GPT-2 by default).</summary>
+    public Model Build(InitScheme? init = null, PositionInit positions = PositionInit.Gpt2)
     {
         Validate();
         var b = new ModelBuilder(init);
         var x = b.Tokens("x", Context, Vocabulary);
         var y = b.Tokens("y", Context, Vocabulary);
-        var h = b.PositionalEmbedding("pos", b.Embedding("embed", x, Width), Context);
+        var h = b.PositionalEmbedding("pos", b.Embedding("embed", x, Width), Context, positions.Initializer());
         for (int l = 1; l <= Layers; l++)
         {
             string block = $"block{l}";
@@ -67,4 +68,42 @@ public sealed partial record TransformerSpec(int Layers, int Heads, int Width, i
         var logits = b.Dense("head", b.LayerNorm("ln_f", h), Vocabulary, ElementwiseFunction.Identity).Output;
         return b.Build(b.SequenceCrossEntropy("loss", logits, y), logits);
     }
+}
+
+/// <summary>How a transformer's learned position table P [T, D] starts.</summary>
+public enum PositionInit
+{
+    /// <summary>N(0, 0.02²), as GPT-2 (and nanoGPT) initialise their position embeddings: small next to the token
+    /// embedding, so that positions start as a slight perturbation of the tokens.</summary>
+    Gpt2,
+    /// <summary>N(0, 1), what a PyTorch model that keeps its positions in an nn.Embedding starts with (its default init),
+    /// the same scale as the token embedding.</summary>
+    Embedding,
+}
+
+/// <summary>Names and initialisers of <see cref="PositionInit"/>.</summary>
+public static class PositionInits
+{
+    /// <summary>The name a run's configuration and the CLI use: "gpt2" or "embedding".</summary>
+    public static string Name(this PositionInit init) => init switch
+    {
+        PositionInit.Gpt2 => "gpt2",
+        PositionInit.Embedding => "embedding",
+        _ => throw new ArgumentOutOfRangeException(nameof(init), init, "Not a position initialisation."),
+    };
+
+    /// <summary>The choice called <paramref name="name"/> (see <see cref="Name"/>).</summary>
+    public static PositionInit Parse(string name) => name switch
+    {
+        "gpt2" => PositionInit.Gpt2,
+        "embedding" => PositionInit.Embedding,
+        _ => throw new ArgumentException($"No position initialisation named '{name}'. Use gpt2 (N(0, 0.02²), the default) or embedding (N(0, 1)).", nameof(name)),
+    };
+
+    internal static Initializer Initializer(this PositionInit init) => init switch
+    {
+        PositionInit.Gpt2 => new NormalInitializer(0.02f),
+        PositionInit.Embedding => new NormalInitializer(1f),
+        _ => throw new ArgumentOutOfRangeException(nameof(init), init, "Not a position initialisation."),
+    };
 }
