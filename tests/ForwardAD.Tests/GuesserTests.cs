@@ -142,6 +142,55 @@ public class GuesserTests
     }
 
     /// <summary>
+    /// Normalised Wᵀ in joint mode: u = √n·v/‖v‖ with v = M Wᵀ ε per example, so the estimate of ∂L/∂s_b averages to
+    /// n·E[v vᵀ/‖v‖²]·g_b (no closed form: taken here by float64 Monte Carlo over ε with 20× the estimator's samples), and the
+    /// joint channel adds no cross-site terms (the sites' ε are independent and symmetric). The head keeps N(0, I): g.
+    /// </summary>
+    [Fact]
+    public void Normalized_weight_transpose_mean_is_n_E_vvT_over_norm_squared_g()
+    {
+        var problem = SmallProblem(3);
+        var model = problem.Model;
+        const int samples = 20000, draws = 20 * samples;
+        var random = new System.Random(11);
+        double Gaussian() => Math.Sqrt(-2 * Math.Log(1 - random.NextDouble())) * Math.Cos(2 * Math.PI * random.NextDouble());
+        var expected = ExpectedMean(problem, (plan, i, b) =>
+        {
+            var layer = model.Sites[i];
+            int n = layer.Node.Shape.Last;
+            var g = plan.Cotangent(layer.Node).ToArray().AsSpan(b * n, n).ToArray();
+            var s = plan.Value(layer.Node).ToArray().AsSpan(b * n, n).ToArray();
+            if (i == model.Sites.Length - 1) return g.Select(v => (double)v).ToArray();
+            var w = problem.Parameters.ToArray(model.Sites[i + 1].Weight());
+            int m = model.Sites[i + 1].Node.Shape.Last;
+            var mean = new double[n];
+            var v = new double[n];
+            var epsilon = new double[m];
+            for (int d = 0; d < draws; d++)
+            {
+                for (int r = 0; r < m; r++) epsilon[r] = Gaussian();
+                double squared = 0, projection = 0;
+                for (int j = 0; j < n; j++)
+                {
+                    double sum = 0;
+                    if (s[j] > 0) for (int r = 0; r < m; r++) sum += w[r * n + j] * epsilon[r];
+                    v[j] = sum;
+                    squared += sum * sum;
+                    projection += sum * g[j];
+                }
+                if (squared == 0) continue; // every unit masked: the guess is 0
+                for (int j = 0; j < n; j++) mean[j] += n * projection * v[j] / squared / draws;
+            }
+            return mean;
+        });
+        var (sampled, std) = Sample(problem, Guessers.WeightTranspose(TangentMode.Joint, normalized: true), samples);
+        AssertWithinStandardErrors(expected, sampled, std, samples, "normalised Wᵀ (joint)");
+        // And not the raw Wᵀ's mean M Wᵀ W M g: normalising changes the estimator.
+        var (raw, _) = Sample(problem, Guessers.WeightTranspose(TangentMode.Joint), samples);
+        Assert.True(expected.Zip(raw).Max(p => Math.Abs(p.First - p.Second)) > 1e-3);
+    }
+
+    /// <summary>
     /// Wᵀ on a residual network (issue 9): the guess at a site s is u_b = J_bᵀ ε with J_b the Jacobian of the next sites
     /// with respect to s at example b (for "embed": through tanh into both "inner" and, across the residual add,
     /// "head"), so E[u uᵀ] = J_bᵀ J_b and the estimate of ∂L/∂s_b averages to J_bᵀ J_b g_b. J_b g_b is taken by

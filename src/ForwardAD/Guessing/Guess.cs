@@ -62,7 +62,9 @@ public abstract record Guess
     /// mask 1[s &gt; 0], taken at the forward pass's s, bias included). No activation: the Jacobian is I.</summary>
     public Guess Masked() => new MaskedGuess(this);
 
-    /// <summary>Each row (the site's last axis: one example of a dense site) rescaled to Euclidean norm √n, n = its length.</summary>
+    /// <summary>Each example's guess at the site rescaled to Euclidean norm √n, n = the site's elements per example (root
+    /// mean square 1, the scale of N(0, I)), whatever the graph did to it: E[ĝ] = n·E[u uᵀ/‖u‖²]·g for a guess u that is
+    /// symmetric (u and −u alike) and independent of the other sites' guesses.</summary>
     public Guess Normalized() => new NormalizedGuess(this);
 
     internal abstract GuessProgram Compile(GuessCompiler compiler, Site site);
@@ -129,6 +131,16 @@ public static class Guesses
     /// <summary>Wᵀ: ε ~ N(0, I) at the next sites pulled back through the ops that consume this one; for a dense
     /// chain u = mask_i ⊙ (W_{i+1}ᵀ ε) and E[ĝ] = M Wᵀ W M g.</summary>
     public static Guess WeightTranspose { get; } = Guess.Normal.PulledBack();
+
+    /// <summary>
+    /// Wᵀ rescaled per site and example to root mean square 1 (<see cref="Guess.Normalized"/>). A pulled-back guess keeps
+    /// the scale of the ops it went through: through batch norm's γ/σ its rms at a CNN's convolution sites is ~4 against
+    /// ~0.3 without batch norm, and in joint mode, where every site shares one JVP scalar d_b = Σ_i ⟨g_i, u_i⟩, those
+    /// sites then drown the others (measured on cnn-small, Fashion-MNIST, one epoch, AdamW 1e-3, seed 1: 12.6 % test
+    /// accuracy joint, 51.3 % joint normalised, 77.4 % per-layer, 79.1 % per-layer normalised).
+    /// E[ĝ_i] = n_i·E[u_i u_iᵀ/‖u_i‖²]·g_i (no cross-site terms: the sites' sources are independent and symmetric).
+    /// </summary>
+    public static Guess WeightTransposeNormalized { get; } = Guess.Normal.PulledBack().Normalized();
 
     /// <summary>k-layer downstream: ε at the sites k steps down, pulled back through every op in between (k = 1 is Wᵀ).</summary>
     public static Guess Downstream(int k) => Guess.Normal.PulledBack(k);

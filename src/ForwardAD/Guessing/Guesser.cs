@@ -118,8 +118,12 @@ public static class Guessers
     /// (token, group) block where the blocks stay apart up to the loss (<see cref="ActivationGuesser.LocalBlocks"/>).</summary>
     public static Guesser RenActivationPerturbation(TangentMode mode = TangentMode.Joint, int guesses = 1) =>
         new ActivationGuesser("Ren et al. activation perturbation", Guesses.ActivationPerturbation, Guess.Normal, mode, guesses) { Loss = SiteLoss.Local, LocalBlocks = true };
-    public static Guesser WeightTranspose(TangentMode mode = TangentMode.Joint, int guesses = 1) =>
-        new ActivationGuesser("Wᵀ", Guesses.WeightTranspose, Guess.Normal, mode, guesses);
+    /// <summary>Wᵀ (<see cref="Guesses.WeightTranspose"/>), or with <paramref name="normalized"/> each site's guess rescaled
+    /// to rms 1 (<see cref="Guesses.WeightTransposeNormalized"/>: what keeps joint mode from failing on batch-norm CNNs).</summary>
+    public static Guesser WeightTranspose(TangentMode mode = TangentMode.Joint, int guesses = 1, bool normalized = false) =>
+        normalized
+            ? new ActivationGuesser("Wᵀ (normalised)", Guesses.WeightTransposeNormalized, Guess.Normal, mode, guesses)
+            : new ActivationGuesser("Wᵀ", Guesses.WeightTranspose, Guess.Normal, mode, guesses);
     public static Guesser Downstream(int k, TangentMode mode = TangentMode.Joint, int guesses = 1) =>
         new ActivationGuesser($"{k}-layer downstream", Guesses.Downstream(k), Guess.Normal, mode, guesses);
     public static Guesser ActivationMixing(TangentMode mode = TangentMode.Joint, int guesses = 1) =>
