@@ -15,6 +15,9 @@ internal sealed record CliContext(TextWriter Output, TextWriter Error, IAnsiCons
 
     /// <summary>Rank 0 writes metrics, plots and checkpoints; the other ranks hold the same state and write nothing.</summary>
     public bool WritesFiles => Communicator.Rank == 0;
+
+    /// <summary>How `sweep` starts its runs; null: a new process of this tool per run (tests give one that runs in process).</summary>
+    public IRunLauncher? SweepLauncher { get; init; }
 }
 
 /// <summary>
@@ -38,6 +41,8 @@ internal static class Cli
           grape-toy  the toy experiment of the GrAPE rebuttal: feedback rules aligning B with a fixed target
           lm         train a transformer language model on a text (the fortunes by default), any guesser
           sample     generate text from a checkpoint of `lm`
+          sweep      a grid of train runs (methods × learning rates × seeds × any option), one process each,
+                     resumable; learning rates chosen on a validation split; CSV, Markdown (mean ± sd) and a plot
           plot       draw any metrics CSV these commands wrote (PNG and SVG; every command also draws its own)
           study      the paper's studies as CSV + charts: saturation, bias-variance, sharpening,
                      downstream, spectra (`forwardad study --help`)
@@ -50,13 +55,13 @@ internal static class Cli
 
     public const int Success = 0, RuntimeError = 1, UsageError = 2;
 
-    private static readonly string[] CommandNames = ["compare", "train", "cosine", "grape-toy", "lm", "sample", "plot", "study", "mixer-table"];
+    private static readonly string[] CommandNames = ["compare", "train", "sweep", "cosine", "grape-toy", "lm", "sample", "plot", "study", "mixer-table"];
 
     /// <summary>
     /// Runs the tool on <paramref name="args"/>. <paramref name="terminal"/>: both streams are an interactive
     /// terminal, so colour and a live progress bar are welcome (never when redirected or under NO_COLOR).
     /// </summary>
-    public static int Run(string[] args, TextWriter output, TextWriter error, bool terminal = false, Communicator? communicator = null)
+    public static int Run(string[] args, TextWriter output, TextWriter error, bool terminal = false, Communicator? communicator = null, IRunLauncher? sweepLauncher = null)
     {
         communicator ??= Communicator.SingleProcess;
         // Ranks other than 0 print nothing but their own errors: the run's output is rank 0's.
@@ -72,7 +77,7 @@ internal static class Cli
         // Redirected output (files, CI logs): no 80-column default and no wrapping of long lines mid-phrase; tables still
         // size themselves to their content.
         if (!terminal) console.Profile.Width = Math.Max(console.Profile.Width, 1000);
-        var context = new CliContext(output, error, console, terminal && console.Profile.Capabilities.Interactive) { Communicator = communicator };
+        var context = new CliContext(output, error, console, terminal && console.Profile.Capabilities.Interactive) { Communicator = communicator, SweepLauncher = sweepLauncher };
 
         args = args switch
         {
@@ -156,7 +161,7 @@ internal static class Cli
         root.Directives.Clear(); // no [diagram]/[suggest] tokens: an argument in brackets is just an argument
         var help = new HelpTextAction(context.Output) { [root] = Usage };
         root.SetAction(_ => { context.Output.WriteLine(Usage); return Success; });
-        foreach (var (command, text) in new (Command, string)[] { (CompareCommand.Create(context), CompareCommand.Help), (TrainCommand.Create(context), TrainCommand.Help), (CosineCommand.Create(context), CosineCommand.Help), (GrapeToyCommand.Create(context), GrapeToyCommand.Help),
+        foreach (var (command, text) in new (Command, string)[] { (CompareCommand.Create(context), CompareCommand.Help), (TrainCommand.Create(context), TrainCommand.Help), (SweepCommand.Create(context), SweepCommand.Help), (CosineCommand.Create(context), CosineCommand.Help), (GrapeToyCommand.Create(context), GrapeToyCommand.Help),
             (LanguageModelCommands.CreateLm(context), LanguageModelCommands.LmHelp), (LanguageModelCommands.CreateSample(context), LanguageModelCommands.SampleHelp),
             (PlotCommand.Create(context), PlotCommand.Help), (MixerTableCommand.Create(context), MixerTableCommand.Help) })
         {

@@ -6,7 +6,8 @@ namespace ForwardAD.Cli;
 /// <summary>
 /// The per-epoch metrics CSV of train. Every row ends with the run's configuration hash (column 'run'), so
 /// that a resumed run can tell its own rows from another run's: the default path already differs per
-/// configuration, but --metrics can point anywhere.
+/// configuration, but --metrics can point anywhere. Runs with a validation set (--validation-fraction) have two more
+/// columns, validation_loss and validation_accuracy, after the per-site ones; files without them are read as before.
 /// </summary>
 internal static class MetricsFile
 {
@@ -14,16 +15,19 @@ internal static class MetricsFile
     private static readonly string[] TrailingColumns = ["examples_per_second", "exchanged_bytes_per_step", "wall_seconds", "run"];
     /// <summary>The trailing columns before data-parallel runs reported their exchange (read as 0 bytes).</summary>
     private static readonly string[] EarlierTrailingColumns = ["examples_per_second", "wall_seconds", "run"];
+    private static readonly string[] ValidationColumns = ["validation_loss", "validation_accuracy"];
 
     public static void Write(string path, IReadOnlyList<EpochReport> reports, string run)
     {
         int layers = reports.Max(r => r.SiteCosines.Length), aligned = reports.Max(r => r.FeedbackAlignment.Length);
+        bool validated = reports.Any(r => !double.IsNaN(r.ValidationAccuracy));
         var header = string.Join(',', FixedColumns.Concat(Enumerable.Range(1, layers).Select(l => $"cosine_layer{l}"))
-            .Concat(Enumerable.Range(1, aligned).Select(l => $"alignment_layer{l}")).Concat(TrailingColumns));
+            .Concat(Enumerable.Range(1, aligned).Select(l => $"alignment_layer{l}")).Concat(validated ? ValidationColumns : []).Concat(TrailingColumns));
         AtomicFile.WriteAllLines(path, reports.Select(r => string.Join(',',
             new[] { (r.Epoch + 1).ToString(CultureInfo.InvariantCulture), G(r.TrainLoss), G(r.TrainAccuracy), G(r.TestLoss), G(r.TestAccuracy), G(r.GlobalCosine) }
                 .Concat(Enumerable.Range(0, layers).Select(l => l < r.SiteCosines.Length ? G(r.SiteCosines[l]) : "NaN"))
                 .Concat(Enumerable.Range(0, aligned).Select(l => l < r.FeedbackAlignment.Length ? G(r.FeedbackAlignment[l]) : "NaN"))
+                .Concat(validated ? [G(r.ValidationLoss), G(r.ValidationAccuracy)] : [])
                 .Concat([G(r.ExamplesPerSecond), r.ExchangedBytesPerStep.ToString("R", CultureInfo.InvariantCulture), G(r.WallTime.TotalSeconds), run]))).Prepend(header));
         static string G(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
     }
@@ -54,7 +58,10 @@ internal static class MetricsFile
             throw new InvalidDataException($"{path}, line 1: the header does not end with {string.Join(',', TrailingColumns)}: written by an older forwardad (without the run column) or not by forwardad. {Advice}");
         int layers = header.Count(h => h.StartsWith("cosine_layer", StringComparison.Ordinal));
         int aligned = header.Count(h => h.StartsWith("alignment_layer", StringComparison.Ordinal));
-        if (header.Length != FixedColumns.Length + layers + aligned + trailing.Length)
+        // The validation columns, when present, sit right after the per-site ones (as Write puts them).
+        bool validated = header.Skip(FixedColumns.Length + layers + aligned).Take(ValidationColumns.Length).SequenceEqual(ValidationColumns);
+        int validationColumns = validated ? ValidationColumns.Length : 0;
+        if (header.Length != FixedColumns.Length + layers + aligned + validationColumns + trailing.Length)
             throw new InvalidDataException($"{path}, line 1: unexpected columns in the header. {Advice}");
         var result = new List<EpochReport>();
         for (int i = 1; i < lines.Length; i++)
@@ -77,6 +84,8 @@ internal static class MetricsFile
             {
                 FeedbackAlignment = [.. v.Skip(6 + layers).Take(aligned)],
                 ExchangedBytesPerStep = exchange ? v[^2] : 0,
+                ValidationLoss = validated ? v[6 + layers + aligned] : double.NaN,
+                ValidationAccuracy = validated ? v[6 + layers + aligned + 1] : double.NaN,
             });
         }
         return result;

@@ -58,11 +58,14 @@ internal static class MetricsPlots
         // DFA and GrAPE: the row-cosine of B_l to the exact Jacobian J_lᵀ, per hidden site.
         foreach (var column in t.Header.Where(h => h.StartsWith("alignment_layer", StringComparison.Ordinal)))
             cosines.Add(new($"B·J, site {column["alignment_layer".Length..]}", epoch, t.Numbers(column)));
+        // Runs with --validation-fraction: the validation curves beside train and test (files without them draw as before).
+        bool validated = t.Header.Contains("validation_accuracy");
+        Series[] losses = [new("train", epoch, t.Numbers("train_loss")), new("test", epoch, t.Numbers("test_loss")), .. validated ? [new Series("validation", epoch, t.Numbers("validation_loss"))] : Array.Empty<Series>()];
+        Series[] accuracies = [new("train", epoch, t.Numbers("train_accuracy")), new("test", epoch, t.Numbers("test_accuracy")), .. validated ? [new Series("validation", epoch, t.Numbers("validation_accuracy"))] : Array.Empty<Series>()];
         return new Figure(
         [
-            new LineChart("loss", "epoch", "cross-entropy loss", [new("train", epoch, t.Numbers("train_loss")), new("test", epoch, t.Numbers("test_loss"))]),
-            new LineChart("accuracy", "epoch", "accuracy (fraction correct)",
-                [new("train", epoch, t.Numbers("train_accuracy")), new("test", epoch, t.Numbers("test_accuracy"))]) { Legend = LegendCorner.LowerRight },
+            new LineChart("loss", "epoch", "cross-entropy loss", losses),
+            new LineChart("accuracy", "epoch", "accuracy (fraction correct)", accuracies) { Legend = LegendCorner.LowerRight },
             new LineChart("cosine to the backprop gradient", "epoch", "cosine (mean over the epoch)", cosines) { Legend = LegendCorner.OutsideRight },
         ], Columns: 3);
     }

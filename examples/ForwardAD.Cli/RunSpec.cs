@@ -69,12 +69,25 @@ internal sealed class DataOptions(string defaultData = "digits")
                                     (a constant feature: std 1), applied to train and test alike (default off)
         """;
 
+    /// <summary>Help of --validation-fraction, for the commands that register it (<see cref="AddValidationTo"/>).</summary>
+    public const string ValidationHelp = """
+          --validation-fraction F   hold out F (0 < F < 1) of the training set, shuffled by the seed, as a validation
+                                    set: training uses the rest, and every epoch also reports validation loss and
+                                    accuracy (columns validation_loss, validation_accuracy of the metrics CSV);
+                                    choose hyperparameters on it, not on the test set (default: none). With
+                                    --standardize, the statistics are the remaining training examples' own
+        """;
+
     private static readonly string[] Schemes = ["idx", "cifar10", "cifar100"];
 
     public readonly Option<string> Data = Opt.String("data", defaultData);
     public readonly Option<string?> TestData = Opt.OptionalString("test-data");
     public readonly Option<float?> TestFraction = Opt.OptionalFloat("test-fraction", f => f is > 0 and < 1, "a number between 0 and 1 (both excluded)");
     public readonly Option<bool> Standardize = Opt.Flag("standardize");
+    public readonly Option<float?> ValidationFraction = Opt.OptionalFloat("validation-fraction", f => f is > 0 and < 1, "a number between 0 and 1 (both excluded)");
+
+    /// <summary>The Philox stream of the validation split: another permutation than the train/test split's.</summary>
+    private const ulong ValidationStream = 0x7A11D;
 
     public void AddTo(Command command)
     {
@@ -84,11 +97,40 @@ internal sealed class DataOptions(string defaultData = "digits")
         command.Add(Standardize);
     }
 
+    /// <summary>Registers --validation-fraction (train's; the commands that do not report validation metrics lack it).</summary>
+    public void AddValidationTo(Command command) => command.Add(ValidationFraction);
+
+    /// <summary>The training and test sets (<see cref="LoadWithValidation"/> without a validation set).</summary>
+    public (Dataset Train, Dataset Test) Load(ParseResult p, ulong seed, RunConfiguration configuration)
+    {
+        var (train, _, test) = Load(p, seed, configuration, validation: false);
+        return (train, test);
+    }
+
+    /// <summary>The training, validation (null without --validation-fraction) and test sets; the command must have
+    /// registered the option with <see cref="AddValidationTo"/>.</summary>
+    public (Dataset Train, Dataset? Validation, Dataset Test) LoadWithValidation(ParseResult p, ulong seed, RunConfiguration configuration) =>
+        Load(p, seed, configuration, validation: true);
+
+    /// <summary>
+    /// Carves the last ⌈<paramref name="fraction"/>·N⌉ examples of a seeded permutation of <paramref name="train"/> as
+    /// a validation set: the two parts are disjoint, cover the training set, and depend on the seed alone.
+    /// </summary>
+    internal static (Dataset Train, Dataset Validation) CarveValidation(Dataset train, float fraction, ulong seed, string source)
+    {
+        // In decimal: the fraction as typed (0.15, not the float 0.15000000596…), so ⌈0.15 · 200⌉ is 30, not 31.
+        int held = (int)Math.Ceiling((decimal)fraction * train.Count);
+        if (held < 1 || held >= train.Count)
+            throw new InvalidDataException($"--data {source}: the {train.Count} training examples cannot be split with --validation-fraction {fraction.ToString(CultureInfo.InvariantCulture)} into non-empty training and validation sets.");
+        var order = Dataset.Permutation(train.Count, new ForwardAD.Random.RandomKey(seed, ValidationStream));
+        return (train.Subset(order[..^held], train.Name), train.Subset(order[^held..], $"{train.Name} (validation)"));
+    }
+
     /// <summary>
     /// Loads the training and test sets and checks that they fit each other, all before any model exists:
     /// a mismatching test set is reported naming its file, not after an epoch of training.
     /// </summary>
-    public (Dataset Train, Dataset Test) Load(ParseResult p, ulong seed, RunConfiguration configuration)
+    private (Dataset Train, Dataset? Validation, Dataset Test) Load(ParseResult p, ulong seed, RunConfiguration configuration, bool validation)
     {
         if (p.Given(TestFraction) && p.Given(TestData))
             throw new UsageException("--test-fraction and --test-data cannot be used together: --test-fraction splits --data, --test-data replaces the split. Drop one.");
@@ -121,14 +163,21 @@ internal sealed class DataOptions(string defaultData = "digits")
             configuration.Add("data", Normalize(source));
             configuration.Add("test-data", string.Create(CultureInfo.InvariantCulture, $"split {fraction:R}"));
         }
+        // Carved before the standardisation statistics: the validation examples then inform training in no way.
+        Dataset? heldOut = null;
+        float? validationFraction = validation ? p.GetValue(ValidationFraction) : null;
+        if (validationFraction is float carved) (train, heldOut) = CarveValidation(train, carved, seed, source);
         bool standardize = p.GetValue(Standardize);
         if (standardize)
         {
             var (mean, deviation) = train.FeatureStatistics();
             (train, test) = (train.Standardize(mean, deviation), test.Standardize(mean, deviation));
+            heldOut = heldOut?.Standardize(mean, deviation);
         }
         configuration.Add("standardize", standardize ? "yes" : "no");
-        return (train, test);
+        // Recorded only when on: runs without a validation set keep their hash (metrics files) and checkpoints.
+        configuration.AddSince("validation", heldOut is null ? "none" : string.Create(CultureInfo.InvariantCulture, $"split {validationFraction:R} of the training set"), "none");
+        return (train, heldOut, test);
     }
 
     /// <summary>One line for the banner: what was loaded from where.</summary>

@@ -17,6 +17,7 @@ internal static class TrainCommand
         `forwardad compare` trains backprop and four methods without it side by side.
 
         {DataOptions.Help}
+        {DataOptions.ValidationHelp}
         {ModelOptions.Help}
         {GuesserOptions.Help(DefaultGuesser)}
         {RuleOptions.Help}
@@ -79,6 +80,7 @@ internal static class TrainCommand
         var o = new Options();
         var command = new Command("train", "Train an MLP or a CNN with a gradient guesser.");
         o.Data.AddTo(command);
+        o.Data.AddValidationTo(command);
         o.Model.AddTo(command);
         command.Add(o.GuesserName);
         o.Guesser.AddTo(command);
@@ -99,7 +101,7 @@ internal static class TrainCommand
         // Everything is checked and loaded before the first step: a bad option or file costs no epoch.
         var configuration = new RunConfiguration();
         RequireBatchForRanks(context.Communicator, batch);
-        var (train, test) = o.Data.Load(p, seed, configuration);
+        var (train, validation, test) = o.Data.LoadWithValidation(p, seed, configuration);
         if (batch > train.Count)
             throw new UsageException($"--batch-size {batch} is larger than the training set ({train.Count} examples): no full batch to train on.");
         var model = o.Model.Build(p, train, configuration);
@@ -120,7 +122,7 @@ internal static class TrainCommand
         var parameters = ParameterStore.Initialize(model, backend, seed);
         var communicator = context.Communicator;
         var trainer = new Trainer(guesser, rule, parameters, train, test,
-            new TrainingOptions(batch, seed) { CosineEvery = cosineEvery, Augmentation = augmentation, Communicator = communicator });
+            new TrainingOptions(batch, seed) { CosineEvery = cosineEvery, Augmentation = augmentation, Communicator = communicator, Validation = validation });
         var description = configuration.ToDictionary();
         List<EpochReport> reports = [];
         if (resume is not null)
@@ -141,7 +143,8 @@ internal static class TrainCommand
         // Data parallel: every rank runs this configuration on the same data from the same parameters, or none starts.
         trainer.RequireSameRun(description);
 
-        console.MarkupLineInterpolated($"[bold]ForwardAD[/] train: {train.Name} ({train.Count} train / {test.Count} test), {configuration["model"]}, {guesser.Name}, {ruleDescription}, batch {batch}, seed {seed}, {backend.Name}");
+        var sizes = validation is null ? $"{train.Count} train / {test.Count} test" : $"{train.Count} train / {validation.Count} validation / {test.Count} test";
+        console.MarkupLineInterpolated($"[bold]ForwardAD[/] train: {train.Name} ({sizes}), {configuration["model"]}, {guesser.Name}, {ruleDescription}, batch {batch}, seed {seed}, {backend.Name}");
         if (communicator.Size > 1) console.MarkupLineInterpolated($"data parallel: {DataParallelBanner(communicator, batch)}");
         foreach (var note in DataParallelNotes(communicator, model, guesser)) console.MarkupLineInterpolated($"{note}");
         if (resume is not null) console.MarkupLineInterpolated($"resumed from {resume} at epoch {trainer.NextEpoch + 1}, step {trainer.Step}");
@@ -175,12 +178,17 @@ internal static class TrainCommand
             return Cli.Success;
         }
         var table = new Table().AddColumns("epoch", "train loss", "train acc", "test loss", "test acc", "cos(est, ∇L)", "B·J align", "examples/s");
+        bool validated = validation is not null;
+        if (validated) table.AddColumns("val loss", "val acc");
         if (communicator.Size > 1) table.AddColumn("bytes/step");
         foreach (var r in reports.Where((r, i) => i == 0 || i == reports.Count - 1 || (i + 1) % Math.Max(1, epochs / 5) == 0))
-            table.AddRow(communicator.Size > 1 ? [.. Cells(r), F(r.ExchangedBytesPerStep, "N0")] : Cells(r));
+            table.AddRow([.. Cells(r), .. validated ? [F(r.ValidationLoss), F(r.ValidationAccuracy, "P2")] : Array.Empty<string>(),
+                .. communicator.Size > 1 ? [F(r.ExchangedBytesPerStep, "N0")] : Array.Empty<string>()]);
         console.Write(table);
         var last = reports[^1];
-        console.MarkupLineInterpolated($"final: train accuracy [green]{last.TrainAccuracy:P2}[/], test accuracy [green]{last.TestAccuracy:P2}[/]; metrics in {metricsPath}");
+        if (validated)
+            console.MarkupLineInterpolated($"final: train accuracy [green]{last.TrainAccuracy:P2}[/], validation accuracy [green]{last.ValidationAccuracy:P2}[/], test accuracy [green]{last.TestAccuracy:P2}[/]; metrics in {metricsPath}");
+        else console.MarkupLineInterpolated($"final: train accuracy [green]{last.TrainAccuracy:P2}[/], test accuracy [green]{last.TestAccuracy:P2}[/]; metrics in {metricsPath}");
         if (!p.GetValue(o.NoPlot) && context.WritesFiles)
         {
             var (png, svg, _) = MetricsPlots.Draw(metricsPath);
@@ -257,7 +265,9 @@ internal static class TrainCommand
     ];
 
     private static string Line(EpochReport r, int epochs) =>
-        $"epoch {r.Epoch + 1}/{epochs}: train loss {F(r.TrainLoss)} acc {F(r.TrainAccuracy, "P2")}, test loss {F(r.TestLoss)} acc {F(r.TestAccuracy, "P2")}, " +
+        $"epoch {r.Epoch + 1}/{epochs}: train loss {F(r.TrainLoss)} acc {F(r.TrainAccuracy, "P2")}, " +
+        (double.IsNaN(r.ValidationAccuracy) ? "" : $"validation loss {F(r.ValidationLoss)} acc {F(r.ValidationAccuracy, "P2")}, ") +
+        $"test loss {F(r.TestLoss)} acc {F(r.TestAccuracy, "P2")}, " +
         $"cos {F(r.GlobalCosine, "F3")} (sites {string.Join(" ", r.SiteCosines.Select(c => F(c, "F3")))})" +
         (r.FeedbackAlignment.IsEmpty ? "" : $", B·J alignment {string.Join(" ", r.FeedbackAlignment.Select(c => F(c, "F3")))}") + $", {F(r.ExamplesPerSecond, "F0")} examples/s" +
         (r.ExchangedBytesPerStep > 0 ? $", {F(r.ExchangedBytesPerStep, "N0")} bytes/step exchanged" : "");
@@ -285,7 +295,8 @@ internal static class TrainCommand
         public void EpochCompleted(EpochReport report)
         {
             _watch.Stop();
-            _last = $" | last epoch: train acc {report.TrainAccuracy:P1} test acc {report.TestAccuracy:P1} cos {F(report.GlobalCosine, "F3")}" +
+            _last = $" | last epoch: train acc {report.TrainAccuracy:P1}" + (double.IsNaN(report.ValidationAccuracy) ? "" : $" val acc {report.ValidationAccuracy:P1}") +
+                $" test acc {report.TestAccuracy:P1} cos {F(report.GlobalCosine, "F3")}" +
                 (report.FeedbackAlignment.IsEmpty ? "" : $" align {report.FeedbackAlignment.Average():F3}");
         }
     }

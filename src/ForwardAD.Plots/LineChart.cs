@@ -6,12 +6,19 @@ namespace ForwardAD.Plots;
 /// <summary>One named curve of a chart: y against x, as many points as x has.</summary>
 public sealed record Series(string Name, IReadOnlyList<double> X, IReadOnlyList<double> Y)
 {
+    /// <summary>An error band around the curve (a mean ± its standard deviation over seeds): its lower and upper edge at
+    /// each x, shaded in the curve's colour. Null: no band. Points where either edge is not finite (a standard deviation
+    /// of one value) get no band.</summary>
+    public (IReadOnlyList<double> Lower, IReadOnlyList<double> Upper)? Band { get; init; }
+
     /// <summary>Checks that the curve can be drawn; the message names the series and the fix.</summary>
     public void Validate()
     {
         if (string.IsNullOrWhiteSpace(Name)) throw new ArgumentException("a series needs a name (it labels the legend)");
         if (X.Count != Y.Count)
             throw new ArgumentException($"series '{Name}': {X.Count} x values but {Y.Count} y values; give one y per x");
+        if (Band is var (lower, upper) && (lower.Count != X.Count || upper.Count != X.Count))
+            throw new ArgumentException($"series '{Name}': {X.Count} x values but a band of {lower.Count} lower and {upper.Count} upper values; give one of each per x");
     }
 }
 
@@ -75,6 +82,13 @@ public static partial class ChartFile
             scatter.LegendText = series.Name;
             scatter.MarkerSize = xs.Length <= 40 ? 5 : 0;
             scatter.LineWidth = 1.5f;
+            if (series.Band is var (lower, upper) && BandPoints(series.X, lower, upper, chart.LogX, chart.LogY) is { X.Length: > 1 } band)
+            {
+                // Translucent, in the curve's colour, without an outline or a legend entry of its own.
+                var fill = plot.Add.FillY(band.X, band.Lower, band.Upper);
+                fill.FillColor = scatter.Color.WithAlpha(0.2);
+                fill.LineWidth = 0;
+            }
         }
         plot.Title(chart.Title);
         plot.XLabel(chart.LogX ? chart.XLabel + " (log scale)" : chart.XLabel);
@@ -108,6 +122,21 @@ public static partial class ChartFile
             ys.Add(logY ? Math.Log10(y) : y);
         }
         return ([.. xs], [.. ys]);
+    }
+
+    /// <summary>The band's drawable points: x and both edges finite (and positive on a log axis), mapped like the curve's.</summary>
+    private static (double[] X, double[] Lower, double[] Upper) BandPoints(IReadOnlyList<double> x, IReadOnlyList<double> lower, IReadOnlyList<double> upper, bool logX, bool logY)
+    {
+        var (xs, ls, us) = (new List<double>(), new List<double>(), new List<double>());
+        for (int i = 0; i < x.Count; i++)
+        {
+            double a = x[i], l = lower[i], u = upper[i];
+            if (!double.IsFinite(a) || !double.IsFinite(l) || !double.IsFinite(u) || (logX && a <= 0) || (logY && (l <= 0 || u <= 0))) continue;
+            xs.Add(logX ? Math.Log10(a) : a);
+            ls.Add(logY ? Math.Log10(l) : l);
+            us.Add(logY ? Math.Log10(u) : u);
+        }
+        return ([.. xs], [.. ls], [.. us]);
     }
 
     /// <summary>Decade labels (1, 10, 100, …) with minor ticks at 2…9 for an axis that carries log10 of the data.</summary>

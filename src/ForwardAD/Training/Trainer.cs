@@ -31,6 +31,13 @@ public sealed record EpochReport(int Epoch, double TrainLoss, double TrainAccura
     /// exchange of the update or of the JVP scalars, the loss, running statistics; not the cosine measurement). Zero in
     /// one process.</summary>
     public double ExchangedBytesPerStep { get; init; }
+
+    /// <summary>Loss and accuracy on <see cref="TrainingOptions.Validation"/>, evaluated after the epoch like the test set;
+    /// NaN without a validation set. Hyperparameters are chosen on these, never on the test set.</summary>
+    public double ValidationLoss { get; init; } = double.NaN;
+
+    /// <inheritdoc cref="ValidationLoss"/>
+    public double ValidationAccuracy { get; init; } = double.NaN;
 }
 
 /// <summary>Progress of a run, called from the training thread.</summary>
@@ -54,6 +61,10 @@ public sealed record TrainingOptions(int BatchSize, ulong Seed)
     /// <see cref="BatchSize"/> examples, split by global example index, and the ranks together compute what one process
     /// with the whole batch computes. Default: one process.</summary>
     public Communicator Communicator { get; init; } = Communicator.SingleProcess;
+
+    /// <summary>Examples held out of the training set (disjoint from it; the caller carves them), evaluated after every
+    /// epoch into <see cref="EpochReport.ValidationLoss"/> and <see cref="EpochReport.ValidationAccuracy"/>; null: none.</summary>
+    public Dataset? Validation { get; init; }
 }
 
 /// <summary>
@@ -73,6 +84,7 @@ public sealed class Trainer
     private readonly ParameterStore _parameters;
     private readonly Dataset _train;
     private readonly Evaluator _trainEvaluator, _testEvaluator;
+    private readonly Evaluator? _validationEvaluator;
     private readonly TrainingOptions _options;
     private readonly float[] _features, _labels;
     private readonly int[] _order;
@@ -108,6 +120,12 @@ public sealed class Trainer
         _train = train;
         _trainEvaluator = new Evaluator(parameters, train);
         _testEvaluator = new Evaluator(parameters, test);
+        if (options.Validation is { } validation)
+        {
+            if (validation.FeatureSize != train.FeatureSize)
+                throw new ArgumentException($"The validation set '{validation.Name}' has {validation.FeatureSize} values per example; the training set '{train.Name}' has {train.FeatureSize}.", nameof(options));
+            _validationEvaluator = new Evaluator(parameters, validation);
+        }
         _features = new float[_shard.Count * train.FeatureSize];
         _labels = new float[_shard.Count];
         _order = new int[train.Count];
@@ -215,6 +233,7 @@ public sealed class Trainer
         var stepTime = TimeSpan.FromSeconds(Math.Max(0, seconds - (double)measuring / System.Diagnostics.Stopwatch.Frequency) / StepsPerEpoch);
         var train = _trainEvaluator.Evaluate();
         var test = _testEvaluator.Evaluate();
+        var validation = _validationEvaluator?.Evaluate() ?? new Evaluation(double.NaN, double.NaN);
         var cosines = _cosines.Means(exactGradient: Guesser is BackpropGuesser);
         var alignment = ImmutableArray<double>.Empty;
         if (_estimator is IFeedbackAlignment feedback && _oracle is not null)
@@ -227,7 +246,10 @@ public sealed class Trainer
             RunAgreement.Require(communicator, new Dictionary<string, string> { ["parameters"] = ParameterFingerprint() }, "set of parameters at the end of the epoch");
         var report = new EpochReport(epoch, train.Loss, train.Accuracy, test.Loss, test.Accuracy,
             [.. cosines[..^1]], cosines[^1], StepsPerEpoch * batch / seconds, watch.Elapsed)
-        { FeedbackAlignment = alignment, StepTime = stepTime, ExchangedBytesPerStep = (double)exchanged / StepsPerEpoch };
+        {
+            FeedbackAlignment = alignment, StepTime = stepTime, ExchangedBytesPerStep = (double)exchanged / StepsPerEpoch,
+            ValidationLoss = validation.Loss, ValidationAccuracy = validation.Accuracy,
+        };
         NextEpoch = epoch + 1;
         observer?.EpochCompleted(report);
         return report;

@@ -1,0 +1,317 @@
+using System.Collections.Immutable;
+using System.Globalization;
+using System.Text;
+using ForwardAD.Plots;
+
+namespace ForwardAD.Cli;
+
+/// <summary>The mean and the sample standard deviation (divisor n − 1) of the finite values given; the deviation is
+/// undefined (NaN) for fewer than two values, and both are NaN for none.</summary>
+internal readonly record struct SampleStatistics(int Count, double Mean, double StandardDeviation)
+{
+    public static SampleStatistics Of(IEnumerable<double> values)
+    {
+        var finite = values.Where(double.IsFinite).ToList();
+        if (finite.Count == 0) return new(0, double.NaN, double.NaN);
+        double mean = finite.Sum() / finite.Count;
+        // Two passes: the deviations from the mean, not E[x²] − E[x]², which cancels for accuracies close together.
+        double squares = finite.Sum(v => (v - mean) * (v - mean));
+        return new(finite.Count, mean, finite.Count < 2 ? double.NaN : Math.Sqrt(squares / (finite.Count - 1)));
+    }
+
+    /// <summary>"93.61 ± 0.42" in percent (<paramref name="percent"/>) or as is; "93.61 ± n/a" for one value (no deviation
+    /// from one seed); "–" for none.</summary>
+    public string Format(bool percent, string format = "F2")
+    {
+        if (Count == 0) return "–";
+        double scale = percent ? 100 : 1;
+        var mean = (scale * Mean).ToString(format, CultureInfo.InvariantCulture);
+        return double.IsNaN(StandardDeviation) ? $"{mean} ± n/a" : $"{mean} ± {(scale * StandardDeviation).ToString(format, CultureInfo.InvariantCulture)}";
+    }
+}
+
+/// <summary>A finished run's metrics per epoch, read back from its metrics CSV (validation columns NaN when absent).</summary>
+internal sealed record RunCurves(double[] Epoch, double[] TrainAccuracy, double[] TestLoss, double[] TestAccuracy, double[] ValidationLoss, double[] ValidationAccuracy)
+{
+    public static RunCurves Read(string path)
+    {
+        var table = CsvTable.Read(path);
+        var epoch = table.Numbers("epoch");
+        double[] Optional(string column) => table.Header.Contains(column) ? table.Numbers(column) : [.. epoch.Select(_ => double.NaN)];
+        return new RunCurves(epoch, table.Numbers("train_accuracy"), table.Numbers("test_loss"), table.Numbers("test_accuracy"),
+            Optional("validation_loss"), Optional("validation_accuracy"));
+    }
+
+    public int Epochs => Epoch.Length;
+}
+
+/// <summary>One run with its record and, when it succeeded, its curves.</summary>
+internal sealed record RunResult(SweepRun Run, RunRecord Record, RunCurves? Curves)
+{
+    public bool Succeeded => Record.Succeeded && Curves is not null;
+
+    /// <summary>The last epoch's value of a curve (NaN for a failed run).</summary>
+    public double Final(Func<RunCurves, double[]> curve) => Curves is { Epochs: > 0 } c ? curve(c)[^1] : double.NaN;
+
+    /// <summary>The epoch (0-based) with the best validation value by <paramref name="selectBy"/>; -1 without validation.</summary>
+    public int BestEpoch(SelectionMetric selectBy)
+    {
+        if (Curves is null) return -1;
+        var values = selectBy.Curve(Curves);
+        int best = -1;
+        for (int i = 0; i < values.Length; i++)
+            if (double.IsFinite(values[i]) && (best < 0 || selectBy.Better(values[i], values[best]))) best = i;
+        return best;
+    }
+}
+
+/// <summary>What learning rates (and other tuned axes) are chosen by: a validation metric, never a test one.</summary>
+internal sealed record SelectionMetric(string Name, string Description, Func<RunCurves, double[]> Curve, bool HigherIsBetter)
+{
+    public static readonly SelectionMetric ValidationAccuracy = new("validation_accuracy", "validation accuracy", c => c.ValidationAccuracy, true);
+    public static readonly SelectionMetric ValidationLoss = new("validation_loss", "validation loss", c => c.ValidationLoss, false);
+    public static readonly SelectionMetric[] All = [ValidationAccuracy, ValidationLoss];
+
+    public bool Better(double candidate, double incumbent) => HigherIsBetter ? candidate > incumbent : candidate < incumbent;
+
+    /// <summary>Shown in percent (an accuracy), or as is (a loss).</summary>
+    public bool Percent => this == ValidationAccuracy;
+}
+
+/// <summary>The runs of one configuration (every axis but the seed), with their statistics over the seeds (final epoch).</summary>
+internal sealed class SweepConfiguration(ImmutableArray<(string Axis, string Value)> values, List<RunResult> runs)
+{
+    public ImmutableArray<(string Axis, string Value)> Values { get; } = values;
+    public List<RunResult> Runs { get; } = runs;
+    public IEnumerable<RunResult> Succeeded => Runs.Where(r => r.Succeeded);
+    public int Failed => Runs.Count(r => !r.Succeeded);
+    public bool Selected { get; set; }
+
+    public string Label => Values.IsEmpty ? "all runs" : string.Join(' ', Values.Select(v => $"{v.Axis}={v.Value}"));
+
+    public SampleStatistics Statistic(Func<RunCurves, double[]> curve) => SampleStatistics.Of(Succeeded.Select(r => r.Final(curve)));
+}
+
+/// <summary>
+/// The aggregate of a sweep: every run (ok or failed: none is dropped), the configurations (runs grouped over the seed
+/// axis), and per method (the values of every axis but the seed and the tuned ones) the tuned values chosen on the
+/// validation split: the configuration with the best mean final-epoch validation metric among those whose every run
+/// succeeded (ties: the first in grid order). The test metrics of that choice are reported, never consulted.
+/// </summary>
+internal sealed class SweepSummary
+{
+    public const string SeedAxis = "seed";
+
+    public SweepSummary(SweepGrid grid, IReadOnlyList<RunResult> results, IReadOnlyList<string> tune, SelectionMetric? selectBy)
+    {
+        Grid = grid;
+        Results = results;
+        SelectBy = selectBy;
+        Tuned = [.. tune.Where(t => grid.Axes.Any(a => a.Name == t))];
+        Configurations = [.. results.GroupBy(r => Key(r.Run.Values, [SeedAxis]))
+            .Select(g => new SweepConfiguration([.. g.First().Run.Values.Where(v => v.Axis != SeedAxis)], [.. g]))];
+        if (selectBy is not null && Tuned.Length > 0)
+            foreach (var method in Configurations.GroupBy(c => Key(c.Values, Tuned)))
+            {
+                SweepConfiguration? best = null;
+                double bestValue = double.NaN;
+                foreach (var candidate in method.Where(c => c.Failed == 0 && c.Succeeded.Any()))
+                {
+                    double value = candidate.Statistic(selectBy.Curve).Mean;
+                    if (!double.IsFinite(value)) continue;
+                    if (best is null || selectBy.Better(value, bestValue)) (best, bestValue) = (candidate, value);
+                }
+                if (best is not null) best.Selected = true;
+                Methods.Add((method.First().Values.Where(v => !Tuned.Contains(v.Axis)).ToImmutableArray(), best, [.. method]));
+            }
+    }
+
+    public SweepGrid Grid { get; }
+    public IReadOnlyList<RunResult> Results { get; }
+    public SelectionMetric? SelectBy { get; }
+    public ImmutableArray<string> Tuned { get; }
+    public List<SweepConfiguration> Configurations { get; }
+
+    /// <summary>Per method: its values, the selected configuration (null when every candidate had a failed run), its candidates.</summary>
+    public List<(ImmutableArray<(string Axis, string Value)> Values, SweepConfiguration? Selected, List<SweepConfiguration> Candidates)> Methods { get; } = [];
+
+    public bool HasValidation => Results.Any(r => r.Curves is { } c && c.ValidationAccuracy.Any(double.IsFinite));
+
+    private static string Key(IEnumerable<(string Axis, string Value)> values, IReadOnlyCollection<string> without) =>
+        string.Join('\0', values.Where(v => !without.Contains(v.Axis)).Select(v => $"{v.Axis}={v.Value}"));
+
+    /// <summary>Results for every run in grid order: each run's record, and its curves when it succeeded. A run recorded
+    /// ok whose metrics can no longer be read is reported failed, with the reason.</summary>
+    public static List<RunResult> Collect(string output, IEnumerable<(SweepRun Run, RunRecord Record)> runs) =>
+        [.. runs.OrderBy(r => r.Run.Index).Select(r =>
+        {
+            if (!r.Record.Succeeded) return new RunResult(r.Run, r.Record, null);
+            var metrics = RunPaths.Of(output, r.Run).Metrics;
+            try { return new RunResult(r.Run, r.Record, RunCurves.Read(metrics)); }
+            catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
+            {
+                return new RunResult(r.Run, r.Record with { Status = RunRecord.Failed, ErrorTail = [.. r.Record.ErrorTail, $"error: {e.Message}"] }, null);
+            }
+        })];
+
+    // ---- files --------------------------------------------------------------------------------------------------------
+
+    /// <summary>sweep.csv: one row per run, ok or failed.</summary>
+    public void WriteRuns(string path)
+    {
+        var metric = SelectBy ?? SelectionMetric.ValidationAccuracy;
+        var lines = new List<string>
+        {
+            string.Join(',', Grid.Axes.Select(a => a.Name).Concat(["status", "exit_code", "epochs", "train_accuracy", "test_loss", "test_accuracy",
+                "validation_loss", "validation_accuracy", "best_epoch", "validation_accuracy_at_best_epoch", "test_accuracy_at_best_epoch", "wall_seconds", "error", "folder"]).Select(Csv)),
+        };
+        foreach (var r in Results)
+        {
+            int best = r.BestEpoch(metric);
+            double At(Func<RunCurves, double[]> curve) => best < 0 ? double.NaN : curve(r.Curves!)[best];
+            lines.Add(string.Join(',', Grid.Axes.Select(a => r.Run.ValueOf(a.Name) ?? "").Concat(
+            [
+                r.Succeeded ? RunRecord.Ok : RunRecord.Failed, I(r.Record.ExitCode), I(r.Curves?.Epochs ?? 0),
+                G(r.Final(c => c.TrainAccuracy)), G(r.Final(c => c.TestLoss)), G(r.Final(c => c.TestAccuracy)),
+                G(r.Final(c => c.ValidationLoss)), G(r.Final(c => c.ValidationAccuracy)),
+                best < 0 ? "" : I(best + 1), G(At(c => c.ValidationAccuracy)), G(At(c => c.TestAccuracy)),
+                r.Record.WallSeconds.ToString("F2", CultureInfo.InvariantCulture), r.Succeeded ? "" : r.Record.Reason, Path.Combine("runs", r.Run.Folder),
+            ]).Select(Csv)));
+        }
+        AtomicFile.WriteAllLines(path, lines);
+    }
+
+    /// <summary>summary.csv: one row per configuration, statistics over its seeds' final epochs.</summary>
+    public void WriteConfigurations(string path)
+    {
+        var axes = Grid.Axes.Where(a => a.Name != SeedAxis).Select(a => a.Name).ToList();
+        var lines = new List<string>
+        {
+            string.Join(',', axes.Concat(["runs", "ok", "failed", "seeds", "test_accuracy_mean", "test_accuracy_sd", "validation_accuracy_mean", "validation_accuracy_sd",
+                "validation_loss_mean", "validation_loss_sd", "test_loss_mean", "test_loss_sd", "selected"]).Select(Csv)),
+        };
+        foreach (var c in Configurations)
+        {
+            var (test, validation, validationLoss, testLoss) = (c.Statistic(x => x.TestAccuracy), c.Statistic(x => x.ValidationAccuracy), c.Statistic(x => x.ValidationLoss), c.Statistic(x => x.TestLoss));
+            lines.Add(string.Join(',', axes.Select(a => c.Values.First(v => v.Axis == a).Value).Concat(
+            [
+                I(c.Runs.Count), I(c.Succeeded.Count()), I(c.Failed), Seeds(c.Succeeded),
+                G(test.Mean), G(test.StandardDeviation), G(validation.Mean), G(validation.StandardDeviation),
+                G(validationLoss.Mean), G(validationLoss.StandardDeviation), G(testLoss.Mean), G(testLoss.StandardDeviation),
+                SelectBy is null || Tuned.IsEmpty ? "" : c.Selected ? "yes" : "no",
+            ]).Select(Csv)));
+        }
+        AtomicFile.WriteAllLines(path, lines);
+    }
+
+    /// <summary>summary.md: the selection per method, every configuration, the failed runs, and how to reproduce it.</summary>
+    public string Markdown(string reproduction)
+    {
+        var md = new StringBuilder();
+        int ok = Results.Count(r => r.Succeeded);
+        md.Append(CultureInfo.InvariantCulture, $"# Sweep: {Grid}\n\n");
+        md.Append(CultureInfo.InvariantCulture, $"{Results.Count} runs: {ok} ok, {Results.Count - ok} failed. Reproduce (finished runs are not repeated):\n\n");
+        md.Append("```bash\n").Append(reproduction).Append("\n```\n\n");
+        var seeds = Grid.Axes.FirstOrDefault(a => a.Name == SeedAxis);
+        md.Append(seeds is null
+            ? "One run per configuration (no seed axis): no standard deviation. "
+            : $"Seeds {string.Join(", ", seeds.Values)}: n = {seeds.Values.Length} per configuration (fewer where a run failed). ");
+        md.Append("Accuracies in %, final epoch, mean ± sample standard deviation (n − 1) over the seeds; ± n/a: one seed, no deviation.\n\n");
+        if (Tuned.IsEmpty)
+            md.Append("Nothing tuned (no --tune axis in the grid): every configuration is shown below.\n\n");
+        else if (SelectBy is null)
+            md.Append(CultureInfo.InvariantCulture, $"No validation split (--validation-fraction): {Opt.List([.. Tuned])} not selected.\n\n");
+        else
+        {
+            var tuned = Opt.List([.. Tuned]);
+            md.Append(CultureInfo.InvariantCulture, $"## Selected {tuned} per method\n\n");
+            md.Append(CultureInfo.InvariantCulture, $"Chosen by the mean final-epoch {SelectBy.Description} over the seeds on the validation split carved from the training set (--validation-fraction), ")
+              .Append("among the candidates whose every run succeeded; the test set is not consulted. The test accuracy is that of the chosen configuration.\n\n");
+            var methodAxes = Grid.Axes.Select(a => a.Name).Where(n => n != SeedAxis && !Tuned.Contains(n)).ToList();
+            md.Append("| ").Append(string.Join(" | ", methodAxes.Concat(Tuned).Concat(["n", SelectBy.Description, "test accuracy"]))).Append(" |\n|");
+            md.Append(string.Concat(methodAxes.Concat(Tuned).Select(_ => "---|"))).Append("---:|---:|---:|\n");
+            foreach (var (values, selected, candidates) in Methods)
+            {
+                var cells = methodAxes.Select(a => values.First(v => v.Axis == a).Value).ToList();
+                if (selected is null)
+                {
+                    cells.AddRange(Tuned.Select(_ => "none"));
+                    cells.AddRange(["0", $"every candidate had a failed run ({candidates.Sum(c => c.Failed)} failed)", "–"]);
+                }
+                else
+                {
+                    cells.AddRange(Tuned.Select(t => selected.Values.First(v => v.Axis == t).Value));
+                    cells.AddRange([I(selected.Succeeded.Count()), selected.Statistic(SelectBy.Curve).Format(SelectBy.Percent, SelectBy.Percent ? "F2" : "F4"),
+                        selected.Statistic(c => c.TestAccuracy).Format(percent: true)]);
+                }
+                md.Append("| ").Append(string.Join(" | ", cells.Select(EscapeCell))).Append(" |\n");
+            }
+            md.Append('\n');
+        }
+        md.Append("## Every configuration\n\n");
+        var axes = Grid.Axes.Select(a => a.Name).Where(n => n != SeedAxis).ToList();
+        bool validated = HasValidation;
+        var headers = axes.Concat(["n", "failed"]).Concat(validated ? ["validation accuracy"] : []).Concat(["test accuracy"]).Concat(SelectBy is not null && !Tuned.IsEmpty ? ["selected"] : []).ToList();
+        md.Append("| ").Append(string.Join(" | ", headers)).Append(" |\n|").Append(string.Concat(axes.Select(_ => "---|"))).Append(string.Concat(headers.Skip(axes.Count).Select(_ => "---:|"))).Append('\n');
+        foreach (var c in Configurations)
+        {
+            var cells = axes.Select(a => c.Values.First(v => v.Axis == a).Value).ToList();
+            cells.AddRange([I(c.Succeeded.Count()), I(c.Failed)]);
+            if (validated) cells.Add(c.Statistic(x => x.ValidationAccuracy).Format(percent: true));
+            cells.Add(c.Statistic(x => x.TestAccuracy).Format(percent: true));
+            if (SelectBy is not null && !Tuned.IsEmpty) cells.Add(c.Selected ? "yes" : "");
+            md.Append("| ").Append(string.Join(" | ", cells.Select(EscapeCell))).Append(" |\n");
+        }
+        var failed = Results.Where(r => !r.Succeeded).ToList();
+        if (failed.Count > 0)
+        {
+            md.Append("\n## Failed runs\n\nRerunning the sweep retries them; their logs are in their folders.\n\n| run | exit code | last error | folder |\n|---|---:|---|---|\n");
+            foreach (var r in failed)
+                md.Append(CultureInfo.InvariantCulture, $"| {EscapeCell(r.Run.Label)} | {r.Record.ExitCode} | {EscapeCell(r.Record.Reason)} | runs/{r.Run.Folder} |\n");
+        }
+        return md.ToString();
+    }
+
+    /// <summary>The figure: test (and validation) accuracy per epoch of the selected configurations (every configuration
+    /// when nothing is selected), the mean over the seeds with a ±1 sample standard deviation band.</summary>
+    public Figure? Figure()
+    {
+        var shown = Configurations.Where(c => c.Succeeded.Any() && (c.Selected || SelectBy is null || Tuned.IsEmpty)).ToList();
+        if (shown.Count == 0) return null;
+        var panels = new List<LineChart> { Panel("test accuracy", c => c.TestAccuracy, shown) };
+        if (HasValidation) panels.Add(Panel("validation accuracy", c => c.ValidationAccuracy, shown) with { Legend = LegendCorner.None });
+        return new Figure(panels, panels.Count);
+    }
+
+    private LineChart Panel(string title, Func<RunCurves, double[]> curve, List<SweepConfiguration> shown)
+    {
+        var series = new List<Series>();
+        foreach (var c in shown)
+        {
+            var curves = c.Succeeded.Select(r => r.Curves!).ToList();
+            int epochs = curves.Min(x => x.Epochs);
+            var epoch = curves[0].Epoch[..epochs];
+            var statistics = Enumerable.Range(0, epochs).Select(e => SampleStatistics.Of(curves.Select(x => curve(x)[e]))).ToList();
+            series.Add(new Series($"{c.Label} (n={curves.Count})", epoch, [.. statistics.Select(s => s.Mean)])
+            {
+                Band = ([.. statistics.Select(s => s.Mean - s.StandardDeviation)], [.. statistics.Select(s => s.Mean + s.StandardDeviation)]),
+            });
+        }
+        var what = Selected(shown) ? $"selected on validation, mean ± sd over seeds" : "mean ± sd over seeds";
+        return new LineChart($"{title} ({what})", "epoch", $"{title} (fraction correct)", series) { Legend = LegendCorner.LowerRight };
+    }
+
+    private bool Selected(List<SweepConfiguration> shown) => SelectBy is not null && !Tuned.IsEmpty && shown.All(c => c.Selected);
+
+    private static string Seeds(IEnumerable<RunResult> runs) => string.Join(' ', runs.Select(r => r.Run.ValueOf(SeedAxis)).OfType<string>());
+
+    private static string I(int v) => v.ToString(CultureInfo.InvariantCulture);
+
+    private static string G(double v) => v.ToString("R", CultureInfo.InvariantCulture);
+
+    /// <summary>A CSV field: quoted when it holds a comma, a quote or a line break (quotes doubled).</summary>
+    public static string Csv(string field) =>
+        field.AsSpan().IndexOfAny(",\"\n\r") < 0 ? field : "\"" + field.Replace("\"", "\"\"") + "\"";
+
+    private static string EscapeCell(string text) => text.Replace("|", "\\|").Replace("\n", " ");
+}
