@@ -124,8 +124,11 @@ public static class Guessers
         normalized
             ? new ActivationGuesser("Wᵀ (normalised)", Guesses.WeightTransposeNormalized, Guess.Normal, mode, guesses)
             : new ActivationGuesser("Wᵀ", Guesses.WeightTranspose, Guess.Normal, mode, guesses);
-    public static Guesser Downstream(int k, TangentMode mode = TangentMode.Joint, int guesses = 1) =>
-        new ActivationGuesser($"{k}-layer downstream", Guesses.Downstream(k), Guess.Normal, mode, guesses);
+    /// <summary>k-layer downstream (<see cref="Guesses.Downstream"/>), or with <paramref name="normalized"/> each site's guess
+    /// rescaled to rms 1 (as <see cref="WeightTranspose"/>'s, for the same reason).</summary>
+    public static Guesser Downstream(int k, TangentMode mode = TangentMode.Joint, int guesses = 1, bool normalized = false) =>
+        new ActivationGuesser(normalized ? $"{k}-layer downstream (normalised)" : $"{k}-layer downstream",
+            normalized ? Guesses.Downstream(k).Normalized() : Guesses.Downstream(k), Guess.Normal, mode, guesses);
     public static Guesser ActivationMixing(TangentMode mode = TangentMode.Joint, int guesses = 1) =>
         new ActivationGuesser("activation mixing", Guesses.ActivationMixing, Guess.Normal, mode, guesses);
     public static Guesser SelfSharpening(TangentMode mode = TangentMode.Joint, int guesses = 1) =>
