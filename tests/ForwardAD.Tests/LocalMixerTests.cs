@@ -28,6 +28,14 @@ public class LocalMixerTests
     private static OpModel Build(string name)
     {
         var b = new ModelBuilder();
+        if (name == "patches p2 c3")
+        {
+            var image = b.Input("x", new Shape(4, 6, 3));
+            var patches = b.Patches("op", image, 2);
+            var flatPatches = b.Flatten("flat", patches);
+            var patchTarget = b.Input("target", flatPatches.Shape, differentiable: false);
+            return new OpModel(b.Build(b.MeanSquaredError("loss", flatPatches, patchTarget), flatPatches), image, patches);
+        }
         if (name == "grouped-ce g3 c4")
         {
             var z = b.Input("x", new Shape(3, 4));
@@ -50,7 +58,7 @@ public class LocalMixerTests
 
     public static TheoryData<string> Ops => new()
     {
-        "token-mixing p5 q3 c4", "token-mixing p5 q7 c4 no-bias", "grouped-linear c6 o4 g2", "grouped-linear c6 o6 g3 no-bias", "grouped-ce g3 c4",
+        "token-mixing p5 q3 c4", "token-mixing p5 q7 c4 no-bias", "grouped-linear c6 o4 g2", "grouped-linear c6 o6 g3 no-bias", "grouped-ce g3 c4", "patches p2 c3",
     };
 
     /// <summary>Parameters off their defaults (biases non-zero).</summary>

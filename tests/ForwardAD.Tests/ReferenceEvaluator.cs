@@ -219,6 +219,22 @@ internal sealed class ReferenceEvaluator(Model model, int batch, bool training =
                 }
                 return loss;
             }
+            case PatchesOp patches:
+            {
+                // y_b[(i, j), (r, c, ch)] = x_b[i·k + r, j·k + c, ch]: token (i, j) holds its patch's pixels row by row.
+                var x = In(0);
+                var shape = model.Nodes[node.Inputs[0]].Shape;
+                int k = patches.Patch, width = shape[1], channels = shape[2], across = width / k, tokens = shape[0] / k * across, length = k * k * channels;
+                var y = new double[batch * tokens * length];
+                for (int e = 0; e < batch; e++)
+                    for (int t = 0; t < tokens; t++)
+                        for (int r = 0; r < k; r++)
+                            for (int c = 0; c < k; c++)
+                                for (int ch = 0; ch < channels; ch++)
+                                    y[(e * tokens + t) * length + (r * k + c) * channels + ch] =
+                                        x[e * shape.ElementCount + ((t / across * k + r) * width + t % across * k + c) * channels + ch];
+                return y;
+            }
             case TokenMixingOp:
             {
                 // y_b[q, c] = Σ_p W[q, p] x_b[p, c] + b[q]

@@ -232,6 +232,10 @@ public sealed class ModelBuilder
         return Reshape($"{name}.out", s, x.Shape.WithLast(outputs));
     }
 
+    /// <summary>Non-overlapping <paramref name="patch"/> × <paramref name="patch"/> patches of an image x [H, W, C] as tokens
+    /// [P, patch·patch·C]; see <see cref="PatchesOp"/>.</summary>
+    public Node Patches(string name, Node x, int patch) => Apply(name, new PatchesOp(patch), x);
+
     /// <summary>The mean over groups of the softmax cross-entropy of logits [G, classes] against one class label per example;
     /// see <see cref="GroupedSoftmaxCrossEntropyOp"/>.</summary>
     public Node GroupedSoftmaxCrossEntropy(string name, Node logits, Node labels) => Apply(name, new GroupedSoftmaxCrossEntropyOp(), logits, labels);

@@ -114,6 +114,46 @@ public sealed record TokenMixingOp : Op
 }
 
 /// <summary>
+/// Non-overlapping patches as tokens (the input of Ren et al.'s LocalMixer, their <c>preprocess</c>): x [H, W, C] per
+/// example → [P, k·k·C], P = (H/k)·(W/k), token (i, j) holding the pixels of patch (i, j) in (row, column, channel) order.
+/// A fixed permutation of x: JVP ẏ = patches(ẋ), VJP x̄ = patches⁻¹(ȳ) (each pixel lies in exactly one patch). It is im2col
+/// with kernel = stride = k, so the rules are the backend's <see cref="Backend.Im2Col"/> and its adjoint
+/// <see cref="Backend.Col2Im"/>, and no kernel is added. Why an op and not a convolution: Ren et al.'s first block normalises
+/// each patch's pixels (a LayerNorm over the token) before its first linear layer, which a convolution cannot express.
+/// </summary>
+public sealed record PatchesOp(int Patch) : Op
+{
+    public override string Kind => "patches";
+    internal override bool InputVjpReadsForwardValues => false;
+    internal override bool VjpReadsInput(int input) => false;
+    internal override bool VjpReadsOutput => false;
+
+    internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs)
+    {
+        RequireInputs(name, inputs, 1, 1);
+        var x = inputs[0];
+        if (!x.IsBatched || x.Shape.Rank != 3)
+            throw new ShapeMismatchException(name, "a batched image [H, W, C] (channels last)", x.ToString(), "Reshape flat data to [H, W, C] first.");
+        if (Patch < 1 || x.Shape[0] % Patch != 0 || x.Shape[1] % Patch != 0)
+            throw new ShapeMismatchException(name, $"an image whose height and width are multiples of the patch size {Patch}", x.Shape.ToString(),
+                "Choose a patch size that divides both.");
+        return (new Shape(x.Shape[0] / Patch * (x.Shape[1] / Patch), Patch * Patch * x.Shape[2]), true);
+    }
+
+    private ConvGeometry Geometry(Shape input) => new(input[0], input[1], input[2], Patch, Patch, Patch, 0, 1);
+
+    internal override void Forward(in RuleContext c, bool saveAuxiliary) => c.Backend.Im2Col(c.Input(0).Value, Geometry(c.InputShape(0)), c.Output.Value);
+
+    /// <summary>All K·B tangent images in one call (im2col reads the image count off the view).</summary>
+    internal override void Jvp(in RuleContext c) => c.Backend.Im2Col(c.Input(0).Tangent, Geometry(c.InputShape(0)), c.Output.Tangent);
+
+    internal override void Vjp(in RuleContext c)
+    {
+        if (!c.Input(0).Cotangent.IsEmpty) c.Backend.Col2Im(c.Output.Cotangent, Geometry(c.InputShape(0)), c.Input(0).Cotangent, c.Accumulate(0));
+    }
+}
+
+/// <summary>
 /// The grouped local loss of a LocalMixer block (Ren et al. 2022, §4): logits [G, classes] per example, one row per channel
 /// group (each group's own head on its own pooled channels), and the example's class label; the loss is the mean over the
 /// groups of the softmax cross-entropy, ℓ_b = (1/G) Σ_g (logsumexp(z_bg) − z_bg[y_b]), so its scale is one classifier's.
