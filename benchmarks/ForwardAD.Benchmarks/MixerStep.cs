@@ -24,12 +24,13 @@ internal static class MixerStep
     public static int Run(int rounds, int repeats)
     {
         if (OpenBlasGemm.TryCreate() is not null) OpenBlasGemm.SetThreadCount(1); // loads the library first (its resolver)
-        var spec = LocalMixerSpec.Parse("p4-d64-b2-g4", new Shape(28, 28, 1), 10);
+        // The blocks construction with guesses at the sites: what the PyTorch peer implements.
+        var spec = LocalMixerSpec.Parse("p4-d64-b2-g4-blocks", new Shape(28, 28, 1), 10);
         const int batch = 64;
         var methods = new (string Name, Guesser Guesser, string PeerRow)[]
         {
             ("backprop", Guessers.Backprop, "mixer_backprop_adam"),
-            ("activation perturbation (Ren et al., per-block JVPs)", Guessers.RenActivationPerturbation(), "mixer_ap_adam"),
+            ("activation perturbation (Ren et al., per-block JVPs)", Guessers.RenActivationPerturbation(placement: GuessPlacement.Site, exactLast: false), "mixer_ap_adam"),
             ("activation mixing", (ActivationGuesser)Guessers.ActivationMixing() with { Loss = SiteLoss.Local, LocalBlocks = true }, ""),
             ("Wᵀ", (ActivationGuesser)Guessers.WeightTranspose() with { Loss = SiteLoss.Local, LocalBlocks = true }, ""),
         };

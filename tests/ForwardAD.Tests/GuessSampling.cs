@@ -70,6 +70,10 @@ internal static class GuessSampling
         "ren per-layer" => Guessers.RenActivationPerturbation(TangentMode.PerLayer, 2),
         "weight-transpose blocks" => (ActivationGuesser)Guessers.WeightTranspose() with { Loss = SiteLoss.Local, LocalBlocks = true },
         "mixing blocks" => (ActivationGuesser)Guessers.ActivationMixing() with { Loss = SiteLoss.Local, LocalBlocks = true },
+        // Ren et al.'s placement (after each LayerNorm, before its ReLU) and exact heads, with other guesses in place of the noise.
+        "weight-transpose ren" => (ActivationGuesser)Guessers.WeightTranspose() with { Loss = SiteLoss.Local, LocalBlocks = true, Placement = GuessPlacement.Normalized, ExactLast = true },
+        "mixing ren" => (ActivationGuesser)Guessers.ActivationMixing() with { Loss = SiteLoss.Local, LocalBlocks = true, Placement = GuessPlacement.Normalized, ExactLast = true },
+        "ren at sites" => Guessers.RenActivationPerturbation(placement: GuessPlacement.Site, exactLast: false),
         _ => throw new ArgumentException($"No guesser named '{name}'.", nameof(name)),
     };
 

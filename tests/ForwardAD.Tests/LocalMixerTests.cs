@@ -17,9 +17,13 @@ public class LocalMixerTests
 {
     /// <summary>Groups of 3 channels: LayerNorm over a group of 2 (TinySpec's) gives ±1 whatever its input, so no gradient
     /// reaches the sites inside a block; the per-block tests need one that does.</summary>
-    internal static LocalMixerSpec BlockSpec => new(new Shape(4, 4, 2), Patch: 2, Width: 6, Blocks: 2, Groups: 2, Classes: 3, Expansion: 2);
+    internal static LocalMixerSpec BlockSpec => new(new Shape(4, 4, 2), Patch: 2, Width: 6, Blocks: 2, Groups: 2, Classes: 3, Expansion: 2, Variant: LocalMixerVariant.Blocks);
 
-    internal static LocalMixerSpec TinySpec => new(new Shape(4, 4, 2), Patch: 2, Width: 4, Blocks: 2, Groups: 2, Classes: 3, Expansion: 2);
+    internal static LocalMixerSpec TinySpec => new(new Shape(4, 4, 2), Patch: 2, Width: 4, Blocks: 2, Groups: 2, Classes: 3, Expansion: 2, Variant: LocalMixerVariant.Blocks);
+
+    /// <summary>Ren et al.'s construction, tiny: 4 tokens of 2×2×2 pixels, a patch block and one mixer block, 2 groups of 3
+    /// channels (hidden 12: groups of 6), 3 classes.</summary>
+    internal static LocalMixerSpec RenSpec => new(new Shape(4, 4, 2), Patch: 2, Width: 6, Blocks: 2, Groups: 2, Classes: 3, Expansion: 2);
 
     private sealed record OpModel(Model Model, Node X, Node Op);
 
@@ -62,7 +66,7 @@ public class LocalMixerTests
     };
 
     /// <summary>Parameters off their defaults (biases non-zero).</summary>
-    private static Problem Randomized(Model model, int seed, int batch)
+    internal static Problem Randomized(Model model, int seed, int batch)
     {
         var problem = Problem.From(model, seed, batch);
         foreach (var p in model.Parameters) problem.Parameters.Set(p, Problem.Normal(seed + 13 * p.Id, p.Shape.ElementCount, 0.5f));
@@ -119,17 +123,19 @@ public class LocalMixerTests
     }
 
     /// <summary>
-    /// The tiny mixer with tangents on every parameter (K = 2): the JVP of every loss (the two local losses and the main one)
+    /// The tiny mixer of either construction with tangents on every parameter (K = 2): the JVP of every loss (the two local losses and the main one)
     /// against central differences of the float64 reference, ε = 1e-5 (truncation ~1e-10; float32 plan ~1e-6 relative, hence
     /// 2e-4 as FiniteDifferences). The stop-gradients make the reference's differences and the plan's tangents agree only
     /// if both cut the same paths: the reference perturbs parameters, so a block's parameters change later blocks' values,
     /// but the plan's tangents must not cross a stop-gradient; so the check is of each loss against the perturbation of the
     /// parameters that reach it through no stop-gradient (its own block's, and the heads').
     /// </summary>
-    [Fact]
-    public void Local_loss_jvps_match_central_differences_of_a_float64_reference()
+    [Theory]
+    [InlineData("blocks")]
+    [InlineData("ren")]
+    public void Local_loss_jvps_match_central_differences_of_a_float64_reference(string variant)
     {
-        var model = TinySpec.Build();
+        var model = (variant == "ren" ? RenSpec : TinySpec).Build();
         const int batch = 3, K = 2;
         var problem = Randomized(model, 41, batch);
         var parameters = model.Parameters.ToList();
@@ -298,7 +304,7 @@ public class LocalMixerTests
         Assert.Equal(BlockSpec.Blocks, model.LocalLossBlocks.Length);
         double coupledDifference = 0;
         foreach (var blocks in model.LocalLossBlocks)
-            foreach (var entry in blocks.Sites)
+            foreach (var entry in blocks.Sites.Where(e => e.Partition != BlockPartition.Example)) // the patch embedding: per example
             {
                 var site = entry.Site;
                 var plan = problem.Compile(new PlanOptions(batch) { Seeds = [new TangentSeed(site)] });
@@ -338,8 +344,8 @@ public class LocalMixerTests
     }
 
     /// <summary>
-    /// Ren et al.'s activation perturbation (one JVP scalar per (token, group) block at channel2, per token at channel1 and
-    /// token mixing, per example elsewhere) is unbiased for the gradient of the local losses: E[ℓ̇_β u_β] = ∇_β. 2000 joint and
+    /// Per-block JVPs with the guesses at the sites, on the blocks construction (one JVP scalar per (token, group) block at
+    /// channel2, per token at channel1 and token mixing, per example elsewhere; heads perturbed) are unbiased for the gradient of the local losses: E[ℓ̇_β u_β] = ∇_β. 2000 joint and
     /// 1000 per-layer (2 guesses) estimates on one batch, 5 standard errors (GuessSampling). And it is the point of the method:
     /// the summed variance of the estimate over the parameters of those sites is measurably below that of the per-example
     /// scalars on the same batch (2000 samples each; on this tiny mixer (4 tokens, 2 groups of 3 channels) it is 0.20×:
@@ -354,9 +360,9 @@ public class LocalMixerTests
         const int batch = 2, samples = 2000;
         var problem = Randomized(model, 77, batch);
         var (backprop, _) = GuessSampling.Sample(problem, Guessers.Backprop, batch, 1, 5);
-        var (mean, std) = GuessSampling.Sample(problem, Guessers.RenActivationPerturbation(), batch, samples, 11);
+        var (mean, std) = GuessSampling.Sample(problem, AtSites(), batch, samples, 11);
         GuessSampling.AssertWithinStandardErrors(backprop, mean, std, samples, "Ren et al. activation perturbation on the mixer");
-        var (perLayer, perLayerStd) = GuessSampling.Sample(problem, Guessers.RenActivationPerturbation(TangentMode.PerLayer, 2), batch, samples / 2, 12);
+        var (perLayer, perLayerStd) = GuessSampling.Sample(problem, AtSites(TangentMode.PerLayer, 2), batch, samples / 2, 12);
         GuessSampling.AssertWithinStandardErrors(backprop, perLayer, perLayerStd, samples / 2, "Ren et al. activation perturbation (per-layer, 2 guesses) on the mixer");
 
         var old = (ActivationGuesser)Guessers.ActivationPerturbation() with { Loss = SiteLoss.Local };
@@ -368,6 +374,9 @@ public class LocalMixerTests
         Assert.NotEmpty(indices);
         double ren = indices.Sum(j => std[j] * std[j]), perExample = indices.Sum(j => oldStd[j] * oldStd[j]);
         Assert.True(ren < 0.6 * perExample,  $"summed variance at the per-block sites: Ren {ren:G4}, per-example {perExample:G4} (ratio {ren / perExample:F3})");
+
+        static Guesser AtSites(TangentMode mode = TangentMode.Joint, int guesses = 1) =>
+            Guessers.RenActivationPerturbation(mode, guesses, GuessPlacement.Site, exactLast: false);
     }
 
     /// <summary>Per-block JVPs need the local losses and a model that declares its blocks; the errors say which.</summary>
@@ -401,8 +410,9 @@ public class LocalMixerTests
 
     [Theory]
     [InlineData("p4-d64-b2-g4", "p4-d64-b2-g4")]
-    [InlineData("g8-b3-d32-p7-e2-t16", "p7-d32-b3-g8-e2-t16")]
+    [InlineData("blocks-g8-b3-d32-p7-e2-t16", "p7-d32-b3-g8-e2-t16-blocks")]
     [InlineData("P4-D64-B2-G4-E1-T0", "p4-d64-b2-g4")]
+    [InlineData("p4-d64-b2-g4-Blocks", "p4-d64-b2-g4-blocks")]
     public void Spec_text_round_trips(string text, string canonical)
     {
         var spec = LocalMixerSpec.Parse(text, new Shape(28, 28, 1), 10);
@@ -419,6 +429,8 @@ public class LocalMixerTests
     [InlineData("p4-d64-b2-g5", "g5 must divide the width d64")]
     [InlineData("p4-d64-b0-g4", "b0: at least one block")]
     [InlineData("p4--d64-b2-g4", "an empty option")]
+    [InlineData("p4-d64-b2-g4-t16", "Ren et al.'s token mixing is one linear map")]
+    [InlineData("p4-d64-b2-g4-blocks-blocks", "'blocks' is given twice")]
     public void Spec_errors_name_the_token_and_the_fix(string text, string message)
     {
         var e = Assert.ThrowsAny<Exception>(() => LocalMixerSpec.Parse(text, new Shape(28, 28, 1), 10));

@@ -11,8 +11,26 @@ namespace ForwardAD.Graph;
 /// </summary>
 public enum BlockPartition { Example, Token, TokenGroup }
 
-/// <summary>A site of a block and its <see cref="BlockPartition"/> (how it was found: see the model family's builder).</summary>
-public sealed record SiteBlocks(Node Site, BlockPartition Partition);
+/// <summary>A site of a block and its <see cref="BlockPartition"/> for a tangent entering at the site (how it was found: see
+/// the model family's builder), and where the block's architecture would rather take its noise (<see cref="Normalized"/>).</summary>
+public sealed record SiteBlocks(Node Site, BlockPartition Partition)
+{
+    /// <summary>The site's normalised output, where Ren et al. add their noise (null: the model declares none).</summary>
+    public NormalizedOutput? Normalized { get; init; }
+}
+
+/// <summary>
+/// Where Ren et al. ("Scaling Forward Gradient With Local Losses", ICLR 2023; their <c>local_forward_gradient</c> code) add the
+/// activity noise of a linear layer s = f(x; θ): after the LayerNorm that follows it and before its ReLU, z = LN(s) (what
+/// <see cref="Node"/> computes), so that the perturbed value is <c>ReLU(z + u)</c> (or <c>ReLU(z + u + residual)</c> at a
+/// block's last layer); <see cref="Gate"/> is that ReLU. An estimate ĝ_z = ℓ̇ u of ∂ℓ/∂z becomes one of ∂ℓ/∂s by
+/// <c>ĝ_s = J_LNᵀ (f'(gate) ⊙ ĝ_z)</c>: the mask is exact (every path from z to the loss passes the gate, so ∂ℓ/∂z is zero
+/// where f' is) and drops noise, the LayerNorm's VJP is the real op's. <see cref="Partition"/>: how finely a tangent entering
+/// at z stays apart up to the loss's cut, which can be finer than at s, since the LayerNorm that couples a token's groups
+/// is behind it (a linear layer followed by a LayerNorm over all of a token's channels, then a group-wise layer: per token
+/// at s, per (token, group) at z).
+/// </summary>
+public sealed record NormalizedOutput(Node Node, Node Gate, BlockPartition Partition);
 
 /// <summary>
 /// One block's local loss seen as P·G per-(token, group) losses (Ren et al. 2023 §3.2 and their
@@ -25,10 +43,13 @@ public sealed record SiteBlocks(Node Site, BlockPartition Partition);
 public sealed record LocalLossBlocks(Node Loss, Node Cut, int Tokens, int Groups, ImmutableArray<SiteBlocks> Sites)
 {
     /// <summary>The partition of <paramref name="site"/>; <see cref="BlockPartition.Example"/> for a site not listed.</summary>
-    public BlockPartition PartitionOf(Node site)
+    public BlockPartition PartitionOf(Node site) => EntryOf(site)?.Partition ?? BlockPartition.Example;
+
+    /// <summary>The entry of <paramref name="site"/>, or null when the site is not listed.</summary>
+    public SiteBlocks? EntryOf(Node site)
     {
         foreach (var entry in Sites)
-            if (entry.Site.Id == site.Id) return entry.Partition;
-        return BlockPartition.Example;
+            if (entry.Site.Id == site.Id) return entry;
+        return null;
     }
 }

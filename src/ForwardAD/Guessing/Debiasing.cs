@@ -28,6 +28,8 @@ public sealed record DebiasedGuesser(ActivationGuesser Inner, double RelativeRid
         if (!(RelativeRidge > 0) || !double.IsFinite(RelativeRidge))
             throw new ArgumentOutOfRangeException(nameof(RelativeRidge), $"The relative ridge ρ must be a finite number > 0 (λ = ρ·tr(C)/n); got {RelativeRidge}.");
         if (Inner.Guesses < 1) throw new ArgumentOutOfRangeException(nameof(Inner), $"At least one guess per step; got {Inner.Guesses}.");
+        if (Inner.Placement != GuessPlacement.Site)
+            throw new ArgumentException($"De-biasing corrects the covariance of a guess at the site itself; '{Inner.Name}' places its guesses at the normalised outputs (Placement = {Inner.Placement}). Use Placement = Site.");
         if (!HasWeightTransposeCovariance(Inner.Hidden))
             throw new ArgumentException($"De-biasing needs a hidden guess whose covariance is known: unit-variance noise pulled back one dense site " +
                 $"(Guess.Normal.PulledBack(), Guess.Uniform.PulledBack() or Guess.Normal.Projected().Masked()); '{Inner.Name}' uses {Inner.Hidden}.");

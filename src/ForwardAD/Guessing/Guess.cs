@@ -155,14 +155,17 @@ public static class Guesses
     public static Guess WeightTransposePower(float power) => Guess.Normal.ProjectedWithSingularValuePower(power).Masked();
 }
 
-/// <summary>Compiles guesses for one plan: gives programs the plan's values, its pull-backs and their own workspace.</summary>
-internal sealed class GuessCompiler(Plan plan, int channels, BatchShard shard)
+/// <summary>Compiles guesses for one plan: gives programs the plan's values, its pull-backs and their own workspace.
+/// <paramref name="sites"/>: where each site's guess enters, by site index (the model's sites when null; a site placed at
+/// its normalised output, <see cref="GuessPlacement.Normalized"/>, is read there, and so are the next sites a pull-back
+/// starts from).</summary>
+internal sealed class GuessCompiler(Plan plan, int channels, BatchShard shard, IReadOnlyList<Site>? sites = null)
 {
     public Plan Plan { get; } = plan;
     /// <summary>Which examples of the global batch the plan holds: per-example noise is drawn at their global positions.</summary>
     public BatchShard Shard { get; } = shard;
     public Backend Backend => Plan.Backend;
-    public System.Collections.Immutable.ImmutableArray<Site> Sites => Plan.Model.Sites;
+    public IReadOnlyList<Site> Sites { get; } = sites ?? plan.Model.Sites;
     /// <summary>Guesses per program (G): each program writes [G, B, ...site shape].</summary>
     public int Channels { get; } = channels;
     public int BatchSize => Plan.BatchSize;

@@ -19,6 +19,12 @@ public enum TangentMode { Joint, PerLayer }
 /// mode the other blocks' guesses then add no noise to this site's estimate.</summary>
 public enum SiteLoss { Objective, Local }
 
+/// <summary>Where an activation guess enters. Site: at the site s itself (DESIGN.md §2). Normalized: where the model
+/// declares a site's normalised output (<see cref="SiteBlocks.Normalized"/>: Ren et al.'s placement, after the LayerNorm
+/// that follows a linear layer and before its ReLU), the estimate there masked by that ReLU's derivative and pulled back
+/// through the LayerNorm to s; sites without one (heads, the classifier) take it at s.</summary>
+public enum GuessPlacement { Site, Normalized }
+
 /// <summary>A way to estimate the gradient from one batch: a description, compiled into a
 /// <see cref="GradientEstimator"/> for a parameter store and batch size.</summary>
 public abstract record Guesser
@@ -70,9 +76,30 @@ public sealed record ActivationGuesser(string Label, Guess Hidden, Guess Last, T
     /// </summary>
     public bool LocalBlocks { get; init; }
 
+    /// <summary>
+    /// Where the guesses enter (<see cref="GuessPlacement"/>). With <see cref="GuessPlacement.Normalized"/> the guess u is a
+    /// tangent at z = LN(s), the JVP scalar d is of the loss along it (per block of the z partition with
+    /// <see cref="LocalBlocks"/>), and the site's estimate is ĝ_s = J_LNᵀ (f'(gate) ⊙ Σ d u): for noise u ~ N(0, I),
+    /// E[ĝ_s] = J_LNᵀ (f' ⊙ ∂ℓ/∂z) = J_LNᵀ ∂ℓ/∂z = ∂ℓ/∂s, unbiased (the mask only zeroes entries whose gradient is zero).
+    /// A guess that reads the site's neighbourhood reads z's: Wᵀ pulls the next sites' guesses back to z, the mask and
+    /// mixing use the gate.
+    /// </summary>
+    public GuessPlacement Placement { get; init; } = GuessPlacement.Site;
+
+    /// <summary>
+    /// At the sites <see cref="Last"/> would guess (no next site: output layer, local heads, classifier), the exact
+    /// gradient instead of a guess: ĝ_s = Σ over the site's losses of ∂(ℓ_b/B)/∂s_b, by a pull-back from those losses to
+    /// s through the parameter-free ops in between (for a head: the loss's own error (softmax − onehot)/B), then the op's
+    /// parameter VJP. Local information only, no backprop through the network; those sites carry no tangent, so their noise
+    /// leaves the other sites' JVPs. Ren et al. train their heads and classifier so.
+    /// </summary>
+    public bool ExactLast { get; init; }
+
     public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard)
     {
         if (Guesses < 1) throw new ArgumentOutOfRangeException(nameof(Guesses), $"At least one guess per step; got {Guesses}.");
+        if (Placement == GuessPlacement.Normalized && !parameters.Model.LocalLossBlocks.Any(b => b.Sites.Any(s => s.Normalized is not null)))
+            throw new ArgumentException($"{Name}: guesses at the normalised outputs (Placement = Normalized) need a model that declares them (SiteBlocks.Normalized, as LocalMixerSpec.Build does); this model declares none. Use Placement = Site.");
         if (LocalBlocks && Loss != SiteLoss.Local)
             throw new ArgumentException($"{Name}: per-block JVPs (LocalBlocks) are JVPs of each block's local loss; set Loss = SiteLoss.Local.");
         if (LocalBlocks && parameters.Model.LocalLossBlocks.IsEmpty)
@@ -114,10 +141,15 @@ public static class Guessers
     public static Guesser DirectionalDescent(int guesses = 1) => new DirectionalDescent(guesses);
     public static Guesser ActivationPerturbation(TangentMode mode = TangentMode.Joint, int guesses = 1) =>
         new ActivationGuesser("activation perturbation", Guesses.ActivationPerturbation, Guess.Normal, mode, guesses);
-    /// <summary>Ren et al.'s activation perturbation (ICLR 2023): each site's JVP of its own block's local loss, one scalar per
-    /// (token, group) block where the blocks stay apart up to the loss (<see cref="ActivationGuesser.LocalBlocks"/>).</summary>
-    public static Guesser RenActivationPerturbation(TangentMode mode = TangentMode.Joint, int guesses = 1) =>
-        new ActivationGuesser("Ren et al. activation perturbation", Guesses.ActivationPerturbation, Guess.Normal, mode, guesses) { Loss = SiteLoss.Local, LocalBlocks = true };
+    /// <summary>Ren et al.'s activation perturbation (ICLR 2023, their <c>update_forward_grad_activations</c>): N(0, I) noise
+    /// at each site's normalised output where the model declares one (<see cref="GuessPlacement.Normalized"/>), each JVP
+    /// taken of the site's own block's local loss, one scalar per (token, group) block where the blocks stay apart up to the
+    /// loss (<see cref="ActivationGuesser.LocalBlocks"/>), and the heads and classifier trained with their exact local
+    /// gradients (<see cref="ActivationGuesser.ExactLast"/>). With <paramref name="placement"/> = Site and
+    /// <paramref name="exactLast"/> false: the per-block JVPs alone, noise at the sites and on the heads.</summary>
+    public static Guesser RenActivationPerturbation(TangentMode mode = TangentMode.Joint, int guesses = 1, GuessPlacement placement = GuessPlacement.Normalized, bool exactLast = true) =>
+        new ActivationGuesser("Ren et al. activation perturbation", Guesses.ActivationPerturbation, Guess.Normal, mode, guesses)
+        { Loss = SiteLoss.Local, LocalBlocks = true, Placement = placement, ExactLast = exactLast };
     /// <summary>Wᵀ (<see cref="Guesses.WeightTranspose"/>), or with <paramref name="normalized"/> each site's guess rescaled
     /// to rms 1 (<see cref="Guesses.WeightTransposeNormalized"/>: what keeps joint mode from failing on batch-norm CNNs).</summary>
     public static Guesser WeightTranspose(TangentMode mode = TangentMode.Joint, int guesses = 1, bool normalized = false) =>
@@ -147,17 +179,23 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
 {
     private readonly ActivationGuesser _guesser;
     private readonly Plan _plan;
-    private readonly Site[] _sites;
-    private readonly GuessProgram[] _programs;
+    private readonly Site[] _sites;                 // every site, in model order (the order the parameter update is written in)
+    private readonly Site[] _placed;                // per site: where its guess enters (the site itself, or its normalised output)
+    private readonly int[] _slot;                   // per site: its place among the guessed sites (per-layer channels); -1: exact
+    private readonly int _guessedCount;
+    private readonly GuessProgram?[] _programs;     // per site; null at an exact site
     private readonly ParameterUpdate _update;
     private readonly (Node[] Losses, View Scales)[] _lossGroups; // sites that take the JVP of the same losses share d
     private readonly int[] _siteGroup;
-    private readonly View _scaled, _summed, _gradient;
+    private readonly View _scaled, _summed, _siteCotangent, _gradient;
     private readonly int _guesses, _globalBatch;
     private readonly bool _readsForwardValues;
     private readonly SiteCorrection?[] _corrections;
     private readonly LocalBlockJvps[] _blockJvps;              // one per local loss read per block (LocalBlocks)
     private readonly (int Blocks, BlockPartition Partition)[] _siteBlocks; // per site; Blocks = -1: per-example scalars
+    private readonly (PullBack PullBack, View Cotangent, Node Gate)?[] _toSite; // per site placed at z = LN(s): z → s
+    private readonly (PullBack PullBack, View[] LossSeeds)?[] _exact;          // per exact site reaching a loss: losses → s
+    private readonly bool[] _isExact;
 
     /// <remarks>corrections: Optional linear maps applied to each site's estimated cotangent before it becomes a
     /// parameter update (de-biasing, <see cref="DebiasedGuesser"/>); null: none.</remarks>
@@ -171,56 +209,102 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
         _guesser = guesser;
         _guesses = guesser.Guesses;
         _sites = [.. model.Sites];
-        int channels = guesser.Mode == TangentMode.PerLayer ? _sites.Length * _guesses : _guesses;
+        int count = _sites.Length;
+
+        // What the model declares per site (LocalMixer: its block, partition and normalised output).
+        var entries = new (LocalLossBlocks Blocks, SiteBlocks Entry)?[count];
+        foreach (var blocks in model.LocalLossBlocks)
+            foreach (var entry in blocks.Sites)
+            {
+                int index = model.Site(entry.Site).Index;
+                if (entries[index] is not null) throw new ArgumentException($"{_sites[index]} is declared in two local losses' blocks.");
+                entries[index] = (blocks, entry);
+            }
+        // Ren et al.'s placement: the guess enters at z = LN(s) and reads z's neighbourhood (its gate for masks and mixing,
+        // the next sites' z for pull-backs); the site's index, parameters, next sites and losses stay.
+        _placed = new Site[count];
+        for (int i = 0; i < count; i++)
+        {
+            _placed[i] = _sites[i];
+            if (guesser.Placement != GuessPlacement.Normalized || entries[i]?.Entry.Normalized is not { } z) continue;
+            if (z.Node.Shape.ElementCount != _sites[i].ElementCount || z.Gate.Shape.ElementCount != _sites[i].ElementCount || z.Gate.Op is not ElementwiseOp)
+                throw new ArgumentException($"{_sites[i]}: its declared normalised output {z.Node} and gate {z.Gate} must be an activation and an elementwise op with the site's {_sites[i].ElementCount} elements per example.");
+            _placed[i] = _sites[i] with { Node = z.Node, Activation = z.Gate };
+        }
+        _isExact = [.. _sites.Select(s => guesser.ExactLast && s.Next.IsEmpty)];
+        _slot = new int[count];
+        for (int i = 0; i < count; i++) _slot[i] = _isExact[i] ? -1 : _guessedCount++;
+        int channels = guesser.Mode == TangentMode.PerLayer ? Math.Max(1, _guessedCount) * _guesses : _guesses;
         _plan = Plan.Compile(parameters, new PlanOptions(batchSize)
         {
             TangentCount = channels,
-            Seeds = [.. _sites.Select(s => new TangentSeed(s.Node))],
+            Seeds = [.. Enumerable.Range(0, count).Where(i => !_isExact[i]).Select(i => new TangentSeed(_placed[i].Node))],
+            SaveDerivatives = _guessedCount == 0, // the exact sites' pull-backs read the losses' errors: kept even with no seed
         });
-        var compiler = new GuessCompiler(_plan, _guesses, shard);
-        _programs = [.. _sites.Select(s => (s.Next.IsEmpty ? guesser.Last : guesser.Hidden).Compile(compiler, s))];
-        _readsForwardValues = _programs.Any(p => p.ReadsForwardValues);
+        var compiler = new GuessCompiler(_plan, _guesses, shard, _placed);
+        _programs = [.. Enumerable.Range(0, count).Select(i => _isExact[i] ? null : (_sites[i].Next.IsEmpty ? guesser.Last : guesser.Hidden).Compile(compiler, _placed[i]))];
+        _readsForwardValues = _programs.Any(p => p?.ReadsForwardValues == true);
         // Channels of other sites stay zero in per-layer mode: clear the seeds once.
-        foreach (var site in _sites) parameters.Backend.Fill(0f, _plan.Seed(site.Node));
+        for (int i = 0; i < count; i++)
+            if (!_isExact[i]) parameters.Backend.Fill(0f, _plan.Seed(_placed[i].Node));
 
         var groups = new List<(Node[] Losses, View Scales)>();
-        _siteGroup = new int[_sites.Length];
-        for (int i = 0; i < _sites.Length; i++)
+        _siteGroup = new int[count];
+        for (int i = 0; i < count; i++)
         {
+            _siteGroup[i] = -1;
+            if (_isExact[i]) continue;
             Node[] losses = guesser.Loss == SiteLoss.Local ? [.. _sites[i].Losses] : [.. model.Losses];
             int group = groups.FindIndex(g => g.Losses.SequenceEqual(losses));
             if (group < 0) { group = groups.Count; groups.Add((losses, compiler.Workspace(channels * batchSize))); }
             _siteGroup[i] = group;
         }
         _lossGroups = [.. groups];
-        // Per-block JVPs (Ren et al.): a site listed with a finer partition than the example, in a block whose loss is the
-        // only one it reaches, takes that loss's block scalars.
+        // Per-block JVPs (Ren et al.): a site listed with a finer partition than the example (at the place its guess enters),
+        // in a block whose loss is the only one it reaches, takes that loss's block scalars.
         var blockJvps = new List<LocalBlockJvps>();
         _siteBlocks = [.. _sites.Select(_ => (-1, BlockPartition.Example))];
         if (guesser.LocalBlocks)
-            foreach (var blocks in model.LocalLossBlocks)
-                for (int i = 0; i < _sites.Length; i++)
-                {
-                    var partition = blocks.PartitionOf(_sites[i].Node);
-                    if (partition == BlockPartition.Example) continue;
-                    if (_sites[i].Losses.Length != 1 || _sites[i].Losses[0].Id != blocks.Loss.Id)
-                        throw new ArgumentException($"{_sites[i]} is declared per {partition} for local loss '{blocks.Loss.Name}', but it reaches the losses " +
-                            $"{string.Join(", ", _sites[i].Losses.Select(l => l.Name))}; a per-block site must reach that loss only (a stop-gradient after its block).");
-                    if (_siteBlocks[i].Item1 >= 0) throw new ArgumentException($"{_sites[i]} is declared in two local losses' blocks.");
-                    int index = blockJvps.FindIndex(j => j.Blocks == blocks);
-                    if (index < 0) { index = blockJvps.Count; blockJvps.Add(new LocalBlockJvps(_plan, blocks)); }
-                    int perExample = blockJvps[index].BlocksPerExample(partition);
-                    if (_sites[i].ElementCount % perExample != 0)
-                        throw new ArgumentException($"{_sites[i]} is declared per {partition} ({perExample} blocks per example) but has {_sites[i].ElementCount} elements per example, not a multiple.");
-                    _siteBlocks[i] = (index, partition);
-                }
+            for (int i = 0; i < count; i++)
+            {
+                if (_isExact[i] || entries[i] is not { } declared) continue;
+                var (blocks, entry) = declared;
+                var partition = ReferenceEquals(_placed[i], _sites[i]) ? entry.Partition : entry.Normalized!.Partition;
+                if (partition == BlockPartition.Example) continue;
+                if (_sites[i].Losses.Length != 1 || _sites[i].Losses[0].Id != blocks.Loss.Id)
+                    throw new ArgumentException($"{_sites[i]} is declared per {partition} for local loss '{blocks.Loss.Name}', but it reaches the losses " +
+                        $"{string.Join(", ", _sites[i].Losses.Select(l => l.Name))}; a per-block site must reach that loss only (a stop-gradient after its block).");
+                int index = blockJvps.FindIndex(j => j.Blocks == blocks);
+                if (index < 0) { index = blockJvps.Count; blockJvps.Add(new LocalBlockJvps(_plan, blocks)); }
+                int perExample = blockJvps[index].BlocksPerExample(partition);
+                if (_sites[i].ElementCount % perExample != 0)
+                    throw new ArgumentException($"{_sites[i]} is declared per {partition} ({perExample} blocks per example) but has {_sites[i].ElementCount} elements per example, not a multiple.");
+                _siteBlocks[i] = (index, partition);
+            }
         _blockJvps = [.. blockJvps];
         int widest = _sites.Max(compiler.Elements);
         _scaled = _guesses > 1 ? compiler.Workspace(widest) : View.Empty; // one guess is scaled straight into the cotangent
         _summed = compiler.Workspace(widest / _guesses);
+        // A guess at z is pulled back to s through the real ops in between (the LayerNorm and reshapes) into its own buffer.
+        _toSite = new (PullBack, View, Node)?[count];
+        for (int i = 0; i < count; i++)
+            if (!_isExact[i] && !ReferenceEquals(_placed[i], _sites[i]))
+            {
+                var pullBack = _plan.CreatePullBack([_placed[i].Node], _sites[i].Node);
+                _toSite[i] = (pullBack, pullBack.Cotangent(_placed[i].Node), _placed[i].Activation!);
+            }
+        _siteCotangent = _toSite.Any(t => t is not null) ? compiler.Workspace(widest / _guesses) : View.Empty;
+        // Exact sites: the pull-back from the losses they reach, each loss's cotangent 1/B (B the global batch).
+        _exact = new (PullBack, View[])?[count];
+        for (int i = 0; i < count; i++)
+            if (_isExact[i] && !_sites[i].Losses.IsEmpty)
+            {
+                var pullBack = _plan.CreatePullBack([.. _sites[i].Losses], _sites[i].Node);
+                _exact[i] = (pullBack, [.. _sites[i].Losses.Select(pullBack.Cotangent)]);
+            }
         _gradient = compiler.Workspace(parameters.All.Length);
         _update = _plan.CreateParameterUpdate([.. _sites.Select(s => s.Node)], _gradient);
-        _corrections = [.. _sites.Select(s => corrections?.Invoke(_plan, s))];
+        _corrections = [.. _sites.Select((s, i) => _isExact[i] ? null : corrections?.Invoke(_plan, s))];
     }
 
     public override Plan Plan => _plan;
@@ -232,7 +316,7 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
         float scale = 1f / ((float)_globalBatch * _guesses);
         if (_readsForwardValues) _plan.Forward();
         for (int i = 0; i < _sites.Length; i++)
-            _programs[i].Write(key.Derive((ulong)i), GuessSlice(_plan.Seed(_sites[i].Node), i));
+            _programs[i]?.Write(key.Derive((ulong)i), GuessSlice(_plan.Seed(_placed[i].Node), _slot[i]));
         // Guesses that need no forward value (plain noise) are drawn first; forward and JVP then run fused, site by site.
         if (_readsForwardValues) _plan.Jvp();
         else _plan.ForwardJvp();
@@ -242,17 +326,29 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
         foreach (var blocks in _blockJvps) blocks.Run(scale);
         for (int i = 0; i < _sites.Length; i++)
         {
-            var guess = GuessSlice(_plan.Seed(_sites[i].Node), i);
-            int channelBase = _guesser.Mode == TangentMode.PerLayer ? i * _guesses : 0;
+            var summed = _summed.Slice(0, _sites[i].ElementCount * batch);
+            if (_isExact[i])
+            {
+                // ∂(Σ_losses ℓ_b/B)/∂s_b exactly, by the VJPs of the parameter-free ops between the site and its losses.
+                if (_exact[i] is { } exact)
+                {
+                    foreach (var seed in exact.LossSeeds) backend.Fill(1f / _globalBatch, seed);
+                    exact.PullBack.Run(summed);
+                }
+                else backend.Fill(0f, summed); // a site that reaches no loss has no gradient
+                _update.Write(i, summed);
+                continue;
+            }
+            var guess = GuessSlice(_plan.Seed(_placed[i].Node), _slot[i]);
+            int channelBase = _guesser.Mode == TangentMode.PerLayer ? _slot[i] * _guesses : 0;
             var (blockIndex, partition) = _siteBlocks[i];
             // Per-example: d_{k,b}, one scalar per row [n] of the guess. Per block: d_{k,b,β}, one per block [n/blocks]:
             // ScaleRows reads the row length off the scale count, so both scale the guess in place of the same call.
             int perExample = blockIndex < 0 ? 1 : _blockJvps[blockIndex].BlocksPerExample(partition);
             var scales = (blockIndex < 0 ? _lossGroups[_siteGroup[i]].Scales : _blockJvps[blockIndex].For(partition))
                 .Slice(channelBase * batch * perExample, _guesses * batch * perExample);
-            var summed = _summed.Slice(0, guess.Length / _guesses);
-            // Σ_g d_{g,b} u_{g,b}: scale each example's guess by its scalar, then sum the G channels: the site cotangent.
-            // One guess: the scaled guess is the cotangent (no pass that only copies).
+            // Σ_g d_{g,b} u_{g,b}: scale each example's guess by its scalar, then sum the G channels: the cotangent where the
+            // guess entered. One guess: the scaled guess is the cotangent (no pass that only copies).
             if (_guesses == 1) backend.ScaleRows(guess, scales, summed, accumulate: false);
             else
             {
@@ -260,8 +356,16 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
                 backend.ScaleRows(guess, scales, scaled, accumulate: false);
                 backend.SumRows(scaled, summed, accumulate: false);
             }
-            _corrections[i]?.Apply(summed);
-            _update.Write(i, summed);
+            var cotangent = summed;
+            if (_toSite[i] is { } toSite)
+            {
+                // Ren et al.: ĝ_s = J_LNᵀ (f'(gate) ⊙ ĝ_z), the mask of the ReLU after z, then the LayerNorm's own VJP.
+                backend.MultiplyChannels(_plan.Derivative(toSite.Gate), summed, toSite.Cotangent, accumulate: false);
+                cotangent = _siteCotangent.Slice(0, summed.Length);
+                toSite.PullBack.Run(cotangent);
+            }
+            _corrections[i]?.Apply(cotangent);
+            _update.Write(i, cotangent);
         }
         return (_gradient, _plan.MeanLoss());
     }
@@ -282,12 +386,12 @@ internal sealed class ActivationGuessEstimator : GradientEstimator
         if (!written) backend.Fill(0f, scales);
     }
 
-    /// <summary>The channels of a site's seed that carry its G guesses.</summary>
-    private View GuessSlice(View seed, int site)
+    /// <summary>The channels of a seed that carry the G guesses of the guessed site in <paramref name="slot"/>.</summary>
+    private View GuessSlice(View seed, int slot)
     {
         if (_guesser.Mode == TangentMode.Joint) return seed;
-        int perChannel = seed.Length / (_sites.Length * _guesses);
-        return seed.Slice(site * _guesses * perChannel, _guesses * perChannel);
+        int perChannel = seed.Length / (_guessedCount * _guesses);
+        return seed.Slice(slot * _guesses * perChannel, _guesses * perChannel);
     }
 }
 
