@@ -12,45 +12,67 @@ using Spectre.Console;
 namespace ForwardAD.Cli;
 
 /// <summary>
-/// The four columns of Table 1 of "How to Guess a Gradient" (Singhal et al.) on Ren et al.'s LocalMixer: backprop through the
-/// local losses, Ren et al.'s activation perturbation, activation mixing and Wᵀ, each site's JVP taken of its own block's
-/// local loss, with and without augmentation; one training run per cell, the same seed and initialisation for all.
+/// Table 1 of "How to Guess a Gradient" (Singhal et al.) on Ren et al.'s LocalMixer: end-to-end backprop, backprop through
+/// the local losses, Ren et al.'s activation perturbation, activation mixing and Wᵀ, with and without augmentation, over one
+/// or more seeds; one training run per cell and seed, every cell of a seed from the same initialisation.
 /// </summary>
 internal static class MixerTableCommand
 {
     public const string DefaultMixer = "p4-d64-b2-g4";
 
-    public static readonly string Help = $"""
-        forwardad mixer-table [options]   Table 1 of "How to Guess a Gradient" on a LocalMixer (Ren et al. 2022).
+    // Before Help, which reads them: static fields are initialised in textual order.
+    private static readonly string[] MethodNames = ["backprop", "local-backprop", "ap", "mixing", "wt", "ap-example", "mixing-example", "wt-example"];
+    private static readonly string[] DefaultMethods = ["backprop", "local-backprop", "ap", "mixing", "wt"];
 
-        Trains the LocalMixer --mixer with each of backprop (through the local losses, stop-gradients kept),
-        Ren et al.'s activation perturbation (ap: one JVP scalar per example, token and channel group where the
-        blocks stay apart up to the local loss), activation mixing (mixing) and Wᵀ (wt), every guess's JVP
-        taken of its own block's local loss, with Adam, without and with augmentation (random crop + flip);
-        writes the test accuracies and wall times as PREFIX.csv (one row per run) and PREFIX.md (the table).
-        The defaults (Fashion-MNIST, {DefaultMixer}, 2 epochs, batch 64) take about 2–4 minutes per run on 2
-        shared cores (8 runs: about 25 minutes).
+    public static readonly string Help = $"""
+        forwardad mixer-table [options]   Table 1 of "How to Guess a Gradient" on Ren et al.'s LocalMixer.
+
+        Trains the LocalMixer --mixer once per column, augmentation mode and seed, with Adam, and writes the test
+        accuracies and wall times as PREFIX.csv (one row per run) and PREFIX.md (mean ± sample standard deviation
+        over the seeds, and what each column is). By default the model is Ren et al.'s construction, as their
+        released code builds it: a patch block (patch-linear, then group-wise linear), mixer blocks, one head per
+        block over the concatenated groups; --variant blocks builds this library's first construction instead.
+        The defaults (Fashion-MNIST, {DefaultMixer}, 2 epochs, batch 64, one seed) take about 2–4 minutes per run on
+        2 shared cores (10 runs: about 30 minutes per seed).
+
+        Columns (--methods), with --variant ren (the default)
+          backprop        backprop of the main loss only, end to end: no stop-gradients, no local losses (Ren et
+                          al.'s BP column)
+          local-backprop  backprop through every local loss, stop-gradients kept (Ren et al.'s local greedy BP)
+          ap              Ren et al.'s activation perturbation: N(0, I) noise after each linear layer's LayerNorm,
+                          before its ReLU; one JVP scalar of the block's local loss per (example, token, channel
+                          group) (per token at token mixing); the estimate masked by the ReLU's derivative and passed
+                          back through the LayerNorm; heads and classifier trained with their exact local gradients
+          mixing, wt      the same, with activation mixing or Wᵀ in place of the noise
+          ap-example, mixing-example, wt-example
+                          the same with one JVP scalar per example (and block loss) instead of per block
+        With --variant blocks: backprop and local-backprop as above; ap, mixing, wt put their guesses at the
+        linear layers' outputs and perturb the heads too, with per-block JVPs where the blocks stay apart at the
+        site (per (token, group) at the group-wise layer, per token at token mixing and channel1); the -example
+        columns take one JVP scalar per example and block loss.
 
         Data
           --data SOURCE             fashion-mnist (default: Debian's dataset-fashion-mnist, its test set for the
                                     table); cifar10:data_batch_1.bin,...,data_batch_5.bin with --test-data
                                     cifar10:test_batch.bin for the paper's data set; any image source of
-                                    'forwardad train --help'
+                                    'forwardad train --help' (a split test set is split by the first seed)
           --test-data SOURCE, --test-fraction F, --standardize    as for train
           --train-examples N        train on the first N training examples only (a quick look; default all)
         Model and training
           --mixer SPEC              the LocalMixer (default {DefaultMixer}; grammar below)
-          --methods LIST            columns, of backprop, ap, mixing, wt (default these four, in that order; the
-                                    guessers take one JVP scalar per (token, group) block, as Ren et al.) and
-                                    ap-example, mixing-example, wt-example (the same guesses with one JVP scalar
-                                    per example and block loss)
+          --variant NAME            ren (default: Ren et al.'s construction) or blocks (the same as a spec ending
+                                    in -blocks)
+          --methods LIST            columns, of {string.Join(", ", MethodNames)} (default
+                                    {string.Join(",", DefaultMethods)})
           --augment-modes LIST      off, on (default both): rows without and with augmentation
           --crop-padding P          zeros on each side before the random crop (default 4)
           --epochs N                (default 2)
           --batch-size B            (default 64)
           --lr R                    Adam's learning rate (default 0.001)
-          --seed S                  seed of initialisation, shuffling, augmentation and every guess (default 1)
-          --cosine-every N          measure cos(estimate, backprop gradient) every N steps (default 50; 0 = never)
+          --seed S                  first seed of initialisation, shuffling, augmentation and every guess (default 1)
+          --seeds N                 seeds S, S+1, …, S+N−1: N runs per cell (default 1)
+          --cosine-every N          measure cos(estimate, backprop gradient of the training objective) every N steps
+                                    (default 50; 0 = never)
           --out PREFIX              output files PREFIX.csv and PREFIX.md (default runs/mixer-table)
           --quiet                   no per-run lines
         {DeviceOptions.Help}
@@ -58,14 +80,12 @@ internal static class MixerTableCommand
         {string.Join('\n', LocalMixerSpec.Grammar.Split('\n').Select(l => "  " + l.TrimEnd('\r')))}
         """;
 
-    private static readonly string[] MethodNames = ["backprop", "ap", "mixing", "wt", "ap-example", "mixing-example", "wt-example"];
-    private static readonly string[] DefaultMethods = ["backprop", "ap", "mixing", "wt"];
-
     private sealed class Options
     {
         public readonly DataOptions Data = new("fashion-mnist");
         public readonly DeviceOptions Device = new();
         public readonly Option<string> Mixer = Opt.String("mixer", DefaultMixer);
+        public readonly Option<string> Variant = Opt.Choice("variant", "ren", "LocalMixer variant", "ren", "blocks");
         public readonly Option<string> Methods = Opt.String("methods", string.Join(',', DefaultMethods));
         public readonly Option<string> AugmentModes = Opt.String("augment-modes", "off,on");
         public readonly Option<int> CropPadding = Opt.Int("crop-padding", 4, min: 0);
@@ -73,6 +93,7 @@ internal static class MixerTableCommand
         public readonly Option<int> BatchSize = Opt.Int("batch-size", 64, min: 1);
         public readonly Option<float> Lr = Opt.Float("lr", 1e-3f, v => v > 0, "a number > 0");
         public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0);
+        public readonly Option<int> Seeds = Opt.Int("seeds", 1, min: 1, max: 1000);
         public readonly Option<int> CosineEvery = Opt.Int("cosine-every", 50, min: 0);
         public readonly Option<int?> TrainExamples = Opt.OptionalInt("train-examples", 1);
         public readonly Option<string> Out = Opt.String("out", Path.Combine("runs", "mixer-table"));
@@ -82,27 +103,73 @@ internal static class MixerTableCommand
     public static Command Create(CliContext context)
     {
         var o = new Options();
-        var command = new Command("mixer-table", "Table 1 of 'How to Guess a Gradient' on a LocalMixer.");
+        var command = new Command("mixer-table", "Table 1 of 'How to Guess a Gradient' on Ren et al.'s LocalMixer.");
         o.Data.AddTo(command);
         o.Device.AddTo(command);
-        foreach (var option in new Option[] { o.Mixer, o.Methods, o.AugmentModes, o.CropPadding, o.Epochs, o.BatchSize, o.Lr, o.Seed, o.CosineEvery, o.TrainExamples, o.Out, o.Quiet })
+        foreach (var option in new Option[] { o.Mixer, o.Variant, o.Methods, o.AugmentModes, o.CropPadding, o.Epochs, o.BatchSize, o.Lr, o.Seed, o.Seeds, o.CosineEvery, o.TrainExamples, o.Out, o.Quiet })
             command.Add(option);
         command.SetAction(p => Run(p, o, context));
         return command;
     }
 
-    /// <summary>The guesser of a column: every activation guesser with local losses (Ren et al.'s JVP of the block's loss).</summary>
-    public static Guesser Column(string method) => method switch
+    /// <summary>The guesser of a column on a LocalMixer of the given construction (backprop columns: <see cref="Guessers.Backprop"/>,
+    /// run on the end-to-end model for "backprop"). Ren et al.'s construction: guesses at the normalised outputs, heads exact;
+    /// the blocks construction: guesses at the sites, heads guessed, as this table measured it first.</summary>
+    public static Guesser Column(string method, LocalMixerVariant variant)
     {
-        "backprop" => Guessers.Backprop,
-        "ap" => Guessers.RenActivationPerturbation(),
-        "ap-example" => (ActivationGuesser)Guessers.ActivationPerturbation() with { Loss = SiteLoss.Local },
-        "mixing" => (ActivationGuesser)Guessers.ActivationMixing() with { Loss = SiteLoss.Local, LocalBlocks = true },
-        "mixing-example" => (ActivationGuesser)Guessers.ActivationMixing() with { Loss = SiteLoss.Local },
-        "wt" => (ActivationGuesser)Guessers.WeightTranspose() with { Loss = SiteLoss.Local, LocalBlocks = true },
-        "wt-example" => (ActivationGuesser)Guessers.WeightTranspose() with { Loss = SiteLoss.Local },
-        _ => throw new UsageException($"--methods: unknown method '{method}'; use {Opt.List(MethodNames)}."),
+        bool ren = variant == LocalMixerVariant.Ren;
+        var placement = ren ? GuessPlacement.Normalized : GuessPlacement.Site;
+        ActivationGuesser Local(Guesser guesser, bool blocks) =>
+            (ActivationGuesser)guesser with { Loss = SiteLoss.Local, LocalBlocks = blocks, Placement = placement, ExactLast = ren };
+        return method switch
+        {
+            "backprop" or "local-backprop" => Guessers.Backprop,
+            "ap" => Guessers.RenActivationPerturbation(placement: placement, exactLast: ren),
+            "ap-example" => Local(Guessers.ActivationPerturbation(), blocks: false),
+            "mixing" => Local(Guessers.ActivationMixing(), blocks: true),
+            "mixing-example" => Local(Guessers.ActivationMixing(), blocks: false),
+            "wt" => Local(Guessers.WeightTranspose(), blocks: true),
+            "wt-example" => Local(Guessers.WeightTranspose(), blocks: false),
+            _ => throw new UsageException($"--methods: unknown method '{method}'; use {Opt.List(MethodNames)}."),
+        };
+    }
+
+    /// <summary>Column headers of the Markdown table.</summary>
+    private static string Header(string method) => method switch
+    {
+        "backprop" => "Backprop, end to end",
+        "local-backprop" => "Backprop, local losses",
+        "ap" => "AP",
+        "mixing" => "Mixing",
+        "wt" => "Wᵀ",
+        "ap-example" => "AP, JVP per example",
+        "mixing-example" => "Mixing, JVP per example",
+        "wt-example" => "Wᵀ, JVP per example",
+        _ => method,
     };
+
+    /// <summary>What a column is, for the legend under the table.</summary>
+    private static string Legend(string method, LocalMixerVariant variant)
+    {
+        bool ren = variant == LocalMixerVariant.Ren;
+        string where = ren
+            ? "at each linear layer's LayerNorm output (before its ReLU), the estimate masked by the ReLU's derivative and passed back through the LayerNorm; heads and classifier trained with their exact local gradients"
+            : "at each linear layer's output, heads and classifier guessed too";
+        string blocks = ren ? "one JVP scalar of the block's loss per (example, token, group), per (example, token) at token mixing" :
+            "one JVP scalar of the block's loss per (example, token, group) at the group-wise layer, per (example, token) at channel1 and token mixing, per example elsewhere";
+        return method switch
+        {
+            "backprop" => "backprop of the main loss only: no stop-gradients, no local losses (Ren et al.'s BP)",
+            "local-backprop" => "backprop of the sum of every block's local loss and the main loss, stop-gradients kept (Ren et al.'s local greedy BP)",
+            "ap" => $"activation perturbation, N(0, I) {where}; {blocks}" + (ren ? " (Ren et al.'s forward gradient)" : ""),
+            "mixing" => $"activation mixing in place of the noise, {where}; {blocks}",
+            "wt" => $"Wᵀ (noise at the next sites pulled back) in place of the noise, {where}; {blocks}",
+            "ap-example" => "as AP with one JVP scalar per example and block loss",
+            "mixing-example" => "as Mixing with one JVP scalar per example and block loss",
+            "wt-example" => "as Wᵀ with one JVP scalar per example and block loss",
+            _ => method,
+        };
+    }
 
     private static string[] List(ParseResult p, Option<string> option, string[] allowed)
     {
@@ -113,20 +180,33 @@ internal static class MixerTableCommand
         return items;
     }
 
+    private static string Format(double value, string format) => double.IsNaN(value) ? "–" : value.ToString(format, CultureInfo.InvariantCulture);
+
     private static int Run(ParseResult p, Options o, CliContext context)
     {
         var console = context.Console;
-        ulong seed = (ulong)p.GetValue(o.Seed);
+        int firstSeed = p.GetValue(o.Seed), seedCount = p.GetValue(o.Seeds);
+        if ((long)firstSeed + seedCount - 1 > int.MaxValue) throw new UsageException($"--seed {firstSeed} --seeds {seedCount}: the last seed would pass {int.MaxValue}.");
+        var seeds = Enumerable.Range(firstSeed, seedCount).Select(s => (ulong)s).ToArray();
         int epochs = p.GetValue(o.Epochs), batch = p.GetValue(o.BatchSize);
         var methods = List(p, o.Methods, MethodNames);
         var modes = List(p, o.AugmentModes, ["off", "on"]);
         var configuration = new RunConfiguration();
-        var (train, test) = o.Data.Load(p, seed, configuration);
+        var (train, test) = o.Data.Load(p, seeds[0], configuration);
         if (p.GetValue(o.TrainExamples) is int limit && limit < train.Count)
             train = train.Subset([.. Enumerable.Range(0, limit)], $"{train.Name} (first {limit})");
         if (batch > train.Count) throw new UsageException($"--batch-size {batch} is larger than the training set ({train.Count} examples).");
         var input = train.FeatureShape.Rank == 2 ? new Tensors.Shape(train.FeatureShape[0], train.FeatureShape[1], 1) : train.FeatureShape;
         var spec = ModelOptions.ParseMixer("localmixer:" + p.GetValue(o.Mixer), input, train.Classes);
+        if (p.Given(o.Variant))
+        {
+            var asked = p.GetValue(o.Variant) == "blocks" ? LocalMixerVariant.Blocks : LocalMixerVariant.Ren;
+            if (asked == LocalMixerVariant.Ren && spec.Variant == LocalMixerVariant.Blocks)
+                throw new UsageException($"--variant ren contradicts --mixer {p.GetValue(o.Mixer)} (a blocks spec); drop one of them.");
+            spec = spec with { Variant = asked };
+            try { spec.Validate(); }
+            catch (ArgumentException e) { throw new UsageException($"--variant {p.GetValue(o.Variant)}: {e.Message}"); }
+        }
         if (p.Given(o.CropPadding) && !modes.Contains("on"))
             throw new UsageException("--crop-padding applies only to the augmented rows; --augment-modes has no 'on'. Drop --crop-padding or add on.");
         var augmentation = new ImageAugmentation(p.GetValue(o.CropPadding));
@@ -139,44 +219,60 @@ internal static class MixerTableCommand
         if (Path.GetDirectoryName(prefix) is { Length: > 0 } directory) Directory.CreateDirectory(directory);
         var backend = o.Device.Create(p);
         var model = spec.Build();
-        console.MarkupLineInterpolated($"[bold]ForwardAD[/] mixer-table: {train.Name} ({train.Count} train / {test.Count} test), {ModelOptions.Describe(spec)} ({model.ParameterCount:N0} parameters), Adam {p.GetValue(o.Lr)}, {epochs} epoch(s), batch {batch}, seed {seed}, {backend.Name}");
+        var endToEnd = methods.Contains("backprop") ? spec.Build(endToEnd: true) : null;
+        string variantName = spec.Variant == LocalMixerVariant.Ren ? "ren" : "blocks";
+        console.MarkupLineInterpolated($"[bold]ForwardAD[/] mixer-table: {train.Name} ({train.Count} train / {test.Count} test), {ModelOptions.Describe(spec)} ({model.ParameterCount:N0} parameters), Adam {p.GetValue(o.Lr)}, {epochs} epoch(s), batch {batch}, seeds {string.Join(",", seeds)}, {backend.Name}");
 
-        var rows = new List<(string Mode, string Method, EpochReport Last, TimeSpan Wall)>();
-        foreach (var mode in modes)
-            foreach (var method in methods)
-            {
-                var parameters = ParameterStore.Initialize(model, backend, seed); // the same initialisation for every cell
-                var options = new TrainingOptions(batch, seed) { CosineEvery = method == "backprop" ? 0 : p.GetValue(o.CosineEvery), Augmentation = mode == "on" ? augmentation : null };
-                var trainer = new Trainer(Column(method), Optimizers.Adam(p.GetValue(o.Lr)), parameters, train, test, options);
-                var watch = System.Diagnostics.Stopwatch.StartNew();
-                EpochReport last = null!;
-                for (int e = 0; e < epochs; e++)
+        var rows = new List<(ulong Seed, string Mode, string Method, EpochReport Last, TimeSpan Wall)>();
+        foreach (var seed in seeds)
+            foreach (var mode in modes)
+                foreach (var method in methods)
                 {
-                    last = trainer.RunEpoch(e);
-                    if (!p.GetValue(o.Quiet))
-                        context.Output.WriteLine($"augment {mode}, {method}: epoch {e + 1}/{epochs} train acc {TrainCommand.F(last.TrainAccuracy, "P2")}, test acc {TrainCommand.F(last.TestAccuracy, "P2")}, " +
-                            $"cos {TrainCommand.F(last.GlobalCosine, "F3")}, {TrainCommand.F(last.WallTime.TotalSeconds, "F1")} s training");
+                    // The same initialisation for every cell of a seed: the end-to-end model has the same nodes, ids and parameters.
+                    var parameters = ParameterStore.Initialize(method == "backprop" ? endToEnd! : model, backend, seed);
+                    bool exact = method is "backprop" or "local-backprop";
+                    var options = new TrainingOptions(batch, seed) { CosineEvery = exact ? 0 : p.GetValue(o.CosineEvery), Augmentation = mode == "on" ? augmentation : null };
+                    var trainer = new Trainer(Column(method, spec.Variant), Optimizers.Adam(p.GetValue(o.Lr)), parameters, train, test, options);
+                    var watch = System.Diagnostics.Stopwatch.StartNew();
+                    EpochReport last = null!;
+                    for (int e = 0; e < epochs; e++)
+                    {
+                        last = trainer.RunEpoch(e);
+                        if (!p.GetValue(o.Quiet))
+                            context.Output.WriteLine($"seed {seed}, augment {mode}, {method}: epoch {e + 1}/{epochs} train acc {Format(last.TrainAccuracy, "P2")}, test acc {Format(last.TestAccuracy, "P2")}, " +
+                                $"cos {Format(last.GlobalCosine, "F3")}, {Format(last.WallTime.TotalSeconds, "F1")} s training");
+                    }
+                    rows.Add((seed, mode, method, last, watch.Elapsed));
                 }
-                rows.Add((mode, method, last, watch.Elapsed));
-            }
 
-        var csv = new StringBuilder("augment,method,epochs,train_loss,train_accuracy,test_loss,test_accuracy,cosine,seconds\n");
-        foreach (var (mode, method, r, wall) in rows)
-            csv.Append(CultureInfo.InvariantCulture, $"{mode},{method},{epochs},{r.TrainLoss:R},{r.TrainAccuracy:R},{r.TestLoss:R},{r.TestAccuracy:R},{(double.IsNaN(r.GlobalCosine) ? "" : r.GlobalCosine.ToString("R", CultureInfo.InvariantCulture))},{wall.TotalSeconds:F1}\n");
+        var csv = new StringBuilder("variant,augment,method,seed,epochs,train_loss,train_accuracy,test_loss,test_accuracy,cosine,seconds\n");
+        foreach (var (seed, mode, method, r, wall) in rows)
+            csv.Append(CultureInfo.InvariantCulture, $"{variantName},{mode},{method},{seed},{epochs},{r.TrainLoss:R},{r.TrainAccuracy:R},{r.TestLoss:R},{r.TestAccuracy:R},{(double.IsNaN(r.GlobalCosine) ? "" : r.GlobalCosine.ToString("R", CultureInfo.InvariantCulture))},{wall.TotalSeconds:F1}\n");
         File.WriteAllText(prefix + ".csv", csv.ToString());
-        var header = new Dictionary<string, string> { ["backprop"] = "Backprop", ["ap"] = "Ren et al. (AP)", ["ap-example"] = "AP, one JVP per example", ["mixing"] = "Mixing", ["wt"] = "Wᵀ",
-            ["mixing-example"] = "Mixing, one JVP per example", ["wt-example"] = "Wᵀ, one JVP per example" };
         var md = new StringBuilder();
-        md.Append(CultureInfo.InvariantCulture, $"Test accuracy (%), {train.Name}, LocalMixer {spec}, Adam {p.GetValue(o.Lr)}, {epochs} epoch(s), batch {batch}, seed {seed}\n\n");
-        md.Append("| augmentation | ").Append(string.Join(" | ", methods.Select(m => header[m]))).Append(" |\n|---|").Append(string.Concat(methods.Select(_ => "---:|"))).Append('\n');
+        md.Append(CultureInfo.InvariantCulture, $"Test accuracy (%), {train.Name}, LocalMixer {spec} ({(spec.Variant == LocalMixerVariant.Ren ? "Ren et al.'s construction" : "blocks construction")}), ")
+          .Append(CultureInfo.InvariantCulture, $"Adam {p.GetValue(o.Lr)}, {epochs} epoch(s), batch {batch}, ")
+          .Append(seeds.Length == 1 ? $"seed {seeds[0]}" : $"mean ± sample sd over seeds {string.Join(", ", seeds)} (n = {seeds.Length})").Append("\n\n");
+        md.Append("| augmentation | ").Append(string.Join(" | ", methods.Select(Header))).Append(" |\n|---|").Append(string.Concat(methods.Select(_ => "---:|"))).Append('\n');
         foreach (var mode in modes)
             md.Append(mode == "on" ? "| crop + flip | " : "| none | ")
-              .Append(string.Join(" | ", methods.Select(m => (100 * rows.Single(r => r.Mode == mode && r.Method == m).Last.TestAccuracy).ToString("F1", CultureInfo.InvariantCulture))))
+              .Append(string.Join(" | ", methods.Select(m => Cell([.. rows.Where(r => r.Mode == mode && r.Method == m).Select(r => 100 * r.Last.TestAccuracy)]))))
               .Append(" |\n");
-        md.Append(CultureInfo.InvariantCulture, $"\nWall time per run (s): {string.Join(", ", rows.Select(r => $"{r.Mode}/{r.Method} {r.Wall.TotalSeconds:F0}"))}; total {rows.Sum(r => r.Wall.TotalSeconds):F0} s.\n");
+        md.Append('\n');
+        foreach (var method in methods) md.Append(CultureInfo.InvariantCulture, $"- {Header(method)}: {Legend(method, spec.Variant)}.\n");
+        md.Append(CultureInfo.InvariantCulture, $"\nWall time per run (s, mean over seeds): {string.Join(", ", modes.SelectMany(mode => methods.Select(m => $"{mode}/{m} {rows.Where(r => r.Mode == mode && r.Method == m).Average(r => r.Wall.TotalSeconds):F0}")))}; total {rows.Sum(r => r.Wall.TotalSeconds):F0} s.\n");
         File.WriteAllText(prefix + ".md", md.ToString());
         context.Output.Write(md.ToString());
         console.MarkupLineInterpolated($"written {prefix}.csv and {prefix}.md");
         return Cli.Success;
+    }
+
+    /// <summary>One value with one decimal, or "mean ± sd" (sample standard deviation) over several seeds.</summary>
+    private static string Cell(double[] values)
+    {
+        double mean = values.Average();
+        if (values.Length == 1) return mean.ToString("F1", CultureInfo.InvariantCulture);
+        double sd = Math.Sqrt(values.Sum(v => (v - mean) * (v - mean)) / (values.Length - 1));
+        return string.Create(CultureInfo.InvariantCulture, $"{mean:F1} ± {sd:F1}");
     }
 }

@@ -132,26 +132,42 @@ public sealed class AugmentationTests : IDisposable
         Assert.Contains("augmentation", refused.Message);
     }
 
-    /// <summary>The CLI's Table-1 command on digits (tiny mixer, two methods, both rows): exit 0, the CSV has a row per run,
-    /// the Markdown table a row per augmentation mode; a bad spec is a usage error naming the token.</summary>
+    /// <summary>The CLI's Table-1 command on digits (tiny Ren et al. mixer, three columns, both rows, two seeds): exit 0, the CSV
+    /// has a row per run with its variant and seed, the Markdown table a row per augmentation mode with mean ± sd and a legend
+    /// saying what each column is; --variant blocks builds the other construction; a bad spec or a contradicting variant is a
+    /// usage error naming the token.</summary>
     [Fact]
     public void Mixer_table_writes_csv_and_markdown()
     {
         var prefix = Path.Combine(_folder, "table");
-        var (code, output, error) = CliTests.Run("mixer-table", "--data", "digits", "--mixer", "p2-d8-b1-g2", "--methods", "backprop,ap", "--epochs", "1",
-            "--batch-size", "32", "--train-examples", "256", "--crop-padding", "1", "--out", prefix, "--quiet");
+        var (code, output, error) = CliTests.Run("mixer-table", "--data", "digits", "--mixer", "p2-d8-b2-g2", "--methods", "backprop,local-backprop,ap", "--epochs", "1",
+            "--batch-size", "32", "--train-examples", "256", "--crop-padding", "1", "--seeds", "2", "--out", prefix, "--quiet");
         Assert.True(code == 0, error + output);
         var csv = File.ReadAllLines(prefix + ".csv");
-        Assert.Equal(5, csv.Length);
-        Assert.StartsWith("augment,method,", csv[0]);
-        Assert.Contains(csv, l => l.StartsWith("on,ap,1,", StringComparison.Ordinal));
+        Assert.Equal(1 + 3 * 2 * 2, csv.Length);
+        Assert.StartsWith("variant,augment,method,seed,epochs,", csv[0]);
+        Assert.Contains(csv, l => l.StartsWith("ren,on,ap,2,1,", StringComparison.Ordinal));
+        Assert.Contains(csv, l => l.StartsWith("ren,off,backprop,1,1,", StringComparison.Ordinal));
         var md = File.ReadAllText(prefix + ".md");
-        Assert.Contains("| augmentation | Backprop | Ren et al. (AP) |", md);
+        Assert.Contains("| augmentation | Backprop, end to end | Backprop, local losses | AP |", md);
         Assert.Contains("| crop + flip |", md);
+        Assert.Contains(" ± ", md);
+        Assert.Contains("n = 2", md);
+        Assert.Contains("- Backprop, end to end: backprop of the main loss only", md);
+        Assert.Contains("exact local gradients", md);
+
+        var (blocks, blocksOutput, blocksError) = CliTests.Run("mixer-table", "--data", "digits", "--mixer", "p2-d8-b1-g2", "--variant", "blocks", "--methods", "ap",
+            "--augment-modes", "off", "--epochs", "1", "--batch-size", "32", "--train-examples", "128", "--out", prefix, "--quiet");
+        Assert.True(blocks == 0, blocksError + blocksOutput);
+        Assert.StartsWith("blocks,off,ap,1,1,", File.ReadAllLines(prefix + ".csv")[1]);
+        Assert.Contains("p2-d8-b1-g2-blocks (blocks construction)", File.ReadAllText(prefix + ".md"));
 
         var (bad, _, message) = CliTests.Run("mixer-table", "--data", "digits", "--mixer", "p3-d8-b1-g2", "--out", prefix);
         Assert.Equal(2, bad);
         Assert.Contains("p3 must divide the image's height 8", message);
+        var (contradiction, _, contradicts) = CliTests.Run("mixer-table", "--data", "digits", "--mixer", "p2-d8-b1-g2-blocks", "--variant", "ren", "--out", prefix);
+        Assert.Equal(2, contradiction);
+        Assert.Contains("--variant ren contradicts", contradicts);
     }
 
     /// <summary>`train` with --model localmixer:SPEC, a local-loss guesser and --augment runs; the configuration records the
