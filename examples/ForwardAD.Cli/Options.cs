@@ -60,18 +60,28 @@ internal static class Opt
 
     public static Option<bool> Flag(string name) => new("--" + name) { Arity = ArgumentArity.Zero };
 
-    /// <summary>yes/no (also true/false, on/off); null when absent, so that the default can depend on other options.</summary>
-    public static Option<bool?> YesNo(string name) =>
+    /// <summary>yes/no (also true/false, on/off); null when absent, so that the default can depend on other options. Not an
+    /// Option&lt;bool?&gt;: System.CommandLine gives a bool option the next word only when it reads as a bool, so "--x no"
+    /// was refused as an unknown argument 'no'. Read it with <see cref="Answer"/>.</summary>
+    public static Option<YesNoAnswer?> YesNo(string name) =>
         new("--" + name)
         {
             CustomParser = r => Text(r, name) switch
             {
-                "yes" or "true" or "on" => true,
-                "no" or "false" or "off" => false,
+                "yes" or "true" or "on" => YesNoAnswer.Yes,
+                "no" or "false" or "off" => YesNoAnswer.No,
                 null => null,
-                var v => Error<bool?>(r, $"--{name} must be yes or no; got '{v}'.", null),
+                var v => Error<YesNoAnswer?>(r, $"--{name} must be yes or no; got '{v}'.", null),
             },
         };
+
+    /// <summary>A yes/no option's value: true, false, or null when it was not given.</summary>
+    public static bool? Answer(this ParseResult result, Option<YesNoAnswer?> option) => result.GetValue(option) switch
+    {
+        YesNoAnswer.Yes => true,
+        YesNoAnswer.No => false,
+        _ => null,
+    };
 
     /// <summary>Positive integers separated by commas, each at most <paramref name="max"/>; "none" or "" is the empty list.</summary>
     public static Option<int[]?> IntList(string name, int max) =>
@@ -133,6 +143,9 @@ internal static class Opt
         return placeholder;
     }
 }
+
+/// <summary>The word of a yes/no option.</summary>
+internal enum YesNoAnswer { No, Yes }
 
 /// <summary>A mistake in the command line: reported without a stack trace, exit code 2.</summary>
 internal sealed class UsageException(string message) : Exception(message);

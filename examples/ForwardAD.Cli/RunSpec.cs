@@ -406,11 +406,14 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
         Gradient estimate
           --guesser NAME            {defaultGuesser} (default); backprop, directional, activation-perturbation (ap),
                                     wt, downstream, mixing, self-sharpening, wt-power, cosine-matched, dfa, grape
-          --mode joint|per-layer    one tangent channel for all layers, or one per layer (default joint)
+          --mode joint|per-layer    one tangent channel for all layers, or one per layer (default joint; train:
+                                    per-layer for the forward-gradient guessers on an MLP or a CNN)
           --guesses G               guesses averaged per step (default 1)
           --k K                     layers for 'downstream' (default 2)
           --power P                 singular-value power for 'wt-power' (default 0)
           --cosine C                target cosine for 'cosine-matched', in (0, 1] (default 0.1)
+          --normalize yes|no        rescale each site's guess to rms 1 per example, for 'wt' and 'downstream'
+                                    (default: train on a CNN yes, elsewhere no)
         Feedback alignment (--guesser dfa or grape)
           --feedback-init NAME      xavier (default), kaiming, gaussian
           --grape-rule NAME         original (default), original-no-noise, alt1, alt2
@@ -441,18 +444,22 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
     public readonly Option<float?> GrapeLr = Opt.OptionalFloat("grape-lr", v => v >= 0, "a number ≥ 0");
     public readonly Option<float?> GrapeDecay = Opt.OptionalFloat("grape-decay", v => v > 0, "a number > 0");
     public readonly Option<float?> GrapeNoise = Opt.OptionalFloat("grape-noise", v => v >= 0, "a number ≥ 0");
-    public readonly Option<bool?> GrapeRenormalize = Opt.YesNo("grape-renormalize");
-    public readonly Option<bool?> GrapeAverage = Opt.YesNo("grape-average");
+    public readonly Option<YesNoAnswer?> GrapeRenormalize = Opt.YesNo("grape-renormalize");
+    public readonly Option<YesNoAnswer?> GrapeAverage = Opt.YesNo("grape-average");
     public readonly Option<string?> GrapePlacement = Opt.OptionalChoice("grape-placement", "GrAPE placement", "h", "a");
+    public readonly Option<YesNoAnswer?> Normalize = Opt.YesNo("normalize");
 
     private Option[] GrapeOnly => [GrapeRule, GrapeLr, GrapeDecay, GrapeNoise, GrapeRenormalize, GrapeAverage, GrapePlacement];
 
     public void AddTo(Command command)
     {
-        foreach (var option in (Option[])[Mode, Guesses, K, Power, Cosine, FeedbackInit, .. GrapeOnly]) command.Add(option);
+        foreach (var option in (Option[])[Mode, Guesses, K, Power, Cosine, Normalize, FeedbackInit, .. GrapeOnly]) command.Add(option);
     }
 
     public static string Canonical(string name) => name == "ap" ? "activation-perturbation" : name;
+
+    /// <summary>True for the guessers that --mode applies to.</summary>
+    public static bool UsesMode(string name) => WithMode.Contains(name);
 
     /// <summary>Options that only some guessers use must not be given for a run where none of them does.</summary>
     public void RejectUnused(ParseResult p, IReadOnlyCollection<string> guessers)
@@ -465,28 +472,35 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
         Require(K, ["downstream"]);
         Require(Power, ["wt-power"]);
         Require(Cosine, ["cosine-matched"]);
+        Require(Normalize, TrainDefaults.PulledBack);
         Require(FeedbackInit, ["dfa", "grape"]);
         foreach (var option in GrapeOnly) Require(option, ["grape"]);
     }
 
-    /// <summary>The guesser <paramref name="name"/> (canonical) with its options; what it uses goes into <paramref name="configuration"/> (null: not recorded).</summary>
-    public Guesser Build(ParseResult p, string name, ulong seed, RunConfiguration? configuration)
+    /// <summary>The guesser <paramref name="name"/> (canonical) with its options; what it uses goes into <paramref name="configuration"/>
+    /// (null: not recorded). <paramref name="defaults"/>: the tangent mode and normalisation when --mode and --normalize are
+    /// absent (null: --mode's own default, no normalisation).</summary>
+    public Guesser Build(ParseResult p, string name, ulong seed, RunConfiguration? configuration, TrainDefaults? defaults = null)
     {
-        var mode = p.GetValue(Mode) == "per-layer" ? TangentMode.PerLayer : TangentMode.Joint;
+        var modeName = p.Given(Mode) || defaults is null ? p.GetValue(Mode)! : defaults.Mode;
+        var mode = modeName == "per-layer" ? TangentMode.PerLayer : TangentMode.Joint;
+        bool normalized = p.Answer(Normalize) ?? defaults?.Normalized ?? false;
         int guesses = p.GetValue(Guesses);
         configuration?.Add("guesser", name);
-        if (WithMode.Contains(name)) configuration?.Add("mode", p.GetValue(Mode)!);
+        if (WithMode.Contains(name)) configuration?.Add("mode", modeName);
+        // Recorded only when on: a run from before --normalize existed had none and resumes as it was.
+        if (TrainDefaults.PulledBack.Contains(name)) configuration?.AddSince("normalize", normalized ? "yes" : "no", earlierValue: "no");
         if (WithGuesses.Contains(name)) configuration?.Add("guesses", guesses);
         switch (name)
         {
             case "backprop": return Guessers.Backprop;
             case "directional": return Guessers.DirectionalDescent(guesses);
             case "activation-perturbation": return Guessers.ActivationPerturbation(mode, guesses);
-            case "wt": return Guessers.WeightTranspose(mode, guesses);
+            case "wt": return Guessers.WeightTranspose(mode, guesses, normalized);
             case "downstream":
                 int k = p.GetValue(K) ?? 2;
                 configuration?.Add("k", k);
-                return Guessers.Downstream(k, mode, guesses);
+                return Guessers.Downstream(k, mode, guesses, normalized);
             case "mixing": return Guessers.ActivationMixing(mode, guesses);
             case "self-sharpening": return Guessers.SelfSharpening(mode, guesses);
             case "wt-power":
@@ -524,7 +538,7 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
         if (p.Given(GrapeNoise) && ruleName != "original")
             throw new UsageException($"--grape-noise applies only to --grape-rule original; this run uses '{ruleName}'. Drop --grape-noise.");
         Schedule rate = decay == 1f ? Schedule.Constant(eta) : Schedule.Exponential(eta, decay);
-        bool renormalize = p.GetValue(GrapeRenormalize) ?? ruleName.StartsWith("original", StringComparison.Ordinal);
+        bool renormalize = p.Answer(GrapeRenormalize) ?? ruleName.StartsWith("original", StringComparison.Ordinal);
         var rule = ruleName switch
         {
             "original" => FeedbackRules.Original(rate, noise, renormalize),
@@ -533,7 +547,7 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
             _ => FeedbackRules.Alternative2(rate, 0f, renormalize),
         };
         var placement = p.GetValue(GrapePlacement) ?? "h";
-        bool average = p.GetValue(GrapeAverage) ?? true;
+        bool average = p.Answer(GrapeAverage) ?? true;
         if (configuration is not null)
         {
             configuration.Add("grape-rule", ruleName);
@@ -557,7 +571,8 @@ internal sealed class RuleOptions
 {
     public const string Help = """
         Update rule
-          --optimizer NAME          sgd (default), momentum, nesterov, adam, adamw, stable-adamw
+          --optimizer NAME          sgd, momentum, nesterov, adam, adamw, stable-adamw (default sgd; train: per model
+                                    and method, see its help)
           --lr RATE                 learning rate > 0 (default 0.1 for sgd/momentum/nesterov, 0.001 for the Adam family)
           --momentum M              for momentum/nesterov, in [0, 1) (default 0.9)
           --weight-decay L          decoupled weight decay ≥ 0 for adamw/stable-adamw (default 0.01)
@@ -583,14 +598,15 @@ internal sealed class RuleOptions
     }
 
     /// <summary>The update rule; the schedule's length (step, cosine) depends on the run's total steps, which is then recorded.</summary>
-    public (UpdateRule Rule, string Description) Build(ParseResult p, int stepsPerEpoch, int epochs, RunConfiguration? configuration)
+    public (UpdateRule Rule, string Description) Build(ParseResult p, int stepsPerEpoch, int epochs, RunConfiguration? configuration, TrainDefaults? defaults = null)
     {
-        var name = p.GetValue(Optimizer)!;
+        // Without --optimizer the defaults' optimizer and rate; with it, that optimizer's usual rate.
+        var name = p.Given(Optimizer) || defaults is null ? p.GetValue(Optimizer)! : defaults.Optimizer;
         var scheduleName = p.GetValue(Schedule)!;
         if (p.Given(Warmup) && scheduleName != "cosine")
             throw new UsageException($"--warmup applies only to --schedule cosine; this run's schedule is '{scheduleName}'. Drop --warmup.");
         bool adamFamily = name.Contains("adam", StringComparison.Ordinal);
-        float rate = p.GetValue(Lr) ?? (adamFamily ? 1e-3f : 0.1f);
+        float rate = p.GetValue(Lr) ?? (defaults is not null && name == defaults.Optimizer ? defaults.Rate : adamFamily ? 1e-3f : 0.1f);
         float momentum = p.GetValue(Momentum), decay = p.GetValue(WeightDecay), factor = p.GetValue(Decay);
         float? clip = p.GetValue(Clip);
         long total = (long)stepsPerEpoch * epochs;

@@ -24,9 +24,18 @@ internal static class TrainCommand
         {DeviceOptions.Help}
         Training
           --epochs N                (default 20)
-          --batch-size B            (default 32; at most the number of training examples)
+          --batch-size B            (default 32 for an MLP, 64 for a CNN or a LocalMixer; at most the number of
+                                    training examples)
           --seed S                  seed of initialisation, split, shuffling and every guess (default 1)
-          --cosine-every N          measure cos(estimate, backprop gradient) every N steps (default 1; 0 = never)
+          --cosine-every N          measure cos(estimate, backprop gradient) every N steps (default 1 for an MLP,
+                                    50 otherwise: each is a backprop pass; 0 = never)
+        Defaults per model and method (for the options not given; the run's first lines list those it took)
+          MLP, backprop/dfa/grape   --optimizer sgd --lr 0.1, batch 32, --mode joint
+          MLP, other guessers       --optimizer adamw --lr 0.001, batch 32, --mode per-layer
+          CNN                       --optimizer adamw --lr 0.001, batch 64; other guessers than backprop/dfa/grape
+                                    --mode per-layer, and wt/downstream --normalize yes (joint-mode and raw Wᵀ
+                                    guesses fail on batch-norm CNNs: see the README)
+          LocalMixer                --optimizer adamw --lr 0.001, batch 64, --mode joint
           --augment                 random crop (padding --crop-padding, default 4) and horizontal flip of every
                                     training image, keyed by (seed, step): a resumed run augments identically
           --crop-padding P          zeros added on each side before the random crop (with --augment)
@@ -95,8 +104,12 @@ internal static class TrainCommand
     {
         var console = context.Console;
         ulong seed = (ulong)p.GetValue(o.Seed);
-        int epochs = p.GetValue(o.Epochs), batch = p.GetValue(o.BatchSize), cosineEvery = p.GetValue(o.CosineEvery);
         var guesserName = GuesserOptions.Canonical(p.GetValue(o.GuesserName)!);
+        // Options not given take the defaults of this model family and method, which the banner lists.
+        var defaults = TrainDefaults.For(p.GetValue(o.Model.Model)!, guesserName);
+        int epochs = p.GetValue(o.Epochs);
+        int batch = p.Given(o.BatchSize) ? p.GetValue(o.BatchSize) : defaults.BatchSize;
+        int cosineEvery = p.Given(o.CosineEvery) ? p.GetValue(o.CosineEvery) : defaults.CosineEvery;
         o.Guesser.RejectUnused(p, [guesserName]);
         // Everything is checked and loaded before the first step: a bad option or file costs no epoch.
         var configuration = new RunConfiguration();
@@ -105,9 +118,9 @@ internal static class TrainCommand
         if (batch > train.Count)
             throw new UsageException($"--batch-size {batch} is larger than the training set ({train.Count} examples): no full batch to train on.");
         var model = o.Model.Build(p, train, configuration);
-        var guesser = WithLocalLosses(o.Guesser.Build(p, guesserName, seed, configuration), model, configuration);
+        var guesser = WithLocalLosses(o.Guesser.Build(p, guesserName, seed, configuration, defaults), model, configuration);
         var augmentation = Augmentation(p, o.Augment, o.CropPadding, train, configuration);
-        var (rule, ruleDescription) = o.Rule.Build(p, train.Count / batch, epochs, configuration);
+        var (rule, ruleDescription) = o.Rule.Build(p, train.Count / batch, epochs, configuration, defaults);
         var runHash = configuration.Hash(("seed", seed.ToString(CultureInfo.InvariantCulture)), ("batch_size", batch.ToString(CultureInfo.InvariantCulture)));
         var metricsPath = p.GetValue(o.Metrics) ?? Path.Combine("runs", $"train-{guesserName}-seed{seed}-{runHash}.csv"); // the option's name: ASCII, as typed
         var checkpoint = p.GetValue(o.Checkpoint);
@@ -145,6 +158,10 @@ internal static class TrainCommand
 
         var sizes = validation is null ? $"{train.Count} train / {test.Count} test" : $"{train.Count} train / {validation.Count} validation / {test.Count} test";
         console.MarkupLineInterpolated($"[bold]ForwardAD[/] train: {train.Name} ({sizes}), {configuration["model"]}, {guesser.Name}, {ruleDescription}, batch {batch}, seed {seed}, {backend.Name}");
+        var taken = defaults.Describe(guesserName, optimizer: !p.Given(o.Rule.Optimizer), rate: !p.Given(o.Rule.Optimizer) && !p.Given(o.Rule.Lr),
+            batch: !p.Given(o.BatchSize), mode: GuesserOptions.UsesMode(guesserName) && !p.Given(o.Guesser.Mode),
+            normalized: TrainDefaults.PulledBack.Contains(guesserName) && !p.Given(o.Guesser.Normalize), cosine: !p.Given(o.CosineEvery));
+        if (taken.Length > 0) console.MarkupLineInterpolated($"{taken}");
         if (communicator.Size > 1) console.MarkupLineInterpolated($"data parallel: {DataParallelBanner(communicator, batch)}");
         foreach (var note in DataParallelNotes(communicator, model, guesser)) console.MarkupLineInterpolated($"{note}");
         if (resume is not null) console.MarkupLineInterpolated($"resumed from {resume} at epoch {trainer.NextEpoch + 1}, step {trainer.Step}");

@@ -190,7 +190,7 @@ public sealed class CliTests : IDisposable
 
         Start("--guesser", "ap", "--guesses", "2");
         Refused("guesses", "--guesser", "ap", "--guesses", "3");
-        Refused("mode", "--guesser", "ap", "--guesses", "2", "--mode", "per-layer");
+        Refused("mode", "--guesser", "ap", "--guesses", "2", "--mode", "joint"); // started at the MLP default, per-layer
         Refused("lr", "--guesser", "ap", "--guesses", "2", "--lr", "0.05");
         Refused("standardize", "--guesser", "ap", "--guesses", "2", "--standardize");
         Refused("test-data", "--guesser", "ap", "--guesses", "2", "--test-fraction", "0.3");

@@ -1,0 +1,89 @@
+using System.Globalization;
+using ForwardAD.Cli;
+
+namespace ForwardAD.Tests;
+
+/// <summary>`train`'s defaults per model family and method: what they are, that the run says which it took, that a given
+/// option wins, and that every guesser trains the MLP and a small CNN at them without diverging (the embedded digits, a
+/// few epochs: the loss stays finite and falls below its start, ln 10).</summary>
+public sealed class TrainDefaultsTests : IDisposable
+{
+    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-defaults-").FullName;
+
+    public void Dispose() => Directory.Delete(_folder, recursive: true);
+
+    [Theory]
+    [InlineData("mlp", "grape", "sgd", 0.1f, 32, "joint", false)]
+    [InlineData("mlp", "backprop", "sgd", 0.1f, 32, "joint", false)]
+    [InlineData("mlp", "activation-perturbation", "adamw", 1e-3f, 32, "per-layer", false)]
+    [InlineData("mlp", "wt", "adamw", 1e-3f, 32, "per-layer", false)]
+    [InlineData("cnn-small", "wt", "adamw", 1e-3f, 64, "per-layer", true)]
+    [InlineData("cnn:c8k3-bn-relu-p2,flat", "downstream", "adamw", 1e-3f, 64, "per-layer", true)]
+    [InlineData("vgg-small", "activation-perturbation", "adamw", 1e-3f, 64, "per-layer", false)]
+    [InlineData("alexnet-small", "grape", "adamw", 1e-3f, 64, "joint", false)]
+    [InlineData("localmixer:p4-d16-b1-g2", "activation-perturbation", "adamw", 1e-3f, 64, "joint", false)]
+    public void Defaults_per_model_family_and_method(string model, string guesser, string optimizer, float rate, int batch, string mode, bool normalized)
+    {
+        var d = TrainDefaults.For(model, guesser);
+        Assert.Equal((optimizer, rate, batch, mode, normalized), (d.Optimizer, d.Rate, d.BatchSize, d.Mode, d.Normalized));
+    }
+
+    [Fact]
+    public void The_banner_lists_the_defaults_taken_and_a_given_option_wins()
+    {
+        var metrics = Path.Combine(_folder, "m.csv");
+        var (code, output, error) = CliTests.Run("train", "--guesser", "wt", "--hidden", "8", "--epochs", "1", "--quiet", "--no-plot", "--metrics", metrics);
+        Assert.True(code == 0, error);
+        Assert.Contains("defaults for an MLP with wt: adamw, lr 0.001, batch 32, per-layer tangents, guesses not normalised", output);
+        Assert.Contains("Wᵀ (per-layer), adamw lr 0.001", output);
+        (code, output, error) = CliTests.Run("train", "--guesser", "wt", "--hidden", "8", "--epochs", "1", "--quiet", "--no-plot", "--metrics", metrics,
+            "--optimizer", "sgd", "--mode", "joint", "--normalize", "yes", "--batch-size", "16", "--cosine-every", "0");
+        Assert.True(code == 0, error);
+        Assert.DoesNotContain("defaults for", output);
+        Assert.Contains("Wᵀ (normalised), sgd lr 0.1", output); // sgd given without --lr: sgd's usual rate
+        Assert.Contains("batch 16", output);
+    }
+
+    [Fact]
+    public void Normalize_is_refused_for_a_guesser_without_pulled_back_guesses()
+    {
+        var (code, _, error) = CliTests.Run("train", "--guesser", "ap", "--normalize", "yes", "--epochs", "1", "--quiet", "--no-plot");
+        Assert.Equal(Cli.Cli.UsageError, code);
+        Assert.Contains("--normalize applies only to --guesser wt or --guesser downstream", error);
+    }
+
+    /// <summary>yes/no options take their word (they were refused as "Unrecognized command or argument 'no'").</summary>
+    [Theory]
+    [InlineData("grape", "--grape-renormalize", "no")]
+    [InlineData("grape", "--grape-average", "off")]
+    [InlineData("wt", "--normalize", "true")]
+    public void Yes_no_options_take_their_word(string guesser, string option, string word)
+    {
+        var (code, _, error) = CliTests.Run("train", "--guesser", guesser, option, word, "--hidden", "8", "--epochs", "1", "--quiet", "--no-plot",
+            "--metrics", Path.Combine(_folder, "yes-no.csv"));
+        Assert.True(code == 0, error);
+        (code, _, error) = CliTests.Run("train", "--guesser", guesser, option, "maybe", "--epochs", "1", "--quiet", "--no-plot");
+        Assert.Equal(Cli.Cli.UsageError, code);
+        Assert.Contains($"{option} must be yes or no; got 'maybe'", error);
+    }
+
+    /// <summary>Every guesser at the defaults, with only --data, --model, --guesser and --seed (and a short run) given.</summary>
+    [Theory]
+    [InlineData("mlp")]
+    [InlineData("cnn:c8k3-bn-relu-p2,c16k3-bn-relu-p2,flat,fc32-relu")]
+    public void Every_guesser_trains_at_the_defaults_without_diverging(string model)
+    {
+        // wt-power is defined on dense chains only (a CNN is refused with its reason), cosine-matched too (a measurement device).
+        string[] guessers = ["backprop", "directional", "ap", "wt", "downstream", "mixing", "self-sharpening", "dfa", "grape", .. model == "mlp" ? ["wt-power", "cosine-matched"] : Array.Empty<string>()];
+        foreach (var guesser in guessers)
+        {
+            var metrics = Path.Combine(_folder, $"{guesser}.csv");
+            var (code, output, error) = CliTests.Run("train", "--data", "digits", "--model", model, "--guesser", guesser, "--seed", "1",
+                "--epochs", "3", "--cosine-every", "0", "--quiet", "--no-plot", "--metrics", metrics);
+            Assert.True(code == 0, $"{model}, {guesser}: exit {code}; {error}{output}");
+            var losses = File.ReadAllLines(metrics).Skip(1).Select(l => double.Parse(l.Split(',')[1], CultureInfo.InvariantCulture)).ToArray();
+            Assert.All(losses, l => Assert.True(double.IsFinite(l), $"{model}, {guesser}: train loss {l}"));
+            Assert.True(losses[^1] < Math.Log(10), $"{model}, {guesser}: train loss {losses[^1]:F3} after 3 epochs, not below chance's ln 10 = 2.303");
+        }
+    }
+}
