@@ -129,7 +129,7 @@ internal static class CompareCommand
                     for (int e = 0; e < epochs; e++)
                     {
                         for (int m = 0; m < trainers.Count; m++) runs[m].Reports.Add(trainers[m].RunEpoch(e, observers[m]));
-                        if (context.WritesFiles) WriteCsv(csv, runs);
+                        if (context.WritesFiles) WriteCsv(csv, runs, model.Sites.Select(site => site.Name).ToArray());
                     }
                 });
         }
@@ -138,20 +138,22 @@ internal static class CompareCommand
             for (int e = 0; e < epochs; e++)
             {
                 for (int m = 0; m < trainers.Count; m++) runs[m].Reports.Add(trainers[m].RunEpoch(e));
-                if (context.WritesFiles) WriteCsv(csv, runs);
+                if (context.WritesFiles) WriteCsv(csv, runs, model.Sites.Select(site => site.Name).ToArray());
                 if (!quiet && (e == 0 || e == epochs - 1 || (e + 1) % 10 == 0))
                     context.Output.WriteLine($"epoch {e + 1}/{epochs}: test accuracy " + string.Join(", ", runs.Select(r => $"{r.Name} {TrainCommand.F(r.Reports[^1].TestAccuracy, "P1")}")));
             }
         }
 
         double reference = StepMilliseconds(runs[0]);
-        var table = new Table().AddColumns("method", "test accuracy", "mean cos(update, ∇L)", "time per step", "× backprop");
+        var siteNames = model.Sites.Select(site => site.Name).ToArray();
+        var table = new Table().AddColumns("method", "test accuracy", "mean cos global", $"mean cos per site ({string.Join(" / ", siteNames)})", "time per step", "× backprop");
         foreach (var run in runs)
             table.AddRow(run.Name, TrainCommand.F(run.Reports[^1].TestAccuracy, "P2"), TrainCommand.F(MeanCosine(run), "F3"),
+                string.Join(" / ", Enumerable.Range(0, siteNames.Length).Select(i => TrainCommand.F(MeanSiteCosine(run, i), "F3"))),
                 $"{StepMilliseconds(run):F2} ms", $"{StepMilliseconds(run) / reference:F2}");
-        foreach (int c in new[] { 1, 2, 3, 4 }) table.Columns[c].RightAligned();
+        foreach (int c in new[] { 1, 2, 3, 4, 5 }) table.Columns[c].RightAligned();
         console.Write(table);
-        console.MarkupLineInterpolated($"test accuracy after epoch {epochs}; cosine: mean over every step of the run; time per step: median over the epochs of the mean step (batch, estimate, update), without the cosine measurement.");
+        console.MarkupLineInterpolated($"test accuracy after epoch {epochs}; cosine to the backprop gradient: mean over every step of the run, global (all parameters as one vector) and per site (each layer's own); time per step: median over the epochs of the mean step (batch, estimate, update), without the cosine measurement.");
         if (plot && context.WritesFiles)
         {
             var (png, svg, _) = MetricsPlots.Draw(csv);
@@ -164,6 +166,9 @@ internal static class CompareCommand
     /// <summary>The mean cosine over the run: every epoch has as many steps, each measured, so the mean of the epoch means.</summary>
     private static double MeanCosine(MethodRun run) => run.Reports.Average(r => r.GlobalCosine);
 
+    /// <summary>The mean over the run of site <paramref name="site"/>'s cosine (NaN when the run measured none there).</summary>
+    private static double MeanSiteCosine(MethodRun run, int site) => run.Reports.Average(r => site < r.SiteCosines.Length ? r.SiteCosines[site] : double.NaN);
+
     /// <summary>The median over the epochs of the mean step time: an epoch slowed by another process on the shared cores
     /// does not move it.</summary>
     private static double StepMilliseconds(MethodRun run)
@@ -172,12 +177,15 @@ internal static class CompareCommand
         return times.Count % 2 == 1 ? times[times.Count / 2] : (times[times.Count / 2 - 1] + times[times.Count / 2]) / 2;
     }
 
-    private static void WriteCsv(string path, List<MethodRun> runs)
+    /// <summary>One row per method and epoch: <see cref="Header"/>'s columns, then the epoch's mean cosine at every site,
+    /// cosine_&lt;site&gt; by the sites' layer names.</summary>
+    private static void WriteCsv(string path, List<MethodRun> runs, string[] sites)
     {
         static string G(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
-        AtomicFile.WriteAllLines(path, runs.SelectMany(run => run.Reports.Select(r => string.Join(',', Quote(run.Name), (r.Epoch + 1).ToString(CultureInfo.InvariantCulture),
-            G(r.TrainLoss), G(r.TrainAccuracy), G(r.TestLoss), G(r.TestAccuracy), G(r.GlobalCosine), G(r.StepTime.TotalSeconds), G(r.ExamplesPerSecond), G(r.WallTime.TotalSeconds))))
-            .Prepend(Header));
+        AtomicFile.WriteAllLines(path, runs.SelectMany(run => run.Reports.Select(r => string.Join(',', [Quote(run.Name), (r.Epoch + 1).ToString(CultureInfo.InvariantCulture),
+            G(r.TrainLoss), G(r.TrainAccuracy), G(r.TestLoss), G(r.TestAccuracy), G(r.GlobalCosine), G(r.StepTime.TotalSeconds), G(r.ExamplesPerSecond), G(r.WallTime.TotalSeconds),
+            .. Enumerable.Range(0, sites.Length).Select(i => i < r.SiteCosines.Length ? G(r.SiteCosines[i]) : "NaN")])))
+            .Prepend(Header + string.Concat(sites.Select(site => $",cosine_{site.Replace(',', '_')}"))));
     }
 
     private static string Quote(string text) => $"\"{text.Replace("\"", "\"\"", StringComparison.Ordinal)}\"";

@@ -154,13 +154,17 @@ internal static class LanguageModelCommands
             if (context.WritesFiles) WriteMetrics(metricsPath, reports, runHash, parameters.Model.Sites.Select(site => site.Name));
             if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, spec, configuration.ToDictionary());
             if (!quiet) context.Output.WriteLine($"step {report.Step}: train loss {report.TrainLoss / Math.Log(2):F3} bits/char, validation {report.Validation.BitsPerCharacter:F3} bits/char " +
-                $"(next-byte accuracy {report.Validation.Accuracy:P1}), cos {TrainCommand.F(report.GlobalCosine, "F3")}, {report.TokensPerSecond:F0} tokens/s, {report.TrainingTime.TotalSeconds:F0} s");
+                $"(next-byte accuracy {report.Validation.Accuracy:P1}), cos global {TrainCommand.F(report.GlobalCosine, "F3")}, {report.TokensPerSecond:F0} tokens/s, {report.TrainingTime.TotalSeconds:F0} s");
         }
-        var table = new Table().AddColumns("step", "train bits/char", "validation bits/char", "next-byte acc", "cos(est, ∇L)", "tokens/s", "training time");
+        var table = new Table().AddColumns("step", "train bits/char", "validation bits/char", "next-byte acc", "cos global", "tokens/s", "training time");
         foreach (var r in reports)
             table.AddRow(r.Step.ToString(CultureInfo.InvariantCulture), TrainCommand.F(r.TrainLoss / Math.Log(2), "F3"), TrainCommand.F(r.Validation.BitsPerCharacter, "F3"),
                 TrainCommand.F(r.Validation.Accuracy, "P1"), TrainCommand.F(r.GlobalCosine, "F3"), TrainCommand.F(r.TokensPerSecond, "F0"), $"{r.TrainingTime.TotalSeconds:F0} s");
         console.Write(table);
+        // The global cosine treats all parameters as one vector, which the largest sites dominate: each site's own line.
+        var sites = parameters.Model.Sites;
+        if (reports[^1].SiteCosines.Any(c => !double.IsNaN(c)))
+            console.MarkupLineInterpolated($"cosine to the backprop gradient per site at step {reports[^1].Step} (cos global above: all parameters as one vector): {string.Join(", ", reports[^1].SiteCosines.Select((c, i) => $"{(i < sites.Length ? sites[i].Name : $"site {i + 1}")} {c:F3}"))}");
         console.MarkupLineInterpolated($"final: validation [green]{reports[^1].Validation.BitsPerCharacter:F3}[/] bits per character after {reports[^1].Step} steps; metrics in {metricsPath}");
         if (!p.GetValue(o.NoPlot) && context.WritesFiles)
         {

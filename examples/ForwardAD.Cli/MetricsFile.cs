@@ -17,12 +17,15 @@ internal static class MetricsFile
     private static readonly string[] EarlierTrailingColumns = ["examples_per_second", "wall_seconds", "run"];
     private static readonly string[] ValidationColumns = ["validation_loss", "validation_accuracy"];
 
-    public static void Write(string path, IReadOnlyList<EpochReport> reports, string run)
+    /// <summary>Writes the rows; the per-site columns are named by the sites' layers, cosine_&lt;site&gt; for every site and
+    /// alignment_&lt;site&gt; for the feedback-aligned ones (<paramref name="sites"/>, <paramref name="alignedSites"/>, in model
+    /// order; an MLP's sites are layer1, layer2, …, as the columns were named before).</summary>
+    public static void Write(string path, IReadOnlyList<EpochReport> reports, string run, IReadOnlyList<string> sites, IReadOnlyList<string> alignedSites)
     {
         int layers = reports.Max(r => r.SiteCosines.Length), aligned = reports.Max(r => r.FeedbackAlignment.Length);
         bool validated = reports.Any(r => !double.IsNaN(r.ValidationAccuracy));
-        var header = string.Join(',', FixedColumns.Concat(Enumerable.Range(1, layers).Select(l => $"cosine_layer{l}"))
-            .Concat(Enumerable.Range(1, aligned).Select(l => $"alignment_layer{l}")).Concat(validated ? ValidationColumns : []).Concat(TrailingColumns));
+        var header = string.Join(',', FixedColumns.Concat(Enumerable.Range(0, layers).Select(l => $"cosine_{Column(sites, l)}"))
+            .Concat(Enumerable.Range(0, aligned).Select(l => $"alignment_{Column(alignedSites, l)}")).Concat(validated ? ValidationColumns : []).Concat(TrailingColumns));
         AtomicFile.WriteAllLines(path, reports.Select(r => string.Join(',',
             new[] { (r.Epoch + 1).ToString(CultureInfo.InvariantCulture), G(r.TrainLoss), G(r.TrainAccuracy), G(r.TestLoss), G(r.TestAccuracy), G(r.GlobalCosine) }
                 .Concat(Enumerable.Range(0, layers).Select(l => l < r.SiteCosines.Length ? G(r.SiteCosines[l]) : "NaN"))
@@ -30,6 +33,17 @@ internal static class MetricsFile
                 .Concat(validated ? [G(r.ValidationLoss), G(r.ValidationAccuracy)] : [])
                 .Concat([G(r.ExamplesPerSecond), r.ExchangedBytesPerStep.ToString("R", CultureInfo.InvariantCulture), G(r.WallTime.TotalSeconds), run]))).Prepend(header));
         static string G(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>Site l's name as a column suffix (commas, which would split the column, become '_'; a missing name: layer l+1).</summary>
+    private static string Column(IReadOnlyList<string> names, int l) => l < names.Count ? names[l].Replace(',', '_') : $"layer{l + 1}";
+
+    /// <summary>The per-site columns of a metrics header: cosine_&lt;site&gt; after cosine_global, then alignment_&lt;site&gt;.</summary>
+    public static (int Sites, int Aligned) SiteColumns(IReadOnlyList<string> header)
+    {
+        int sites = header.Skip(FixedColumns.Length).TakeWhile(h => h.StartsWith("cosine_", StringComparison.Ordinal)).Count();
+        int aligned = header.Skip(FixedColumns.Length + sites).TakeWhile(h => h.StartsWith("alignment_", StringComparison.Ordinal)).Count();
+        return (sites, aligned);
     }
 
     /// <summary>
@@ -56,8 +70,7 @@ internal static class MetricsFile
         var trailing = exchange ? TrailingColumns : EarlierTrailingColumns;
         if (!header.TakeLast(trailing.Length).SequenceEqual(trailing))
             throw new InvalidDataException($"{path}, line 1: the header does not end with {string.Join(',', TrailingColumns)}: written by an older forwardad (without the run column) or not by forwardad. {Advice}");
-        int layers = header.Count(h => h.StartsWith("cosine_layer", StringComparison.Ordinal));
-        int aligned = header.Count(h => h.StartsWith("alignment_layer", StringComparison.Ordinal));
+        var (layers, aligned) = SiteColumns(header);
         // The validation columns, when present, sit right after the per-site ones (as Write puts them).
         bool validated = header.Skip(FixedColumns.Length + layers + aligned).Take(ValidationColumns.Length).SequenceEqual(ValidationColumns);
         int validationColumns = validated ? ValidationColumns.Length : 0;

@@ -52,12 +52,14 @@ internal static class MetricsPlots
     private static Figure Train(CsvTable t)
     {
         var epoch = t.Numbers("epoch");
-        var cosines = new List<Series> { new("all parameters", epoch, t.Numbers("cosine_global")) };
-        foreach (var column in t.Header.Where(h => h.StartsWith("cosine_layer", StringComparison.Ordinal)))
-            cosines.Add(new($"site {column["cosine_layer".Length..]}", epoch, t.Numbers(column)));
+        // The global cosine (all parameters as one vector), then one curve per site named by its layer (cosine_<layer>).
+        var cosines = new List<Series> { new("global (all parameters)", epoch, t.Numbers("cosine_global")) };
+        var (sites, aligned) = MetricsFile.SiteColumns(t.Header);
+        foreach (var column in t.Header.Skip(6).Take(sites))
+            cosines.Add(new(column["cosine_".Length..], epoch, t.Numbers(column)));
         // DFA and GrAPE: the row-cosine of B_l to the exact Jacobian J_lᵀ, per hidden site.
-        foreach (var column in t.Header.Where(h => h.StartsWith("alignment_layer", StringComparison.Ordinal)))
-            cosines.Add(new($"B·J, site {column["alignment_layer".Length..]}", epoch, t.Numbers(column)));
+        foreach (var column in t.Header.Skip(6 + sites).Take(aligned))
+            cosines.Add(new($"B·J, {column["alignment_".Length..]}", epoch, t.Numbers(column)));
         // Runs with --validation-fraction: the validation curves beside train and test (files without them draw as before).
         bool validated = t.Header.Contains("validation_accuracy");
         Series[] losses = [new("train", epoch, t.Numbers("train_loss")), new("test", epoch, t.Numbers("test_loss")), .. validated ? [new Series("validation", epoch, t.Numbers("validation_loss"))] : Array.Empty<Series>()];
@@ -79,7 +81,10 @@ internal static class MetricsPlots
             new LineChart("bits per character", "step", "bits per character",
                 [new("train", step, t.Numbers("train_bits_per_char")), new("validation", step, t.Numbers("validation_bits_per_char"))]),
             new LineChart("validation next-byte accuracy", "step", "accuracy (fraction correct)", [new("validation", step, t.Numbers("validation_accuracy"))]),
-            new LineChart("cosine to the backprop gradient", "step", "cosine (all parameters)", [new("all parameters", step, t.Numbers("cosine_global"))]),
+            // The global cosine, then one curve per site named by its layer (the columns cosine_<site> after 'run').
+            new LineChart("cosine to the backprop gradient", "step", "cosine", [new("global (all parameters)", step, t.Numbers("cosine_global")),
+                .. t.Header.SkipWhile(h => h != "run").Where(h => h.StartsWith("cosine_", StringComparison.Ordinal)).Select(h => new Series(h["cosine_".Length..], step, t.Numbers(h)))])
+                { Legend = LegendCorner.OutsideRight },
         ], Columns: 3);
     }
 
@@ -125,7 +130,7 @@ internal static class MetricsPlots
             new LineChart("test accuracy", "epoch", "test accuracy (fraction correct)",
                 [.. methods.Select(m => new Series(m.Key, [.. m.Rows.Select(r => epoch[r])], [.. m.Rows.Select(r => accuracy[r])]))]) { Legend = LegendCorner.LowerRight },
             // The same methods in the same order, so the same colours: the legend of the left panel names them.
-            new LineChart("cosine to the backprop gradient", "epoch", "cos(update, ∇L), mean over the epoch",
+            new LineChart("cosine to the backprop gradient (global: all parameters)", "epoch", "cos(update, ∇L), mean over the epoch",
                 [.. methods.Select(m => new Series(m.Key, [.. m.Rows.Select(r => epoch[r])], [.. m.Rows.Select(r => cosine[r])]))]) { Legend = LegendCorner.None },
         ], Columns: 2);
     }

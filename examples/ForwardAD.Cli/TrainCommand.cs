@@ -165,11 +165,14 @@ internal static class TrainCommand
         if (communicator.Size > 1) console.MarkupLineInterpolated($"data parallel: {DataParallelBanner(communicator, batch)}");
         foreach (var note in DataParallelNotes(communicator, model, guesser)) console.MarkupLineInterpolated($"{note}");
         if (resume is not null) console.MarkupLineInterpolated($"resumed from {resume} at epoch {trainer.NextEpoch + 1}, step {trainer.Step}");
+        // Per-site columns and lines are named by the sites' layers; feedback alignment covers every site but the output.
+        string[] siteNames = [.. model.Sites.Select(site => site.Node.Name)];
+        string[] alignedNames = [.. model.Sites.Where(site => site.Node != model.Output).Select(site => site.Node.Name)];
         void EpochDone(EpochReport report)
         {
             reports.Add(report);
             if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, description);
-            if (context.WritesFiles) MetricsFile.Write(metricsPath, reports, runHash);
+            if (context.WritesFiles) MetricsFile.Write(metricsPath, reports, runHash, siteNames, alignedNames);
         }
         if (quiet || !context.Interactive)
         {
@@ -194,7 +197,7 @@ internal static class TrainCommand
             console.MarkupLine("nothing to do: the checkpoint has already completed every epoch.");
             return Cli.Success;
         }
-        var table = new Table().AddColumns("epoch", "train loss", "train acc", "test loss", "test acc", "cos(est, ∇L)", "B·J align", "examples/s");
+        var table = new Table().AddColumns("epoch", "train loss", "train acc", "test loss", "test acc", "cos global", "B·J align", "examples/s");
         bool validated = validation is not null;
         if (validated) table.AddColumns("val loss", "val acc");
         if (communicator.Size > 1) table.AddColumn("bytes/step");
@@ -203,6 +206,9 @@ internal static class TrainCommand
                 .. communicator.Size > 1 ? [F(r.ExchangedBytesPerStep, "N0")] : Array.Empty<string>()]);
         console.Write(table);
         var last = reports[^1];
+        // The global cosine treats all parameters as one vector, which the largest sites dominate: each site's own line.
+        if (last.SiteCosines.Any(c => !double.IsNaN(c)))
+            console.MarkupLineInterpolated($"cosine to the backprop gradient per site, epoch {last.Epoch + 1} (cos global above: all parameters as one vector): {string.Join(", ", last.SiteCosines.Select((c, i) => $"{(i < siteNames.Length ? siteNames[i] : $"site {i + 1}")} {c:F3}"))}");
         if (validated)
             console.MarkupLineInterpolated($"final: train accuracy [green]{last.TrainAccuracy:P2}[/], validation accuracy [green]{last.ValidationAccuracy:P2}[/], test accuracy [green]{last.TestAccuracy:P2}[/]; metrics in {metricsPath}");
         else console.MarkupLineInterpolated($"final: train accuracy [green]{last.TrainAccuracy:P2}[/], test accuracy [green]{last.TestAccuracy:P2}[/]; metrics in {metricsPath}");

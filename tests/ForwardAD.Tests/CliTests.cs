@@ -342,8 +342,8 @@ public sealed class CliTests : IDisposable
             Assert.Contains("cnn 8x8x1 c4k3-bn-relu-p2,c8k3-relu,gap -> 10 classes", output);
             var lines = File.ReadAllLines(metrics);
             Assert.Equal(2, lines.Length);
-            // Sites: conv1, bn1, conv2, classifier.
-            Assert.StartsWith("epoch,train_loss,train_accuracy,test_loss,test_accuracy,cosine_global,cosine_layer1,cosine_layer2,cosine_layer3,cosine_layer4,examples_per_second", lines[0]);
+            // Sites: conv1, bn1, conv2, classifier; their cosine columns are named by the layers.
+            Assert.StartsWith("epoch,train_loss,train_accuracy,test_loss,test_accuracy,cosine_global,cosine_conv1,cosine_bn1,cosine_conv2,cosine_classifier,examples_per_second", lines[0]);
         }
     }
 
@@ -482,9 +482,9 @@ public sealed class CliTests : IDisposable
         Assert.Contains(Path.Combine(folder, "compare.png"), output);
 
         var lines = File.ReadAllLines(Path.Combine(folder, "compare.csv"));
-        Assert.Equal(CompareCommand.Header, lines[0]);
+        Assert.Equal(CompareCommand.Header + ",cosine_layer1,cosine_layer2", lines[0]); // then each site's cosine, by layer
         Assert.Equal(1 + methods.Length, lines.Length); // one epoch per method
-        var cosine = lines.Skip(1).Select(l => double.Parse(l.Split(',')[^4], System.Globalization.CultureInfo.InvariantCulture)).ToList();
+        var cosine = lines.Skip(1).Select(l => double.Parse(l.Split(',')[^6], System.Globalization.CultureInfo.InvariantCulture)).ToList();
         Assert.Equal(1.0, cosine[0], 6); // backprop's update is the gradient
         Assert.All(cosine.Skip(1), c => Assert.InRange(c, -1.0, 0.999)); // the others are estimates, measured
         AssertFigure(Path.Combine(folder, "compare"), columns: 2, rows: 1);
@@ -504,7 +504,7 @@ public sealed class CliTests : IDisposable
         Assert.Contains(PathOf("m.png"), output);
         AssertFigure(PathOf("m"), columns: 3, rows: 1);
         var svg = File.ReadAllText(PathOf("m.svg"));
-        foreach (var text in new[] { "loss", "accuracy", "cosine to the backprop gradient", "site 2", "epoch" }) Assert.Contains(text, svg);
+        foreach (var text in new[] { "loss", "accuracy", "cosine to the backprop gradient", "global (all parameters)", "layer2", "epoch" }) Assert.Contains(text, svg);
         AssertRedrawn(PathOf("m.csv"), "train", columns: 3, rows: 1);
 
         Assert.Equal(0, Run("--hidden", "8", "--epochs", "1", "--quiet", "--metrics", PathOf("n.csv"), "--no-plot").Code);

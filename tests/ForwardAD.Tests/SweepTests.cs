@@ -56,7 +56,7 @@ public sealed class SweepTests : IDisposable
             if (result.ExitCode != 0) return new RunExit(result.ExitCode, ["epoch 1/2: …", result.Error]);
             var reports = new[] { 0.9, 1.0 }.Select((f, e) => new EpochReport(e, 1, f * result.Test, 1, f * result.Test, [], double.NaN, 1000, TimeSpan.FromSeconds(1))
             { ValidationAccuracy = f * result.Validation, ValidationLoss = result.ValidationLoss / f }).ToList();
-            MetricsFile.Write(options["metrics"], reports, "fake");
+            MetricsFile.Write(options["metrics"], reports, "fake", [], []);
             return new RunExit(0, []);
         }
     }
