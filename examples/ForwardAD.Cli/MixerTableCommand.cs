@@ -21,7 +21,7 @@ internal static class MixerTableCommand
     public const string DefaultMixer = "p4-d64-b2-g4";
 
     // Before Help, which reads them: static fields are initialised in textual order.
-    private static readonly string[] MethodNames = ["backprop", "local-backprop", "ap", "mixing", "wt", "ap-example", "mixing-example", "wt-example"];
+    private static readonly string[] MethodNames = ["backprop", "local-backprop", "ap", "mixing", "wt", "ap-example", "mixing-example", "wt-example", "ap-at-sites", "ap-noisy-heads"];
     private static readonly string[] DefaultMethods = ["backprop", "local-backprop", "ap", "mixing", "wt"];
 
     public static readonly string Help = $"""
@@ -46,6 +46,8 @@ internal static class MixerTableCommand
           mixing, wt      the same, with activation mixing or Wᵀ in place of the noise
           ap-example, mixing-example, wt-example
                           the same with one JVP scalar per example (and block loss) instead of per block
+          ap-at-sites     ablation: ap with the noise at each linear layer's output, before its LayerNorm
+          ap-noisy-heads  ablation: ap with the heads and the classifier perturbed instead of exact
         With --variant blocks: backprop and local-backprop as above; ap, mixing, wt put their guesses at the
         linear layers' outputs and perturb the heads too, with per-block JVPs where the blocks stay apart at the
         site (per (token, group) at the group-wise layer, per token at token mixing and channel1); the -example
@@ -126,6 +128,10 @@ internal static class MixerTableCommand
             "backprop" or "local-backprop" => Guessers.Backprop,
             "ap" => Guessers.RenActivationPerturbation(placement: placement, exactLast: ren),
             "ap-example" => Local(Guessers.ActivationPerturbation(), blocks: false),
+            // Ablations of Ren et al.'s estimator, one ingredient each (on the blocks construction, ap already is both).
+            "ap-at-sites" when ren => Guessers.RenActivationPerturbation(placement: GuessPlacement.Site, exactLast: true),
+            "ap-noisy-heads" when ren => Guessers.RenActivationPerturbation(placement: GuessPlacement.Normalized, exactLast: false),
+            "ap-at-sites" or "ap-noisy-heads" => throw new UsageException($"--methods {method}: an ablation of Ren et al.'s estimator; with --variant blocks, ap already puts its noise at the sites and on the heads."),
             "mixing" => Local(Guessers.ActivationMixing(), blocks: true),
             "mixing-example" => Local(Guessers.ActivationMixing(), blocks: false),
             "wt" => Local(Guessers.WeightTranspose(), blocks: true),
@@ -143,6 +149,8 @@ internal static class MixerTableCommand
         "mixing" => "Mixing",
         "wt" => "Wᵀ",
         "ap-example" => "AP, JVP per example",
+        "ap-at-sites" => "AP, noise at the linear outputs",
+        "ap-noisy-heads" => "AP, heads perturbed",
         "mixing-example" => "Mixing, JVP per example",
         "wt-example" => "Wᵀ, JVP per example",
         _ => method,
@@ -165,6 +173,8 @@ internal static class MixerTableCommand
             "mixing" => $"activation mixing in place of the noise, {where}; {blocks}",
             "wt" => $"Wᵀ (noise at the next sites pulled back) in place of the noise, {where}; {blocks}",
             "ap-example" => "as AP with one JVP scalar per example and block loss",
+            "ap-at-sites" => "as AP with the noise at each linear layer's output instead of after its LayerNorm (so one scalar per (example, token) at the patch-linear layer and channel1, whose LayerNorm joins a token's groups)",
+            "ap-noisy-heads" => "as AP with the heads and the classifier perturbed too (N(0, I) at their outputs, one JVP scalar per example of their loss) instead of their exact local gradients",
             "mixing-example" => "as Mixing with one JVP scalar per example and block loss",
             "wt-example" => "as Wᵀ with one JVP scalar per example and block loss",
             _ => method,
@@ -207,6 +217,7 @@ internal static class MixerTableCommand
             try { spec.Validate(); }
             catch (ArgumentException e) { throw new UsageException($"--variant {p.GetValue(o.Variant)}: {e.Message}"); }
         }
+        foreach (var method in methods) Column(method, spec.Variant); // a column the variant cannot run is refused before any training
         if (p.Given(o.CropPadding) && !modes.Contains("on"))
             throw new UsageException("--crop-padding applies only to the augmented rows; --augment-modes has no 'on'. Drop --crop-padding or add on.");
         var augmentation = new ImageAugmentation(p.GetValue(o.CropPadding));

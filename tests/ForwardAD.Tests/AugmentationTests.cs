@@ -168,6 +168,9 @@ public sealed class AugmentationTests : IDisposable
         var (contradiction, _, contradicts) = CliTests.Run("mixer-table", "--data", "digits", "--mixer", "p2-d8-b1-g2-blocks", "--variant", "ren", "--out", prefix);
         Assert.Equal(2, contradiction);
         Assert.Contains("--variant ren contradicts", contradicts);
+        var (ablation, _, refused) = CliTests.Run("mixer-table", "--data", "digits", "--mixer", "p2-d8-b1-g2", "--variant", "blocks", "--methods", "ap,ap-noisy-heads", "--out", prefix);
+        Assert.Equal(2, ablation);
+        Assert.Contains("an ablation of Ren et al.'s estimator", refused);
     }
 
     /// <summary>`train` with --model localmixer:SPEC, a local-loss guesser and --augment runs; the configuration records the
