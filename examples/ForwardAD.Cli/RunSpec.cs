@@ -76,6 +76,9 @@ internal sealed class DataOptions(string defaultData = "digits")
                                     accuracy (columns validation_loss, validation_accuracy of the metrics CSV);
                                     choose hyperparameters on it, not on the test set (default: none). With
                                     --standardize, the statistics are the remaining training examples' own
+          --train-examples N        train on N examples of the training set, drawn by the seed (before any
+                                    validation split): quick experiments and sweeps on a large data set; the test
+                                    set stays whole (default: all)
         """;
 
     private static readonly string[] Schemes = ["idx", "cifar10", "cifar100"];
@@ -85,6 +88,10 @@ internal sealed class DataOptions(string defaultData = "digits")
     public readonly Option<float?> TestFraction = Opt.OptionalFloat("test-fraction", f => f is > 0 and < 1, "a number between 0 and 1 (both excluded)");
     public readonly Option<bool> Standardize = Opt.Flag("standardize");
     public readonly Option<float?> ValidationFraction = Opt.OptionalFloat("validation-fraction", f => f is > 0 and < 1, "a number between 0 and 1 (both excluded)");
+    public readonly Option<int?> TrainExamples = Opt.OptionalInt("train-examples", 1);
+
+    /// <summary>The Philox stream of --train-examples' draw: another permutation than the splits'.</summary>
+    private const ulong SubsetStream = 0x5B5E7;
 
     /// <summary>The Philox stream of the validation split: another permutation than the train/test split's.</summary>
     private const ulong ValidationStream = 0x7A11D;
@@ -98,7 +105,11 @@ internal sealed class DataOptions(string defaultData = "digits")
     }
 
     /// <summary>Registers --validation-fraction (train's; the commands that do not report validation metrics lack it).</summary>
-    public void AddValidationTo(Command command) => command.Add(ValidationFraction);
+    public void AddValidationTo(Command command)
+    {
+        command.Add(ValidationFraction);
+        command.Add(TrainExamples);
+    }
 
     /// <summary>The training and test sets (<see cref="LoadWithValidation"/> without a validation set).</summary>
     public (Dataset Train, Dataset Test) Load(ParseResult p, ulong seed, RunConfiguration configuration)
@@ -163,6 +174,17 @@ internal sealed class DataOptions(string defaultData = "digits")
             configuration.Add("data", Normalize(source));
             configuration.Add("test-data", string.Create(CultureInfo.InvariantCulture, $"split {fraction:R}"));
         }
+        // A seeded draw of N training examples (recorded only when given: other runs keep their hash), before the validation
+        // split, so that --train-examples N --validation-fraction F trains on N·(1 − F).
+        int? examples = validation ? p.GetValue(TrainExamples) : null;
+        if (examples is int n)
+        {
+            if (n > train.Count)
+                throw new UsageException($"--train-examples {n}: the training set of {source} has only {train.Count} examples. Give at most {train.Count}, or drop the option to use them all.");
+            var order = Dataset.Permutation(train.Count, new ForwardAD.Random.RandomKey(seed, SubsetStream));
+            train = train.Subset(order[..n], $"{train.Name} ({n} drawn)");
+        }
+        configuration.AddSince("train-examples", examples?.ToString(CultureInfo.InvariantCulture) ?? "all", "all");
         // Carved before the standardisation statistics: the validation examples then inform training in no way.
         Dataset? heldOut = null;
         float? validationFraction = validation ? p.GetValue(ValidationFraction) : null;

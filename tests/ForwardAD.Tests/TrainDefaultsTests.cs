@@ -67,6 +67,21 @@ public sealed class TrainDefaultsTests : IDisposable
         Assert.Contains($"{option} must be yes or no; got 'maybe'", error);
     }
 
+    /// <summary>--train-examples draws N training examples by the seed, before the validation split; more than there are is
+    /// refused with the count.</summary>
+    [Fact]
+    public void Train_examples_draws_a_seeded_subset_before_the_validation_split()
+    {
+        var metrics = Path.Combine(_folder, "subset.csv");
+        var (code, output, error) = CliTests.Run("train", "--train-examples", "500", "--validation-fraction", "0.1", "--hidden", "8", "--epochs", "1",
+            "--quiet", "--no-plot", "--metrics", metrics);
+        Assert.True(code == 0, error);
+        Assert.Contains("(450 train / 50 validation / 360 test)", output);
+        (code, _, error) = CliTests.Run("train", "--train-examples", "5000", "--epochs", "1", "--quiet", "--no-plot");
+        Assert.Equal(Cli.Cli.UsageError, code);
+        Assert.Contains("--train-examples 5000: the training set of digits has only 1437 examples", error);
+    }
+
     /// <summary>Every guesser at the defaults, with only --data, --model, --guesser and --seed (and a short run) given.</summary>
     [Theory]
     [InlineData("mlp")]
