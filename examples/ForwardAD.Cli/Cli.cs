@@ -49,11 +49,15 @@ internal static class Cli
           mixer-table  Ren et al.'s Table 1 on a LocalMixer: backprop, activation perturbation, mixing and Wᵀ,
                      each with local losses, with and without augmentation (CSV and Markdown)
 
-        `forwardad COMMAND --help` shows every option of a command.
+        `forwardad COMMAND --help` shows every option of a command; `forwardad --version` the version.
         Exit codes: 0 success, 1 data or runtime error, 2 usage error (messages on stderr).
         """;
 
     public const int Success = 0, RuntimeError = 1, UsageError = 2;
+
+    /// <summary>The tool's version: the package version and, when the build knew it, the commit (written at build time into
+    /// BuildInfo by the project file, so no attribute is read at run time).</summary>
+    public static string Version => BuildInfo.Version;
 
     private static readonly string[] CommandNames = ["compare", "train", "sweep", "cosine", "grape-toy", "lm", "sample", "plot", "study", "mixer-table"];
 
@@ -79,6 +83,11 @@ internal static class Cli
         if (!terminal) console.Profile.Width = Math.Max(console.Profile.Width, 1000);
         var context = new CliContext(output, error, console, terminal && console.Profile.Capabilities.Interactive) { Communicator = communicator, SweepLauncher = sweepLauncher };
 
+        if (args is ["--version"] or ["version"])
+        {
+            output.WriteLine($"forwardad {Version}");
+            return Success;
+        }
         args = args switch
         {
             [] => ["compare"],

@@ -134,6 +134,9 @@ internal static class Opt
         var text = Text(r, name);
         if (text is null) return 0;
         if (float.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) && float.IsFinite(value) && valid(value)) return value;
+        // NaN and ±∞ parse as floats but are no setting; say so rather than blame the sign.
+        if (float.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out value) && !float.IsFinite(value))
+            return Error(r, $"--{name} must be a finite number; got '{text}'.", 0f);
         return Error(r, $"--{name} must be {requirement}; got '{text}'.", 0f);
     }
 

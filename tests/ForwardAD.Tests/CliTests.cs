@@ -40,6 +40,19 @@ public sealed class CliTests : IDisposable
     // tested on its own below).
     private string[] Tiny(string metrics) => ["--hidden", "8", "--quiet", "--no-plot", "--metrics", PathOf(metrics)];
 
+    /// <summary>--version prints the version (a usage error before); a rate that is not a finite number says so, not that
+    /// a negative rate would climb the loss.</summary>
+    [Fact]
+    public void Version_and_a_non_finite_rate()
+    {
+        var (code, output, error) = Run("--version");
+        Assert.True(code == 0, error);
+        Assert.Matches(@"^forwardad \d+\.\d+\.\d+", output);
+        foreach (var value in new[] { "nan", "Infinity", "-Infinity" })
+            Assert.Contains($"--lr must be a finite number; got '{value}'", Fails(2, "--lr", value));
+        Assert.Contains("--lr must be a number > 0", Fails(2, "--lr", "-1"));
+    }
+
     [Fact]
     public void Train_writes_a_metrics_row_per_epoch_and_resumes_into_the_same_file()
     {
