@@ -122,8 +122,9 @@ internal static class LanguageModelCommands
         var init = InitOption.Read(p, o.Init, configuration);
         var positions = PositionInits.Parse(p.GetValue(o.Positions)!);
         configuration.AddSince("positions", positions.Name(), earlierValue: PositionInit.Gpt2.Name()); // runs from before the option: gpt2
-        var guesser = o.Guesser.Build(p, guesserName, seed, configuration);
-        var (rule, ruleDescription) = o.Rule.Build(p, evalEvery, Math.Max(1, steps / evalEvery), configuration);
+        var defaults = TrainDefaults.ForLanguageModel(guesserName);
+        var guesser = o.Guesser.Build(p, guesserName, seed, configuration, defaults);
+        var (rule, ruleDescription) = o.Rule.Build(p, evalEvery, Math.Max(1, steps / evalEvery), configuration, defaults);
         var runHash = configuration.Hash(("seed", seed.ToString(CultureInfo.InvariantCulture)), ("batch_size", batch.ToString(CultureInfo.InvariantCulture)));
         var metricsPath = p.GetValue(o.Metrics) ?? Path.Combine("runs", $"lm-{guesserName}-seed{seed}-{runHash}.csv");
         var checkpoint = p.GetValue(o.Checkpoint);

@@ -39,6 +39,12 @@ internal sealed record TrainDefaults(string Family, string Optimizer, float Rate
         return new TrainDefaults("CNN", "adamw", 1e-3f, 64, exact ? "joint" : "per-layer", Normalized: PulledBack.Contains(guesser), CosineEvery: 50);
     }
 
+    /// <summary>`lm`'s defaults (a transformer): AdamW 1e-3 for every method, as its help has always said (the run used SGD at
+    /// 0.1 meanwhile); joint tangents (per-layer would be one JVP channel per each of the transformer's many sites); Wᵀ's and
+    /// downstream's guesses normalised per site, since they are pulled back through LayerNorms.</summary>
+    public static TrainDefaults ForLanguageModel(string guesser) =>
+        new("transformer", "adamw", 1e-3f, 32, "joint", Normalized: PulledBack.Contains(guesser), CosineEvery: 50);
+
     /// <summary>The defaults a run took (the options it did not give), for its banner; empty when it gave them all.</summary>
     public string Describe(string guesser, bool optimizer, bool rate, bool batch, bool mode, bool normalized, bool cosine)
     {
