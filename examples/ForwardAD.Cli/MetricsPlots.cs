@@ -43,6 +43,9 @@ internal static class MetricsPlots
         return (png, svg, kind.Name);
     }
 
+    /// <summary>Fractions as percentages.</summary>
+    private static double[] Percent(IReadOnlyList<double> fractions) => [.. fractions.Select(f => 100 * f)];
+
     private static string Shorten(string text) => text.Length <= 80 ? text : text[..77] + "...";
 
     // ---- one figure per kind ----------------------------------------------------------------------------
@@ -63,12 +66,14 @@ internal static class MetricsPlots
         // Runs with --validation-fraction: the validation curves beside train and test (files without them draw as before).
         bool validated = t.Header.Contains("validation_accuracy");
         Series[] losses = [new("train", epoch, t.Numbers("train_loss")), new("test", epoch, t.Numbers("test_loss")), .. validated ? [new Series("validation", epoch, t.Numbers("validation_loss"))] : Array.Empty<Series>()];
-        Series[] accuracies = [new("train", epoch, t.Numbers("train_accuracy")), new("test", epoch, t.Numbers("test_accuracy")), .. validated ? [new Series("validation", epoch, t.Numbers("validation_accuracy"))] : Array.Empty<Series>()];
+        // Accuracies in percent, as the console prints them.
+        Series[] accuracies = [new("train", epoch, Percent(t.Numbers("train_accuracy"))), new("test", epoch, Percent(t.Numbers("test_accuracy"))),
+            .. validated ? [new Series("validation", epoch, Percent(t.Numbers("validation_accuracy")))] : Array.Empty<Series>()];
         return new Figure(
         [
-            new LineChart("loss", "epoch", "cross-entropy loss", losses),
-            new LineChart("accuracy", "epoch", "accuracy (fraction correct)", accuracies) { Legend = LegendCorner.LowerRight },
-            new LineChart("cosine to the backprop gradient", "epoch", "cosine (mean over the epoch)", cosines) { Legend = LegendCorner.OutsideRight },
+            new LineChart("loss", "epoch", "cross-entropy loss", losses) { IntegerX = true },
+            new LineChart("accuracy", "epoch", "accuracy (%)", accuracies) { Legend = LegendCorner.LowerRight, IntegerX = true },
+            new LineChart("cosine to the backprop gradient", "epoch", "cosine (mean over the epoch)", cosines) { Legend = LegendCorner.OutsideRight, IntegerX = true },
         ], Columns: 3);
     }
 
@@ -80,7 +85,7 @@ internal static class MetricsPlots
         [
             new LineChart("bits per character", "step", "bits per character",
                 [new("train", step, t.Numbers("train_bits_per_char")), new("validation", step, t.Numbers("validation_bits_per_char"))]),
-            new LineChart("validation next-byte accuracy", "step", "accuracy (fraction correct)", [new("validation", step, t.Numbers("validation_accuracy"))]),
+            new LineChart("validation next-byte accuracy", "step", "accuracy (%)", [new("validation", step, Percent(t.Numbers("validation_accuracy")))]) { IntegerX = true },
             // The global cosine, then one curve per site named by its layer (the columns cosine_<site> after 'run').
             new LineChart("cosine to the backprop gradient", "step", "cosine", [new("global (all parameters)", step, t.Numbers("cosine_global")),
                 .. t.Header.SkipWhile(h => h != "run").Where(h => h.StartsWith("cosine_", StringComparison.Ordinal)).Select(h => new Series(h["cosine_".Length..], step, t.Numbers(h)))])
@@ -127,11 +132,11 @@ internal static class MetricsPlots
         var methods = t.Groups("method");
         return new Figure(
         [
-            new LineChart("test accuracy", "epoch", "test accuracy (fraction correct)",
-                [.. methods.Select(m => new Series(m.Key, [.. m.Rows.Select(r => epoch[r])], [.. m.Rows.Select(r => accuracy[r])]))]) { Legend = LegendCorner.LowerRight },
+            new LineChart("test accuracy", "epoch", "test accuracy (%)",
+                [.. methods.Select(m => new Series(m.Key, [.. m.Rows.Select(r => epoch[r])], [.. m.Rows.Select(r => 100 * accuracy[r])]))]) { Legend = LegendCorner.LowerRight, IntegerX = true },
             // The same methods in the same order, so the same colours: the legend of the left panel names them.
             new LineChart("cosine to the backprop gradient (global: all parameters)", "epoch", "cos(update, ∇L), mean over the epoch",
-                [.. methods.Select(m => new Series(m.Key, [.. m.Rows.Select(r => epoch[r])], [.. m.Rows.Select(r => cosine[r])]))]) { Legend = LegendCorner.None },
+                [.. methods.Select(m => new Series(m.Key, [.. m.Rows.Select(r => epoch[r])], [.. m.Rows.Select(r => cosine[r])]))]) { Legend = LegendCorner.None, IntegerX = true },
         ], Columns: 2);
     }
 }

@@ -292,13 +292,14 @@ internal sealed class SweepSummary
             int epochs = curves.Min(x => x.Epochs);
             var epoch = curves[0].Epoch[..epochs];
             var statistics = Enumerable.Range(0, epochs).Select(e => SampleStatistics.Of(curves.Select(x => curve(x)[e]))).ToList();
-            series.Add(new Series($"{c.Label} (n={curves.Count})", epoch, [.. statistics.Select(s => s.Mean)])
+            // In percent, as the tables print them.
+            series.Add(new Series($"{c.Label} (n={curves.Count})", epoch, [.. statistics.Select(s => 100 * s.Mean)])
             {
-                Band = ([.. statistics.Select(s => s.Mean - s.StandardDeviation)], [.. statistics.Select(s => s.Mean + s.StandardDeviation)]),
+                Band = ([.. statistics.Select(s => 100 * (s.Mean - s.StandardDeviation))], [.. statistics.Select(s => 100 * (s.Mean + s.StandardDeviation))]),
             });
         }
         var what = Selected(shown) ? $"selected on validation, mean ± sd over seeds" : "mean ± sd over seeds";
-        return new LineChart($"{title} ({what})", "epoch", $"{title} (fraction correct)", series) { Legend = LegendCorner.LowerRight };
+        return new LineChart($"{title} ({what})", "epoch", $"{title} (%)", series) { Legend = LegendCorner.LowerRight, IntegerX = true };
     }
 
     private bool Selected(List<SweepConfiguration> shown) => SelectBy is not null && !Tuned.IsEmpty && shown.All(c => c.Selected);

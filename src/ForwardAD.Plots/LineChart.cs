@@ -33,6 +33,9 @@ public sealed record LineChart(string Title, string XLabel, string YLabel, IRead
     /// accuracy curves leave the lower right), or outside the data area.</summary>
     public LegendCorner Legend { get; init; } = LegendCorner.UpperRight;
 
+    /// <summary>Ticks on whole numbers only along x (epochs, steps): no "1.5" between two epochs.</summary>
+    public bool IntegerX { get; init; }
+
     /// <summary>The same chart with one more series.</summary>
     public LineChart With(Series series) => this with { Series = [.. Series, series] };
 }
@@ -94,6 +97,7 @@ public static partial class ChartFile
         plot.XLabel(chart.LogX ? chart.XLabel + " (log scale)" : chart.XLabel);
         plot.YLabel(chart.LogY ? chart.YLabel + " (log scale)" : chart.YLabel);
         if (chart.LogX) plot.Axes.Bottom.TickGenerator = LogTicks();
+        else if (chart.IntegerX) plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericAutomatic { IntegerTicksOnly = true };
         if (chart.LogY) plot.Axes.Left.TickGenerator = LogTicks();
         // ScottPlot shows a legend by itself once series have names: hiding it is explicit.
         if (chart.Series.Count < 2 || chart.Legend == LegendCorner.None) plot.HideLegend();

@@ -80,4 +80,23 @@ public sealed class PlotTests : IDisposable
         Assert.Contains("80×400 each", e.Message);
         Assert.Throws<ArgumentException>(() => ChartFile.Save(new Figure([], 1), Path.Combine(folder, "empty.png"), 400, 400));
     }
+
+    /// <summary>An epoch axis gets whole-number ticks only (no "1.5" between epochs 1 and 2), and accuracy is drawn in percent,
+    /// as the console prints it: the tick labels of the SVG say so.</summary>
+    [Fact]
+    public void Epoch_axes_tick_whole_numbers_and_accuracy_is_in_percent()
+    {
+        var csv = Path.Combine(folder, "train.csv");
+        var reports = Enumerable.Range(0, 3).Select(e => new Training.EpochReport(e, 1.0 / (e + 1), 0.5 + 0.1 * e, 1.0 / (e + 1), 0.45 + 0.1 * e,
+            [0.1, 0.2], 0.15, 1000, TimeSpan.FromSeconds(1))).ToList();
+        Cli.MetricsFile.Write(csv, reports, "run", ["conv1", "head"], []);
+        var (_, svg, _) = Cli.MetricsPlots.Draw(csv);
+        var labels = XDocument.Load(svg).Descendants().Where(e => e.Name.LocalName == "text").Select(e => e.Value.Trim()).ToList();
+        Assert.Contains("accuracy (%)", labels);
+        Assert.Contains("conv1", labels);                  // legends by layer name
+        Assert.Contains("global (all parameters)", labels);
+        Assert.DoesNotContain("1.5", labels);
+        Assert.DoesNotContain("2.5", labels);
+        Assert.Contains(labels, l => l == "65" || l == "60" || l == "64"); // accuracies 45–65 %, not 0.45–0.65
+    }
 }
