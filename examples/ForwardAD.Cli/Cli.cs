@@ -46,8 +46,9 @@ internal static class Cli
           plot       draw any metrics CSV these commands wrote (PNG and SVG; every command also draws its own)
           study      the paper's studies as CSV + charts: saturation, bias-variance, sharpening,
                      downstream, spectra (`forwardad study --help`)
-          mixer-table  Ren et al.'s Table 1 on a LocalMixer: backprop, activation perturbation, mixing and Wᵀ,
-                     each with local losses, with and without augmentation (CSV and Markdown)
+          mixer-table  Table 1 of "How to Guess a Gradient" on Ren et al.'s LocalMixer: end-to-end and local
+                     backprop, Ren et al.'s forward gradient, mixing and Wᵀ, with and without augmentation,
+                     over seeds (CSV and Markdown)
 
         `forwardad COMMAND --help` shows every option of a command; `forwardad --version` the version.
         Exit codes: 0 success, 1 data or runtime error, 2 usage error (messages on stderr).
