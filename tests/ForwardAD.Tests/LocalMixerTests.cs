@@ -325,14 +325,7 @@ public class LocalMixerTests
                     for (int b = 0; b < batch; b++)
                         for (int block = 0; block < count; block++)
                         {
-                            var direction = new double[batch * n];
-                            for (int j = block * width; j < (block + 1) * width; j++) direction[b * n + j] = u[b * n + j];
-                            const double epsilon = 1e-6;
-                            var perturbation = new Dictionary<int, double[]> { [site.Id] = direction };
-                            reference.Run(leaves, perturbation, epsilon);
-                            double plus = reference.Values[blocks.Loss.Id][b];
-                            reference.Run(leaves, perturbation, -epsilon);
-                            double expected = (plus - reference.Values[blocks.Loss.Id][b]) / (2 * epsilon);
+                            double expected = BlockDerivative(reference, leaves, site.Id, blocks.Loss.Id, u, batch, n, b, block, width);
                             if (partition == entry.Partition)
                                 JvpTests.AssertClose(expected, scalars[b * count + block], $"{site.Name} per {partition}: block {block} of example {b}", 1e-4);
                             else
@@ -451,5 +444,20 @@ public class LocalMixerTests
             string expected = site.Name == "classifier" ? "loss" : site.Name == "patch" ? "block1.loss" : site.Name[..site.Name.IndexOf('.')] + ".loss";
             Assert.Equal(expected, loss.Name);
         }
+    }
+
+    /// <summary>The truth of one per-block JVP scalar: ∂ℓ_b/∂ε of the loss when node's block of example b moves along u,
+    /// by float64 central differences of the reference interpreter (step 1e-6).</summary>
+    internal static double BlockDerivative(ReferenceEvaluator reference, IReadOnlyDictionary<int, double[]> leaves, int node, int loss,
+        float[] u, int batch, int n, int b, int block, int width)
+    {
+        var direction = new double[batch * n];
+        for (int j = block * width; j < (block + 1) * width; j++) direction[b * n + j] = u[b * n + j];
+        const double epsilon = 1e-6;
+        var perturbation = new Dictionary<int, double[]> { [node] = direction };
+        reference.Run(leaves, perturbation, epsilon);
+        double plus = reference.Values[loss][b];
+        reference.Run(leaves, perturbation, -epsilon);
+        return (plus - reference.Values[loss][b]) / (2 * epsilon);
     }
 }

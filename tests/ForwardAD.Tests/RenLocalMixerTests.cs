@@ -138,14 +138,7 @@ public class RenLocalMixerTests
                     for (int b = 0; b < batch; b++)
                         for (int block = 0; block < count; block++)
                         {
-                            var direction = new double[batch * n];
-                            for (int j = block * width; j < (block + 1) * width; j++) direction[b * n + j] = u[b * n + j];
-                            const double epsilon = 1e-6;
-                            var perturbation = new Dictionary<int, double[]> { [at.Id] = direction };
-                            reference.Run(leaves, perturbation, epsilon);
-                            double plus = reference.Values[blocks.Loss.Id][b];
-                            reference.Run(leaves, perturbation, -epsilon);
-                            double expected = (plus - reference.Values[blocks.Loss.Id][b]) / (2 * epsilon);
+                            double expected = LocalMixerTests.BlockDerivative(reference, leaves, at.Id, blocks.Loss.Id, u, batch, n, b, block, width);
                             if (at == z.Node && partition == z.Partition)
                                 JvpTests.AssertClose(expected, scalars[b * count + block], $"{at.Name} per {partition}: block {block} of example {b}", 1e-4);
                             largest = Math.Max(largest, Math.Abs(expected - scalars[b * count + block]));
