@@ -427,7 +427,8 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
     public static string Help(string defaultGuesser) => $"""
         Gradient estimate
           --guesser NAME            {defaultGuesser} (default); backprop, directional, activation-perturbation (ap),
-                                    wt, downstream, mixing, self-sharpening, wt-power, cosine-matched, dfa, grape
+                                    wt, downstream, mixing, self-sharpening, wt-power, cosine-matched, dfa, grape,
+                                    ren (Ren et al.'s local forward gradient: LocalMixer only)
           --mode joint|per-layer    one tangent channel for all layers, or one per layer (default joint; train:
                                     per-layer for the forward-gradient guessers on an MLP or a CNN)
           --guesses G               guesses averaged per step (default 1)
@@ -451,10 +452,10 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
         """;
 
     public static readonly string[] Names =
-        ["backprop", "directional", "activation-perturbation", "ap", "wt", "downstream", "mixing", "self-sharpening", "wt-power", "cosine-matched", "dfa", "grape"];
+        ["backprop", "directional", "activation-perturbation", "ap", "wt", "downstream", "mixing", "self-sharpening", "wt-power", "cosine-matched", "dfa", "grape", "ren"];
 
-    private static readonly string[] WithMode = ["activation-perturbation", "wt", "downstream", "mixing", "self-sharpening", "wt-power", "grape"];
-    private static readonly string[] WithGuesses = ["directional", "activation-perturbation", "wt", "downstream", "mixing", "self-sharpening", "wt-power", "cosine-matched"];
+    private static readonly string[] WithMode = ["activation-perturbation", "wt", "downstream", "mixing", "self-sharpening", "wt-power", "grape", "ren"];
+    private static readonly string[] WithGuesses = ["directional", "activation-perturbation", "wt", "downstream", "mixing", "self-sharpening", "wt-power", "cosine-matched", "ren"];
 
     public readonly Option<string> Mode = Opt.Choice("mode", defaultMode, "mode", "joint", "per-layer");
     public readonly Option<int> Guesses = Opt.Int("guesses", 1, min: 1, max: 1 << 16);
@@ -533,6 +534,9 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
                 float cosine = p.GetValue(Cosine) ?? 0.1f;
                 configuration?.Add("cosine", cosine);
                 return Guessers.CosineMatched(cosine, guesses);
+            // Noise after each LayerNorm, per-(token, group) JVP scalars of each block's local loss, exact heads: the
+            // estimator of mixer-table's forward-gradient column, for a LocalMixer trained with train.
+            case "ren": return Guessers.RenActivationPerturbation(mode, guesses);
             case "dfa": return Guessers.Dfa(FeedbackInitialization(p, configuration), seed);
             case "grape":
                 var init = FeedbackInitialization(p, configuration);

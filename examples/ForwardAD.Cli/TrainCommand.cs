@@ -118,6 +118,8 @@ internal static class TrainCommand
         if (batch > train.Count)
             throw new UsageException($"--batch-size {batch} is larger than the training set ({train.Count} examples): no full batch to train on.");
         var model = o.Model.Build(p, train, configuration);
+        if (guesserName == "ren" && model.LocalLossBlocks.IsEmpty)
+            throw new UsageException($"--guesser ren is Ren et al.'s estimator for a LocalMixer (its blocks, local losses and LayerNorm outputs); this run's model is {configuration["model"]}. Use --model localmixer:SPEC, or another guesser.");
         var guesser = WithLocalLosses(o.Guesser.Build(p, guesserName, seed, configuration, defaults), model, configuration);
         var augmentation = Augmentation(p, o.Augment, o.CropPadding, train, configuration);
         var (rule, ruleDescription) = o.Rule.Build(p, train.Count / batch, epochs, configuration, defaults);

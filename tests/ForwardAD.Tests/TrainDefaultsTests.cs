@@ -82,6 +82,22 @@ public sealed class TrainDefaultsTests : IDisposable
         Assert.Contains("--train-examples 5000: the training set of digits has only 1437 examples", error);
     }
 
+    /// <summary>--guesser ren trains a LocalMixer with Ren et al.'s estimator at the mixer's defaults, and is refused, with the
+    /// fix, on a model without local-loss blocks.</summary>
+    [Fact]
+    public void Ren_trains_a_local_mixer_and_is_refused_elsewhere()
+    {
+        var metrics = Path.Combine(_folder, "ren.csv");
+        var (code, output, error) = CliTests.Run("train", "--model", "localmixer:p4-d16-b1-g2", "--guesser", "ren", "--epochs", "2", "--quiet", "--no-plot", "--metrics", metrics);
+        Assert.True(code == 0, error);
+        Assert.Contains("Ren et al. activation perturbation, adamw lr 0.001", output);
+        var losses = File.ReadAllLines(metrics).Skip(1).Select(l => double.Parse(l.Split(',')[1], CultureInfo.InvariantCulture)).ToArray();
+        Assert.True(losses[^1] < Math.Log(10), $"train loss {losses[^1]:F3} after 2 epochs");
+        (code, _, error) = CliTests.Run("train", "--guesser", "ren", "--epochs", "1", "--quiet", "--no-plot");
+        Assert.Equal(Cli.Cli.UsageError, code);
+        Assert.Contains("Use --model localmixer:SPEC", error);
+    }
+
     /// <summary>Every guesser at the defaults, with only --data, --model, --guesser and --seed (and a short run) given.</summary>
     [Theory]
     [InlineData("mlp")]
