@@ -98,6 +98,7 @@ internal static class CompareCommand
         if (batch > train.Count)
             throw new UsageException($"--batch-size {batch} is larger than the training set ({train.Count} examples): no full batch to train on.");
         var model = o.Model.Build(p, train, configuration);
+        string[] siteNames = [.. model.Sites.Select(site => site.Name)]; // the per-site columns' and the table's names
         var guessers = Methods.Select(name => o.Guesser.Build(p, name, seed, configuration: null)).ToList();
         var rule = Optimizers.AdamW(Schedule.Constant(lr), weightDecay);
         var folder = p.GetValue(o.Out)!;
@@ -129,7 +130,7 @@ internal static class CompareCommand
                     for (int e = 0; e < epochs; e++)
                     {
                         for (int m = 0; m < trainers.Count; m++) runs[m].Reports.Add(trainers[m].RunEpoch(e, observers[m]));
-                        if (context.WritesFiles) WriteCsv(csv, runs, model.Sites.Select(site => site.Name).ToArray());
+                        if (context.WritesFiles) WriteCsv(csv, runs, siteNames);
                     }
                 });
         }
@@ -138,14 +139,13 @@ internal static class CompareCommand
             for (int e = 0; e < epochs; e++)
             {
                 for (int m = 0; m < trainers.Count; m++) runs[m].Reports.Add(trainers[m].RunEpoch(e));
-                if (context.WritesFiles) WriteCsv(csv, runs, model.Sites.Select(site => site.Name).ToArray());
+                if (context.WritesFiles) WriteCsv(csv, runs, siteNames);
                 if (!quiet && (e == 0 || e == epochs - 1 || (e + 1) % 10 == 0))
                     context.Output.WriteLine($"epoch {e + 1}/{epochs}: test accuracy " + string.Join(", ", runs.Select(r => $"{r.Name} {TrainCommand.F(r.Reports[^1].TestAccuracy, "P1")}")));
             }
         }
 
         double reference = StepMilliseconds(runs[0]);
-        var siteNames = model.Sites.Select(site => site.Name).ToArray();
         var table = new Table().AddColumns("method", "test accuracy", "mean cos global", $"mean cos per site ({string.Join(" / ", siteNames)})", "time per step", "× backprop");
         foreach (var run in runs)
             table.AddRow(run.Name, TrainCommand.F(run.Reports[^1].TestAccuracy, "P2"), TrainCommand.F(MeanCosine(run), "F3"),

@@ -165,7 +165,7 @@ internal static class LanguageModelCommands
         // The global cosine treats all parameters as one vector, which the largest sites dominate: each site's own line.
         var sites = parameters.Model.Sites;
         if (reports[^1].SiteCosines.Any(c => !double.IsNaN(c)))
-            console.MarkupLineInterpolated($"cosine to the backprop gradient per site at step {reports[^1].Step} (cos global above: all parameters as one vector): {string.Join(", ", reports[^1].SiteCosines.Select((c, i) => $"{(i < sites.Length ? sites[i].Name : $"site {i + 1}")} {c:F3}"))}");
+            console.MarkupLineInterpolated($"cosine to the backprop gradient per site at step {reports[^1].Step} (cos global above: all parameters as one vector): {string.Join(", ", sites.Zip(reports[^1].SiteCosines, (site, c) => $"{site.Name} {c:F3}"))}");
         console.MarkupLineInterpolated($"final: validation [green]{reports[^1].Validation.BitsPerCharacter:F3}[/] bits per character after {reports[^1].Step} steps; metrics in {metricsPath}");
         if (!p.GetValue(o.NoPlot) && context.WritesFiles)
         {

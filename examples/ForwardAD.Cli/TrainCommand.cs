@@ -210,7 +210,7 @@ internal static class TrainCommand
         var last = reports[^1];
         // The global cosine treats all parameters as one vector, which the largest sites dominate: each site's own line.
         if (last.SiteCosines.Any(c => !double.IsNaN(c)))
-            console.MarkupLineInterpolated($"cosine to the backprop gradient per site, epoch {last.Epoch + 1} (cos global above: all parameters as one vector): {string.Join(", ", last.SiteCosines.Select((c, i) => $"{(i < siteNames.Length ? siteNames[i] : $"site {i + 1}")} {c:F3}"))}");
+            console.MarkupLineInterpolated($"cosine to the backprop gradient per site, epoch {last.Epoch + 1} (cos global above: all parameters as one vector): {string.Join(", ", siteNames.Zip(last.SiteCosines, (name, c) => $"{name} {c:F3}"))}");
         if (validated)
             console.MarkupLineInterpolated($"final: train accuracy [green]{last.TrainAccuracy:P2}[/], validation accuracy [green]{last.ValidationAccuracy:P2}[/], test accuracy [green]{last.TestAccuracy:P2}[/]; metrics in {metricsPath}");
         else console.MarkupLineInterpolated($"final: train accuracy [green]{last.TrainAccuracy:P2}[/], test accuracy [green]{last.TestAccuracy:P2}[/]; metrics in {metricsPath}");
