@@ -215,6 +215,30 @@ public class LocalMixerTests
     /// unbiased on the mixer: E[ĝ] = ∇ of the objective, which the stop-gradients make the local losses' gradients. 2000
     /// estimates on one batch, each component within 5 standard errors (GuessSampling).
     /// </summary>
+    /// <summary>
+    /// Self-sharpening's true-error guess at a head of the blocks construction, whose logits reach the grouped cross-entropy
+    /// through a reshape ([G·classes] → [G, classes], each example's elements in order): per layer, the head's estimate is its
+    /// exact local-loss gradient, as at an MLP's output layer (GuesserTests), against backprop on the same batch.
+    /// </summary>
+    [Fact]
+    public void Self_sharpening_heads_take_the_true_error_through_the_grouped_reshape()
+    {
+        var model = TinySpec.Build();
+        const int batch = 2;
+        var problem = Randomized(model, 29, batch);
+        var (backprop, _) = GuessSampling.Sample(problem, Guessers.Backprop, batch, 1, 5);
+        var (estimate, _) = GuessSampling.Sample(problem, Guessers.SelfSharpening(TangentMode.PerLayer), batch, 1, 5);
+        var layout = ParameterLayout.Of(model);
+        var heads = model.Sites.Where(s => s.Node.Name.EndsWith(".head", StringComparison.Ordinal)).ToArray();
+        Assert.Equal(2, heads.Length);
+        foreach (var head in heads)
+        {
+            var (_, offset) = layout.Entries.Single(e => e.Parameter == head.Weight());
+            for (int j = 0; j < head.Weight().Shape.ElementCount; j++)
+                JvpTests.AssertClose(backprop[offset + j], estimate[offset + j], $"{head.Node.Name} weight {j}", 1e-4);
+        }
+    }
+
     [Fact]
     public void Activation_perturbation_with_local_losses_is_unbiased_on_the_mixer()
     {

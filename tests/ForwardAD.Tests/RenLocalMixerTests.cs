@@ -222,6 +222,45 @@ public class RenLocalMixerTests
         JvpTests.AssertClose((plus - minus) / (2 * epsilon), expected, "end to end: ⟨∇L, v⟩", 1e-4);
     }
 
+    /// <summary>
+    /// GrAPE aligns its feedback with J = ∂y/∂h of the function the model computes, which the stop-gradients between blocks
+    /// do not change. A tangent seeded at the first block's site ends at the first cut by default (the output's tangent is a
+    /// symbolic zero); with <see cref="PlanOptions.TangentsCrossStopGradients"/> it reaches the output with the same bits as
+    /// the end-to-end model (identities where the cuts were, same parameters and inputs) gives, while the backward pass still
+    /// stops at the cuts: the gradients are those of the plan without the option.
+    /// </summary>
+    [Fact]
+    public void Tangents_cross_stop_gradients_only_when_asked()
+    {
+        const int batch = 2, K = 2;
+        var local = Spec.Build();
+        var endToEnd = Spec.Build(endToEnd: true);
+        var site = local["block1.patch"];
+        Plan Run(Model model, bool cross, bool gradients = false)
+        {
+            var plan = LocalMixerTests.Randomized(model, 61, batch).Compile(new PlanOptions(batch)
+            {
+                TangentCount = K, Gradients = gradients, Seeds = [new TangentSeed(model[site.Name])], TangentsCrossStopGradients = cross,
+            });
+            CpuBackend.Span(plan.Seed(model[site.Name])).CopyFrom(Problem.Normal(17, plan.Seed(model[site.Name]).Length, 1f));
+            plan.ForwardJvp();
+            if (gradients) plan.Backward();
+            return plan;
+        }
+
+        Assert.True(Run(local, cross: false).IsTangentZero(local.Output));
+        var crossing = Run(local, cross: true);
+        Assert.False(crossing.IsTangentZero(local.Output));
+        var expected = Run(endToEnd, cross: false).Tangent(endToEnd.Output).ToArray();
+        Assert.Contains(expected, v => v != 0);
+        Assert.Equal(expected, crossing.Tangent(local.Output).ToArray());
+
+        var withCuts = Run(local, cross: false, gradients: true);
+        var crossingWithCuts = Run(local, cross: true, gradients: true);
+        foreach (var p in local.Parameters)
+            Assert.Equal(withCuts.Gradient(p).ToArray(), crossingWithCuts.Gradient(p).ToArray());
+    }
+
     /// <summary>Each block's sites reach only that block's local loss, the classifier only the main loss.</summary>
     [Fact]
     public void Each_block_learns_from_its_own_local_loss()

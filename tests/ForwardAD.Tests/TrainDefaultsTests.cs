@@ -98,14 +98,26 @@ public sealed class TrainDefaultsTests : IDisposable
         Assert.Contains("Use --model localmixer:SPEC", error);
     }
 
-    /// <summary>Every guesser at the defaults, with only --data, --model, --guesser and --seed (and a short run) given.</summary>
+    /// <summary>
+    /// Every guesser at the defaults, with only --data, --model, --guesser and --seed (and a short run) given: the loss stays
+    /// finite and falls from the first epoch to the last; on the MLP and the CNN it ends below chance's ln 10 too. The
+    /// LocalMixer (both constructions, with Ren et al.'s estimator too; GrAPE's Jacobian crosses the stop-gradients between
+    /// blocks) starts above ln 10 and gets 23 steps per epoch here: after three epochs (seed 1) most guessers are at 2.12–2.28,
+    /// but directional descent (2.397 → 2.367; one random direction among the mixer's parameters) and Wᵀ on the blocks
+    /// construction (2.497 → 2.367) are still above it, slow as their variance predicts, not diverging.
+    /// </summary>
     [Theory]
     [InlineData("mlp")]
     [InlineData("cnn:c8k3-bn-relu-p2,c16k3-bn-relu-p2,flat,fc32-relu")]
+    [InlineData("localmixer:p4-d16-b1-g2")]
+    [InlineData("localmixer:p4-d16-b1-g2-blocks")]
     public void Every_guesser_trains_at_the_defaults_without_diverging(string model)
     {
-        // wt-power is defined on dense chains only (a CNN is refused with its reason), cosine-matched too (a measurement device).
-        string[] guessers = ["backprop", "directional", "ap", "wt", "downstream", "mixing", "self-sharpening", "dfa", "grape", .. model == "mlp" ? ["wt-power", "cosine-matched"] : Array.Empty<string>()];
+        // wt-power is defined on dense chains only (a CNN is refused with its reason), cosine-matched too (a measurement device);
+        // ren is the LocalMixer's own estimator.
+        bool mixer = model.StartsWith("localmixer", StringComparison.Ordinal);
+        string[] guessers = ["backprop", "directional", "ap", "wt", "downstream", "mixing", "self-sharpening", "dfa", "grape",
+            .. model == "mlp" ? ["wt-power", "cosine-matched"] : Array.Empty<string>(), .. mixer ? ["ren"] : Array.Empty<string>()];
         foreach (var guesser in guessers)
         {
             var metrics = Path.Combine(_folder, $"{guesser}.csv");
@@ -114,6 +126,8 @@ public sealed class TrainDefaultsTests : IDisposable
             Assert.True(code == 0, $"{model}, {guesser}: exit {code}; {error}{output}");
             var losses = File.ReadAllLines(metrics).Skip(1).Select(l => double.Parse(l.Split(',')[1], CultureInfo.InvariantCulture)).ToArray();
             Assert.All(losses, l => Assert.True(double.IsFinite(l), $"{model}, {guesser}: train loss {l}"));
+            Assert.True(losses[^1] < losses[0], $"{model}, {guesser}: train loss {losses[0]:F3} after one epoch, {losses[^1]:F3} after 3");
+            if (mixer) continue;
             Assert.True(losses[^1] < Math.Log(10), $"{model}, {guesser}: train loss {losses[^1]:F3} after 3 epochs, not below chance's ln 10 = 2.303");
         }
     }

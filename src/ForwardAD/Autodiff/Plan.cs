@@ -86,12 +86,14 @@ public sealed class Plan
         retained[model.Output.Id] = true;
         foreach (var loss in model.Losses) retained[loss.Id] = true;
 
-        // Symbolic zeros: a tangent is non-zero iff the node is seeded or a differentiable input of it is.
+        // Symbolic zeros: a tangent is non-zero iff the node is seeded or a differentiable input of it is (a
+        // stop-gradient counts as differentiable here when the options let tangents cross it).
         var tangentNonZero = new bool[count];
         var hasInputTangent = new bool[count];
         foreach (var node in nodes)
         {
-            if (!node.Op.IsLeaf && node.Op.IsDifferentiable)
+            bool carriesTangent = node.Op.IsDifferentiable || (options.TangentsCrossStopGradients && node.Op is StopGradientOp);
+            if (!node.Op.IsLeaf && carriesTangent)
                 foreach (var input in node.Inputs) hasInputTangent[node.Id] |= tangentNonZero[input];
             tangentNonZero[node.Id] = seeded[node.Id] || hasInputTangent[node.Id];
         }

@@ -52,6 +52,14 @@ public sealed record PlanOptions(int BatchSize)
     /// makes the step's update; false for side plans such as a backprop oracle measuring cosines on the same batch).</summary>
     public bool UpdatesRunningStatistics { get; init; } = true;
 
+    /// <summary>
+    /// Let tangents cross stop-gradients (ẏ = ẋ at a <see cref="StopGradientOp"/>) instead of ending there. A
+    /// stop-gradient changes how a model learns, not the function it computes; GrAPE's feedback alignment needs the
+    /// Jacobian ∂y/∂h of that function (the output y with respect to a hidden site h), which a model with local losses
+    /// (stop-gradients between blocks) would otherwise report as zero. The backward pass still stops at them.
+    /// </summary>
+    public bool TangentsCrossStopGradients { get; init; }
+
     /// <summary>Nodes whose value and tangent stay readable when buffers are reused.</summary>
     public ImmutableArray<Node> Retain { get; init; } = [];
 }

@@ -110,6 +110,8 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
             TangentCount = _channels,
             SaveDerivatives = true,
             Seeds = grape is null ? [] : [.. _hidden.Select(s => new TangentSeed(Placed(s)))],
+            // J_l = ∂y/∂h_l of the function the model computes: local losses' stop-gradients do not change it.
+            TangentsCrossStopGradients = true,
         });
         int widest = Math.Max(1, _hidden.Select(s => s.ElementCount).DefaultIfEmpty(1).Max());
         int rows = batchSize * _positions;

@@ -89,9 +89,17 @@ public sealed record TrueErrorGuess : Guess
     internal override GuessProgram Compile(GuessCompiler compiler, Site site)
     {
         var model = compiler.Plan.Model;
-        var loss = model.Losses.FirstOrDefault(l => l.Inputs[0] == site.Node.Id)
+        var loss = model.Losses.FirstOrDefault(l => BeforeReshapes(model, l.Inputs[0]) == site.Node.Id)
             ?? throw new ArgumentException($"The true-error guess exists only at a site that feeds a loss directly (an output layer); {site} does not.");
         return new TrueErrorProgram(compiler, site, loss);
+    }
+
+    /// <summary>The node a chain of reshapes starts from: a reshape keeps each example's elements in order, so the error
+    /// e = ∂ℓ/∂z of a loss on the reshaped logits (a LocalMixer's grouped heads) is the site's error element for element.</summary>
+    private static int BeforeReshapes(Model model, int id)
+    {
+        while (model.Nodes[id].Op is ReshapeOp) id = model.Nodes[id].Inputs[0];
+        return id;
     }
     public override string ToString() => "true error";
 }

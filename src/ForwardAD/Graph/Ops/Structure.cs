@@ -65,7 +65,9 @@ public sealed record ReshapeOp(Shape Target) : Op
 /// y = x in the forward pass, and no derivative through it: ẏ = 0 (a symbolic zero, so nothing downstream of
 /// it sees an upstream tangent) and x̄ gets nothing from ȳ. Local losses put one between blocks (Ren et al.
 /// 2022) so that each block learns only from its own loss. The plan treats it as a non-differentiable op: it is
-/// never seeded, its output has no tangent, and the backward pass stops at it.
+/// never seeded, its output has no tangent, and the backward pass stops at it; only a plan compiled with
+/// <see cref="Autodiff.PlanOptions.TangentsCrossStopGradients"/> passes tangents through (ẏ = ẋ), to measure the
+/// Jacobian of the function the model computes.
 /// </summary>
 public sealed record StopGradientOp : Op
 {
@@ -79,7 +81,7 @@ public sealed record StopGradientOp : Op
     }
 
     internal override void Forward(in RuleContext c, bool saveAuxiliary) => c.Backend.Copy(c.Input(0).Value, c.Output.Value);
-    // Never called: the plan runs no derivative rule of a non-differentiable op.
-    internal override void Jvp(in RuleContext c) { }
+    // ẏ = ẋ; called only by a plan whose tangents cross stop-gradients. The VJP never runs: the backward pass stops here.
+    internal override void Jvp(in RuleContext c) => c.Backend.Copy(c.Input(0).Tangent, c.Output.Tangent);
     internal override void Vjp(in RuleContext c) { }
 }
