@@ -23,6 +23,10 @@ internal static class LanguageModelCommands
         Model and text
           --model transformer:SPEC  {TransformerSpec.Grammar} (default l4-h4-d128-t64)
           --text PATH               any UTF-8 text file instead of the fortunes (first 90 % trains, last 10 % validates)
+          --validation-fraction F   carve the last F (0 < F < 1) of the training bytes as a validation split: training
+                                    uses the rest, the last 10 % becomes the test split, and every evaluation reports
+                                    both (validation_* columns: the carved split; test_bits_per_char, test_accuracy:
+                                    the last 10 %). Choose hyperparameters on validation, not on test (default: none)
         {InitOption.Help}
           --positions NAME          how the learned position table starts: gpt2 (default): N(0, 0.02²) as GPT-2;
                                     embedding: N(0, 1) as a PyTorch nn.Embedding (the token table's scale)
@@ -63,6 +67,7 @@ internal static class LanguageModelCommands
         public readonly Option<string> GuesserName = Opt.Choice("guesser", "backprop", "guesser", GuesserOptions.Names);
         public readonly Option<string> Model = Opt.String("model", "transformer:l4-h4-d128-t64");
         public readonly Option<string?> Text = Opt.OptionalString("text");
+        public readonly Option<float?> ValidationFraction = Opt.OptionalFloat("validation-fraction", f => f is > 0 and < 1, "a number between 0 and 1 (both excluded)");
         public readonly Option<string> Init = InitOption.Create();
         public readonly Option<string> Positions = Opt.Choice("positions", PositionInit.Gpt2.Name(), "position initialisation",
             PositionInit.Gpt2.Name(), PositionInit.Embedding.Name());
@@ -87,7 +92,7 @@ internal static class LanguageModelCommands
         o.Guesser.AddTo(command);
         o.Rule.AddTo(command);
         o.Device.AddTo(command);
-        foreach (var option in new Option[] { o.Model, o.Text, o.Init, o.Positions, o.Steps, o.MaxSeconds, o.EvalEvery, o.ValidationWindows, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Quiet, o.NoPlot })
+        foreach (var option in new Option[] { o.Model, o.Text, o.ValidationFraction, o.Init, o.Positions, o.Steps, o.MaxSeconds, o.EvalEvery, o.ValidationWindows, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Quiet, o.NoPlot })
             command.Add(option);
         command.SetAction(p => RunLm(p, o, context));
         return command;
@@ -116,9 +121,20 @@ internal static class LanguageModelCommands
         var corpus = textPath is null ? TextCorpus.Fortunes() : TextCorpus.Load(textPath);
         if (corpus.ValidationWindows(spec.Context) < 1 || corpus.Train.Length <= spec.Context)
             throw new UsageException($"{corpus.Name}: too short for context {spec.Context} ({corpus.Train.Length} training and {corpus.Validation.Length} validation bytes). Use a longer text or a shorter context (t in the spec).");
+        var validationFraction = p.GetValue(o.ValidationFraction);
+        if (validationFraction is float fraction)
+        {
+            // Through decimal: the fraction as typed (0.1), not the float's binary neighbour, decides the split's size.
+            corpus = corpus.WithValidationFraction((double)(decimal)fraction);
+            if (!corpus.Holds(spec.Context))
+                throw new UsageException($"--validation-fraction {fraction.ToString(CultureInfo.InvariantCulture)}: {corpus.Name} splits into {corpus.Describe()}; " +
+                    $"each needs at least {spec.Context + 1} bytes (a window of context {spec.Context} + 1). Use another fraction, a longer text or a shorter context (t in the spec).");
+        }
         var configuration = new RunConfiguration();
         configuration.Add("model", $"transformer {spec}");
         configuration.Add("text", textPath is null ? "fortunes" : Path.GetFullPath(textPath));
+        // Recorded only when given: runs without a validation split keep their hash (default metrics file) and checkpoints.
+        configuration.AddSince("validation", validationFraction is float f ? string.Create(CultureInfo.InvariantCulture, $"split {f:R} of the training bytes") : "none", "none");
         var init = InitOption.Read(p, o.Init, configuration);
         var positions = PositionInits.Parse(p.GetValue(o.Positions)!);
         configuration.AddSince("positions", positions.Name(), earlierValue: PositionInit.Gpt2.Name()); // runs from before the option: gpt2
@@ -138,7 +154,7 @@ internal static class LanguageModelCommands
         var trainer = new LanguageModelTrainer(guesser, rule, parameters, corpus,
             new LanguageModelOptions(batch, seed) { CosineEvery = p.GetValue(o.CosineEvery), ValidationWindows = windows == 0 ? null : windows, Communicator = communicator });
         trainer.RequireSameRun(configuration.ToDictionary());
-        console.MarkupLineInterpolated($"[bold]ForwardAD[/] lm: {corpus.Name} ({corpus.Train.Length:N0} training / {corpus.Validation.Length:N0} validation bytes), transformer {spec} ({parameters.Model.ParameterCount:N0} parameters), {guesser.Name}, {ruleDescription}, batch {batch}, seed {seed}, {backend.Name}");
+        console.MarkupLineInterpolated($"[bold]ForwardAD[/] lm: {corpus.Name} ({corpus.Train.Length:N0} training / {corpus.Validation.Length:N0} validation{(corpus.HasTest ? $" / {corpus.Test.Length:N0} test" : "")} bytes), transformer {spec} ({parameters.Model.ParameterCount:N0} parameters), {guesser.Name}, {ruleDescription}, batch {batch}, seed {seed}, {backend.Name}");
 
         if (communicator.Size > 1) console.MarkupLineInterpolated($"data parallel: {TrainCommand.DataParallelBanner(communicator, batch)}");
         foreach (var note in TrainCommand.DataParallelNotes(communicator, parameters.Model, guesser)) console.MarkupLineInterpolated($"{note}");
@@ -155,18 +171,22 @@ internal static class LanguageModelCommands
             if (context.WritesFiles) WriteMetrics(metricsPath, reports, runHash, parameters.Model.Sites.Select(site => site.Name));
             if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, spec, configuration.ToDictionary());
             if (!quiet) context.Output.WriteLine($"step {report.Step}: train loss {report.TrainLoss / Math.Log(2):F3} bits/char, validation {report.Validation.BitsPerCharacter:F3} bits/char " +
-                $"(next-byte accuracy {report.Validation.Accuracy:P1}), cos global {TrainCommand.F(report.GlobalCosine, "F3")}, {report.TokensPerSecond:F0} tokens/s, {report.TrainingTime.TotalSeconds:F0} s");
+                $"(next-byte accuracy {report.Validation.Accuracy:P1}){(report.Test is { } test ? $", test {test.BitsPerCharacter:F3} bits/char" : "")}, cos global {TrainCommand.F(report.GlobalCosine, "F3")}, {report.TokensPerSecond:F0} tokens/s, {report.TrainingTime.TotalSeconds:F0} s");
         }
-        var table = new Table().AddColumns("step", "train bits/char", "validation bits/char", "next-byte acc", "cos global", "tokens/s", "training time");
+        var table = new Table().AddColumns("step", "train bits/char", "validation bits/char", "next-byte acc");
+        if (corpus.HasTest) table.AddColumns("test bits/char", "test next-byte acc");
+        table.AddColumns("cos global", "tokens/s", "training time");
         foreach (var r in reports)
-            table.AddRow(r.Step.ToString(CultureInfo.InvariantCulture), TrainCommand.F(r.TrainLoss / Math.Log(2), "F3"), TrainCommand.F(r.Validation.BitsPerCharacter, "F3"),
-                TrainCommand.F(r.Validation.Accuracy, "P1"), TrainCommand.F(r.GlobalCosine, "F3"), TrainCommand.F(r.TokensPerSecond, "F0"), $"{r.TrainingTime.TotalSeconds:F0} s");
+            table.AddRow([r.Step.ToString(CultureInfo.InvariantCulture), TrainCommand.F(r.TrainLoss / Math.Log(2), "F3"), TrainCommand.F(r.Validation.BitsPerCharacter, "F3"),
+                TrainCommand.F(r.Validation.Accuracy, "P1"), .. r.Test is { } test ? (string[])[TrainCommand.F(test.BitsPerCharacter, "F3"), TrainCommand.F(test.Accuracy, "P1")] : [],
+                TrainCommand.F(r.GlobalCosine, "F3"), TrainCommand.F(r.TokensPerSecond, "F0"), $"{r.TrainingTime.TotalSeconds:F0} s"]);
         console.Write(table);
         // The global cosine treats all parameters as one vector, which the largest sites dominate: each site's own line.
         var sites = parameters.Model.Sites;
         if (reports[^1].SiteCosines.Any(c => !double.IsNaN(c)))
             console.MarkupLineInterpolated($"cosine to the backprop gradient per site at step {reports[^1].Step} (cos global above: all parameters as one vector): {string.Join(", ", sites.Zip(reports[^1].SiteCosines, (site, c) => $"{site.Name} {c:F3}"))}");
-        console.MarkupLineInterpolated($"final: validation [green]{reports[^1].Validation.BitsPerCharacter:F3}[/] bits per character after {reports[^1].Step} steps; metrics in {metricsPath}");
+        var finalTest = reports[^1].Test is { } last ? $", test {last.BitsPerCharacter:F3}" : "";
+        console.MarkupLineInterpolated($"final: validation [green]{reports[^1].Validation.BitsPerCharacter:F3}[/]{finalTest} bits per character after {reports[^1].Step} steps; metrics in {metricsPath}");
         if (!p.GetValue(o.NoPlot) && context.WritesFiles)
         {
             var (png, svg, _) = MetricsPlots.Draw(metricsPath);
@@ -176,21 +196,28 @@ internal static class LanguageModelCommands
     }
 
     /// <summary>One row per evaluation: step, train and validation bits per character, next-byte accuracy, the global cosine,
-    /// speed, time, the run's hash, then the cosine at every site.</summary>
+    /// speed, time, the run's hash, then the cosine at every site; with a test split (--validation-fraction), its bits per
+    /// character and accuracy last.</summary>
     private static void WriteMetrics(string path, List<LanguageModelReport> reports, string run, IEnumerable<string> sites)
     {
+        bool tested = reports.Any(r => r.Test is not null);
         if (Path.GetDirectoryName(path) is { Length: > 0 } folder) Directory.CreateDirectory(folder);
         static string G(double v) => v.ToString("R", CultureInfo.InvariantCulture);
         // Per-site cosines after the fixed columns (sites in model order, named in the header), then the bytes a step
-        // exchanged in a data-parallel run (0 in one process), so that the columns scripts read by position stay where they are.
+        // exchanged in a data-parallel run (0 in one process), then the test split's columns when there is one, so that
+        // the columns scripts read by position stay where they are (and `plot` still recognises the header's start).
         var lines = new List<string> { "step,train_bits_per_char,validation_bits_per_char,validation_accuracy,cosine_global,tokens_per_second,training_seconds,run" +
-            string.Concat(sites.Select(site => $",cosine_{site}")) + ",exchanged_bytes_per_step" };
+            string.Concat(sites.Select(site => $",cosine_{site}")) + ",exchanged_bytes_per_step" + (tested ? "," + string.Join(',', TestColumns) : "") };
         lines.AddRange(reports.Select(r => string.Join(',', r.Step.ToString(CultureInfo.InvariantCulture), G(r.TrainLoss / Math.Log(2)), G(r.Validation.BitsPerCharacter),
-            G(r.Validation.Accuracy), G(r.GlobalCosine), G(r.TokensPerSecond), G(r.TrainingTime.TotalSeconds), run) + string.Concat(r.SiteCosines.Select(c => "," + G(c))) + "," + G(r.ExchangedBytesPerStep)));
+            G(r.Validation.Accuracy), G(r.GlobalCosine), G(r.TokensPerSecond), G(r.TrainingTime.TotalSeconds), run) + string.Concat(r.SiteCosines.Select(c => "," + G(c))) + "," + G(r.ExchangedBytesPerStep) +
+            (r.Test is { } test ? $",{G(test.BitsPerCharacter)},{G(test.Accuracy)}" : "")));
         var temporary = path + ".tmp";
         File.WriteAllLines(temporary, lines);
         File.Move(temporary, path, overwrite: true);
     }
+
+    /// <summary>The test split's columns, last in the metrics CSV of a run with --validation-fraction.</summary>
+    public static readonly string[] TestColumns = ["test_bits_per_char", "test_accuracy"];
 
     private sealed class SampleOptions
     {

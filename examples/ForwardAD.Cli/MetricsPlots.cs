@@ -77,15 +77,19 @@ internal static class MetricsPlots
         ], Columns: 3);
     }
 
-    /// <summary>lm: bits per character (train, validation), next-byte accuracy and the global cosine against the step.</summary>
+    /// <summary>lm: bits per character (train, validation, and test with --validation-fraction), next-byte accuracy and the
+    /// global cosine against the step.</summary>
     private static Figure LanguageModel(CsvTable t)
     {
         var step = t.Numbers("step");
+        bool tested = t.Header.Contains("test_bits_per_char");
         return new Figure(
         [
             new LineChart("bits per character", "step", "bits per character",
-                [new("train", step, t.Numbers("train_bits_per_char")), new("validation", step, t.Numbers("validation_bits_per_char"))]),
-            new LineChart("validation next-byte accuracy", "step", "accuracy (%)", [new("validation", step, Percent(t.Numbers("validation_accuracy")))]) { IntegerX = true },
+                [new("train", step, t.Numbers("train_bits_per_char")), new("validation", step, t.Numbers("validation_bits_per_char")),
+                 .. tested ? (Series[])[new("test", step, t.Numbers("test_bits_per_char"))] : []]),
+            new LineChart(tested ? "next-byte accuracy" : "validation next-byte accuracy", "step", "accuracy (%)", [new("validation", step, Percent(t.Numbers("validation_accuracy"))),
+                .. tested ? (Series[])[new("test", step, Percent(t.Numbers("test_accuracy")))] : []]) { IntegerX = true },
             // The global cosine, then one curve per site named by its layer (the columns cosine_<site> after 'run').
             new LineChart("cosine to the backprop gradient", "step", "cosine", [new("global (all parameters)", step, t.Numbers("cosine_global")),
                 .. t.Header.SkipWhile(h => h != "run").Where(h => h.StartsWith("cosine_", StringComparison.Ordinal)).Select(h => new Series(h["cosine_".Length..], step, t.Numbers(h)))])

@@ -62,6 +62,24 @@ public class LanguageModelTests
     }
 
     [Fact]
+    public void With_a_carved_validation_split_the_test_split_is_evaluated_as_the_uncarved_validation_was()
+    {
+        var options = new LanguageModelOptions(8, 1) { ValidationWindows = 8 };
+        var plain = new LanguageModelTrainer(Guessers.Backprop, Optimizers.AdamW(3e-3f, 0f), ParameterStore.Initialize(Tiny.Build(), new CpuBackend(), 3), Corpus, options);
+        var carved = new LanguageModelTrainer(Guessers.Backprop, Optimizers.AdamW(3e-3f, 0f), ParameterStore.Initialize(Tiny.Build(), new CpuBackend(), 3),
+            Corpus.WithValidationFraction(0.2), options);
+        // The same parameters on the same bytes: the test split of the carved run is the old validation split.
+        Assert.Equal(plain.Validate(), carved.Evaluate(HeldOutSplit.Test));
+        Assert.NotEqual(plain.Validate().Loss, carved.Validate().Loss);
+        Assert.Throws<InvalidOperationException>(() => plain.Evaluate(HeldOutSplit.Test));
+        // Reports carry the test evaluation only when there is a test split.
+        Assert.Null(plain.Train(2).Test);
+        var report = carved.Train(2);
+        Assert.NotNull(report.Test);
+        Assert.Equal(carved.Evaluate(HeldOutSplit.Test), report.Test);
+    }
+
+    [Fact]
     public void Checkpoints_that_are_not_language_models_and_specs_that_cannot_work_are_refused()
     {
         Assert.Contains("multiple of the 3 heads", Assert.Throws<ArgumentException>(() => TransformerSpec.Parse("l2-h3-d16-t8")).Message);

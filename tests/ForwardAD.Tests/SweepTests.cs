@@ -399,6 +399,59 @@ public sealed class SweepTests : IDisposable
         Assert.Equal(4, File.ReadAllLines(PathOf("r.csv")).Length);
     }
 
+    // ---- validation split (lm --validation-fraction) -------------------------------------------------------------------
+
+    /// <summary>A small structured text: a tiny transformer learns it in a few steps.</summary>
+    private string StructuredText()
+    {
+        var path = PathOf("text.txt");
+        File.WriteAllText(path, string.Concat(Enumerable.Range(0, 200).Select(i => $"the cat sat on mat {i % 7}.\n")));
+        return path;
+    }
+
+    [Fact]
+    public void Lm_reports_a_carved_validation_split_beside_the_test_split_and_is_unchanged_without_it()
+    {
+        var text = StructuredText();
+        string[] tiny = ["lm", "--text", text, "--model", "transformer:l1-h1-d8-t8", "--steps", "4", "--eval-every", "2", "--batch-size", "4", "--quiet", "--no-plot"];
+        var (code, output, error) = CliTests.Run([.. tiny, "--metrics", PathOf("plain.csv")]);
+        Assert.True(code == 0, error);
+        // Without the option: the banner and the columns lm always wrote, nothing about a test split.
+        Assert.Contains("(3,960 training / 440 validation bytes)", output); // 4,400 bytes: the first 90 % train
+        var plain = File.ReadAllLines(PathOf("plain.csv"));
+        Assert.StartsWith("step,train_bits_per_char,validation_bits_per_char,validation_accuracy,cosine_global,tokens_per_second,training_seconds,run,cosine_embed,", plain[0]);
+        Assert.EndsWith(",cosine_head,exchanged_bytes_per_step", plain[0]);
+        Assert.DoesNotContain("test", plain[0] + output);
+
+        (code, output, error) = CliTests.Run([.. tiny, "--validation-fraction", "0.1", "--metrics", PathOf("carved.csv")]);
+        Assert.True(code == 0, error);
+        Assert.Contains("(3,564 training / 396 validation / 440 test bytes)", output); // ⌈0.1 · 3,960⌉ = 396 carved from training
+        var carved = File.ReadAllLines(PathOf("carved.csv"));
+        Assert.EndsWith(",cosine_head,exchanged_bytes_per_step,test_bits_per_char,test_accuracy", carved[0]);
+        Assert.Equal(3, carved.Length);
+        Assert.All(carved.Skip(1), row => Assert.Equal(carved[0].Split(',').Length, row.Split(',').Length));
+        var last = CsvTable.Read(PathOf("carved.csv"));
+        Assert.All(last.Numbers("test_bits_per_char"), v => Assert.InRange(v, 0.1, 20));
+        Assert.All(last.Numbers("test_accuracy"), v => Assert.InRange(v, 0, 1));
+        // The split is part of the run's configuration: another hash (so another default metrics file) than without it.
+        Assert.NotEqual(plain[1].Split(',')[7], carved[1].Split(',')[7]);
+        // Deterministic: the same run again gives the same numbers; the file still draws.
+        Assert.Equal(0, CliTests.Run([.. tiny, "--validation-fraction", "0.1", "--metrics", PathOf("again.csv")]).Code);
+        Assert.Equal(CsvTable.Read(PathOf("again.csv")).Numbers("test_bits_per_char"), last.Numbers("test_bits_per_char"));
+        Assert.Equal(CsvTable.Read(PathOf("again.csv")).Numbers("validation_bits_per_char"), last.Numbers("validation_bits_per_char"));
+        Assert.Equal(0, CliTests.Run("plot", PathOf("carved.csv")).Code);
+
+        // Fractions outside (0, 1) and splits too small for the context are usage errors that say so.
+        var (badCode, _, badError) = CliTests.Run([.. tiny, "--validation-fraction", "1"]);
+        Assert.Equal(2, badCode);
+        Assert.Contains("between 0 and 1", badError);
+        (badCode, _, badError) = CliTests.Run([.. tiny, "--validation-fraction", "0.001"]);
+        Assert.Equal(2, badCode);
+        Assert.Contains("--validation-fraction 0.001", badError);
+        Assert.Contains("each needs at least 9 bytes", badError);
+        Assert.Contains("--validation-fraction F", CliTests.Run("lm", "--help").Out);
+    }
+
     // ---- the command line ----------------------------------------------------------------------------------------------
 
     [Fact]

@@ -38,6 +38,49 @@ public class TextCorpusTests
     }
 
     [Fact]
+    public void A_carved_validation_split_is_the_tail_of_the_training_bytes_and_the_held_out_part_becomes_test()
+    {
+        var whole = TextCorpus.FromText("test", Text);
+        Assert.False(whole.HasTest);
+        Assert.Equal(0, whole.Test.Length);
+        Assert.Equal(0, whole.Windows(HeldOutSplit.Test, 16));
+        var carved = whole.WithValidationFraction(0.15);
+        // ⌈0.15 · N⌉ of the N training bytes, taken from their end; the splits tile the text in order, without overlap.
+        int held = (int)Math.Ceiling(0.15m * whole.TrainLength);
+        Assert.Equal((whole.TrainLength - held, held), (carved.TrainLength, carved.ValidationLength));
+        Assert.True(carved.HasTest);
+        Assert.Equal(whole.Bytes, (byte[])[.. carved.Train.ToArray(), .. carved.Validation.ToArray(), .. carved.Test.ToArray()]);
+        Assert.Equal(whole.Train[..carved.TrainLength].ToArray(), carved.Train.ToArray());
+        Assert.Equal(whole.Train[carved.TrainLength..].ToArray(), carved.Validation.ToArray());
+        // The test split is exactly what the uncarved corpus validates on.
+        Assert.Equal(whole.Validation.ToArray(), carved.Test.ToArray());
+        // Training windows never reach into the validation split.
+        const int batch = 64, context = 16;
+        var (x, y) = (new float[batch * context], new float[batch * context]);
+        for (int step = 0; step < 20; step++)
+        {
+            carved.TrainingBatch(3, step, batch, context, x, y);
+            for (int b = 0; b < batch; b++)
+            {
+                var window = x.AsSpan(b * context, context).ToArray().Select(v => (byte)v).ToArray();
+                Assert.True(carved.Train.IndexOf(window) >= 0, "a training window lies inside the shrunk training split");
+            }
+        }
+        carved.Window(HeldOutSplit.Test, 2, context, x.AsSpan(0, context), y.AsSpan(0, context));
+        Assert.Equal(carved.Test[2 * context], (byte)x[0]);
+        Assert.Equal(carved.Test[2 * context + 1], (byte)y[0]);
+        Assert.Equal((carved.Test.Length - 1) / context, carved.Windows(HeldOutSplit.Test, context));
+
+        Assert.Throws<ArgumentOutOfRangeException>(() => whole.WithValidationFraction(0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => whole.WithValidationFraction(1));
+        Assert.Throws<InvalidOperationException>(() => carved.WithValidationFraction(0.1));
+        // A validation split too small for a window is named with every split's size.
+        var tiny = whole.WithValidationFraction(0.001);
+        Assert.False(tiny.Holds(context));
+        Assert.Contains("validation and", Assert.Throws<ArgumentException>(() => tiny.RequireContext(context)).Message);
+    }
+
+    [Fact]
     public void Files_that_are_not_text_are_refused_with_the_reason()
     {
         string folder = Directory.CreateTempSubdirectory("forwardad-text").FullName;

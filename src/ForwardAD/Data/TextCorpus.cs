@@ -7,7 +7,9 @@ namespace ForwardAD.Data;
 /// A text for character-level language modelling, tokenised as bytes (UTF-8): vocabulary 256, token = byte, so any
 /// file works and "bits per character" is bits per byte (the same for ASCII text such as the fortunes). The split is
 /// contiguous and stable: the first 90 % of the bytes train, the last 10 % validate (as enwik8/text8 are split),
-/// so a validation window never overlaps a training one. Training batches are windows of T + 1 bytes starting at
+/// so a validation window never overlaps a training one. <see cref="WithValidationFraction"/> carves a validation
+/// split from the end of the training bytes; the held-out 10 % then becomes the test split, consulted only for
+/// reporting (choose hyperparameters on validation, never on test). Training batches are windows of T + 1 bytes starting at
 /// positions drawn from a Philox stream (seed, step): reproducible, resumable from the step alone.
 /// </summary>
 public sealed class TextCorpus
@@ -18,19 +20,46 @@ public sealed class TextCorpus
     /// <summary>Where Debian's `fortunes` package puts its text (the files without an extension).</summary>
     public const string FortunesFolder = "/usr/share/games/fortunes";
 
-    private TextCorpus(string name, byte[] bytes)
+    private TextCorpus(string name, byte[] bytes, int trainLength, int validationLength)
     {
         Name = name;
         Bytes = bytes;
-        TrainLength = (int)(bytes.LongLength * 9 / 10);
+        TrainLength = trainLength;
+        ValidationLength = validationLength;
     }
+
+    private TextCorpus(string name, byte[] bytes) : this(name, bytes, HeldOutStart(bytes), bytes.Length - HeldOutStart(bytes)) { }
+
+    /// <summary>Where the held-out last 10 % starts.</summary>
+    private static int HeldOutStart(byte[] bytes) => (int)(bytes.LongLength * 9 / 10);
 
     public string Name { get; }
     public byte[] Bytes { get; }
-    /// <summary>Bytes [0, TrainLength) train; [TrainLength, Length) validate.</summary>
+    /// <summary>Bytes [0, TrainLength) train; the next <see cref="ValidationLength"/> validate; the rest (none unless a
+    /// validation split was carved) test.</summary>
     public int TrainLength { get; }
+    public int ValidationLength { get; }
     public ReadOnlySpan<byte> Train => Bytes.AsSpan(0, TrainLength);
-    public ReadOnlySpan<byte> Validation => Bytes.AsSpan(TrainLength);
+    public ReadOnlySpan<byte> Validation => Bytes.AsSpan(TrainLength, ValidationLength);
+    /// <summary>The test split: the held-out 10 % once <see cref="WithValidationFraction"/> has carved a validation split
+    /// from the training bytes; empty otherwise (the held-out part is then <see cref="Validation"/>, as it always was).</summary>
+    public ReadOnlySpan<byte> Test => Bytes.AsSpan(TrainLength + ValidationLength);
+    public bool HasTest => TrainLength + ValidationLength < Bytes.Length;
+
+    /// <summary>
+    /// The same text with the last ⌈<paramref name="fraction"/>·N⌉ of the N training bytes as the validation split
+    /// (contiguous, like the held-out split: a window drawn from the rest never overlaps it) and the held-out 10 % as
+    /// the test split. The training split shrinks accordingly; nothing else moves, so the test split is exactly the
+    /// bytes the uncarved corpus validates on.
+    /// </summary>
+    public TextCorpus WithValidationFraction(double fraction)
+    {
+        if (!(fraction is > 0 and < 1)) throw new ArgumentOutOfRangeException(nameof(fraction), $"The validation fraction must lie in (0, 1); got {fraction}.");
+        if (HasTest) throw new InvalidOperationException($"{Name}: a validation split is carved already.");
+        // In decimal: the fraction as typed (0.15), not its binary neighbour, decides the rounding.
+        int held = (int)Math.Ceiling((decimal)fraction * TrainLength);
+        return new TextCorpus(Name, Bytes, TrainLength - held, held);
+    }
 
     /// <summary>
     /// The English text of Debian's fortunes (about 2.6 MB): every file without an extension under
@@ -77,13 +106,23 @@ public sealed class TextCorpus
         return new TextCorpus(name, bytes);
     }
 
-    /// <summary>Throws unless both splits hold a window of <paramref name="context"/> + 1 bytes.</summary>
+    /// <summary>Throws unless every split (train, validation, and test when there is one) holds a window of
+    /// <paramref name="context"/> + 1 bytes.</summary>
     public void RequireContext(int context)
     {
         if (context < 1) throw new ArgumentOutOfRangeException(nameof(context), $"The context must be at least 1 token; got {context}.");
-        if (Validation.Length < context + 1 || Train.Length < context + 1)
-            throw new ArgumentException($"{Name}: {Train.Length} training and {Validation.Length} validation bytes cannot hold a window of {context} + 1 bytes. Use a longer text or a shorter context.");
+        if (!Holds(context))
+            throw new ArgumentException($"{Name}: {Describe()} cannot hold a window of {context} + 1 bytes. Use a longer text or a shorter context.");
     }
+
+    /// <summary>True when every split holds a window of <paramref name="context"/> + 1 bytes.</summary>
+    public bool Holds(int context) =>
+        Train.Length >= context + 1 && Validation.Length >= context + 1 && (!HasTest || Test.Length >= context + 1);
+
+    /// <summary>"2,000 training and 200 validation bytes" (and "…, 250 test bytes" when there is a test split).</summary>
+    public string Describe() => HasTest
+        ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{Train.Length:N0} training, {Validation.Length:N0} validation and {Test.Length:N0} test bytes")
+        : string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{Train.Length:N0} training and {Validation.Length:N0} validation bytes");
 
     /// <summary>
     /// Training batch for <paramref name="step"/>: example b is the window at a start drawn from Philox (seed, step)
@@ -108,11 +147,20 @@ public sealed class TextCorpus
 
     /// <summary>The validation split as consecutive, non-overlapping windows (the last partial one dropped): window w
     /// starts at w·T. Every validation byte after the first of a window is predicted once.</summary>
-    public int ValidationWindows(int context) => (Validation.Length - 1) / context;
+    public int ValidationWindows(int context) => Windows(HeldOutSplit.Validation, context);
 
     /// <summary>Validation window <paramref name="index"/>: inputs and targets of T tokens.</summary>
     public void ValidationWindow(int index, int context, Span<float> inputs, Span<float> targets) =>
-        Window(Validation.Slice(index * context, context + 1), inputs, targets);
+        Window(HeldOutSplit.Validation, index, context, inputs, targets);
+
+    /// <summary>A held-out split as consecutive, non-overlapping windows of T + 1 bytes (as <see cref="ValidationWindows"/>).</summary>
+    public int Windows(HeldOutSplit split, int context) => Math.Max(0, (Split(split).Length - 1) / context);
+
+    /// <summary>Window <paramref name="index"/> of a held-out split: inputs and targets of T tokens.</summary>
+    public void Window(HeldOutSplit split, int index, int context, Span<float> inputs, Span<float> targets) =>
+        Window(Split(split).Slice(index * context, context + 1), inputs, targets);
+
+    private ReadOnlySpan<byte> Split(HeldOutSplit split) => split == HeldOutSplit.Test ? Test : Validation;
 
     private static void Window(ReadOnlySpan<byte> window, Span<float> inputs, Span<float> targets)
     {
@@ -122,4 +170,11 @@ public sealed class TextCorpus
             targets[t] = window[t + 1];
         }
     }
+}
+
+/// <summary>The splits a language model is evaluated on: validation (choose on it) and test (report it).</summary>
+public enum HeldOutSplit
+{
+    Validation,
+    Test,
 }

@@ -16,7 +16,8 @@ namespace ForwardAD.Training;
 public sealed record LanguageModelOptions(int BatchSize, ulong Seed)
 {
     public int CosineEvery { get; init; }
-    /// <summary>Validation windows per evaluation: the first N of the split (null: all of them).</summary>
+    /// <summary>Windows per evaluation: the first N of the validation split, and of the test split when the corpus has one
+    /// (null: all of them).</summary>
     public int? ValidationWindows { get; init; } = 256;
 
     /// <summary>The ranks of a data-parallel run: each trains on its share of every batch (DESIGN.md §7). Default: one process.</summary>
@@ -36,6 +37,9 @@ public sealed record LanguageModelReport(long Step, double TrainLoss, TextEvalua
 {
     /// <summary>Data-parallel runs: mean bytes per step this rank handed to the communicator for the step (0 in one process).</summary>
     public double ExchangedBytesPerStep { get; init; }
+
+    /// <summary>The evaluation on the test split, when the corpus has one (<see cref="TextCorpus.WithValidationFraction"/>); null otherwise.</summary>
+    public TextEvaluation? Test { get; init; }
 }
 
 /// <summary>
@@ -77,8 +81,11 @@ public sealed class LanguageModelTrainer
         _dataParallel = new DataParallelStep(_estimator, _shard, parameters);
         _oracle = guesser is BackpropGuesser || options.CosineEvery <= 0 ? null : new BackpropEstimator(parameters, _shard, updatesRunningStatistics: false);
         _optimizer = new Optimizer(rule, parameters);
-        int windows = ValidationWindowCount;
+        int windows = WindowCount(HeldOutSplit.Validation);
         if (windows < 1) throw new ArgumentException($"{corpus.Name}: the validation split holds no window of {_context} + 1 bytes.", nameof(corpus));
+        // One plan evaluates both held-out splits: its batch must fit the smaller one.
+        if (corpus.HasTest) windows = Math.Min(windows, WindowCount(HeldOutSplit.Test));
+        if (windows < 1) throw new ArgumentException($"{corpus.Name}: the test split holds no window of {_context} + 1 bytes.", nameof(corpus));
         int validationBatch = Math.Min(32, windows);
         _validation = Plan.Compile(parameters, new PlanOptions(validationBatch) { Mode = PlanMode.Evaluation });
         _inputs = new float[_shard.Count * _context];
@@ -116,7 +123,7 @@ public sealed class LanguageModelTrainer
         _agreed = true;
     }
 
-    private int ValidationWindowCount => Math.Min(_options.ValidationWindows ?? int.MaxValue, _corpus.ValidationWindows(_context));
+    private int WindowCount(HeldOutSplit split) => Math.Min(_options.ValidationWindows ?? int.MaxValue, _corpus.Windows(split, _context));
 
     /// <summary>Runs <paramref name="steps"/> training steps, then validates.</summary>
     public LanguageModelReport Train(int steps, ITrainingObserver? observer = null)
@@ -153,21 +160,30 @@ public sealed class LanguageModelTrainer
         double seconds = watch.Elapsed.TotalSeconds;
         var cosines = _cosines.Means(exactGradient: Guesser is BackpropGuesser);
         return new LanguageModelReport(Step, lossSum / steps, Validate(), [.. cosines[..^1]], cosines[^1],
-            steps * (double)_options.BatchSize * _context / seconds, _trainingTime.Elapsed) { ExchangedBytesPerStep = (double)exchanged / steps };
+            steps * (double)_options.BatchSize * _context / seconds, _trainingTime.Elapsed)
+        {
+            ExchangedBytesPerStep = (double)exchanged / steps,
+            Test = _corpus.HasTest ? Evaluate(HeldOutSplit.Test) : null,
+        };
     }
 
     /// <summary>Mean loss per token and next-byte accuracy over the first <see cref="LanguageModelOptions.ValidationWindows"/>
     /// consecutive validation windows (every window full, so each example's mean is a mean over T tokens).</summary>
-    public TextEvaluation Validate()
+    public TextEvaluation Validate() => Evaluate(HeldOutSplit.Validation);
+
+    /// <summary>As <see cref="Validate"/>, on either held-out split (the test split only when the corpus has one).</summary>
+    public TextEvaluation Evaluate(HeldOutSplit split)
     {
-        int windows = ValidationWindowCount, batch = _validation.BatchSize, vocabulary = _parameters.Model.Output.Shape.Last;
+        if (split == HeldOutSplit.Test && !_corpus.HasTest)
+            throw new InvalidOperationException($"{_corpus.Name} has no test split: carve a validation split first (TextCorpus.WithValidationFraction).");
+        int windows = WindowCount(split), batch = _validation.BatchSize, vocabulary = _parameters.Model.Output.Shape.Last;
         double loss = 0;
         long correct = 0;
         int counted = 0;
         for (int first = 0; first + batch <= windows; first += batch)
         {
             for (int b = 0; b < batch; b++)
-                _corpus.ValidationWindow(first + b, _context, _validationInputs.AsSpan(b * _context, _context), _validationTargets.AsSpan(b * _context, _context));
+                _corpus.Window(split, first + b, _context, _validationInputs.AsSpan(b * _context, _context), _validationTargets.AsSpan(b * _context, _context));
             _validation.SetInput(_parameters.Model["x"], _validationInputs);
             _validation.SetInput(_parameters.Model["y"], _validationTargets);
             _validation.Forward();
