@@ -6,9 +6,9 @@ using Spectre.Console;
 namespace ForwardAD.Cli;
 
 /// <summary>
-/// `forwardad sweep`: a grid of train runs (methods × learning rates × seeds × any train option), one process per run,
-/// resumable, aggregated over the seeds, with the learning rate of every method chosen on a validation split of the
-/// training set.
+/// `forwardad sweep`: a grid of train or lm runs (methods × learning rates × seeds × any option of the command), one
+/// process per run, resumable, aggregated over the seeds, with the learning rate of every method chosen on a validation
+/// split of the training set. What differs between train and lm (metrics, how a run is read) is in <see cref="SweptCommand"/>.
 /// </summary>
 internal static class SweepCommand
 {
@@ -16,44 +16,49 @@ internal static class SweepCommand
     public static readonly string[] DefaultTune = ["lr"];
 
     public static readonly string Help = $"""
-        forwardad sweep [options] [-- train TRAIN-OPTIONS]   Run a grid of train runs and compare them over seeds.
+        forwardad sweep [options] [-- train|lm OPTIONS]   Run a grid of train (or lm) runs and compare them over seeds.
 
         Runs every combination of the --grid axes (the first axis varies slowest), each as its own process of this tool
-        running `train` with the train options after '--' plus the run's values, --parallel at a time. Each run writes
-        into OUT/runs/<values>-<hash>/ (metrics.csv, run.log with its stdout and stderr, and result.json at its end:
-        status ok or failed, exit code, last lines of stderr). Rerunning the same sweep skips every run whose
-        result.json says ok (for the same command line) and retries the failed and interrupted ones. Only train can be
-        swept. Example (4 methods × 3 rates × 3 seeds = 36 runs):
+        running `train` (or `lm`) with the options after '--' plus the run's values, --parallel at a time. Each run
+        writes into OUT/runs/<values>-<hash>/ (metrics.csv, run.log with its stdout and stderr, and result.json at its
+        end: status ok or failed, exit code, last lines of stderr). Rerunning the same sweep skips every run whose
+        result.json says ok (for the same command line) and retries the failed and interrupted ones. Train and lm can
+        be swept. Example (4 methods × 3 rates × 3 seeds = 36 runs):
 
           forwardad sweep --grid guesser=backprop,wt,dfa,grape --grid lr=0.03,0.1,0.3 --grid seed=1,2,3 \
               -- train --data digits --epochs 10 --validation-fraction 0.1
 
         Learning rates are chosen on validation, never on the test set: per method (the values of every axis but the
-        seed and the tuned ones), the rate whose runs all succeeded with the best mean final-epoch validation metric
-        over the seeds (ties: the first listed). This needs --validation-fraction F in the train options (or as an axis).
+        seed and the tuned ones), the rate whose runs all succeeded with the best mean final validation metric over the
+        seeds (ties: the first listed). This needs --validation-fraction F in the command's options (or as an axis).
+        An lm sweep (-- lm --text FILE --validation-fraction 0.1 …) chooses by validation bits per character (lower is
+        better) and reports test bits per character and next-byte accuracy; its curves are against the step.
 
         Writes, in OUT:
           sweep.csv                 one row per run (ok or failed, never dropped): its values, status, exit code, final
-                                    train/validation/test metrics, the best epoch on validation with its validation
-                                    and test accuracy, wall time, the error of a failed run, its folder
+                                    train/validation/test metrics, the best epoch (step) on validation with its
+                                    validation and test metric, wall time, the error of a failed run, its folder
           summary.csv, summary.md   per configuration (every axis but seed): runs, failed runs, seeds, mean ± sample
-                                    standard deviation (n − 1) of test and validation accuracy and loss (n/a for one
-                                    seed), and per method the selected rate with its test accuracy; the Markdown also
-                                    lists the seeds, the failed runs and the command that reproduces the sweep
-          summary.png, .svg         test (and validation) accuracy per epoch of the selected configurations (every
-                                    configuration when nothing is selected): the mean over the seeds, a ±1 sd band
+                                    standard deviation (n − 1) of test and validation accuracy and loss (bits/char for
+                                    lm; n/a for one seed), and per method the selected rate with its test metrics; the
+                                    Markdown also lists the seeds, the failed runs and the command that reproduces it
+          summary.png, .svg         test (and validation) accuracy per epoch (bits/char per step for lm) of the
+                                    selected configurations (every configuration when nothing is selected): the mean
+                                    over the seeds, a ±1 sd band
         Exit code 1 when a run failed (after writing all of the above), 2 for a usage error.
 
         Grid
-          --grid NAME=V1,V2,...     an axis: NAME is any train option without its dashes (guesser, lr, seed,
+          --grid NAME=V1,V2,...     an axis: NAME is any option of the command without its dashes (guesser, lr, seed,
                                     batch-size, model, optimizer, hidden, validation-fraction, …); switches (augment,
                                     standardize) take yes,no. Separate values by ';' when one holds commas:
                                     hidden=128,128;64,64. Repeat --grid for more axes
-          --config FILE             axes and train options from a file (format below); --grid adds axes after its own
+          --config FILE             axes and options from a file (format below); --grid adds axes after its own
           -- train OPTIONS          the options every run shares (default: train's defaults); not --metrics,
                                     --checkpoint or --resume, which the sweep sets per run
+          -- lm OPTIONS             the same for lm runs
         Selection
-          --select-by METRIC        validation_accuracy (default) or validation_loss
+          --select-by METRIC        train: validation_accuracy (default) or validation_loss; lm:
+                                    validation_bits_per_char (default) or validation_accuracy
           --tune NAME[,NAME]        the axes chosen per method on validation (default {string.Join(',', DefaultTune)}; 'none': choose nothing)
         Running
           --out DIR                 (default runs/sweep); claimed while the sweep runs: a second sweep on it is refused
@@ -82,16 +87,16 @@ internal static class SweepCommand
         };
         public readonly Option<int?> Parallel = Opt.OptionalInt("parallel", 1, 1024);
         public readonly Option<int> Threads = Opt.Int("threads", 1, min: 1, max: 1024);
-        public readonly Option<string?> SelectBy = Opt.OptionalChoice("select-by", "selection metric", [.. SelectionMetric.All.Select(m => m.Name)]);
+        public readonly Option<string?> SelectBy = Opt.OptionalChoice("select-by", "selection metric", [.. SweptCommand.All.SelectMany(c => c.Selections).Select(m => m.Name).Distinct()]);
         public readonly Option<string?> Tune = Opt.OptionalString("tune");
         public readonly Option<bool> DryRun = Opt.Flag("dry-run");
-        public readonly Argument<string[]> TrainArguments = new("train-arguments") { Arity = ArgumentArity.ZeroOrMore, Description = "train and its options, after --" };
+        public readonly Argument<string[]> TrainArguments = new("train-arguments") { Arity = ArgumentArity.ZeroOrMore, Description = "train or lm and its options, after --" };
     }
 
     public static Command Create(CliContext context)
     {
         var o = new Options();
-        var command = new Command("sweep", "Run a grid of train runs (one process each) and compare them over seeds.");
+        var command = new Command("sweep", "Run a grid of train or lm runs (one process each) and compare them over seeds.");
         foreach (var option in new Option[] { o.Out, o.Config, o.Grid, o.Parallel, o.Threads, o.SelectBy, o.Tune, o.DryRun }) command.Add(option);
         command.Add(o.TrainArguments);
         command.SetAction(p => Run(p, o, context));
@@ -106,16 +111,20 @@ internal static class SweepCommand
         axes.AddRange((p.GetValue(o.Grid) ?? []).Select(text => SweepGrid.ParseAxis(text, "--grid")));
         var trainArguments = p.GetValue(o.TrainArguments) ?? [];
         if (config?.Command is not null && trainArguments.Length > 0)
-            throw new UsageException($"the train options are given twice, in {p.GetValue(o.Config)} (command = …) and after '--'; give them once.");
+            throw new UsageException($"the command's options are given twice, in {p.GetValue(o.Config)} (command = …) and after '--'; give them once.");
         var selectByText = Setting(p, o.SelectBy, config?.SelectBy, "select-by");
         var tuneText = Setting(p, o.Tune, config?.Tune, "tune");
-        var train = TrainCommand.Create(context);
-        var grid = SweepGrid.Create(axes, config?.Command ?? [.. trainArguments], train);
-        // Train's parser takes these as a request for its help: every run would print it and train nothing.
+        var baseCommand = config?.Command ?? [.. trainArguments];
+        var swept = SweptCommand.For(baseCommand);
+        var parser = swept.CreateParser(context);
+        var grid = SweepGrid.Create(axes, baseCommand, parser);
+        // The command's parser takes these as a request for its help: every run would print it and train nothing.
         if (grid.Command.Any(t => t is "--help" or "-h" or "-?" or "/h" or "/?"))
-            throw new UsageException("--help in the train options would run nothing; see 'forwardad train --help' instead.");
+            throw new UsageException($"--help in the {swept.Name} options would run nothing; see 'forwardad {swept.Name} --help' instead.");
         var runs = grid.Expand();
-        RequireParses(runs, train);
+        RequireParses(runs, parser);
+        if (selectByText is not null && !swept.Selections.Any(m => m.Name == selectByText))
+            throw new UsageException($"--select-by {selectByText}: {swept.Name} runs are chosen by {Opt.List([.. swept.Selections.Select(m => m.Name)])}.");
 
         var tune = tuneText is null ? DefaultTune : tuneText == "none" ? [] : tuneText.Split(',', StringSplitOptions.TrimEntries);
         foreach (var name in tune)
@@ -127,11 +136,11 @@ internal static class SweepCommand
         bool validation = SweepGrid.Mentions(grid.Command, "validation-fraction") || grid.Axes.Any(a => a.Name == "validation-fraction");
         var tunedAxes = tune.Where(t => grid.Axes.Any(a => a.Name == t)).ToList();
         if (selectByText is not null && !validation)
-            throw new UsageException($"--select-by {selectByText} needs a validation split: add --validation-fraction F (e.g. 0.1) to the train options.");
+            throw new UsageException($"--select-by {selectByText} needs a validation split: add --validation-fraction F (e.g. 0.1) to the {swept.Name} options.");
         if (tunedAxes.Count > 0 && !validation)
             throw new UsageException($"the grid has {Opt.List(tunedAxes)} values to choose from, and they are chosen on a validation split, never on the test set: " +
-                "add --validation-fraction F (e.g. 0.1) to the train options after '--', or pass --tune none to compare every configuration without choosing.");
-        var selectBy = validation ? SelectionMetric.All.First(m => m.Name == (selectByText ?? SelectionMetric.ValidationAccuracy.Name)) : null;
+                $"add --validation-fraction F (e.g. 0.1) to the {swept.Name} options after '--', or pass --tune none to compare every configuration without choosing.");
+        var selectBy = validation ? swept.Selections.First(m => m.Name == (selectByText ?? swept.DefaultSelection.Name)) : null;
 
         int threads = p.GetValue(o.Threads);
         int parallel = p.GetValue(o.Parallel) ?? Math.Max(1, Environment.ProcessorCount / threads);
@@ -145,7 +154,7 @@ internal static class SweepCommand
         int retried = 0;
         foreach (var run in runs)
         {
-            if (SweepExecution.Finished(output, run, out var problem) is { } record) finished[run.Index] = record;
+            if (SweepExecution.Finished(swept, output, run, out var problem) is { } record) finished[run.Index] = record;
             else if (problem is not null) context.Output.WriteLine($"note: {problem}");
             else if (RunRecord.TryRead(RunPaths.Of(output, run).Record, out _) is { Succeeded: false }) retried++;
         }
@@ -168,7 +177,7 @@ internal static class SweepCommand
         var watch = System.Diagnostics.Stopwatch.StartNew();
         int done = 0;
         var gate = new object();
-        SweepExecution.Execute(pending, output, launcher, parallel, threads, (run, record) =>
+        SweepExecution.Execute(swept, pending, output, launcher, parallel, threads, (run, record) =>
         {
             lock (gate)
             {
@@ -176,13 +185,13 @@ internal static class SweepCommand
                 done++;
                 var elapsed = watch.Elapsed;
                 var left = done < pending.Count ? $"; about {Duration(elapsed / done * (pending.Count - done))} left" : "";
-                context.Output.WriteLine($"[{done}/{pending.Count}] {run.Label}: {Outcome(output, run, record)} ({Duration(TimeSpan.FromSeconds(record.WallSeconds))}){left}");
+                context.Output.WriteLine($"[{done}/{pending.Count}] {run.Label}: {Outcome(swept, output, run, record)} ({Duration(TimeSpan.FromSeconds(record.WallSeconds))}){left}");
             }
         });
 
         // ---- aggregate -----------------------------------------------------------------------------------------------
-        var results = SweepSummary.Collect(output, runs.Select(r => (r, finished[r.Index])));
-        var summary = new SweepSummary(grid, results, tune, selectBy);
+        var results = SweepSummary.Collect(swept, output, runs.Select(r => (r, finished[r.Index])));
+        var summary = new SweepSummary(swept, grid, results, tune, selectBy);
         summary.WriteRuns(Path.Combine(output, "sweep.csv"));
         summary.WriteConfigurations(Path.Combine(output, "summary.csv"));
         var markdown = summary.Markdown(reproduction);
@@ -222,11 +231,11 @@ internal static class SweepCommand
         return given ?? fromFile;
     }
 
-    /// <summary>Every run's command line through train's own parser before anything starts: a misspelt option or a bad
-    /// value is a usage error naming its run, not a column of failed runs.</summary>
-    private static void RequireParses(List<SweepRun> runs, Command train)
+    /// <summary>Every run's command line through the command's own parser before anything starts: a misspelt option or
+    /// a bad value is a usage error naming its run, not a column of failed runs.</summary>
+    private static void RequireParses(List<SweepRun> runs, Command parser)
     {
-        var root = new RootCommand { train };
+        var root = new RootCommand { parser };
         root.Directives.Clear();
         foreach (var run in runs)
         {
@@ -236,15 +245,16 @@ internal static class SweepCommand
         }
     }
 
-    private static string Outcome(string output, SweepRun run, RunRecord record)
+    private static string Outcome(SweptCommand swept, string output, SweepRun run, RunRecord record)
     {
         if (!record.Succeeded)
             return $"FAILED (exit code {record.ExitCode}): {record.Reason}; log in {RunPaths.Of(output, run).Log}";
         try
         {
-            var curves = RunCurves.Read(RunPaths.Of(output, run).Metrics);
-            var validation = curves.ValidationAccuracy[^1];
-            return $"ok, {(double.IsNaN(validation) ? "" : $"validation accuracy {TrainCommand.F(validation, "P2")}, ")}test accuracy {TrainCommand.F(curves.TestAccuracy[^1], "P2")}";
+            var curves = swept.ReadCurves(RunPaths.Of(output, run).Metrics);
+            string Shown(SweepMetric m) => $"{m.Description} {TrainCommand.F(curves[m][^1], m.Percent ? "P2" : "F3")}";
+            var validation = curves[swept.ValidationHeadline][^1];
+            return $"ok, {(double.IsNaN(validation) ? "" : Shown(swept.ValidationHeadline) + ", ")}{Shown(swept.TestHeadline)}";
         }
         catch (Exception e) when (e is IOException or InvalidDataException)
         {

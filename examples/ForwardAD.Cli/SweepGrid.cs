@@ -6,11 +6,11 @@ using System.Text;
 
 namespace ForwardAD.Cli;
 
-/// <summary>One axis of a sweep: a train option (without its dashes) and the values it takes, in the order given.</summary>
+/// <summary>One axis of a sweep: an option of the swept command (without its dashes) and the values it takes, in the order given.</summary>
 internal sealed record SweepAxis(string Name, ImmutableArray<string> Values);
 
 /// <summary>
-/// One run of a sweep: its values on every axis (in axis order), the full train command line it runs, and its folder
+/// One run of a sweep: its values on every axis (in axis order), the full command line it runs (train or lm), and its folder
 /// name: a readable slug of the values and a hash of the whole command line, so that the same run always lands in the
 /// same folder (resume) and a changed base command never reuses an old result.
 /// </summary>
@@ -23,9 +23,9 @@ internal sealed record SweepRun(int Index, ImmutableArray<(string Axis, string V
 }
 
 /// <summary>
-/// What a sweep runs: the grid's axes and the base train command line. Built from --grid options, a config file, or
-/// both; checked against train's own options before anything runs (every run's command line is parsed by train's
-/// parser, so a bad value is reported with its run before the first process starts).
+/// What a sweep runs: the grid's axes and the base command line (train or lm). Built from --grid options, a config
+/// file, or both; checked against the command's own options before anything runs (every run's command line is parsed
+/// by its parser, so a bad value is reported with its run before the first process starts).
 /// </summary>
 internal sealed class SweepGrid
 {
@@ -44,7 +44,7 @@ internal sealed class SweepGrid
 
     public ImmutableArray<SweepAxis> Axes { get; }
 
-    /// <summary>The base train arguments, starting with "train".</summary>
+    /// <summary>The base arguments, starting with the command's name ("train", "lm").</summary>
     public ImmutableArray<string> Command { get; }
 
     public int RunCount => Axes.Aggregate(1, (n, a) => n * a.Values.Length); // at most MaxRuns: checked by Create
@@ -57,7 +57,7 @@ internal sealed class SweepGrid
     {
         int equals = text.IndexOf('=');
         if (equals < 0)
-            throw new UsageException($"{where}: '{text}' is not NAME=V1,V2,... (a train option without its dashes, '=', then its values), e.g. lr=1e-3,3e-3.");
+            throw new UsageException($"{where}: '{text}' is not NAME=V1,V2,... (an option of the swept command without its dashes, '=', then its values), e.g. lr=1e-3,3e-3.");
         var name = text[..equals].Trim();
         if (name.StartsWith('-')) name = name.TrimStart('-');
         if (name.Length == 0) throw new UsageException($"{where}: '{text}' has no option name before '='.");
@@ -70,14 +70,15 @@ internal sealed class SweepGrid
         return new SweepAxis(name, [.. values]);
     }
 
-    /// <summary>A sweep's settings read from a config file: its axes, its train command (null when absent), and the
+    /// <summary>A sweep's settings read from a config file: its axes, its command line (null when absent), and the
     /// optional select-by and tune lines.</summary>
     public sealed record ConfigFile(List<SweepAxis> Axes, List<string>? Command, string? SelectBy, string? Tune);
 
     public const string ConfigHelp = """
         Config file (--config FILE): one setting per line, '#' starts a comment, blank lines are skipped:
           grid NAME = V1, V2, ...     an axis, as --grid NAME=V1,V2,... (any number of lines, in axis order)
-          command = train OPTIONS     the base train command line (split at spaces; "..." or '...' keep spaces)
+          command = train OPTIONS     the base command line, train or lm and its options (split at spaces; "..." or
+                                      '...' keep spaces)
           select-by = METRIC          as --select-by
           tune = NAME[,NAME]          as --tune
         Example:
@@ -112,7 +113,7 @@ internal sealed class SweepGrid
             var key = equals < 0 ? line : line[..equals].Trim();
             var value = equals < 0 ? "" : line[(equals + 1)..].Trim();
             if (equals < 0 || key is not ("command" or "select-by" or "tune"))
-                throw new UsageException($"{where}: '{line}' is not a setting; expected 'grid NAME = V1, V2', 'command = train ...', 'select-by = METRIC' or 'tune = NAME'.");
+                throw new UsageException($"{where}: '{line}' is not a setting; expected 'grid NAME = V1, V2', 'command = train ...' (or lm ...), 'select-by = METRIC' or 'tune = NAME'.");
             if (value.Length == 0) throw new UsageException($"{where}: '{key}' has no value after '='.");
             if ((key == "command" && command is not null) || (key == "select-by" && selectBy is not null) || (key == "tune" && tune is not null))
                 throw new UsageException($"{where}: '{key}' is set a second time; set it once.");
@@ -155,30 +156,31 @@ internal sealed class SweepGrid
     }
 
     /// <summary>
-    /// Checks the grid against train's options (<paramref name="train"/>: train's command, for its option names and
-    /// arities) and the base command line, and normalises the command to start with "train".
+    /// Checks the grid against the swept command's options (<paramref name="swept"/>: its parser, for its option names
+    /// and arities) and the base command line, and normalises the command to start with the command's name.
     /// </summary>
-    public static SweepGrid Create(IReadOnlyList<SweepAxis> axes, IReadOnlyList<string> command, Command train)
+    public static SweepGrid Create(IReadOnlyList<SweepAxis> axes, IReadOnlyList<string> command, Command swept)
     {
+        var name = swept.Name;
         var commandLine = command.ToList();
-        if (commandLine.Count == 0) commandLine.Add("train");
-        // As on the command line itself, options without a command are train's.
-        if (commandLine[0].StartsWith("--", StringComparison.Ordinal)) commandLine.Insert(0, "train");
-        if (commandLine[0] != "train")
-            throw new UsageException($"sweep runs only 'train'; the command after '--' is '{commandLine[0]}'. Give 'train' and its options, e.g. -- train --data digits --validation-fraction 0.1.");
-        var options = train.Options.Where(o => o.Name.StartsWith("--", StringComparison.Ordinal)).ToDictionary(o => o.Name[2..], StringComparer.Ordinal);
+        if (commandLine.Count == 0) commandLine.Add(name);
+        // As on the command line itself, options without a command are train's (SweptCommand.For then gave train's parser).
+        if (commandLine[0].StartsWith("--", StringComparison.Ordinal)) commandLine.Insert(0, name);
+        if (commandLine[0] != name)
+            throw new UsageException($"this sweep runs '{name}'; the command after '--' is '{commandLine[0]}'. Give '{name}' and its options.");
+        var options = swept.Options.Where(o => o.Name.StartsWith("--", StringComparison.Ordinal)).ToDictionary(o => o.Name[2..], StringComparer.Ordinal);
         foreach (var owned in Owned)
             if (Mentions(commandLine, owned))
-                throw new UsageException($"--{owned} is set by the sweep (each run writes into its own folder under --out); drop it from the train arguments.");
+                throw new UsageException($"--{owned} is set by the sweep (each run writes into its own folder under --out); drop it from the {name} arguments.");
         var seen = new HashSet<string>(StringComparer.Ordinal);
         foreach (var axis in axes)
         {
             if (!options.TryGetValue(axis.Name, out var option) || axis.Name == "help")
-                throw new UsageException($"grid axis '{axis.Name}': train has no option --{axis.Name}. Axes are train options without their dashes (guesser, lr, seed, batch-size, model, …; see 'forwardad train --help').");
+                throw new UsageException($"grid axis '{axis.Name}': {name} has no option --{axis.Name}. Axes are {name} options without their dashes (guesser, lr, seed, batch-size, model, …; see 'forwardad {name} --help').");
             if (Owned.Contains(axis.Name)) throw new UsageException($"grid axis '{axis.Name}': --{axis.Name} is set by the sweep for every run; it cannot be an axis.");
             if (!seen.Add(axis.Name)) throw new UsageException($"grid axis '{axis.Name}' is given twice; give each axis once, with all its values.");
             if (Mentions(commandLine, axis.Name))
-                throw new UsageException($"--{axis.Name} is both a grid axis and in the train arguments; drop one of them.");
+                throw new UsageException($"--{axis.Name} is both a grid axis and in the {name} arguments; drop one of them.");
             if (option.Arity.MaximumNumberOfValues == 0)
                 foreach (var value in axis.Values)
                     if (FlagValue(value) is null)
@@ -189,7 +191,7 @@ internal sealed class SweepGrid
         return new SweepGrid(axes, commandLine, axes.Where(a => options[a.Name].Arity.MaximumNumberOfValues == 0).Select(a => a.Name).ToHashSet(StringComparer.Ordinal));
     }
 
-    /// <summary>A typo guard (an axis pasted twice over), far above what a sweep of train runs can finish.</summary>
+    /// <summary>A typo guard (an axis pasted twice over), far above what a sweep of runs can finish.</summary>
     private const int MaxRuns = 100_000;
 
     /// <summary>True when the command line gives --<paramref name="name"/> (alone or as --name=value / --name:value).</summary>

@@ -17,7 +17,7 @@ internal sealed record RunExit(int ExitCode, IReadOnlyList<string> ErrorTail);
 /// </summary>
 internal interface IRunLauncher
 {
-    /// <summary>Runs the command line <paramref name="arguments"/> ("train …") to its end, its stdout and stderr written to
+    /// <summary>Runs the command line <paramref name="arguments"/> ("train …", "lm …") to its end, its stdout and stderr written to
     /// <paramref name="logPath"/>, using at most <paramref name="threads"/> threads for its computations.</summary>
     RunExit Run(IReadOnlyList<string> arguments, string logPath, int threads);
 }
@@ -92,7 +92,8 @@ internal sealed class ProcessLauncher(string fileName, IReadOnlyList<string> pre
 /// <summary>
 /// The record of a finished run, <c>result.json</c> in its folder, written at its end through a temporary file renamed
 /// into place: a run interrupted before it has none, and is run again. Status ok: it exited with 0 and its metrics CSV
-/// holds at least one epoch; anything else is failed, with its exit code and its last lines of stderr.
+/// holds at least one evaluation (an epoch of train, an evaluation step of lm); anything else is failed, with its exit
+/// code and its last lines of stderr.
 /// </summary>
 internal sealed record RunRecord(string Status, int ExitCode, ImmutableArray<string> Arguments, ImmutableArray<(string Axis, string Value)> Values,
     DateTimeOffset Started, double WallSeconds, ImmutableArray<string> ErrorTail)
@@ -177,7 +178,7 @@ internal static class SweepExecution
     /// The record of a run that finished with status ok on an earlier sweep for the same command line (and whose
     /// metrics are still there); null: it must run (never run, interrupted, failed, or its files are gone).
     /// </summary>
-    public static RunRecord? Finished(string output, SweepRun run, out string? problem)
+    public static RunRecord? Finished(SweptCommand command, string output, SweepRun run, out string? problem)
     {
         var paths = RunPaths.Of(output, run);
         var record = RunRecord.TryRead(paths.Record, out problem);
@@ -187,7 +188,7 @@ internal static class SweepExecution
             problem = $"{paths.Record}: recorded for another command line; run again";
             return null;
         }
-        if (MetricsProblem(paths.Metrics) is { } missing)
+        if (MetricsProblem(command, paths.Metrics) is { } missing)
         {
             problem = $"{paths.Record}: {missing}; run again";
             return null;
@@ -197,7 +198,7 @@ internal static class SweepExecution
 
     /// <summary>Runs <paramref name="runs"/> on <paramref name="parallel"/> threads, each launching one run at a time, in
     /// the order given; <paramref name="finished"/> is called (from those threads) as each run's record is written.</summary>
-    public static void Execute(IReadOnlyList<SweepRun> runs, string output, IRunLauncher launcher, int parallel, int threads, Action<SweepRun, RunRecord> finished)
+    public static void Execute(SweptCommand command, IReadOnlyList<SweepRun> runs, string output, IRunLauncher launcher, int parallel, int threads, Action<SweepRun, RunRecord> finished)
     {
         var queue = new ConcurrentQueue<SweepRun>(runs);
         Exception? failure = null;
@@ -206,7 +207,7 @@ internal static class SweepExecution
             try
             {
                 while (Volatile.Read(ref failure) is null && queue.TryDequeue(out var run))
-                    finished(run, RunOne(run, output, launcher, threads));
+                    finished(run, RunOne(command, run, output, launcher, threads));
             }
             catch (Exception e)
             {
@@ -219,7 +220,7 @@ internal static class SweepExecution
         if (failure is not null) ExceptionDispatchInfo.Throw(failure);
     }
 
-    private static RunRecord RunOne(SweepRun run, string output, IRunLauncher launcher, int threads)
+    private static RunRecord RunOne(SweptCommand command, SweepRun run, string output, IRunLauncher launcher, int threads)
     {
         var paths = RunPaths.Of(output, run);
         Directory.CreateDirectory(paths.Folder);
@@ -235,7 +236,7 @@ internal static class SweepExecution
         var tail = exit.ErrorTail.ToImmutableArray();
         string status = RunRecord.Ok;
         if (exit.ExitCode != 0) status = RunRecord.Failed;
-        else if (MetricsProblem(paths.Metrics) is { } problem)
+        else if (MetricsProblem(command, paths.Metrics) is { } problem)
         {
             status = RunRecord.Failed;
             tail = tail.Add($"error: the run exited with 0 but {problem}");
@@ -245,16 +246,12 @@ internal static class SweepExecution
         return record;
     }
 
-    /// <summary>Why <paramref name="metrics"/> is not a usable metrics CSV of train (null when it is).</summary>
-    private static string? MetricsProblem(string metrics)
+    /// <summary>Why <paramref name="metrics"/> is not a usable metrics CSV of <paramref name="command"/> (null when it is).</summary>
+    private static string? MetricsProblem(SweptCommand command, string metrics)
     {
         try
         {
-            var table = CsvTable.Read(metrics);
-            if (table.Rows.Count == 0) return $"{metrics} holds no epoch";
-            table.Numbers("epoch");
-            table.Numbers("test_accuracy");
-            return null;
+            return command.ReadCurves(metrics).Points == 0 ? $"{metrics} holds no {command.Progress}" : null;
         }
         catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
         {

@@ -30,34 +30,19 @@ internal readonly record struct SampleStatistics(int Count, double Mean, double 
     }
 }
 
-/// <summary>A finished run's metrics per epoch, read back from its metrics CSV (validation columns NaN when absent).</summary>
-internal sealed record RunCurves(double[] Epoch, double[] TrainAccuracy, double[] TestLoss, double[] TestAccuracy, double[] ValidationLoss, double[] ValidationAccuracy)
-{
-    public static RunCurves Read(string path)
-    {
-        var table = CsvTable.Read(path);
-        var epoch = table.Numbers("epoch");
-        double[] Optional(string column) => table.Header.Contains(column) ? table.Numbers(column) : [.. epoch.Select(_ => double.NaN)];
-        return new RunCurves(epoch, table.Numbers("train_accuracy"), table.Numbers("test_loss"), table.Numbers("test_accuracy"),
-            Optional("validation_loss"), Optional("validation_accuracy"));
-    }
-
-    public int Epochs => Epoch.Length;
-}
-
 /// <summary>One run with its record and, when it succeeded, its curves.</summary>
 internal sealed record RunResult(SweepRun Run, RunRecord Record, RunCurves? Curves)
 {
     public bool Succeeded => Record.Succeeded && Curves is not null;
 
-    /// <summary>The last epoch's value of a curve (NaN for a failed run).</summary>
-    public double Final(Func<RunCurves, double[]> curve) => Curves is { Epochs: > 0 } c ? curve(c)[^1] : double.NaN;
+    /// <summary>The last evaluation's value of a metric (NaN for a failed run).</summary>
+    public double Final(SweepMetric metric) => Curves is { Points: > 0 } c ? c[metric][^1] : double.NaN;
 
-    /// <summary>The epoch (0-based) with the best validation value by <paramref name="selectBy"/>; -1 without validation.</summary>
-    public int BestEpoch(SelectionMetric selectBy)
+    /// <summary>The evaluation (0-based row) with the best validation value by <paramref name="selectBy"/>; -1 without validation.</summary>
+    public int BestPoint(SweepMetric selectBy)
     {
         if (Curves is null) return -1;
-        var values = selectBy.Curve(Curves);
+        var values = Curves[selectBy];
         int best = -1;
         for (int i = 0; i < values.Length; i++)
             if (double.IsFinite(values[i]) && (best < 0 || selectBy.Better(values[i], values[best]))) best = i;
@@ -65,20 +50,8 @@ internal sealed record RunResult(SweepRun Run, RunRecord Record, RunCurves? Curv
     }
 }
 
-/// <summary>What learning rates (and other tuned axes) are chosen by: a validation metric, never a test one.</summary>
-internal sealed record SelectionMetric(string Name, string Description, Func<RunCurves, double[]> Curve, bool HigherIsBetter)
-{
-    public static readonly SelectionMetric ValidationAccuracy = new("validation_accuracy", "validation accuracy", c => c.ValidationAccuracy, true);
-    public static readonly SelectionMetric ValidationLoss = new("validation_loss", "validation loss", c => c.ValidationLoss, false);
-    public static readonly SelectionMetric[] All = [ValidationAccuracy, ValidationLoss];
-
-    public bool Better(double candidate, double incumbent) => HigherIsBetter ? candidate > incumbent : candidate < incumbent;
-
-    /// <summary>Shown in percent (an accuracy), or as is (a loss).</summary>
-    public bool Percent => this == ValidationAccuracy;
-}
-
-/// <summary>The runs of one configuration (every axis but the seed), with their statistics over the seeds (final epoch).</summary>
+/// <summary>The runs of one configuration (every axis but the seed), with their statistics over the seeds (final
+/// evaluation: the last epoch of train, the last step of lm).</summary>
 internal sealed class SweepConfiguration(ImmutableArray<(string Axis, string Value)> values, List<RunResult> runs)
 {
     public ImmutableArray<(string Axis, string Value)> Values { get; } = values;
@@ -89,21 +62,22 @@ internal sealed class SweepConfiguration(ImmutableArray<(string Axis, string Val
 
     public string Label => Values.IsEmpty ? "all runs" : string.Join(' ', Values.Select(v => $"{v.Axis}={v.Value}"));
 
-    public SampleStatistics Statistic(Func<RunCurves, double[]> curve) => SampleStatistics.Of(Succeeded.Select(r => r.Final(curve)));
+    public SampleStatistics Statistic(SweepMetric metric) => SampleStatistics.Of(Succeeded.Select(r => r.Final(metric)));
 }
 
 /// <summary>
 /// The aggregate of a sweep: every run (ok or failed: none is dropped), the configurations (runs grouped over the seed
 /// axis), and per method (the values of every axis but the seed and the tuned ones) the tuned values chosen on the
-/// validation split: the configuration with the best mean final-epoch validation metric among those whose every run
+/// validation split: the configuration with the best mean final validation metric among those whose every run
 /// succeeded (ties: the first in grid order). The test metrics of that choice are reported, never consulted.
 /// </summary>
 internal sealed class SweepSummary
 {
     public const string SeedAxis = "seed";
 
-    public SweepSummary(SweepGrid grid, IReadOnlyList<RunResult> results, IReadOnlyList<string> tune, SelectionMetric? selectBy)
+    public SweepSummary(SweptCommand command, SweepGrid grid, IReadOnlyList<RunResult> results, IReadOnlyList<string> tune, SweepMetric? selectBy)
     {
+        Command = command;
         Grid = grid;
         Results = results;
         SelectBy = selectBy;
@@ -117,7 +91,7 @@ internal sealed class SweepSummary
                 double bestValue = double.NaN;
                 foreach (var candidate in method.Where(c => c.Failed == 0 && c.Succeeded.Any()))
                 {
-                    double value = candidate.Statistic(selectBy.Curve).Mean;
+                    double value = candidate.Statistic(selectBy).Mean;
                     if (!double.IsFinite(value)) continue;
                     if (best is null || selectBy.Better(value, bestValue)) (best, bestValue) = (candidate, value);
                 }
@@ -126,28 +100,30 @@ internal sealed class SweepSummary
             }
     }
 
+    /// <summary>What was swept: its metrics, how its runs are read and reported.</summary>
+    public SweptCommand Command { get; }
     public SweepGrid Grid { get; }
     public IReadOnlyList<RunResult> Results { get; }
-    public SelectionMetric? SelectBy { get; }
+    public SweepMetric? SelectBy { get; }
     public ImmutableArray<string> Tuned { get; }
     public List<SweepConfiguration> Configurations { get; }
 
     /// <summary>Per method: its values, the selected configuration (null when every candidate had a failed run), its candidates.</summary>
     public List<(ImmutableArray<(string Axis, string Value)> Values, SweepConfiguration? Selected, List<SweepConfiguration> Candidates)> Methods { get; } = [];
 
-    public bool HasValidation => Results.Any(r => r.Curves is { } c && c.ValidationAccuracy.Any(double.IsFinite));
+    public bool HasValidation => Results.Any(r => r.Curves is { } c && c[Command.ValidationHeadline].Any(double.IsFinite));
 
     private static string Key(IEnumerable<(string Axis, string Value)> values, IReadOnlyCollection<string> without) =>
         string.Join('\0', values.Where(v => !without.Contains(v.Axis)).Select(v => $"{v.Axis}={v.Value}"));
 
     /// <summary>Results for every run in grid order: each run's record, and its curves when it succeeded. A run recorded
     /// ok whose metrics can no longer be read is reported failed, with the reason.</summary>
-    public static List<RunResult> Collect(string output, IEnumerable<(SweepRun Run, RunRecord Record)> runs) =>
+    public static List<RunResult> Collect(SweptCommand command, string output, IEnumerable<(SweepRun Run, RunRecord Record)> runs) =>
         [.. runs.OrderBy(r => r.Run.Index).Select(r =>
         {
             if (!r.Record.Succeeded) return new RunResult(r.Run, r.Record, null);
             var metrics = RunPaths.Of(output, r.Run).Metrics;
-            try { return new RunResult(r.Run, r.Record, RunCurves.Read(metrics)); }
+            try { return new RunResult(r.Run, r.Record, command.ReadCurves(metrics)); }
             catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
             {
                 return new RunResult(r.Run, r.Record with { Status = RunRecord.Failed, ErrorTail = [.. r.Record.ErrorTail, $"error: {e.Message}"] }, null);
@@ -159,45 +135,45 @@ internal sealed class SweepSummary
     /// <summary>sweep.csv: one row per run, ok or failed.</summary>
     public void WriteRuns(string path)
     {
-        var metric = SelectBy ?? SelectionMetric.ValidationAccuracy;
+        var metric = SelectBy ?? Command.DefaultSelection;
+        var (validation, test, progress) = (Command.ValidationHeadline, Command.TestHeadline, Command.Progress);
         var lines = new List<string>
         {
-            string.Join(',', Grid.Axes.Select(a => a.Name).Concat(["status", "exit_code", "epochs", "train_accuracy", "test_loss", "test_accuracy",
-                "validation_loss", "validation_accuracy", "best_epoch", "validation_accuracy_at_best_epoch", "test_accuracy_at_best_epoch", "wall_seconds", "error", "folder"]).Select(Csv)),
+            string.Join(',', Grid.Axes.Select(a => a.Name).Concat(["status", "exit_code", $"{progress}s"]).Concat(Command.RunColumns.Select(m => m.Name))
+                .Concat([$"best_{progress}", $"{validation.Name}_at_best_{progress}", $"{test.Name}_at_best_{progress}", "wall_seconds", "error", "folder"]).Select(Csv)),
         };
         foreach (var r in Results)
         {
-            int best = r.BestEpoch(metric);
-            double At(Func<RunCurves, double[]> curve) => best < 0 ? double.NaN : curve(r.Curves!)[best];
+            int best = r.BestPoint(metric);
+            double At(SweepMetric m) => best < 0 ? double.NaN : r.Curves![m][best];
+            // The last epoch of train (its number is the count of epochs), the last step of lm.
+            int done = r.Curves is { Points: > 0 } c ? (int)c.Progress[^1] : 0;
             lines.Add(string.Join(',', Grid.Axes.Select(a => r.Run.ValueOf(a.Name) ?? "").Concat(
             [
-                r.Succeeded ? RunRecord.Ok : RunRecord.Failed, I(r.Record.ExitCode), I(r.Curves?.Epochs ?? 0),
-                G(r.Final(c => c.TrainAccuracy)), G(r.Final(c => c.TestLoss)), G(r.Final(c => c.TestAccuracy)),
-                G(r.Final(c => c.ValidationLoss)), G(r.Final(c => c.ValidationAccuracy)),
-                best < 0 ? "" : I(best + 1), G(At(c => c.ValidationAccuracy)), G(At(c => c.TestAccuracy)),
+                r.Succeeded ? RunRecord.Ok : RunRecord.Failed, I(r.Record.ExitCode), I(done),
+                .. Command.RunColumns.Select(m => G(r.Final(m))),
+                best < 0 ? "" : I((int)r.Curves!.Progress[best]), G(At(validation)), G(At(test)),
                 r.Record.WallSeconds.ToString("F2", CultureInfo.InvariantCulture), r.Succeeded ? "" : r.Record.Reason, Path.Combine("runs", r.Run.Folder),
             ]).Select(Csv)));
         }
         AtomicFile.WriteAllLines(path, lines);
     }
 
-    /// <summary>summary.csv: one row per configuration, statistics over its seeds' final epochs.</summary>
+    /// <summary>summary.csv: one row per configuration, statistics over its seeds' final evaluations.</summary>
     public void WriteConfigurations(string path)
     {
         var axes = Grid.Axes.Where(a => a.Name != SeedAxis).Select(a => a.Name).ToList();
         var lines = new List<string>
         {
-            string.Join(',', axes.Concat(["runs", "ok", "failed", "seeds", "test_accuracy_mean", "test_accuracy_sd", "validation_accuracy_mean", "validation_accuracy_sd",
-                "validation_loss_mean", "validation_loss_sd", "test_loss_mean", "test_loss_sd", "selected"]).Select(Csv)),
+            string.Join(',', axes.Concat(["runs", "ok", "failed", "seeds"]).Concat(Command.SummaryColumns.SelectMany(m => (string[])[$"{m.Name}_mean", $"{m.Name}_sd"]))
+                .Concat(["selected"]).Select(Csv)),
         };
         foreach (var c in Configurations)
         {
-            var (test, validation, validationLoss, testLoss) = (c.Statistic(x => x.TestAccuracy), c.Statistic(x => x.ValidationAccuracy), c.Statistic(x => x.ValidationLoss), c.Statistic(x => x.TestLoss));
             lines.Add(string.Join(',', axes.Select(a => c.Values.First(v => v.Axis == a).Value).Concat(
             [
                 I(c.Runs.Count), I(c.Succeeded.Count()), I(c.Failed), Seeds(c.Succeeded),
-                G(test.Mean), G(test.StandardDeviation), G(validation.Mean), G(validation.StandardDeviation),
-                G(validationLoss.Mean), G(validationLoss.StandardDeviation), G(testLoss.Mean), G(testLoss.StandardDeviation),
+                .. Command.SummaryColumns.Select(c.Statistic).SelectMany(s => (string[])[G(s.Mean), G(s.StandardDeviation)]),
                 SelectBy is null || Tuned.IsEmpty ? "" : c.Selected ? "yes" : "no",
             ]).Select(Csv)));
         }
@@ -216,7 +192,7 @@ internal sealed class SweepSummary
         md.Append(seeds is null
             ? "One run per configuration (no seed axis): no standard deviation. "
             : $"Seeds {string.Join(", ", seeds.Values)}: n = {seeds.Values.Length} per configuration (fewer where a run failed). ");
-        md.Append("Accuracies in %, final epoch, mean ± sample standard deviation (n − 1) over the seeds; ± n/a: one seed, no deviation.\n\n");
+        md.Append(Command.Units).Append(", mean ± sample standard deviation (n − 1) over the seeds; ± n/a: one seed, no deviation.\n\n");
         if (Tuned.IsEmpty)
             md.Append("Nothing tuned (no --tune axis in the grid): every configuration is shown below.\n\n");
         else if (SelectBy is null)
@@ -225,24 +201,25 @@ internal sealed class SweepSummary
         {
             var tuned = Opt.List([.. Tuned]);
             md.Append(CultureInfo.InvariantCulture, $"## Selected {tuned} per method\n\n");
-            md.Append(CultureInfo.InvariantCulture, $"Chosen by the mean final-epoch {SelectBy.Description} over the seeds on the validation split carved from the training set (--validation-fraction), ")
-              .Append("among the candidates whose every run succeeded; the test set is not consulted. The test accuracy is that of the chosen configuration.\n\n");
+            var reported = Command.Reported.Select(m => m.Description).ToList();
+            md.Append(CultureInfo.InvariantCulture, $"Chosen by the mean final-{Command.Progress} {SelectBy.Description} over the seeds on the validation split carved from the training set (--validation-fraction), ")
+              .Append(CultureInfo.InvariantCulture, $"among the candidates whose every run succeeded; the test set is not consulted. The {Both(reported)} {(reported.Count == 1 ? "is that" : "are those")} of the chosen configuration.\n\n");
             var methodAxes = Grid.Axes.Select(a => a.Name).Where(n => n != SeedAxis && !Tuned.Contains(n)).ToList();
-            md.Append("| ").Append(string.Join(" | ", methodAxes.Concat(Tuned).Concat(["n", SelectBy.Description, "test accuracy"]))).Append(" |\n|");
-            md.Append(string.Concat(methodAxes.Concat(Tuned).Select(_ => "---|"))).Append("---:|---:|---:|\n");
+            md.Append("| ").Append(string.Join(" | ", methodAxes.Concat(Tuned).Concat(["n", SelectBy.Description]).Concat(reported))).Append(" |\n|");
+            md.Append(string.Concat(methodAxes.Concat(Tuned).Select(_ => "---|"))).Append("---:|---:|").Append(string.Concat(reported.Select(_ => "---:|"))).Append('\n');
             foreach (var (values, selected, candidates) in Methods)
             {
                 var cells = methodAxes.Select(a => values.First(v => v.Axis == a).Value).ToList();
                 if (selected is null)
                 {
                     cells.AddRange(Tuned.Select(_ => "none"));
-                    cells.AddRange(["0", $"every candidate had a failed run ({candidates.Sum(c => c.Failed)} failed)", "–"]);
+                    cells.AddRange(["0", $"every candidate had a failed run ({candidates.Sum(c => c.Failed)} failed)", .. reported.Select(_ => "–")]);
                 }
                 else
                 {
                     cells.AddRange(Tuned.Select(t => selected.Values.First(v => v.Axis == t).Value));
-                    cells.AddRange([I(selected.Succeeded.Count()), selected.Statistic(SelectBy.Curve).Format(SelectBy.Percent, SelectBy.Percent ? "F2" : "F4"),
-                        selected.Statistic(c => c.TestAccuracy).Format(percent: true)]);
+                    cells.AddRange([I(selected.Succeeded.Count()), selected.Statistic(SelectBy).Format(SelectBy.Percent, SelectBy.Format),
+                        .. Command.Reported.Select(m => selected.Statistic(m).Format(m.Percent, m.Format))]);
                 }
                 md.Append("| ").Append(string.Join(" | ", cells.Select(EscapeCell))).Append(" |\n");
             }
@@ -251,14 +228,14 @@ internal sealed class SweepSummary
         md.Append("## Every configuration\n\n");
         var axes = Grid.Axes.Select(a => a.Name).Where(n => n != SeedAxis).ToList();
         bool validated = HasValidation;
-        var headers = axes.Concat(["n", "failed"]).Concat(validated ? ["validation accuracy"] : []).Concat(["test accuracy"]).Concat(SelectBy is not null && !Tuned.IsEmpty ? ["selected"] : []).ToList();
+        var headers = axes.Concat(["n", "failed"]).Concat(validated ? [Command.ValidationHeadline.Description] : []).Concat(Command.Reported.Select(m => m.Description)).Concat(SelectBy is not null && !Tuned.IsEmpty ? ["selected"] : []).ToList();
         md.Append("| ").Append(string.Join(" | ", headers)).Append(" |\n|").Append(string.Concat(axes.Select(_ => "---|"))).Append(string.Concat(headers.Skip(axes.Count).Select(_ => "---:|"))).Append('\n');
         foreach (var c in Configurations)
         {
             var cells = axes.Select(a => c.Values.First(v => v.Axis == a).Value).ToList();
             cells.AddRange([I(c.Succeeded.Count()), I(c.Failed)]);
-            if (validated) cells.Add(c.Statistic(x => x.ValidationAccuracy).Format(percent: true));
-            cells.Add(c.Statistic(x => x.TestAccuracy).Format(percent: true));
+            if (validated) cells.Add(c.Statistic(Command.ValidationHeadline).Format(Command.ValidationHeadline.Percent, Command.ValidationHeadline.Format));
+            cells.AddRange(Command.Reported.Select(m => c.Statistic(m).Format(m.Percent, m.Format)));
             if (SelectBy is not null && !Tuned.IsEmpty) cells.Add(c.Selected ? "yes" : "");
             md.Append("| ").Append(string.Join(" | ", cells.Select(EscapeCell))).Append(" |\n");
         }
@@ -272,35 +249,44 @@ internal sealed class SweepSummary
         return md.ToString();
     }
 
-    /// <summary>The figure: test (and validation) accuracy per epoch of the selected configurations (every configuration
-    /// when nothing is selected), the mean over the seeds with a ±1 sample standard deviation band.</summary>
+    /// <summary>The figure: the test (and validation) headline metric per evaluation (accuracy per epoch of train, bits per
+    /// character per step of lm) of the selected configurations (every configuration when nothing is selected), the mean
+    /// over the seeds with a ±1 sample standard deviation band.</summary>
     public Figure? Figure()
     {
         var shown = Configurations.Where(c => c.Succeeded.Any() && (c.Selected || SelectBy is null || Tuned.IsEmpty)).ToList();
         if (shown.Count == 0) return null;
-        var panels = new List<LineChart> { Panel("test accuracy", c => c.TestAccuracy, shown) };
-        if (HasValidation) panels.Add(Panel("validation accuracy", c => c.ValidationAccuracy, shown) with { Legend = LegendCorner.None });
+        var panels = new List<LineChart> { Panel(Command.TestHeadline, shown) };
+        if (HasValidation) panels.Add(Panel(Command.ValidationHeadline, shown) with { Legend = LegendCorner.None });
         return new Figure(panels, panels.Count);
     }
 
-    private LineChart Panel(string title, Func<RunCurves, double[]> curve, List<SweepConfiguration> shown)
+    private LineChart Panel(SweepMetric metric, List<SweepConfiguration> shown)
     {
         var series = new List<Series>();
+        // Accuracies in percent, as the tables print them.
+        double scale = metric.Percent ? 100 : 1;
         foreach (var c in shown)
         {
             var curves = c.Succeeded.Select(r => r.Curves!).ToList();
-            int epochs = curves.Min(x => x.Epochs);
-            var epoch = curves[0].Epoch[..epochs];
-            var statistics = Enumerable.Range(0, epochs).Select(e => SampleStatistics.Of(curves.Select(x => curve(x)[e]))).ToList();
-            // In percent, as the tables print them.
-            series.Add(new Series($"{c.Label} (n={curves.Count})", epoch, [.. statistics.Select(s => 100 * s.Mean)])
+            int points = curves.Min(x => x.Points);
+            var progress = curves[0].Progress[..points];
+            var statistics = Enumerable.Range(0, points).Select(e => SampleStatistics.Of(curves.Select(x => x[metric][e]))).ToList();
+            series.Add(new Series($"{c.Label} (n={curves.Count})", progress, [.. statistics.Select(s => scale * s.Mean)])
             {
-                Band = ([.. statistics.Select(s => 100 * (s.Mean - s.StandardDeviation))], [.. statistics.Select(s => 100 * (s.Mean + s.StandardDeviation))]),
+                Band = ([.. statistics.Select(s => scale * (s.Mean - s.StandardDeviation))], [.. statistics.Select(s => scale * (s.Mean + s.StandardDeviation))]),
             });
         }
         var what = Selected(shown) ? $"selected on validation, mean ± sd over seeds" : "mean ± sd over seeds";
-        return new LineChart($"{title} ({what})", "epoch", $"{title} (%)", series) { Legend = LegendCorner.LowerRight, IntegerX = true };
+        var title = metric.Description;
+        // The legend where the curves are not: below rising accuracies, above falling losses.
+        return new LineChart($"{title} ({what})", Command.Progress, metric.Percent ? $"{title} (%)" : title, series)
+            { Legend = metric.HigherIsBetter ? LegendCorner.LowerRight : LegendCorner.UpperRight, IntegerX = true };
     }
+
+    /// <summary>"test accuracy"; "test bits/char and test accuracy".</summary>
+    private static string Both(IReadOnlyList<string> names) =>
+        names.Count == 1 ? names[0] : $"{string.Join(", ", names.Take(names.Count - 1))} and {names[^1]}";
 
     private bool Selected(List<SweepConfiguration> shown) => SelectBy is not null && !Tuned.IsEmpty && shown.All(c => c.Selected);
 

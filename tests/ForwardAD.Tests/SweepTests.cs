@@ -61,6 +61,42 @@ public sealed class SweepTests : IDisposable
         }
     }
 
+    /// <summary>What a fake lm run reports at its last evaluation (step 10; step 5 has 10 % more bits and 90 % of the
+    /// accuracy), or a failure. Without --validation-fraction in its options it writes what lm writes then: the
+    /// held-out split's numbers (<see cref="TestBits"/>, <see cref="TestAccuracy"/>) in the validation columns alone.</summary>
+    private sealed record LmOutcome(double TestBits, double ValidationBits, double TestAccuracy = 0.5, double ValidationAccuracy = 0.5, int ExitCode = 0, string Error = "");
+
+    /// <summary>Runs nothing: writes the metrics CSV of lm that <paramref name="outcome"/> chooses, and counts launches.</summary>
+    private sealed class FakeLmLauncher(Func<IReadOnlyDictionary<string, string>, LmOutcome> outcome) : IRunLauncher
+    {
+        public readonly ConcurrentQueue<string> Launches = new();
+
+        public RunExit Run(IReadOnlyList<string> arguments, string logPath, int threads)
+        {
+            Assert.Equal("lm", arguments[0]);
+            var options = new Dictionary<string, string>();
+            for (int i = 1; i + 1 < arguments.Count; i++)
+                if (arguments[i].StartsWith("--", StringComparison.Ordinal) && !arguments[i + 1].StartsWith("--", StringComparison.Ordinal))
+                    options[arguments[i][2..]] = arguments[i + 1];
+            Launches.Enqueue(string.Join(' ', arguments.TakeWhile(a => a != "--metrics")));
+            var result = outcome(options);
+            File.WriteAllText(logPath, "fake lm run\n");
+            if (result.ExitCode != 0) return new RunExit(result.ExitCode, ["step 5: …", result.Error]);
+            bool carved = options.ContainsKey("validation-fraction");
+            static string G(double v) => v.ToString("R", CultureInfo.InvariantCulture);
+            var lines = new List<string> { "step,train_bits_per_char,validation_bits_per_char,validation_accuracy,cosine_global,tokens_per_second,training_seconds,run,cosine_head,exchanged_bytes_per_step" +
+                (carved ? ",test_bits_per_char,test_accuracy" : "") };
+            foreach (var (step, bits, accuracy) in new[] { (5, 1.1, 0.9), (10, 1.0, 1.0) })
+            {
+                var (validationBits, validationAccuracy) = carved ? (result.ValidationBits, result.ValidationAccuracy) : (result.TestBits, result.TestAccuracy);
+                lines.Add($"{step},{G(bits * 3)},{G(bits * validationBits)},{G(accuracy * validationAccuracy)},1,1000,1,fake,1,0" +
+                    (carved ? $",{G(bits * result.TestBits)},{G(accuracy * result.TestAccuracy)}" : ""));
+            }
+            File.WriteAllLines(options["metrics"], lines);
+            return new RunExit(0, []);
+        }
+    }
+
     private static double Number(string text) => double.Parse(text, CultureInfo.InvariantCulture);
 
     /// <summary>The rows of a CSV the sweep wrote, as column → text (quoted fields unquoted).</summary>
@@ -155,7 +191,11 @@ public sealed class SweepTests : IDisposable
     [InlineData("--grid|lr=0.1|--|train|--lr|0.2|--tune|none", "--lr is both a grid axis and in the train arguments")]
     [InlineData("--grid|augment=maybe", "--augment is a switch; its values are yes or no")]
     [InlineData("--grid|guesser=backprop,nope", "run guesser=nope: Unknown guesser 'nope'")]
-    [InlineData("--grid|seed=1|--|lm", "sweep runs only 'train'")]
+    [InlineData("--grid|seed=1|--|compare", "sweep runs 'train' or 'lm'; the command after '--' is 'compare'")]
+    [InlineData("--grid|epochs=1,2|--tune|none|--|lm", "lm has no option --epochs")]
+    [InlineData("--grid|lr=0.1,0.2|--|lm|--steps|3", "chosen on a validation split, never on the test set: add --validation-fraction F (e.g. 0.1) to the lm options")]
+    [InlineData("--grid|lr=0.1,0.2|--select-by|validation_loss|--|lm|--validation-fraction|0.1", "--select-by validation_loss: lm runs are chosen by validation_bits_per_char or validation_accuracy")]
+    [InlineData("--grid|seed=1|--|lm|--checkpoint|c.safetensors", "--checkpoint is set by the sweep")]
     [InlineData("--|train|--checkpoint|c.safetensors", "--checkpoint is set by the sweep")]
     [InlineData("--grid|lr=0.1,0.2", "chosen on a validation split, never on the test set: add --validation-fraction")]
     [InlineData("--select-by|validation_loss", "--select-by validation_loss needs a validation split")]
@@ -452,6 +492,181 @@ public sealed class SweepTests : IDisposable
         Assert.Contains("--validation-fraction F", CliTests.Run("lm", "--help").Out);
     }
 
+    // ---- sweeps of lm ------------------------------------------------------------------------------------------------
+
+    [Fact]
+    public void An_lm_grid_expands_into_lm_command_lines_from_the_arguments_or_a_config_file()
+    {
+        var lm = LanguageModelCommands.CreateLm(new CliContext(TextWriter.Null, TextWriter.Null, AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null) }), false));
+        Assert.Same(SweptCommand.LanguageModel, SweptCommand.For(["lm", "--steps", "3"]));
+        Assert.Same(SweptCommand.Train, SweptCommand.For(["--epochs", "3"]));
+        var grid = SweepGrid.Create([SweepGrid.ParseAxis("guesser=backprop,dfa", "--grid"), SweepGrid.ParseAxis("lr=1e-3,3e-3", "--grid"), SweepGrid.ParseAxis("seed=1,2", "--grid")],
+            ["lm", "--steps", "40", "--validation-fraction", "0.1"], lm);
+        var runs = grid.Expand();
+        Assert.Equal(8, runs.Count);
+        Assert.Equal(["lm", "--steps", "40", "--validation-fraction", "0.1", "--guesser", "backprop", "--lr", "1e-3", "--seed", "1"], runs[0].Arguments);
+        Assert.Equal("guesser=dfa lr=3e-3 seed=2", runs[7].Label);
+        Assert.Equal(8, runs.Select(r => r.Folder).Distinct().Count());
+        // The same values for train are other runs, in other folders.
+        var train = SweepGrid.Create([SweepGrid.ParseAxis("guesser=backprop,dfa", "--grid")], ["train"], Train()).Expand();
+        var language = SweepGrid.Create([SweepGrid.ParseAxis("guesser=backprop,dfa", "--grid")], ["lm"], lm).Expand();
+        Assert.NotEqual(train[0].Folder, language[0].Folder);
+        // A train command line given to lm's grid is refused, naming both.
+        Assert.Contains("this sweep runs 'lm'; the command after '--' is 'train'", Assert.Throws<UsageException>(() => SweepGrid.Create([], ["train"], lm)).Message);
+
+        // The config file's command may be lm; --dry-run lists lm command lines and runs nothing.
+        var config = PathOf("lm.conf");
+        File.WriteAllLines(config, ["grid lr = 1e-3, 3e-3", "grid seed = 1, 2", "command = lm --text corpus.txt --steps 40 --validation-fraction 0.1"]);
+        var launcher = new FakeLmLauncher(_ => new LmOutcome(2, 2));
+        var (code, output, error) = Sweep(launcher, "--config", config, "--out", PathOf("out"), "--dry-run");
+        Assert.True(code == 0, error);
+        Assert.Contains("2 lr × 2 seed = 4 runs", output);
+        Assert.Contains("forwardad lm --text corpus.txt --steps 40 --validation-fraction 0.1 --lr 3e-3 --seed 2", output);
+        Assert.Empty(launcher.Launches);
+    }
+
+    [Fact]
+    public void An_lm_sweep_chooses_the_rate_with_the_lowest_mean_validation_bits_per_char_never_by_test()
+    {
+        // backprop: lr 0.1 has the lower mean validation bits/char (2.5 against 2.6) though not on seed 1, and the worse
+        // test: a choice on test, on one seed, or with higher taken as better would pick 0.01. dfa: 0.01 on validation.
+        var launcher = new FakeLmLauncher(o => (o["guesser"], o["lr"], o["seed"]) switch
+        {
+            ("backprop", "0.1", "1") => new LmOutcome(TestBits: 4.0, ValidationBits: 2.7),
+            ("backprop", "0.1", _) => new LmOutcome(TestBits: 4.0, ValidationBits: 2.3),
+            ("backprop", _, _) => new LmOutcome(TestBits: 1.0, ValidationBits: 2.6),
+            ("dfa", "0.1", _) => new LmOutcome(TestBits: 3.0, ValidationBits: 5.0),
+            (_, _, "1") => new LmOutcome(TestBits: 6.0, ValidationBits: 4.0, TestAccuracy: 0.3),
+            _ => new LmOutcome(TestBits: 6.2, ValidationBits: 4.0, TestAccuracy: 0.4),
+        });
+        string[] grid = ["--grid", "guesser=backprop,dfa", "--grid", "lr=0.1,0.01", "--grid", "seed=1,2"];
+        var (code, output, error) = Sweep(launcher, [.. grid, "--out", PathOf("bits"), "--", "lm", "--text", "corpus.txt", "--validation-fraction", "0.1"]);
+        Assert.True(code == 0, error);
+        Assert.Equal(8, launcher.Launches.Count);
+        Assert.Contains("ok, validation bits/char 2.700, test bits/char 4.000", output);
+        var rows = Rows(PathOf("bits/summary.csv"));
+        Assert.Equal([("backprop", "0.1"), ("dfa", "0.01")], rows.Where(r => r["selected"] == "yes").Select(r => (r["guesser"], r["lr"])));
+        var chosen = rows.Single(r => r["guesser"] == "dfa" && r["lr"] == "0.01");
+        Assert.Equal(6.1, Number(chosen["test_bits_per_char_mean"]), 12);
+        Assert.Equal(0.2 / Math.Sqrt(2), Number(chosen["test_bits_per_char_sd"]), 12);
+        Assert.Equal(0.35, Number(chosen["test_accuracy_mean"]), 12);
+        Assert.Equal(2.5, Number(rows.Single(r => r["guesser"] == "backprop" && r["lr"] == "0.1")["validation_bits_per_char_mean"]), 12);
+        // summary.md: per method the chosen rate, n, validation bits/char, test bits/char and test accuracy (mean ± sd).
+        var markdown = File.ReadAllText(PathOf("bits/summary.md"));
+        Assert.Contains("| guesser | lr | n | validation bits/char | test bits/char | test accuracy |", markdown);
+        Assert.Contains("| backprop | 0.1 | 2 | 2.5000 ± 0.2828 | 4.0000 ± 0.0000 | 50.00 ± 0.00 |", markdown);
+        Assert.Contains("| dfa | 0.01 | 2 | 4.0000 ± 0.0000 | 6.1000 ± 0.1414 | 35.00 ± 7.07 |", markdown);
+        Assert.Contains("Chosen by the mean final-step validation bits/char", markdown);
+        Assert.Contains("The test bits/char and test accuracy are those of the chosen configuration", markdown);
+        // sweep.csv: lm's columns, the last step, and the best step on validation (the last: bits fall).
+        var run = Rows(PathOf("bits/sweep.csv"))[0];
+        Assert.Equal(("10", "10"), (run["steps"], run["best_step"]));
+        Assert.Equal(4.0, Number(run["test_bits_per_char"]), 12);
+        Assert.Equal(2.7, Number(run["validation_bits_per_char_at_best_step"]), 12);
+        Assert.Equal(3.0, Number(run["train_bits_per_char"]), 12);
+        Assert.True(new FileInfo(PathOf("bits/summary.png")).Length > 0);
+
+        // By validation accuracy (higher is better): every run has 0.5, so the first listed rate wins the tie.
+        Assert.Equal(0, Sweep(launcher, [.. grid, "--out", PathOf("accuracy"), "--select-by", "validation_accuracy", "--", "lm", "--validation-fraction", "0.1"]).Code);
+        Assert.Equal(["0.1", "0.1"], Rows(PathOf("accuracy/summary.csv")).Where(r => r["selected"] == "yes").Select(r => r["lr"]));
+    }
+
+    [Fact]
+    public void A_failed_lm_run_is_recorded_as_failed_and_a_resumed_lm_sweep_runs_only_what_is_not_finished()
+    {
+        bool failOnce = true;
+        var launcher = new FakeLmLauncher(o => o["lr"] == "3e-3" && o["seed"] == "2" && failOnce
+            ? new LmOutcome(0, 0, ExitCode: 1, Error: "error: The batch loss became NaN at step 7 (dfa): training diverged.")
+            : new LmOutcome(TestBits: 2.0, ValidationBits: 2.5));
+        string[] args = ["--grid", "lr=1e-3,3e-3", "--grid", "seed=1,2", "--out", PathOf("out"), "--", "lm", "--steps", "10", "--validation-fraction", "0.1"];
+        var first = Sweep(launcher, args);
+        Assert.Equal(1, first.Code);
+        Assert.Contains("error: 1 of 4 runs failed", first.Err);
+        var failed = Assert.Single(Rows(PathOf("out/sweep.csv")), r => r["status"] == "failed");
+        Assert.Equal(("3e-3", "2", "1", "0"), (failed["lr"], failed["seed"], failed["exit_code"], failed["steps"]));
+        Assert.Contains("training diverged", failed["error"]);
+        var summary = Rows(PathOf("out/summary.csv"));
+        Assert.Equal(("1", "no"), (summary[1]["failed"], summary[1]["selected"]));
+        Assert.Equal("yes", summary[0]["selected"]);
+        Assert.Contains("| lr=3e-3 seed=2 | 1 | error: The batch loss became NaN at step 7", File.ReadAllText(PathOf("out/summary.md")));
+
+        // Again: only the failed run is launched; then nothing is.
+        failOnce = false;
+        launcher.Launches.Clear();
+        var second = Sweep(launcher, args);
+        Assert.True(second.Code == 0, second.Err);
+        Assert.Equal(["lm --steps 10 --validation-fraction 0.1 --lr 3e-3 --seed 2"], launcher.Launches);
+        Assert.Contains("3 finished earlier, 1 to run (1 of them failed earlier: retried)", second.Out);
+        launcher.Launches.Clear();
+        var third = Sweep(launcher, args);
+        Assert.True(third.Code == 0, third.Err);
+        Assert.Empty(launcher.Launches);
+        Assert.Contains("all 4 runs finished earlier: nothing to run", third.Out);
+        // A finished run whose metrics are not an lm CSV (here: a train CSV) is not finished: it runs again.
+        var folder = Directory.GetDirectories(PathOf("out/runs")).Single(d => Path.GetFileName(d).StartsWith("lr-1e-3_seed-1-", StringComparison.Ordinal));
+        File.WriteAllLines(Path.Combine(folder, "metrics.csv"), ["epoch,train_loss,train_accuracy,test_loss,test_accuracy", "1,1,0.5,1,0.5"]);
+        var fourth = Sweep(launcher, args);
+        Assert.True(fourth.Code == 0, fourth.Err);
+        Assert.Equal(["lm --steps 10 --validation-fraction 0.1 --lr 1e-3 --seed 1"], launcher.Launches);
+    }
+
+    [Fact]
+    public void An_lm_sweep_without_a_validation_split_reports_the_held_out_split_as_test_and_chooses_nothing()
+    {
+        var launcher = new FakeLmLauncher(o => new LmOutcome(TestBits: o["seed"] == "1" ? 2.0 : 3.0, ValidationBits: 9.0, TestAccuracy: 0.6));
+        var (code, _, error) = Sweep(launcher, "--grid", "lr=1e-3,3e-3", "--grid", "seed=1,2", "--tune", "none", "--out", PathOf("out"), "--", "lm");
+        Assert.True(code == 0, error);
+        // What lm calls validation without --validation-fraction is its held-out split: the test columns here.
+        var run = Rows(PathOf("out/sweep.csv"))[0];
+        Assert.Equal(2.0, Number(run["test_bits_per_char"]), 12);
+        Assert.Equal(0.6, Number(run["test_accuracy"]), 12);
+        Assert.Equal("NaN", run["validation_bits_per_char"]);
+        Assert.Equal("", run["best_step"]);
+        var rows = Rows(PathOf("out/summary.csv"));
+        Assert.All(rows, r => Assert.Equal(("", 2.5), (r["selected"], Number(r["test_bits_per_char_mean"]))));
+        var markdown = File.ReadAllText(PathOf("out/summary.md"));
+        Assert.Contains("| lr | n | failed | test bits/char | test accuracy |", markdown);
+        Assert.Contains("| 1e-3 | 2 | 0 | 2.5000 ± 0.7071 | 60.00 ± 0.00 |", markdown);
+    }
+
+    /// <summary>The real thing for lm: each run a process of the built tool on a small structured text (a tiny
+    /// transformer, 4 steps: seconds), 2 rates × 2 seeds, then the same sweep again, which starts none.</summary>
+    [Fact]
+    public void An_lm_sweep_runs_each_run_as_a_process_of_the_tool_and_resumes()
+    {
+        var text = StructuredText();
+        var launcher = new ProcessLauncher("dotnet", [Path.Combine(AppContext.BaseDirectory, "ForwardAD.Cli.dll")]);
+        string[] lm = ["lm", "--text", text, "--model", "transformer:l1-h1-d8-t8", "--steps", "4", "--eval-every", "2", "--batch-size", "4",
+            "--validation-windows", "8", "--optimizer", "adamw", "--validation-fraction", "0.1"];
+        string[] args = ["--grid", "lr=1e-3,3e-2", "--grid", "seed=1,2", "--out", PathOf("out"), "--parallel", "2", "--", .. lm];
+        var (code, output, error) = Sweep(launcher, args);
+        Assert.True(code == 0, $"{error}\n{output}");
+        Assert.Contains("[4/4] ", output);
+        var runs = Rows(PathOf("out/sweep.csv"));
+        Assert.Equal(4, runs.Count);
+        Assert.All(runs, r =>
+        {
+            Assert.Equal(("ok", "0", "4"), (r["status"], r["exit_code"], r["steps"]));
+            Assert.InRange(Number(r["test_bits_per_char"]), 0.1, 12);
+            Assert.InRange(Number(r["validation_bits_per_char"]), 0.1, 12);
+            Assert.InRange(Number(r["test_accuracy"]), 0, 1);
+            Assert.Contains("3,564 training / 396 validation / 440 test bytes", File.ReadAllText(Path.Combine(_folder, "out", r["folder"], "run.log")));
+        });
+        Assert.NotEqual(runs[0]["test_bits_per_char"], runs[1]["test_bits_per_char"]); // seeds differ
+        // Each run is the lm run it claims to be: the same command in process gives the same final test bits/char.
+        Assert.Equal(0, CliTests.Run([.. lm, "--lr", "3e-2", "--seed", "2", "--quiet", "--no-plot", "--metrics", PathOf("check.csv")]).Code);
+        Assert.Equal(Number(runs[3]["test_bits_per_char"]), CsvTable.Read(PathOf("check.csv")).Numbers("test_bits_per_char")[^1]);
+        var selected = Assert.Single(Rows(PathOf("out/summary.csv")), r => r["selected"] == "yes");
+        var means = Rows(PathOf("out/summary.csv")).Select(r => Number(r["validation_bits_per_char_mean"])).ToList();
+        Assert.Equal(means.Min(), Number(selected["validation_bits_per_char_mean"]));
+        Assert.Contains("## Selected lr per method", File.ReadAllText(PathOf("out/summary.md")));
+        Assert.True(new FileInfo(PathOf("out/summary.png")).Length > 0);
+
+        var again = Sweep(launcher, args);
+        Assert.True(again.Code == 0, again.Err);
+        Assert.Contains("all 4 runs finished earlier: nothing to run", again.Out);
+    }
+
     // ---- the command line ----------------------------------------------------------------------------------------------
 
     [Fact]
@@ -459,7 +674,7 @@ public sealed class SweepTests : IDisposable
     {
         Assert.Contains("\n  sweep ", CliTests.Run("--help").Out);
         var help = CliTests.Run("sweep", "--help").Out;
-        foreach (var text in new[] { "--grid NAME=V1,V2", "--config FILE", "--parallel N", "--select-by", "--out DIR", "Only train can be", "retries the failed", "grid NAME = V1, V2", "command = train" })
+        foreach (var text in new[] { "--grid NAME=V1,V2", "--config FILE", "--parallel N", "--select-by", "--out DIR", "Train and lm can", "-- lm OPTIONS", "validation_bits_per_char", "retries the failed", "grid NAME = V1, V2", "command = train" })
             Assert.Contains(text, help);
         Assert.Contains("--validation-fraction F", CliTests.Run("train", "--help").Out);
 
