@@ -41,8 +41,8 @@ internal static class Cli
           grape-toy  the toy experiment of the GrAPE rebuttal: feedback rules aligning B with a fixed target
           lm         train a transformer language model on a text (the fortunes by default), any guesser
           sample     generate text from a checkpoint of `lm`
-          sweep      a grid of train runs (methods × learning rates × seeds × any option), one process each,
-                     resumable; learning rates chosen on a validation split; CSV, Markdown (mean ± sd) and a plot
+          sweep      a grid of train or lm runs (methods × learning rates × seeds × any option), one process
+                     each, resumable; learning rates chosen on a validation split; CSV, Markdown (mean ± sd), a plot
           plot       draw any metrics CSV these commands wrote (PNG and SVG; every command also draws its own)
           study      the paper's studies as CSV + charts: saturation, bias-variance, sharpening,
                      downstream, spectra (`forwardad study --help`)
