@@ -26,6 +26,17 @@ internal sealed class CosineMeter
 
     public int Measured { get; private set; }
 
+    /// <summary>The running sums (per site, then global) and <see cref="Measured"/>: a checkpoint taken within a stretch
+    /// of steps records them, so that the resumed stretch reports the means the uninterrupted one does.</summary>
+    public IReadOnlyList<double> Sums => _sums;
+
+    public void Restore(ReadOnlySpan<double> sums, int measured)
+    {
+        if (sums.Length != _sums.Length) throw new ArgumentException($"{sums.Length} cosine sums for {_sums.Length} (the sites and the global one).", nameof(sums));
+        sums.CopyTo(_sums);
+        Measured = measured;
+    }
+
     public void Clear()
     {
         Array.Clear(_sums);

@@ -75,8 +75,9 @@ public sealed record TrainingOptions(int BatchSize, ulong Seed)
 /// </summary>
 public sealed class Trainer
 {
-    private const string FormatKey = "forwardad.format", FormatVersion = "1";
     private const string StepKey = "step", EpochsKey = "epochs_completed", StepsPerEpochKey = "steps_per_epoch";
+    /// <summary>Progress within an unfinished epoch (checkpoints written after a cancellation only).</summary>
+    private const string EpochCosineSumsKey = "epoch_cosine_sums", EpochCosinesMeasuredKey = "epoch_cosines_measured", EpochExchangedKey = "epoch_exchanged_bytes";
 
     private readonly GradientEstimator _estimator;
     private readonly BackpropEstimator? _oracle;
@@ -93,8 +94,13 @@ public sealed class Trainer
     private readonly BatchShard _shard;
     private readonly DataParallelStep _dataParallel;
     private readonly string _dataFingerprint;
+    private readonly TrainingCheckpoint _checkpoint;
     private bool _agreed;
     private long _step;
+    /// <summary>The epoch a cancellation (or a resume of its checkpoint) left with steps still to take; its cosine sums
+    /// and exchanged bytes so far are kept for its report.</summary>
+    private int? _unfinishedEpoch;
+    private long _epochExchanged;
 
     public Trainer(Guesser guesser, UpdateRule rule, ParameterStore parameters, Dataset train, Dataset test, TrainingOptions options)
     {
@@ -133,6 +139,8 @@ public sealed class Trainer
         _augmentationScratch = options.Augmentation is null ? [] : new float[train.FeatureSize];
         _cosines = new CosineMeter(parameters);
         _dataFingerprint = options.Communicator.Size > 1 ? Fingerprint(train) + "/" + Fingerprint(test) : "";
+        _checkpoint = new TrainingCheckpoint(TrainingCheckpoint.Train, parameters, () => StateBuffers,
+            StepKey, EpochsKey, EpochCosineSumsKey, EpochCosinesMeasuredKey, EpochExchangedKey);
     }
 
     /// <summary>The name, size and a fingerprint of every example of a data set: ranks that read different files differ.</summary>
@@ -191,25 +199,43 @@ public sealed class Trainer
     /// <summary>The epoch the next <see cref="RunEpoch"/> should run (after a resume, the first unfinished one).</summary>
     public int NextEpoch { get; private set; }
 
-    /// <summary>Runs one epoch (0-based) and evaluates.</summary>
-    public EpochReport RunEpoch(int epoch, ITrainingObserver? observer = null)
+    /// <summary>Runs one epoch (0-based) and evaluates. <paramref name="cancellationToken"/> is looked at before every
+    /// step: once it is cancelled the epoch stops at that step boundary with <see cref="OperationCanceledException"/>,
+    /// the trainer consistent (<see cref="Step"/> counts the steps taken; <see cref="SaveCheckpoint"/> then writes a
+    /// checkpoint that continues this epoch), and the next call for the same epoch takes its remaining steps. In a
+    /// data-parallel run every rank must be cancelled before the same step.</summary>
+    public EpochReport RunEpoch(int epoch, ITrainingObserver? observer = null, CancellationToken cancellationToken = default)
     {
         var watch = System.Diagnostics.Stopwatch.StartNew();
         long measuring = 0; // Stopwatch ticks spent in the oracle, left out of StepTime
         int batch = _options.BatchSize;
         if (!_agreed) RequireSameRun(new Dictionary<string, string>());
         var communicator = _options.Communicator;
-        long exchanged = 0;
-        _cosines.Clear();
+        // A cancelled epoch goes on where it stopped, with what it had measured; any other epoch starts afresh.
+        int first = 0;
+        if (_unfinishedEpoch == epoch) first = (int)(_step - (long)epoch * StepsPerEpoch);
+        else
+        {
+            _cosines.Clear();
+            _epochExchanged = 0;
+        }
+        _unfinishedEpoch = null;
         // Every rank permutes the whole training set alike and takes its share of each batch (by global index).
         Dataset.Permute(new RandomKey(_options.Seed, 0xE90C).Derive((ulong)epoch), _order);
-        for (int s = 0; s < StepsPerEpoch; s++)
+        for (int s = first; s < StepsPerEpoch; s++)
         {
+            if (cancellationToken.IsCancellationRequested)
+            {
+                // Nothing of step s has happened yet: the epoch is unfinished only when some of its steps are done.
+                NextEpoch = epoch;
+                if (s > 0) _unfinishedEpoch = epoch;
+                cancellationToken.ThrowIfCancellationRequested();
+            }
             _train.CopyBatch(_order.AsSpan(s * batch + _shard.First, _shard.Count), _features, _labels);
             _options.Augmentation?.Apply(_features, _train.FeatureShape, new RandomKey(_options.Seed, 0xA06E).Derive((ulong)_step), _augmentationScratch, _shard.First);
             _estimator.SetBatch(_features, _labels);
             var (gradient, loss) = _dataParallel.Run(new RandomKey(_options.Seed, 0x6E55).Derive((ulong)_step), _step);
-            exchanged += _dataParallel.LastTraffic.TotalBytes;
+            _epochExchanged += _dataParallel.LastTraffic.TotalBytes;
             if (!double.IsFinite(loss))
                 throw new TrainingDivergedException($"The batch loss became {loss} at epoch {epoch + 1}, step {_step} ({Guesser.Name}): training diverged. " +
                     "Lower the learning rate or clip the estimate (--lr, --clip); the last checkpoint, if any, is intact.");
@@ -230,7 +256,8 @@ public sealed class Trainer
             observer?.StepCompleted(epoch, s, StepsPerEpoch, loss);
         }
         double seconds = watch.Elapsed.TotalSeconds;
-        var stepTime = TimeSpan.FromSeconds(Math.Max(0, seconds - (double)measuring / System.Diagnostics.Stopwatch.Frequency) / StepsPerEpoch);
+        int taken = StepsPerEpoch - first; // this call's steps: the speed of a continued epoch is that of its remaining steps
+        var stepTime = TimeSpan.FromSeconds(Math.Max(0, seconds - (double)measuring / System.Diagnostics.Stopwatch.Frequency) / taken);
         var train = _trainEvaluator.Evaluate();
         var test = _testEvaluator.Evaluate();
         var validation = _validationEvaluator?.Evaluate() ?? new Evaluation(double.NaN, double.NaN);
@@ -245,9 +272,9 @@ public sealed class Trainer
         if (communicator.Size > 1)
             RunAgreement.Require(communicator, new Dictionary<string, string> { ["parameters"] = ParameterFingerprint() }, "set of parameters at the end of the epoch");
         var report = new EpochReport(epoch, train.Loss, train.Accuracy, test.Loss, test.Accuracy,
-            [.. cosines[..^1]], cosines[^1], StepsPerEpoch * batch / seconds, watch.Elapsed)
+            [.. cosines[..^1]], cosines[^1], taken * batch / seconds, watch.Elapsed)
         {
-            FeedbackAlignment = alignment, StepTime = stepTime, ExchangedBytesPerStep = (double)exchanged / StepsPerEpoch,
+            FeedbackAlignment = alignment, StepTime = stepTime, ExchangedBytesPerStep = (double)_epochExchanged / StepsPerEpoch,
             ValidationLoss = validation.Loss, ValidationAccuracy = validation.Accuracy,
         };
         NextEpoch = epoch + 1;
@@ -277,42 +304,30 @@ public sealed class Trainer
         }
     }
 
-    /// <summary>The description and the trainer's own settings as one map. The progress keys and the forwardad.*
-    /// namespace are the trainer's; a description may repeat a setting (seed, batch size) only with the same value.</summary>
-    private Dictionary<string, string> Configuration(IReadOnlyDictionary<string, string> description)
-    {
-        var own = OwnSettings;
-        var configuration = new Dictionary<string, string>(own);
-        foreach (var (key, value) in description)
-        {
-            if (key.StartsWith("forwardad.", StringComparison.Ordinal) || key is StepKey or EpochsKey)
-                throw new ArgumentException($"The description key '{key}' is reserved: the trainer records it itself. Use another name.", nameof(description));
-            if (own.TryGetValue(key, out var mine) && mine != value)
-                throw new ArgumentException($"The description says {key} is '{value}' but this trainer's is '{mine}'.", nameof(description));
-            configuration[key] = value;
-        }
-        return configuration;
-    }
+    /// <summary>The description and the trainer's own settings as one map (see <see cref="TrainingCheckpoint.Configuration"/>).</summary>
+    private Dictionary<string, string> Configuration(IReadOnlyDictionary<string, string> description) => _checkpoint.Configuration(OwnSettings, description);
 
     /// <summary>
     /// Writes parameters, optimizer state and progress as safetensors (readable by PyTorch), atomically, with a
     /// checksum of the tensor bytes. <paramref name="description"/> (model, guesser, rule, data, every option of the
-    /// run) is stored as metadata and checked on resume.
+    /// run) is stored as metadata and checked on resume. Between epochs the progress is the step and the epochs completed;
+    /// after a cancelled <see cref="RunEpoch"/>, also what the unfinished epoch has measured so far, so that a resumed run
+    /// finishes that epoch with the report the uninterrupted run gives.
     /// </summary>
     public void SaveCheckpoint(string path, IReadOnlyDictionary<string, string> description)
     {
-        var metadata = Configuration(description);
-        metadata[FormatKey] = FormatVersion;
-        metadata[EpochsKey] = NextEpoch.ToString(CultureInfo.InvariantCulture);
-        metadata[StepKey] = _step.ToString(CultureInfo.InvariantCulture);
-        var backend = _parameters.Backend;
-        var tensors = new List<(string, int[], Func<float[]>)>();
-        // Parameters, then model state (batch normalisation's running statistics), under their node names.
-        foreach (var p in _parameters.Model.Parameters.Concat(_parameters.Model.States))
-            tensors.Add((p.Name, [.. p.Shape.Dimensions], () => _parameters.ToArray(p)));
-        foreach (var (name, buffer) in StateBuffers)
-            tensors.Add((name, [buffer.Length], () => { var host = new float[buffer.Length]; backend.CopyToHost(buffer, host); return host; }));
-        _options.Communicator.WriteOnRankZero(path, () => SafeTensors.Write(path, tensors, metadata));
+        var progress = new Dictionary<string, string>
+        {
+            [EpochsKey] = NextEpoch.ToString(CultureInfo.InvariantCulture),
+            [StepKey] = _step.ToString(CultureInfo.InvariantCulture),
+        };
+        if (_unfinishedEpoch is not null)
+        {
+            progress[EpochCosineSumsKey] = PendingRestore.Numbers(_cosines.Sums);
+            progress[EpochCosinesMeasuredKey] = _cosines.Measured.ToString(CultureInfo.InvariantCulture);
+            progress[EpochExchangedKey] = _epochExchanged.ToString(CultureInfo.InvariantCulture);
+        }
+        _checkpoint.Write(path, _options.Communicator, Configuration(description), progress);
     }
 
     /// <summary>
@@ -320,83 +335,35 @@ public sealed class Trainer
     /// options), seed and batch size. Everything is validated before anything is changed: the file (format,
     /// checksum), every description key in both directions, the progress counters, every parameter and state
     /// tensor with its shape. One <see cref="InvalidDataException"/> names the file and every difference found, and
-    /// leaves this trainer (parameters, optimizer and estimator state, progress) exactly as it was.
+    /// leaves this trainer (parameters, optimizer and estimator state, progress) exactly as it was. A checkpoint written
+    /// within an epoch (after a cancellation) continues that epoch: the next <see cref="RunEpoch"/> of
+    /// <see cref="NextEpoch"/> takes its remaining steps.
     /// </summary>
     public void Resume(string path, IReadOnlyDictionary<string, string> description)
     {
-        var expected = Configuration(description);
-        var (tensors, metadata) = SafeTensors.Read(path);
-        if (!metadata.TryGetValue(FormatKey, out var format) || format != FormatVersion)
-            throw new InvalidDataException($"{path}: not a ForwardAD checkpoint (metadata '{FormatKey}' is {(format is null ? "missing" : $"'{format}'")}; expected '{FormatVersion}').");
-
-        var problems = new List<string>();
-        foreach (var (key, mine) in expected)
+        // Checkpoints written before the trainer recorded its steps per epoch still resume.
+        var restore = _checkpoint.Read(path, Configuration(description), optionalKeys: StepsPerEpochKey);
+        long step = restore.Count(StepKey, long.MaxValue);
+        int epochs = (int)restore.Count(EpochsKey, int.MaxValue - 1);
+        // Within an epoch: the step lies inside epoch `epochs` and the epoch's measurements so far come along.
+        bool within = restore.Metadata.ContainsKey(EpochCosinesMeasuredKey);
+        long stepInEpoch = step - (long)epochs * StepsPerEpoch;
+        double[] sums = [];
+        long measured = 0, exchanged = 0;
+        if (within)
         {
-            if (!metadata.TryGetValue(key, out var theirs))
-            {
-                // Checkpoints written before the trainer recorded its steps per epoch still resume.
-                if (key != StepsPerEpochKey) problems.Add($"{key} is missing from the checkpoint but this run's is '{mine}'");
-            }
-            else if (theirs != mine) problems.Add($"{key} is '{theirs}' but this run's is '{mine}'");
+            if (stepInEpoch <= 0 || stepInEpoch >= StepsPerEpoch)
+                restore.Problem($"{StepKey} {step} is not within epoch {epochs + 1} of {StepsPerEpoch} steps, which the checkpoint says was unfinished");
+            sums = restore.Numbers(EpochCosineSumsKey, _cosines.Sums.Count);
+            measured = restore.Count(EpochCosinesMeasuredKey, int.MaxValue);
+            exchanged = restore.Count(EpochExchangedKey, long.MaxValue);
         }
-        foreach (var (key, theirs) in metadata.OrderBy(m => m.Key, StringComparer.Ordinal))
-            if (!expected.ContainsKey(key) && !key.StartsWith("forwardad.", StringComparison.Ordinal) && key is not (StepKey or EpochsKey))
-                problems.Add($"{key} is '{theirs}' but this run does not set it");
-
-        long step = ParseCount(StepKey, long.MaxValue, problems);
-        int epochs = (int)ParseCount(EpochsKey, int.MaxValue - 1, problems);
-        long ParseCount(string key, long max, List<string> found)
-        {
-            if (!metadata.TryGetValue(key, out var text)) found.Add($"{key} is missing; expected a whole number from 0 to {max}");
-            else if (!long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out long value) || value > max)
-                found.Add($"{key} is '{text}'; expected a whole number from 0 to {max}");
-            else return value;
-            return 0;
-        }
-
-        // Tensor differences usually share one cause (another model, rule or guesser): after the configuration's
-        // differences, list the first few tensors and count the rest, so the cause is not buried under every tensor.
-        int configurationProblems = problems.Count;
-        var loads = new List<(float[] Data, View Target)>();
-        var known = new HashSet<string>();
-        foreach (var p in _parameters.Model.Parameters.Concat(_parameters.Model.States))
-        {
-            known.Add(p.Name);
-            if (!tensors.TryGetValue(p.Name, out var t))
-                problems.Add($"tensor '{p.Name}' is missing; the model has it with shape {p.Shape}");
-            else if (!t.Shape.SequenceEqual(p.Shape.Dimensions))
-                problems.Add($"tensor '{p.Name}' has shape [{string.Join(", ", t.Shape)}]; the model expects {p.Shape}");
-            else loads.Add((t.Data, _parameters[p]));
-        }
-        foreach (var (name, buffer) in StateBuffers)
-        {
-            known.Add(name);
-            if (!tensors.TryGetValue(name, out var t))
-                problems.Add($"state '{name}' is missing (the checkpoint was written with another update rule or guesser)");
-            else if (t.Shape is not [var length] || length != buffer.Length)
-                problems.Add($"state '{name}' has shape [{string.Join(", ", t.Shape)}]; this run's has [{buffer.Length}]");
-            else loads.Add((t.Data, buffer));
-        }
-        foreach (var name in tensors.Keys.Where(n => !known.Contains(n)).Order(StringComparer.Ordinal))
-            problems.Add($"tensor '{name}' is in the checkpoint but not in this run's model, update rule or guesser");
-
-        const int ListedTensors = 3;
-        int tensorProblems = problems.Count - configurationProblems;
-        if (tensorProblems > ListedTensors + 1)
-        {
-            problems.RemoveRange(configurationProblems + ListedTensors, tensorProblems - ListedTensors);
-            problems.Add($"{tensorProblems - ListedTensors} more tensor differences");
-        }
-        if (problems.Count > 0)
-        {
-            const int Listed = 25;
-            var listed = string.Join("; ", problems.Take(Listed)) + (problems.Count > Listed ? $"; and {problems.Count - Listed} more" : "");
-            throw new CheckpointMismatchException($"{path}: the checkpoint differs from this run: {listed}. Resume with the model, data and options " +
-                "the run was started with, or start a new run; nothing was changed.");
-        }
-        foreach (var (data, target) in loads) _parameters.Backend.CopyFromHost(data, target);
+        restore.Apply();
         _step = step;
         NextEpoch = epochs;
+        _unfinishedEpoch = within ? epochs : null;
+        if (within) _cosines.Restore(sums, (int)measured);
+        _epochExchanged = exchanged;
     }
 }
 
