@@ -2,6 +2,7 @@ using System.Collections.Immutable;
 using System.Diagnostics;
 using System.Globalization;
 using ForwardAD.Autodiff;
+using ForwardAD.Backends;
 using ForwardAD.Data;
 using ForwardAD.Distributed;
 using ForwardAD.Graph;
@@ -45,8 +46,9 @@ public sealed record LanguageModelReport(long Step, double TrainLoss, TextEvalua
 /// <summary>
 /// Trains a <see cref="TransformerSpec"/> language model (any model with token inputs "x" and targets "y") on a
 /// <see cref="TextCorpus"/> with any guesser and update rule: step s trains on the windows drawn from (seed, s), so a
-/// run is reproducible from its seed. <see cref="Validate"/> reads consecutive validation windows with an evaluation
-/// plan. <see cref="SaveCheckpoint"/> writes parameters, model state and the spec (what <see cref="TextSampler"/> needs).
+/// run is reproducible from its seed, and a run resumed from its checkpoint (<see cref="SaveCheckpoint"/>, <see cref="Resume"/>:
+/// parameters, model, optimizer and estimator state, progress; and the spec, what <see cref="TextSampler"/> needs) continues
+/// bit for bit. <see cref="Validate"/> reads consecutive validation windows with an evaluation plan.
 /// </summary>
 public sealed class LanguageModelTrainer
 {
@@ -63,7 +65,18 @@ public sealed class LanguageModelTrainer
     private readonly Stopwatch _trainingTime = new();
     private readonly BatchShard _shard;
     private readonly DataParallelStep _dataParallel;
+    private readonly TrainingCheckpoint _checkpoint;
     private bool _agreed;
+    /// <summary>Training time of the run before this trainer's first step (restored by <see cref="Resume"/>).</summary>
+    private TimeSpan _trainingTimeBefore;
+    /// <summary>The stretch of steps the next report covers: it starts after the last report and outlives a cancelled
+    /// <see cref="Train"/> (and, through the checkpoint, a resume), so that its report is the uninterrupted run's.</summary>
+    private long _stretchStart;
+    private double _stretchLossSum;
+    private long _stretchExchanged;
+
+    private const string StepKey = "step", TrainingSecondsKey = "training_seconds", StretchStartKey = "stretch_start", StretchLossSumKey = "stretch_loss_sum",
+        StretchCosineSumsKey = "stretch_cosine_sums", StretchCosinesMeasuredKey = "stretch_cosines_measured", StretchExchangedKey = "stretch_exchanged_bytes";
 
     public LanguageModelTrainer(Guesser guesser, UpdateRule rule, ParameterStore parameters, TextCorpus corpus, LanguageModelOptions options)
     {
@@ -94,12 +107,17 @@ public sealed class LanguageModelTrainer
         _validationTargets = new float[validationBatch * _context];
         _logits = new float[validationBatch * model.Output.Shape.ElementCount];
         _cosines = new CosineMeter(parameters);
+        _checkpoint = new TrainingCheckpoint(TrainingCheckpoint.LanguageModel, parameters, () => StateBuffers,
+            StepKey, TrainingSecondsKey, StretchStartKey, StretchLossSumKey, StretchCosineSumsKey, StretchCosinesMeasuredKey, StretchExchangedKey);
     }
 
     public Guesser Guesser { get; }
     public UpdateRule Rule { get; }
-    /// <summary>Optimizer steps taken so far.</summary>
+    /// <summary>Optimizer steps taken so far (including those before a resume).</summary>
     public long Step { get; private set; }
+
+    /// <summary>Wall time spent in training steps so far (including that before a resume; evaluations left out).</summary>
+    public TimeSpan TrainingTime => _trainingTimeBefore + _trainingTime.Elapsed;
 
     /// <summary>Data-parallel runs: checks that every rank runs this configuration (<paramref name="description"/>, seed, batch),
     /// on the same text, from the same parameters and step; throws <see cref="RunMismatchException"/> on every rank otherwise.
@@ -125,46 +143,56 @@ public sealed class LanguageModelTrainer
 
     private int WindowCount(HeldOutSplit split) => Math.Min(_options.ValidationWindows ?? int.MaxValue, _corpus.Windows(split, _context));
 
-    /// <summary>Runs <paramref name="steps"/> training steps, then validates.</summary>
-    public LanguageModelReport Train(int steps, ITrainingObserver? observer = null)
+    /// <summary>Runs <paramref name="steps"/> training steps, then validates. The report covers the steps since the last
+    /// report (these, and those of a cancelled call or of the run before a resume). <paramref name="cancellationToken"/> is
+    /// looked at before every step: once it is cancelled, training stops at that step boundary with
+    /// <see cref="OperationCanceledException"/>, the trainer consistent (<see cref="Step"/> counts the steps taken;
+    /// <see cref="SaveCheckpoint"/> then writes a checkpoint that resumes there). In a data-parallel run every rank must be
+    /// cancelled before the same step.</summary>
+    public LanguageModelReport Train(int steps, ITrainingObserver? observer = null, CancellationToken cancellationToken = default)
     {
         if (steps < 1) throw new ArgumentOutOfRangeException(nameof(steps), $"Train at least one step; got {steps}.");
         if (!_agreed) RequireSameRun(new Dictionary<string, string>());
-        _cosines.Clear();
-        double lossSum = 0;
-        long exchanged = 0;
         long start = Step;
         var watch = Stopwatch.StartNew();
         _trainingTime.Start();
-        for (int s = 0; s < steps; s++)
+        try
         {
-            _corpus.TrainingBatch(_options.Seed, Step, _shard.Count, _context, _inputs, _targets, _shard.First);
-            _estimator.SetBatch(_inputs, _targets);
-            var (gradient, loss) = _dataParallel.Run(new RandomKey(_options.Seed, 0x6E55).Derive((ulong)Step), Step);
-            exchanged += _dataParallel.LastTraffic.TotalBytes;
-            if (!double.IsFinite(loss))
-                throw new TrainingDivergedException($"The batch loss became {loss} at step {Step} ({Guesser.Name}): training diverged. Lower the learning rate or clip the estimate (--lr, --clip).");
-            if (_oracle is not null && Step % _options.CosineEvery == 0)
+            for (int s = 0; s < steps; s++)
             {
-                _oracle.SetBatch(_inputs, _targets);
-                var exact = _oracle.Estimate(default).Gradient;
-                _options.Communicator.AllReduceSum(_parameters.Backend, exact); // the shares of the batch's gradient
-                _cosines.Add(gradient, exact);
+                cancellationToken.ThrowIfCancellationRequested();
+                _corpus.TrainingBatch(_options.Seed, Step, _shard.Count, _context, _inputs, _targets, _shard.First);
+                _estimator.SetBatch(_inputs, _targets);
+                var (gradient, loss) = _dataParallel.Run(new RandomKey(_options.Seed, 0x6E55).Derive((ulong)Step), Step);
+                _stretchExchanged += _dataParallel.LastTraffic.TotalBytes;
+                if (!double.IsFinite(loss))
+                    throw new TrainingDivergedException($"The batch loss became {loss} at step {Step} ({Guesser.Name}): training diverged. Lower the learning rate or clip the estimate (--lr, --clip).");
+                if (_oracle is not null && Step % _options.CosineEvery == 0)
+                {
+                    _oracle.SetBatch(_inputs, _targets);
+                    var exact = _oracle.Estimate(default).Gradient;
+                    _options.Communicator.AllReduceSum(_parameters.Backend, exact); // the shares of the batch's gradient
+                    _cosines.Add(gradient, exact);
+                }
+                _optimizer.Step(new UpdateInputs(Step, loss, new RandomKey(_options.Seed, 0x0971).Derive((ulong)Step)), gradient);
+                _stretchLossSum += loss;
+                Step++;
+                observer?.StepCompleted(0, (int)(Step - start - 1), steps, loss);
             }
-            _optimizer.Step(new UpdateInputs(Step, loss, new RandomKey(_options.Seed, 0x0971).Derive((ulong)Step)), gradient);
-            lossSum += loss;
-            Step++;
-            observer?.StepCompleted(0, (int)(Step - start - 1), steps, loss);
         }
-        _trainingTime.Stop();
+        finally { _trainingTime.Stop(); }
         double seconds = watch.Elapsed.TotalSeconds;
+        long stretch = Step - _stretchStart;
         var cosines = _cosines.Means(exactGradient: Guesser is BackpropGuesser);
-        return new LanguageModelReport(Step, lossSum / steps, Validate(), [.. cosines[..^1]], cosines[^1],
-            steps * (double)_options.BatchSize * _context / seconds, _trainingTime.Elapsed)
+        var report = new LanguageModelReport(Step, _stretchLossSum / stretch, Validate(), [.. cosines[..^1]], cosines[^1],
+            steps * (double)_options.BatchSize * _context / seconds, TrainingTime)
         {
-            ExchangedBytesPerStep = (double)exchanged / steps,
+            ExchangedBytesPerStep = (double)_stretchExchanged / stretch,
             Test = _corpus.HasTest ? Evaluate(HeldOutSplit.Test) : null,
         };
+        (_stretchStart, _stretchLossSum, _stretchExchanged) = (Step, 0, 0);
+        _cosines.Clear();
+        return report;
     }
 
     /// <summary>Mean loss per token and next-byte accuracy over the first <see cref="LanguageModelOptions.ValidationWindows"/>
@@ -195,18 +223,65 @@ public sealed class LanguageModelTrainer
         return new TextEvaluation(loss / counted, (double)correct / (counted * _context), counted * _context);
     }
 
-    /// <summary>Parameters and model state under their node names, with the model spec and progress as metadata
-    /// (safetensors, atomic, checksummed): what <see cref="TextSampler.Load"/> reads.</summary>
-    public void SaveCheckpoint(string path, TransformerSpec spec, IReadOnlyDictionary<string, string> description)
-    {
-        var metadata = new Dictionary<string, string>(description)
+    /// <summary>Optimizer and estimator state, named as in checkpoints.</summary>
+    private IEnumerable<(string Name, View Buffer)> StateBuffers =>
+        _optimizer.State.Buffers.Select(b => ($"optimizer.{b.Name}", b.Buffer))
+            .Concat(_estimator.StateBuffers.Select(b => ($"estimator.{b.Name}", b.Buffer)));
+
+    /// <summary>What the trainer itself records besides the caller's description, and checks on resume: the spec is
+    /// what <see cref="TextSampler.Load"/> builds the model from.</summary>
+    private Dictionary<string, string> Configuration(TransformerSpec spec, IReadOnlyDictionary<string, string> description) => _checkpoint.Configuration(
+        new Dictionary<string, string>
         {
             [TextSampler.SpecKey] = spec.ToString(),
-            ["step"] = Step.ToString(CultureInfo.InvariantCulture),
             ["seed"] = _options.Seed.ToString(CultureInfo.InvariantCulture),
+            ["batch_size"] = _options.BatchSize.ToString(CultureInfo.InvariantCulture),
+        }, description);
+
+    /// <summary>Parameters, model state, optimizer and estimator state under their names, with the model spec, the
+    /// description (model, guesser, rule, text, every option of the run) and the progress as metadata (safetensors,
+    /// atomic, checksummed): what <see cref="Resume"/> continues from and <see cref="TextSampler.Load"/> samples from.
+    /// The progress holds the step, the training time so far and the unreported stretch (its loss sum, cosine sums and
+    /// exchanged bytes), so a checkpoint written after a cancelled <see cref="Train"/> resumes to the same reports.</summary>
+    public void SaveCheckpoint(string path, TransformerSpec spec, IReadOnlyDictionary<string, string> description)
+    {
+        var progress = new Dictionary<string, string>
+        {
+            [StepKey] = Step.ToString(CultureInfo.InvariantCulture),
+            [TrainingSecondsKey] = PendingRestore.Numbers([TrainingTime.TotalSeconds]),
+            [StretchStartKey] = _stretchStart.ToString(CultureInfo.InvariantCulture),
+            [StretchLossSumKey] = PendingRestore.Numbers([_stretchLossSum]),
+            [StretchCosineSumsKey] = PendingRestore.Numbers(_cosines.Sums),
+            [StretchCosinesMeasuredKey] = _cosines.Measured.ToString(CultureInfo.InvariantCulture),
+            [StretchExchangedKey] = _stretchExchanged.ToString(CultureInfo.InvariantCulture),
         };
-        var tensors = _parameters.Model.Parameters.Concat(_parameters.Model.States)
-            .Select(p => (p.Name, (int[])[.. p.Shape.Dimensions], (Func<float[]>)(() => _parameters.ToArray(p)))).ToList();
-        _options.Communicator.WriteOnRankZero(path, () => SafeTensors.Write(path, tensors, metadata));
+        _checkpoint.Write(path, _options.Communicator, Configuration(spec, description), progress);
+    }
+
+    /// <summary>
+    /// Restores a checkpoint written by <see cref="SaveCheckpoint"/> for the same spec, description, seed and batch size,
+    /// with the guarantees of <see cref="Trainer.Resume"/>: the file, every description key in both directions, the
+    /// progress and every tensor are validated before anything changes; one <see cref="CheckpointMismatchException"/>
+    /// names every difference and leaves this trainer as it was; a checkpoint of <see cref="Trainer"/> (or of an earlier
+    /// version, which saved the parameters only) is refused with an <see cref="InvalidDataException"/> saying so.
+    /// </summary>
+    public void Resume(string path, TransformerSpec spec, IReadOnlyDictionary<string, string> description)
+    {
+        var restore = _checkpoint.Read(path, Configuration(spec, description));
+        long step = restore.Count(StepKey, long.MaxValue);
+        double seconds = restore.Numbers(TrainingSecondsKey, 1)[0];
+        if (!(seconds >= 0 && seconds < TimeSpan.MaxValue.TotalSeconds / 2)) restore.Problem($"{TrainingSecondsKey} is {seconds}; expected seconds ≥ 0");
+        long stretchStart = restore.Count(StretchStartKey, long.MaxValue);
+        if (stretchStart > step) restore.Problem($"{StretchStartKey} {stretchStart} is after {StepKey} {step}");
+        double lossSum = restore.Numbers(StretchLossSumKey, 1)[0];
+        var cosineSums = restore.Numbers(StretchCosineSumsKey, _cosines.Sums.Count);
+        long measured = restore.Count(StretchCosinesMeasuredKey, int.MaxValue);
+        long exchanged = restore.Count(StretchExchangedKey, long.MaxValue);
+        restore.Apply();
+        Step = step;
+        _trainingTime.Reset();
+        _trainingTimeBefore = TimeSpan.FromSeconds(seconds);
+        (_stretchStart, _stretchLossSum, _stretchExchanged) = (stretchStart, lossSum, exchanged);
+        _cosines.Restore(cosineSums, (int)measured);
     }
 }
