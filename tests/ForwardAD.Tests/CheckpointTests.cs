@@ -56,6 +56,58 @@ public sealed class CheckpointTests : IDisposable
         Assert.Equal(straight.Step, resumed.Step);
     }
 
+    /// <summary>Stops a run by cancelling its token once <paramref name="after"/> steps of a call have completed, as a
+    /// Ctrl-C between steps would.</summary>
+    private sealed class CancelAfter(CancellationTokenSource source, int after) : ITrainingObserver
+    {
+        private int _steps;
+        public void StepCompleted(int epoch, int step, int stepsPerEpoch, double batchLoss)
+        {
+            if (++_steps == after) source.Cancel();
+        }
+    }
+
+    /// <summary>A run cancelled within its second epoch stops at a step boundary, and the checkpoint written then resumes to
+    /// the uninterrupted run: parameters bit for bit, and the interrupted epoch's report (its cosines measured before and
+    /// after the interruption) as well.</summary>
+    [Fact]
+    public void A_run_cancelled_within_an_epoch_resumes_bit_for_bit_from_its_checkpoint()
+    {
+        var guesser = Guessers.Grape(new GrapeOptions(), seed: 4);
+        var (straight, straightStore) = NewTrainer(guesser, cosineEvery: 3);
+        var reports = Enumerable.Range(0, 3).Select(e => straight.RunEpoch(e)).ToList();
+
+        var (first, _) = NewTrainer(guesser, cosineEvery: 3);
+        first.RunEpoch(0);
+        using var cancel = new CancellationTokenSource();
+        Assert.Throws<OperationCanceledException>(() => first.RunEpoch(1, new CancelAfter(cancel, 5), cancel.Token));
+        Assert.Equal(first.StepsPerEpoch + 5, first.Step);
+        Assert.Equal(1, first.NextEpoch);
+        var path = Path.Combine(_folder, "interrupted.safetensors");
+        first.SaveCheckpoint(path, Description);
+
+        var (resumed, resumedStore) = NewTrainer(guesser, cosineEvery: 3);
+        resumed.Resume(path, Description);
+        Assert.Equal(first.StepsPerEpoch + 5, resumed.Step);
+        Assert.Equal(1, resumed.NextEpoch);
+        var tail = new[] { resumed.RunEpoch(1), resumed.RunEpoch(2) };
+        Assert.Equal(straightStore.All.ToArray(), resumedStore.All.ToArray());
+        foreach (var (expected, actual) in reports.Skip(1).Zip(tail))
+        {
+            Assert.Equal(expected.TrainLoss, actual.TrainLoss);
+            Assert.Equal(expected.TestLoss, actual.TestLoss);
+            Assert.Equal(expected.GlobalCosine, actual.GlobalCosine);
+            Assert.Equal(expected.SiteCosines.ToArray(), actual.SiteCosines.ToArray());
+        }
+        Assert.Equal(straight.Step, resumed.Step);
+
+        // A token cancelled before an epoch's first step leaves the trainer at the epoch boundary: nothing to continue.
+        using var before = new CancellationTokenSource();
+        before.Cancel();
+        Assert.Throws<OperationCanceledException>(() => resumed.RunEpoch(3, cancellationToken: before.Token));
+        Assert.Equal(straight.Step, resumed.Step);
+    }
+
     /// <summary>A CNN with batch normalisation (digits as 8×8×1 images): the running statistics are model state, saved in
     /// the checkpoint and restored, so a resumed run continues bit for bit, statistics, parameters and test metrics (which
     /// evaluate with the running statistics) included. Without them in the checkpoint the evaluation would differ.</summary>

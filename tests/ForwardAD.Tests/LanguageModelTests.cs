@@ -94,4 +94,142 @@ public class LanguageModelTests
         }
         finally { Directory.Delete(folder, recursive: true); }
     }
+
+    /// <summary>A small structured text for the resume tests, and a model whose context fits it.</summary>
+    private static readonly TextCorpus Verse = TextCorpus.FromText("verse", string.Concat(Enumerable.Range(0, 200).Select(i => $"to be or not to be {i % 7}\n")));
+
+    private static readonly TransformerSpec Small = new(Layers: 1, Heads: 2, Width: 16, Context: 16);
+
+    private static Dictionary<string, string> Described(bool grape) => new() { ["model"] = $"transformer {Small}", ["guesser"] = grape ? "grape" : "backprop" };
+
+    /// <summary>Backprop with AdamW, or GrAPE (whose feedback matrices are estimator state) with SGD, measuring the cosine
+    /// every other step.</summary>
+    private static (LanguageModelTrainer Trainer, ParameterStore Store) NewRun(bool grape, ulong seed = 1)
+    {
+        var store = ParameterStore.Initialize(Small.Build(), new CpuBackend(), seed);
+        Guesser guesser = grape ? Guessers.Grape(new GrapeOptions(), seed: 5) : Guessers.Backprop;
+        var rule = grape ? Optimizers.Sgd(Schedule.Constant(0.05f)) : Optimizers.AdamW(Schedule.Constant(3e-3f));
+        return (new LanguageModelTrainer(guesser, rule, store, Verse, new LanguageModelOptions(4, seed) { ValidationWindows = 8, CosineEvery = 2 }), store);
+    }
+
+    private static float[] Bits(ParameterStore store)
+    {
+        var host = new float[store.All.Length];
+        store.Backend.CopyToHost(store.All, host);
+        return host;
+    }
+
+    /// <summary>Everything of a report but its timings.</summary>
+    private static void AssertSameReport(LanguageModelReport expected, LanguageModelReport actual)
+    {
+        Assert.Equal(expected.Step, actual.Step);
+        Assert.Equal(expected.TrainLoss, actual.TrainLoss);
+        Assert.Equal(expected.Validation, actual.Validation);
+        Assert.Equal(expected.GlobalCosine, actual.GlobalCosine);
+        Assert.Equal(expected.SiteCosines.ToArray(), actual.SiteCosines.ToArray());
+        Assert.Equal(expected.ExchangedBytesPerStep, actual.ExchangedBytesPerStep);
+    }
+
+    private sealed class CancelAfter(CancellationTokenSource source, int after) : ITrainingObserver
+    {
+        private int _steps;
+        public void StepCompleted(int epoch, int step, int stepsPerEpoch, double batchLoss)
+        {
+            if (++_steps == after) source.Cancel();
+        }
+    }
+
+    /// <summary>12 steps straight (reports at 6 and 12) equal 6 steps, a checkpoint, a fresh trainer resumed from it and 6
+    /// more; and equal a run cancelled 3 steps into its second stretch, checkpointed there and resumed: the parameters bit
+    /// for bit, and the second report too (its loss and cosine means span the interruption).</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_resumed_run_continues_bit_for_bit(bool grape)
+    {
+        var (straight, straightStore) = NewRun(grape);
+        var reports = new[] { straight.Train(6), straight.Train(6) };
+        string folder = Directory.CreateTempSubdirectory("forwardad-lm").FullName;
+        try
+        {
+            var (first, firstStore) = NewRun(grape);
+            AssertSameReport(reports[0], first.Train(6));
+            var atReport = Path.Combine(folder, "at-report.safetensors");
+            first.SaveCheckpoint(atReport, Small, Described(grape));
+            using var cancel = new CancellationTokenSource();
+            Assert.Throws<OperationCanceledException>(() => first.Train(6, new CancelAfter(cancel, 3), cancel.Token));
+            Assert.Equal(9, first.Step);
+            var interrupted = Path.Combine(folder, "interrupted.safetensors");
+            first.SaveCheckpoint(interrupted, Small, Described(grape));
+
+            var (fromReport, fromReportStore) = NewRun(grape);
+            fromReport.Resume(atReport, Small, Described(grape));
+            Assert.Equal(6, fromReport.Step);
+            AssertSameReport(reports[1], fromReport.Train(6));
+            Assert.Equal(Bits(straightStore), Bits(fromReportStore));
+
+            var (fromInterruption, fromInterruptionStore) = NewRun(grape);
+            fromInterruption.Resume(interrupted, Small, Described(grape));
+            Assert.Equal(9, fromInterruption.Step);
+            Assert.True(fromInterruption.TrainingTime > TimeSpan.Zero, "the training time before the interruption is restored");
+            AssertSameReport(reports[1], fromInterruption.Train(3));
+            Assert.Equal(Bits(straightStore), Bits(fromInterruptionStore));
+
+            // The checkpoint still carries what `forwardad sample` reads.
+            var (spec, sampled) = TextSampler.Load(interrupted);
+            Assert.Equal(Small, spec);
+            Assert.Equal(new TextSampler(firstStore).Sample("to be ", 20, 0, 1), new TextSampler(sampled).Sample("to be ", 20, 0, 1));
+        }
+        finally { Directory.Delete(folder, recursive: true); }
+    }
+
+    /// <summary>A checkpoint of another run (seed, guesser) is refused naming every difference, and the trainer is left as
+    /// it was; a classifier's checkpoint and an lm checkpoint of an earlier version (parameters only) are refused naming
+    /// what they are, and a classifier's trainer refuses an lm checkpoint likewise.</summary>
+    [Fact]
+    public void Checkpoints_of_another_run_or_trainer_are_refused_naming_the_cause()
+    {
+        string folder = Directory.CreateTempSubdirectory("forwardad-lm").FullName;
+        try
+        {
+            var (run, _) = NewRun(grape: false);
+            run.Train(2);
+            var path = Path.Combine(folder, "lm.safetensors");
+            run.SaveCheckpoint(path, Small, Described(false));
+
+            var (otherSeed, otherSeedStore) = NewRun(grape: false, seed: 2);
+            var before = Bits(otherSeedStore);
+            var seedError = Assert.Throws<CheckpointMismatchException>(() => otherSeed.Resume(path, Small, Described(false))).Message;
+            Assert.Contains("seed is '1' but this run's is '2'", seedError);
+            Assert.Contains("nothing was changed", seedError);
+            Assert.Equal(0, otherSeed.Step);
+            Assert.Equal(before, Bits(otherSeedStore));
+
+            var (grape, _) = NewRun(grape: true);
+            var guesserError = Assert.Throws<CheckpointMismatchException>(() => grape.Resume(path, Small, Described(true))).Message;
+            Assert.Contains("guesser is 'backprop' but this run's is 'grape'", guesserError);
+            Assert.Contains("state 'estimator.", guesserError);
+
+            // A classifier's checkpoint, and the reverse.
+            var (train, test) = Digits.Load().Subset(Enumerable.Range(0, 100).ToArray(), "digits-100").Split(0.2, 1);
+            var mlpStore = ParameterStore.Initialize(new MlpSpec(64, [8], 10, ElementwiseFunction.Relu).Build(), new CpuBackend(), 1);
+            var classifier = new Trainer(Guessers.Backprop, Optimizers.Sgd(Schedule.Constant(0.1f)), mlpStore, train, test, new TrainingOptions(16, 1));
+            var trainPath = Path.Combine(folder, "train.safetensors");
+            classifier.SaveCheckpoint(trainPath, new Dictionary<string, string>());
+            Assert.Contains("this is a train checkpoint; resume it with `forwardad train --resume`",
+                Assert.Throws<InvalidDataException>(() => NewRun(grape: false).Trainer.Resume(trainPath, Small, Described(false))).Message);
+            Assert.Contains("this is an lm checkpoint; resume it with `forwardad lm --resume`",
+                Assert.Throws<InvalidDataException>(() => classifier.Resume(path, new Dictionary<string, string>())).Message);
+
+            // Before lm checkpoints could resume they held the parameters and the spec: sample reads them, resume says why not.
+            var (old, oldStore) = NewRun(grape: false);
+            var parametersOnly = Path.Combine(folder, "parameters-only.safetensors");
+            SafeTensors.Write(parametersOnly, [.. oldStore.Model.Parameters.Select(p => (p.Name, (int[])[.. p.Shape.Dimensions], (Func<float[]>)(() => oldStore.ToArray(p))))],
+                new Dictionary<string, string> { [TextSampler.SpecKey] = Small.ToString(), ["step"] = "0", ["seed"] = "1" });
+            Assert.Equal(Small, TextSampler.Load(parametersOnly).Spec);
+            Assert.Contains("saved the parameters only", Assert.Throws<InvalidDataException>(() => old.Resume(parametersOnly, Small, Described(false))).Message);
+            Assert.Contains("this is an lm checkpoint", Assert.Throws<InvalidDataException>(() => classifier.Resume(parametersOnly, new Dictionary<string, string>())).Message);
+        }
+        finally { Directory.Delete(folder, recursive: true); }
+    }
 }
