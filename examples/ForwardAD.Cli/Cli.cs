@@ -18,6 +18,13 @@ internal sealed record CliContext(TextWriter Output, TextWriter Error, IAnsiCons
 
     /// <summary>How `sweep` starts its runs; null: a new process of this tool per run (tests give one that runs in process).</summary>
     public IRunLauncher? SweepLauncher { get; init; }
+
+    /// <summary>Cancelled when the user asks a run to stop (Ctrl-C): train and lm stop at the next step boundary, write
+    /// their checkpoint and say how to resume (<see cref="Interruption"/>).</summary>
+    public CancellationToken Interrupt { get; init; }
+
+    /// <summary>The command line as run (the command first), for the resume command an interrupted run prints.</summary>
+    public IReadOnlyList<string> Arguments { get; init; } = [];
 }
 
 /// <summary>
@@ -51,7 +58,8 @@ internal static class Cli
                      over seeds (CSV and Markdown)
 
         `forwardad COMMAND --help` shows every option of a command; `forwardad --version` the version.
-        Exit codes: 0 success, 1 data or runtime error, 2 usage error (messages on stderr).
+        Exit codes: 0 success, 1 data or runtime error, 2 usage error (messages on stderr), 130 interrupted
+        (Ctrl-C: train and lm stop after the current step, write their checkpoint and print how to resume).
         """;
 
     public const int Success = 0, RuntimeError = 1, UsageError = 2;
@@ -66,7 +74,8 @@ internal static class Cli
     /// Runs the tool on <paramref name="args"/>. <paramref name="terminal"/>: both streams are an interactive
     /// terminal, so colour and a live progress bar are welcome (never when redirected or under NO_COLOR).
     /// </summary>
-    public static int Run(string[] args, TextWriter output, TextWriter error, bool terminal = false, Communicator? communicator = null, IRunLauncher? sweepLauncher = null)
+    public static int Run(string[] args, TextWriter output, TextWriter error, bool terminal = false, Communicator? communicator = null, IRunLauncher? sweepLauncher = null,
+        CancellationToken interrupt = default)
     {
         communicator ??= Communicator.SingleProcess;
         // Ranks other than 0 print nothing but their own errors: the run's output is rank 0's.
@@ -111,6 +120,7 @@ internal static class Cli
         if (!args[0].StartsWith('-') && !CommandNames.Contains(args[0]))
             return Fail(usageError, UsageError, $"Unknown command '{args[0]}'. Commands: {string.Join(", ", CommandNames)}. See 'forwardad --help'.");
 
+        context = context with { Interrupt = interrupt, Arguments = args };
         var root = Build(context);
         var parse = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
         var commandName = parse.CommandResult.Command is RootCommand ? "" : parse.CommandResult.Command.Name + " ";

@@ -45,8 +45,20 @@ internal static class LanguageModelCommands
           --metrics PATH            CSV per evaluation (default runs/lm-<guesser>-seed<S>-<config>.csv); beside it,
                                     at the end, its plot (.png and .svg: bits per character, accuracy, cosine)
           --no-plot                 write no plot
-          --checkpoint PATH         safetensors checkpoint after every evaluation (what `forwardad sample` reads)
+          --checkpoint PATH         safetensors checkpoint after every evaluation: parameters, optimizer and
+                                    guesser state and progress (what --resume continues and `forwardad sample` reads)
+          --resume PATH             continue a run from its checkpoint, bit for bit, writing it on. The checkpoint
+                                    records the run's configuration (model, text, split, initialisation, guesser and
+                                    its options, optimizer, rate, clipping, schedule, seed, batch size; --steps too
+                                    when the schedule is step or cosine, --eval-every when it is exponential), and any
+                                    difference is refused. May differ: --steps (train longer), --max-seconds (the
+                                    training time counts from the run's start), --eval-every, --validation-windows,
+                                    --cosine-every, --metrics, --checkpoint, --quiet, --no-plot, --device and --tf32.
+                                    Rows of the metrics CSV up to the checkpoint are kept and the new ones appended; a
+                                    CSV of another run or not written by lm is an error (pass another --metrics)
           --quiet                   no live progress, only the final table
+        Ctrl-C stops the run after the current step: with --checkpoint it writes the checkpoint there and prints
+        the command that resumes it; a second Ctrl-C ends at once. Exit code 130.
         """;
 
     public const string SampleHelp = """
@@ -80,6 +92,7 @@ internal static class LanguageModelCommands
         public readonly Option<int> CosineEvery = Opt.Int("cosine-every", 50, min: 0);
         public readonly Option<string?> Metrics = Opt.OptionalString("metrics");
         public readonly Option<string?> Checkpoint = Opt.OptionalString("checkpoint");
+        public readonly Option<string?> Resume = Opt.OptionalString("resume");
         public readonly Option<bool> Quiet = Opt.Flag("quiet");
         public readonly Option<bool> NoPlot = Opt.Flag("no-plot");
     }
@@ -92,7 +105,7 @@ internal static class LanguageModelCommands
         o.Guesser.AddTo(command);
         o.Rule.AddTo(command);
         o.Device.AddTo(command);
-        foreach (var option in new Option[] { o.Model, o.Text, o.ValidationFraction, o.Init, o.Positions, o.Steps, o.MaxSeconds, o.EvalEvery, o.ValidationWindows, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Quiet, o.NoPlot })
+        foreach (var option in new Option[] { o.Model, o.Text, o.ValidationFraction, o.Init, o.Positions, o.Steps, o.MaxSeconds, o.EvalEvery, o.ValidationWindows, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Resume, o.Quiet, o.NoPlot })
             command.Add(option);
         command.SetAction(p => RunLm(p, o, context));
         return command;
@@ -144,34 +157,74 @@ internal static class LanguageModelCommands
         var runHash = configuration.Hash(("seed", seed.ToString(CultureInfo.InvariantCulture)), ("batch_size", batch.ToString(CultureInfo.InvariantCulture)));
         var metricsPath = p.GetValue(o.Metrics) ?? Path.Combine("runs", $"lm-{guesserName}-seed{seed}-{runHash}.csv");
         var checkpoint = p.GetValue(o.Checkpoint);
-        foreach (var (option, path) in new[] { ("--metrics", metricsPath), ("--checkpoint", checkpoint) })
+        var resume = p.GetValue(o.Resume);
+        foreach (var (option, path) in new[] { ("--metrics", metricsPath), ("--checkpoint", checkpoint), ("--resume", resume) })
             if (path is not null && Directory.Exists(path)) throw new IOException($"{option} {path}: is a directory; give a file path.");
-        using var outputs = context.WritesFiles ? OutputLock.Acquire($"lm (metrics {metricsPath})", ("--metrics", metricsPath), ("--checkpoint", checkpoint)) : null;
+        // Claimed before anything is read for a resume or written: a second run on these outputs is refused, not interleaved.
+        using var outputs = context.WritesFiles ? OutputLock.Acquire($"lm (metrics {metricsPath})", ("--metrics", metricsPath), ("--checkpoint", checkpoint ?? resume)) : null;
         var backend = o.Device.Create(p);
         var parameters = ParameterStore.Initialize(spec.Build(init, positions), backend, seed);
         int windows = p.GetValue(o.ValidationWindows);
         var communicator = context.Communicator;
         var trainer = new LanguageModelTrainer(guesser, rule, parameters, corpus,
             new LanguageModelOptions(batch, seed) { CosineEvery = p.GetValue(o.CosineEvery), ValidationWindows = windows == 0 ? null : windows, Communicator = communicator });
-        trainer.RequireSameRun(configuration.ToDictionary());
+        var description = configuration.ToDictionary();
+        // The exponential schedule decays per evaluation interval (its "epoch"), so there --eval-every shapes every rate.
+        // Checked on resume but kept out of the run's hash, so that the metrics files of existing runs keep their names.
+        if (configuration["schedule"] == "exponential") description["eval-every"] = evalEvery.ToString(CultureInfo.InvariantCulture);
+        var header = MetricsHeader(parameters.Model.Sites.Select(site => site.Name), corpus.HasTest);
+        List<string> rows = [];
+        if (resume is not null)
+        {
+            try { trainer.Resume(resume, spec, description); }
+            catch (CheckpointMismatchException e)
+            {
+                // Only a changed configuration gets the hint; a damaged or foreign file's own message says what to do.
+                throw new InvalidDataException($"{e.Message} --resume continues a run only with the options it was started with " +
+                    "(the checkpoint's metadata lists them; see 'forwardad lm --help' for those that may differ). To train with these options instead, " +
+                    "start a new run: drop --resume and give a new --checkpoint path.", e);
+            }
+            // After the checkpoint's check, so that a changed option is reported as such, not as a foreign metrics file.
+            if (context.WritesFiles) rows = ReadMetricsForResume(metricsPath, header, runHash, trainer.Step, context.Error);
+        }
+        checkpoint ??= resume;
+        trainer.RequireSameRun(description);
         console.MarkupLineInterpolated($"[bold]ForwardAD[/] lm: {corpus.Name} ({corpus.Train.Length:N0} training / {corpus.Validation.Length:N0} validation{(corpus.HasTest ? $" / {corpus.Test.Length:N0} test" : "")} bytes), transformer {spec} ({parameters.Model.ParameterCount:N0} parameters), {guesser.Name}, {ruleDescription}, batch {batch}, seed {seed}, {backend.Name}");
 
         if (communicator.Size > 1) console.MarkupLineInterpolated($"data parallel: {TrainCommand.DataParallelBanner(communicator, batch)}");
         foreach (var note in TrainCommand.DataParallelNotes(communicator, parameters.Model, guesser)) console.MarkupLineInterpolated($"{note}");
         var reports = new List<LanguageModelReport>();
-        var initial = trainer.Validate();
         bool quiet = p.GetValue(o.Quiet);
-        if (!quiet) context.Output.WriteLine($"step 0: validation {initial.BitsPerCharacter:F3} bits/char");
-        // --max-seconds: the ranks' clocks differ, so they stop together when any of them is out of time.
-        while (trainer.Step < steps && communicator.AllAgree(maxSeconds is null || reports.Count == 0 || reports[^1].TrainingTime.TotalSeconds < maxSeconds))
+        if (resume is not null) console.MarkupLineInterpolated($"resumed from {resume} at step {trainer.Step}");
+        else if (!quiet) context.Output.WriteLine($"step 0: validation {trainer.Validate().BitsPerCharacter:F3} bits/char");
+        try
         {
-            int chunk = (int)Math.Min(evalEvery, steps - trainer.Step);
-            var report = trainer.Train(chunk);
-            reports.Add(report);
-            if (context.WritesFiles) WriteMetrics(metricsPath, reports, runHash, parameters.Model.Sites.Select(site => site.Name));
-            if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, spec, configuration.ToDictionary());
-            if (!quiet) context.Output.WriteLine($"step {report.Step}: train loss {report.TrainLoss / Math.Log(2):F3} bits/char, validation {report.Validation.BitsPerCharacter:F3} bits/char " +
-                $"(next-byte accuracy {report.Validation.Accuracy:P1}){(report.Test is { } test ? $", test {test.BitsPerCharacter:F3} bits/char" : "")}, cos global {TrainCommand.F(report.GlobalCosine, "F3")}, {report.TokensPerSecond:F0} tokens/s, {report.TrainingTime.TotalSeconds:F0} s");
+            // --max-seconds: the ranks' clocks differ, so they stop together when any of them is out of time.
+            while (trainer.Step < steps && communicator.AllAgree(maxSeconds is null || trainer.TrainingTime.TotalSeconds < maxSeconds))
+            {
+                // Evaluations fall on multiples of --eval-every, also after a resume from an interrupted stretch.
+                int chunk = (int)Math.Min(evalEvery - trainer.Step % evalEvery, steps - trainer.Step);
+                var report = trainer.Train(chunk, cancellationToken: context.Interrupt);
+                reports.Add(report);
+                rows.Add(MetricsRow(report, runHash));
+                if (context.WritesFiles) WriteMetrics(metricsPath, header, rows);
+                if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, spec, description);
+                if (!quiet) context.Output.WriteLine($"step {report.Step}: train loss {report.TrainLoss / Math.Log(2):F3} bits/char, validation {report.Validation.BitsPerCharacter:F3} bits/char " +
+                    $"(next-byte accuracy {report.Validation.Accuracy:P1}){(report.Test is { } test ? $", test {test.BitsPerCharacter:F3} bits/char" : "")}, cos global {TrainCommand.F(report.GlobalCosine, "F3")}, {report.TokensPerSecond:F0} tokens/s, {report.TrainingTime.TotalSeconds:F0} s");
+            }
+        }
+        catch (OperationCanceledException) when (context.Interrupt.IsCancellationRequested)
+        {
+            // Stopped between two steps: the checkpoint takes this step and the unreported stretch, so no step is lost;
+            // the metrics CSV already holds every evaluation.
+            if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, spec, description);
+            context.Error.WriteLine(Interruption.Message(trainer.Step, epoch: null, checkpoint, context.Arguments));
+            return Interruption.ExitCode;
+        }
+        if (reports.Count == 0)
+        {
+            console.MarkupLineInterpolated($"nothing to do: the checkpoint is at step {trainer.Step} (--steps {steps}{(maxSeconds is int limit ? $", --max-seconds {limit}" : "")}).");
+            return Cli.Success;
         }
         var table = new Table().AddColumns("step", "train bits/char", "validation bits/char", "next-byte acc");
         if (corpus.HasTest) table.AddColumns("test bits/char", "test next-byte acc");
@@ -195,25 +248,65 @@ internal static class LanguageModelCommands
         return Cli.Success;
     }
 
-    /// <summary>One row per evaluation: step, train and validation bits per character, next-byte accuracy, the global cosine,
-    /// speed, time, the run's hash, then the cosine at every site; with a test split (--validation-fraction), its bits per
-    /// character and accuracy last.</summary>
-    private static void WriteMetrics(string path, List<LanguageModelReport> reports, string run, IEnumerable<string> sites)
+    /// <summary>The metrics CSV of lm has one row per evaluation: step, train and validation bits per character, next-byte
+    /// accuracy, the global cosine, speed, time, the run's hash, then the cosine at every site; with a test split
+    /// (--validation-fraction), its bits per character and accuracy last. Per-site cosines come after the fixed columns
+    /// (sites in model order, named in the header), then the bytes a step exchanged in a data-parallel run (0 in one
+    /// process), then the test split's columns when there is one, so that the columns scripts read by position stay where
+    /// they are (and `plot` still recognises the header's start).</summary>
+    private static string MetricsHeader(IEnumerable<string> sites, bool tested) =>
+        "step,train_bits_per_char,validation_bits_per_char,validation_accuracy,cosine_global,tokens_per_second,training_seconds,run" +
+        string.Concat(sites.Select(site => $",cosine_{site}")) + ",exchanged_bytes_per_step" + (tested ? "," + string.Join(',', TestColumns) : "");
+
+    /// <summary>The position of the run's hash in a row (<see cref="MetricsHeader"/>).</summary>
+    private const int RunColumn = 7;
+
+    private static string MetricsRow(LanguageModelReport r, string run)
     {
-        bool tested = reports.Any(r => r.Test is not null);
-        if (Path.GetDirectoryName(path) is { Length: > 0 } folder) Directory.CreateDirectory(folder);
         static string G(double v) => v.ToString("R", CultureInfo.InvariantCulture);
-        // Per-site cosines after the fixed columns (sites in model order, named in the header), then the bytes a step
-        // exchanged in a data-parallel run (0 in one process), then the test split's columns when there is one, so that
-        // the columns scripts read by position stay where they are (and `plot` still recognises the header's start).
-        var lines = new List<string> { "step,train_bits_per_char,validation_bits_per_char,validation_accuracy,cosine_global,tokens_per_second,training_seconds,run" +
-            string.Concat(sites.Select(site => $",cosine_{site}")) + ",exchanged_bytes_per_step" + (tested ? "," + string.Join(',', TestColumns) : "") };
-        lines.AddRange(reports.Select(r => string.Join(',', r.Step.ToString(CultureInfo.InvariantCulture), G(r.TrainLoss / Math.Log(2)), G(r.Validation.BitsPerCharacter),
+        return string.Join(',', r.Step.ToString(CultureInfo.InvariantCulture), G(r.TrainLoss / Math.Log(2)), G(r.Validation.BitsPerCharacter),
             G(r.Validation.Accuracy), G(r.GlobalCosine), G(r.TokensPerSecond), G(r.TrainingTime.TotalSeconds), run) + string.Concat(r.SiteCosines.Select(c => "," + G(c))) + "," + G(r.ExchangedBytesPerStep) +
-            (r.Test is { } test ? $",{G(test.BitsPerCharacter)},{G(test.Accuracy)}" : "")));
-        var temporary = path + ".tmp";
-        File.WriteAllLines(temporary, lines);
-        File.Move(temporary, path, overwrite: true);
+            (r.Test is { } test ? $",{G(test.BitsPerCharacter)},{G(test.Accuracy)}" : "");
+    }
+
+    private static void WriteMetrics(string path, string header, IEnumerable<string> rows) => AtomicFile.WriteAllLines(path, rows.Prepend(header));
+
+    /// <summary>
+    /// The rows of <paramref name="path"/> a resumed run keeps, as they are: those of its evaluations up to the
+    /// checkpoint's <paramref name="step"/>. A missing or empty file holds none (an empty one with a note). A file that is
+    /// not this run's metrics CSV (another header: not lm's, or another model or split; a row of another run; a damaged
+    /// row) is an error, and is left untouched.
+    /// </summary>
+    private static List<string> ReadMetricsForResume(string path, string header, string run, long step, TextWriter notes)
+    {
+        if (!File.Exists(path)) return [];
+        var lines = File.ReadAllLines(path);
+        if (lines.All(string.IsNullOrWhiteSpace))
+        {
+            notes.WriteLine($"note: the metrics file {path} is empty; it will hold the evaluations from the checkpoint on.");
+            return [];
+        }
+        const string Advice = "It is left as it is: move it away or pass --metrics with another path.";
+        if (lines[0] != header)
+            throw new InvalidDataException(lines[0].StartsWith("step,train_bits_per_char,", StringComparison.Ordinal)
+                ? $"{path}, line 1: the columns differ from this run's (another model or split): {lines[0]}. {Advice}"
+                : $"{path}, line 1: not a metrics CSV of forwardad lm (the header does not start with step,train_bits_per_char). {Advice}");
+        int columns = header.Split(',').Length;
+        var kept = new List<string>();
+        for (int i = 1; i < lines.Length; i++)
+        {
+            if (string.IsNullOrWhiteSpace(lines[i])) continue;
+            var cells = lines[i].Split(',');
+            if (cells.Length != columns)
+                throw new InvalidDataException($"{path}, line {i + 1}: {cells.Length} columns, the header has {columns}. {Advice}");
+            if (cells[RunColumn] != run)
+                throw new InvalidDataException($"{path}, line {i + 1}: a row of another run (configuration {cells[RunColumn]}; this run's is {run}). " +
+                    "Rows of two runs would mix in one file. Pass --metrics with another path (the default path is unique to the configuration).");
+            if (!long.TryParse(cells[0], NumberStyles.None, CultureInfo.InvariantCulture, out long rowStep))
+                throw new InvalidDataException($"{path}, line {i + 1}: step '{cells[0]}' is not a whole number. {Advice}");
+            if (rowStep <= step) kept.Add(lines[i]);
+        }
+        return kept;
     }
 
     /// <summary>The test split's columns, last in the metrics CSV of a run with --validation-fraction.</summary>

@@ -56,6 +56,8 @@ internal static class TrainCommand
                                     from before the checkpoint are kept; an empty CSV starts afresh; a CSV of another
                                     run or not written by this tool is an error (pass another --metrics).
           --quiet                   no live progress, only the final table
+        Ctrl-C stops the run after the current step: with --checkpoint it writes the checkpoint there (within an
+        epoch too) and prints the command that resumes it; a second Ctrl-C ends at once. Exit code 130.
         """;
 
     private sealed class Options
@@ -176,23 +178,34 @@ internal static class TrainCommand
             if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, description);
             if (context.WritesFiles) MetricsFile.Write(metricsPath, reports, runHash, siteNames, alignedNames);
         }
-        if (quiet || !context.Interactive)
+        try
         {
-            for (int e = trainer.NextEpoch; e < epochs; e++)
+            if (quiet || !context.Interactive)
             {
-                EpochDone(trainer.RunEpoch(e));
-                if (!quiet) context.Output.WriteLine(Line(reports[^1], epochs));
+                for (int e = trainer.NextEpoch; e < epochs; e++)
+                {
+                    EpochDone(trainer.RunEpoch(e, cancellationToken: context.Interrupt));
+                    if (!quiet) context.Output.WriteLine(Line(reports[^1], epochs));
+                }
+            }
+            else
+            {
+                console.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                    .Start(progress =>
+                    {
+                        var task = progress.AddTask("starting", maxValue: (long)epochs * trainer.StepsPerEpoch - trainer.Step);
+                        var observer = new ProgressObserver(task, epochs, batch);
+                        for (int e = trainer.NextEpoch; e < epochs; e++) EpochDone(trainer.RunEpoch(e, observer, context.Interrupt));
+                    });
             }
         }
-        else
+        catch (OperationCanceledException) when (context.Interrupt.IsCancellationRequested)
         {
-            console.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-                .Start(progress =>
-                {
-                    var task = progress.AddTask("starting", maxValue: (epochs - trainer.NextEpoch) * trainer.StepsPerEpoch);
-                    var observer = new ProgressObserver(task, epochs, batch);
-                    for (int e = trainer.NextEpoch; e < epochs; e++) EpochDone(trainer.RunEpoch(e, observer));
-                });
+            // Stopped between two steps: the checkpoint takes this step (within an epoch too), so no step is lost; the
+            // metrics CSV already holds every finished epoch.
+            if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, description);
+            context.Error.WriteLine(Interruption.Message(trainer.Step, trainer.NextEpoch + 1, checkpoint, context.Arguments));
+            return Interruption.ExitCode;
         }
         if (reports.Count == 0)
         {

@@ -1,0 +1,62 @@
+using System.Runtime.InteropServices;
+
+namespace ForwardAD.Cli;
+
+/// <summary>
+/// Ctrl-C (SIGINT) during train or lm: the first one asks the run to stop at the next step boundary (the token given to
+/// the trainer), so that it can write its checkpoint and metrics and say how to resume; a second one ends the process at
+/// once, as Ctrl-C always did. Exit code 130 either way (128 + SIGINT, what shells report for an interrupted command).
+/// </summary>
+internal sealed class Interruption : IDisposable
+{
+    public const int ExitCode = 130;
+
+    private readonly CancellationTokenSource _requested = new();
+    private readonly PosixSignalRegistration _registration;
+
+    /// <summary>Handles SIGINT for the life of this object (the process's entry point holds it: the handler is the
+    /// process's, not a test's).</summary>
+    public Interruption()
+    {
+        _registration = PosixSignalRegistration.Create(PosixSignal.SIGINT, context =>
+        {
+            if (_requested.IsCancellationRequested) return; // the second one: the default handling ends the process
+            context.Cancel = true;
+            _requested.Cancel();
+        });
+    }
+
+    public CancellationToken Token => _requested.Token;
+
+    public void Dispose()
+    {
+        _registration.Dispose();
+        _requested.Dispose();
+    }
+
+    /// <summary>The line an interrupted run prints on stderr: where it stopped, and the command that continues it, which
+    /// is <paramref name="arguments"/> (the command and its options as given) with --resume PATH in place of any
+    /// --checkpoint or --resume (a resumed run keeps writing the checkpoint it resumed from).</summary>
+    public static string Message(long step, int? epoch, string? checkpoint, IReadOnlyList<string> arguments)
+    {
+        var where = $"interrupted at step {step}{(epoch is int e ? $" (epoch {e})" : "")}";
+        if (checkpoint is null) return $"{where}: no checkpoint was written (give --checkpoint PATH to make runs resumable)";
+        var options = new List<string>();
+        for (int i = 1; i < arguments.Count; i++)
+        {
+            var argument = arguments[i];
+            if (argument is "--checkpoint" or "--resume") { i++; continue; }
+            if (argument.StartsWith("--checkpoint=", StringComparison.Ordinal) || argument.StartsWith("--resume=", StringComparison.Ordinal)) continue;
+            options.Add(argument);
+        }
+        var command = string.Join(' ', new[] { "forwardad", arguments[0], "--resume", checkpoint }.Concat(options).Select(Quoted));
+        return $"{where}: checkpoint {checkpoint}; resume with: {command}";
+    }
+
+    /// <summary>An argument as a POSIX shell reads it back: as it is when it has no character the shell would interpret,
+    /// otherwise in single quotes.</summary>
+    private static string Quoted(string argument) =>
+        argument.Length > 0 && argument.All(c => char.IsAsciiLetterOrDigit(c) || "-_./:=,+@%".Contains(c))
+            ? argument
+            : "'" + argument.Replace("'", "'\\''", StringComparison.Ordinal) + "'";
+}
