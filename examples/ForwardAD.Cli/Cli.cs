@@ -19,9 +19,10 @@ internal sealed record CliContext(TextWriter Output, TextWriter Error, IAnsiCons
     /// <summary>How `sweep` starts its runs; null: a new process of this tool per run (tests give one that runs in process).</summary>
     public IRunLauncher? SweepLauncher { get; init; }
 
-    /// <summary>Cancelled when the user asks a run to stop (Ctrl-C): train and lm stop at the next step boundary, write
-    /// their checkpoint and say how to resume (<see cref="Interruption"/>).</summary>
-    public CancellationToken Interrupt { get; init; }
+    /// <summary>Called by the commands that stop cleanly on Ctrl-C (train, lm) before their first step: the token it
+    /// returns is cancelled when the user asks the run to stop, and they then stop at the next step boundary, write their
+    /// checkpoint and say how to resume (<see cref="Interruption"/>). Commands that never call it end at Ctrl-C at once.</summary>
+    public Func<CancellationToken> ListenForInterrupt { get; init; } = () => CancellationToken.None;
 
     /// <summary>The command line as run (the command first), for the resume command an interrupted run prints.</summary>
     public IReadOnlyList<string> Arguments { get; init; } = [];
@@ -75,7 +76,7 @@ internal static class Cli
     /// terminal, so colour and a live progress bar are welcome (never when redirected or under NO_COLOR).
     /// </summary>
     public static int Run(string[] args, TextWriter output, TextWriter error, bool terminal = false, Communicator? communicator = null, IRunLauncher? sweepLauncher = null,
-        CancellationToken interrupt = default)
+        Func<CancellationToken>? listenForInterrupt = null)
     {
         communicator ??= Communicator.SingleProcess;
         // Ranks other than 0 print nothing but their own errors: the run's output is rank 0's.
@@ -120,7 +121,7 @@ internal static class Cli
         if (!args[0].StartsWith('-') && !CommandNames.Contains(args[0]))
             return Fail(usageError, UsageError, $"Unknown command '{args[0]}'. Commands: {string.Join(", ", CommandNames)}. See 'forwardad --help'.");
 
-        context = context with { Interrupt = interrupt, Arguments = args };
+        context = context with { ListenForInterrupt = listenForInterrupt ?? (() => CancellationToken.None), Arguments = args };
         var root = Build(context);
         var parse = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
         var commandName = parse.CommandResult.Command is RootCommand ? "" : parse.CommandResult.Command.Name + " ";

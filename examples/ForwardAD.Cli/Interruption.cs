@@ -6,6 +6,7 @@ namespace ForwardAD.Cli;
 /// Ctrl-C (SIGINT) during train or lm: the first one asks the run to stop at the next step boundary (the token given to
 /// the trainer), so that it can write its checkpoint and metrics and say how to resume; a second one ends the process at
 /// once, as Ctrl-C always did. Exit code 130 either way (128 + SIGINT, what shells report for an interrupted command).
+/// Only a command that listens (<see cref="Listen"/>) stops cooperatively: in any other, Ctrl-C ends the process at once.
 /// </summary>
 internal sealed class Interruption : IDisposable
 {
@@ -13,6 +14,7 @@ internal sealed class Interruption : IDisposable
 
     private readonly CancellationTokenSource _requested = new();
     private readonly PosixSignalRegistration _registration;
+    private volatile bool _listening;
 
     /// <summary>Handles SIGINT for the life of this object (the process's entry point holds it: the handler is the
     /// process's, not a test's).</summary>
@@ -20,13 +22,19 @@ internal sealed class Interruption : IDisposable
     {
         _registration = PosixSignalRegistration.Create(PosixSignal.SIGINT, context =>
         {
-            if (_requested.IsCancellationRequested) return; // the second one: the default handling ends the process
+            // Nobody listening, or the second one: the default handling ends the process.
+            if (!_listening || _requested.IsCancellationRequested) return;
             context.Cancel = true;
             _requested.Cancel();
         });
     }
 
-    public CancellationToken Token => _requested.Token;
+    /// <summary>Called by a command that stops cleanly when the token is cancelled: from now on the first Ctrl-C cancels it.</summary>
+    public CancellationToken Listen()
+    {
+        _listening = true;
+        return _requested.Token;
+    }
 
     public void Dispose()
     {

@@ -197,6 +197,7 @@ internal static class LanguageModelCommands
         bool quiet = p.GetValue(o.Quiet);
         if (resume is not null) console.MarkupLineInterpolated($"resumed from {resume} at step {trainer.Step}");
         else if (!quiet) context.Output.WriteLine($"step 0: validation {trainer.Validate().BitsPerCharacter:F3} bits/char");
+        var interrupt = context.ListenForInterrupt();
         try
         {
             // --max-seconds: the ranks' clocks differ, so they stop together when any of them is out of time.
@@ -204,7 +205,7 @@ internal static class LanguageModelCommands
             {
                 // Evaluations fall on multiples of --eval-every, also after a resume from an interrupted stretch.
                 int chunk = (int)Math.Min(evalEvery - trainer.Step % evalEvery, steps - trainer.Step);
-                var report = trainer.Train(chunk, cancellationToken: context.Interrupt);
+                var report = trainer.Train(chunk, cancellationToken: interrupt);
                 reports.Add(report);
                 rows.Add(MetricsRow(report, runHash));
                 if (context.WritesFiles) WriteMetrics(metricsPath, header, rows);
@@ -213,7 +214,7 @@ internal static class LanguageModelCommands
                     $"(next-byte accuracy {report.Validation.Accuracy:P1}){(report.Test is { } test ? $", test {test.BitsPerCharacter:F3} bits/char" : "")}, cos global {TrainCommand.F(report.GlobalCosine, "F3")}, {report.TokensPerSecond:F0} tokens/s, {report.TrainingTime.TotalSeconds:F0} s");
             }
         }
-        catch (OperationCanceledException) when (context.Interrupt.IsCancellationRequested)
+        catch (OperationCanceledException) when (interrupt.IsCancellationRequested)
         {
             // Stopped between two steps: the checkpoint takes this step and the unreported stretch, so no step is lost;
             // the metrics CSV already holds every evaluation.

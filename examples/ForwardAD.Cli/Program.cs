@@ -8,7 +8,7 @@ if (!MpiCommunicator.IsLaunchedByMpi)
     // Ctrl-C stops train and lm at a step boundary with a checkpoint and a resume command; a second Ctrl-C ends at once.
     // Data-parallel ranks keep the default (they would see the signal at different steps and wait for each other).
     using var interruption = new ForwardAD.Cli.Interruption();
-    return ForwardAD.Cli.Cli.Run(args, Console.Out, Console.Error, terminal: !Console.IsOutputRedirected && !Console.IsErrorRedirected, interrupt: interruption.Token);
+    return ForwardAD.Cli.Cli.Run(args, Console.Out, Console.Error, terminal: !Console.IsOutputRedirected && !Console.IsErrorRedirected, listenForInterrupt: interruption.Listen);
 }
 
 if (!MpiCommunicator.IsAvailable(out var reason))

@@ -171,6 +171,7 @@ internal static class TrainCommand
         if (resume is not null) console.MarkupLineInterpolated($"resumed from {resume} at epoch {trainer.NextEpoch + 1}, step {trainer.Step}");
         // Per-site columns and lines are named by the sites' layers; feedback alignment covers every site but the output.
         string[] siteNames = [.. model.Sites.Select(site => site.Node.Name)];
+        var interrupt = context.ListenForInterrupt();
         string[] alignedNames = [.. model.Sites.Where(site => site.Node != model.Output).Select(site => site.Node.Name)];
         void EpochDone(EpochReport report)
         {
@@ -184,7 +185,7 @@ internal static class TrainCommand
             {
                 for (int e = trainer.NextEpoch; e < epochs; e++)
                 {
-                    EpochDone(trainer.RunEpoch(e, cancellationToken: context.Interrupt));
+                    EpochDone(trainer.RunEpoch(e, cancellationToken: interrupt));
                     if (!quiet) context.Output.WriteLine(Line(reports[^1], epochs));
                 }
             }
@@ -195,11 +196,11 @@ internal static class TrainCommand
                     {
                         var task = progress.AddTask("starting", maxValue: (long)epochs * trainer.StepsPerEpoch - trainer.Step);
                         var observer = new ProgressObserver(task, epochs, batch);
-                        for (int e = trainer.NextEpoch; e < epochs; e++) EpochDone(trainer.RunEpoch(e, observer, context.Interrupt));
+                        for (int e = trainer.NextEpoch; e < epochs; e++) EpochDone(trainer.RunEpoch(e, observer, interrupt));
                     });
             }
         }
-        catch (OperationCanceledException) when (context.Interrupt.IsCancellationRequested)
+        catch (OperationCanceledException) when (interrupt.IsCancellationRequested)
         {
             // Stopped between two steps: the checkpoint takes this step (within an epoch too), so no step is lost; the
             // metrics CSV already holds every finished epoch.
