@@ -31,7 +31,7 @@ internal sealed record CliContext(TextWriter Output, TextWriter Error, IAnsiCons
 /// <summary>
 /// The command line: System.CommandLine parses and checks every option (types, ranges, duplicates, unknown
 /// names); the commands check what depends on several options or on the data. Exit codes: 0 success,
-/// 1 a data or runtime error (a bad file, a diverged run), 2 a usage error. Errors go to stderr as one
+/// 1 a data or runtime error (a bad file, a diverged run), 2 a usage error, 130 a run stopped by Ctrl-C. Errors go to stderr as one
 /// "error: …" line each, without colour and without a stack trace.
 /// </summary>
 internal static class Cli

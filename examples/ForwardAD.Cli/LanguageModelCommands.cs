@@ -49,11 +49,13 @@ internal static class LanguageModelCommands
                                     guesser state and progress (what --resume continues and `forwardad sample` reads)
           --resume PATH             continue a run from its checkpoint, bit for bit, writing it on. The checkpoint
                                     records the run's configuration (model, text, split, initialisation, guesser and
-                                    its options, optimizer, rate, clipping, schedule, seed, batch size; --steps too
-                                    when the schedule is step or cosine, --eval-every when it is exponential), and any
-                                    difference is refused. May differ: --steps (train longer), --max-seconds (the
-                                    training time counts from the run's start), --eval-every, --validation-windows,
-                                    --cosine-every, --metrics, --checkpoint, --quiet, --no-plot, --device and --tf32.
+                                    its options, optimizer, rate, clipping, schedule, seed, batch size; for the step
+                                    and cosine schedules their length, which --steps and --eval-every set, and for
+                                    the exponential one --eval-every, its interval), and any difference is refused.
+                                    May differ: --steps (train longer), --max-seconds (the training time counts
+                                    from the run's start), --eval-every (evaluations stay on its multiples),
+                                    --validation-windows, --cosine-every, --metrics, --checkpoint, --quiet,
+                                    --no-plot, --device and --tf32 (another device continues to float rounding).
                                     Rows of the metrics CSV up to the checkpoint are kept and the new ones appended; a
                                     CSV of another run or not written by lm is an error (pass another --metrics)
           --quiet                   no live progress, only the final table

@@ -367,7 +367,7 @@ public sealed class Trainer
     }
 }
 
-/// <summary>Thrown by <see cref="Trainer.Resume"/> when a readable checkpoint belongs to another run (configuration,
+/// <summary>Thrown by <see cref="Trainer.Resume"/> and <see cref="LanguageModelTrainer.Resume"/> when a readable checkpoint belongs to another run (configuration,
 /// progress or tensors differ), as opposed to a damaged or foreign file: the caller can then say how to resume.</summary>
 public sealed class CheckpointMismatchException(string message) : ArgumentException(message);
 
