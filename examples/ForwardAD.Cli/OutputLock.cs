@@ -40,14 +40,19 @@ internal sealed class OutputLock : IDisposable
     {
         var full = Path.GetFullPath(path);
         var lockPath = full + ".lock";
-        Directory.CreateDirectory(Path.GetDirectoryName(lockPath)!);
         FileStream stream;
         try
         {
+            Directory.CreateDirectory(Path.GetDirectoryName(lockPath)!);
             stream = new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
         }
-        catch (IOException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
+            // Held by a live run: the lock file exists and cannot be opened. No lock file after the attempt: nothing can be
+            // created there (a read-only or virtual folder such as /proc), so the run could not write its outputs either.
+            if (!File.Exists(lockPath))
+                throw new IOException($"{option} {path}: cannot create files in {Path.GetDirectoryName(full)} ({e.Message}). " +
+                    $"Give {option} a path in a folder this user can write.");
             throw new IOException($"{option} {path} is in use by another run ({Owner(lockPath)}): two runs writing the same files would " +
                 $"leave only one of them. Wait for that run to end, or give this one other outputs ({option} elsewhere).");
         }

@@ -169,6 +169,7 @@ internal static class TrainCommand
         if (taken.Length > 0) console.MarkupLineInterpolated($"{taken}");
         if (communicator.Size > 1) console.MarkupLineInterpolated($"data parallel: {DataParallelBanner(communicator, batch)}");
         foreach (var note in DataParallelNotes(communicator, model, guesser)) console.MarkupLineInterpolated($"{note}");
+        if (ReadyMadeInputNote(p.GetValue(o.Model.Model)!, model) is { } inputNote) console.MarkupLineInterpolated($"{inputNote}");
         if (resume is not null) console.MarkupLineInterpolated($"resumed from {resume} at epoch {trainer.NextEpoch + 1}, step {trainer.Step}");
         // Per-site columns and lines are named by the sites' layers; feedback alignment covers every site but the output.
         string[] siteNames = [.. model.Sites.Select(site => site.Node.Name)];
@@ -270,6 +271,17 @@ internal static class TrainCommand
 
     /// <summary>What a data-parallel run computes differently from one process, said in its banner: batch statistics are
     /// each rank's own, and mixing combines each rank's own examples.</summary>
+    /// <summary>A ready-made CNN built for another input than the one it was sized for (vgg-small on 28×28×1 grey images):
+    /// it works when its pooling fits, but the run should say so rather than pass silently for the net the name suggests.</summary>
+    internal static string? ReadyMadeInputNote(string name, Graph.Model model)
+    {
+        var designed = Graph.CnnSpec.ReadyMade.Where(r => r.Name == name).Select(r => (Tensors.Shape?)r.DesignedFor).FirstOrDefault();
+        var input = model.Nodes.First(n => n.Name == "x").Shape;
+        return designed is not { } sized || sized == input ? null
+            : $"note: {name} is sized for {Describe(sized)} images; it is built here for this data's {Describe(input)} (the same layers, other map sizes)";
+        static string Describe(Tensors.Shape shape) => string.Join("×", shape.Dimensions.ToArray());
+    }
+
     internal static IEnumerable<string> DataParallelNotes(ForwardAD.Distributed.Communicator communicator, Graph.Model model, Guessing.Guesser guesser)
     {
         if (communicator.Size == 1) yield break;

@@ -458,6 +458,13 @@ public sealed class CliTests : IDisposable
         var binary = PathOf("data.bin");
         File.WriteAllBytes(binary, [1, 2, 0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]);
         Assert.Contains("binary", Fails(1, "lm", "--text", binary));
+        // Each mistake named as what it is: a folder is not a missing file; a spec names its wrong part.
+        Assert.Contains("is a folder", Fails(1, "lm", "--text", Path.GetDirectoryName(text)!));
+        var tooLong = Fails(2, "lm", "--text", text, "--model", "transformer:t1000000");
+        Assert.Contains("the context 1000000 has more than the 6 digits", tooLong);
+        Assert.Contains("the layer count (lN) is missing", tooLong);
+        Assert.Contains("'x3' is not a size", Fails(2, "lm", "--text", text, "--model", "transformer:l1-h1-d8-t8-x3"));
+        Assert.Contains("in the order l, h, d, t", Fails(2, "lm", "--text", text, "--model", "transformer:h1-l1-d8-t8"));
         Assert.Contains("--checkpoint", Fails(2, "sample"));
         Assert.Contains("lm.csv", Fails(1, "sample", "--checkpoint", metrics)); // not safetensors at all: the reader names the file
     }

@@ -64,4 +64,21 @@ public sealed class OutputLockTests : IDisposable
         Assert.False(File.Exists(checkpoint + ".lock"));
         Assert.False(File.Exists(checkpoint + ".lock.owner"));
     }
+
+    /// <summary>An output in a folder where nothing can be created (the kernel's /proc here) is refused for that reason, not
+    /// as "in use by another run"; a folder that cannot be made (a file where a folder should be) likewise.</summary>
+    [Fact]
+    public void An_output_that_cannot_be_created_is_refused_as_such()
+    {
+        var blocker = PathOf("a-file");
+        File.WriteAllText(blocker, "");
+        string[] places = Directory.Exists("/proc/self") ? ["/proc/forwardad-metrics.csv", Path.Combine(blocker, "m.csv")] : [Path.Combine(blocker, "m.csv")];
+        foreach (var metrics in places)
+        {
+            var (code, _, error) = CliTests.Run("train", "--guesser", "backprop", "--hidden", "8", "--epochs", "1", "--quiet", "--no-plot", "--metrics", metrics);
+            Assert.Equal(1, code);
+            Assert.Contains($"--metrics {metrics}: cannot create files in", error);
+            Assert.DoesNotContain("in use", error);
+        }
+    }
 }

@@ -87,6 +87,7 @@ public sealed class TextCorpus
     /// refused with the reason: they are not text.</summary>
     public static TextCorpus Load(string path)
     {
+        if (Directory.Exists(path)) throw new FileNotFoundException($"{path} is a folder; --text needs a plain-text file (one file, e.g. a .txt inside it).", path);
         if (!File.Exists(path)) throw new FileNotFoundException($"{path} does not exist; --text needs a plain-text file.", path);
         var bytes = File.ReadAllBytes(path);
         int nul = Array.IndexOf(bytes, (byte)0);

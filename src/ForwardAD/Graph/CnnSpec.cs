@@ -224,15 +224,16 @@ public sealed record CnnSpec(Shape Input, ImmutableArray<CnnLayer> Layers, int C
     /// fraction of a second. cnn-small is for 28×28×1 (Fashion-MNIST); vgg-small and alexnet-small follow GrAPE's
     /// VGG- and AlexNet-style CIFAR nets (3×3 convolutions in pairs with batch norm; 5×5 then 3×3 convolutions with
     /// overlapping 3×3/2 max pooling and two hidden dense layers), channels scaled down, for 32×32×3. Each works on
-    /// any image large enough for its pooling.
+    /// any image large enough for its pooling; <c>DesignedFor</c> is the input it was sized for, so that a tool can say when
+    /// it builds one for another.
     /// </summary>
-    public static readonly ImmutableArray<(string Name, string Layers, string Purpose)> ReadyMade =
+    public static readonly ImmutableArray<(string Name, string Layers, string Purpose, Shape DesignedFor)> ReadyMade =
     [
-        ("cnn-small", "c16k3-bn-relu-p2,c32k3-bn-relu-p2,flat,fc64-relu", "a small CNN for 28×28×1 (Fashion-MNIST): two conv blocks, a hidden dense layer"),
+        ("cnn-small", "c16k3-bn-relu-p2,c32k3-bn-relu-p2,flat,fc64-relu", "a small CNN for 28×28×1 (Fashion-MNIST): two conv blocks, a hidden dense layer", new Shape(28, 28, 1)),
         ("vgg-small", "c16k3-bn-relu-c16k3-bn-relu-p2,c32k3-bn-relu-c32k3-bn-relu-p2,c64k3-bn-relu-c64k3-bn-relu-p2,flat,fc128-relu",
-            "a VGG-style net for 32×32×3: three blocks of two 3×3 convolutions with batch norm, 16-32-64 channels"),
+            "a VGG-style net for 32×32×3: three blocks of two 3×3 convolutions with batch norm, 16-32-64 channels", new Shape(32, 32, 3)),
         ("alexnet-small", "c24k5-bn-relu-p3s2,c48k5-bn-relu-p3s2,c64k3-bn-relu-c48k3-bn-relu-c48k3-bn-relu-p3s2,flat,fc192-relu,fc96-relu",
-            "an AlexNet-style net for 32×32×3: 5×5 then 3×3 convolutions with batch norm, overlapping 3×3/2 max pooling, two hidden dense layers"),
+            "an AlexNet-style net for 32×32×3: 5×5 then 3×3 convolutions with batch norm, overlapping 3×3/2 max pooling, two hidden dense layers", new Shape(32, 32, 3)),
     ];
 
     /// <summary>Parses <paramref name="text"/> (see <see cref="Grammar"/>) and checks it against the input and class count.</summary>
@@ -249,7 +250,7 @@ public sealed record CnnSpec(Shape Input, ImmutableArray<CnnLayer> Layers, int C
     /// <summary>A ready-made net from <see cref="ReadyMade"/> for this input and class count.</summary>
     public static CnnSpec Named(string name, Shape input, int classes)
     {
-        foreach (var (n, layers, _) in ReadyMade)
+        foreach (var (n, layers, _, _) in ReadyMade)
             if (n == name) return Parse(layers, input, classes);
         throw new ArgumentException($"No ready-made CNN named '{name}'. Ready-made: {string.Join(", ", ReadyMade.Select(r => r.Name))}.", nameof(name));
     }

@@ -22,11 +22,34 @@ public sealed partial record TransformerSpec(int Layers, int Heads, int Width, i
     {
         var match = SpecPattern().Match(text.Trim().ToLowerInvariant());
         if (!match.Success)
-            throw new FormatException($"'{text}' is not a transformer spec: expected {Grammar}.");
+            throw new FormatException($"'{text}' is not a transformer spec: {Diagnose(text.Trim().ToLowerInvariant())}; expected {Grammar}.");
         int Group(string name, int fallback) => match.Groups[name].Success ? int.Parse(match.Groups[name].Value, CultureInfo.InvariantCulture) : fallback;
         var spec = new TransformerSpec(Group("l", 0), Group("h", 0), Group("d", 0), Group("t", 0), Group("v", 256), Group("m", 4));
         spec.Validate();
         return spec;
+    }
+
+    /// <summary>Why a text is not a spec, named per part: an unknown part, a size repeated, missing or longer than the
+    /// grammar takes, or the parts out of order.</summary>
+    private static string Diagnose(string text)
+    {
+        const string Letters = "lhdtvm";
+        string[] names = ["layer count", "head count", "width", "context", "vocabulary", "MLP ratio"];
+        int[] digits = [4, 4, 6, 6, 7, 3];
+        var problems = new List<string>();
+        var seen = new List<int>();
+        foreach (var part in text.Split('-'))
+        {
+            int kind = part.Length >= 2 ? Letters.IndexOf(part[0], StringComparison.Ordinal) : -1;
+            if (kind < 0 || !part[1..].All(char.IsAsciiDigit)) { problems.Add($"'{part}' is not a size (one of l, h, d, t, v, m and a number)"); continue; }
+            if (seen.Contains(kind)) problems.Add($"the {names[kind]} is given twice");
+            seen.Add(kind);
+            if (part.Length - 1 > digits[kind]) problems.Add($"the {names[kind]} {part[1..]} has more than the {digits[kind]} digits a spec takes");
+        }
+        for (int kind = 0; kind < 4; kind++)
+            if (!seen.Contains(kind)) problems.Add($"the {names[kind]} ({Letters[kind]}N) is missing");
+        if (problems.Count == 0 && !seen.SequenceEqual(seen.Order())) problems.Add("the sizes must come in the order l, h, d, t, v, m");
+        return problems.Count == 0 ? "it does not match the grammar" : string.Join("; ", problems);
     }
 
     [GeneratedRegex(@"^l(?<l>\d{1,4})-h(?<h>\d{1,4})-d(?<d>\d{1,6})-t(?<t>\d{1,6})(-v(?<v>\d{1,7}))?(-m(?<m>\d{1,3}))?$")]
