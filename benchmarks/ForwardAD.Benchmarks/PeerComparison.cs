@@ -107,7 +107,7 @@ internal static class OursSide
 /// (benchmarks/peers/torch_peer.py) on the same MLP, CNN and transformer rows (`--models mlp,cnn,transformer`; the CNN is
 /// <see cref="CnnBenchmarks"/>, benchmarks/peers/torch_cnn.py and the TorchSharp peer's cnn_* rows; the transformer
 /// <see cref="TransformerBenchmarks"/>, benchmarks/peers/torch_transformer.py and the peer's tf_* rows), each side its own process at the same priority, run
-/// alternately (A, B, C, then B, C, A, …) at one thread per side and at two (DESIGN.md §6: OMP_NUM_THREADS,
+/// alternately (A, B, C, then B, C, A, …) at one thread per side and at two (docs/design.md §6: OMP_NUM_THREADS,
 /// MKL_NUM_THREADS and OPENBLAS_NUM_THREADS set to the count, OMP_WAIT_POLICY=PASSIVE so that spin-waiting libtorch
 /// threads do not starve the other side). Per row: the median over rounds of each side's median of single calls,
 /// the minimum over all calls, the ratios, the spread of the per-round ratios, CPU/wall, our bytes per call, the

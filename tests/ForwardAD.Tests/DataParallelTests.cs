@@ -12,7 +12,7 @@ namespace ForwardAD.Tests;
 
 /// <summary>
 /// Data-parallel training on ranks that are threads (<see cref="InProcessCommunicator"/>): N ranks with shares of a batch
-/// of B compute what one process with the batch computes (DESIGN.md §7), up to the order of float32 sums. The same code
+/// of B compute what one process with the batch computes (docs/design.md §7), up to the order of float32 sums. The same code
 /// path runs under MPI; <see cref="MpiTests"/> starts real <c>mpiexec</c> jobs.
 /// </summary>
 public sealed class DataParallelTests(ITestOutputHelper output)

@@ -7,7 +7,7 @@ using ForwardAD.Training;
 namespace ForwardAD.Tests;
 
 /// <summary>
-/// De-biased guessers (DESIGN.md §2, de-biasing): the Wᵀ site estimate ĝ_b with E[ĝ_b] = C_b g_b, C_b = D_b Wᵀ W D_b,
+/// De-biased guessers (docs/design.md §2, de-biasing): the Wᵀ site estimate ĝ_b with E[ĝ_b] = C_b g_b, C_b = D_b Wᵀ W D_b,
 /// corrected to (C_b + λ_b I)⁻¹ ĝ_b with λ_b = ρ·tr(C_b)/n. References are computed here in double by Gaussian
 /// elimination, independently of the library's Cholesky and Woodbury code.
 /// </summary>

@@ -7,7 +7,7 @@ using ForwardAD.Random;
 namespace ForwardAD.Tests;
 
 /// <summary>
-/// GrAPE's feedback rules term by term (DESIGN.md §2): one step of each against a float64 reference, repeated steps toward
+/// GrAPE's feedback rules term by term (docs/design.md §2): one step of each against a float64 reference, repeated steps toward
 /// a fixed target raising the alignment, and the target's direction inside the estimator. A sign flipped in any term
 /// fails one of these: the shrink of misaligned rows, alternative 1's pull toward g̃, alternative 2's decay or its target
 /// term (the reference step), and the target g̃ = J̄ᵀ·‖B‖/‖J̄‖ itself (the estimator test).
@@ -32,7 +32,7 @@ public sealed class FeedbackRuleTests
 
     private static double[] Rows64(float[] m) => [.. m.Select(v => (double)v)];
 
-    /// <summary>The rules of DESIGN.md §2 in float64: c_i = cos(g̃_i, B_i), g̃ = g·‖B‖/‖g‖;
+    /// <summary>The rules of docs/design.md §2 in float64: c_i = cos(g̃_i, B_i), g̃ = g·‖B‖/‖g‖;
     /// original B_i(1 − η(1 − c_i)), then rescaled to the initial norm; alternative 1 B_i − η(1 − c_i)B_i + η c_i g̃_i;
     /// alternative 2 (1 − η)B + η g̃.</summary>
     private static double[] Reference(string rule, double[] b, double[] g, double initialNorm)

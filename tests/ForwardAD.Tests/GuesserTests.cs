@@ -11,7 +11,7 @@ using ForwardAD.Training;
 namespace ForwardAD.Tests;
 
 /// <summary>
-/// The statistics of the guessers (DESIGN.md §2). Every test draws a fixed number of estimates with fixed
+/// The statistics of the guessers (docs/design.md §2). Every test draws a fixed number of estimates with fixed
 /// keys and bounds the distance between their mean and the expected value by 5 standard errors (from the
 /// known variance where it has a closed form, else from the sample variance): a two-sided 5σ bound fails by
 /// chance with probability below 6e-7 per component.

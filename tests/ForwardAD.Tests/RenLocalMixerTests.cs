@@ -17,7 +17,7 @@ public class RenLocalMixerTests
     private static LocalMixerSpec Spec => LocalMixerTests.RenSpec;
 
     /// <summary>Per declared site of the tiny Ren mixer: its normalised output, the ReLU after it, and the partition of a
-    /// tangent entering at the site and at the normalised output (DESIGN.md §2, local losses).</summary>
+    /// tangent entering at the site and at the normalised output (docs/design.md §2, local losses).</summary>
     private static readonly Dictionary<string, (string Normalized, string Gate, BlockPartition AtSite, BlockPartition AtNormalized)> Declared = new()
     {
         ["block1.patch"] = ("block1.patch.ln", "block1.patch.relu", BlockPartition.Token, BlockPartition.TokenGroup),

@@ -12,7 +12,7 @@ using ForwardAD.Training;
 namespace ForwardAD.Tests;
 
 /// <summary>
-/// Sites (issue 9, DESIGN.md §2): found from the graph; guesses pulled back through the ops that really consume a
+/// Sites (issue 9, docs/design.md §2): found from the graph; guesses pulled back through the ops that really consume a
 /// site (checked against an independent float64 pull-back); one site-to-parameter update path; stop-gradients and
 /// several losses (checked against PyTorch, Golden/two_losses.py).
 /// </summary>

@@ -107,7 +107,7 @@ public class VjpTests
 
     /// <summary>
     /// A pull-back from s_{i+1} to s_i applies only the local Jacobians: s̄_i = 1[s_i > 0] ⊙ (W_{i+1}ᵀ ε) per
-    /// example (the Wᵀ guess of DESIGN.md §2), and leaves the parameter gradients alone.
+    /// example (the Wᵀ guess of docs/design.md §2), and leaves the parameter gradients alone.
     /// </summary>
     [Fact]
     public void Pull_back_applies_local_jacobians_only()

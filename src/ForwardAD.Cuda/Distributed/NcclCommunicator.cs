@@ -13,7 +13,7 @@ namespace ForwardAD.Cuda.Distributed;
 /// <remarks>
 /// <para>Host buffers (<see cref="Communicator.AllReduceSum(Span{float})"/>, <see cref="Communicator.Broadcast"/>,
 /// <see cref="Communicator.Barrier"/>) go through the bootstrap rather than through a device staging buffer. They are small
-/// (losses, flags, text, the K JVP scalars of directional descent, DESIGN.md §7), where MPI's or the threads' few
+/// (losses, flags, text, the K JVP scalars of directional descent, docs/design.md §7), where MPI's or the threads' few
 /// microseconds beat a copy to the device, a kernel and a copy back, and they need not wait behind the step's work queued
 /// on the backend's stream. They wait under the bootstrap's own timeout.</para>
 /// <para>Device sums wait under <see cref="Communicator.Timeout"/> (initially the bootstrap's): the wait polls the stream

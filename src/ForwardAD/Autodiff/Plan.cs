@@ -469,7 +469,7 @@ public sealed class Plan
     public View Value(Node node) => Readable(node, _buffers[node.Id].Value, "value");
 
     /// <summary>What the forward pass saved for the derivative rules: f'(x) for an elementwise node (the
-    /// ReLU mask of DESIGN.md §2), ∂ℓ_b/∂prediction for a loss node. Empty when not saved.</summary>
+    /// ReLU mask of docs/design.md §2), ∂ℓ_b/∂prediction for a loss node. Empty when not saved.</summary>
     public View Derivative(Node node) => Readable(node, _buffers[node.Id].Auxiliary, "saved derivative");
 
     /// <summary>The K-channel tangent [K, B, ...shape]; empty (a symbolic zero) when no seed reaches the node.

@@ -51,7 +51,7 @@ public abstract record ElementwiseFunction
     public override string ToString() => Name;
 }
 
-/// <summary>ReLU: f(x) = max(x, 0); f'(x) = 1[x > 0], the mask of DESIGN.md §2 (taken at the
+/// <summary>ReLU: f(x) = max(x, 0); f'(x) = 1[x > 0], the mask of docs/design.md §2 (taken at the
 /// pre-activation the forward pass computed, bias included).</summary>
 public sealed record ReluFunction : ElementwiseFunction
 {

@@ -4,7 +4,7 @@ using ForwardAD.Random;
 namespace ForwardAD.Distributed;
 
 /// <summary>
-/// One rank's share of a global batch (DESIGN.md §7): examples [<see cref="First"/>, First + <see cref="Count"/>) of the
+/// One rank's share of a global batch (docs/design.md §7): examples [<see cref="First"/>, First + <see cref="Count"/>) of the
 /// <see cref="GlobalBatch"/> examples of every step, and the <see cref="Communicator"/> of the ranks that hold the rest.
 /// Estimators compiled for a shard draw every per-example random number at the example's global index and divide by the
 /// global batch, so that the ranks together compute what one process with the whole batch computes.

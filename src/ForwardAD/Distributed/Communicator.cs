@@ -4,7 +4,7 @@ using ForwardAD.Backends;
 namespace ForwardAD.Distributed;
 
 /// <summary>
-/// A group of ranks that run the same program on their own shares of the data (DESIGN.md §7): rank, size, in-place sums,
+/// A group of ranks that run the same program on their own shares of the data (docs/design.md §7): rank, size, in-place sums,
 /// broadcast and barrier. Backends: <see cref="SingleProcess"/> (size 1, every operation a no-op),
 /// <see cref="InProcessCommunicator"/> (threads of one process), <see cref="MpiCommunicator"/> (processes started by
 /// <c>mpiexec</c>) and, on GPU hosts, NCCL (ForwardAD.Cuda). Every operation counts the bytes it was handed

@@ -7,7 +7,7 @@ using ForwardAD.Training;
 namespace ForwardAD.Distributed;
 
 /// <summary>
-/// The exchange of a data-parallel training step (DESIGN.md §7), around an estimator compiled for this rank's
+/// The exchange of a data-parallel training step (docs/design.md §7), around an estimator compiled for this rank's
 /// <see cref="BatchShard"/>: the estimate on the rank's examples; then what the estimator's
 /// <see cref="GradientEstimator.Exchange"/> asks for (the all-reduce sum of the ranks' shares of the update, or nothing
 /// when the estimator already agreed, as directional descent's K scalars); the batch loss as the mean over the global

@@ -3,7 +3,7 @@ using System.Collections.Immutable;
 namespace ForwardAD.Graph;
 
 /// <summary>
-/// Where a guess enters (DESIGN.md §2, sites): the output <c>s = f(x; θ)</c> of a parameterised op (dense now;
+/// Where a guess enters (docs/design.md §2, sites): the output <c>s = f(x; θ)</c> of a parameterised op (dense now;
 /// conv, embedding, attention projections as they land), found by <see cref="ModelBuilder.Build"/> from the graph,
 /// or any differentiable node a user marks with <see cref="ModelBuilder.MarkSite"/>.
 /// Everything an estimator needs is here or one graph step away:

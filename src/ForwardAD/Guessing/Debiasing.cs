@@ -7,7 +7,7 @@ using ForwardAD.Training;
 namespace ForwardAD.Guessing;
 
 /// <summary>
-/// A biased guesser corrected by a ridge solve (DESIGN.md §2, de-biasing; the open question of "How to Guess a
+/// A biased guesser corrected by a ridge solve (docs/design.md §2, de-biasing; the open question of "How to Guess a
 /// Gradient", §6). A guess u with E[u uᵀ] = C gives a site estimate ĝ = (g·u) u with E[ĝ] = C g; the corrected
 /// estimate (C + λI)⁻¹ ĝ has expectation (C + λI)⁻¹ C g, which tends to g as λ → 0 on the span of C (where the
 /// gradient of a Wᵀ site lies: g = M Wᵀ e). Less bias, more variance: directions in which C is small are amplified

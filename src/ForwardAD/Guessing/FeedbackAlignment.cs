@@ -13,7 +13,7 @@ namespace ForwardAD.Guessing;
 /// Kaiming-uniform U(±√(6/o)) (fan-in o: B_l maps the o-dimensional error to layer l).</summary>
 public enum FeedbackInitialization { Gaussian, XavierUniform, KaimingUniform }
 
-/// <summary>Where GrAPE's activity tangent δ enters: the hidden output h_l (DESIGN.md, J_l = ∂ŷ/∂h_l) or the
+/// <summary>Where GrAPE's activity tangent δ enters: the hidden output h_l (docs/design.md, J_l = ∂ŷ/∂h_l) or the
 /// pre-activation a_l (the submission's choice, which folds σ'(a_l) into the estimate).</summary>
 public enum TangentPlacement { HiddenOutput, PreActivation }
 

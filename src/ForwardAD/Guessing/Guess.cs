@@ -8,7 +8,7 @@ using ForwardAD.Tensors;
 namespace ForwardAD.Guessing;
 
 /// <summary>
-/// A guess of ∂L/∂s at a site s (DESIGN.md §2), per example: a small immutable value built from a noise source
+/// A guess of ∂L/∂s at a site s (docs/design.md §2), per example: a small immutable value built from a noise source
 /// and transforms. It is compiled per site of a model, so the same guess works on an MLP, a residual network or
 /// anything the graph describes. The named guesses of "How to Guess a Gradient" are compositions (see
 /// <see cref="Guesses"/>); a new one is a new composition:
@@ -25,7 +25,7 @@ public abstract record Guess
     public static Guess Uniform { get; } = new NoiseGuess(NoiseKind.Uniform);
 
     /// <summary>Activation mixing: u_b = Σ_c α_bc h_c with α ~ N(0, 1), a random combination of the batch's outputs
-    /// h = f(s) of the site (DESIGN.md §2).</summary>
+    /// h = f(s) of the site (docs/design.md §2).</summary>
     public static Guess Mixing { get; } = new MixingGuess();
 
     /// <summary>The true error (softmax − onehot) per example, normalised: local information only (self-sharpening's

@@ -8,7 +8,7 @@ using ForwardAD.Training;
 namespace ForwardAD.Guessing;
 
 /// <summary>
-/// How the guesses of the sites share tangent channels (DESIGN.md §2). Joint: one channel carries every
+/// How the guesses of the sites share tangent channels (docs/design.md §2). Joint: one channel carries every
 /// site's guess (K = G; cheap, cross-site terms add variance). PerLayer: one channel per site
 /// (K = L·G; independent estimates, L× the tangent work).
 /// </summary>
@@ -19,7 +19,7 @@ public enum TangentMode { Joint, PerLayer }
 /// mode the other blocks' guesses then add no noise to this site's estimate.</summary>
 public enum SiteLoss { Objective, Local }
 
-/// <summary>Where an activation guess enters. Site: at the site s itself (DESIGN.md §2). Normalized: where the model
+/// <summary>Where an activation guess enters. Site: at the site s itself (docs/design.md §2). Normalized: where the model
 /// declares a site's normalised output (<see cref="SiteBlocks.Normalized"/>: Ren et al.'s placement, after the LayerNorm
 /// that follows a linear layer and before its ReLU), the estimate there masked by that ReLU's derivative and pulled back
 /// through the LayerNorm to s; sites without one (heads, the classifier) take it at s.</summary>
@@ -37,7 +37,7 @@ public abstract record Guesser
     /// <summary>Compiles the guesser for a whole batch of <paramref name="batchSize"/> examples in this process.</summary>
     public GradientEstimator Compile(ParameterStore parameters, int batchSize) => Compile(parameters, BatchShard.Whole(batchSize));
 
-    /// <summary>Compiles the guesser for one rank's share of the batch (data-parallel training, DESIGN.md §7): every
+    /// <summary>Compiles the guesser for one rank's share of the batch (data-parallel training, docs/design.md §7): every
     /// per-example random number at its global index, every mean over the global batch, so that the ranks' estimates
     /// combined as <see cref="GradientEstimator.Exchange"/> says are what one process with the whole batch computes.</summary>
     public abstract GradientEstimator Compile(ParameterStore parameters, BatchShard shard);
@@ -461,7 +461,7 @@ internal sealed class DirectionalEstimator : GradientEstimator
             WriteCosineMatchedDirections(key);
         _plan.ForwardJvp();
         backend.CopyToHost(_plan.Tangent(_plan.Model.Loss), _lossTangent);
-        // g·v_k = (1/B) Σ_b ℓ̇_{k,b}. Data parallel (DESIGN.md §7): every rank draws the same v_k (keyed by step and
+        // g·v_k = (1/B) Σ_b ℓ̇_{k,b}. Data parallel (docs/design.md §7): every rank draws the same v_k (keyed by step and
         // parameter, not by example), sums its own examples, and one all-reduce of the K partial sums gives every rank
         // the same g·v_k: 8K bytes a step, whatever the parameter count.
         for (int k = 0; k < _guesses; k++)

@@ -30,7 +30,7 @@ public sealed class FeedbackContext(Backend backend, View feedback, View target,
 /// <summary>
 /// A rule that moves a feedback matrix toward its target, in the combinator style of the update rules:
 /// small values composed with <see cref="Then"/>. GrAPE's original rule is
-/// <c>ShrinkMisaligned(η).Then(AddNoise(σ)).Then(Renormalize())</c> (DESIGN.md §2).
+/// <c>ShrinkMisaligned(η).Then(AddNoise(σ)).Then(Renormalize())</c> (docs/design.md §2).
 /// </summary>
 public abstract record FeedbackRule
 {
@@ -111,7 +111,7 @@ public sealed record Renormalize : FeedbackRule
     }
 }
 
-/// <summary>The GrAPE rules of DESIGN.md §2, as compositions.</summary>
+/// <summary>The GrAPE rules of docs/design.md §2, as compositions.</summary>
 public static class FeedbackRules
 {
     /// <summary>The submission's rule: B ← B − η(1 − c)∘B, plus small noise, then back to the initial norm.</summary>

@@ -3,7 +3,7 @@ using ForwardAD.Guessing;
 namespace ForwardAD.Studies;
 
 /// <summary>
-/// Spectral measurements of the studies (DESIGN.md §2, metrics): singular values of a matrix, the cumulative
+/// Spectral measurements of the studies (docs/design.md §2, metrics): singular values of a matrix, the cumulative
 /// explained variance of a cloud of samples (PCA), the effective rank. Host code in double: a study's matrices are
 /// the widths of a layer, and the eigen-decomposition is the cyclic Jacobi of <see cref="SpectralPower"/>.
 /// </summary>

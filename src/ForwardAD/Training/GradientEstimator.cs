@@ -35,7 +35,7 @@ public abstract class GradientEstimator
     public virtual EstimateExchange Exchange => EstimateExchange.SumShares;
 }
 
-/// <summary>How the ranks of a data-parallel step combine their estimates (DESIGN.md §7).</summary>
+/// <summary>How the ranks of a data-parallel step combine their estimates (docs/design.md §7).</summary>
 public enum EstimateExchange
 {
     /// <summary>Each rank returns its share Σ_{b∈shard} ĝ_b / B; the all-reduce sum over ranks is the estimate

@@ -21,7 +21,7 @@ public sealed record LanguageModelOptions(int BatchSize, ulong Seed)
     /// (null: all of them).</summary>
     public int? ValidationWindows { get; init; } = 256;
 
-    /// <summary>The ranks of a data-parallel run: each trains on its share of every batch (DESIGN.md §7). Default: one process.</summary>
+    /// <summary>The ranks of a data-parallel run: each trains on its share of every batch (docs/design.md §7). Default: one process.</summary>
     public Communicator Communicator { get; init; } = Communicator.SingleProcess;
 }
 

@@ -1,6 +1,6 @@
 namespace ForwardAD.Training;
 
-/// <summary>Measures of how good an estimate is (DESIGN.md §2, "Metrics").</summary>
+/// <summary>Measures of how good an estimate is (docs/design.md §2, "Metrics").</summary>
 public static class Metrics
 {
     /// <summary>cos(a, b) = a·b / (‖a‖‖b‖), in double; 0 when either is zero.</summary>

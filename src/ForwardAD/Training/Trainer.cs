@@ -57,7 +57,7 @@ public sealed record TrainingOptions(int BatchSize, ulong Seed)
     /// <summary>Random crop and flip of every training batch (images only), keyed by (seed, step); null: none.</summary>
     public Data.ImageAugmentation? Augmentation { get; init; }
 
-    /// <summary>The ranks of a data-parallel run (DESIGN.md §7): each trains on its share of every batch of
+    /// <summary>The ranks of a data-parallel run (docs/design.md §7): each trains on its share of every batch of
     /// <see cref="BatchSize"/> examples, split by global example index, and the ranks together compute what one process
     /// with the whole batch computes. Default: one process.</summary>
     public Communicator Communicator { get; init; } = Communicator.SingleProcess;

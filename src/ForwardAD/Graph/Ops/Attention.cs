@@ -9,7 +9,7 @@ namespace ForwardAD.Graph;
 /// are sites), output [T, D]. Head h owns columns h·dh..(h+1)·dh − 1 of q, k, v and of the output (dh = D/H), so the
 /// heads are split and merged by leading dimensions, without a reshape. Per example and head:
 /// S = Q Kᵀ/√dh with S[i, j] = −∞ for j &gt; i, P = softmax_rows(S), O = P V.
-/// <para>JVP (product rule; softmax JVP ṗ = p ⊙ (ṡ − ⟨p, ṡ⟩) row-wise, DESIGN.md §2 attention):
+/// <para>JVP (product rule; softmax JVP ṗ = p ⊙ (ṡ − ⟨p, ṡ⟩) row-wise, docs/design.md §2 attention):
 /// Ṡ = (Q̇ Kᵀ + Q K̇ᵀ)/√dh, Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ)), Ȯ = Ṗ V + P V̇. Masked entries need no mask of their own: P is 0
 /// there, so Ṗ is too.</para>
 /// <para>VJP: P̄ = Ō Vᵀ, V̄ = Pᵀ Ō, S̄ = P ⊙ (P̄ − rowsum(P ⊙ P̄)) (0 where masked), Q̄ = S̄ K/√dh, K̄ = S̄ᵀ Q/√dh.</para>

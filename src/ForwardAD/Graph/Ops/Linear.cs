@@ -7,7 +7,7 @@ namespace ForwardAD.Graph;
 /// Dense layer s = x Wᵀ + b over the last axis, x: [..., in], W: [out, in], b: [out].
 /// JVP: ṡ = ẋ Wᵀ + x Ẇᵀ + ḃ. VJP: x̄ = s̄ W, W̄ = s̄ᵀ x, b̄ = Σ_rows s̄.
 /// The K tangent channels of ẋ go through one GEMM with K·B rows; so do the C channels of a pull-back's x̄.
-/// W̄ = s̄ᵀ x is the one place a dense site's estimated cotangent becomes a weight update (DESIGN.md §2, sites).
+/// W̄ = s̄ᵀ x is the one place a dense site's estimated cotangent becomes a weight update (docs/design.md §2, sites).
 /// </summary>
 public sealed record LinearOp : Op
 {
