@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's results table on the embedded digits: every guesser and backprop, on MLPs
+# Reproduces the results table of docs/results.md on the embedded digits: every guesser and backprop, on MLPs
 # 3×128 (hidden 128,128) and 6×128 (five hidden layers of 128), same update rule for all
 # (AdamW, lr 1e-3, weight decay 0.01), batch 32, 30 epochs, seed 1. Prints a markdown table.
 # Usage: bash examples/digits-results.sh [epochs] [seed]

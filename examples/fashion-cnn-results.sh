@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's CNN table on Fashion-MNIST (Debian: sudo apt-get install dataset-fashion-mnist):
+# Reproduces the CNN table of docs/results.md on Fashion-MNIST (Debian: sudo apt-get install dataset-fashion-mnist):
 # the ready-made cnn-small (c16k3-bn-relu-p2,c32k3-bn-relu-p2,flat,fc64-relu, then the classifier) trained by
 # backprop, activation perturbation, Wᵀ, DFA and GrAPE with the same update rule (AdamW, lr 1e-3, weight decay
 # 0.01), batch 64, seed 1; test accuracy on the official 10,000 test images, the mean cosine to backprop's

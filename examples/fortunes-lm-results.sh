@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's language-model table on Debian's fortunes (sudo apt-get install fortunes): the
+# Reproduces the language-model table of docs/results.md on Debian's fortunes (sudo apt-get install fortunes): the
 # transformer l4-h4-d128-t64 (4 pre-LN blocks, 4 heads, width 128, context 64 bytes) trained by backprop,
 # activation perturbation, Wᵀ, DFA and GrAPE with the same update rule (AdamW, lr 1e-3, weight decay 0.01), batch 32,
 # seed 1, for the same number of steps; validation bits per character on the first 256 windows of the validation split

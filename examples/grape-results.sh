@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's DFA/GrAPE table on the embedded digits: backprop, DFA and every GrAPE rule on
+# Reproduces the DFA/GrAPE table of docs/results.md on the embedded digits: backprop, DFA and every GrAPE rule on
 # MLPs 3×128 and 6×128, AdamW (lr 1e-3, weight decay 0.01) for the weights, batch 32, 30 epochs, seed 1.
 # GrAPE: η_B = 0.01 constant, noise 1e-3 for the original rule, cumulative moving average, tangents on h_l,
 # one joint channel. Columns: final train/test accuracy, and the final mean (over hidden layers) of the

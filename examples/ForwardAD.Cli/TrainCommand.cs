@@ -34,8 +34,8 @@ internal static class TrainCommand
           MLP, other guessers       --optimizer adamw --lr 0.001, batch 32, --mode per-layer
           CNN                       --optimizer adamw --lr 0.001, batch 64; other guessers than backprop/dfa/grape
                                     --mode per-layer, and wt/downstream --normalize yes (joint-mode and raw Wᵀ
-                                    guesses fail on batch-norm CNNs: see the README); downstream --lr 0.0001 (it
-                                    diverges at 0.001 on vgg-small and alexnet-small)
+                                    guesses fail on batch-norm CNNs: see docs/results.md); downstream --lr 0.0001
+                                    (it diverges at 0.001 on vgg-small and alexnet-small)
           LocalMixer                --optimizer adamw --lr 0.001, batch 64, --mode joint
           --augment                 random crop (padding --crop-padding, default 4) and horizontal flip of every
                                     training image, keyed by (seed, step): a resumed run augments identically

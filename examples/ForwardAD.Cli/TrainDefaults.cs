@@ -6,7 +6,7 @@ namespace ForwardAD.Cli;
 /// <summary>
 /// What `train` uses for the options not given, per model family and method: one set of defaults for every model and
 /// method made some of them diverge (SGD at 0.1 sends activation perturbation and Wᵀ to NaN within five steps on
-/// cnn-small) and left joint-mode Wᵀ at chance on batch-norm CNNs. Chosen from measurements (README: "Why joint-mode Wᵀ
+/// cnn-small) and left joint-mode Wᵀ at chance on batch-norm CNNs. Chosen from measurements (docs/results.md: "Why joint-mode Wᵀ
 /// fails on a batch-norm CNN, measured"):
 /// <list type="bullet">
 /// <item>MLP, backprop/DFA/GrAPE: SGD 0.1, batch 32, joint tangents for GrAPE (GrAPE 94.7/95.6/94.2 % on digits, seeds 1–3).</item>

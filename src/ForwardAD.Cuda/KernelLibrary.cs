@@ -101,7 +101,7 @@ internal sealed class KernelLibrary : IDisposable
     private static unsafe byte[] Compile(string family, string source, string header, string[] options)
     {
         if (!NativeLibraries.TryLoad(NativeLibraries.Nvrtc, out var reason))
-            throw new InvalidOperationException($"No fatbin for the '{family}' kernels and NVRTC is unavailable ({reason}). Build them with CMake (see README) or install NVRTC.");
+            throw new InvalidOperationException($"No fatbin for the '{family}' kernels and NVRTC is unavailable ({reason}). Build them with CMake (see docs/gpu.md) or install NVRTC.");
         var handle = new NvrtcProgramHandle();
         using var pinned = new Utf8Strings([source, family + ".cu", header, "common.cuh", .. options]);
         byte** headers = stackalloc byte*[1];

@@ -82,7 +82,7 @@ public class CnnGuesserTests
     /// per-example guess d_b u_b with d_b = ℓ̇_b / B has expectation (1/B) ∂ℓ_b/∂s_b: the diagonal blocks of the batch's
     /// Jacobian, not ∂L/∂s_b = (1/B) Σ_b' ∂ℓ_b'/∂s_b. The test computes that diagonal exactly (a pull-back of e_c/B from the
     /// loss in C = B channels, row c of channel c), checks the estimator's mean against it, and that it differs from
-    /// the gradient: per-example activation perturbation is biased under batch statistics (README, "Batch normalisation").
+    /// the gradient: per-example activation perturbation is biased under batch statistics (docs/models.md, "What batch statistics mean for per-example guesses").
     /// </summary>
     [Fact]
     public void Activation_perturbation_with_batch_statistics_estimates_the_per_example_diagonal()

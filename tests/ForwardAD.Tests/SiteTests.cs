@@ -236,12 +236,12 @@ public class SiteTests
         }
     }
 
-    /// <summary>The README's "Sites" example, verbatim between the markers (its using lines are this file's): a guesser on a
+    /// <summary>The "Sites" example of docs/library.md, verbatim between the markers (its using lines are this file's): a guesser on a
     /// residual model trains.</summary>
     [Fact]
     public void Readme_residual_example_trains()
     {
-        // README: sites example (after its using lines)
+        // docs/library.md: sites example (after its using lines)
         var (train, test) = Digits.Load().Split(0.2, seed: 1);
         var b = new ModelBuilder();
         var x = b.Input("x", new Shape(64), differentiable: false);
@@ -254,7 +254,7 @@ public class SiteTests
         var guesser = new ActivationGuesser("Wᵀ, normalised", Guess.Normal.PulledBack().Normalized(), Guess.Normal, TangentMode.PerLayer);
         var parameters = ParameterStore.Initialize(model, new CpuBackend(), seed: 1);
         var trainer = new Trainer(guesser, Optimizers.AdamW(1e-3f), parameters, train, test, new TrainingOptions(BatchSize: 32, Seed: 1));
-        // README: end
+        // docs/library.md: end
         var report = trainer.RunEpoch(0);
         Assert.Equal(["embed", "inner", "outer", "head"], model.Sites.Select(s => s.Name));
         Assert.Equal(4, report.SiteCosines.Length);
