@@ -6,7 +6,9 @@ namespace ForwardAD.Backends;
 /// <summary>Storage owned by a backend: host memory for the CPU, device memory for CUDA.</summary>
 public abstract class DeviceBuffer
 {
+    /// <summary>Number of float32 elements the buffer holds.</summary>
     public abstract int Length { get; }
+    /// <summary>The backend that allocated the buffer and whose kernels may read and write it.</summary>
     public abstract Backend Backend { get; }
 }
 
@@ -14,11 +16,18 @@ public abstract class DeviceBuffer
 /// symbolic zeros: a tangent that no seed reaches is never stored nor computed.</summary>
 public readonly record struct View(DeviceBuffer? Buffer, int Offset, int Length)
 {
+    /// <summary>The empty view (no buffer, offset 0, length 0): a symbolic zero.</summary>
     public static View Empty => default;
+    /// <summary>True when the view has no buffer, i.e. it stands for a symbolic zero that is never stored nor computed.</summary>
     public bool IsEmpty => Buffer is null;
 
+    /// <summary>A view of the whole of <paramref name="buffer"/> (offset 0, its full length).</summary>
     public View(DeviceBuffer buffer) : this(buffer, 0, buffer.Length) { }
 
+    /// <summary>The sub-range [<paramref name="start"/>, <paramref name="start"/> + <paramref name="length"/>) of this view, in
+    /// elements relative to its <see cref="Offset"/>.</summary>
+    /// <exception cref="InvalidOperationException">The view is empty (a symbolic zero).</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The range is not inside the view.</exception>
     public View Slice(int start, int length)
     {
         if (Buffer is null) throw new InvalidOperationException("Cannot slice an empty view (a symbolic zero).");
@@ -38,8 +47,12 @@ public readonly record struct View(DeviceBuffer? Buffer, int Offset, int Length)
 /// </summary>
 public abstract class Backend
 {
+    /// <summary>A short human-readable name for logs and error messages (e.g. <c>cpu (openblas gemm)</c>).</summary>
     public abstract string Name { get; }
 
+    /// <summary>Allocates a buffer of <paramref name="length"/> float32 elements on this backend. Contents are zero on the
+    /// CPU; other backends may leave them undefined, so kernels that read a buffer must write it first.</summary>
+    /// <exception cref="ArgumentException">The allocation would exceed <see cref="AvailableMemoryBytes"/> (backends that check it).</exception>
     public abstract DeviceBuffer Allocate(int length);
 
     /// <summary>Bytes this backend can still allocate, as far as it knows (long.MaxValue when it cannot tell).
@@ -69,15 +82,20 @@ public abstract class Backend
     }
 
     private static string Gibibytes(long bytes) => $"{bytes / (1024.0 * 1024 * 1024):0.##} GiB";
+    /// <summary>Copies <paramref name="source"/> from host memory into <paramref name="destination"/> (same length).</summary>
     public abstract void CopyFromHost(ReadOnlySpan<float> source, View destination);
+    /// <summary>Copies <paramref name="source"/> into host memory <paramref name="destination"/> (same length).</summary>
     public abstract void CopyToHost(View source, Span<float> destination);
 
     /// <summary>C = α·op(A)·op(B) + β·C on row-major matrices (see <see cref="Gemm"/>).</summary>
     public abstract void Gemm(Transpose transposeA, Transpose transposeB, int m, int n, int k,
         float alpha, View a, int lda, View b, int ldb, float beta, View c, int ldc);
 
+    /// <summary>destination[i] = <paramref name="value"/> for every element.</summary>
     public abstract void Fill(float value, View destination);
+    /// <summary>destination (+)= source, element by element (same length).</summary>
     public abstract void Copy(View source, View destination, bool accumulate = false);
+    /// <summary>destination = factor·source, element by element; in place (destination = source) is allowed.</summary>
     public abstract void Scale(View source, float factor, View destination);
     /// <summary>destination = a + b.</summary>
     public abstract void Add(View a, View b, View destination);
@@ -274,7 +292,9 @@ public abstract class Backend
     /// <paramref name="destination"/> [R, destinationColumns] is zeroed first unless <paramref name="accumulate"/>.</summary>
     public abstract void ScatterAddColumns(View source, View indices, int destinationColumns, View destination, bool accumulate);
 
+    /// <summary>y = f(x) element by element for the pointwise <paramref name="function"/> (same length; in place allowed).</summary>
     public abstract void Elementwise(ElementwiseFunction function, View x, View y);
+    /// <summary>derivative = f'(x) element by element, given x and y = f(x) (whichever the function needs).</summary>
     public abstract void ElementwiseDerivative(ElementwiseFunction function, View x, View y, View derivative);
 
     /// <summary>y = f(x) and f'(x) in one call (a forward pass that saves the derivative); by default the two calls.</summary>

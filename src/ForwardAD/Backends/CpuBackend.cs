@@ -10,7 +10,9 @@ namespace ForwardAD.Backends;
 public sealed class CpuBuffer(CpuBackend backend, int length) : DeviceBuffer
 {
     internal readonly float[] Data = new float[length];
+    /// <inheritdoc/>
     public override int Length => Data.Length;
+    /// <inheritdoc/>
     public override Backend Backend => backend;
 }
 
@@ -21,8 +23,11 @@ public sealed class CpuBuffer(CpuBackend backend, int length) : DeviceBuffer
 /// </summary>
 public sealed partial class CpuBackend(Gemm gemm) : Backend
 {
+    /// <summary>A CPU backend with the default GEMM: OpenBLAS when the library can be loaded, the managed GEMM otherwise
+    /// (<see cref="Tensors.Gemm.CreateDefault"/>).</summary>
     public CpuBackend() : this(Tensors.Gemm.CreateDefault()) { }
 
+    /// <summary>The GEMM that <see cref="Gemm"/> and the im2col convolution paths run on (OpenBLAS or managed).</summary>
     public Gemm MatrixMultiply { get; } = gemm;
 
     /// <summary>Threads the backend's own parallel kernels use (the calling thread and up to Threads − 1 .NET thread-pool
@@ -43,6 +48,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     /// parked pool thread costs on an idle machine (6–20 µs measured; far more when the cores are busy).</summary>
     private const int ParallelElements = 1 << 16;
 
+    /// <inheritdoc/>
     public override string Name => $"cpu ({MatrixMultiply.Name} gemm)";
 
     /// <summary>For the im2col path (VJPs, and convolutions the direct kernel does not cover): cache-sized convolution passes
@@ -51,6 +57,8 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     /// start-up twice over (2 OpenBLAS threads: 60 ms in passes against 47.3 whole), so the whole batch goes at once.</summary>
     public override int ConvolutionPassElements => MatrixMultiply.Threads > 1 ? int.MaxValue : base.ConvolutionPassElements;
 
+    /// <summary>Allocates a zeroed host array of <paramref name="length"/> floats.</summary>
+    /// <exception cref="ArgumentException">The buffer would exceed <see cref="AvailableMemoryBytes"/>.</exception>
     public override DeviceBuffer Allocate(int length)
     {
         RequireMemory(length * (long)sizeof(float), $"A buffer of {length:N0} floats");
@@ -102,9 +110,12 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
             if (MathF.Abs(values[i]) < SmallestNormal) values[i] = 0f;
     }
 
+    /// <inheritdoc/>
     public override void CopyFromHost(ReadOnlySpan<float> source, View destination) => source.CopyTo(Span(destination));
+    /// <inheritdoc/>
     public override void CopyToHost(View source, Span<float> destination) => Read(source).CopyTo(destination);
 
+    /// <inheritdoc/>
     public override void Gemm(Transpose transposeA, Transpose transposeB, int m, int n, int k, float alpha,
         View a, int lda, View b, int ldb, float beta, View c, int ldc)
     {
@@ -113,18 +124,23 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         MatrixMultiply.Multiply(transposeA, transposeB, m, n, k, alpha, Read(a), lda, Read(b), ldb, beta, Span(c), ldc);
     }
 
+    /// <inheritdoc/>
     public override void Fill(float value, View destination) => Span(destination).Fill(value);
 
+    /// <inheritdoc/>
     public override void Copy(View source, View destination, bool accumulate = false)
     {
         if (accumulate) TensorPrimitives.Add(Read(source), Read(destination), Span(destination));
         else Read(source).CopyTo(Span(destination));
     }
 
+    /// <inheritdoc/>
     public override void Scale(View source, float factor, View destination) => TensorPrimitives.Multiply(Read(source), factor, Span(destination));
 
+    /// <inheritdoc/>
     public override void Add(View a, View b, View destination) => TensorPrimitives.Add(Read(a), Read(b), Span(destination));
 
+    /// <inheritdoc/>
     public override void MultiplyChannels(View a, View b, View destination, bool accumulate)
     {
         var factor = Read(a);
@@ -139,8 +155,10 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    /// <inheritdoc/>
     public override void AddBias(View bias, View destination) => InParallelRows<AddColumns>(ref _addBias, destination, bias, bias, destination);
 
+    /// <inheritdoc/>
     public override void ScaleColumns(View a, View scale, View destination, bool accumulate)
     {
         var factor = Read(scale);
@@ -164,6 +182,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    /// <inheritdoc/>
     public override void ColumnMoments(View x, View negativeMean, View variance, View scratch)
     {
         // Rows in fixed blocks (by size only, never by thread count, so results do not depend on the threads): pass 1 sums
@@ -225,9 +244,11 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    /// <inheritdoc/>
     public override void ShiftScaleColumns(View x, View shift, View scale, View destination) =>
         InParallelRows<ShiftThenScale>(ref _shiftScale, x, shift, scale, destination);
 
+    /// <inheritdoc/>
     public override void ScaleShiftColumns(View x, View scale, View shift, View destination) =>
         InParallelRows<ScaleThenShift>(ref _scaleShift, x, scale, shift, destination);
 
@@ -338,6 +359,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    /// <inheritdoc/>
     public override void ReciprocalSqrt(View x, float epsilon, View destination)
     {
         var source = Read(x);
@@ -352,6 +374,10 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     /// 1152 101 % vs 96 %, 2304 96 % vs 98 %; so up to 1152. 0 sends every convolution through im2col.</summary>
     public int DirectPatchLength { get; init; } = 1152;
 
+    /// <inheritdoc/>
+    /// <remarks>Convolutions with patches of at most <see cref="DirectPatchLength"/> floats that the direct kernel supports,
+    /// and whose packed weight and padded images fit in <paramref name="scratch"/>, run through the direct (implicit-GEMM) kernel
+    /// (one weight channel at a time); the others take the im2col + GEMM path of the base class.</remarks>
     public override void Convolve(View images, in ConvGeometry geometry, View weights, int outputs, float beta, View y, View scratch, int channels = 1)
     {
         var g = geometry;
@@ -390,8 +416,10 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
 
     private PartWork<ConvolveArguments>? _convolve;
 
+    /// <inheritdoc/>
     public override void Im2Col(View images, in ConvGeometry geometry, View columns) => PatchesByImages(images, geometry, columns, toColumns: true);
 
+    /// <inheritdoc/>
     public override void Col2Im(View columns, in ConvGeometry geometry, View images, bool accumulate)
     {
         if (!accumulate) Span(images).Clear();
@@ -463,6 +491,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    /// <inheritdoc/>
     public override void MaxPool(View images, in PoolGeometry geometry, View output, View argmax)
     {
         int examples = images.Length / geometry.InputElements;
@@ -539,12 +568,14 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
             if (values[j] > best[j]) { best[j] = values[j]; bestIndex[j] = pixel + j; }
     }
 
+    /// <inheritdoc/>
     public override void AvgPool(View images, in PoolGeometry geometry, View output)
     {
         Span(output).Clear();
         AverageWindowsByImages(images, geometry, output, toOutput: true);
     }
 
+    /// <inheritdoc/>
     public override void AvgPoolBackward(View output, in PoolGeometry geometry, View images, bool accumulate)
     {
         if (!accumulate) Span(images).Clear();
@@ -593,6 +624,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
                 }
     }
 
+    /// <inheritdoc/>
     public override void GatherColumns(View source, int sourceColumns, View indices, View destination)
     {
         int rows = source.Length / sourceColumns;
@@ -612,6 +644,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }, new RowArguments(source, indices, default, destination, sourceColumns), Parts(source.Length, rows));
     }
 
+    /// <inheritdoc/>
     public override void ScatterAddColumns(View source, View indices, int destinationColumns, View destination, bool accumulate)
     {
         if (!accumulate) Span(destination).Clear();
@@ -633,6 +666,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }, new RowArguments(source, indices, default, destination, destinationColumns), Parts(destination.Length, rows));
     }
 
+    /// <inheritdoc/>
     public override void SumRows(View source, View destination, bool accumulate)
     {
         var target = Span(destination);
@@ -655,6 +689,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    /// <inheritdoc/>
     public override void RowDot(View a, View b, int columns, View destination)
     {
         var left = Read(a);
@@ -665,6 +700,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
             target[i] = TensorPrimitives.Dot(left.Slice(i % rowsPerChannel * columns, columns), right.Slice(i * columns, columns));
     }
 
+    /// <inheritdoc/>
     public override void ScaleRows(View a, View scale, View destination, bool accumulate)
     {
         var source = Read(a);
@@ -680,6 +716,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    /// <inheritdoc/>
     public override void Elementwise(ElementwiseFunction function, View x, View y)
     {
         // Elementwise: contiguous chunks of whole vectors, each computed as one thread would.
@@ -705,6 +742,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
             a.Function.Differentiate(Read(a.X.Slice(first, length)), Read(a.Y.Slice(first, length)), Span(a.Derivative.Slice(first, length)));
         }, new ElementwiseDerivativeArguments(function, x, y, derivative), Parts(x.Length, x.Length / Vector<float>.Count));
 
+    /// <inheritdoc/>
     public override void ElementwiseWithDerivative(ElementwiseFunction function, View x, View y, View derivative) =>
         RunParts(ref _elementwiseWithDerivative, static (in ElementwiseDerivativeArguments a, int part, int parts) =>
         {
@@ -723,6 +761,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     private readonly record struct ElementwiseDerivativeArguments(ElementwiseFunction Function, View X, View Y, View Derivative);
     private PartWork<ElementwiseDerivativeArguments>? _elementwiseDerivative, _elementwiseWithDerivative;
 
+    /// <inheritdoc/>
     public override void SoftmaxCrossEntropy(View logits, View labels, int classes, View loss, View error)
     {
         var z = Read(logits);
@@ -745,6 +784,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    /// <inheritdoc/>
     public override void SquaredError(View prediction, View target, int width, View loss, View error)
     {
         var p = Read(prediction);
@@ -770,6 +810,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
             RandomFill.Normal(a.Key, a.First + share.First, a.A, a.B, Span(a.Destination.Slice(share.First, share.Count)));
         }, new RandomArguments(key, first, mean, standardDeviation, destination), Parts(destination.Length, (destination.Length + RandomChunk - 1) / RandomChunk));
 
+    /// <inheritdoc/>
     public override void FillUniform(RandomKey key, long first, float low, float high, View destination) =>
         RunParts(ref _fillUniform, static (in RandomArguments a, int part, int parts) =>
         {
@@ -790,6 +831,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     private readonly record struct RandomArguments(RandomKey Key, long First, float A, float B, View Destination);
     private PartWork<RandomArguments>? _fillNormal, _fillUniform;
 
+    /// <inheritdoc/>
     public override double Sum(View x)
     {
         double total = 0;
@@ -797,6 +839,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         return total;
     }
 
+    /// <inheritdoc/>
     public override void NormalizeRows(View x, int columns, float norm)
     {
         var values = Span(x);
@@ -808,6 +851,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    /// <inheritdoc/>
     public override void RowCosines(View a, View b, int columns, View destination)
     {
         var left = Read(a);
@@ -822,6 +866,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    /// <inheritdoc/>
     public override double SumOfSquares(View x)
     {
         // Chunks of 4096 summed in float by TensorPrimitives, accumulated in double: fast and accurate enough
@@ -833,6 +878,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         return total;
     }
 
+    /// <inheritdoc/>
     public override double Dot(View a, View b)
     {
         var left = Read(a);
@@ -846,6 +892,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         return total;
     }
 
+    /// <inheritdoc/>
     public override void Axpby(float alpha, View x, float beta, View y)
     {
         var source = Read(x);
@@ -859,6 +906,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    /// <inheritdoc/>
     public override void MovingAverageOfSquares(View g, float beta, View v)
     {
         var gradient = Read(g);
@@ -875,6 +923,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         for (; i < average.Length; i++) average[i] = beta * average[i] + complement * gradient[i] * gradient[i];
     }
 
+    /// <inheritdoc/>
     public override void AdamDirection(View m, View v, float mScale, float vScale, float epsilon, View destination)
     {
         var first = Read(m);
@@ -891,6 +940,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         for (; i < target.Length; i++) target[i] = first[i] * mScale / (MathF.Sqrt(second[i] * vScale) + epsilon);
     }
 
+    /// <inheritdoc/>
     public override double MeanRatioOfSquares(View g, View v, float vScale, float floor)
     {
         var gradient = Read(g);
@@ -903,6 +953,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     // ---- attention (issue 13) ----------------------------------------------------------------------------------
     // GemmStridedBatched: the base class's loop of GEMMs on slices (one OpenBLAS call per head and example).
 
+    /// <inheritdoc/>
     public override void CausalSoftmaxRows(View scores, int size, View probabilities)
     {
         long square = (long)size * size;
@@ -937,6 +988,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
 
     private PartWork<RowArguments>? _causalSoftmax, _softmaxJvp, _normalize, _normalizeDerivative, _gatherColumns, _scatterAddColumns;
 
+    /// <inheritdoc/>
     public override void SoftmaxJvpRows(View probabilities, View x, int columns, View destination)
     {
         if (columns <= 0 || probabilities.Length % columns != 0 || probabilities.Length == 0 || x.Length != destination.Length || x.Length % probabilities.Length != 0)
@@ -962,6 +1014,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     }
     // ---- Sequence ops (issue 13) ----------------------------------------------------------------------------------------
 
+    /// <inheritdoc/>
     public override void NormalizeLastAxis(View x, int width, float epsilon, bool centre, View normalized, View inverseStd)
     {
         RunParts(ref _normalize, static (in RowArguments a, int part, int parts) =>
@@ -992,6 +1045,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }, new RowArguments(x, inverseStd, default, normalized, width, epsilon, centre), Parts(x.Length, inverseStd.Length));
     }
 
+    /// <inheritdoc/>
     public override void NormalizeLastAxisDerivative(View normalized, View inverseStd, View v, bool centre, View destination, bool accumulate)
     {
         int rows = inverseStd.Length, width = normalized.Length / rows;
@@ -1017,6 +1071,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }, new RowArguments(normalized, inverseStd, v, destination, width, Centre: centre, Accumulate: accumulate), Parts(v.Length, v.Length / width));
     }
 
+    /// <inheritdoc/>
     public override void GatherRows(View table, View indices, int width, View destination)
     {
         var from = Read(table);
@@ -1033,6 +1088,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
             }
     }
 
+    /// <inheritdoc/>
     public override void ScatterAddRows(View source, View indices, int width, View destination, bool accumulate)
     {
         var from = Read(source);
@@ -1048,6 +1104,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         }
     }
 
+    /// <inheritdoc/>
     public override void SequenceCrossEntropy(View logits, View targets, int length, int classes, float ignoreIndex, View loss, View error)
     {
         var z = Read(logits);

@@ -78,6 +78,9 @@ public sealed partial class CpuBackend
         return ConvolutionVjpKernels.Im2Col;
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Runs as a direct convolution of the zero-padded cotangent with the 180°-turned weight where
+    /// <see cref="ConvolutionVjpKernel"/> selects <see cref="ConvolutionVjpKernels.Direct"/>; im2col + GEMM otherwise.</remarks>
     public override void ConvolveTransposed(View cotangent, in ConvGeometry geometry, View weights, int outputs, View images, bool accumulate, View scratch)
     {
         var g = geometry;
@@ -98,6 +101,9 @@ public sealed partial class CpuBackend
         }
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Runs the direct weight-gradient kernel where <see cref="ConvolutionVjpKernel"/> selects
+    /// <see cref="ConvolutionVjpKernels.Direct"/>; im2col + GEMM otherwise.</remarks>
     public override void ConvolutionWeightGradient(View images, in ConvGeometry geometry, View cotangent, int outputs, View weightGradient, bool accumulate, View scratch)
     {
         var g = geometry;

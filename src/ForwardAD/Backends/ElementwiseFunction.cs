@@ -14,6 +14,8 @@ public abstract record ElementwiseFunction
 {
     private protected ElementwiseFunction() { }
 
+    /// <summary>The function's lower-case name (<c>relu</c>, <c>tanh</c>, <c>gelu</c>, <c>gelu_tanh</c>, <c>identity</c>):
+    /// what <see cref="Parse"/> accepts, what checkpoints store and how backends pick the kernel.</summary>
     public abstract string Name { get; }
 
     /// <summary>y = f(x) on host memory.</summary>
@@ -30,11 +32,15 @@ public abstract record ElementwiseFunction
         Differentiate(x, y, derivative);
     }
 
+    /// <summary>ReLU, max(x, 0) (<see cref="ReluFunction"/>).</summary>
     public static ElementwiseFunction Relu { get; } = new ReluFunction();
+    /// <summary>The hyperbolic tangent (<see cref="TanhFunction"/>).</summary>
     public static ElementwiseFunction Tanh { get; } = new TanhFunction();
     /// <summary>Exact GELU x·Φ(x) (PyTorch's default); <see cref="GeluTanh"/> is the tanh approximation.</summary>
     public static ElementwiseFunction Gelu { get; } = new GeluFunction();
+    /// <summary>GELU, tanh approximation (<see cref="GeluTanhFunction"/>; PyTorch's <c>approximate="tanh"</c>).</summary>
     public static ElementwiseFunction GeluTanh { get; } = new GeluTanhFunction();
+    /// <summary>f(x) = x (<see cref="IdentityFunction"/>): a linear layer without nonlinearity.</summary>
     public static ElementwiseFunction Identity { get; } = new IdentityFunction();
 
     /// <summary>Looks a function up by its name (command lines, checkpoints).</summary>
@@ -48,6 +54,7 @@ public abstract record ElementwiseFunction
         _ => throw new ArgumentException($"Unknown activation '{name}'. Use relu, tanh, gelu (exact), gelu_tanh (tanh approximation) or identity."),
     };
 
+    /// <summary>The function's <see cref="Name"/>.</summary>
     public override string ToString() => Name;
 }
 
@@ -55,8 +62,11 @@ public abstract record ElementwiseFunction
 /// pre-activation the forward pass computed, bias included).</summary>
 public sealed record ReluFunction : ElementwiseFunction
 {
+    /// <inheritdoc/>
     public override string Name => "relu";
+    /// <inheritdoc/>
     public override void Apply(ReadOnlySpan<float> x, Span<float> y) => TensorPrimitives.Max(x, 0f, y);
+    /// <inheritdoc/>
     public override void Differentiate(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> derivative)
     {
         // 1[x > 0] as (x > 0 lane mask) AND 1.0f: exact, branch-free, 8 lanes at a time.
@@ -75,8 +85,11 @@ public sealed record ReluFunction : ElementwiseFunction
 /// <summary>tanh: f'(x) = 1 − y².</summary>
 public sealed record TanhFunction : ElementwiseFunction
 {
+    /// <inheritdoc/>
     public override string Name => "tanh";
+    /// <inheritdoc/>
     public override void Apply(ReadOnlySpan<float> x, Span<float> y) => TensorPrimitives.Tanh(x, y);
+    /// <inheritdoc/>
     public override void Differentiate(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> derivative)
     {
         TensorPrimitives.Multiply(y, y, derivative);
@@ -95,8 +108,11 @@ public sealed record TanhFunction : ElementwiseFunction
 /// </summary>
 public sealed record GeluFunction : ElementwiseFunction
 {
+    /// <inheritdoc/>
     public override string Name => "gelu";
+    /// <inheritdoc/>
     public override void Apply(ReadOnlySpan<float> x, Span<float> y) => Gaussian.Gelu(x, y, derivative: false);
+    /// <inheritdoc/>
     public override void Differentiate(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> derivative) => Gaussian.Gelu(x, derivative, derivative: true);
     /// <summary>Φ(x) once for both: two exponentials per element instead of three, one pass over x.</summary>
     public override void ApplyWithDerivative(ReadOnlySpan<float> x, Span<float> y, Span<float> derivative) => Gaussian.GeluWithDerivative(x, y, derivative);
@@ -109,8 +125,11 @@ public sealed record GeluFunction : ElementwiseFunction
 /// </summary>
 public sealed record GeluTanhFunction : ElementwiseFunction
 {
+    /// <inheritdoc/>
     public override string Name => "gelu_tanh";
+    /// <inheritdoc/>
     public override void Apply(ReadOnlySpan<float> x, Span<float> y) => Gaussian.GeluTanh(x, y, derivative: false);
+    /// <inheritdoc/>
     public override void Differentiate(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> derivative) => Gaussian.GeluTanh(x, derivative, derivative: true);
 }
 
@@ -247,7 +266,10 @@ internal static class Gaussian
 /// <summary>f(x) = x, f'(x) = 1.</summary>
 public sealed record IdentityFunction : ElementwiseFunction
 {
+    /// <inheritdoc/>
     public override string Name => "identity";
+    /// <inheritdoc/>
     public override void Apply(ReadOnlySpan<float> x, Span<float> y) => x.CopyTo(y);
+    /// <inheritdoc/>
     public override void Differentiate(ReadOnlySpan<float> x, ReadOnlySpan<float> y, Span<float> derivative) => derivative.Fill(1f);
 }

@@ -7,7 +7,9 @@ namespace ForwardAD.Backends;
 /// </summary>
 public readonly record struct ConvGeometry(int Height, int Width, int Channels, int KernelHeight, int KernelWidth, int Stride, int Padding, int Groups)
 {
+    /// <summary>Output height Ho = ⌊(H + 2·padding − kh) / stride⌋ + 1.</summary>
     public int OutputHeight => (Height + 2 * Padding - KernelHeight) / Stride + 1;
+    /// <summary>Output width Wo = ⌊(W + 2·padding − kw) / stride⌋ + 1.</summary>
     public int OutputWidth => (Width + 2 * Padding - KernelWidth) / Stride + 1;
     /// <summary>Input channels per group, C/G.</summary>
     public int GroupChannels => Channels / Groups;
@@ -15,6 +17,7 @@ public readonly record struct ConvGeometry(int Height, int Width, int Channels, 
     public int PatchLength => KernelHeight * KernelWidth * Channels;
     /// <summary>One group's block of an im2col row: kh·kw·C/G.</summary>
     public int GroupPatchLength => KernelHeight * KernelWidth * GroupChannels;
+    /// <summary>Floats of one input example, H·W·C.</summary>
     public int InputElements => Height * Width * Channels;
     /// <summary>Output positions per example, Ho·Wo (rows of the im2col matrix per example).</summary>
     public int OutputPositions => OutputHeight * OutputWidth;
@@ -24,8 +27,12 @@ public readonly record struct ConvGeometry(int Height, int Width, int Channels, 
 /// (max pooling ignores padded positions, average pooling counts them as zeros: count_include_pad = true).</summary>
 public readonly record struct PoolGeometry(int Height, int Width, int Channels, int KernelHeight, int KernelWidth, int Stride, int Padding)
 {
+    /// <summary>Output height Ho = ⌊(H + 2·padding − kh) / stride⌋ + 1.</summary>
     public int OutputHeight => (Height + 2 * Padding - KernelHeight) / Stride + 1;
+    /// <summary>Output width Wo = ⌊(W + 2·padding − kw) / stride⌋ + 1.</summary>
     public int OutputWidth => (Width + 2 * Padding - KernelWidth) / Stride + 1;
+    /// <summary>Floats of one input example, H·W·C.</summary>
     public int InputElements => Height * Width * Channels;
+    /// <summary>Floats of one output example, Ho·Wo·C (pooling keeps the channels).</summary>
     public int OutputElements => OutputHeight * OutputWidth * Channels;
 }
