@@ -12,6 +12,7 @@ namespace ForwardAD.Optim;
 /// </summary>
 public sealed class FeedbackContext(Backend backend, View feedback, View target, View rowCosines, View scratch, View rowScratch, int outputs, double initialNorm)
 {
+    /// <summary>The backend that holds every view of this context and runs the rules' kernels.</summary>
     public Backend Backend { get; } = backend;
     /// <summary>B, n × o, updated in place.</summary>
     public View Feedback { get; } = feedback;
@@ -21,9 +22,11 @@ public sealed class FeedbackContext(Backend backend, View feedback, View target,
     public View RowCosines { get; } = rowCosines;
     /// <summary>Scratch the size of B and of a row vector.</summary>
     public View Scratch { get; } = scratch;
+    /// <summary>Scratch of n floats (one per row of B), e.g. the per-row factors of <see cref="ShrinkMisaligned"/>.</summary>
     public View RowScratch { get; } = rowScratch;
     /// <summary>o, the columns of B (network outputs).</summary>
     public int Outputs { get; } = outputs;
+    /// <summary>‖B₀‖_F, the Frobenius norm of B at initialisation, which <see cref="Renormalize"/> restores.</summary>
     public double InitialNorm { get; } = initialNorm;
 }
 
@@ -36,19 +39,29 @@ public abstract record FeedbackRule
 {
     private protected FeedbackRule() { }
 
+    /// <summary>Updates <see cref="FeedbackContext.Feedback"/> in place for one step.</summary>
+    /// <param name="context">B, its target g̃, the pre-update row cosines c and scratch.</param>
+    /// <param name="step">The 0-based training step, for the rule's <see cref="Schedule"/>.</param>
+    /// <param name="key">The RNG key of this step and matrix (for rules that add noise).</param>
     public abstract void Apply(FeedbackContext context, long step, RandomKey key);
 
+    /// <summary>This rule, then <paramref name="next"/>, as one flat <see cref="FeedbackChain"/> (nested chains are flattened).</summary>
     public FeedbackRule Then(FeedbackRule next) =>
         new FeedbackChain([.. this is FeedbackChain a ? a.Rules : [this], .. next is FeedbackChain b ? b.Rules : [next]]);
 }
 
+/// <summary>Feedback rules applied in order to the same context. Rule i receives <c>key.Derive(i)</c>, so rules that draw
+/// noise draw independent numbers.</summary>
+/// <param name="Rules">The rules, first applied first.</param>
 public sealed record FeedbackChain(ImmutableArray<FeedbackRule> Rules) : FeedbackRule
 {
+    /// <inheritdoc/>
     public override void Apply(FeedbackContext context, long step, RandomKey key)
     {
         for (int i = 0; i < Rules.Length; i++) Rules[i].Apply(context, step, key.Derive((ulong)i));
     }
 
+    /// <summary>The rules joined by " → ", in order.</summary>
     public override string ToString() => string.Join(" → ", Rules);
 }
 
@@ -56,6 +69,7 @@ public sealed record FeedbackChain(ImmutableArray<FeedbackRule> Rules) : Feedbac
 /// A row's direction never changes under this rule alone.</summary>
 public sealed record ShrinkMisaligned(Schedule Rate) : FeedbackRule
 {
+    /// <inheritdoc/>
     public override void Apply(FeedbackContext context, long step, RandomKey key)
     {
         float eta = Rate.At(step);
@@ -69,6 +83,7 @@ public sealed record ShrinkMisaligned(Schedule Rate) : FeedbackRule
 /// <summary>B[i] ← B[i] + η·c_i·g̃[i] (alternative 1's pull toward the target, weighted by the current agreement).</summary>
 public sealed record PullTowardTarget(Schedule Rate) : FeedbackRule
 {
+    /// <inheritdoc/>
     public override void Apply(FeedbackContext context, long step, RandomKey key)
     {
         context.Backend.Scale(context.RowCosines, Rate.At(step), context.RowScratch);
@@ -79,6 +94,7 @@ public sealed record PullTowardTarget(Schedule Rate) : FeedbackRule
 /// <summary>B ← (1 − η)·B (alternative 2's decay).</summary>
 public sealed record DecayFeedback(Schedule Rate) : FeedbackRule
 {
+    /// <inheritdoc/>
     public override void Apply(FeedbackContext context, long step, RandomKey key) =>
         context.Backend.Scale(context.Feedback, 1f - Rate.At(step), context.Feedback);
 }
@@ -86,6 +102,7 @@ public sealed record DecayFeedback(Schedule Rate) : FeedbackRule
 /// <summary>B ← B + η·g̃ (alternative 2's step toward the target).</summary>
 public sealed record AddTarget(Schedule Rate) : FeedbackRule
 {
+    /// <inheritdoc/>
     public override void Apply(FeedbackContext context, long step, RandomKey key) =>
         context.Backend.Axpby(Rate.At(step), context.Target, 1f, context.Feedback);
 }
@@ -93,6 +110,7 @@ public sealed record AddTarget(Schedule Rate) : FeedbackRule
 /// <summary>B ← B + σ·ε, ε ~ N(0, I): lets rows leave directions the deterministic rules cannot (an orthogonal row).</summary>
 public sealed record AddNoise(float Scale) : FeedbackRule
 {
+    /// <inheritdoc/>
     public override void Apply(FeedbackContext context, long step, RandomKey key)
     {
         if (Scale == 0) return;
@@ -104,6 +122,7 @@ public sealed record AddNoise(float Scale) : FeedbackRule
 /// <summary>B ← B·‖B₀‖/‖B‖: keeps the feedback's Frobenius norm at its initial value (the step size of DFA stays put).</summary>
 public sealed record Renormalize : FeedbackRule
 {
+    /// <inheritdoc/>
     public override void Apply(FeedbackContext context, long step, RandomKey key)
     {
         double norm = Math.Sqrt(context.Backend.SumOfSquares(context.Feedback));

@@ -6,7 +6,9 @@ namespace ForwardAD.Optim;
 /// <summary>u ← factor · u.</summary>
 public sealed record Scale(float Factor) : ElementwiseRule<EmptyState>
 {
+    /// <inheritdoc/>
     protected override EmptyState Create(ParameterStore parameters) => EmptyState.Instance;
+    /// <inheritdoc/>
     protected override void ApplyRange(EmptyState state, in UpdateInputs inputs, View updates, View parameters, int offset) =>
         parameters.Buffer!.Backend.Scale(updates, Factor, updates);
 }
@@ -14,7 +16,9 @@ public sealed record Scale(float Factor) : ElementwiseRule<EmptyState>
 /// <summary>u ← −η(step) · u: turns a descent direction into a step (the last link of every named optimizer).</summary>
 public sealed record ScaleByLearningRate(Schedule Rate) : ElementwiseRule<EmptyState>
 {
+    /// <inheritdoc/>
     protected override EmptyState Create(ParameterStore parameters) => EmptyState.Instance;
+    /// <inheritdoc/>
     protected override void ApplyRange(EmptyState state, in UpdateInputs inputs, View updates, View parameters, int offset) =>
         parameters.Buffer!.Backend.Scale(updates, -Rate.At(inputs.Step), updates);
 }
@@ -25,7 +29,9 @@ public sealed record ScaleByLearningRate(Schedule Rate) : ElementwiseRule<EmptyS
 /// </summary>
 public sealed record Momentum(float Decay, bool Nesterov = false) : ElementwiseRule<TraceState>
 {
+    /// <summary>A zeroed trace of the parameters' length.</summary>
     protected override TraceState Create(ParameterStore parameters) => new(Zeros(parameters));
+    /// <inheritdoc/>
     protected override void ApplyRange(TraceState state, in UpdateInputs inputs, View updates, View parameters, int offset)
     {
         var backend = parameters.Buffer!.Backend;
@@ -44,8 +50,12 @@ public sealed record Momentum(float Decay, bool Nesterov = false) : ElementwiseR
     }
 }
 
+/// <summary>The state of <see cref="Momentum"/>: one trace buffer over the flat parameter vector, saved in checkpoints
+/// as <c>trace</c>.</summary>
+/// <param name="Trace">The momentum trace m, as long as the parameter vector, zero at initialisation.</param>
 public sealed record TraceState(View Trace) : UpdateState
 {
+    /// <inheritdoc/>
     public override IEnumerable<(string Name, View Buffer)> Buffers => [("trace", Trace)];
 }
 
@@ -55,7 +65,9 @@ public sealed record TraceState(View Trace) : UpdateState
 /// </summary>
 public sealed record ScaleByAdam(float Beta1 = 0.9f, float Beta2 = 0.999f, float Epsilon = 1e-8f) : ElementwiseRule<AdamState>
 {
+    /// <summary>Zeroed first and second moments of the parameters' length.</summary>
     protected override AdamState Create(ParameterStore parameters) => new(Momentum.Zeros(parameters), Momentum.Zeros(parameters));
+    /// <inheritdoc/>
     protected override void ApplyRange(AdamState state, in UpdateInputs inputs, View updates, View parameters, int offset)
     {
         var backend = parameters.Buffer!.Backend;
@@ -71,8 +83,14 @@ public sealed record ScaleByAdam(float Beta1 = 0.9f, float Beta2 = 0.999f, float
         ((float)(1 / (1 - Math.Pow(beta1, step + 1))), (float)(1 / (1 - Math.Pow(beta2, step + 1))));
 }
 
+/// <summary>The state of <see cref="ScaleByAdam"/>: the moving averages m and v over the flat parameter vector, saved
+/// in checkpoints as <c>first_moment</c> and <c>second_moment</c>. The bias corrections come from the step count in
+/// <see cref="UpdateInputs"/>, so the state holds no counter.</summary>
+/// <param name="FirstMoment">m, the moving average of the updates, zero at initialisation.</param>
+/// <param name="SecondMoment">v, the moving average of the squared updates, zero at initialisation.</param>
 public sealed record AdamState(View FirstMoment, View SecondMoment) : UpdateState
 {
+    /// <inheritdoc/>
     public override IEnumerable<(string Name, View Buffer)> Buffers => [("first_moment", FirstMoment), ("second_moment", SecondMoment)];
 }
 
@@ -83,9 +101,12 @@ public sealed record AdamState(View FirstMoment, View SecondMoment) : UpdateStat
 /// </summary>
 public sealed record ScaleByStableAdam(float Beta1 = 0.9f, float Beta2 = 0.99f, float Epsilon = 1e-6f) : UpdateRule<StableAdamState>
 {
+    /// <summary>Zeroed moments and the parameter layout (the per-tensor ranges the RMS is taken over).</summary>
     protected override StableAdamState Create(ParameterStore parameters) =>
         new(Momentum.Zeros(parameters), Momentum.Zeros(parameters), ParameterLayout.Of(parameters.Model));
 
+    /// <summary>Updates m and v on the whole vector, then, tensor by tensor, takes RMS = √(mean(u² / max(v̂, ε²))) and
+    /// writes u ← m̂ / (√v̂ + ε) / max(1, RMS). Not elementwise (the RMS is a per-tensor reduction).</summary>
     protected override void Apply(StableAdamState state, in UpdateInputs inputs, View updates, View parameters)
     {
         var backend = parameters.Buffer!.Backend;
@@ -104,8 +125,14 @@ public sealed record ScaleByStableAdam(float Beta1 = 0.9f, float Beta2 = 0.99f, 
     }
 }
 
+/// <summary>The state of <see cref="ScaleByStableAdam"/>: Adam's moments plus the parameter layout that delimits the
+/// tensors. Checkpoints save the moments as <c>first_moment</c> and <c>second_moment</c>.</summary>
+/// <param name="FirstMoment">m, the moving average of the updates.</param>
+/// <param name="SecondMoment">v, the moving average of the squared updates.</param>
+/// <param name="Layout">Where each parameter tensor lies in the flat vector; the update RMS is clipped per tensor.</param>
 public sealed record StableAdamState(View FirstMoment, View SecondMoment, ParameterLayout Layout) : UpdateState
 {
+    /// <inheritdoc/>
     public override IEnumerable<(string Name, View Buffer)> Buffers => [("first_moment", FirstMoment), ("second_moment", SecondMoment)];
 }
 
@@ -113,7 +140,9 @@ public sealed record StableAdamState(View FirstMoment, View SecondMoment, Parame
 /// scaling so that θ ← θ − η(u + λθ), exactly PyTorch's AdamW.</summary>
 public sealed record AddDecoupledWeightDecay(float Rate) : ElementwiseRule<EmptyState>
 {
+    /// <inheritdoc/>
     protected override EmptyState Create(ParameterStore parameters) => EmptyState.Instance;
+    /// <inheritdoc/>
     protected override void ApplyRange(EmptyState state, in UpdateInputs inputs, View updates, View parameters, int offset)
     {
         if (Rate != 0) parameters.Buffer!.Backend.Axpby(Rate, parameters, 1f, updates);
@@ -131,9 +160,13 @@ public sealed record ClipByGlobalNorm : UpdateRule<EmptyState>
         MaxNorm = maxNorm;
     }
 
+    /// <summary>c, the largest global L2 norm an update may leave with (positive and finite).</summary>
     public float MaxNorm { get; }
 
+    /// <inheritdoc/>
     protected override EmptyState Create(ParameterStore parameters) => EmptyState.Instance;
+    /// <summary>Scales the update by c / (‖u‖₂ + 10⁻⁶) when that factor is below 1 (PyTorch's clip coefficient); leaves it
+    /// unchanged otherwise.</summary>
     protected override void Apply(EmptyState state, in UpdateInputs inputs, View updates, View parameters)
     {
         var backend = parameters.Buffer!.Backend;
@@ -147,17 +180,46 @@ public sealed record ClipByGlobalNorm : UpdateRule<EmptyState>
 /// <summary>The named optimizers, each a composition of the rules above.</summary>
 public static class Optimizers
 {
+    /// <summary>Plain SGD: θ ← θ − η(t)·g.</summary>
+    /// <param name="rate">The learning rate η, constant (a float converts) or scheduled.</param>
     public static UpdateRule Sgd(Schedule rate) => new ScaleByLearningRate(rate);
 
+    /// <summary>SGD with momentum as PyTorch's (dampening 0): m ← μ·m + g, θ ← θ − η·m, or θ ← θ − η·(g + μ·m) with
+    /// Nesterov. <see cref="Optim.Momentum"/> then <see cref="ScaleByLearningRate"/>.</summary>
+    /// <param name="rate">The learning rate η.</param>
+    /// <param name="momentum">μ, the trace's decay.</param>
+    /// <param name="nesterov">Nesterov momentum instead of heavy ball.</param>
     public static UpdateRule Momentum(Schedule rate, float momentum = 0.9f, bool nesterov = false) =>
         new Momentum(momentum, nesterov).Then(new ScaleByLearningRate(rate));
 
+    /// <summary>Adam (Kingma &amp; Ba 2015, PyTorch's ε placement): θ ← θ − η·m̂ / (√v̂ + ε) with bias-corrected moments
+    /// m̂ = m/(1 − β₁ᵗ), v̂ = v/(1 − β₂ᵗ). <see cref="ScaleByAdam"/> then <see cref="ScaleByLearningRate"/>.</summary>
+    /// <param name="rate">The learning rate η.</param>
+    /// <param name="beta1">β₁, the first moment's decay.</param>
+    /// <param name="beta2">β₂, the second moment's decay.</param>
+    /// <param name="epsilon">ε, added to √v̂.</param>
     public static UpdateRule Adam(Schedule rate, float beta1 = 0.9f, float beta2 = 0.999f, float epsilon = 1e-8f) =>
         new ScaleByAdam(beta1, beta2, epsilon).Then(new ScaleByLearningRate(rate));
 
+    /// <summary>AdamW (Loshchilov &amp; Hutter 2019), as PyTorch's: θ ← θ − η·(m̂ / (√v̂ + ε) + λθ), the weight decay
+    /// decoupled from the gradient's moments and scaled by the same η. <see cref="ScaleByAdam"/>, then
+    /// <see cref="AddDecoupledWeightDecay"/>, then <see cref="ScaleByLearningRate"/>.</summary>
+    /// <param name="rate">The learning rate η.</param>
+    /// <param name="weightDecay">λ; 0 gives Adam.</param>
+    /// <param name="beta1">β₁, the first moment's decay.</param>
+    /// <param name="beta2">β₂, the second moment's decay.</param>
+    /// <param name="epsilon">ε, added to √v̂.</param>
     public static UpdateRule AdamW(Schedule rate, float weightDecay = 0.01f, float beta1 = 0.9f, float beta2 = 0.999f, float epsilon = 1e-8f) =>
         new ScaleByAdam(beta1, beta2, epsilon).Then(new AddDecoupledWeightDecay(weightDecay)).Then(new ScaleByLearningRate(rate));
 
+    /// <summary>StableAdamW (Wortsman et al. 2023): AdamW whose direction is divided, per parameter tensor, by
+    /// max(1, RMS) with RMS = √(mean(g² / max(v̂, ε²))). <see cref="ScaleByStableAdam"/>, then
+    /// <see cref="AddDecoupledWeightDecay"/>, then <see cref="ScaleByLearningRate"/>.</summary>
+    /// <param name="rate">The learning rate η.</param>
+    /// <param name="weightDecay">λ, the decoupled weight decay.</param>
+    /// <param name="beta1">β₁, the first moment's decay.</param>
+    /// <param name="beta2">β₂, the second moment's decay (0.99 by default, as the paper).</param>
+    /// <param name="epsilon">ε, added to √v̂ and squared as the floor of v̂ in the RMS.</param>
     public static UpdateRule StableAdamW(Schedule rate, float weightDecay = 0.01f, float beta1 = 0.9f, float beta2 = 0.99f, float epsilon = 1e-6f) =>
         new ScaleByStableAdam(beta1, beta2, epsilon).Then(new AddDecoupledWeightDecay(weightDecay)).Then(new ScaleByLearningRate(rate));
 }

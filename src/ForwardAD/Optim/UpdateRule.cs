@@ -24,6 +24,7 @@ public abstract record UpdateState
 /// <summary>For rules without state.</summary>
 public sealed record EmptyState : UpdateState
 {
+    /// <summary>The single instance (the state holds nothing).</summary>
     public static EmptyState Instance { get; } = new();
 }
 
@@ -35,7 +36,15 @@ public sealed record EmptyState : UpdateState
 /// </summary>
 public abstract record UpdateRule
 {
+    /// <summary>Allocates and initialises the rule's state (e.g. zeroed moments) for <paramref name="parameters"/>, on
+    /// their backend.</summary>
     public abstract UpdateState Init(ParameterStore parameters);
+    /// <summary>Transforms <paramref name="updates"/> in place: in as a gradient or gradient estimate, out as the step to add
+    /// to the parameters.</summary>
+    /// <param name="state">The state <see cref="Init"/> returned for this rule.</param>
+    /// <param name="inputs">The step count, loss and RNG key of this step.</param>
+    /// <param name="updates">The flat update vector, as long as the parameter vector.</param>
+    /// <param name="parameters">The flat parameter vector θ (read only: weight decay reads it; the optimizer adds the update).</param>
     public abstract void Update(UpdateState state, in UpdateInputs inputs, View updates, View parameters);
 
     /// <summary>True when element j of the result depends only on element j of the inputs and state, so the
@@ -56,21 +65,29 @@ public abstract record UpdateRule
 /// <summary>The base for a rule with its own state type: the cast happens once here.</summary>
 public abstract record UpdateRule<TState> : UpdateRule where TState : UpdateState
 {
+    /// <inheritdoc/>
     public sealed override UpdateState Init(ParameterStore parameters) => Create(parameters);
+    /// <inheritdoc/>
     public sealed override void Update(UpdateState state, in UpdateInputs inputs, View updates, View parameters) =>
         Apply(Cast(state), inputs, updates, parameters);
 
+    /// <summary>The state as <typeparamref name="TState"/>.</summary>
+    /// <exception cref="ArgumentException">The state belongs to another rule.</exception>
     protected TState Cast(UpdateState state) => state as TState
         ?? throw new ArgumentException($"{GetType().Name} got the state of another rule ({state.GetType().Name}); pass the state its own Init returned.");
 
+    /// <summary>Allocates and initialises the rule's state for <paramref name="parameters"/>.</summary>
     protected abstract TState Create(ParameterStore parameters);
+    /// <summary>The rule on the whole vector, with its own state type; see <see cref="UpdateRule.Update"/>.</summary>
     protected abstract void Apply(TState state, in UpdateInputs inputs, View updates, View parameters);
 }
 
 /// <summary>The base for elementwise rules: written once for a range of elements; the whole vector is the range from 0.</summary>
 public abstract record ElementwiseRule<TState> : UpdateRule<TState> where TState : UpdateState
 {
+    /// <summary>Always true.</summary>
     public sealed override bool IsElementwise => true;
+    /// <summary>The whole vector as one range from offset 0.</summary>
     protected sealed override void Apply(TState state, in UpdateInputs inputs, View updates, View parameters) => ApplyRange(state, inputs, updates, parameters, 0);
     internal sealed override void UpdateRange(UpdateState state, in UpdateInputs inputs, View updates, View parameters, int offset) =>
         ApplyRange(Cast(state), inputs, updates, parameters, offset);
@@ -82,8 +99,10 @@ public abstract record ElementwiseRule<TState> : UpdateRule<TState> where TState
 /// <summary>Rules applied in order, each on the previous one's output (optax.chain).</summary>
 public sealed record Chain(ImmutableArray<UpdateRule> Rules) : UpdateRule<ChainState>
 {
+    /// <summary>Every rule's state, in order.</summary>
     protected override ChainState Create(ParameterStore parameters) => new([.. Rules.Select(r => r.Init(parameters))]);
 
+    /// <summary>True when every rule in the chain is elementwise: the whole chain then runs fused, tile by tile.</summary>
     public override bool IsElementwise => Rules.All(r => r.IsElementwise);
 
     /// <summary>Runs of consecutive elementwise rules are fused tile by tile; other rules run on the whole vector.</summary>
@@ -119,11 +138,15 @@ public sealed record Chain(ImmutableArray<UpdateRule> Rules) : UpdateRule<ChainS
         for (int r = first; r < end; r++) Rules[r].UpdateRange(state.States[r], inputs, updates, parameters, offset);
     }
 
+    /// <summary>The rules joined by " → ", in order.</summary>
     public override string ToString() => string.Join(" → ", Rules);
 }
 
+/// <summary>The state of a <see cref="Chain"/>: one state per rule, in the chain's order.</summary>
+/// <param name="States">The rules' states, <c>States[i]</c> for <c>Rules[i]</c>.</param>
 public sealed record ChainState(ImmutableArray<UpdateState> States) : UpdateState
 {
+    /// <summary>Every rule's buffers, named <c>i.name</c> with i the rule's index in the chain (e.g. <c>0.first_moment</c>).</summary>
     public override IEnumerable<(string Name, View Buffer)> Buffers =>
         States.SelectMany((state, i) => state.Buffers.Select(b => ($"{i}.{b.Name}", b.Buffer)));
 }
@@ -131,8 +154,11 @@ public sealed record ChainState(ImmutableArray<UpdateState> States) : UpdateStat
 /// <summary>A rule and its state, bound to a parameter store: what a trainer steps.</summary>
 public sealed class Optimizer(UpdateRule rule, ParameterStore parameters)
 {
+    /// <summary>The update rule this optimizer steps.</summary>
     public UpdateRule Rule { get; } = rule;
+    /// <summary>The parameters updated in place by <see cref="Step"/>.</summary>
     public ParameterStore Parameters { get; } = parameters;
+    /// <summary>The rule's state, created by <see cref="UpdateRule.Init"/> when the optimizer is constructed.</summary>
     public UpdateState State { get; } = rule.Init(parameters);
     private readonly bool _elementwise = rule.IsElementwise;
 
