@@ -1,7 +1,13 @@
 namespace ForwardAD.Tensors;
 
 /// <summary>Whether a GEMM operand is used as stored or transposed.</summary>
-public enum Transpose { No, Yes }
+public enum Transpose
+{
+    /// <summary>The operand is used as stored.</summary>
+    No,
+    /// <summary>The operand's transpose is used: a stored k×m A gives the m×k op(A).</summary>
+    Yes,
+}
 
 /// <summary>
 /// Single-precision matrix multiply on row-major storage:
@@ -16,6 +22,24 @@ public abstract class Gemm
     /// <summary>Threads one call uses (1 for the managed kernel; OpenBLAS's own pool size).</summary>
     public virtual int Threads => 1;
 
+    /// <summary>C = α·op(A)·op(B) + β·C on row-major float32 matrices, op(A) m×k and op(B) k×n; β = 0 overwrites C
+    /// without reading it (stale NaNs do not leak in).</summary>
+    /// <param name="transposeA">Whether A is stored as op(A) (<see cref="Transpose.No"/>, m×k) or as its transpose (k×m).</param>
+    /// <param name="transposeB">Whether B is stored as op(B) (k×n) or as its transpose (n×k).</param>
+    /// <param name="m">Rows of op(A) and C.</param>
+    /// <param name="n">Columns of op(B) and C.</param>
+    /// <param name="k">Columns of op(A), rows of op(B).</param>
+    /// <param name="alpha">α.</param>
+    /// <param name="a">A as stored.</param>
+    /// <param name="lda">Row stride of A as stored (at least its column count).</param>
+    /// <param name="b">B as stored.</param>
+    /// <param name="ldb">Row stride of B as stored.</param>
+    /// <param name="beta">β.</param>
+    /// <param name="c">C, m×n, updated in place.</param>
+    /// <param name="ldc">Row stride of C (at least n).</param>
+    /// <exception cref="ArgumentOutOfRangeException">A size is negative.</exception>
+    /// <exception cref="ArgumentException">A leading dimension is smaller than the matrix's columns, or a span is too short
+    /// for the matrix it should hold.</exception>
     public abstract void Multiply(Transpose transposeA, Transpose transposeB, int m, int n, int k,
         float alpha, ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb,
         float beta, Span<float> c, int ldc);

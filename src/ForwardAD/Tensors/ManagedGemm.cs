@@ -21,8 +21,10 @@ public sealed class ManagedGemm : Gemm
     private readonly float[] _packedB = new float[DepthBlock * ColumnBlock];
     private readonly float[] _tile = new float[RowsPerTile * ColumnsPerTile];
 
+    /// <summary><c>managed</c>.</summary>
     public override string Name => "managed";
 
+    /// <inheritdoc/>
     public override void Multiply(Transpose transposeA, Transpose transposeB, int m, int n, int k,
         float alpha, ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb,
         float beta, Span<float> c, int ldc)

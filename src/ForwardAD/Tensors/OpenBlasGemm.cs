@@ -11,6 +11,7 @@ public sealed class OpenBlasGemm : Gemm
 {
     private OpenBlasGemm() { }
 
+    /// <summary><c>openblas</c>.</summary>
     public override string Name => "openblas";
 
     /// <summary>Null when no OpenBLAS library can be loaded.</summary>
@@ -19,8 +20,12 @@ public sealed class OpenBlasGemm : Gemm
     /// <summary>Threads OpenBLAS uses for each call (its own pool).</summary>
     public static void SetThreadCount(int threads) => OpenBlas.openblas_set_num_threads(threads);
 
+    /// <summary>OpenBLAS's thread count (<c>openblas_get_num_threads</c>): OPENBLAS_NUM_THREADS, the cores, or what
+    /// <see cref="SetThreadCount"/> set.</summary>
     public override int Threads => OpenBlas.openblas_get_num_threads();
 
+    /// <inheritdoc/>
+    /// <remarks>Calls <c>cblas_sgemm</c> with <c>CblasRowMajor</c> after checking the operands' lengths.</remarks>
     public override unsafe void Multiply(Transpose transposeA, Transpose transposeB, int m, int n, int k,
         float alpha, ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb,
         float beta, Span<float> c, int ldc)

@@ -11,6 +11,8 @@ public readonly struct Shape : IEquatable<Shape>
 {
     private readonly ImmutableArray<int> _dimensions;
 
+    /// <summary>A shape with the given dimensions, outermost first.</summary>
+    /// <exception cref="ArgumentException">A dimension is not positive, or the shape has more than int.MaxValue elements.</exception>
     public Shape(params ReadOnlySpan<int> dimensions)
     {
         long count = 1;
@@ -28,8 +30,12 @@ public readonly struct Shape : IEquatable<Shape>
     /// <summary>The shape of a scalar (rank 0, one element).</summary>
     public static Shape Scalar => new([]);
 
+    /// <summary>The dimensions, outermost first (row-major: the last varies fastest); empty for a scalar and for
+    /// <c>default(Shape)</c>.</summary>
     public ImmutableArray<int> Dimensions => _dimensions.IsDefault ? [] : _dimensions;
+    /// <summary>Number of dimensions (0 for a scalar).</summary>
     public int Rank => Dimensions.Length;
+    /// <summary>The dimension at <paramref name="axis"/>; a negative axis counts from the end (−1 is the last).</summary>
     public int this[int axis] => Dimensions[axis < 0 ? Rank + axis : axis];
 
     /// <summary>Number of elements: the product of the dimensions (1 for a scalar).</summary>
@@ -49,6 +55,8 @@ public readonly struct Shape : IEquatable<Shape>
     /// <summary>Elements before the last axis: the number of rows a dense layer sees per example.</summary>
     public int LeadingCount => ElementCount / Last;
 
+    /// <summary>This shape with its last dimension replaced by <paramref name="last"/> (a scalar becomes <c>[last]</c>):
+    /// the output shape of a dense layer with <paramref name="last"/> outputs.</summary>
     public Shape WithLast(int last)
     {
         if (Rank == 0) return new Shape(last);
@@ -57,15 +65,21 @@ public readonly struct Shape : IEquatable<Shape>
         return new Shape(dims);
     }
 
+    /// <summary>True when both shapes have the same dimensions in the same order.</summary>
     public bool Equals(Shape other) => Dimensions.AsSpan().SequenceEqual(other.Dimensions.AsSpan());
+    /// <summary>True when <paramref name="obj"/> is a <see cref="Shape"/> with the same dimensions.</summary>
     public override bool Equals(object? obj) => obj is Shape s && Equals(s);
+    /// <summary>A hash of the dimensions, consistent with <see cref="Equals(Shape)"/>.</summary>
     public override int GetHashCode()
     {
         var hash = new HashCode();
         foreach (var d in Dimensions) hash.Add(d);
         return hash.ToHashCode();
     }
+    /// <summary>True when both shapes have the same dimensions in the same order.</summary>
     public static bool operator ==(Shape a, Shape b) => a.Equals(b);
+    /// <summary>True when the shapes differ in rank or in some dimension.</summary>
     public static bool operator !=(Shape a, Shape b) => !a.Equals(b);
+    /// <summary>The dimensions in brackets, e.g. <c>[28, 28, 1]</c>.</summary>
     public override string ToString() => $"[{string.Join(", ", Dimensions)}]";
 }
