@@ -24,7 +24,9 @@ public sealed class ParameterStore
         _values = values;
     }
 
+    /// <summary>The model whose parameters (and state tensors) this store holds.</summary>
     public Model Model { get; }
+    /// <summary>The backend that holds the values; plans compiled against this store run on it.</summary>
     public Backend Backend { get; }
 
     /// <summary>Every parameter, concatenated in model order (see <see cref="ParameterLayout"/>).</summary>
@@ -34,6 +36,10 @@ public sealed class ParameterStore
     /// kept apart from <see cref="All"/> so that update rules and gradients never touch it.</summary>
     public View State { get; }
 
+    /// <summary>Allocates the parameters and state tensors of <paramref name="model"/> on <paramref name="backend"/> and fills
+    /// each with its initializer from the Philox stream (<paramref name="seed"/>, node id): the same values on every backend.</summary>
+    /// <exception cref="ArgumentException">The parameters exceed the backend's available memory, or the model has more than
+    /// int.MaxValue parameters.</exception>
     public static ParameterStore Initialize(Model model, Backend backend, ulong seed)
     {
         var layout = ParameterLayout.Of(model);
@@ -85,6 +91,8 @@ public sealed class ParameterStore
         }
     }
 
+    /// <summary>A host copy of the value of <paramref name="parameter"/> (row-major in its shape).</summary>
+    /// <exception cref="ArgumentException"><paramref name="parameter"/> is not a parameter or state of this model.</exception>
     public float[] ToArray(Node parameter)
     {
         var view = this[parameter];
@@ -93,6 +101,9 @@ public sealed class ParameterStore
         return result;
     }
 
+    /// <summary>Overwrites the value of <paramref name="parameter"/> with <paramref name="values"/> (row-major in its shape).</summary>
+    /// <exception cref="ArgumentException"><paramref name="parameter"/> is not a parameter or state of this model, or the
+    /// lengths differ.</exception>
     public void Set(Node parameter, ReadOnlySpan<float> values)
     {
         var view = this[parameter];
@@ -105,6 +116,8 @@ public sealed class ParameterStore
 /// <summary>Where each parameter sits in the flat parameter (and gradient) vector: model order, contiguous.</summary>
 public sealed record ParameterLayout(System.Collections.Immutable.ImmutableArray<(Node Parameter, int Offset)> Entries, int TotalCount)
 {
+    /// <summary>The layout of the model's parameters in <see cref="ParameterStore.All"/> (model order, contiguous).</summary>
+    /// <exception cref="ArgumentException">The model has more than int.MaxValue parameters.</exception>
     public static ParameterLayout Of(Model model) => Of(model.Parameters);
 
     /// <summary>The layout of the model's state (running statistics) in <see cref="ParameterStore.State"/>.</summary>

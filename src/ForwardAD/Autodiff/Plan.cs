@@ -28,11 +28,17 @@ public sealed class Plan
     private readonly View _scratch;
     private bool _forwardDone, _backwardDone;
 
+    /// <summary>The compiled model.</summary>
     public Model Model { get; }
+    /// <summary>The parameter values the plan reads (and its parameter updates write); shared with other plans of the model.</summary>
     public ParameterStore Parameters { get; }
+    /// <summary>The backend every buffer of the plan lives on: the parameter store's.</summary>
     public Backend Backend => Parameters.Backend;
+    /// <summary>What the plan was compiled for (batch size, tangent channels, seeds, gradients, buffer reuse, mode).</summary>
     public PlanOptions Options { get; }
+    /// <summary>B, the examples per run.</summary>
     public int BatchSize => Options.BatchSize;
+    /// <summary>K, the tangent channels: tangents are laid out [K, B, ...].</summary>
     public int TangentCount => Options.TangentCount;
     /// <summary>Bytes of the buffers this plan allocated (parameters excluded: they live in the store).</summary>
     public long AllocatedBytes { get; }

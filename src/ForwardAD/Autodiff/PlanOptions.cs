@@ -13,7 +13,14 @@ namespace ForwardAD.Autodiff;
 public sealed record TangentSeed(Node Node, RandomKey? Generator = null);
 
 /// <summary>How normalisation layers run: on the batch's statistics (training) or the running ones (evaluation).</summary>
-public enum PlanMode { Training, Evaluation }
+public enum PlanMode
+{
+    /// <summary>Batch normalisation uses the batch's statistics (coupling the examples) and, where the plan is allowed
+    /// to, updates the running statistics.</summary>
+    Training,
+    /// <summary>Batch normalisation uses the frozen running statistics: examples stay independent.</summary>
+    Evaluation,
+}
 
 /// <summary>
 /// What to compile: batch size B, tangent channel count K, where tangents enter, whether the
@@ -24,6 +31,8 @@ public sealed record PlanOptions(int BatchSize)
     /// <summary>K, the batched-JVP axis: tangents are laid out [K, B, ...].</summary>
     public int TangentCount { get; init; } = 1;
 
+    /// <summary>Where tangents enter: each seed adds a K-channel tangent at its node. Nodes no seed reaches carry symbolic-zero
+    /// tangents that are never stored nor computed.</summary>
     public ImmutableArray<TangentSeed> Seeds { get; init; } = [];
 
     /// <summary>Compile the VJP rules: <see cref="Plan.Backward"/> and pull-backs.</summary>

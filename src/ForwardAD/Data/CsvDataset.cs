@@ -185,6 +185,8 @@ public static class CsvDataset
 /// </summary>
 public static class Digits
 {
+    /// <summary>Decompresses and parses the embedded copy: 1,797 examples, features [8, 8, 1] in [0, 1], 10 classes.</summary>
+    /// <exception cref="InvalidOperationException">The embedded resource is missing or not 64 features per example.</exception>
     public static Dataset Load()
     {
         using var stream = typeof(Digits).Assembly.GetManifestResourceStream("ForwardAD.Data.digits.csv.gz")

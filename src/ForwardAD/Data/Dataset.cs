@@ -9,7 +9,9 @@ namespace ForwardAD.Data;
 /// </summary>
 public sealed record Dataset(string Name, Shape FeatureShape, int Classes, float[] Features, float[] Labels)
 {
+    /// <summary>Number of examples (one label each).</summary>
     public int Count => Labels.Length;
+    /// <summary>Floats per example: the element count of <see cref="FeatureShape"/>.</summary>
     public int FeatureSize => FeatureShape.ElementCount;
 
     /// <summary>A deterministic shuffle then split: the last ⌈fraction·N⌉ examples of the permutation are the test set.</summary>
@@ -21,6 +23,8 @@ public sealed record Dataset(string Name, Shape FeatureShape, int Classes, float
         return (Subset(order[..^test], $"{Name} (train)"), Subset(order[^test..], $"{Name} (test)"));
     }
 
+    /// <summary>The examples at <paramref name="indices"/>, in that order (repeats allowed), copied into a new data set
+    /// called <paramref name="name"/> with the same shape and classes.</summary>
     public Dataset Subset(ReadOnlySpan<int> indices, string name)
     {
         var features = new float[indices.Length * FeatureSize];

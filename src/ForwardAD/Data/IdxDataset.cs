@@ -81,7 +81,9 @@ public static class IdxDataset
 /// </summary>
 public static class FashionMnist
 {
+    /// <summary>Where Debian's <c>dataset-fashion-mnist</c> package installs the gzip'd IDX files.</summary>
     public const string DefaultDirectory = "/usr/share/datasets/fashion-mnist";
+    /// <summary>The sentence error messages end with when the files are missing: how to install them or where else to point.</summary>
     public const string InstallHint = "Install it with: sudo apt-get install dataset-fashion-mnist (Debian/Ubuntu), or give the IDX files as idx:IMAGES,LABELS.";
 
     /// <summary>The file names of a split: train-… (60,000) or t10k-… (10,000), as in the original distribution.</summary>

@@ -51,5 +51,6 @@ public sealed record ImageAugmentation(int Padding = 4, bool HorizontalFlip = tr
         }
     }
 
+    /// <summary>A short tag for reports: <c>crop-pad4+flip</c> (padding p, <c>+flip</c> with horizontal flips).</summary>
     public override string ToString() => $"crop-pad{Padding}{(HorizontalFlip ? "+flip" : "")}";
 }

@@ -40,6 +40,10 @@ public static class SafeTensors
     private const string MetadataKey = "__metadata__";
     private const long MaxHeaderBytes = 100_000_000; // the reference implementation's limit
 
+    /// <summary>Writes <paramref name="tensors"/> and <paramref name="metadata"/> to <paramref name="path"/> atomically, with
+    /// the data and header checksums (see the overload that takes data producers).</summary>
+    /// <exception cref="ArgumentException">A tensor name is reserved (<c>__metadata__</c>) or repeated, a shape has a negative
+    /// dimension or does not match the data's length, or a metadata value is null.</exception>
     public static void Write(string path, IReadOnlyList<NamedTensor> tensors, IReadOnlyDictionary<string, string> metadata) =>
         Write(path, tensors.Select(t => (t.Name, t.Shape, (Func<float[]>)(() => t.Data))).ToList(), metadata);
 

@@ -33,17 +33,23 @@ public sealed class TextCorpus
     /// <summary>Where the held-out last 10 % starts.</summary>
     private static int HeldOutStart(byte[] bytes) => (int)(bytes.LongLength * 9 / 10);
 
+    /// <summary>A name for reports (e.g. the file or folder the text came from).</summary>
     public string Name { get; }
+    /// <summary>The whole text as bytes (the tokens): training, then validation, then test bytes.</summary>
     public byte[] Bytes { get; }
     /// <summary>Bytes [0, TrainLength) train; the next <see cref="ValidationLength"/> validate; the rest (none unless a
     /// validation split was carved) test.</summary>
     public int TrainLength { get; }
+    /// <summary>Bytes of the validation split, which follows the training bytes.</summary>
     public int ValidationLength { get; }
+    /// <summary>The training bytes, [0, <see cref="TrainLength"/>).</summary>
     public ReadOnlySpan<byte> Train => Bytes.AsSpan(0, TrainLength);
+    /// <summary>The validation bytes, [<see cref="TrainLength"/>, <see cref="TrainLength"/> + <see cref="ValidationLength"/>).</summary>
     public ReadOnlySpan<byte> Validation => Bytes.AsSpan(TrainLength, ValidationLength);
     /// <summary>The test split: the held-out 10 % once <see cref="WithValidationFraction"/> has carved a validation split
     /// from the training bytes; empty otherwise (the held-out part is then <see cref="Validation"/>, as it always was).</summary>
     public ReadOnlySpan<byte> Test => Bytes.AsSpan(TrainLength + ValidationLength);
+    /// <summary>True when a test split exists (after <see cref="WithValidationFraction"/>).</summary>
     public bool HasTest => TrainLength + ValidationLength < Bytes.Length;
 
     /// <summary>
@@ -176,6 +182,9 @@ public sealed class TextCorpus
 /// <summary>The splits a language model is evaluated on: validation (choose on it) and test (report it).</summary>
 public enum HeldOutSplit
 {
+    /// <summary>The validation split: the held-out 10 %, or the carved part of the training bytes after
+    /// <see cref="TextCorpus.WithValidationFraction"/>. Choose hyperparameters on it.</summary>
     Validation,
+    /// <summary>The test split (<see cref="TextCorpus.Test"/>): only for reporting.</summary>
     Test,
 }

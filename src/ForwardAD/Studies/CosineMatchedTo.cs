@@ -18,8 +18,13 @@ namespace ForwardAD.Studies;
 /// </summary>
 public sealed record CosineMatchedTo(Guesser Reference) : Guesser
 {
+    /// <summary><c>cosine-matched to</c> and the reference guesser's name.</summary>
     public override string Name => $"cosine-matched to {Reference.Name}";
 
+    /// <summary>An estimator that, per step, runs backprop (the oracle) and the reference's estimator on the same batch and
+    /// returns a directional-descent estimate with the reference's cosine to the true gradient.</summary>
+    /// <exception cref="ArgumentException"><paramref name="shard"/> is part of a batch (data parallelism): the study needs
+    /// the whole batch's exact gradient.</exception>
     public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard) => shard.IsWhole
         ? new Estimator(this, parameters, shard.Count)
         : throw new ArgumentException($"{Name} needs the exact gradient of the whole batch at every step, a measurement device for one process; run it without data parallelism.");

@@ -18,6 +18,7 @@ public sealed record SaturationPoint(string Guesser, int Guesses, double Cosine)
 /// </summary>
 public static class SaturationStudy
 {
+    /// <summary>The most guesses G one estimator averages; larger n are reached by summing chunks.</summary>
     public const int MaxChunk = 128;
 
     /// <remarks>guessers: Each method as a factory of its guesser averaging G guesses per estimate.</remarks>
