@@ -292,7 +292,7 @@ public abstract class Backend
     /// <paramref name="destination"/> [R, destinationColumns] is zeroed first unless <paramref name="accumulate"/>.</summary>
     public abstract void ScatterAddColumns(View source, View indices, int destinationColumns, View destination, bool accumulate);
 
-    /// <summary>y = f(x) element by element for the pointwise <paramref name="function"/> (same length; in place allowed).</summary>
+    /// <summary>y = f(x) element by element for the pointwise <paramref name="function"/> (x and y of the same length).</summary>
     public abstract void Elementwise(ElementwiseFunction function, View x, View y);
     /// <summary>derivative = f'(x) element by element, given x and y = f(x) (whichever the function needs).</summary>
     public abstract void ElementwiseDerivative(ElementwiseFunction function, View x, View y, View derivative);
