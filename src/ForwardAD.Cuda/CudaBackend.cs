@@ -124,6 +124,14 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
 
     public override DeviceBuffer Allocate(int length) => new CudaBuffer(this, Allocator.Allocate(Math.Max(1, length) * (long)sizeof(float)), length);
 
+    /// <summary>Returns the buffer's block to the caching allocator (<see cref="DeviceAllocator.Return"/>), where the next
+    /// allocation of its size reuses it.</summary>
+    public override void Release(DeviceBuffer buffer)
+    {
+        base.Release(buffer);
+        Allocator.Return(((CudaBuffer)buffer).Pointer);
+    }
+
     /// <summary>Bytes of <paramref name="elements"/> floats, in 64 bits: the int product overflows from 2^29 floats (2 GiB) on.</summary>
     internal static nuint ByteCount(int elements) => (nuint)(elements * (long)sizeof(float));
 

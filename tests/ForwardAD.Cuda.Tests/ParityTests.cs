@@ -107,6 +107,22 @@ public sealed class ParityTests(CudaFixture fixture) : IClassFixture<CudaFixture
         return (model, Host.Normal(9, batch * 20), Enumerable.Range(0, batch).Select(i => (float)(i % 5)).ToArray());
     }
 
+    /// <summary>Disposing a plan gives its device memory back to the allocator at once (every byte it and its pull-back
+    /// took), not when the backend goes; the parameters stay.</summary>
+    [Fact]
+    public void A_disposed_plan_returns_its_device_memory()
+    {
+        var cuda = fixture.Require();
+        var (model, _, _) = Problem(8);
+        var store = ParameterStore.Initialize(model, cuda, 5);
+        long before = cuda.Allocator.LiveBytes;
+        var plan = Plan.Compile(store, new PlanOptions(8) { Gradients = true, TangentCount = 2, Seeds = [new TangentSeed(model.Sites[0].Node, new RandomKey(1, 1))] });
+        plan.CreatePullBack([model.Sites[^1].Node], model.Sites[0].Node, channels: 2);
+        Assert.True(cuda.Allocator.LiveBytes > before);
+        plan.Dispose();
+        Assert.Equal(before, cuda.Allocator.LiveBytes);
+    }
+
     /// <summary>Same seeds, same model: forward, K-channel JVP with generated tangents and the backprop gradient agree.</summary>
     [Fact]
     public void Plans_agree_with_the_cpu()

@@ -8,6 +8,33 @@ namespace ForwardAD.Tests;
 
 public class PlanTests
 {
+    /// <summary>A disposed plan refuses to run (forward, JVP, backward, its pull-backs and parameter updates) instead of
+    /// touching buffers it gave back; a second Dispose does nothing; a backend refuses to release another's buffer. (That
+    /// device memory returns to the CUDA allocator is checked in the CUDA tests.)</summary>
+    [Fact]
+    public void A_disposed_plan_refuses_to_run()
+    {
+        var problem = Problem.RandomMlp(3, ElementwiseFunction.Relu, 4, widths: [8], inputs: 5, outputs: 3);
+        var layers = problem.Model.Sites;
+        var plan = problem.Compile(new PlanOptions(4) { Gradients = true, Seeds = [new TangentSeed(layers[0].Node, new RandomKey(1, 2))] });
+        var pullBack = plan.CreatePullBack([layers[1].Node], layers[0].Node);
+        var update = plan.CreateParameterUpdate([layers[0].Node], new View(problem.Parameters.Backend.Allocate(problem.Parameters.All.Length)));
+        plan.ForwardJvp();
+        plan.Backward();
+        pullBack.Run();
+        plan.Dispose();
+        plan.Dispose();
+        Assert.Throws<ObjectDisposedException>(plan.Forward);
+        Assert.Throws<ObjectDisposedException>(plan.ForwardJvp);
+        Assert.Throws<ObjectDisposedException>(plan.Jvp);
+        Assert.Throws<ObjectDisposedException>(plan.Backward);
+        Assert.Throws<ObjectDisposedException>(pullBack.Run);
+        Assert.Throws<ObjectDisposedException>(() => update.Write(0, new View(problem.Parameters.Backend.Allocate(layers[0].Node.ElementCount(4)))));
+        Assert.Throws<ObjectDisposedException>(() => plan.CreatePullBack([layers[1].Node], layers[0].Node));
+        var other = new CpuBackend().Allocate(3);
+        Assert.Contains("not on", Assert.Throws<ArgumentException>(() => problem.Parameters.Backend.Release(other)).Message);
+    }
+
     /// <summary>
     /// After warm-up, running a plan allocates no managed memory: forward, JVP, fused pass, backward,
     /// pull-back, and a loss read, on the library's default GEMM and on the managed one.

@@ -23,14 +23,15 @@ internal sealed class BufferPlanner(bool reuse)
     /// <summary>Float elements the physical buffers will hold, known before anything is allocated.</summary>
     public long PlannedElements() => Assign().Sum(p => (long)p.Capacity);
 
-    /// <summary>Allocates the physical buffers on the backend and hands each request its view.
-    /// Returns the number of float elements allocated.</summary>
-    public long Allocate(Backend backend)
+    /// <summary>Allocates the physical buffers on the backend, adds them to <paramref name="owned"/> (what the plan gives
+    /// back when disposed) and hands each request its view. Returns the number of float elements allocated.</summary>
+    public long Allocate(Backend backend, List<DeviceBuffer> owned)
     {
         long total = 0;
         foreach (var (capacity, _, tenants) in Assign())
         {
             var buffer = backend.Allocate(capacity);
+            owned.Add(buffer);
             total += capacity;
             foreach (var tenant in tenants) tenant.Assign(new View(buffer, 0, tenant.Length));
         }

@@ -13,8 +13,10 @@ namespace ForwardAD.Autodiff;
 /// the exact gradient of the mean loss L = (1/B) Σ_b ℓ_b.
 /// A plan is not thread-safe.
 /// </summary>
-public sealed class Plan
+public sealed class Plan : IDisposable
 {
+    private readonly List<DeviceBuffer> _owned;  // every buffer this plan (and its pull-backs) allocated, given back by Dispose
+    private bool _disposed;
     private readonly NodeBuffers[] _buffers;
     private readonly int[] _forwardOrder;      // non-leaf nodes in topological order
     private readonly int[] _tangentOrder;      // nodes with non-zero tangents in topological order
@@ -45,8 +47,9 @@ public sealed class Plan
 
     private Plan(ParameterStore parameters, PlanOptions options, NodeBuffers[] buffers, int[] forwardOrder, int[] tangentOrder,
         BackwardSchedule backward, bool[] tangentNonZero, bool[] hasInputTangent, bool[] seeded, bool[] readable,
-        RandomKey?[] generators, bool saveAuxiliary, View scratch, long allocatedBytes)
+        RandomKey?[] generators, bool saveAuxiliary, View scratch, long allocatedBytes, List<DeviceBuffer> owned)
     {
+        _owned = owned;
         _scratch = scratch;
         Model = parameters.Model;
         Parameters = parameters;
@@ -199,15 +202,22 @@ public sealed class Plan
         long scratchElements = ScratchNeed(nodes, nodes.Select(n => n.Id), batch, channels);
         parameters.Backend.RequireMemory((planner.PlannedElements() + scratchElements + (options.Gradients ? parameters.All.Length : 0)) * sizeof(float),
             $"A plan for batch {batch} with K = {channels} tangent channels{(options.Gradients ? " and gradients" : "")}");
-        long allocated = planner.Allocate(parameters.Backend) + scratchElements;
-        var scratch = scratchElements == 0 ? View.Empty : new View(parameters.Backend.Allocate((int)scratchElements), 0, (int)scratchElements);
+        var owned = new List<DeviceBuffer>();
+        DeviceBuffer Own(int length)
+        {
+            var buffer = parameters.Backend.Allocate(length);
+            owned.Add(buffer);
+            return buffer;
+        }
+        long allocated = planner.Allocate(parameters.Backend, owned) + scratchElements;
+        var scratch = scratchElements == 0 ? View.Empty : new View(Own((int)scratchElements), 0, (int)scratchElements);
 
         // Parameter gradients share one flat vector in the store's layout, so update rules see them whole.
         var gradients = View.Empty;
         var gradientSlices = new View[count];
         if (options.Gradients)
         {
-            gradients = new View(parameters.Backend.Allocate(Math.Max(1, parameters.All.Length)), 0, parameters.All.Length);
+            gradients = new View(Own(Math.Max(1, parameters.All.Length)), 0, parameters.All.Length);
             allocated += parameters.All.Length;
             var slices = gradientSlices = ParameterLayout.Of(model).Slices(model, gradients);
             foreach (var p in model.Parameters)
@@ -227,7 +237,7 @@ public sealed class Plan
         if (options.Gradients) parameters.Backend.Fill(0f, gradients);
         var backward = BackwardSchedule.Build(model, backwardOrder, buffers, objectiveSeeds);
         return new Plan(parameters, options, buffers, forwardOrder, tangentOrder, backward, tangentNonZero,
-            hasInputTangent, seeded, readable, generators, differentiating, scratch, allocated * sizeof(float))
+            hasInputTangent, seeded, readable, generators, differentiating, scratch, allocated * sizeof(float), owned)
         { ParameterGradients = gradients, GradientSlices = gradientSlices, CotangentReadable = cotangentReadable };
     }
 
@@ -281,11 +291,34 @@ public sealed class Plan
         _generators[node.Id] = key;
     }
 
+    /// <summary>Gives every buffer this plan allocated (values, tangents, cotangents, gradients, scratch, its pull-backs')
+    /// back to the backend (<see cref="Backend.Release"/>): on a GPU, device memory returns to the allocator at once
+    /// rather than when the whole backend is disposed. The parameters stay (they belong to the store). Running the plan, or
+    /// a pull-back or parameter update created from it, afterwards throws <see cref="ObjectDisposedException"/>; a second
+    /// Dispose does nothing.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        foreach (var buffer in _owned) Backend.Release(buffer);
+        _owned.Clear();
+    }
+
+    /// <summary>A buffer the plan owns (a pull-back's cotangents or scratch), given back by <see cref="Dispose"/>.</summary>
+    private DeviceBuffer Own(int length)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var buffer = Backend.Allocate(length);
+        _owned.Add(buffer);
+        return buffer;
+    }
+
     // ---- running ------------------------------------------------------------------------------
 
     /// <summary>Computes every value (and the derivatives the rules need) from the inputs and parameters.</summary>
     public void Forward()
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         foreach (var id in _forwardOrder) RunForward(id);
         _forwardDone = true;
         _backwardDone = false;
@@ -295,6 +328,7 @@ public sealed class Plan
     /// Needs the values of the last <see cref="Forward"/>.</summary>
     public void Jvp()
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         if (Options.ReuseBuffers) throw new InvalidOperationException("This plan reuses buffers: run the fused ForwardJvp() instead of Forward() then Jvp().");
         RequireForward();
         foreach (var id in _tangentOrder) RunJvp(id);
@@ -303,6 +337,7 @@ public sealed class Plan
     /// <summary>Forward and JVP in one pass, node by node (the primal is computed once).</summary>
     public void ForwardJvp()
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         int t = 0;
         foreach (var id in _forwardOrder)
         {
@@ -322,6 +357,7 @@ public sealed class Plan
     /// </summary>
     public void Backward()
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         if (!Options.Gradients) throw new InvalidOperationException("This plan was compiled without gradients; set PlanOptions.Gradients = true.");
         RequireForward();
         // With reuse, the backward pass overwrites saved derivatives it has used: one backward pass per forward pass.
@@ -349,6 +385,7 @@ public sealed class Plan
     /// </summary>
     public PullBack CreatePullBack(IReadOnlyList<Node> from, Node to, int channels = 1)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         if (channels < 1) throw new ArgumentOutOfRangeException(nameof(channels), $"A pull-back needs at least one channel; got {channels}.");
         if (Options.ReuseBuffers) throw new InvalidOperationException("Pull-backs read the forward values between their ends; this plan reuses buffers (PlanOptions.ReuseBuffers).");
         if (!_saveAuxiliary) throw new InvalidOperationException("Pull-backs read the saved derivatives; compile the plan with seeds, Gradients or SaveDerivatives.");
@@ -385,7 +422,7 @@ public sealed class Plan
             {
                 Value = b.Value,
                 Auxiliary = b.Auxiliary,
-                Cotangent = onPath ? new View(Backend.Allocate(channels * nodes[id].ElementCount(BatchSize))) : View.Empty,
+                Cotangent = onPath ? new View(Own(channels * nodes[id].ElementCount(BatchSize))) : View.Empty,
             };
         }
         var order = Enumerable.Range(0, nodes.Length)
@@ -393,12 +430,13 @@ public sealed class Plan
         var schedule = BackwardSchedule.Build(Model, order, restricted, [.. from.Select(n => n.Id)]);
         bool readsForwardValues = order.Any(id => nodes[id].Op.InputVjpReadsForwardValues);
         long scratchElements = ScratchNeed(nodes, order, BatchSize, channels);
-        var scratch = scratchElements <= _scratch.Length ? _scratch : new View(Backend.Allocate((int)scratchElements), 0, (int)scratchElements);
+        var scratch = scratchElements <= _scratch.Length ? _scratch : new View(Own((int)scratchElements), 0, (int)scratchElements);
         return new PullBack(this, schedule, restricted, channels, to, readsForwardValues, scratch);
     }
 
     internal void RunPullBack(BackwardSchedule schedule, NodeBuffers[] buffers, int channels, View scratch)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         RequireForward();
         RunBackward(schedule, buffers, scratch, channels);
     }
@@ -438,6 +476,7 @@ public sealed class Plan
 
     internal void RunParameterVjp(Node site, NodeBuffers[] buffers, int overwriteMask)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         RequireForward();
         site.Op.Vjp(new RuleContext(Backend, BatchSize, TangentCount, site, buffers, _scratch, Options, Model, overwriteMask));
     }

@@ -55,6 +55,16 @@ public abstract class Backend
     /// <exception cref="ArgumentException">The allocation would exceed <see cref="AvailableMemoryBytes"/> (backends that check it).</exception>
     public abstract DeviceBuffer Allocate(int length);
 
+    /// <summary>Gives back a buffer of this backend that its owner will not use again (<see cref="Autodiff.Plan.Dispose"/>):
+    /// device memory returns to the backend's allocator. The CPU backend does nothing (the garbage collector frees its
+    /// arrays once nothing references them).</summary>
+    /// <exception cref="ArgumentException">The buffer belongs to another backend.</exception>
+    public virtual void Release(DeviceBuffer buffer)
+    {
+        ArgumentNullException.ThrowIfNull(buffer);
+        if (buffer.Backend != this) throw new ArgumentException($"The buffer lives on {buffer.Backend.Name}, not on {Name}.", nameof(buffer));
+    }
+
     /// <summary>Bytes this backend can still allocate, as far as it knows (long.MaxValue when it cannot tell).
     /// Compiling a plan or a parameter store checks its whole need against it before allocating anything.</summary>
     public virtual long AvailableMemoryBytes => long.MaxValue;
