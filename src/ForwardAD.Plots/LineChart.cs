@@ -43,7 +43,21 @@ public sealed record LineChart(string Title, string XLabel, string YLabel, IRead
 /// <summary>Where a chart's legend goes: a corner of the data area, outside it on the right (never over a curve, at the
 /// cost of some width; for many series or curves that fill the area), or nowhere (for a panel of a <see cref="Figure"/>
 /// whose series, and so their colours, are those of a panel that shows the legend).</summary>
-public enum LegendCorner { UpperRight, LowerRight, UpperLeft, LowerLeft, OutsideRight, None }
+public enum LegendCorner
+{
+    /// <summary>Inside the data area, top right.</summary>
+    UpperRight,
+    /// <summary>Inside the data area, bottom right.</summary>
+    LowerRight,
+    /// <summary>Inside the data area, top left.</summary>
+    UpperLeft,
+    /// <summary>Inside the data area, bottom left.</summary>
+    LowerLeft,
+    /// <summary>Outside the data area, to its right: never over a curve; the data area gets narrower.</summary>
+    OutsideRight,
+    /// <summary>No legend.</summary>
+    None,
+}
 
 /// <summary>Writes charts to image files.</summary>
 public static partial class ChartFile
