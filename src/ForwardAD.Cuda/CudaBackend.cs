@@ -14,8 +14,11 @@ public sealed class CudaBuffer : DeviceBuffer
 
     internal CudaBuffer(CudaBackend backend, ulong pointer, int length) => (_backend, Pointer, _length) = (backend, pointer, length);
 
+    /// <summary>The device address of the block's first float (a CUdeviceptr), as the kernels and cuBLAS receive it.</summary>
     public ulong Pointer { get; }
+    /// <summary>The number of floats the buffer was allocated for; its block may be larger (the allocator rounds sizes up).</summary>
     public override int Length => _length;
+    /// <summary>The <see cref="CudaBackend"/> that allocated the buffer: only its kernels may read or write it.</summary>
     public override Backend Backend => _backend;
 }
 
@@ -87,11 +90,17 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         }
     }
 
+    /// <summary>The device's name as the driver reports it (cuDeviceGetName), for example "NVIDIA H100 80GB HBM3".</summary>
     public string DeviceName { get; }
+    /// <summary>The device's compute capability (9.0 for an H100): the architecture NVRTC compiles the kernels for.</summary>
     public (int Major, int Minor) ComputeCapability { get; }
+    /// <summary>The caching allocator every buffer of this backend comes from; its counters show the device memory in use.</summary>
     public DeviceAllocator Allocator { get; }
+    /// <summary>One line per kernel family (native/*.cu) saying where its module came from: a fatbin built by CMake, or the
+    /// embedded sources compiled by NVRTC (or taken from its on-disk cache). For diagnostics.</summary>
     public IReadOnlyList<string> KernelOrigins => _kernels.Origins;
     internal IntPtr Stream => _stream.DangerousGetHandle();
+    /// <summary>"cuda (device name, sm_XY)", with ", tf32" appended while <see cref="UseTf32"/> is on.</summary>
     public override string Name => $"cuda ({DeviceName}, sm_{ComputeCapability.Major}{ComputeCapability.Minor}{(_tf32 ? ", tf32" : "")})";
 
     /// <summary>TF32 tensor-core GEMMs (10-bit mantissa inputs): faster on Ampere and later, less exact. Off by default.</summary>
@@ -120,8 +129,11 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     /// AdamW step about 1,000 launches, measured at 10 ms on an H200 where the work itself takes well under one.</summary>
     public override int FusedTileElements => int.MaxValue;
 
+    /// <summary>Unbounded: a convolution builds the im2col columns of the whole batch and runs one GEMM over them.</summary>
     public override int ConvolutionPassElements => int.MaxValue;
 
+    /// <summary>A <see cref="CudaBuffer"/> of <paramref name="length"/> floats (at least one) from <see cref="Allocator"/>;
+    /// its contents are undefined. Throws <see cref="CudaOutOfMemoryException"/> when the device is full.</summary>
     public override DeviceBuffer Allocate(int length) => new CudaBuffer(this, Allocator.Allocate(Math.Max(1, length) * (long)sizeof(float)), length);
 
     /// <summary>Returns the buffer's block to the caching allocator (<see cref="DeviceAllocator.Return"/>), where the next
@@ -142,6 +154,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         return buffer.Pointer + (ulong)view.Offset * sizeof(float);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Synchronises the stream before returning, so <paramref name="source"/> may be reused at once. Throws
+    /// <see cref="ArgumentException"/> when the lengths differ or the view is not on this backend.</remarks>
     public override void CopyFromHost(ReadOnlySpan<float> source, View destination)
     {
         if (source.Length != destination.Length) throw new ArgumentException($"Copy of {source.Length} values into a view of {destination.Length}.");
@@ -151,6 +166,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Synchronize(); // the host memory is pageable and may be reused as soon as we return
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Waits for every queued kernel, then copies: the values are final when it returns. Throws
+    /// <see cref="ArgumentException"/> when the lengths differ or the view is not on this backend.</remarks>
     public override void CopyToHost(View source, Span<float> destination)
     {
         if (source.Length != destination.Length) throw new ArgumentException($"Copy of a view of {source.Length} values into {destination.Length}.");
@@ -193,6 +211,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         CudaDriver.Check(CudaDriver.cuLaunchKernel(_kernels[kernel], blocks, 1, 1, Threads, 1, 1, 0, Stream, arguments, null), $"cuLaunchKernel ({kernel})");
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>fill</c> (native/elementwise.cu).</remarks>
     public override void Fill(float value, View destination)
     {
         ulong d = Pointer(destination); long n = destination.Length;
@@ -200,6 +220,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("fill", n, args, 3);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>A device-to-device memcpy, or kernel <c>copy</c> (native/elementwise.cu) when accumulating.</remarks>
     public override void Copy(View source, View destination, bool accumulate = false)
     {
         if (!accumulate)
@@ -213,6 +235,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("copy", n, args, 4);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>scale</c> (native/elementwise.cu).</remarks>
     public override void Scale(View source, float factor, View destination)
     {
         ulong s = Pointer(source), d = Pointer(destination); long n = source.Length;
@@ -220,6 +244,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("scale", n, args, 4);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>add</c> (native/elementwise.cu).</remarks>
     public override void Add(View a, View b, View destination)
     {
         ulong x = Pointer(a), y = Pointer(b), d = Pointer(destination); long n = destination.Length;
@@ -227,6 +253,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("add", n, args, 4);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>multiply_channels</c> (native/elementwise.cu).</remarks>
     public override void MultiplyChannels(View a, View b, View destination, bool accumulate)
     {
         ulong x = Pointer(a), y = Pointer(b), d = Pointer(destination); long period = a.Length, n = destination.Length; int add = accumulate ? 1 : 0;
@@ -234,6 +262,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("multiply_channels", n, args, 6);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>add_bias</c> (native/elementwise.cu).</remarks>
     public override void AddBias(View bias, View destination)
     {
         ulong x = Pointer(bias), d = Pointer(destination); long columns = bias.Length, n = destination.Length;
@@ -244,6 +274,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     /// <summary>Columns per block of the sum_rows kernel, and rows summed side by side: SUM_ROWS_TILE in native/reduce.cu.</summary>
     internal const int SumRowsTile = 32;
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>sum_rows</c> (native/reduce.cu): a tree reduction in a fixed order, so the same bits run to run.
+    /// A single row is a copy (or an add) instead.</remarks>
     public override void SumRows(View source, View destination, bool accumulate)
     {
         if (destination.Length == 0) return;
@@ -273,6 +306,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("scale_columns", n, args, 6);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>reciprocal_sqrt</c> (native/elementwise.cu).</remarks>
     public override void ReciprocalSqrt(View x, float epsilon, View destination)
     {
         if (destination.Length == 0) return;
@@ -299,6 +334,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
             throw new ArgumentException($"{kernel}: {what} holds {view.Length} floats, but {formula} = {expected}; allocate it from the same geometry.");
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>im2col</c> (native/conv.cu), channels-last images [N, H, W, C]. Throws <see cref="ArgumentException"/>
+    /// when the view lengths do not match the geometry (checked on the host: the kernel trusts them).</remarks>
     public override void Im2Col(View images, in ConvGeometry geometry, View columns)
     {
         int examples = Examples(nameof(Im2Col), "images", images, geometry.InputElements, "H·W·C");
@@ -311,6 +349,10 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("im2col", total, args, 13);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>col2im</c> (native/conv.cu): one thread per image element gathers its patches in the CPU's order
+    /// (no atomics), so the result is the CPU backend's bits. Throws <see cref="ArgumentException"/> when the view lengths
+    /// do not match the geometry.</remarks>
     public override void Col2Im(View columns, in ConvGeometry geometry, View images, bool accumulate)
     {
         int examples = Examples(nameof(Col2Im), "images", images, geometry.InputElements, "H·W·C");
@@ -323,6 +365,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("col2im", total, args, 14);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>max_pool</c> (native/conv.cu). Throws <see cref="ArgumentException"/> when the view lengths do not
+    /// match the geometry.</remarks>
     public override void MaxPool(View images, in PoolGeometry geometry, View output, View argmax)
     {
         int examples = Examples(nameof(MaxPool), "images", images, geometry.InputElements, "H·W·C");
@@ -336,6 +381,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("max_pool", total, args, 13);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>avg_pool</c> (native/conv.cu); divides by kh·kw, padding included, as the CPU backend does.
+    /// Throws <see cref="ArgumentException"/> when the view lengths do not match the geometry.</remarks>
     public override void AvgPool(View images, in PoolGeometry geometry, View output)
     {
         int examples = Examples(nameof(AvgPool), "images", images, geometry.InputElements, "H·W·C");
@@ -349,6 +397,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("avg_pool", total, args, 13);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>avg_pool_backward</c> (native/conv.cu): one thread per input element, no atomics. Throws
+    /// <see cref="ArgumentException"/> when the view lengths do not match the geometry.</remarks>
     public override void AvgPoolBackward(View output, in PoolGeometry geometry, View images, bool accumulate)
     {
         int examples = Examples(nameof(AvgPoolBackward), "images", images, geometry.InputElements, "H·W·C");
@@ -378,6 +429,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         return (rows, columns, indices.Length / columns);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>gather_columns</c> (native/conv.cu). Throws <see cref="ArgumentException"/> when the lengths do not
+    /// form R rows of <paramref name="sourceColumns"/> and indices [N, m] with N dividing R.</remarks>
     public override void GatherColumns(View source, int sourceColumns, View indices, View destination)
     {
         if (destination.Length == 0) return;
@@ -412,6 +466,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         CudaDriver.Check(CudaDriver.cuLaunchKernel(_kernels["scatter_add_columns"], blocks, 1, 1, ScatterTile, 1, 1, 0, Stream, args, null), "cuLaunchKernel (scatter_add_columns)");
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>row_dot</c> (native/reduce.cu).</remarks>
     public override void RowDot(View a, View b, int columns, View destination)
     {
         ulong x = Pointer(a), y = Pointer(b), d = Pointer(destination); long cols = columns, rows = a.Length / columns, total = destination.Length;
@@ -419,6 +475,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("row_dot", total, args, 6);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>scale_rows</c> (native/reduce.cu).</remarks>
     public override void ScaleRows(View a, View scale, View destination, bool accumulate)
     {
         ulong x = Pointer(a), s = Pointer(scale), d = Pointer(destination); long columns = a.Length / scale.Length, n = a.Length; int add = accumulate ? 1 : 0;
@@ -438,6 +496,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         CudaDriver.Check(CudaDriver.cuLaunchKernel(_kernels[kernel], blocks, 1, 1, Threads, 1, 1, 0, Stream, arguments, null), $"cuLaunchKernel ({kernel})");
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>normalize_last_axis</c> (native/sequence.cu), one warp per row. Throws <see cref="ArgumentException"/>
+    /// when <paramref name="x"/> or <paramref name="normalized"/> is not rows × <paramref name="width"/>.</remarks>
     public override void NormalizeLastAxis(View x, int width, float epsilon, bool centre, View normalized, View inverseStd)
     {
         if (inverseStd.Length == 0) return;
@@ -448,6 +509,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         LaunchRows("normalize_last_axis", rows, args);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>normalize_last_axis_derivative</c> (native/sequence.cu), one warp per row and channel. Throws
+    /// <see cref="ArgumentException"/> unless the views are x̂ [R, D], s [R], v and destination [C, R, D].</remarks>
     public override void NormalizeLastAxisDerivative(View normalized, View inverseStd, View v, bool centre, View destination, bool accumulate)
     {
         if (destination.Length == 0) return;
@@ -460,6 +524,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         LaunchRows("normalize_last_axis_derivative", total, args);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>gather_rows</c> (native/sequence.cu). Throws <see cref="ArgumentException"/> when the destination is
+    /// not [C, ids, <paramref name="width"/>] for a whole number of tables.</remarks>
     public override void GatherRows(View table, View indices, int width, View destination)
     {
         if (destination.Length == 0) return;
@@ -475,6 +542,10 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     /// <summary>Columns per block of scatter_add_rows: SCATTER_ROWS_TILE in native/sequence.cu.</summary>
     internal const int ScatterRowsTile = 128;
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>scatter_add_rows</c> (native/sequence.cu): each block owns destination rows and adds their source
+    /// rows in index order (no atomics), so repeated ids sum in the CPU's order. Throws <see cref="ArgumentException"/> when
+    /// the source is not ids × <paramref name="width"/> or the destination not [V, width].</remarks>
     public override void ScatterAddRows(View source, View indices, int width, View destination, bool accumulate)
     {
         if (destination.Length == 0) return;
@@ -491,6 +562,10 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
     /// <summary>The longest sequence sequence_cross_entropy takes: its 2·T floats of dynamic shared memory stay within 48 KiB.</summary>
     internal const int SequenceCrossEntropyMaxLength = 6144;
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>sequence_cross_entropy</c> (native/sequence.cu), one block per example. Throws
+    /// <see cref="NotSupportedException"/> for sequences longer than 6144 positions (its shared memory holds 2·T floats)
+    /// and <see cref="ArgumentException"/> when the views are not logits [B, T, V], targets [B, T], error like the logits.</remarks>
     public override void SequenceCrossEntropy(View logits, View targets, int length, int classes, float ignoreIndex, View loss, View error)
     {
         if (loss.Length == 0) return;
@@ -518,6 +593,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         _ => throw new NotSupportedException($"No CUDA kernel for activation {function.Name}."),
     };
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>activation_forward</c> (native/elementwise.cu). Throws <see cref="NotSupportedException"/> for a
+    /// function other than ReLU, tanh, GELU (erf or tanh form) and the identity.</remarks>
     public override void Elementwise(ElementwiseFunction function, View x, View y)
     {
         int code = Code(function); ulong input = Pointer(x), output = Pointer(y); long n = x.Length;
@@ -525,6 +603,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("activation_forward", n, args, 4);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>activation_backward</c> (native/elementwise.cu). Throws <see cref="NotSupportedException"/> for a
+    /// function other than ReLU, tanh, GELU (erf or tanh form) and the identity.</remarks>
     public override void ElementwiseDerivative(ElementwiseFunction function, View x, View y, View derivative)
     {
         int code = Code(function); ulong input = Pointer(x), output = Pointer(y), d = Pointer(derivative); long n = x.Length;
@@ -532,6 +613,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("activation_backward", n, args, 5);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>softmax_cross_entropy</c> (native/loss.cu), one thread per row.</remarks>
     public override void SoftmaxCrossEntropy(View logits, View labels, int classes, View loss, View error)
     {
         ulong z = Pointer(logits), y = Pointer(labels), l = Pointer(loss), e = Pointer(error); long rows = loss.Length, c = classes;
@@ -539,6 +622,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("softmax_cross_entropy", rows, args, 6);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>squared_error</c> (native/loss.cu), one thread per row.</remarks>
     public override void SquaredError(View prediction, View target, int width, View loss, View error)
     {
         ulong p = Pointer(prediction), t = Pointer(target), l = Pointer(loss), e = Pointer(error); long rows = loss.Length, w = width;
@@ -546,6 +631,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("squared_error", rows, args, 6);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>fill_normal</c> (native/random.cu): the same Philox4x32-10 stream as the CPU backend, so the same
+    /// numbers for the same key and offset.</remarks>
     public override void FillNormal(RandomKey key, long first, float mean, float standardDeviation, View destination)
     {
         ulong d = Pointer(destination); long n = destination.Length; uint lo = (uint)key.Seed, hi = (uint)(key.Seed >> 32); ulong stream = key.Stream;
@@ -553,6 +641,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("fill_normal", (n + 7) / 4, args, 8);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>fill_uniform</c> (native/random.cu): the same Philox4x32-10 stream as the CPU backend.</remarks>
     public override void FillUniform(RandomKey key, long first, float low, float high, View destination)
     {
         ulong d = Pointer(destination); long n = destination.Length; uint lo = (uint)key.Seed, hi = (uint)(key.Seed >> 32); ulong stream = key.Stream;
@@ -575,11 +665,21 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         return value;
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>reduce_sum</c> in double; synchronises the stream to read the result back.</remarks>
     public override double Sum(View x) => Reduce(x, View.Empty, 0);
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>reduce_sum</c> in double; synchronises the stream to read the result back.</remarks>
     public override double SumOfSquares(View x) => Reduce(x, View.Empty, 1);
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>reduce_sum</c> in double; synchronises the stream to read the result back.</remarks>
     public override double Dot(View a, View b) => Reduce(a, b, 2);
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>reduce_sum</c> in double, divided by g.Length (0 for an empty view); synchronises the stream.</remarks>
     public override double MeanRatioOfSquares(View g, View v, float vScale, float floor) => g.Length == 0 ? 0 : Reduce(g, v, 3, vScale, floor) / g.Length;
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>normalize_rows</c> (native/reduce.cu).</remarks>
     public override void NormalizeRows(View x, int columns, float norm)
     {
         ulong d = Pointer(x); long rows = x.Length / columns, cols = columns;
@@ -587,6 +687,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("normalize_rows", rows, args, 4);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>row_cosines</c> (native/reduce.cu).</remarks>
     public override void RowCosines(View a, View b, int columns, View destination)
     {
         ulong x = Pointer(a), y = Pointer(b), d = Pointer(destination); long rows = destination.Length, cols = columns;
@@ -594,6 +696,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("row_cosines", rows, args, 5);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>axpby</c> (native/elementwise.cu).</remarks>
     public override void Axpby(float alpha, View x, float beta, View y)
     {
         ulong s = Pointer(x), d = Pointer(y); long n = y.Length;
@@ -601,6 +705,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("axpby", n, args, 5);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>moving_average_of_squares</c> (native/elementwise.cu).</remarks>
     public override void MovingAverageOfSquares(View g, float beta, View v)
     {
         ulong s = Pointer(g), d = Pointer(v); long n = v.Length;
@@ -608,6 +714,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("moving_average_of_squares", n, args, 4);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>adam_direction</c> (native/elementwise.cu).</remarks>
     public override void AdamDirection(View m, View v, float mScale, float vScale, float epsilon, View destination)
     {
         ulong first = Pointer(m), second = Pointer(v), d = Pointer(destination); long n = destination.Length;
@@ -619,6 +727,9 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
 
     private const int WarpSize = 32;
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>causal_softmax_rows</c> (native/attention.cu), one warp per row. Throws <see cref="ArgumentException"/>
+    /// unless both views hold the same whole number of [size, size] matrices.</remarks>
     public override void CausalSoftmaxRows(View scores, int size, View probabilities)
     {
         long square = (long)size * size;
@@ -630,6 +741,10 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("causal_softmax_rows", rows * WarpSize, args, 4);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Kernel <c>softmax_jvp_rows</c> (native/attention.cu), one warp per row. Throws <see cref="ArgumentException"/>
+    /// unless the probabilities are whole rows of <paramref name="columns"/> and x and the destination the same whole number
+    /// of copies of them.</remarks>
     public override void SoftmaxJvpRows(View probabilities, View x, int columns, View destination)
     {
         if (columns <= 0 || probabilities.Length % columns != 0 || probabilities.Length == 0 || x.Length != destination.Length || x.Length % probabilities.Length != 0)
@@ -642,6 +757,8 @@ public sealed unsafe class CudaBackend : Backend, IDisposable
         Launch("softmax_jvp_rows", rows * WarpSize, args, 6);
     }
 
+    /// <summary>Releases the kernel modules, the cuBLAS handle, every block of <see cref="Allocator"/>, the stream and the
+    /// primary context reference. Buffers of this backend are invalid afterwards.</summary>
     public void Dispose()
     {
         MakeCurrent(); // modules, cuBLAS, memory and the stream are released in this context
@@ -665,6 +782,13 @@ public sealed class CudaGraph : IDisposable
 
     private CudaGraph(CudaBackend backend) => _backend = backend;
 
+    /// <summary>Runs <paramref name="work"/> once in stream-capture mode (nothing executes) and instantiates what it queued
+    /// on <paramref name="backend"/>'s stream as an executable graph.</summary>
+    /// <param name="backend">The backend whose stream <paramref name="work"/> queues on.</param>
+    /// <param name="work">The device work to record: it must not synchronise or read values back.</param>
+    /// <returns>The graph, ready to <see cref="Launch"/>.</returns>
+    /// <exception cref="CudaException">The capture or instantiation failed (for example, the work synchronised).
+    /// An exception thrown by <paramref name="work"/> itself ends the capture and is rethrown unchanged.</exception>
     public static CudaGraph Capture(CudaBackend backend, Action work)
     {
         backend.MakeCurrent();
@@ -696,12 +820,14 @@ public sealed class CudaGraph : IDisposable
         return captured;
     }
 
+    /// <summary>Queues the whole captured work on the backend's stream with one launch; asynchronous like any kernel.</summary>
     public void Launch()
     {
         _backend.MakeCurrent();
         CudaDriver.Check(CudaDriver.cuGraphLaunch(_executable.DangerousGetHandle(), _backend.Stream), "cuGraphLaunch");
     }
 
+    /// <summary>Destroys the executable graph (in the backend's context). Work already launched still completes.</summary>
     public void Dispose()
     {
         if (!_executable.IsInvalid && !_executable.IsClosed) _backend.MakeCurrent();

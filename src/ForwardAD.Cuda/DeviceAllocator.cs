@@ -23,8 +23,15 @@ public sealed class DeviceAllocator : IDisposable
     /// <summary>Bytes held in the cache for reuse.</summary>
     public long CachedBytes { get; private set; }
 
+    /// <summary>The block size a request of <paramref name="bytes"/> gets: rounded up to a multiple of 512 bytes, at least 512.
+    /// Blocks are cached and reused by this size.</summary>
     public static long RoundUp(long bytes) => Math.Max(Granularity, (bytes + Granularity - 1) / Granularity * Granularity);
 
+    /// <summary>A device block of at least <paramref name="bytes"/> (<see cref="RoundUp"/>), reused from the cache when one of
+    /// that size is free, otherwise from cuMemAlloc. Its contents are undefined.</summary>
+    /// <returns>The block's device address; give it back with <see cref="Return"/>.</returns>
+    /// <exception cref="CudaOutOfMemoryException">The device has no room even after <see cref="ReleaseCache"/>.</exception>
+    /// <exception cref="CudaException">cuMemAlloc failed for another reason.</exception>
     public ulong Allocate(long bytes)
     {
         long size = RoundUp(bytes);
@@ -76,6 +83,7 @@ public sealed class DeviceAllocator : IDisposable
         return pointer;
     }
 
+    /// <summary>Frees every block, cached or still handed out, back to the driver: addresses from this allocator are invalid afterwards.</summary>
     public void Dispose()
     {
         if (_live.Count > 0 || CachedBytes > 0) CudaDriver.MakeCurrent(_context);

@@ -180,24 +180,29 @@ public sealed class NcclCommunicator : Communicator
     /// <summary>False once <see cref="Communicator.Dispose()"/> or an abort has released the NCCL communicator.</summary>
     internal bool IsOpen => !_comm.IsClosed;
 
+    /// <summary>Host memory: summed through <see cref="Bootstrap"/> (small buffers; see the remarks on the class).
+    /// Throws <see cref="ObjectDisposedException"/> after disposal.</summary>
     protected override void AllReduceSumCore(Span<float> buffer)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         Bootstrap.AllReduceSum(buffer);
     }
 
+    /// <inheritdoc cref="AllReduceSumCore(Span{float})"/>
     protected override void AllReduceSumCore(Span<double> buffer)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         Bootstrap.AllReduceSum(buffer);
     }
 
+    /// <summary>Host memory: broadcast through <see cref="Bootstrap"/>. Throws <see cref="ObjectDisposedException"/> after disposal.</summary>
     protected override void BroadcastCore(Span<byte> buffer, int root)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         Bootstrap.Broadcast(buffer, root);
     }
 
+    /// <summary>A barrier of <see cref="Bootstrap"/>. Throws <see cref="ObjectDisposedException"/> after disposal.</summary>
     protected override void BarrierCore()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -237,6 +242,7 @@ public sealed class NcclCommunicator : Communicator
         return buffer.Pointer + (ulong)view.Offset * sizeof(float);
     }
 
+    /// <summary>Destroys the NCCL communicator (ncclCommDestroy), once; the backend and <see cref="Bootstrap"/> stay open.</summary>
     protected override void Dispose(bool disposing)
     {
         // ncclCommDestroy selects the communicator's device itself, so no context is made current here (the backend may be
