@@ -11,6 +11,10 @@ namespace ForwardAD.Distributed;
 /// </summary>
 public sealed record BatchShard
 {
+    /// <summary>Examples [<paramref name="first"/>, first + <paramref name="count"/>) of a batch of <paramref name="globalBatch"/>,
+    /// the rest held by the other ranks of <paramref name="communicator"/>. <see cref="Split"/> computes a rank's share.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="globalBatch"/> is below 1, or the range is empty or does
+    /// not lie inside the batch.</exception>
     public BatchShard(int globalBatch, int first, int count, Communicator communicator)
     {
         if (globalBatch < 1) throw new ArgumentOutOfRangeException(nameof(globalBatch), $"The batch size must be at least 1; got {globalBatch}.");
@@ -19,9 +23,13 @@ public sealed record BatchShard
         (GlobalBatch, First, Count, Communicator) = (globalBatch, first, count, communicator);
     }
 
+    /// <summary>B: the examples of one step over all ranks; estimates and losses are divided by it, not by <see cref="Count"/>.</summary>
     public int GlobalBatch { get; }
+    /// <summary>The global index of this shard's first example: per-example random numbers are drawn at global indices.</summary>
     public int First { get; }
+    /// <summary>B_r: the examples this rank holds, the batch size its plans are compiled for.</summary>
     public int Count { get; }
+    /// <summary>The ranks that hold the other shares and sum the estimates.</summary>
     public Communicator Communicator { get; }
 
     /// <summary>True when this shard is the whole batch (one rank).</summary>
@@ -62,5 +70,6 @@ public sealed record BatchShard
         }
     }
 
+    /// <summary>"batch of B" for the whole batch, else "examples first..last of B (communicator)".</summary>
     public override string ToString() => IsWhole ? $"batch of {GlobalBatch}" : $"examples {First}..{First + Count - 1} of {GlobalBatch} ({Communicator})";
 }

@@ -125,22 +125,35 @@ public abstract class Communicator : IDisposable
         Interlocked.Increment(ref _operations);
     }
 
+    /// <summary>The transport's in-place sum over the ranks, called by <see cref="AllReduceSum(Span{float})"/> only when
+    /// <see cref="Size"/> &gt; 1 and the buffer is not empty (the bytes are already counted). Every rank must get the same bits;
+    /// throws <see cref="CommunicationException"/> when a rank does not answer within <see cref="Timeout"/>.</summary>
     protected abstract void AllReduceSumCore(Span<float> buffer);
+    /// <inheritdoc cref="AllReduceSumCore(Span{float})"/>
     protected abstract void AllReduceSumCore(Span<double> buffer);
+    /// <summary>The transport's copy of rank <paramref name="root"/>'s <paramref name="buffer"/> into every other rank's,
+    /// called by <see cref="Broadcast"/> only when <see cref="Size"/> &gt; 1, the buffer is not empty and the root is valid.</summary>
     protected abstract void BroadcastCore(Span<byte> buffer, int root);
+    /// <summary>The transport's barrier, called by <see cref="Barrier"/> only when <see cref="Size"/> &gt; 1: returns when
+    /// every rank has entered it, or throws <see cref="CommunicationException"/> after <see cref="Timeout"/>.</summary>
     protected abstract void BarrierCore();
 
     /// <summary>Sums a device buffer without going through the host, when this communicator can (NCCL on CUDA memory).</summary>
     protected virtual bool TryAllReduceOnDevice(Backend backend, View buffer) => false;
 
+    /// <summary>Releases the transport: MPI is finalised (MPI_Finalize, so once per process), NCCL's communicator destroyed;
+    /// threads and a single process hold nothing. No operation may follow.</summary>
     public void Dispose()
     {
         Dispose(true);
         GC.SuppressFinalize(this);
     }
 
+    /// <summary>Releases the transport's resources; <paramref name="disposing"/> is false when called from a finalizer, where
+    /// only unmanaged handles may be touched. Overrides call the base.</summary>
     protected virtual void Dispose(bool disposing) { }
 
+    /// <summary>"rank R of N (Name)", for logs.</summary>
     public override string ToString() => $"rank {Rank} of {Size} ({Name})";
 
     private sealed class SingleProcessCommunicator : Communicator
@@ -159,7 +172,9 @@ public abstract class Communicator : IDisposable
 /// contributes, not what the transport moves: a ring all-reduce moves 2(N−1)/N of it each way).</summary>
 public readonly record struct CommunicationTraffic(long ReducedBytes, long BroadcastBytes, long Operations)
 {
+    /// <summary>Bytes of all-reduce and broadcast payload together.</summary>
     public long TotalBytes => ReducedBytes + BroadcastBytes;
+    /// <summary>The traffic between two readings, component by component: what happened after <paramref name="b"/> was read.</summary>
     public static CommunicationTraffic operator -(CommunicationTraffic a, CommunicationTraffic b) =>
         new(a.ReducedBytes - b.ReducedBytes, a.BroadcastBytes - b.BroadcastBytes, a.Operations - b.Operations);
 }

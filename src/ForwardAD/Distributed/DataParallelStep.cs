@@ -23,6 +23,13 @@ public sealed class DataParallelStep
     private readonly float[] _stateHost;
     private readonly double[] _stateSums, _loss = new double[1];
 
+    /// <summary>The step of one rank.</summary>
+    /// <param name="estimator">An estimator compiled for <paramref name="shard"/> (its plan's batch size is the shard's
+    /// <see cref="BatchShard.Count"/>), over <paramref name="parameters"/>.</param>
+    /// <param name="shard">This rank's share of the global batch and the communicator of all ranks.</param>
+    /// <param name="parameters">The parameters and state (batch-norm running statistics) the estimator reads; the
+    /// statistics are averaged over the ranks after each step.</param>
+    /// <exception cref="ArgumentException">The estimator's plan was compiled for another batch size than the shard's.</exception>
     public DataParallelStep(GradientEstimator estimator, BatchShard shard, ParameterStore parameters)
     {
         if (estimator.Plan.BatchSize != shard.Count)
@@ -33,7 +40,9 @@ public sealed class DataParallelStep
         (_stateHost, _stateSums) = (new float[stateLength], new double[stateLength]);
     }
 
+    /// <summary>This rank's share of the global batch.</summary>
     public BatchShard Shard => _shard;
+    /// <summary>The communicator of the shard: the ranks the step sums over.</summary>
     public Communicator Communicator => _shard.Communicator;
 
     /// <summary>What the last <see cref="Run"/> handed to the communicator (measured at the communicator).</summary>

@@ -15,8 +15,11 @@ public sealed class InProcessCommunicator : Communicator
 
     private InProcessCommunicator(Group group, int rank) => (_group, _rank) = (group, rank);
 
+    /// <inheritdoc/>
     public override int Rank => _rank;
+    /// <inheritdoc/>
     public override int Size => _group.Size;
+    /// <summary>"threads".</summary>
     public override string Name => "threads";
 
     /// <summary>One communicator per rank of a new group of <paramref name="size"/> ranks.</summary>
@@ -27,7 +30,11 @@ public sealed class InProcessCommunicator : Communicator
         return [.. Enumerable.Range(0, size).Select(r => new InProcessCommunicator(group, r))];
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Every rank adds all ranks' buffers in rank order, so every rank gets the same bits. Throws
+    /// <see cref="CommunicationException"/> when the ranks' lengths differ, a rank fails or one does not arrive in time.</remarks>
     protected override void AllReduceSumCore(Span<float> buffer) => AllReduceSum(buffer, ref _floatScratch);
+    /// <inheritdoc cref="AllReduceSumCore(Span{float})"/>
     protected override void AllReduceSumCore(Span<double> buffer) => AllReduceSum(buffer, ref _doubleScratch);
 
     /// <summary>Every rank publishes its pinned buffer, then sums all of them in rank order into its scratch (the same
@@ -52,6 +59,9 @@ public sealed class InProcessCommunicator : Communicator
         sum.CopyTo(buffer);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Throws <see cref="CommunicationException"/> when the root's length differs from this rank's, a rank fails or
+    /// one does not arrive in time.</remarks>
     protected override unsafe void BroadcastCore(Span<byte> buffer, int root)
     {
         fixed (byte* mine = buffer)
@@ -65,6 +75,7 @@ public sealed class InProcessCommunicator : Communicator
         }
     }
 
+    /// <inheritdoc/>
     protected override void BarrierCore() => Arrive("a barrier");
 
     private void Arrive(string operation)

@@ -34,8 +34,11 @@ public sealed partial class MpiCommunicator : Communicator
 
     private MpiCommunicator(int rank, int size, string library) => (_rank, _size, _library) = (rank, size, library);
 
+    /// <summary>This process's rank in MPI_COMM_WORLD.</summary>
     public override int Rank => _rank;
+    /// <summary>The number of processes in MPI_COMM_WORLD.</summary>
     public override int Size => _size;
+    /// <summary>The library's version from the first line of MPI_Get_library_version ("MPICH 4.0.2"), or "MPI".</summary>
     public override string Name => _library;
 
     /// <summary>True when this process was started by an MPI launcher (<c>mpiexec</c>, <c>mpirun</c>, Slurm's PMI):
@@ -93,7 +96,11 @@ public sealed partial class MpiCommunicator : Communicator
         return string.Join(' ', first.Replace("Version:", "", StringComparison.Ordinal).Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries));
     }
 
+    /// <inheritdoc/>
+    /// <remarks>MPI_Iallreduce in place, in pieces of at most 2³¹ − 1 elements, polled until done or until
+    /// <see cref="Communicator.Timeout"/>, which aborts the job. Throws <see cref="MpiException"/> when MPI returns an error.</remarks>
     protected override void AllReduceSumCore(Span<float> buffer) => AllReduceSum(buffer, Float);
+    /// <inheritdoc cref="AllReduceSumCore(Span{float})"/>
     protected override void AllReduceSumCore(Span<double> buffer) => AllReduceSum(buffer, Double);
 
     /// <summary>MPI_Iallreduce(MPI_IN_PLACE, …, MPI_SUM) in pieces of at most 2³¹ − 1 elements (MPI counts are ints).</summary>
@@ -110,6 +117,8 @@ public sealed partial class MpiCommunicator : Communicator
             }
     }
 
+    /// <inheritdoc/>
+    /// <remarks>MPI_Ibcast in pieces of at most 2³¹ − 1 bytes, polled under <see cref="Communicator.Timeout"/> like the sums.</remarks>
     protected override unsafe void BroadcastCore(Span<byte> buffer, int root)
     {
         fixed (byte* data = buffer)
@@ -123,6 +132,8 @@ public sealed partial class MpiCommunicator : Communicator
             }
     }
 
+    /// <inheritdoc/>
+    /// <remarks>MPI_Ibarrier, polled under <see cref="Communicator.Timeout"/>.</remarks>
     protected override unsafe void BarrierCore()
     {
         int request;
@@ -179,6 +190,7 @@ public sealed partial class MpiCommunicator : Communicator
         return MPI_Error_string(status, text, &length) == Success ? System.Text.Encoding.UTF8.GetString(text, Math.Clamp(length, 0, Capacity)) : "no description";
     }
 
+    /// <summary>Calls MPI_Finalize unless MPI is finalised already; MPI cannot be initialised again in this process.</summary>
     protected override void Dispose(bool disposing)
     {
         if (_finalized) return;
@@ -210,6 +222,8 @@ public sealed partial class MpiCommunicator : Communicator
 public sealed class MpiException(string function, int status, string message)
     : CommunicationException($"{function} failed with error {status}: {message}")
 {
+    /// <summary>The MPI function that failed ("MPI_Iallreduce").</summary>
     public string Function { get; } = function;
+    /// <summary>The error code it returned (the MPI library's own numbering; see <see cref="Exception.Message"/> for its text).</summary>
     public int Status { get; } = status;
 }
