@@ -24,6 +24,7 @@ public abstract record CnnLayer
     /// <summary>The node-name stem ("conv", "bn", "relu"): nodes are named stem + running number per stem.</summary>
     internal abstract string Stem { get; }
 
+    /// <summary>The layer's token in <see cref="CnnSpec.Grammar"/>, canonical (defaults left out): parsing it gives this layer back.</summary>
     public abstract override string ToString();
 
     private static string Image(Shape s) => $"{s[0]}×{s[1]}×{s[2]}";
@@ -51,6 +52,7 @@ public abstract record CnnLayer
     /// </summary>
     public sealed record Conv(int Channels, int Kernel = 3, int Stride = 1, int? Padding = null, int Groups = 1, bool Bias = true) : CnnLayer
     {
+        /// <summary>The padding a K×K convolution gets when none is given: ⌊K/2⌋ for odd K ("same" size at stride 1), 0 for even K.</summary>
         public static int DefaultPadding(int kernel) => kernel % 2 == 1 ? kernel / 2 : 0;
 
         /// <summary>The padding used: <see cref="Padding"/> when given, else <see cref="DefaultPadding"/>.</summary>
@@ -78,6 +80,8 @@ public abstract record CnnLayer
         internal override Node Apply(ModelBuilder builder, string name, Node x) =>
             builder.Conv2d(name, x, Channels, Kernel, Stride, EffectivePadding, Groups, Bias);
 
+        /// <summary>"c" + channels + "k" + kernel, then s (stride), p (padding), g (groups) and b0 (no bias) where they differ
+        /// from the defaults, as in "c64k3s2".</summary>
         public override string ToString()
         {
             var text = new StringBuilder(string.Create(CultureInfo.InvariantCulture, $"c{Channels}k{Kernel}"));
@@ -93,6 +97,7 @@ public abstract record CnnLayer
     /// <paramref name="Stride"/> is the kernel (non-overlapping windows, PyTorch's default); padding ≤ K/2.</summary>
     public sealed record Pool(int Kernel, int? Stride = null, int Padding = 0, bool Average = false) : CnnLayer
     {
+        /// <summary>The stride used: <see cref="Stride"/> when given, else the kernel size (non-overlapping windows).</summary>
         public int EffectiveStride => Stride ?? Kernel;
 
         internal override string Stem => Average ? "avgpool" : "maxpool";
@@ -113,6 +118,8 @@ public abstract record CnnLayer
             ? builder.AvgPool2d(name, x, Kernel, EffectiveStride, Padding)
             : builder.MaxPool2d(name, x, Kernel, EffectiveStride, Padding);
 
+        /// <summary>"p" (max) or "a" (average) + kernel, then s (stride) and p (padding) where they differ from the defaults,
+        /// as in "p3s2".</summary>
         public override string ToString()
         {
             var text = new StringBuilder(string.Create(CultureInfo.InvariantCulture, $"{(Average ? 'a' : 'p')}{Kernel}"));
@@ -132,6 +139,7 @@ public abstract record CnnLayer
             return new Shape(input[2]);
         }
         internal override Node Apply(ModelBuilder builder, string name, Node x) => builder.GlobalAvgPool(name, x);
+        /// <summary>"gap".</summary>
         public override string ToString() => "gap";
     }
 
@@ -145,6 +153,7 @@ public abstract record CnnLayer
             return new Shape(input.ElementCount);
         }
         internal override Node Apply(ModelBuilder builder, string name, Node x) => builder.Flatten(name, x);
+        /// <summary>"flat".</summary>
         public override string ToString() => "flat";
     }
 
@@ -157,6 +166,7 @@ public abstract record CnnLayer
         internal override Shape OutputShape(Shape input) => input;
         internal override Node Apply(ModelBuilder builder, string name, Node x) =>
             builder.BatchNorm(name, x, Affine, frozenStatistics: FrozenStatistics);
+        /// <summary>"bn", with "f" for frozen statistics and "0" without the affine scale and shift ("bnf0").</summary>
         public override string ToString() => "bn" + (FrozenStatistics ? "f" : "") + (Affine ? "" : "0");
     }
 
@@ -170,6 +180,7 @@ public abstract record CnnLayer
             return input;
         }
         internal override Node Apply(ModelBuilder builder, string name, Node x) => builder.Activation(name, x, Function);
+        /// <summary>The function's name: "relu", "tanh" or "gelu".</summary>
         public override string ToString() => Function.Name;
     }
 
@@ -187,6 +198,7 @@ public abstract record CnnLayer
             return new Shape(Units);
         }
         internal override Node Apply(ModelBuilder builder, string name, Node x) => builder.Dense(name, x, Units, ElementwiseFunction.Identity).Output;
+        /// <summary>"fc" and the unit count, as in "fc128".</summary>
         public override string ToString() => string.Create(CultureInfo.InvariantCulture, $"fc{Units}");
     }
 }
@@ -201,6 +213,8 @@ public abstract record CnnLayer
 /// </summary>
 public sealed record CnnSpec(Shape Input, ImmutableArray<CnnLayer> Layers, int Classes)
 {
+    /// <summary>The spec grammar as shown to users: every layer token with its options and defaults, and an example.
+    /// Parse errors print it.</summary>
     public const string Grammar = """
         A CNN spec is a list of layers separated by '-' or ',' (both separate; ',' conventionally ends a block):
           c<N>[k<K>][s<S>][p<P>][g<G>][b0]   convolution to N channels: K×K kernel (default 3), stride S (default 1),

@@ -11,6 +11,7 @@ public abstract record Initializer
     private protected Initializer() { }
     internal abstract void Fill(Backend backend, RandomKey key, View destination);
 
+    /// <summary>Every value 0 (biases under <see cref="InitScheme.TorchZeroBias"/>, batch norm β).</summary>
     public static Initializer Zeros { get; } = new ConstantInitializer(0f);
 
     /// <summary>PyTorch's nn.Linear/nn.Conv2d default for weights, kaiming_uniform_(a = √5): gain = √(2/(1 + a²)) = √(1/3),
@@ -27,6 +28,8 @@ public abstract record Initializer
     public static Initializer XavierUniform(int fanIn, int fanOut) => new UniformInitializer(MathF.Sqrt(6f / (fanIn + fanOut)));
 }
 
+/// <summary>Every value <paramref name="Value"/>; draws no random numbers.</summary>
+/// <param name="Value">The value written to every element (1 for a normalisation's γ, 0 for its β).</param>
 public sealed record ConstantInitializer(float Value) : Initializer
 {
     internal override void Fill(Backend backend, RandomKey key, View destination) => backend.Fill(Value, destination);
@@ -68,9 +71,12 @@ public sealed record InitScheme
     /// <summary>Biases start at zero instead of U(±1/√fan_in).</summary>
     public bool ZeroBiases { get; }
 
+    /// <summary>"torch", the default: weights and biases both U(±1/√fan_in), as nn.Linear and nn.Conv2d.</summary>
     public static InitScheme Torch { get; } = new("torch", zeroBiases: false);
+    /// <summary>"torch-zero-bias": weights U(±1/√fan_in), biases zero.</summary>
     public static InitScheme TorchZeroBias { get; } = new("torch-zero-bias", zeroBiases: true);
 
+    /// <summary>Every scheme, in the order tools list them.</summary>
     public static ImmutableArray<InitScheme> All { get; } = [Torch, TorchZeroBias];
 
     /// <summary>The scheme called <paramref name="name"/> (see <see cref="All"/>).</summary>
@@ -85,5 +91,6 @@ public sealed record InitScheme
     /// bound = 1/√fan_in (the weight's own fan-in), or zeros.</summary>
     public Initializer Bias(int fanIn) => ZeroBiases ? Initializer.Zeros : Initializer.LinearDefault(fanIn);
 
+    /// <summary>The scheme's <see cref="Name"/>.</summary>
     public override string ToString() => Name;
 }

@@ -9,7 +9,15 @@ namespace ForwardAD.Graph;
 /// or one (<see cref="Example"/>). "Apart" means: the tangent of block β reaches only block β of the local loss's cut node
 /// (<see cref="LocalLossBlocks.Cut"/>), so the JVP of that block of the loss along u is exactly ∇_β ℓ · u_β.
 /// </summary>
-public enum BlockPartition { Example, Token, TokenGroup }
+public enum BlockPartition
+{
+    /// <summary>One block per example: the whole per-example site shares one tangent path to the loss.</summary>
+    Example,
+    /// <summary>One block per token: row p of the per-example [P, n] site.</summary>
+    Token,
+    /// <summary>One block per (token, channel group): the g-th of G equal chunks of token p's channels.</summary>
+    TokenGroup,
+}
 
 /// <summary>A site of a block and its <see cref="BlockPartition"/> for a tangent entering at the site (how it was found: see
 /// the model family's builder), and where the block's architecture would rather take its noise (<see cref="Normalized"/>).</summary>

@@ -70,6 +70,8 @@ public enum LocalMixerVariant
 public sealed record LocalMixerSpec(Shape Input, int Patch, int Width, int Blocks, int Groups, int Classes, int Expansion = 1, int TokenHidden = 0,
     LocalMixerVariant Variant = LocalMixerVariant.Ren)
 {
+    /// <summary>The spec grammar as shown to users: every option with its meaning and default, and an example. Parse
+    /// errors print it.</summary>
     public const string Grammar = """
         A LocalMixer spec is options separated by '-', in any order (p, d, b and g are required):
           p<N>    patch size: N×N patches (must divide the image height and width)
@@ -147,6 +149,8 @@ public sealed record LocalMixerSpec(Shape Input, int Patch, int Width, int Block
         static int Divisor(int n, int near) => Enumerable.Range(1, n).Where(d => n % d == 0).MinBy(d => Math.Abs(d - near));
     }
 
+    /// <summary>The canonical spec text "pP-dD-bB-gG", then "-eE", "-tT" and "-blocks" where they differ from the defaults:
+    /// <see cref="Parse"/> reads it back.</summary>
     public override string ToString()
     {
         var text = new StringBuilder(string.Create(CultureInfo.InvariantCulture, $"p{Patch}-d{Width}-b{Blocks}-g{Groups}"));

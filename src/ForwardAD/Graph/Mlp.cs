@@ -5,7 +5,13 @@ using ForwardAD.Tensors;
 namespace ForwardAD.Graph;
 
 /// <summary>The loss an MLP is trained with.</summary>
-public enum LossKind { SoftmaxCrossEntropy, MeanSquaredError }
+public enum LossKind
+{
+    /// <summary>Classification: ℓ_b = logsumexp(z_b) − z_b[y_b] against class labels "y" (<see cref="SoftmaxCrossEntropyOp"/>).</summary>
+    SoftmaxCrossEntropy,
+    /// <summary>Regression: ℓ_b = (1/D) Σ_j (p_bj − t_bj)² against real targets "target" (<see cref="MeanSquaredErrorOp"/>).</summary>
+    MeanSquaredError,
+}
 
 /// <summary>
 /// A multilayer perceptron: <see cref="HiddenWidths"/>.Length hidden dense layers with the

@@ -11,6 +11,7 @@ namespace ForwardAD.Graph;
 /// </summary>
 public sealed record Model(ImmutableArray<Node> Nodes, Node Loss, Node Output, ImmutableArray<Node> Losses, ImmutableArray<Site> Sites)
 {
+    /// <summary>The trainable parameters, in model order (the order of the parameter store and of checkpoints).</summary>
     public IEnumerable<Node> Parameters => Nodes.Where(n => n.IsParameter);
 
     /// <summary>Local losses that can be read per (token, group) block, with how finely each site's tangent stays apart on
@@ -19,11 +20,14 @@ public sealed record Model(ImmutableArray<Node> Nodes, Node Loss, Node Output, I
     public ImmutableArray<LocalLossBlocks> LocalLossBlocks { get; init; } = [];
     /// <summary>Untrained state (batch normalisation's running statistics), in model order.</summary>
     public IEnumerable<Node> States => Nodes.Where(n => n.IsState);
+    /// <summary>The nodes a plan is fed per batch: inputs, class labels and tokens, in model order.</summary>
     public IEnumerable<Node> Inputs => Nodes.Where(n => n.Op is InputOp or ClassLabelsOp or TokensOp);
 
     /// <summary>Total number of trainable scalars.</summary>
     public long ParameterCount => Parameters.Sum(p => (long)p.Shape.ElementCount);
 
+    /// <summary>The node called <paramref name="name"/>.</summary>
+    /// <exception cref="KeyNotFoundException">No node has that name; the message lists the names.</exception>
     public Node this[string name]
     {
         get

@@ -27,6 +27,7 @@ public sealed class ModelBuilder
     /// <summary>How <see cref="Dense"/> and <see cref="Conv2d"/> draw weights and biases not given explicitly.</summary>
     public InitScheme Init { get; }
 
+    /// <summary>The nodes added so far, in the order added (a topological order: a node's inputs come before it).</summary>
     public IReadOnlyList<Node> Nodes => _nodes;
 
     /// <summary>Per-example real-valued input of the given shape, e.g. [64], [3, 32, 32], [T, D].</summary>
@@ -39,6 +40,9 @@ public sealed class ModelBuilder
         return AddNode(name, new ClassLabelsOp(classes), [], Shape.Scalar, batched: true);
     }
 
+    /// <summary>A trainable tensor of <paramref name="shape"/> (not batched: one value shared by the batch; tangents
+    /// [K, ...shape]), drawn by <paramref name="initializer"/> when a parameter store is created.</summary>
+    /// <exception cref="ArgumentException">The name is empty or already taken.</exception>
     public Node Parameter(string name, Shape shape, Initializer initializer) => AddNode(name, new ParameterOp(initializer), [], shape, batched: false);
 
     /// <summary>Untrained model state (running statistics): stored and checkpointed with the parameters, never trained.</summary>
@@ -123,10 +127,15 @@ public sealed class ModelBuilder
         return Apply(name, op, x, mean, variance, Parameter($"{name}.weight", channels, new ConstantInitializer(1f)), Parameter($"{name}.bias", channels, Initializer.Zeros));
     }
 
+    /// <summary>y = f(x) elementwise; JVP ẏ = f'(x) ⊙ ẋ. Throws <see cref="ArgumentException"/> when the name is taken or
+    /// <paramref name="x"/> belongs to another builder.</summary>
     public Node Activation(string name, Node x, ElementwiseFunction function) => Apply(name, new ElementwiseOp(function), x);
 
+    /// <summary>y = a + b (residual connections); throws <see cref="ShapeMismatchException"/> unless the shapes are equal.</summary>
     public Node Add(string name, Node a, Node b) => Apply(name, new AddOp(), a, b);
 
+    /// <summary>The same elements as <paramref name="x"/> in the per-example shape <paramref name="target"/> (flatten an image
+    /// [H, W, C] to [H·W·C] before a dense layer); throws <see cref="ShapeMismatchException"/> when the element counts differ.</summary>
     public Node Reshape(string name, Node x, Shape target) => Apply(name, new ReshapeOp(target), x);
 
     /// <summary>The value of x with no derivative through it (tangents and cotangents stop here): the boundary

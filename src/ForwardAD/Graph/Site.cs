@@ -20,6 +20,7 @@ namespace ForwardAD.Graph;
 /// </summary>
 public sealed record Site(int Index, Node Node, ImmutableArray<Node> Parameters, Node? Activation, ImmutableArray<int> Next, ImmutableArray<Node> Losses)
 {
+    /// <summary>The site node's name ("fc1", "block2.channel1"): how reports and per-site metrics name it.</summary>
     public string Name => Node.Name;
 
     /// <summary>h = f(s) when an elementwise op follows the site, else s itself.</summary>
@@ -28,5 +29,6 @@ public sealed record Site(int Index, Node Node, ImmutableArray<Node> Parameters,
     /// <summary>Elements of the site per example (a guess for one example has this many numbers).</summary>
     public int ElementCount => Node.Shape.ElementCount;
 
+    /// <summary>"site 'name' (kind, per-example shape)".</summary>
     public override string ToString() => $"site '{Name}' ({Node.Op.Kind}, {Node.Shape})";
 }

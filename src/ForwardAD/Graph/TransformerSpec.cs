@@ -18,6 +18,11 @@ public sealed partial record TransformerSpec(int Layers, int Heads, int Width, i
     /// (vocabulary) and "-m4" (MLP width ratio). <see cref="ToString"/> writes it back.</summary>
     public const string Grammar = "l<layers>-h<heads>-d<width>-t<context>[-v<vocabulary>][-m<mlp ratio>], e.g. l4-h4-d128-t64";
 
+    /// <summary>Reads a spec in <see cref="Grammar"/> form (case and surrounding spaces ignored; v defaults to 256, m to 4)
+    /// and validates it.</summary>
+    /// <exception cref="FormatException">The text does not match the grammar; the message names each part that is wrong
+    /// (unknown, repeated, missing, too long or out of order).</exception>
+    /// <exception cref="ArgumentException">The sizes cannot work (see <see cref="Validate"/>).</exception>
     public static TransformerSpec Parse(string text)
     {
         var match = SpecPattern().Match(text.Trim().ToLowerInvariant());
@@ -64,6 +69,8 @@ public sealed partial record TransformerSpec(int Layers, int Heads, int Width, i
             throw new ArgumentException($"Transformer {this}: the width {Width} must be a multiple of the {Heads} heads (each head takes width/heads columns).");
     }
 
+    /// <summary>The canonical <see cref="Grammar"/> text, "-v" and "-m" only where they differ from 256 and 4:
+    /// <see cref="Parse"/> reads it back to an equal spec.</summary>
     public override string ToString() =>
         $"l{Layers}-h{Heads}-d{Width}-t{Context}{(Vocabulary != 256 ? $"-v{Vocabulary}" : "")}{(MlpRatio != 4 ? $"-m{MlpRatio}" : "")}";
 

@@ -22,6 +22,7 @@ namespace ForwardAD.Graph;
 /// </summary>
 public sealed record CausalSelfAttentionOp(int Heads) : Op
 {
+    /// <summary>"causal-self-attention".</summary>
     public override string Kind => "causal-self-attention";
 
     internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs)

@@ -23,6 +23,7 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
     /// <summary>The most scratch one pass of channels takes (256 MiB); channels beyond it run in several passes.</summary>
     internal const long MaxScratchElements = 1L << 26;
 
+    /// <summary>"conv2d".</summary>
     public override string Kind => "conv2d";
     internal override bool InputVjpReadsForwardValues => false;
 

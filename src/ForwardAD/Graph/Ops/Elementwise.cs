@@ -9,6 +9,7 @@ namespace ForwardAD.Graph;
 /// "mask" of the guessing paper: the Jacobian of the elementwise op between two sites.</summary>
 public sealed record ElementwiseOp(ElementwiseFunction Function) : Op
 {
+    /// <summary>The function's name ("relu", "tanh", "gelu", …).</summary>
     public override string Kind => Function.Name;
 
     /// <summary>x̄ = f'(x) ⊙ ȳ reads the derivative the forward pass saved, neither x nor y.</summary>

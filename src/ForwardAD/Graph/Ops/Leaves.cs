@@ -7,6 +7,7 @@ namespace ForwardAD.Graph;
 /// given when they are created (<see cref="ModelBuilder.Input"/>, <see cref="ModelBuilder.Parameter"/>).</summary>
 public abstract record LeafOp : Op
 {
+    /// <summary>True: a leaf has no inputs; its value is fed, loaded or initialised, never computed.</summary>
     public override bool IsLeaf => true;
     internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs) =>
         throw new InvalidOperationException($"Node '{name}': a {Kind} is a leaf; its shape is given when it is created, not inferred.");
@@ -18,14 +19,19 @@ public abstract record LeafOp : Op
 /// <summary>Real-valued data fed per example (images, features, regression targets).</summary>
 public sealed record InputOp(bool Differentiable = true) : LeafOp
 {
+    /// <summary>"input".</summary>
     public override string Kind => "input";
+    /// <summary><see cref="Differentiable"/>: whether a tangent may be seeded at the input (false for data such as images,
+    /// so that no JVP work flows from it).</summary>
     public override bool IsDifferentiable => Differentiable;
 }
 
 /// <summary>Integer class labels in [0, Classes), one per example, stored as floats.</summary>
 public sealed record ClassLabelsOp(int Classes) : LeafOp
 {
+    /// <summary>"labels".</summary>
     public override string Kind => "labels";
+    /// <summary>False: no tangent is seeded here and no derivative flows to it.</summary>
     public override bool IsDifferentiable => false;
 }
 
@@ -35,13 +41,16 @@ public sealed record ClassLabelsOp(int Classes) : LeafOp
 /// and no update rule sees it (weight decay would otherwise shrink it).</summary>
 public sealed record StateOp(Initializer Initializer) : LeafOp
 {
+    /// <summary>"state".</summary>
     public override string Kind => "state";
+    /// <summary>False: no tangent is seeded here and no derivative flows to it.</summary>
     public override bool IsDifferentiable => false;
 }
 
 /// <summary>A trainable tensor, initialised by <see cref="Initializer"/>.</summary>
 public sealed record ParameterOp(Initializer Initializer) : LeafOp
 {
+    /// <summary>"parameter".</summary>
     public override string Kind => "parameter";
 }
 
@@ -50,6 +59,8 @@ public sealed record ParameterOp(Initializer Initializer) : LeafOp
 /// index is the padding id skips it. Checked by <see cref="Autodiff.Plan.SetInput"/> like class labels; no derivative flows.</summary>
 public sealed record TokensOp(int Length, int Vocabulary, int Padding = -1) : LeafOp
 {
+    /// <summary>"tokens".</summary>
     public override string Kind => "tokens";
+    /// <summary>False: no tangent is seeded here and no derivative flows to it.</summary>
     public override bool IsDifferentiable => false;
 }

@@ -11,6 +11,7 @@ namespace ForwardAD.Graph;
 /// </summary>
 public sealed record LinearOp : Op
 {
+    /// <summary>"linear".</summary>
     public override string Kind => "linear";
 
     /// <summary>x̄ = s̄ W reads only the weight.</summary>

@@ -30,6 +30,7 @@ public abstract record PerExampleLossOp : Op
 /// <summary>Softmax cross-entropy ℓ_b = logsumexp(z_b) − z_b[y_b]; e_b = softmax(z_b) − onehot(y_b).</summary>
 public sealed record SoftmaxCrossEntropyOp : PerExampleLossOp
 {
+    /// <summary>"softmax-cross-entropy".</summary>
     public override string Kind => "softmax-cross-entropy";
 
     internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs)
@@ -54,6 +55,7 @@ public sealed record SoftmaxCrossEntropyOp : PerExampleLossOp
 /// </summary>
 public sealed record MeanSquaredErrorOp : PerExampleLossOp
 {
+    /// <summary>"mean-squared-error".</summary>
     public override string Kind => "mean-squared-error";
 
     internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs)
@@ -80,6 +82,7 @@ public sealed record MeanSquaredErrorOp : PerExampleLossOp
 /// </summary>
 public sealed record SequenceCrossEntropyOp(int IgnoreIndex = -1) : PerExampleLossOp
 {
+    /// <summary>"sequence-cross-entropy".</summary>
     public override string Kind => "sequence-cross-entropy";
 
     internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs)

@@ -17,6 +17,7 @@ namespace ForwardAD.Graph;
 /// </summary>
 public sealed record TokenMixingOp : Op
 {
+    /// <summary>"token-mixing".</summary>
     public override string Kind => "token-mixing";
     internal override bool InputVjpReadsForwardValues => false;
 
@@ -123,6 +124,7 @@ public sealed record TokenMixingOp : Op
 /// </summary>
 public sealed record PatchesOp(int Patch) : Op
 {
+    /// <summary>"patches".</summary>
     public override string Kind => "patches";
     internal override bool InputVjpReadsForwardValues => false;
     internal override bool VjpReadsInput(int input) => false;
@@ -163,6 +165,7 @@ public sealed record PatchesOp(int Patch) : Op
 /// </summary>
 public sealed record GroupedSoftmaxCrossEntropyOp : PerExampleLossOp
 {
+    /// <summary>"grouped-softmax-cross-entropy".</summary>
     public override string Kind => "grouped-softmax-cross-entropy";
 
     internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs)

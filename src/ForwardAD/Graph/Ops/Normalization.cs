@@ -20,6 +20,7 @@ namespace ForwardAD.Graph;
 /// </summary>
 public sealed record BatchNormOp(float Momentum = 0.1f, float Epsilon = 1e-5f, bool FrozenStatistics = false) : Op
 {
+    /// <summary>"batch-norm".</summary>
     public override string Kind => "batch-norm";
     internal override bool ForwardWritesAuxiliary => true;
 

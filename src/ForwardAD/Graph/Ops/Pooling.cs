@@ -33,6 +33,7 @@ public abstract record PoolOp(int Kernel, int Stride, int Padding) : Op
 /// </summary>
 public sealed record MaxPool2dOp(int Kernel, int Stride, int Padding = 0) : PoolOp(Kernel, Stride, Padding)
 {
+    /// <summary>"max-pool2d".</summary>
     public override string Kind => "max-pool2d";
     internal override bool ForwardWritesAuxiliary => true;
 
@@ -64,6 +65,7 @@ public sealed record MaxPool2dOp(int Kernel, int Stride, int Padding = 0) : Pool
 /// the JVP pools the tangent (K·B images), the VJP spreads ȳ/(kernel²) over each window.</summary>
 public sealed record AvgPool2dOp(int Kernel, int Stride, int Padding = 0) : PoolOp(Kernel, Stride, Padding)
 {
+    /// <summary>"avg-pool2d".</summary>
     public override string Kind => "avg-pool2d";
     internal override bool InputVjpReadsForwardValues => false;
 
@@ -80,6 +82,7 @@ public sealed record AvgPool2dOp(int Kernel, int Stride, int Padding = 0) : Pool
 /// <summary>Global average pooling: [H, W, C] → [C], the mean over positions (average pooling with one H × W window).</summary>
 public sealed record GlobalAvgPoolOp : Op
 {
+    /// <summary>"global-avg-pool".</summary>
     public override string Kind => "global-avg-pool";
     internal override bool InputVjpReadsForwardValues => false;
 

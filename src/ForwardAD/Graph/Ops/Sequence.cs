@@ -111,6 +111,7 @@ public abstract record RowNormalizationOp(float Epsilon) : Op
 /// biased variance of the row. Inputs x, then optionally γ, β [D]. Rules on <see cref="RowNormalizationOp"/>.</summary>
 public sealed record LayerNormOp(float Epsilon = 1e-5f) : RowNormalizationOp(Epsilon)
 {
+    /// <summary>"layer-norm".</summary>
     public override string Kind => "layer-norm";
     private protected override bool Centre => true;
     private protected override int AffineInputs => 2;
@@ -120,6 +121,7 @@ public sealed record LayerNormOp(float Epsilon = 1e-5f) : RowNormalizationOp(Eps
 /// Its derivative is LayerNorm's without the centring term: N(v) = s (v − x̂ mean(v ⊙ x̂)).</summary>
 public sealed record RmsNormOp(float Epsilon = 1e-5f) : RowNormalizationOp(Epsilon)
 {
+    /// <summary>"rms-norm".</summary>
     public override string Kind => "rms-norm";
     private protected override bool Centre => false;
     private protected override int AffineInputs => 1;
@@ -133,6 +135,7 @@ public sealed record RmsNormOp(float Epsilon = 1e-5f) : RowNormalizationOp(Epsil
 /// </summary>
 public sealed record EmbeddingOp : Op
 {
+    /// <summary>"embedding".</summary>
     public override string Kind => "embedding";
 
     /// <summary>No input cotangent at all (ids are not differentiable).</summary>
@@ -168,6 +171,7 @@ public sealed record EmbeddingOp : Op
 /// </summary>
 public sealed record AddPositionOp : Op
 {
+    /// <summary>"add-position".</summary>
     public override string Kind => "add-position";
 
     /// <summary>x̄ = ȳ reads nothing.</summary>

@@ -6,6 +6,7 @@ namespace ForwardAD.Graph;
 /// <summary>y = a + b (same shapes): residual connections. ẏ = ȧ + ḃ; ā = b̄ = ȳ.</summary>
 public sealed record AddOp : Op
 {
+    /// <summary>"add".</summary>
     public override string Kind => "add";
     internal override bool InputVjpReadsForwardValues => false;
     /// <summary>ā = b̄ = s̄: copies, no value read.</summary>
@@ -41,6 +42,7 @@ public sealed record AddOp : Op
 /// <summary>Same elements, new per-example shape (flatten an image before a dense layer). Rules are copies.</summary>
 public sealed record ReshapeOp(Shape Target) : Op
 {
+    /// <summary>"reshape".</summary>
     public override string Kind => "reshape";
     internal override bool InputVjpReadsForwardValues => false;
 
@@ -71,7 +73,9 @@ public sealed record ReshapeOp(Shape Target) : Op
 /// </summary>
 public sealed record StopGradientOp : Op
 {
+    /// <summary>"stop-gradient".</summary>
     public override string Kind => "stop-gradient";
+    /// <summary>False: the output has no tangent (ẏ = 0) and x gets no cotangent, unless the plan lets tangents cross.</summary>
     public override bool IsDifferentiable => false;
 
     internal override (Shape Shape, bool IsBatched) InferShape(string name, IReadOnlyList<Node> inputs)
