@@ -21,8 +21,14 @@ public sealed record DebiasedGuesser(ActivationGuesser Inner, double RelativeRid
     /// <summary>λ = 0.1 · tr(C)/n: directions of C below a tenth of its mean eigenvalue are damped, not inverted.</summary>
     public const double DefaultRelativeRidge = 0.1;
 
+    /// <summary>"de-biased " + the inner guesser's name + " (ρ value)".</summary>
     public override string Name => $"de-biased {Inner.Name} (ρ {RelativeRidge:G3})";
 
+    /// <inheritdoc/>
+    /// <exception cref="ArgumentOutOfRangeException"><see cref="RelativeRidge"/> is not finite and positive, or the inner
+    /// guesser asks for fewer than one guess.</exception>
+    /// <exception cref="ArgumentException">The inner guesser places its guesses at normalised outputs, or its hidden guess
+    /// has no known covariance (unit-variance noise pulled back one dense site).</exception>
     public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard)
     {
         if (!(RelativeRidge > 0) || !double.IsFinite(RelativeRidge))

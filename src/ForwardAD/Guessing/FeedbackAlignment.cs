@@ -11,11 +11,25 @@ namespace ForwardAD.Guessing;
 
 /// <summary>How the feedback matrices B_l (n_l × o) start: N(0, 1/o), Xavier-uniform U(±√(6/(n_l+o))) or
 /// Kaiming-uniform U(±√(6/o)) (fan-in o: B_l maps the o-dimensional error to layer l).</summary>
-public enum FeedbackInitialization { Gaussian, XavierUniform, KaimingUniform }
+public enum FeedbackInitialization
+{
+    /// <summary>B_l ~ N(0, 1/o) elementwise.</summary>
+    Gaussian,
+    /// <summary>B_l ~ U(±√(6/(n_l + o))) (the default).</summary>
+    XavierUniform,
+    /// <summary>B_l ~ U(±√(6/o)).</summary>
+    KaimingUniform,
+}
 
 /// <summary>Where GrAPE's activity tangent δ enters: the hidden output h_l (docs/design.md, J_l = ∂ŷ/∂h_l) or the
 /// pre-activation a_l (the submission's choice, which folds σ'(a_l) into the estimate).</summary>
-public enum TangentPlacement { HiddenOutput, PreActivation }
+public enum TangentPlacement
+{
+    /// <summary>δ on h_l = σ(a_l): J̃_l estimates ∂ŷ/∂h_l, the matrix B_lᵀ stands in for.</summary>
+    HiddenOutput,
+    /// <summary>δ on a_l: J̃_l estimates ∂ŷ/∂a_l = J_l diag σ'(a_l) (the GrAPE submission's placement).</summary>
+    PreActivation,
+}
 
 /// <summary>
 /// GrAPE's knobs, all explicit. Defaults: the original rule with η_B = 0.01 (constant), noise 1e-3 and
@@ -26,9 +40,16 @@ public enum TangentPlacement { HiddenOutput, PreActivation }
 /// </summary>
 public sealed record GrapeOptions
 {
+    /// <summary>How B_l moves toward the rescaled estimate J̃_lᵀ each step: the original rule B ← B − η(1 − c)∘B (row-wise
+    /// cosines c, plus noise, then rescaled to the initial norm) by default, η_B = 0.01 constant; see <see cref="FeedbackRules"/>
+    /// for the alternatives.</summary>
     public FeedbackRule Rule { get; init; } = FeedbackRules.Original(Schedule.Constant(0.01f));
+    /// <summary>Where the activity tangent δ enters (default: the hidden output h_l).</summary>
     public TangentPlacement Placement { get; init; } = TangentPlacement.HiddenOutput;
+    /// <summary>One tangent channel for every hidden site (Joint, the default) or one per site (PerLayer, L× the tangent work).</summary>
     public TangentMode Mode { get; init; } = TangentMode.Joint;
+    /// <summary>Average J̃_l over steps as a cumulative moving average, J̄_t = J̄_{t−1} + (J̃_t − J̄_{t−1})/(t + 1) (default);
+    /// false: each step's estimate alone. The average is part of the estimator's checkpointed state.</summary>
     public bool MovingAverage { get; init; } = true;
     /// <summary>Short name of the rule for reports ("original", "alt1", ...).</summary>
     public string Label { get; init; } = "original";
@@ -49,8 +70,12 @@ public sealed record GrapeOptions
 /// </summary>
 public sealed record DirectFeedbackAlignment(FeedbackInitialization Initialization = FeedbackInitialization.XavierUniform, GrapeOptions? Grape = null, ulong Seed = 0) : Guesser
 {
+    /// <summary>"DFA", or "GrAPE (label)" with the rule's <see cref="GrapeOptions.Label"/>.</summary>
     public override string Name => Grape is null ? "DFA" : $"GrAPE ({Grape.Label})";
 
+    /// <inheritdoc/>
+    /// <exception cref="ArgumentException">The model's output is not a site, or a feedback matrix would exceed one buffer
+    /// (2³¹ − 1 floats).</exception>
     public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard) => new FeedbackEstimator(this, parameters, shard);
 }
 

@@ -70,20 +70,39 @@ public abstract record Guess
     internal abstract GuessProgram Compile(GuessCompiler compiler, Site site);
 }
 
-public enum NoiseKind { Normal, Uniform }
+/// <summary>The distribution of a <see cref="NoiseGuess"/>: both have zero mean and unit variance per element.</summary>
+public enum NoiseKind
+{
+    /// <summary>u ~ N(0, I).</summary>
+    Normal,
+    /// <summary>u ~ U(−√3, √3) per element: unit variance, bounded.</summary>
+    Uniform,
+}
 
+/// <summary>Fresh noise at the site, drawn per example at its global index (the same numbers on every backend and rank
+/// split): u ~ N(0, I) or U(−√3, √3)ⁿ, so Cov(u) = I and E[ĝ] = E[(g·u) u] = g. See <see cref="Guess.Normal"/>.</summary>
+/// <param name="Kind">Normal or uniform noise.</param>
 public sealed record NoiseGuess(NoiseKind Kind) : Guess
 {
     internal override GuessProgram Compile(GuessCompiler compiler, Site site) => new NoiseProgram(compiler, site, Kind);
+    /// <summary>"N(0,I)" or "U(-√3,√3)".</summary>
     public override string ToString() => Kind == NoiseKind.Normal ? "N(0,I)" : "U(-√3,√3)";
 }
 
+/// <summary>Activation mixing (<see cref="Guess.Mixing"/>): u_b = Σ_c α_bc h_c, α ~ N(0, 1), a random combination of the
+/// batch's site outputs h = f(s) (a feature map mixes as a whole), in the span of the batch's activations. Unscaled:
+/// compose <see cref="Guess.Normalized"/> for the scale of N(0, I).</summary>
 public sealed record MixingGuess : Guess
 {
     internal override GuessProgram Compile(GuessCompiler compiler, Site site) => new MixingProgram(compiler, site);
+    /// <summary>"mix(h)".</summary>
     public override string ToString() => "mix(h)";
 }
 
+/// <summary>The true error of the loss a site feeds, normalised: ê_b = e_b/‖e_b‖ with e_b = ∂ℓ_b/∂z_b (softmax − onehot for
+/// cross-entropy), the same in every channel; at an output site the forward gradient (g_b·ê_b) ê_b is then exactly g_b
+/// (<see cref="Guess.TrueError"/>). Only at a site that feeds a loss directly, through reshapes at most: compiling it at
+/// any other site throws <see cref="ArgumentException"/>.</summary>
 public sealed record TrueErrorGuess : Guess
 {
     internal override GuessProgram Compile(GuessCompiler compiler, Site site)
@@ -101,32 +120,51 @@ public sealed record TrueErrorGuess : Guess
         while (model.Nodes[id].Op is ReshapeOp) id = model.Nodes[id].Inputs[0];
         return id;
     }
+    /// <summary>"true error".</summary>
     public override string ToString() => "true error";
 }
 
+/// <summary><see cref="Guess.PulledBack()"/>: <paramref name="Source"/> evaluated at the next sites and pulled back to this
+/// site by the VJPs of the real ops in between, u = J_{next←s}ᵀ v; at a site with no next site, <paramref name="Source"/> itself.</summary>
+/// <param name="Source">The guess evaluated at the next sites.</param>
 public sealed record PulledBackGuess(Guess Source) : Guess
 {
     internal override GuessProgram Compile(GuessCompiler compiler, Site site) =>
         site.Next.IsEmpty ? Source.Compile(compiler, site) : new PullBackProgram(compiler, site, Source);
+    /// <summary>"Jᵀ·" and the source, as in "Jᵀ·N(0,I)".</summary>
     public override string ToString() => $"Jᵀ·{Source}";
 }
 
+/// <summary><see cref="Guess.Projected"/>: <paramref name="Source"/> at the single next dense site carried down through its
+/// weight only, u = V Σ^p Uᵀ v for W = U Σ Vᵀ (p = 1: u = Wᵀ v), without the activation's Jacobian. At a site with no next
+/// site, <paramref name="Source"/> itself.</summary>
+/// <param name="Source">The guess evaluated at the next site.</param>
+/// <param name="SingularValuePower">p: the power the next weight's singular values are raised to (1 for plain Wᵀ).</param>
 public sealed record ProjectedGuess(Guess Source, float SingularValuePower) : Guess
 {
     internal override GuessProgram Compile(GuessCompiler compiler, Site site) =>
         site.Next.IsEmpty ? Source.Compile(compiler, site) : new ProjectedProgram(compiler, site, Source, SingularValuePower);
+    /// <summary>"Wᵀ·" and the source for p = 1, else "(WᵀΣ^q)·" with q = p − 1, and the source.</summary>
     public override string ToString() => SingularValuePower == 1f ? $"Wᵀ·{Source}" : $"(WᵀΣ^{SingularValuePower - 1})·{Source}";
 }
 
+/// <summary><see cref="Guess.Masked"/>: <paramref name="Source"/> multiplied elementwise by f'(s), the Jacobian of the site's
+/// activation at the forward pass's s (for ReLU the mask 1[s &gt; 0]); unchanged when the site has no activation.</summary>
+/// <param name="Source">The guess to mask.</param>
 public sealed record MaskedGuess(Guess Source) : Guess
 {
     internal override GuessProgram Compile(GuessCompiler compiler, Site site) => new MaskedProgram(compiler, site, Source.Compile(compiler, site));
+    /// <summary>"f'⊙" and the source.</summary>
     public override string ToString() => $"f'⊙{Source}";
 }
 
+/// <summary><see cref="Guess.Normalized"/>: each example's <paramref name="Source"/> guess rescaled to Euclidean norm √n,
+/// n = the site's elements per example.</summary>
+/// <param name="Source">The guess to rescale.</param>
 public sealed record NormalizedGuess(Guess Source) : Guess
 {
     internal override GuessProgram Compile(GuessCompiler compiler, Site site) => new NormalizedProgram(compiler, site, Source.Compile(compiler, site));
+    /// <summary>"normalize(" and the source and ")".</summary>
     public override string ToString() => $"normalize({Source})";
 }
 

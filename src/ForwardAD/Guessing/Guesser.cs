@@ -12,18 +12,37 @@ namespace ForwardAD.Guessing;
 /// site's guess (K = G; cheap, cross-site terms add variance). PerLayer: one channel per site
 /// (K = L·G; independent estimates, L× the tangent work).
 /// </summary>
-public enum TangentMode { Joint, PerLayer }
+public enum TangentMode
+{
+    /// <summary>One channel carries every site's guess (K = G): one JVP per guess; the other sites' guesses add variance to each site's scalar.</summary>
+    Joint,
+    /// <summary>One channel per site (K = L·G): each site's JVP sees only its own guess, at L× the tangent work.</summary>
+    PerLayer,
+}
 
 /// <summary>Which loss a site's JVP is taken of. Objective: the sum of all the model's losses (the global loss; with one
 /// loss, the loss). Local: only the losses the site reaches (its block's local losses, past no stop-gradient): in joint
 /// mode the other blocks' guesses then add no noise to this site's estimate.</summary>
-public enum SiteLoss { Objective, Local }
+public enum SiteLoss
+{
+    /// <summary>The JVP of the sum of all the model's losses.</summary>
+    Objective,
+    /// <summary>The JVP of the losses the site reaches without crossing a stop-gradient: its block's local losses.</summary>
+    Local,
+}
 
 /// <summary>Where an activation guess enters. Site: at the site s itself (docs/design.md §2). Normalized: where the model
 /// declares a site's normalised output (<see cref="SiteBlocks.Normalized"/>: Ren et al.'s placement, after the LayerNorm
 /// that follows a linear layer and before its ReLU), the estimate there masked by that ReLU's derivative and pulled back
 /// through the LayerNorm to s; sites without one (heads, the classifier) take it at s.</summary>
-public enum GuessPlacement { Site, Normalized }
+public enum GuessPlacement
+{
+    /// <summary>The guess is a tangent at the site s itself.</summary>
+    Site,
+    /// <summary>The guess is a tangent at the site's declared normalised output z = LN(s), its estimate masked by the
+    /// following ReLU and pulled back through the LayerNorm to s; at s where no normalised output is declared.</summary>
+    Normalized,
+}
 
 /// <summary>A way to estimate the gradient from one batch: a description, compiled into a
 /// <see cref="GradientEstimator"/> for a parameter store and batch size.</summary>
@@ -42,12 +61,14 @@ public abstract record Guesser
     /// combined as <see cref="GradientEstimator.Exchange"/> says are what one process with the whole batch computes.</summary>
     public abstract GradientEstimator Compile(ParameterStore parameters, BatchShard shard);
 
+    /// <summary>The guesser's <see cref="Name"/>.</summary>
     public override string ToString() => Name;
 }
 
 /// <summary>The exact gradient by backprop: the oracle as a guesser.</summary>
 public sealed record BackpropGuesser : Guesser
 {
+    /// <summary>"backprop".</summary>
     public override string Name => "backprop";
     /// <summary>The training step's backprop keeps only what its backward pass reads (the memory autograd keeps).</summary>
     public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard) => new BackpropEstimator(parameters, shard, releaseBuffers: true);
@@ -62,6 +83,7 @@ public sealed record BackpropGuesser : Guesser
 /// </summary>
 public sealed record ActivationGuesser(string Label, Guess Hidden, Guess Last, TangentMode Mode = TangentMode.Joint, int Guesses = 1) : Guesser
 {
+    /// <summary><see cref="ActivationGuesser.Label"/>, with " (per-layer)" in per-layer tangent mode.</summary>
     public override string Name => Mode == TangentMode.PerLayer ? $"{Label} (per-layer)" : Label;
 
     /// <summary>The loss each site's JVP is taken of (default: the objective, the sum of every loss).</summary>
@@ -95,6 +117,10 @@ public sealed record ActivationGuesser(string Label, Guess Hidden, Guess Last, T
     /// </summary>
     public bool ExactLast { get; init; }
 
+    /// <inheritdoc/>
+    /// <exception cref="ArgumentOutOfRangeException"><see cref="Guesses"/> is below 1.</exception>
+    /// <exception cref="ArgumentException"><see cref="Placement"/> is Normalized or <see cref="LocalBlocks"/> is set on a
+    /// model that declares no local-loss blocks, or <see cref="LocalBlocks"/> is set without <see cref="SiteLoss.Local"/>.</exception>
     public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard)
     {
         if (Guesses < 1) throw new ArgumentOutOfRangeException(nameof(Guesses), $"At least one guess per step; got {Guesses}.");
@@ -114,7 +140,11 @@ public sealed record ActivationGuesser(string Label, Guess Hidden, Guess Last, T
 /// </summary>
 public sealed record DirectionalDescent(int Guesses = 1) : Guesser
 {
+    /// <summary>"directional descent".</summary>
     public override string Name => "directional descent";
+    /// <inheritdoc/>
+    /// <remarks>Every rank draws the same directions v_k from (seed, step, k); the ranks exchange only the K partial JVP
+    /// scalars (docs/design.md §7). Throws <see cref="ArgumentOutOfRangeException"/> when <see cref="Guesses"/> &lt; 1.</remarks>
     public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard) => new DirectionalEstimator(parameters, shard, Guesses, null);
 }
 
@@ -125,7 +155,12 @@ public sealed record DirectionalDescent(int Guesses = 1) : Guesser
 /// </summary>
 public sealed record CosineMatchedDescent(double Cosine, int Guesses = 1) : Guesser
 {
+    /// <summary>"cosine-matched (θ)".</summary>
     public override string Name => $"cosine-matched ({Cosine:0.###})";
+    /// <inheritdoc/>
+    /// <exception cref="ArgumentOutOfRangeException"><see cref="Cosine"/> is outside [−1, 1].</exception>
+    /// <exception cref="ArgumentException">The shard is not the whole batch: the directions need the exact gradient of the
+    /// whole batch, so this control runs in one process only.</exception>
     public override GradientEstimator Compile(ParameterStore parameters, BatchShard shard)
     {
         if (Cosine is < -1 or > 1) throw new ArgumentOutOfRangeException(nameof(Cosine), $"A cosine lies in [−1, 1]; got {Cosine}.");
@@ -137,8 +172,13 @@ public sealed record CosineMatchedDescent(double Cosine, int Guesses = 1) : Gues
 /// <summary>The named guessers, as compositions of <see cref="Guesses"/>.</summary>
 public static class Guessers
 {
+    /// <summary>The exact gradient (<see cref="BackpropGuesser"/>): the reference the estimates are measured against.</summary>
     public static Guesser Backprop { get; } = new BackpropGuesser();
+    /// <summary>Directional descent (<see cref="Guessing.DirectionalDescent"/>): ĝ = (1/G) Σ_k (g·v_k) v_k, v_k ~ N(0, I) over
+    /// all parameters; unbiased, variance growing with the parameter count.</summary>
     public static Guesser DirectionalDescent(int guesses = 1) => new DirectionalDescent(guesses);
+    /// <summary>Activation perturbation: u_b ~ N(0, I) at every site, ĝ_b = d_b u_b with d_b the per-example JVP; unbiased
+    /// (Cov(u) = I).</summary>
     public static Guesser ActivationPerturbation(TangentMode mode = TangentMode.Joint, int guesses = 1) =>
         new ActivationGuesser("activation perturbation", Guesses.ActivationPerturbation, Guess.Normal, mode, guesses);
     /// <summary>Ren et al.'s activation perturbation (ICLR 2023, their <c>update_forward_grad_activations</c>): N(0, I) noise
@@ -161,15 +201,26 @@ public static class Guessers
     public static Guesser Downstream(int k, TangentMode mode = TangentMode.Joint, int guesses = 1, bool normalized = false) =>
         new ActivationGuesser(normalized ? $"{k}-layer downstream (normalised)" : $"{k}-layer downstream",
             normalized ? Guesses.Downstream(k).Normalized() : Guesses.Downstream(k), Guess.Normal, mode, guesses);
+    /// <summary>Activation mixing at hidden sites (<see cref="Guesses.ActivationMixing"/>: f' ⊙ Σ_c α_bc h_c, rescaled to norm
+    /// √n), N(0, I) at the output site.</summary>
     public static Guesser ActivationMixing(TangentMode mode = TangentMode.Joint, int guesses = 1) =>
         new ActivationGuesser("activation mixing", Guesses.ActivationMixing, Guess.Normal, mode, guesses);
+    /// <summary>Self-sharpening: uniform noise pulled back one site at hidden sites (<see cref="Guesses.SelfSharpening"/>), the
+    /// normalised true error at the output site (<see cref="Guess.TrueError"/>), so the estimate there is exact.</summary>
     public static Guesser SelfSharpening(TangentMode mode = TangentMode.Joint, int guesses = 1) =>
         new ActivationGuesser("self-sharpening", Guesses.SelfSharpening, Guess.TrueError, mode, guesses);
+    /// <summary>Wᵀ with the next weight's singular values raised to <paramref name="power"/> (<see cref="Guesses.WeightTransposePower"/>,
+    /// the spectrum study); dense chains only.</summary>
     public static Guesser WeightTransposePower(float power, TangentMode mode = TangentMode.Joint, int guesses = 1) =>
         new ActivationGuesser($"Wᵀ with σ^{power:0.##}", Guesses.WeightTransposePower(power), Guess.Normal, mode, guesses);
+    /// <summary>The cosine-matched control (<see cref="CosineMatchedDescent"/>): directions at a set cosine to the true gradient.</summary>
     public static Guesser CosineMatched(double cosine, int guesses = 1) => new CosineMatchedDescent(cosine, guesses);
+    /// <summary>Direct feedback alignment with fixed random feedback matrices B_l drawn from <paramref name="seed"/>:
+    /// δs_l = (B_l e) ⊙ f'(s_l).</summary>
     public static Guesser Dfa(FeedbackInitialization initialization = FeedbackInitialization.XavierUniform, ulong seed = 0) =>
         new DirectFeedbackAlignment(initialization, null, seed);
+    /// <summary>GrAPE: DFA whose feedback matrices are moved each step toward JVP estimates of the Jacobians, as
+    /// <paramref name="options"/> says (<see cref="GrapeOptions"/>).</summary>
     public static Guesser Grape(GrapeOptions options, FeedbackInitialization initialization = FeedbackInitialization.XavierUniform, ulong seed = 0) =>
         new DirectFeedbackAlignment(initialization, options, seed);
 }
