@@ -23,6 +23,7 @@ public sealed record CosineSummary(string Guesser, double CosineMean, double Cos
 /// </summary>
 public sealed class CosineStudy
 {
+    /// <summary>The step-size grid of the 1-step effectiveness: 1e-5, 1e-4, …, 1e-1.</summary>
     public static ImmutableArray<float> DefaultStepSizes { get; } = [1e-5f, 1e-4f, 1e-3f, 1e-2f, 1e-1f];
 
     private readonly ParameterStore _parameters;
@@ -37,6 +38,16 @@ public sealed class CosineStudy
     private readonly float[] _features, _labels;
     private readonly int[] _order;
 
+    /// <summary>A study of <paramref name="guessers"/> along the trajectory that <paramref name="trajectoryRule"/> (with backprop
+    /// gradients) takes from the current parameters.</summary>
+    /// <param name="parameters">The model's parameters; the trajectory changes them, the measurements restore them.</param>
+    /// <param name="guessers">The guessers measured, each compiled here for <paramref name="batchSize"/>.</param>
+    /// <param name="trajectoryRule">The update rule of the backprop steps the measurements are taken along.</param>
+    /// <param name="train">The training set; batches are drawn from it in an order shuffled by <paramref name="seed"/>.</param>
+    /// <param name="batchSize">Examples per step, for the trajectory and every estimate.</param>
+    /// <param name="seed">Seeds the batch order and the guessers' noise.</param>
+    /// <param name="stepSizes">The effectiveness grid (<see cref="DefaultStepSizes"/> when null).</param>
+    /// <exception cref="ArgumentException">The training set has fewer examples than one batch.</exception>
     public CosineStudy(ParameterStore parameters, IReadOnlyList<Guesser> guessers, UpdateRule trajectoryRule, Dataset train, int batchSize, ulong seed, ImmutableArray<float>? stepSizes = null)
     {
         if (train.Count < batchSize) throw new ArgumentException($"The training set has {train.Count} examples, fewer than one batch of {batchSize}.");
@@ -118,6 +129,8 @@ public sealed class CosineStudy
         return aa == 0 || bb == 0 ? 0 : backend.Dot(a, b) / Math.Sqrt(aa * bb);
     }
 
+    /// <summary>Per guesser, in order of first appearance: mean and standard deviation of the cosines and of the finite
+    /// effectiveness values (NaN when there are none), and the sample count.</summary>
     public static List<CosineSummary> Summarize(IEnumerable<CosineSample> samples) =>
         [.. samples.GroupBy(s => s.Guesser).Select(g =>
         {

@@ -19,6 +19,12 @@ public sealed class Evaluator
     private readonly float[] _features, _labels, _logits;
     private readonly int[] _indices;
 
+    /// <summary>Compiles evaluation-mode plans (batch norm by its running statistics, no tangents) for chunks of
+    /// <paramref name="chunkSize"/> examples (at most the data set's size) and for the remainder.</summary>
+    /// <param name="parameters">The parameters evaluated; later changes to them are seen by every <see cref="Evaluate"/>.</param>
+    /// <param name="data">The examples, fed to the model's inputs "x" and "y".</param>
+    /// <param name="chunkSize">Examples per forward pass: memory against the number of passes.</param>
+    /// <exception cref="ArgumentException"><paramref name="data"/> is empty.</exception>
     public Evaluator(ParameterStore parameters, Dataset data, int chunkSize = 500)
     {
         if (data.Count == 0) throw new ArgumentException($"Data set '{data.Name}' is empty.", nameof(data));
@@ -33,6 +39,8 @@ public sealed class Evaluator
         _indices = new int[chunk];
     }
 
+    /// <summary>The mean loss over every example and the accuracy (the fraction whose largest logit is at its label),
+    /// with the parameters as they are now.</summary>
     public Evaluation Evaluate()
     {
         double loss = 0;

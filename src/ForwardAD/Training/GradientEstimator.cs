@@ -54,6 +54,11 @@ public sealed class BackpropEstimator : GradientEstimator
 {
     private readonly float _share;
 
+    /// <summary>The oracle for a whole batch of <paramref name="batchSize"/> examples in this process.</summary>
+    /// <param name="parameters">The parameters whose gradient is computed.</param>
+    /// <param name="batchSize">Examples per batch.</param>
+    /// <param name="updatesRunningStatistics">Whether its forward pass updates batch norm's running statistics: false for a
+    /// side plan that runs beside the training step.</param>
     public BackpropEstimator(ParameterStore parameters, int batchSize, bool updatesRunningStatistics = true)
         : this(parameters, BatchShard.Whole(batchSize), updatesRunningStatistics) { }
 
@@ -66,8 +71,12 @@ public sealed class BackpropEstimator : GradientEstimator
         _share = shard.IsWhole ? 1f : (float)shard.Count / shard.GlobalBatch;
     }
 
+    /// <summary>The training plan with gradients: its <see cref="Plan.ParameterGradients"/> is the estimate.</summary>
     public override Plan Plan { get; }
 
+    /// <summary>Forward and backward pass on the batch in the plan's inputs: g = ∇θ (1/B) Σ_b ℓ_b (times B_r/B for a shard).
+    /// <paramref name="key"/> and <paramref name="step"/> are not used: backprop draws no noise.</summary>
+    /// <returns>The gradient (the plan's own buffer, overwritten by the next call) and the mean loss of the batch.</returns>
     public override (View Gradient, double Loss) Estimate(RandomKey key, long step = 0)
     {
         Plan.Forward();

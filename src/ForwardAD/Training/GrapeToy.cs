@@ -14,6 +14,16 @@ public sealed record ToyTrajectory(string Rule, double Start, ulong Seed, double
 /// </summary>
 public static class GrapeToy
 {
+    /// <summary>Runs <paramref name="rule"/> for <paramref name="steps"/> steps on the CPU from a B whose rows start at cosine
+    /// <paramref name="start"/> to T's, and records the mean row cosine cos(g̃_i, B_i) before the first step and after each.</summary>
+    /// <param name="label">The rule's name in the result.</param>
+    /// <param name="rule">The feedback rule under test, applied with step index and a key derived from <paramref name="seed"/>.</param>
+    /// <param name="start">c₀ in [−1, 1]: every row's starting cosine to the target.</param>
+    /// <param name="seed">Seeds B's random orthogonal parts and the rule's noise.</param>
+    /// <param name="size">n: T and B are n × n.</param>
+    /// <param name="steps">Rule applications.</param>
+    /// <param name="targetSeed">Seeds T, kept apart from <paramref name="seed"/> so that runs share one target.</param>
+    /// <returns>The trajectory: <paramref name="steps"/> + 1 mean row cosines.</returns>
     public static ToyTrajectory Run(string label, FeedbackRule rule, double start, ulong seed, int size = 200, int steps = 50, ulong targetSeed = 2025)
     {
         var backend = new CpuBackend();

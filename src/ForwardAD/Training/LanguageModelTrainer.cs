@@ -16,6 +16,8 @@ namespace ForwardAD.Training;
 /// to backprop's gradient (every n-th step; 0 = never) and how many validation windows an evaluation reads.</summary>
 public sealed record LanguageModelOptions(int BatchSize, ulong Seed)
 {
+    /// <summary>Measure the cosine of the estimate to backprop's gradient every n-th step (0, the default: never; a measured
+    /// step also runs a backward pass).</summary>
     public int CosineEvery { get; init; }
     /// <summary>Windows per evaluation: the first N of the validation split, and of the test split when the corpus has one
     /// (null: all of them).</summary>
@@ -28,6 +30,7 @@ public sealed record LanguageModelOptions(int BatchSize, ulong Seed)
 /// <summary>Validation of a language model: mean cross-entropy per token (nats), the same in bits, next-byte accuracy.</summary>
 public readonly record struct TextEvaluation(double Loss, double Accuracy, int Tokens)
 {
+    /// <summary>The loss in bits per token, Loss / ln 2: bits per character for the corpus's byte tokens.</summary>
     public double BitsPerCharacter => Loss / Math.Log(2);
 }
 
@@ -78,6 +81,17 @@ public sealed class LanguageModelTrainer
     private const string StepKey = "step", TrainingSecondsKey = "training_seconds", StretchStartKey = "stretch_start", StretchLossSumKey = "stretch_loss_sum",
         StretchCosineSumsKey = "stretch_cosine_sums", StretchCosinesMeasuredKey = "stretch_cosines_measured", StretchExchangedKey = "stretch_exchanged_bytes";
 
+    /// <summary>Compiles <paramref name="guesser"/> for this rank's share of the batch, the optimizer, a backprop oracle when
+    /// cosines are measured, and an evaluation plan for the held-out windows.</summary>
+    /// <param name="guesser">How each step's gradient is estimated.</param>
+    /// <param name="rule">How the estimate updates the parameters.</param>
+    /// <param name="parameters">The model's parameters: a model with token inputs "x" [T] and targets "y" [T] whose
+    /// vocabulary holds the corpus's 256 byte tokens.</param>
+    /// <param name="corpus">The text; its splits must each hold at least one window of T + 1 bytes.</param>
+    /// <param name="options">Batch size, seed, cosine interval, evaluation size and communicator.</param>
+    /// <exception cref="ArgumentException">The model lacks token inputs "x" and "y", its vocabulary is below 256, or a split
+    /// of the corpus holds no window of the model's context.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The batch size is below 1.</exception>
     public LanguageModelTrainer(Guesser guesser, UpdateRule rule, ParameterStore parameters, TextCorpus corpus, LanguageModelOptions options)
     {
         var model = parameters.Model;
@@ -111,7 +125,9 @@ public sealed class LanguageModelTrainer
             StepKey, TrainingSecondsKey, StretchStartKey, StretchLossSumKey, StretchCosineSumsKey, StretchCosinesMeasuredKey, StretchExchangedKey);
     }
 
+    /// <summary>The gradient estimator's description.</summary>
     public Guesser Guesser { get; }
+    /// <summary>The update rule the optimizer applies to each estimate.</summary>
     public UpdateRule Rule { get; }
     /// <summary>Optimizer steps taken so far (including those before a resume).</summary>
     public long Step { get; private set; }

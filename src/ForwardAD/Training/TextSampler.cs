@@ -24,6 +24,9 @@ public sealed class TextSampler
     private readonly float[] _inputs, _targets, _logits;
     private readonly double[] _probabilities;
 
+    /// <summary>Compiles a one-window evaluation plan for the model of <paramref name="parameters"/>; the window is its
+    /// context T (the length of its token input "x").</summary>
+    /// <exception cref="ArgumentException">The model has no token input named "x".</exception>
     public TextSampler(ParameterStore parameters)
     {
         var model = parameters.Model;
@@ -40,6 +43,7 @@ public sealed class TextSampler
         _probabilities = new double[_vocabulary];
     }
 
+    /// <summary>The model sampled from.</summary>
     public Model Model => _parameters.Model;
 
     /// <summary>Builds the model a checkpoint of <see cref="LanguageModelTrainer.SaveCheckpoint"/> describes and loads its

@@ -43,7 +43,13 @@ public sealed record EpochReport(int Epoch, double TrainLoss, double TrainAccura
 /// <summary>Progress of a run, called from the training thread.</summary>
 public interface ITrainingObserver
 {
+    /// <summary>After each optimizer step (default: nothing).</summary>
+    /// <param name="epoch">The epoch, from 0.</param>
+    /// <param name="step">The step within the epoch, from 0.</param>
+    /// <param name="stepsPerEpoch">Steps in an epoch (full batches only).</param>
+    /// <param name="batchLoss">The mean loss of the step's global batch, before the update.</param>
     void StepCompleted(int epoch, int step, int stepsPerEpoch, double batchLoss) { }
+    /// <summary>After each epoch's evaluations, with its report (default: nothing).</summary>
     void EpochCompleted(EpochReport report) { }
 }
 
@@ -52,6 +58,8 @@ public interface ITrainingObserver
 /// step when no other step was due; 0 = never).</summary>
 public sealed record TrainingOptions(int BatchSize, ulong Seed)
 {
+    /// <summary>Measure the cosine of the estimate to backprop's gradient every n-th step, and at least at an epoch's last
+    /// step when no other step of it was due (default 1: every step; 0: never). A measured step also runs a backward pass.</summary>
     public int CosineEvery { get; init; } = 1;
 
     /// <summary>Random crop and flip of every training batch (images only), keyed by (seed, step); null: none.</summary>
@@ -102,6 +110,17 @@ public sealed class Trainer
     private int? _unfinishedEpoch;
     private long _epochExchanged;
 
+    /// <summary>Compiles <paramref name="guesser"/> for this rank's share of the batch, the optimizer, a backprop oracle when
+    /// cosines are measured, and evaluators for the train, test and validation sets.</summary>
+    /// <param name="guesser">How each step's gradient is estimated.</param>
+    /// <param name="rule">How the estimate updates the parameters.</param>
+    /// <param name="parameters">The model's parameters: a classifier with input "x" of the data's feature size and labels "y".</param>
+    /// <param name="train">The training set: shuffled every epoch, full batches only.</param>
+    /// <param name="test">The test set, evaluated after every epoch.</param>
+    /// <param name="options">Batch size, seed, cosine interval, augmentation, validation set and communicator.</param>
+    /// <exception cref="ArgumentOutOfRangeException">The batch size is below 1.</exception>
+    /// <exception cref="ArgumentException">The training set holds fewer examples than one batch, its feature size is not the
+    /// model's input size, it has more classes than the model, or the validation set's feature size differs.</exception>
     public Trainer(Guesser guesser, UpdateRule rule, ParameterStore parameters, Dataset train, Dataset test, TrainingOptions options)
     {
         int batch = options.BatchSize;
@@ -191,8 +210,11 @@ public sealed class Trainer
         return RunAgreement.Fingerprint(host);
     }
 
+    /// <summary>The gradient estimator's description.</summary>
     public Guesser Guesser { get; }
+    /// <summary>The update rule the optimizer applies to each estimate.</summary>
     public UpdateRule Rule { get; }
+    /// <summary>⌊N/B⌋: full batches per epoch; the remainder of the permutation is left out of that epoch.</summary>
     public int StepsPerEpoch => _train.Count / _options.BatchSize;
     /// <summary>Optimizer steps taken so far (over all epochs, including those before a resume).</summary>
     public long Step => _step;
