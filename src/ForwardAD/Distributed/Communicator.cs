@@ -126,8 +126,9 @@ public abstract class Communicator : IDisposable
     }
 
     /// <summary>The transport's in-place sum over the ranks, called by <see cref="AllReduceSum(Span{float})"/> only when
-    /// <see cref="Size"/> &gt; 1 and the buffer is not empty (the bytes are already counted). Every rank must get the same bits;
-    /// throws <see cref="CommunicationException"/> when a rank does not answer within <see cref="Timeout"/>.</summary>
+    /// <see cref="Size"/> &gt; 1 and the buffer is not empty (the bytes are already counted). Every rank must get the same bits.
+    /// A rank that does not answer within <see cref="Timeout"/> makes it throw <see cref="CommunicationException"/> (MPI
+    /// ends the whole job instead).</summary>
     protected abstract void AllReduceSumCore(Span<float> buffer);
     /// <inheritdoc cref="AllReduceSumCore(Span{float})"/>
     protected abstract void AllReduceSumCore(Span<double> buffer);
@@ -135,7 +136,7 @@ public abstract class Communicator : IDisposable
     /// called by <see cref="Broadcast"/> only when <see cref="Size"/> &gt; 1, the buffer is not empty and the root is valid.</summary>
     protected abstract void BroadcastCore(Span<byte> buffer, int root);
     /// <summary>The transport's barrier, called by <see cref="Barrier"/> only when <see cref="Size"/> &gt; 1: returns when
-    /// every rank has entered it, or throws <see cref="CommunicationException"/> after <see cref="Timeout"/>.</summary>
+    /// every rank has entered it, or throws <see cref="CommunicationException"/> after <see cref="Timeout"/> (MPI ends the job).</summary>
     protected abstract void BarrierCore();
 
     /// <summary>Sums a device buffer without going through the host, when this communicator can (NCCL on CUDA memory).</summary>
