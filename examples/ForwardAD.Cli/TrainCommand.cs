@@ -326,15 +326,21 @@ internal static class TrainCommand
 
     /// <summary>The live progress line of a run: epoch, batch loss, speed, the last epoch's accuracies and cosine;
     /// <paramref name="label"/> (the method, when several runs share one display) goes first.</summary>
-    internal sealed class ProgressObserver(ProgressTask task, int epochs, int batch, string? label = null) : ITrainingObserver
+    internal sealed class ProgressObserver(ProgressTask task, int epochs, int batch, string? label = null) : IProgress<TrainingProgress>
     {
+        public void Report(TrainingProgress value)
+        {
+            if (value.Completed is { } report) EpochCompleted(report);
+            else StepCompleted(value.Epoch, value.BatchLoss);
+        }
+
         private string _last = "";
         // Runs only while this run's epochs run: `compare` interleaves its methods epoch by epoch, and a clock running
         // through the other methods' epochs would divide this one's examples by all of their time.
         private readonly System.Diagnostics.Stopwatch _watch = new();
         private long _examples;
 
-        public void StepCompleted(int epoch, int step, int stepsPerEpoch, double batchLoss)
+        private void StepCompleted(int epoch, double batchLoss)
         {
             task.Increment(1);
             // The clock starts at an epoch's first completed step, so that step's examples are not counted either.
@@ -344,7 +350,7 @@ internal static class TrainCommand
             task.Description = $"{(label is null ? "" : label + ": ")}epoch {epoch + 1}/{epochs} loss {batchLoss:F3}{rate}{_last}";
         }
 
-        public void EpochCompleted(EpochReport report)
+        private void EpochCompleted(EpochReport report)
         {
             _watch.Stop();
             _last = $" | last epoch: train acc {report.TrainAccuracy:P1}" + (double.IsNaN(report.ValidationAccuracy) ? "" : $" val acc {report.ValidationAccuracy:P1}") +

@@ -58,12 +58,12 @@ public sealed class CheckpointTests : IDisposable
 
     /// <summary>Stops a run by cancelling its token once <paramref name="after"/> steps of a call have completed, as a
     /// Ctrl-C between steps would.</summary>
-    private sealed class CancelAfter(CancellationTokenSource source, int after) : ITrainingObserver
+    private sealed class CancelAfter(CancellationTokenSource source, int after) : IProgress<TrainingProgress>
     {
         private int _steps;
-        public void StepCompleted(int epoch, int step, int stepsPerEpoch, double batchLoss)
+        public void Report(TrainingProgress value)
         {
-            if (++_steps == after) source.Cancel();
+            if (value.Completed is null && ++_steps == after) source.Cancel();
         }
     }
 

@@ -130,12 +130,12 @@ public class LanguageModelTests
         Assert.Equal(expected.ExchangedBytesPerStep, actual.ExchangedBytesPerStep);
     }
 
-    private sealed class CancelAfter(CancellationTokenSource source, int after) : ITrainingObserver
+    private sealed class CancelAfter(CancellationTokenSource source, int after) : IProgress<TrainingProgress>
     {
         private int _steps;
-        public void StepCompleted(int epoch, int step, int stepsPerEpoch, double batchLoss)
+        public void Report(TrainingProgress value)
         {
-            if (++_steps == after) source.Cancel();
+            if (value.Completed is null && ++_steps == after) source.Cancel();
         }
     }
 

@@ -165,7 +165,7 @@ public sealed class LanguageModelTrainer
     /// <see cref="OperationCanceledException"/>, the trainer consistent (<see cref="Step"/> counts the steps taken;
     /// <see cref="SaveCheckpoint"/> then writes a checkpoint that resumes there). In a data-parallel run every rank must be
     /// cancelled before the same step.</summary>
-    public LanguageModelReport Train(int steps, ITrainingObserver? observer = null, CancellationToken cancellationToken = default)
+    public LanguageModelReport Train(int steps, IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
         if (steps < 1) throw new ArgumentOutOfRangeException(nameof(steps), $"Train at least one step; got {steps}.");
         if (!_agreed) RequireSameRun(new Dictionary<string, string>());
@@ -193,7 +193,7 @@ public sealed class LanguageModelTrainer
                 _optimizer.Step(new UpdateInputs(Step, loss, new RandomKey(_options.Seed, 0x0971).Derive((ulong)Step)), gradient);
                 _stretchLossSum += loss;
                 Step++;
-                observer?.StepCompleted(0, (int)(Step - start - 1), steps, loss);
+                progress?.Report(new TrainingProgress(0, (int)(Step - start - 1), steps, loss));
             }
         }
         finally { _trainingTime.Stop(); }

@@ -40,18 +40,17 @@ public sealed record EpochReport(int Epoch, double TrainLoss, double TrainAccura
     public double ValidationAccuracy { get; init; } = double.NaN;
 }
 
-/// <summary>Progress of a run, called from the training thread.</summary>
-public interface ITrainingObserver
-{
-    /// <summary>After each optimizer step (default: nothing).</summary>
-    /// <param name="epoch">The epoch, from 0.</param>
-    /// <param name="step">The step within the epoch, from 0.</param>
-    /// <param name="stepsPerEpoch">Steps in an epoch (full batches only).</param>
-    /// <param name="batchLoss">The mean loss of the step's global batch, before the update.</param>
-    void StepCompleted(int epoch, int step, int stepsPerEpoch, double batchLoss) { }
-    /// <summary>After each epoch's evaluations, with its report (default: nothing).</summary>
-    void EpochCompleted(EpochReport report) { }
-}
+/// <summary>
+/// Progress of a run, reported through <see cref="IProgress{T}"/> on the training thread (a struct, so a report allocates
+/// nothing): after each optimizer step (<see cref="Completed"/> null), and after each epoch's evaluations with its report.
+/// </summary>
+/// <param name="Epoch">The epoch, from 0 (0 for a language model, which counts steps only).</param>
+/// <param name="Step">The step within the epoch (or within the call, for a language model), from 0; after an epoch, the
+/// steps per epoch.</param>
+/// <param name="StepsPerEpoch">Steps in an epoch (full batches only), or the steps of the call for a language model.</param>
+/// <param name="BatchLoss">The mean loss of the step's global batch, before the update; NaN in an epoch's report.</param>
+/// <param name="Completed">The epoch's report once its evaluations are done; null after a step.</param>
+public readonly record struct TrainingProgress(int Epoch, int Step, int StepsPerEpoch, double BatchLoss, EpochReport? Completed = null);
 
 /// <summary>How to train: batch size, the seed every random choice derives from, and how often to
 /// measure the estimate's cosine to the backprop gradient (every n-th step, and at least once per epoch: its last
@@ -226,7 +225,7 @@ public sealed class Trainer
     /// the trainer consistent (<see cref="Step"/> counts the steps taken; <see cref="SaveCheckpoint"/> then writes a
     /// checkpoint that continues this epoch), and the next call for the same epoch takes its remaining steps. In a
     /// data-parallel run every rank must be cancelled before the same step.</summary>
-    public EpochReport RunEpoch(int epoch, ITrainingObserver? observer = null, CancellationToken cancellationToken = default)
+    public EpochReport RunEpoch(int epoch, IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
         var watch = System.Diagnostics.Stopwatch.StartNew();
         long measuring = 0; // Stopwatch ticks spent in the oracle, left out of StepTime
@@ -275,7 +274,7 @@ public sealed class Trainer
             }
             _optimizer.Step(new UpdateInputs(_step, loss, new RandomKey(_options.Seed, 0x0971).Derive((ulong)_step)), gradient);
             _step++;
-            observer?.StepCompleted(epoch, s, StepsPerEpoch, loss);
+            progress?.Report(new TrainingProgress(epoch, s, StepsPerEpoch, loss));
         }
         double seconds = watch.Elapsed.TotalSeconds;
         int taken = StepsPerEpoch - first; // this call's steps: the speed of a continued epoch is that of its remaining steps
@@ -300,7 +299,7 @@ public sealed class Trainer
             ValidationLoss = validation.Loss, ValidationAccuracy = validation.Accuracy,
         };
         NextEpoch = epoch + 1;
-        observer?.EpochCompleted(report);
+        progress?.Report(new TrainingProgress(epoch, StepsPerEpoch, StepsPerEpoch, double.NaN, report));
         return report;
     }
 
