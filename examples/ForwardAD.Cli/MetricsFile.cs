@@ -109,24 +109,14 @@ internal static class MetricsFile
 internal static class AtomicFile
 {
     /// <summary>
-    /// The temporary file has a unique name beside the target (two runs writing the same path do not share it)
-    /// and is deleted when anything fails, so a failed write leaves neither half a file nor a stray temporary.
+    /// Through <see cref="Data.AtomicWriter"/>: the temporary beside the target names its writer
+    /// (<c>.{file}.{pid}.{guid}.tmp</c>, two runs writing the same path do not share it), is held locked while written and is
+    /// deleted when anything fails, so a failed write leaves neither half a file nor a stray temporary; one that a killed
+    /// run left behind is removed by the next write of the same file.
     /// </summary>
     public static void WriteAllLines(string path, IEnumerable<string> lines)
     {
-        var full = Path.GetFullPath(path);
-        if (Directory.Exists(full)) throw new IOException($"{path}: is a directory; give a file path for the CSV.");
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        var temporary = $"{full}.{Environment.ProcessId}-{Guid.NewGuid():N}.tmp";
-        try
-        {
-            File.WriteAllLines(temporary, lines);
-            File.Move(temporary, full, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(temporary); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
-        }
+        if (Directory.Exists(path)) throw new IOException($"{path}: is a directory; give a file path for the CSV.");
+        Data.AtomicWriter.WriteAllLines(path, lines);
     }
 }

@@ -397,7 +397,8 @@ public sealed class CheckpointTests : IDisposable
     }
 
     /// <summary>Temporaries of writers that no longer run (a PID that cannot exist; a PID whose process started after
-    /// the temporary was last written, i.e. was reused) are removed; a live writer's and another file's are kept.</summary>
+    /// the temporary was last written, i.e. was reused; unlocked and untouched for minutes) are removed; a live writer's
+    /// (its PID, or held locked) and another file's are kept.</summary>
     [Fact]
     public void Stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept()
     {
@@ -418,8 +419,17 @@ public sealed class CheckpointTests : IDisposable
         File.WriteAllBytes(notOurs, [1]);
         var bare = Path.Combine(_folder, ".run.safetensors.tmp");
         File.WriteAllBytes(bare, [1]);
+        // Unlocked and untouched for ten minutes: its PID may be another namespace's (a container's); no writer holds it.
+        var stranded = Temporary("run.safetensors", 1);
+        File.SetLastWriteTimeUtc(stranded, DateTime.UtcNow - TimeSpan.FromMinutes(10));
+        // Held open exclusively, as a live writer holds its temporary: kept whatever its name says.
+        var locked = Temporary("run.safetensors", int.MaxValue);
+        File.SetLastWriteTimeUtc(locked, new DateTime(2000, 1, 1, 0, 0, 0, DateTimeKind.Utc));
+        using var holder = new FileStream(locked, FileMode.Open, FileAccess.ReadWrite, FileShare.None);
 
         SafeTensors.Write(path, [new NamedTensor("w", [1], [1f])], new Dictionary<string, string>());
+        Assert.False(File.Exists(stranded), "an unlocked temporary not written for ten minutes was kept");
+        Assert.True(File.Exists(locked), "a temporary held open by a live writer was deleted");
         Assert.False(File.Exists(dead), "the temporary of a process that does not exist was kept");
         Assert.False(File.Exists(reused), "the temporary written before its PID's process started was kept");
         Assert.True(File.Exists(live), "the temporary of a live writer was deleted");

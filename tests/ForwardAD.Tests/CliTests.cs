@@ -286,6 +286,31 @@ public sealed class CliTests : IDisposable
         Assert.Empty(Directory.GetFiles(_folder, "*.tmp"));
     }
 
+    /// <summary>A run killed while writing its metrics leaves its temporary (named after the file and its process);
+    /// the next write of the same file removes it, but never one that a live writer holds locked.</summary>
+    [Fact]
+    public void A_metrics_write_removes_the_temporary_of_a_killed_writer_and_keeps_a_live_ones()
+    {
+        var target = PathOf("metrics.csv");
+        var dead = PathOf($".metrics.csv.{int.MaxValue}.{Guid.NewGuid():N}.tmp");
+        File.WriteAllText(dead, "half a file");
+        var live = PathOf($".metrics.csv.{int.MaxValue}.{Guid.NewGuid():N}.tmp");
+        File.WriteAllText(live, "being written");
+        using (new FileStream(live, FileMode.Open, FileAccess.ReadWrite, FileShare.None))
+        {
+            AtomicFile.WriteAllLines(target, ["a,b", "1,2"]);
+            Assert.False(File.Exists(dead), "the temporary of a writer that no longer runs was kept");
+            Assert.True(File.Exists(live), "a temporary held open by a live writer was deleted");
+        }
+        Assert.Equal(["a,b", "1,2"], File.ReadAllLines(target));
+        Assert.Equal([live], Directory.GetFiles(_folder, "*.tmp"));
+        // Through the command: train's metrics write removes a dead run's temporary too.
+        var stray = PathOf($".m.csv.{int.MaxValue}.{Guid.NewGuid():N}.tmp");
+        File.WriteAllText(stray, "half a file");
+        Assert.Equal(0, Run([.. Tiny("m.csv"), "--epochs", "1"]).Code);
+        Assert.False(File.Exists(stray));
+    }
+
     [Fact]
     public void Standardize_z_scores_every_feature_with_the_given_statistics()
     {

@@ -1,6 +1,4 @@
 using System.Buffers.Binary;
-using System.Diagnostics;
-using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using System.Text;
@@ -87,102 +85,28 @@ public static class SafeTensors
         int checksumAt = json.AsSpan().IndexOf(marker) + marker.Length - 1 - placeholder.Length; // a key is unique in its object
         int padded = (json.Length + 7) / 8 * 8; // the data section starts 8-byte aligned; pad the JSON with spaces
 
-        var directory = Path.GetDirectoryName(Path.GetFullPath(path))!;
-        Directory.CreateDirectory(directory);
-        RemoveStaleTemporaries(directory, Path.GetFileName(path));
-        var temporary = Path.Combine(directory, $".{Path.GetFileName(path)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
-        try
+        AtomicWriter.Write(path, stream =>
         {
-            using (var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write))
-            using (var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256))
+            using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            Span<byte> length = stackalloc byte[8];
+            BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)padded);
+            stream.Write(length);
+            stream.Write(json);
+            for (int i = json.Length; i < padded; i++) stream.WriteByte((byte)' ');
+            for (int t = 0; t < tensors.Count; t++)
             {
-                Span<byte> length = stackalloc byte[8];
-                BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)padded);
-                stream.Write(length);
-                stream.Write(json);
-                for (int i = json.Length; i < padded; i++) stream.WriteByte((byte)' ');
-                for (int t = 0; t < tensors.Count; t++)
-                {
-                    var (name, shape, data) = tensors[t];
-                    var values = data();
-                    if (values.LongLength != counts[t])
-                        throw new ArgumentException($"Tensor '{name}' has {values.Length} values for shape [{string.Join(", ", shape)}].", nameof(tensors));
-                    var bytes = new byte[values.Length * 4];
-                    for (int i = 0; i < values.Length; i++) BinaryPrimitives.WriteSingleLittleEndian(bytes.AsSpan(4 * i), values[i]);
-                    stream.Write(bytes);
-                    hash.AppendData(bytes);
-                }
-                stream.Position = 8 + checksumAt;
-                stream.Write(Encoding.ASCII.GetBytes(Convert.ToHexStringLower(hash.GetHashAndReset())));
-                stream.Flush(flushToDisk: true);
+                var (name, shape, data) = tensors[t];
+                var values = data();
+                if (values.LongLength != counts[t])
+                    throw new ArgumentException($"Tensor '{name}' has {values.Length} values for shape [{string.Join(", ", shape)}].", nameof(tensors));
+                var bytes = new byte[values.Length * 4];
+                for (int i = 0; i < values.Length; i++) BinaryPrimitives.WriteSingleLittleEndian(bytes.AsSpan(4 * i), values[i]);
+                stream.Write(bytes);
+                hash.AppendData(bytes);
             }
-            File.Move(temporary, path, overwrite: true);
-        }
-        finally
-        {
-            if (File.Exists(temporary)) File.Delete(temporary);
-        }
-    }
-
-    /// <summary>
-    /// A killed writer leaves its temporary behind (the rename never happens), and each restart adds another.
-    /// Before writing, temporaries of the same destination (<c>.{file}.{pid}.{guid}.tmp</c>) whose writer no longer
-    /// runs are deleted: no process has the PID, or the process with that PID started after the temporary was last
-    /// written (the PID was reused). A temporary whose writer may still be running is left alone. Best effort: a
-    /// temporary that cannot be deleted is left for the next write.
-    /// </summary>
-    private static void RemoveStaleTemporaries(string directory, string fileName)
-    {
-        var prefix = $".{fileName}.";
-        foreach (var candidate in Directory.GetFiles(directory, "*.tmp"))
-        {
-            var name = Path.GetFileName(candidate);
-            if (name.Length <= prefix.Length + ".tmp".Length || !name.StartsWith(prefix, StringComparison.Ordinal) || !name.EndsWith(".tmp", StringComparison.Ordinal))
-                continue;
-            var parts = name[prefix.Length..^".tmp".Length].Split('.');
-            if (parts.Length != 2 || !int.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out int pid) || pid <= 0
-                || parts[1].Length != 32 || !parts[1].All(char.IsAsciiHexDigit))
-                continue;
-            try
-            {
-                if (!WriterMayBeRunning(pid, File.GetLastWriteTimeUtc(candidate))) File.Delete(candidate);
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                // Another process removed or holds it; a later write tries again.
-            }
-        }
-    }
-
-    private static bool WriterMayBeRunning(int pid, DateTime lastWriteUtc)
-    {
-        if (pid == Environment.ProcessId) return true;
-        Process process;
-        try
-        {
-            process = Process.GetProcessById(pid);
-        }
-        catch (ArgumentException)
-        {
-            return false; // no process has this id
-        }
-        using (process)
-        {
-            try
-            {
-                // Process start times are derived from the boot time with up to a second of error (Linux): the slack
-                // keeps a live writer that started just before writing from ever looking like a reused PID.
-                return process.StartTime.ToUniversalTime() <= lastWriteUtc + TimeSpan.FromSeconds(10);
-            }
-            catch (InvalidOperationException)
-            {
-                return false; // it has exited meanwhile
-            }
-            catch (Exception e) when (e is System.ComponentModel.Win32Exception or NotSupportedException)
-            {
-                return true; // cannot tell (another user's process): keep the file
-            }
-        }
+            stream.Position = 8 + checksumAt;
+            stream.Write(Encoding.ASCII.GetBytes(Convert.ToHexStringLower(hash.GetHashAndReset())));
+        });
     }
 
     /// <summary>Reads every tensor and the metadata. Malformed files throw <see cref="InvalidDataException"/> naming
