@@ -229,14 +229,7 @@ internal static class LanguageModelCommands
             console.MarkupLineInterpolated($"nothing to do: the checkpoint is at step {trainer.Step} (--steps {steps}{(maxSeconds is int limit ? $", --max-seconds {limit}" : "")}).");
             return Cli.Success;
         }
-        var table = new Table().AddColumns("step", "train bits/char", "validation bits/char", "next-byte acc");
-        if (corpus.HasTest) table.AddColumns("test bits/char", "test next-byte acc");
-        table.AddColumns("cos global", "tokens/s", "training time");
-        foreach (var r in reports)
-            table.AddRow([r.Step.ToString(CultureInfo.InvariantCulture), TrainCommand.F(r.TrainLoss / Math.Log(2), "F3"), TrainCommand.F(r.Validation.BitsPerCharacter, "F3"),
-                TrainCommand.F(r.Validation.Accuracy, "P1"), .. r.Test is { } test ? (string[])[TrainCommand.F(test.BitsPerCharacter, "F3"), TrainCommand.F(test.Accuracy, "P1")] : [],
-                TrainCommand.F(r.GlobalCosine, "F3"), TrainCommand.F(r.TokensPerSecond, "F0"), $"{r.TrainingTime.TotalSeconds:F0} s"]);
-        console.Write(table);
+        WriteStepTable(console, reports, corpus.HasTest, metricsPath);
         // The global cosine treats all parameters as one vector, which the largest sites dominate: each site's own line.
         var sites = parameters.Model.Sites;
         if (reports[^1].SiteCosines.Any(c => !double.IsNaN(c)))
@@ -249,6 +242,21 @@ internal static class LanguageModelCommands
             console.MarkupLineInterpolated($"plot in {png} and {svg}");
         }
         return Cli.Success;
+    }
+
+    /// <summary>The end-of-run table of lm: one row per evaluation, sized to the console (<see cref="ConsoleTable"/>: on a
+    /// narrow terminal the speed and time columns are left out first, with a line that says so).</summary>
+    internal static void WriteStepTable(IAnsiConsole console, IReadOnlyList<LanguageModelReport> reports, bool tested, string metricsPath)
+    {
+        List<TableColumnSpec> columns = [new("step"), new("train bits/char"), new("validation bits/char"), new("next-byte acc")];
+        if (tested) columns.AddRange([new("test bits/char"), new("test next-byte acc")]);
+        columns.AddRange([new("cos global"), new("tokens/s", DropOrder: 1), new("training time", DropOrder: 2)]);
+        var rows = reports.Select(r => (string[])[r.Step.ToString(CultureInfo.InvariantCulture), TrainCommand.F(r.TrainLoss / Math.Log(2), "F3"), TrainCommand.F(r.Validation.BitsPerCharacter, "F3"),
+            TrainCommand.F(r.Validation.Accuracy, "P1"), .. r.Test is { } test ? (string[])[TrainCommand.F(test.BitsPerCharacter, "F3"), TrainCommand.F(test.Accuracy, "P1")] : [],
+            TrainCommand.F(r.GlobalCosine, "F3"), TrainCommand.F(r.TokensPerSecond, "F0"), $"{r.TrainingTime.TotalSeconds:F0} s"]).ToList();
+        var (table, dropped) = ConsoleTable.Build(columns, rows, console.Profile.Width);
+        console.Write(table);
+        if (ConsoleTable.DroppedNote(dropped, metricsPath) is { } note) console.WriteLine(note);
     }
 
     /// <summary>The metrics CSV of lm has one row per evaluation: step, train and validation bits per character, next-byte

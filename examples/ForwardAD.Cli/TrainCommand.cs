@@ -215,14 +215,8 @@ internal static class TrainCommand
             console.MarkupLine("nothing to do: the checkpoint has already completed every epoch.");
             return Cli.Success;
         }
-        var table = new Table().AddColumns("epoch", "train loss", "train acc", "test loss", "test acc", "cos global", "B·J align", "examples/s");
+        WriteEpochTable(console, reports, validation is not null, communicator.Size > 1, metricsPath);
         bool validated = validation is not null;
-        if (validated) table.AddColumns("val loss", "val acc");
-        if (communicator.Size > 1) table.AddColumn("bytes/step");
-        foreach (var r in reports.Where((r, i) => i == 0 || i == reports.Count - 1 || (i + 1) % Math.Max(1, epochs / 5) == 0))
-            table.AddRow([.. Cells(r), .. validated ? [F(r.ValidationLoss), F(r.ValidationAccuracy, "P2")] : Array.Empty<string>(),
-                .. communicator.Size > 1 ? [F(r.ExchangedBytesPerStep, "N0")] : Array.Empty<string>()]);
-        console.Write(table);
         var last = reports[^1];
         // The global cosine treats all parameters as one vector, which the largest sites dominate: each site's own line.
         if (last.SiteCosines.Any(c => !double.IsNaN(c)))
@@ -306,6 +300,47 @@ internal static class TrainCommand
     {
         int smallest = batch / communicator.Size, largest = (batch + communicator.Size - 1) / communicator.Size;
         return $"{communicator.Size} ranks ({communicator.Name}), {(smallest == largest ? $"{smallest}" : $"{smallest}–{largest}")} of the {batch} examples of each batch per rank";
+    }
+
+    /// <summary>The most rows the end-of-run table shows; a longer run shows one epoch in N (see <see cref="ShownEpochs"/>).</summary>
+    internal const int MaxTableRows = 30;
+
+    /// <summary>The end-of-run table of <paramref name="reports"/>, sized to the console (<see cref="ConsoleTable"/>):
+    /// every epoch of a run of up to <see cref="MaxTableRows"/> epochs; a longer run's thinned, with a line that says so.</summary>
+    internal static void WriteEpochTable(IAnsiConsole console, IReadOnlyList<EpochReport> reports, bool validated, bool dataParallel, string metricsPath)
+    {
+        List<TableColumnSpec> columns = [new("epoch"), new("train loss"), new("train acc"), new("test loss"), new("test acc"), new("cos global"),
+            new("B·J align", DropOrder: 3), new("examples/s", DropOrder: 1)];
+        if (validated) columns.AddRange([new("val loss"), new("val acc")]);
+        if (dataParallel) columns.Add(new("bytes/step", DropOrder: 2));
+        var (shown, stride, best) = ShownEpochs(reports, validated);
+        var rows = shown.Select(i => reports[i]).Select(r => (string[])[.. Cells(r), .. validated ? [F(r.ValidationLoss), F(r.ValidationAccuracy, "P2")] : Array.Empty<string>(),
+            .. dataParallel ? [F(r.ExchangedBytesPerStep, "N0")] : Array.Empty<string>()]).ToList();
+        var (table, dropped) = ConsoleTable.Build(columns, rows, console.Profile.Width);
+        console.Write(table);
+        if (stride > 1)
+            console.WriteLine($"one epoch in {stride} shown, and the first, the last{(best is null ? "" : $" and the best by {(validated ? "validation" : "test")} accuracy (epoch {reports[best.Value].Epoch + 1})")}; every epoch is in {metricsPath}");
+        if (ConsoleTable.DroppedNote(dropped, metricsPath) is { } note) console.WriteLine(note);
+    }
+
+    /// <summary>The indices of the reports the end-of-run table shows: all of them up to <see cref="MaxTableRows"/>;
+    /// beyond, every <c>Stride</c>-th epoch and always the first, the best (by validation accuracy when there is a
+    /// validation set, else by test accuracy) and the last.</summary>
+    internal static (IReadOnlyList<int> Shown, int Stride, int? Best) ShownEpochs(IReadOnlyList<EpochReport> reports, bool validated)
+    {
+        int count = reports.Count;
+        int? best = null;
+        for (int i = 0; i < count; i++)
+        {
+            double accuracy = validated ? reports[i].ValidationAccuracy : reports[i].TestAccuracy;
+            if (!double.IsNaN(accuracy) && (best is not { } b || accuracy > (validated ? reports[b].ValidationAccuracy : reports[b].TestAccuracy))) best = i;
+        }
+        if (count <= MaxTableRows) return ([.. Enumerable.Range(0, count)], 1, best);
+        int stride = (count + MaxTableRows - 4) / (MaxTableRows - 3); // at most MaxTableRows - 3 strided rows, then first, best and last
+        var shown = new SortedSet<int> { 0, count - 1 };
+        if (best is { } kept) shown.Add(kept);
+        for (int i = stride - 1; i < count; i += stride) shown.Add(i);
+        return ([.. shown], stride, best);
     }
 
     internal static string F(double v, string format = "F4") => double.IsNaN(v) ? "–" : v.ToString(format, CultureInfo.InvariantCulture);

@@ -311,6 +311,100 @@ public sealed class CliTests : IDisposable
         Assert.False(File.Exists(stray));
     }
 
+    /// <summary>A console as the tool makes one, <paramref name="width"/> columns wide, writing to <paramref name="output"/>.</summary>
+    private static Spectre.Console.IAnsiConsole ConsoleOf(StringWriter output, int width)
+    {
+        var console = Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings
+        {
+            Ansi = Spectre.Console.AnsiSupport.No,
+            ColorSystem = Spectre.Console.ColorSystemSupport.NoColors,
+            Interactive = Spectre.Console.InteractionSupport.No,
+            Out = new Spectre.Console.AnsiConsoleOutput(output),
+        });
+        console.Profile.Width = width;
+        return console;
+    }
+
+    /// <summary>The first cell of each data row of a rendered table (its border lines and header rows have none that parse).</summary>
+    private static List<int> FirstColumn(string output) =>
+        [.. output.Split('\n').Where(l => l.StartsWith('│')).Select(l => l.Split('│')[1].Trim())
+            .Where(c => int.TryParse(c, System.Globalization.CultureInfo.InvariantCulture, out _)).Select(c => int.Parse(c, System.Globalization.CultureInfo.InvariantCulture))];
+
+    private static Training.EpochReport Epoch(int epoch, double testAccuracy) =>
+        new(epoch, 0.5, 0.9, 0.6, testAccuracy, [0.1, 0.2], 0.15, 12345, TimeSpan.FromSeconds(epoch + 1))
+        {
+            FeedbackAlignment = [0.3], ValidationLoss = 0.55, ValidationAccuracy = testAccuracy, ExchangedBytesPerStep = 123456,
+        };
+
+    /// <summary>The end-of-run table of a 10-epoch run lists every epoch (it listed 1, 2, 4, 6, 8 and 10).</summary>
+    [Fact]
+    public void The_final_table_of_a_ten_epoch_run_lists_every_epoch()
+    {
+        var (code, output, error) = Run([.. Tiny("m.csv"), "--epochs", "10"]);
+        Assert.True(code == 0, error);
+        Assert.Equal(Enumerable.Range(1, 10), FirstColumn(output));
+        Assert.DoesNotContain("shown", output);
+    }
+
+    /// <summary>A run too long for the table shows one epoch in N, always the first, the best and the last, and says so.</summary>
+    [Fact]
+    public void A_long_run_thins_its_table_keeping_the_first_the_best_and_the_last_and_says_so()
+    {
+        var reports = Enumerable.Range(0, 100).Select(e => Epoch(e, e == 41 ? 0.99 : 0.5)).ToList();
+        var output = new StringWriter();
+        TrainCommand.WriteEpochTable(ConsoleOf(output, 1000), reports, validated: false, dataParallel: false, "runs/m.csv");
+        var shown = FirstColumn(output.ToString());
+        Assert.InRange(shown.Count, 20, TrainCommand.MaxTableRows);
+        Assert.Contains(1, shown);
+        Assert.Contains(42, shown);
+        Assert.Equal(100, shown[^1]);
+        Assert.Equal(shown.Order(), shown);
+        Assert.Contains("one epoch in 4 shown, and the first, the last and the best by test accuracy (epoch 42); every epoch is in runs/m.csv", output.ToString());
+        // 30 epochs still fit.
+        Assert.Equal(30, TrainCommand.ShownEpochs(reports[..30], validated: false).Shown.Count);
+    }
+
+    /// <summary>At 80 columns the tables of train and lm fit, and no header word is cut: headers wrap word by word, and
+    /// optional columns (speed, time, bytes exchanged, alignment) are left out, with a line that says so.</summary>
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(true, true)]
+    public void The_final_tables_fit_80_columns_without_cutting_a_header(bool validated, bool dataParallel)
+    {
+        var output = new StringWriter();
+        TrainCommand.WriteEpochTable(ConsoleOf(output, 80), [Epoch(0, 0.5), Epoch(99, 0.975)], validated, dataParallel, "m.csv");
+        string[] words = ["epoch", "train", "loss", "acc", "test", "cos", "global", "B·J", "align", "examples/s", "val", "bytes/step"];
+        AssertFits(output.ToString(), words, ["epoch", "train", "loss", "acc", "test", "cos", "global", .. validated ? ["val"] : Array.Empty<string>()]);
+        if (validated || dataParallel)
+            Assert.Matches(@"narrow terminal: (.*, )?examples/s(, .*)? not shown; every column is in\s+m\.csv", output.ToString());
+
+        output = new StringWriter();
+        var evaluation = new Training.TextEvaluation(1.5, 0.456, 1000);
+        LanguageModelCommands.WriteStepTable(ConsoleOf(output, 80),
+            [new Training.LanguageModelReport(100000, 2.1, evaluation, [0.1], 0.123, 54321, TimeSpan.FromSeconds(4321)) { Test = validated ? evaluation : null }], validated, "lm.csv");
+        AssertFits(output.ToString(), ["step", "train", "bits/char", "validation", "next-byte", "acc", "test", "cos", "global", "tokens/s", "training", "time"],
+            ["step", "train", "bits/char", "validation", "next-byte", "acc", "cos", "global", .. validated ? ["test"] : Array.Empty<string>()]);
+
+        // Wide (a redirected output): one line of headers, every column.
+        output = new StringWriter();
+        TrainCommand.WriteEpochTable(ConsoleOf(output, 1000), [Epoch(0, 0.5)], validated, dataParallel, "m.csv");
+        Assert.Contains("│ epoch │ train loss │ train acc │ test loss │ test acc │ cos global │ B·J align │ examples/s │", output.ToString());
+        Assert.DoesNotContain("narrow", output.ToString());
+
+        static void AssertFits(string table, string[] headerWords, string[] required)
+        {
+            var lines = table.Split('\n').Select(l => l.TrimEnd('\r')).ToList();
+            Assert.All(lines, l => Assert.True(l.Length <= 80, $"{l.Length} columns: {l}"));
+            // The header rows: between the top border and the first rule under them.
+            var header = lines.SkipWhile(l => !l.StartsWith('┌')).Skip(1).TakeWhile(l => l.StartsWith('│')).ToList();
+            var tokens = header.SelectMany(l => l.Split(['│', ' '], StringSplitOptions.RemoveEmptyEntries)).ToList();
+            Assert.NotEmpty(tokens);
+            Assert.All(tokens, t => Assert.True(headerWords.Contains(t), $"header word '{t}' is cut or unknown:\n{table}"));
+            Assert.All(required, w => Assert.Contains(w, tokens));
+        }
+    }
+
     [Fact]
     public void Standardize_z_scores_every_feature_with_the_given_statistics()
     {
