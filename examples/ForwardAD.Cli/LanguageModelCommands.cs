@@ -71,6 +71,9 @@ internal static class LanguageModelCommands
           --length N                bytes to generate (default 400)
           --temperature T           softmax temperature (default 0.8; 0 = always the most likely byte)
           --seed S                  seed of the sampling (default 1)
+        The model generates bytes, which need not form valid UTF-8; the text is always printed as valid UTF-8: each
+        invalid byte sequence is printed as U+FFFD (�), and a character that --length leaves incomplete gets up to 3
+        more bytes when the model continues it, or is printed as U+FFFD.
         """;
 
     private sealed class LmOptions

@@ -3,6 +3,9 @@
 // data-parallel run over MPI.
 using ForwardAD.Distributed;
 
+// Every command prints UTF-8 (its tables use ·, – and ×; sample prints generated text), whatever the locale says.
+if (Console.OutputEncoding.CodePage != System.Text.Encoding.UTF8.CodePage) Console.OutputEncoding = new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: false);
+
 if (!MpiCommunicator.IsLaunchedByMpi)
 {
     // Ctrl-C stops train and lm at a step boundary with a checkpoint and a resume command; a second Ctrl-C ends at once.

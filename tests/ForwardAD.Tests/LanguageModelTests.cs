@@ -17,6 +17,49 @@ public class LanguageModelTests
 
     private static readonly TransformerSpec Tiny = new(Layers: 1, Heads: 2, Width: 16, Context: 12);
 
+    /// <summary>A byte model's sample need not be UTF-8 (an untrained model at a high temperature draws almost any
+    /// byte): the text, and what `forwardad sample` prints, is valid UTF-8 all the same, each invalid sequence U+FFFD.</summary>
+    [Fact]
+    public void A_sample_whose_bytes_are_not_utf8_prints_valid_utf8()
+    {
+        var store = ParameterStore.Initialize(Tiny.Build(), new CpuBackend(), 1);
+        var sampler = new TextSampler(store);
+        var strict = new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+        var bytes = sampler.SampleBytes("ab", 200, 50, 3);
+        Assert.Throws<System.Text.DecoderFallbackException>(() => strict.GetString(bytes)); // the model's bytes are not UTF-8
+        var text = sampler.Sample("ab", 200, 50, 3);
+        Assert.StartsWith("ab", text);
+        Assert.Contains('\uFFFD', text);
+        Assert.Equal(text, strict.GetString(strict.GetBytes(text))); // encodes to valid UTF-8, and back
+
+        var folder = Directory.CreateTempSubdirectory("forwardad-sample-").FullName;
+        try
+        {
+            var checkpoint = Path.Combine(folder, "lm.safetensors");
+            SafeTensors.Write(checkpoint, [.. store.Model.Parameters.Select(p => (p.Name, (int[])[.. p.Shape.Dimensions], (Func<float[]>)(() => store.ToArray(p))))],
+                new Dictionary<string, string> { [TextSampler.SpecKey] = Tiny.ToString() });
+            var (code, output, error) = CliTests.Run("sample", "--checkpoint", checkpoint, "--prompt", "ab", "--length", "200", "--temperature", "50", "--seed", "3");
+            Assert.True(code == 0, error);
+            Assert.Equal(text + Environment.NewLine, output);
+            Assert.Equal(output, strict.GetString(strict.GetBytes(output)));
+            Assert.Contains("U+FFFD", CliTests.Run("sample", "--help").Out);
+        }
+        finally { Directory.Delete(folder, recursive: true); }
+    }
+
+    /// <summary>A sample that ends inside a multi-byte character is given the bytes the character still needs.</summary>
+    [Theory]
+    [InlineData(new byte[] { 0x61 }, 0)]
+    [InlineData(new byte[] { 0x61, 0xC3 }, 1)]
+    [InlineData(new byte[] { 0xE2, 0x82 }, 1)]
+    [InlineData(new byte[] { 0xE2, 0x82, 0xAC }, 0)]
+    [InlineData(new byte[] { 0xF0 }, 3)]
+    [InlineData(new byte[] { 0xF0, 0x9F, 0x98 }, 1)]
+    [InlineData(new byte[] { 0x80, 0x80 }, 0)]
+    [InlineData(new byte[] { 0xFF }, 0)]
+    public void A_character_cut_at_the_end_is_missing_its_continuation_bytes(byte[] text, int missing) =>
+        Assert.Equal(missing, TextSampler.MissingContinuations(text));
+
     [Fact]
     public void Backprop_learns_a_structured_text_and_the_checkpoint_samples_the_same_text()
     {
