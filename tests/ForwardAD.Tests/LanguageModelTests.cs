@@ -20,7 +20,7 @@ public class LanguageModelTests
     /// <summary>A byte model's sample need not be UTF-8 (an untrained model at a high temperature draws almost any
     /// byte): the text, and what `forwardad sample` prints, is valid UTF-8 all the same, each invalid sequence U+FFFD.</summary>
     [Fact]
-    public void A_sample_whose_bytes_are_not_utf8_prints_valid_utf8()
+    public async Task A_sample_whose_bytes_are_not_utf8_prints_valid_utf8()
     {
         var store = ParameterStore.Initialize(Tiny.Build(), new CpuBackend(), 1);
         var sampler = new TextSampler(store);
@@ -43,6 +43,28 @@ public class LanguageModelTests
             Assert.Equal(text + Environment.NewLine, output);
             Assert.Equal(output, strict.GetString(strict.GetBytes(output)));
             Assert.Contains("U+FFFD", CliTests.Run("sample", "--help").Out);
+
+            // The tool's own stdout, as bytes, under a locale whose charset is not UTF-8 (it printed Latin-1 there).
+            var start = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var argument in (string[])[Path.Combine(AppContext.BaseDirectory, "ForwardAD.Cli.dll"), "sample", "--checkpoint", checkpoint,
+                "--prompt", "café ", "--length", "200", "--temperature", "50", "--seed", "3"])
+                start.ArgumentList.Add(argument);
+            start.Environment["LANG"] = start.Environment["LC_ALL"] = "en_US.ISO-8859-1";
+            using var process = System.Diagnostics.Process.Start(start)!;
+            var stdout = new MemoryStream();
+            using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(1));
+            try
+            {
+                var copy = process.StandardOutput.BaseStream.CopyToAsync(stdout, timeout.Token);
+                var stderr = process.StandardError.ReadToEndAsync(timeout.Token);
+                await process.WaitForExitAsync(timeout.Token);
+                await copy;
+                Assert.True(process.ExitCode == 0, await stderr);
+            }
+            finally { if (!process.HasExited) process.Kill(); }
+            var printed = strict.GetString(stdout.ToArray()); // throws on invalid UTF-8
+            Assert.StartsWith("café ", printed);
+            Assert.Contains('\uFFFD', printed);
         }
         finally { Directory.Delete(folder, recursive: true); }
     }
