@@ -203,21 +203,34 @@ internal static class LanguageModelCommands
         if (resume is not null) console.MarkupLineInterpolated($"resumed from {resume} at step {trainer.Step}");
         else if (!quiet) context.Output.WriteLine($"step 0: validation {trainer.Validate().BitsPerCharacter:F3} bits/char");
         var interrupt = context.ListenForInterrupt();
-        try
+        // Trains to the end, reporting each step to `progress` (null: none) and each evaluation through `say`.
+        void Run(IProgress<TrainingProgress>? progress, Action<string> say)
         {
             // --max-seconds: the ranks' clocks differ, so they stop together when any of them is out of time.
             while (trainer.Step < steps && communicator.AllAgree(maxSeconds is null || trainer.TrainingTime.TotalSeconds < maxSeconds))
             {
                 // Evaluations fall on multiples of --eval-every, also after a resume from an interrupted stretch.
                 int chunk = (int)Math.Min(evalEvery - trainer.Step % evalEvery, steps - trainer.Step);
-                var report = trainer.Train(chunk, cancellationToken: interrupt);
+                var report = trainer.Train(chunk, progress, interrupt);
                 reports.Add(report);
                 rows.Add(MetricsRow(report, runHash));
                 if (context.WritesFiles) WriteMetrics(metricsPath, header, rows);
                 if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, spec, description);
-                if (!quiet) context.Output.WriteLine($"step {report.Step}: train loss {report.TrainLoss / Math.Log(2):F3} bits/char, validation {report.Validation.BitsPerCharacter:F3} bits/char " +
+                if (!quiet) say($"step {report.Step}: train loss {report.TrainLoss / Math.Log(2):F3} bits/char, validation {report.Validation.BitsPerCharacter:F3} bits/char " +
                     $"(next-byte accuracy {report.Validation.Accuracy:P1}){(report.Test is { } test ? $", test {test.BitsPerCharacter:F3} bits/char" : "")}, cos global {TrainCommand.F(report.GlobalCosine, "F3")}, {report.TokensPerSecond:F0} tokens/s, {report.TrainingTime.TotalSeconds:F0} s");
             }
+        }
+        try
+        {
+            if (quiet || !context.Interactive) Run(null, context.Output.WriteLine);
+            else
+                // A live bar with the time left (the steps to go at the speed so far), the evaluations printed above it.
+                console.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                    .Start(display =>
+                    {
+                        var task = display.AddTask("starting", maxValue: Math.Max(1, steps - trainer.Step));
+                        Run(new StepProgress(task, trainer, steps), line => console.WriteLine(line));
+                    });
         }
         catch (OperationCanceledException) when (interrupt.IsCancellationRequested)
         {
@@ -349,5 +362,15 @@ internal static class LanguageModelCommands
             return Cli.Success;
         });
         return command;
+    }
+
+    /// <summary>lm's live progress: one tick per step, the step and the batch's bits per character in the description.</summary>
+    private sealed class StepProgress(Spectre.Console.ProgressTask task, LanguageModelTrainer trainer, int steps) : IProgress<TrainingProgress>
+    {
+        public void Report(TrainingProgress value)
+        {
+            task.Increment(1);
+            task.Description = $"step {trainer.Step}/{steps}, batch {value.BatchLoss / Math.Log(2):F3} bits/char";
+        }
     }
 }
