@@ -10,25 +10,37 @@ namespace ForwardAD.Plots;
 /// </summary>
 public sealed record Figure(IReadOnlyList<LineChart> Panels, int Columns)
 {
+    /// <summary>Height in pixels of the band above the panels that holds the figure's <see cref="Title"/>.</summary>
+    public const int TitleHeight = 36;
+
+    /// <summary>The title of the whole figure (which run it shows), centred in a band of <see cref="TitleHeight"/> pixels
+    /// above the panels; null or empty: no band. Text too wide for the figure is drawn smaller.</summary>
+    public string? Title { get; init; }
+
     /// <summary>Rows of the grid: as many as the panels need.</summary>
     public int Rows => Columns < 1 ? 0 : (Panels.Count + Columns - 1) / Columns;
 
-    /// <summary>The size of a figure whose every panel is <paramref name="panelWidth"/>×<paramref name="panelHeight"/> pixels.</summary>
-    public (int Width, int Height) Size(int panelWidth, int panelHeight) => (Columns * panelWidth, Rows * panelHeight);
+    /// <summary>The height of the title band: <see cref="TitleHeight"/> with a title, 0 without.</summary>
+    public int TitleBand => string.IsNullOrEmpty(Title) ? 0 : TitleHeight;
+
+    /// <summary>The size of a figure whose every panel is <paramref name="panelWidth"/>×<paramref name="panelHeight"/> pixels
+    /// (with the title band above them when the figure has a title).</summary>
+    public (int Width, int Height) Size(int panelWidth, int panelHeight) => (Columns * panelWidth, Rows * panelHeight + TitleBand);
 }
 
 public static partial class ChartFile
 {
     /// <summary>
     /// Writes <paramref name="figure"/> to <paramref name="path"/> (.png or .svg) at <paramref name="width"/>×<paramref name="height"/>
-    /// pixels, the panels sharing the area equally. The folder is created when missing. Returns the path written.
+    /// pixels, the panels sharing the area below the title band (if any) equally. The folder is created when missing. Returns the path written.
     /// </summary>
     public static string Save(Figure figure, string path, int width, int height)
     {
         ArgumentNullException.ThrowIfNull(figure);
         if (figure.Panels.Count == 0) throw new ArgumentException("a figure needs at least one panel");
         if (figure.Columns < 1) throw new ArgumentOutOfRangeException(nameof(figure), $"a figure needs at least one column; got {figure.Columns}");
-        int panelWidth = width / figure.Columns, panelHeight = height / figure.Rows;
+        int band = figure.TitleBand;
+        int panelWidth = width / figure.Columns, panelHeight = (height - band) / figure.Rows;
         if (panelWidth < 100 || panelHeight < 100)
             throw new ArgumentOutOfRangeException(nameof(width), $"{figure.Panels.Count} panels in {width}×{height} pixels leave {panelWidth}×{panelHeight} each, too small to read; use at least 100×100 per panel");
         string extension = Path.GetExtension(path).ToLowerInvariant();
@@ -43,12 +55,13 @@ public static partial class ChartFile
             void Draw(SKCanvas canvas)
             {
                 canvas.Clear(SKColors.White);
+                if (band > 0) DrawTitle(canvas, figure.Title!, width, band);
                 for (int i = 0; i < plots.Count; i++)
                 {
                     // Each panel drawn as a whole plot of the panel's size, moved to its cell and clipped to it (a plot
                     // clears and lays out the canvas it is given, so it gets a canvas that is only its cell).
                     canvas.Save();
-                    canvas.Translate(i % figure.Columns * panelWidth, i / figure.Columns * panelHeight);
+                    canvas.Translate(i % figure.Columns * panelWidth, band + i / figure.Columns * panelHeight);
                     canvas.ClipRect(new SKRect(0, 0, panelWidth, panelHeight));
                     plots[i].Render(canvas, panelWidth, panelHeight);
                     canvas.Restore();
@@ -75,6 +88,17 @@ public static partial class ChartFile
             foreach (var plot in plots) plot.Dispose();
         }
         return path;
+    }
+
+    /// <summary>The figure's title, bold and centred in the band at the top; scaled down to fit the width.</summary>
+    private static void DrawTitle(SKCanvas canvas, string title, int width, int band)
+    {
+        using var typeface = SKTypeface.FromFamilyName(Fonts.Default, SKFontStyle.Bold);
+        using var font = new SKFont(typeface, 18);
+        float measured = font.MeasureText(title);
+        if (measured > width - 20) font.Size = Math.Max(8, font.Size * (width - 20) / measured);
+        using var paint = new SKPaint { Color = SKColors.Black, IsAntialias = true };
+        canvas.DrawText(title, width / 2f, band / 2f + font.Size / 3, SKTextAlign.Center, font, paint);
     }
 
     /// <summary>Writes the figure as both <c>stem.png</c> and <c>stem.svg</c>; returns both paths.</summary>

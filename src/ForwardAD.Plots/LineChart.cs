@@ -36,6 +36,14 @@ public sealed record LineChart(string Title, string XLabel, string YLabel, IRead
     /// <summary>Ticks on whole numbers only along x (epochs, steps): no "1.5" between two epochs.</summary>
     public bool IntegerX { get; init; }
 
+    /// <summary>Named categories along x instead of numbers: category i sits at x = i and its name labels the tick there
+    /// (methods of a table, say); the series give one y per category at x = 0, 1, …. Null: a numeric x axis.</summary>
+    public IReadOnlyList<string>? XCategories { get; init; }
+
+    /// <summary>Markers only, no line between the points (values per category, not a curve); a band is drawn as error
+    /// bars at the points instead of a shaded area.</summary>
+    public bool PointsOnly { get; init; }
+
     /// <summary>The same chart with one more series.</summary>
     public LineChart With(Series series) => this with { Series = [.. Series, series] };
 }
@@ -97,9 +105,15 @@ public static partial class ChartFile
             var (xs, ys) = Points(series, chart.LogX, chart.LogY);
             var scatter = plot.Add.Scatter(xs, ys);
             scatter.LegendText = series.Name;
-            scatter.MarkerSize = xs.Length <= 40 ? 5 : 0;
-            scatter.LineWidth = 1.5f;
-            if (series.Band is var (lower, upper) && BandPoints(series.X, lower, upper, chart.LogX, chart.LogY) is { X.Length: > 1 } band)
+            scatter.MarkerSize = chart.PointsOnly ? 8 : xs.Length <= 40 ? 5 : 0;
+            scatter.LineWidth = chart.PointsOnly ? 0 : 1.5f;
+            if (chart.PointsOnly && series.Band is var (low, high) && BandPoints(series.X, low, high, chart.LogX, chart.LogY) is { X.Length: > 0 } bars)
+            {
+                // Error bars from the band's edges, around their midpoint (a mean ± its standard deviation is symmetric).
+                var errors = plot.Add.ErrorBar(bars.X, [.. bars.Lower.Zip(bars.Upper, (l, u) => (l + u) / 2)], [.. bars.Lower.Zip(bars.Upper, (l, u) => (u - l) / 2)]);
+                errors.Color = scatter.Color;
+            }
+            else if (series.Band is var (lower, upper) && BandPoints(series.X, lower, upper, chart.LogX, chart.LogY) is { X.Length: > 1 } band)
             {
                 // Translucent, in the curve's colour, without an outline or a legend entry of its own.
                 var fill = plot.Add.FillY(band.X, band.Lower, band.Upper);
@@ -112,6 +126,11 @@ public static partial class ChartFile
         plot.YLabel(chart.LogY ? chart.YLabel + " (log scale)" : chart.YLabel);
         if (chart.LogX) plot.Axes.Bottom.TickGenerator = LogTicks();
         else if (chart.IntegerX) plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericAutomatic { IntegerTicksOnly = true };
+        if (chart.XCategories is { Count: > 0 } categories)
+        {
+            plot.Axes.Bottom.SetTicks([.. Enumerable.Range(0, categories.Count).Select(i => (double)i)], [.. categories]);
+            plot.Axes.SetLimitsX(-0.5, categories.Count - 0.5);
+        }
         if (chart.LogY) plot.Axes.Left.TickGenerator = LogTicks();
         // ScottPlot shows a legend by itself once series have names: hiding it is explicit.
         if (chart.Series.Count < 2 || chart.Legend == LegendCorner.None) plot.HideLegend();
