@@ -256,7 +256,7 @@ internal static class MixerTableCommand
                     rows.Add((seed, mode, method, last, watch.Elapsed));
                 }
 
-        var csv = new StringBuilder("variant,augment,method,seed,epochs,train_loss,train_accuracy,test_loss,test_accuracy,cosine,seconds\n");
+        var csv = new StringBuilder(MetricsPlots.MixerTableHeader + "\n");
         foreach (var (seed, mode, method, r, wall) in rows)
             csv.Append(CultureInfo.InvariantCulture, $"{variantName},{mode},{method},{seed},{epochs},{r.TrainLoss:R},{r.TrainAccuracy:R},{r.TestLoss:R},{r.TestAccuracy:R},{(double.IsNaN(r.GlobalCosine) ? "" : r.GlobalCosine.ToString("R", CultureInfo.InvariantCulture))},{wall.TotalSeconds:F1}\n");
         File.WriteAllText(prefix + ".csv", csv.ToString());
@@ -274,7 +274,9 @@ internal static class MixerTableCommand
         md.Append(CultureInfo.InvariantCulture, $"\nWall time per run (s, mean over seeds): {string.Join(", ", modes.SelectMany(mode => methods.Select(m => $"{mode}/{m} {rows.Where(r => r.Mode == mode && r.Method == m).Average(r => r.Wall.TotalSeconds):F0}")))}; total {rows.Sum(r => r.Wall.TotalSeconds):F0} s.\n");
         File.WriteAllText(prefix + ".md", md.ToString());
         context.Output.Write(md.ToString());
-        console.MarkupLineInterpolated($"written {prefix}.csv and {prefix}.md");
+        // The figure from the CSV just written, by the code `forwardad plot` runs on it.
+        var (png, svg, _) = MetricsPlots.Draw(prefix + ".csv");
+        console.MarkupLineInterpolated($"written {prefix}.csv, {prefix}.md, {png} and {svg}");
         return Cli.Success;
     }
 

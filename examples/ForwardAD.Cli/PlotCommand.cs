@@ -3,17 +3,21 @@ using Spectre.Console;
 
 namespace ForwardAD.Cli;
 
-/// <summary>`forwardad plot FILE.csv`: draws any metrics CSV the tool wrote, recognised by its header.</summary>
+/// <summary>`forwardad plot FILE.csv`: draws any CSV the tool wrote and draws (train, lm, cosine, grape-toy, compare, every
+/// study, mixer-table), recognised by its header, with the code the command itself draws it with.</summary>
 internal static class PlotCommand
 {
     public static readonly string Help = $"""
         forwardad plot FILE.csv [--out STEM]   Draw a metrics CSV written by forwardad as PNG and SVG.
 
         The kind of file is recognised by its header: {Opt.List([.. MetricsPlots.Kinds.Select(k => k.Name)])}
-        (the CSVs of the commands of these names). The figure is the one the command itself writes.
+        (the CSVs of the commands of these names). The figures are those the command itself writes, titled
+        with the run: the file's name and what the file says of the run (configuration, methods, seeds).
 
           FILE.csv                  the metrics CSV
-          --out STEM                write STEM.png and STEM.svg (default: FILE's path without .csv)
+          --out STEM                write STEM.png and STEM.svg (default: FILE's path without .csv); a study
+                                    that writes several charts gets them as STEM-cosine.png, STEM-rank.png, …
+                                    as the study names them
         """;
 
     public static Command Create(CliContext context)
@@ -27,8 +31,8 @@ internal static class PlotCommand
             var output = p.GetValue(stem);
             if (output is not null && (output.Length == 0 || Directory.Exists(output) || output.EndsWith('/') || output.EndsWith(Path.DirectorySeparatorChar)))
                 throw new UsageException($"--out {output}: give a file path without extension (STEM: STEM.png and STEM.svg are written), not a folder.");
-            var (png, svg, kind) = MetricsPlots.Draw(path, output);
-            context.Console.MarkupLineInterpolated($"{kind} metrics {path}: plot in {png} and {svg}");
+            var (files, kind) = MetricsPlots.DrawAll(path, output);
+            context.Console.MarkupLineInterpolated($"{kind} metrics {path}: plot in {string.Join(", ", files.Select(f => $"{f.Png} and {f.Svg}"))}");
             return Cli.Success;
         });
         return command;

@@ -7,7 +7,6 @@ using ForwardAD.Data;
 using ForwardAD.Graph;
 using ForwardAD.Guessing;
 using ForwardAD.Optim;
-using ForwardAD.Plots;
 using ForwardAD.Studies;
 using ForwardAD.Training;
 using Spectre.Console;
@@ -160,9 +159,7 @@ internal static class StudyCommands
             context.Console.Write(table);
             var folder = p.GetValue(common.Out)!;
             Csv(folder, "saturation", "guesser,guesses,cosine", points.Select(q => $"{Quote(q.Guesser)},{q.Guesses},{G(q.Cosine)}"));
-            Chart(context, folder, "saturation", new LineChart("Bias saturation: cosine of the mean of n guesses", "guesses averaged (n)",
-                "cosine to the true gradient", [.. points.GroupBy(q => q.Guesser).Select(g => new Series(Label(g.Key), [.. g.Select(q => (double)q.Guesses)], [.. g.Select(q => q.Cosine)]))],
-                LogX: true) { Legend = LegendCorner.UpperLeft });
+            Charts(context, folder, "saturation");
             Done(context, watch);
             return Cli.Success;
         });
@@ -269,8 +266,9 @@ internal static class StudyCommands
 
     private static void WriteCurves(CliContext context, string folder, string name, string description, List<CurvePoint> points, string[] extraNames)
     {
-        var header = "guesser,epoch,train_loss,train_accuracy,test_loss,test_accuracy,cosine" + string.Concat(extraNames.Select(n => "," + n));
-        Csv(folder, name, header, points.Select(q => string.Join(',', [Quote(q.Guesser), q.Epoch.ToString(CultureInfo.InvariantCulture),
+        // The study's name first: the studies share these columns, and `plot` draws each file as its study.
+        var header = MetricsPlots.StudyCurvesHeader + string.Concat(extraNames.Select(n => "," + n));
+        Csv(folder, name, header, points.Select(q => string.Join(',', [name, Quote(q.Guesser), q.Epoch.ToString(CultureInfo.InvariantCulture),
             G(q.TrainLoss), G(q.TrainAccuracy), G(q.TestLoss), G(q.TestAccuracy), G(q.Cosine), .. q.Extra.Select(G)])));
         var table = new Table().AddColumns(["guesser", "epochs", "train loss", "test accuracy", "mean cosine (last epoch)", .. extraNames]);
         foreach (var g in points.GroupBy(q => q.Guesser))
@@ -280,10 +278,6 @@ internal static class StudyCommands
         }
         context.Console.Write(table);
     }
-
-    private static Series[] Curves(List<CurvePoint> points, Func<CurvePoint, double> y, bool skipInitial = false) =>
-        [.. points.GroupBy(q => q.Guesser).Select(g => new Series(Label(g.Key),
-            [.. g.Where(q => !skipInitial || q.Epoch > 0).Select(q => (double)q.Epoch)], [.. g.Where(q => !skipInitial || q.Epoch > 0).Select(y)]))];
 
     private static (Command, string) BiasVariance(CliContext context)
     {
@@ -309,10 +303,7 @@ internal static class StudyCommands
             var points = RunCurves(context, s, guessers);
             var folder = p.GetValue(common.Out)!;
             WriteCurves(context, folder, "bias-variance", s.Description, points, []);
-            Chart(context, folder, "bias-variance", new LineChart("Bias against variance: training loss", "epoch", "training loss",
-                Curves(points, q => q.TrainLoss), LogY: true) { Legend = LegendCorner.LowerLeft });
-            Chart(context, folder, "bias-variance-cosine", new LineChart("Bias against variance: mean cosine per epoch", "epoch", "cosine to the true gradient",
-                Curves(points, q => q.Cosine, skipInitial: true)));
+            Charts(context, folder, "bias-variance");
             Done(context, watch);
             return Cli.Success;
         });
@@ -353,11 +344,7 @@ internal static class StudyCommands
             var points = RunCurves(context, s, guessers, ps => [TrainingCurves.FirstLayerEffectiveRank(ps)]);
             var folder = p.GetValue(common.Out)!;
             WriteCurves(context, folder, "sharpening", s.Description, points, ["first_layer_effective_rank"]);
-            Chart(context, folder, "sharpening-cosine", new LineChart("Self-sharpening: mean cosine to the true gradient", "epoch", "cosine to the true gradient",
-                Curves(points.Where(q => q.Guesser != "backprop").ToList(), q => q.Cosine, skipInitial: true)));
-            Chart(context, folder, "sharpening-rank", new LineChart("Self-sharpening: effective rank of the first layer's weight", "epoch", "effective rank (Roy & Vetterli)",
-                Curves(points, q => q.Extra[0])) { Legend = LegendCorner.LowerLeft });
-            Chart(context, folder, "sharpening-accuracy", new LineChart("Self-sharpening: test accuracy", "epoch", "test accuracy", Curves(points, q => q.TestAccuracy)) { Legend = LegendCorner.LowerRight });
+            Charts(context, folder, "sharpening");
             Done(context, watch);
             return Cli.Success;
         });
@@ -393,9 +380,7 @@ internal static class StudyCommands
             var points = RunCurves(context, s, guessers);
             var folder = p.GetValue(common.Out)!;
             WriteCurves(context, folder, "downstream", s.Description, points, []);
-            Chart(context, folder, "downstream-accuracy", new LineChart("k-layer downstream: test accuracy", "epoch", "test accuracy", Curves(points, q => q.TestAccuracy)) { Legend = LegendCorner.LowerRight });
-            Chart(context, folder, "downstream-cosine", new LineChart("k-layer downstream: mean cosine to the true gradient", "epoch", "cosine to the true gradient",
-                Curves(points, q => q.Cosine, skipInitial: true)) { Legend = LegendCorner.LowerRight });
+            Charts(context, folder, "downstream");
             Done(context, watch);
             return Cli.Success;
         });
@@ -436,11 +421,7 @@ internal static class StudyCommands
             Csv(folder, "spectra", "site,kind,k,value", spectra.SelectMany(s =>
                 s.JacobianSingularValues.Select((v, k) => $"{Quote(s.Site)},jacobian_singular_value,{k + 1},{G(v)}")
                     .Concat(s.ExplainedVariance.Select((v, k) => $"{Quote(s.Site)},explained_variance,{k + 1},{G(v)}"))));
-            Chart(context, folder, "spectra-jacobian", new LineChart("Singular values of the Jacobian to the next site", "k", "σ_k / σ_1",
-                [.. spectra.Where(s => s.JacobianSingularValues.Length > 0).Select(s => new Series(s.Site,
-                    [.. s.JacobianSingularValues.Select((_, k) => (double)(k + 1))], s.JacobianSingularValues))], LogY: true));
-            Chart(context, folder, "spectra-activations", new LineChart($"Explained variance of the site outputs ({count} examples)", "principal components k",
-                "fraction of variance explained", [.. spectra.Select(s => new Series(s.Site, [.. s.ExplainedVariance.Select((_, k) => (double)(k + 1))], s.ExplainedVariance))], LogX: true) { Legend = LegendCorner.LowerRight });
+            Charts(context, folder, "spectra");
             Done(context, watch);
             return Cli.Success;
         });
@@ -460,19 +441,17 @@ internal static class StudyCommands
     private static string G(double v) => v.ToString("G6", CultureInfo.InvariantCulture);
     private static string Quote(string s) => $"\"{s.Replace("\"", "\"\"", StringComparison.Ordinal)}\"";
 
-    /// <summary>Legend text: W^T instead of Wᵀ (the superscript T is missing from common chart fonts).</summary>
-    private static string Label(string name) => name.Replace("Wᵀ", "W^T", StringComparison.Ordinal);
 
     private static void Csv(string folder, string name, string header, IEnumerable<string> rows)
     {
         AtomicFile.WriteAllLines(Path.Combine(folder, name + ".csv"), rows.Prepend(header));
     }
 
-    private static void Chart(CliContext context, string folder, string name, LineChart chart)
+    /// <summary>The study's charts, drawn from the CSV just written by the code `forwardad plot` runs on it (the same figures).</summary>
+    private static void Charts(CliContext context, string folder, string name)
     {
-        chart = chart with { Title = Label(chart.Title), YLabel = Label(chart.YLabel) };
-        var (png, svg) = ChartFile.SaveBoth(chart, Path.Combine(folder, name));
-        context.Console.MarkupLineInterpolated($"chart {png} and {svg}");
+        foreach (var (png, svg) in MetricsPlots.DrawAll(Path.Combine(folder, name + ".csv")).Files)
+            context.Console.MarkupLineInterpolated($"chart {png} and {svg}");
     }
 
     private static void Done(CliContext context, Stopwatch watch) =>

@@ -590,10 +590,11 @@ public sealed class CliTests : IDisposable
 
     // ---- the main job and plots (issue 15) ------------------------------------------------------
 
-    /// <summary>STEM.png and STEM.svg exist and are images of <paramref name="columns"/> × <paramref name="rows"/> panels.</summary>
-    private static void AssertFigure(string stem, int columns, int rows)
+    /// <summary>STEM.png and STEM.svg exist and are images of <paramref name="columns"/> × <paramref name="rows"/> panels
+    /// under the band of the title that names the run.</summary>
+    internal static void AssertFigure(string stem, int columns, int rows)
     {
-        var (width, height) = (columns * MetricsPlots.PanelWidth, rows * MetricsPlots.PanelHeight);
+        var (width, height) = (columns * MetricsPlots.PanelWidth, rows * MetricsPlots.PanelHeight + Plots.Figure.TitleHeight);
         Assert.Equal((width, height), PlotTests.PngSize(stem + ".png"));
         Assert.Equal(((double)width, (double)height), PlotTests.SvgSize(stem + ".svg"));
     }
@@ -661,7 +662,7 @@ public sealed class CliTests : IDisposable
         File.WriteAllText(PathOf("foreign.csv"), "a,b\n1,2\n");
         var error = Fails(1, "plot", PathOf("foreign.csv"));
         Assert.Contains("foreign.csv, line 1", error);
-        Assert.Contains("train, lm, cosine, grape-toy or compare", error);
+        Assert.Contains("train, lm, cosine, grape-toy, compare, study saturation, study bias-variance, study sharpening, study downstream, study spectra, mixer-table, sweep or sweep summary", error);
         Assert.False(File.Exists(PathOf("foreign.png")));
         File.WriteAllText(PathOf("ragged.csv"), "rule,start,seed,step,mean_row_cosine\n\"a, b\",0,1,0\n");
         Assert.Contains("ragged.csv, line 2: 4 fields", Fails(1, "plot", PathOf("ragged.csv")));

@@ -93,6 +93,8 @@ public sealed class StudyTests : IDisposable
     private (int Code, string Out, string Err) Study(params string[] args) =>
         CliTests.Run(["study", .. args, "--out", _folder]);
 
+    /// <summary>The CSV's header and rows, each chart as a figure of one panel under the title naming the run, and `forwardad
+    /// plot` on the CSV recognising the study and drawing the same charts again (the same file names after its --out stem).</summary>
     private void AssertCsvAndCharts(string csv, string header, params string[] charts)
     {
         var lines = File.ReadAllLines(Path.Combine(_folder, csv + ".csv"));
@@ -101,8 +103,18 @@ public sealed class StudyTests : IDisposable
         Assert.All(lines.Skip(1), l => Assert.Equal(header.Count(c => c == ','), l.Count(c => c == ',') - l.Split('"').Where((_, i) => i % 2 == 1).Sum(q => q.Count(c => c == ','))));
         foreach (var chart in charts)
         {
-            Assert.Equal((Plots.ChartFile.DefaultWidth, Plots.ChartFile.DefaultHeight), PlotTests.PngSize(Path.Combine(_folder, chart + ".png")));
-            Assert.Equal(((double)Plots.ChartFile.DefaultWidth, (double)Plots.ChartFile.DefaultHeight), PlotTests.SvgSize(Path.Combine(_folder, chart + ".svg")));
+            CliTests.AssertFigure(Path.Combine(_folder, chart), columns: 1, rows: 1);
+            Assert.Contains($"study {csv}: {Path.GetFileName(_folder)}/{csv}", File.ReadAllText(Path.Combine(_folder, chart + ".svg"))); // the title names the run
+        }
+        var redrawn = Path.Combine(_folder, "redrawn", csv);
+        var (code, output, error) = CliTests.Run("plot", Path.Combine(_folder, csv + ".csv"), "--out", redrawn);
+        Assert.True(code == 0, error);
+        Assert.Contains($"study {csv} metrics", output);
+        foreach (var chart in charts)
+        {
+            var stem = redrawn + chart[csv.Length..]; // saturation → STEM, sharpening-rank → STEM-rank
+            CliTests.AssertFigure(stem, columns: 1, rows: 1);
+            Assert.Equal(File.ReadAllBytes(Path.Combine(_folder, chart + ".png")), File.ReadAllBytes(stem + ".png")); // the same figure
         }
     }
 
@@ -118,7 +130,7 @@ public sealed class StudyTests : IDisposable
     [Fact]
     public void Training_studies_write_csv_and_charts()
     {
-        const string header = "guesser,epoch,train_loss,train_accuracy,test_loss,test_accuracy,cosine";
+        const string header = "study,guesser,epoch,train_loss,train_accuracy,test_loss,test_accuracy,cosine";
         var (code, _, error) = Study("bias-variance", "--hidden", "8", "--epochs", "1", "--batch-size", "128");
         Assert.True(code == 0, error);
         AssertCsvAndCharts("bias-variance", header, "bias-variance", "bias-variance-cosine");
@@ -128,7 +140,7 @@ public sealed class StudyTests : IDisposable
         (code, _, error) = Study("downstream", "--layers", "3", "--width", "8", "--epochs", "1", "--batch-size", "128");
         Assert.True(code == 0, error);
         AssertCsvAndCharts("downstream", header, "downstream-accuracy", "downstream-cosine");
-        Assert.Equal(3, File.ReadAllLines(Path.Combine(_folder, "downstream.csv")).Skip(1).Select(l => l.Split(',')[0]).Distinct().Count());
+        Assert.Equal(3, File.ReadAllLines(Path.Combine(_folder, "downstream.csv")).Skip(1).Select(l => l.Split(',')[1]).Distinct().Count());
     }
 
     [Fact]
