@@ -38,11 +38,18 @@ internal static class MetricsPlots
 
     private static IReadOnlyList<(string, Figure)> One(Figure figure) => [("", figure)];
 
-    private static Kind Study(string name, Func<CsvTable, IReadOnlyList<(string, Figure)>> draw) =>
+    /// <summary>A training-curve study: its name in the study column; or, in a file written before that column, what only
+    /// its rows hold (<paramref name="earlier"/>).</summary>
+    private static Kind Study(string name, Func<CsvTable, IReadOnlyList<(string, Figure)>> draw, Func<CsvTable, bool> earlier) =>
         new($"study {name}", StudyCurvesHeader, draw)
         {
-            Matches = t => (t.HeaderLine + ",").StartsWith(StudyCurvesHeader + ",", StringComparison.Ordinal) && t.Rows.Count > 0 && t.Rows[0][0] == name,
+            Matches = t => t.Rows.Count > 0 && ((t.HeaderLine + ",").StartsWith(StudyCurvesHeader + ",", StringComparison.Ordinal)
+                ? t.Rows[0][0] == name
+                : (t.HeaderLine + ",").StartsWith(StudyCurvesHeader["study,".Length..] + ",", StringComparison.Ordinal) && earlier(t)),
         };
+
+    /// <summary>Whether a guesser of <paramref name="t"/> has a name containing <paramref name="text"/>.</summary>
+    private static bool AnyGuesser(CsvTable t, string text) => t.Groups("guesser").Any(g => g.Key.Contains(text, StringComparison.Ordinal));
 
     public static readonly Kind[] Kinds =
     [
@@ -52,9 +59,9 @@ internal static class MetricsPlots
         new("grape-toy", "rule,start,seed,step,mean_row_cosine", t => One(GrapeToy(t))),
         new("compare", CompareCommand.Header, t => One(Compare(t))),
         new("study saturation", "guesser,guesses,cosine", t => One(Saturation(t))),
-        Study("bias-variance", BiasVariance),
-        Study("sharpening", Sharpening),
-        Study("downstream", Downstream),
+        Study("bias-variance", BiasVariance, t => AnyGuesser(t, "cosine-matched")),
+        Study("sharpening", Sharpening, t => t.Header.Contains("first_layer_effective_rank")),
+        Study("downstream", Downstream, t => AnyGuesser(t, "-layer downstream")),
         new("study spectra", "site,kind,k,value", Spectra),
         new("mixer-table", MixerTableHeader, t => One(MixerTable(t))),
         // sweep's files have the grid's axes first: recognised by the columns after them, drawn from the runs' own CSVs.

@@ -29,7 +29,8 @@ internal static class MixerTableCommand
 
         Trains the LocalMixer --mixer once per column, augmentation mode and seed, with Adam, and writes the test
         accuracies and wall times as PREFIX.csv (one row per run) and PREFIX.md (mean ± sample standard deviation
-        over the seeds, and what each column is). By default the model is Ren et al.'s construction, as their
+        over the seeds, and what each column is), drawn as PREFIX.png and PREFIX.svg (test accuracy and cosine per
+        column, as `forwardad plot PREFIX.csv` draws it). By default the model is Ren et al.'s construction, as their
         released code builds it: a patch block (patch-linear, then group-wise linear), mixer blocks, one head per
         block over the concatenated groups; --variant blocks builds this library's first construction instead.
         The defaults (Fashion-MNIST, {DefaultMixer}, 2 epochs, batch 64, one seed) take about 2–4 minutes per run on
@@ -75,7 +76,7 @@ internal static class MixerTableCommand
           --seeds N                 seeds S, S+1, …, S+N−1: N runs per cell (default 1)
           --cosine-every N          measure cos(estimate, backprop gradient of the training objective) every N steps
                                     (default 50; 0 = never)
-          --out PREFIX              output files PREFIX.csv and PREFIX.md (default runs/mixer-table)
+          --out PREFIX              output files PREFIX.csv, .md, .png and .svg (default runs/mixer-table)
           --quiet                   no per-run lines
         {DeviceOptions.Help}
         LocalMixer grammar

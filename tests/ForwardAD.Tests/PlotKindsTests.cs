@@ -169,4 +169,26 @@ public sealed class PlotKindsTests : IDisposable
             Assert.All(XTicks(stem + ".svg"), t => Assert.DoesNotContain(".", t));
         }
     }
+
+    /// <summary>The training-curve studies' CSVs written before their study column (as in docs/studies) still draw, each as
+    /// its study, told apart by what only its rows hold.</summary>
+    [Fact]
+    public void Study_csvs_without_the_study_column_still_draw_as_their_study()
+    {
+        const string header = "guesser,epoch,train_loss,train_accuracy,test_loss,test_accuracy,cosine";
+        string Rows(string guesser) => $"\"{guesser}\",0,2,0.1,2,0.1,NaN\n\"{guesser}\",1,1,0.5,1,0.5,0.3\n";
+        foreach (var (study, content) in new[]
+        {
+            ("bias-variance", header + "\n" + Rows("directional descent") + Rows("cosine-matched to Wᵀ (per-layer)")),
+            ("downstream", header + "\n" + Rows("activation perturbation (per-layer)") + Rows("1-layer downstream (per-layer)")),
+            ("sharpening", header + ",first_layer_effective_rank\n" + string.Join('\n', Rows("backprop").Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l + ",5")) + "\n"),
+        })
+        {
+            var csv = PathOf($"earlier-{study}.csv");
+            File.WriteAllText(csv, content);
+            var (code, output, error) = CliTests.Run("plot", csv);
+            Assert.True(code == 0, error);
+            Assert.Contains($"study {study} metrics", output);
+        }
+    }
 }
