@@ -110,7 +110,7 @@ internal static class MetricsPlots
     /// <summary>The figure's title: which run it shows. The kind and the CSV's file name (the default names of train and lm
     /// hold the guesser, the seed and the configuration hash; compare's and the studies' files are named after the command,
     /// so their folder, the --out of the run, comes first; so do sweep's), then what the file says of the run: the configuration hash
-    /// of train and lm (when the name lacks it), the methods of compare, the variant and epochs of mixer-table.</summary>
+    /// of train and lm (when the name lacks it), the variant, epochs and seeds of mixer-table (compare's methods are its legend).</summary>
     private static string Title(CsvTable t, Kind kind)
     {
         var name = System.IO.Path.GetFileNameWithoutExtension(t.Path);
@@ -124,7 +124,6 @@ internal static class MetricsPlots
             if (run.Length > 0 && !name.Contains(run, StringComparison.Ordinal)) details.Add($"configuration {run}");
         }
         string? Distinct(string column) => t.Header.Contains(column) ? string.Join(", ", t.Groups(column).Select(g => Label(g.Key))) : null;
-        if (kind.Name == "compare" && Distinct("method") is { } methods) details.Add(methods);
         if (kind.Name == "mixer-table")
         {
             details.Add($"variant {Distinct("variant")}");

@@ -12,7 +12,7 @@ internal static class PlotCommand
 
         The kind of file is recognised by its header: {Opt.List([.. MetricsPlots.Kinds.Select(k => k.Name)])}
         (the CSVs of the commands of these names). The figures are those the command itself writes, titled
-        with the run: the file's name and what the file says of the run (configuration, methods, seeds).
+        with the run: the file's name and what the file says of the run (configuration, variant, seeds).
 
           FILE.csv                  the metrics CSV
           --out STEM                write STEM.png and STEM.svg (default: FILE's path without .csv); a study
