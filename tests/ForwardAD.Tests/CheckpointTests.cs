@@ -56,16 +56,6 @@ public sealed class CheckpointTests : IDisposable
         Assert.Equal(straight.Step, resumed.Step);
     }
 
-    /// <summary>Stops a run by cancelling its token once <paramref name="after"/> steps of a call have completed, as a
-    /// Ctrl-C between steps would.</summary>
-    private sealed class CancelAfter(CancellationTokenSource source, int after) : IProgress<TrainingProgress>
-    {
-        private int _steps;
-        public void Report(TrainingProgress value)
-        {
-            if (value.Completed is null && ++_steps == after) source.Cancel();
-        }
-    }
 
     /// <summary>A run cancelled within its second epoch stops at a step boundary, and the checkpoint written then resumes to
     /// the uninterrupted run: parameters bit for bit, and the interrupted epoch's report (its cosines measured before and

@@ -195,14 +195,6 @@ public class LanguageModelTests
         Assert.Equal(expected.ExchangedBytesPerStep, actual.ExchangedBytesPerStep);
     }
 
-    private sealed class CancelAfter(CancellationTokenSource source, int after) : IProgress<TrainingProgress>
-    {
-        private int _steps;
-        public void Report(TrainingProgress value)
-        {
-            if (value.Completed is null && ++_steps == after) source.Cancel();
-        }
-    }
 
     /// <summary>12 steps straight (reports at 6 and 12) equal 6 steps, a checkpoint, a fresh trainer resumed from it and 6
     /// more; and equal a run cancelled 3 steps into its second stretch, checkpointed there and resumed: the parameters bit
