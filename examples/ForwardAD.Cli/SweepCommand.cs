@@ -200,7 +200,8 @@ internal static class SweepCommand
         context.Output.Write(markdown);
         context.Output.WriteLine();
         string plot = "";
-        var figure = summary.Figure();
+        // Titled as `forwardad plot summary.csv` titles its redraw: the kind and the sweep's folder.
+        var figure = summary.Figure() is { } drawn ? drawn with { Title = $"sweep summary: {Path.GetFileName(Path.GetFullPath(output).TrimEnd('/'))}/summary" } : null;
         if (figure is null)
         {
             // No run succeeded: nothing to draw, and an earlier sweep's figure must not pass for this one's.
