@@ -77,7 +77,7 @@ internal static class MixerTableCommand
           --cosine-every N          measure cos(estimate, backprop gradient of the training objective) every N steps
                                     (default 50; 0 = never)
           --out PREFIX              output files PREFIX.csv, .md, .png and .svg (default runs/mixer-table)
-          --quiet                   no per-run lines
+          --quiet                   no per-epoch lines (each says the epochs done of all and the time left)
         {DeviceOptions.Help}
         LocalMixer grammar
         {string.Join('\n', LocalMixerSpec.Grammar.Split('\n').Select(l => "  " + l.TrimEnd('\r')))}
@@ -236,6 +236,10 @@ internal static class MixerTableCommand
         console.MarkupLineInterpolated($"[bold]ForwardAD[/] mixer-table: {train.Name} ({train.Count} train / {test.Count} test), {ModelOptions.Describe(spec)} ({model.ParameterCount:N0} parameters), Adam {p.GetValue(o.Lr)}, {epochs} epoch(s), batch {batch}, seeds {string.Join(",", seeds)}, {backend.Name}");
 
         var rows = new List<(ulong Seed, string Mode, string Method, EpochReport Last, TimeSpan Wall)>();
+        // Time left: the epochs still to train at the mean time per epoch so far (the columns differ in cost, so it settles
+        // once each column has run once).
+        int totalEpochs = seeds.Length * modes.Length * methods.Length * epochs, epochsDone = 0;
+        var total = System.Diagnostics.Stopwatch.StartNew();
         foreach (var seed in seeds)
             foreach (var mode in modes)
                 foreach (var method in methods)
@@ -250,9 +254,11 @@ internal static class MixerTableCommand
                     for (int e = 0; e < epochs; e++)
                     {
                         last = trainer.RunEpoch(e);
+                        epochsDone++;
+                        string left = epochsDone < totalEpochs ? $"; about {SweepCommand.Duration(total.Elapsed / epochsDone * (totalEpochs - epochsDone))} left" : "";
                         if (!p.GetValue(o.Quiet))
                             context.Output.WriteLine($"seed {seed}, augment {mode}, {method}: epoch {e + 1}/{epochs} train acc {Format(last.TrainAccuracy, "P2")}, test acc {Format(last.TestAccuracy, "P2")}, " +
-                                $"cos {Format(last.GlobalCosine, "F3")}, {Format(last.WallTime.TotalSeconds, "F1")} s training");
+                                $"cos {Format(last.GlobalCosine, "F3")}, {Format(last.WallTime.TotalSeconds, "F1")} s training [{epochsDone}/{totalEpochs} epochs{left}]");
                     }
                     rows.Add((seed, mode, method, last, watch.Elapsed));
                 }
@@ -260,7 +266,7 @@ internal static class MixerTableCommand
         var csv = new StringBuilder(MetricsPlots.MixerTableHeader + "\n");
         foreach (var (seed, mode, method, r, wall) in rows)
             csv.Append(CultureInfo.InvariantCulture, $"{variantName},{mode},{method},{seed},{epochs},{r.TrainLoss:R},{r.TrainAccuracy:R},{r.TestLoss:R},{r.TestAccuracy:R},{(double.IsNaN(r.GlobalCosine) ? "" : r.GlobalCosine.ToString("R", CultureInfo.InvariantCulture))},{wall.TotalSeconds:F1}\n");
-        File.WriteAllText(prefix + ".csv", csv.ToString());
+        AtomicFile.WriteAllLines(prefix + ".csv", [csv.ToString().TrimEnd('\n')]);
         var md = new StringBuilder();
         md.Append(CultureInfo.InvariantCulture, $"Test accuracy (%), {train.Name}, LocalMixer {spec} ({(spec.Variant == LocalMixerVariant.Ren ? "Ren et al.'s construction" : "blocks construction")}), ")
           .Append(CultureInfo.InvariantCulture, $"Adam {p.GetValue(o.Lr)}, {epochs} epoch(s), batch {batch}, ")
@@ -273,7 +279,7 @@ internal static class MixerTableCommand
         md.Append('\n');
         foreach (var method in methods) md.Append(CultureInfo.InvariantCulture, $"- {Header(method)}: {Legend(method, spec.Variant)}.\n");
         md.Append(CultureInfo.InvariantCulture, $"\nWall time per run (s, mean over seeds): {string.Join(", ", modes.SelectMany(mode => methods.Select(m => $"{mode}/{m} {rows.Where(r => r.Mode == mode && r.Method == m).Average(r => r.Wall.TotalSeconds):F0}")))}; total {rows.Sum(r => r.Wall.TotalSeconds):F0} s.\n");
-        File.WriteAllText(prefix + ".md", md.ToString());
+        AtomicFile.WriteAllLines(prefix + ".md", [md.ToString().TrimEnd('\n')]);
         context.Output.Write(md.ToString());
         // The figure from the CSV just written, by the code `forwardad plot` runs on it.
         var (png, svg, _) = MetricsPlots.Draw(prefix + ".csv");

@@ -157,9 +157,12 @@ public sealed class AugmentationTests : IDisposable
         Assert.Contains("exact local gradients", md);
 
         var (blocks, blocksOutput, blocksError) = CliTests.Run("mixer-table", "--data", "digits", "--mixer", "p2-d8-b1-g2", "--variant", "blocks", "--methods", "ap",
-            "--augment-modes", "off", "--epochs", "1", "--batch-size", "32", "--train-examples", "128", "--out", prefix, "--quiet");
+            "--augment-modes", "off", "--epochs", "2", "--batch-size", "32", "--train-examples", "128", "--out", prefix);
         Assert.True(blocks == 0, blocksError + blocksOutput);
-        Assert.StartsWith("blocks,off,ap,1,1,", File.ReadAllLines(prefix + ".csv")[1]);
+        // Without --quiet each epoch's line counts the epochs done of all and estimates the time left, until the last.
+        Assert.Contains("[1/2 epochs; about ", blocksOutput);
+        Assert.Contains("[2/2 epochs]", blocksOutput);
+        Assert.StartsWith("blocks,off,ap,1,2,", File.ReadAllLines(prefix + ".csv")[1]);
         Assert.Contains("p2-d8-b1-g2-blocks (blocks construction)", File.ReadAllText(prefix + ".md"));
 
         var (bad, _, message) = CliTests.Run("mixer-table", "--data", "digits", "--mixer", "p3-d8-b1-g2", "--out", prefix);
