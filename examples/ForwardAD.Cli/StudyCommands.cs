@@ -255,14 +255,26 @@ internal static class StudyCommands
         return new CurveSetup(model, train, test, rule, options, $"{configuration["model"]}, {ruleText}, batch {batch}, {p.GetValue(training.Mode)}", epochs);
     }
 
-    private static List<CurvePoint> RunCurves(CliContext context, CurveSetup s, IReadOnlyList<Guesser> guessers, Func<ParameterStore, double[]>? extra = null) =>
-        TrainingCurves.Run(s.Model, guessers, s.Rule, s.Train, s.Test, s.Options, s.Epochs, extra,
+    /// <summary>Every guesser's curve, a line per epoch with the epochs done of all and the time left (the epochs to go at
+    /// the mean time per epoch so far; a diverged run's remaining epochs leave the count).</summary>
+    private static List<CurvePoint> RunCurves(CliContext context, CurveSetup s, IReadOnlyList<Guesser> guessers, Func<ParameterStore, double[]>? extra = null)
+    {
+        int total = guessers.Count * s.Epochs, done = 0, doneThisGuesser = 0;
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        return TrainingCurves.Run(s.Model, guessers, s.Rule, s.Train, s.Test, s.Options, s.Epochs, extra,
             progress: point =>
             {
-                if (point.Epoch == s.Epochs || point.Epoch == 0)
-                    context.Console.MarkupLineInterpolated($"  {point.Guesser}, epoch {point.Epoch}: test accuracy {point.TestAccuracy:P1}, cosine {point.Cosine:F3}");
+                if (point.Epoch == 0) doneThisGuesser = 0;
+                else (done, doneThisGuesser) = (done + 1, doneThisGuesser + 1);
+                string left = done > 0 && done < total ? $"; about {SweepCommand.Duration(watch.Elapsed / done * (total - done))} left" : "";
+                context.Console.MarkupLineInterpolated($"  {point.Guesser}, epoch {point.Epoch}: test accuracy {point.TestAccuracy:P1}, cosine {point.Cosine:F3} [[{done}/{total} epochs{left}]]");
             },
-            diverged: (name, e) => context.Console.MarkupLineInterpolated($"  [yellow]{name} diverged:[/] {e.Message}"));
+            diverged: (name, e) =>
+            {
+                total -= s.Epochs - doneThisGuesser;
+                context.Console.MarkupLineInterpolated($"  [yellow]{name} diverged:[/] {e.Message}");
+            });
+    }
 
     private static void WriteCurves(CliContext context, string folder, string name, string description, List<CurvePoint> points, string[] extraNames)
     {

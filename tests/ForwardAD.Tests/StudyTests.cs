@@ -137,8 +137,11 @@ public sealed class StudyTests : IDisposable
         (code, _, error) = Study("sharpening", "--hidden", "8", "--epochs", "1", "--batch-size", "128", "--powers", "0,1");
         Assert.True(code == 0, error);
         AssertCsvAndCharts("sharpening", header + ",first_layer_effective_rank", "sharpening-cosine", "sharpening-rank", "sharpening-accuracy");
-        (code, _, error) = Study("downstream", "--layers", "3", "--width", "8", "--epochs", "1", "--batch-size", "128");
+        (code, var output, error) = Study("downstream", "--layers", "3", "--width", "8", "--epochs", "2", "--batch-size", "128");
         Assert.True(code == 0, error);
+        // A line per epoch counting the epochs done of all (3 guessers × 2 epochs) with the time left, none after the last.
+        Assert.Contains("[1/6 epochs; about ", output);
+        Assert.Contains("[6/6 epochs]", output);
         AssertCsvAndCharts("downstream", header, "downstream-accuracy", "downstream-cosine");
         Assert.Equal(3, File.ReadAllLines(Path.Combine(_folder, "downstream.csv")).Skip(1).Select(l => l.Split(',')[1]).Distinct().Count());
     }
