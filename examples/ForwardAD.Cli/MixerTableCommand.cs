@@ -255,7 +255,7 @@ internal static class MixerTableCommand
                     {
                         last = trainer.RunEpoch(e);
                         epochsDone++;
-                        string left = epochsDone < totalEpochs ? $"; about {SweepCommand.Duration(total.Elapsed / epochsDone * (totalEpochs - epochsDone))} left" : "";
+                        string left = SweepCommand.TimeLeft(total.Elapsed, epochsDone, totalEpochs);
                         if (!p.GetValue(o.Quiet))
                             context.Output.WriteLine($"seed {seed}, augment {mode}, {method}: epoch {e + 1}/{epochs} train acc {Format(last.TrainAccuracy, "P2")}, test acc {Format(last.TestAccuracy, "P2")}, " +
                                 $"cos {Format(last.GlobalCosine, "F3")}, {Format(last.WallTime.TotalSeconds, "F1")} s training [{epochsDone}/{totalEpochs} epochs{left}]");

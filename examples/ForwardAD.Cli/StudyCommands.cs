@@ -266,7 +266,7 @@ internal static class StudyCommands
             {
                 if (point.Epoch == 0) doneThisGuesser = 0;
                 else (done, doneThisGuesser) = (done + 1, doneThisGuesser + 1);
-                string left = done > 0 && done < total ? $"; about {SweepCommand.Duration(watch.Elapsed / done * (total - done))} left" : "";
+                string left = SweepCommand.TimeLeft(watch.Elapsed, done, total);
                 context.Console.MarkupLineInterpolated($"  {point.Guesser}, epoch {point.Epoch}: test accuracy {point.TestAccuracy:P1}, cosine {point.Cosine:F3} [[{done}/{total} epochs{left}]]");
             },
             diverged: (name, e) =>

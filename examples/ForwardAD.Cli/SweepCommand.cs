@@ -184,7 +184,7 @@ internal static class SweepCommand
                 finished[run.Index] = record;
                 done++;
                 var elapsed = watch.Elapsed;
-                var left = done < pending.Count ? $"; about {Duration(elapsed / done * (pending.Count - done))} left" : "";
+                var left = TimeLeft(elapsed, done, pending.Count);
                 context.Output.WriteLine($"[{done}/{pending.Count}] {run.Label}: {Outcome(swept, output, run, record)} ({Duration(TimeSpan.FromSeconds(record.WallSeconds))}){left}");
             }
         });
@@ -200,19 +200,15 @@ internal static class SweepCommand
         context.Output.Write(markdown);
         context.Output.WriteLine();
         string plot = "";
-        // Titled as `forwardad plot summary.csv` titles its redraw: the kind and the sweep's folder.
-        var figure = summary.Figure() is { } drawn ? drawn with { Title = $"sweep summary: {Path.GetFileName(Path.GetFullPath(output).TrimEnd('/'))}/summary" } : null;
-        if (figure is null)
+        if (results.Any(r => r.Succeeded))
         {
-            // No run succeeded: nothing to draw, and an earlier sweep's figure must not pass for this one's.
-            foreach (var extension in new[] { ".png", ".svg" }) File.Delete(Path.Combine(output, "summary" + extension));
-        }
-        else
-        {
-            var (width, height) = figure.Size(MetricsPlots.PanelWidth + 140, MetricsPlots.PanelHeight);
-            Plots.ChartFile.SaveBoth(figure, Path.Combine(output, "summary"), width, height);
+            // Drawn from the files just written by the code `forwardad plot summary.csv` runs: one figure, one way to draw it.
+            MetricsPlots.Draw(Path.Combine(output, "summary.csv"));
             plot = ", summary.png, summary.svg";
         }
+        else
+            // No run succeeded: nothing to draw, and an earlier sweep's figure must not pass for this one's.
+            foreach (var extension in new[] { ".png", ".svg" }) File.Delete(Path.Combine(output, "summary" + extension));
         console.MarkupLineInterpolated($"written in {output}: sweep.csv, summary.csv, summary.md{plot} ({Duration(watch.Elapsed)})");
         int failed = results.Count(r => !r.Succeeded);
         if (failed > 0)
@@ -262,6 +258,11 @@ internal static class SweepCommand
             return "ok";
         }
     }
+
+    /// <summary>"; about D left" for <paramref name="done"/> of <paramref name="total"/> equal units of work taking
+    /// <paramref name="elapsed"/> so far (the units to go at the mean time per unit); empty before the first and after the last.</summary>
+    internal static string TimeLeft(TimeSpan elapsed, int done, int total) =>
+        done > 0 && done < total ? $"; about {Duration(elapsed / done * (total - done))} left" : "";
 
     /// <summary>"45 s", "3 min 20 s", "2 h 05 min".</summary>
     internal static string Duration(TimeSpan t) =>

@@ -1,7 +1,6 @@
 using System.Collections.Immutable;
 using System.Globalization;
 using System.Text;
-using ForwardAD.Plots;
 
 namespace ForwardAD.Cli;
 
@@ -249,46 +248,9 @@ internal sealed class SweepSummary
         return md.ToString();
     }
 
-    /// <summary>The figure: the test (and validation) headline metric per evaluation (accuracy per epoch of train, bits per
-    /// character per step of lm) of the selected configurations (every configuration when nothing is selected), the mean
-    /// over the seeds with a ±1 sample standard deviation band.</summary>
-    public Figure? Figure()
-    {
-        var shown = Configurations.Where(c => c.Succeeded.Any() && (c.Selected || SelectBy is null || Tuned.IsEmpty)).ToList();
-        if (shown.Count == 0) return null;
-        var panels = new List<LineChart> { Panel(Command.TestHeadline, shown) };
-        if (HasValidation) panels.Add(Panel(Command.ValidationHeadline, shown) with { Legend = LegendCorner.None });
-        return new Figure(panels, panels.Count);
-    }
-
-    private LineChart Panel(SweepMetric metric, List<SweepConfiguration> shown)
-    {
-        var series = new List<Series>();
-        // Accuracies in percent, as the tables print them.
-        double scale = metric.Percent ? 100 : 1;
-        foreach (var c in shown)
-        {
-            var curves = c.Succeeded.Select(r => r.Curves!).ToList();
-            int points = curves.Min(x => x.Points);
-            var progress = curves[0].Progress[..points];
-            var statistics = Enumerable.Range(0, points).Select(e => SampleStatistics.Of(curves.Select(x => x[metric][e]))).ToList();
-            series.Add(new Series($"{c.Label} (n={curves.Count})", progress, [.. statistics.Select(s => scale * s.Mean)])
-            {
-                Band = ([.. statistics.Select(s => scale * (s.Mean - s.StandardDeviation))], [.. statistics.Select(s => scale * (s.Mean + s.StandardDeviation))]),
-            });
-        }
-        var what = Selected(shown) ? $"selected on validation, mean ± sd over seeds" : "mean ± sd over seeds";
-        var title = metric.Description;
-        // The legend where the curves are not: below rising accuracies, above falling losses.
-        return new LineChart($"{title} ({what})", Command.Progress, metric.Percent ? $"{title} (%)" : title, series)
-            { Legend = metric.HigherIsBetter ? LegendCorner.LowerRight : LegendCorner.UpperRight, IntegerX = true };
-    }
-
     /// <summary>"test accuracy"; "test bits/char and test accuracy".</summary>
     private static string Both(IReadOnlyList<string> names) =>
         names.Count == 1 ? names[0] : $"{string.Join(", ", names.Take(names.Count - 1))} and {names[^1]}";
-
-    private bool Selected(List<SweepConfiguration> shown) => SelectBy is not null && !Tuned.IsEmpty && shown.All(c => c.Selected);
 
     private static string Seeds(IEnumerable<RunResult> runs) => string.Join(' ', runs.Select(r => r.Run.ValueOf(SeedAxis)).OfType<string>());
 

@@ -203,12 +203,7 @@ public sealed class Plan : IDisposable
         parameters.Backend.RequireMemory((planner.PlannedElements() + scratchElements + (options.Gradients ? parameters.All.Length : 0)) * sizeof(float),
             $"A plan for batch {batch} with K = {channels} tangent channels{(options.Gradients ? " and gradients" : "")}");
         var owned = new List<DeviceBuffer>();
-        DeviceBuffer Own(int length)
-        {
-            var buffer = parameters.Backend.Allocate(length);
-            owned.Add(buffer);
-            return buffer;
-        }
+        DeviceBuffer Own(int length) => Allocate(parameters.Backend, owned, length);
         long allocated = planner.Allocate(parameters.Backend, owned) + scratchElements;
         var scratch = scratchElements == 0 ? View.Empty : new View(Own((int)scratchElements), 0, (int)scratchElements);
 
@@ -308,8 +303,14 @@ public sealed class Plan : IDisposable
     private DeviceBuffer Own(int length)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var buffer = Backend.Allocate(length);
-        _owned.Add(buffer);
+        return Allocate(Backend, _owned, length);
+    }
+
+    /// <summary>A new buffer on <paramref name="backend"/>, recorded in <paramref name="owned"/> for <see cref="Dispose"/>.</summary>
+    private static DeviceBuffer Allocate(Backend backend, List<DeviceBuffer> owned, int length)
+    {
+        var buffer = backend.Allocate(length);
+        owned.Add(buffer);
         return buffer;
     }
 
