@@ -258,7 +258,7 @@ internal static class MixerTableCommand
                         string left = SweepCommand.TimeLeft(total.Elapsed, epochsDone, totalEpochs);
                         if (!p.GetValue(o.Quiet))
                             context.Output.WriteLine($"seed {seed}, augment {mode}, {method}: epoch {e + 1}/{epochs} train acc {Format(last.TrainAccuracy, "P2")}, test acc {Format(last.TestAccuracy, "P2")}, " +
-                                $"cos {Format(last.GlobalCosine, "F3")}, {Format(last.WallTime.TotalSeconds, "F1")} s training [{epochsDone}/{totalEpochs} epochs{left}]");
+                                $"cos global {Format(last.GlobalCosine, "F3")}{SiteCosines(parameters.Model, last)}, {Format(last.WallTime.TotalSeconds, "F1")} s training [{epochsDone}/{totalEpochs} epochs{left}]");
                     }
                     rows.Add((seed, mode, method, last, watch.Elapsed));
                 }
@@ -286,6 +286,12 @@ internal static class MixerTableCommand
         console.MarkupLineInterpolated($"written {prefix}.csv, {prefix}.md, {png} and {svg}");
         return Cli.Success;
     }
+
+    /// <summary>" (per site: block1.patch 0.412, …)" when the epoch measured cosines, named by the sites' layers; empty for
+    /// the exact columns, which measure none.</summary>
+    private static string SiteCosines(Model model, EpochReport report) =>
+        report.SiteCosines.All(double.IsNaN) ? ""
+            : $" (per site: {string.Join(", ", model.Sites.Zip(report.SiteCosines, (site, c) => $"{site.Node.Name} {Format(c, "F3")}"))})";
 
     /// <summary>One value with one decimal, or "mean ± sd" (sample standard deviation) over several seeds.</summary>
     private static string Cell(double[] values)

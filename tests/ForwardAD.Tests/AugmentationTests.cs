@@ -162,6 +162,9 @@ public sealed class AugmentationTests : IDisposable
         // Without --quiet each epoch's line counts the epochs done of all and estimates the time left, until the last.
         Assert.Contains("[1/2 epochs; about ", blocksOutput);
         Assert.Contains("[2/2 epochs]", blocksOutput);
+        // The cosine per site, named by its layer, beside the global one.
+        Assert.Contains("cos global ", blocksOutput);
+        Assert.Contains("(per site: patch ", blocksOutput);
         Assert.StartsWith("blocks,off,ap,1,2,", File.ReadAllLines(prefix + ".csv")[1]);
         Assert.Contains("p2-d8-b1-g2-blocks (blocks construction)", File.ReadAllText(prefix + ".md"));
 
