@@ -99,6 +99,10 @@ internal static class Cli
             output.WriteLine($"forwardad {Version}");
             return Success;
         }
+        // --config FILE: the file's command and options, then the command line's (which take precedence).
+        try { args = ReplayFile.Expand(args, error); }
+        catch (Exception e) when (e is UsageException) { return Fail(communicator.Rank == 0 ? error : TextWriter.Null, UsageError, e.Message); }
+        catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException) { return Fail(communicator.Rank == 0 ? error : TextWriter.Null, RuntimeError, e.Message); }
         args = args switch
         {
             [] => ["compare"],
@@ -132,6 +136,12 @@ internal static class Cli
                 foreach (var e in parse.Errors) usageError.WriteLine($"error: {e.Message}");
                 usageError.WriteLine($"See 'forwardad {commandName}--help'.");
                 return UsageError;
+            }
+            if (parse.Action is not HelpTextAction && context.WritesFiles && parse.CommandResult.Command.Options.FirstOrDefault(o => o.Name == "--save-config") is Option<string?> save
+                && parse.GetValue(save) is { } configFile)
+            {
+                if (Directory.Exists(configFile)) throw new IOException($"--save-config {configFile}: is a directory; give a file path.");
+                AtomicFile.WriteAllLines(configFile, [ReplayFile.Text(parse).TrimEnd('\n')]);
             }
             return parse.Invoke(new InvocationConfiguration { Output = output, Error = error, EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = null });
         }
@@ -180,36 +190,41 @@ internal static class Cli
     {
         var root = new RootCommand("forwardad: training and studying neural networks with forward-mode gradients.");
         root.Directives.Clear(); // no [diagram]/[suggest] tokens: an argument in brackets is just an argument
-        var help = new HelpTextAction(context.Output) { [root] = Usage };
         root.SetAction(_ => { context.Output.WriteLine(Usage); return Success; });
-        foreach (var (command, text) in new (Command, string)[] { (CompareCommand.Create(context), CompareCommand.Help), (TrainCommand.Create(context), TrainCommand.Help), (SweepCommand.Create(context), SweepCommand.Help), (CosineCommand.Create(context), CosineCommand.Help), (GrapeToyCommand.Create(context), GrapeToyCommand.Help),
-            (LanguageModelCommands.CreateLm(context), LanguageModelCommands.LmHelp), (LanguageModelCommands.CreateSample(context), LanguageModelCommands.SampleHelp),
-            (PlotCommand.Create(context), PlotCommand.Help), (MixerTableCommand.Create(context), MixerTableCommand.Help) })
+        foreach (var command in new DocumentedCommand[] { CompareCommand.Create(context), TrainCommand.Create(context), SweepCommand.Create(context),
+            CosineCommand.Create(context), GrapeToyCommand.Create(context), LanguageModelCommands.CreateLm(context), LanguageModelCommands.CreateSample(context),
+            PlotCommand.Create(context), StudyCommands.Create(context), MixerTableCommand.Create(context) })
         {
             root.Add(command);
-            help[command] = text;
+            // Every command that runs something can save its configuration and replay one; sweep's --config is its grid
+            // file, which already replays a whole sweep.
+            foreach (var runs in (DocumentedCommand[])[command, .. command.Subcommands.OfType<DocumentedCommand>()])
+                if (runs.Name != "sweep" && runs.Subcommands.Count == 0)
+                    runs.Section("Configuration", [ReplayFile.ConfigOption(), ReplayFile.SaveConfigOption()]);
         }
-        var studyHelps = new Dictionary<Command, string>();
-        var study = StudyCommands.Create(context, studyHelps);
-        root.Add(study);
-        help[study] = StudyCommands.Help;
-        foreach (var (command, text) in studyHelps) help[command] = text;
+        var help = new HelpTextAction(context.Output);
         foreach (var option in root.Options.OfType<HelpOption>()) option.Action = help;
         return root;
     }
 
-    /// <summary>Prints the hand-written help of the command being parsed: grouped, with defaults and the why.</summary>
+    /// <summary>Every command of the tool, for the tests that check each one's help (the context is only captured).</summary>
+    internal static IEnumerable<DocumentedCommand> Commands(CliContext context)
+    {
+        foreach (var command in Build(context).Subcommands.OfType<DocumentedCommand>())
+        {
+            yield return command;
+            foreach (var sub in command.Subcommands.OfType<DocumentedCommand>()) yield return sub;
+        }
+    }
+
+    /// <summary>Prints the help of the command being parsed, generated from its options (<see cref="DocumentedCommand.Help"/>).</summary>
     private sealed class HelpTextAction(TextWriter output) : SynchronousCommandLineAction
     {
-        private readonly Dictionary<Command, string> _texts = [];
-
-        public string this[Command command] { set => _texts[command] = value; }
-
         public override bool ClearsParseErrors => true;
 
         public override int Invoke(ParseResult parseResult)
         {
-            output.WriteLine(_texts.GetValueOrDefault(parseResult.CommandResult.Command, Usage));
+            output.WriteLine(parseResult.CommandResult.Command is DocumentedCommand command ? command.Help() : Usage);
             return Success;
         }
     }

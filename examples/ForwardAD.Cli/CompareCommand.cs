@@ -23,61 +23,40 @@ internal static class CompareCommand
 
     private const int DefaultEpochs = 50, DefaultBatch = 32;
 
-    public static readonly string Help = $"""
-        forwardad compare [options]    Backprop against forward gradients, side by side (what `forwardad` alone runs).
-
-        Trains the same model from the same initial weights, with the same optimizer (AdamW), seed and batches, with
-        backprop, activation perturbation, Wᵀ, DFA and GrAPE, taking turns epoch by epoch; prints one table (test accuracy,
-        mean cosine of the update to the backprop gradient, time per step) and writes the curves per epoch as a CSV
-        and a figure (test accuracy and cosine per epoch, PNG and SVG) into a folder. With no options: the 3×128 MLP
-        on the embedded digits, {DefaultEpochs} epochs, batch {DefaultBatch}, about a minute on 2 cores.
-
-        The cosine is measured at every step against a backprop pass on the same batch (not counted in the time per
-        step, which is the method's own: batch, estimate, update; the median over the epochs).
-
-        {DataOptions.Help}
-        {ModelOptions.Help}
-        Methods
-          --mode joint|per-layer    tangent channels of activation perturbation, Wᵀ and GrAPE (default per-layer,
-                                    the better one on digits for activation guesses)
-          --guesses G               guesses averaged per step by activation perturbation and Wᵀ (default 1)
-          --feedback-init, --grape-rule, --grape-lr, --grape-decay, --grape-noise, --grape-renormalize,
-          --grape-average, --grape-placement   DFA's and GrAPE's options, as in `forwardad train --help`
-        Training
-          --epochs N                (default {DefaultEpochs})
-          --batch-size B            (default {DefaultBatch})
-          --lr RATE                 AdamW's learning rate (default 0.001)
-          --weight-decay L          AdamW's decoupled weight decay (default 0.01)
-          --seed S                  seed of initialisation, split, shuffling and every guess (default 1)
-        Output
-          --out DIR                 folder of compare.csv, compare.png and compare.svg (default runs/compare)
-          --no-plot                 write the CSV only
-          --quiet                   no progress, only the table
-        """;
-
     private sealed class Options
     {
         public readonly DataOptions Data = new();
         public readonly ModelOptions Model = new();
         public readonly GuesserOptions Guesser = new(defaultMode: "per-layer");
-        public readonly Option<int> Epochs = Opt.Int("epochs", DefaultEpochs, min: 1, max: 1_000_000);
-        public readonly Option<int> BatchSize = Opt.Int("batch-size", DefaultBatch, min: 1);
-        public readonly Option<float> Lr = Opt.Float("lr", 1e-3f, v => v > 0, "a number > 0 (a negative rate would climb the loss)");
-        public readonly Option<float> WeightDecay = Opt.Float("weight-decay", 0.01f, v => v >= 0, "a number ≥ 0");
-        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0);
-        public readonly Option<string> Out = Opt.String("out", Path.Combine("runs", "compare"));
-        public readonly Option<bool> NoPlot = Opt.Flag("no-plot");
-        public readonly Option<bool> Quiet = Opt.Flag("quiet");
+        public readonly Option<int> Epochs = Opt.Int("epochs", DefaultEpochs, min: 1, max: 1_000_000).Describe("N", "passes over the training set");
+        public readonly Option<int> BatchSize = Opt.Int("batch-size", DefaultBatch, min: 1).Describe("B", "examples per step");
+        public readonly Option<float> Lr = Opt.Float("lr", 1e-3f, v => v > 0, "a number > 0 (a negative rate would climb the loss)").Describe("RATE", "AdamW's learning rate");
+        public readonly Option<float> WeightDecay = Opt.Float("weight-decay", 0.01f, v => v >= 0, "a number ≥ 0").Describe("L", "AdamW's decoupled weight decay");
+        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0).Describe("S", "seed of initialisation, split, shuffling and every guess");
+        public readonly Option<string> Out = Opt.String("out", Path.Combine("runs", "compare")).Describe("DIR", "folder of compare.csv, compare.png and compare.svg");
+        public readonly Option<bool> NoPlot = Opt.Flag("no-plot").Describe("", "write the CSV only");
+        public readonly Option<bool> Quiet = Opt.Flag("quiet").Describe("", "no progress, only the table");
     }
 
-    public static Command Create(CliContext context)
+    public static DocumentedCommand Create(CliContext context)
     {
         var o = new Options();
-        var command = new Command("compare", "Backprop against forward gradients, side by side.");
+        var command = new DocumentedCommand("compare", "Backprop against forward gradients, side by side (what `forwardad` alone runs).", "forwardad compare [options]")
+        {
+            Summary =
+                "Trains the same model from the same initial weights, with the same optimizer (AdamW), seed and batches, with backprop, " +
+                "activation perturbation, Wᵀ, DFA and GrAPE, taking turns epoch by epoch; prints one table (test accuracy, mean cosine " +
+                "of the update to the backprop gradient, time per step) and writes the curves per epoch as a CSV and a figure (test " +
+                "accuracy and cosine per epoch, PNG and SVG) into a folder. With no options: the 3×128 MLP on the embedded digits, " +
+                $"{DefaultEpochs} epochs, batch {DefaultBatch}, about a minute on 2 cores.\n" +
+                "The cosine is measured at every step against a backprop pass on the same batch (not counted in the time per step, " +
+                "which is the method's own: batch, estimate, update; the median over the epochs).",
+        };
         o.Data.AddTo(command);
         o.Model.AddTo(command);
         o.Guesser.AddTo(command);
-        foreach (var option in new Option[] { o.Epochs, o.BatchSize, o.Lr, o.WeightDecay, o.Seed, o.Out, o.NoPlot, o.Quiet }) command.Add(option);
+        command.Section("Training", [o.Epochs, o.BatchSize, o.Lr, o.WeightDecay, o.Seed]);
+        command.Section("Output", [o.Out, o.NoPlot, o.Quiet]);
         command.SetAction(p => Run(p, o, context));
         return command;
     }

@@ -12,56 +12,39 @@ internal static class CosineCommand
 {
     private const string DefaultGuessers = "directional,ap,wt,downstream,mixing,self-sharpening,backprop";
 
-    public static readonly string Help = $"""
-        forwardad cosine [options]     The paper's Figure 1 measurement.
-
-        Trains with backprop (the trajectory) and, every N-th step, gives each guesser the same batch and
-        reports its cosine to the true gradient and its 1-step effectiveness: the loss reduction of one step
-        along the guess relative to one backprop step, each at its best step size from {"{"}1e-5, 1e-4, 1e-3,
-        1e-2, 1e-1{"}"}. Prints mean ± std per guesser and writes every measurement to a CSV.
-
-        {DataOptions.Help}
-        {ModelOptions.Help}
-          --guessers LIST           comma-separated guesser names (default {DefaultGuessers});
-                                    --mode joint|per-layer (default joint), --guesses G (default 1),
-                                    --k K (downstream, default 2), --power P (wt-power, default 0) and
-                                    --cosine C (cosine-matched, default 0.1) apply to them as in train
-        {RuleOptions.Help}
-        Trajectory
-          --epochs N                (default 5)
-          --batch-size B            (default 32)
-          --every N                 measure every N-th step (default 10)
-          --seed S                  (default 1)
-          --csv PATH                every measurement (default runs/cosine-seed<S>.csv); beside it its plot
-                                    (.png and .svg: cosine and 1-step effectiveness per guesser over the steps)
-          --no-plot                 write no plot
-        """;
-
     private sealed class Options
     {
         public readonly DataOptions Data = new();
         public readonly ModelOptions Model = new();
         public readonly GuesserOptions Guesser = new();
         public readonly RuleOptions Rule = new();
-        public readonly Option<string> Guessers = Opt.String("guessers", DefaultGuessers);
-        public readonly Option<int> Epochs = Opt.Int("epochs", 5, min: 1, max: 1_000_000);
-        public readonly Option<int> BatchSize = Opt.Int("batch-size", 32, min: 1);
-        public readonly Option<int> Every = Opt.Int("every", 10, min: 1);
-        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0);
-        public readonly Option<string?> Csv = Opt.OptionalString("csv");
-        public readonly Option<bool> NoPlot = Opt.Flag("no-plot");
+        public readonly Option<string> Guessers = Opt.String("guessers", DefaultGuessers).Describe("LIST",
+            "comma-separated guesser names; --mode, --guesses, --k, --power and --cosine apply to them as in train");
+        public readonly Option<int> Epochs = Opt.Int("epochs", 5, min: 1, max: 1_000_000).Describe("N", "epochs of the backprop trajectory");
+        public readonly Option<int> BatchSize = Opt.Int("batch-size", 32, min: 1).Describe("B", "examples per step");
+        public readonly Option<int> Every = Opt.Int("every", 10, min: 1).Describe("N", "measure every N-th step");
+        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0).Describe("S", "seed of initialisation, split, shuffling and every guess");
+        public readonly Option<string?> Csv = Opt.OptionalString("csv").Describe("PATH",
+            "every measurement (default runs/cosine-seed<S>.csv); beside it its plot (.png and .svg: cosine and 1-step effectiveness per guesser over the steps)");
+        public readonly Option<bool> NoPlot = Opt.Flag("no-plot").Describe("", "write no plot");
     }
 
-    public static Command Create(CliContext context)
+    public static DocumentedCommand Create(CliContext context)
     {
         var o = new Options();
-        var command = new Command("cosine", "Every guesser's cosine to the true gradient and 1-step effectiveness.");
+        var command = new DocumentedCommand("cosine", "The paper's Figure 1 measurement.", "forwardad cosine [options]")
+        {
+            Summary =
+                "Trains with backprop (the trajectory) and, every N-th step, gives each guesser the same batch and reports its cosine " +
+                "to the true gradient and its 1-step effectiveness: the loss reduction of one step along the guess relative to one " +
+                "backprop step, each at its best step size from {1e-5, 1e-4, 1e-3, 1e-2, 1e-1}. Prints mean ± std per guesser and " +
+                "writes every measurement to a CSV.",
+        };
         o.Data.AddTo(command);
         o.Model.AddTo(command);
-        command.Add(o.Guessers);
-        o.Guesser.AddTo(command);
+        o.Guesser.AddTo(command, o.Guessers);
         o.Rule.AddTo(command);
-        foreach (var option in new Option[] { o.Epochs, o.BatchSize, o.Every, o.Seed, o.Csv, o.NoPlot }) command.Add(option);
+        command.Section("Trajectory", [o.Epochs, o.BatchSize, o.Every, o.Seed, o.Csv, o.NoPlot]);
         command.SetAction(p => Run(p, o, context));
         return command;
     }

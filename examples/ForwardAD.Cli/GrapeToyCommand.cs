@@ -8,37 +8,27 @@ namespace ForwardAD.Cli;
 
 internal static class GrapeToyCommand
 {
-    public const string Help = """
-        forwardad grape-toy [options]  The toy experiment of the GrAPE rebuttal.
-
-        A fixed 200×200 target matrix T; B starts with mean row-cosine to T of −0.9, −0.3, 0, 0.3 and 0.9;
-        50 steps of each feedback rule with η = 0.1 decayed ×0.99 per step; 10 seeds. Rules: the original
-        rule without noise and with noise (both renormalised to the initial norm), alternative 1 and
-        alternative 2. Prints the final mean row-cosine per rule and start, and writes every step to a CSV.
-
-          --size N          target size, 2 to 46340 (N² must fit one array; default 200)
-          --steps S         (default 50)
-          --seeds K         (default 10)
-          --lr ETA          initial η ≥ 0 (default 0.1)
-          --decay D         η multiplied by D > 0 every step (default 0.99)
-          --noise S         noise scale ≥ 0 of the noisy original rule, per entry (default 0.001;
-                            B's rows have unit norm, so entries are about 1/√N)
-          --csv PATH        every step (default runs/grape-toy.csv); beside it its plot (.png and .svg: one
-                            panel per rule, the mean row-cosine over the steps per start)
-          --no-plot         write no plot
-        """;
-
-    public static Command Create(CliContext context)
+    public static DocumentedCommand Create(CliContext context)
     {
-        var size = Opt.Int("size", 200, min: 2, max: 46_340);
-        var steps = Opt.Int("steps", 50, min: 1, max: 1_000_000);
-        var seeds = Opt.Int("seeds", 10, min: 1, max: 1_000_000);
-        var lr = Opt.Float("lr", 0.1f, v => v >= 0, "a number ≥ 0");
-        var decay = Opt.Float("decay", 0.99f, v => v > 0, "a number > 0");
-        var noise = Opt.Float("noise", 1e-3f, v => v >= 0, "a number ≥ 0");
-        var csv = Opt.String("csv", Path.Combine("runs", "grape-toy.csv"));
-        var noPlot = Opt.Flag("no-plot");
-        var command = new Command("grape-toy", "The toy experiment of the GrAPE rebuttal.") { size, steps, seeds, lr, decay, noise, csv, noPlot };
+        var size = Opt.Int("size", 200, min: 2, max: 46_340).Describe("N", "target size, 2 to 46340 (N² must fit one array)");
+        var steps = Opt.Int("steps", 50, min: 1, max: 1_000_000).Describe("S", "feedback-rule steps");
+        var seeds = Opt.Int("seeds", 10, min: 1, max: 1_000_000).Describe("K", "seeds 1 … K per rule and start");
+        var lr = Opt.Float("lr", 0.1f, v => v >= 0, "a number ≥ 0").Describe("ETA", "initial η ≥ 0");
+        var decay = Opt.Float("decay", 0.99f, v => v > 0, "a number > 0").Describe("D", "η multiplied by D > 0 every step");
+        var noise = Opt.Float("noise", 1e-3f, v => v >= 0, "a number ≥ 0").Describe("S",
+            "noise scale ≥ 0 of the noisy original rule, per entry (B's rows have unit norm, so entries are about 1/√N)");
+        var csv = Opt.String("csv", Path.Combine("runs", "grape-toy.csv")).Describe("PATH",
+            "every step; beside it its plot (.png and .svg: one panel per rule, the mean row-cosine over the steps per start)");
+        var noPlot = Opt.Flag("no-plot").Describe("", "write no plot");
+        var command = new DocumentedCommand("grape-toy", "The toy experiment of the GrAPE rebuttal.", "forwardad grape-toy [options]")
+        {
+            Summary =
+                "A fixed N×N target matrix T; B starts with mean row-cosine to T of −0.9, −0.3, 0, 0.3 and 0.9; S steps of each " +
+                "feedback rule with η decayed by D per step; K seeds. Rules: the original rule without noise and with noise (both " +
+                "renormalised to the initial norm), alternative 1 and alternative 2. Prints the final mean row-cosine per rule and " +
+                "start, and writes every step to a CSV.",
+        };
+        command.Section("Options", [size, steps, seeds, lr, decay, noise, csv, noPlot]);
         command.SetAction(p => Run(context, p.GetValue(size), p.GetValue(steps), p.GetValue(seeds), p.GetValue(lr), p.GetValue(decay), p.GetValue(noise), p.GetValue(csv)!, !p.GetValue(noPlot)));
         return command;
     }

@@ -13,105 +13,68 @@ namespace ForwardAD.Cli;
 /// text from its checkpoint.</summary>
 internal static class LanguageModelCommands
 {
-    public static readonly string LmHelp = $"""
-        forwardad lm [options]         Train a decoder-only transformer language model on a text, bytes as tokens.
-
-        With no options it trains transformer:l4-h4-d128-t64 (4 blocks, 4 heads, width 128, context 64) with
-        backprop and AdamW on Debian's fortunes (sudo apt-get install fortunes), validating in bits per character
-        on the last 10 % of the text.
-
-        Model and text
-          --model transformer:SPEC  {TransformerSpec.Grammar} (default l4-h4-d128-t64)
-          --text PATH               any UTF-8 text file instead of the fortunes (first 90 % trains, last 10 % validates)
-          --validation-fraction F   carve the last F (0 < F < 1) of the training bytes as a validation split: training
-                                    uses the rest, the last 10 % becomes the test split, and every evaluation reports
-                                    both (validation_* columns: the carved split; test_bits_per_char, test_accuracy:
-                                    the last 10 %). Choose hyperparameters on validation, not on test (default: none)
-        {InitOption.Help}
-          --positions NAME          how the learned position table starts: gpt2 (default): N(0, 0.02²) as GPT-2;
-                                    embedding: N(0, 1) as a PyTorch nn.Embedding (the token table's scale)
-        {GuesserOptions.Help("backprop")}
-        {RuleOptions.Help}
-        {DeviceOptions.Help}
-        Training
-          --steps N                 optimizer steps (default 2000)
-          --max-seconds S           stop as soon as the training time passes S seconds (compare methods at equal time)
-          --eval-every N            validate every N steps (default 250)
-          --validation-windows N    windows of the validation split per evaluation (default 256; 0 = all)
-          --batch-size B            windows per step (default 32)
-          --seed S                  seed of initialisation, windows and every guess (default 1)
-          --cosine-every N          measure cos(estimate, backprop gradient) every N steps (default 50; 0 = never)
-        Output
-          --metrics PATH            CSV per evaluation (default runs/lm-<guesser>-seed<S>-<config>.csv); beside it,
-                                    at the end, its plot (.png and .svg: bits per character, accuracy, cosine)
-          --no-plot                 write no plot
-          --checkpoint PATH         safetensors checkpoint after every evaluation: parameters, optimizer and
-                                    guesser state and progress (what --resume continues and `forwardad sample` reads)
-          --resume PATH             continue a run from its checkpoint, bit for bit, writing it on. The checkpoint
-                                    records the run's configuration (model, text, split, initialisation, guesser and
-                                    its options, optimizer, rate, clipping, schedule, seed, batch size; for the step
-                                    and cosine schedules their length, which --steps and --eval-every set, and for
-                                    the exponential one --eval-every, its interval), and any difference is refused.
-                                    May differ: --steps (train longer), --max-seconds (the training time counts
-                                    from the run's start), --eval-every (evaluations stay on its multiples),
-                                    --validation-windows, --cosine-every, --metrics, --checkpoint, --quiet,
-                                    --no-plot, --device and --tf32 (another device continues to float rounding).
-                                    Rows of the metrics CSV up to the checkpoint are kept and the new ones appended; a
-                                    CSV of another run or not written by lm is an error (pass another --metrics)
-          --quiet                   no live progress, only the final table
-        Ctrl-C stops the run after the current step: with --checkpoint it writes the checkpoint there and prints
-        the command that resumes it; a second Ctrl-C ends at once. Exit code 130.
-        """;
-
-    public const string SampleHelp = """
-        forwardad sample --checkpoint PATH [options]   Generate text from a language model checkpoint of `forwardad lm`.
-
-          --checkpoint PATH         the checkpoint (required)
-          --prompt TEXT             text to continue (default: a new line)
-          --length N                bytes to generate (default 400)
-          --temperature T           softmax temperature (default 0.8; 0 = always the most likely byte)
-          --seed S                  seed of the sampling (default 1)
-        The model generates bytes, which need not form valid UTF-8; the text is always printed as valid UTF-8: each
-        invalid byte sequence is printed as U+FFFD (�), and a character that --length leaves incomplete gets up to 3
-        more bytes when the model continues it, or is printed as U+FFFD.
-        """;
-
     private sealed class LmOptions
     {
         public readonly GuesserOptions Guesser = new();
         public readonly RuleOptions Rule = new();
         public readonly DeviceOptions Device = new();
-        public readonly Option<string> GuesserName = Opt.Choice("guesser", "backprop", "guesser", GuesserOptions.Names);
-        public readonly Option<string> Model = Opt.String("model", "transformer:l4-h4-d128-t64");
-        public readonly Option<string?> Text = Opt.OptionalString("text");
-        public readonly Option<float?> ValidationFraction = Opt.OptionalFloat("validation-fraction", f => f is > 0 and < 1, "a number between 0 and 1 (both excluded)");
+        public readonly Option<string> GuesserName = GuesserOptions.GuesserOption("backprop");
+        public readonly Option<string> Model = Opt.String("model", "transformer:l4-h4-d128-t64").Describe("transformer:SPEC", $"SPEC {TransformerSpec.Grammar}");
+        public readonly Option<string?> Text = Opt.OptionalString("text").Describe("PATH",
+            "any UTF-8 text file instead of the fortunes (first 90 % trains, last 10 % validates)");
+        public readonly Option<float?> ValidationFraction = Opt.OptionalFloat("validation-fraction", f => f is > 0 and < 1, "a number between 0 and 1 (both excluded)")
+            .Describe("F", "carve the last F (0 < F < 1) of the training bytes as a validation split: training uses the rest, the last 10 % " +
+                "becomes the test split, and every evaluation reports both (validation_* columns: the carved split; test_bits_per_char, " +
+                "test_accuracy: the last 10 %). Choose hyperparameters on validation, not on test (default: none)");
         public readonly Option<string> Init = InitOption.Create();
         public readonly Option<string> Positions = Opt.Choice("positions", PositionInit.Gpt2.Name(), "position initialisation",
-            PositionInit.Gpt2.Name(), PositionInit.Embedding.Name());
-        public readonly Option<int> Steps = Opt.Int("steps", 2000, min: 1, max: 100_000_000);
-        public readonly Option<int?> MaxSeconds = Opt.OptionalInt("max-seconds", 1);
-        public readonly Option<int> EvalEvery = Opt.Int("eval-every", 250, min: 1);
-        public readonly Option<int> ValidationWindows = Opt.Int("validation-windows", 256, min: 0);
-        public readonly Option<int> BatchSize = Opt.Int("batch-size", 32, min: 1, max: 1 << 20);
-        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0);
-        public readonly Option<int> CosineEvery = Opt.Int("cosine-every", 50, min: 0);
-        public readonly Option<string?> Metrics = Opt.OptionalString("metrics");
-        public readonly Option<string?> Checkpoint = Opt.OptionalString("checkpoint");
-        public readonly Option<string?> Resume = Opt.OptionalString("resume");
-        public readonly Option<bool> Quiet = Opt.Flag("quiet");
-        public readonly Option<bool> NoPlot = Opt.Flag("no-plot");
+            PositionInit.Gpt2.Name(), PositionInit.Embedding.Name()).Describe("NAME",
+            $"how the learned position table starts: {PositionInit.Gpt2.Name()}: N(0, 0.02²) as GPT-2; {PositionInit.Embedding.Name()}: N(0, 1) as a PyTorch nn.Embedding (the token table's scale)");
+        public readonly Option<int> Steps = Opt.Int("steps", 2000, min: 1, max: 100_000_000).Describe("N", "optimizer steps");
+        public readonly Option<int?> MaxSeconds = Opt.OptionalInt("max-seconds", 1).Describe("S",
+            "stop as soon as the training time passes S seconds (compare methods at equal time; default: no limit)");
+        public readonly Option<int> EvalEvery = Opt.Int("eval-every", 250, min: 1).Describe("N", "validate every N steps");
+        public readonly Option<int> ValidationWindows = Opt.Int("validation-windows", 256, min: 0).Describe("N", "windows of the validation split per evaluation (0 = all)");
+        public readonly Option<int> BatchSize = Opt.Int("batch-size", TrainDefaults.ForLanguageModel("backprop").BatchSize, min: 1, max: 1 << 20).Describe("B", "windows per step");
+        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0).Describe("S", "seed of initialisation, windows and every guess");
+        public readonly Option<int> CosineEvery = Opt.Int("cosine-every", TrainDefaults.ForLanguageModel("backprop").CosineEvery, min: 0)
+            .Describe("N", "measure cos(estimate, backprop gradient) every N steps (0 = never)");
+        public readonly Option<string?> Metrics = Opt.OptionalString("metrics").Describe("PATH",
+            "CSV per evaluation (default runs/lm-<guesser>-seed<S>-<config>.csv); beside it, at the end, its plot (.png and .svg: bits per character, accuracy, cosine)");
+        public readonly Option<string?> Checkpoint = Opt.OptionalString("checkpoint").Describe("PATH",
+            "safetensors checkpoint after every evaluation: parameters, optimizer and guesser state and progress (what --resume continues and `forwardad sample` reads)");
+        public readonly Option<string?> Resume = Opt.OptionalString("resume").Describe("PATH",
+            "continue a run from its checkpoint, bit for bit, writing it on. The checkpoint records the run's configuration (model, " +
+            "text, split, initialisation, guesser and its options, optimizer, rate, clipping, schedule, seed, batch size; for the step " +
+            "and cosine schedules their length, which --steps and --eval-every set, and for the exponential one --eval-every, its " +
+            "interval), and any difference is refused. May differ: --steps (train longer), --max-seconds (the training time counts " +
+            "from the run's start), --eval-every (evaluations stay on its multiples), --validation-windows, --cosine-every, --metrics, " +
+            "--checkpoint, --quiet, --no-plot, --device and --tf32 (another device continues to float rounding). Rows of the metrics " +
+            "CSV up to the checkpoint are kept and the new ones appended; a CSV of another run or not written by lm is an error (pass another --metrics)");
+        public readonly Option<bool> Quiet = Opt.Flag("quiet").Describe("", "no live progress, only the final table");
+        public readonly Option<bool> NoPlot = Opt.Flag("no-plot").Describe("", "write no plot");
     }
 
-    public static Command CreateLm(CliContext context)
+    public static DocumentedCommand CreateLm(CliContext context)
     {
         var o = new LmOptions();
-        var command = new Command("lm", "Train a transformer language model on a text.");
-        command.Add(o.GuesserName);
-        o.Guesser.AddTo(command);
+        var defaults = TrainDefaults.ForLanguageModel("backprop");
+        var command = new DocumentedCommand("lm", "Train a decoder-only transformer language model on a text, bytes as tokens.", "forwardad lm [options]")
+        {
+            Summary =
+                $"With no options it trains {o.Model.GetDefaultValue()} with backprop and {defaults.Optimizer} (lr {defaults.Rate.ToString(CultureInfo.InvariantCulture)}) on Debian's fortunes " +
+                "(sudo apt-get install fortunes), validating in bits per character on the last 10 % of the text.",
+            Footer =
+                "Ctrl-C stops the run after the current step: with --checkpoint it writes the checkpoint there and prints the command " +
+                "that resumes it; a second Ctrl-C ends at once. Exit code 130.",
+        };
+        command.Section("Model and text", [o.Model, o.Text, o.ValidationFraction, o.Init, o.Positions]);
+        o.Guesser.AddTo(command, o.GuesserName);
         o.Rule.AddTo(command);
+        command.Section("Defaults of lm", [], $"For the options not given: {defaults.Options()}; --normalize yes for wt and downstream. The run's first lines list those it took.");
         o.Device.AddTo(command);
-        foreach (var option in new Option[] { o.Model, o.Text, o.ValidationFraction, o.Init, o.Positions, o.Steps, o.MaxSeconds, o.EvalEvery, o.ValidationWindows, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Resume, o.Quiet, o.NoPlot })
-            command.Add(option);
+        command.Section("Training", [o.Steps, o.MaxSeconds, o.EvalEvery, o.ValidationWindows, o.BatchSize, o.Seed, o.CosineEvery]);
+        command.Section("Output", [o.Metrics, o.NoPlot, o.Checkpoint, o.Resume, o.Quiet]);
         command.SetAction(p => RunLm(p, o, context));
         return command;
     }
@@ -215,7 +178,7 @@ internal static class LanguageModelCommands
                 reports.Add(report);
                 rows.Add(MetricsRow(report, runHash));
                 if (context.WritesFiles) WriteMetrics(metricsPath, header, rows);
-                if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, spec, description);
+                if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, spec, description, ReplayFile.CheckpointNotes(p));
                 if (!quiet) say($"step {report.Step}: train loss {report.TrainLoss / Math.Log(2):F3} bits/char, validation {report.Validation.BitsPerCharacter:F3} bits/char " +
                     $"(next-byte accuracy {report.Validation.Accuracy:P1}){(report.Test is { } test ? $", test {test.BitsPerCharacter:F3} bits/char" : "")}, cos global {TrainCommand.F(report.GlobalCosine, "F3")}, {report.TokensPerSecond:F0} tokens/s, {report.TrainingTime.TotalSeconds:F0} s");
             }
@@ -236,7 +199,7 @@ internal static class LanguageModelCommands
         {
             // Stopped between two steps: the checkpoint takes this step and the unreported stretch, so no step is lost;
             // the metrics CSV already holds every evaluation.
-            if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, spec, description);
+            if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, spec, description, ReplayFile.CheckpointNotes(p));
             context.Error.WriteLine(Interruption.Message(trainer.Step, epoch: null, checkpoint, context.Arguments));
             return Interruption.ExitCode;
         }
@@ -341,18 +304,24 @@ internal static class LanguageModelCommands
 
     private sealed class SampleOptions
     {
-        public readonly Option<string?> Checkpoint = Opt.OptionalString("checkpoint");
-        public readonly Option<string> Prompt = Opt.String("prompt", "\n");
-        public readonly Option<int> Length = Opt.Int("length", 400, min: 0, max: 1_000_000);
-        public readonly Option<float> Temperature = Opt.Float("temperature", 0.8f, t => t >= 0, "a number ≥ 0");
-        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0);
+        public readonly Option<string?> Checkpoint = Opt.OptionalString("checkpoint").Describe("PATH", "the checkpoint (required)");
+        public readonly Option<string> Prompt = Opt.String("prompt", "\n").Describe("TEXT", "text to continue (default: a new line)");
+        public readonly Option<int> Length = Opt.Int("length", 400, min: 0, max: 1_000_000).Describe("N", "bytes to generate");
+        public readonly Option<float> Temperature = Opt.Float("temperature", 0.8f, t => t >= 0, "a number ≥ 0").Describe("T", "softmax temperature (0 = always the most likely byte)");
+        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0).Describe("S", "seed of the sampling");
     }
 
-    public static Command CreateSample(CliContext context)
+    public static DocumentedCommand CreateSample(CliContext context)
     {
         var o = new SampleOptions();
-        var command = new Command("sample", "Generate text from a language model checkpoint.");
-        foreach (var option in new Option[] { o.Checkpoint, o.Prompt, o.Length, o.Temperature, o.Seed }) command.Add(option);
+        var command = new DocumentedCommand("sample", "Generate text from a language model checkpoint of `forwardad lm`.", "forwardad sample --checkpoint PATH [options]")
+        {
+            Footer =
+                "The model generates bytes, which need not form valid UTF-8; the text is always printed as valid UTF-8: each invalid " +
+                "byte sequence is printed as U+FFFD (�), and a character that --length leaves incomplete gets up to 3 more bytes when " +
+                "the model continues it, or is printed as U+FFFD.",
+        };
+        command.Section("Options", [o.Checkpoint, o.Prompt, o.Length, o.Temperature, o.Seed]);
         command.SetAction(p =>
         {
             var path = p.GetValue(o.Checkpoint) ?? throw new UsageException("sample needs --checkpoint PATH (a checkpoint written by `forwardad lm --checkpoint`).");

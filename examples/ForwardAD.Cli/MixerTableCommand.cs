@@ -20,97 +20,72 @@ internal static class MixerTableCommand
 {
     public const string DefaultMixer = "p4-d64-b2-g4";
 
-    // Before Help, which reads them: static fields are initialised in textual order.
+    // Before the options' descriptions, which read them: static fields are initialised in textual order.
     private static readonly string[] MethodNames = ["backprop", "local-backprop", "ap", "mixing", "wt", "ap-example", "mixing-example", "wt-example", "ap-at-sites", "ap-noisy-heads"];
     private static readonly string[] DefaultMethods = ["backprop", "local-backprop", "ap", "mixing", "wt"];
-
-    public static readonly string Help = $"""
-        forwardad mixer-table [options]   Table 1 of "How to Guess a Gradient" on Ren et al.'s LocalMixer.
-
-        Trains the LocalMixer --mixer once per column, augmentation mode and seed, with Adam, and writes the test
-        accuracies and wall times as PREFIX.csv (one row per run) and PREFIX.md (mean ± sample standard deviation
-        over the seeds, and what each column is), drawn as PREFIX.png and PREFIX.svg (test accuracy and cosine per
-        column, as `forwardad plot PREFIX.csv` draws it). By default the model is Ren et al.'s construction, as their
-        released code builds it: a patch block (patch-linear, then group-wise linear), mixer blocks, one head per
-        block over the concatenated groups; --variant blocks builds this library's first construction instead.
-        The defaults (Fashion-MNIST, {DefaultMixer}, 2 epochs, batch 64, one seed) take about 2–4 minutes per run on
-        2 shared cores (10 runs: about 30 minutes per seed).
-
-        Columns (--methods), with --variant ren (the default)
-          backprop        backprop of the main loss only, end to end: no stop-gradients, no local losses (Ren et
-                          al.'s BP column)
-          local-backprop  backprop through every local loss, stop-gradients kept (Ren et al.'s local greedy BP)
-          ap              Ren et al.'s activation perturbation: N(0, I) noise after each linear layer's LayerNorm,
-                          before its ReLU; one JVP scalar of the block's local loss per (example, token, channel
-                          group) (per token at token mixing); the estimate masked by the ReLU's derivative and passed
-                          back through the LayerNorm; heads and classifier trained with their exact local gradients
-          mixing, wt      the same, with activation mixing or Wᵀ in place of the noise
-          ap-example, mixing-example, wt-example
-                          the same with one JVP scalar per example (and block loss) instead of per block
-          ap-at-sites     ablation: ap with the noise at each linear layer's output, before its LayerNorm
-          ap-noisy-heads  ablation: ap with the heads and the classifier perturbed instead of exact
-        With --variant blocks: backprop and local-backprop as above; ap, mixing, wt put their guesses at the
-        linear layers' outputs and perturb the heads too, with per-block JVPs where the blocks stay apart at the
-        site (per (token, group) at the group-wise layer, per token at token mixing and channel1); the -example
-        columns take one JVP scalar per example and block loss.
-
-        Data
-          --data SOURCE             fashion-mnist (default: Debian's dataset-fashion-mnist, its test set for the
-                                    table); cifar10:data_batch_1.bin,...,data_batch_5.bin with --test-data
-                                    cifar10:test_batch.bin for the paper's data set; any image source of
-                                    'forwardad train --help' (a split test set is split by the first seed)
-          --test-data SOURCE, --test-fraction F, --standardize    as for train
-          --train-examples N        train on the first N training examples only (a quick look; default all)
-        Model and training
-          --mixer SPEC              the LocalMixer (default {DefaultMixer}; grammar below)
-          --variant NAME            ren (default: Ren et al.'s construction) or blocks (the same as a spec ending
-                                    in -blocks)
-          --methods LIST            columns, of {string.Join(", ", MethodNames)} (default
-                                    {string.Join(",", DefaultMethods)})
-          --augment-modes LIST      off, on (default both): rows without and with augmentation
-          --crop-padding P          zeros on each side before the random crop (default 4)
-          --epochs N                (default 2)
-          --batch-size B            (default 64)
-          --lr R                    Adam's learning rate (default 0.001)
-          --seed S                  first seed of initialisation, shuffling, augmentation and every guess (default 1)
-          --seeds N                 seeds S, S+1, …, S+N−1: N runs per cell (default 1)
-          --cosine-every N          measure cos(estimate, backprop gradient of the training objective) every N steps
-                                    (default 50; 0 = never)
-          --out PREFIX              output files PREFIX.csv, .md, .png and .svg (default runs/mixer-table)
-          --quiet                   no per-epoch lines (each says the epochs done of all and the time left)
-        {DeviceOptions.Help}
-        LocalMixer grammar
-        {string.Join('\n', LocalMixerSpec.Grammar.Split('\n').Select(l => "  " + l.TrimEnd('\r')))}
-        """;
 
     private sealed class Options
     {
         public readonly DataOptions Data = new("fashion-mnist");
         public readonly DeviceOptions Device = new();
-        public readonly Option<string> Mixer = Opt.String("mixer", DefaultMixer);
-        public readonly Option<string> Variant = Opt.Choice("variant", "ren", "LocalMixer variant", "ren", "blocks");
-        public readonly Option<string> Methods = Opt.String("methods", string.Join(',', DefaultMethods));
-        public readonly Option<string> AugmentModes = Opt.String("augment-modes", "off,on");
-        public readonly Option<int> CropPadding = Opt.Int("crop-padding", 4, min: 0);
-        public readonly Option<int> Epochs = Opt.Int("epochs", 2, min: 1, max: 100_000);
-        public readonly Option<int> BatchSize = Opt.Int("batch-size", 64, min: 1);
-        public readonly Option<float> Lr = Opt.Float("lr", 1e-3f, v => v > 0, "a number > 0");
-        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0);
-        public readonly Option<int> Seeds = Opt.Int("seeds", 1, min: 1, max: 1000);
-        public readonly Option<int> CosineEvery = Opt.Int("cosine-every", 50, min: 0);
-        public readonly Option<int?> TrainExamples = Opt.OptionalInt("train-examples", 1);
-        public readonly Option<string> Out = Opt.String("out", Path.Combine("runs", "mixer-table"));
-        public readonly Option<bool> Quiet = Opt.Flag("quiet");
+        public readonly Option<string> Mixer = Opt.String("mixer", DefaultMixer).Describe("SPEC", "the LocalMixer (grammar below)");
+        public readonly Option<string> Variant = Opt.Choice("variant", "ren", "LocalMixer variant", "ren", "blocks").Describe("NAME",
+            "ren (Ren et al.'s construction) or blocks (the same as a spec ending in -blocks)");
+        public readonly Option<string> Methods = Opt.String("methods", string.Join(',', DefaultMethods)).Describe("LIST", $"columns, of {string.Join(", ", MethodNames)}");
+        public readonly Option<string> AugmentModes = Opt.String("augment-modes", "off,on").Describe("LIST", "off, on or both: rows without and with augmentation");
+        public readonly Option<int> CropPadding = Opt.Int("crop-padding", 4, min: 0).Describe("P", "zeros on each side before the random crop");
+        public readonly Option<int> Epochs = Opt.Int("epochs", 2, min: 1, max: 100_000).Describe("N", "epochs per run");
+        public readonly Option<int> BatchSize = Opt.Int("batch-size", 64, min: 1).Describe("B", "examples per step");
+        public readonly Option<float> Lr = Opt.Float("lr", 1e-3f, v => v > 0, "a number > 0").Describe("R", "Adam's learning rate");
+        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0).Describe("S", "first seed of initialisation, shuffling, augmentation and every guess");
+        public readonly Option<int> Seeds = Opt.Int("seeds", 1, min: 1, max: 1000).Describe("N", "seeds S, S+1, …, S+N−1: N runs per cell");
+        public readonly Option<int> CosineEvery = Opt.Int("cosine-every", 50, min: 0).Describe("N",
+            "measure cos(estimate, backprop gradient of the training objective) every N steps (0 = never)");
+        public readonly Option<int?> TrainExamples = Opt.OptionalInt("train-examples", 1).Describe("N", "train on the first N training examples only (a quick look; default all)");
+        public readonly Option<string> Out = Opt.String("out", Path.Combine("runs", "mixer-table")).Describe("PREFIX", "output files PREFIX.csv, .md, .png and .svg");
+        public readonly Option<bool> Quiet = Opt.Flag("quiet").Describe("", "no per-epoch lines (each says the epochs done of all and the time left)");
     }
 
-    public static Command Create(CliContext context)
+    public static DocumentedCommand Create(CliContext context)
     {
         var o = new Options();
-        var command = new Command("mixer-table", "Table 1 of 'How to Guess a Gradient' on Ren et al.'s LocalMixer.");
+        var command = new DocumentedCommand("mixer-table", "Table 1 of \"How to Guess a Gradient\" on Ren et al.'s LocalMixer.", "forwardad mixer-table [options]")
+        {
+            Summary =
+                "Trains the LocalMixer --mixer once per column, augmentation mode and seed, with Adam, and writes the test accuracies " +
+                "and wall times as PREFIX.csv (one row per run) and PREFIX.md (mean ± sample standard deviation over the seeds, and " +
+                "what each column is), drawn as PREFIX.png and PREFIX.svg (test accuracy and cosine per column, as `forwardad plot " +
+                "PREFIX.csv` draws it). By default the model is Ren et al.'s construction, as their released code builds it: a patch " +
+                "block (patch-linear, then group-wise linear), mixer blocks, one head per block over the concatenated groups; " +
+                "--variant blocks builds this library's first construction instead. The defaults (Fashion-MNIST, " +
+                $"{DefaultMixer}, 2 epochs, batch 64, one seed) take about 2–4 minutes per run on 2 shared cores (10 runs: about 30 minutes per seed).\n" +
+                "\n" +
+                "Columns (--methods), with --variant ren (the default)\n" +
+                "  backprop        backprop of the main loss only, end to end: no stop-gradients, no local losses (Ren et\n" +
+                "                  al.'s BP column)\n" +
+                "  local-backprop  backprop through every local loss, stop-gradients kept (Ren et al.'s local greedy BP)\n" +
+                "  ap              Ren et al.'s activation perturbation: N(0, I) noise after each linear layer's LayerNorm,\n" +
+                "                  before its ReLU; one JVP scalar of the block's local loss per (example, token, channel\n" +
+                "                  group) (per token at token mixing); the estimate masked by the ReLU's derivative and passed\n" +
+                "                  back through the LayerNorm; heads and classifier trained with their exact local gradients\n" +
+                "  mixing, wt      the same, with activation mixing or Wᵀ in place of the noise\n" +
+                "  ap-example, mixing-example, wt-example\n" +
+                "                  the same with one JVP scalar per example (and block loss) instead of per block\n" +
+                "  ap-at-sites     ablation: ap with the noise at each linear layer's output, before its LayerNorm\n" +
+                "  ap-noisy-heads  ablation: ap with the heads and the classifier perturbed instead of exact\n" +
+                "With --variant blocks: backprop and local-backprop as above; ap, mixing, wt put their guesses at the linear layers' " +
+                "outputs and perturb the heads too, with per-block JVPs where the blocks stay apart at the site (per (token, group) " +
+                "at the group-wise layer, per token at token mixing and channel1); the -example columns take one JVP scalar per " +
+                "example and block loss.",
+        };
         o.Data.AddTo(command);
+        command.Section("", [o.TrainExamples],
+            "The default data is Debian's dataset-fashion-mnist with its test set; cifar10:data_batch_1.bin,...,data_batch_5.bin with " +
+            "--test-data cifar10:test_batch.bin is the paper's data set; a split test set is split by the first seed.");
+        command.Section("Model and training", [o.Mixer, o.Variant, o.Methods, o.AugmentModes, o.CropPadding, o.Epochs, o.BatchSize, o.Lr, o.Seed, o.Seeds, o.CosineEvery]);
+        command.Section("Output", [o.Out, o.Quiet]);
         o.Device.AddTo(command);
-        foreach (var option in new Option[] { o.Mixer, o.Variant, o.Methods, o.AugmentModes, o.CropPadding, o.Epochs, o.BatchSize, o.Lr, o.Seed, o.Seeds, o.CosineEvery, o.TrainExamples, o.Out, o.Quiet })
-            command.Add(option);
+        command.Section("LocalMixer grammar", [], string.Join('\n', LocalMixerSpec.Grammar.Split('\n').Select(l => "  " + l.TrimEnd('\r'))));
         command.SetAction(p => Run(p, o, context));
         return command;
     }

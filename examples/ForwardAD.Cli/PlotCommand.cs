@@ -7,24 +7,21 @@ namespace ForwardAD.Cli;
 /// study, mixer-table), recognised by its header, with the code the command itself draws it with.</summary>
 internal static class PlotCommand
 {
-    public static readonly string Help = $"""
-        forwardad plot FILE.csv [--out STEM]   Draw a metrics CSV written by forwardad as PNG and SVG.
-
-        The kind of file is recognised by its header: {Opt.List([.. MetricsPlots.Kinds.Select(k => k.Name)])}
-        (the CSVs of the commands of these names). The figures are those the command itself writes, titled
-        with the run: the file's name and what the file says of the run (configuration, variant, seeds).
-
-          FILE.csv                  the metrics CSV
-          --out STEM                write STEM.png and STEM.svg (default: FILE's path without .csv); a study
-                                    that writes several charts gets them as STEM-cosine.png, STEM-rank.png, …
-                                    as the study names them
-        """;
-
-    public static Command Create(CliContext context)
+    public static DocumentedCommand Create(CliContext context)
     {
         var file = new Argument<string>("file") { Description = "a metrics CSV written by forwardad" };
-        var stem = Opt.OptionalString("out");
-        var command = new Command("plot", "Draw a metrics CSV written by forwardad.") { file, stem };
+        var stem = Opt.OptionalString("out").Describe("STEM",
+            "write STEM.png and STEM.svg (default: FILE's path without .csv); a study that writes several charts gets them as " +
+            "STEM-cosine.png, STEM-rank.png, … as the study names them");
+        var command = new DocumentedCommand("plot", "Draw a metrics CSV written by forwardad as PNG and SVG.", "forwardad plot FILE.csv [--out STEM]")
+        {
+            Summary =
+                $"The kind of file is recognised by its header: {Opt.List([.. MetricsPlots.Kinds.Select(k => k.Name)])} (the CSVs of the " +
+                "commands of these names). The figures are those the command itself writes, titled with the run: the file's name " +
+                "and what the file says of the run (configuration, variant, seeds).",
+        };
+        command.Add(file);
+        command.Section("Options", [stem], "FILE.csv is the metrics CSV to draw.");
         command.SetAction(p =>
         {
             var path = p.GetValue(file)!;

@@ -50,45 +50,34 @@ internal sealed class RunConfiguration
 /// <summary>The data options: source, test set or split, standardisation.</summary>
 internal sealed class DataOptions(string defaultData = "digits")
 {
-    public const string Help = """
-        Data
-          --data SOURCE             digits (embedded, default); PATH.csv[.gz] (features, then an integer label
-                                    per row); idx:IMAGES,LABELS (MNIST IDX files, raw or .gz);
-                                    cifar10:FILE[,FILE...] or cifar100:FILE[,FILE...] (binary batches);
-                                    fashion-mnist[:DIR] (Debian's dataset-fashion-mnist: the 60,000 training
-                                    images from /usr/share/datasets/fashion-mnist, or from DIR; its test set is
-                                    then the 10,000 test images, fashion-mnist-test[:DIR], unless --test-data
-                                    or --test-fraction is given). Images come channels last: digits 8×8×1,
-                                    fashion-mnist and idx: grey images H×W×1, cifar 32×32×3.
-                                    An existing file is always read as CSV, even if its name has a ':'.
-          --test-data SOURCE        a separate test set in the same forms (default: split --data); its features
-                                    per example and labels must fit the training data (checked before training)
-          --test-fraction F         held-out fraction when splitting, shuffled by the seed (default 0.2;
-                                    not with --test-data)
-          --standardize             z-score every feature with the training set's mean and standard deviation
-                                    (a constant feature: std 1), applied to train and test alike (default off)
-        """;
-
-    /// <summary>Help of --validation-fraction, for the commands that register it (<see cref="AddValidationTo"/>).</summary>
-    public const string ValidationHelp = """
-          --validation-fraction F   hold out F (0 < F < 1) of the training set, shuffled by the seed, as a validation
-                                    set: training uses the rest, and every epoch also reports validation loss and
-                                    accuracy (columns validation_loss, validation_accuracy of the metrics CSV);
-                                    choose hyperparameters on it, not on the test set (default: none). With
-                                    --standardize, the statistics are the remaining training examples' own
-          --train-examples N        train on N examples of the training set, drawn by the seed (before any
-                                    validation split): quick experiments and sweeps on a large data set; the test
-                                    set stays whole (default: all)
-        """;
-
     private static readonly string[] Schemes = ["idx", "cifar10", "cifar100"];
 
-    public readonly Option<string> Data = Opt.String("data", defaultData);
-    public readonly Option<string?> TestData = Opt.OptionalString("test-data");
-    public readonly Option<float?> TestFraction = Opt.OptionalFloat("test-fraction", f => f is > 0 and < 1, "a number between 0 and 1 (both excluded)");
-    public readonly Option<bool> Standardize = Opt.Flag("standardize");
-    public readonly Option<float?> ValidationFraction = Opt.OptionalFloat("validation-fraction", f => f is > 0 and < 1, "a number between 0 and 1 (both excluded)");
-    public readonly Option<int?> TrainExamples = Opt.OptionalInt("train-examples", 1);
+    /// <summary>The test split's share when no test set is given.</summary>
+    private const float DefaultTestFraction = 0.2f;
+
+    public readonly Option<string> Data = Opt.String("data", defaultData).Describe("SOURCE",
+        "digits (embedded, 1,797 8×8 images); PATH.csv[.gz] (features, then an integer label per row); idx:IMAGES,LABELS " +
+        "(MNIST IDX files, raw or .gz); cifar10:FILE[,FILE...] or cifar100:FILE[,FILE...] (binary batches); fashion-mnist[:DIR] " +
+        "(Debian's dataset-fashion-mnist: the 60,000 training images from /usr/share/datasets/fashion-mnist, or from DIR; its " +
+        "test set is then the 10,000 test images, fashion-mnist-test[:DIR], unless --test-data or --test-fraction is given). " +
+        "Images come channels last: digits 8×8×1, fashion-mnist and idx: grey images H×W×1, cifar 32×32×3. An existing file " +
+        "is always read as CSV, even if its name has a ':'.");
+    public readonly Option<string?> TestData = Opt.OptionalString("test-data").Describe("SOURCE",
+        "a separate test set in the same forms (default: split --data); its features per example and labels must fit the " +
+        "training data (checked before training)");
+    public readonly Option<float?> TestFraction = Opt.OptionalFloat("test-fraction", f => f is > 0 and < 1, "a number between 0 and 1 (both excluded)")
+        .Describe("F", string.Create(CultureInfo.InvariantCulture, $"held-out fraction when splitting, shuffled by the seed (default {DefaultTestFraction}; not with --test-data)"));
+    public readonly Option<bool> Standardize = Opt.Flag("standardize").Describe("",
+        "z-score every feature with the training set's mean and standard deviation (a constant feature: std 1), applied to " +
+        "train and test alike (default off)");
+    public readonly Option<float?> ValidationFraction = Opt.OptionalFloat("validation-fraction", f => f is > 0 and < 1, "a number between 0 and 1 (both excluded)")
+        .Describe("F", "hold out F (0 < F < 1) of the training set, shuffled by the seed, as a validation set: training uses the rest, " +
+            "and every epoch also reports validation loss and accuracy (columns validation_loss, validation_accuracy of the metrics " +
+            "CSV); choose hyperparameters on it, not on the test set (default: none). With --standardize, the statistics are the " +
+            "remaining training examples' own");
+    public readonly Option<int?> TrainExamples = Opt.OptionalInt("train-examples", 1).Describe("N",
+        "train on N examples of the training set, drawn by the seed (before any validation split): quick experiments and " +
+        "sweeps on a large data set; the test set stays whole (default: all)");
 
     /// <summary>The Philox stream of --train-examples' draw: another permutation than the splits'.</summary>
     private const ulong SubsetStream = 0x5B5E7;
@@ -96,20 +85,10 @@ internal sealed class DataOptions(string defaultData = "digits")
     /// <summary>The Philox stream of the validation split: another permutation than the train/test split's.</summary>
     private const ulong ValidationStream = 0x7A11D;
 
-    public void AddTo(Command command)
-    {
-        command.Add(Data);
-        command.Add(TestData);
-        command.Add(TestFraction);
-        command.Add(Standardize);
-    }
-
-    /// <summary>Registers --validation-fraction (train's; the commands that do not report validation metrics lack it).</summary>
-    public void AddValidationTo(Command command)
-    {
-        command.Add(ValidationFraction);
-        command.Add(TrainExamples);
-    }
+    /// <summary>Registers the options under "Data"; with <paramref name="validation"/>, also --validation-fraction and
+    /// --train-examples (train's; the commands that do not report validation metrics lack them).</summary>
+    public void AddTo(DocumentedCommand command, bool validation = false) =>
+        command.Section("Data", validation ? [Data, TestData, TestFraction, Standardize, ValidationFraction, TrainExamples] : [Data, TestData, TestFraction, Standardize]);
 
     /// <summary>The training and test sets (<see cref="LoadWithValidation"/> without a validation set).</summary>
     public (Dataset Train, Dataset Test) Load(ParseResult p, ulong seed, RunConfiguration configuration)
@@ -119,7 +98,7 @@ internal sealed class DataOptions(string defaultData = "digits")
     }
 
     /// <summary>The training, validation (null without --validation-fraction) and test sets; the command must have
-    /// registered the option with <see cref="AddValidationTo"/>.</summary>
+    /// registered the option (<see cref="AddTo"/> with validation).</summary>
     public (Dataset Train, Dataset? Validation, Dataset Test) LoadWithValidation(ParseResult p, ulong seed, RunConfiguration configuration) =>
         Load(p, seed, configuration, validation: true);
 
@@ -166,7 +145,7 @@ internal sealed class DataOptions(string defaultData = "digits")
         }
         else
         {
-            float fraction = p.GetValue(TestFraction) ?? 0.2f;
+            float fraction = p.GetValue(TestFraction) ?? DefaultTestFraction;
             int held = (int)Math.Ceiling(fraction * data.Count);
             if (held < 1 || held >= data.Count)
                 throw new InvalidDataException($"--data {source}: {data.Count} examples cannot be split with --test-fraction {fraction.ToString(CultureInfo.InvariantCulture)} into non-empty training and test sets.");
@@ -272,26 +251,6 @@ internal sealed class DataOptions(string defaultData = "digits")
 /// ready-made name.</summary>
 internal sealed class ModelOptions
 {
-    public static readonly string Help = $"""
-        Model
-          --model NAME              mlp (default), a ready-made CNN ({string.Join(", ", CnnSpec.ReadyMade.Select(r => r.Name))})
-                                    or cnn:SPEC (grammar below), or localmixer:SPEC (Ren et al.'s LocalMixer with local
-                                    losses, grammar below). CNNs and mixers need image data: digits (8×8×1),
-                                    fashion-mnist and idx: grey images (H×W×1), cifar10:/cifar100: (32×32×3)
-        MLP (--model mlp; the defaults give 3 weight matrices, "3×128")
-          --hidden W1,W2,...        hidden layer widths (default 128,128; 'none' for a linear model)
-          --layers L --width W      alternatively: L weight matrices, hidden layers all of width W (default 128)
-          --activation NAME         relu (default), tanh, gelu, identity
-        Initialisation (MLP and CNN)
-        {InitOption.Help}
-        CNN (--model cnn:SPEC or a ready-made name; its activations are in the spec)
-        {Indent(CnnSpec.Grammar)}
-          Ready-made:
-        {Indent(string.Join("\n", CnnSpec.ReadyMade.Select(r => $"  {r.Name,-14}{r.Purpose}:\n    {r.Layers}")))}
-        LocalMixer (--model localmixer:SPEC; guessers then take each site's JVP of its own block's local loss)
-        {Indent(LocalMixerSpec.Grammar)}
-        """;
-
     /// <summary>Every line two spaces in (a hole of a raw string indents only its first line by its own position).</summary>
     private static string Indent(string text) => string.Join('\n', text.Split('\n').Select(l => "  " + l.TrimEnd('\r')));
 
@@ -299,21 +258,33 @@ internal sealed class ModelOptions
     /// (that is the library's, before allocating).</summary>
     private const int MaxWidth = 1 << 24, MaxLayers = 10_000;
 
-    public readonly Option<string> Model = Opt.String("model", "mlp");
-    public readonly Option<int[]?> Hidden = Opt.IntList("hidden", MaxWidth);
-    public readonly Option<int?> Layers = Opt.OptionalInt("layers", 1, MaxLayers);
-    public readonly Option<int?> Width = Opt.OptionalInt("width", 1, MaxWidth);
-    public readonly Option<string> Activation = Opt.String("activation", "relu");
+    public readonly Option<string> Model = Opt.String("model", "mlp").Describe("NAME",
+        $"mlp, a ready-made CNN ({string.Join(", ", CnnSpec.ReadyMade.Select(r => r.Name))}) or cnn:SPEC (grammar below), or " +
+        "localmixer:SPEC (Ren et al.'s LocalMixer with local losses, grammar below). CNNs and mixers need image data: digits " +
+        "(8×8×1), fashion-mnist and idx: grey images (H×W×1), cifar10:/cifar100: (32×32×3)");
+    public readonly Option<int[]?> Hidden = Opt.IntList("hidden", MaxWidth).Describe("W1,W2,...",
+        $"hidden layer widths (default {string.Join(",", DefaultHidden)}; 'none' for a linear model)");
+    public readonly Option<int?> Layers = Opt.OptionalInt("layers", 1, MaxLayers).Describe("L", "alternatively: L weight matrices, hidden layers all of width --width");
+    public readonly Option<int?> Width = Opt.OptionalInt("width", 1, MaxWidth).Describe("W", $"the hidden width with --layers (default {DefaultWidth})");
+    public readonly Option<string> Activation = Opt.String("activation", "relu").Describe("NAME", "relu, tanh, gelu or identity");
     public readonly Option<string> Init = InitOption.Create();
 
-    public void AddTo(Command command)
+    /// <summary>The MLP's hidden widths without --hidden or --layers: three weight matrices, "3×128".</summary>
+    private static readonly int[] DefaultHidden = [DefaultWidth, DefaultWidth];
+
+    private const int DefaultWidth = 128;
+
+    /// <summary>The CNN and LocalMixer grammars and the ready-made CNNs, after the options.</summary>
+    private static readonly string Grammars =
+        $"CNN (--model cnn:SPEC or a ready-made name; its activations are in the spec)\n{Indent(CnnSpec.Grammar)}\n  Ready-made:\n" +
+        $"{Indent(string.Join("\n", CnnSpec.ReadyMade.Select(r => $"  {r.Name,-14}{r.Purpose}:\n    {r.Layers}")))}\n" +
+        $"LocalMixer (--model localmixer:SPEC; guessers then take each site's JVP of its own block's local loss)\n{Indent(LocalMixerSpec.Grammar)}";
+
+    public void AddTo(DocumentedCommand command)
     {
-        command.Add(Model);
-        command.Add(Init);
-        command.Add(Hidden);
-        command.Add(Layers);
-        command.Add(Width);
-        command.Add(Activation);
+        command.Section("Model", [Model]);
+        command.Section("MLP (--model mlp; the defaults give 3 weight matrices, \"3×128\")", [Hidden, Layers, Width, Activation]);
+        command.Section("Initialisation (MLP and CNN)", [Init], Grammars);
     }
 
     /// <summary>The model for the training data's features and classes; its description goes into the configuration
@@ -366,8 +337,8 @@ internal sealed class ModelOptions
         try { activation = ElementwiseFunction.Parse(p.GetValue(Activation)!); }
         catch (ArgumentException e) { throw new UsageException($"--activation: {e.Message}"); }
         int[] hidden = p.GetValue(Layers) is int depth
-            ? [.. Enumerable.Repeat(p.GetValue(Width) ?? 128, depth - 1)]
-            : p.Given(Hidden) ? p.GetValue(Hidden) ?? [] : [128, 128];
+            ? [.. Enumerable.Repeat(p.GetValue(Width) ?? DefaultWidth, depth - 1)]
+            : p.Given(Hidden) ? p.GetValue(Hidden) ?? [] : DefaultHidden;
         // A weight matrix is one tensor: its element count must fit an array (2³¹ − 1). Checked here so that the
         // error names the option; whether the whole model fits in memory is the library's check.
         int[] widths = [data.FeatureSize, .. hidden, data.Classes];
@@ -402,13 +373,9 @@ internal sealed class ModelOptions
 /// <summary>--init: how the dense and convolution layers start (<see cref="InitScheme"/>).</summary>
 internal static class InitOption
 {
-    public const string Help = """
-          --init NAME               torch (default): weights and biases U(±1/√fan_in) as nn.Linear and
-                                    nn.Conv2d; torch-zero-bias: the same weights, zero biases (the only
-                                    scheme before --init existed: give it to resume a checkpoint from then)
-        """;
-
-    public static Option<string> Create() => Opt.Choice("init", InitScheme.Torch.Name, "initialisation", [.. InitScheme.All.Select(s => s.Name)]);
+    public static Option<string> Create() => Opt.Choice("init", InitScheme.Torch.Name, "initialisation", [.. InitScheme.All.Select(s => s.Name)])
+        .Describe("NAME", $"{InitScheme.Torch.Name}: weights and biases U(±1/√fan_in) as nn.Linear and nn.Conv2d; {InitScheme.TorchZeroBias.Name}: " +
+            "the same weights, zero biases (the only scheme before --init existed: give it to resume a checkpoint from then)");
 
     /// <summary>The chosen scheme, recorded in the configuration except at torch-zero-bias (see <see cref="RunConfiguration.AddSince"/>).</summary>
     public static InitScheme Read(ParseResult p, Option<string> option, RunConfiguration configuration)
@@ -423,61 +390,49 @@ internal static class InitOption
 /// tangent mode when --mode is absent (compare runs per-layer, the better mode for activation guessers on digits).</summary>
 internal sealed class GuesserOptions(string defaultMode = "joint")
 {
-    /// <summary>The options' help, naming the command's own default guesser.</summary>
-    public static string Help(string defaultGuesser) => $"""
-        Gradient estimate
-          --guesser NAME            {defaultGuesser} (default); backprop, directional, activation-perturbation (ap),
-                                    wt, downstream, mixing, self-sharpening, wt-power, cosine-matched, dfa, grape,
-                                    ren (Ren et al.'s local forward gradient: LocalMixer only)
-          --mode joint|per-layer    one tangent channel for all layers, or one per layer (default joint; train:
-                                    per-layer for the forward-gradient guessers on an MLP or a CNN)
-          --guesses G               guesses averaged per step (default 1)
-          --k K                     layers for 'downstream' (default 2)
-          --power P                 singular-value power for 'wt-power' (default 0)
-          --cosine C                target cosine for 'cosine-matched', in (0, 1] (default 0.1)
-          --normalize yes|no        rescale each site's guess to rms 1 per example, for 'wt' and 'downstream'
-                                    (default: train on a CNN yes, elsewhere no)
-        Feedback alignment (--guesser dfa or grape)
-          --feedback-init NAME      xavier (default), kaiming, gaussian
-          --grape-rule NAME         original (default), original-no-noise, alt1, alt2
-          --grape-lr ETA            η_B of the feedback rule, ≥ 0 (default 0.01)
-          --grape-decay D           η_B multiplied by D > 0 every step (default 1: constant)
-          --grape-noise S           noise scale of the original rule, ≥ 0 (default 0.001)
-          --grape-renormalize yes|no  keep ‖B‖ at its initial value (default yes for original, no for alt1/alt2)
-          --grape-average yes|no    cumulative moving average of J̃ over steps (default yes)
-          --grape-placement h|a     tangent on the hidden output h_l (default) or the pre-activation a_l
-          (--mode joint|per-layer also chooses GrAPE's tangent channels; default joint)
-        An option that the chosen guesser does not use (--k without downstream, --grape-* without grape, …)
-        is an error rather than silently ignored.
-        """;
-
     public static readonly string[] Names =
         ["backprop", "directional", "activation-perturbation", "ap", "wt", "downstream", "mixing", "self-sharpening", "wt-power", "cosine-matched", "dfa", "grape", "ren"];
 
     private static readonly string[] WithMode = ["activation-perturbation", "wt", "downstream", "mixing", "self-sharpening", "wt-power", "grape", "ren"];
     private static readonly string[] WithGuesses = ["directional", "activation-perturbation", "wt", "downstream", "mixing", "self-sharpening", "wt-power", "cosine-matched", "ren"];
 
-    public readonly Option<string> Mode = Opt.Choice("mode", defaultMode, "mode", "joint", "per-layer");
-    public readonly Option<int> Guesses = Opt.Int("guesses", 1, min: 1, max: 1 << 16);
-    public readonly Option<int?> K = Opt.OptionalInt("k", 1, 1 << 16);
-    public readonly Option<float?> Power = Opt.OptionalFloat("power", _ => true, "a number");
-    public readonly Option<float?> Cosine = Opt.OptionalFloat("cosine", c => c is > 0 and <= 1, "a number in (0, 1]");
-    public readonly Option<string?> FeedbackInit = Opt.OptionalChoice("feedback-init", "feedback initialisation", "xavier", "kaiming", "gaussian");
-    public readonly Option<string?> GrapeRule = Opt.OptionalChoice("grape-rule", "GrAPE rule", "original", "original-no-noise", "alt1", "alt2");
-    public readonly Option<float?> GrapeLr = Opt.OptionalFloat("grape-lr", v => v >= 0, "a number ≥ 0");
-    public readonly Option<float?> GrapeDecay = Opt.OptionalFloat("grape-decay", v => v > 0, "a number > 0");
-    public readonly Option<float?> GrapeNoise = Opt.OptionalFloat("grape-noise", v => v >= 0, "a number ≥ 0");
-    public readonly Option<YesNoAnswer?> GrapeRenormalize = Opt.YesNo("grape-renormalize");
-    public readonly Option<YesNoAnswer?> GrapeAverage = Opt.YesNo("grape-average");
-    public readonly Option<string?> GrapePlacement = Opt.OptionalChoice("grape-placement", "GrAPE placement", "h", "a");
-    public readonly Option<YesNoAnswer?> Normalize = Opt.YesNo("normalize");
+    public readonly Option<string> Mode = Opt.Choice("mode", defaultMode, "mode", "joint", "per-layer").Describe("joint|per-layer",
+        "one tangent channel for all layers, or one per layer (train: per-layer for the forward-gradient guessers on an MLP or a CNN, see its defaults)");
+    public readonly Option<int> Guesses = Opt.Int("guesses", 1, min: 1, max: 1 << 16).Describe("G", "guesses averaged per step");
+    public readonly Option<int> K = Opt.Int("k", 2, min: 1, max: 1 << 16).Describe("K", "layers for 'downstream'");
+    public readonly Option<float> Power = Opt.Float("power", 0f, _ => true, "a number").Describe("P", "singular-value power for 'wt-power'");
+    public readonly Option<float> Cosine = Opt.Float("cosine", 0.1f, c => c is > 0 and <= 1, "a number in (0, 1]").Describe("C", "target cosine for 'cosine-matched', in (0, 1]");
+    public readonly Option<string> FeedbackInit = Opt.Choice("feedback-init", "xavier", "feedback initialisation", "xavier", "kaiming", "gaussian")
+        .Describe("NAME", "how DFA's and GrAPE's feedback matrices start: xavier, kaiming or gaussian");
+    public readonly Option<string> GrapeRule = Opt.Choice("grape-rule", "original", "GrAPE rule", "original", "original-no-noise", "alt1", "alt2")
+        .Describe("NAME", "the feedback rule: original, original-no-noise, alt1 or alt2");
+    public readonly Option<float> GrapeLr = Opt.Float("grape-lr", 0.01f, v => v >= 0, "a number ≥ 0").Describe("ETA", "η_B of the feedback rule, ≥ 0");
+    public readonly Option<float> GrapeDecay = Opt.Float("grape-decay", 1f, v => v > 0, "a number > 0").Describe("D", "η_B multiplied by D > 0 every step (1: constant)");
+    public readonly Option<float> GrapeNoise = Opt.Float("grape-noise", 1e-3f, v => v >= 0, "a number ≥ 0").Describe("S", "noise scale of the original rule, ≥ 0");
+    public readonly Option<YesNoAnswer?> GrapeRenormalize = Opt.YesNo("grape-renormalize").Describe("yes|no",
+        "keep ‖B‖ at its initial value (default yes for original and original-no-noise, no for alt1/alt2)");
+    public readonly Option<YesNoAnswer?> GrapeAverage = Opt.YesNo("grape-average").Describe("yes|no", "cumulative moving average of J̃ over steps (default yes)");
+    public readonly Option<string> GrapePlacement = Opt.Choice("grape-placement", "h", "GrAPE placement", "h", "a")
+        .Describe("h|a", "tangent on the hidden output h_l or the pre-activation a_l");
+    public readonly Option<YesNoAnswer?> Normalize = Opt.YesNo("normalize").Describe("yes|no",
+        "rescale each site's guess to rms 1 per example, for 'wt' and 'downstream' (default: train and lm on a CNN or a transformer yes, elsewhere no)");
 
     private Option[] GrapeOnly => [GrapeRule, GrapeLr, GrapeDecay, GrapeNoise, GrapeRenormalize, GrapeAverage, GrapePlacement];
 
-    public void AddTo(Command command)
+    /// <summary>Registers the options under "Gradient estimate" and "Feedback alignment", after <paramref name="guesser"/>
+    /// (the command's own --guesser, whose default is the command's).</summary>
+    public void AddTo(DocumentedCommand command, Option<string>? guesser = null)
     {
-        foreach (var option in (Option[])[Mode, Guesses, K, Power, Cosine, Normalize, FeedbackInit, .. GrapeOnly]) command.Add(option);
+        command.Section("Gradient estimate", guesser is null ? [Mode, Guesses, K, Power, Cosine, Normalize] : [guesser, Mode, Guesses, K, Power, Cosine, Normalize]);
+        command.Section("Feedback alignment (--guesser dfa or grape)", [FeedbackInit, .. GrapeOnly],
+            "(--mode joint|per-layer also chooses GrAPE's tangent channels.) An option that the chosen guesser does not use " +
+            "(--k without downstream, --grape-* without grape, …) is an error rather than silently ignored.");
     }
+
+    /// <summary>A command's --guesser, with <paramref name="fallback"/> as its default.</summary>
+    public static Option<string> GuesserOption(string fallback) => Opt.Choice("guesser", fallback, "guesser", Names).Describe("NAME",
+        "backprop, directional, activation-perturbation (ap), wt, downstream, mixing, self-sharpening, wt-power, cosine-matched, " +
+        "dfa, grape, ren (Ren et al.'s local forward gradient: LocalMixer only)");
 
     public static string Canonical(string name) => name == "ap" ? "activation-perturbation" : name;
 
@@ -521,17 +476,17 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
             case "activation-perturbation": return Guessers.ActivationPerturbation(mode, guesses);
             case "wt": return Guessers.WeightTranspose(mode, guesses, normalized);
             case "downstream":
-                int k = p.GetValue(K) ?? 2;
+                int k = p.GetValue(K);
                 configuration?.Add("k", k);
                 return Guessers.Downstream(k, mode, guesses, normalized);
             case "mixing": return Guessers.ActivationMixing(mode, guesses);
             case "self-sharpening": return Guessers.SelfSharpening(mode, guesses);
             case "wt-power":
-                float power = p.GetValue(Power) ?? 0f;
+                float power = p.GetValue(Power);
                 configuration?.Add("power", power);
                 return Guessers.WeightTransposePower(power, mode, guesses);
             case "cosine-matched":
-                float cosine = p.GetValue(Cosine) ?? 0.1f;
+                float cosine = p.GetValue(Cosine);
                 configuration?.Add("cosine", cosine);
                 return Guessers.CosineMatched(cosine, guesses);
             // Noise after each LayerNorm, per-(token, group) JVP scalars of each block's local loss, exact heads: the
@@ -547,7 +502,7 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
 
     private FeedbackInitialization FeedbackInitialization(ParseResult p, RunConfiguration? configuration)
     {
-        var name = p.GetValue(FeedbackInit) ?? "xavier";
+        var name = p.GetValue(FeedbackInit)!;
         configuration?.Add("feedback-init", name);
         return name switch
         {
@@ -559,8 +514,8 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
 
     private GrapeOptions Grape(ParseResult p, TangentMode mode, RunConfiguration? configuration)
     {
-        var ruleName = p.GetValue(GrapeRule) ?? "original";
-        float eta = p.GetValue(GrapeLr) ?? 0.01f, decay = p.GetValue(GrapeDecay) ?? 1f, noise = p.GetValue(GrapeNoise) ?? 1e-3f;
+        var ruleName = p.GetValue(GrapeRule)!;
+        float eta = p.GetValue(GrapeLr), decay = p.GetValue(GrapeDecay), noise = p.GetValue(GrapeNoise);
         if (p.Given(GrapeNoise) && ruleName != "original")
             throw new UsageException($"--grape-noise applies only to --grape-rule original; this run uses '{ruleName}'. Drop --grape-noise.");
         Schedule rate = decay == 1f ? Schedule.Constant(eta) : Schedule.Exponential(eta, decay);
@@ -572,7 +527,7 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
             "alt1" => FeedbackRules.Alternative1(rate, 0f, renormalize),
             _ => FeedbackRules.Alternative2(rate, 0f, renormalize),
         };
-        var placement = p.GetValue(GrapePlacement) ?? "h";
+        var placement = p.GetValue(GrapePlacement)!;
         bool average = p.Answer(GrapeAverage) ?? true;
         if (configuration is not null)
         {
@@ -595,33 +550,24 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
 /// <summary>The update-rule options: optimizer, learning rate and schedule, clipping.</summary>
 internal sealed class RuleOptions
 {
-    public const string Help = """
-        Update rule
-          --optimizer NAME          sgd, momentum, nesterov, adam, adamw, stable-adamw (default sgd; train: per model
-                                    and method, see its help)
-          --lr RATE                 learning rate > 0 (default 0.1 for sgd/momentum/nesterov, 0.001 for the Adam family)
-          --momentum M              for momentum/nesterov, in [0, 1) (default 0.9)
-          --weight-decay L          decoupled weight decay ≥ 0 for adamw/stable-adamw (default 0.01)
-          --clip C                  clip the estimate to global norm C > 0 first (default: off)
-          --schedule NAME           constant (default), step, exponential, cosine
-          --warmup N                warm-up steps for 'cosine' (default 0)
-          --decay D                 factor > 0 for 'step' (every quarter of the run) and per-epoch factor for
-                                    'exponential' (default 0.5)
-        """;
+    public readonly Option<string> Optimizer = Opt.Choice("optimizer", "sgd", "optimizer", "sgd", "momentum", "nesterov", "adam", "adamw", "stable-adamw")
+        .Describe("NAME", "sgd, momentum, nesterov, adam, adamw or stable-adamw (default sgd; train and lm: per model and method, see their defaults)");
+    public readonly Option<float?> Lr = Opt.OptionalFloat("lr", v => v > 0, "a number > 0 (a negative rate would climb the loss)").Describe("RATE",
+        string.Create(CultureInfo.InvariantCulture, $"learning rate > 0 (default {SgdRate} for sgd/momentum/nesterov, {AdamRate} for the Adam family; train and lm: per model and method)"));
+    public readonly Option<float> Momentum = Opt.Float("momentum", 0.9f, v => v is >= 0 and < 1, "a number in [0, 1)").Describe("M", "for momentum/nesterov, in [0, 1)");
+    public readonly Option<float> WeightDecay = Opt.Float("weight-decay", 0.01f, v => v >= 0, "a number ≥ 0").Describe("L", "decoupled weight decay ≥ 0 for adamw/stable-adamw");
+    public readonly Option<float?> Clip = Opt.OptionalFloat("clip", v => v > 0, "a norm > 0 (−1 would reverse the estimate, 0 would freeze training)")
+        .Describe("C", "clip the estimate to global norm C > 0 first (default: off)");
+    public readonly Option<string> Schedule = Opt.Choice("schedule", "constant", "schedule", "constant", "step", "exponential", "cosine")
+        .Describe("NAME", "constant, step, exponential or cosine");
+    public readonly Option<int> Warmup = Opt.Int("warmup", 0, min: 0).Describe("N", "warm-up steps for 'cosine'");
+    public readonly Option<float> Decay = Opt.Float("decay", 0.5f, v => v > 0, "a number > 0")
+        .Describe("D", "factor > 0 for 'step' (every quarter of the run) and per-epoch factor for 'exponential'");
 
-    public readonly Option<string> Optimizer = Opt.Choice("optimizer", "sgd", "optimizer", "sgd", "momentum", "nesterov", "adam", "adamw", "stable-adamw");
-    public readonly Option<float?> Lr = Opt.OptionalFloat("lr", v => v > 0, "a number > 0 (a negative rate would climb the loss)");
-    public readonly Option<float> Momentum = Opt.Float("momentum", 0.9f, v => v is >= 0 and < 1, "a number in [0, 1)");
-    public readonly Option<float> WeightDecay = Opt.Float("weight-decay", 0.01f, v => v >= 0, "a number ≥ 0");
-    public readonly Option<float?> Clip = Opt.OptionalFloat("clip", v => v > 0, "a norm > 0 (−1 would reverse the estimate, 0 would freeze training)");
-    public readonly Option<string> Schedule = Opt.Choice("schedule", "constant", "schedule", "constant", "step", "exponential", "cosine");
-    public readonly Option<int?> Warmup = Opt.OptionalInt("warmup", 0);
-    public readonly Option<float> Decay = Opt.Float("decay", 0.5f, v => v > 0, "a number > 0");
+    /// <summary>Each optimizer family's usual rate when --lr is absent and no per-model default applies.</summary>
+    private const float SgdRate = 0.1f, AdamRate = 1e-3f;
 
-    public void AddTo(Command command)
-    {
-        foreach (var option in new Option[] { Optimizer, Lr, Momentum, WeightDecay, Clip, Schedule, Warmup, Decay }) command.Add(option);
-    }
+    public void AddTo(DocumentedCommand command) => command.Section("Update rule", [Optimizer, Lr, Momentum, WeightDecay, Clip, Schedule, Warmup, Decay]);
 
     /// <summary>The update rule; the schedule's length (step, cosine) depends on the run's total steps, which is then recorded.</summary>
     public (UpdateRule Rule, string Description) Build(ParseResult p, int stepsPerEpoch, int epochs, RunConfiguration? configuration, TrainDefaults? defaults = null)
@@ -632,7 +578,7 @@ internal sealed class RuleOptions
         if (p.Given(Warmup) && scheduleName != "cosine")
             throw new UsageException($"--warmup applies only to --schedule cosine; this run's schedule is '{scheduleName}'. Drop --warmup.");
         bool adamFamily = name.Contains("adam", StringComparison.Ordinal);
-        float rate = p.GetValue(Lr) ?? (defaults is not null && name == defaults.Optimizer ? defaults.Rate : adamFamily ? 1e-3f : 0.1f);
+        float rate = p.GetValue(Lr) ?? (defaults is not null && name == defaults.Optimizer ? defaults.Rate : adamFamily ? AdamRate : SgdRate);
         float momentum = p.GetValue(Momentum), decay = p.GetValue(WeightDecay), factor = p.GetValue(Decay);
         float? clip = p.GetValue(Clip);
         long total = (long)stepsPerEpoch * epochs;
@@ -640,7 +586,7 @@ internal sealed class RuleOptions
         {
             "step" => Optim.Schedule.Step(rate, factor, total / 4, total / 2, 3 * total / 4),
             "exponential" => Optim.Schedule.Exponential(rate, MathF.Pow(factor, 1f / Math.Max(1, stepsPerEpoch))),
-            "cosine" => Optim.Schedule.CosineWithWarmup(rate, p.GetValue(Warmup) ?? 0, total),
+            "cosine" => Optim.Schedule.CosineWithWarmup(rate, p.GetValue(Warmup), total),
             _ => Optim.Schedule.Constant(rate),
         };
         UpdateRule rule = name switch
@@ -662,7 +608,7 @@ internal sealed class RuleOptions
             configuration.Add("clip", clip is float cc ? cc.ToString("R", CultureInfo.InvariantCulture) : "off");
             configuration.Add("schedule", scheduleName);
             if (scheduleName is "step" or "exponential") configuration.Add("decay", factor);
-            if (scheduleName == "cosine") configuration.Add("warmup", p.GetValue(Warmup) ?? 0);
+            if (scheduleName == "cosine") configuration.Add("warmup", p.GetValue(Warmup));
             // The step and cosine schedules stretch over the whole run: --epochs then changes every later rate.
             if (scheduleName is "step" or "cosine") configuration.Add("schedule-steps", total.ToString(CultureInfo.InvariantCulture));
         }
@@ -677,20 +623,10 @@ internal sealed class RuleOptions
 /// <summary>The device options of train.</summary>
 internal sealed class DeviceOptions
 {
-    public const string Help = """
-        Device
-          --device cpu|cuda[:N]     where to train (default cpu; cuda needs an NVIDIA driver, cuBLAS and NVRTC)
-          --tf32                    allow TF32 tensor-core GEMMs on CUDA (faster, less exact; default off)
-        """;
+    public readonly Option<string> Device = Opt.String("device", "cpu").Describe("cpu|cuda[:N]", "where to train (cuda needs an NVIDIA driver, cuBLAS and NVRTC)");
+    public readonly Option<bool> Tf32 = Opt.Flag("tf32").Describe("", "allow TF32 tensor-core GEMMs on CUDA (faster, less exact; default off)");
 
-    public readonly Option<string> Device = Opt.String("device", "cpu");
-    public readonly Option<bool> Tf32 = Opt.Flag("tf32");
-
-    public void AddTo(Command command)
-    {
-        command.Add(Device);
-        command.Add(Tf32);
-    }
+    public void AddTo(DocumentedCommand command) => command.Section("Device", [Device, Tf32]);
 
     /// <summary>The backend the options ask for; a CUDA request without a usable GPU is an error that says why.</summary>
     public Backend Create(ParseResult p)

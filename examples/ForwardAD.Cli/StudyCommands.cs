@@ -21,57 +21,23 @@ internal static class StudyCommands
 {
     public static readonly string[] Names = ["saturation", "bias-variance", "sharpening", "downstream", "spectra"];
 
-    public const string Help = """
-        forwardad study NAME [options]     The paper's studies, each writing CSV + PNG/SVG into --out.
-
-          saturation     cosine to the true gradient of the mean of n = 2 … 8192 guesses on one example (Fig. 4 left):
-                         unbiased guessers keep improving, Wᵀ and mixing saturate; de-biased Wᵀ in between
-          bias-variance  training curves of directional descent, Wᵀ, directional descent matched to Wᵀ's cosine at
-                         every step, and de-biased Wᵀ (Fig. 4 right)
-          sharpening     self-sharpening with Wᵀ's singular values raised to p: cosine and the first layer's
-                         effective rank over training (Fig. 5)
-          downstream     k-layer downstream guesses, k = 1 … L−1: accuracy and cosine over training (Fig. 7 left)
-          spectra        singular values of the Jacobians between consecutive sites and the explained variance of
-                         each site's outputs (Figs. 2 and 7), on any model --model builds
-
-        `forwardad study NAME --help` shows the options of one study.
-        """;
-
-    private const string CommonHelp = """
-        Common
-          --out DIR                 folder for NAME.csv, NAME*.png and NAME*.svg (default runs/studies)
-          --seed S                  initialisation, data split and order, every guess (default 1)
-          --optimizer, --lr, ...    the update rule as in train below; without --optimizer a study uses adamw, lr
-                                    0.001, weight decay 0.01 (the defaults listed below are train's), and the
-                                    other rule options need --optimizer
-        """;
-
-    private static string SubHelp(string name, string what, string options) => $"""
-        forwardad study {name} [options]     {what}
-
-        {options}
-        {CommonHelp}
-        {DataOptions.Help}
-        {ModelOptions.Help}
-        {RuleOptions.Help}
-        """;
-
     /// <summary>Options every study shares.</summary>
     private sealed class Common
     {
         public readonly DataOptions Data = new();
         public readonly ModelOptions Model = new();
         public readonly RuleOptions Rule = new();
-        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0);
-        public readonly Option<string> Out = Opt.String("out", Path.Combine("runs", "studies"));
+        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0).Describe("S", "initialisation, data split and order, every guess");
+        public readonly Option<string> Out = Opt.String("out", Path.Combine("runs", "studies")).Describe("DIR", "folder for NAME.csv, NAME*.png and NAME*.svg");
 
-        public void AddTo(Command command)
+        public void AddTo(DocumentedCommand command)
         {
+            command.Section("Common", [Out, Seed],
+                "The update rule (--optimizer, --lr, …, below): without --optimizer a study uses adamw, lr 0.001, weight decay 0.01 " +
+                "(the defaults listed below are train's), and the other rule options need --optimizer.");
             Data.AddTo(command);
             Model.AddTo(command);
             Rule.AddTo(command);
-            command.Add(Seed);
-            command.Add(Out);
         }
 
         public (UpdateRule Rule, string Description) BuildRule(ParseResult p, int stepsPerEpoch, int epochs)
@@ -85,19 +51,18 @@ internal static class StudyCommands
         }
     }
 
-    public static Command Create(CliContext context, IDictionary<Command, string> helps)
+    public static DocumentedCommand Create(CliContext context)
     {
-        var study = new Command("study", "The paper's studies as commands writing CSV and charts.");
-        study.SetAction(_ => { context.Output.WriteLine(Help); return Cli.Success; });
-        foreach (var (command, text) in new[] { Saturation(context), BiasVariance(context), Sharpening(context), Downstream(context), Spectrum(context) })
+        var study = new DocumentedCommand("study", "The paper's studies, each writing CSV + PNG/SVG into --out.", "forwardad study NAME [options]")
         {
-            study.Add(command);
-            helps[command] = text;
-        }
+            Summary = "`forwardad study NAME --help` shows the options of one study.",
+        };
+        study.SetAction(_ => { context.Output.WriteLine(study.Help()); return Cli.Success; });
+        foreach (var command in new[] { Saturation(context), BiasVariance(context), Sharpening(context), Downstream(context), Spectrum(context) }) study.Add(command);
         return study;
     }
 
-    private static Option<string> Mode() => Opt.Choice("mode", "per-layer", "mode", "joint", "per-layer");
+    private static Option<string> Mode() => Opt.Choice("mode", "per-layer", "mode", "joint", "per-layer").Describe("joint|per-layer", "tangent channels of the activation guessers");
 
     private static TangentMode ModeOf(ParseResult p, Option<string> mode) => p.GetValue(mode) == "joint" ? TangentMode.Joint : TangentMode.PerLayer;
 
@@ -116,18 +81,21 @@ internal static class StudyCommands
 
     // ---------------------------------------------------------------------------------------------------- saturation
 
-    private static (Command, string) Saturation(CliContext context)
+    private static DocumentedCommand Saturation(CliContext context)
     {
         var common = new Common();
-        var maxGuesses = Opt.Int("max-guesses", 8192, min: 2, max: 1 << 20);
-        var example = Opt.Int("example", 0, min: 0);
-        var batch = Opt.Int("batch-size", 1, min: 1);
-        var pretrain = Opt.Int("pretrain-epochs", 1, min: 0, max: 10_000);
-        var ridges = Opt.String("ridges", "0.1,0.01");
+        var maxGuesses = Opt.Int("max-guesses", 8192, min: 2, max: 1 << 20).Describe("N", "largest n, a power of two");
+        var example = Opt.Int("example", 0, min: 0).Describe("I", "first training example of the batch measured");
+        var batch = Opt.Int("batch-size", 1, min: 1).Describe("B", "examples in that batch (1: one example)");
+        var pretrain = Opt.Int("pretrain-epochs", 1, min: 0, max: 10_000).Describe("N", "backprop epochs before measuring (1: the paper's \"after one epoch\")");
+        var ridges = Opt.String("ridges", "0.1,0.01").Describe("LIST", "relative ridges ρ of the de-biased Wᵀ curves, λ = ρ·tr(C)/n ('none' for no such curve)");
         var mode = Mode();
-        var command = new Command("saturation", "Cosine of the mean of n guesses to the true gradient (Fig. 4 left).");
+        var command = new DocumentedCommand("saturation",
+            "cosine to the true gradient of the mean of n = 2 … 8192 guesses on one example (Fig. 4 left): unbiased guessers keep improving, Wᵀ and mixing saturate; de-biased Wᵀ in between",
+            "forwardad study saturation [options]");
+        command.Section("Saturation", [pretrain, example, batch, maxGuesses, mode, ridges],
+            "Directional descent, activation perturbation, Wᵀ, activation mixing and de-biased Wᵀ are measured. With one example, activation mixing mixes that example's own output only.");
         common.AddTo(command);
-        foreach (var o in new Option[] { maxGuesses, example, batch, pretrain, ridges, mode }) command.Add(o);
         command.SetAction(p =>
         {
             var watch = Stopwatch.StartNew();
@@ -163,17 +131,7 @@ internal static class StudyCommands
             Done(context, watch);
             return Cli.Success;
         });
-        return (command, SubHelp("saturation", "Cosine of the mean of n guesses to the true gradient (Fig. 4 left).", """
-            Saturation
-              --pretrain-epochs N       backprop epochs before measuring (default 1: the paper's "after one epoch")
-              --example I               first training example of the batch measured (default 0)
-              --batch-size B            examples in that batch (default 1: one example)
-              --max-guesses N           largest n, a power of two (default 8192)
-              --mode joint|per-layer    tangent channels of the activation guessers (default per-layer)
-              --ridges LIST             relative ridges ρ of the de-biased Wᵀ curves, λ = ρ·tr(C)/n (default 0.1,0.01; 'none' for no such curve)
-            Directional descent, activation perturbation, Wᵀ, activation mixing and de-biased Wᵀ are measured. With
-            one example, activation mixing mixes that example's own output only.
-            """));
+        return command;
     }
 
     /// <summary>The model, initialised from the seed and trained with backprop for <paramref name="epochs"/> epochs.</summary>
@@ -205,24 +163,14 @@ internal static class StudyCommands
     private sealed class CurveOptions
     {
         public readonly Option<int> Epochs;
-        public readonly Option<int> BatchSize = Opt.Int("batch-size", 32, min: 1);
+        public readonly Option<int> BatchSize = Opt.Int("batch-size", 32, min: 1).Describe("B", "examples per step");
         public readonly Option<string> Mode = StudyCommands.Mode();
-        public readonly Option<int> Guesses = Opt.Int("guesses", 1, min: 1, max: 1 << 16);
+        public readonly Option<int> Guesses = Opt.Int("guesses", 1, min: 1, max: 1 << 16).Describe("G", "guesses averaged per step");
 
-        public CurveOptions(int epochs) => Epochs = Opt.Int("epochs", epochs, min: 1, max: 1_000_000);
+        public CurveOptions(int epochs) => Epochs = Opt.Int("epochs", epochs, min: 1, max: 1_000_000).Describe("N", "epochs of every curve");
 
-        public void AddTo(Command command)
-        {
-            foreach (var o in new Option[] { Epochs, BatchSize, Mode, Guesses }) command.Add(o);
-        }
-
-        public static string Help(int epochs) => $"""
-            Training
-              --epochs N                (default {epochs})
-              --batch-size B            (default 32)
-              --mode joint|per-layer    tangent channels of the activation guessers (default per-layer)
-              --guesses G               guesses averaged per step (default 1)
-            """;
+        /// <summary>Registers the options under "Training", with the study's own <paramref name="more"/> and <paramref name="note"/>.</summary>
+        public void AddTo(DocumentedCommand command, Option[] more, string? note) => command.Section("Training", [Epochs, BatchSize, Mode, Guesses, .. more], note);
     }
 
     /// <summary>De-biased Wᵀ works on dense sites feeding dense sites only: check the model before minutes of other methods
@@ -291,15 +239,18 @@ internal static class StudyCommands
         context.Console.Write(table);
     }
 
-    private static (Command, string) BiasVariance(CliContext context)
+    private static DocumentedCommand BiasVariance(CliContext context)
     {
         var common = new Common();
         var training = new CurveOptions(20);
-        var ridges = Opt.String("ridges", "0.1");
-        var command = new Command("bias-variance", "Directional descent, Wᵀ and cosine-matched directional descent training curves (Fig. 4 right).");
+        var ridges = Opt.String("ridges", "0.1").Describe("LIST", "relative ridges ρ of de-biased Wᵀ curves ('none' for no such curve)");
+        var command = new DocumentedCommand("bias-variance",
+            "training curves of directional descent, Wᵀ, directional descent matched to Wᵀ's cosine at every step, and de-biased Wᵀ (Fig. 4 right)",
+            "forwardad study bias-variance [options]");
+        training.AddTo(command, [ridges],
+            "\"cosine-matched to Wᵀ\": at every step Wᵀ's estimate on the same batch gives θ = cos(ĝ_Wᵀ, g); the direction " +
+            "y = √N(|θ| g/‖g‖ + √(1−θ²) r̂), r̂ ⟂ g random, gives sign(θ)(g·y)y: the same cosine, no bias.");
         common.AddTo(command);
-        training.AddTo(command);
-        command.Add(ridges);
         command.SetAction(p =>
         {
             var watch = Stopwatch.StartNew();
@@ -319,22 +270,20 @@ internal static class StudyCommands
             Done(context, watch);
             return Cli.Success;
         });
-        return (command, SubHelp("bias-variance", "Training curves of directional descent, Wᵀ and cosine-matched directional descent (Fig. 4 right).", CurveOptions.Help(20) + """
-              --ridges LIST             relative ridges ρ of de-biased Wᵀ curves (default 0.1; 'none' for no such curve)
-            "cosine-matched to Wᵀ": at every step Wᵀ's estimate on the same batch gives θ = cos(ĝ_Wᵀ, g); the direction
-            y = √N(|θ| g/‖g‖ + √(1−θ²) r̂), r̂ ⟂ g random, gives sign(θ)(g·y)y: the same cosine, no bias.
-            """));
+        return command;
     }
 
-    private static (Command, string) Sharpening(CliContext context)
+    private static DocumentedCommand Sharpening(CliContext context)
     {
         var common = new Common();
         var training = new CurveOptions(20);
-        var powers = Opt.String("powers", "0,1,2,3");
-        var command = new Command("sharpening", "Self-sharpening with σ^p Wᵀ: cosine and the first layer's effective rank (Fig. 5).");
+        var powers = Opt.String("powers", "0,1,2,3").Describe("LIST", "singular-value powers p (p = 1 is self-sharpening)");
+        var command = new DocumentedCommand("sharpening",
+            "self-sharpening with Wᵀ's singular values raised to p: cosine and the first layer's effective rank over training (Fig. 5)",
+            "forwardad study sharpening [options]");
+        training.AddTo(command, [powers],
+            "Default model --hidden 64,64 (p ≠ 1 decomposes WᵀW on the host every step). Backprop is trained alongside for reference (its effective rank).");
         common.AddTo(command);
-        training.AddTo(command);
-        command.Add(powers);
         command.SetAction(p =>
         {
             var watch = Stopwatch.StartNew();
@@ -360,20 +309,17 @@ internal static class StudyCommands
             Done(context, watch);
             return Cli.Success;
         });
-        return (command, SubHelp("sharpening", "Self-sharpening with σ^p Wᵀ: cosine and the first layer's effective rank (Fig. 5).", CurveOptions.Help(20) + """
-              --powers LIST             singular-value powers p (default 0,1,2,3; p = 1 is self-sharpening)
-            Default model --hidden 64,64 (p ≠ 1 decomposes WᵀW on the host every step). Backprop is trained
-            alongside for reference (its effective rank).
-            """));
+        return command;
     }
 
-    private static (Command, string) Downstream(CliContext context)
+    private static DocumentedCommand Downstream(CliContext context)
     {
         var common = new Common();
         var training = new CurveOptions(15);
-        var command = new Command("downstream", "k-layer downstream guesses for k = 1 … L−1 (Fig. 7 left).");
+        var command = new DocumentedCommand("downstream", "k-layer downstream guesses, k = 1 … L−1: accuracy and cosine over training (Fig. 7 left)",
+            "forwardad study downstream [options]");
+        training.AddTo(command, [], "Default model: --layers 5 --width 128 (k = 1 … 4); activation perturbation (k = 0) for reference.");
         common.AddTo(command);
-        training.AddTo(command);
         command.SetAction(p =>
         {
             var watch = Stopwatch.StartNew();
@@ -396,22 +342,24 @@ internal static class StudyCommands
             Done(context, watch);
             return Cli.Success;
         });
-        return (command, SubHelp("downstream", "k-layer downstream guesses for k = 1 … L−1 (Fig. 7 left).", CurveOptions.Help(15) + """
-            Default model: --layers 5 --width 128 (k = 1 … 4); activation perturbation (k = 0) for reference.
-            """));
+        return command;
     }
 
     // ------------------------------------------------------------------------------------------------------- spectra
 
-    private static (Command, string) Spectrum(CliContext context)
+    private static DocumentedCommand Spectrum(CliContext context)
     {
         var common = new Common();
-        var pretrain = Opt.Int("pretrain-epochs", 1, min: 0, max: 10_000);
-        var examples = Opt.Int("examples", 512, min: 2);
-        var jacobians = Opt.Int("jacobian-examples", 8, min: 1);
-        var command = new Command("spectra", "Jacobian singular values and explained variance of the activations (Figs. 2 and 7).");
+        var pretrain = Opt.Int("pretrain-epochs", 1, min: 0, max: 10_000).Describe("N", "backprop epochs first (0: the initial model)");
+        var examples = Opt.Int("examples", 512, min: 2).Describe("N", "examples whose site outputs are analysed");
+        var jacobians = Opt.Int("jacobian-examples", 8, min: 1).Describe("N", "examples whose Jacobian spectra are averaged");
+        var command = new DocumentedCommand("spectra",
+            "singular values of the Jacobians between consecutive sites and the explained variance of each site's outputs (Figs. 2 and 7), on any model --model builds",
+            "forwardad study spectra [options]");
+        command.Section("Spectra", [pretrain, examples, jacobians],
+            "The Jacobian of a site is that of its next sites with respect to it, read by pulling unit vectors back through the real " +
+            "ops (residual adds, convolutions, norms included); sides above 1024 are skipped.");
         common.AddTo(command);
-        foreach (var o in new Option[] { pretrain, examples, jacobians }) command.Add(o);
         command.SetAction(p =>
         {
             var watch = Stopwatch.StartNew();
@@ -437,14 +385,7 @@ internal static class StudyCommands
             Done(context, watch);
             return Cli.Success;
         });
-        return (command, SubHelp("spectra", "Jacobian singular values and explained variance of the activations (Figs. 2 and 7).", """
-            Spectra
-              --pretrain-epochs N       backprop epochs first (default 1; 0: the initial model)
-              --examples N              examples whose site outputs are analysed (default 512)
-              --jacobian-examples N     examples whose Jacobian spectra are averaged (default 8)
-            The Jacobian of a site is that of its next sites with respect to it, read by pulling unit vectors back
-            through the real ops (residual adds, convolutions, norms included); sides above 1024 are skipped.
-            """));
+        return command;
     }
 
     // ------------------------------------------------------------------------------------------------------- output

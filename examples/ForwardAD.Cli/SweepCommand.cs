@@ -12,68 +12,14 @@ namespace ForwardAD.Cli;
 /// </summary>
 internal static class SweepCommand
 {
-    /// <summary>The axes chosen per method by default (declared before <see cref="Help"/>, whose text uses it).</summary>
+    /// <summary>The axes chosen per method by default (declared before the options, whose descriptions use it).</summary>
     public static readonly string[] DefaultTune = ["lr"];
-
-    public static readonly string Help = $"""
-        forwardad sweep [options] [-- train|lm OPTIONS]   Run a grid of train (or lm) runs and compare them over seeds.
-
-        Runs every combination of the --grid axes (the first axis varies slowest), each as its own process of this tool
-        running `train` (or `lm`) with the options after '--' plus the run's values, --parallel at a time. Each run
-        writes into OUT/runs/<values>-<hash>/ (metrics.csv, run.log with its stdout and stderr, and result.json at its
-        end: status ok or failed, exit code, last lines of stderr). Rerunning the same sweep skips every run whose
-        result.json says ok (for the same command line) and retries the failed and interrupted ones. Train and lm can
-        be swept. Example (4 methods × 3 rates × 3 seeds = 36 runs):
-
-          forwardad sweep --grid guesser=backprop,wt,dfa,grape --grid lr=0.03,0.1,0.3 --grid seed=1,2,3 \
-              -- train --data digits --epochs 10 --validation-fraction 0.1
-
-        Learning rates are chosen on validation, never on the test set: per method (the values of every axis but the
-        seed and the tuned ones), the rate whose runs all succeeded with the best mean final validation metric over the
-        seeds (ties: the first listed). This needs --validation-fraction F in the command's options (or as an axis).
-        An lm sweep (-- lm --text FILE --validation-fraction 0.1 …) chooses by validation bits per character (lower is
-        better) and reports test bits per character and next-byte accuracy; its curves are against the step.
-
-        Writes, in OUT:
-          sweep.csv                 one row per run (ok or failed, never dropped): its values, status, exit code, final
-                                    train/validation/test metrics, the best epoch (step) on validation with its
-                                    validation and test metric, wall time, the error of a failed run, its folder
-          summary.csv, summary.md   per configuration (every axis but seed): runs, failed runs, seeds, mean ± sample
-                                    standard deviation (n − 1) of test and validation accuracy and loss (bits/char for
-                                    lm; n/a for one seed), and per method the selected rate with its test metrics; the
-                                    Markdown also lists the seeds, the failed runs and the command that reproduces it
-          summary.png, .svg         test (and validation) accuracy per epoch (bits/char per step for lm) of the
-                                    selected configurations (every configuration when nothing is selected): the mean
-                                    over the seeds, a ±1 sd band
-        Exit code 1 when a run failed (after writing all of the above), 2 for a usage error.
-
-        Grid
-          --grid NAME=V1,V2,...     an axis: NAME is any option of the command without its dashes (guesser, lr, seed,
-                                    batch-size, model, optimizer, hidden, validation-fraction, …); switches (augment,
-                                    standardize) take yes,no. Separate values by ';' when one holds commas:
-                                    hidden=128,128;64,64. Repeat --grid for more axes
-          --config FILE             axes and options from a file (format below); --grid adds axes after its own
-          -- train OPTIONS          the options every run shares (default: train's defaults); not --metrics,
-                                    --checkpoint or --resume, which the sweep sets per run
-          -- lm OPTIONS             the same for lm runs
-        Selection
-          --select-by METRIC        train: validation_accuracy (default) or validation_loss; lm:
-                                    validation_bits_per_char (default) or validation_accuracy
-          --tune NAME[,NAME]        the axes chosen per method on validation (default {string.Join(',', DefaultTune)}; 'none': choose nothing)
-        Running
-          --out DIR                 (default runs/sweep); claimed while the sweep runs: a second sweep on it is refused
-          --threads T               threads of each run (OPENBLAS_NUM_THREADS and the backend's; default 1)
-          --parallel N              runs at a time (default: the cores / T, at least 1; give 1 for runs on one GPU)
-          --dry-run                 list the runs, which are finished and their command lines; run nothing
-
-        {SweepGrid.ConfigHelp}
-        """;
 
     private sealed class Options
     {
-        public readonly Option<string> Out = Opt.String("out", Path.Combine("runs", "sweep"));
-        public readonly Option<string?> Config = Opt.OptionalString("config");
-        public readonly Option<string[]> Grid = new("--grid")
+        public readonly Option<string> Out = Opt.String("out", Path.Combine("runs", "sweep")).Describe("DIR", "claimed while the sweep runs: a second sweep on it is refused");
+        public readonly Option<string?> Config = Opt.OptionalString("config").Describe("FILE", "axes and options from a file (format below); --grid adds axes after its own");
+        public readonly Option<string[]> Grid = new Option<string[]>("--grid")
         {
             Arity = ArgumentArity.OneOrMore,
             AllowMultipleArgumentsPerToken = false,
@@ -84,20 +30,62 @@ internal static class SweepCommand
                         r.AddError($"--grid needs NAME=V1,V2,...; got the option '{token.Value}' instead.");
                 return [.. r.Tokens.Select(t => t.Value)];
             },
-        };
-        public readonly Option<int?> Parallel = Opt.OptionalInt("parallel", 1, 1024);
-        public readonly Option<int> Threads = Opt.Int("threads", 1, min: 1, max: 1024);
-        public readonly Option<string?> SelectBy = Opt.OptionalChoice("select-by", "selection metric", [.. SweptCommand.All.SelectMany(c => c.Selections).Select(m => m.Name).Distinct()]);
-        public readonly Option<string?> Tune = Opt.OptionalString("tune");
-        public readonly Option<bool> DryRun = Opt.Flag("dry-run");
+        }.Describe("NAME=V1,V2,...",
+            "an axis: NAME is any option of the command without its dashes (guesser, lr, seed, batch-size, model, optimizer, hidden, " +
+            "validation-fraction, …); switches (augment, standardize) take yes,no. Separate values by ';' when one holds commas: " +
+            "hidden=128,128;64,64. Repeat --grid for more axes");
+        public readonly Option<int?> Parallel = Opt.OptionalInt("parallel", 1, 1024).Describe("N", "runs at a time (default: the cores / T, at least 1; give 1 for runs on one GPU)");
+        public readonly Option<int> Threads = Opt.Int("threads", 1, min: 1, max: 1024).Describe("T", "threads of each run (OPENBLAS_NUM_THREADS and the backend's)");
+        public readonly Option<string?> SelectBy = Opt.OptionalChoice("select-by", "selection metric", [.. SweptCommand.All.SelectMany(c => c.Selections).Select(m => m.Name).Distinct()])
+            .Describe("METRIC", "train: validation_accuracy (default) or validation_loss; lm: validation_bits_per_char (default) or validation_accuracy");
+        public readonly Option<string?> Tune = Opt.OptionalString("tune").Describe("NAME[,NAME]",
+            $"the axes chosen per method on validation (default {string.Join(',', DefaultTune)}; 'none': choose nothing)");
+        public readonly Option<bool> DryRun = Opt.Flag("dry-run").Describe("", "list the runs, which are finished and their command lines; run nothing");
         public readonly Argument<string[]> TrainArguments = new("train-arguments") { Arity = ArgumentArity.ZeroOrMore, Description = "train or lm and its options, after --" };
     }
 
-    public static Command Create(CliContext context)
+    public static DocumentedCommand Create(CliContext context)
     {
         var o = new Options();
-        var command = new Command("sweep", "Run a grid of train or lm runs (one process each) and compare them over seeds.");
-        foreach (var option in new Option[] { o.Out, o.Config, o.Grid, o.Parallel, o.Threads, o.SelectBy, o.Tune, o.DryRun }) command.Add(option);
+        var command = new DocumentedCommand("sweep", "Run a grid of train (or lm) runs and compare them over seeds.", "forwardad sweep [options] [-- train|lm OPTIONS]")
+        {
+            Summary =
+                "Runs every combination of the --grid axes (the first axis varies slowest), each as its own process of this tool running " +
+                "`train` (or `lm`) with the options after '--' plus the run's values, --parallel at a time. Each run writes into " +
+                "OUT/runs/<values>-<hash>/ (metrics.csv, run.log with its stdout and stderr, and result.json at its end: status ok or " +
+                "failed, exit code, last lines of stderr). Rerunning the same sweep skips every run whose result.json says ok (for the " +
+                "same command line) and retries the failed and interrupted ones. Train and lm can be swept. Example (4 methods × 3 " +
+                "rates × 3 seeds = 36 runs):\n" +
+                "\n" +
+                "  forwardad sweep --grid guesser=backprop,wt,dfa,grape --grid lr=0.03,0.1,0.3 --grid seed=1,2,3 \\\n" +
+                "      -- train --data digits --epochs 10 --validation-fraction 0.1\n" +
+                "\n" +
+                "Learning rates are chosen on validation, never on the test set: per method (the values of every axis but the seed and " +
+                "the tuned ones), the rate whose runs all succeeded with the best mean final validation metric over the seeds (ties: " +
+                "the first listed). This needs --validation-fraction F in the command's options (or as an axis). An lm sweep (-- lm " +
+                "--text FILE --validation-fraction 0.1 …) chooses by validation bits per character (lower is better) and reports test " +
+                "bits per character and next-byte accuracy; its curves are against the step.\n" +
+                "\n" +
+                "Writes, in OUT:\n" +
+                "  sweep.csv                 one row per run (ok or failed, never dropped): its values, status, exit code, final\n" +
+                "                            train/validation/test metrics, the best epoch (step) on validation with its\n" +
+                "                            validation and test metric, wall time, the error of a failed run, its folder\n" +
+                "  summary.csv, summary.md   per configuration (every axis but seed): runs, failed runs, seeds, mean ± sample\n" +
+                "                            standard deviation (n − 1) of test and validation accuracy and loss (bits/char for\n" +
+                "                            lm; n/a for one seed), and per method the selected rate with its test metrics; the\n" +
+                "                            Markdown also lists the seeds, the failed runs and the command that reproduces it\n" +
+                "  summary.png, .svg         test (and validation) accuracy per epoch (bits/char per step for lm) of the\n" +
+                "                            selected configurations (every configuration when nothing is selected): the mean\n" +
+                "                            over the seeds, a ±1 sd band\n" +
+                "Exit code 1 when a run failed (after writing all of the above), 2 for a usage error.",
+            Footer = SweepGrid.ConfigHelp,
+        };
+        command.Section("Grid", [o.Grid, o.Config],
+            "  -- train OPTIONS          the options every run shares (default: train's defaults); not --metrics,\n" +
+            "                            --checkpoint or --resume, which the sweep sets per run\n" +
+            "  -- lm OPTIONS             the same for lm runs");
+        command.Section("Selection", [o.SelectBy, o.Tune]);
+        command.Section("Running", [o.Out, o.Threads, o.Parallel, o.DryRun]);
         command.Add(o.TrainArguments);
         command.SetAction(p => Run(p, o, context));
         return command;

@@ -8,59 +8,6 @@ namespace ForwardAD.Cli;
 
 internal static class TrainCommand
 {
-    public static readonly string Help = $"""
-        forwardad train [options]      Train an MLP or a CNN with a gradient guesser and report accuracies per epoch.
-
-        With no options it trains a 3×128 ReLU MLP (hidden 128,128) without backpropagation, with GrAPE (DFA whose
-        feedback matrices are aligned with forward-mode Jacobian estimates) and SGD, on the embedded digits data set
-        (1,797 8×8 images, no download) for 20 epochs, in a few seconds. --guesser backprop is the reference;
-        `forwardad compare` trains backprop and four methods without it side by side.
-
-        {DataOptions.Help}
-        {DataOptions.ValidationHelp}
-        {ModelOptions.Help}
-        {GuesserOptions.Help(DefaultGuesser)}
-        {RuleOptions.Help}
-        {DeviceOptions.Help}
-        Training
-          --epochs N                (default 20)
-          --batch-size B            (default 32 for an MLP, 64 for a CNN or a LocalMixer; at most the number of
-                                    training examples)
-          --seed S                  seed of initialisation, split, shuffling and every guess (default 1)
-          --cosine-every N          measure cos(estimate, backprop gradient) every N steps (default 1 for an MLP,
-                                    50 otherwise: each is a backprop pass; 0 = never)
-        Defaults per model and method (for the options not given; the run's first lines list those it took)
-          MLP, backprop/dfa/grape   --optimizer sgd --lr 0.1, batch 32, --mode joint
-          MLP, other guessers       --optimizer adamw --lr 0.001, batch 32, --mode per-layer
-          CNN                       --optimizer adamw --lr 0.001, batch 64; other guessers than backprop/dfa/grape
-                                    --mode per-layer, and wt/downstream --normalize yes (joint-mode and raw Wᵀ
-                                    guesses fail on batch-norm CNNs: see docs/results.md); downstream --lr 0.0001
-                                    (it diverges at 0.001 on vgg-small and alexnet-small)
-          LocalMixer                --optimizer adamw --lr 0.001, batch 64, --mode joint
-          --augment                 random crop (padding --crop-padding, default 4) and horizontal flip of every
-                                    training image, keyed by (seed, step): a resumed run augments identically
-          --crop-padding P          zeros added on each side before the random crop (with --augment)
-        Output and checkpoints
-          --metrics PATH            per-epoch CSV (default runs/train-<guesser>-seed<S>-<config>.csv, where
-                                    <config> is a hash of the run's configuration); its 'run' column holds that hash.
-                                    Beside it, at the end, its plot: the same path with .png and .svg (loss, accuracy,
-                                    cosine per site over the epochs; `forwardad plot CSV` redraws it)
-          --no-plot                 write no plot
-          --checkpoint PATH         write a safetensors checkpoint after every epoch (atomically)
-          --resume PATH             continue a run from its checkpoint, bit for bit. The checkpoint records the
-                                    run's configuration (data, split, standardisation, model, guesser and its
-                                    options, optimizer, rate, clipping, schedule, seed, batch size; --epochs too
-                                    when the schedule is step or cosine, whose length it sets), and any difference
-                                    is refused. May differ: --epochs (other schedules: train longer), --metrics,
-                                    --checkpoint, --cosine-every, --quiet, --device and --tf32 (another device
-                                    continues the run to float rounding, not bit for bit). Rows of the metrics CSV
-                                    from before the checkpoint are kept; an empty CSV starts afresh; a CSV of another
-                                    run or not written by this tool is an error (pass another --metrics).
-          --quiet                   no live progress, only the final table
-        Ctrl-C stops the run after the current step: with --checkpoint it writes the checkpoint there (within an
-        epoch too) and prints the command that resumes it; a second Ctrl-C ends at once. Exit code 130.
-        """;
-
     private sealed class Options
     {
         public readonly DataOptions Data = new();
@@ -68,18 +15,31 @@ internal static class TrainCommand
         public readonly GuesserOptions Guesser = new();
         public readonly RuleOptions Rule = new();
         public readonly DeviceOptions Device = new();
-        public readonly Option<string> GuesserName = Opt.Choice("guesser", DefaultGuesser, "guesser", GuesserOptions.Names);
-        public readonly Option<int> Epochs = Opt.Int("epochs", 20, min: 1, max: 1_000_000);
-        public readonly Option<int> BatchSize = Opt.Int("batch-size", 32, min: 1);
-        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0);
-        public readonly Option<int> CosineEvery = Opt.Int("cosine-every", 1, min: 0);
-        public readonly Option<string?> Metrics = Opt.OptionalString("metrics");
-        public readonly Option<string?> Checkpoint = Opt.OptionalString("checkpoint");
-        public readonly Option<string?> Resume = Opt.OptionalString("resume");
-        public readonly Option<bool> Quiet = Opt.Flag("quiet");
-        public readonly Option<bool> NoPlot = Opt.Flag("no-plot");
-        public readonly Option<bool> Augment = Opt.Flag("augment");
-        public readonly Option<int?> CropPadding = Opt.OptionalInt("crop-padding", 0);
+        public readonly Option<string> GuesserName = GuesserOptions.GuesserOption(DefaultGuesser);
+        public readonly Option<int> Epochs = Opt.Int("epochs", 20, min: 1, max: 1_000_000).Describe("N", "passes over the training set");
+        public readonly Option<int> BatchSize = Opt.Int("batch-size", 32, min: 1).Describe("B",
+            "examples per step (default: per model, in the table below; at most the number of training examples)");
+        public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0).Describe("S", "seed of initialisation, split, shuffling and every guess");
+        public readonly Option<int> CosineEvery = Opt.Int("cosine-every", 1, min: 0).Describe("N",
+            "measure cos(estimate, backprop gradient) every N steps (default: per model, in the table below: each is a backprop pass; 0 = never)");
+        public readonly Option<string?> Metrics = Opt.OptionalString("metrics").Describe("PATH",
+            "per-epoch CSV (default runs/train-<guesser>-seed<S>-<config>.csv, where <config> is a hash of the run's configuration); " +
+            "its 'run' column holds that hash. Beside it, at the end, its plot: the same path with .png and .svg (loss, accuracy, " +
+            "cosine per site over the epochs; `forwardad plot CSV` redraws it)");
+        public readonly Option<string?> Checkpoint = Opt.OptionalString("checkpoint").Describe("PATH", "write a safetensors checkpoint after every epoch (atomically)");
+        public readonly Option<string?> Resume = Opt.OptionalString("resume").Describe("PATH",
+            "continue a run from its checkpoint, bit for bit. The checkpoint records the run's configuration (data, split, " +
+            "standardisation, model, guesser and its options, optimizer, rate, clipping, schedule, seed, batch size; --epochs too " +
+            "when the schedule is step or cosine, whose length it sets), and any difference is refused. May differ: --epochs " +
+            "(other schedules: train longer), --metrics, --checkpoint, --cosine-every, --quiet, --device and --tf32 (another device " +
+            "continues the run to float rounding, not bit for bit). Rows of the metrics CSV from before the checkpoint are kept; " +
+            "an empty CSV starts afresh; a CSV of another run or not written by this tool is an error (pass another --metrics).");
+        public readonly Option<bool> Quiet = Opt.Flag("quiet").Describe("", "no live progress, only the final table");
+        public readonly Option<bool> NoPlot = Opt.Flag("no-plot").Describe("", "write no plot");
+        public readonly Option<bool> Augment = Opt.Flag("augment").Describe("",
+            "random crop (padding --crop-padding) and horizontal flip of every training image, keyed by (seed, step): a resumed run augments identically");
+        public readonly Option<int?> CropPadding = Opt.OptionalInt("crop-padding", 0).Describe("P",
+            $"zeros added on each side before the random crop (with --augment; default {DefaultCropPadding})");
     }
 
     /// <summary>Without --guesser: GrAPE, a method without backprop. On digits (3×128, 20 epochs, SGD lr 0.1, seeds 1–3) it
@@ -87,18 +47,31 @@ internal static class TrainCommand
     /// gradients (JVPs align its feedback); activation perturbation diverges and joint Wᵀ stays at chance at this rate.</summary>
     public const string DefaultGuesser = "grape";
 
-    public static Command Create(CliContext context)
+    /// <summary>--augment's crop padding when --crop-padding is absent: 4 pixels, as in the usual CIFAR recipe.</summary>
+    private const int DefaultCropPadding = 4;
+
+    public static DocumentedCommand Create(CliContext context)
     {
         var o = new Options();
-        var command = new Command("train", "Train an MLP or a CNN with a gradient guesser.");
-        o.Data.AddTo(command);
-        o.Data.AddValidationTo(command);
+        var command = new DocumentedCommand("train", "Train an MLP or a CNN with a gradient guesser and report accuracies per epoch.", "forwardad train [options]")
+        {
+            Summary =
+                "With no options it trains a 3×128 ReLU MLP (hidden 128,128) without backpropagation, with GrAPE (DFA whose " +
+                "feedback matrices are aligned with forward-mode Jacobian estimates) and SGD, on the embedded digits data set " +
+                "(1,797 8×8 images, no download) for 20 epochs, in a few seconds. --guesser backprop is the reference; " +
+                "`forwardad compare` trains backprop and four methods without it side by side.",
+            Footer =
+                "Ctrl-C stops the run after the current step: with --checkpoint it writes the checkpoint there (within an epoch too) " +
+                "and prints the command that resumes it; a second Ctrl-C ends at once. Exit code 130.",
+        };
+        o.Data.AddTo(command, validation: true);
         o.Model.AddTo(command);
-        command.Add(o.GuesserName);
-        o.Guesser.AddTo(command);
+        o.Guesser.AddTo(command, o.GuesserName);
         o.Rule.AddTo(command);
         o.Device.AddTo(command);
-        foreach (var option in new Option[] { o.Epochs, o.BatchSize, o.Seed, o.CosineEvery, o.Metrics, o.Checkpoint, o.Resume, o.Quiet, o.NoPlot, o.Augment, o.CropPadding }) command.Add(option);
+        command.Section("Training", [o.Epochs, o.BatchSize, o.Seed, o.CosineEvery, o.Augment, o.CropPadding],
+            "Defaults per model and method (for the options not given; the run's first lines list those it took):\n" + TrainDefaults.Table());
+        command.Section("Output and checkpoints", [o.Metrics, o.NoPlot, o.Checkpoint, o.Resume, o.Quiet]);
         command.SetAction(p => Run(p, o, context));
         return command;
     }
@@ -178,7 +151,7 @@ internal static class TrainCommand
         void EpochDone(EpochReport report)
         {
             reports.Add(report);
-            if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, description);
+            if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, description, ReplayFile.CheckpointNotes(p));
             if (context.WritesFiles) MetricsFile.Write(metricsPath, reports, runHash, siteNames, alignedNames);
         }
         try
@@ -206,7 +179,7 @@ internal static class TrainCommand
         {
             // Stopped between two steps: the checkpoint takes this step (within an epoch too), so no step is lost; the
             // metrics CSV already holds every finished epoch.
-            if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, description);
+            if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, description, ReplayFile.CheckpointNotes(p));
             context.Error.WriteLine(Interruption.Message(trainer.Step, trainer.NextEpoch + 1, checkpoint, context.Arguments));
             return Interruption.ExitCode;
         }
@@ -249,7 +222,7 @@ internal static class TrainCommand
             if (p.Given(cropPadding)) throw new UsageException("--crop-padding applies only with --augment. Add --augment or drop --crop-padding.");
             return null;
         }
-        var augmentation = new Data.ImageAugmentation(p.GetValue(cropPadding) ?? 4);
+        var augmentation = new Data.ImageAugmentation(p.GetValue(cropPadding) ?? DefaultCropPadding);
         try { augmentation.Validate(train.FeatureShape); }
         catch (ArgumentException e) { throw new UsageException($"--augment: {e.Message}"); }
         configuration.Add("augmentation", augmentation.ToString());

@@ -49,6 +49,29 @@ internal sealed record TrainDefaults(string Family, string Optimizer, float Rate
     public static TrainDefaults ForLanguageModel(string guesser) =>
         new("transformer", "adamw", 1e-3f, 32, "joint", Normalized: PulledBack.Contains(guesser), CosineEvery: 50);
 
+    /// <summary>The table of train's help: what <see cref="For"/> gives each model family and kind of method (computed, so
+    /// that the help cannot say other defaults than a run takes).</summary>
+    public static string Table()
+    {
+        (string Label, TrainDefaults Defaults)[] rows =
+        [
+            ("MLP, backprop/dfa/grape", For("mlp", "backprop")),
+            ("MLP, other guessers", For("mlp", "activation-perturbation")),
+            ("CNN, backprop/dfa/grape", For("cnn-small", "backprop")),
+            ("CNN, wt", For("cnn-small", "wt")),
+            ("CNN, downstream", For("cnn-small", "downstream")),
+            ("CNN, other guessers", For("cnn-small", "activation-perturbation")),
+            ("LocalMixer", For("localmixer:", "backprop")),
+        ];
+        return string.Join('\n', rows.Select(r => $"  {r.Label,-26}{r.Defaults.Options()}")) +
+            "\n(joint-mode and raw Wᵀ guesses fail on batch-norm CNNs, and downstream diverges at 0.001 on vgg-small and " +
+            "alexnet-small: see docs/results.md)";
+    }
+
+    /// <summary>These defaults as the options that would give them.</summary>
+    public string Options() => string.Create(CultureInfo.InvariantCulture,
+        $"--optimizer {Optimizer} --lr {Rate:G} --batch-size {BatchSize} --mode {Mode}{(Normalized ? " --normalize yes" : "")} --cosine-every {CosineEvery}");
+
     /// <summary>The defaults a run took (the options it did not give), for its banner; empty when it gave them all.</summary>
     public string Describe(string guesser, bool optimizer, bool rate, bool batch, bool mode, bool normalized, bool cosine)
     {

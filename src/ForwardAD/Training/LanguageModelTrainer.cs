@@ -258,8 +258,9 @@ public sealed class LanguageModelTrainer
     /// description (model, guesser, rule, text, every option of the run) and the progress as metadata (safetensors,
     /// atomic, checksummed): what <see cref="Resume"/> continues from and <see cref="TextSampler.Load"/> samples from.
     /// The progress holds the step, the training time so far and the unreported stretch (its loss sum, cosine sums and
-    /// exchanged bytes), so a checkpoint written after a cancelled <see cref="Train"/> resumes to the same reports.</summary>
-    public void SaveCheckpoint(string path, TransformerSpec spec, IReadOnlyDictionary<string, string> description)
+    /// exchanged bytes), so a checkpoint written after a cancelled <see cref="Train"/> resumes to the same reports.
+    /// <paramref name="notes"/>: text kept with the checkpoint, not compared on resume (as forwardad.note.KEY).</summary>
+    public void SaveCheckpoint(string path, TransformerSpec spec, IReadOnlyDictionary<string, string> description, IReadOnlyDictionary<string, string>? notes = null)
     {
         var progress = new Dictionary<string, string>
         {
@@ -271,7 +272,7 @@ public sealed class LanguageModelTrainer
             [StretchCosinesMeasuredKey] = _cosines.Measured.ToString(CultureInfo.InvariantCulture),
             [StretchExchangedKey] = _stretchExchanged.ToString(CultureInfo.InvariantCulture),
         };
-        _checkpoint.Write(path, _options.Communicator, Configuration(spec, description), progress);
+        _checkpoint.Write(path, _options.Communicator, Configuration(spec, description), progress, notes);
     }
 
     /// <summary>

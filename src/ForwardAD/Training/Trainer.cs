@@ -328,14 +328,19 @@ public sealed class Trainer
     /// <summary>The description and the trainer's own settings as one map (see <see cref="TrainingCheckpoint.Configuration"/>).</summary>
     private Dictionary<string, string> Configuration(IReadOnlyDictionary<string, string> description) => _checkpoint.Configuration(OwnSettings, description);
 
+    /// <summary>The prefix of a checkpoint's notes in its safetensors metadata: note KEY is stored as NotePrefix + KEY.</summary>
+    public const string NotePrefix = TrainingCheckpoint.NotePrefix;
+
     /// <summary>
     /// Writes parameters, optimizer state and progress as safetensors (readable by PyTorch), atomically, with a
     /// checksum of the tensor bytes. <paramref name="description"/> (model, guesser, rule, data, every option of the
     /// run) is stored as metadata and checked on resume. Between epochs the progress is the step and the epochs completed;
     /// after a cancelled <see cref="RunEpoch"/>, also what the unfinished epoch has measured so far, so that a resumed run
-    /// finishes that epoch with the report the uninterrupted run gives.
+    /// finishes that epoch with the report the uninterrupted run gives. <paramref name="notes"/>: text kept with the
+    /// checkpoint and not compared on resume, stored in the metadata as forwardad.note.KEY (<see cref="Data.SafeTensors.Read"/>
+    /// reads it back).
     /// </summary>
-    public void SaveCheckpoint(string path, IReadOnlyDictionary<string, string> description)
+    public void SaveCheckpoint(string path, IReadOnlyDictionary<string, string> description, IReadOnlyDictionary<string, string>? notes = null)
     {
         var progress = new Dictionary<string, string>
         {
@@ -348,7 +353,7 @@ public sealed class Trainer
             progress[EpochCosinesMeasuredKey] = _cosines.Measured.ToString(CultureInfo.InvariantCulture);
             progress[EpochExchangedKey] = _epochExchanged.ToString(CultureInfo.InvariantCulture);
         }
-        _checkpoint.Write(path, _options.Communicator, Configuration(description), progress);
+        _checkpoint.Write(path, _options.Communicator, Configuration(description), progress, notes);
     }
 
     /// <summary>

@@ -24,6 +24,10 @@ internal sealed class TrainingCheckpoint
     /// predate the key and keep their format.</summary>
     public const string TrainerKey = "forwardad.trainer";
 
+    /// <summary>The metadata keys of a checkpoint's notes: text kept with it and never compared on resume (the tool
+    /// stores there the run's configuration as it can be replayed).</summary>
+    public const string NotePrefix = "forwardad.note.";
+
     /// <summary>The trainers, by the command that runs them (what the messages tell a user to type).</summary>
     public const string Train = "train", LanguageModel = "lm";
 
@@ -62,10 +66,13 @@ internal sealed class TrainingCheckpoint
         return configuration;
     }
 
-    /// <summary>Writes the checkpoint (rank 0 of a data-parallel run; the others wait for it).</summary>
-    public void Write(string path, Communicator communicator, IReadOnlyDictionary<string, string> configuration, IReadOnlyDictionary<string, string> progress)
+    /// <summary>Writes the checkpoint (rank 0 of a data-parallel run; the others wait for it); <paramref name="notes"/>
+    /// go under <see cref="NotePrefix"/>.</summary>
+    public void Write(string path, Communicator communicator, IReadOnlyDictionary<string, string> configuration, IReadOnlyDictionary<string, string> progress,
+        IReadOnlyDictionary<string, string>? notes = null)
     {
         var metadata = new Dictionary<string, string>(configuration) { [FormatKey] = FormatVersion };
+        foreach (var (key, value) in notes ?? new Dictionary<string, string>()) metadata[NotePrefix + key] = value;
         if (_trainer != Train) metadata[TrainerKey] = _trainer;
         foreach (var (key, value) in progress) metadata[key] = value;
         var backend = _parameters.Backend;

@@ -1,0 +1,109 @@
+namespace ForwardAD.Tests;
+
+/// <summary>
+/// A run's configuration saved with --save-config (or carried by a train or lm checkpoint) and replayed with --config
+/// gives the same run, bit for bit; options given after --config take precedence; a bad file is refused naming the file
+/// and the line.
+/// </summary>
+public sealed class ReplayTests : IDisposable
+{
+    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-replay-").FullName;
+
+    public void Dispose() => Directory.Delete(_folder, recursive: true);
+
+    private string PathOf(string name) => Path.Combine(_folder, name);
+
+    private static (int Code, string Out, string Err) Run(params string[] args) => CliTests.Run(args);
+
+    private static void Succeeds(params string[] args)
+    {
+        var (code, output, error) = Run(args);
+        Assert.True(code == 0, $"exit {code}: {error}{output}");
+    }
+
+    /// <summary>The metrics CSV without its timing columns (the only ones two identical runs may differ in).</summary>
+    private static string[] Untimed(string path)
+    {
+        var lines = File.ReadAllLines(path);
+        var header = lines[0].Split(',');
+        int[] kept = [.. Enumerable.Range(0, header.Length).Where(c => header[c] is not ("tokens_per_second" or "training_seconds" or "examples_per_second" or "wall_seconds" or "seconds_per_step"))];
+        return [.. lines.Select(line => { var cells = line.Split(','); return string.Join(',', kept.Select(c => cells[c])); })];
+    }
+
+    private string[] Train(string metrics) =>
+        ["train", "--hidden", "8", "--epochs", "2", "--guesser", "wt", "--lr", "0.01", "--batch-size", "16", "--seed", "3", "--quiet", "--no-plot", "--metrics", PathOf(metrics)];
+
+    [Fact]
+    public void A_saved_configuration_replays_the_run_bit_for_bit_and_later_options_take_precedence()
+    {
+        Succeeds([.. Train("a.csv"), "--save-config", PathOf("run.conf"), "--checkpoint", PathOf("a.safetensors")]);
+        var text = File.ReadAllText(PathOf("run.conf"));
+        Assert.Contains("command = train\n", text);
+        Assert.Contains("guesser = wt\n", text);
+        Assert.Contains("quiet = yes\n", text);
+        Assert.Contains("#   optimizer = sgd", text); // a default not given: a comment, not replayed
+
+        // The file alone (its command included), with another metrics file after it.
+        Succeeds("--config", PathOf("run.conf"), "--metrics", PathOf("b.csv"));
+        Assert.Equal(Untimed(PathOf("a.csv")), Untimed(PathOf("b.csv")));
+        // The checkpoint carries the configuration without its outputs: replayed, it is a new run with the same rows.
+        Succeeds("train", "--config", PathOf("a.safetensors"), "--metrics", PathOf("c.csv"), "--quiet", "--no-plot");
+        Assert.Equal(Untimed(PathOf("a.csv")), Untimed(PathOf("c.csv")));
+        // An option after --config wins over the file's.
+        Succeeds("--config", PathOf("run.conf"), "--epochs", "1", "--metrics", PathOf("d.csv"));
+        Assert.Equal(Untimed(PathOf("a.csv"))[..2], Untimed(PathOf("d.csv")));
+    }
+
+    [Fact]
+    public void A_language_model_checkpoint_replays_its_run()
+    {
+        var text = PathOf("verse.txt");
+        File.WriteAllText(text, string.Concat(Enumerable.Range(0, 200).Select(i => $"to be or not to be {i % 7}\n")));
+        string[] lm = ["lm", "--text", text, "--model", "transformer:l1-h2-d16-t16", "--guesser", "ap", "--batch-size", "4", "--steps", "6", "--eval-every", "3",
+            "--validation-windows", "8", "--cosine-every", "2", "--quiet", "--no-plot"];
+        Succeeds([.. lm, "--metrics", PathOf("a.csv"), "--checkpoint", PathOf("lm.safetensors")]);
+        Succeeds("--config", PathOf("lm.safetensors"), "--metrics", PathOf("b.csv"));
+        Assert.Equal(Untimed(PathOf("a.csv")), Untimed(PathOf("b.csv")));
+    }
+
+    [Fact]
+    public void Bad_configurations_are_refused_naming_the_file_and_the_line()
+    {
+        string Refused(int code, params string[] args)
+        {
+            var (actual, output, error) = Run(args);
+            Assert.True(actual == code, $"exit {actual}, expected {code}: {error}{output}");
+            Assert.StartsWith("error: ", error);
+            Assert.DoesNotContain("   at ", error);
+            return error;
+        }
+        var file = PathOf("x.conf");
+        File.WriteAllText(file, "command = train\nepochz = 3\n");
+        Assert.Contains("line 2: `train` has no option --epochz", Refused(2, "--config", file));
+        File.WriteAllText(file, "command = train\nepochs 3\n");
+        Assert.Contains("line 2: 'epochs 3' is not a setting", Refused(2, "--config", file));
+        File.WriteAllText(file, "command = train\nquiet = maybe\n");
+        Assert.Contains("--quiet is a switch; give yes or no", Refused(2, "--config", file));
+        File.WriteAllText(file, "command = nonsense\n");
+        Assert.Contains("'nonsense' is not a command", Refused(2, "--config", file));
+        File.WriteAllText(file, "command = train\nepochs = 1\n");
+        Assert.Contains("is the configuration of `train`, not of `lm`", Refused(2, "lm", "--config", file));
+        Assert.Contains("does not exist", Refused(1, "--config", PathOf("missing.conf")));
+        Assert.Contains("--config needs a file", Refused(2, "--config"));
+        // A checkpoint without a configuration to replay (a bare safetensors file) says so.
+        ForwardAD.Data.SafeTensors.Write(PathOf("bare.safetensors"), [new ForwardAD.Data.NamedTensor("w", [1], [1f])], new Dictionary<string, string>());
+        Assert.Contains("holds no configuration to replay", Refused(1, "--config", PathOf("bare.safetensors")));
+    }
+
+    [Fact]
+    public void A_default_that_changed_since_the_file_was_written_is_reported()
+    {
+        var file = PathOf("old.conf");
+        File.WriteAllText(file, $"command = train\nhidden = 8\nepochs = 1\nquiet = yes\nno-plot = yes\nmetrics = {PathOf("m.csv")}\n#   seed = 7\n#   batch-size = 32\n");
+        var (code, _, error) = Run("--config", file);
+        Assert.Equal(0, code);
+        Assert.Contains("--seed defaulted to 7", error);
+        Assert.Contains("give --seed 7", error);
+        Assert.DoesNotContain("--batch-size", error);
+    }
+}
