@@ -125,13 +125,15 @@ internal static class CompareCommand
         }
 
         double reference = StepMilliseconds(runs[0]);
-        var table = new Table().AddColumns("method", "test accuracy", "mean cos global", $"mean cos per site ({string.Join(" / ", siteNames)})", "time per step", "× backprop");
-        foreach (var run in runs)
-            table.AddRow(run.Name, TrainCommand.F(run.Reports[^1].TestAccuracy, "P2"), TrainCommand.F(MeanCosine(run), "F3"),
-                string.Join(" / ", Enumerable.Range(0, siteNames.Length).Select(i => TrainCommand.F(MeanSiteCosine(run, i), "F3"))),
-                $"{StepMilliseconds(run):F2} ms", $"{StepMilliseconds(run) / reference:F2}");
-        foreach (int c in new[] { 1, 2, 3, 4, 5 }) table.Columns[c].RightAligned();
+        // Sized to the console (ConsoleTable): on a narrow one the per-site cosines go first, then the step times.
+        List<TableColumnSpec> columns = [new("method"), new("test accuracy"), new("mean cos global"),
+            new($"mean cos per site ({string.Join(" / ", siteNames)})", DropOrder: 1), new("time per step", DropOrder: 2), new("× backprop", DropOrder: 3)];
+        var rows = runs.Select(run => new[] { run.Name, TrainCommand.F(run.Reports[^1].TestAccuracy, "P2"), TrainCommand.F(MeanCosine(run), "F3"),
+            string.Join(" / ", Enumerable.Range(0, siteNames.Length).Select(i => TrainCommand.F(MeanSiteCosine(run, i), "F3"))),
+            string.Create(CultureInfo.InvariantCulture, $"{StepMilliseconds(run):F2} ms"), string.Create(CultureInfo.InvariantCulture, $"{StepMilliseconds(run) / reference:F2}") }).ToList();
+        var (table, dropped) = ConsoleTable.Build(columns, rows, console.Profile.Width);
         console.Write(table);
+        if (ConsoleTable.DroppedNote(dropped, csv) is { } narrow) console.WriteLine(narrow);
         console.MarkupLineInterpolated($"test accuracy after epoch {epochs}; cosine to the backprop gradient: mean over every step of the run, global (all parameters as one vector) and per site (each layer's own); time per step: median over the epochs of the mean step (batch, estimate, update), without the cosine measurement.");
         if (plot && context.WritesFiles)
         {

@@ -38,7 +38,8 @@ internal static class CosineCommand
                 "Trains with backprop (the trajectory) and, every N-th step, gives each guesser the same batch and reports its cosine " +
                 "to the true gradient and its 1-step effectiveness: the loss reduction of one step along the guess relative to one " +
                 "backprop step, each at its best step size from {1e-5, 1e-4, 1e-3, 1e-2, 1e-1}. Prints mean ± std per guesser and " +
-                "writes every measurement to a CSV.",
+                "writes every measurement to a CSV. Shows a progress bar on a terminal, otherwise a line per epoch with the steps " +
+                "done of all and the time left.",
         };
         o.Data.AddTo(command);
         o.Model.AddTo(command);
@@ -81,12 +82,26 @@ internal static class CosineCommand
                 var task = progress.AddTask("trajectory");
                 samples = study.Run(epochs, every, (done, total) => { task.MaxValue = total; task.Value = done; });
             });
-        else samples = study.Run(epochs, every);
+        else
+        {
+            // Not a terminal: a line per epoch of the trajectory, counting the steps done of all with the time left.
+            long stepsPerEpoch = train.Count / batch;
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            samples = study.Run(epochs, every, (done, total) =>
+            {
+                if (done % stepsPerEpoch != 0 && done != total) return;
+                string left = SweepCommand.TimeLeft(watch.Elapsed, (int)done, (int)total);
+                console.MarkupLineInterpolated($"  epoch {(done + stepsPerEpoch - 1) / stepsPerEpoch}/{epochs} measured [[{done}/{total} steps{left}]]");
+            });
+        }
 
-        var table = new Table().AddColumns("guesser", "cosine to ∇L (mean ± std)", "1-step effectiveness (mean ± std)", "samples");
-        foreach (var s in CosineStudy.Summarize(samples))
-            table.AddRow(s.Guesser, $"{s.CosineMean:F4} ± {s.CosineStd:F4}", $"{s.EffectivenessMean:F4} ± {s.EffectivenessStd:F4}", s.Samples.ToString(CultureInfo.InvariantCulture));
+        // Sized to the console (ConsoleTable): on a narrow one the sample counts go first, then the effectiveness.
+        List<TableColumnSpec> columns = [new("guesser"), new("cosine to ∇L (mean ± std)"), new("1-step effectiveness (mean ± std)", DropOrder: 2), new("samples", DropOrder: 1)];
+        var rows = CosineStudy.Summarize(samples).Select(s => new[] { s.Guesser, string.Create(CultureInfo.InvariantCulture, $"{s.CosineMean:F4} ± {s.CosineStd:F4}"),
+            string.Create(CultureInfo.InvariantCulture, $"{s.EffectivenessMean:F4} ± {s.EffectivenessStd:F4}"), s.Samples.ToString(CultureInfo.InvariantCulture) }).ToList();
+        var (table, dropped) = ConsoleTable.Build(columns, rows, console.Profile.Width);
         console.Write(table);
+        if (ConsoleTable.DroppedNote(dropped, csv) is { } narrow) console.WriteLine(narrow);
 
         AtomicFile.WriteAllLines(csv, samples.Select(s => string.Join(',', s.Epoch + 1, s.Step, $"\"{s.Guesser}\"",
             s.Cosine.ToString("G6", CultureInfo.InvariantCulture), s.Effectiveness.ToString("G6", CultureInfo.InvariantCulture)))

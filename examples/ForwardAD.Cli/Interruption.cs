@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 namespace ForwardAD.Cli;
 
 /// <summary>
-/// Ctrl-C (SIGINT) during train or lm: the first one asks the run to stop at the next step boundary (the token given to
+/// Ctrl-C (SIGINT) during train, lm or a study that trains: the first one asks the run to stop at the next step boundary (the token given to
 /// the trainer), so that it can write its checkpoint and metrics and say how to resume; a second one ends the process at
 /// once, as Ctrl-C always did. Exit code 130 either way (128 + SIGINT, what shells report for an interrupted command).
 /// Only a command that listens (<see cref="Listen"/>) stops cooperatively: in any other, Ctrl-C ends the process at once.
@@ -49,15 +49,18 @@ internal sealed class Interruption : IDisposable
     {
         var where = $"interrupted at step {step}{(epoch is int e ? $" (epoch {e})" : "")}";
         if (checkpoint is null) return $"{where}: no checkpoint was written (give --checkpoint PATH to make runs resumable)";
+        // The command is every word before the first option: `study bias-variance` takes its options after both words.
+        int words = 1;
+        while (words < arguments.Count && !arguments[words].StartsWith('-')) words++;
         var options = new List<string>();
-        for (int i = 1; i < arguments.Count; i++)
+        for (int i = words; i < arguments.Count; i++)
         {
             var argument = arguments[i];
             if (argument is "--checkpoint" or "--resume") { i++; continue; }
             if (argument.StartsWith("--checkpoint=", StringComparison.Ordinal) || argument.StartsWith("--resume=", StringComparison.Ordinal)) continue;
             options.Add(argument);
         }
-        var command = string.Join(' ', new[] { "forwardad", arguments[0], "--resume", checkpoint }.Concat(options).Select(Quoted));
+        var command = string.Join(' ', new[] { "forwardad" }.Concat(arguments.Take(words)).Concat(["--resume", checkpoint]).Concat(options).Select(Quoted));
         return $"{where}: checkpoint {checkpoint}; resume with: {command}";
     }
 

@@ -101,6 +101,8 @@ internal static class StudyCommands
             var watch = Stopwatch.StartNew();
             int max = p.GetValue(maxGuesses), b = p.GetValue(batch), first = p.GetValue(example);
             if ((max & (max - 1)) != 0) throw new UsageException($"--max-guesses must be a power of two (2, 4, …, 8192); got {max}.");
+            var folder = p.GetValue(common.Out)!;
+            using var outputs = ClaimOutputs(context, folder, "saturation");
             var rhos = p.GetValue(ridges) is "none" or "" ? [] : Numbers(p, ridges, v => v > 0, "numbers > 0 (relative ridges ρ, or 'none')");
             var (parameters, train, description) = Pretrained(p, common, p.GetValue(pretrain), context);
             if ((long)first + b > train.Count) throw new UsageException($"--example {first} with --batch-size {b} runs past the training set ({train.Count} examples).");
@@ -118,14 +120,17 @@ internal static class StudyCommands
             foreach (var rho in rhos) methods.Add(g => new DebiasedGuesser((ActivationGuesser)Guessers.WeightTranspose(m, g), rho));
             if (rhos.Any()) RequireDebiasable(() => methods[^1](1).Compile(parameters, 1));
             context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study saturation: {description}, examples {first}…{first + b - 1}, up to {max} guesses, {p.GetValue(mode)}");
+            // A line per guesser measured, counting those done with the time left (the rest at the mean time per guesser).
+            int measured = 0;
+            var measuring = Stopwatch.StartNew();
             var points = SaturationStudy.Run(parameters, features, labels, b, methods, max, (ulong)p.GetValue(common.Seed),
-                name => context.Console.MarkupLineInterpolated($"  {name} done ({watch.Elapsed.TotalSeconds:F0} s)"));
+                name => context.Console.MarkupLineInterpolated($"  {name} done [[{++measured}/{methods.Count} guessers{SweepCommand.TimeLeft(measuring.Elapsed, measured, methods.Count)}]]"));
 
-            var table = new Table().AddColumns("guesser", "n = 2", "n = 64", $"n = {max}");
-            foreach (var group in points.GroupBy(q => q.Guesser))
-                table.AddRow(group.Key, F(group.First().Cosine), F(group.FirstOrDefault(q => q.Guesses == 64)?.Cosine ?? double.NaN), F(group.Last().Cosine));
-            context.Console.Write(table);
-            var folder = p.GetValue(common.Out)!;
+            var csv = Path.Combine(folder, "saturation.csv");
+            int mid = Math.Min(64, max);
+            var rows = points.GroupBy(q => q.Guesser).Select(group => new[] { group.Key, F(group.First().Cosine),
+                F(group.FirstOrDefault(q => q.Guesses == mid)?.Cosine ?? double.NaN), F(group.Last().Cosine) }).ToList();
+            Write(context, [new("guesser"), new("n = 2"), new($"n = {mid}"), new($"n = {max}")], rows, csv);
             Csv(folder, "saturation", "guesser,guesses,cosine", points.Select(q => $"{Quote(q.Guesser)},{q.Guesses},{G(q.Cosine)}"));
             Charts(context, folder, "saturation");
             Done(context, watch);
@@ -166,11 +171,25 @@ internal static class StudyCommands
         public readonly Option<int> BatchSize = Opt.Int("batch-size", 32, min: 1).Describe("B", "examples per step");
         public readonly Option<string> Mode = StudyCommands.Mode();
         public readonly Option<int> Guesses = Opt.Int("guesses", 1, min: 1, max: 1 << 16).Describe("G", "guesses averaged per step");
+        public readonly Option<string?> Checkpoint = Opt.OptionalString("checkpoint").Describe("PATH",
+            "write a safetensors checkpoint of the curve in progress after every epoch (atomically); NAME.csv in --out gains each epoch's row as it completes");
+        public readonly Option<string?> Resume = Opt.OptionalString("resume").Describe("PATH",
+            "continue an interrupted study from its checkpoint and the NAME.csv of its --out, bit for bit: finished curves are kept, " +
+            "the curve in progress goes on from its last step. The checkpoint records the study's configuration (data, model, rule, " +
+            "batch size, mode, guesses, epochs, the curves and their options, seed) and any difference is refused, naming it; so is " +
+            "a NAME.csv that does not hold the rows the checkpoint was written after. May differ: --checkpoint");
 
         public CurveOptions(int epochs) => Epochs = Opt.Int("epochs", epochs, min: 1, max: 1_000_000).Describe("N", "epochs of every curve");
 
-        /// <summary>Registers the options under "Training", with the study's own <paramref name="more"/> and <paramref name="note"/>.</summary>
-        public void AddTo(DocumentedCommand command, Option[] more, string? note) => command.Section("Training", [Epochs, BatchSize, Mode, Guesses, .. more], note);
+        /// <summary>Registers the options under "Training" (with the study's own <paramref name="more"/> and
+        /// <paramref name="note"/>) and "Checkpoints".</summary>
+        public void AddTo(DocumentedCommand command, Option[] more, string? note)
+        {
+            command.Section("Training", [Epochs, BatchSize, Mode, Guesses, .. more], note);
+            command.Section("Checkpoints", [Checkpoint, Resume],
+                "Ctrl-C stops the study after the current step: with --checkpoint it writes the checkpoint there (within an epoch too) " +
+                "and prints the command that resumes it; a second Ctrl-C ends at once. Exit code 130.");
+        }
     }
 
     /// <summary>De-biased Wᵀ works on dense sites feeding dense sites only: check the model before minutes of other methods
@@ -184,7 +203,8 @@ internal static class StudyCommands
         }
     }
 
-    private sealed record CurveSetup(Model Model, Dataset Train, Dataset Test, UpdateRule Rule, TrainingOptions Options, string Description, int Epochs);
+    private sealed record CurveSetup(Model Model, Dataset Train, Dataset Test, UpdateRule Rule, TrainingOptions Options, string Description, int Epochs,
+        Dictionary<string, string> Configuration);
 
     private static CurveSetup Setup(ParseResult p, Common common, CurveOptions training, Func<Dataset, RunConfiguration, Model?>? defaultModel = null)
     {
@@ -200,44 +220,194 @@ internal static class StudyCommands
         var (rule, ruleText) = common.BuildRule(p, train.Count / batch, epochs);
         // Cosines on every step (the oracle is one backprop pass, cheaper than most guessers' step): smooth per-epoch means.
         var options = new TrainingOptions(batch, seed) { CosineEvery = 1 };
-        return new CurveSetup(model, train, test, rule, options, $"{configuration["model"]}, {ruleText}, batch {batch}, {p.GetValue(training.Mode)}", epochs);
+        // What a checkpoint records and a resume compares, besides the seed and batch size the trainer records itself.
+        var recorded = configuration.ToDictionary();
+        recorded["study_rule"] = ruleText;
+        recorded["study_mode"] = p.GetValue(training.Mode)!;
+        recorded["study_guesses"] = p.GetValue(training.Guesses).ToString(CultureInfo.InvariantCulture);
+        recorded["study_epochs"] = epochs.ToString(CultureInfo.InvariantCulture);
+        return new CurveSetup(model, train, test, rule, options, $"{configuration["model"]}, {ruleText}, batch {batch}, {p.GetValue(training.Mode)}", epochs, recorded);
     }
 
-    /// <summary>Every guesser's curve, a line per epoch with the epochs done of all and the time left (the epochs to go at
-    /// the mean time per epoch so far; a diverged run's remaining epochs leave the count).</summary>
-    private static List<CurvePoint> RunCurves(CliContext context, CurveSetup s, IReadOnlyList<Guesser> guessers, Func<ParameterStore, double[]>? extra = null)
+    /// <summary>
+    /// Every guesser's curve, a line per epoch with the epochs done of all and the time left (the epochs to go at the mean
+    /// time per epoch so far; a diverged run's remaining epochs leave the count), then the CSV, its table and charts.
+    /// NAME.csv is rewritten (atomically) after every epoch, and with --checkpoint the curve in progress is checkpointed
+    /// after it, through the trainer's own checkpoint, whose description holds the study's configuration, the curve's index
+    /// and a hash of the CSV rows written so far. --resume finds in NAME.csv the rows that hash names, keeps them (the
+    /// finished curves and the epochs of the curve in progress) and continues that curve's trainer; Ctrl-C checkpoints the
+    /// curve within its epoch and exits 130 with the command that resumes.
+    /// </summary>
+    private static int RunCurves(CliContext context, ParseResult p, CurveOptions training, string folder, string name, CurveSetup s,
+        IReadOnlyList<Guesser> guessers, string[] extraNames, Func<ParameterStore, double[]>? extra = null)
     {
-        int total = guessers.Count * s.Epochs, done = 0, doneThisGuesser = 0;
-        var watch = System.Diagnostics.Stopwatch.StartNew();
-        return TrainingCurves.Run(s.Model, guessers, s.Rule, s.Train, s.Test, s.Options, s.Epochs, extra,
-            progress: point =>
-            {
-                if (point.Epoch == 0) doneThisGuesser = 0;
-                else (done, doneThisGuesser) = (done + 1, doneThisGuesser + 1);
-                string left = SweepCommand.TimeLeft(watch.Elapsed, done, total);
-                context.Console.MarkupLineInterpolated($"  {point.Guesser}, epoch {point.Epoch}: test accuracy {point.TestAccuracy:P1}, cosine {point.Cosine:F3} [[{done}/{total} epochs{left}]]");
-            },
-            diverged: (name, e) =>
-            {
-                total -= s.Epochs - doneThisGuesser;
-                context.Console.MarkupLineInterpolated($"  [yellow]{name} diverged:[/] {e.Message}");
-            });
-    }
-
-    private static void WriteCurves(CliContext context, string folder, string name, string description, List<CurvePoint> points, string[] extraNames)
-    {
-        // The study's name first: the studies share these columns, and `plot` draws each file as its study.
+        var csv = Path.Combine(folder, name + ".csv");
+        var resume = p.GetValue(training.Resume);
+        var checkpoint = p.GetValue(training.Checkpoint) ?? resume;
+        foreach (var (option, path) in new[] { ("--checkpoint", checkpoint), ("--resume", resume) })
+            if (path is not null && Directory.Exists(path)) throw new IOException($"{option} {path}: is a directory; give a file path.");
+        // Claimed before the CSV is read for a resume or written: a second study on these outputs is refused, not interleaved.
+        using var outputs = context.WritesFiles ? OutputLock.Acquire($"study {name} (out {folder})", ("--out", csv), ("--checkpoint", checkpoint)) : null;
         var header = MetricsPlots.StudyCurvesHeader + string.Concat(extraNames.Select(n => "," + n));
-        Csv(folder, name, header, points.Select(q => string.Join(',', [name, Quote(q.Guesser), q.Epoch.ToString(CultureInfo.InvariantCulture),
-            G(q.TrainLoss), G(q.TrainAccuracy), G(q.TestLoss), G(q.TestAccuracy), G(q.Cosine), .. q.Extra.Select(G)])));
-        var table = new Table().AddColumns(["guesser", "epochs", "train loss", "test accuracy", "mean cosine (last epoch)", .. extraNames]);
-        foreach (var g in points.GroupBy(q => q.Guesser))
+        var configuration = new Dictionary<string, string>(s.Configuration)
         {
-            var last = g.Last();
-            table.AddRow([g.Key, last.Epoch.ToString(CultureInfo.InvariantCulture), F(last.TrainLoss), $"{last.TestAccuracy:P1}", F(last.Cosine), .. last.Extra.Select(F)]);
+            ["study"] = name,
+            ["study_curves"] = string.Join(" | ", guessers.Select(g => g.Name)),
+        };
+        Dictionary<string, string> Description(int curve, IReadOnlyList<string> rows) => new(configuration)
+        {
+            [CurveKey] = curve.ToString(CultureInfo.InvariantCulture),
+            [RowsKey] = RowsHash(rows),
+        };
+
+        List<string> rows = [];
+        List<CurvePoint> kept = [];
+        CurveResume? continued = null;
+        if (resume is not null)
+        {
+            var (curve, stored) = StudyCheckpoint(resume, name);
+            if (curve >= guessers.Count)
+                throw new InvalidDataException($"{resume}: the checkpoint is of curve {curve + 1} of a study with more curves than this run's {guessers.Count} " +
+                    $"({configuration["study_curves"]}). Resume with the options the study was started with.");
+            rows = RowsFor(csv, header, stored, resume);
+            kept = [.. rows.Select(row => ParseRow(row, extraNames.Length))];
+            var description = Description(curve, rows);
+            continued = new CurveResume(curve, trainer =>
+            {
+                try { trainer.Resume(resume, description); }
+                catch (CheckpointMismatchException e)
+                {
+                    throw new InvalidDataException($"{e.Message} --resume continues a study only with the options it was started with " +
+                        $"(the checkpoint's metadata lists them). To run with these options instead, start anew: drop --resume and give another --out.", e);
+                }
+                context.Console.MarkupLineInterpolated($"resumed from {resume}: {guessers[curve].Name} at epoch {trainer.NextEpoch + 1}, step {trainer.Step}");
+            });
         }
-        context.Console.Write(table);
+
+        // A diverged curve's rows stop early: its epochs never run and leave the count.
+        int done = kept.Count(q => q.Epoch > 0), total = guessers.Count * s.Epochs, doneThisGuesser = 0;
+        foreach (var finished in kept.GroupBy(q => q.Guesser).SkipLast(1)) total -= s.Epochs - finished.Max(q => q.Epoch);
+        var watch = Stopwatch.StartNew();
+        int doneAtStart = done;
+        int current = -1;
+        Trainer? trainer = null;
+        var interrupt = context.ListenForInterrupt();
+        List<CurvePoint> points;
+        try
+        {
+            points = TrainingCurves.Run(s.Model, guessers, s.Rule, s.Train, s.Test, s.Options, s.Epochs, extra,
+                progress: point =>
+                {
+                    if (point.Epoch == 0) doneThisGuesser = 0;
+                    else (done, doneThisGuesser) = (done + 1, doneThisGuesser + 1);
+                    rows.Add(Row(name, point));
+                    // The row first: a checkpoint never names rows the CSV lacks (a row ahead of it is dropped on resume).
+                    AtomicFile.WriteAllLines(csv, rows.Prepend(header));
+                    if (checkpoint is not null) trainer!.SaveCheckpoint(checkpoint, Description(current, rows));
+                    string left = SweepCommand.TimeLeft(watch.Elapsed, done - doneAtStart, total - doneAtStart);
+                    context.Console.MarkupLineInterpolated($"  {point.Guesser}, epoch {point.Epoch}: test accuracy {point.TestAccuracy:P1}, cosine {point.Cosine:F3} [[{done}/{total} epochs{left}]]");
+                },
+                diverged: (guesser, e) =>
+                {
+                    total -= s.Epochs - doneThisGuesser;
+                    context.Console.MarkupLineInterpolated($"  [yellow]{guesser} diverged:[/] {e.Message}");
+                },
+                resume: continued,
+                started: (curve, t) =>
+                {
+                    (current, trainer) = (curve, t);
+                    // A resumed curve goes on counting its own epochs (for the count a divergence takes away).
+                    doneThisGuesser = t.NextEpoch;
+                },
+                cancellationToken: interrupt);
+        }
+        catch (OperationCanceledException) when (interrupt.IsCancellationRequested)
+        {
+            // Stopped between two steps: the checkpoint takes this step (within an epoch too); the CSV holds every finished epoch.
+            if (checkpoint is not null && trainer is not null) trainer.SaveCheckpoint(checkpoint, Description(current, rows));
+            if (trainer is not null) context.Console.MarkupLineInterpolated($"interrupted during the curve of {guessers[current].Name}");
+            context.Error.WriteLine(Interruption.Message(trainer?.Step ?? 0, trainer?.NextEpoch + 1, trainer is null ? null : checkpoint, context.Arguments));
+            return Interruption.ExitCode;
+        }
+        // Every row is in the CSV already (written as it came); the table shows each curve's last epoch.
+        if (rows.Count == 0) AtomicFile.WriteAllLines(csv, [header]);
+        WriteCurveTable(context, csv, [.. kept, .. points], extraNames);
+        Charts(context, folder, name);
+        return Cli.Success;
     }
+
+    /// <summary>Checkpoint metadata of a study: the index of the curve in progress and the hash of the CSV rows written
+    /// before the checkpoint.</summary>
+    private const string CurveKey = "study_curve", RowsKey = "study_rows_sha256";
+
+    private static string RowsHash(IEnumerable<string> rows) =>
+        Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(string.Concat(rows.Select(r => r + "\n")))));
+
+    /// <summary>The study and curve a checkpoint continues, and the hash of its rows; a file that is no study checkpoint,
+    /// or another study's, is refused naming what it is.</summary>
+    private static (int Curve, string RowsHash) StudyCheckpoint(string path, string name)
+    {
+        if (!File.Exists(path)) throw new IOException($"--resume {path}: no such file. Give the --checkpoint path of the interrupted study.");
+        var metadata = SafeTensors.Read(path).Metadata;
+        if (!metadata.TryGetValue(CurveKey, out var curveText) || !metadata.TryGetValue(RowsKey, out var hash) || !metadata.TryGetValue("study", out var study))
+            throw new InvalidDataException($"{path}: not a checkpoint of a study (it has no {CurveKey}); `forwardad study {name} --resume` continues a study's own checkpoints.");
+        if (study != name)
+            throw new InvalidDataException($"{path}: a checkpoint of `forwardad study {study}`; resume it with that study.");
+        if (!int.TryParse(curveText, NumberStyles.None, CultureInfo.InvariantCulture, out int curve))
+            throw new InvalidDataException($"{path}: {CurveKey} is '{curveText}', not a curve index.");
+        return (curve, hash);
+    }
+
+    /// <summary>The rows of <paramref name="csv"/> the checkpoint was written after: the first rows whose hash is the
+    /// checkpoint's (a row written after it, when the study was killed between the two writes, is dropped).</summary>
+    private static List<string> RowsFor(string csv, string header, string hash, string checkpoint)
+    {
+        string[] lines = File.Exists(csv) ? File.ReadAllLines(csv) : [];
+        if (lines.Length > 0 && lines[0] != header)
+            throw new InvalidDataException($"{csv}: not this study's CSV (its header is '{lines[0]}'; expected '{header}'). Give the --out of the interrupted study.");
+        using var incremental = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        for (int count = 0; ; count++)
+        {
+            if (Convert.ToHexStringLower(incremental.GetCurrentHash()) == hash) return [.. lines.Skip(1).Take(count)];
+            if (count + 1 >= lines.Length) break;
+            incremental.AppendData(System.Text.Encoding.UTF8.GetBytes(lines[count + 1] + "\n"));
+        }
+        throw new InvalidDataException($"{csv} does not hold the rows {checkpoint} was written after (the CSV of another run, or edited): " +
+            "resume with the --out of the interrupted study, or start anew without --resume.");
+    }
+
+    private static string Row(string name, CurvePoint q) => string.Join(',', [name, Quote(q.Guesser), q.Epoch.ToString(CultureInfo.InvariantCulture),
+        G(q.TrainLoss), G(q.TrainAccuracy), G(q.TestLoss), G(q.TestAccuracy), G(q.Cosine), .. q.Extra.Select(G)]);
+
+    /// <summary>A row of the CSV read back for the table (a guesser's name is quoted and may hold commas).</summary>
+    private static CurvePoint ParseRow(string row, int extras)
+    {
+        int open = row.IndexOf('"', StringComparison.Ordinal), close = row.LastIndexOf('"');
+        var guesser = row[(open + 1)..close].Replace("\"\"", "\"", StringComparison.Ordinal);
+        var cells = row[(close + 2)..].Split(',');
+        double D(int i) => double.Parse(cells[i], NumberStyles.Float, CultureInfo.InvariantCulture);
+        return new CurvePoint(guesser, int.Parse(cells[0], CultureInfo.InvariantCulture), D(1), D(2), D(3), D(4), D(5), [.. Enumerable.Range(6, extras).Select(D)]);
+    }
+
+    /// <summary>Each curve's last epoch, sized to the console (<see cref="ConsoleTable"/>); the extra measures are left out
+    /// first when it is narrow, then the train loss.</summary>
+    private static void WriteCurveTable(CliContext context, string csv, List<CurvePoint> points, string[] extraNames)
+    {
+        List<TableColumnSpec> columns = [new("guesser"), new("epochs"), new("train loss", DropOrder: extraNames.Length + 1), new("test acc"),
+            new("cosine (last epoch)"), .. extraNames.Select((n, i) => new TableColumnSpec(n.Replace('_', ' '), DropOrder: i + 1))];
+        var rows = points.GroupBy(q => q.Guesser).Select(g => g.Last())
+            .Select(last => (string[])[last.Guesser, last.Epoch.ToString(CultureInfo.InvariantCulture), F(last.TrainLoss), Percent(last.TestAccuracy), F(last.Cosine), .. last.Extra.Select(F)]).ToList();
+        Write(context, columns, rows, csv);
+    }
+
+    private static void Write(CliContext context, IReadOnlyList<TableColumnSpec> columns, IReadOnlyList<string[]> rows, string csv)
+    {
+        var (table, dropped) = ConsoleTable.Build(columns, rows, context.Console.Profile.Width);
+        context.Console.Write(table);
+        if (ConsoleTable.DroppedNote(dropped, csv) is { } note) context.Console.WriteLine(note);
+    }
+
+    private static string Percent(double v) => double.IsFinite(v) ? v.ToString("P1", CultureInfo.InvariantCulture) : "–";
 
     private static DocumentedCommand BiasVariance(CliContext context)
     {
@@ -263,12 +433,10 @@ internal static class StudyCommands
             List<Guesser> guessers = [Guessers.DirectionalDescent(g), wt, new CosineMatchedTo(wt), .. rhos.Select(r => (Guesser)new DebiasedGuesser((ActivationGuesser)wt, r))];
             if (rhos.Any()) RequireDebiasable(() => guessers[^1].Compile(ParameterStore.Initialize(s.Model, new CpuBackend(), 1), 1));
             context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study bias-variance: {s.Description}, {s.Epochs} epochs");
-            var points = RunCurves(context, s, guessers);
             var folder = p.GetValue(common.Out)!;
-            WriteCurves(context, folder, "bias-variance", s.Description, points, []);
-            Charts(context, folder, "bias-variance");
-            Done(context, watch);
-            return Cli.Success;
+            int code = RunCurves(context, p, training, folder, "bias-variance", s, guessers, []);
+            if (code == Cli.Success) Done(context, watch);
+            return code;
         });
         return command;
     }
@@ -302,12 +470,10 @@ internal static class StudyCommands
                 string.Create(CultureInfo.InvariantCulture, $"σ^{power:0.##} Wᵀ self-sharpening"),
                 Guess.Uniform.ProjectedWithSingularValuePower((float)power).Masked(), Guess.TrueError, mode, g)).Prepend(Guessers.Backprop).ToList();
             context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study sharpening: {s.Description}, {s.Epochs} epochs");
-            var points = RunCurves(context, s, guessers, ps => [TrainingCurves.FirstLayerEffectiveRank(ps)]);
             var folder = p.GetValue(common.Out)!;
-            WriteCurves(context, folder, "sharpening", s.Description, points, ["first_layer_effective_rank"]);
-            Charts(context, folder, "sharpening");
-            Done(context, watch);
-            return Cli.Success;
+            int code = RunCurves(context, p, training, folder, "sharpening", s, guessers, ["first_layer_effective_rank"], ps => [TrainingCurves.FirstLayerEffectiveRank(ps)]);
+            if (code == Cli.Success) Done(context, watch);
+            return code;
         });
         return command;
     }
@@ -335,12 +501,10 @@ internal static class StudyCommands
             if (sites < 2) throw new UsageException("k-layer downstream needs a model with at least two sites (one hidden layer).");
             var guessers = Enumerable.Range(1, sites - 1).Select(k => Guessers.Downstream(k, mode, g)).Prepend(Guessers.ActivationPerturbation(mode, g)).ToList();
             context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study downstream: {s.Description}, {s.Epochs} epochs");
-            var points = RunCurves(context, s, guessers);
             var folder = p.GetValue(common.Out)!;
-            WriteCurves(context, folder, "downstream", s.Description, points, []);
-            Charts(context, folder, "downstream");
-            Done(context, watch);
-            return Cli.Success;
+            int code = RunCurves(context, p, training, folder, "downstream", s, guessers, []);
+            if (code == Cli.Success) Done(context, watch);
+            return code;
         });
         return command;
     }
@@ -363,21 +527,26 @@ internal static class StudyCommands
         command.SetAction(p =>
         {
             var watch = Stopwatch.StartNew();
+            var folder = p.GetValue(common.Out)!;
+            using var outputs = ClaimOutputs(context, folder, "spectra");
             var (parameters, train, description) = Pretrained(p, common, p.GetValue(pretrain), context);
             int count = Math.Min(p.GetValue(examples), train.Count);
             context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study spectra: {description}, {count} examples, {p.GetValue(jacobians)} Jacobians per site");
-            var spectra = SpectraStudy.Run(parameters, train, Math.Min(p.GetValue(jacobians), train.Count), count);
-            var table = new Table().AddColumns("site", "Jacobian σ_k/σ_1 at k = 2, 5, 10", "Jacobian effective rank", "components for 90 % of activation variance", "site width");
             var model = parameters.Model;
-            foreach (var s in spectra)
+            // A line per site, counting the sites done with the time left (the rest at the mean time per site so far).
+            int analysed = 0;
+            var analysing = Stopwatch.StartNew();
+            var spectra = SpectraStudy.Run(parameters, train, Math.Min(p.GetValue(jacobians), train.Count), count, site =>
+                context.Console.MarkupLineInterpolated($"  {site.Site} done [[{++analysed}/{model.Sites.Length} sites{SweepCommand.TimeLeft(analysing.Elapsed, analysed, model.Sites.Length)}]]"));
+            var rows = spectra.Select(s =>
             {
                 string At(int k) => s.JacobianSingularValues.Length >= k ? F(s.JacobianSingularValues[k - 1]) : "–";
-                table.AddRow(s.Site, s.JacobianSingularValues.Length == 0 ? "(no next site)" : $"{At(2)}, {At(5)}, {At(10)}",
+                return new[] { s.Site, s.JacobianSingularValues.Length == 0 ? "(no next site)" : $"{At(2)}, {At(5)}, {At(10)}",
                     s.JacobianSingularValues.Length == 0 ? "–" : F(s.JacobianEffectiveRank), s.ComponentsFor90Percent.ToString(CultureInfo.InvariantCulture),
-                    model.Sites.First(x => x.Name == s.Site).ElementCount.ToString(CultureInfo.InvariantCulture));
-            }
-            context.Console.Write(table);
-            var folder = p.GetValue(common.Out)!;
+                    model.Sites.First(x => x.Name == s.Site).ElementCount.ToString(CultureInfo.InvariantCulture) };
+            }).ToList();
+            Write(context, [new("site"), new("Jacobian σ_k/σ_1 at k = 2, 5, 10"), new("Jacobian effective rank", DropOrder: 2),
+                new("components for 90 % of activation variance"), new("site width", DropOrder: 1)], rows, Path.Combine(folder, "spectra.csv"));
             Csv(folder, "spectra", "site,kind,k,value", spectra.SelectMany(s =>
                 s.JacobianSingularValues.Select((v, k) => $"{Quote(s.Site)},jacobian_singular_value,{k + 1},{G(v)}")
                     .Concat(s.ExplainedVariance.Select((v, k) => $"{Quote(s.Site)},explained_variance,{k + 1},{G(v)}"))));
@@ -389,6 +558,10 @@ internal static class StudyCommands
     }
 
     // ------------------------------------------------------------------------------------------------------- output
+
+    /// <summary>Claims a one-shot study's CSV (and so its charts) for the run: a second run on the same --out is refused.</summary>
+    private static OutputLock? ClaimOutputs(CliContext context, string folder, string name) =>
+        context.WritesFiles ? OutputLock.Acquire($"study {name} (out {folder})", ("--out", Path.Combine(folder, name + ".csv"))) : null;
 
     private static string F(double v) => double.IsFinite(v) ? v.ToString("F4", CultureInfo.InvariantCulture) : "–";
     private static string G(double v) => v.ToString("G6", CultureInfo.InvariantCulture);

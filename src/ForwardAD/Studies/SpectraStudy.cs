@@ -30,7 +30,8 @@ public static class SpectraStudy
 
     /// <remarks>jacobianExamples: Examples whose Jacobian spectra are averaged (the first ones of <paramref name="data"/>).</remarks>
     /// <remarks>activationExamples: Examples whose site outputs are analysed.</remarks>
-    public static List<SiteSpectrum> Run(ParameterStore parameters, Dataset data, int jacobianExamples, int activationExamples)
+    /// <remarks>progress: Called with each site's spectrum as it is finished (the sites in the model's order).</remarks>
+    public static List<SiteSpectrum> Run(ParameterStore parameters, Dataset data, int jacobianExamples, int activationExamples, Action<SiteSpectrum>? progress = null)
     {
         var model = parameters.Model;
         if (jacobianExamples < 1 || activationExamples < 2 || activationExamples > data.Count || jacobianExamples > data.Count)
@@ -61,6 +62,7 @@ public static class SpectraStudy
             if (next.Length == 0 || Math.Min(rows, columns) > MaxJacobianSide)
             {
                 results.Add(new SiteSpectrum(site.Name, [], explained));
+                progress?.Invoke(results[^1]);
                 continue;
             }
             var pullBack = single.CreatePullBack(next, site.Node, rows);
@@ -89,6 +91,7 @@ public static class SpectraStudy
                 for (int k = 0; k < sigma.Length; k++) mean[k] += sigma[0] > 0 ? sigma[k] / sigma[0] / jacobianExamples : 0;
             }
             results.Add(new SiteSpectrum(site.Name, mean, explained));
+            progress?.Invoke(results[^1]);
         }
         return results;
     }
