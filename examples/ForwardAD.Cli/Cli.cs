@@ -60,7 +60,8 @@ internal static class Cli
 
         `forwardad COMMAND --help` shows every option of a command; `forwardad --version` the version.
         Exit codes: 0 success, 1 data or runtime error, 2 usage error (messages on stderr), 130 interrupted
-        (Ctrl-C: train and lm stop after the current step, write their checkpoint and print how to resume).
+        (Ctrl-C: train, lm and the studies that train stop after the current step, write their checkpoint and
+        print how to resume).
         """;
 
     public const int Success = 0, RuntimeError = 1, UsageError = 2;
