@@ -95,13 +95,7 @@ internal static class CosineCommand
             });
         }
 
-        // Sized to the console (ConsoleTable): on a narrow one the sample counts go first, then the effectiveness.
-        List<TableColumnSpec> columns = [new("guesser"), new("cosine to ∇L (mean ± std)"), new("1-step effectiveness (mean ± std)", DropOrder: 2), new("samples", DropOrder: 1)];
-        var rows = CosineStudy.Summarize(samples).Select(s => new[] { s.Guesser, string.Create(CultureInfo.InvariantCulture, $"{s.CosineMean:F4} ± {s.CosineStd:F4}"),
-            string.Create(CultureInfo.InvariantCulture, $"{s.EffectivenessMean:F4} ± {s.EffectivenessStd:F4}"), s.Samples.ToString(CultureInfo.InvariantCulture) }).ToList();
-        var (table, dropped) = ConsoleTable.Build(columns, rows, console.Profile.Width);
-        console.Write(table);
-        if (ConsoleTable.DroppedNote(dropped, csv) is { } narrow) console.WriteLine(narrow);
+        WriteSummary(console, CosineStudy.Summarize(samples), csv);
 
         AtomicFile.WriteAllLines(csv, samples.Select(s => string.Join(',', s.Epoch + 1, s.Step, $"\"{s.Guesser}\"",
             s.Cosine.ToString("G6", CultureInfo.InvariantCulture), s.Effectiveness.ToString("G6", CultureInfo.InvariantCulture)))
@@ -113,5 +107,17 @@ internal static class CosineCommand
             console.MarkupLineInterpolated($"plot in {png} and {svg}");
         }
         return Cli.Success;
+    }
+
+    /// <summary>The summary table, sized to the console (<see cref="ConsoleTable"/>): on a narrow one the sample counts go
+    /// first, then the effectiveness, which <paramref name="csv"/> keeps.</summary>
+    internal static void WriteSummary(IAnsiConsole console, IReadOnlyList<CosineSummary> summaries, string csv)
+    {
+        List<TableColumnSpec> columns = [new("guesser"), new("cosine to ∇L (mean ± std)"), new("1-step effectiveness (mean ± std)", DropOrder: 2), new("samples", DropOrder: 1)];
+        var rows = summaries.Select(s => new[] { s.Guesser, string.Create(CultureInfo.InvariantCulture, $"{s.CosineMean:F4} ± {s.CosineStd:F4}"),
+            string.Create(CultureInfo.InvariantCulture, $"{s.EffectivenessMean:F4} ± {s.EffectivenessStd:F4}"), s.Samples.ToString(CultureInfo.InvariantCulture) }).ToList();
+        var (table, dropped) = ConsoleTable.Build(columns, rows, console.Profile.Width);
+        console.Write(table);
+        if (ConsoleTable.DroppedNote(dropped, csv) is { } note) console.WriteLine(note);
     }
 }

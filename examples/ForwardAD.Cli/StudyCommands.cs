@@ -134,7 +134,7 @@ internal static class StudyCommands
             int mid = Math.Min(64, max);
             var rows = points.GroupBy(q => q.Guesser).Select(group => new[] { group.Key, F(group.First().Cosine),
                 F(group.FirstOrDefault(q => q.Guesses == mid)?.Cosine ?? double.NaN), F(group.Last().Cosine) }).ToList();
-            Write(context, [new("guesser"), new("n = 2"), new($"n = {mid}"), new($"n = {max}")], rows, csv);
+            Write(context.Console, [new("guesser"), new("n = 2"), new($"n = {mid}"), new($"n = {max}")], rows, csv);
             Csv(folder, "saturation", "guesser,guesses,cosine", points.Select(q => $"{Quote(q.Guesser)},{q.Guesses},{G(q.Cosine)}"));
             Charts(context, folder, "saturation");
             Done(context, watch);
@@ -335,7 +335,7 @@ internal static class StudyCommands
         }
         // Every row is in the CSV already (written as it came); the table shows each curve's last epoch.
         if (rows.Count == 0) AtomicFile.WriteAllLines(csv, [header]);
-        WriteCurveTable(context, csv, [.. kept, .. points], extraNames);
+        WriteCurveTable(context.Console, csv, [.. kept, .. points], extraNames);
         Charts(context, folder, name);
         return Cli.Success;
     }
@@ -395,20 +395,20 @@ internal static class StudyCommands
 
     /// <summary>Each curve's last epoch, sized to the console (<see cref="ConsoleTable"/>); the extra measures are left out
     /// first when it is narrow, then the train loss.</summary>
-    private static void WriteCurveTable(CliContext context, string csv, List<CurvePoint> points, string[] extraNames)
+    internal static void WriteCurveTable(IAnsiConsole console, string csv, IReadOnlyList<CurvePoint> points, string[] extraNames)
     {
         List<TableColumnSpec> columns = [new("guesser"), new("epochs"), new("train loss", DropOrder: extraNames.Length + 1), new("test acc"),
             new("cosine (last epoch)"), .. extraNames.Select((n, i) => new TableColumnSpec(n.Replace('_', ' '), DropOrder: i + 1))];
         var rows = points.GroupBy(q => q.Guesser).Select(g => g.Last())
             .Select(last => (string[])[last.Guesser, last.Epoch.ToString(CultureInfo.InvariantCulture), F(last.TrainLoss), Percent(last.TestAccuracy), F(last.Cosine), .. last.Extra.Select(F)]).ToList();
-        Write(context, columns, rows, csv);
+        Write(console, columns, rows, csv);
     }
 
-    private static void Write(CliContext context, IReadOnlyList<TableColumnSpec> columns, IReadOnlyList<string[]> rows, string csv)
+    private static void Write(IAnsiConsole console, IReadOnlyList<TableColumnSpec> columns, IReadOnlyList<string[]> rows, string csv)
     {
-        var (table, dropped) = ConsoleTable.Build(columns, rows, context.Console.Profile.Width);
-        context.Console.Write(table);
-        if (ConsoleTable.DroppedNote(dropped, csv) is { } note) context.Console.WriteLine(note);
+        var (table, dropped) = ConsoleTable.Build(columns, rows, console.Profile.Width);
+        console.Write(table);
+        if (ConsoleTable.DroppedNote(dropped, csv) is { } note) console.WriteLine(note);
     }
 
     private static string Percent(double v) => double.IsFinite(v) ? v.ToString("P1", CultureInfo.InvariantCulture) : "–";
@@ -571,7 +571,7 @@ internal static class StudyCommands
                     s.JacobianSingularValues.Length == 0 ? "–" : F(s.JacobianEffectiveRank), s.ComponentsFor90Percent.ToString(CultureInfo.InvariantCulture),
                     model.Sites.First(x => x.Name == s.Site).ElementCount.ToString(CultureInfo.InvariantCulture) };
             }).ToList();
-            Write(context, [new("site"), new("Jacobian σ_k/σ_1 at k = 2, 5, 10"), new("Jacobian effective rank", DropOrder: 2),
+            Write(context.Console, [new("site"), new("Jacobian σ_k/σ_1 at k = 2, 5, 10"), new("Jacobian effective rank", DropOrder: 2),
                 new("components for 90 % of activation variance"), new("site width", DropOrder: 1)], rows, Path.Combine(folder, "spectra.csv"));
             Csv(folder, "spectra", "site,kind,k,value", spectra.SelectMany(s =>
                 s.JacobianSingularValues.Select((v, k) => $"{Quote(s.Site)},jacobian_singular_value,{k + 1},{G(v)}")

@@ -173,4 +173,46 @@ public sealed class StudyResumeTests : IDisposable
         Assert.Contains("epoch 1/2 measured [44/88 steps; about ", output);
         Assert.Contains("epoch 2/2 measured [88/88 steps]", output);
     }
+
+    /// <summary>The cosine and study tables on an 80-column console: every line fits, no header word is cut, and the
+    /// columns left out are named with the CSV that keeps them.</summary>
+    [Fact]
+    public void The_cosine_and_study_tables_fit_80_columns()
+    {
+        var output = new StringWriter();
+        string[] names = ["directional descent", "activation perturbation", "Wᵀ", "2-layer downstream", "cosine-matched to Wᵀ (per-layer)", "backprop"];
+        Cli.CosineCommand.WriteSummary(ConsoleOf(output, 80), [.. names.Select(n => new Training.CosineSummary(n, 0.0055, 0.0045, -0.2089, 10.6669, 22))], "c.csv");
+        AssertFits(output.ToString(), ["guesser", "cosine", "to", "∇L", "(mean", "±", "std)", "1-step", "effectiveness", "samples"], ["guesser", "cosine", "effectiveness"]);
+        Assert.Contains("narrow terminal: samples not shown; every column is in c.csv", output.ToString());
+
+        output = new StringWriter();
+        Cli.StudyCommands.WriteCurveTable(ConsoleOf(output, 80), "sharpening.csv",
+            [.. names.Select(n => new Studies.CurvePoint(n, 20, 0.123456, 0.5, 0.7, 0.975, 0.25, [12.345]))], ["first_layer_effective_rank"]);
+        AssertFits(output.ToString(), ["guesser", "epochs", "train", "loss", "test", "acc", "cosine", "(last", "epoch)", "first", "layer", "effective", "rank"],
+            ["guesser", "epochs", "test", "cosine"]);
+    }
+
+    private static Spectre.Console.IAnsiConsole ConsoleOf(StringWriter output, int width)
+    {
+        var console = Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings
+        {
+            Ansi = Spectre.Console.AnsiSupport.No,
+            ColorSystem = Spectre.Console.ColorSystemSupport.NoColors,
+            Interactive = Spectre.Console.InteractionSupport.No,
+            Out = new Spectre.Console.AnsiConsoleOutput(output),
+        });
+        console.Profile.Width = width;
+        return console;
+    }
+
+    private static void AssertFits(string table, string[] headerWords, string[] required)
+    {
+        var lines = table.Split('\n').Select(l => l.TrimEnd('\r')).ToList();
+        Assert.All(lines, l => Assert.True(l.Length <= 80, $"{l.Length} columns: {l}"));
+        var header = lines.SkipWhile(l => !l.StartsWith('┌')).Skip(1).TakeWhile(l => l.StartsWith('│')).ToList();
+        var tokens = header.SelectMany(l => l.Split(['│', ' '], StringSplitOptions.RemoveEmptyEntries)).ToList();
+        Assert.NotEmpty(tokens);
+        Assert.All(tokens, t => Assert.True(headerWords.Contains(t), $"header word '{t}' is cut or unknown:\n{table}"));
+        Assert.All(required, w => Assert.Contains(w, tokens));
+    }
 }
