@@ -157,10 +157,11 @@ internal static class StudyCommands
         if (epochs > 0)
         {
             var trainer = new Trainer(Guessers.Backprop, rule, parameters, train, test, new TrainingOptions(batch, seed) { CosineEvery = 0 });
+            var watch = Stopwatch.StartNew();
             for (int e = 0; e < epochs; e++)
             {
                 var r = trainer.RunEpoch(e);
-                context.Console.MarkupLineInterpolated($"  backprop epoch {e + 1}: test accuracy {r.TestAccuracy:P1}");
+                context.Console.MarkupLineInterpolated($"  backprop epoch {e + 1}: test accuracy {r.TestAccuracy:P1} [[{e + 1}/{epochs} epochs{SweepCommand.TimeLeft(watch.Elapsed, e + 1, epochs)}]]");
             }
         }
         return (parameters, train, $"{configuration["model"]}, {epochs} backprop epoch{(epochs == 1 ? "" : "s")} ({ruleText})");
