@@ -443,15 +443,7 @@ internal static class StudyCommands
             if (code == Cli.Success) Done(context, watch);
             return code;
         });
-<<<<<<< HEAD
         return command;
-=======
-        return (command, SubHelp("bias-variance", "Training curves of directional descent, Wᵀ and cosine-matched directional descent (Fig. 4 right).", CurveOptions.Help(20) + """
-              --ridges LIST             relative ridges ρ of de-biased Wᵀ curves (default 0.1; 'none' for no such curve)
-            "cosine-matched to Wᵀ": at every step Wᵀ's estimate on the same batch gives θ = cos(ĝ_Wᵀ, g); the direction
-            y = √N(|θ| g/‖g‖ + √(1−θ²) r̂), r̂ ⟂ g random, gives sign(θ)(g·y)y: the same cosine, no bias.
-            """ + "\n" + CurveOptions.CheckpointHelp));
->>>>>>> 4e2a6fa (study, cosine: help texts and docs describe progress, output claims, --checkpoint/--resume and Ctrl-C of the studies; the training studies' help no longer runs its last option into the next line)
     }
 
     private static DocumentedCommand Sharpening(CliContext context)
@@ -488,15 +480,7 @@ internal static class StudyCommands
             if (code == Cli.Success) Done(context, watch);
             return code;
         });
-<<<<<<< HEAD
         return command;
-=======
-        return (command, SubHelp("sharpening", "Self-sharpening with σ^p Wᵀ: cosine and the first layer's effective rank (Fig. 5).", CurveOptions.Help(20) + """
-              --powers LIST             singular-value powers p (default 0,1,2,3; p = 1 is self-sharpening)
-            Default model --hidden 64,64 (p ≠ 1 decomposes WᵀW on the host every step). Backprop is trained
-            alongside for reference (its effective rank).
-            """ + "\n" + CurveOptions.CheckpointHelp));
->>>>>>> 4e2a6fa (study, cosine: help texts and docs describe progress, output claims, --checkpoint/--resume and Ctrl-C of the studies; the training studies' help no longer runs its last option into the next line)
     }
 
     private static DocumentedCommand Downstream(CliContext context)
@@ -527,13 +511,7 @@ internal static class StudyCommands
             if (code == Cli.Success) Done(context, watch);
             return code;
         });
-<<<<<<< HEAD
         return command;
-=======
-        return (command, SubHelp("downstream", "k-layer downstream guesses for k = 1 … L−1 (Fig. 7 left).", CurveOptions.Help(15) + """
-            Default model: --layers 5 --width 128 (k = 1 … 4); activation perturbation (k = 0) for reference.
-            """ + "\n" + CurveOptions.CheckpointHelp));
->>>>>>> 4e2a6fa (study, cosine: help texts and docs describe progress, output claims, --checkpoint/--resume and Ctrl-C of the studies; the training studies' help no longer runs its last option into the next line)
     }
 
     // ------------------------------------------------------------------------------------------------------- spectra
