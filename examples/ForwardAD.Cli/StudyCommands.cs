@@ -128,7 +128,7 @@ internal static class StudyCommands
             int measured = 0;
             var measuring = Stopwatch.StartNew();
             var points = SaturationStudy.Run(parameters, features, labels, b, methods, max, (ulong)p.GetValue(common.Seed),
-                name => context.Console.MarkupLineInterpolated($"  {name} done [[{++measured}/{methods.Count} guessers{SweepCommand.TimeLeft(measuring.Elapsed, measured, methods.Count)}]]"));
+                new Reported<string>(name => context.Console.MarkupLineInterpolated($"  {name} done [[{++measured}/{methods.Count} guessers{SweepCommand.TimeLeft(measuring.Elapsed, measured, methods.Count)}]]")));
 
             var csv = Path.Combine(folder, "saturation.csv");
             int mid = Math.Min(64, max);
@@ -301,7 +301,7 @@ internal static class StudyCommands
         try
         {
             points = TrainingCurves.Run(s.Model, guessers, s.Rule, s.Train, s.Test, s.Options, s.Epochs, extra,
-                progress: point =>
+                progress: new Reported<CurvePoint>(point =>
                 {
                     if (point.Epoch == 0) doneThisGuesser = 0;
                     else (done, doneThisGuesser) = (done + 1, doneThisGuesser + 1);
@@ -311,7 +311,7 @@ internal static class StudyCommands
                     if (checkpoint is not null) trainer!.SaveCheckpoint(checkpoint, Description(current, rows));
                     string left = SweepCommand.TimeLeft(watch.Elapsed, done - doneAtStart, total - doneAtStart);
                     context.Console.MarkupLineInterpolated($"  {point.Guesser}, epoch {point.Epoch}: test accuracy {point.TestAccuracy:P1}, cosine {point.Cosine:F3} [[{done}/{total} epochs{left}]]");
-                },
+                }),
                 diverged: (guesser, e) =>
                 {
                     total -= s.Epochs - doneThisGuesser;
@@ -541,8 +541,8 @@ internal static class StudyCommands
             // A line per site, counting the sites done with the time left (the rest at the mean time per site so far).
             int analysed = 0;
             var analysing = Stopwatch.StartNew();
-            var spectra = SpectraStudy.Run(parameters, train, Math.Min(p.GetValue(jacobians), train.Count), count, site =>
-                context.Console.MarkupLineInterpolated($"  {site.Site} done [[{++analysed}/{model.Sites.Length} sites{SweepCommand.TimeLeft(analysing.Elapsed, analysed, model.Sites.Length)}]]"));
+            var spectra = SpectraStudy.Run(parameters, train, Math.Min(p.GetValue(jacobians), train.Count), count, new Reported<SiteSpectrum>(site =>
+                context.Console.MarkupLineInterpolated($"  {site.Site} done [[{++analysed}/{model.Sites.Length} sites{SweepCommand.TimeLeft(analysing.Elapsed, analysed, model.Sites.Length)}]]")));
             var rows = spectra.Select(s =>
             {
                 string At(int k) => s.JacobianSingularValues.Length >= k ? F(s.JacobianSingularValues[k - 1]) : "–";

@@ -67,6 +67,24 @@ public sealed class StudyTests : IDisposable
         Assert.Equal("Wᵀ (per-layer)", points[^1].Guesser);
     }
 
+    /// <summary>The study reports each method as it finishes, and a cancelled token stops it before any more work.</summary>
+    [Fact]
+    public void Saturation_study_reports_each_method_and_stops_when_cancelled()
+    {
+        var problem = Problem.RandomMlp(5, ElementwiseFunction.Relu, 2, widths: [6, 5], inputs: 4, outputs: 3);
+        var reported = new List<string>();
+        Func<int, Guesser>[] methods = [_ => Guessers.Backprop, g => Guessers.WeightTranspose(TangentMode.PerLayer, g)];
+        SaturationStudy.Run(problem.Parameters, problem.Inputs[problem.Model["x"].Id], problem.Inputs[problem.Model["y"].Id], 2, methods, 8, seed: 3,
+            progress: new ForwardAD.Cli.Reported<string>(reported.Add));
+        Assert.Equal(["backprop", "Wᵀ (per-layer)"], reported);
+        using var cancelled = new CancellationTokenSource();
+        cancelled.Cancel();
+        reported.Clear();
+        Assert.Throws<OperationCanceledException>(() => SaturationStudy.Run(problem.Parameters, problem.Inputs[problem.Model["x"].Id],
+            problem.Inputs[problem.Model["y"].Id], 2, methods, 8, seed: 3, progress: new ForwardAD.Cli.Reported<string>(reported.Add), cancellationToken: cancelled.Token));
+        Assert.Empty(reported);
+    }
+
     /// <summary>The cosine-matched estimate has, at every step, exactly the cosine that Wᵀ's estimate has on the same
     /// batch and parameters.</summary>
     [Fact]

@@ -22,9 +22,11 @@ public static class SaturationStudy
     public const int MaxChunk = 128;
 
     /// <remarks>guessers: Each method as a factory of its guesser averaging G guesses per estimate.</remarks>
-    /// <remarks>progress: Called with each finished method's name.</remarks>
+    /// <remarks>progress: Told each finished method's name.</remarks>
+    /// <remarks>cancellationToken: Checked before each chunk of guesses: once cancelled, the study stops with
+    /// <see cref="OperationCanceledException"/>.</remarks>
     public static List<SaturationPoint> Run(ParameterStore parameters, ReadOnlySpan<float> features, ReadOnlySpan<float> labels, int batchSize,
-        IReadOnlyList<Func<int, Guesser>> guessers, int maxGuesses, ulong seed, Action<string>? progress = null)
+        IReadOnlyList<Func<int, Guesser>> guessers, int maxGuesses, ulong seed, IProgress<string>? progress = null, CancellationToken cancellationToken = default)
     {
         if (maxGuesses < 2 || (maxGuesses & (maxGuesses - 1)) != 0)
             throw new ArgumentOutOfRangeException(nameof(maxGuesses), $"The largest number of guesses must be a power of two ≥ 2; got {maxGuesses}.");
@@ -43,6 +45,7 @@ public static class SaturationStudy
             int done = 0, call = 0;
             for (int target = 2; target <= maxGuesses; target *= 2)
             {
+                cancellationToken.ThrowIfCancellationRequested();
                 int chunk = Math.Min(target - done, MaxChunk);
                 if (!estimators.TryGetValue(chunk, out var estimator))
                 {
@@ -59,7 +62,7 @@ public static class SaturationStudy
                 }
                 points.Add(new SaturationPoint(name, target, Cosine(sum, exact)));
             }
-            progress?.Invoke(name);
+            progress?.Report(name);
         }
         return points;
     }

@@ -30,8 +30,9 @@ public static class SpectraStudy
 
     /// <remarks>jacobianExamples: Examples whose Jacobian spectra are averaged (the first ones of <paramref name="data"/>).</remarks>
     /// <remarks>activationExamples: Examples whose site outputs are analysed.</remarks>
-    /// <remarks>progress: Called with each site's spectrum as it is finished (the sites in the model's order).</remarks>
-    public static List<SiteSpectrum> Run(ParameterStore parameters, Dataset data, int jacobianExamples, int activationExamples, Action<SiteSpectrum>? progress = null)
+    /// <remarks>progress: Told each site's spectrum as it is finished (the sites in the model's order).</remarks>
+    /// <remarks>cancellationToken: Checked before each site: once cancelled, the study stops with <see cref="OperationCanceledException"/>.</remarks>
+    public static List<SiteSpectrum> Run(ParameterStore parameters, Dataset data, int jacobianExamples, int activationExamples, IProgress<SiteSpectrum>? progress = null, CancellationToken cancellationToken = default)
     {
         var model = parameters.Model;
         if (jacobianExamples < 1 || activationExamples < 2 || activationExamples > data.Count || jacobianExamples > data.Count)
@@ -54,6 +55,7 @@ public static class SpectraStudy
         var label = new float[1];
         foreach (var site in model.Sites)
         {
+            cancellationToken.ThrowIfCancellationRequested();
             var h = new float[activationExamples * site.ElementCount];
             backend.CopyToHost(forward.Value(site.Output), h);
             var explained = Spectra.ExplainedVariance(h, activationExamples, site.ElementCount);
@@ -62,7 +64,7 @@ public static class SpectraStudy
             if (next.Length == 0 || Math.Min(rows, columns) > MaxJacobianSide)
             {
                 results.Add(new SiteSpectrum(site.Name, [], explained));
-                progress?.Invoke(results[^1]);
+                progress?.Report(results[^1]);
                 continue;
             }
             var pullBack = single.CreatePullBack(next, site.Node, rows);
@@ -91,7 +93,7 @@ public static class SpectraStudy
                 for (int k = 0; k < sigma.Length; k++) mean[k] += sigma[0] > 0 ? sigma[k] / sigma[0] / jacobianExamples : 0;
             }
             results.Add(new SiteSpectrum(site.Name, mean, explained));
-            progress?.Invoke(results[^1]);
+            progress?.Report(results[^1]);
         }
         return results;
     }

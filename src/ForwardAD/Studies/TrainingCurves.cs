@@ -29,7 +29,7 @@ public sealed record CurveResume(int Curve, Action<Trainer> Restore);
 public static class TrainingCurves
 {
     /// <remarks>extra: Per-epoch measures of the parameters (null: none), the same count for every epoch.</remarks>
-    /// <remarks>progress: Called after each epoch of each guesser (and with each curve's initial point).</remarks>
+    /// <remarks>progress: Told each point: after each epoch of each guesser (and each curve's initial point).</remarks>
     /// <remarks>resume: Continues a study: the curves before <see cref="CurveResume.Curve"/> are skipped (their points are
     /// the caller's), and that curve's trainer is restored by <see cref="CurveResume.Restore"/> (from a checkpoint written by
     /// <see cref="Trainer.SaveCheckpoint"/>) and runs from its <see cref="Trainer.NextEpoch"/>, without an initial point.</remarks>
@@ -40,7 +40,7 @@ public static class TrainingCurves
     /// <returns>The points of the curves this call ran, in order.</returns>
     public static List<CurvePoint> Run(Model model, IReadOnlyList<Guesser> guessers, UpdateRule rule, Dataset train, Dataset test,
         TrainingOptions options, int epochs, Func<ParameterStore, double[]>? extra = null, Func<Backend>? backend = null,
-        Action<CurvePoint>? progress = null, Action<string, Exception>? diverged = null, CurveResume? resume = null,
+        IProgress<CurvePoint>? progress = null, Action<string, Exception>? diverged = null, CurveResume? resume = null,
         Action<int, Trainer>? started = null, CancellationToken cancellationToken = default)
     {
         var points = new List<CurvePoint>();
@@ -60,7 +60,7 @@ public static class TrainingCurves
                 var first = new CurvePoint(guesser.Name, 0, initialTrain.Loss, initialTrain.Accuracy, initialTest.Loss, initialTest.Accuracy,
                     double.NaN, [.. extra?.Invoke(parameters) ?? []]);
                 points.Add(first);
-                progress?.Invoke(first);
+                progress?.Report(first);
             }
             for (int epoch = trainer.NextEpoch; epoch < epochs; epoch++)
             {
@@ -74,7 +74,7 @@ public static class TrainingCurves
                 var point = new CurvePoint(guesser.Name, epoch + 1, report.TrainLoss, report.TrainAccuracy, report.TestLoss, report.TestAccuracy,
                     report.GlobalCosine, [.. extra?.Invoke(parameters) ?? []]);
                 points.Add(point);
-                progress?.Invoke(point);
+                progress?.Report(point);
             }
         }
         return points;
