@@ -33,7 +33,7 @@ internal static class MetricsPlots
     /// that files of the same columns draw as their own study.</summary>
     public const string StudyCurvesHeader = "study,guesser,epoch,train_loss,train_accuracy,test_loss,test_accuracy,cosine";
 
-    /// <summary>The header of mixer-table's CSV.</summary>
+    /// <summary>How the header of mixer-table's CSV starts (it ends with the run column, the hash of the table's configuration).</summary>
     public const string MixerTableHeader = "variant,augment,method,seed,epochs,train_loss,train_accuracy,test_loss,test_accuracy,cosine,seconds";
 
     private static IReadOnlyList<(string, Figure)> One(Figure figure) => [("", figure)];
@@ -110,7 +110,7 @@ internal static class MetricsPlots
     /// <summary>The figure's title: which run it shows. The kind and the CSV's file name (the default names of train and lm
     /// hold the guesser, the seed and the configuration hash; compare's and the studies' files are named after the command,
     /// so their folder, the --out of the run, comes first; so do sweep's), then what the file says of the run: the configuration hash
-    /// of train and lm (when the name lacks it), the variant, epochs and seeds of mixer-table (compare's methods are its legend).</summary>
+    /// of train, lm and mixer-table (when the name lacks it), the variant, epochs and seeds of mixer-table (compare's methods are its legend).</summary>
     private static string Title(CsvTable t, Kind kind)
     {
         var name = System.IO.Path.GetFileNameWithoutExtension(t.Path);

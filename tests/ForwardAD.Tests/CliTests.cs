@@ -312,7 +312,7 @@ public sealed class CliTests : IDisposable
     }
 
     /// <summary>A console as the tool makes one, <paramref name="width"/> columns wide, writing to <paramref name="output"/>.</summary>
-    private static Spectre.Console.IAnsiConsole ConsoleOf(StringWriter output, int width)
+    internal static Spectre.Console.IAnsiConsole ConsoleOf(StringWriter output, int width)
     {
         var console = Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings
         {
