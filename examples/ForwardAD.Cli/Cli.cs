@@ -19,7 +19,7 @@ internal sealed record CliContext(TextWriter Output, TextWriter Error, IAnsiCons
     /// <summary>How `sweep` starts its runs; null: a new process of this tool per run (tests give one that runs in process).</summary>
     public IRunLauncher? SweepLauncher { get; init; }
 
-    /// <summary>Called by the commands that stop cleanly on Ctrl-C (train, lm) before their first step: the token it
+    /// <summary>Called by the commands that stop cleanly on Ctrl-C (train, lm, mixer-table) before their first step: the token it
     /// returns is cancelled when the user asks the run to stop, and they then stop at the next step boundary, write their
     /// checkpoint and say how to resume (<see cref="Interruption"/>). Commands that never call it end at Ctrl-C at once.</summary>
     public Func<CancellationToken> ListenForInterrupt { get; init; } = () => CancellationToken.None;
@@ -56,12 +56,12 @@ internal static class Cli
                      downstream, spectra (`forwardad study --help`)
           mixer-table  Table 1 of "How to Guess a Gradient" on Ren et al.'s LocalMixer: end-to-end and local
                      backprop, Ren et al.'s forward gradient, mixing and Wᵀ, with and without augmentation,
-                     over seeds (CSV and Markdown)
+                     over seeds (CSV and Markdown; resumable)
 
         `forwardad COMMAND --help` shows every option of a command; `forwardad --version` the version.
         Exit codes: 0 success, 1 data or runtime error, 2 usage error (messages on stderr), 130 interrupted
-        (Ctrl-C: train, lm and the studies that train stop after the current step, write their checkpoint and
-        print how to resume).
+        (Ctrl-C: train, lm, mixer-table and the studies that train stop after the current step, write their
+        checkpoint and print how to resume).
         """;
 
     public const int Success = 0, RuntimeError = 1, UsageError = 2;
