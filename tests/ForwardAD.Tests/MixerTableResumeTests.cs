@@ -137,6 +137,45 @@ public sealed class MixerTableResumeTests : IDisposable
         Assert.Equal(Untimed(PathOf("straight.csv")), Untimed(PathOf("cut.csv")));
     }
 
+    /// <summary>A table killed outright (no Ctrl-C) leaves its CSV and its checkpoint as they were last written, which a
+    /// resume continues: the run the checkpoint holds when the CSV ends before it, the next run afresh when the CSV
+    /// already has it (killed between the row and the next run's first checkpoint); a checkpoint ahead of the CSV is
+    /// refused.</summary>
+    [Fact]
+    public void A_table_killed_between_its_files_resumes_from_what_they_hold()
+    {
+        var checkpoint = PathOf("last.safetensors");
+        Succeeds(Table("straight", "--checkpoint", checkpoint)); // the checkpoint holds the last run after its first epoch
+        var straight = File.ReadAllLines(PathOf("straight.csv"));
+        Assert.Equal(1 + 8, straight.Length);
+
+        // Ahead of the CSV: the runs before the checkpoint's are missing.
+        File.WriteAllLines(PathOf("behind.csv"), straight[..6]);
+        Assert.Contains("holds run 8 of 8 (seed 2, augment on, ap), but", Fails(Table("behind", "--resume", checkpoint)));
+        Assert.Equal(straight[..6], File.ReadAllLines(PathOf("behind.csv")));
+
+        // Killed in the last run's second epoch: the run goes on from its first epoch's checkpoint.
+        File.WriteAllLines(PathOf("killed.csv"), straight[..8]);
+        var (code, output, error) = CliTests.Run(Table("killed", "--resume", checkpoint));
+        Assert.True(code == 0, error + output);
+        Assert.Contains("7 of 8 runs finished", output);
+        Assert.Contains("seed 2, augment on, ap: epoch 2/2", output);
+        Assert.DoesNotContain("epoch 1/2", output);
+        Assert.Equal(Untimed(PathOf("straight.csv")), Untimed(PathOf("killed.csv")));
+
+        // Killed just after the third run's row: its checkpoint is behind the CSV, and the fourth run starts afresh.
+        var third = PathOf("third.safetensors");
+        Interrupted(Table("cut", "--checkpoint", third), "seed 1, augment on, backprop: epoch 1/2", TimeSpan.Zero);
+        File.WriteAllLines(PathOf("cut.csv"), straight[..4]);
+        (code, output, error) = CliTests.Run(Table("cut", "--resume", third));
+        Assert.True(code == 0, error + output);
+        Assert.Contains("3 of 8 runs finished", output);
+        Assert.DoesNotContain("goes on from the checkpoint", output);
+        Assert.Contains("seed 1, augment on, ap: epoch 1/2", output);
+        Assert.Equal(Untimed(PathOf("straight.csv")), Untimed(PathOf("cut.csv")));
+        Assert.Equal(UntimedMarkdown(PathOf("straight.md")), UntimedMarkdown(PathOf("cut.md")));
+    }
+
     [Fact]
     public void A_resume_with_another_option_is_refused_naming_it_and_changes_nothing()
     {
