@@ -248,7 +248,8 @@ internal static class MixerTableCommand
         configuration.Add("batch_size", batch); // the trainer's own name for it: it records the same value
         configuration.Add("optimizer", "adam");
         configuration.Add("lr", lr);
-        configuration.Add("seeds", string.Join(',', seeds));
+        // Consecutive seeds: the range says them all, briefly (a checkpoint's metadata and a refusal's message).
+        configuration.Add("seeds", seeds.Length == 1 ? $"{firstSeed}" : $"{firstSeed}-{seeds[^1]}");
         configuration.Add("cosine-every", cosineEvery);
         var runHash = configuration.Hash();
 

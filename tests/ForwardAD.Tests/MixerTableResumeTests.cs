@@ -189,6 +189,7 @@ public sealed class MixerTableResumeTests : IDisposable
         Assert.Contains("drop --resume", lr);
         Assert.Contains("methods is 'backprop,ap' but this run's is 'ap,backprop'", Fails(Table("t", "--resume", checkpoint, "--methods", "ap,backprop")));
         Assert.Contains("epochs is '2' but this run's is '3'", Fails(Table("t", "--resume", checkpoint, "--epochs", "3")));
+        Assert.Contains("seeds is '1-2' but this run's is '1-3'", Fails(Table("t", "--resume", checkpoint, "--seeds", "3")));
         // Another table's CSV beside the checkpoint (another --out): its rows are not this table's runs.
         Succeeds(Table("other", "--seed", "5", "--seeds", "1", "--augment-modes", "off"));
         var other = File.ReadAllText(PathOf("other.csv"));
