@@ -78,15 +78,6 @@ public sealed class MixerTableResumeTests : IDisposable
         return error;
     }
 
-    /// <summary>The CSV without its seconds column, the only one a resumed table may change.</summary>
-    private static string[] Untimed(string path)
-    {
-        var lines = File.ReadAllLines(path);
-        int seconds = Array.IndexOf(lines[0].Split(','), "seconds");
-        Assert.True(seconds >= 0);
-        return [.. lines.Select(l => string.Join(',', l.Split(',').Where((_, c) => c != seconds)))];
-    }
-
     /// <summary>The Markdown without its wall-time line.</summary>
     private static string[] UntimedMarkdown(string path) => [.. File.ReadAllLines(path).Where(l => !l.StartsWith("Wall time", StringComparison.Ordinal))];
 
@@ -126,7 +117,7 @@ public sealed class MixerTableResumeTests : IDisposable
         Assert.True(code == 0, error + output);
         Assert.Contains("resumed from", output);
         Assert.DoesNotContain("seed 2, augment off, ap: epoch 1/2", output);
-        Assert.Equal(Untimed(PathOf("straight.csv")), Untimed(PathOf("cut.csv")));
+        Assert.Equal(TimedColumns.Untimed(PathOf("straight.csv")), TimedColumns.Untimed(PathOf("cut.csv")));
         Assert.Equal(UntimedMarkdown(PathOf("straight.md")), UntimedMarkdown(PathOf("cut.md")));
         Assert.False(File.Exists(checkpoint + ".lock"), "the output lock is released");
 
@@ -134,7 +125,7 @@ public sealed class MixerTableResumeTests : IDisposable
         var (again, againOutput, againError) = CliTests.Run(ResumeCommand(second));
         Assert.True(again == 0, againError);
         Assert.Contains("nothing to train", againOutput);
-        Assert.Equal(Untimed(PathOf("straight.csv")), Untimed(PathOf("cut.csv")));
+        Assert.Equal(TimedColumns.Untimed(PathOf("straight.csv")), TimedColumns.Untimed(PathOf("cut.csv")));
     }
 
     /// <summary>A table killed outright (no Ctrl-C) leaves its CSV and its checkpoint as they were last written, which a
@@ -161,7 +152,7 @@ public sealed class MixerTableResumeTests : IDisposable
         Assert.Contains("7 of 8 runs finished", output);
         Assert.Contains("seed 2, augment on, ap: epoch 2/2", output);
         Assert.DoesNotContain("epoch 1/2", output);
-        Assert.Equal(Untimed(PathOf("straight.csv")), Untimed(PathOf("killed.csv")));
+        Assert.Equal(TimedColumns.Untimed(PathOf("straight.csv")), TimedColumns.Untimed(PathOf("killed.csv")));
 
         // Killed just after the third run's row: its checkpoint is behind the CSV, and the fourth run starts afresh.
         var third = PathOf("third.safetensors");
@@ -172,7 +163,7 @@ public sealed class MixerTableResumeTests : IDisposable
         Assert.Contains("3 of 8 runs finished", output);
         Assert.DoesNotContain("goes on from the checkpoint", output);
         Assert.Contains("seed 1, augment on, ap: epoch 1/2", output);
-        Assert.Equal(Untimed(PathOf("straight.csv")), Untimed(PathOf("cut.csv")));
+        Assert.Equal(TimedColumns.Untimed(PathOf("straight.csv")), TimedColumns.Untimed(PathOf("cut.csv")));
         Assert.Equal(UntimedMarkdown(PathOf("straight.md")), UntimedMarkdown(PathOf("cut.md")));
     }
 

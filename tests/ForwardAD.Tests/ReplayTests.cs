@@ -21,15 +21,6 @@ public sealed class ReplayTests : IDisposable
         Assert.True(code == 0, $"exit {code}: {error}{output}");
     }
 
-    /// <summary>The metrics CSV without its timing columns (the only ones two identical runs may differ in).</summary>
-    private static string[] Untimed(string path)
-    {
-        var lines = File.ReadAllLines(path);
-        var header = lines[0].Split(',');
-        int[] kept = [.. Enumerable.Range(0, header.Length).Where(c => header[c] is not ("tokens_per_second" or "training_seconds" or "examples_per_second" or "wall_seconds" or "seconds_per_step"))];
-        return [.. lines.Select(line => { var cells = line.Split(','); return string.Join(',', kept.Select(c => cells[c])); })];
-    }
-
     private string[] Train(string metrics) =>
         ["train", "--hidden", "8", "--epochs", "2", "--guesser", "wt", "--lr", "0.01", "--batch-size", "16", "--seed", "3", "--quiet", "--no-plot", "--metrics", PathOf(metrics)];
 
@@ -45,13 +36,13 @@ public sealed class ReplayTests : IDisposable
 
         // The file alone (its command included), with another metrics file after it.
         Succeeds("--config", PathOf("run.conf"), "--metrics", PathOf("b.csv"));
-        Assert.Equal(Untimed(PathOf("a.csv")), Untimed(PathOf("b.csv")));
+        Assert.Equal(TimedColumns.Untimed(PathOf("a.csv")), TimedColumns.Untimed(PathOf("b.csv")));
         // The checkpoint carries the configuration without its outputs: replayed, it is a new run with the same rows.
         Succeeds("train", "--config", PathOf("a.safetensors"), "--metrics", PathOf("c.csv"), "--quiet", "--no-plot");
-        Assert.Equal(Untimed(PathOf("a.csv")), Untimed(PathOf("c.csv")));
+        Assert.Equal(TimedColumns.Untimed(PathOf("a.csv")), TimedColumns.Untimed(PathOf("c.csv")));
         // An option after --config wins over the file's.
         Succeeds("--config", PathOf("run.conf"), "--epochs", "1", "--metrics", PathOf("d.csv"));
-        Assert.Equal(Untimed(PathOf("a.csv"))[..2], Untimed(PathOf("d.csv")));
+        Assert.Equal(TimedColumns.Untimed(PathOf("a.csv"))[..2], TimedColumns.Untimed(PathOf("d.csv")));
     }
 
     [Fact]
@@ -63,7 +54,7 @@ public sealed class ReplayTests : IDisposable
             "--validation-windows", "8", "--cosine-every", "2", "--quiet", "--no-plot"];
         Succeeds([.. lm, "--metrics", PathOf("a.csv"), "--checkpoint", PathOf("lm.safetensors")]);
         Succeeds("--config", PathOf("lm.safetensors"), "--metrics", PathOf("b.csv"));
-        Assert.Equal(Untimed(PathOf("a.csv")), Untimed(PathOf("b.csv")));
+        Assert.Equal(TimedColumns.Untimed(PathOf("a.csv")), TimedColumns.Untimed(PathOf("b.csv")));
     }
 
     [Fact]

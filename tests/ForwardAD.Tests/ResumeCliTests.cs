@@ -26,15 +26,6 @@ public sealed class ResumeCliTests : IDisposable
             "--validation-windows", "8", "--cosine-every", "2", "--quiet", "--no-plot", "--metrics", PathOf(metrics)];
     }
 
-    /// <summary>The CSV without its timing columns (the only ones a resumed run may change).</summary>
-    private static string[] Untimed(string path)
-    {
-        var lines = File.ReadAllLines(path);
-        var header = lines[0].Split(',');
-        int[] kept = [.. Enumerable.Range(0, header.Length).Where(c => header[c] is not ("tokens_per_second" or "training_seconds" or "examples_per_second" or "wall_seconds"))];
-        return [.. lines.Select(line => { var cells = line.Split(','); return string.Join(',', kept.Select(c => cells[c])); })];
-    }
-
     /// <summary>Every tensor of a checkpoint (parameters, optimizer and guesser state), by name.</summary>
     private static SortedDictionary<string, float[]> Tensors(string path) =>
         new(SafeTensors.Read(path).Tensors.ToDictionary(t => t.Key, t => t.Value.Data), StringComparer.Ordinal);
@@ -73,7 +64,7 @@ public sealed class ResumeCliTests : IDisposable
         var (code, output, error) = CliTests.Run([.. Lm(guesser, "halves.csv"), "--steps", "12", "--resume", PathOf("halves.safetensors")]);
         Assert.True(code == 0, error);
         Assert.Contains("resumed from", output);
-        Assert.Equal(Untimed(PathOf("straight.csv")), Untimed(PathOf("halves.csv")));
+        Assert.Equal(TimedColumns.Untimed(PathOf("straight.csv")), TimedColumns.Untimed(PathOf("halves.csv")));
         AssertSameTensors(PathOf("straight.safetensors"), PathOf("halves.safetensors"));
         // Nothing left to do: said, and nothing changes.
         var (again, againOutput, _) = CliTests.Run([.. Lm(guesser, "halves.csv"), "--steps", "12", "--resume", PathOf("halves.safetensors")]);
@@ -109,7 +100,7 @@ public sealed class ResumeCliTests : IDisposable
         Assert.Contains("--steps 400", message);
 
         Succeeds([.. Lm("grape", "interrupted.csv", evalEvery: 50), "--steps", "400", "--resume", PathOf("interrupted.safetensors")]);
-        Assert.Equal(Untimed(PathOf("straight.csv")), Untimed(metrics));
+        Assert.Equal(TimedColumns.Untimed(PathOf("straight.csv")), TimedColumns.Untimed(metrics));
         AssertSameTensors(PathOf("straight.safetensors"), PathOf("interrupted.safetensors"));
 
         // Without --checkpoint there is nothing to resume from, and the line says how to make runs resumable.
@@ -193,7 +184,7 @@ public sealed class ResumeCliTests : IDisposable
         string epochsText = epochs.ToString(System.Globalization.CultureInfo.InvariantCulture);
         Succeeds([.. common, "--epochs", epochsText, "--metrics", metrics, "--resume", checkpoint]);
         Succeeds([.. common, "--epochs", epochsText, "--metrics", PathOf("straight.csv"), "--checkpoint", PathOf("straight.safetensors")]);
-        Assert.Equal(Untimed(PathOf("straight.csv")), Untimed(metrics));
+        Assert.Equal(TimedColumns.Untimed(PathOf("straight.csv")), TimedColumns.Untimed(metrics));
         AssertSameTensors(PathOf("straight.safetensors"), checkpoint);
     }
 
