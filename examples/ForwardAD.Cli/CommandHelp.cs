@@ -94,8 +94,8 @@ internal static class HelpText
     public static string Render(DocumentedCommand command)
     {
         var text = new StringBuilder();
-        var synopsis = command.Usage.PadRight(DescriptionColumn + 3);
-        text.Append(synopsis).Append(command.Description).Append('\n');
+        // The purpose after the synopsis, at least two spaces from it.
+        text.Append((command.Usage + "  ").PadRight(DescriptionColumn + 3)).Append(command.Description).Append('\n');
         if (command.Summary.Length > 0) text.Append('\n').Append(Wrap(command.Summary, "")).Append('\n');
         text.Append('\n');
         foreach (var section in command.Sections)

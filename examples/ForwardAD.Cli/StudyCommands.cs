@@ -182,7 +182,8 @@ internal static class StudyCommands
             "continue an interrupted study from its checkpoint and the NAME.csv of its --out, bit for bit: finished curves are kept, " +
             "the curve in progress goes on from its last step. The checkpoint records the study's configuration (data, model, rule, " +
             "batch size, mode, guesses, epochs, the curves and their options, seed) and any difference is refused, naming it; so is " +
-            "a NAME.csv that does not hold the rows the checkpoint was written after. May differ: --checkpoint");
+            "a NAME.csv that does not hold the rows the checkpoint was written after. May differ: --checkpoint (without it the " +
+            "resumed checkpoint is written on)");
 
         public CurveOptions(int epochs) => Epochs = Opt.Int("epochs", epochs, min: 1, max: 1_000_000).Describe("N", "epochs of every curve");
 
