@@ -95,9 +95,12 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
     private readonly Site[] _hidden;       // the sites that get B_l e: all but the output site
     private readonly int[] _hiddenIndex;   // per site: its index in _hidden, or −1 for the output site
     private readonly View[] _feedback, _jacobians;
+    /// <summary>GrAPE: per hidden site, the positions that lay an outputs × n matrix out as n × outputs (as floats, for
+    /// <see cref="Backend.GatherColumns"/>): index[i·o + k] = k·n + i.</summary>
+    private readonly View[] _transposeIndices;
     private readonly FeedbackContext[] _contexts;
     private readonly ParameterUpdate _update;
-    private readonly View _error, _delta, _estimate, _gradient;
+    private readonly View _error, _delta, _estimate, _estimateTransposed, _gradient;
     private readonly int _outputs, _channels;
     /// <summary>Rows of the feedback GEMMs per example: T for sequence models (one B shared by the positions), else 1.</summary>
     private readonly int _positions;
@@ -142,6 +145,7 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
         int rows = batchSize * _positions;
         _feedback = new View[_hidden.Length];
         _jacobians = new View[_hidden.Length];
+        _transposeIndices = new View[_hidden.Length];
         _contexts = new FeedbackContext[_hidden.Length];
         for (int l = 0; l < _hidden.Length; l++)
         {
@@ -159,6 +163,7 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
             if (grape is null) continue;
             _jacobians[l] = Allocate(backend, n * _outputs);
             backend.Fill(0f, _jacobians[l]);
+            _transposeIndices[l] = TransposeIndices(backend, n, _outputs);
             _contexts[l] = new FeedbackContext(backend, _feedback[l], Allocate(backend, n * _outputs), Allocate(backend, n),
                 Allocate(backend, n * _outputs), Allocate(backend, n), _outputs, Math.Sqrt(backend.SumOfSquares(_feedback[l])));
             backend.Fill(0f, _plan.Seed(Placed(_hidden[l])));
@@ -166,11 +171,25 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
         _error = Allocate(backend, rows * _outputs);
         _delta = Allocate(backend, batchSize * widest);
         _estimate = Allocate(backend, widest / _positions * _outputs);
+        _estimateTransposed = Allocate(backend, grape is null ? 0 : widest / _positions * _outputs);
         _gradient = Allocate(backend, parameters.All.Length);
         _update = _plan.CreateParameterUpdate([.. _sites.Select(s => s.Node)], _gradient);
     }
 
     private static View Allocate(Backend backend, int length) => new(backend.Allocate(Math.Max(1, length)), 0, length);
+
+    /// <summary>The gather positions that transpose an o × n matrix into n × o: entry i·o + k reads k·n + i; none (an empty
+    /// view: <see cref="Align"/> then multiplies δᵀ y directly) from 2²⁴ entries on, where positions stop being exact as floats.</summary>
+    private static View TransposeIndices(Backend backend, int n, int outputs)
+    {
+        if ((long)n * outputs >= 1 << 24) return default;
+        var host = new float[n * outputs];
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < outputs; k++) host[i * outputs + k] = k * n + i;
+        var indices = Allocate(backend, host.Length);
+        backend.CopyFromHost(host, indices);
+        return indices;
+    }
 
     /// <summary>Where δ enters: h = f(s) (the default) or the site s itself.</summary>
     private Node Placed(Site site) => _guesser.Grape!.Placement == TangentPlacement.PreActivation ? site.Node : site.Output;
@@ -231,9 +250,20 @@ internal sealed class FeedbackEstimator : GradientEstimator, IFeedbackAlignment
         var outputTangent = _plan.Tangent(_plan.Model.Output);
         var y = _channels == 1 ? outputTangent : outputTangent.Channel(l, rows * _outputs);
         var estimate = _estimate.Slice(0, n * _outputs);
+        var transposed = _estimateTransposed.Slice(0, n * _outputs);
         // Averaged over the global batch's rows; data parallel, each rank's sum over its rows, then summed over the ranks:
-        // the alignment statistics every rank then applies the same rule to.
-        backend.Gemm(Transpose.Yes, Transpose.No, n, _outputs, rows, 1f / (_shard.GlobalBatch * _positions), Activity(l), n, y, _outputs, 0f, estimate, _outputs);
+        // the alignment statistics every rank then applies the same rule to. Computed as its transpose J̃_l = (1/R) yᵀ δ
+        // (outputs × n), then laid out as B_l by a gather: with the site's n as the GEMM's long side the product runs 2–3×
+        // faster than δᵀ y, whose few output columns leave the GEMM kernel mostly idle (one thread, n = 32768, 128 rows,
+        // 10 outputs: 2.7–3.6 ms against 6.1–8.0 ms; the gather ~0.3 ms).
+        float mean = 1f / (_shard.GlobalBatch * _positions);
+        if (_transposeIndices[l].Buffer is null)
+            backend.Gemm(Transpose.Yes, Transpose.No, n, _outputs, rows, mean, Activity(l), n, y, _outputs, 0f, estimate, _outputs);
+        else
+        {
+            backend.Gemm(Transpose.Yes, Transpose.No, _outputs, n, rows, mean, y, _outputs, Activity(l), n, 0f, transposed, n);
+            backend.GatherColumns(transposed, n * _outputs, _transposeIndices[l], estimate);
+        }
         _shard.Communicator.AllReduceSum(backend, estimate);
         // Cumulative moving average over steps: J̄_t = J̄_{t−1} + (J̃_t − J̄_{t−1})/(t + 1).
         float weight = grape.MovingAverage ? 1f / (step + 1) : 1f;
