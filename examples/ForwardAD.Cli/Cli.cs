@@ -40,25 +40,26 @@ internal static class Cli
         forwardad COMMAND [options]
 
         Commands
-          compare    backprop, activation perturbation, Wᵀ, DFA and GrAPE side by side on the same MLP, optimizer
-                     and seed: one table, one figure (what `forwardad` alone runs; about a minute)
-          train      train an MLP or a CNN with a gradient guesser (default GrAPE; the default command when the
-                     first argument is an option)
-          cosine     every guesser's cosine to the true gradient and 1-step effectiveness along a
-                     backprop training trajectory (Figure 1 of "How to Guess a Gradient")
-          grape-toy  the toy experiment of the GrAPE rebuttal: feedback rules aligning B with a fixed target
-          lm         train a transformer language model on a text (the fortunes by default), any guesser
-          sample     generate text from a checkpoint of `lm`
-          sweep      a grid of train or lm runs (methods × learning rates × seeds × any option), one process
-                     each, resumable; learning rates chosen on a validation split; CSV, Markdown (mean ± sd), a plot
-          plot       draw any metrics CSV these commands wrote (PNG and SVG; every command also draws its own)
-          study      the paper's studies as CSV + charts: saturation, bias-variance, sharpening,
-                     downstream, spectra (`forwardad study --help`)
+          compare      backprop, activation perturbation, Wᵀ, DFA and GrAPE side by side on the same MLP, optimizer
+                       and seed: one table, one figure (what `forwardad` alone runs; about a minute)
+          train        train an MLP or a CNN with a gradient guesser (default GrAPE; the default command when the
+                       first argument is an option)
+          cosine       every guesser's cosine to the true gradient and 1-step effectiveness along a backprop
+                       training trajectory (Figure 1 of "How to Guess a Gradient")
+          grape-toy    the toy experiment of the GrAPE rebuttal: feedback rules aligning B with a fixed target
+          lm           train a transformer language model on a text (the fortunes by default), any guesser
+          sample       generate text from a checkpoint of `lm`
+          sweep        a grid of train or lm runs (methods × learning rates × seeds × any option), one process
+                       each, resumable; learning rates chosen on a validation split; CSV, Markdown (mean ± sd), a plot
+          plot         draw any metrics CSV these commands wrote (PNG and SVG; every command also draws its own)
+          study        the paper's studies as CSV + charts: saturation, bias-variance, sharpening, downstream,
+                       spectra (`forwardad study --help`)
           mixer-table  Table 1 of "How to Guess a Gradient" on Ren et al.'s LocalMixer: end-to-end and local
-                     backprop, Ren et al.'s forward gradient, mixing and Wᵀ, with and without augmentation,
-                     over seeds (CSV and Markdown; resumable)
+                       backprop, Ren et al.'s forward gradient, mixing and Wᵀ, with and without augmentation,
+                       over seeds (CSV and Markdown; resumable)
 
-        `forwardad COMMAND --help` shows every option of a command; `forwardad --version` the version.
+        `forwardad COMMAND --help` shows every option of a command (`--save-config FILE` and `--config FILE` save and
+        replay a run's configuration); `forwardad --version` the version.
         Exit codes: 0 success, 1 data or runtime error, 2 usage error (messages on stderr), 130 interrupted
         (Ctrl-C: train, lm, mixer-table and the studies that train stop after the current step, write their
         checkpoint and print how to resume).
@@ -132,6 +133,15 @@ internal static class Cli
         var commandName = parse.CommandResult.Command is RootCommand ? "" : parse.CommandResult.Command.Name + " ";
         try
         {
+            // An option given twice: said as such (the parser's own words count its values instead).
+            if (parse.Action is not HelpTextAction && parse.Errors.Count > 0
+                && args.Where(a => a.StartsWith("--", StringComparison.Ordinal)).Select(a => a.Split('=')[0]).GroupBy(a => a).FirstOrDefault(g => g.Count() > 1
+                       && parse.CommandResult.Command.Options.FirstOrDefault(o => o.Name == g.Key) is { Arity.MaximumNumberOfValues: <= 1 }) is { } twice)
+            {
+                usageError.WriteLine($"error: {twice.Key} is given twice; give it once.");
+                usageError.WriteLine($"See 'forwardad {commandName}--help'.");
+                return UsageError;
+            }
             if (parse.Action is not HelpTextAction && parse.Errors.Count > 0)
             {
                 foreach (var e in parse.Errors) usageError.WriteLine($"error: {e.Message}");
@@ -201,7 +211,7 @@ internal static class Cli
             // file, which already replays a whole sweep.
             foreach (var runs in (DocumentedCommand[])[command, .. command.Subcommands.OfType<DocumentedCommand>()])
                 if (runs.Name != "sweep" && runs.Subcommands.Count == 0)
-                    runs.Section("Configuration", [ReplayFile.ConfigOption(), ReplayFile.SaveConfigOption()]);
+                    runs.Section("Configuration", [ReplayFile.ConfigOption(checkpoints: runs.Name is "train" or "lm"), ReplayFile.SaveConfigOption()]);
         }
         var help = new HelpTextAction(context.Output);
         foreach (var option in root.Options.OfType<HelpOption>()) option.Action = help;

@@ -57,6 +57,9 @@ internal static class HelpText
     /// <summary>The column where descriptions start.</summary>
     private const int DescriptionColumn = 28;
 
+    /// <summary>The column where a command's purpose starts after its synopsis.</summary>
+    private const int SynopsisColumn = 31;
+
     /// <summary>Sets the option's help: <paramref name="value"/> names its value in the synopsis ("N", "PATH"; empty for a
     /// flag) and <paramref name="description"/> says what it does. The default is appended from the option itself unless
     /// the description states its own (a default that depends on other options: say "(default …" in it).</summary>
@@ -94,8 +97,8 @@ internal static class HelpText
     public static string Render(DocumentedCommand command)
     {
         var text = new StringBuilder();
-        // The purpose after the synopsis, at least two spaces from it.
-        text.Append((command.Usage + "  ").PadRight(DescriptionColumn + 3)).Append(command.Description).Append('\n');
+        // The purpose after the synopsis, wrapped under itself; on the next line when the synopsis is long.
+        text.Append(Hanging(command.Usage, command.Description ?? "", SynopsisColumn)).Append('\n');
         if (command.Summary.Length > 0) text.Append('\n').Append(Wrap(command.Summary, "")).Append('\n');
         text.Append('\n');
         foreach (var section in command.Sections)
@@ -115,11 +118,11 @@ internal static class HelpText
 
     /// <summary><paramref name="head"/>, then <paramref name="body"/> wrapped from the description column (on the next
     /// line when the head reaches it).</summary>
-    private static string Hanging(string head, string body)
+    private static string Hanging(string head, string body, int column = DescriptionColumn)
     {
-        var indent = new string(' ', DescriptionColumn);
+        var indent = new string(' ', column);
         var wrapped = Wrap(body, indent);
-        if (head.Length <= DescriptionColumn - 2) return head.PadRight(DescriptionColumn) + wrapped[DescriptionColumn..];
+        if (head.Length <= column - 2) return head.PadRight(column) + wrapped[column..];
         return head + "\n" + wrapped;
     }
 

@@ -54,7 +54,7 @@ internal static class CompareCommand
         };
         o.Data.AddTo(command);
         o.Model.AddTo(command);
-        o.Guesser.AddTo(command);
+        o.Guesser.AddTo(command, fixedMethods: true);
         command.Section("Training", [o.Epochs, o.BatchSize, o.Lr, o.WeightDecay, o.Seed]);
         command.Section("Output", [o.Out, o.NoPlot, o.Quiet]);
         command.SetAction(p => Run(p, o, context));

@@ -18,14 +18,14 @@ internal static class LanguageModelCommands
         public readonly GuesserOptions Guesser = new();
         public readonly RuleOptions Rule = new();
         public readonly DeviceOptions Device = new();
-        public readonly Option<string> GuesserName = GuesserOptions.GuesserOption("backprop");
+        public readonly Option<string> GuesserName = GuesserOptions.GuesserOption("backprop", excluded: "ren");
         public readonly Option<string> Model = Opt.String("model", "transformer:l4-h4-d128-t64").Describe("transformer:SPEC", $"SPEC {TransformerSpec.Grammar}");
         public readonly Option<string?> Text = Opt.OptionalString("text").Describe("PATH",
-            "any UTF-8 text file instead of the fortunes (first 90 % trains, last 10 % validates)");
+            "any UTF-8 text file instead of the fortunes (first 90\u00a0% trains, last 10\u00a0% validates)");
         public readonly Option<float?> ValidationFraction = Opt.OptionalFloat("validation-fraction", f => f is > 0 and < 1, "a number between 0 and 1 (both excluded)")
-            .Describe("F", "carve the last F (0 < F < 1) of the training bytes as a validation split: training uses the rest, the last 10 % " +
+            .Describe("F", "carve the last F (0 < F < 1) of the training bytes as a validation split: training uses the rest, the last 10\u00a0% " +
                 "becomes the test split, and every evaluation reports both (validation_* columns: the carved split; test_bits_per_char, " +
-                "test_accuracy: the last 10 %). Choose hyperparameters on validation, not on test (default: none)");
+                "test_accuracy: the last 10\u00a0%). Choose hyperparameters on validation, not on test (default: none)");
         public readonly Option<string> Init = InitOption.Create();
         public readonly Option<string> Positions = Opt.Choice("positions", PositionInit.Gpt2.Name(), "position initialisation",
             PositionInit.Gpt2.Name(), PositionInit.Embedding.Name()).Describe("NAME",
@@ -69,9 +69,8 @@ internal static class LanguageModelCommands
                 "that resumes it; a second Ctrl-C ends at once. Exit code 130.",
         };
         command.Section("Model and text", [o.Model, o.Text, o.ValidationFraction, o.Init, o.Positions]);
-        o.Guesser.AddTo(command, o.GuesserName);
-        o.Rule.AddTo(command);
-        command.Section("Defaults of lm", [], $"For the options not given: {defaults.Options()}; --normalize yes for wt and downstream. The run's first lines list those it took.");
+        o.Guesser.AddTo(command, o.GuesserName, perModel: $"{defaults.Mode}; --normalize yes for wt and downstream");
+        o.Rule.AddTo(command, defaults: string.Create(CultureInfo.InvariantCulture, $"{defaults.Optimizer}, lr {defaults.Rate}"));
         o.Device.AddTo(command);
         command.Section("Training", [o.Steps, o.MaxSeconds, o.EvalEvery, o.ValidationWindows, o.BatchSize, o.Seed, o.CosineEvery]);
         command.Section("Output", [o.Metrics, o.NoPlot, o.Checkpoint, o.Resume, o.Quiet]);

@@ -284,7 +284,7 @@ internal static class MixerTableCommand
         var backend = o.Device.Create(p);
         var model = spec.Build();
         var endToEnd = methods.Contains("backprop") ? spec.Build(endToEnd: true) : null;
-        console.MarkupLineInterpolated($"[bold]ForwardAD[/] mixer-table: {train.Name} ({train.Count} train / {test.Count} test), {ModelOptions.Describe(spec)} ({model.ParameterCount:N0} parameters), Adam {lr}, {epochs} epoch(s), batch {batch}, seeds {string.Join(",", seeds)}, {backend.Name}");
+        console.MarkupLineInterpolated($"[bold]ForwardAD[/] mixer-table: {train.Name} ({train.Count} train / {test.Count} test), {ModelOptions.Describe(spec)} ({model.ParameterCount:N0} parameters), Adam {lr}, {Opt.Count(epochs, "epoch")}, batch {batch}, {(seeds.Length == 1 ? $"seed {seeds[0]}" : $"seeds {string.Join(",", seeds)}")}, {backend.Name}");
         if (resume is not null)
             console.MarkupLineInterpolated($"resumed from {resume}: {results.Count} of {cells.Count} runs finished in {csvPath}{(resumed is { } r ? $", {r} goes on from the checkpoint" : "")}");
 
@@ -334,7 +334,7 @@ internal static class MixerTableCommand
                 // Stopped between two steps: the checkpoint takes this step (within an epoch too), so no step is lost; the
                 // CSV already holds every finished run.
                 if (checkpoint is not null) trainer.SaveCheckpoint(checkpoint, description);
-                context.Output.WriteLine($"stopped in {cell}, run {cells.IndexOf(cell) + 1} of {cells.Count}; {csvPath} holds the {results.Count} finished runs");
+                context.Output.WriteLine($"stopped in {cell}, run {cells.IndexOf(cell) + 1} of {cells.Count}; {csvPath} holds {Opt.Count(results.Count, "finished run")}");
                 context.Error.WriteLine(Interruption.Message(trainer.Step, trainer.NextEpoch + 1, checkpoint, context.Arguments));
                 return Interruption.ExitCode;
             }
@@ -346,7 +346,7 @@ internal static class MixerTableCommand
 
         var md = new StringBuilder();
         md.Append(CultureInfo.InvariantCulture, $"Test accuracy (%), {train.Name}, LocalMixer {spec} ({(spec.Variant == LocalMixerVariant.Ren ? "Ren et al.'s construction" : "blocks construction")}), ")
-          .Append(CultureInfo.InvariantCulture, $"Adam {lr}, {epochs} epoch(s), batch {batch}, ")
+          .Append(CultureInfo.InvariantCulture, $"Adam {lr}, {Opt.Count(epochs, "epoch")}, batch {batch}, ")
           .Append(seeds.Length == 1 ? $"seed {seeds[0]}" : $"mean ± sample sd over seeds {string.Join(", ", seeds)} (n = {seeds.Length})").Append("\n\n");
         md.Append("| augmentation | ").Append(string.Join(" | ", methods.Select(Header))).Append(" |\n|---|").Append(string.Concat(methods.Select(_ => "---:|"))).Append('\n');
         foreach (var mode in modes)

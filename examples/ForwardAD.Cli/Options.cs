@@ -102,6 +102,9 @@ internal static class Opt
             },
         };
 
+    /// <summary>"1 epoch", "2 epochs": a count with its noun, singular for one.</summary>
+    public static string Count(int count, string noun) => count == 1 ? $"1 {noun}" : string.Create(CultureInfo.InvariantCulture, $"{count} {noun}s");
+
     public static string List(IReadOnlyList<string> names) =>
         names.Count == 1 ? names[0] : $"{string.Join(", ", names.Take(names.Count - 1))} or {names[^1]}";
 

@@ -18,10 +18,10 @@ internal static class PlotCommand
             Summary =
                 $"The kind of file is recognised by its header: {Opt.List([.. MetricsPlots.Kinds.Select(k => k.Name)])} (the CSVs of the " +
                 "commands of these names). The figures are those the command itself writes, titled with the run: the file's name " +
-                "and what the file says of the run (configuration, variant, seeds).",
+                "and what the file says of the run (configuration, variant, seeds). FILE.csv is the metrics CSV to draw.",
         };
         command.Add(file);
-        command.Section("Options", [stem], "FILE.csv is the metrics CSV to draw.");
+        command.Section("Options", [stem]);
         command.SetAction(p =>
         {
             var path = p.GetValue(file)!;

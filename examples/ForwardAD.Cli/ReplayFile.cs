@@ -23,10 +23,11 @@ internal static class ReplayFile
     /// <summary>The notes train and lm write into their checkpoints: the run's configuration without its outputs.</summary>
     public static Dictionary<string, string> CheckpointNotes(ParseResult parse) => new() { [NoteKey] = Text(parse, outputs: false) };
 
-    /// <summary>The options every documented command takes for this (sweep has its own --config, a grid file).</summary>
-    public static Option<string?> ConfigOption() => Opt.OptionalString("config").Describe("FILE",
-        "replay a run: the command and options of a file written by --save-config, or of a checkpoint of train or lm; " +
-        "options given on the command line take precedence over the file's");
+    /// <summary>The options every documented command takes for this (sweep has its own --config, a grid file);
+    /// <paramref name="checkpoints"/>: the command's checkpoints carry its configuration (train, lm).</summary>
+    public static Option<string?> ConfigOption(bool checkpoints) => Opt.OptionalString("config").Describe("FILE",
+        "replay a run: the command and options of a file written by --save-config" + (checkpoints ? ", or of this command's checkpoint" : "") +
+        "; options given on the command line take precedence over the file's");
 
     public static Option<string?> SaveConfigOption() => Opt.OptionalString("save-config").Describe("FILE",
         "write this run's configuration to FILE first (the command, every option given, and the defaults it takes, with the " +
@@ -57,8 +58,9 @@ internal static class ReplayFile
             else if (HelpText.DefaultText(option) is { } fallback) defaults.Add($"#   {key} = {Quoted(fallback)}");
         }
         if (defaults.Count > 0)
-            text.Append("# The defaults of the options not given (train and lm then choose some per model and method, as the run's\n" +
-                        "# first lines say; a replay takes this version's own; give one above to keep it):\n").Append(string.Join('\n', defaults)).Append('\n');
+            text.Append("# For reference, the parser's defaults of the options not given (not every option applies to every run, and\n" +
+                        "# train and lm choose some per model and method, as the run's first lines say). A replay takes this version's\n" +
+                        "# own defaults; give one above to keep it:\n").Append(string.Join('\n', defaults)).Append('\n');
         return text.ToString();
     }
 
@@ -75,8 +77,10 @@ internal static class ReplayFile
     /// </summary>
     public static string[] Expand(string[] args, TextWriter notes)
     {
-        int at = Array.FindIndex(args, a => a == "--config" || a.StartsWith("--config=", StringComparison.Ordinal));
+        static bool IsConfig(string a) => a == "--config" || a.StartsWith("--config=", StringComparison.Ordinal);
+        int at = Array.FindIndex(args, IsConfig);
         if (at < 0 || args is ["sweep", ..]) return args;
+        if (args.Count(IsConfig) > 1) throw new UsageException("--config is given twice; give one configuration (options after it take precedence over its own).");
         string path;
         List<string> rest;
         if (args[at].StartsWith("--config=", StringComparison.Ordinal)) { path = args[at]["--config=".Length..]; rest = [.. args[..at], .. args[(at + 1)..]]; }
@@ -120,7 +124,12 @@ internal static class ReplayFile
             text = metadata.GetValueOrDefault(Training.Trainer.NotePrefix + NoteKey)
                 ?? throw new InvalidDataException($"--config {path}: this checkpoint holds no configuration to replay (only train and lm checkpoints of this version do). Its metadata lists the run's settings; give them as options.");
         }
-        else text = File.ReadAllText(path);
+        else
+        {
+            text = File.ReadAllText(path);
+            if (text.Any(c => char.IsControl(c) && c is not ('\n' or '\r' or '\t') || c == '\uFFFD'))
+                throw new InvalidDataException($"--config {path}: not a configuration (a text file written by --save-config) nor a safetensors checkpoint.");
+        }
         string? command = null;
         var options = new List<(string, string?)>();
         var notes = new List<string>();
@@ -132,22 +141,22 @@ internal static class ReplayFile
             if (line.Length == 0 || line.StartsWith('#')) continue;
             var where = $"--config {path}, line {i + 1}";
             int equals = line.IndexOf('=');
-            if (equals <= 0) throw new UsageException($"{where}: '{line}' is not a setting; expected 'NAME = VALUE' (a file written by --save-config).");
+            if (equals <= 0) throw new InvalidDataException($"{where}: '{line}' is not a setting; expected 'NAME = VALUE' (a file written by --save-config).");
             var key = line[..equals].Trim();
             var value = Unquoted(line[(equals + 1)..].Trim(), where);
             if (key == "command")
             {
                 command = value;
-                known = KnownCommand(value) ?? throw new UsageException($"{where}: '{value}' is not a command of this tool.");
+                known = KnownCommand(value) ?? throw new InvalidDataException($"{where}: '{value}' is not a command of this tool.");
                 continue;
             }
-            if (command is null) throw new UsageException($"{where}: the file must name its command first ('command = train').");
+            if (command is null) throw new InvalidDataException($"{where}: the file must name its command first ('command = train').");
             var option = known!.Options.FirstOrDefault(o => o.Name == "--" + key)
-                ?? throw new UsageException($"{where}: `{command}` has no option --{key}. Remove the line, or see 'forwardad {command} --help'.");
+                ?? throw new InvalidDataException($"{where}: `{command}` has no option --{key}. Remove the line, or see 'forwardad {command} --help'.");
             if (option.Arity.MaximumNumberOfValues == 0)
             {
                 if (value is "yes" or "true" or "on") options.Add((key, null));
-                else if (value is not ("no" or "false" or "off")) throw new UsageException($"{where}: --{key} is a switch; give yes or no, not '{value}'.");
+                else if (value is not ("no" or "false" or "off")) throw new InvalidDataException($"{where}: --{key} is a switch; give yes or no, not '{value}'.");
             }
             else options.Add((key, value));
         }
@@ -160,7 +169,7 @@ internal static class ReplayFile
             var key = body[..equals].Trim();
             string then;
             try { then = Unquoted(body[(equals + 1)..].Trim(), path); }
-            catch (UsageException) { continue; }
+            catch (InvalidDataException) { continue; }
             if (options.Any(o => o.Item1 == key) || known!.Options.FirstOrDefault(o => o.Name == "--" + key) is not { } option) continue;
             if (HelpText.DefaultText(option) is { } now && now != then)
                 notes.Add($"note: --{key} defaulted to {then} when {path} was written and now defaults to {now}; give --{key} {then} to replay that run exactly.");
@@ -172,7 +181,7 @@ internal static class ReplayFile
     {
         if (!value.StartsWith('"')) return value;
         try { return JsonSerializer.Deserialize(value, ReplayJson.Default.String) ?? ""; }
-        catch (JsonException) { throw new UsageException($"{where}: the quoted value {value} is not a valid JSON string."); }
+        catch (JsonException) { throw new InvalidDataException($"{where}: the quoted value {value} is not a valid JSON string."); }
     }
 
     /// <summary>The command (or study subcommand) of that name, with its options, for checking the file's lines.</summary>

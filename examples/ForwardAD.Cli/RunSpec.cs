@@ -262,8 +262,7 @@ internal sealed class ModelOptions
         $"mlp, a ready-made CNN ({string.Join(", ", CnnSpec.ReadyMade.Select(r => r.Name))}) or cnn:SPEC (grammar below), or " +
         "localmixer:SPEC (Ren et al.'s LocalMixer with local losses, grammar below). CNNs and mixers need image data: digits " +
         "(8×8×1), fashion-mnist and idx: grey images (H×W×1), cifar10:/cifar100: (32×32×3)");
-    public readonly Option<int[]?> Hidden = Opt.IntList("hidden", MaxWidth).Describe("W1,W2,...",
-        $"hidden layer widths (default {string.Join(",", DefaultHidden)}; 'none' for a linear model)");
+    public readonly Option<int[]?> Hidden = Opt.IntList("hidden", MaxWidth).Describe("W1,W2,...", "hidden layer widths ('none' for a linear model)");
     public readonly Option<int?> Layers = Opt.OptionalInt("layers", 1, MaxLayers).Describe("L", "alternatively: L weight matrices, hidden layers all of width --width");
     public readonly Option<int?> Width = Opt.OptionalInt("width", 1, MaxWidth).Describe("W", $"the hidden width with --layers (default {DefaultWidth})");
     public readonly Option<string> Activation = Opt.String("activation", "relu").Describe("NAME", "relu, tanh, gelu or identity");
@@ -277,13 +276,16 @@ internal sealed class ModelOptions
     /// <summary>The CNN and LocalMixer grammars and the ready-made CNNs, after the options.</summary>
     private static readonly string Grammars =
         $"CNN (--model cnn:SPEC or a ready-made name; its activations are in the spec)\n{Indent(CnnSpec.Grammar)}\n  Ready-made:\n" +
-        $"{Indent(string.Join("\n", CnnSpec.ReadyMade.Select(r => $"  {r.Name,-14}{r.Purpose}:\n    {r.Layers}")))}\n" +
+        $"{Indent(string.Join("\n", CnnSpec.ReadyMade.Select(r => $"  {r.Name,-15}{r.Purpose}:\n    {r.Layers}")))}\n" +
         $"LocalMixer (--model localmixer:SPEC; guessers then take each site's JVP of its own block's local loss)\n{Indent(LocalMixerSpec.Grammar)}";
 
-    public void AddTo(DocumentedCommand command)
+    /// <summary>Registers the options; <paramref name="ownModel"/>: the MLP a command builds when no MLP option is given, if
+    /// not the usual 3×128 (a study's own network).</summary>
+    public void AddTo(DocumentedCommand command, string? ownModel = null)
     {
         command.Section("Model", [Model]);
-        command.Section("MLP (--model mlp; the defaults give 3 weight matrices, \"3×128\")", [Hidden, Layers, Width, Activation]);
+        command.Section($"MLP (--model mlp; without --hidden or --layers: {ownModel ?? $"--hidden {string.Join(",", DefaultHidden)}, 3 weight matrices, \"3×128\""})",
+            [Hidden, Layers, Width, Activation]);
         command.Section("Initialisation (MLP and CNN)", [Init], Grammars);
     }
 
@@ -397,7 +399,7 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
     private static readonly string[] WithGuesses = ["directional", "activation-perturbation", "wt", "downstream", "mixing", "self-sharpening", "wt-power", "cosine-matched", "ren"];
 
     public readonly Option<string> Mode = Opt.Choice("mode", defaultMode, "mode", "joint", "per-layer").Describe("joint|per-layer",
-        "one tangent channel for all layers, or one per layer (train: per-layer for the forward-gradient guessers on an MLP or a CNN, see its defaults)");
+        "one tangent channel for all layers, or one per layer");
     public readonly Option<int> Guesses = Opt.Int("guesses", 1, min: 1, max: 1 << 16).Describe("G", "guesses averaged per step");
     public readonly Option<int> K = Opt.Int("k", 2, min: 1, max: 1 << 16).Describe("K", "layers for 'downstream'");
     public readonly Option<float> Power = Opt.Float("power", 0f, _ => true, "a number").Describe("P", "singular-value power for 'wt-power'");
@@ -415,24 +417,46 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
     public readonly Option<string> GrapePlacement = Opt.Choice("grape-placement", "h", "GrAPE placement", "h", "a")
         .Describe("h|a", "tangent on the hidden output h_l or the pre-activation a_l");
     public readonly Option<YesNoAnswer?> Normalize = Opt.YesNo("normalize").Describe("yes|no",
-        "rescale each site's guess to rms 1 per example, for 'wt' and 'downstream' (default: train and lm on a CNN or a transformer yes, elsewhere no)");
+        "rescale each site's guess to rms 1 per example, for 'wt' and 'downstream' (default no)");
 
     private Option[] GrapeOnly => [GrapeRule, GrapeLr, GrapeDecay, GrapeNoise, GrapeRenormalize, GrapeAverage, GrapePlacement];
 
     /// <summary>Registers the options under "Gradient estimate" and "Feedback alignment", after <paramref name="guesser"/>
-    /// (the command's own --guesser, whose default is the command's).</summary>
-    public void AddTo(DocumentedCommand command, Option<string>? guesser = null)
+    /// (the command's own --guesser, whose default is the command's). <paramref name="perModel"/>: where the command's help
+    /// states the defaults of --mode and --normalize when they depend on the model and method (train, lm).
+    /// <paramref name="fixedMethods"/>: the command runs its own methods (compare): only the options that apply to them.</summary>
+    public void AddTo(DocumentedCommand command, Option<string>? guesser = null, string? perModel = null, bool fixedMethods = false)
     {
+        if (perModel is not null)
+        {
+            Mode.Description = $"one tangent channel for all layers, or one per layer (default: {perModel})";
+            Normalize.Description = $"rescale each site's guess to rms 1 per example, for 'wt' and 'downstream' (default: {perModel})";
+        }
+        if (fixedMethods)
+        {
+            command.Section("Methods", [Mode, Guesses, Normalize]);
+            command.Section("Feedback alignment (DFA and GrAPE)", [FeedbackInit, .. GrapeOnly], "(--mode joint|per-layer also chooses GrAPE's tangent channels.)");
+            return;
+        }
         command.Section("Gradient estimate", guesser is null ? [Mode, Guesses, K, Power, Cosine, Normalize] : [guesser, Mode, Guesses, K, Power, Cosine, Normalize]);
         command.Section("Feedback alignment (--guesser dfa or grape)", [FeedbackInit, .. GrapeOnly],
             "(--mode joint|per-layer also chooses GrAPE's tangent channels.) An option that the chosen guesser does not use " +
             "(--k without downstream, --grape-* without grape, …) is an error rather than silently ignored.");
     }
 
-    /// <summary>A command's --guesser, with <paramref name="fallback"/> as its default.</summary>
-    public static Option<string> GuesserOption(string fallback) => Opt.Choice("guesser", fallback, "guesser", Names).Describe("NAME",
-        "backprop, directional, activation-perturbation (ap), wt, downstream, mixing, self-sharpening, wt-power, cosine-matched, " +
-        "dfa, grape, ren (Ren et al.'s local forward gradient: LocalMixer only)");
+    /// <summary>A command's --guesser, with <paramref name="fallback"/> as its default, offering every guesser but
+    /// <paramref name="excluded"/> (lm has no LocalMixer, so no ren).</summary>
+    public static Option<string> GuesserOption(string fallback, params string[] excluded)
+    {
+        string[] names = [.. Names.Where(n => !excluded.Contains(n))];
+        return Opt.Choice("guesser", fallback, "guesser", names).Describe("NAME",
+            string.Join(", ", names.Where(n => n != "ap").Select(n => n switch
+            {
+                "activation-perturbation" => "activation-perturbation (ap)",
+                "ren" => "ren (Ren et al.'s local forward gradient: LocalMixer only)",
+                _ => n,
+            })));
+    }
 
     public static string Canonical(string name) => name == "ap" ? "activation-perturbation" : name;
 
@@ -551,9 +575,9 @@ internal sealed class GuesserOptions(string defaultMode = "joint")
 internal sealed class RuleOptions
 {
     public readonly Option<string> Optimizer = Opt.Choice("optimizer", "sgd", "optimizer", "sgd", "momentum", "nesterov", "adam", "adamw", "stable-adamw")
-        .Describe("NAME", "sgd, momentum, nesterov, adam, adamw or stable-adamw (default sgd; train and lm: per model and method, see their defaults)");
+        .Describe("NAME", "sgd, momentum, nesterov, adam, adamw or stable-adamw");
     public readonly Option<float?> Lr = Opt.OptionalFloat("lr", v => v > 0, "a number > 0 (a negative rate would climb the loss)").Describe("RATE",
-        string.Create(CultureInfo.InvariantCulture, $"learning rate > 0 (default {SgdRate} for sgd/momentum/nesterov, {AdamRate} for the Adam family; train and lm: per model and method)"));
+        string.Create(CultureInfo.InvariantCulture, $"learning rate > 0 (default {SgdRate} for sgd/momentum/nesterov, {AdamRate} for the Adam family)"));
     public readonly Option<float> Momentum = Opt.Float("momentum", 0.9f, v => v is >= 0 and < 1, "a number in [0, 1)").Describe("M", "for momentum/nesterov, in [0, 1)");
     public readonly Option<float> WeightDecay = Opt.Float("weight-decay", 0.01f, v => v >= 0, "a number ≥ 0").Describe("L", "decoupled weight decay ≥ 0 for adamw/stable-adamw");
     public readonly Option<float?> Clip = Opt.OptionalFloat("clip", v => v > 0, "a norm > 0 (−1 would reverse the estimate, 0 would freeze training)")
@@ -567,7 +591,17 @@ internal sealed class RuleOptions
     /// <summary>Each optimizer family's usual rate when --lr is absent and no per-model default applies.</summary>
     private const float SgdRate = 0.1f, AdamRate = 1e-3f;
 
-    public void AddTo(DocumentedCommand command) => command.Section("Update rule", [Optimizer, Lr, Momentum, WeightDecay, Clip, Schedule, Warmup, Decay]);
+    /// <summary>Registers the options; <paramref name="defaults"/>: the command's own optimizer and rate when it chooses them
+    /// (per model and method, or a study's rule), shown in place of the parser's.</summary>
+    public void AddTo(DocumentedCommand command, string? defaults = null)
+    {
+        if (defaults is not null)
+        {
+            Optimizer.Description = $"sgd, momentum, nesterov, adam, adamw or stable-adamw (default: {defaults})";
+            Lr.Description = $"learning rate > 0 (default: {defaults}; with another --optimizer, {SgdRate.ToString(CultureInfo.InvariantCulture)} for sgd/momentum/nesterov, {AdamRate.ToString(CultureInfo.InvariantCulture)} for the Adam family)";
+        }
+        command.Section("Update rule", [Optimizer, Lr, Momentum, WeightDecay, Clip, Schedule, Warmup, Decay]);
+    }
 
     /// <summary>The update rule; the schedule's length (step, cosine) depends on the run's total steps, which is then recorded.</summary>
     public (UpdateRule Rule, string Description) Build(ParseResult p, int stepsPerEpoch, int epochs, RunConfiguration? configuration, TrainDefaults? defaults = null)

@@ -30,14 +30,13 @@ internal static class StudyCommands
         public readonly Option<int> Seed = Opt.Int("seed", 1, min: 0).Describe("S", "initialisation, data split and order, every guess");
         public readonly Option<string> Out = Opt.String("out", Path.Combine("runs", "studies")).Describe("DIR", "folder for NAME.csv, NAME*.png and NAME*.svg");
 
-        public void AddTo(DocumentedCommand command)
+        /// <summary>Registers the shared options; <paramref name="ownModel"/>: the study's own network, if not the usual MLP.</summary>
+        public void AddTo(DocumentedCommand command, string? ownModel = null)
         {
-            command.Section("Common", [Out, Seed],
-                "The update rule (--optimizer, --lr, …, below): without --optimizer a study uses adamw, lr 0.001, weight decay 0.01 " +
-                "(the defaults listed below are train's), and the other rule options need --optimizer.");
+            command.Section("Common", [Out, Seed]);
             Data.AddTo(command);
-            Model.AddTo(command);
-            Rule.AddTo(command);
+            Model.AddTo(command, ownModel);
+            Rule.AddTo(command, defaults: "adamw, lr 0.001, weight decay 0.01, a study's own rule; the other rule options need --optimizer");
         }
 
         public (UpdateRule Rule, string Description) BuildRule(ParseResult p, int stepsPerEpoch, int epochs)
@@ -311,7 +310,7 @@ internal static class StudyCommands
                     AtomicFile.WriteAllLines(csv, rows.Prepend(header));
                     if (checkpoint is not null) trainer!.SaveCheckpoint(checkpoint, Description(current, rows));
                     string left = SweepCommand.TimeLeft(watch.Elapsed, done - doneAtStart, total - doneAtStart);
-                    context.Console.MarkupLineInterpolated($"  {point.Guesser}, epoch {point.Epoch}: test accuracy {point.TestAccuracy:P1}, cosine {point.Cosine:F3} [[{done}/{total} epochs{left}]]");
+                    context.Console.MarkupLineInterpolated($"  {point.Guesser}, epoch {point.Epoch}: test accuracy {point.TestAccuracy:P1}, cosine {F(point.Cosine)} [[{done}/{total} epochs{left}]]");
                 }),
                 diverged: (guesser, e) =>
                 {
@@ -438,7 +437,7 @@ internal static class StudyCommands
             var rhos = text is "none" or "" ? [] : Numbers(p, ridges, v => v > 0, "numbers > 0 (or 'none')");
             List<Guesser> guessers = [Guessers.DirectionalDescent(g), wt, new CosineMatchedTo(wt), .. rhos.Select(r => (Guesser)new DebiasedGuesser((ActivationGuesser)wt, r))];
             if (rhos.Any()) RequireDebiasable(() => guessers[^1].Compile(ParameterStore.Initialize(s.Model, new CpuBackend(), 1), 1));
-            context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study bias-variance: {s.Description}, {s.Epochs} epochs");
+            context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study bias-variance: {s.Description}, {Opt.Count(s.Epochs, "epoch")}");
             var folder = p.GetValue(common.Out)!;
             int code = RunCurves(context, p, training, folder, "bias-variance", s, guessers, []);
             if (code == Cli.Success) Done(context, watch);
@@ -457,7 +456,7 @@ internal static class StudyCommands
             "forwardad study sharpening [options]");
         training.AddTo(command, [powers],
             "Default model --hidden 64,64 (p ≠ 1 decomposes WᵀW on the host every step). Backprop is trained alongside for reference (its effective rank).");
-        common.AddTo(command);
+        common.AddTo(command, ownModel: "--hidden 64,64, the study's own network");
         command.SetAction(p =>
         {
             var watch = Stopwatch.StartNew();
@@ -475,7 +474,7 @@ internal static class StudyCommands
             var guessers = Numbers(p, powers, _ => true, "numbers").Select(power => (Guesser)new ActivationGuesser(
                 string.Create(CultureInfo.InvariantCulture, $"σ^{power:0.##} Wᵀ self-sharpening"),
                 Guess.Uniform.ProjectedWithSingularValuePower((float)power).Masked(), Guess.TrueError, mode, g)).Prepend(Guessers.Backprop).ToList();
-            context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study sharpening: {s.Description}, {s.Epochs} epochs");
+            context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study sharpening: {s.Description}, {Opt.Count(s.Epochs, "epoch")}");
             var folder = p.GetValue(common.Out)!;
             int code = RunCurves(context, p, training, folder, "sharpening", s, guessers, ["first_layer_effective_rank"], ps => [TrainingCurves.FirstLayerEffectiveRank(ps)]);
             if (code == Cli.Success) Done(context, watch);
@@ -491,7 +490,7 @@ internal static class StudyCommands
         var command = new DocumentedCommand("downstream", "k-layer downstream guesses, k = 1 … L−1: accuracy and cosine over training (Fig. 7 left)",
             "forwardad study downstream [options]");
         training.AddTo(command, [], "Default model: --layers 5 --width 128 (k = 1 … 4); activation perturbation (k = 0) for reference.");
-        common.AddTo(command);
+        common.AddTo(command, ownModel: "--layers 5 --width 128, the study's own network");
         command.SetAction(p =>
         {
             var watch = Stopwatch.StartNew();
@@ -506,7 +505,7 @@ internal static class StudyCommands
             int g = p.GetValue(training.Guesses), sites = s.Model.Sites.Length;
             if (sites < 2) throw new UsageException("k-layer downstream needs a model with at least two sites (one hidden layer).");
             var guessers = Enumerable.Range(1, sites - 1).Select(k => Guessers.Downstream(k, mode, g)).Prepend(Guessers.ActivationPerturbation(mode, g)).ToList();
-            context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study downstream: {s.Description}, {s.Epochs} epochs");
+            context.Console.MarkupLineInterpolated($"[bold]ForwardAD[/] study downstream: {s.Description}, {Opt.Count(s.Epochs, "epoch")}");
             var folder = p.GetValue(common.Out)!;
             int code = RunCurves(context, p, training, folder, "downstream", s, guessers, []);
             if (code == Cli.Success) Done(context, watch);

@@ -98,6 +98,9 @@ internal sealed class SweepGrid
         List<string>? command = null;
         string? selectBy = null, tune = null;
         var lines = File.ReadAllLines(path);
+        if (lines.Length > 0 && lines[0].StartsWith("# forwardad ", StringComparison.Ordinal) && lines[0].Contains("the configuration of a", StringComparison.Ordinal))
+            throw new UsageException($"--config {path} is a run's configuration (written by --save-config), not a sweep's grid file: replay it with " +
+                $"forwardad --config {path}, or give a grid file (format in 'forwardad sweep --help').");
         for (int i = 0; i < lines.Length; i++)
         {
             var where = $"{path}, line {i + 1}";
@@ -169,6 +172,12 @@ internal sealed class SweepGrid
         if (commandLine[0] != name)
             throw new UsageException($"this sweep runs '{name}'; the command after '--' is '{commandLine[0]}'. Give '{name}' and its options.");
         var options = swept.Options.Where(o => o.Name.StartsWith("--", StringComparison.Ordinal)).ToDictionary(o => o.Name[2..], StringComparer.Ordinal);
+        // A run's command line is the sweep's to make: a replay file would hide options from the grid, and each run's
+        // configuration is already in the sweep's folder.
+        foreach (var replay in new[] { "config", "save-config" })
+            if (Mentions(commandLine, replay))
+                throw new UsageException($"--{replay} cannot be among a sweep's run options. Give the shared options after '--' (or in the sweep's grid file: " +
+                    "forwardad sweep --config FILE, format in 'forwardad sweep --help'); each run's command line is in its folder under --out.");
         foreach (var owned in Owned)
             if (Mentions(commandLine, owned))
                 throw new UsageException($"--{owned} is set by the sweep (each run writes into its own folder under --out); drop it from the {name} arguments.");

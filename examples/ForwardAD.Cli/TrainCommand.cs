@@ -66,8 +66,8 @@ internal static class TrainCommand
         };
         o.Data.AddTo(command, validation: true);
         o.Model.AddTo(command);
-        o.Guesser.AddTo(command, o.GuesserName);
-        o.Rule.AddTo(command);
+        o.Guesser.AddTo(command, o.GuesserName, perModel: "per model and method, in the table under Training");
+        o.Rule.AddTo(command, defaults: "per model and method, in the table under Training");
         o.Device.AddTo(command);
         command.Section("Training", [o.Epochs, o.BatchSize, o.Seed, o.CosineEvery, o.Augment, o.CropPadding],
             "Defaults per model and method (for the options not given; the run's first lines list those it took):\n" + TrainDefaults.Table());

@@ -69,14 +69,26 @@ public sealed class ReplayTests : IDisposable
             return error;
         }
         var file = PathOf("x.conf");
+        // A file that is not a configuration is a data error (exit 1); a wrong use of --config a usage error (exit 2).
         File.WriteAllText(file, "command = train\nepochz = 3\n");
-        Assert.Contains("line 2: `train` has no option --epochz", Refused(2, "--config", file));
+        Assert.Contains("line 2: `train` has no option --epochz", Refused(1, "--config", file));
         File.WriteAllText(file, "command = train\nepochs 3\n");
-        Assert.Contains("line 2: 'epochs 3' is not a setting", Refused(2, "--config", file));
+        Assert.Contains("line 2: 'epochs 3' is not a setting", Refused(1, "--config", file));
         File.WriteAllText(file, "command = train\nquiet = maybe\n");
-        Assert.Contains("--quiet is a switch; give yes or no", Refused(2, "--config", file));
+        Assert.Contains("--quiet is a switch; give yes or no", Refused(1, "--config", file));
         File.WriteAllText(file, "command = nonsense\n");
-        Assert.Contains("'nonsense' is not a command", Refused(2, "--config", file));
+        Assert.Contains("'nonsense' is not a command", Refused(1, "--config", file));
+        File.WriteAllText(file, "");
+        Assert.Contains("no 'command = …' line", Refused(1, "--config", file));
+        File.WriteAllBytes(file, [0x89, (byte)'P', (byte)'N', (byte)'G', 13, 10, 26, 10, 0, 0, 0, 13]);
+        var binary = Refused(1, "--config", file);
+        Assert.Contains("not a configuration", binary);
+        Assert.DoesNotContain("PNG", binary);
+        File.WriteAllText(file, "command = train\nepochs = 1\n");
+        Assert.Contains("--config is given twice", Refused(2, "--config", file, "--config", file));
+        // A sweep's runs take their options from the sweep, not from a replay file.
+        Assert.Contains("--config cannot be among a sweep's run options", Refused(2, "sweep", "--grid", "seed=1,2", "--dry-run", "--out", PathOf("sw"), "--", "train", "--config", file));
+        Assert.Contains("--save-config cannot be among a sweep's run options", Refused(2, "sweep", "--save-config", PathOf("s.conf"), "--dry-run", "--out", PathOf("sw")));
         File.WriteAllText(file, "command = train\nepochs = 1\n");
         Assert.Contains("is the configuration of `train`, not of `lm`", Refused(2, "lm", "--config", file));
         Assert.Contains("does not exist", Refused(1, "--config", PathOf("missing.conf")));
