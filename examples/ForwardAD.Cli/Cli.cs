@@ -148,12 +148,11 @@ internal static class Cli
                 usageError.WriteLine($"See 'forwardad {commandName}--help'.");
                 return UsageError;
             }
-            if (parse.Action is not HelpTextAction && context.WritesFiles && parse.CommandResult.Command.Options.FirstOrDefault(o => o.Name == "--save-config") is Option<string?> save
-                && parse.GetValue(save) is { } configFile)
-            {
-                if (Directory.Exists(configFile)) throw new IOException($"--save-config {configFile}: is a directory; give a file path.");
-                AtomicFile.WriteAllLines(configFile, [ReplayFile.Text(parse).TrimEnd('\n')]);
-            }
+            // --save-config: the file is claimed for the run's life like any output (a second run given it is refused
+            // before it writes), then written before the command starts.
+            using var configLock = parse.Action is not HelpTextAction && context.WritesFiles
+                && parse.CommandResult.Command.Options.FirstOrDefault(o => o.Name == "--save-config") is Option<string?> save
+                && parse.GetValue(save) is { } configFile ? SaveConfiguration(parse, configFile) : null;
             return parse.Invoke(new InvocationConfiguration { Output = output, Error = error, EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = null });
         }
         catch (UsageException e)
@@ -180,6 +179,21 @@ internal static class Cli
             const string Message = "out of memory: the model or the data does not fit. Use smaller widths, fewer layers or a smaller batch.";
             return communicator.Size == 1 ? Fail(error, RuntimeError, Message) : FailAlone(communicator, error, RuntimeError, Message);
         }
+    }
+
+    /// <summary>Claims <paramref name="path"/> and writes the configuration of the run <paramref name="parse"/> describes
+    /// there (<see cref="ReplayFile"/>); the lock is held until the run ends.</summary>
+    private static OutputLock SaveConfiguration(ParseResult parse, string path)
+    {
+        if (Directory.Exists(path)) throw new IOException($"--save-config {path}: is a directory; give a file path.");
+        var claim = OutputLock.Acquire($"{parse.CommandResult.Command.Name} (configuration {path})", ("--save-config", path));
+        try { AtomicFile.WriteAllLines(path, [ReplayFile.Text(parse).TrimEnd('\n')]); }
+        catch
+        {
+            claim.Dispose();
+            throw;
+        }
+        return claim;
     }
 
     /// <summary>An error that may be this rank's alone (its own file, its own device or memory): says which rank, then ends

@@ -98,6 +98,25 @@ public sealed class ReplayTests : IDisposable
         Assert.Contains("holds no configuration to replay", Refused(1, "--config", PathOf("bare.safetensors")));
     }
 
+    /// <summary>The saved configuration is an output like the others: while a run holds it, another run given the same
+    /// --save-config is refused before writing anything, and the first run's file is intact.</summary>
+    [Fact]
+    public void A_configuration_file_in_use_by_a_run_is_not_overwritten()
+    {
+        var file = PathOf("held.conf");
+        File.WriteAllText(file, "command = train\nepochs = 7\n");
+        using (ForwardAD.Cli.OutputLock.Acquire("a run in this test", ("--save-config", file)))
+        {
+            var (code, _, error) = Run([.. Train("x.csv"), "--save-config", file]);
+            Assert.Equal(1, code);
+            Assert.Contains($"--save-config {file} is in use by another run", error);
+            Assert.Equal("command = train\nepochs = 7\n", File.ReadAllText(file));
+            Assert.False(File.Exists(PathOf("x.csv")));
+        }
+        Succeeds([.. Train("x.csv"), "--save-config", file]);
+        Assert.Contains("epochs = 2", File.ReadAllText(file));
+    }
+
     [Fact]
     public void A_default_that_changed_since_the_file_was_written_is_reported()
     {
