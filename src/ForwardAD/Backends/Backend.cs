@@ -148,6 +148,31 @@ public abstract class Backend
         Scale(variance, 1f / rows, variance);
     }
 
+    /// <summary>
+    /// destination (+)= scale ⊙ (v − mean_r(v) − x̂ ⊙ mean_r(v ⊙ x̂)) on [rows, C] views (per column c: scale[c], the means
+    /// over the rows): batch normalisation's JVP of one tangent channel v with batch statistics, x̂ = <paramref name="normalized"/>,
+    /// and, the map being symmetric, its VJP of one cotangent channel. <paramref name="negativeMeanProduct"/> and
+    /// <paramref name="negativeMean"/> [C] receive −mean(v ⊙ x̂) and −mean(v); <paramref name="product"/> and
+    /// <paramref name="partial"/> hold v.Length floats each. The default composes the general kernels (about nine passes
+    /// over the activation); a backend may fuse them with the same arithmetic.
+    /// </summary>
+    public virtual void NormalizationTangent(View normalized, View v, View scale, View destination, bool accumulate,
+        View negativeMeanProduct, View negativeMean, View product, View partial)
+    {
+        int rows = v.Length / scale.Length;
+        var target = accumulate ? partial : destination;
+        MultiplyChannels(normalized, v, product, accumulate: false);
+        SumRows(product, negativeMeanProduct, accumulate: false);
+        Scale(negativeMeanProduct, -1f / rows, negativeMeanProduct);
+        SumRows(v, negativeMean, accumulate: false);
+        Scale(negativeMean, -1f / rows, negativeMean);
+        Copy(v, target);
+        AddBias(negativeMean, target);
+        ScaleColumns(normalized, negativeMeanProduct, target, accumulate: true);
+        ScaleColumns(target, scale, target, accumulate: false);
+        if (accumulate) Copy(target, destination, accumulate: true);
+    }
+
     /// <summary>destination[r, c] = (x[r, c] + shift[c])·scale[c]: normalisation with −mean and 1/σ. Default composed;
     /// the CPU fuses it into one pass.</summary>
     public virtual void ShiftScaleColumns(View x, View shift, View scale, View destination)

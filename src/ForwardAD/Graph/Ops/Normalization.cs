@@ -119,17 +119,7 @@ public sealed record BatchNormOp(float Momentum = 0.1f, float Epsilon = 1e-5f, b
             backend.ScaleColumns(v, b.Scale, destination, accumulate);
             return;
         }
-        var target = accumulate ? b.Temporary2 : destination;
-        backend.MultiplyChannels(b.Normalized, v, b.Temporary, accumulate: false);
-        backend.SumRows(b.Temporary, b.Vector3, accumulate: false);
-        backend.Scale(b.Vector3, -1f / b.Rows, b.Vector3);          // −mean(v ⊙ x̂)
-        backend.SumRows(v, b.Vector4, accumulate: false);
-        backend.Scale(b.Vector4, -1f / b.Rows, b.Vector4);          // −mean(v)
-        backend.Copy(v, target);
-        backend.AddBias(b.Vector4, target);
-        backend.ScaleColumns(b.Normalized, b.Vector3, target, accumulate: true);
-        backend.ScaleColumns(target, b.Scale, target, accumulate: false);
-        if (accumulate) backend.Copy(target, destination, accumulate: true);
+        backend.NormalizationTangent(b.Normalized, v, b.Scale, destination, accumulate, b.Vector3, b.Vector4, b.Temporary, b.Temporary2);
     }
 
     internal override void Jvp(in RuleContext c)

@@ -1,0 +1,54 @@
+using ForwardAD.Backends;
+
+namespace ForwardAD.Tests;
+
+/// <summary>
+/// The CPU's fused batch-normalisation tangent (two passes) gives the bits of the composition of general kernels that
+/// <see cref="Backend.NormalizationTangent"/> defines (nine passes), at one thread and at several, for column counts
+/// on and off the vector width, overwriting and accumulating. (Its math is checked where batch norm's JVP and VJP are:
+/// finite differences and the adjoint identity in the JVP/VJP tests.)
+/// </summary>
+public sealed class NormalizationTangentTests
+{
+    [Theory]
+    [InlineData(2048, 32, 1, false)]
+    [InlineData(2048, 32, 2, true)]
+    [InlineData(4099, 13, 2, false)]
+    [InlineData(4099, 13, 3, true)]
+    [InlineData(7, 3, 1, true)]
+    public void The_fused_tangent_gives_the_composed_kernels_bits(int rows, int columns, int threads, bool accumulate)
+    {
+        var backend = new CpuBackend { Threads = threads };
+        int n = rows * columns;
+        View Of(float[] values) { var view = new View(backend.Allocate(values.Length)); backend.CopyFromHost(values, view); return view; }
+        var normalized = Of(Problem.Normal(1, n, 1f));
+        var v = Of(Problem.Normal(2, n, 0.5f));
+        var scale = Of(Problem.Normal(3, columns, 2f));
+        var start = Problem.Normal(4, n, 1f);
+
+        // The reference: the default's composition, kernel by kernel.
+        var expected = Of(start);
+        var (product, partial) = (Of(new float[n]), Of(new float[n]));
+        var (meanProduct, mean) = (Of(new float[columns]), Of(new float[columns]));
+        var target = accumulate ? partial : expected;
+        backend.MultiplyChannels(normalized, v, product, accumulate: false);
+        backend.SumRows(product, meanProduct, accumulate: false);
+        backend.Scale(meanProduct, -1f / rows, meanProduct);
+        backend.SumRows(v, mean, accumulate: false);
+        backend.Scale(mean, -1f / rows, mean);
+        backend.Copy(v, target);
+        backend.AddBias(mean, target);
+        backend.ScaleColumns(normalized, meanProduct, target, accumulate: true);
+        backend.ScaleColumns(target, scale, target, accumulate: false);
+        if (accumulate) backend.Copy(target, expected, accumulate: true);
+
+        var actual = Of(start);
+        var (actualMeanProduct, actualMean) = (Of(new float[columns]), Of(new float[columns]));
+        backend.NormalizationTangent(normalized, v, scale, actual, accumulate, actualMeanProduct, actualMean, Of(new float[n]), Of(new float[n]));
+
+        Assert.True(expected.ToArray().AsSpan().SequenceEqual(actual.ToArray()), "the tangent differs from the composed kernels'");
+        Assert.True(meanProduct.ToArray().AsSpan().SequenceEqual(actualMeanProduct.ToArray()), "−mean(v ⊙ x̂) differs");
+        Assert.True(mean.ToArray().AsSpan().SequenceEqual(actualMean.ToArray()), "−mean(v) differs");
+        Assert.NotEqual(start, actual.ToArray()); // it wrote
+    }
+}
