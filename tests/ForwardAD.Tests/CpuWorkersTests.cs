@@ -133,6 +133,50 @@ public class CpuWorkersTests
         }
     }
 
+    /// <summary>The pointwise kernels split across threads (products with a mask or a per-row factor, copies, sums,
+    /// scaling) give one thread's bits, overwriting and accumulating, and a copy between overlapping, shifted ranges of
+    /// one buffer moves as one move would.</summary>
+    [Fact]
+    public void Pointwise_kernels_give_the_same_bits_at_any_thread_count()
+    {
+        const int length = (1 << 17) + 5, row = 24;
+        var a = Problem.Normal(1, length, 1f);
+        var b = Problem.Normal(2, length, 1f);
+        var c = Problem.Normal(3, length, 1f);
+        var perRow = Problem.Normal(4, row, 1f);
+        float[][] Run(int threads)
+        {
+            var backend = new CpuBackend { Threads = threads };
+            View Of(float[] values) { var view = new View(backend.Allocate(values.Length)); backend.CopyFromHost(values, view); return view; }
+            var (x, y, z, factor) = (Of(a), Of(b), Of(c), Of(perRow));
+            var results = new List<float[]>();
+            var target = Of(c);
+            backend.MultiplyChannels(x, y, target, accumulate: false); results.Add(target.ToArray());
+            backend.MultiplyChannels(x, y, target, accumulate: true); results.Add(target.ToArray());
+            var rows = Of(c[..(row * 5000)]);
+            backend.MultiplyChannels(factor, x.Slice(0, row * 5000), rows, accumulate: true); results.Add(rows.ToArray());
+            backend.Copy(x, target); results.Add(target.ToArray());
+            backend.Copy(y, target, accumulate: true); results.Add(target.ToArray());
+            backend.Scale(z, 0.37f, target); results.Add(target.ToArray());
+            backend.Add(x, z, target); results.Add(target.ToArray());
+            // In place, shifted by 3 within one buffer, both ways.
+            var shifted = Of(a);
+            backend.Copy(shifted.Slice(0, length - 3), shifted.Slice(3, length - 3)); results.Add(shifted.ToArray());
+            backend.Copy(shifted.Slice(3, length - 3), shifted.Slice(0, length - 3)); results.Add(shifted.ToArray());
+            Allocations.AssertNone(_ => backend.MultiplyChannels(x, y, target, accumulate: true), warmUp: 2, steps: 3, $"a product at {threads} threads");
+            return [.. results];
+        }
+        var one = Run(1);
+        var expectedShift = a.ToArray();
+        Array.Copy(expectedShift, 0, expectedShift, 3, length - 3);
+        Assert.Equal(expectedShift, one[^2]);
+        foreach (int threads in new[] { 2, 3 })
+        {
+            var many = Run(threads);
+            for (int i = 0; i < one.Length; i++) Assert.True(one[i].AsSpan().SequenceEqual(many[i]), $"result {i} differs at {threads} threads");
+        }
+    }
+
     /// <summary>The parallel kernels allocate nothing per call on the calling thread (work items made once, helpers queued
     /// as the same object).</summary>
     [Fact]

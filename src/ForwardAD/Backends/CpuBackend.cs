@@ -128,32 +128,77 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     public override void Fill(float value, View destination) => Span(destination).Fill(value);
 
     /// <inheritdoc/>
-    public override void Copy(View source, View destination, bool accumulate = false)
+    public override void Copy(View source, View destination, bool accumulate = false) =>
+        Pointwise(accumulate ? PointwiseKind.Add : PointwiseKind.Copy, source, destination, 0f, destination);
+
+    /// <inheritdoc/>
+    public override void Scale(View source, float factor, View destination) => Pointwise(PointwiseKind.Scale, source, default, factor, destination);
+
+    /// <inheritdoc/>
+    public override void Add(View a, View b, View destination) => Pointwise(PointwiseKind.Add, a, b, 0f, destination);
+
+    private enum PointwiseKind { Copy, Scale, Add }
+
+    private readonly record struct PointwiseArguments(PointwiseKind Kind, View A, View B, float Factor, View Destination);
+
+    private PartWork<PointwiseArguments>? _pointwise;
+
+    /// <summary>destination = a, a·factor or a + b over a's elements: in chunks of whole vectors across the threads for a
+    /// large view (the same bits as one thread: no element depends on another), except a copy between overlapping,
+    /// shifted ranges of one buffer, which only a single move gets right.</summary>
+    private void Pointwise(PointwiseKind kind, View a, View b, float factor, View destination)
     {
-        if (accumulate) TensorPrimitives.Add(Read(source), Read(destination), Span(destination));
-        else Read(source).CopyTo(Span(destination));
+        bool shiftedOverlap = a.Buffer == destination.Buffer && a.Offset != destination.Offset
+            && a.Offset < destination.Offset + destination.Length && destination.Offset < a.Offset + a.Length;
+        RunParts(ref _pointwise, static (in PointwiseArguments p, int part, int parts) =>
+        {
+            var (first, count) = VectorChunk(p.A.Length, part, parts);
+            var x = Read(p.A.Slice(first, count));
+            var y = Span(p.Destination.Slice(first, count));
+            switch (p.Kind)
+            {
+                case PointwiseKind.Copy: x.CopyTo(y); break;
+                case PointwiseKind.Scale: TensorPrimitives.Multiply(x, p.Factor, y); break;
+                default: TensorPrimitives.Add(x, Read(p.B.Slice(first, count)), y); break;
+            }
+        }, new PointwiseArguments(kind, a, b, factor, destination), shiftedOverlap ? 1 : Parts(a.Length, a.Length / Vector<float>.Count));
     }
 
     /// <inheritdoc/>
-    public override void Scale(View source, float factor, View destination) => TensorPrimitives.Multiply(Read(source), factor, Span(destination));
-
-    /// <inheritdoc/>
-    public override void Add(View a, View b, View destination) => TensorPrimitives.Add(Read(a), Read(b), Span(destination));
-
-    /// <inheritdoc/>
+    /// <remarks>Elementwise, so split across the threads without changing a bit: a factor as long as the destination (a
+    /// mask: an activation's JVP and VJP) in chunks of whole vectors, a shorter one (one per channel group) by its
+    /// repetitions.</remarks>
     public override void MultiplyChannels(View a, View b, View destination, bool accumulate)
     {
-        var factor = Read(a);
-        var source = Read(b);
-        var target = Span(destination);
-        for (int offset = 0; offset < target.Length; offset += factor.Length)
+        int repetitions = destination.Length / Math.Max(1, a.Length);
+        int parts = repetitions == 1 ? Parts(destination.Length, destination.Length / Vector<float>.Count) : Parts(destination.Length, repetitions);
+        RunParts(ref _multiplyChannels, static (in ProductArguments p, int part, int parts) =>
         {
-            var from = source.Slice(offset, factor.Length);
-            var to = target.Slice(offset, factor.Length);
+            int length = p.Factor.Length, repetitions = p.Destination.Length / Math.Max(1, length);
+            if (repetitions == 1)
+            {
+                var (first, count) = VectorChunk(length, part, parts);
+                Multiply(Read(p.Factor.Slice(first, count)), Read(p.Source.Slice(first, count)), Span(p.Destination.Slice(first, count)), p.Accumulate);
+                return;
+            }
+            var share = PartRange.Of(repetitions, part, parts);
+            var factor = Read(p.Factor);
+            var source = Read(share.Of(p.Source, length));
+            var target = Span(share.Of(p.Destination, length));
+            for (int offset = 0; offset < target.Length; offset += length)
+                Multiply(factor, source.Slice(offset, length), target.Slice(offset, length), p.Accumulate);
+        }, new ProductArguments(a, b, destination, accumulate), parts);
+
+        static void Multiply(ReadOnlySpan<float> factor, ReadOnlySpan<float> from, Span<float> to, bool accumulate)
+        {
             if (accumulate) TensorPrimitives.FusedMultiplyAdd(factor, from, to, to);
             else TensorPrimitives.Multiply(factor, from, to);
         }
     }
+
+    private readonly record struct ProductArguments(View Factor, View Source, View Destination, bool Accumulate);
+
+    private PartWork<ProductArguments>? _multiplyChannels;
 
     /// <inheritdoc/>
     public override void AddBias(View bias, View destination) => InParallelRows<AddColumns>(ref _addBias, destination, bias, bias, destination);
