@@ -24,8 +24,15 @@ public sealed class CliTests : IDisposable
         return (code, output.ToString(), error.ToString());
     }
 
+    /// <summary>A run that ends well: exit code 0 (else the exit code, stderr and stdout in the failure).</summary>
+    internal static void Succeeds(params string[] args)
+    {
+        var (code, output, error) = Run(args);
+        Assert.True(code == 0, $"exit {code}: {error}{output}");
+    }
+
     /// <summary>A usage or data error: the expected code, the message on stderr (not stdout), no stack trace, no colour.</summary>
-    private static string Fails(int code, params string[] args)
+    internal static string Fails(int code, params string[] args)
     {
         var (actual, output, error) = Run(args);
         Assert.True(code == actual, $"exit code {actual}, expected {code}; stderr: {error}; stdout: {output}");

@@ -63,21 +63,6 @@ public sealed class MixerTableResumeTests : IDisposable
         return (error.ToString().Trim(), output.ToString());
     }
 
-    private static void Succeeds(params string[] args)
-    {
-        var (code, output, error) = CliTests.Run(args);
-        Assert.True(code == 0, $"exit {code}: {error}{output}");
-    }
-
-    private static string Fails(params string[] args)
-    {
-        var (code, output, error) = CliTests.Run(args);
-        Assert.True(code == 1, $"exit {code}, expected 1: {error}{output}");
-        Assert.StartsWith("error: ", error);
-        Assert.DoesNotContain("   at ", error);
-        return error;
-    }
-
     /// <summary>The Markdown without its wall-time line.</summary>
     private static string[] UntimedMarkdown(string path) => [.. File.ReadAllLines(path).Where(l => !l.StartsWith("Wall time", StringComparison.Ordinal))];
 
@@ -93,7 +78,7 @@ public sealed class MixerTableResumeTests : IDisposable
     [Fact]
     public void An_interrupted_table_resumed_twice_ends_as_the_straight_table()
     {
-        Succeeds(Table("straight"));
+        CliTests.Succeeds(Table("straight"));
         var checkpoint = PathOf("cut.safetensors");
         // At an epoch boundary: the line of the third run's first epoch is written before its second epoch's first step.
         var (first, _) = Interrupted(Table("cut", "--checkpoint", checkpoint), "seed 1, augment on, backprop: epoch 1/2", TimeSpan.Zero);
@@ -136,13 +121,13 @@ public sealed class MixerTableResumeTests : IDisposable
     public void A_table_killed_between_its_files_resumes_from_what_they_hold()
     {
         var checkpoint = PathOf("last.safetensors");
-        Succeeds(Table("straight", "--checkpoint", checkpoint)); // the checkpoint holds the last run after its first epoch
+        CliTests.Succeeds(Table("straight", "--checkpoint", checkpoint)); // the checkpoint holds the last run after its first epoch
         var straight = File.ReadAllLines(PathOf("straight.csv"));
         Assert.Equal(1 + 8, straight.Length);
 
         // Ahead of the CSV: the runs before the checkpoint's are missing.
         File.WriteAllLines(PathOf("behind.csv"), straight[..6]);
-        Assert.Contains("holds run 8 of 8 (seed 2, augment on, ap), but", Fails(Table("behind", "--resume", checkpoint)));
+        Assert.Contains("holds run 8 of 8 (seed 2, augment on, ap), but", CliTests.Fails(1, Table("behind", "--resume", checkpoint)));
         Assert.Equal(straight[..6], File.ReadAllLines(PathOf("behind.csv")));
 
         // Killed in the last run's second epoch: the run goes on from its first epoch's checkpoint.
@@ -175,20 +160,20 @@ public sealed class MixerTableResumeTests : IDisposable
         var csv = File.ReadAllText(PathOf("t.csv"));
         var saved = File.ReadAllBytes(checkpoint);
 
-        var lr = Fails(Table("t", "--resume", checkpoint, "--lr", "0.002"));
+        var lr = CliTests.Fails(1, Table("t", "--resume", checkpoint, "--lr", "0.002"));
         Assert.Contains("lr is '0.001' but this run's is '0.002'", lr);
         Assert.Contains("drop --resume", lr);
-        Assert.Contains("methods is 'backprop,ap' but this run's is 'ap,backprop'", Fails(Table("t", "--resume", checkpoint, "--methods", "ap,backprop")));
-        Assert.Contains("epochs is '2' but this run's is '3'", Fails(Table("t", "--resume", checkpoint, "--epochs", "3")));
-        Assert.Contains("seeds is '1-2' but this run's is '1-3'", Fails(Table("t", "--resume", checkpoint, "--seeds", "3")));
+        Assert.Contains("methods is 'backprop,ap' but this run's is 'ap,backprop'", CliTests.Fails(1, Table("t", "--resume", checkpoint, "--methods", "ap,backprop")));
+        Assert.Contains("epochs is '2' but this run's is '3'", CliTests.Fails(1, Table("t", "--resume", checkpoint, "--epochs", "3")));
+        Assert.Contains("seeds is '1-2' but this run's is '1-3'", CliTests.Fails(1, Table("t", "--resume", checkpoint, "--seeds", "3")));
         // Another table's CSV beside the checkpoint (another --out): its rows are not this table's runs.
-        Succeeds(Table("other", "--seed", "5", "--seeds", "1", "--augment-modes", "off"));
+        CliTests.Succeeds(Table("other", "--seed", "5", "--seeds", "1", "--augment-modes", "off"));
         var other = File.ReadAllText(PathOf("other.csv"));
-        Assert.Contains("a run of another table", Fails(Table("other", "--resume", checkpoint)));
+        Assert.Contains("a run of another table", CliTests.Fails(1, Table("other", "--resume", checkpoint)));
         Assert.Equal(other, File.ReadAllText(PathOf("other.csv")));
         // A checkpoint of train is no table's.
-        Succeeds("train", "--hidden", "8", "--epochs", "1", "--quiet", "--no-plot", "--metrics", PathOf("train.csv"), "--checkpoint", PathOf("train.safetensors"));
-        Assert.Contains("not a checkpoint of mixer-table", Fails(Table("t", "--resume", PathOf("train.safetensors"))));
+        CliTests.Succeeds("train", "--hidden", "8", "--epochs", "1", "--quiet", "--no-plot", "--metrics", PathOf("train.csv"), "--checkpoint", PathOf("train.safetensors"));
+        Assert.Contains("not a checkpoint of mixer-table", CliTests.Fails(1, Table("t", "--resume", PathOf("train.safetensors"))));
 
         Assert.Equal(csv, File.ReadAllText(PathOf("t.csv")));
         Assert.Equal(saved, File.ReadAllBytes(checkpoint));
@@ -219,7 +204,7 @@ public sealed class MixerTableResumeTests : IDisposable
             }
             foreach (var args in new[] { Table("t"), Table("elsewhere", "--checkpoint", checkpoint), Table("t", "--resume", checkpoint) })
             {
-                var error = Fails(args);
+                var error = CliTests.Fails(1, args);
                 Assert.Contains($"is in use by another run (process {Environment.ProcessId}", error);
                 Assert.Contains("mixer-table (out " + PathOf("t"), error);
             }

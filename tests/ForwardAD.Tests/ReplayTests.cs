@@ -15,19 +15,13 @@ public sealed class ReplayTests : IDisposable
 
     private static (int Code, string Out, string Err) Run(params string[] args) => CliTests.Run(args);
 
-    private static void Succeeds(params string[] args)
-    {
-        var (code, output, error) = Run(args);
-        Assert.True(code == 0, $"exit {code}: {error}{output}");
-    }
-
     private string[] Train(string metrics) =>
         ["train", "--hidden", "8", "--epochs", "2", "--guesser", "wt", "--lr", "0.01", "--batch-size", "16", "--seed", "3", "--quiet", "--no-plot", "--metrics", PathOf(metrics)];
 
     [Fact]
     public void A_saved_configuration_replays_the_run_bit_for_bit_and_later_options_take_precedence()
     {
-        Succeeds([.. Train("a.csv"), "--save-config", PathOf("run.conf"), "--checkpoint", PathOf("a.safetensors")]);
+        CliTests.Succeeds([.. Train("a.csv"), "--save-config", PathOf("run.conf"), "--checkpoint", PathOf("a.safetensors")]);
         var text = File.ReadAllText(PathOf("run.conf"));
         Assert.Contains("command = train\n", text);
         Assert.Contains("guesser = wt\n", text);
@@ -35,13 +29,13 @@ public sealed class ReplayTests : IDisposable
         Assert.Contains("#   optimizer = sgd", text); // a default not given: a comment, not replayed
 
         // The file alone (its command included), with another metrics file after it.
-        Succeeds("--config", PathOf("run.conf"), "--metrics", PathOf("b.csv"));
+        CliTests.Succeeds("--config", PathOf("run.conf"), "--metrics", PathOf("b.csv"));
         Assert.Equal(TimedColumns.Untimed(PathOf("a.csv")), TimedColumns.Untimed(PathOf("b.csv")));
         // The checkpoint carries the configuration without its outputs: replayed, it is a new run with the same rows.
-        Succeeds("train", "--config", PathOf("a.safetensors"), "--metrics", PathOf("c.csv"), "--quiet", "--no-plot");
+        CliTests.Succeeds("train", "--config", PathOf("a.safetensors"), "--metrics", PathOf("c.csv"), "--quiet", "--no-plot");
         Assert.Equal(TimedColumns.Untimed(PathOf("a.csv")), TimedColumns.Untimed(PathOf("c.csv")));
         // An option after --config wins over the file's.
-        Succeeds("--config", PathOf("run.conf"), "--epochs", "1", "--metrics", PathOf("d.csv"));
+        CliTests.Succeeds("--config", PathOf("run.conf"), "--epochs", "1", "--metrics", PathOf("d.csv"));
         Assert.Equal(TimedColumns.Untimed(PathOf("a.csv"))[..2], TimedColumns.Untimed(PathOf("d.csv")));
     }
 
@@ -52,50 +46,42 @@ public sealed class ReplayTests : IDisposable
         File.WriteAllText(text, string.Concat(Enumerable.Range(0, 200).Select(i => $"to be or not to be {i % 7}\n")));
         string[] lm = ["lm", "--text", text, "--model", "transformer:l1-h2-d16-t16", "--guesser", "ap", "--batch-size", "4", "--steps", "6", "--eval-every", "3",
             "--validation-windows", "8", "--cosine-every", "2", "--quiet", "--no-plot"];
-        Succeeds([.. lm, "--metrics", PathOf("a.csv"), "--checkpoint", PathOf("lm.safetensors")]);
-        Succeeds("--config", PathOf("lm.safetensors"), "--metrics", PathOf("b.csv"));
+        CliTests.Succeeds([.. lm, "--metrics", PathOf("a.csv"), "--checkpoint", PathOf("lm.safetensors")]);
+        CliTests.Succeeds("--config", PathOf("lm.safetensors"), "--metrics", PathOf("b.csv"));
         Assert.Equal(TimedColumns.Untimed(PathOf("a.csv")), TimedColumns.Untimed(PathOf("b.csv")));
     }
 
     [Fact]
     public void Bad_configurations_are_refused_naming_the_file_and_the_line()
     {
-        string Refused(int code, params string[] args)
-        {
-            var (actual, output, error) = Run(args);
-            Assert.True(actual == code, $"exit {actual}, expected {code}: {error}{output}");
-            Assert.StartsWith("error: ", error);
-            Assert.DoesNotContain("   at ", error);
-            return error;
-        }
         var file = PathOf("x.conf");
         // A file that is not a configuration is a data error (exit 1); a wrong use of --config a usage error (exit 2).
         File.WriteAllText(file, "command = train\nepochz = 3\n");
-        Assert.Contains("line 2: `train` has no option --epochz", Refused(1, "--config", file));
+        Assert.Contains("line 2: `train` has no option --epochz", CliTests.Fails(1, "--config", file));
         File.WriteAllText(file, "command = train\nepochs 3\n");
-        Assert.Contains("line 2: 'epochs 3' is not a setting", Refused(1, "--config", file));
+        Assert.Contains("line 2: 'epochs 3' is not a setting", CliTests.Fails(1, "--config", file));
         File.WriteAllText(file, "command = train\nquiet = maybe\n");
-        Assert.Contains("--quiet is a switch; give yes or no", Refused(1, "--config", file));
+        Assert.Contains("--quiet is a switch; give yes or no", CliTests.Fails(1, "--config", file));
         File.WriteAllText(file, "command = nonsense\n");
-        Assert.Contains("'nonsense' is not a command", Refused(1, "--config", file));
+        Assert.Contains("'nonsense' is not a command", CliTests.Fails(1, "--config", file));
         File.WriteAllText(file, "");
-        Assert.Contains("no 'command = …' line", Refused(1, "--config", file));
+        Assert.Contains("no 'command = …' line", CliTests.Fails(1, "--config", file));
         File.WriteAllBytes(file, [0x89, (byte)'P', (byte)'N', (byte)'G', 13, 10, 26, 10, 0, 0, 0, 13]);
-        var binary = Refused(1, "--config", file);
+        var binary = CliTests.Fails(1, "--config", file);
         Assert.Contains("not a configuration", binary);
         Assert.DoesNotContain("PNG", binary);
         File.WriteAllText(file, "command = train\nepochs = 1\n");
-        Assert.Contains("--config is given twice", Refused(2, "--config", file, "--config", file));
+        Assert.Contains("--config is given twice", CliTests.Fails(2, "--config", file, "--config", file));
         // A sweep's runs take their options from the sweep, not from a replay file.
-        Assert.Contains("--config cannot be among a sweep's run options", Refused(2, "sweep", "--grid", "seed=1,2", "--dry-run", "--out", PathOf("sw"), "--", "train", "--config", file));
-        Assert.Contains("--save-config cannot be among a sweep's run options", Refused(2, "sweep", "--save-config", PathOf("s.conf"), "--dry-run", "--out", PathOf("sw")));
+        Assert.Contains("--config cannot be among a sweep's run options", CliTests.Fails(2, "sweep", "--grid", "seed=1,2", "--dry-run", "--out", PathOf("sw"), "--", "train", "--config", file));
+        Assert.Contains("--save-config cannot be among a sweep's run options", CliTests.Fails(2, "sweep", "--save-config", PathOf("s.conf"), "--dry-run", "--out", PathOf("sw")));
         File.WriteAllText(file, "command = train\nepochs = 1\n");
-        Assert.Contains("is the configuration of `train`, not of `lm`", Refused(2, "lm", "--config", file));
-        Assert.Contains("does not exist", Refused(1, "--config", PathOf("missing.conf")));
-        Assert.Contains("--config needs a file", Refused(2, "--config"));
+        Assert.Contains("is the configuration of `train`, not of `lm`", CliTests.Fails(2, "lm", "--config", file));
+        Assert.Contains("does not exist", CliTests.Fails(1, "--config", PathOf("missing.conf")));
+        Assert.Contains("--config needs a file", CliTests.Fails(2, "--config"));
         // A checkpoint without a configuration to replay (a bare safetensors file) says so.
         ForwardAD.Data.SafeTensors.Write(PathOf("bare.safetensors"), [new ForwardAD.Data.NamedTensor("w", [1], [1f])], new Dictionary<string, string>());
-        Assert.Contains("holds no configuration to replay", Refused(1, "--config", PathOf("bare.safetensors")));
+        Assert.Contains("holds no configuration to replay", CliTests.Fails(1, "--config", PathOf("bare.safetensors")));
     }
 
     /// <summary>The saved configuration is an output like the others: while a run holds it, another run given the same
@@ -113,7 +99,7 @@ public sealed class ReplayTests : IDisposable
             Assert.Equal("command = train\nepochs = 7\n", File.ReadAllText(file));
             Assert.False(File.Exists(PathOf("x.csv")));
         }
-        Succeeds([.. Train("x.csv"), "--save-config", file]);
+        CliTests.Succeeds([.. Train("x.csv"), "--save-config", file]);
         Assert.Contains("epochs = 2", File.ReadAllText(file));
     }
 

@@ -37,28 +37,13 @@ public sealed class ResumeCliTests : IDisposable
         foreach (var name in a.Keys) Assert.True(a[name].SequenceEqual(b[name]), $"tensor {name} differs");
     }
 
-    private static void Succeeds(params string[] args)
-    {
-        var (code, output, error) = CliTests.Run(args);
-        Assert.True(code == 0, $"exit {code}: {error}{output}");
-    }
-
-    private static string Fails(params string[] args)
-    {
-        var (code, output, error) = CliTests.Run(args);
-        Assert.True(code == 1, $"exit {code}, expected 1: {error}{output}");
-        Assert.StartsWith("error: ", error);
-        Assert.DoesNotContain("   at ", error);
-        return error;
-    }
-
     [Theory]
     [InlineData("backprop")]
     [InlineData("grape")]
     public void Lm_checkpointed_halfway_and_resumed_ends_as_the_straight_run(string guesser)
     {
-        Succeeds([.. Lm(guesser, "straight.csv"), "--steps", "12", "--checkpoint", PathOf("straight.safetensors")]);
-        Succeeds([.. Lm(guesser, "halves.csv"), "--steps", "6", "--checkpoint", PathOf("halves.safetensors")]);
+        CliTests.Succeeds([.. Lm(guesser, "straight.csv"), "--steps", "12", "--checkpoint", PathOf("straight.safetensors")]);
+        CliTests.Succeeds([.. Lm(guesser, "halves.csv"), "--steps", "6", "--checkpoint", PathOf("halves.safetensors")]);
         Assert.Equal(3, File.ReadAllLines(PathOf("halves.csv")).Length);
         // --steps may differ on resume with a constant schedule: the run goes on for longer.
         var (code, output, error) = CliTests.Run([.. Lm(guesser, "halves.csv"), "--steps", "12", "--resume", PathOf("halves.safetensors")]);
@@ -71,7 +56,7 @@ public sealed class ResumeCliTests : IDisposable
         Assert.Equal(0, again);
         Assert.Contains("nothing to do", againOutput);
         // The checkpoint still samples.
-        Succeeds("sample", "--checkpoint", PathOf("halves.safetensors"), "--length", "5");
+        CliTests.Succeeds("sample", "--checkpoint", PathOf("halves.safetensors"), "--length", "5");
     }
 
     /// <summary>Ctrl-C in process (the token the entry point would cancel, here cancelled once the metrics have a row):
@@ -79,7 +64,7 @@ public sealed class ResumeCliTests : IDisposable
     [Fact]
     public void Lm_interrupted_says_how_to_resume_and_the_resumed_run_ends_as_the_straight_run()
     {
-        Succeeds([.. Lm("grape", "straight.csv", evalEvery: 50), "--steps", "400", "--checkpoint", PathOf("straight.safetensors")]);
+        CliTests.Succeeds([.. Lm("grape", "straight.csv", evalEvery: 50), "--steps", "400", "--checkpoint", PathOf("straight.safetensors")]);
         using var interrupt = new CancellationTokenSource();
         var metrics = PathOf("interrupted.csv");
         var watcher = new Thread(() =>
@@ -99,7 +84,7 @@ public sealed class ResumeCliTests : IDisposable
         Assert.DoesNotContain("--checkpoint", message);
         Assert.Contains("--steps 400", message);
 
-        Succeeds([.. Lm("grape", "interrupted.csv", evalEvery: 50), "--steps", "400", "--resume", PathOf("interrupted.safetensors")]);
+        CliTests.Succeeds([.. Lm("grape", "interrupted.csv", evalEvery: 50), "--steps", "400", "--resume", PathOf("interrupted.safetensors")]);
         Assert.Equal(TimedColumns.Untimed(PathOf("straight.csv")), TimedColumns.Untimed(metrics));
         AssertSameTensors(PathOf("straight.safetensors"), PathOf("interrupted.safetensors"));
 
@@ -115,24 +100,24 @@ public sealed class ResumeCliTests : IDisposable
     public void Lm_resume_refuses_another_runs_checkpoint_and_each_command_refuses_the_others()
     {
         var lmCheckpoint = PathOf("lm.safetensors");
-        Succeeds([.. Lm("backprop", "lm.csv"), "--steps", "3", "--checkpoint", lmCheckpoint]);
-        var seed = Fails([.. Lm("backprop", "other.csv"), "--steps", "6", "--seed", "2", "--resume", lmCheckpoint]);
+        CliTests.Succeeds([.. Lm("backprop", "lm.csv"), "--steps", "3", "--checkpoint", lmCheckpoint]);
+        var seed = CliTests.Fails(1, [.. Lm("backprop", "other.csv"), "--steps", "6", "--seed", "2", "--resume", lmCheckpoint]);
         Assert.Contains("seed is '1' but this run's is '2'", seed);
         Assert.Contains("drop --resume", seed);
-        var guesser = Fails([.. Lm("grape", "other.csv"), "--steps", "6", "--resume", lmCheckpoint]);
+        var guesser = CliTests.Fails(1, [.. Lm("grape", "other.csv"), "--steps", "6", "--resume", lmCheckpoint]);
         Assert.Contains("guesser is 'backprop' but this run's is 'grape'", guesser);
         // A metrics file of another run is refused, and left as it was.
-        Succeeds([.. Lm("grape", "grape.csv"), "--steps", "3"]);
+        CliTests.Succeeds([.. Lm("grape", "grape.csv"), "--steps", "3"]);
         var foreign = File.ReadAllText(PathOf("grape.csv"));
-        Assert.Contains("a row of another run", Fails([.. Lm("backprop", "grape.csv"), "--steps", "6", "--resume", lmCheckpoint]));
+        Assert.Contains("a row of another run", CliTests.Fails(1, [.. Lm("backprop", "grape.csv"), "--steps", "6", "--resume", lmCheckpoint]));
         Assert.Equal(foreign, File.ReadAllText(PathOf("grape.csv")));
 
         var trainCheckpoint = PathOf("train.safetensors");
-        Succeeds("train", "--hidden", "8", "--epochs", "1", "--quiet", "--no-plot", "--metrics", PathOf("train.csv"), "--checkpoint", trainCheckpoint);
+        CliTests.Succeeds("train", "--hidden", "8", "--epochs", "1", "--quiet", "--no-plot", "--metrics", PathOf("train.csv"), "--checkpoint", trainCheckpoint);
         Assert.Contains("this is an lm checkpoint; resume it with `forwardad lm --resume`",
-            Fails("train", "--hidden", "8", "--epochs", "2", "--quiet", "--no-plot", "--metrics", PathOf("train.csv"), "--resume", lmCheckpoint));
+            CliTests.Fails(1, "train", "--hidden", "8", "--epochs", "2", "--quiet", "--no-plot", "--metrics", PathOf("train.csv"), "--resume", lmCheckpoint));
         Assert.Contains("this is a train checkpoint; resume it with `forwardad train --resume`",
-            Fails([.. Lm("backprop", "lm.csv"), "--steps", "6", "--resume", trainCheckpoint]));
+            CliTests.Fails(1, [.. Lm("backprop", "lm.csv"), "--steps", "6", "--resume", trainCheckpoint]));
     }
 
     /// <summary>A real Ctrl-C: SIGINT to a `forwardad train` process once its metrics have a row. It exits 130 with the
@@ -182,8 +167,8 @@ public sealed class ResumeCliTests : IDisposable
 
         int epochs = int.Parse(match.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture) + 1;
         string epochsText = epochs.ToString(System.Globalization.CultureInfo.InvariantCulture);
-        Succeeds([.. common, "--epochs", epochsText, "--metrics", metrics, "--resume", checkpoint]);
-        Succeeds([.. common, "--epochs", epochsText, "--metrics", PathOf("straight.csv"), "--checkpoint", PathOf("straight.safetensors")]);
+        CliTests.Succeeds([.. common, "--epochs", epochsText, "--metrics", metrics, "--resume", checkpoint]);
+        CliTests.Succeeds([.. common, "--epochs", epochsText, "--metrics", PathOf("straight.csv"), "--checkpoint", PathOf("straight.safetensors")]);
         Assert.Equal(TimedColumns.Untimed(PathOf("straight.csv")), TimedColumns.Untimed(metrics));
         AssertSameTensors(PathOf("straight.safetensors"), checkpoint);
     }

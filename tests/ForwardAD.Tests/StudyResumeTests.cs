@@ -25,12 +25,6 @@ public sealed class StudyResumeTests : IDisposable
         _ => ["study", study, "--hidden", "8", "--epochs", "2", "--batch-size", "8"],
     };
 
-    private static void Succeeds(params string[] args)
-    {
-        var (code, output, error) = CliTests.Run(args);
-        Assert.True(code == 0, $"exit {code}: {error}{output}");
-    }
-
     /// <summary>Runs <paramref name="args"/> in process with an interrupt token cancelled, as a Ctrl-C would, once
     /// <paramref name="csv"/> holds more than <paramref name="rows"/> lines; the exit code and stderr.</summary>
     private static (int Code, string Error) Interrupted(string[] args, string csv, int rows)
@@ -62,7 +56,7 @@ public sealed class StudyResumeTests : IDisposable
     public void An_interrupted_study_resumed_ends_with_the_straight_runs_csv(string study)
     {
         var straight = PathOf("straight");
-        Succeeds([.. Tiny(study), "--out", straight]);
+        CliTests.Succeeds([.. Tiny(study), "--out", straight]);
         var expected = File.ReadAllLines(Path.Combine(straight, study + ".csv"));
 
         var interrupted = PathOf("interrupted");
@@ -89,7 +83,7 @@ public sealed class StudyResumeTests : IDisposable
     {
         var checkpoint = PathOf("bv.safetensors");
         var args = new[] { "study", "bias-variance", "--hidden", "8", "--epochs", "1", "--batch-size", "128", "--ridges", "none", "--out", PathOf("bv") };
-        Succeeds([.. args, "--checkpoint", checkpoint]);
+        CliTests.Succeeds([.. args, "--checkpoint", checkpoint]);
         var csv = File.ReadAllText(Path.Combine(PathOf("bv"), "bias-variance.csv"));
 
         var (code, _, error) = CliTests.Run([.. args, "--guesses", "2", "--resume", checkpoint]);
@@ -109,7 +103,7 @@ public sealed class StudyResumeTests : IDisposable
         Assert.Equal(1, code);
         Assert.Contains("does not hold the rows", error);
         // A train checkpoint is no study's.
-        Succeeds("train", "--guesser", "backprop", "--hidden", "8", "--epochs", "1", "--quiet", "--no-plot", "--metrics", PathOf("t.csv"), "--checkpoint", PathOf("t.safetensors"));
+        CliTests.Succeeds("train", "--guesser", "backprop", "--hidden", "8", "--epochs", "1", "--quiet", "--no-plot", "--metrics", PathOf("t.csv"), "--checkpoint", PathOf("t.safetensors"));
         (code, _, error) = CliTests.Run([.. args, "--resume", PathOf("t.safetensors")]);
         Assert.Equal(1, code);
         Assert.Contains("not a checkpoint of a study", error);
