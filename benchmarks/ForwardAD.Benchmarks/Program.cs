@@ -214,10 +214,12 @@ internal static class Profile
             "tf-backprop" => Tf().Backprop,
             "tf-step-backprop" => Tf().BackpropAdamW,
             "tf-step-ap" => Tf().ActivationPerturbationAdamW,
+            "tf-step-dfa" => Tf().DfaAdamW,
+            "tf-step-grape" => Tf().GrapeAdamW,
             "normal-fill" => NormalFill(),
             _ => throw new ArgumentException($"Unknown row '{row}': use forward, jvp1, jvp16, backprop, gemm-managed, step-ap, step-wt, " +
                 "step-backprop, step-dfa, step-grape, cnn-forward, cnn-jvp1, cnn-backprop, cnn-step-backprop, cnn-step-ap, cnn-step-dfa, cnn-step-grape, tf-forward, tf-jvp1, " +
-                "tf-backprop, tf-step-backprop or tf-step-ap."),
+                "tf-backprop, tf-step-backprop, tf-step-ap, tf-step-dfa or tf-step-grape."),
         };
         action();
         var watch = Stopwatch.StartNew();
