@@ -5,7 +5,8 @@ namespace ForwardAD.Tests;
 /// <summary>
 /// The CPU's fused batch-normalisation tangent (two passes) gives the bits of the composition of general kernels that
 /// <see cref="Backend.NormalizationTangent"/> defines (nine passes), at one thread and at several, for column counts
-/// on and off the vector width, overwriting and accumulating. (Its math is checked where batch norm's JVP and VJP are:
+/// on and off the vector width, overwriting and accumulating, and hands out the column sums a VJP takes as γ̄ and β̄ with
+/// SumRows' bits. (Its math is checked where batch norm's JVP and VJP are:
 /// finite differences and the adjoint identity in the JVP/VJP tests.)
 /// </summary>
 public sealed class NormalizationTangentTests
@@ -32,6 +33,9 @@ public sealed class NormalizationTangentTests
         var (meanProduct, mean) = (Of(new float[columns]), Of(new float[columns]));
         var target = accumulate ? partial : expected;
         backend.MultiplyChannels(normalized, v, product, accumulate: false);
+        var (productSums, sums) = (Of(new float[columns]), Of(new float[columns]));
+        backend.SumRows(product, productSums, accumulate: false);
+        backend.SumRows(v, sums, accumulate: false);
         backend.SumRows(product, meanProduct, accumulate: false);
         backend.Scale(meanProduct, -1f / rows, meanProduct);
         backend.SumRows(v, mean, accumulate: false);
@@ -44,11 +48,16 @@ public sealed class NormalizationTangentTests
 
         var actual = Of(start);
         var (actualMeanProduct, actualMean) = (Of(new float[columns]), Of(new float[columns]));
-        backend.NormalizationTangent(normalized, v, scale, actual, accumulate, actualMeanProduct, actualMean, Of(new float[n]), Of(new float[n]));
+        var (actualProductSums, actualSums) = (Of(new float[columns]), Of(new float[columns]));
+        backend.NormalizationTangent(normalized, v, scale, actual, accumulate, actualMeanProduct, actualMean, Of(new float[n]), Of(new float[n]),
+            actualProductSums, actualSums);
 
         Assert.True(expected.ToArray().AsSpan().SequenceEqual(actual.ToArray()), "the tangent differs from the composed kernels'");
         Assert.True(meanProduct.ToArray().AsSpan().SequenceEqual(actualMeanProduct.ToArray()), "−mean(v ⊙ x̂) differs");
         Assert.True(mean.ToArray().AsSpan().SequenceEqual(actualMean.ToArray()), "−mean(v) differs");
+        // The raw sums a VJP takes as γ̄ and β̄: SumRows' bits.
+        Assert.True(productSums.ToArray().AsSpan().SequenceEqual(actualProductSums.ToArray()), "Σ x̂ v differs from SumRows'");
+        Assert.True(sums.ToArray().AsSpan().SequenceEqual(actualSums.ToArray()), "Σ v differs from SumRows'");
         Assert.NotEqual(start, actual.ToArray()); // it wrote
     }
 }

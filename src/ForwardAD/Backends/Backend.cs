@@ -153,18 +153,22 @@ public abstract class Backend
     /// over the rows): batch normalisation's JVP of one tangent channel v with batch statistics, x̂ = <paramref name="normalized"/>,
     /// and, the map being symmetric, its VJP of one cotangent channel. <paramref name="negativeMeanProduct"/> and
     /// <paramref name="negativeMean"/> [C] receive −mean(v ⊙ x̂) and −mean(v); <paramref name="product"/> and
-    /// <paramref name="partial"/> hold v.Length floats each. The default composes the general kernels (about nine passes
-    /// over the activation); a backend may fuse them with the same arithmetic.
+    /// <paramref name="partial"/> hold v.Length floats each. <paramref name="productSums"/> and <paramref name="sums"/>, when
+    /// given, receive the column sums Σ_r x̂ v and Σ_r v themselves (a VJP's γ̄ and β̄, as <see cref="SumRows"/> computes
+    /// them). The default composes the general kernels (about nine passes over the activation); a backend may fuse them
+    /// with the same arithmetic.
     /// </summary>
     public virtual void NormalizationTangent(View normalized, View v, View scale, View destination, bool accumulate,
-        View negativeMeanProduct, View negativeMean, View product, View partial)
+        View negativeMeanProduct, View negativeMean, View product, View partial, View productSums = default, View sums = default)
     {
         int rows = v.Length / scale.Length;
         var target = accumulate ? partial : destination;
         MultiplyChannels(normalized, v, product, accumulate: false);
         SumRows(product, negativeMeanProduct, accumulate: false);
+        if (!productSums.IsEmpty) Copy(negativeMeanProduct, productSums);
         Scale(negativeMeanProduct, -1f / rows, negativeMeanProduct);
         SumRows(v, negativeMean, accumulate: false);
+        if (!sums.IsEmpty) Copy(negativeMean, sums);
         Scale(negativeMean, -1f / rows, negativeMean);
         Copy(v, target);
         AddBias(negativeMean, target);

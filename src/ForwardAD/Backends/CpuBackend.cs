@@ -295,7 +295,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     /// computes, per element and in parallel rows, t = v + (−mean v), t = fma(x̂, −mean(x̂ v), t), t = t·scale (+ destination).
     /// </summary>
     public override void NormalizationTangent(View normalized, View v, View scale, View destination, bool accumulate,
-        View negativeMeanProduct, View negativeMean, View product, View partial)
+        View negativeMeanProduct, View negativeMean, View product, View partial, View productSums = default, View sums = default)
     {
         int columns = scale.Length, rows = v.Length / columns;
         var meanProduct = Span(negativeMeanProduct);
@@ -303,6 +303,8 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         meanProduct.Clear();
         mean.Clear();
         AccumulateRowsAndProducts(Read(v), Read(normalized), mean, meanProduct);
+        if (!productSums.IsEmpty) meanProduct.CopyTo(Span(productSums));
+        if (!sums.IsEmpty) mean.CopyTo(Span(sums));
         TensorPrimitives.Multiply(meanProduct, -1f / rows, meanProduct);
         TensorPrimitives.Multiply(mean, -1f / rows, mean);
         RunParts(ref _normalizationTangent, static (in TangentArguments a, int part, int parts) =>

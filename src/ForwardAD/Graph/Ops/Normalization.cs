@@ -111,7 +111,7 @@ public sealed record BatchNormOp(float Momentum = 0.1f, float Epsilon = 1e-5f, b
 
     /// <summary>destination (+)= Scale ⊙ (v − mean(v) − x̂ mean(v ⊙ x̂)) with batch statistics, Scale ⊙ v without:
     /// the JVP of the normalisation for one tangent channel, and (symmetric) its VJP for one cotangent channel.</summary>
-    private void Normalize(in RuleContext c, in Buffers b, View v, View destination, bool accumulate)
+    private void Normalize(in RuleContext c, in Buffers b, View v, View destination, bool accumulate, View productSums = default, View sums = default)
     {
         var backend = c.Backend;
         if (!UsesBatchStatistics(c))
@@ -119,7 +119,7 @@ public sealed record BatchNormOp(float Momentum = 0.1f, float Epsilon = 1e-5f, b
             backend.ScaleColumns(v, b.Scale, destination, accumulate);
             return;
         }
-        backend.NormalizationTangent(b.Normalized, v, b.Scale, destination, accumulate, b.Vector3, b.Vector4, b.Temporary, b.Temporary2);
+        backend.NormalizationTangent(b.Normalized, v, b.Scale, destination, accumulate, b.Vector3, b.Vector4, b.Temporary, b.Temporary2, productSums, sums);
     }
 
     internal override void Jvp(in RuleContext c)
@@ -144,13 +144,18 @@ public sealed record BatchNormOp(float Momentum = 0.1f, float Epsilon = 1e-5f, b
         var b = Split(c);
         int elements = b.Normalized.Length;
         var (dy, dx) = (c.Output.Cotangent, c.Input(0).Cotangent);
+        // γ̄ = Σ_r x̂ ȳ and β̄ = Σ_r ȳ are the sums x̄'s batch statistics take anyway: with one cotangent channel and γ̄, β̄ to
+        // overwrite, they come from that pass (the same row-order sums) instead of three more passes over the activation.
+        bool shared = !dx.IsEmpty && Affine(c) && UsesBatchStatistics(c) && dy.Length == elements
+            && !c.Input(3).Cotangent.IsEmpty && !c.Accumulate(3) && !c.Input(4).Cotangent.IsEmpty && !c.Accumulate(4);
         if (!dx.IsEmpty)
         {
             WriteScale(c, b);
             for (int channel = 0; channel < dy.Length / elements; channel++)
-                Normalize(c, b, dy.Channel(channel, elements), dx.Channel(channel, elements), c.Accumulate(0));
+                Normalize(c, b, dy.Channel(channel, elements), dx.Channel(channel, elements), c.Accumulate(0),
+                    shared ? c.Input(3).Cotangent : default, shared ? c.Input(4).Cotangent : default);
         }
-        if (!Affine(c)) return;
+        if (!Affine(c) || shared) return;
         if (!c.Input(3).Cotangent.IsEmpty)
         {
             c.Backend.MultiplyChannels(b.Normalized, dy, b.Temporary, accumulate: false);
