@@ -222,9 +222,9 @@ internal static class Cli
         {
             root.Add(command);
             // Every command that runs something can save its configuration and replay one; sweep's --config is its grid
-            // file, which already replays a whole sweep.
+            // file, which already replays a whole sweep, and plot redraws a file (its argument, which a replay would lack).
             foreach (var runs in (DocumentedCommand[])[command, .. command.Subcommands.OfType<DocumentedCommand>()])
-                if (runs.Name != "sweep" && runs.Subcommands.Count == 0)
+                if (runs.Name is not ("sweep" or "plot") && runs.Subcommands.Count == 0)
                     runs.Section("Configuration", [ReplayFile.ConfigOption(checkpoints: runs.Name is "train" or "lm"), ReplayFile.SaveConfigOption()]);
         }
         var help = new HelpTextAction(context.Output);

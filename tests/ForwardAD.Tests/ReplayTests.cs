@@ -72,6 +72,7 @@ public sealed class ReplayTests : IDisposable
         Assert.DoesNotContain("PNG", binary);
         File.WriteAllText(file, "command = train\nepochs = 1\n");
         Assert.Contains("--config is given twice", CliTests.Fails(2, "--config", file, "--config", file));
+        Assert.Contains("'--save-config'", CliTests.Fails(2, "plot", PathOf("m.csv"), "--save-config", PathOf("p.conf"))); // plot redraws; nothing to replay
         // A sweep's runs take their options from the sweep, not from a replay file.
         Assert.Contains("--config cannot be among a sweep's run options", CliTests.Fails(2, "sweep", "--grid", "seed=1,2", "--dry-run", "--out", PathOf("sw"), "--", "train", "--config", file));
         Assert.Contains("--save-config cannot be among a sweep's run options", CliTests.Fails(2, "sweep", "--save-config", PathOf("s.conf"), "--dry-run", "--out", PathOf("sw")));
