@@ -193,6 +193,14 @@ public sealed class DataParallelTests(ITestOutputHelper output)
                 return GC.GetAllocatedBytesForCurrentThread() - before;
             }
             Window(3);
+            // The ranks meet at a System.Threading.Barrier, whose two phase events each allocate a lock object (24 bytes)
+            // the first time a thread blocks on one; on a loaded machine that first block can fall inside a measured
+            // window. Make each rank block once on each phase now: the other rank arrives late, twice in a row.
+            for (int late = 0; late < 2 * communicators.Length; late++)
+            {
+                if (late / 2 != c.Rank) Thread.Sleep(20);
+                c.Barrier();
+            }
             windows[c.Rank] = [Window(5), Window(40)];
         })).ToList();
         threads.ForEach(t => t.Start());
