@@ -291,8 +291,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
 
     /// <summary>
     /// The normalisation tangent in two passes instead of nine, with the default's arithmetic, so the same bits: pass 1 sums
-    /// v and the rounded products x̂ v per column, row by row in order (as <see cref="SumRows"/> does, blocks of columns on
-    /// the threads); pass 2
+    /// v and the rounded products x̂ v per column, row by row in order (as <see cref="SumRows"/> does, on one thread); pass 2
     /// computes, per element and in parallel rows, t = v + (−mean v), t = fma(x̂, −mean(x̂ v), t), t = t·scale (+ destination).
     /// </summary>
     public override void NormalizationTangent(View normalized, View v, View scale, View destination, bool accumulate,
@@ -303,11 +302,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         var mean = Span(negativeMean);
         meanProduct.Clear();
         mean.Clear();
-        RunParts(ref _rowsAndProducts, static (in SumArguments2 a, int part, int parts) =>
-        {
-            var (first, count) = ColumnBlock(a.Sum.Length, part, parts);
-            AccumulateRowsAndProducts(Read(a.V), Read(a.X), a.Sum.Length, first, Span(a.Sum.Slice(first, count)), Span(a.Products.Slice(first, count)));
-        }, new SumArguments2(v, normalized, negativeMean, negativeMeanProduct), ColumnParts(v.Length, columns));
+        AccumulateRowsAndProducts(Read(v), Read(normalized), mean, meanProduct);
         if (!productSums.IsEmpty) meanProduct.CopyTo(Span(productSums));
         if (!sums.IsEmpty) mean.CopyTo(Span(sums));
         TensorPrimitives.Multiply(meanProduct, -1f / rows, meanProduct);
@@ -342,16 +337,12 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
 
     private PartWork<TangentArguments>? _normalizationTangent;
 
-    private readonly record struct SumArguments2(View V, View X, View Sum, View Products);
-
-    private PartWork<SumArguments2>? _rowsAndProducts;
-
     /// <summary>sum[c] += Σ_r v[r, c] and products[c] += Σ_r (x[r, c]·v[r, c]), each product rounded before it is added,
     /// row by row in order (the arithmetic of <see cref="MultiplyChannels"/> then <see cref="SumRows"/>).</summary>
-    private static void AccumulateRowsAndProducts(ReadOnlySpan<float> v, ReadOnlySpan<float> x, int stride, int first, Span<float> sum, Span<float> products)
+    private static void AccumulateRowsAndProducts(ReadOnlySpan<float> v, ReadOnlySpan<float> x, Span<float> sum, Span<float> products)
     {
         int columns = sum.Length, width = Vector<float>.Count, vectorEnd = columns - columns % width;
-        for (int offset = first; offset < v.Length; offset += stride)
+        for (int offset = 0; offset < v.Length; offset += columns)
         {
             int j = 0;
             for (; j < vectorEnd; j += width)
@@ -793,48 +784,20 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     }
 
     /// <inheritdoc/>
-    /// <remarks>Split across the threads by blocks of columns (whole cache lines of 16 floats): every column still adds
-    /// its rows one by one in order, so the split changes no bit.</remarks>
-    public override void SumRows(View source, View destination, bool accumulate) =>
-        RunParts(ref _sumRows, static (in SumArguments a, int part, int parts) =>
-        {
-            var (first, count) = ColumnBlock(a.Sum.Length, part, parts);
-            var target = Span(a.Sum.Slice(first, count));
-            if (!a.Accumulate) target.Clear();
-            AccumulateRows(Read(a.Rows), a.Sum.Length, first, target);
-        }, new SumArguments(source, destination, accumulate), ColumnParts(source.Length, destination.Length));
-
-    private readonly record struct SumArguments(View Rows, View Sum, bool Accumulate);
-
-    private PartWork<SumArguments>? _sumRows;
-
-    /// <summary>Parts for a column-wise reduction of <paramref name="elements"/> floats in rows of <paramref name="columns"/>:
-    /// one per block of 16 columns at most (a block is a cache line of each row).</summary>
-    private int ColumnParts(int elements, int columns) => Parts(elements, columns / ColumnBlockWidth);
-
-    /// <summary>Columns per block of a column-wise reduction split across threads: one cache line.</summary>
-    private const int ColumnBlockWidth = 16;
-
-    /// <summary>Part <paramref name="part"/>'s columns of <paramref name="columns"/>: whole blocks of
-    /// <see cref="ColumnBlockWidth"/>, the last part taking the remainder.</summary>
-    private static (int First, int Count) ColumnBlock(int columns, int part, int parts)
+    public override void SumRows(View source, View destination, bool accumulate)
     {
-        if (parts == 1) return (0, columns);
-        var share = PartRange.Of(columns / ColumnBlockWidth, part, parts);
-        int first = share.First * ColumnBlockWidth, end = part == parts - 1 ? columns : share.End * ColumnBlockWidth;
-        return (first, end - first);
+        var target = Span(destination);
+        var rows = Read(source);
+        if (!accumulate) target.Clear();
+        AccumulateRows(rows, target);
     }
 
     /// <summary>sum[c] += Σ_r rows[r, c], row by row in order (rows of sum.Length columns; vector loops over a row's
     /// columns, as <see cref="ForEachRow"/>: rows are often a layer's few channels).</summary>
-    private static void AccumulateRows(ReadOnlySpan<float> rows, Span<float> sum) => AccumulateRows(rows, sum.Length, 0, sum);
-
-    /// <summary>sum[j] += Σ_r rows[r, first + j] for rows of <paramref name="stride"/> columns, row by row in order (a
-    /// vector lane adds exactly as a scalar would, so any block of columns gives the whole row's bits).</summary>
-    private static void AccumulateRows(ReadOnlySpan<float> rows, int stride, int first, Span<float> sum)
+    private static void AccumulateRows(ReadOnlySpan<float> rows, Span<float> sum)
     {
         int columns = sum.Length, width = Vector<float>.Count, vectorEnd = columns - columns % width;
-        for (int offset = first; offset < rows.Length; offset += stride)
+        for (int offset = 0; offset < rows.Length; offset += columns)
         {
             var row = rows.Slice(offset, columns);
             int j = 0;
