@@ -26,6 +26,11 @@ internal sealed record CliContext(TextWriter Output, TextWriter Error, IAnsiCons
 
     /// <summary>The command line as run (the command first), for the resume command an interrupted run prints.</summary>
     public IReadOnlyList<string> Arguments { get; init; } = [];
+
+    /// <summary>A context that writes nothing: for building the commands only to read their options (a replay file's
+    /// check, the sweep's parser, the tests of the help).</summary>
+    public static CliContext Silent() =>
+        new(TextWriter.Null, TextWriter.Null, AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null) }), Interactive: false);
 }
 
 /// <summary>

@@ -187,8 +187,7 @@ internal static class ReplayFile
     /// <summary>The command (or study subcommand) of that name, with its options, for checking the file's lines.</summary>
     private static Command? KnownCommand(string name)
     {
-        var context = new CliContext(TextWriter.Null, TextWriter.Null, Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings { Out = new Spectre.Console.AnsiConsoleOutput(TextWriter.Null) }), false);
-        return Cli.Commands(context).FirstOrDefault(c => FullName(c) == name);
+        return Cli.Commands(CliContext.Silent()).FirstOrDefault(c => FullName(c) == name);
     }
 
     private static string FullName(Command command) =>

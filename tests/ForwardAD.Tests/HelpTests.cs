@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.CommandLine.Help;
 using ForwardAD.Cli;
-using Spectre.Console;
 
 namespace ForwardAD.Tests;
 
@@ -11,11 +10,7 @@ namespace ForwardAD.Tests;
 /// </summary>
 public sealed class HelpTests
 {
-    private static IEnumerable<DocumentedCommand> Commands()
-    {
-        var context = new CliContext(TextWriter.Null, TextWriter.Null, AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null) }), false);
-        return Cli.Cli.Commands(context);
-    }
+    private static IEnumerable<DocumentedCommand> Commands() => Cli.Cli.Commands(CliContext.Silent());
 
     public static TheoryData<string> CommandNames() => [.. Commands().Select(c => c.Parents.OfType<DocumentedCommand>().Any() ? $"study {c.Name}" : c.Name)];
 

@@ -175,28 +175,15 @@ public sealed class StudyResumeTests : IDisposable
     {
         var output = new StringWriter();
         string[] names = ["directional descent", "activation perturbation", "Wᵀ", "2-layer downstream", "cosine-matched to Wᵀ (per-layer)", "backprop"];
-        Cli.CosineCommand.WriteSummary(ConsoleOf(output, 80), [.. names.Select(n => new Training.CosineSummary(n, 0.0055, 0.0045, -0.2089, 10.6669, 22))], "c.csv");
+        Cli.CosineCommand.WriteSummary(CliTests.ConsoleOf(output, 80), [.. names.Select(n => new Training.CosineSummary(n, 0.0055, 0.0045, -0.2089, 10.6669, 22))], "c.csv");
         AssertFits(output.ToString(), ["guesser", "cosine", "to", "∇L", "(mean", "±", "std)", "1-step", "effectiveness", "samples"], ["guesser", "cosine", "effectiveness"]);
         Assert.Contains("narrow terminal: samples not shown; every column is in c.csv", output.ToString());
 
         output = new StringWriter();
-        Cli.StudyCommands.WriteCurveTable(ConsoleOf(output, 80), "sharpening.csv",
+        Cli.StudyCommands.WriteCurveTable(CliTests.ConsoleOf(output, 80), "sharpening.csv",
             [.. names.Select(n => new Studies.CurvePoint(n, 20, 0.123456, 0.5, 0.7, 0.975, 0.25, [12.345]))], ["first_layer_effective_rank"]);
         AssertFits(output.ToString(), ["guesser", "epochs", "train", "loss", "test", "acc", "cosine", "(last", "epoch)", "first", "layer", "effective", "rank"],
             ["guesser", "epochs", "test", "cosine"]);
-    }
-
-    private static Spectre.Console.IAnsiConsole ConsoleOf(StringWriter output, int width)
-    {
-        var console = Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings
-        {
-            Ansi = Spectre.Console.AnsiSupport.No,
-            ColorSystem = Spectre.Console.ColorSystemSupport.NoColors,
-            Interactive = Spectre.Console.InteractionSupport.No,
-            Out = new Spectre.Console.AnsiConsoleOutput(output),
-        });
-        console.Profile.Width = width;
-        return console;
     }
 
     private static void AssertFits(string table, string[] headerWords, string[] required)

@@ -6,7 +6,6 @@ using ForwardAD.Data;
 using ForwardAD.Distributed;
 using ForwardAD.Tensors;
 using ForwardAD.Training;
-using Spectre.Console;
 
 namespace ForwardAD.Tests;
 
@@ -24,7 +23,7 @@ public sealed class SweepTests : IDisposable
     private string PathOf(string name) => Path.Combine(_folder, name);
 
     private static System.CommandLine.Command Train() =>
-        TrainCommand.Create(new CliContext(TextWriter.Null, TextWriter.Null, AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null) }), false));
+        TrainCommand.Create(CliContext.Silent());
 
     private static (int Code, string Out, string Err) Sweep(IRunLauncher launcher, params string[] args)
     {
@@ -497,7 +496,7 @@ public sealed class SweepTests : IDisposable
     [Fact]
     public void An_lm_grid_expands_into_lm_command_lines_from_the_arguments_or_a_config_file()
     {
-        var lm = LanguageModelCommands.CreateLm(new CliContext(TextWriter.Null, TextWriter.Null, AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null) }), false));
+        var lm = LanguageModelCommands.CreateLm(CliContext.Silent());
         Assert.Same(SweptCommand.LanguageModel, SweptCommand.For(["lm", "--steps", "3"]));
         Assert.Same(SweptCommand.Train, SweptCommand.For(["--epochs", "3"]));
         var grid = SweepGrid.Create([SweepGrid.ParseAxis("guesser=backprop,dfa", "--grid"), SweepGrid.ParseAxis("lr=1e-3,3e-3", "--grid"), SweepGrid.ParseAxis("seed=1,2", "--grid")],
