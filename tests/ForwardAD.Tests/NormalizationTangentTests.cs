@@ -60,4 +60,31 @@ public sealed class NormalizationTangentTests
         Assert.True(sums.ToArray().AsSpan().SequenceEqual(actualSums.ToArray()), "Σ v differs from SumRows'");
         Assert.NotEqual(start, actual.ToArray()); // it wrote
     }
+
+    /// <summary>An addend (the tangent injected at the node) is added in the last pass with the bits of a separate add after
+    /// it, at one thread and several; an addend with accumulate is refused.</summary>
+    [Theory]
+    [InlineData(2048, 32, 1)]
+    [InlineData(4099, 13, 3)]
+    public void An_addend_is_added_last_with_a_separate_adds_bits(int rows, int columns, int threads)
+    {
+        var backend = new CpuBackend { Threads = threads };
+        int n = rows * columns;
+        View Of(float[] values) { var view = new View(backend.Allocate(values.Length)); backend.CopyFromHost(values, view); return view; }
+        View Zeros(int length) => Of(new float[length]);
+        var normalized = Of(Problem.Normal(1, n, 1f));
+        var v = Of(Problem.Normal(2, n, 0.5f));
+        var scale = Of(Problem.Normal(3, columns, 2f));
+        var addend = Of(Problem.Normal(5, n, 1f));
+
+        var expected = Zeros(n);
+        backend.NormalizationTangent(normalized, v, scale, expected, false, Zeros(columns), Zeros(columns), Zeros(n), Zeros(n));
+        backend.Add(expected, addend, expected);
+        var actual = Zeros(n);
+        backend.NormalizationTangent(normalized, v, scale, actual, false, Zeros(columns), Zeros(columns), Zeros(n), Zeros(n), addend: addend);
+
+        Assert.True(expected.ToArray().AsSpan().SequenceEqual(actual.ToArray()), "the folded addend differs from a separate add");
+        Assert.Throws<ArgumentException>(() => backend.NormalizationTangent(normalized, v, scale, actual, true, Zeros(columns), Zeros(columns),
+            Zeros(n), Zeros(n), addend: addend));
+    }
 }

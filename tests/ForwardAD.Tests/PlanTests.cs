@@ -35,6 +35,57 @@ public class PlanTests
         Assert.Contains("not on", Assert.Throws<ArgumentException>(() => problem.Parameters.Backend.Release(other)).Message);
     }
 
+    /// <summary>Tangents injected at nodes: a node no other tangent reaches takes its seed as its tangent (the same values,
+    /// the seed unchanged by the pass, a second pass the same bits); a batch norm that folds its seed into its last pass
+    /// gives the bits of the plan's separate add (the same network seeded there or not), with batch statistics, frozen
+    /// statistics and a tangent on γ (where it adds the seed after γ̇'s term, as the plan did).</summary>
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    public void Injected_tangents_keep_the_plans_bits(bool frozen, bool scaleTangent)
+    {
+        const int batch = 6;
+        var b = new ModelBuilder();
+        var x = b.Input("x", new Shape(6, 6, 3), differentiable: false);
+        var conv = b.Conv2d("conv", x, 4, 3, padding: 1);
+        var norm = b.BatchNorm("bn", conv, frozenStatistics: frozen);
+        var flat = b.Flatten("flat", b.Activation("relu", norm, ElementwiseFunction.Relu));
+        var target = b.Input("target", flat.Shape, differentiable: false);
+        var model = b.Build(b.MeanSquaredError("loss", flat, target), flat);
+        var gamma = model.Nodes.Single(n => n.IsParameter && n.Name == "bn.weight");
+        var inputs = Problem.Normal(7, batch * x.Shape.ElementCount, 1f);
+        var targets = Problem.Normal(8, batch * flat.Shape.ElementCount, 1f);
+        (Plan Plan, ParameterStore Store) Compile(bool seedNorm)
+        {
+            var store = ParameterStore.Initialize(model, new CpuBackend(), 3);
+            TangentSeed[] seeds = [new(conv), .. seedNorm ? [new TangentSeed(norm)] : Array.Empty<TangentSeed>(), .. scaleTangent ? [new TangentSeed(gamma)] : Array.Empty<TangentSeed>()];
+            var plan = Plan.Compile(store, new PlanOptions(batch) { Seeds = [.. seeds] });
+            plan.SetInput(x, inputs);
+            plan.SetInput(target, targets);
+            CpuBackend.Span(plan.Seed(conv)).CopyFrom(Problem.Normal(9, conv.ElementCount(batch), 1f));
+            if (scaleTangent) CpuBackend.Span(plan.Seed(gamma)).CopyFrom(Problem.Normal(10, gamma.Shape.ElementCount, 1f));
+            return (plan, store);
+        }
+        var (seeded, _) = Compile(seedNorm: true);
+        var injected = Problem.Normal(11, norm.ElementCount(batch), 1f);
+        CpuBackend.Span(seeded.Seed(norm)).CopyFrom(injected);
+        var (reference, _) = Compile(seedNorm: false);
+        var convSeed = Problem.Normal(9, conv.ElementCount(batch), 1f);
+        // Twice: the second pass reads the seeds the first left (frozen statistics also move between passes, on both plans).
+        for (int pass = 0; pass < 2; pass++)
+        {
+            seeded.ForwardJvp();
+            reference.ForwardJvp();
+            Assert.Equal(convSeed, seeded.Tangent(conv).ToArray());
+            Assert.Equal(convSeed, seeded.Seed(conv).ToArray());
+            Assert.Equal(injected, seeded.Seed(norm).ToArray());
+            var expected = reference.Tangent(norm).ToArray();
+            for (int i = 0; i < expected.Length; i++) expected[i] += injected[i];
+            Assert.True(expected.AsSpan().SequenceEqual(seeded.Tangent(norm).ToArray()), $"pass {pass + 1}: the batch norm's tangent with its seed differs from tangent + seed");
+        }
+    }
+
     /// <summary>
     /// After warm-up, running a plan allocates no managed memory: forward, JVP, fused pass, backward,
     /// pull-back, and a loss read, on the library's default GEMM and on the managed one.

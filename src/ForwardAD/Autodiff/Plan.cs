@@ -188,6 +188,10 @@ public sealed class Plan : IDisposable
                 int tangentElements = channels * elements;
                 if (node.Op.IsLeaf)
                     planner.Request(tangentElements, generators[id] is null ? -1 : id, generators[id] is null ? end : LastStep(id), v => b.Tangent = b.Seed = v);
+                else if (seeded[id] && !hasInputTangent[id])
+                    // No other tangent reaches the node: its tangent is its seed, one buffer (no copy per pass); a generated seed
+                    // then lives as long as the tangent, a caller's seed for the whole plan.
+                    planner.Request(tangentElements, generators[id] is null ? -1 : id, generators[id] is null ? end : LastStep(id), v => b.Tangent = b.Seed = v);
                 else
                 {
                     planner.Request(tangentElements, id, LastStep(id), v => b.Tangent = v);
@@ -490,13 +494,10 @@ public sealed class Plan : IDisposable
         var node = Model.Nodes[id];
         var b = _buffers[id];
         if (_generators[id] is { } key) Backend.FillNormal(key, 0, 0f, 1f, b.Seed);
-        if (node.Op.IsLeaf) return;
-        if (_hasInputTangent[id])
-        {
-            node.Op.Jvp(new RuleContext(Backend, BatchSize, TangentCount, node, _buffers, _scratch, Options, Model));
-            if (_seeded[id]) Backend.Add(b.Tangent, b.Seed, b.Tangent);
-        }
-        else Backend.Copy(b.Seed, b.Tangent);
+        if (node.Op.IsLeaf || !_hasInputTangent[id]) return; // a leaf's or an unreached node's tangent is its seed (one buffer)
+        bool ruleAdds = _seeded[id] && node.Op.JvpAddsInjectedTangent;
+        node.Op.Jvp(new RuleContext(Backend, BatchSize, TangentCount, node, _buffers, _scratch, Options, Model, injectedTangent: ruleAdds ? b.Seed : default));
+        if (_seeded[id] && !ruleAdds) Backend.Add(b.Tangent, b.Seed, b.Tangent);
     }
 
     private void RunBackward(BackwardSchedule schedule, NodeBuffers[] buffers, View scratch, int channels = 1)

@@ -12,7 +12,8 @@ internal sealed class NodeBuffers
     public View Value;
     /// <summary>The tangent, [K, B, ...shape]; empty when no seed reaches the node.</summary>
     public View Tangent;
-    /// <summary>The injected tangent of a seeded node (the same view as <see cref="Tangent"/> for leaves).</summary>
+    /// <summary>The injected tangent of a seeded node (the same view as <see cref="Tangent"/> for leaves, and for nodes no
+    /// other tangent reaches: their tangent is the seed itself).</summary>
     public View Seed;
     /// <summary>∂(cotangent seed)/∂value, [B, ...shape]; empty when the node is off every path to the seed.</summary>
     public View Cotangent;
@@ -22,8 +23,12 @@ internal sealed class NodeBuffers
 
 /// <summary>What a rule sees: the backend, the sizes, its node and its inputs' buffers.</summary>
 internal readonly struct RuleContext(Backend backend, int batchSize, int tangentCount, Node node, NodeBuffers[] buffers, View scratch,
-    PlanOptions options, Model model, int overwriteMask = 0, int channels = 1)
+    PlanOptions options, Model model, int overwriteMask = 0, int channels = 1, View injectedTangent = default)
 {
+    /// <summary>In a JVP rule whose op <see cref="Graph.Op.JvpAddsInjectedTangent"/>: the tangent injected at this node
+    /// ([K, B, ...shape]), which the rule adds to its output; empty when the node is not seeded (or the plan adds it).</summary>
+    public View InjectedTangent { get; } = injectedTangent;
+
     /// <summary>The per-example (or parameter) shape of input <paramref name="index"/>.</summary>
     public Shape InputShape(int index) => model.Nodes[Node.Inputs[index]].Shape;
 

@@ -155,12 +155,14 @@ public abstract class Backend
     /// <paramref name="negativeMean"/> [C] receive −mean(v ⊙ x̂) and −mean(v); <paramref name="product"/> and
     /// <paramref name="partial"/> hold v.Length floats each. <paramref name="productSums"/> and <paramref name="sums"/>, when
     /// given, receive the column sums Σ_r x̂ v and Σ_r v themselves (a VJP's γ̄ and β̄, as <see cref="SumRows"/> computes
-    /// them). The default composes the general kernels (about nine passes over the activation); a backend may fuse them
-    /// with the same arithmetic.
+    /// them). <paramref name="addend"/>, when given (and not accumulating), is added last, destination = t + addend in one
+    /// rounding: the tangent injected at the node, folded into the pass instead of a separate add. The default composes
+    /// the general kernels (about nine passes over the activation); a backend may fuse them with the same arithmetic.
     /// </summary>
     public virtual void NormalizationTangent(View normalized, View v, View scale, View destination, bool accumulate,
-        View negativeMeanProduct, View negativeMean, View product, View partial, View productSums = default, View sums = default)
+        View negativeMeanProduct, View negativeMean, View product, View partial, View productSums = default, View sums = default, View addend = default)
     {
+        if (accumulate && !addend.IsEmpty) throw new ArgumentException("NormalizationTangent: accumulate into the destination or add an addend, not both.", nameof(addend));
         int rows = v.Length / scale.Length;
         var target = accumulate ? partial : destination;
         MultiplyChannels(normalized, v, product, accumulate: false);
@@ -175,6 +177,7 @@ public abstract class Backend
         ScaleColumns(normalized, negativeMeanProduct, target, accumulate: true);
         ScaleColumns(target, scale, target, accumulate: false);
         if (accumulate) Copy(target, destination, accumulate: true);
+        if (!addend.IsEmpty) Add(destination, addend, destination);
     }
 
     /// <summary>destination[r, c] = (x[r, c] + shift[c])·scale[c]: normalisation with −mean and 1/σ. Default composed;

@@ -295,8 +295,9 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     /// computes, per element and in parallel rows, t = v + (−mean v), t = fma(x̂, −mean(x̂ v), t), t = t·scale (+ destination).
     /// </summary>
     public override void NormalizationTangent(View normalized, View v, View scale, View destination, bool accumulate,
-        View negativeMeanProduct, View negativeMean, View product, View partial, View productSums = default, View sums = default)
+        View negativeMeanProduct, View negativeMean, View product, View partial, View productSums = default, View sums = default, View addend = default)
     {
+        if (accumulate && !addend.IsEmpty) throw new ArgumentException("NormalizationTangent: accumulate into the destination or add an addend, not both.", nameof(addend));
         int columns = scale.Length, rows = v.Length / columns;
         var meanProduct = Span(negativeMeanProduct);
         var mean = Span(negativeMean);
@@ -314,6 +315,9 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
             ReadOnlySpan<float> v = Read(share.Of(a.V, columns)), x = Read(share.Of(a.Normalized, columns));
             ReadOnlySpan<float> shift = Read(a.NegativeMean), slope = Read(a.NegativeMeanProduct), scale = Read(a.Scale);
             var y = Span(share.Of(a.Destination, columns));
+            // The addend: the destination itself when accumulating, else the caller's (none: nothing added).
+            bool adds = a.Accumulate || !a.Addend.IsEmpty;
+            ReadOnlySpan<float> addend = a.Accumulate ? y : a.Addend.IsEmpty ? default : Read(share.Of(a.Addend, columns));
             int width = Vector<float>.Count, vectorEnd = columns - columns % width;
             for (int offset = 0; offset < y.Length; offset += columns)
             {
@@ -322,18 +326,19 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
                 {
                     var t = new Vector<float>(v[(offset + j)..]) + new Vector<float>(shift[j..]);
                     t = Vector.FusedMultiplyAdd(new Vector<float>(x[(offset + j)..]), new Vector<float>(slope[j..]), t) * new Vector<float>(scale[j..]);
-                    (a.Accumulate ? t + new Vector<float>(y[(offset + j)..]) : t).CopyTo(y[(offset + j)..]);
+                    (adds ? t + new Vector<float>(addend[(offset + j)..]) : t).CopyTo(y[(offset + j)..]);
                 }
                 for (; j < columns; j++)
                 {
                     float t = MathF.FusedMultiplyAdd(x[offset + j], slope[j], v[offset + j] + shift[j]) * scale[j];
-                    y[offset + j] = a.Accumulate ? t + y[offset + j] : t;
+                    y[offset + j] = adds ? t + addend[offset + j] : t;
                 }
             }
-        }, new TangentArguments(normalized, v, scale, negativeMeanProduct, negativeMean, destination, accumulate), Parts(v.Length, rows));
+        }, new TangentArguments(normalized, v, scale, negativeMeanProduct, negativeMean, destination, accumulate, addend), Parts(v.Length, rows));
     }
 
-    private readonly record struct TangentArguments(View Normalized, View V, View Scale, View NegativeMeanProduct, View NegativeMean, View Destination, bool Accumulate);
+    private readonly record struct TangentArguments(View Normalized, View V, View Scale, View NegativeMeanProduct, View NegativeMean, View Destination,
+        bool Accumulate, View Addend);
 
     private PartWork<TangentArguments>? _normalizationTangent;
 

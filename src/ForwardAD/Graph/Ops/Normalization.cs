@@ -109,33 +109,46 @@ public sealed record BatchNormOp(float Momentum = 0.1f, float Epsilon = 1e-5f, b
         else c.Backend.Copy(b.InverseStd, b.Scale);
     }
 
-    /// <summary>destination (+)= Scale ⊙ (v − mean(v) − x̂ mean(v ⊙ x̂)) with batch statistics, Scale ⊙ v without:
-    /// the JVP of the normalisation for one tangent channel, and (symmetric) its VJP for one cotangent channel.</summary>
-    private void Normalize(in RuleContext c, in Buffers b, View v, View destination, bool accumulate, View productSums = default, View sums = default)
+    /// <summary>destination (+)= Scale ⊙ (v − mean(v) − x̂ mean(v ⊙ x̂)) with batch statistics, Scale ⊙ v without, then
+    /// + <paramref name="addend"/> when given: the JVP of the normalisation for one tangent channel, and (symmetric) its VJP
+    /// for one cotangent channel.</summary>
+    private void Normalize(in RuleContext c, in Buffers b, View v, View destination, bool accumulate, View productSums = default, View sums = default,
+        View addend = default)
     {
         var backend = c.Backend;
         if (!UsesBatchStatistics(c))
         {
             backend.ScaleColumns(v, b.Scale, destination, accumulate);
+            if (!addend.IsEmpty) backend.Add(destination, addend, destination);
             return;
         }
-        backend.NormalizationTangent(b.Normalized, v, b.Scale, destination, accumulate, b.Vector3, b.Vector4, b.Temporary, b.Temporary2, productSums, sums);
+        backend.NormalizationTangent(b.Normalized, v, b.Scale, destination, accumulate, b.Vector3, b.Vector4, b.Temporary, b.Temporary2, productSums, sums, addend);
     }
+
+    /// <summary>Adds the injected tangent itself: with batch statistics in the normalisation's last pass.</summary>
+    internal override bool JvpAddsInjectedTangent => true;
 
     internal override void Jvp(in RuleContext c)
     {
         var b = Split(c);
         WriteScale(c, b);
         int elements = b.Normalized.Length, channels = c.Node.Shape.Last;
-        var (dx, dy) = (c.Input(0).Tangent, c.Output.Tangent);
+        var (dx, dy, injected) = (c.Input(0).Tangent, c.Output.Tangent, c.InjectedTangent);
+        bool parameterTangents = Affine(c) && (!c.Input(3).Tangent.IsEmpty || !c.Input(4).Tangent.IsEmpty);
         for (int k = 0; k < c.TangentCount; k++)
         {
             var output = dy.Channel(k, elements);
-            if (!dx.IsEmpty) Normalize(c, b, dx.Channel(k, elements), output, accumulate: false);
+            // The seed comes last, as the plan adds it: folded into the normalisation's pass when nothing else is added.
+            var seed = injected.IsEmpty ? default : injected.Channel(k, elements);
+            bool folded = !seed.IsEmpty && !dx.IsEmpty && !parameterTangents;
+            if (!dx.IsEmpty) Normalize(c, b, dx.Channel(k, elements), output, accumulate: false, addend: folded ? seed : default);
             else c.Backend.Fill(0f, output);
-            if (!Affine(c)) continue;
-            if (!c.Input(3).Tangent.IsEmpty) c.Backend.ScaleColumns(b.Normalized, c.Input(3).Tangent.Channel(k, channels), output, accumulate: true);
-            if (!c.Input(4).Tangent.IsEmpty) c.Backend.AddBias(c.Input(4).Tangent.Channel(k, channels), output);
+            if (Affine(c))
+            {
+                if (!c.Input(3).Tangent.IsEmpty) c.Backend.ScaleColumns(b.Normalized, c.Input(3).Tangent.Channel(k, channels), output, accumulate: true);
+                if (!c.Input(4).Tangent.IsEmpty) c.Backend.AddBias(c.Input(4).Tangent.Channel(k, channels), output);
+            }
+            if (!seed.IsEmpty && !folded) c.Backend.Add(output, seed, output);
         }
     }
 

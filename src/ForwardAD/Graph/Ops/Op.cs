@@ -58,6 +58,11 @@ public abstract record Op
     /// <summary>True when the forward kernel writes the auxiliary buffer even without derivatives (losses).</summary>
     internal virtual bool ForwardWritesAuxiliary => false;
 
+    /// <summary>True when the JVP rule adds the tangent injected at its node (<see cref="RuleContext.InjectedTangent"/>)
+    /// itself, in its last pass over the output, with the plan's arithmetic (its own tangent first, then + the seed in one
+    /// rounding): one pass over the tangent less than the plan's separate add. False: the plan adds it after the rule.</summary>
+    internal virtual bool JvpAddsInjectedTangent => false;
+
     internal abstract void Forward(in RuleContext c, bool saveAuxiliary);
     internal abstract void Jvp(in RuleContext c);
     internal abstract void Vjp(in RuleContext c);
