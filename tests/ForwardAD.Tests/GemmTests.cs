@@ -17,6 +17,16 @@ public class GemmTests
         return openBlas!;
     }
 
+    /// <summary>Loading OpenBLAS first sets OPENBLAS_THREAD_TIMEOUT=4 in the C environment, where OpenBLAS reads it (idle
+    /// threads park at once instead of spinning ~0.1 s after each call), and keeps a value the process was started with.</summary>
+    [Fact]
+    public void Loading_openblas_parks_its_idle_threads_unless_the_user_chose()
+    {
+        _ = Create("openblas");
+        string? given = Environment.GetEnvironmentVariable("OPENBLAS_THREAD_TIMEOUT"); // the managed copy of the start-up environment
+        Assert.Equal(given ?? "4", CLibrary.GetVariable("OPENBLAS_THREAD_TIMEOUT"));
+    }
+
     public sealed record Case(int M, int N, int K, bool TransposeA, bool TransposeB, int Pad, float Alpha, float Beta, int Seed);
 
     /// <summary>Random sizes (including edge tiles and blocks beyond one packing panel), transposes, padding,

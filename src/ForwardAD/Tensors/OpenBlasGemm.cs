@@ -15,6 +15,8 @@ public sealed class OpenBlasGemm : Gemm
     public override string Name => "openblas";
 
     /// <summary>Null when no OpenBLAS library can be loaded.</summary>
+    /// <remarks>Before the library first loads on Linux, sets OPENBLAS_THREAD_TIMEOUT=4 unless the process already has a value
+    /// (see <see cref="NativeLibraries.ParkIdleOpenBlasThreads"/>).</remarks>
     public static OpenBlasGemm? TryCreate() => NativeLibraries.TryLoad(NativeLibraries.OpenBlas) ? new OpenBlasGemm() : null;
 
     /// <summary>Threads OpenBLAS uses for each call (its own pool).</summary>
@@ -62,7 +64,7 @@ internal static unsafe partial class OpenBlas
 /// </summary>
 internal static class NativeLibraries
 {
-    public const string OpenBlas = "openblas", Mpi = "mpi";
+    public const string OpenBlas = "openblas", Mpi = "mpi", Libc = "c";
 
     private static readonly Dictionary<string, string[]> Candidates = new()
     {
@@ -70,7 +72,23 @@ internal static class NativeLibraries
         // The MPICH ABI (libmpi.so.12: MPICH, Intel MPI, MVAPICH, Cray MPICH; Debian names MPICH's libmpich.so.12). Open MPI's
         // libmpi.so.40 has another ABI (handles are pointers to its symbols) and is deliberately not in the list.
         [Mpi] = ["libmpi.so.12", "libmpich.so.12"],
+        [Libc] = ["libc.so.6"],
     };
+
+    /// <summary>
+    /// OpenBLAS's idle threads otherwise spin (<c>sched_yield</c>) for 2²⁸ cycles, ~0.1 s, after every multi-threaded call,
+    /// taking the cores the backend's own kernels need between GEMMs: at two threads the spinning OpenBLAS thread held ~20–24 %
+    /// of a CNN pass's samples, and OPENBLAS_THREAD_TIMEOUT=4 (2⁴ cycles: park at once) took CNN backprop from 143–155 to
+    /// 117–135 ms (benchmarks/results/openblas-thread-timeout-2026-11-26.md). OpenBLAS reads the variable once, when it
+    /// loads, from the C environment (which <see cref="Environment.SetEnvironmentVariable(string, string)"/> does not
+    /// reach on Unix), so it is set with libc's setenv, without overwriting a value the user gave. Linux only (the
+    /// platform this is measured on); done once, before the first load.
+    /// </summary>
+    private static readonly Lazy<bool> ParkIdleOpenBlasThreads = new(() =>
+    {
+        if (OperatingSystem.IsLinux() && TryLoadHandle(Libc, out _)) _ = CLibrary.setenv("OPENBLAS_THREAD_TIMEOUT", "4", overwrite: 0);
+        return true;
+    });
 
     private static readonly Lazy<bool> Registered = new(() =>
     {
@@ -82,6 +100,7 @@ internal static class NativeLibraries
     public static bool TryLoad(string name)
     {
         _ = Registered.Value;
+        if (name == OpenBlas) _ = ParkIdleOpenBlasThreads.Value;
         return TryLoadHandle(name, out _);
     }
 
@@ -96,4 +115,18 @@ internal static class NativeLibraries
             if (NativeLibrary.TryLoad(file, out handle)) return true;
         return false;
     }
+}
+
+/// <summary>The C library's environment (read by native libraries such as OpenBLAS when they load).</summary>
+internal static partial class CLibrary
+{
+    /// <summary>setenv(3): 0 on success; <paramref name="overwrite"/> 0 keeps an existing value.</summary>
+    [LibraryImport(NativeLibraries.Libc, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int setenv(string name, string value, int overwrite);
+
+    /// <summary>getenv(3): the C environment's value, or null (the string belongs to the C library: read, never freed).</summary>
+    public static string? GetVariable(string name) => Marshal.PtrToStringUTF8(getenv(name));
+
+    [LibraryImport(NativeLibraries.Libc, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial nint getenv(string name);
 }
