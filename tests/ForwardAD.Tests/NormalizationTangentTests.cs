@@ -87,4 +87,24 @@ public sealed class NormalizationTangentTests
         Assert.Throws<ArgumentException>(() => backend.NormalizationTangent(normalized, v, scale, actual, true, Zeros(columns), Zeros(columns),
             Zeros(n), Zeros(n), addend: addend));
     }
+
+    /// <summary>β̄ = Σ ȳ and γ̄ = Σ x̂ ȳ in one pass give SumRows' bits after MultiplyChannels (the default's composition).</summary>
+    [Theory]
+    [InlineData(2048, 32)]
+    [InlineData(4099, 13)]
+    public void Column_sums_with_products_give_the_composed_kernels_bits(int rows, int columns)
+    {
+        var backend = new CpuBackend();
+        int n = rows * columns;
+        View Of(float[] values) { var view = new View(backend.Allocate(values.Length)); backend.CopyFromHost(values, view); return view; }
+        var (x, v) = (Of(Problem.Normal(1, n, 1f)), Of(Problem.Normal(2, n, 0.5f)));
+        var (product, expectedProducts, expectedSums) = (Of(new float[n]), Of(new float[columns]), Of(new float[columns]));
+        backend.MultiplyChannels(x, v, product, accumulate: false);
+        backend.SumRows(product, expectedProducts, accumulate: false);
+        backend.SumRows(v, expectedSums, accumulate: false);
+        var (sums, products) = (Of(Problem.Normal(3, columns, 1f)), Of(Problem.Normal(4, columns, 1f))); // overwritten, not added to
+        backend.ColumnSumsWithProducts(x, v, sums, products, Of(new float[n]));
+        Assert.True(expectedSums.ToArray().AsSpan().SequenceEqual(sums.ToArray()), "Σ v differs from SumRows'");
+        Assert.True(expectedProducts.ToArray().AsSpan().SequenceEqual(products.ToArray()), "Σ x v differs from SumRows' of the products");
+    }
 }

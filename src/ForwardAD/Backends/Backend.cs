@@ -120,6 +120,17 @@ public abstract class Backend
     /// <summary>destination[j] (+)= Σ_r source[r, j] with columns = destination.Length.</summary>
     public abstract void SumRows(View source, View destination, bool accumulate);
 
+    /// <summary>sums[j] = Σ_r v[r, j] and productSums[j] = Σ_r x[r, j]·v[r, j] (each product rounded first), with
+    /// <see cref="SumRows"/>' bits: batch normalisation's β̄ and γ̄ = Σ x̂ ȳ for a cotangent ȳ. The default multiplies into
+    /// <paramref name="product"/> (v.Length floats) and sums twice (five passes over the activation); a backend may read x
+    /// and v once.</summary>
+    public virtual void ColumnSumsWithProducts(View x, View v, View sums, View productSums, View product)
+    {
+        MultiplyChannels(x, v, product, accumulate: false);
+        SumRows(product, productSums, accumulate: false);
+        SumRows(v, sums, accumulate: false);
+    }
+
     /// <summary>destination[c, r] = Σ_j a[r, j]·b[c, r, j]: one dot product per row and channel.</summary>
     public abstract void RowDot(View a, View b, int columns, View destination);
 

@@ -797,6 +797,15 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         AccumulateRows(rows, target);
     }
 
+    /// <summary>One pass reading x and v: the sums row by row in order, as <see cref="SumRows"/> (one thread).</summary>
+    public override void ColumnSumsWithProducts(View x, View v, View sums, View productSums, View product)
+    {
+        Span<float> sum = Span(sums), products = Span(productSums);
+        sum.Clear();
+        products.Clear();
+        AccumulateRowsAndProducts(Read(v), Read(x), sum, products);
+    }
+
     /// <summary>sum[c] += Σ_r rows[r, c], row by row in order (rows of sum.Length columns; vector loops over a row's
     /// columns, as <see cref="ForEachRow"/>: rows are often a layer's few channels).</summary>
     private static void AccumulateRows(ReadOnlySpan<float> rows, Span<float> sum)

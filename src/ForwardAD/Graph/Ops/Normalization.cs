@@ -169,6 +169,12 @@ public sealed record BatchNormOp(float Momentum = 0.1f, float Epsilon = 1e-5f, b
                     shared ? c.Input(3).Cotangent : default, shared ? c.Input(4).Cotangent : default);
         }
         if (!Affine(c) || shared) return;
+        if (dx.IsEmpty && dy.Length == elements && !c.Input(3).Cotangent.IsEmpty && !c.Accumulate(3) && !c.Input(4).Cotangent.IsEmpty && !c.Accumulate(4))
+        {
+            // γ̄ and β̄ alone (a site's parameter update): one pass over x̂ and ȳ.
+            c.Backend.ColumnSumsWithProducts(b.Normalized, dy, c.Input(4).Cotangent, c.Input(3).Cotangent, b.Temporary);
+            return;
+        }
         if (!c.Input(3).Cotangent.IsEmpty)
         {
             c.Backend.MultiplyChannels(b.Normalized, dy, b.Temporary, accumulate: false);
