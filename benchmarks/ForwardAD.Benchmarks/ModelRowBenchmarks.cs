@@ -45,7 +45,8 @@ public abstract class ModelRowBenchmarks
             new PlanOptions(BatchSize) { ReuseBuffers = true, Seeds = [.. model.Sites.Select(s => new TangentSeed(s.Node))] });
         for (int l = 0; l < model.Sites.Length; l++)
             RandomFill.Normal(new RandomKey(Keys.Tangents, (ulong)l), 0, 0f, 1f, CpuBackend.Span(_jvp1.Seed(model.Sites[l].Node)));
-        _backprop = Compile(ParameterStore.Initialize(model, new CpuBackend(), 1), new PlanOptions(BatchSize) { Gradients = true });
+        // Backprop as the training step runs it (BackpropGuesser): only what the backward pass reads is kept.
+        _backprop = Compile(ParameterStore.Initialize(model, new CpuBackend(), 1), new PlanOptions(BatchSize) { Gradients = true, ReuseBuffers = true });
         _backpropStep = CreateStep(Guessers.Backprop);
         _apStep = CreateStep(Guessers.ActivationPerturbation());
         _dfaStep = CreateStep(Guessers.Dfa());
