@@ -86,6 +86,74 @@ public class PlanTests
         }
     }
 
+    /// <summary>A plan that keeps no intermediate tangent (ReuseBuffers) folds an elementwise op into the max pool after it:
+    /// the pool gathers f'(x)·ẋ at the winners, and the output's and loss's tangents are the bits of the plan that writes
+    /// the elementwise tangent, for ReLU and tanh, one and three tangent channels; the folded plan allocates less.</summary>
+    [Theory]
+    [InlineData("relu", 1)]
+    [InlineData("tanh", 3)]
+    public void A_max_pool_folds_the_elementwise_tangent_before_it(string function, int channels)
+    {
+        const int batch = 5;
+        var b = new ModelBuilder();
+        var x = b.Input("x", new Shape(8, 8, 3), differentiable: false);
+        var conv = b.Conv2d("conv", x, 16, 3, padding: 1);
+        var pooled = b.MaxPool2d("pool", b.Activation("act", conv, ElementwiseFunction.Parse(function)), 2);
+        var logits = b.Dense("head", b.Flatten("flat", pooled), 4, ElementwiseFunction.Identity).Output;
+        var model = b.Build(b.SoftmaxCrossEntropy("loss", logits, b.ClassLabels("y", 4)), logits);
+        var inputs = Problem.Normal(1, batch * x.Shape.ElementCount, 1f);
+        var labels = new float[] { 0, 1, 2, 3, 1 };
+        var seed = Problem.Normal(2, channels * conv.ElementCount(batch), 1f);
+        (float[] Logits, float[] Loss, long Bytes) Run(bool reuse)
+        {
+            var plan = Plan.Compile(ParameterStore.Initialize(model, new CpuBackend(), 3),
+                new PlanOptions(batch) { TangentCount = channels, ReuseBuffers = reuse, Seeds = [new TangentSeed(conv)] });
+            plan.SetInput(x, inputs);
+            plan.SetInput(model["y"], labels);
+            CpuBackend.Span(plan.Seed(conv)).CopyFrom(seed);
+            plan.ForwardJvp();
+            return (plan.Tangent(logits).ToArray(), plan.Tangent(model.Loss).ToArray(), plan.AllocatedBytes);
+        }
+        var folded = Run(reuse: true);
+        var written = Run(reuse: false);
+        Assert.True(written.Logits.AsSpan().SequenceEqual(folded.Logits), "the logits' tangents differ");
+        Assert.True(written.Loss.AsSpan().SequenceEqual(folded.Loss), "the loss's tangents differ");
+        Assert.Contains(folded.Logits, v => v != 0f);
+        Assert.True(folded.Bytes < written.Bytes);
+    }
+
+    /// <summary>In the backward pass of a plan that keeps only what it reads (ReuseBuffers), a max pool with windows that do
+    /// not overlap scatters f'(x)·ȳ straight into x̄ of the elementwise op before it: the parameter gradients and the input's
+    /// gradient equal those of the plan that runs the elementwise VJP (ReLU after batch norm, tanh with a padded pool, and an
+    /// overlapping pool that is not folded).</summary>
+    [Fact]
+    public void A_max_pool_folds_the_elementwise_cotangent_before_it()
+    {
+        const int batch = 4;
+        var b = new ModelBuilder();
+        var x = b.Input("x", new Shape(12, 12, 3));
+        var h = b.MaxPool2d("pool1", b.Activation("relu", b.BatchNorm("bn", b.Conv2d("conv1", x, 16, 3, padding: 1)), ElementwiseFunction.Relu), 2);
+        h = b.MaxPool2d("pool2", b.Activation("tanh", b.Conv2d("conv2", h, 16, 3, padding: 1), ElementwiseFunction.Tanh), 2, padding: 1);
+        h = b.MaxPool2d("pool3", b.Activation("gelu", b.Conv2d("conv3", h, 16, 1), ElementwiseFunction.Gelu), 3, stride: 2);
+        var logits = b.Dense("head", b.Flatten("flat", h), 4, ElementwiseFunction.Identity).Output;
+        var model = b.Build(b.SoftmaxCrossEntropy("loss", logits, b.ClassLabels("y", 4)), logits);
+        var inputs = Problem.Normal(1, batch * x.Shape.ElementCount, 1f);
+        (float[] Gradients, float[] Input) Run(bool reuse)
+        {
+            var plan = Plan.Compile(ParameterStore.Initialize(model, new CpuBackend(), 3), new PlanOptions(batch) { Gradients = true, ReuseBuffers = reuse });
+            plan.SetInput(x, inputs);
+            plan.SetInput(model["y"], [0, 1, 2, 3]);
+            plan.Forward();
+            plan.Backward();
+            return (plan.ParameterGradients.ToArray(), plan.Cotangent(x).ToArray());
+        }
+        var folded = Run(reuse: true);
+        var written = Run(reuse: false);
+        Assert.Equal(written.Gradients, folded.Gradients);
+        Assert.Equal(written.Input, folded.Input);
+        Assert.Contains(folded.Input, v => v != 0f);
+    }
+
     /// <summary>
     /// After warm-up, running a plan allocates no managed memory: forward, JVP, fused pass, backward,
     /// pull-back, and a loss read, on the library's default GEMM and on the managed one.

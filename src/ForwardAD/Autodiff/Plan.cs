@@ -160,6 +160,47 @@ public sealed class Plan : IDisposable
             }
         int LastStep(int id) => retained[id] || nodes[id].Op.IsLeaf ? end : Math.Max(lastUse[id], readByBackward[id]);
 
+        // With reuse (no intermediate tangent readable), an elementwise op whose only consumer is a max pool is folded into the
+        // pool's JVP: its tangent f'(x) ⊙ ẋ is never written, the pool gathers f'(x)·ẋ at the winners (the same products): a
+        // pass over the activation and a tangent buffer less. Its ẋ and f'(x) then live until the pool's step.
+        var foldedInto = new int[count];
+        Array.Fill(foldedInto, -1);
+        var tangentLastStep = new int[count];
+        for (int id = 0; id < count; id++) tangentLastStep[id] = LastStep(id);
+        if (reuse)
+        {
+            var consumers = new int[count];
+            foreach (var node in nodes)
+                foreach (var input in node.Inputs) consumers[input]++;
+            foreach (var pool in nodes.Where(n => n.Op is MaxPool2dOp))
+            {
+                var e = nodes[pool.Inputs[0]];
+                if (e.Op is not ElementwiseOp || consumers[e.Id] != 1 || retained[e.Id] || seeded[e.Id] || !hasInputTangent[e.Id]) continue;
+                foldedInto[e.Id] = pool.Id;
+                tangentLastStep[e.Inputs[0]] = Math.Max(tangentLastStep[e.Inputs[0]], pool.Id);
+            }
+        }
+        // Likewise in the backward pass of such a plan: the pool scatters f'(x)·ȳ straight into x̄, the elementwise op's VJP
+        // (x̄ = f'(x) ⊙ r̄ over the whole activation) and its cotangent r̄ are dropped. Only for windows that do not overlap:
+        // each x is then the winner of at most one window, so f'·(0 + ȳ) and 0 + f'·ȳ are the same number (up to the sign of
+        // a zero); overlapping windows would add several ȳ before the product. x̄ is then first written at the pool's step.
+        var vjpFoldedInto = new int[count];
+        Array.Fill(vjpFoldedInto, -1);
+        if (reuse && options.Gradients)
+        {
+            var consumers = new int[count];
+            foreach (var node in nodes)
+                foreach (var input in node.Inputs) consumers[input]++;
+            foreach (var pool in nodes.Where(n => n.Op is MaxPool2dOp m && m.Stride >= m.Kernel))
+            {
+                var e = nodes[pool.Inputs[0]];
+                if (e.Op is not ElementwiseOp || consumers[e.Id] != 1 || retained[e.Id] || !runsVjp[e.Id] || !runsVjp[pool.Id] || !needsCotangent[e.Inputs[0]])
+                    continue;
+                vjpFoldedInto[e.Id] = pool.Id;
+                firstCotangentWrite[e.Inputs[0]] = Math.Min(firstCotangentWrite[e.Inputs[0]], BackwardStep(pool.Id));
+            }
+        }
+
         // Every buffer length fits an int (checked in long here, with the node named), before anything is planned.
         foreach (var node in nodes)
         {
@@ -181,9 +222,9 @@ public sealed class Plan : IDisposable
 
             int auxiliary = node.Op.AuxiliaryElements(node, nodes, batch);
             if (differentiating || node.Op.ForwardWritesAuxiliary)
-                planner.Request(auxiliary, id, retained[id] ? end : runsVjp[id] ? BackwardStep(id) : id, v => b.Auxiliary = v);
+                planner.Request(auxiliary, id, retained[id] ? end : Math.Max(runsVjp[id] ? BackwardStep(id) : id, foldedInto[id]), v => b.Auxiliary = v);
 
-            if (tangentNonZero[id])
+            if (tangentNonZero[id] && foldedInto[id] < 0)
             {
                 int tangentElements = channels * elements;
                 if (node.Op.IsLeaf)
@@ -191,15 +232,15 @@ public sealed class Plan : IDisposable
                 else if (seeded[id] && !hasInputTangent[id])
                     // No other tangent reaches the node: its tangent is its seed, one buffer (no copy per pass); a generated seed
                     // then lives as long as the tangent, a caller's seed for the whole plan.
-                    planner.Request(tangentElements, generators[id] is null ? -1 : id, generators[id] is null ? end : LastStep(id), v => b.Tangent = b.Seed = v);
+                    planner.Request(tangentElements, generators[id] is null ? -1 : id, generators[id] is null ? end : tangentLastStep[id], v => b.Tangent = b.Seed = v);
                 else
                 {
-                    planner.Request(tangentElements, id, LastStep(id), v => b.Tangent = v);
+                    planner.Request(tangentElements, id, tangentLastStep[id], v => b.Tangent = v);
                     if (seeded[id])
                         planner.Request(tangentElements, generators[id] is null ? -1 : id, generators[id] is null ? end : id, v => b.Seed = v);
                 }
             }
-            if (needsCotangent[id] && !node.IsParameter)
+            if (needsCotangent[id] && !node.IsParameter && vjpFoldedInto[id] < 0)
                 planner.Request(elements, reuse ? firstCotangentWrite[id] : -1, reuse && !node.Op.IsLeaf ? BackwardStep(id) : end, v => b.Cotangent = v);
         }
         // One scratch buffer for every rule (im2col columns, normalisation temporaries): rules run one at a time.
@@ -229,15 +270,19 @@ public sealed class Plan : IDisposable
         var cotangentReadable = new bool[count];
         for (int id = 0; id < count; id++) cotangentReadable[id] = !reuse || nodes[id].Op.IsLeaf;
         var forwardOrder = nodes.Where(n => !n.Op.IsLeaf).Select(n => n.Id).ToArray();
-        var tangentOrder = nodes.Where(n => tangentNonZero[n.Id]).Select(n => n.Id).ToArray();
-        var backwardOrder = nodes.Where(n => needsCotangent[n.Id] && !n.Op.IsLeaf).Select(n => n.Id).Reverse().ToArray();
+        var tangentOrder = nodes.Where(n => tangentNonZero[n.Id] && foldedInto[n.Id] < 0).Select(n => n.Id).ToArray();
+        var foldsInput = new bool[count];
+        foreach (var folded in foldedInto) if (folded >= 0) foldsInput[folded] = true;
+        var backwardOrder = nodes.Where(n => needsCotangent[n.Id] && !n.Op.IsLeaf && vjpFoldedInto[n.Id] < 0).Select(n => n.Id).Reverse().ToArray();
+        var vjpFolds = new bool[count];
+        foreach (var folded in vjpFoldedInto) if (folded >= 0) vjpFolds[folded] = true;
         var objectiveSeeds = model.Losses.Where(l => needsCotangent[l.Id]).Select(l => l.Id).ToArray();
         // Gradients of parameters off the loss path are never written: zero them once here.
         if (options.Gradients) parameters.Backend.Fill(0f, gradients);
-        var backward = BackwardSchedule.Build(model, backwardOrder, buffers, objectiveSeeds);
+        var backward = BackwardSchedule.Build(model, backwardOrder, buffers, objectiveSeeds, vjpFolds);
         return new Plan(parameters, options, buffers, forwardOrder, tangentOrder, backward, tangentNonZero,
             hasInputTangent, seeded, readable, generators, differentiating, scratch, allocated * sizeof(float), owned)
-        { ParameterGradients = gradients, GradientSlices = gradientSlices, CotangentReadable = cotangentReadable };
+        { ParameterGradients = gradients, GradientSlices = gradientSlices, CotangentReadable = cotangentReadable, FoldsInput = foldsInput };
     }
 
     /// <summary>The largest scratch need of the given nodes' rules with <paramref name="channels"/> channels, checked to fit one buffer.</summary>
@@ -496,7 +541,8 @@ public sealed class Plan : IDisposable
         if (_generators[id] is { } key) Backend.FillNormal(key, 0, 0f, 1f, b.Seed);
         if (node.Op.IsLeaf || !_hasInputTangent[id]) return; // a leaf's or an unreached node's tangent is its seed (one buffer)
         bool ruleAdds = _seeded[id] && node.Op.JvpAddsInjectedTangent;
-        node.Op.Jvp(new RuleContext(Backend, BatchSize, TangentCount, node, _buffers, _scratch, Options, Model, injectedTangent: ruleAdds ? b.Seed : default));
+        node.Op.Jvp(new RuleContext(Backend, BatchSize, TangentCount, node, _buffers, _scratch, Options, Model, injectedTangent: ruleAdds ? b.Seed : default,
+            foldedInput: FoldsInput[id]));
         if (_seeded[id] && !ruleAdds) Backend.Add(b.Tangent, b.Seed, b.Tangent);
     }
 
@@ -506,7 +552,8 @@ public sealed class Plan : IDisposable
         for (int i = 0; i < schedule.Order.Length; i++)
         {
             var node = Model.Nodes[schedule.Order[i]];
-            node.Op.Vjp(new RuleContext(Backend, BatchSize, TangentCount, node, buffers, scratch, Options, Model, schedule.OverwriteMasks[i], channels));
+            node.Op.Vjp(new RuleContext(Backend, BatchSize, TangentCount, node, buffers, scratch, Options, Model, schedule.OverwriteMasks[i], channels,
+                foldedInput: schedule.FoldsInput(i)));
         }
     }
 
@@ -548,6 +595,9 @@ public sealed class Plan : IDisposable
 
     /// <summary>Per node id: whether <see cref="Cotangent"/> may read the node's cotangent after the backward pass.</summary>
     private bool[] CotangentReadable { get; init; } = [];
+
+    /// <summary>Per node: its JVP rule reads through the elementwise op before it, whose tangent was folded in (never written).</summary>
+    private bool[] FoldsInput { get; init; } = [];
 
     /// <summary>Per node id, the parameter's slice of <see cref="ParameterGradients"/> (empty without gradients).</summary>
     private View[] GradientSlices { get; init; } = [];
@@ -663,25 +713,35 @@ public sealed class ParameterUpdate
 /// The order of VJP rules and, for each, which input cotangents it writes first (and so overwrites,
 /// which saves clearing them), plus the cotangents no rule writes (cleared before the pass).
 /// </summary>
-internal sealed record BackwardSchedule(int[] Order, int[] OverwriteMasks, View[] Clear, int[] Seeds)
+internal sealed record BackwardSchedule(int[] Order, int[] OverwriteMasks, View[] Clear, int[] Seeds, bool[] Folds)
 {
-    public static BackwardSchedule Build(Model model, int[] order, NodeBuffers[] buffers, int[] seeds)
+    /// <summary><paramref name="folds"/> (per node, or empty): the node's VJP writes through the elementwise op before it
+    /// (input 0's own input 0), whose VJP is not in the order.</summary>
+    public static BackwardSchedule Build(Model model, int[] order, NodeBuffers[] buffers, int[] seeds, bool[]? folds = null)
     {
         var written = new bool[model.Nodes.Length];
         foreach (var seed in seeds) written[seed] = true;
         var masks = new int[order.Length];
+        var orderFolds = new bool[order.Length];
         for (int i = 0; i < order.Length; i++)
         {
             var inputs = model.Nodes[order[i]].Inputs;
+            orderFolds[i] = folds is not null && folds[order[i]];
             for (int j = 0; j < inputs.Length; j++)
-                if (!buffers[inputs[j]].Cotangent.IsEmpty && !written[inputs[j]])
+            {
+                int target = orderFolds[i] && j == 0 ? model.Nodes[inputs[0]].Inputs[0] : inputs[j];
+                if (!buffers[target].Cotangent.IsEmpty && !written[target])
                 {
                     masks[i] |= 1 << j;
-                    written[inputs[j]] = true;
+                    written[target] = true;
                 }
+            }
         }
         var clear = Enumerable.Range(0, buffers.Length).Where(id => !written[id] && !buffers[id].Cotangent.IsEmpty)
             .Select(id => buffers[id].Cotangent).ToArray();
-        return new BackwardSchedule(order, masks, clear, seeds);
+        return new BackwardSchedule(order, masks, clear, seeds, orderFolds);
     }
+
+    /// <summary>Whether entry <paramref name="index"/> of the order writes through a folded elementwise op.</summary>
+    public bool FoldsInput(int index) => Folds[index];
 }

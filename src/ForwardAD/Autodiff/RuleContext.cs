@@ -23,8 +23,17 @@ internal sealed class NodeBuffers
 
 /// <summary>What a rule sees: the backend, the sizes, its node and its inputs' buffers.</summary>
 internal readonly struct RuleContext(Backend backend, int batchSize, int tangentCount, Node node, NodeBuffers[] buffers, View scratch,
-    PlanOptions options, Model model, int overwriteMask = 0, int channels = 1, View injectedTangent = default)
+    PlanOptions options, Model model, int overwriteMask = 0, int channels = 1, View injectedTangent = default, bool foldedInput = false)
 {
+    /// <summary>Input 0 is an elementwise op folded into this rule (a max pool's, <see cref="Plan"/>): in a JVP rule its
+    /// tangent f'(x) ⊙ ẋ was never written, and the rule reads f'(x) (<c>Input(0).Auxiliary</c>) and ẋ
+    /// (<see cref="FoldedInput"/>'s tangent); in a VJP rule the op's VJP does not run, and the rule writes x̄ = f'(x) ⊙ (its
+    /// own input cotangent) into <see cref="FoldedInput"/>'s cotangent, overwriting it unless <c>Accumulate(0)</c>.</summary>
+    public bool InputFolded { get; } = foldedInput;
+
+    /// <summary>The buffers of the folded elementwise op's own input x (see <see cref="InputFolded"/>).</summary>
+    public NodeBuffers FoldedInput => buffers[model.Nodes[Node.Inputs[0]].Inputs[0]];
+
     /// <summary>In a JVP rule whose op <see cref="Graph.Op.JvpAddsInjectedTangent"/>: the tangent injected at this node
     /// ([K, B, ...shape]), which the rule adds to its output; empty when the node is not seeded (or the plan adds it).</summary>
     public View InjectedTangent { get; } = injectedTangent;

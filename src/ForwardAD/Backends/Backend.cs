@@ -341,6 +341,32 @@ public abstract class Backend
     /// set (one batch) applied to every tangent or cotangent channel. The JVP of max pooling.</summary>
     public abstract void GatherColumns(View source, int sourceColumns, View indices, View destination);
 
+    /// <summary>destination[r, j] = factor[r mod N, i]·source[r, i] at i = indices[r mod N, j], factor [N, sourceColumns]:
+    /// <see cref="GatherColumns"/> of factor ⊙ source (<see cref="MultiplyChannels"/>) without writing the product, the same
+    /// rounded products. A max pool's JVP through the elementwise op before it (factor f'(x)). The default gathers the factor
+    /// into <paramref name="scratch"/> (N·m floats), the source into the destination, and multiplies; a backend may read
+    /// both at the winners in one pass.</summary>
+    public virtual void GatherColumnsOfProduct(View source, View factor, int sourceColumns, View indices, View destination, View scratch)
+    {
+        var gathered = scratch.Slice(0, indices.Length);
+        GatherColumns(factor, sourceColumns, indices, gathered);
+        GatherColumns(source, sourceColumns, indices, destination);
+        MultiplyChannels(gathered, destination, destination, accumulate: false);
+    }
+
+    /// <summary>destination[r, i] (+)= factor[r mod N, i]·source[r, j] at i = indices[r mod N, j] (destination zeroed first
+    /// unless <paramref name="accumulate"/>), for indices that never repeat within a row (windows that do not overlap): the
+    /// max pool's VJP through the elementwise op before it, f'(x) ⊙ <see cref="ScatterAddColumns"/> without writing the
+    /// scattered cotangent. The default gathers the factor and forms the products in <paramref name="scratch"/> (2·R·m floats);
+    /// a backend may multiply as it scatters.</summary>
+    public virtual void ScatterAddColumnsOfProduct(View source, View factor, View indices, int destinationColumns, View destination, bool accumulate, View scratch)
+    {
+        var (gathered, products) = (scratch.Slice(0, indices.Length), scratch.Slice(indices.Length, source.Length));
+        GatherColumns(factor, destinationColumns, indices, gathered);
+        MultiplyChannels(gathered, source, products, accumulate: false);
+        ScatterAddColumns(products, indices, destinationColumns, destination, accumulate);
+    }
+
     /// <summary>The adjoint of <see cref="GatherColumns"/>: destination[r, indices[r mod N, j]] += source[r, j];
     /// <paramref name="destination"/> [R, destinationColumns] is zeroed first unless <paramref name="accumulate"/>.</summary>
     public abstract void ScatterAddColumns(View source, View indices, int destinationColumns, View destination, bool accumulate);

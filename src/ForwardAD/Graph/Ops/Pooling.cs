@@ -51,12 +51,26 @@ public sealed record MaxPool2dOp(int Kernel, int Stride, int Padding = 0) : Pool
     internal override void Forward(in RuleContext c, bool saveAuxiliary) =>
         c.Backend.MaxPool(c.Input(0).Value, Geometry(c.InputShape(0)), c.Output.Value, c.Output.Auxiliary);
 
-    internal override void Jvp(in RuleContext c) =>
-        c.Backend.GatherColumns(c.Input(0).Tangent, c.InputShape(0).ElementCount, c.Output.Auxiliary, c.Output.Tangent);
+    internal override void Jvp(in RuleContext c)
+    {
+        if (c.InputFolded)
+            // The elementwise op before the pool was folded in: ẏ = f'(x)[argmax]·ẋ[argmax], the products its JVP would have
+            // written and the gather picked, read at the winners only.
+            c.Backend.GatherColumnsOfProduct(c.FoldedInput.Tangent, c.Input(0).Auxiliary, c.InputShape(0).ElementCount, c.Output.Auxiliary, c.Output.Tangent, c.Scratch);
+        else c.Backend.GatherColumns(c.Input(0).Tangent, c.InputShape(0).ElementCount, c.Output.Auxiliary, c.Output.Tangent);
+    }
+
+    /// <summary>The defaults of <see cref="Backend.GatherColumnsOfProduct"/> and <see cref="Backend.ScatterAddColumnsOfProduct"/>
+    /// gather the factor (and form the products) in the scratch: two floats per output.</summary>
+    internal override long ScratchElements(Node node, IReadOnlyList<Node> nodes, int batchSize, int channels) => 2L * node.ElementCount(batchSize);
 
     internal override void Vjp(in RuleContext c)
     {
-        if (!c.Input(0).Cotangent.IsEmpty)
+        if (c.InputFolded)
+            // Through the folded elementwise op: x̄[argmax] (+)= f'(x)[argmax]·ȳ, without its cotangent or its VJP's pass.
+            c.Backend.ScatterAddColumnsOfProduct(c.Output.Cotangent, c.Input(0).Auxiliary, c.Output.Auxiliary, c.InputShape(0).ElementCount,
+                c.FoldedInput.Cotangent, c.Accumulate(0), c.Scratch);
+        else if (!c.Input(0).Cotangent.IsEmpty)
             c.Backend.ScatterAddColumns(c.Output.Cotangent, c.Output.Auxiliary, c.InputShape(0).ElementCount, c.Input(0).Cotangent, c.Accumulate(0));
     }
 }
