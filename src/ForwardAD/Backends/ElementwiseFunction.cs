@@ -147,7 +147,7 @@ internal static class Gaussian
     private static (Vector256<float> Cdf, Vector256<float> Density) Normal(Vector256<float> x)
     {
         var cdf = Cdf(x, out var square, out var tail);
-        return (cdf, Vector256.ConditionalSelect(tail, Vector256<float>.Zero, FloatMath.Exp(-square) * InverseSqrt2Pi)); // φ(x) = e^(−x²/2)/√(2π), −x²/2 = −z²
+        return (cdf, FloatMath.Select(tail, Vector256<float>.Zero, FloatMath.Exp(-square) * InverseSqrt2Pi)); // φ(x) = e^(−x²/2)/√(2π), −x²/2 = −z²
     }
 
     /// <summary>Φ(x) alone (the forward needs no density: one exponential instead of two), with z² = x²/2 and the tail mask
@@ -171,8 +171,8 @@ internal static class Gaussian
         // Beyond |x| = 12, Φ(−|x|) < 2e-33 and φ(x) < 6e-32, and e^(−z²) soon underflows into subnormals, which x86
         // multiplies ~100× slower (GELU outputs feed GEMMs): those tails are exactly 0 here.
         tail = Vector256.GreaterThan(Vector256.Abs(x), Vector256.Create(12f));
-        half = Vector256.ConditionalSelect(tail, Vector256<float>.Zero, half);
-        return Vector256.ConditionalSelect(Vector256.LessThan(x, Vector256<float>.Zero), half, Vector256<float>.One - half);
+        half = FloatMath.Select(tail, Vector256<float>.Zero, half);
+        return FloatMath.Select(Vector256.LessThan(x, Vector256<float>.Zero), half, Vector256<float>.One - half);
     }
 
     private static (float Cdf, float Density) Normal(float x)

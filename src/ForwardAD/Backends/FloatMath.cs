@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace ForwardAD.Backends;
 
@@ -21,6 +22,18 @@ internal static class FloatMath
         P4 = 1.6666665459E-1f, P5 = 5.0000001201E-1f;
     private const float Lowest = -87.33654f, Highest = 88.72284f;
 
+    /// <summary>mask ? whenTrue : whenFalse per lane, for masks from comparisons (each lane all ones or all zeros): one
+    /// vblendvps on AVX where <see cref="Vector256.ConditionalSelect{T}"/> may emit and/andn/or, the same lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> Select(Vector256<float> mask, Vector256<float> whenTrue, Vector256<float> whenFalse) =>
+        Avx.IsSupported ? Avx.BlendVariable(whenFalse, whenTrue, mask) : Vector256.ConditionalSelect(mask, whenTrue, whenFalse);
+
+    /// <summary>float → int toward zero for lanes known to lie in int's range (one vcvttps2dq on AVX;
+    /// <see cref="Vector256.ConvertToInt32(Vector256{float})"/> saturates out-of-range lanes in five instructions).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<int> TruncateInRange(Vector256<float> x) =>
+        Avx.IsSupported ? Avx.ConvertToVector256Int32WithTruncation(x) : Vector256.ConvertToInt32(x);
+
     /// <summary>e^x for eight lanes.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Exp(Vector256<float> x)
@@ -38,11 +51,12 @@ internal static class FloatMath
         var y = Vector256.FusedMultiplyAdd(p, r * r, r) + Vector256<float>.One;
         // 2ⁿ by the exponent bits; n = 128 (x within ln 2 of the largest float) as 2¹²⁷·2, since 2¹²⁸ has no bits.
         var top = Vector256.GreaterThan(n, Vector256.Create(127f));
-        y *= Vector256.ShiftLeft(Vector256.ConvertToInt32(Vector256.Min(n, Vector256.Create(127f))) + Vector256.Create(127), 23).AsSingle();
-        y *= Vector256.ConditionalSelect(top, Vector256.Create(2f), Vector256<float>.One);
-        y = Vector256.ConditionalSelect(Vector256.LessThan(x, Vector256.Create(Lowest)), Vector256<float>.Zero, y);
-        y = Vector256.ConditionalSelect(Vector256.GreaterThan(x, Vector256.Create(Highest)), Vector256.Create(float.PositiveInfinity), y);
-        return Vector256.ConditionalSelect(Vector256.Equals(x, x), y, x); // NaN stays NaN
+        // n is a whole number in [−126, 127] here (a NaN lane converts to anything: the last select returns x there).
+        y *= Vector256.ShiftLeft(TruncateInRange(Vector256.Min(n, Vector256.Create(127f))) + Vector256.Create(127), 23).AsSingle();
+        y *= Select(top, Vector256.Create(2f), Vector256<float>.One);
+        y = Select(Vector256.LessThan(x, Vector256.Create(Lowest)), Vector256<float>.Zero, y);
+        y = Select(Vector256.GreaterThan(x, Vector256.Create(Highest)), Vector256.Create(float.PositiveInfinity), y);
+        return Select(Vector256.Equals(x, x), y, x); // NaN stays NaN
     }
 
     /// <summary>e^x for one value: the operations of <see cref="Exp(Vector256{float})"/>, so the same bits.</summary>

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using ForwardAD.Backends;
 
 namespace ForwardAD.Random;
 
@@ -73,16 +74,16 @@ public static class BoxMuller
 
         var v8 = v * Vector256.Create(8f);
         var octant = Vector256.Floor(v8);
-        var n = Vector256.ConvertToInt32(octant);
+        var n = FloatMath.TruncateInRange(octant); // 0…7
         var f = v8 - octant;
         var odd = Vector256.Equals(n & Vector256<int>.One, Vector256<int>.One).AsSingle();
-        var t = Vector256.ConditionalSelect(odd, Vector256<float>.One - f, f) * Vector256.Create(QuarterPi);
+        var t = FloatMath.Select(odd, Vector256<float>.One - f, f) * Vector256.Create(QuarterPi);
         var z = t * t;
         var sine = Vector256.FusedMultiplyAdd(t * z, Vector256.FusedMultiplyAdd(Vector256.FusedMultiplyAdd(Vector256.Create(S2), z, Vector256.Create(S1)), z, Vector256.Create(S0)), t);
         var cosine = Vector256.FusedMultiplyAdd(z * z, Vector256.FusedMultiplyAdd(Vector256.FusedMultiplyAdd(Vector256.Create(C2), z, Vector256.Create(C1)), z, Vector256.Create(C0)),
             Vector256.FusedMultiplyAdd(Vector256.Create(-0.5f), z, Vector256<float>.One));
         var swap = Vector256.Equals((n + Vector256<int>.One) & Vector256.Create(2), Vector256.Create(2)).AsSingle();
-        (sine, cosine) = (Vector256.ConditionalSelect(swap, cosine, sine), Vector256.ConditionalSelect(swap, sine, cosine));
+        (sine, cosine) = (FloatMath.Select(swap, cosine, sine), FloatMath.Select(swap, sine, cosine));
         var signBit = Vector256.Create(-0f);
         var sineNegative = Vector256.GreaterThanOrEqual(n, Vector256.Create(4)).AsSingle() & signBit;
         var cosineNegative = Vector256.Equals((n + Vector256.Create(2)) & Vector256.Create(4), Vector256.Create(4)).AsSingle() & signBit;
@@ -96,8 +97,8 @@ public static class BoxMuller
         var e = Vector256.ConvertToSingle(Vector256.ShiftRightLogical(bits, 23).AsInt32() - Vector256.Create(127));
         var m = ((bits & Vector256.Create(0x007FFFFFu)) | Vector256.Create(0x3F800000u)).AsSingle();
         var big = Vector256.GreaterThan(m, Vector256.Create(Sqrt2));
-        m = Vector256.ConditionalSelect(big, m * Vector256.Create(0.5f), m);
-        e = Vector256.ConditionalSelect(big, e + Vector256<float>.One, e);
+        m = FloatMath.Select(big, m * Vector256.Create(0.5f), m);
+        e = FloatMath.Select(big, e + Vector256<float>.One, e);
         var f = m - Vector256<float>.One;
         var z = f * f;
         var p = Vector256.Create(L8);
