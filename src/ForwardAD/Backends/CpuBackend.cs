@@ -747,12 +747,20 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     }
 
     /// <inheritdoc/>
-    public override void GatherColumns(View source, int sourceColumns, View indices, View destination)
+    public override void GatherColumns(View source, int sourceColumns, View indices, View destination) =>
+        Gather(source, default, sourceColumns, indices, destination);
+
+    /// <summary>One pass: each winner's factor and source read together, multiplied as <see cref="MultiplyChannels"/> does.</summary>
+    public override void GatherColumnsOfProduct(View source, View factor, int sourceColumns, View indices, View destination, View scratch) =>
+        Gather(source, factor, sourceColumns, indices, destination);
+
+    /// <summary>destination[r, j] = (factor[r mod N, i]·)source[r, i] at i = indices[r mod N, j]; no factor: the plain gather.</summary>
+    private void Gather(View source, View factor, int sourceColumns, View indices, View destination)
     {
         int rows = source.Length / sourceColumns;
         RunParts(ref _gatherColumns, static (in RowArguments a, int part, int parts) =>
         {
-            ReadOnlySpan<float> from = Read(a.A), index = Read(a.B);
+            ReadOnlySpan<float> from = Read(a.A), index = Read(a.B), factor = a.C.IsEmpty ? default : Read(a.C);
             var to = Span(a.Destination);
             int sourceColumns = a.Width, rows = from.Length / sourceColumns, columns = to.Length / rows, examples = index.Length / columns;
             var share = PartRange.Of(rows, part, parts);
@@ -761,75 +769,38 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
                 var row = from.Slice(r * sourceColumns, sourceColumns);
                 var rowIndex = index.Slice(r % examples * columns, columns);
                 var target = to.Slice(r * columns, columns);
-                for (int j = 0; j < columns; j++) target[j] = row[(int)rowIndex[j]];
-            }
-        }, new RowArguments(source, indices, default, destination, sourceColumns), Parts(source.Length, rows));
-    }
-
-    /// <summary>One pass: each winner's factor and source read together, multiplied as <see cref="MultiplyChannels"/> does.</summary>
-    public override void GatherColumnsOfProduct(View source, View factor, int sourceColumns, View indices, View destination, View scratch)
-    {
-        int rows = source.Length / sourceColumns;
-        RunParts(ref _gatherColumnsOfProduct, static (in RowArguments a, int part, int parts) =>
-        {
-            ReadOnlySpan<float> from = Read(a.A), index = Read(a.B), factor = Read(a.C);
-            var to = Span(a.Destination);
-            int sourceColumns = a.Width, rows = from.Length / sourceColumns, columns = to.Length / rows, examples = index.Length / columns;
-            var share = PartRange.Of(rows, part, parts);
-            for (int r = share.First; r < share.End; r++)
-            {
-                var row = from.Slice(r * sourceColumns, sourceColumns);
-                var factorRow = factor.Slice(r % examples * sourceColumns, sourceColumns);
-                var rowIndex = index.Slice(r % examples * columns, columns);
-                var target = to.Slice(r * columns, columns);
-                for (int j = 0; j < columns; j++)
+                if (factor.IsEmpty)
+                    for (int j = 0; j < columns; j++) target[j] = row[(int)rowIndex[j]];
+                else
                 {
-                    int i = (int)rowIndex[j];
-                    target[j] = factorRow[i] * row[i];
+                    var factorRow = factor.Slice(r % examples * sourceColumns, sourceColumns);
+                    for (int j = 0; j < columns; j++)
+                    {
+                        int i = (int)rowIndex[j];
+                        target[j] = factorRow[i] * row[i];
+                    }
                 }
             }
         }, new RowArguments(source, indices, factor, destination, sourceColumns), Parts(source.Length, rows));
     }
 
-    private PartWork<RowArguments>? _gatherColumnsOfProduct;
-
     /// <summary>One pass: each winner's factor read as its product is added, multiplied as <see cref="MultiplyChannels"/> does.</summary>
-    public override void ScatterAddColumnsOfProduct(View source, View factor, View indices, int destinationColumns, View destination, bool accumulate, View scratch)
-    {
-        if (!accumulate) Span(destination).Clear();
-        int rows = destination.Length / destinationColumns;
-        RunParts(ref _scatterAddColumnsOfProduct, static (in RowArguments a, int part, int parts) =>
-        {
-            ReadOnlySpan<float> from = Read(a.A), index = Read(a.B), factor = Read(a.C);
-            var to = Span(a.Destination);
-            int destinationColumns = a.Width, rows = to.Length / destinationColumns, columns = from.Length / rows, examples = index.Length / columns;
-            var share = PartRange.Of(rows, part, parts);
-            for (int r = share.First; r < share.End; r++)
-            {
-                var row = to.Slice(r * destinationColumns, destinationColumns);
-                var factorRow = factor.Slice(r % examples * destinationColumns, destinationColumns);
-                var rowIndex = index.Slice(r % examples * columns, columns);
-                var values = from.Slice(r * columns, columns);
-                for (int j = 0; j < columns; j++)
-                {
-                    int i = (int)rowIndex[j];
-                    row[i] += factorRow[i] * values[j];
-                }
-            }
-        }, new RowArguments(source, indices, factor, destination, destinationColumns), Parts(destination.Length, rows));
-    }
-
-    private PartWork<RowArguments>? _scatterAddColumnsOfProduct;
+    public override void ScatterAddColumnsOfProduct(View source, View factor, View indices, int destinationColumns, View destination, bool accumulate, View scratch) =>
+        ScatterAdd(source, factor, indices, destinationColumns, destination, accumulate);
 
     /// <inheritdoc/>
-    public override void ScatterAddColumns(View source, View indices, int destinationColumns, View destination, bool accumulate)
+    public override void ScatterAddColumns(View source, View indices, int destinationColumns, View destination, bool accumulate) =>
+        ScatterAdd(source, default, indices, destinationColumns, destination, accumulate);
+
+    /// <summary>destination[r, indices[r mod N, j]] += (factor[r mod N, that index]·)source[r, j]; no factor: the plain scatter.</summary>
+    private void ScatterAdd(View source, View factor, View indices, int destinationColumns, View destination, bool accumulate)
     {
         if (!accumulate) Span(destination).Clear();
         int rows = destination.Length / destinationColumns;
         // Row r adds into destination row r only: rows split across threads, each row in one thread's order.
         RunParts(ref _scatterAddColumns, static (in RowArguments a, int part, int parts) =>
         {
-            ReadOnlySpan<float> from = Read(a.A), index = Read(a.B);
+            ReadOnlySpan<float> from = Read(a.A), index = Read(a.B), factor = a.C.IsEmpty ? default : Read(a.C);
             var to = Span(a.Destination);
             int destinationColumns = a.Width, rows = to.Length / destinationColumns, columns = from.Length / rows, examples = index.Length / columns;
             var share = PartRange.Of(rows, part, parts);
@@ -838,9 +809,19 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
                 var row = to.Slice(r * destinationColumns, destinationColumns);
                 var rowIndex = index.Slice(r % examples * columns, columns);
                 var values = from.Slice(r * columns, columns);
-                for (int j = 0; j < columns; j++) row[(int)rowIndex[j]] += values[j];
+                if (factor.IsEmpty)
+                    for (int j = 0; j < columns; j++) row[(int)rowIndex[j]] += values[j];
+                else
+                {
+                    var factorRow = factor.Slice(r % examples * destinationColumns, destinationColumns);
+                    for (int j = 0; j < columns; j++)
+                    {
+                        int i = (int)rowIndex[j];
+                        row[i] += factorRow[i] * values[j];
+                    }
+                }
             }
-        }, new RowArguments(source, indices, default, destination, destinationColumns), Parts(destination.Length, rows));
+        }, new RowArguments(source, indices, factor, destination, destinationColumns), Parts(destination.Length, rows));
     }
 
     /// <inheritdoc/>
