@@ -181,9 +181,11 @@ public sealed class Plan : IDisposable
             }
         }
         // Likewise in the backward pass of such a plan: the pool scatters f'(x)·ȳ straight into x̄, the elementwise op's VJP
-        // (x̄ = f'(x) ⊙ r̄ over the whole activation) and its cotangent r̄ are dropped. Only for windows that do not overlap:
-        // each x is then the winner of at most one window, so f'·(0 + ȳ) and 0 + f'·ȳ are the same number (up to the sign of
-        // a zero); overlapping windows would add several ȳ before the product. x̄ is then first written at the pool's step.
+        // (x̄ = f'(x) ⊙ r̄ over the whole activation) and its cotangent r̄ are dropped. Only for windows that do not overlap
+        // and an x that feeds nothing else: each x is then the winner of at most one window and x̄ is written by this rule
+        // alone, so f'·(0 + ȳ) and 0 + f'·ȳ are the same number (up to the sign of a zero); overlapping windows would add
+        // several ȳ before the product, and another consumer's term would be added in another order. x̄ is then written at
+        // the pool's step.
         var vjpFoldedInto = new int[count];
         Array.Fill(vjpFoldedInto, -1);
         if (reuse && options.Gradients)
@@ -194,7 +196,8 @@ public sealed class Plan : IDisposable
             foreach (var pool in nodes.Where(n => n.Op is MaxPool2dOp m && m.Stride >= m.Kernel))
             {
                 var e = nodes[pool.Inputs[0]];
-                if (e.Op is not ElementwiseOp || consumers[e.Id] != 1 || retained[e.Id] || !runsVjp[e.Id] || !runsVjp[pool.Id] || !needsCotangent[e.Inputs[0]])
+                if (e.Op is not ElementwiseOp || consumers[e.Id] != 1 || consumers[e.Inputs[0]] != 1 || retained[e.Id] || !runsVjp[e.Id]
+                    || !runsVjp[pool.Id] || !needsCotangent[e.Inputs[0]])
                     continue;
                 vjpFoldedInto[e.Id] = pool.Id;
                 firstCotangentWrite[e.Inputs[0]] = Math.Min(firstCotangentWrite[e.Inputs[0]], BackwardStep(pool.Id));
@@ -282,7 +285,10 @@ public sealed class Plan : IDisposable
         var backward = BackwardSchedule.Build(model, backwardOrder, buffers, objectiveSeeds, vjpFolds);
         return new Plan(parameters, options, buffers, forwardOrder, tangentOrder, backward, tangentNonZero,
             hasInputTangent, seeded, readable, generators, differentiating, scratch, allocated * sizeof(float), owned)
-        { ParameterGradients = gradients, GradientSlices = gradientSlices, CotangentReadable = cotangentReadable, FoldsInput = foldsInput };
+        {
+            ParameterGradients = gradients, GradientSlices = gradientSlices, CotangentReadable = cotangentReadable, FoldsInput = foldsInput,
+            Folded = [.. Enumerable.Range(0, count).Select(id => (foldedInto[id] >= 0, vjpFoldedInto[id] >= 0))],
+        };
     }
 
     /// <summary>The largest scratch need of the given nodes' rules with <paramref name="channels"/> channels, checked to fit one buffer.</summary>
@@ -583,9 +589,10 @@ public sealed class Plan : IDisposable
     {
         CheckNode(node);
         var view = _buffers[node.Id].Cotangent;
-        if (view.IsEmpty) throw new ArgumentException($"{node} has no cotangent: it is off every path from a parameter to the loss, or the plan has no gradients.", nameof(node));
-        if (!CotangentReadable[node.Id])
+        // An elementwise op folded into its max pool has no cotangent buffer at all: not kept, as the others.
+        if (!CotangentReadable[node.Id] && (!view.IsEmpty || FoldedIntoPool(node).Backward))
             throw new InvalidOperationException($"The cotangent of {node} is not kept: this plan reuses buffers in the backward pass (PlanOptions.ReuseBuffers); only parameter gradients and the inputs' cotangents are. Compile without ReuseBuffers to read it.");
+        if (view.IsEmpty) throw new ArgumentException($"{node} has no cotangent: it is off every path from a parameter to the loss, or the plan has no gradients.", nameof(node));
         return view;
     }
 
@@ -598,6 +605,12 @@ public sealed class Plan : IDisposable
 
     /// <summary>Per node: its JVP rule reads through the elementwise op before it, whose tangent was folded in (never written).</summary>
     private bool[] FoldsInput { get; init; } = [];
+
+    /// <summary>Per node id: the elementwise op's tangent (forward) and cotangent (backward) folded into the max pool after it.</summary>
+    private (bool Forward, bool Backward)[] Folded { get; init; } = [];
+
+    /// <summary>Whether <paramref name="elementwise"/>'s tangent and cotangent are folded into the max pool after it (tests).</summary>
+    internal (bool Forward, bool Backward) FoldedIntoPool(Node elementwise) => Folded.Length == 0 ? default : Folded[elementwise.Id];
 
     /// <summary>Per node id, the parameter's slice of <see cref="ParameterGradients"/> (empty without gradients).</summary>
     private View[] GradientSlices { get; init; } = [];

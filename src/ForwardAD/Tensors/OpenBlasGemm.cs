@@ -82,7 +82,8 @@ internal static class NativeLibraries
     /// 117–135 ms (benchmarks/results/openblas-thread-timeout-2026-11-26.md). OpenBLAS reads the variable once, when it
     /// loads, from the C environment (which <see cref="Environment.SetEnvironmentVariable(string, string)"/> does not
     /// reach on Unix), so it is set with libc's setenv, without overwriting a value the user gave. Linux only (the
-    /// platform this is measured on); done once, before the first load.
+    /// platform this is measured on); done once, before the first load. (setenv is not safe against a getenv running at the
+    /// same moment on another thread: it runs once, when the first CPU backend is made, before any kernel of ours runs.)
     /// </summary>
     private static readonly Lazy<bool> ParkIdleOpenBlasThreads = new(() =>
     {
@@ -104,8 +105,11 @@ internal static class NativeLibraries
         return TryLoadHandle(name, out _);
     }
 
-    private static IntPtr Resolve(string name, Assembly assembly, DllImportSearchPath? path) =>
-        TryLoadHandle(name, out var handle) ? handle : IntPtr.Zero;
+    private static IntPtr Resolve(string name, Assembly assembly, DllImportSearchPath? path)
+    {
+        if (name == OpenBlas) _ = ParkIdleOpenBlasThreads.Value; // also when OpenBLAS is first reached through an entry point
+        return TryLoadHandle(name, out var handle) ? handle : IntPtr.Zero;
+    }
 
     private static bool TryLoadHandle(string name, out IntPtr handle)
     {
