@@ -163,8 +163,16 @@ public sealed class Plan : IDisposable
         // With reuse (no intermediate tangent readable), an elementwise op whose only consumer is a max pool is folded into the
         // pool's JVP: its tangent f'(x) ⊙ ẋ is never written, the pool gathers f'(x)·ẋ at the winners (the same products): a
         // pass over the activation and a tangent buffer less. Its ẋ and f'(x) then live until the pool's step.
+        // Likewise in the backward pass of such a plan: the pool scatters f'(x)·ȳ straight into x̄, the elementwise op's VJP
+        // (x̄ = f'(x) ⊙ r̄ over the whole activation) and its cotangent r̄ are dropped. Only for windows that do not overlap
+        // and an x that feeds nothing else: each x is then the winner of at most one window and x̄ is written by this rule
+        // alone, so f'·(0 + ȳ) and 0 + f'·ȳ are the same number (up to the sign of a zero); overlapping windows would add
+        // several ȳ before the product, and another consumer's term would be added in another order. x̄ is then written at
+        // the pool's step.
         var foldedInto = new int[count];
+        var vjpFoldedInto = new int[count];
         Array.Fill(foldedInto, -1);
+        Array.Fill(vjpFoldedInto, -1);
         var tangentLastStep = new int[count];
         for (int id = 0; id < count; id++) tangentLastStep[id] = LastStep(id);
         if (reuse)
@@ -175,32 +183,19 @@ public sealed class Plan : IDisposable
             foreach (var pool in nodes.Where(n => n.Op is MaxPool2dOp))
             {
                 var e = nodes[pool.Inputs[0]];
-                if (e.Op is not ElementwiseOp || consumers[e.Id] != 1 || retained[e.Id] || seeded[e.Id] || !hasInputTangent[e.Id]) continue;
-                foldedInto[e.Id] = pool.Id;
-                tangentLastStep[e.Inputs[0]] = Math.Max(tangentLastStep[e.Inputs[0]], pool.Id);
-            }
-        }
-        // Likewise in the backward pass of such a plan: the pool scatters f'(x)·ȳ straight into x̄, the elementwise op's VJP
-        // (x̄ = f'(x) ⊙ r̄ over the whole activation) and its cotangent r̄ are dropped. Only for windows that do not overlap
-        // and an x that feeds nothing else: each x is then the winner of at most one window and x̄ is written by this rule
-        // alone, so f'·(0 + ȳ) and 0 + f'·ȳ are the same number (up to the sign of a zero); overlapping windows would add
-        // several ȳ before the product, and another consumer's term would be added in another order. x̄ is then written at
-        // the pool's step.
-        var vjpFoldedInto = new int[count];
-        Array.Fill(vjpFoldedInto, -1);
-        if (reuse && options.Gradients)
-        {
-            var consumers = new int[count];
-            foreach (var node in nodes)
-                foreach (var input in node.Inputs) consumers[input]++;
-            foreach (var pool in nodes.Where(n => n.Op is MaxPool2dOp m && m.Stride >= m.Kernel))
-            {
-                var e = nodes[pool.Inputs[0]];
-                if (e.Op is not ElementwiseOp || consumers[e.Id] != 1 || consumers[e.Inputs[0]] != 1 || retained[e.Id] || !runsVjp[e.Id]
-                    || !runsVjp[pool.Id] || !needsCotangent[e.Inputs[0]])
-                    continue;
-                vjpFoldedInto[e.Id] = pool.Id;
-                firstCotangentWrite[e.Inputs[0]] = Math.Min(firstCotangentWrite[e.Inputs[0]], BackwardStep(pool.Id));
+                if (e.Op is not ElementwiseOp || consumers[e.Id] != 1 || retained[e.Id]) continue;
+                int x = e.Inputs[0];
+                if (!seeded[e.Id] && hasInputTangent[e.Id])
+                {
+                    foldedInto[e.Id] = pool.Id;
+                    tangentLastStep[x] = Math.Max(tangentLastStep[x], pool.Id);
+                }
+                if (pool.Op is MaxPool2dOp { Stride: var stride, Kernel: var kernel } && stride >= kernel && consumers[x] == 1
+                    && runsVjp[e.Id] && runsVjp[pool.Id] && needsCotangent[x])
+                {
+                    vjpFoldedInto[e.Id] = pool.Id;
+                    firstCotangentWrite[x] = Math.Min(firstCotangentWrite[x], BackwardStep(pool.Id));
+                }
             }
         }
 
