@@ -16,12 +16,8 @@ namespace ForwardAD.Tests;
 /// a LocalMixer run with augmentation resumed bit for bit from a checkpoint, a changed augmentation refused on resume,
 /// and the CLI's mixer-table end to end on digits.
 /// </summary>
-public sealed class AugmentationTests : IDisposable
+public sealed class AugmentationTests() : TemporaryFolderTests("forwardad-augment-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-augment-").FullName;
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
-
     private static float[] Images(int count, Shape shape) => Problem.Normal(5, count * shape.ElementCount, 1f);
 
     /// <summary>Every augmented image equals its input shifted by some (dy, dx) ∈ [−p, p]², mirrored or not, zero outside;
@@ -118,7 +114,7 @@ public sealed class AugmentationTests : IDisposable
         var (first, _) = MixerTrainer(augmentation);
         first.RunEpoch(0);
         first.RunEpoch(1);
-        var path = Path.Combine(_folder, "mixer.safetensors");
+        var path = Path.Combine(Folder, "mixer.safetensors");
         first.SaveCheckpoint(path, description);
         var (resumed, resumedStore) = MixerTrainer(augmentation);
         resumed.Resume(path, description);
@@ -139,7 +135,7 @@ public sealed class AugmentationTests : IDisposable
     [Fact]
     public void Mixer_table_writes_csv_and_markdown()
     {
-        var prefix = Path.Combine(_folder, "table");
+        var prefix = Path.Combine(Folder, "table");
         var (code, output, error) = CliTests.Run("mixer-table", "--data", "digits", "--mixer", "p2-d8-b2-g2", "--methods", "backprop,local-backprop,ap", "--epochs", "1",
             "--batch-size", "32", "--train-examples", "256", "--crop-padding", "1", "--seeds", "2", "--out", prefix, "--quiet");
         Assert.True(code == 0, error + output);
@@ -184,7 +180,7 @@ public sealed class AugmentationTests : IDisposable
     [Fact]
     public void Train_takes_a_local_mixer_with_augmentation()
     {
-        var metrics = Path.Combine(_folder, "train.csv");
+        var metrics = Path.Combine(Folder, "train.csv");
         var (code, output, error) = CliTests.Run("train", "--data", "digits", "--model", "localmixer:p2-d8-b1-g2", "--guesser", "ap", "--augment", "--crop-padding", "1",
             "--epochs", "1", "--quiet", "--metrics", metrics, "--optimizer", "adam", "--lr", "0.003");
         Assert.True(code == 0, error + output);

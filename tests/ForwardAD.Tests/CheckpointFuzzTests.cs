@@ -20,16 +20,13 @@ namespace ForwardAD.Tests;
 /// resume must leave the trainer as it was. A copy whose header is intact but whose tensor bytes changed must be
 /// refused (the checksum), never loaded.
 /// </summary>
-public sealed class CheckpointFuzzTests(ITestOutputHelper output) : IDisposable
+public sealed class CheckpointFuzzTests(ITestOutputHelper output) : TemporaryFolderTests("forwardad-fuzz-")
 {
     private const int Mutations = 600, Seed = 20261125;
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-fuzz-").FullName;
     private static readonly Dictionary<string, string> Description = new()
     {
         ["model"] = "mlp 64-16-10 relu", ["guesser"] = "grape", ["rule"] = "clip 5 then adamw cosine 3e-3", ["data"] = "digits-300",
     };
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
 
     private static (Trainer Trainer, ParameterStore Store) NewTrainer()
     {
@@ -45,13 +42,13 @@ public sealed class CheckpointFuzzTests(ITestOutputHelper output) : IDisposable
     {
         var (source, _) = NewTrainer();
         source.RunEpoch(0);
-        var original = Path.Combine(_folder, "original.safetensors");
+        var original = Path.Combine(Folder, "original.safetensors");
         source.SaveCheckpoint(original, Description);
         var pristine = File.ReadAllBytes(original);
 
         var (trainer, store) = NewTrainer();
         trainer.Resume(original, Description); // the undamaged file loads
-        var path = Path.Combine(_folder, "damaged.safetensors");
+        var path = Path.Combine(Folder, "damaged.safetensors");
         var random = new System.Random(Seed);
         var counts = new SortedDictionary<string, int[]>(StringComparer.Ordinal); // kind -> [read ok, read rejected, resume ok, resume rejected]
         var failures = new List<string>();

@@ -9,12 +9,9 @@ using ForwardAD.Training;
 
 namespace ForwardAD.Tests;
 
-public sealed class CheckpointTests : IDisposable
+public sealed class CheckpointTests() : TemporaryFolderTests("forwardad-ckpt-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-ckpt-").FullName;
     private static readonly Dictionary<string, string> Description = new() { ["model"] = "mlp 64-16-10 relu", ["guesser"] = "ap" };
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
 
     private static (Trainer Trainer, ParameterStore Store) NewTrainer(Guesser guesser, ulong seed = 3, int cosineEvery = 2)
     {
@@ -44,7 +41,7 @@ public sealed class CheckpointTests : IDisposable
         var (first, _) = NewTrainer(guesser);
         first.RunEpoch(0);
         first.RunEpoch(1);
-        var path = Path.Combine(_folder, "run.safetensors");
+        var path = Path.Combine(Folder, "run.safetensors");
         first.SaveCheckpoint(path, Description);
         var (resumed, resumedStore) = NewTrainer(guesser);
         resumed.Resume(path, Description);
@@ -55,7 +52,6 @@ public sealed class CheckpointTests : IDisposable
         Assert.Equal(reports[3].GlobalCosine, tail[1].GlobalCosine);
         Assert.Equal(straight.Step, resumed.Step);
     }
-
 
     /// <summary>A run cancelled within its second epoch stops at a step boundary, and the checkpoint written then resumes to
     /// the uninterrupted run: parameters bit for bit, and the interrupted epoch's report (its cosines measured before and
@@ -73,7 +69,7 @@ public sealed class CheckpointTests : IDisposable
         Assert.Throws<OperationCanceledException>(() => first.RunEpoch(1, new CancelAfter(cancel, 5), cancel.Token));
         Assert.Equal(first.StepsPerEpoch + 5, first.Step);
         Assert.Equal(1, first.NextEpoch);
-        var path = Path.Combine(_folder, "interrupted.safetensors");
+        var path = Path.Combine(Folder, "interrupted.safetensors");
         first.SaveCheckpoint(path, Description);
 
         var (resumed, resumedStore) = NewTrainer(guesser, cosineEvery: 3);
@@ -117,7 +113,7 @@ public sealed class CheckpointTests : IDisposable
         first.RunEpoch(0);
         first.RunEpoch(1);
         Assert.NotEqual(ParameterStore.Initialize(firstStore.Model, new CpuBackend(), 5).State.ToArray(), firstStore.State.ToArray()); // the statistics moved
-        var path = Path.Combine(_folder, "cnn.safetensors");
+        var path = Path.Combine(Folder, "cnn.safetensors");
         first.SaveCheckpoint(path, Description);
         Assert.Contains("bn1.running_var", SafeTensors.Read(path).Tensors.Keys);
         var (resumed, resumedStore) = Cnn();
@@ -133,13 +129,13 @@ public sealed class CheckpointTests : IDisposable
     [Fact]
     public void A_failed_write_leaves_the_previous_checkpoint_intact()
     {
-        var path = Path.Combine(_folder, "ckpt.safetensors");
+        var path = Path.Combine(Folder, "ckpt.safetensors");
         SafeTensors.Write(path, [new NamedTensor("w", [2], [1f, 2f])], new Dictionary<string, string> { ["k"] = "v" });
         var before = File.ReadAllBytes(path);
         var failing = new List<(string, int[], Func<float[]>)> { ("w", [2], () => [3f, 4f]), ("boom", [1], () => throw new IOException("disk full")) };
         Assert.Throws<IOException>(() => SafeTensors.Write(path, failing, new Dictionary<string, string>()));
         Assert.Equal(before, File.ReadAllBytes(path));
-        Assert.Single(Directory.GetFiles(_folder));
+        Assert.Single(Directory.GetFiles(Folder));
         var (tensors, metadata) = SafeTensors.Read(path);
         Assert.Equal(new[] { 1f, 2f }, tensors["w"].Data);
         Assert.Equal("v", metadata["k"]);
@@ -148,7 +144,7 @@ public sealed class CheckpointTests : IDisposable
     [Fact]
     public void The_file_is_valid_safetensors()
     {
-        var path = Path.Combine(_folder, "layout.safetensors");
+        var path = Path.Combine(Folder, "layout.safetensors");
         SafeTensors.Write(path, [new NamedTensor("a", [2, 3], [1, 2, 3, 4, 5, 6]), new NamedTensor("b", [1], [7])], new Dictionary<string, string>());
         var bytes = File.ReadAllBytes(path);
         long headerLength = BitConverter.ToInt64(bytes, 0);
@@ -165,7 +161,7 @@ public sealed class CheckpointTests : IDisposable
     {
         var (trainer, store) = NewTrainer(Guessers.Backprop);
         trainer.RunEpoch(0);
-        var path = Path.Combine(_folder, "other.safetensors");
+        var path = Path.Combine(Folder, "other.safetensors");
         var otherStore = ParameterStore.Initialize(new MlpSpec(64, [8], 10, ElementwiseFunction.Relu).Build(), new CpuBackend(), 1);
         var (train, test) = Digits.Load().Split(0.2, 1);
         var other = new Trainer(Guessers.Backprop, Optimizers.AdamW(1e-3f), otherStore, train, test, new TrainingOptions(16, 3));
@@ -189,7 +185,7 @@ public sealed class CheckpointTests : IDisposable
     public void Many_tensor_differences_are_listed_briefly()
     {
         var (trainer, _) = NewTrainer(Guessers.Backprop);
-        var path = Path.Combine(_folder, "deep.safetensors");
+        var path = Path.Combine(Folder, "deep.safetensors");
         var deepStore = ParameterStore.Initialize(new MlpSpec(64, [8, 8, 8, 8, 8], 10, ElementwiseFunction.Relu).Build(), new CpuBackend(), 1);
         var (train, test) = Digits.Load().Split(0.2, 1);
         new Trainer(Guessers.Backprop, Optimizers.AdamW(1e-3f), deepStore, train, test, new TrainingOptions(16, 1)).SaveCheckpoint(path, Description);
@@ -202,7 +198,7 @@ public sealed class CheckpointTests : IDisposable
     /// stand for double quotes), then <paramref name="dataBytes"/> zero bytes.</summary>
     private string WriteRaw(string name, string json, int dataBytes)
     {
-        var path = Path.Combine(_folder, name);
+        var path = Path.Combine(Folder, name);
         var header = System.Text.Encoding.UTF8.GetBytes(json.Replace('\'', '"'));
         var bytes = new byte[8 + header.Length + dataBytes];
         BitConverter.TryWriteBytes(bytes.AsSpan(0, 8), (ulong)header.Length);
@@ -266,7 +262,7 @@ public sealed class CheckpointTests : IDisposable
     [InlineData(200_000_000UL)]
     public void Header_lengths_beyond_the_file_are_rejected(ulong headerLength)
     {
-        var path = Path.Combine(_folder, "length.safetensors");
+        var path = Path.Combine(Folder, "length.safetensors");
         var bytes = new byte[24];
         BitConverter.TryWriteBytes(bytes.AsSpan(0, 8), headerLength);
         "{}      "u8.CopyTo(bytes.AsSpan(8));
@@ -303,7 +299,7 @@ public sealed class CheckpointTests : IDisposable
     [Fact]
     public void A_flipped_bit_in_the_tensor_data_is_a_checksum_mismatch()
     {
-        var path = Path.Combine(_folder, "sum.safetensors");
+        var path = Path.Combine(Folder, "sum.safetensors");
         SafeTensors.Write(path, [new NamedTensor("w", [3], [1f, 2f, 3f])], new Dictionary<string, string> { ["k"] = "v" });
         var bytes = File.ReadAllBytes(path);
         long dataStart = 8 + BitConverter.ToInt64(bytes, 0);
@@ -322,7 +318,7 @@ public sealed class CheckpointTests : IDisposable
     [Fact]
     public void An_edited_header_is_a_checksum_mismatch()
     {
-        var path = Path.Combine(_folder, "header.safetensors");
+        var path = Path.Combine(Folder, "header.safetensors");
         SafeTensors.Write(path, [new NamedTensor("a", [2], [1f, 2f]), new NamedTensor("b", [2], [3f, 4f])], new Dictionary<string, string> { ["step"] = "15" });
         var bytes = File.ReadAllBytes(path);
         int headerLength = (int)BitConverter.ToInt64(bytes, 0);
@@ -334,7 +330,7 @@ public sealed class CheckpointTests : IDisposable
             BitConverter.TryWriteBytes(file.AsSpan(0, 8), (ulong)header.Length);
             header.CopyTo(file, 8);
             bytes.AsSpan(8 + headerLength).CopyTo(file.AsSpan(8 + header.Length));
-            var edit = Path.Combine(_folder, "edited.safetensors");
+            var edit = Path.Combine(Folder, "edited.safetensors");
             File.WriteAllBytes(edit, file);
             return edit;
         }
@@ -372,7 +368,7 @@ public sealed class CheckpointTests : IDisposable
     public void A_description_may_not_overwrite_what_the_trainer_records()
     {
         var (trainer, _) = NewTrainer(Guessers.Backprop);
-        var path = Path.Combine(_folder, "reserved.safetensors");
+        var path = Path.Combine(Folder, "reserved.safetensors");
         foreach (var (key, value) in new[] { ("step", "0"), ("epochs_completed", "0"), ("forwardad.format", "1"), ("seed", "4"), ("batch_size", "8") })
         {
             var description = new Dictionary<string, string>(Description) { [key] = value };
@@ -392,10 +388,10 @@ public sealed class CheckpointTests : IDisposable
     [Fact]
     public void Stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept()
     {
-        var path = Path.Combine(_folder, "run.safetensors");
+        var path = Path.Combine(Folder, "run.safetensors");
         string Temporary(string file, int pid)
         {
-            var temporary = Path.Combine(_folder, $".{file}.{pid}.{Guid.NewGuid():N}.tmp");
+            var temporary = Path.Combine(Folder, $".{file}.{pid}.{Guid.NewGuid():N}.tmp");
             File.WriteAllBytes(temporary, [1, 2, 3]);
             return temporary;
         }
@@ -405,9 +401,9 @@ public sealed class CheckpointTests : IDisposable
         var live = Temporary("run.safetensors", Environment.ProcessId);
         var oldInit = Temporary("run.safetensors", 1);
         var other = Temporary("other.safetensors", int.MaxValue);
-        var notOurs = Path.Combine(_folder, ".run.safetensors.notes.tmp");
+        var notOurs = Path.Combine(Folder, ".run.safetensors.notes.tmp");
         File.WriteAllBytes(notOurs, [1]);
-        var bare = Path.Combine(_folder, ".run.safetensors.tmp");
+        var bare = Path.Combine(Folder, ".run.safetensors.tmp");
         File.WriteAllBytes(bare, [1]);
         // Unlocked and untouched for ten minutes: its PID may be another namespace's (a container's); no writer holds it.
         var stranded = Temporary("run.safetensors", 1);
@@ -443,7 +439,7 @@ public sealed class CheckpointTests : IDisposable
         var guesser = Guessers.ActivationPerturbation();
         var (source, _) = NewTrainer(guesser);
         source.RunEpoch(0);
-        var path = Path.Combine(_folder, "ok.safetensors");
+        var path = Path.Combine(Folder, "ok.safetensors");
         source.SaveCheckpoint(path, Description);
         var (tensors, metadata) = SafeTensors.Read(path);
         var list = tensors.Values.ToList();
@@ -454,7 +450,7 @@ public sealed class CheckpointTests : IDisposable
             case "extra": list.Add(new NamedTensor(value, [2], [1f, 2f])); break;
             default: meta[edit] = value; break;
         }
-        var bad = Path.Combine(_folder, "bad.safetensors");
+        var bad = Path.Combine(Folder, "bad.safetensors");
         SafeTensors.Write(bad, list, meta);
 
         var (trainer, store) = NewTrainer(guesser);
@@ -480,7 +476,7 @@ public sealed class CheckpointTests : IDisposable
     public void Resume_states_every_difference_at_once()
     {
         var (trainer, store) = NewTrainer(Guessers.ActivationPerturbation());
-        var path = Path.Combine(_folder, "run.safetensors");
+        var path = Path.Combine(Folder, "run.safetensors");
         var saved = new Dictionary<string, string>(Description) { ["rule"] = "adamw lr 0.003", ["data"] = "digits" };
         trainer.SaveCheckpoint(path, saved);
         var changed = new Dictionary<string, string>(Description) { ["guesser"] = "wt", ["rule"] = "adamw lr 0.01", ["epochs"] = "5" };
@@ -511,7 +507,7 @@ public sealed class CheckpointTests : IDisposable
         }
         var (first, _) = NewTrainer(guesser, cosineEvery: 100);
         first.RunEpoch(0);
-        var path = Path.Combine(_folder, "cos.safetensors");
+        var path = Path.Combine(Folder, "cos.safetensors");
         first.SaveCheckpoint(path, Description);
         var (resumed, _) = NewTrainer(guesser, cosineEvery: 100);
         resumed.Resume(path, Description);

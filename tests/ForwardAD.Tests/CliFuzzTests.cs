@@ -10,12 +10,8 @@ namespace ForwardAD.Tests;
 /// seconds; the output options are fixed and appended last, so nothing is written outside a temporary folder (and
 /// --no-plot on most lines).
 /// </summary>
-public sealed class CliFuzzTests : IDisposable
+public sealed class CliFuzzTests() : TemporaryFolderTests("forwardad-clifuzz-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-clifuzz-").FullName;
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
-
     private static readonly string[] TrainOptions =
     [
         "--guesser", "--mode", "--guesses", "--k", "--power", "--cosine", "--feedback-init", "--grape-rule", "--grape-lr",
@@ -52,18 +48,18 @@ public sealed class CliFuzzTests : IDisposable
 
     private string[] Sources() =>
     [
-        "digits", "", "foo:bar", "idx:", "idx:a", $"idx:{_folder},{_folder}", "cifar10:", $"cifar10:{Path.Combine(_folder, "none.bin")}",
-        Path.Combine(_folder, "missing.csv"), _folder, Path.Combine(_folder, "tiny:1.csv"), Path.Combine(_folder, "narrow.csv"),
-        Path.Combine(_folder, "ragged.csv"), Path.Combine(_folder, "empty.csv"), "C:\\data.csv",
+        "digits", "", "foo:bar", "idx:", "idx:a", $"idx:{Folder},{Folder}", "cifar10:", $"cifar10:{Path.Combine(Folder, "none.bin")}",
+        Path.Combine(Folder, "missing.csv"), Folder, Path.Combine(Folder, "tiny:1.csv"), Path.Combine(Folder, "narrow.csv"),
+        Path.Combine(Folder, "ragged.csv"), Path.Combine(Folder, "empty.csv"), "C:\\data.csv",
     ];
 
     [Fact]
     public void Mutated_command_lines_end_in_exit_code_0_1_or_2_with_a_message()
     {
-        File.WriteAllLines(Path.Combine(_folder, "tiny:1.csv"), Enumerable.Range(0, 48).Select(i => $"{i % 7},{i % 5},{i % 3}"));
-        File.WriteAllLines(Path.Combine(_folder, "narrow.csv"), Enumerable.Range(0, 48).Select(i => $"{i % 7},{i % 3}"));
-        File.WriteAllText(Path.Combine(_folder, "ragged.csv"), "1,2,0\n1,1\n");
-        File.WriteAllText(Path.Combine(_folder, "empty.csv"), "");
+        File.WriteAllLines(Path.Combine(Folder, "tiny:1.csv"), Enumerable.Range(0, 48).Select(i => $"{i % 7},{i % 5},{i % 3}"));
+        File.WriteAllLines(Path.Combine(Folder, "narrow.csv"), Enumerable.Range(0, 48).Select(i => $"{i % 7},{i % 3}"));
+        File.WriteAllText(Path.Combine(Folder, "ragged.csv"), "1,2,0\n1,1\n");
+        File.WriteAllText(Path.Combine(Folder, "empty.csv"), "");
         var sources = Sources();
         var random = new System.Random(20250110);
         var failures = new List<string>();
@@ -73,9 +69,9 @@ public sealed class CliFuzzTests : IDisposable
         {
             var (mutable, outputs) = (i % 10) switch
             {
-                < 7 => (new List<string> { "train", "--hidden", "4", "--epochs", "1", "--quiet" }, new[] { "--metrics", Path.Combine(_folder, $"m{i}.csv") }),
-                < 9 => (new List<string> { "grape-toy", "--size", "6", "--steps", "2", "--seeds", "1" }, new[] { "--csv", Path.Combine(_folder, $"t{i}.csv") }),
-                _ => (new List<string> { "cosine", "--hidden", "4", "--epochs", "1", "--every", "40", "--guessers", "ap,backprop" }, new[] { "--csv", Path.Combine(_folder, $"c{i}.csv") }),
+                < 7 => (new List<string> { "train", "--hidden", "4", "--epochs", "1", "--quiet" }, new[] { "--metrics", Path.Combine(Folder, $"m{i}.csv") }),
+                < 9 => (new List<string> { "grape-toy", "--size", "6", "--steps", "2", "--seeds", "1" }, new[] { "--csv", Path.Combine(Folder, $"t{i}.csv") }),
+                _ => (new List<string> { "cosine", "--hidden", "4", "--epochs", "1", "--every", "40", "--guessers", "ap,backprop" }, new[] { "--csv", Path.Combine(Folder, $"c{i}.csv") }),
             };
             bool toy = mutable[0] == "grape-toy";
             int mutations = 1 + random.Next(2);

@@ -8,14 +8,8 @@ namespace ForwardAD.Tests;
 /// The command-line tool end to end on the embedded digits, in process through its entry point: the main job,
 /// its CSV, resume, exit codes and messages for bad input.
 /// </summary>
-public sealed class CliTests : IDisposable
+public sealed class CliTests() : TemporaryFolderTests("forwardad-cli-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-cli-").FullName;
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
-
-    private string PathOf(string name) => Path.Combine(_folder, name);
-
     internal static (int Code, string Out, string Err) Run(params string[] args)
     {
         var output = new StringWriter();
@@ -158,8 +152,8 @@ public sealed class CliTests : IDisposable
         Assert.Contains("does not exist", Fails(1, "--data", PathOf("missing.csv")));
         File.WriteAllText(PathOf("ragged.csv"), "1,2,0\n1,1\n");
         Assert.Contains("line 2", Fails(1, "--data", PathOf("ragged.csv")));
-        Assert.Contains("is a directory", Fails(1, "--data", _folder));
-        Assert.Contains("is a directory", Fails(1, "--data", $"idx:{_folder},{PathOf("labels")}"));
+        Assert.Contains("is a directory", Fails(1, "--data", Folder));
+        Assert.Contains("is a directory", Fails(1, "--data", $"idx:{Folder},{PathOf("labels")}"));
     }
 
     /// <summary>A machine without a GPU is a runtime condition, not a usage mistake: exit 1 with the driver's reason
@@ -290,14 +284,14 @@ public sealed class CliTests : IDisposable
     {
         var directory = Directory.CreateDirectory(PathOf("taken")).FullName;
         Assert.Contains("is a directory", Fails(1, "--hidden", "4", "--epochs", "1", "--quiet", "--metrics", directory));
-        Assert.Empty(Directory.GetFiles(_folder, "*.tmp"));
+        Assert.Empty(Directory.GetFiles(Folder, "*.tmp"));
 
         var target = PathOf("out.csv");
         File.WriteAllText(target, "old");
         static IEnumerable<string> Failing() { yield return "a"; throw new IOException("disk full"); }
         Assert.Throws<IOException>(() => AtomicFile.WriteAllLines(target, Failing()));
         Assert.Equal("old", File.ReadAllText(target));
-        Assert.Empty(Directory.GetFiles(_folder, "*.tmp"));
+        Assert.Empty(Directory.GetFiles(Folder, "*.tmp"));
     }
 
     /// <summary>A run killed while writing its metrics leaves its temporary (named after the file and its process);
@@ -317,7 +311,7 @@ public sealed class CliTests : IDisposable
             Assert.True(File.Exists(live), "a temporary held open by a live writer was deleted");
         }
         Assert.Equal(["a,b", "1,2"], File.ReadAllLines(target));
-        Assert.Equal([live], Directory.GetFiles(_folder, "*.tmp"));
+        Assert.Equal([live], Directory.GetFiles(Folder, "*.tmp"));
         // Through the command: train's metrics write removes a dead run's temporary too.
         var stray = PathOf($".m.csv.{int.MaxValue}.{Guid.NewGuid():N}.tmp");
         File.WriteAllText(stray, "half a file");
@@ -672,7 +666,7 @@ public sealed class CliTests : IDisposable
     public void Plot_refuses_a_file_it_cannot_draw_naming_the_file_and_the_kinds()
     {
         Assert.Contains("does not exist", Fails(1, "plot", PathOf("missing.csv")));
-        Assert.Contains("is a directory", Fails(1, "plot", _folder));
+        Assert.Contains("is a directory", Fails(1, "plot", Folder));
         File.WriteAllText(PathOf("foreign.csv"), "a,b\n1,2\n");
         var error = Fails(1, "plot", PathOf("foreign.csv"));
         Assert.Contains("foreign.csv, line 1", error);
@@ -685,6 +679,6 @@ public sealed class CliTests : IDisposable
         File.WriteAllText(PathOf("header.csv"), "epoch,step,guesser,cosine,effectiveness\n");
         Assert.Contains("without data rows", Fails(1, "plot", PathOf("header.csv")));
         Assert.Contains("plot", Fails(2, "plot"));
-        Assert.Contains("not a folder", Fails(2, "plot", PathOf("header.csv"), "--out", _folder));
+        Assert.Contains("not a folder", Fails(2, "plot", PathOf("header.csv"), "--out", Folder));
     }
 }

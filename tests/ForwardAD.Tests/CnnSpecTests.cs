@@ -10,12 +10,8 @@ namespace ForwardAD.Tests;
 /// CnnSpec (issue 12, models and data): the grammar and its canonical text, every error it reports, the ready-made nets'
 /// shapes and parameter counts, and the loaders' channels-last image shapes (IDX, CIFAR, digits, Fashion-MNIST).
 /// </summary>
-public sealed class CnnSpecTests : IDisposable
+public sealed class CnnSpecTests() : TemporaryFolderTests("forwardad-cnnspec-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-cnnspec-").FullName;
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
-
     private static readonly Shape Grey28 = new(28, 28, 1), Colour32 = new(32, 32, 3);
 
     // ---- grammar -------------------------------------------------------------------------------
@@ -173,7 +169,7 @@ public sealed class CnnSpecTests : IDisposable
 
     private string Write(string name, byte[] bytes)
     {
-        var path = Path.Combine(_folder, name);
+        var path = Path.Combine(Folder, name);
         File.WriteAllBytes(path, bytes);
         return path;
     }
@@ -242,10 +238,10 @@ public sealed class CnnSpecTests : IDisposable
     [Fact]
     public void Missing_fashion_mnist_files_name_the_file_and_the_install_line()
     {
-        var error = Assert.Throws<FileNotFoundException>(() => FashionMnist.Load(directory: _folder));
-        Assert.Contains(Path.Combine(_folder, "train-images-idx3-ubyte.gz"), error.Message);
+        var error = Assert.Throws<FileNotFoundException>(() => FashionMnist.Load(directory: Folder));
+        Assert.Contains(Path.Combine(Folder, "train-images-idx3-ubyte.gz"), error.Message);
         Assert.Contains("sudo apt-get install dataset-fashion-mnist", error.Message);
-        Assert.False(FashionMnist.IsInstalled(_folder));
+        Assert.False(FashionMnist.IsInstalled(Folder));
     }
 
     /// <summary>A folder of stand-in Fashion-MNIST files (2 training, 1 test image of 4×4) loads by the same names.</summary>
@@ -257,10 +253,10 @@ public sealed class CnnSpecTests : IDisposable
             Write($"{prefix}-images-idx3-ubyte.gz", Gzip(Idx([count, 4, 4], new byte[count * 16])));
             Write($"{prefix}-labels-idx1-ubyte.gz", Gzip(Idx([count], new byte[count])));
         }
-        Assert.True(FashionMnist.IsInstalled(_folder));
-        var train = FashionMnist.Load(directory: _folder);
+        Assert.True(FashionMnist.IsInstalled(Folder));
+        var train = FashionMnist.Load(directory: Folder);
         Assert.Equal(("fashion-mnist", 2, new Shape(4, 4, 1)), (train.Name, train.Count, train.FeatureShape));
-        Assert.Equal(1, FashionMnist.Load(test: true, directory: _folder).Count);
+        Assert.Equal(1, FashionMnist.Load(test: true, directory: Folder).Count);
     }
 
     internal static byte[] Gzip(byte[] bytes)

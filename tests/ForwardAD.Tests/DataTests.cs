@@ -5,15 +5,11 @@ using ForwardAD.Data;
 namespace ForwardAD.Tests;
 
 /// <summary>The loaders on small files the tests write, good and bad: every error names the file and what is wrong.</summary>
-public sealed class DataTests : IDisposable
+public sealed class DataTests() : TemporaryFolderTests("forwardad-data-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-data-").FullName;
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
-
     private string File(string name, byte[] bytes)
     {
-        var path = Path.Combine(_folder, name);
+        var path = Path.Combine(Folder, name);
         System.IO.File.WriteAllBytes(path, bytes);
         return path;
     }
@@ -90,7 +86,7 @@ public sealed class DataTests : IDisposable
         var badLabel = File("bl.idx", Idx(0x08, [2], [3, 12]));
         var error = Assert.Throws<InvalidDataException>(() => IdxDataset.Load(twoImages, badLabel));
         Assert.Contains("bl.idx, offset 9: label 12 is out of range for 10 classes", error.Message);
-        Assert.Throws<FileNotFoundException>(() => IdxDataset.Load(Path.Combine(_folder, "missing.idx"), labels));
+        Assert.Throws<FileNotFoundException>(() => IdxDataset.Load(Path.Combine(Folder, "missing.idx"), labels));
     }
 
     [Fact]
@@ -210,11 +206,11 @@ public sealed class DataTests : IDisposable
         Assert.Contains("inf.csv, line 1, column 2: '-Infinity' is not a finite number", CsvError(Text("inf.csv", "1,-Infinity,0\n")));
         Assert.Contains("big.csv, line 1, column 1: '1e39' is not a finite number", CsvError(Text("big.csv", "1e39,0\n")));
         Assert.Contains("one.csv, line 1: a row needs at least one feature and a label", CsvError(Text("one.csv", "1\n2\n")));
-        var folder = Directory.CreateDirectory(Path.Combine(_folder, "data.csv")).FullName;
+        var folder = Directory.CreateDirectory(Path.Combine(Folder, "data.csv")).FullName;
         var directory = Assert.ThrowsAny<IOException>(() => CsvDataset.Load(folder));
         Assert.Contains("data.csv' is a directory, not a file", directory.Message);
         Assert.IsNotType<FileNotFoundException>(directory);
-        Assert.Throws<FileNotFoundException>(() => CsvDataset.Load(Path.Combine(_folder, "missing.csv")));
+        Assert.Throws<FileNotFoundException>(() => CsvDataset.Load(Path.Combine(Folder, "missing.csv")));
     }
 
     [Fact]
@@ -263,7 +259,7 @@ public sealed class DataTests : IDisposable
         var small = File("l2.idx", Idx(0x08, [2], [1, 2]));
         Assert.Contains("rank0.idx, offset 3: rank 0", Assert.Throws<InvalidDataException>(() => IdxDataset.Load(rank0, small)).Message);
         var images = File("i2.idx", Idx(0x08, [2, 1, 1], [1, 2]));
-        var folder = Directory.CreateDirectory(Path.Combine(_folder, "labels.idx")).FullName;
+        var folder = Directory.CreateDirectory(Path.Combine(Folder, "labels.idx")).FullName;
         var directory = Assert.ThrowsAny<IOException>(() => IdxDataset.Load(images, folder));
         Assert.Contains("labels.idx' is a directory, not a file", directory.Message);
         Assert.Throws<ArgumentOutOfRangeException>(() => IdxDataset.Load(images, small, classes: 0));
@@ -276,7 +272,7 @@ public sealed class DataTests : IDisposable
     public void Cifar_empty_files_directories_and_bad_coarse_labels_are_explained()
     {
         Assert.Contains("empty.bin: the file is empty", Assert.Throws<InvalidDataException>(() => CifarDataset.Load([File("empty.bin", [])])).Message);
-        var folder = Directory.CreateDirectory(Path.Combine(_folder, "batches")).FullName;
+        var folder = Directory.CreateDirectory(Path.Combine(Folder, "batches")).FullName;
         Assert.Contains("batches' is a directory, not a file", Assert.ThrowsAny<IOException>(() => CifarDataset.Load([folder])).Message);
         var record100 = new byte[2 + 3072];
         record100[0] = 20; // CIFAR-100 has 20 coarse classes

@@ -13,13 +13,9 @@ namespace ForwardAD.Tests;
 /// weights and biases from U(±1/√fan_in) as nn.Linear and nn.Conv2d do, with PyTorch's fan_in; torch-zero-bias is the
 /// previous default, parameter for parameter. Golden/init.py gives torch's own bounds and draws for the same layers.
 /// </summary>
-public sealed class InitTests : IDisposable
+public sealed class InitTests() : TemporaryFolderTests("forwardad-init-")
 {
     private static readonly JsonElement Golden = JsonDocument.Parse(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "Golden", "init.json"))).RootElement;
-
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-init-").FullName;
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
 
     /// <summary>One dense layer in → out (the golden "linear" entry i), or one convolution (the golden "conv" entry i) on a
     /// 9 × 9 image; returns the model and its weight and bias nodes.</summary>
@@ -199,8 +195,6 @@ public sealed class InitTests : IDisposable
     }
 
     // ---- the command line: --init, and runs from before it existed -------------------------------------------------
-
-    private string PathOf(string name) => Path.Combine(_folder, name);
 
     private static string RunHash(string metrics) => File.ReadAllLines(metrics)[^1].Split(',')[^1];
 

@@ -12,14 +12,8 @@ namespace ForwardAD.Tests;
 /// outputs is refused while the first runs; a resume with another option is refused naming it; the console's summary
 /// fits 80 columns.
 /// </summary>
-public sealed class MixerTableResumeTests : IDisposable
+public sealed class MixerTableResumeTests() : TemporaryFolderTests("forwardad-mixer-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-mixer-").FullName;
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
-
-    private string PathOf(string name) => Path.Combine(_folder, name);
-
     /// <summary>The tiny table with its outputs at PREFIX, and <paramref name="more"/> (option, value pairs and flags)
     /// in place of the defaults they name or after them.</summary>
     private string[] Table(string prefix, params string[] more)

@@ -12,12 +12,9 @@ namespace ForwardAD.Tests;
 /// installs it) and skip, saying so, where it is missing.
 /// </summary>
 [Collection(nameof(MpiTests))] // one mpiexec job at a time: these 2 cores are all there is
-public sealed partial class MpiTests(ITestOutputHelper output) : IDisposable
+public sealed partial class MpiTests(ITestOutputHelper output) : TemporaryFolderTests("forwardad-mpi-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-mpi-").FullName;
     private static readonly string Cli = Path.Combine(AppContext.BaseDirectory, "ForwardAD.Cli.dll");
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
 
     private static void RequireMpi()
     {
@@ -35,7 +32,7 @@ public sealed partial class MpiTests(ITestOutputHelper output) : IDisposable
         var start = ranks == 0
             ? new ProcessStartInfo("dotnet", $"\"{Cli}\" {arguments}")
             : new ProcessStartInfo(MpiExec!, prefixOnly ? $"-n {ranks} {arguments}" : $"-n {ranks} {environment} dotnet \"{Cli}\" {arguments}");
-        start.WorkingDirectory = _folder;
+        start.WorkingDirectory = Folder;
         start.RedirectStandardOutput = start.RedirectStandardError = true;
         start.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
         var watch = Stopwatch.StartNew();
@@ -56,7 +53,7 @@ public sealed partial class MpiTests(ITestOutputHelper output) : IDisposable
 
     private float[] Parameters(string checkpoint)
     {
-        var (tensors, _) = SafeTensors.Read(Path.Combine(_folder, checkpoint));
+        var (tensors, _) = SafeTensors.Read(Path.Combine(Folder, checkpoint));
         // The model's parameters and state; not the optimizer's or the estimator's buffers.
         return [.. tensors.Where(t => !t.Key.StartsWith("optimizer.", StringComparison.Ordinal) && !t.Key.StartsWith("estimator.", StringComparison.Ordinal))
             .OrderBy(t => t.Key, StringComparer.Ordinal).SelectMany(t => t.Value.Data)];
@@ -143,7 +140,7 @@ public sealed partial class MpiTests(ITestOutputHelper output) : IDisposable
         Assert.Contains("rank 1 of 2 runs another command line than rank 0", run.Err);
         Assert.Contains("--lr 0.2", run.Err);
         Assert.Single(Regex.Matches(run.Err, "runs another command line"));
-        Assert.False(File.Exists(Path.Combine(_folder, "c.safetensors")), "nothing may be written");
+        Assert.False(File.Exists(Path.Combine(Folder, "c.safetensors")), "nothing may be written");
         Assert.True(run.Wall < TimeSpan.FromSeconds(30));
     }
 
@@ -156,15 +153,15 @@ public sealed partial class MpiTests(ITestOutputHelper output) : IDisposable
         var rows = Enumerable.Range(0, 200).Select(i => string.Join(',', Enumerable.Range(0, 4).Select(j => ((i * 7 + j * 3) % 11).ToString(System.Globalization.CultureInfo.InvariantCulture))) + $",{i % 3}").ToList();
         foreach (var (folder, label) in new[] { ("a", "0"), ("b", "1") })
         {
-            Directory.CreateDirectory(Path.Combine(_folder, folder));
-            File.WriteAllLines(Path.Combine(_folder, folder, "data.csv"), rows.Take(199).Append("1,2,3,4," + label));
+            Directory.CreateDirectory(Path.Combine(Folder, folder));
+            File.WriteAllLines(Path.Combine(Folder, folder, "data.csv"), rows.Take(199).Append("1,2,3,4," + label));
         }
         string command = "train --data data.csv --guesser backprop --epochs 1 --batch-size 16 --no-plot --quiet --metrics m.csv --checkpoint c.safetensors";
         var run = Run(1, $"-wdir a dotnet \"{Cli}\" {command} : -n 1 -wdir b dotnet \"{Cli}\" {command}", prefixOnly: true);
         Assert.NotEqual(0, run.Code);
         Assert.Contains("rank 1 of 2 runs another configuration than rank 0", run.Err);
         Assert.Contains("data is", run.Err);
-        Assert.False(File.Exists(Path.Combine(_folder, "a", "c.safetensors")), "nothing may be written");
+        Assert.False(File.Exists(Path.Combine(Folder, "a", "c.safetensors")), "nothing may be written");
     }
 
     /// <summary>A rank with one option more (here a checkpoint path: only that rank would write and wait for the others
@@ -182,7 +179,7 @@ public sealed partial class MpiTests(ITestOutputHelper output) : IDisposable
         Assert.Contains($"{common} {extra}' here", run.Err);
         Assert.Single(Regex.Matches(run.Err, "runs another command line"));
         Assert.True(run.Wall < TimeSpan.FromSeconds(30), $"took {run.Wall}");
-        Assert.False(File.Exists(Path.Combine(_folder, "m.csv")));
+        Assert.False(File.Exists(Path.Combine(Folder, "m.csv")));
     }
 
     [Fact]
@@ -218,7 +215,7 @@ public sealed partial class MpiTests(ITestOutputHelper output) : IDisposable
     public void A_killed_rank_ends_the_job_within_seconds_and_leaves_the_checkpoint_intact()
     {
         RequireMpi();
-        string checkpoint = Path.Combine(_folder, "killed.safetensors");
+        string checkpoint = Path.Combine(Folder, "killed.safetensors");
         TimeSpan? killedAfter = null;
         var run = Run(2, Training("backprop", epochs: 100_000, checkpoint: "killed.safetensors"), process =>
         {
@@ -260,7 +257,7 @@ public sealed partial class MpiTests(ITestOutputHelper output) : IDisposable
         var run = Run(2, Training("backprop", epochs: 100_000, checkpoint: "hung.safetensors"), process =>
         {
             var wait = Stopwatch.StartNew();
-            while (!File.Exists(Path.Combine(_folder, "hung.safetensors")) && wait.Elapsed < TimeSpan.FromSeconds(60)) Thread.Sleep(50);
+            while (!File.Exists(Path.Combine(Folder, "hung.safetensors")) && wait.Elapsed < TimeSpan.FromSeconds(60)) Thread.Sleep(50);
             stopped = RankProcess(1, "hung.safetensors");
             if (stopped is { } pid) _ = Process.Start("kill", $"-STOP {pid}")!.WaitForExit(5000);
         }, timeoutSeconds: 60, environment: "-env FORWARDAD_COLLECTIVE_TIMEOUT 3");

@@ -7,14 +7,9 @@ namespace ForwardAD.Tests;
 /// are intact; a run killed with SIGKILL leaves no lock behind (the operating system releases its flock), so the next run
 /// on those outputs starts.
 /// </summary>
-public sealed class OutputLockTests : IDisposable
+public sealed class OutputLockTests() : TemporaryFolderTests("forwardad-lock-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-lock-").FullName;
     private static readonly string Cli = Path.Combine(AppContext.BaseDirectory, "ForwardAD.Cli.dll");
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
-
-    private string PathOf(string name) => Path.Combine(_folder, name);
 
     /// <summary>A long run in its own process, started once its checkpoint exists (so it holds its outputs).</summary>
     private Process StartLongRun(string metrics, string checkpoint)

@@ -9,14 +9,8 @@ namespace ForwardAD.Tests;
 /// accuracy in percent; and `forwardad plot` on the CSV of mixer-table, drawing what the command draws. (The studies'
 /// CSVs are redrawn in <see cref="StudyTests"/>, where the studies run.)
 /// </summary>
-public sealed class PlotKindsTests : IDisposable
+public sealed class PlotKindsTests() : TemporaryFolderTests("forwardad-plot-kinds-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-plot-kinds-").FullName;
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
-
-    private string PathOf(string name) => Path.Combine(_folder, name);
-
     /// <summary>The texts of an SVG: titles, axis labels, tick labels, legend entries.</summary>
     private static List<string> Texts(string svg) =>
         [.. XDocument.Load(svg).Descendants().Where(e => e.Name.LocalName == "text").Select(e => e.Value.Trim())];
@@ -92,7 +86,7 @@ public sealed class PlotKindsTests : IDisposable
             foreach (var (_, svg) in files)
             {
                 var texts = Texts(svg);
-                Assert.Contains($"study {study}: {Path.GetFileName(_folder)}/{study}", texts); // the folder (--out) and the file
+                Assert.Contains($"study {study}: {Path.GetFileName(Folder)}/{study}", texts); // the folder (--out) and the file
                 var ticks = XTicks(svg);
                 Assert.Contains("1", ticks);
                 Assert.All(ticks, t => Assert.DoesNotContain(".", t)); // not 0.2, 0.5 between the epochs

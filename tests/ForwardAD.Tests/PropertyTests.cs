@@ -260,12 +260,8 @@ public class AdjointProperties
 /// <summary>Checkpoint files: safetensors write then read gives every tensor back bit for bit (NaN payloads, −0,
 /// infinities and subnormals included), with its shape, and every metadata entry.</summary>
 [Properties(Replay = PropertyConfig.Replay, MaxTest = 30)]
-public sealed class CheckpointProperties : IDisposable
+public sealed class CheckpointProperties() : TemporaryFolderTests("forwardad-prop-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-prop-").FullName;
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
-
     private static readonly float[] Special = [float.NaN, BitConverter.Int32BitsToSingle(0x7FC0_1234), -0f, 0f, float.PositiveInfinity, float.NegativeInfinity,
         float.Epsilon, -float.Epsilon, float.MaxValue, float.MinValue, 1e-40f];
 
@@ -285,7 +281,7 @@ public sealed class CheckpointProperties : IDisposable
         }
         // Metadata values are text: strings that UTF-8 can carry (no lone surrogates), as every JSON header needs.
         var metadata = values.Where(v => v is not null && Encoding.UTF8.GetString(Encoding.UTF8.GetBytes(v)) == v).Take(5).Select((v, i) => ($"key{i}", v)).ToDictionary(e => e.Item1, e => e.v);
-        var path = Path.Combine(_folder, "c.safetensors");
+        var path = Path.Combine(Folder, "c.safetensors");
         SafeTensors.Write(path, tensors, metadata);
         var (read, readMetadata) = SafeTensors.Read(path);
         Assert.Equal(tensors.Count, read.Count);

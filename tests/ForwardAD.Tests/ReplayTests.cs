@@ -5,14 +5,8 @@ namespace ForwardAD.Tests;
 /// gives the same run, bit for bit; options given after --config take precedence; a bad file is refused naming the file
 /// and the line.
 /// </summary>
-public sealed class ReplayTests : IDisposable
+public sealed class ReplayTests() : TemporaryFolderTests("forwardad-replay-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-replay-").FullName;
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
-
-    private string PathOf(string name) => Path.Combine(_folder, name);
-
     private static (int Code, string Out, string Err) Run(params string[] args) => CliTests.Run(args);
 
     private string[] Train(string metrics) =>

@@ -8,14 +8,8 @@ namespace ForwardAD.Tests;
 /// straight run's metrics and checkpoint, bit for bit; checkpoints of another run or of the other command are refused
 /// naming the cause. The Ctrl-C test sends a real SIGINT to a `forwardad train` process.
 /// </summary>
-public sealed class ResumeCliTests : IDisposable
+public sealed class ResumeCliTests() : TemporaryFolderTests("forwardad-resume-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-resume-").FullName;
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
-
-    private string PathOf(string name) => Path.Combine(_folder, name);
-
     /// <summary>A small structured text and a tiny model: 4 windows a step, a cosine every other step, an evaluation every
     /// <paramref name="evalEvery"/> steps.</summary>
     private string[] Lm(string guesser, string metrics, int evalEvery = 3)
@@ -129,7 +123,7 @@ public sealed class ResumeCliTests : IDisposable
         Assert.SkipUnless(OperatingSystem.IsLinux(), "sends SIGINT with kill(1) and reads /proc");
         string[] common = ["train", "--hidden", "64,64", "--cosine-every", "1", "--quiet", "--no-plot"];
         var (metrics, checkpoint) = (PathOf("m.csv"), PathOf("c.safetensors"));
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = _folder };
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = Folder };
         string[] arguments = [Path.Combine(AppContext.BaseDirectory, "ForwardAD.Cli.dll"), .. common, "--epochs", "100000", "--metrics", metrics, "--checkpoint", checkpoint];
         foreach (var argument in arguments) start.ArgumentList.Add(argument);
         start.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";

@@ -8,14 +8,8 @@ namespace ForwardAD.Tests;
 /// the cause; a second study on the outputs of a running one is refused, the first's files intact; the one-shot studies
 /// claim their outputs too; every study and `cosine` count their work done of all.
 /// </summary>
-public sealed class StudyResumeTests : IDisposable
+public sealed class StudyResumeTests() : TemporaryFolderTests("forwardad-study-resume-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-study-resume-").FullName;
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
-
-    private string PathOf(string name) => Path.Combine(_folder, name);
-
     /// <summary>A tiny configuration with enough steps (batch 8: 179 a curve's epoch) that an interruption polled for
     /// lands while later curves still train.</summary>
     private static string[] Tiny(string study) => study switch

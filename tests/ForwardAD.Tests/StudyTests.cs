@@ -8,12 +8,8 @@ namespace ForwardAD.Tests;
 
 /// <summary>The studies' measures on matrices with known answers, and every `study` command end to end on a tiny
 /// configuration: exit code, the CSV's columns, a PNG and an SVG of the chart's size.</summary>
-public sealed class StudyTests : IDisposable
+public sealed class StudyTests() : TemporaryFolderTests("forwardad-study-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-study-").FullName;
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
-
     [Fact]
     public void Singular_values_of_known_matrices()
     {
@@ -109,30 +105,30 @@ public sealed class StudyTests : IDisposable
     }
 
     private (int Code, string Out, string Err) Study(params string[] args) =>
-        CliTests.Run(["study", .. args, "--out", _folder]);
+        CliTests.Run(["study", .. args, "--out", Folder]);
 
     /// <summary>The CSV's header and rows, each chart as a figure of one panel under the title naming the run, and `forwardad
     /// plot` on the CSV recognising the study and drawing the same charts again (the same file names after its --out stem).</summary>
     private void AssertCsvAndCharts(string csv, string header, params string[] charts)
     {
-        var lines = File.ReadAllLines(Path.Combine(_folder, csv + ".csv"));
+        var lines = File.ReadAllLines(Path.Combine(Folder, csv + ".csv"));
         Assert.Equal(header, lines[0]);
         Assert.True(lines.Length > 2, $"{csv}.csv has no rows");
         Assert.All(lines.Skip(1), l => Assert.Equal(header.Count(c => c == ','), l.Count(c => c == ',') - l.Split('"').Where((_, i) => i % 2 == 1).Sum(q => q.Count(c => c == ','))));
         foreach (var chart in charts)
         {
-            CliTests.AssertFigure(Path.Combine(_folder, chart), columns: 1, rows: 1);
-            Assert.Contains($"study {csv}: {Path.GetFileName(_folder)}/{csv}", File.ReadAllText(Path.Combine(_folder, chart + ".svg"))); // the title names the run
+            CliTests.AssertFigure(Path.Combine(Folder, chart), columns: 1, rows: 1);
+            Assert.Contains($"study {csv}: {Path.GetFileName(Folder)}/{csv}", File.ReadAllText(Path.Combine(Folder, chart + ".svg"))); // the title names the run
         }
-        var redrawn = Path.Combine(_folder, "redrawn", csv);
-        var (code, output, error) = CliTests.Run("plot", Path.Combine(_folder, csv + ".csv"), "--out", redrawn);
+        var redrawn = Path.Combine(Folder, "redrawn", csv);
+        var (code, output, error) = CliTests.Run("plot", Path.Combine(Folder, csv + ".csv"), "--out", redrawn);
         Assert.True(code == 0, error);
         Assert.Contains($"study {csv} metrics", output);
         foreach (var chart in charts)
         {
             var stem = redrawn + chart[csv.Length..]; // saturation → STEM, sharpening-rank → STEM-rank
             CliTests.AssertFigure(stem, columns: 1, rows: 1);
-            Assert.Equal(File.ReadAllBytes(Path.Combine(_folder, chart + ".png")), File.ReadAllBytes(stem + ".png")); // the same figure
+            Assert.Equal(File.ReadAllBytes(Path.Combine(Folder, chart + ".png")), File.ReadAllBytes(stem + ".png")); // the same figure
         }
     }
 
@@ -161,7 +157,7 @@ public sealed class StudyTests : IDisposable
         Assert.Contains("[1/6 epochs; about ", output);
         Assert.Contains("[6/6 epochs]", output);
         AssertCsvAndCharts("downstream", header, "downstream-accuracy", "downstream-cosine");
-        Assert.Equal(3, File.ReadAllLines(Path.Combine(_folder, "downstream.csv")).Skip(1).Select(l => l.Split(',')[1]).Distinct().Count());
+        Assert.Equal(3, File.ReadAllLines(Path.Combine(Folder, "downstream.csv")).Skip(1).Select(l => l.Split(',')[1]).Distinct().Count());
     }
 
     [Fact]

@@ -14,14 +14,8 @@ namespace ForwardAD.Tests;
 /// the learning rate on validation (never on test), the validation split of train, and one sweep of real processes.
 /// All but the last run the sweep in process with a fake launcher that writes the metrics a test chooses.
 /// </summary>
-public sealed class SweepTests : IDisposable
+public sealed class SweepTests() : TemporaryFolderTests("forwardad-sweep-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-sweep-").FullName;
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
-
-    private string PathOf(string name) => Path.Combine(_folder, name);
-
     private static System.CommandLine.Command Train() =>
         TrainCommand.Create(CliContext.Silent());
 
@@ -347,7 +341,7 @@ public sealed class SweepTests : IDisposable
         Assert.Equal(("0.3", "2", "1", "0"), (failed["lr"], failed["seed"], failed["exit_code"], failed["epochs"]));
         Assert.Contains("training diverged", failed["error"]);
         // Its record: status, exit code, the last lines of stderr; its folder keeps its log.
-        var folder = Path.Combine(_folder, "out", failed["folder"]);
+        var folder = Path.Combine(Folder, "out", failed["folder"]);
         var record = RunRecord.TryRead(Path.Combine(folder, "result.json"), out var problem);
         Assert.Null(problem);
         Assert.Equal((RunRecord.Failed, 1), (record!.Status, record.ExitCode));
@@ -649,7 +643,7 @@ public sealed class SweepTests : IDisposable
             Assert.InRange(Number(r["test_bits_per_char"]), 0.1, 12);
             Assert.InRange(Number(r["validation_bits_per_char"]), 0.1, 12);
             Assert.InRange(Number(r["test_accuracy"]), 0, 1);
-            Assert.Contains("3,564 training / 396 validation / 440 test bytes", File.ReadAllText(Path.Combine(_folder, "out", r["folder"], "run.log")));
+            Assert.Contains("3,564 training / 396 validation / 440 test bytes", File.ReadAllText(Path.Combine(Folder, "out", r["folder"], "run.log")));
         });
         Assert.NotEqual(runs[0]["test_bits_per_char"], runs[1]["test_bits_per_char"]); // seeds differ
         // Each run is the lm run it claims to be: the same command in process gives the same final test bits/char.
@@ -708,7 +702,7 @@ public sealed class SweepTests : IDisposable
             Assert.Equal(("ok", "0", "1"), (r["status"], r["exit_code"], r["epochs"]));
             Assert.InRange(Number(r["test_accuracy"]), 0.05, 1);
             Assert.InRange(Number(r["validation_accuracy"]), 0.0, 1);
-            var folder = Path.Combine(_folder, "out", r["folder"]);
+            var folder = Path.Combine(Folder, "out", r["folder"]);
             Assert.Contains("1293 train / 144 validation / 360 test", File.ReadAllText(Path.Combine(folder, "run.log")));
             Assert.Equal(RunRecord.Ok, RunRecord.TryRead(Path.Combine(folder, "result.json"), out _)!.Status);
         });

@@ -6,12 +6,8 @@ namespace ForwardAD.Tests;
 /// <summary>`train`'s defaults per model family and method: what they are, that the run says which it took, that a given
 /// option wins, and that every guesser trains the MLP, a small CNN and the LocalMixer at them without diverging (the
 /// embedded digits, a few epochs: the loss stays finite and falls), and `lm`'s the transformer.</summary>
-public sealed class TrainDefaultsTests : IDisposable
+public sealed class TrainDefaultsTests() : TemporaryFolderTests("forwardad-defaults-")
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("forwardad-defaults-").FullName;
-
-    public void Dispose() => Directory.Delete(_folder, recursive: true);
-
     [Theory]
     [InlineData("mlp", "grape", "sgd", 0.1f, 32, "joint", false)]
     [InlineData("mlp", "backprop", "sgd", 0.1f, 32, "joint", false)]
@@ -32,7 +28,7 @@ public sealed class TrainDefaultsTests : IDisposable
     [Fact]
     public void The_banner_lists_the_defaults_taken_and_a_given_option_wins()
     {
-        var metrics = Path.Combine(_folder, "m.csv");
+        var metrics = Path.Combine(Folder, "m.csv");
         var (code, output, error) = CliTests.Run("train", "--guesser", "wt", "--hidden", "8", "--epochs", "1", "--quiet", "--no-plot", "--metrics", metrics);
         Assert.True(code == 0, error);
         Assert.Contains("defaults for an MLP with wt: adamw, lr 0.001, batch 32, per-layer tangents, guesses not normalised", output);
@@ -61,7 +57,7 @@ public sealed class TrainDefaultsTests : IDisposable
     public void Yes_no_options_take_their_word(string guesser, string option, string word)
     {
         var (code, _, error) = CliTests.Run("train", "--guesser", guesser, option, word, "--hidden", "8", "--epochs", "1", "--quiet", "--no-plot",
-            "--metrics", Path.Combine(_folder, "yes-no.csv"));
+            "--metrics", Path.Combine(Folder, "yes-no.csv"));
         Assert.True(code == 0, error);
         (code, _, error) = CliTests.Run("train", "--guesser", guesser, option, "maybe", "--epochs", "1", "--quiet", "--no-plot");
         Assert.Equal(Cli.Cli.UsageError, code);
@@ -73,7 +69,7 @@ public sealed class TrainDefaultsTests : IDisposable
     [Fact]
     public void Train_examples_draws_a_seeded_subset_before_the_validation_split()
     {
-        var metrics = Path.Combine(_folder, "subset.csv");
+        var metrics = Path.Combine(Folder, "subset.csv");
         var (code, output, error) = CliTests.Run("train", "--train-examples", "500", "--validation-fraction", "0.1", "--hidden", "8", "--epochs", "1",
             "--quiet", "--no-plot", "--metrics", metrics);
         Assert.True(code == 0, error);
@@ -88,7 +84,7 @@ public sealed class TrainDefaultsTests : IDisposable
     [Fact]
     public void Ren_trains_a_local_mixer_and_is_refused_elsewhere()
     {
-        var metrics = Path.Combine(_folder, "ren.csv");
+        var metrics = Path.Combine(Folder, "ren.csv");
         var (code, output, error) = CliTests.Run("train", "--model", "localmixer:p4-d16-b1-g2", "--guesser", "ren", "--epochs", "2", "--quiet", "--no-plot", "--metrics", metrics);
         Assert.True(code == 0, error);
         Assert.Contains("Ren et al. activation perturbation, adamw lr 0.001", output);
@@ -121,7 +117,7 @@ public sealed class TrainDefaultsTests : IDisposable
             .. model == "mlp" ? ["wt-power", "cosine-matched"] : Array.Empty<string>(), .. mixer ? ["ren"] : Array.Empty<string>()];
         foreach (var guesser in guessers)
         {
-            var metrics = Path.Combine(_folder, $"{guesser}.csv");
+            var metrics = Path.Combine(Folder, $"{guesser}.csv");
             var (code, output, error) = CliTests.Run("train", "--data", "digits", "--model", model, "--guesser", guesser, "--seed", "1",
                 "--epochs", "3", "--cosine-every", "0", "--quiet", "--no-plot", "--metrics", metrics);
             Assert.True(code == 0, $"{model}, {guesser}: exit {code}; {error}{output}");
@@ -142,13 +138,13 @@ public sealed class TrainDefaultsTests : IDisposable
     [Fact]
     public void Every_guesser_trains_the_transformer_at_the_lm_defaults_without_diverging()
     {
-        var text = Path.Combine(_folder, "text.txt");
+        var text = Path.Combine(Folder, "text.txt");
         File.WriteAllText(text, string.Concat(Enumerable.Range(0, 400).Select(i => $"to be or not to be {i % 7}\n")));
         string[] Arguments(string guesser, string metrics) => ["lm", "--text", text, "--model", "transformer:l1-h2-d16-t16", "--guesser", guesser,
             "--seed", "1", "--steps", "60", "--eval-every", "20", "--quiet", "--no-plot", "--metrics", metrics];
         foreach (var guesser in new[] { "backprop", "directional", "ap", "wt", "downstream", "mixing", "self-sharpening", "cosine-matched", "dfa", "grape" })
         {
-            var metrics = Path.Combine(_folder, $"lm-{guesser}.csv");
+            var metrics = Path.Combine(Folder, $"lm-{guesser}.csv");
             var (code, output, error) = CliTests.Run(Arguments(guesser, metrics));
             Assert.True(code == 0, $"{guesser}: exit {code}; {error}{output}");
             var rows = File.ReadAllLines(metrics);
@@ -158,7 +154,7 @@ public sealed class TrainDefaultsTests : IDisposable
             Assert.All(bits, b => Assert.True(double.IsFinite(b), $"{guesser}: validation {b} bits/char"));
             Assert.True(bits[^1] < bits[0], $"{guesser}: validation {bits[0]:F3} bits/char at step 20, {bits[^1]:F3} at step 60");
         }
-        var (refused, _, reason) = CliTests.Run(Arguments("wt-power", Path.Combine(_folder, "lm-wt-power.csv")));
+        var (refused, _, reason) = CliTests.Run(Arguments("wt-power", Path.Combine(Folder, "lm-wt-power.csv")));
         Assert.NotEqual(0, refused);
         Assert.Contains("feed exactly one dense site", reason);
     }
