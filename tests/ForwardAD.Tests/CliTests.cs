@@ -10,6 +10,20 @@ namespace ForwardAD.Tests;
 /// </summary>
 public sealed class CliTests() : TemporaryFolderTests("forwardad-cli-")
 {
+    /// <summary>Every line of a console table fits 80 columns; its header rows hold only <paramref name="headerWords"/>
+    /// (none cut), among them every one of <paramref name="required"/>.</summary>
+    internal static void AssertFits(string table, string[] headerWords, string[] required)
+    {
+        var lines = table.Split('\n').Select(l => l.TrimEnd('\r')).ToList();
+        Assert.All(lines, l => Assert.True(l.Length <= 80, $"{l.Length} columns: {l}"));
+        // The header rows: between the top border and the first rule under them.
+        var header = lines.SkipWhile(l => !l.StartsWith('┌')).Skip(1).TakeWhile(l => l.StartsWith('│')).ToList();
+        var tokens = header.SelectMany(l => l.Split(['│', ' '], StringSplitOptions.RemoveEmptyEntries)).ToList();
+        Assert.NotEmpty(tokens);
+        Assert.All(tokens, t => Assert.True(headerWords.Contains(t), $"header word '{t}' is cut or unknown:\n{table}"));
+        Assert.All(required, w => Assert.Contains(w, tokens));
+    }
+
     internal static (int Code, string Out, string Err) Run(params string[] args)
     {
         var output = new StringWriter();
@@ -399,18 +413,6 @@ public sealed class CliTests() : TemporaryFolderTests("forwardad-cli-")
         TrainCommand.WriteEpochTable(ConsoleOf(output, 1000), [Epoch(0, 0.5)], validated, dataParallel, "m.csv");
         Assert.Contains("│ epoch │ train loss │ train acc │ test loss │ test acc │ cos global │ B·J align │ examples/s │", output.ToString());
         Assert.DoesNotContain("narrow", output.ToString());
-
-        static void AssertFits(string table, string[] headerWords, string[] required)
-        {
-            var lines = table.Split('\n').Select(l => l.TrimEnd('\r')).ToList();
-            Assert.All(lines, l => Assert.True(l.Length <= 80, $"{l.Length} columns: {l}"));
-            // The header rows: between the top border and the first rule under them.
-            var header = lines.SkipWhile(l => !l.StartsWith('┌')).Skip(1).TakeWhile(l => l.StartsWith('│')).ToList();
-            var tokens = header.SelectMany(l => l.Split(['│', ' '], StringSplitOptions.RemoveEmptyEntries)).ToList();
-            Assert.NotEmpty(tokens);
-            Assert.All(tokens, t => Assert.True(headerWords.Contains(t), $"header word '{t}' is cut or unknown:\n{table}"));
-            Assert.All(required, w => Assert.Contains(w, tokens));
-        }
     }
 
     [Fact]
