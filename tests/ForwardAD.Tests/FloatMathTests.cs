@@ -74,4 +74,25 @@ public class FloatMathTests
         Assert.True(FloatMath.Exp(-87.3f) >= 1.17549435e-38f, "exp(−87.3) ≈ 1.2e-38 must come out normal");
         Assert.True(float.IsFinite(FloatMath.Exp(88.7f)) && FloatMath.Exp(88.7f) > 3.3e38f);
     }
+
+    /// <summary>The unguarded exponential the GELUs use gives <see cref="FloatMath.Exp(Vector256{float})"/>'s bits over its whole
+    /// range (every 97th float between −87.33 and 88.37, both ends) and keeps NaN.</summary>
+    [Fact]
+    public void The_unguarded_exponential_gives_the_guarded_ones_bits_within_its_range()
+    {
+        foreach (var (from, to) in new[] { (0f, 88.37f), (0f, -87.33f) })
+        {
+            int first = BitConverter.SingleToInt32Bits(from), last = BitConverter.SingleToInt32Bits(to);
+            var lanes = new float[8];
+            for (int bits = first; bits <= last; bits += 97 * 8)
+            {
+                for (int l = 0; l < 8; l++) lanes[l] = BitConverter.Int32BitsToSingle(Math.Min(bits + 97 * l, last));
+                var (guarded, unguarded) = (FloatMath.Exp(Vector256.Create(lanes)), FloatMath.ExpWithinRange(Vector256.Create(lanes)));
+                for (int l = 0; l < 8; l++)
+                    Assert.True(BitConverter.SingleToInt32Bits(guarded[l]) == BitConverter.SingleToInt32Bits(unguarded[l]),
+                        $"exp({lanes[l]}): {unguarded[l]} unguarded, {guarded[l]} guarded");
+            }
+        }
+        Assert.True(float.IsNaN(FloatMath.ExpWithinRange(Vector256.Create(float.NaN))[0]));
+    }
 }

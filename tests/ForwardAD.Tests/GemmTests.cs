@@ -91,4 +91,45 @@ public class GemmTests
         Assert.Contains("A is 3×3", error.Message);
         Assert.Contains("has 8", error.Message);
     }
+    /// <summary>A strided batch of small products (attention's per-head shape) spread over three threads gives the bits of
+    /// the one-at-a-time loop, for every transpose, α ≠ 1 and β = 1 (accumulating), with the head-column strides attention
+    /// uses (views that start inside a row and overlap from one product to the next); so does a product too large to spread,
+    /// and a GEMM that may not be called concurrently (the managed one) at three threads.</summary>
+    [Theory]
+    [MemberData(nameof(Implementations))]
+    public void A_strided_batch_spread_over_threads_gives_the_one_thread_bits(string implementation)
+    {
+        var gemm = Create(implementation);
+        var serial = new ForwardAD.Backends.CpuBackend(gemm) { Threads = 1 };
+        var spread = new ForwardAD.Backends.CpuBackend(gemm) { Threads = 3 };
+        const int count = 128, length = 32, width = 64, head = 16; // 32×32×16 products, 128 of them: 6.6–13·10⁴ outputs, spread at three threads
+        foreach (var (m, n, k, ta, tb) in new[] { (length, length, head, Transpose.No, Transpose.Yes), (length, head, length, Transpose.No, Transpose.No),
+                     (length, head, length, Transpose.Yes, Transpose.No), (70, 70, 70, Transpose.No, Transpose.Yes) })
+            foreach (float beta in new[] { 0f, 1f })
+            {
+                bool square = m == n; // S = Q Kᵀ: sequences [count, T, D] in, [count, T, T] out; O = P V: the other way round
+                int lda = ta == Transpose.No && !square ? m : width, ldb = tb == Transpose.Yes || n == head ? width : n;
+                var (aRows, aColumns) = ta == Transpose.No ? (m, k) : (k, m);
+                var (bRows, bColumns) = tb == Transpose.No ? (k, n) : (n, k);
+                lda = Math.Max(lda, aColumns); ldb = Math.Max(ldb, bColumns);
+                int ldc = square ? n : width;
+                long strideA = aRows * (long)lda, strideB = bRows * (long)ldb, strideC = m * (long)ldc;
+                float[] Run(ForwardAD.Backends.CpuBackend backend)
+                {
+                    ForwardAD.Backends.View Of(float[] values) { var view = new ForwardAD.Backends.View(backend.Allocate(values.Length)); backend.CopyFromHost(values, view); return view; }
+                    var (a, b, c) = (Of(Problem.Normal(1, (int)(strideA * count) + head, 1f)), Of(Problem.Normal(2, (int)(strideB * count) + head, 1f)),
+                        Of(Problem.Normal(3, (int)(strideC * count), 1f)));
+                    // From column `head` on, as attention's second head reads its columns of [T, D] sequences.
+                    backend.GemmStridedBatched(ta, tb, m, n, k, 0.25f, a.Slice(head, a.Length - head), lda, strideA, b.Slice(head, b.Length - head), ldb, strideB,
+                        beta, c, ldc, strideC, count);
+                    var result = new float[c.Length];
+                    backend.CopyToHost(c, result);
+                    return result;
+                }
+                var expected = Run(serial);
+                var actual = Run(spread);
+                Assert.True(expected.AsSpan().SequenceEqual(actual), $"{m}×{n}×{k} {ta}/{tb} β = {beta}: the spread batch differs from the loop.");
+                Assert.Contains(expected, value => value != 0f); // the products were written
+            }
+    }
 }

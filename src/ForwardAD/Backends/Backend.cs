@@ -438,14 +438,14 @@ public abstract class Backend
         if (m == 0 || n == 0 || count == 0) return;
         var (aRows, aColumns) = transposeA == Transpose.No ? (m, k) : (k, m);
         var (bRows, bColumns) = transposeB == Transpose.No ? (k, n) : (n, k);
-        int aExtent = Extent(aRows, aColumns, lda), bExtent = Extent(bRows, bColumns, ldb), cExtent = Extent(m, n, ldc);
+        int aExtent = MatrixExtent(aRows, aColumns, lda), bExtent = MatrixExtent(bRows, bColumns, ldb), cExtent = MatrixExtent(m, n, ldc);
         for (int i = 0; i < count; i++)
             Gemm(transposeA, transposeB, m, n, k, alpha, a.Slice((int)(i * strideA), aExtent), lda, b.Slice((int)(i * strideB), bExtent), ldb,
                 beta, c.Slice((int)(i * strideC), cExtent), ldc);
-
-        // The elements a rows × columns matrix with leading dimension ld spans (0 for an empty one).
-        static int Extent(int rows, int columns, int ld) => rows == 0 || columns == 0 ? 0 : (rows - 1) * ld + columns;
     }
+
+    /// <summary>The elements a rows × columns row-major matrix with leading dimension ld spans (0 for an empty one).</summary>
+    protected static int MatrixExtent(int rows, int columns, int ld) => rows == 0 || columns == 0 ? 0 : (rows - 1) * ld + columns;
 
     /// <summary>
     /// Causal softmax over the rows of square matrices: <paramref name="scores"/> and <paramref name="probabilities"/> hold

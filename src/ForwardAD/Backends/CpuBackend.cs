@@ -1118,7 +1118,42 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     }
 
     // ---- attention (issue 13) ----------------------------------------------------------------------------------
-    // GemmStridedBatched: the base class's loop of GEMMs on slices (one OpenBLAS call per head and example).
+    /// <summary>
+    /// Products of at most 64³ multiply-adds (attention's per-head products: 64×64×32 in the benchmark transformer) are
+    /// spread over the backend's threads, a run of consecutive products per part; OpenBLAS runs a call that small on the
+    /// calling thread (its threading threshold, m·n·k ≤ 65536·4 in interface/gemm.c), so one call at a time would leave the
+    /// other cores idle. Larger products, one thread, or a GEMM that must not be called concurrently take the base class's
+    /// loop. Each product is the same call on the same slices either way, so the results do not depend on the threads.
+    /// </summary>
+    public override void GemmStridedBatched(Transpose transposeA, Transpose transposeB, int m, int n, int k, float alpha, View a, int lda, long strideA,
+        View b, int ldb, long strideB, float beta, View c, int ldc, long strideC, int count)
+    {
+        long outputs = (long)m * n * count;
+        int parts = !MatrixMultiply.AllowsConcurrentCalls || (long)m * n * k > SmallProduct ? 1 : Parts((int)Math.Min(outputs, int.MaxValue), count);
+        if (parts <= 1)
+        {
+            base.GemmStridedBatched(transposeA, transposeB, m, n, k, alpha, a, lda, strideA, b, ldb, strideB, beta, c, ldc, strideC, count);
+            return;
+        }
+        RunParts(ref _batchedGemm, static (in BatchedGemmArguments g, int part, int parts) =>
+        {
+            var share = PartRange.Of(g.Count, part, parts);
+            var (aRows, aColumns) = g.TransposeA == Transpose.No ? (g.M, g.K) : (g.K, g.M);
+            var (bRows, bColumns) = g.TransposeB == Transpose.No ? (g.K, g.N) : (g.N, g.K);
+            int aExtent = MatrixExtent(aRows, aColumns, g.Lda), bExtent = MatrixExtent(bRows, bColumns, g.Ldb), cExtent = MatrixExtent(g.M, g.N, g.Ldc);
+            for (int i = share.First; i < share.End; i++)
+                g.Gemm.Multiply(g.TransposeA, g.TransposeB, g.M, g.N, g.K, g.Alpha, Read(g.A.Slice((int)(i * g.StrideA), aExtent)), g.Lda,
+                    Read(g.B.Slice((int)(i * g.StrideB), bExtent)), g.Ldb, g.Beta, Span(g.C.Slice((int)(i * g.StrideC), cExtent)), g.Ldc);
+        }, new BatchedGemmArguments(MatrixMultiply, transposeA, transposeB, m, n, k, alpha, a, lda, strideA, b, ldb, strideB, beta, c, ldc, strideC, count), parts);
+    }
+
+    /// <summary>The multiply-adds of one product up to which <see cref="GemmStridedBatched"/> spreads a batch over threads (64³).</summary>
+    private const long SmallProduct = 64L * 64 * 64;
+
+    private readonly record struct BatchedGemmArguments(Gemm Gemm, Transpose TransposeA, Transpose TransposeB, int M, int N, int K, float Alpha,
+        View A, int Lda, long StrideA, View B, int Ldb, long StrideB, float Beta, View C, int Ldc, long StrideC, int Count);
+
+    private PartWork<BatchedGemmArguments>? _batchedGemm;
 
     /// <inheritdoc/>
     public override void CausalSoftmaxRows(View scores, int size, View probabilities)

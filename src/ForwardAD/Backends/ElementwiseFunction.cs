@@ -147,7 +147,7 @@ internal static class Gaussian
     private static (Vector256<float> Cdf, Vector256<float> Density) Normal(Vector256<float> x)
     {
         var cdf = Cdf(x, out var square, out var tail);
-        return (cdf, FloatMath.Select(tail, Vector256<float>.Zero, FloatMath.Exp(-square) * InverseSqrt2Pi)); // φ(x) = e^(−x²/2)/√(2π), −x²/2 = −z²
+        return (cdf, FloatMath.Select(tail, Vector256<float>.Zero, FloatMath.ExpWithinRange(-square) * InverseSqrt2Pi)); // φ(x) = e^(−x²/2)/√(2π), −x²/2 = −z² ≥ −72 unless masked
     }
 
     /// <summary>Φ(x) alone (the forward needs no density: one exponential instead of two), with z² = x²/2 and the tail mask
@@ -167,7 +167,7 @@ internal static class Gaussian
         p = p * t + Vector256.Create(0.37409196f);
         p = p * t + Vector256.Create(1.00002368f);
         square = z * z;
-        var half = t * FloatMath.Exp(t * p + Vector256.Create(-1.26551223f) - square) * 0.5f; // erfc(z)/2
+        var half = t * FloatMath.ExpWithinRange(t * p + Vector256.Create(-1.26551223f) - square) * 0.5f; // erfc(z)/2; the exponent lies in [−74, 0] (up to rounding) unless masked
         // Beyond |x| = 12, Φ(−|x|) < 2e-33 and φ(x) < 6e-32, and e^(−z²) soon underflows into subnormals, which x86
         // multiplies ~100× slower (GELU outputs feed GEMMs): those tails are exactly 0 here.
         tail = Vector256.GreaterThan(Vector256.Abs(x), Vector256.Create(12f));

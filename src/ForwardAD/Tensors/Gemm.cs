@@ -22,6 +22,10 @@ public abstract class Gemm
     /// <summary>Threads one call uses (1 for the managed kernel; OpenBLAS's own pool size).</summary>
     public virtual int Threads => 1;
 
+    /// <summary>Whether two threads may call <see cref="Multiply"/> at the same time (OpenBLAS: yes; the managed kernel keeps
+    /// packing scratch per instance: no).</summary>
+    public virtual bool AllowsConcurrentCalls => false;
+
     /// <summary>C = α·op(A)·op(B) + β·C on row-major float32 matrices, op(A) m×k and op(B) k×n; β = 0 overwrites C
     /// without reading it (stale NaNs do not leak in).</summary>
     /// <param name="transposeA">Whether A is stored as op(A) (<see cref="Transpose.No"/>, m×k) or as its transpose (k×m).</param>

@@ -26,6 +26,9 @@ public sealed class OpenBlasGemm : Gemm
     /// <see cref="SetThreadCount"/> set.</summary>
     public override int Threads => OpenBlas.openblas_get_num_threads();
 
+    /// <summary>OpenBLAS's pthread build is thread-safe: each call packs into its own buffers.</summary>
+    public override bool AllowsConcurrentCalls => true;
+
     /// <inheritdoc/>
     /// <remarks>Calls <c>cblas_sgemm</c> with <c>CblasRowMajor</c> after checking the operands' lengths.</remarks>
     public override unsafe void Multiply(Transpose transposeA, Transpose transposeB, int m, int n, int k,
