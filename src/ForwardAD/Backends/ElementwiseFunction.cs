@@ -80,6 +80,28 @@ public sealed record ReluFunction : ElementwiseFunction
         }
         for (; i < x.Length; i++) derivative[i] = x[i] > 0f ? 1f : 0f;
     }
+
+    /// <summary>max(x, 0) and 1[x &gt; 0] in one pass over x (Vector256.Max is IEEE maximum, as TensorPrimitives.Max: NaN
+    /// stays NaN, max(−0, 0) = +0), so the bits of <see cref="Apply"/> then <see cref="Differentiate"/>.</summary>
+    public override void ApplyWithDerivative(ReadOnlySpan<float> x, Span<float> y, Span<float> derivative)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var one = Vector256.Create(1f);
+            for (; i <= x.Length - Vector256<float>.Count; i += Vector256<float>.Count)
+            {
+                var v = Vector256.Create(x.Slice(i, Vector256<float>.Count));
+                Vector256.Max(v, Vector256<float>.Zero).CopyTo(y.Slice(i, Vector256<float>.Count));
+                (Vector256.GreaterThan(v, Vector256<float>.Zero) & one).CopyTo(derivative.Slice(i, Vector256<float>.Count));
+            }
+        }
+        for (; i < x.Length; i++)
+        {
+            y[i] = MathF.Max(x[i], 0f);
+            derivative[i] = x[i] > 0f ? 1f : 0f;
+        }
+    }
 }
 
 /// <summary>tanh: f'(x) = 1 − y².</summary>
