@@ -55,5 +55,15 @@ public sealed class FoldedPoolKernelTests
         backend.ScatterAddColumnsOfProduct(cotangent, factor, indices, sourceColumns, actualScatter, accumulate, default);
         Assert.True(expectedScatter.ToArray().AsSpan().SequenceEqual(actualScatter.ToArray()), "the scattered products differ");
         Assert.NotEqual(start, actualScatter.ToArray());
+        // And against the host: overwriting clears what was there (the destination starts non-zero), accumulating keeps it.
+        var (factorHost, indexHost, cotangentHost) = (factor.ToArray(), indices.ToArray(), cotangent.ToArray());
+        var reference = accumulate ? (float[])start.Clone() : new float[start.Length];
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < columns; j++)
+            {
+                int i = (int)indexHost[r % examples * columns + j];
+                reference[r * sourceColumns + i] += factorHost[r % examples * sourceColumns + i] * cotangentHost[r * columns + j];
+            }
+        Assert.True(reference.AsSpan().SequenceEqual(actualScatter.ToArray()), "the scatter differs from the host's");
     }
 }

@@ -792,10 +792,12 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     public override void ScatterAddColumns(View source, View indices, int destinationColumns, View destination, bool accumulate) =>
         ScatterAdd(source, default, indices, destinationColumns, destination, accumulate);
 
-    /// <summary>destination[r, indices[r mod N, j]] += (factor[r mod N, that index]·)source[r, j]; no factor: the plain scatter.</summary>
+    /// <summary>destination[r, indices[r mod N, j]] += (factor[r mod N, that index]·)source[r, j]; no factor: the plain scatter.
+    /// Without <paramref name="accumulate"/> each row is cleared just before its scatter, in the same part: the row (one
+    /// example's feature map) is then still in the core's cache for the scattered adds, where a clear of the whole
+    /// destination first would leave it to be fetched again from memory (and ran on one thread).</summary>
     private void ScatterAdd(View source, View factor, View indices, int destinationColumns, View destination, bool accumulate)
     {
-        if (!accumulate) Span(destination).Clear();
         int rows = destination.Length / destinationColumns;
         // Row r adds into destination row r only: rows split across threads, each row in one thread's order.
         RunParts(ref _scatterAddColumns, static (in RowArguments a, int part, int parts) =>
@@ -807,6 +809,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
             for (int r = share.First; r < share.End; r++)
             {
                 var row = to.Slice(r * destinationColumns, destinationColumns);
+                if (!a.Accumulate) row.Clear();
                 var rowIndex = index.Slice(r % examples * columns, columns);
                 var values = from.Slice(r * columns, columns);
                 if (factor.IsEmpty)
@@ -821,7 +824,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
                     }
                 }
             }
-        }, new RowArguments(source, indices, factor, destination, destinationColumns), Parts(destination.Length, rows));
+        }, new RowArguments(source, indices, factor, destination, destinationColumns, Accumulate: accumulate), Parts(destination.Length, rows));
     }
 
     /// <inheritdoc/>
