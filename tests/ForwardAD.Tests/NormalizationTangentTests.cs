@@ -107,4 +107,28 @@ public sealed class NormalizationTangentTests
         Assert.True(expectedSums.ToArray().AsSpan().SequenceEqual(sums.ToArray()), "Σ v differs from SumRows'");
         Assert.True(expectedProducts.ToArray().AsSpan().SequenceEqual(products.ToArray()), "Σ x v differs from SumRows' of the products");
     }
+
+    /// <summary>The forward's normalisation and affine step written in one pass give the bits of the two passes the default
+    /// composes (x̂ = (x − μ)σ̂⁻¹, then y = x̂γ + β), x̂ included, for column counts on and off the vector width.</summary>
+    [Theory]
+    [InlineData(4099, 13, 1)]
+    [InlineData(4099, 13, 3)]
+    [InlineData(2048, 32, 2)]
+    public void Normalisation_and_affine_step_in_one_pass_give_the_two_passes_bits(int rows, int columns, int threads)
+    {
+        var backend = new CpuBackend { Threads = threads };
+        int n = rows * columns;
+        View Of(float[] values) { var view = new View(backend.Allocate(values.Length)); backend.CopyFromHost(values, view); return view; }
+        var x = Of(Problem.Normal(1, n, 3f));
+        var (shift, scale, gamma, beta) = (Of(Problem.Normal(2, columns, 1f)), Of(Problem.Normal(3, columns, 2f)), Of(Problem.Normal(4, columns, 1f)),
+            Of(Problem.Normal(5, columns, 1f)));
+        var (expectedNormalized, expected) = (Of(new float[n]), Of(new float[n]));
+        backend.ShiftScaleColumns(x, shift, scale, expectedNormalized);
+        backend.ScaleShiftColumns(expectedNormalized, gamma, beta, expected);
+        var (normalized, y) = (Of(new float[n]), Of(new float[n]));
+        backend.NormalizeScaleShiftColumns(x, shift, scale, gamma, beta, normalized, y);
+        Assert.True(expectedNormalized.ToArray().AsSpan().SequenceEqual(normalized.ToArray()), "x̂ differs");
+        Assert.True(expected.ToArray().AsSpan().SequenceEqual(y.ToArray()), "y differs");
+        Assert.Contains(y.ToArray(), value => value != 0f);
+    }
 }

@@ -208,8 +208,27 @@ public abstract class Backend
         AddBias(shift, destination);
     }
 
+    /// <summary>Batch norm's forward with γ, β: normalized[r, c] = (x[r, c] + shift[c])·scale[c] (kept for the derivatives),
+    /// then destination[r, c] = normalized[r, c]·gamma[c] + beta[c]. By default <see cref="ShiftScaleColumns"/> then
+    /// <see cref="ScaleShiftColumns"/>; the CPU writes both in one pass over x (the same operations, so the same bits), where
+    /// the two passes read x̂ back from memory.</summary>
+    public virtual void NormalizeScaleShiftColumns(View x, View shift, View scale, View gamma, View beta, View normalized, View destination)
+    {
+        ShiftScaleColumns(x, shift, scale, normalized);
+        ScaleShiftColumns(normalized, gamma, beta, destination);
+    }
+
     /// <summary>destination[i] = 1/√(x[i] + ε): batch normalisation's inverse standard deviation.</summary>
     public abstract void ReciprocalSqrt(View x, float epsilon, View destination);
+
+    /// <summary><paramref name="y"/> = conv(images, W) + bias, the bias per output channel added last: a convolution layer's
+    /// forward. By default <see cref="Convolve"/> then <see cref="AddBias"/>; the CPU's direct kernel adds the bias as it stores
+    /// each tile (the same sums, so the same bits) instead of a second pass over y.</summary>
+    public virtual void ConvolveWithBias(View images, in ConvGeometry geometry, View weights, View bias, int outputs, View y, View scratch)
+    {
+        Convolve(images, geometry, weights, outputs, 0f, y, scratch);
+        AddBias(bias, y);
+    }
 
     /// <summary>
     /// <paramref name="y"/> [N·Ho·Wo, outputs] = β·y + conv(images, W) for channels-last <paramref name="images"/> [N, H, W, C]

@@ -374,6 +374,47 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     public override void ScaleShiftColumns(View x, View scale, View shift, View destination) =>
         InParallelRows<ScaleThenShift>(ref _scaleShift, x, scale, shift, destination);
 
+    /// <inheritdoc/>
+    public override void NormalizeScaleShiftColumns(View x, View shift, View scale, View gamma, View beta, View normalized, View destination)
+    {
+        int rows = x.Length / shift.Length;
+        RunParts(ref _normalizeScaleShift, static (in NormalizeArguments n, int part, int parts) =>
+        {
+            int columns = n.Shift.Length;
+            var rows = PartRange.Of(n.X.Length / columns, part, parts);
+            NormalizeScaleShiftRows(Read(rows.Of(n.X, columns)), Read(n.Shift), Read(n.Scale), Read(n.Gamma), Read(n.Beta),
+                Span(rows.Of(n.Normalized, columns)), Span(rows.Of(n.Destination, columns)));
+        }, new NormalizeArguments(x, shift, scale, gamma, beta, normalized, destination), Parts(x.Length, rows));
+    }
+
+    /// <summary>x̂ = <see cref="ShiftThenScale"/>(x) and y = <see cref="ScaleThenShift"/>(x̂) per row, both written from the one
+    /// read of x (the loops of <see cref="ForEachRow"/>).</summary>
+    private static void NormalizeScaleShiftRows(ReadOnlySpan<float> x, ReadOnlySpan<float> shift, ReadOnlySpan<float> scale, ReadOnlySpan<float> gamma,
+        ReadOnlySpan<float> beta, Span<float> normalized, Span<float> y)
+    {
+        int columns = shift.Length, width = Vector<float>.Count, vectorEnd = columns - columns % width;
+        for (int offset = 0; offset < x.Length; offset += columns)
+        {
+            int j = 0;
+            for (; j < vectorEnd; j += width)
+            {
+                var value = ShiftThenScale.Apply(new Vector<float>(x[(offset + j)..]), new Vector<float>(shift[j..]), new Vector<float>(scale[j..]));
+                value.CopyTo(normalized[(offset + j)..]);
+                ScaleThenShift.Apply(value, new Vector<float>(gamma[j..]), new Vector<float>(beta[j..])).CopyTo(y[(offset + j)..]);
+            }
+            for (; j < columns; j++)
+            {
+                float value = ShiftThenScale.Apply(x[offset + j], shift[j], scale[j]);
+                normalized[offset + j] = value;
+                y[offset + j] = ScaleThenShift.Apply(value, gamma[j], beta[j]);
+            }
+        }
+    }
+
+    private readonly record struct NormalizeArguments(View X, View Shift, View Scale, View Gamma, View Beta, View Normalized, View Destination);
+
+    private PartWork<NormalizeArguments>? _normalizeScaleShift;
+
     /// <summary><see cref="ForEachRow"/> over row blocks in parallel (each row computed by one part, as one thread would).</summary>
     private void InParallelRows<TOperation>(ref PartWork<ColumnArguments>? job, View source, View a, View b, View target)
         where TOperation : struct, IColumnOperation
@@ -503,25 +544,45 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     public override void Convolve(View images, in ConvGeometry geometry, View weights, int outputs, float beta, View y, View scratch, int channels = 1)
     {
         var g = geometry;
-        int count = images.Length / g.InputElements, packed = DirectConvolution.PackedElements(g, outputs), padded = DirectConvolution.PaddedElements(g);
-        if (g.PatchLength > DirectPatchLength || !DirectConvolution.Supports(g, outputs) || packed + padded > scratch.Length)
+        if (!RunsDirect(g, outputs, scratch))
         {
             base.Convolve(images, geometry, weights, outputs, beta, y, scratch, channels);
             return;
         }
         // One weight tensor (channel) at a time.
+        int count = images.Length / g.InputElements, packed = DirectConvolution.PackedElements(g, outputs);
         int weightLength = weights.Length / channels, outputLength = count * g.OutputPositions * outputs;
         for (int k = 0; k < channels; k++)
         {
             DirectConvolution.PackWeight(Read(weights.Channel(k, weightLength)), outputs, g.PatchLength, Span(scratch.Slice(0, packed)));
-            RunDirect(images, g, outputs, beta, y.Channel(k, outputLength), scratch, packed);
+            RunDirect(images, g, outputs, beta, default, y.Channel(k, outputLength), scratch, packed);
         }
     }
+
+    /// <inheritdoc/>
+    /// <remarks>On the direct kernel the bias is added to each tile as it is stored.</remarks>
+    public override void ConvolveWithBias(View images, in ConvGeometry geometry, View weights, View bias, int outputs, View y, View scratch)
+    {
+        if (!RunsDirect(geometry, outputs, scratch))
+        {
+            base.ConvolveWithBias(images, geometry, weights, bias, outputs, y, scratch);
+            return;
+        }
+        int packed = DirectConvolution.PackedElements(geometry, outputs);
+        DirectConvolution.PackWeight(Read(weights), outputs, geometry.PatchLength, Span(scratch.Slice(0, packed)));
+        RunDirect(images, geometry, outputs, 0f, bias, y, scratch, packed);
+    }
+
+    /// <summary>Whether <see cref="Convolve"/> takes the direct kernel: a patch of at most <see cref="DirectPatchLength"/>
+    /// floats, a geometry the kernel supports, and room in the scratch for the packed weight and one padded image.</summary>
+    private bool RunsDirect(in ConvGeometry g, int outputs, View scratch) =>
+        g.PatchLength <= DirectPatchLength && DirectConvolution.Supports(g, outputs)
+        && DirectConvolution.PackedElements(g, outputs) + DirectConvolution.PaddedElements(g) <= scratch.Length;
 
     /// <summary>y = β·y + conv(images, W) by the direct kernel, W already packed in the first <paramref name="packed"/> floats
     /// of the scratch. Images split into parts (each with its own padded copy in the scratch after the packed weight); a few
     /// parts per thread so that a thread that starts late still finds work.</summary>
-    private void RunDirect(View images, in ConvGeometry g, int outputs, float beta, View y, View scratch, int packed)
+    private void RunDirect(View images, in ConvGeometry g, int outputs, float beta, View bias, View y, View scratch, int packed)
     {
         int count = images.Length / g.InputElements, padded = DirectConvolution.PaddedElements(g);
         int parts = Math.Min(Parts(y.Length, count), padded == 0 ? int.MaxValue : (scratch.Length - packed) / padded);
@@ -529,12 +590,12 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         {
             int inputs = a.Geometry.InputElements;
             var images = PartRange.Of(a.Images.Length / inputs, part, parts);
-            DirectConvolution.Run(a.Geometry, Read(images.Of(a.Images, inputs)), Read(a.Packed), a.Outputs, a.Beta,
+            DirectConvolution.Run(a.Geometry, Read(images.Of(a.Images, inputs)), Read(a.Packed), a.Outputs, a.Beta, a.Bias.IsEmpty ? default : Read(a.Bias),
                 Span(images.Of(a.Y, a.Geometry.OutputPositions * a.Outputs)), Span(a.Padded.Slice(part * a.PaddedLength, a.PaddedLength)));
-        }, new ConvolveArguments(images, g, scratch.Slice(0, packed), outputs, beta, y, scratch.Slice(packed, scratch.Length - packed), padded), parts);
+        }, new ConvolveArguments(images, g, scratch.Slice(0, packed), outputs, beta, bias, y, scratch.Slice(packed, scratch.Length - packed), padded), parts);
     }
 
-    private readonly record struct ConvolveArguments(View Images, ConvGeometry Geometry, View Packed, int Outputs, float Beta, View Y, View Padded, int PaddedLength);
+    private readonly record struct ConvolveArguments(View Images, ConvGeometry Geometry, View Packed, int Outputs, float Beta, View Bias, View Y, View Padded, int PaddedLength);
 
     private PartWork<ConvolveArguments>? _convolve;
 

@@ -75,25 +75,24 @@ public sealed record BatchNormOp(float Momentum = 0.1f, float Epsilon = 1e-5f, b
         if ((batchStatistics || update) && b.Rows < 2)
             throw new ArgumentException($"Node '{c.Node.Name}': batch statistics need more than one value per channel; got {b.Rows}. " +
                 "Use a batch size of at least 2, or evaluation mode.");
-        if (batchStatistics || update)
-        {
-            // Vector0 = −μ_B; Vector1 = σ²_B = mean((x − μ_B)²) (biased, for normalising).
-            backend.ColumnMoments(x, b.Vector0, b.Vector1, b.Temporary);
-            if (batchStatistics)
-            {
-                backend.ReciprocalSqrt(b.Vector1, Epsilon, b.InverseStd);
-                backend.ShiftScaleColumns(x, b.Vector0, b.InverseStd, b.Normalized);
-            }
-        }
-        if (!batchStatistics)
+        // Vector0 = −μ_B; Vector1 = σ²_B = mean((x − μ_B)²) (biased, for normalising).
+        if (batchStatistics || update) backend.ColumnMoments(x, b.Vector0, b.Vector1, b.Temporary);
+        View negativeMean = b.Vector0;
+        if (batchStatistics) backend.ReciprocalSqrt(b.Vector1, Epsilon, b.InverseStd);
+        else
         {
             // Running statistics (evaluation, or frozen): x̂ = (x − μ_run) σ̂_run⁻¹, with the values before this step's update.
             backend.ReciprocalSqrt(runningVariance, Epsilon, b.InverseStd);
             backend.Scale(runningMean, -1f, b.Scale);
-            backend.ShiftScaleColumns(x, b.Scale, b.InverseStd, b.Normalized);
+            negativeMean = b.Scale;
         }
-        if (Affine(c)) backend.ScaleShiftColumns(b.Normalized, c.Input(3).Value, c.Input(4).Value, c.Output.Value);
-        else backend.Copy(b.Normalized, c.Output.Value);
+        // x̂ = (x − μ) σ̂⁻¹ (saved for the derivatives), y = x̂ γ + β.
+        if (Affine(c)) backend.NormalizeScaleShiftColumns(x, negativeMean, b.InverseStd, c.Input(3).Value, c.Input(4).Value, b.Normalized, c.Output.Value);
+        else
+        {
+            backend.ShiftScaleColumns(x, negativeMean, b.InverseStd, b.Normalized);
+            backend.Copy(b.Normalized, c.Output.Value);
+        }
         if (update)
         {
             // μ_run ← (1 − m) μ_run + m μ_B; σ²_run ← (1 − m) σ²_run + m · n/(n − 1) σ²_B (PyTorch keeps the unbiased variance).
