@@ -424,33 +424,4 @@ public class DirectConvolutionTests
                 }
             }
     }
-
-    /// <summary>A convolution layer's forward with its bias added as the direct kernel stores each tile gives the bits of a
-    /// convolution followed by a bias pass (stale NaNs in y, partial tiles, several 16-channel panels, 1 and 3 threads), and
-    /// so does the im2col path's default.</summary>
-    [Theory]
-    [InlineData(7, 5, 3, 3, 1, 1, 16, 2, 1)]
-    [InlineData(9, 8, 2, 5, 2, 2, 32, 3, 3)]
-    [InlineData(32, 32, 3, 3, 1, 1, 48, 4, 3)]
-    public void A_bias_added_as_tiles_are_stored_gives_the_bits_of_a_bias_pass(int height, int width, int channels, int kernel, int stride, int padding,
-        int outputs, int images, int threads)
-    {
-        var g = new ConvGeometry(height, width, channels, kernel, kernel, stride, padding, 1);
-        foreach (var backend in new[] { new CpuBackend { Threads = threads }, new CpuBackend { Threads = threads, DirectPatchLength = 0 } })
-        {
-            View Upload(float[] values) { var view = new View(backend.Allocate(values.Length)); values.CopyTo(CpuBackend.Span(view)); return view; }
-            var x = Upload(Problem.Normal(1, images * g.InputElements, 1f));
-            var w = Upload(Problem.Normal(2, outputs * g.PatchLength, 1f));
-            var bias = Upload(Problem.Normal(3, outputs, 1f));
-            int length = images * g.OutputPositions * outputs;
-            var scratch = new View(backend.Allocate(images * g.OutputPositions * g.PatchLength + outputs * g.PatchLength + images * g.InputElements * 4));
-            var expected = Upload(new float[length]);
-            backend.Convolve(x, g, w, outputs, 0f, expected, scratch);
-            backend.AddBias(bias, expected);
-            var actual = Upload(Enumerable.Repeat(float.NaN, length).ToArray());
-            backend.ConvolveWithBias(x, g, w, bias, outputs, actual, scratch);
-            Assert.True(CpuBackend.Span(expected).SequenceEqual(CpuBackend.Span(actual)),
-                $"{(backend.DirectPatchLength == 0 ? "im2col" : "direct")} at {threads} thread(s): the bias in the store differs from a bias pass");
-        }
-    }
 }

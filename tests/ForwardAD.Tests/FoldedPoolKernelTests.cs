@@ -66,4 +66,43 @@ public sealed class FoldedPoolKernelTests
             }
         Assert.True(reference.AsSpan().SequenceEqual(actualScatter.ToArray()), "the scatter differs from the host's");
     }
+
+    /// <summary>Max pooling against a host loop over each window in window order, strictly greater replacing: the values
+    /// and the winners' indices, with ties everywhere (values on a coarse grid), channel counts with and without a scalar
+    /// tail, overlapping and padded windows, at one and three threads.</summary>
+    [Theory]
+    [InlineData(8, 2, 2, 0, 1)]
+    [InlineData(13, 3, 2, 1, 3)]
+    [InlineData(32, 3, 1, 1, 3)]
+    public void Max_pooling_takes_the_first_maximum_in_window_order(int channels, int kernel, int stride, int padding, int threads)
+    {
+        var backend = new CpuBackend { Threads = threads };
+        const int examples = 40, height = 9, width = 7;
+        var g = new PoolGeometry(height, width, channels, kernel, kernel, stride, padding);
+        var x = Problem.Normal(6, examples * g.InputElements, 1f).Select(v => MathF.Round(v * 2f) / 2f).ToArray(); // ties
+        View Of(float[] values) { var view = new View(backend.Allocate(values.Length)); backend.CopyFromHost(values, view); return view; }
+        var (y, argmax) = (Of(new float[examples * g.OutputElements]), Of(new float[examples * g.OutputElements]));
+        backend.MaxPool(Of(x), g, y, argmax);
+        var (values, winners) = (y.ToArray(), argmax.ToArray());
+        for (int n = 0; n < examples; n++)
+            for (int oy = 0; oy < g.OutputHeight; oy++)
+                for (int ox = 0; ox < g.OutputWidth; ox++)
+                    for (int c = 0; c < channels; c++)
+                    {
+                        float best = float.NaN;
+                        int winner = -1;
+                        for (int ky = 0; ky < kernel; ky++)
+                            for (int kx = 0; kx < kernel; kx++)
+                            {
+                                int iy = oy * stride - padding + ky, ix = ox * stride - padding + kx;
+                                if (iy < 0 || iy >= height || ix < 0 || ix >= width) continue;
+                                int at = (iy * width + ix) * channels + c;
+                                float v = x[n * g.InputElements + at];
+                                if (winner < 0 || v > best) (best, winner) = (v, at);
+                            }
+                        int o = n * g.OutputElements + (oy * g.OutputWidth + ox) * channels + c;
+                        Assert.True(best.Equals(values[o]) && winner == (int)winners[o],
+                            $"example {n}, output ({oy}, {ox}), channel {c}: {values[o]} at {winners[o]}, expected {best} at {winner}");
+                    }
+    }
 }

@@ -221,15 +221,6 @@ public abstract class Backend
     /// <summary>destination[i] = 1/√(x[i] + ε): batch normalisation's inverse standard deviation.</summary>
     public abstract void ReciprocalSqrt(View x, float epsilon, View destination);
 
-    /// <summary><paramref name="y"/> = conv(images, W) + bias, the bias per output channel added last: a convolution layer's
-    /// forward. By default <see cref="Convolve"/> then <see cref="AddBias"/>; the CPU's direct kernel adds the bias as it stores
-    /// each tile (the same sums, so the same bits) instead of a second pass over y.</summary>
-    public virtual void ConvolveWithBias(View images, in ConvGeometry geometry, View weights, View bias, int outputs, View y, View scratch)
-    {
-        Convolve(images, geometry, weights, outputs, 0f, y, scratch);
-        AddBias(bias, y);
-    }
-
     /// <summary>
     /// <paramref name="y"/> [N·Ho·Wo, outputs] = β·y + conv(images, W) for channels-last <paramref name="images"/> [N, H, W, C]
     /// and <paramref name="weights"/> [outputs, kh, kw, C/G]: s = cols(x) Wᵀ. With <paramref name="channels"/> K > 1 the

@@ -544,45 +544,25 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     public override void Convolve(View images, in ConvGeometry geometry, View weights, int outputs, float beta, View y, View scratch, int channels = 1)
     {
         var g = geometry;
-        if (!RunsDirect(g, outputs, scratch))
+        int count = images.Length / g.InputElements, packed = DirectConvolution.PackedElements(g, outputs), padded = DirectConvolution.PaddedElements(g);
+        if (g.PatchLength > DirectPatchLength || !DirectConvolution.Supports(g, outputs) || packed + padded > scratch.Length)
         {
             base.Convolve(images, geometry, weights, outputs, beta, y, scratch, channels);
             return;
         }
         // One weight tensor (channel) at a time.
-        int count = images.Length / g.InputElements, packed = DirectConvolution.PackedElements(g, outputs);
         int weightLength = weights.Length / channels, outputLength = count * g.OutputPositions * outputs;
         for (int k = 0; k < channels; k++)
         {
             DirectConvolution.PackWeight(Read(weights.Channel(k, weightLength)), outputs, g.PatchLength, Span(scratch.Slice(0, packed)));
-            RunDirect(images, g, outputs, beta, default, y.Channel(k, outputLength), scratch, packed);
+            RunDirect(images, g, outputs, beta, y.Channel(k, outputLength), scratch, packed);
         }
     }
-
-    /// <inheritdoc/>
-    /// <remarks>On the direct kernel the bias is added to each tile as it is stored.</remarks>
-    public override void ConvolveWithBias(View images, in ConvGeometry geometry, View weights, View bias, int outputs, View y, View scratch)
-    {
-        if (!RunsDirect(geometry, outputs, scratch))
-        {
-            base.ConvolveWithBias(images, geometry, weights, bias, outputs, y, scratch);
-            return;
-        }
-        int packed = DirectConvolution.PackedElements(geometry, outputs);
-        DirectConvolution.PackWeight(Read(weights), outputs, geometry.PatchLength, Span(scratch.Slice(0, packed)));
-        RunDirect(images, geometry, outputs, 0f, bias, y, scratch, packed);
-    }
-
-    /// <summary>Whether <see cref="Convolve"/> takes the direct kernel: a patch of at most <see cref="DirectPatchLength"/>
-    /// floats, a geometry the kernel supports, and room in the scratch for the packed weight and one padded image.</summary>
-    private bool RunsDirect(in ConvGeometry g, int outputs, View scratch) =>
-        g.PatchLength <= DirectPatchLength && DirectConvolution.Supports(g, outputs)
-        && DirectConvolution.PackedElements(g, outputs) + DirectConvolution.PaddedElements(g) <= scratch.Length;
 
     /// <summary>y = β·y + conv(images, W) by the direct kernel, W already packed in the first <paramref name="packed"/> floats
     /// of the scratch. Images split into parts (each with its own padded copy in the scratch after the packed weight); a few
     /// parts per thread so that a thread that starts late still finds work.</summary>
-    private void RunDirect(View images, in ConvGeometry g, int outputs, float beta, View bias, View y, View scratch, int packed)
+    private void RunDirect(View images, in ConvGeometry g, int outputs, float beta, View y, View scratch, int packed)
     {
         int count = images.Length / g.InputElements, padded = DirectConvolution.PaddedElements(g);
         int parts = Math.Min(Parts(y.Length, count), padded == 0 ? int.MaxValue : (scratch.Length - packed) / padded);
@@ -590,12 +570,12 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         {
             int inputs = a.Geometry.InputElements;
             var images = PartRange.Of(a.Images.Length / inputs, part, parts);
-            DirectConvolution.Run(a.Geometry, Read(images.Of(a.Images, inputs)), Read(a.Packed), a.Outputs, a.Beta, a.Bias.IsEmpty ? default : Read(a.Bias),
+            DirectConvolution.Run(a.Geometry, Read(images.Of(a.Images, inputs)), Read(a.Packed), a.Outputs, a.Beta,
                 Span(images.Of(a.Y, a.Geometry.OutputPositions * a.Outputs)), Span(a.Padded.Slice(part * a.PaddedLength, a.PaddedLength)));
-        }, new ConvolveArguments(images, g, scratch.Slice(0, packed), outputs, beta, bias, y, scratch.Slice(packed, scratch.Length - packed), padded), parts);
+        }, new ConvolveArguments(images, g, scratch.Slice(0, packed), outputs, beta, y, scratch.Slice(packed, scratch.Length - packed), padded), parts);
     }
 
-    private readonly record struct ConvolveArguments(View Images, ConvGeometry Geometry, View Packed, int Outputs, float Beta, View Bias, View Y, View Padded, int PaddedLength);
+    private readonly record struct ConvolveArguments(View Images, ConvGeometry Geometry, View Packed, int Outputs, float Beta, View Y, View Padded, int PaddedLength);
 
     private PartWork<ConvolveArguments>? _convolve;
 
@@ -694,16 +674,15 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     private static void MaxPool(in PoolGeometry g, ReadOnlySpan<float> x, Span<float> y, Span<float> index)
     {
         int examples = x.Length / g.InputElements, c = g.Channels;
+        Span<int> window = stackalloc int[g.KernelHeight * g.KernelWidth];
         for (int n = 0; n < examples; n++)
         {
             var image = x.Slice(n * g.InputElements, g.InputElements);
             for (int oy = 0; oy < g.OutputHeight; oy++)
                 for (int ox = 0; ox < g.OutputWidth; ox++)
                 {
-                    int at = n * g.OutputElements + (oy * g.OutputWidth + ox) * c;
-                    var best = y.Slice(at, c);
-                    var bestIndex = index.Slice(at, c);
-                    bool first = true;
+                    // The window's in-image pixels, in window order (row by row).
+                    int pixels = 0;
                     for (int ky = 0; ky < g.KernelHeight; ky++)
                     {
                         int iy = oy * g.Stride - g.Padding + ky;
@@ -711,44 +690,49 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
                         for (int kx = 0; kx < g.KernelWidth; kx++)
                         {
                             int ix = ox * g.Stride - g.Padding + kx;
-                            if (ix < 0 || ix >= g.Width) continue;
-                            int pixel = (iy * g.Width + ix) * c;
-                            if (first) TakePixel(image.Slice(pixel, c), pixel, best, bestIndex);
-                            else MaxIntoBest(image.Slice(pixel, c), pixel, best, bestIndex);
-                            first = false;
+                            if (ix >= 0 && ix < g.Width) window[pixels++] = (iy * g.Width + ix) * c;
                         }
                     }
+                    int at = n * g.OutputElements + (oy * g.OutputWidth + ox) * c;
+                    MaxOfWindow(image, window[..pixels], y.Slice(at, c), index.Slice(at, c));
                 }
         }
     }
 
-    /// <summary>The window's first in-image pixel: its channels and their indices (pixel offset + channel).</summary>
-    private static void TakePixel(ReadOnlySpan<float> values, int pixel, Span<float> best, Span<float> bestIndex)
+    /// <summary>Per channel, the maximum over the window's pixels and its index (pixel offset + channel), strictly greater
+    /// replacing (the first maximum in window order wins, on every backend). Eight channels at a time (channels are
+    /// contiguous in channels-last images), each group's running maximum kept in registers over the whole window and
+    /// stored once.</summary>
+    private static void MaxOfWindow(ReadOnlySpan<float> image, ReadOnlySpan<int> window, Span<float> best, Span<float> bestIndex)
     {
-        values.CopyTo(best);
-        for (int j = 0; j < values.Length; j++) bestIndex[j] = pixel + j;
-    }
-
-    /// <summary>best = max(best, values) per channel, strictly greater (the first maximum in window order wins, on every
-    /// backend), with the winners' indices; eight channels at a time (channels are contiguous in channels-last images).</summary>
-    private static void MaxIntoBest(ReadOnlySpan<float> values, int pixel, Span<float> best, Span<float> bestIndex)
-    {
-        int j = 0;
+        int j = 0, channels = best.Length;
         if (Vector256.IsHardwareAccelerated)
         {
             var lane = Vector256.Create(0f, 1f, 2f, 3f, 4f, 5f, 6f, 7f);
-            for (; j + 8 <= values.Length; j += 8)
+            for (; j + 8 <= channels; j += 8)
             {
-                var v = Vector256.Create(values.Slice(j, 8));
-                var b = Vector256.Create((ReadOnlySpan<float>)best.Slice(j, 8));
-                var greater = Vector256.GreaterThan(v, b);
-                Vector256.ConditionalSelect(greater, v, b).CopyTo(best.Slice(j, 8));
-                var candidate = Vector256.Create((float)(pixel + j)) + lane; // exact: indices stay below 2²⁴
-                Vector256.ConditionalSelect(greater, candidate, Vector256.Create((ReadOnlySpan<float>)bestIndex.Slice(j, 8))).CopyTo(bestIndex.Slice(j, 8));
+                var maximum = Vector256.Create(image.Slice(window[0] + j, 8));
+                var winner = Vector256.Create((float)(window[0] + j)) + lane; // exact: indices stay below 2²⁴
+                for (int p = 1; p < window.Length; p++)
+                {
+                    var v = Vector256.Create(image.Slice(window[p] + j, 8));
+                    var greater = Vector256.GreaterThan(v, maximum);
+                    maximum = FloatMath.Select(greater, v, maximum);
+                    winner = FloatMath.Select(greater, Vector256.Create((float)(window[p] + j)) + lane, winner);
+                }
+                maximum.CopyTo(best.Slice(j, 8));
+                winner.CopyTo(bestIndex.Slice(j, 8));
             }
         }
-        for (; j < values.Length; j++)
-            if (values[j] > best[j]) { best[j] = values[j]; bestIndex[j] = pixel + j; }
+        for (; j < channels; j++)
+        {
+            float maximum = image[window[0] + j];
+            int winner = window[0] + j;
+            for (int p = 1; p < window.Length; p++)
+                if (image[window[p] + j] > maximum) (maximum, winner) = (image[window[p] + j], window[p] + j);
+            best[j] = maximum;
+            bestIndex[j] = winner;
+        }
     }
 
     /// <inheritdoc/>

@@ -93,7 +93,7 @@ public sealed partial class CpuBackend
                 var t = TransposedGeometry(g, outputs)!.Value;
                 int packed = DirectConvolution.PackedElements(t, g.Channels);
                 DirectConvolution.PackTransposedWeight(Read(weights), g, outputs, Span(scratch.Slice(0, packed)));
-                RunDirect(cotangent, t, g.Channels, accumulate ? 1f : 0f, default, images, scratch, packed);
+                RunDirect(cotangent, t, g.Channels, accumulate ? 1f : 0f, images, scratch, packed);
                 break;
             default:
                 base.ConvolveTransposed(cotangent, geometry, weights, outputs, images, accumulate, scratch);

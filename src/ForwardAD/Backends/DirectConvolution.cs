@@ -35,11 +35,9 @@ internal static class DirectConvolution
 
     private static int PaddedWidth(in ConvGeometry g) => g.Width + 2 * g.Padding;
 
-    /// <summary>y[images·Ho·Wo, outputs] = β·y + conv(x, W) (+ bias per output channel, added last when given), W packed by
-    /// <see cref="PackWeight"/>; <paramref name="padded"/> holds <see cref="PaddedElements"/> floats. Images are independent:
-    /// runs over disjoint images may go in parallel.</summary>
-    public static void Run(in ConvGeometry g, ReadOnlySpan<float> images, ReadOnlySpan<float> packed, int outputs, float beta, ReadOnlySpan<float> bias,
-        Span<float> y, Span<float> padded)
+    /// <summary>y[images·Ho·Wo, outputs] = β·y + conv(x, W), W packed by <see cref="PackWeight"/>; <paramref name="padded"/>
+    /// holds <see cref="PaddedElements"/> floats. Images are independent: runs over disjoint images may go in parallel.</summary>
+    public static void Run(in ConvGeometry g, ReadOnlySpan<float> images, ReadOnlySpan<float> packed, int outputs, float beta, Span<float> y, Span<float> padded)
     {
         int patch = g.PatchLength, count = images.Length / g.InputElements, positions = g.OutputPositions;
         int width = PaddedWidth(g);
@@ -66,8 +64,7 @@ internal static class DirectConvolution
                 for (int r = 0; r < rows; r++)
                     if (++ox == g.OutputWidth) (ox, oy) = (0, oy + 1);
                 for (int panel = 0; panel < outputs; panel += TileColumns)
-                    Tile(g, width, image, bases, rows, packed.Slice(panel * patch, patch * TileColumns), beta,
-                        bias.IsEmpty ? default : bias.Slice(panel, TileColumns), output.Slice(first * outputs + panel), outputs);
+                    Tile(g, width, image, bases, rows, packed.Slice(panel * patch, patch * TileColumns), beta, output.Slice(first * outputs + panel), outputs);
             }
         }
     }
@@ -123,8 +120,7 @@ internal static class DirectConvolution
     /// <summary>Output rows 0..rows (rows ≤ 6; patches at <paramref name="bases"/>), 16 channels from <paramref name="y"/>'s
     /// start: rows past the real ones repeat the last real base and are computed but not stored.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile(in ConvGeometry g, int width, ReadOnlySpan<float> image, ReadOnlySpan<int> bases, int rows, ReadOnlySpan<float> panel, float beta,
-        ReadOnlySpan<float> bias, Span<float> y, int ldy)
+    private static void Tile(in ConvGeometry g, int width, ReadOnlySpan<float> image, ReadOnlySpan<int> bases, int rows, ReadOnlySpan<float> panel, float beta, Span<float> y, int ldy)
     {
         nint run = g.KernelWidth * g.Channels, rowStride = width * g.Channels;
         // One reference per tile row and one shared offset (native-sized, so the loop needs no sign extensions and each
@@ -150,27 +146,21 @@ internal static class DirectConvolution
                 a = Vector256.Create(Unsafe.Add(ref x5, o)); c50 = Vector256.FusedMultiplyAdd(a, w0, c50); c51 = Vector256.FusedMultiplyAdd(a, w1, c51);
             }
         }
-        Store(y, 0, beta, bias, c00, c01);
-        if (rows > 1) Store(y, ldy, beta, bias, c10, c11);
-        if (rows > 2) Store(y, 2 * ldy, beta, bias, c20, c21);
-        if (rows > 3) Store(y, 3 * ldy, beta, bias, c30, c31);
-        if (rows > 4) Store(y, 4 * ldy, beta, bias, c40, c41);
-        if (rows > 5) Store(y, 5 * ldy, beta, bias, c50, c51);
+        Store(y, 0, beta, c00, c01);
+        if (rows > 1) Store(y, ldy, beta, c10, c11);
+        if (rows > 2) Store(y, 2 * ldy, beta, c20, c21);
+        if (rows > 3) Store(y, 3 * ldy, beta, c30, c31);
+        if (rows > 4) Store(y, 4 * ldy, beta, c40, c41);
+        if (rows > 5) Store(y, 5 * ldy, beta, c50, c51);
     }
 
-    /// <summary>y = sums (+ β·y) (+ bias): the bias last, as a separate bias pass over y would add it, so the same bits.</summary>
-    private static void Store(Span<float> y, int at, float beta, ReadOnlySpan<float> bias, Vector256<float> low, Vector256<float> high)
+    private static void Store(Span<float> y, int at, float beta, Vector256<float> low, Vector256<float> high)
     {
         var row = y.Slice(at, TileColumns);
         if (beta != 0)
         {
             low += beta * Vector256.Create<float>(row);
             high += beta * Vector256.Create<float>(row[8..]);
-        }
-        if (!bias.IsEmpty)
-        {
-            low += Vector256.Create(bias);
-            high += Vector256.Create(bias[8..]);
         }
         low.CopyTo(row);
         high.CopyTo(row[8..]);

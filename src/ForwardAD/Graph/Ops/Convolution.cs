@@ -75,8 +75,8 @@ public sealed record Conv2dOp(int Stride = 1, int Padding = 0, int Groups = 1) :
     {
         var g = Geometry(c);
         var (x, w, y) = (c.Input(0).Value, c.Input(1).Value, c.Output.Value);
-        if (c.Node.Inputs.Length == 3) c.Backend.ConvolveWithBias(x, g, w, c.Input(2).Value, c.Node.Shape[2], y, c.Scratch);
-        else c.Backend.Convolve(x, g, w, c.Node.Shape[2], 0f, y, c.Scratch);
+        c.Backend.Convolve(x, g, w, c.Node.Shape[2], 0f, y, c.Scratch);
+        if (c.Node.Inputs.Length == 3) c.Backend.AddBias(c.Input(2).Value, y);
     }
 
     internal override void Jvp(in RuleContext c)
