@@ -80,7 +80,9 @@ public class FloatMathTests
     [Fact]
     public void The_unguarded_exponential_gives_the_guarded_ones_bits_within_its_range()
     {
-        foreach (var (from, to) in new[] { (0f, 88.37f), (0f, -87.33f) })
+        // Bit patterns from 0 up to each end: for the negative side, the patterns of −0 up to −87.33 (sign bit set, the
+        // magnitude growing with the pattern).
+        foreach (var (from, to) in new[] { (0f, 88.37f), (-0f, -87.33f) })
         {
             int first = BitConverter.SingleToInt32Bits(from), last = BitConverter.SingleToInt32Bits(to);
             var lanes = new float[8];

@@ -440,7 +440,8 @@ public abstract class Backend
     /// <paramref name="strideA"/> elements after A_{i−1} (likewise B, C), each row-major with its leading dimension as in
     /// <see cref="Gemm"/>. Attention's per-head products are such batches: a head's Q slice is a [T, dh] matrix with leading
     /// dimension D (the model width), one example after the other every T·D elements. The default runs the GEMMs one by
-    /// one on slices of the views (allocation-free); CUDA makes one cuBLAS strided-batched call.
+    /// one on slices of the views (allocation-free); CUDA makes one cuBLAS strided-batched call, and the CPU may run the
+    /// products on several threads: the C_i must not overlap.
     /// </summary>
     public virtual void GemmStridedBatched(Transpose transposeA, Transpose transposeB, int m, int n, int k, float alpha, View a, int lda, long strideA,
         View b, int ldb, long strideB, float beta, View c, int ldc, long strideC, int count)

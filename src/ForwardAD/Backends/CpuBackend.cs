@@ -674,7 +674,9 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     private static void MaxPool(in PoolGeometry g, ReadOnlySpan<float> x, Span<float> y, Span<float> index)
     {
         int examples = x.Length / g.InputElements, c = g.Channels;
-        Span<int> window = stackalloc int[g.KernelHeight * g.KernelWidth];
+        // Window offsets on the stack up to 32×32 pixels; a larger window (a global pool of a big map) takes an array.
+        int windowPixels = g.KernelHeight * g.KernelWidth;
+        Span<int> window = windowPixels <= 1024 ? stackalloc int[windowPixels] : new int[windowPixels];
         for (int n = 0; n < examples; n++)
         {
             var image = x.Slice(n * g.InputElements, g.InputElements);
@@ -693,6 +695,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
                             if (ix >= 0 && ix < g.Width) window[pixels++] = (iy * g.Width + ix) * c;
                         }
                     }
+                    if (pixels == 0) continue; // a window in the padding alone (pooling ops refuse padding > kernel/2)
                     int at = n * g.OutputElements + (oy * g.OutputWidth + ox) * c;
                     MaxOfWindow(image, window[..pixels], y.Slice(at, c), index.Slice(at, c));
                 }

@@ -63,7 +63,8 @@ internal static class FloatMath
     }
 
     /// <summary>e^r for x = n·ln 2 + r, |r| ≤ ln2/2, with n = round(x·log₂e) at least −126 (the exponent of the smallest
-    /// normal float; lanes below are masked by the callers). n exceeds 128 only where x &gt; 89, which both callers mask.</summary>
+    /// normal float). Lanes below −87.33 and above 89 (n &gt; 128) are replaced by <see cref="Exp(Vector256{float})"/>'s guards and
+    /// masked by the GELUs that call <see cref="ExpWithinRange"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> ReducedExp(Vector256<float> x, out Vector256<float> n)
     {

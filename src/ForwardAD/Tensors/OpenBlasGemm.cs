@@ -26,8 +26,10 @@ public sealed class OpenBlasGemm : Gemm
     /// <see cref="SetThreadCount"/> set.</summary>
     public override int Threads => OpenBlas.openblas_get_num_threads();
 
-    /// <summary>OpenBLAS's pthread build is thread-safe: each call packs into its own buffers.</summary>
-    public override bool AllowsConcurrentCalls => true;
+    /// <summary>True for OpenBLAS's threaded builds (<c>openblas_get_parallel</c>: 1 pthreads, as Debian's
+    /// libopenblas0-pthread; 2 OpenMP), whose calls from several threads are safe; false for a serial build, which is
+    /// only if built with USE_LOCKING, which the library cannot tell.</summary>
+    public override bool AllowsConcurrentCalls { get; } = OpenBlas.openblas_get_parallel() != 0;
 
     /// <inheritdoc/>
     /// <remarks>Calls <c>cblas_sgemm</c> with <c>CblasRowMajor</c> after checking the operands' lengths.</remarks>
@@ -59,6 +61,10 @@ internal static unsafe partial class OpenBlas
 
     [LibraryImport(NativeLibraries.OpenBlas)]
     public static partial int openblas_get_num_threads();
+
+    /// <summary>0 for a serial build, 1 for pthreads, 2 for OpenMP.</summary>
+    [LibraryImport(NativeLibraries.OpenBlas)]
+    public static partial int openblas_get_parallel();
 }
 
 /// <summary>
