@@ -447,16 +447,22 @@ public abstract class Backend
         View b, int ldb, long strideB, float beta, View c, int ldc, long strideC, int count)
     {
         if (m == 0 || n == 0 || count == 0) return;
-        var (aRows, aColumns) = transposeA == Transpose.No ? (m, k) : (k, m);
-        var (bRows, bColumns) = transposeB == Transpose.No ? (k, n) : (n, k);
-        int aExtent = MatrixExtent(aRows, aColumns, lda), bExtent = MatrixExtent(bRows, bColumns, ldb), cExtent = MatrixExtent(m, n, ldc);
+        var (aExtent, bExtent, cExtent) = BatchExtents(transposeA, transposeB, m, n, k, lda, ldb, ldc);
         for (int i = 0; i < count; i++)
             Gemm(transposeA, transposeB, m, n, k, alpha, a.Slice((int)(i * strideA), aExtent), lda, b.Slice((int)(i * strideB), bExtent), ldb,
                 beta, c.Slice((int)(i * strideC), cExtent), ldc);
     }
 
-    /// <summary>The elements a rows × columns row-major matrix with leading dimension ld spans (0 for an empty one).</summary>
-    protected static int MatrixExtent(int rows, int columns, int ld) => rows == 0 || columns == 0 ? 0 : (rows - 1) * ld + columns;
+    /// <summary>The elements that A, B and C of one product of <see cref="GemmStridedBatched"/> span, as stored (0 for an
+    /// empty matrix).</summary>
+    protected static (int A, int B, int C) BatchExtents(Transpose transposeA, Transpose transposeB, int m, int n, int k, int lda, int ldb, int ldc)
+    {
+        var (aRows, aColumns) = transposeA == Transpose.No ? (m, k) : (k, m);
+        var (bRows, bColumns) = transposeB == Transpose.No ? (k, n) : (n, k);
+        return (Extent(aRows, aColumns, lda), Extent(bRows, bColumns, ldb), Extent(m, n, ldc));
+
+        static int Extent(int rows, int columns, int ld) => rows == 0 || columns == 0 ? 0 : (rows - 1) * ld + columns;
+    }
 
     /// <summary>
     /// Causal softmax over the rows of square matrices: <paramref name="scores"/> and <paramref name="probabilities"/> hold

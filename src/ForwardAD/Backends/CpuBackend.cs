@@ -1189,9 +1189,7 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
         RunParts(ref _batchedGemm, static (in BatchedGemmArguments g, int part, int parts) =>
         {
             var share = PartRange.Of(g.Count, part, parts);
-            var (aRows, aColumns) = g.TransposeA == Transpose.No ? (g.M, g.K) : (g.K, g.M);
-            var (bRows, bColumns) = g.TransposeB == Transpose.No ? (g.K, g.N) : (g.N, g.K);
-            int aExtent = MatrixExtent(aRows, aColumns, g.Lda), bExtent = MatrixExtent(bRows, bColumns, g.Ldb), cExtent = MatrixExtent(g.M, g.N, g.Ldc);
+            var (aExtent, bExtent, cExtent) = BatchExtents(g.TransposeA, g.TransposeB, g.M, g.N, g.K, g.Lda, g.Ldb, g.Ldc);
             for (int i = share.First; i < share.End; i++)
                 g.Gemm.Multiply(g.TransposeA, g.TransposeB, g.M, g.N, g.K, g.Alpha, Read(g.A.Slice((int)(i * g.StrideA), aExtent)), g.Lda,
                     Read(g.B.Slice((int)(i * g.StrideB), bExtent)), g.Ldb, g.Beta, Span(g.C.Slice((int)(i * g.StrideC), cExtent)), g.Ldc);
