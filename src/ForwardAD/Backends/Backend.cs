@@ -101,6 +101,19 @@ public abstract class Backend
     public abstract void Gemm(Transpose transposeA, Transpose transposeB, int m, int n, int k,
         float alpha, View a, int lda, View b, int ldb, float beta, View c, int ldc);
 
+    /// <summary>The depth up to which <see cref="Gemm"/> with β = 1 adds the whole product to C in one rounding
+    /// (<see cref="Tensors.Gemm.SingleBlockDepth"/>): an addend can then ride in C with the bits of adding it afterwards.
+    /// 0 (the default): never fold an addend into a product.</summary>
+    public virtual int GemmSingleBlockDepth => 0;
+
+    /// <summary>destination[r, j] = row[j] for rows = destination.Length / row.Length (a bias written before a β = 1 product).
+    /// The default fills zeros and adds the row, so a −0 in the row comes out +0.</summary>
+    public virtual void RepeatRow(View row, View destination)
+    {
+        Fill(0f, destination);
+        AddBias(row, destination);
+    }
+
     /// <summary>destination[i] = <paramref name="value"/> for every element.</summary>
     public abstract void Fill(float value, View destination);
     /// <summary>destination (+)= source, element by element (same length).</summary>

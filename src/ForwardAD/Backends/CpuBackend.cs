@@ -204,6 +204,21 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
     public override void AddBias(View bias, View destination) => InParallelRows<AddColumns>(ref _addBias, destination, bias, bias, destination);
 
     /// <inheritdoc/>
+    public override int GemmSingleBlockDepth => MatrixMultiply.SingleBlockDepth;
+
+    /// <summary>Copies the row into every row of the destination (the bits of the row, −0 included), rows split over the threads.</summary>
+    public override void RepeatRow(View row, View destination) =>
+        RunParts(ref _repeatRow, static (in ColumnArguments c, int part, int parts) =>
+        {
+            var source = Read(c.A);
+            var rows = PartRange.Of(c.Target.Length / source.Length, part, parts);
+            var target = Span(rows.Of(c.Target, source.Length));
+            for (int offset = 0; offset < target.Length; offset += source.Length) source.CopyTo(target[offset..]);
+        }, new ColumnArguments(destination, row, row, destination), Parts(destination.Length, destination.Length / row.Length));
+
+    private PartWork<ColumnArguments>? _repeatRow;
+
+    /// <inheritdoc/>
     public override void ScaleColumns(View a, View scale, View destination, bool accumulate)
     {
         var factor = Read(scale);

@@ -26,6 +26,14 @@ public abstract class Gemm
     /// packing scratch per instance: no).</summary>
     public virtual bool AllowsConcurrentCalls => false;
 
+    /// <summary>
+    /// The largest depth k up to which C ← op(A)·op(B) + C (α = 1, β = 1) sums the whole product before adding it to C, one
+    /// rounding per entry: RN((Σ_p a·b) + c). Up to it, an addend placed in C before the product (a bias, an injected
+    /// tangent) gives the bits of adding it after a β = 0 product, since addition commutes; deeper products add their depth
+    /// blocks to C one by one, and the addend would enter the first block's rounding. 0 when unknown (never fold).
+    /// </summary>
+    public virtual int SingleBlockDepth => 0;
+
     /// <summary>C = α·op(A)·op(B) + β·C on row-major float32 matrices, op(A) m×k and op(B) k×n; β = 0 overwrites C
     /// without reading it (stale NaNs do not leak in).</summary>
     /// <param name="transposeA">Whether A is stored as op(A) (<see cref="Transpose.No"/>, m×k) or as its transpose (k×m).</param>

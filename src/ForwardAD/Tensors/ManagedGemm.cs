@@ -24,6 +24,9 @@ public sealed class ManagedGemm : Gemm
     /// <summary><c>managed</c>.</summary>
     public override string Name => "managed";
 
+    /// <summary>One depth block of <see cref="DepthBlock"/>: each tile's sum over it is added to C once (<see cref="MicroKernel"/>).</summary>
+    public override int SingleBlockDepth => DepthBlock;
+
     /// <inheritdoc/>
     public override void Multiply(Transpose transposeA, Transpose transposeB, int m, int n, int k,
         float alpha, ReadOnlySpan<float> a, int lda, ReadOnlySpan<float> b, int ldb,

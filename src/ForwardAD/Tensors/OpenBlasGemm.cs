@@ -31,6 +31,43 @@ public sealed class OpenBlasGemm : Gemm
     /// only if built with USE_LOCKING, which the library cannot tell.</summary>
     public override bool AllowsConcurrentCalls { get; } = OpenBlas.openblas_get_parallel() != 0;
 
+    /// <summary>OpenBLAS sums the depth in blocks of its GEMM_Q, a constant of the build and the core that it does not report
+    /// (sgemm on AMD Zen: 320), and adds each block's sum to C; with β = 1 it skips its pass over C. Measured once per process:
+    /// the largest of a few depths at which a β = 1 product onto an addend gives the bits of the β = 0 product plus the addend
+    /// (128×128 products: past the small-matrix paths, a few milliseconds).</summary>
+    public override int SingleBlockDepth => MeasuredSingleBlockDepth.Value;
+
+    private static readonly Lazy<int> MeasuredSingleBlockDepth = new(() => MeasureSingleBlockDepth(new OpenBlasGemm()));
+
+    /// <summary>The largest of 1024, 768, 512, 384, 320, 256, 192, 128 (0 if none) at which <paramref name="gemm"/> adds an
+    /// m × n product to C in one rounding per entry, on deterministic data of mixed signs and magnitudes. At a depth split into
+    /// blocks a large fraction of the entries round differently, so a split depth does not pass by chance.</summary>
+    internal static int MeasureSingleBlockDepth(Gemm gemm, int m = 128, int n = 128)
+    {
+        const int deepest = 1024;
+        var a = new float[m * deepest];
+        var b = new float[deepest * n];
+        var addend = new float[m * n];
+        uint state = 0x9E3779B9;
+        foreach (var values in new[] { a, b, addend })
+            for (int i = 0; i < values.Length; i++)
+            {
+                state = state * 1664525 + 1013904223; // a linear congruential sequence: fixed data, no random stream needed
+                values[i] = ((int)(state >> 8) - (1 << 23)) * (1f / (1 << 20)) * (1 + (state & 3));
+            }
+        var folded = new float[m * n];
+        var added = new float[m * n];
+        foreach (int k in new[] { 1024, 768, 512, 384, 320, 256, 192, 128 })
+        {
+            addend.CopyTo(folded, 0);
+            gemm.Multiply(Transpose.No, Transpose.No, m, n, k, 1f, a, k, b, n, 1f, folded, n);
+            gemm.Multiply(Transpose.No, Transpose.No, m, n, k, 1f, a, k, b, n, 0f, added, n);
+            for (int i = 0; i < added.Length; i++) added[i] += addend[i];
+            if (folded.AsSpan().SequenceEqual(added)) return k;
+        }
+        return 0;
+    }
+
     /// <inheritdoc/>
     /// <remarks>Calls <c>cblas_sgemm</c> with <c>CblasRowMajor</c> after checking the operands' lengths.</remarks>
     public override unsafe void Multiply(Transpose transposeA, Transpose transposeB, int m, int n, int k,

@@ -40,15 +40,37 @@ public sealed record LinearOp : Op
     {
         var (x, w, y) = (c.Input(0).Value, c.Input(1).Value, c.Output.Value);
         int outputs = c.Node.Shape.Last, inputs = w.Length / outputs, rows = y.Length / outputs;
+        if (c.Node.Inputs.Length == 3 && inputs <= c.Backend.GemmSingleBlockDepth)
+        {
+            // b + Σ_p x·w rounds as Σ + b: the bias rides in y (β = 1) when the GEMM adds its whole depth in one rounding, the
+            // bits of the product then the bias pass without that pass over y (nor the GEMM's clearing of y).
+            c.Backend.RepeatRow(c.Input(2).Value, y);
+            c.Backend.Gemm(Transpose.No, Transpose.Yes, rows, outputs, inputs, 1f, x, inputs, w, inputs, 1f, y, outputs);
+            return;
+        }
         c.Backend.Gemm(Transpose.No, Transpose.Yes, rows, outputs, inputs, 1f, x, inputs, w, inputs, 0f, y, outputs);
         if (c.Node.Inputs.Length == 3) c.Backend.AddBias(c.Input(2).Value, y);
     }
+
+    /// <summary>Adds the injected tangent itself: inside the tangent product when that is the only term and the GEMM sums the
+    /// depth in one block, else after the terms, as the plan would.</summary>
+    internal override bool JvpAddsInjectedTangent => true;
 
     internal override void Jvp(in RuleContext c)
     {
         var (x, w, dy) = (c.Input(0), c.Input(1), c.Output.Tangent);
         int outputs = c.Node.Shape.Last, inputs = w.Value.Length / outputs;
         int rowsPerChannel = dy.Length / c.TangentCount / outputs;
+        var injected = c.InjectedTangent;
+        bool biasTangent = c.Node.Inputs.Length == 3 && !c.Input(2).Tangent.IsEmpty;
+        if (!injected.IsEmpty && !x.Tangent.IsEmpty && w.Tangent.IsEmpty && !biasTangent && inputs <= c.Backend.GemmSingleBlockDepth)
+        {
+            // ṡ = ẋ Wᵀ + seed with the seed in ṡ before a β = 1 product: the bits of the product then the plan's add (see Forward).
+            c.Backend.Copy(injected, dy);
+            c.Backend.Gemm(Transpose.No, Transpose.Yes, c.TangentCount * rowsPerChannel, outputs, inputs, 1f,
+                x.Tangent, inputs, w.Value, inputs, 1f, dy, outputs);
+            return;
+        }
         bool written = false;
         if (!x.Tangent.IsEmpty)
         {
@@ -66,13 +88,14 @@ public sealed record LinearOp : Op
                     dy.Channel(k, channelElements), outputs);
             written = true;
         }
-        if (c.Node.Inputs.Length == 3 && !c.Input(2).Tangent.IsEmpty)
+        if (biasTangent)
         {
             if (!written) c.Backend.Fill(0f, dy);
             int channelElements = rowsPerChannel * outputs;
             for (int k = 0; k < c.TangentCount; k++)
                 c.Backend.AddBias(c.Input(2).Tangent.Channel(k, outputs), dy.Channel(k, channelElements));
         }
+        if (!injected.IsEmpty) c.Backend.Add(dy, injected, dy);
     }
 
     internal override void Vjp(in RuleContext c)
