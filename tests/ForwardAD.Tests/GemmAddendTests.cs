@@ -13,15 +13,9 @@ namespace ForwardAD.Tests;
 /// </summary>
 public class GemmAddendTests
 {
-    public static TheoryData<string> Implementations() => ["managed", "openblas"];
+    public static TheoryData<string> Implementations() => GemmTests.Implementations();
 
-    private static Gemm Create(string name)
-    {
-        if (name != "openblas") return new ManagedGemm();
-        var openBlas = OpenBlasGemm.TryCreate();
-        Assert.SkipWhen(openBlas is null, "OpenBLAS (libopenblas.so.0) is not installed: apt-get install libopenblas0-pthread, as .ci/run does");
-        return openBlas!;
-    }
+    private static Gemm Create(string name) => GemmTests.Create(name);
 
     /// <summary>The GEMM as it is, without a single-block depth: layers then add biases and seeds in passes of their own.</summary>
     private sealed class Unfolded(Gemm inner) : Gemm

@@ -9,7 +9,7 @@ public class GemmTests
     /// <summary>Both implementations, always: where OpenBLAS is not installed its case is reported as skipped, not dropped.</summary>
     public static TheoryData<string> Implementations() => ["managed", "openblas"];
 
-    private static Gemm Create(string name)
+    internal static Gemm Create(string name)
     {
         if (name != "openblas") return new ManagedGemm();
         var openBlas = OpenBlasGemm.TryCreate();
