@@ -72,7 +72,8 @@ internal static class OursSide
     }
 
     /// <summary>`ours-memory --depth D --row jvp_k1|backprop`: the peak resident memory a call adds beyond the parameters and
-    /// inputs (VmHWM after two calls minus VmRSS before compiling the plan), measured as the peers measure theirs.</summary>
+    /// inputs (VmHWM after two calls, the peak reset just before, minus VmRSS before compiling the plan), measured as the
+    /// peers measure theirs.</summary>
     public static int Memory(int depth, string row)
     {
         var model = Graph.MlpSpec.Uniform(MlpBenchmarks.Inputs, depth, MlpBenchmarks.Width, MlpBenchmarks.Classes, Backends.ElementwiseFunction.Relu).Build();
@@ -80,6 +81,7 @@ internal static class OursSide
         var x = new float[MlpBenchmarks.Batch * MlpBenchmarks.Inputs];
         Random.RandomFill.Normal(new Random.RandomKey(1, 1), 0, 0f, 1f, x);
         var y = Enumerable.Range(0, MlpBenchmarks.Batch).Select(i => (float)(i % MlpBenchmarks.Classes)).ToArray();
+        PeerComparison.ResetPeakResident();
         long baseline = PeerComparison.ProcStatusBytes("VmRSS:");
         var options = row == "jvp_k1"
             ? new Autodiff.PlanOptions(MlpBenchmarks.Batch)
@@ -155,6 +157,11 @@ internal static class PeerComparison
     }
 
     /// <summary>A line of /proc/self/status ("VmRSS:   1234 kB") in bytes.</summary>
+    /// <summary>Resets the kernel's peak resident size (VmHWM) to the current one (<c>/proc/self/clear_refs</c>, "5"), so that
+    /// a later VmHWM is the peak of what ran after it, not of the set-up's temporaries; every side does this before its
+    /// baseline.</summary>
+    internal static void ResetPeakResident() => File.WriteAllText("/proc/self/clear_refs", "5");
+
     internal static long ProcStatusBytes(string key) =>
         long.Parse(File.ReadLines("/proc/self/status").First(l => l.StartsWith(key, StringComparison.Ordinal))[key.Length..].Trim().Split(' ')[0],
             CultureInfo.InvariantCulture) * 1024;
@@ -325,9 +332,18 @@ internal static class PeerComparison
     /// call adds beyond parameters and inputs. Ours should stay flat in depth for the JVP (buffers reused layer by layer).</summary>
     private static void AppendMemory(StringBuilder report, string ourDll, string peerDll, string root)
     {
-        var environment = new Dictionary<string, string> { ["OMP_NUM_THREADS"] = "1", ["MKL_NUM_THREADS"] = "1", ["OPENBLAS_NUM_THREADS"] = "1" };
+        var environment = new Dictionary<string, string>
+        {
+            ["OMP_NUM_THREADS"] = "1", ["MKL_NUM_THREADS"] = "1", ["OPENBLAS_NUM_THREADS"] = "1",
+            // glibc's mmap threshold fixed (it grows after large frees by default): a freed tensor or buffer then leaves the
+            // resident set at once, and the peak is that of live memory. With the default, memory freed in the set-up stays
+            // resident and a call may or may not reuse it: PyTorch's depth-24 backprop measured 144 to 254 MiB between runs,
+            // its live peak 110.
+            ["MALLOC_MMAP_THRESHOLD_"] = "131072",
+        };
         report.AppendLine();
-        report.AppendLine("### Peak memory a call adds beyond parameters and inputs (MiB; VmHWM after two calls − VmRSS before; one thread)");
+        report.AppendLine("### Peak memory a call adds beyond parameters and inputs (MiB; VmHWM after two calls − VmRSS before, the peak reset just before; " +
+            "glibc's mmap threshold fixed at 128 KiB so that freed memory leaves the resident set; one thread)");
         report.AppendLine();
         report.AppendLine("| depth | ForwardAD JVP K=1 | TorchSharp JVP (double backward) | PyTorch JVP (forward_ad) | ForwardAD backprop | TorchSharp backprop | PyTorch backprop |");
         report.AppendLine("|---:|---:|---:|---:|---:|---:|---:|");

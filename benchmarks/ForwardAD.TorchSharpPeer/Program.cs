@@ -26,7 +26,7 @@ using F = TorchSharp.torch.nn.functional;
 //
 // Usage: ForwardAD.TorchSharpPeer [--threads N] [--repeats R] [--rows a,b,...] [--depth D] [--memory ROW] [--cnn-layout auto|nchw|nhwc]
 // --memory ROW: instead of timing, the peak resident memory a call of ROW adds beyond the parameters and inputs
-// (VmHWM after two calls minus VmRSS before them), {"memory": {"row", "depth", "peak_bytes"}}.
+// (VmHWM after two calls minus VmRSS before them, the peak reset just before), {"memory": {"row", "depth", "peak_bytes"}}.
 // Prints one JSON object: {"threads": N, "rows": {name: {"median": s, "min": s}}}.
 const int Inputs = 3072, Width = 1024, Classes = 10, Batch = 512;
 int Depth = 6;
@@ -232,6 +232,7 @@ if (memoryRow is not null)
 {
     if (!rows.TryGetValue(memoryRow, out var makeRow)) { Console.Error.WriteLine($"unknown row '{memoryRow}'"); return 2; }
     var call = makeRow();
+    File.WriteAllText("/proc/self/clear_refs", "5"); // VmHWM from here on: the peak of the calls, not of the set-up's temporaries
     long baseline = ProcStatusBytes("VmRSS:");
     call();
     call();

@@ -102,7 +102,8 @@ def main():
         return only is None or name in only
 
     if args.memory is not None:
-        # Peak resident memory a call adds beyond the parameters and inputs: VmHWM after two calls minus VmRSS before.
+        # Peak resident memory a call adds beyond the parameters and inputs: VmHWM after two calls minus VmRSS before
+        # (the peak reset just before).
         def status(key):
             with open("/proc/self/status") as f:
                 return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key))
@@ -115,6 +116,8 @@ def main():
             with torch.no_grad(), fwAD.dual_level():
                 return fwAD.unpack_dual(forward(params, x, y, tangents)).tangent
         call = {"backprop": backprop, "jvp_k1": dual_pass}[args.memory]
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM: the peak of the calls below, not of the set-up's temporaries
         baseline = status("VmRSS:")
         call()
         call()
