@@ -46,22 +46,54 @@ public sealed class BackwardReuseTests(ITestOutputHelper output)
         Assert.True(reused.AllocatedBytes < kept.AllocatedBytes, $"{name}: {reused.AllocatedBytes} ≥ {kept.AllocatedBytes}");
     }
 
-    /// <summary>A deep MLP keeps, per layer, its input and its activation's derivative, not its pre-activation nor a
-    /// cotangent: the plan's buffers beyond the parameter gradients grow by two activations per layer, not five.</summary>
-    [Fact]
-    public void A_deep_mlp_keeps_two_activations_per_layer()
+    /// <summary>A deep MLP keeps, per layer, what autograd keeps: with ReLU only the layer's input, which is the previous ReLU's
+    /// output, from which that ReLU's VJP reads its mask (1[y &gt; 0]); with GELU also the saved derivative, which y does not
+    /// give. Never the pre-activation nor a cotangent: the plan's buffers beyond the parameter gradients grow by one or two
+    /// activations per layer, not five.</summary>
+    [Theory]
+    [InlineData("relu", 1.0)]
+    [InlineData("gelu", 2.0)]
+    public void A_deep_mlp_keeps_what_autograd_keeps_per_layer(string activation, double expected)
     {
         const int batch = 64, width = 128;
+        var function = ElementwiseFunction.Parse(activation);
         long Beyond(int depth, bool reuse)
         {
-            var problem = Tests.Problem.From(MlpSpec.Uniform(width, depth, width, 10, ElementwiseFunction.Relu).Build(), 1, batch);
+            var problem = Tests.Problem.From(MlpSpec.Uniform(width, depth, width, 10, function).Build(), 1, batch);
             var plan = problem.Compile(new PlanOptions(batch) { Gradients = true, ReuseBuffers = reuse });
             return plan.AllocatedBytes - problem.Parameters.All.Length * sizeof(float);
         }
         double perLayer(bool reuse) => (Beyond(16, reuse) - Beyond(8, reuse)) / 8.0 / (batch * width * sizeof(float));
-        output.WriteLine($"activations per layer: {perLayer(false):F2} kept, {perLayer(true):F2} reused");
-        Assert.Equal(2.0, perLayer(true), 2);
+        output.WriteLine($"{activation}: activations per layer: {perLayer(false):F2} kept, {perLayer(true):F2} reused");
+        Assert.Equal(expected, perLayer(true), 2);
         Assert.True(perLayer(false) >= 4.0);
+    }
+
+    /// <summary>The ReLU VJP read from the output: the bits of the saved mask's product, overwriting and adding (the fused
+    /// multiply-add MultiplyChannels uses), at one thread and three, with zeros, negative zeros, NaNs and a tail.</summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public void The_mask_read_from_the_output_gives_the_saved_masks_bits(int threads)
+    {
+        var backend = new CpuBackend { Threads = threads };
+        const int n = (1 << 17) + 5;
+        var x = Tests.Problem.Normal(1, n, 1f);
+        x[3] = 0f; x[4] = -0f; x[5] = float.NaN; x[6] = float.PositiveInfinity; x[7] = float.NegativeInfinity;
+        var v = Tests.Problem.Normal(2, n, 1f);
+        v[8] = float.NaN; v[9] = -0f;
+        var start = Tests.Problem.Normal(3, n, 1f);
+        View Of(float[] values) { var view = new View(backend.Allocate(values.Length)); backend.CopyFromHost(values, view); return view; }
+        var (input, cotangent) = (Of(x), Of(v));
+        var (y, mask) = (Of(new float[n]), Of(new float[n]));
+        backend.ElementwiseWithDerivative(ElementwiseFunction.Relu, input, y, mask);
+        foreach (bool accumulate in new[] { false, true })
+        {
+            var (expected, actual) = (Of(start), Of(start));
+            backend.MultiplyChannels(mask, cotangent, expected, accumulate);
+            backend.MultiplyByPositiveMask(y, cotangent, actual, accumulate);
+            Assert.True(Bits.Same(expected.ToArray(), actual.ToArray()), $"accumulate {accumulate}: differs");
+        }
     }
 
     [Fact]

@@ -199,6 +199,25 @@ public sealed class Plan : IDisposable
             }
         }
 
+        // A backprop plan with reuse keeps a ReLU's output y anyway (the next layer's weight gradient reads it), and the ReLU's
+        // VJP can read its mask 1[y > 0] from y (ElementwiseOp.DerivativeFromOutput): such a plan saves no mask, one activation
+        // per layer less, as autograd keeps. Only where nothing else reads the mask (no tangent, no fold into a pool, no
+        // SaveDerivatives) and x feeds nothing else, so that this rule alone writes x̄ (it overwrites).
+        var outputDerivative = new bool[count];
+        if (reuse && options.Gradients && !options.SaveDerivatives)
+        {
+            var consumers = new int[count];
+            foreach (var node in nodes)
+                foreach (var input in node.Inputs) consumers[input]++;
+            foreach (var node in nodes)
+                if (node.Op is ElementwiseOp { DerivativeFromOutput: true } && runsVjp[node.Id] && !tangentNonZero[node.Id]
+                    && foldedInto[node.Id] < 0 && vjpFoldedInto[node.Id] < 0 && consumers[node.Inputs[0]] == 1)
+                {
+                    outputDerivative[node.Id] = true;
+                    readByBackward[node.Id] = Math.Max(readByBackward[node.Id], BackwardStep(node.Id));
+                }
+        }
+
         // Every buffer length fits an int (checked in long here, with the node named), before anything is planned.
         foreach (var node in nodes)
         {
@@ -219,7 +238,7 @@ public sealed class Plan : IDisposable
             else planner.Request(elements, node.Op.IsLeaf ? -1 : id, LastStep(id), v => b.Value = v);
 
             int auxiliary = node.Op.AuxiliaryElements(node, nodes, batch);
-            if (differentiating || node.Op.ForwardWritesAuxiliary)
+            if ((differentiating || node.Op.ForwardWritesAuxiliary) && !outputDerivative[id])
                 planner.Request(auxiliary, id, retained[id] ? end : Math.Max(runsVjp[id] ? BackwardStep(id) : id, foldedInto[id]), v => b.Auxiliary = v);
 
             if (tangentNonZero[id] && foldedInto[id] < 0)
@@ -282,6 +301,7 @@ public sealed class Plan : IDisposable
             hasInputTangent, seeded, readable, generators, differentiating, scratch, allocated * sizeof(float), owned)
         {
             ParameterGradients = gradients, GradientSlices = gradientSlices, CotangentReadable = cotangentReadable, FoldsInput = foldsInput,
+            DerivativeFromOutput = outputDerivative,
             Folded = [.. Enumerable.Range(0, count).Select(id => (foldedInto[id] >= 0, vjpFoldedInto[id] >= 0))],
         };
     }
@@ -533,7 +553,8 @@ public sealed class Plan : IDisposable
     }
 
     private void RunForward(int id) =>
-        Model.Nodes[id].Op.Forward(new RuleContext(Backend, BatchSize, TangentCount, Model.Nodes[id], _buffers, _scratch, Options, Model), _saveAuxiliary);
+        Model.Nodes[id].Op.Forward(new RuleContext(Backend, BatchSize, TangentCount, Model.Nodes[id], _buffers, _scratch, Options, Model),
+            _saveAuxiliary && !DerivativeFromOutput[id]);
 
     private void RunJvp(int id)
     {
@@ -554,7 +575,7 @@ public sealed class Plan : IDisposable
         {
             var node = Model.Nodes[schedule.Order[i]];
             node.Op.Vjp(new RuleContext(Backend, BatchSize, TangentCount, node, buffers, scratch, Options, Model, schedule.OverwriteMasks[i], channels,
-                foldedInput: schedule.FoldsInput(i)));
+                foldedInput: schedule.FoldsInput(i), derivativeFromOutput: DerivativeFromOutput[node.Id]));
         }
     }
 
@@ -600,6 +621,10 @@ public sealed class Plan : IDisposable
 
     /// <summary>Per node: its JVP rule reads through the elementwise op before it, whose tangent was folded in (never written).</summary>
     private bool[] FoldsInput { get; init; } = [];
+
+    /// <summary>Per node id: an elementwise op whose VJP reads its mask from its output, with no derivative saved (backprop
+    /// plans with reuse; see <see cref="Compile"/>).</summary>
+    private bool[] DerivativeFromOutput { get; init; } = [];
 
     /// <summary>Per node id: the elementwise op's tangent (forward) and cotangent (backward) folded into the max pool after it.</summary>
     private (bool Forward, bool Backward)[] Folded { get; init; } = [];

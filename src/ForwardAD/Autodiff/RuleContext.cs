@@ -23,8 +23,13 @@ internal sealed class NodeBuffers
 
 /// <summary>What a rule sees: the backend, the sizes, its node and its inputs' buffers.</summary>
 internal readonly struct RuleContext(Backend backend, int batchSize, int tangentCount, Node node, NodeBuffers[] buffers, View scratch,
-    PlanOptions options, Model model, int overwriteMask = 0, int channels = 1, View injectedTangent = default, bool foldedInput = false)
+    PlanOptions options, Model model, int overwriteMask = 0, int channels = 1, View injectedTangent = default, bool foldedInput = false,
+    bool derivativeFromOutput = false)
 {
+    /// <summary>In an elementwise op's VJP rule: the plan saved no derivative for this node and keeps its output until this
+    /// rule, which reads f'(x) from y (<see cref="Graph.ElementwiseOp.DerivativeFromOutput"/>); in its forward rule: write y only.</summary>
+    public bool DerivativeFromOutput { get; } = derivativeFromOutput;
+
     /// <summary>Input 0 is an elementwise op folded into this rule (a max pool's, <see cref="Plan"/>): in a JVP rule its
     /// tangent f'(x) ⊙ ẋ was never written, and the rule reads f'(x) (<c>Input(0).Auxiliary</c>) and ẋ
     /// (<see cref="FoldedInput"/>'s tangent); in a VJP rule the op's VJP does not run, and the rule writes x̄ = f'(x) ⊙ (its

@@ -406,6 +406,17 @@ public abstract class Backend
         ElementwiseDerivative(function, x, y, derivative);
     }
 
+    /// <summary>destination (+)= 1[y &gt; 0] ⊙ v: a ReLU's VJP read from its output y = max(x, 0), which is positive exactly where x
+    /// is (a NaN x gives a NaN y, neither positive), with the product <see cref="MultiplyChannels"/> forms from a saved mask, so
+    /// its bits: a plan that keeps y anyway then saves no mask. The default writes the mask into the destination and multiplies
+    /// in place, so it only overwrites; a backend may fuse both and add.</summary>
+    public virtual void MultiplyByPositiveMask(View y, View v, View destination, bool accumulate)
+    {
+        if (accumulate) throw new NotSupportedException($"{GetType().Name}.{nameof(MultiplyByPositiveMask)} overwrites its destination only.");
+        ElementwiseDerivative(ElementwiseFunction.Relu, y, y, destination);
+        MultiplyChannels(destination, v, destination, accumulate: false);
+    }
+
     /// <summary>Per-row softmax cross-entropy: loss[r] = logsumexp(z_r) − z_r[label_r] and
     /// error[r, :] = softmax(z_r) − onehot(label_r) = ∂loss[r]/∂z_r. Labels are class indices stored as floats.</summary>
     public abstract void SoftmaxCrossEntropy(View logits, View labels, int classes, View loss, View error);

@@ -198,6 +198,37 @@ public sealed partial class CpuBackend(Gemm gemm) : Backend
 
     private readonly record struct ProductArguments(View Factor, View Source, View Destination, bool Accumulate);
 
+    /// <summary>One pass: the mask (y &gt; 0 as 1 or 0) in registers, multiplied (and added, with a fused multiply-add) as
+    /// <see cref="MultiplyChannels"/> does with a saved mask.</summary>
+    public override void MultiplyByPositiveMask(View y, View v, View destination, bool accumulate) =>
+        RunParts(ref _positiveMask, static (in ProductArguments p, int part, int parts) =>
+        {
+            var (first, count) = VectorChunk(p.Factor.Length, part, parts);
+            ReadOnlySpan<float> output = Read(p.Factor.Slice(first, count)), from = Read(p.Source.Slice(first, count));
+            var to = Span(p.Destination.Slice(first, count));
+            int i = 0;
+            if (Vector256.IsHardwareAccelerated)
+            {
+                var one = Vector256<float>.One;
+                for (; i <= count - Vector256<float>.Count; i += Vector256<float>.Count)
+                {
+                    var mask = Vector256.GreaterThan(Vector256.Create(output.Slice(i, Vector256<float>.Count)), Vector256<float>.Zero) & one;
+                    var source = Vector256.Create(from.Slice(i, Vector256<float>.Count));
+                    var result = p.Accumulate
+                        ? Vector256.FusedMultiplyAdd(mask, source, Vector256.Create((ReadOnlySpan<float>)to.Slice(i, Vector256<float>.Count)))
+                        : mask * source;
+                    result.CopyTo(to.Slice(i, Vector256<float>.Count));
+                }
+            }
+            for (; i < count; i++)
+            {
+                float mask = output[i] > 0f ? 1f : 0f;
+                to[i] = p.Accumulate ? MathF.FusedMultiplyAdd(mask, from[i], to[i]) : mask * from[i];
+            }
+        }, new ProductArguments(y, v, destination, accumulate), Parts(destination.Length, destination.Length / Vector<float>.Count));
+
+    private PartWork<ProductArguments>? _positiveMask;
+
     private PartWork<ProductArguments>? _multiplyChannels;
 
     /// <inheritdoc/>

@@ -33,9 +33,14 @@ public sealed record ElementwiseOp(ElementwiseFunction Function) : Op
     internal override void Jvp(in RuleContext c) =>
         c.Backend.MultiplyChannels(c.Output.Auxiliary, c.Input(0).Tangent, c.Output.Tangent, accumulate: false);
 
+    /// <summary>Whether f'(x) can be read from y instead of a saved derivative: ReLU's 1[x &gt; 0] is 1[y &gt; 0]
+    /// (<see cref="Backend.MultiplyByPositiveMask"/>). A backprop plan that keeps y for the next layer then saves no mask.</summary>
+    internal bool DerivativeFromOutput => Function is ReluFunction;
+
     internal override void Vjp(in RuleContext c)
     {
-        if (!c.Input(0).Cotangent.IsEmpty)
-            c.Backend.MultiplyChannels(c.Output.Auxiliary, c.Output.Cotangent, c.Input(0).Cotangent, c.Accumulate(0));
+        if (c.Input(0).Cotangent.IsEmpty) return;
+        if (c.DerivativeFromOutput) c.Backend.MultiplyByPositiveMask(c.Output.Value, c.Output.Cotangent, c.Input(0).Cotangent, c.Accumulate(0));
+        else c.Backend.MultiplyChannels(c.Output.Auxiliary, c.Output.Cotangent, c.Input(0).Cotangent, c.Accumulate(0));
     }
 }
