@@ -7,12 +7,20 @@ namespace ForwardAD.Autodiff;
 /// physical buffer once its previous occupant is dead (a greedy interval colouring, best fit by
 /// size). With reuse off every request gets its own buffer. Peak memory of a JVP then stays flat
 /// in depth: a layer's value and tangent die once the next layer has consumed them.
+/// Memory that another owner only needs from some step on (a parameter gradient's slice, written by the backward pass)
+/// can be offered as a host (<see cref="Offer"/>): requests that die before that step live in it first, as autograd's
+/// freed activations make room for the gradients.
 /// </summary>
 internal sealed class BufferPlanner(bool reuse)
 {
     private sealed record Lifetime(int Length, int First, int Last, Action<View> Assign);
 
+    /// <summary>A physical buffer: allocated (Host null), or the range [Offset, Offset + Capacity) of the host buffer, free
+    /// before step AvailableUntil, fixed in size.</summary>
+    private sealed record Physical(int Capacity, int FreeAfter, List<Lifetime> Tenants, int? Offset = null, int AvailableUntil = int.MaxValue);
+
     private readonly List<Lifetime> _requests = [];
+    private readonly List<(int Offset, int Length, int AvailableUntil)> _hosts = [];
 
     /// <summary>Requests a buffer alive from step <paramref name="first"/> to step <paramref name="last"/> inclusive.</summary>
     public void Request(int length, int first, int last, Action<View> assign)
@@ -20,48 +28,68 @@ internal sealed class BufferPlanner(bool reuse)
         if (length > 0) _requests.Add(new Lifetime(length, first, last, assign));
     }
 
-    /// <summary>Float elements the physical buffers will hold, known before anything is allocated.</summary>
-    public long PlannedElements() => Assign().Sum(p => (long)p.Capacity);
+    /// <summary>Offers elements [offset, offset + length) of the host buffer given to <see cref="Allocate"/> to requests
+    /// whose last step is before <paramref name="availableUntil"/> (with reuse only).</summary>
+    public void Offer(int offset, int length, int availableUntil)
+    {
+        if (reuse && length > 0) _hosts.Add((offset, length, availableUntil));
+    }
+
+    /// <summary>Float elements the physical buffers will hold, known before anything is allocated (hosted ones excluded).</summary>
+    public long PlannedElements() => Assign().Where(p => p.Offset is null).Sum(p => (long)p.Capacity);
 
     /// <summary>Allocates the physical buffers on the backend, adds them to <paramref name="owned"/> (what the plan gives
-    /// back when disposed) and hands each request its view. Returns the number of float elements allocated.</summary>
-    public long Allocate(Backend backend, List<DeviceBuffer> owned)
+    /// back when disposed), places hosted requests in <paramref name="host"/> and hands each request its view. Returns the
+    /// number of float elements allocated.</summary>
+    public long Allocate(Backend backend, List<DeviceBuffer> owned, DeviceBuffer? host = null)
     {
         long total = 0;
-        foreach (var (capacity, _, tenants) in Assign())
+        foreach (var physical in Assign())
         {
-            var buffer = backend.Allocate(capacity);
+            if (physical.Offset is { } offset)
+            {
+                var region = new View(host ?? throw new InvalidOperationException("Hosted requests need the host buffer."), offset, physical.Capacity);
+                foreach (var tenant in physical.Tenants) tenant.Assign(region.Slice(0, tenant.Length));
+                continue;
+            }
+            var buffer = backend.Allocate(physical.Capacity);
             owned.Add(buffer);
-            total += capacity;
-            foreach (var tenant in tenants) tenant.Assign(new View(buffer, 0, tenant.Length));
+            total += physical.Capacity;
+            foreach (var tenant in physical.Tenants) tenant.Assign(new View(buffer, 0, tenant.Length));
         }
         return total;
     }
 
-    private List<(int Capacity, int FreeAfter, List<Lifetime> Tenants)> Assign()
+    private List<Physical> Assign()
     {
-        var physical = new List<(int Capacity, int FreeAfter, List<Lifetime> Tenants)>();
+        var physical = _hosts.Select(h => new Physical(h.Length, -1, [], h.Offset, h.AvailableUntil)).ToList();
         foreach (var request in reuse ? _requests.OrderBy(r => r.First).ThenByDescending(r => r.Length).ToList() : _requests)
         {
             int best = -1;
             if (reuse)
                 for (int i = 0; i < physical.Count; i++)
                 {
-                    if (physical[i].FreeAfter >= request.First) continue;
-                    if (best < 0 || Fit(physical[i].Capacity, request.Length) < Fit(physical[best].Capacity, request.Length)) best = i;
+                    var p = physical[i];
+                    if (p.FreeAfter >= request.First) continue;
+                    if (p.Offset is not null && (request.Last >= p.AvailableUntil || request.Length > p.Capacity)) continue;
+                    if (best < 0 || Better(p, physical[best], request.Length)) best = i;
                 }
             if (best < 0)
             {
-                physical.Add((request.Length, request.Last, [request]));
+                physical.Add(new Physical(request.Length, request.Last, [request]));
                 continue;
             }
-            var (capacity, _, tenants) = physical[best];
-            tenants.Add(request);
-            physical[best] = (Math.Max(capacity, request.Length), Math.Max(request.Last, physical[best].FreeAfter), tenants);
+            var chosen = physical[best];
+            chosen.Tenants.Add(request);
+            physical[best] = chosen with { Capacity = Math.Max(chosen.Capacity, request.Length), FreeAfter = Math.Max(request.Last, chosen.FreeAfter) };
         }
         return physical;
 
-        // Prefer a buffer that is already large enough and wastes least; growing one costs its growth.
+        // A host first (its memory is there anyway), then the buffer that is already large enough and wastes least; growing
+        // one costs its growth.
+        static bool Better(Physical candidate, Physical best, int length) =>
+            (candidate.Offset is not null) != (best.Offset is not null) ? candidate.Offset is not null : Fit(candidate.Capacity, length) < Fit(best.Capacity, length);
+
         static long Fit(int capacity, int length) => capacity >= length ? capacity - length : 4L * (length - capacity);
     }
 }

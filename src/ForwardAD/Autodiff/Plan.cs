@@ -260,23 +260,32 @@ public sealed class Plan : IDisposable
             if (needsCotangent[id] && !node.IsParameter && vjpFoldedInto[id] < 0)
                 planner.Request(elements, reuse ? firstCotangentWrite[id] : -1, reuse && !node.Op.IsLeaf ? BackwardStep(id) : end, v => b.Cotangent = v);
         }
+        // Parameter gradients share one flat vector in the store's layout, so update rules see them whole. With reuse, each
+        // parameter's slice first hosts buffers that die before the backward pass writes it (a later layer's activations, an
+        // earlier cotangent): the step then holds the gradients and, at any moment, only the activations still to be read, as
+        // autograd allocates each gradient while it frees activations. The gradients stay readable until the next forward pass.
+        var layout = options.Gradients ? ParameterLayout.Of(model) : null;
+        if (layout is not null && reuse)
+            foreach (var (p, offset) in layout.Entries)
+                if (needsCotangent[p.Id] && firstCotangentWrite[p.Id] < end) planner.Offer(offset, p.Shape.ElementCount, firstCotangentWrite[p.Id]);
+
         // One scratch buffer for every rule (im2col columns, normalisation temporaries): rules run one at a time.
         long scratchElements = ScratchNeed(nodes, nodes.Select(n => n.Id), batch, channels);
         parameters.Backend.RequireMemory((planner.PlannedElements() + scratchElements + (options.Gradients ? parameters.All.Length : 0)) * sizeof(float),
             $"A plan for batch {batch} with K = {channels} tangent channels{(options.Gradients ? " and gradients" : "")}");
         var owned = new List<DeviceBuffer>();
         DeviceBuffer Own(int length) => Allocate(parameters.Backend, owned, length);
-        long allocated = planner.Allocate(parameters.Backend, owned) + scratchElements;
+        var gradientBuffer = layout is null ? null : Own(Math.Max(1, parameters.All.Length));
+        long allocated = planner.Allocate(parameters.Backend, owned, gradientBuffer) + scratchElements;
         var scratch = scratchElements == 0 ? View.Empty : new View(Own((int)scratchElements), 0, (int)scratchElements);
 
-        // Parameter gradients share one flat vector in the store's layout, so update rules see them whole.
         var gradients = View.Empty;
         var gradientSlices = new View[count];
-        if (options.Gradients)
+        if (layout is not null)
         {
-            gradients = new View(Own(Math.Max(1, parameters.All.Length)), 0, parameters.All.Length);
+            gradients = new View(gradientBuffer!, 0, parameters.All.Length);
             allocated += parameters.All.Length;
-            var slices = gradientSlices = ParameterLayout.Of(model).Slices(model, gradients);
+            var slices = gradientSlices = layout.Slices(model, gradients);
             foreach (var p in model.Parameters)
                 if (needsCotangent[p.Id]) buffers[p.Id].Cotangent = slices[p.Id];
         }
