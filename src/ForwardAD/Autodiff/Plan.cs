@@ -622,7 +622,8 @@ public sealed class Plan : IDisposable
     }
 
     /// <summary>∂L/∂θ for every parameter after <see cref="Backward"/>, flat in the store's layout
-    /// (parameters off the loss path stay zero).</summary>
+    /// (parameters off the loss path stay zero). With <see cref="PlanOptions.ReuseBuffers"/> the next forward pass
+    /// overwrites it (its slices hold activations until the backward pass writes them): read or copy it before.</summary>
     public View ParameterGradients { get; private init; }
 
     /// <summary>Per node id: whether <see cref="Cotangent"/> may read the node's cotangent after the backward pass.</summary>

@@ -43,9 +43,11 @@ public sealed record PlanOptions(int BatchSize)
     /// consumers have run, so memory is flat in depth; only the fused <see cref="Plan.ForwardJvp"/> and
     /// <see cref="Plan.Forward"/> may then run. With gradients (backprop): a value lives until its last forward consumer
     /// or the last VJP rule that reads it, a cotangent only while the backward pass needs it, as PyTorch's autograd frees
-    /// them; one <see cref="Plan.Backward"/> per forward pass. Either way only the loss, the output, <see cref="Retain"/>
-    /// nodes, the parameter gradients and the inputs' cotangents can be read afterwards, and pull-backs and parameter
-    /// updates (which read forward values later) are refused.
+    /// them; one <see cref="Plan.Backward"/> per forward pass. Buffers that die before a parameter's gradient is first
+    /// written live in that gradient's slice meanwhile (as autograd frees activations while it allocates gradients), so the
+    /// parameter gradients are readable from the end of the backward pass until the next forward pass. Either way only the
+    /// loss, the output, <see cref="Retain"/> nodes, the parameter gradients and the inputs' cotangents can be read
+    /// afterwards, and pull-backs and parameter updates (which read forward values later) are refused.
     /// </summary>
     public bool ReuseBuffers { get; init; }
 
