@@ -98,6 +98,37 @@ public sealed class BackwardReuseTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>A local loss that feeds further ops (a tanh chain, a ReLU, to a second loss): its cotangent is seeded at the
+    /// start of the backward pass, so no buffer and no gradient slice may share its memory before its consumers add to it,
+    /// and a ReLU after it adds its term (it cannot overwrite). Gradients are the bits of a plan that keeps everything, over
+    /// passes with new inputs and parameters.</summary>
+    [Theory]
+    [InlineData("tanh")]
+    [InlineData("relu")]
+    public void A_loss_that_feeds_other_ops_keeps_its_seed(string activation)
+    {
+        const int batch = 4;
+        var b = new ModelBuilder();
+        var x = b.Input("x", new Shape(8), differentiable: false);
+        var pred = b.Dense("l0", x, 4, ElementwiseFunction.Tanh).Output;
+        var loss1 = b.MeanSquaredError("loss1", pred, b.Input("t", new Shape(4), differentiable: false));
+        var chain = b.Activation("a0", loss1, ElementwiseFunction.Parse(activation));
+        for (int i = 1; i < 4; i++) chain = b.Activation($"a{i}", chain, ElementwiseFunction.Tanh);
+        var loss2 = b.MeanSquaredError("loss2", chain, b.Input("t2", loss1.Shape, differentiable: false));
+        var model = b.Build(loss2, pred, [loss1]);
+        for (int pass = 0; pass < 3; pass++)
+        {
+            var problem = Tests.Problem.From(model, 11 + pass, batch);
+            var kept = problem.Compile(new PlanOptions(batch) { Gradients = true });
+            var reused = problem.Compile(new PlanOptions(batch) { Gradients = true, ReuseBuffers = true });
+            kept.Forward();
+            kept.Backward();
+            reused.Forward();
+            reused.Backward();
+            Assert.True(Bits.Same(kept.ParameterGradients.ToArray(), reused.ParameterGradients.ToArray()), $"pass {pass}: gradients differ");
+        }
+    }
+
     [Fact]
     public void An_intermediate_cotangent_or_a_second_backward_pass_is_refused_with_the_reason()
     {

@@ -158,6 +158,14 @@ public sealed class Plan : IDisposable
                     firstCotangentWrite[input] = firstCotangentWrite[input] == count ? step : Math.Min(firstCotangentWrite[input], step);
                 }
             }
+        // A loss is seeded at the start of the backward pass even when it also feeds other ops (a local loss inside a
+        // model): its cotangent is written at step count, before any consumer adds to it.
+        var isLoss = new bool[count];
+        foreach (var loss in model.Losses)
+        {
+            isLoss[loss.Id] = true;
+            if (options.Gradients && needsCotangent[loss.Id]) firstCotangentWrite[loss.Id] = count;
+        }
         int LastStep(int id) => retained[id] || nodes[id].Op.IsLeaf ? end : Math.Max(lastUse[id], readByBackward[id]);
 
         // With reuse (no intermediate tangent readable), an elementwise op whose only consumer is a max pool is folded into the
@@ -202,7 +210,8 @@ public sealed class Plan : IDisposable
         // A backprop plan with reuse keeps a ReLU's output y anyway (the next layer's weight gradient reads it), and the ReLU's
         // VJP can read its mask 1[y > 0] from y (ElementwiseOp.DerivativeFromOutput): such a plan saves no mask, one activation
         // per layer less, as autograd keeps. Only where nothing else reads the mask (no tangent, no fold into a pool, no
-        // SaveDerivatives) and x feeds nothing else, so that this rule alone writes x̄ (it overwrites).
+        // SaveDerivatives, not retained) and x feeds nothing else and is no loss (seeded), so that this rule alone writes x̄ (it
+        // overwrites).
         var outputDerivative = new bool[count];
         if (reuse && options.Gradients && !options.SaveDerivatives)
         {
@@ -211,7 +220,8 @@ public sealed class Plan : IDisposable
                 foreach (var input in node.Inputs) consumers[input]++;
             foreach (var node in nodes)
                 if (node.Op is ElementwiseOp { DerivativeFromOutput: true } && runsVjp[node.Id] && !tangentNonZero[node.Id]
-                    && foldedInto[node.Id] < 0 && vjpFoldedInto[node.Id] < 0 && consumers[node.Inputs[0]] == 1)
+                    && foldedInto[node.Id] < 0 && vjpFoldedInto[node.Id] < 0 && !retained[node.Id] && consumers[node.Inputs[0]] == 1
+                    && !isLoss[node.Inputs[0]])
                 {
                     outputDerivative[node.Id] = true;
                     readByBackward[node.Id] = Math.Max(readByBackward[node.Id], BackwardStep(node.Id));
@@ -267,7 +277,12 @@ public sealed class Plan : IDisposable
         var layout = options.Gradients ? ParameterLayout.Of(model) : null;
         if (layout is not null && reuse)
             foreach (var (p, offset) in layout.Entries)
-                if (needsCotangent[p.Id] && firstCotangentWrite[p.Id] < end) planner.Offer(offset, p.Shape.ElementCount, firstCotangentWrite[p.Id]);
+                if (needsCotangent[p.Id] && firstCotangentWrite[p.Id] < end)
+                {
+                    // Hosted buffers start on a 64-byte boundary, as allocated ones do (vector loads, cuBLAS's aligned kernels).
+                    int start = (offset + 15) / 16 * 16, length = offset + p.Shape.ElementCount - start;
+                    planner.Offer(start, length, firstCotangentWrite[p.Id]);
+                }
 
         // One scratch buffer for every rule (im2col columns, normalisation temporaries): rules run one at a time.
         long scratchElements = ScratchNeed(nodes, nodes.Select(n => n.Id), batch, channels);
@@ -646,7 +661,8 @@ public sealed class Plan : IDisposable
     private View[] GradientSlices { get; init; } = [];
 
     /// <summary>∂L/∂θ for a parameter after <see cref="Backward"/> (zero for a parameter no loss depends on through a
-    /// derivative path, e.g. behind a stop-gradient).</summary>
+    /// derivative path, e.g. behind a stop-gradient); with <see cref="PlanOptions.ReuseBuffers"/>, until the next forward pass
+    /// (see <see cref="ParameterGradients"/>).</summary>
     public View Gradient(Node parameter)
     {
         CheckNode(parameter);

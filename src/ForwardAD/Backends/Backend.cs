@@ -408,8 +408,9 @@ public abstract class Backend
 
     /// <summary>destination (+)= 1[y &gt; 0] ⊙ v: a ReLU's VJP read from its output y = max(x, 0), which is positive exactly where x
     /// is (a NaN x gives a NaN y, neither positive), with the product <see cref="MultiplyChannels"/> forms from a saved mask, so
-    /// its bits: a plan that keeps y anyway then saves no mask. The default writes the mask into the destination and multiplies
-    /// in place, so it only overwrites; a backend may fuse both and add.</summary>
+    /// its bits: a plan that keeps y anyway then saves no mask. One channel: y, v and the destination have the same length.
+    /// The default writes the mask into the destination and multiplies in place, so it only overwrites; a backend may fuse
+    /// both and add.</summary>
     public virtual void MultiplyByPositiveMask(View y, View v, View destination, bool accumulate)
     {
         if (accumulate) throw new NotSupportedException($"{GetType().Name}.{nameof(MultiplyByPositiveMask)} overwrites its destination only.");

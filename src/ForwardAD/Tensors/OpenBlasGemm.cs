@@ -40,7 +40,7 @@ public sealed class OpenBlasGemm : Gemm
     private static readonly Lazy<int> MeasuredSingleBlockDepth = new(() => MeasureSingleBlockDepth(new OpenBlasGemm()));
 
     /// <summary>The largest of 1024, 768, 512, 384, 320, 256, 192, 128 (0 if none) at which <paramref name="gemm"/> adds an
-    /// m × n product to C in one rounding per entry, on deterministic data of mixed signs and magnitudes. At a depth split into
+    /// m × n product to C in one rounding per entry, with B as stored and transposed, on deterministic data of mixed signs and magnitudes. At a depth split into
     /// blocks a large fraction of the entries round differently, so a split depth does not pass by chance.</summary>
     internal static int MeasureSingleBlockDepth(Gemm gemm, int m = 128, int n = 128)
     {
@@ -58,14 +58,18 @@ public sealed class OpenBlasGemm : Gemm
         var folded = new float[m * n];
         var added = new float[m * n];
         foreach (int k in new[] { 1024, 768, 512, 384, 320, 256, 192, 128 })
-        {
-            addend.CopyTo(folded, 0);
-            gemm.Multiply(Transpose.No, Transpose.No, m, n, k, 1f, a, k, b, n, 1f, folded, n);
-            gemm.Multiply(Transpose.No, Transpose.No, m, n, k, 1f, a, k, b, n, 0f, added, n);
-            for (int i = 0; i < added.Length; i++) added[i] += addend[i];
-            if (folded.AsSpan().SequenceEqual(added)) return k;
-        }
+            if (Folds(Transpose.No, k) && Folds(Transpose.Yes, k)) return k; // B as stored and as a linear layer's weight
         return 0;
+
+        bool Folds(Transpose transposeB, int k)
+        {
+            int ldb = transposeB == Transpose.No ? n : k;
+            addend.CopyTo(folded, 0);
+            gemm.Multiply(Transpose.No, transposeB, m, n, k, 1f, a, k, b, ldb, 1f, folded, n);
+            gemm.Multiply(Transpose.No, transposeB, m, n, k, 1f, a, k, b, ldb, 0f, added, n);
+            for (int i = 0; i < added.Length; i++) added[i] += addend[i];
+            return MemoryMarshal.Cast<float, int>(folded.AsSpan()).SequenceEqual(MemoryMarshal.Cast<float, int>(added.AsSpan()));
+        }
     }
 
     /// <inheritdoc/>

@@ -40,7 +40,7 @@ public sealed record LinearOp : Op
     {
         var (x, w, y) = (c.Input(0).Value, c.Input(1).Value, c.Output.Value);
         int outputs = c.Node.Shape.Last, inputs = w.Length / outputs, rows = y.Length / outputs;
-        if (c.Node.Inputs.Length == 3 && inputs <= c.Backend.GemmSingleBlockDepth)
+        if (c.Node.Inputs.Length == 3 && Folds(c, rows, outputs, inputs))
         {
             // b + Σ_p x·w rounds as Σ + b: the bias rides in y (β = 1) when the GEMM adds its whole depth in one rounding, the
             // bits of the product then the bias pass without that pass over y (nor the GEMM's clearing of y).
@@ -51,6 +51,11 @@ public sealed record LinearOp : Op
         c.Backend.Gemm(Transpose.No, Transpose.Yes, rows, outputs, inputs, 1f, x, inputs, w, inputs, 0f, y, outputs);
         if (c.Node.Inputs.Length == 3) c.Backend.AddBias(c.Input(2).Value, y);
     }
+
+    /// <summary>Whether an addend may ride in this product's C: its depth within the GEMM's single block, and a matrix on both
+    /// sides (a GEMM may hand a product with one row or one column to another kernel, whose rounding was not measured).</summary>
+    private static bool Folds(in RuleContext c, int rows, int outputs, int inputs) =>
+        rows > 1 && outputs > 1 && inputs <= c.Backend.GemmSingleBlockDepth;
 
     /// <summary>Adds the injected tangent itself: inside the tangent product when that is the only term and the GEMM sums the
     /// depth in one block, else after the terms, as the plan would.</summary>
@@ -63,7 +68,7 @@ public sealed record LinearOp : Op
         int rowsPerChannel = dy.Length / c.TangentCount / outputs;
         var injected = c.InjectedTangent;
         bool biasTangent = c.Node.Inputs.Length == 3 && !c.Input(2).Tangent.IsEmpty;
-        if (!injected.IsEmpty && !x.Tangent.IsEmpty && w.Tangent.IsEmpty && !biasTangent && inputs <= c.Backend.GemmSingleBlockDepth)
+        if (!injected.IsEmpty && !x.Tangent.IsEmpty && w.Tangent.IsEmpty && !biasTangent && Folds(c, c.TangentCount * rowsPerChannel, outputs, inputs))
         {
             // ṡ = ẋ Wᵀ + seed with the seed in ṡ before a β = 1 product: the bits of the product then the plan's add (see Forward).
             c.Backend.Copy(injected, dy);
