@@ -183,11 +183,11 @@ public sealed class Plan : IDisposable
         Array.Fill(vjpFoldedInto, -1);
         var tangentLastStep = new int[count];
         for (int id = 0; id < count; id++) tangentLastStep[id] = LastStep(id);
+        var consumers = new int[count];
+        foreach (var node in nodes)
+            foreach (var input in node.Inputs) consumers[input]++;
         if (reuse)
         {
-            var consumers = new int[count];
-            foreach (var node in nodes)
-                foreach (var input in node.Inputs) consumers[input]++;
             foreach (var pool in nodes.Where(n => n.Op is MaxPool2dOp))
             {
                 var e = nodes[pool.Inputs[0]];
@@ -215,9 +215,6 @@ public sealed class Plan : IDisposable
         var outputDerivative = new bool[count];
         if (reuse && options.Gradients && !options.SaveDerivatives)
         {
-            var consumers = new int[count];
-            foreach (var node in nodes)
-                foreach (var input in node.Inputs) consumers[input]++;
             foreach (var node in nodes)
                 if (node.Op is ElementwiseOp { DerivativeFromOutput: true } && runsVjp[node.Id] && !tangentNonZero[node.Id]
                     && foldedInto[node.Id] < 0 && vjpFoldedInto[node.Id] < 0 && !retained[node.Id] && consumers[node.Inputs[0]] == 1

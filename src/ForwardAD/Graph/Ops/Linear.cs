@@ -40,16 +40,13 @@ public sealed record LinearOp : Op
     {
         var (x, w, y) = (c.Input(0).Value, c.Input(1).Value, c.Output.Value);
         int outputs = c.Node.Shape.Last, inputs = w.Length / outputs, rows = y.Length / outputs;
-        if (c.Node.Inputs.Length == 3 && Folds(c, rows, outputs, inputs))
-        {
-            // b + Σ_p x·w rounds as Σ + b: the bias rides in y (β = 1) when the GEMM adds its whole depth in one rounding, the
-            // bits of the product then the bias pass without that pass over y (nor the GEMM's clearing of y).
-            c.Backend.RepeatRow(c.Input(2).Value, y);
-            c.Backend.Gemm(Transpose.No, Transpose.Yes, rows, outputs, inputs, 1f, x, inputs, w, inputs, 1f, y, outputs);
-            return;
-        }
-        c.Backend.Gemm(Transpose.No, Transpose.Yes, rows, outputs, inputs, 1f, x, inputs, w, inputs, 0f, y, outputs);
-        if (c.Node.Inputs.Length == 3) c.Backend.AddBias(c.Input(2).Value, y);
+        bool hasBias = c.Node.Inputs.Length == 3;
+        // b + Σ_p x·w rounds as Σ + b: the bias rides in y (β = 1) when the GEMM adds its whole depth in one rounding, the
+        // bits of the product then the bias pass without that pass over y (nor the GEMM's clearing of y).
+        bool biasInProduct = hasBias && Folds(c, rows, outputs, inputs);
+        if (biasInProduct) c.Backend.RepeatRow(c.Input(2).Value, y);
+        c.Backend.Gemm(Transpose.No, Transpose.Yes, rows, outputs, inputs, 1f, x, inputs, w, inputs, biasInProduct ? 1f : 0f, y, outputs);
+        if (hasBias && !biasInProduct) c.Backend.AddBias(c.Input(2).Value, y);
     }
 
     /// <summary>Whether an addend may ride in this product's C: its depth within the GEMM's single block, and a matrix on both
@@ -68,20 +65,17 @@ public sealed record LinearOp : Op
         int rowsPerChannel = dy.Length / c.TangentCount / outputs;
         var injected = c.InjectedTangent;
         bool biasTangent = c.Node.Inputs.Length == 3 && !c.Input(2).Tangent.IsEmpty;
-        if (!injected.IsEmpty && !x.Tangent.IsEmpty && w.Tangent.IsEmpty && !biasTangent && Folds(c, c.TangentCount * rowsPerChannel, outputs, inputs))
-        {
-            // ṡ = ẋ Wᵀ + seed with the seed in ṡ before a β = 1 product: the bits of the product then the plan's add (see Forward).
-            c.Backend.Copy(injected, dy);
-            c.Backend.Gemm(Transpose.No, Transpose.Yes, c.TangentCount * rowsPerChannel, outputs, inputs, 1f,
-                x.Tangent, inputs, w.Value, inputs, 1f, dy, outputs);
-            return;
-        }
+        // ṡ = ẋ Wᵀ + seed with the seed in ṡ before a β = 1 product when that product is the only term: the bits of the
+        // product then the plan's add (see Forward).
+        bool seedInProduct = !injected.IsEmpty && !x.Tangent.IsEmpty && w.Tangent.IsEmpty && !biasTangent
+            && Folds(c, c.TangentCount * rowsPerChannel, outputs, inputs);
         bool written = false;
         if (!x.Tangent.IsEmpty)
         {
             // All K channels at once: [K·rows, in] × [in, out].
+            if (seedInProduct) c.Backend.Copy(injected, dy);
             c.Backend.Gemm(Transpose.No, Transpose.Yes, c.TangentCount * rowsPerChannel, outputs, inputs, 1f,
-                x.Tangent, inputs, w.Value, inputs, 0f, dy, outputs);
+                x.Tangent, inputs, w.Value, inputs, seedInProduct ? 1f : 0f, dy, outputs);
             written = true;
         }
         if (!w.Tangent.IsEmpty)
@@ -100,7 +94,7 @@ public sealed record LinearOp : Op
             for (int k = 0; k < c.TangentCount; k++)
                 c.Backend.AddBias(c.Input(2).Tangent.Channel(k, outputs), dy.Channel(k, channelElements));
         }
-        if (!injected.IsEmpty) c.Backend.Add(dy, injected, dy);
+        if (!injected.IsEmpty && !seedInProduct) c.Backend.Add(dy, injected, dy);
     }
 
     internal override void Vjp(in RuleContext c)
