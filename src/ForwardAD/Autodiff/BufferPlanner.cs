@@ -19,6 +19,9 @@ internal sealed class BufferPlanner(bool reuse)
     /// before step AvailableUntil, fixed in size.</summary>
     private sealed record Physical(int Capacity, int FreeAfter, List<Lifetime> Tenants, int? Offset = null, int AvailableUntil = int.MaxValue);
 
+    /// <summary>Hosted buffers start on 64-byte boundaries (16 floats), as allocated ones do.</summary>
+    public const int Alignment = 16;
+
     private readonly List<Lifetime> _requests = [];
     private readonly List<(int Offset, int Length, int AvailableUntil)> _hosts = [];
 
@@ -48,8 +51,9 @@ internal sealed class BufferPlanner(bool reuse)
         {
             if (physical.Offset is { } offset)
             {
-                var region = new View(host ?? throw new InvalidOperationException("Hosted requests need the host buffer."), offset, physical.Capacity);
-                foreach (var tenant in physical.Tenants) tenant.Assign(region.Slice(0, tenant.Length));
+                // A tenant placed before the host was split may be longer than what is left of it (it was dead by then).
+                var hostBuffer = host ?? throw new InvalidOperationException("Hosted requests need the host buffer.");
+                foreach (var tenant in physical.Tenants) tenant.Assign(new View(hostBuffer, offset, tenant.Length));
                 continue;
             }
             var buffer = backend.Allocate(physical.Capacity);
@@ -81,6 +85,16 @@ internal sealed class BufferPlanner(bool reuse)
             }
             var chosen = physical[best];
             chosen.Tenants.Add(request);
+            int used = (request.Length + Alignment - 1) / Alignment * Alignment;
+            if (chosen.Offset is { } offset && chosen.Capacity - used >= Alignment)
+            {
+                // A host larger than the request is split: the request takes its aligned front, and the rest stays a host of
+                // its own, so one gradient's slice holds several buffers at once. The rest counts as busy as long as the whole
+                // host was (an earlier tenant may have used it).
+                physical[best] = chosen with { Capacity = used, FreeAfter = Math.Max(request.Last, chosen.FreeAfter) };
+                physical.Add(new Physical(chosen.Capacity - used, chosen.FreeAfter, [], offset + used, chosen.AvailableUntil));
+                continue;
+            }
             physical[best] = chosen with { Capacity = Math.Max(chosen.Capacity, request.Length), FreeAfter = Math.Max(request.Last, chosen.FreeAfter) };
         }
         return physical;

@@ -277,7 +277,7 @@ public sealed class Plan : IDisposable
                 if (needsCotangent[p.Id] && firstCotangentWrite[p.Id] < end)
                 {
                     // Hosted buffers start on a 64-byte boundary, as allocated ones do (vector loads, cuBLAS's aligned kernels).
-                    int start = (offset + 15) / 16 * 16, length = offset + p.Shape.ElementCount - start;
+                    int start = (offset + BufferPlanner.Alignment - 1) / BufferPlanner.Alignment * BufferPlanner.Alignment, length = offset + p.Shape.ElementCount - start;
                     planner.Offer(start, length, firstCotangentWrite[p.Id]);
                 }
 
