@@ -77,9 +77,11 @@ internal static class OursSide
     public static int Memory(int depth, string row)
     {
         var model = Graph.MlpSpec.Uniform(MlpBenchmarks.Inputs, depth, MlpBenchmarks.Width, MlpBenchmarks.Classes, Backends.ElementwiseFunction.Relu).Build();
-        var store = Autodiff.ParameterStore.Initialize(model, new Backends.CpuBackend(), 1);
-        var x = new float[MlpBenchmarks.Batch * MlpBenchmarks.Inputs];
-        Random.RandomFill.Normal(new Random.RandomKey(1, 1), 0, 0f, 1f, x);
+        var backend = new Backends.CpuBackend();
+        var store = Autodiff.ParameterStore.Initialize(model, backend, 1);
+        // The batch lives in a buffer of the backend, as the peers' input tensor does, and the plan reads it there.
+        var x = new Backends.View(backend.Allocate(MlpBenchmarks.Batch * MlpBenchmarks.Inputs));
+        Random.RandomFill.Normal(new Random.RandomKey(1, 1), 0, 0f, 1f, Backends.CpuBackend.Span(x));
         var y = Enumerable.Range(0, MlpBenchmarks.Batch).Select(i => (float)(i % MlpBenchmarks.Classes)).ToArray();
         PeerComparison.ResetPeakResident();
         long baseline = PeerComparison.ProcStatusBytes("VmRSS:");
@@ -88,11 +90,12 @@ internal static class OursSide
             {
                 ReuseBuffers = true,
                 Seeds = [.. model.Sites.Select(s => new Autodiff.TangentSeed(s.Node, new Random.RandomKey(1, (ulong)s.Node.Id)))],
+                BoundInputs = [model["x"]],
             }
             // Backprop as the training step runs it (BackpropGuesser): only what the backward pass reads is kept.
-            : new Autodiff.PlanOptions(MlpBenchmarks.Batch) { Gradients = true, ReuseBuffers = true };
+            : new Autodiff.PlanOptions(MlpBenchmarks.Batch) { Gradients = true, ReuseBuffers = true, BoundInputs = [model["x"]] };
         var plan = Autodiff.Plan.Compile(store, options);
-        plan.SetInput(model["x"], x);
+        plan.BindInput(model["x"], x);
         plan.SetInput(model["y"], y);
         for (int i = 0; i < 2; i++)
         {

@@ -94,6 +94,15 @@ public sealed class Plan : IDisposable
         }
         retained[model.Output.Id] = true;
         foreach (var loss in model.Losses) retained[loss.Id] = true;
+        var bound = new bool[count];
+        foreach (var node in options.BoundInputs)
+        {
+            if (!model.Contains(node)) throw new ArgumentException($"Bound input {node} is not a node of this model.", nameof(options));
+            if (node.Op is not InputOp)
+                throw new ArgumentException($"Only real-valued inputs can be bound; {node} is {(node.Op is ClassLabelsOp or TokensOp ? "labels or tokens, which SetInput checks and copies" : "no input")}.", nameof(options));
+            if (bound[node.Id]) throw new ArgumentException($"Input {node} is bound twice.", nameof(options));
+            bound[node.Id] = true;
+        }
 
         // Symbolic zeros: a tangent is non-zero iff the node is seeded or a differentiable input of it is (a
         // stop-gradient counts as differentiable here when the options let tangents cross it).
@@ -242,7 +251,7 @@ public sealed class Plan : IDisposable
             int id = node.Id, elements = node.ElementCount(batch);
             var b = buffers[id];
             if (node.IsParameter || node.IsState) b.Value = parameters[node];
-            else planner.Request(elements, node.Op.IsLeaf ? -1 : id, LastStep(id), v => b.Value = v);
+            else if (!bound[id]) planner.Request(elements, node.Op.IsLeaf ? -1 : id, LastStep(id), v => b.Value = v);
 
             int auxiliary = node.Op.AuxiliaryElements(node, nodes, batch);
             if ((differentiating || node.Op.ForwardWritesAuxiliary) && !outputDerivative[id])
@@ -353,6 +362,8 @@ public sealed class Plan : IDisposable
         CheckNode(input);
         if (input.Op is not (InputOp or ClassLabelsOp or TokensOp))
             throw new ArgumentException($"{input} is not an input of the model; inputs are: {string.Join(", ", Model.Inputs)}.", nameof(input));
+        if (Options.BoundInputs.Contains(input))
+            throw new InvalidOperationException($"Input {input} is read from the caller's buffer (PlanOptions.BoundInputs): write the batch into that buffer, or bind another with BindInput.");
         int expected = input.ElementCount(BatchSize);
         if (values.Length != expected)
             throw new ArgumentException($"Input {input} expects {expected} values (batch {BatchSize} × {input.Shape.ElementCount} per example); got {values.Length}.", nameof(values));
@@ -366,6 +377,28 @@ public sealed class Plan : IDisposable
                     throw new ArgumentException($"Input {input}: example {i / tokens.Length}, position {i % tokens.Length} has token {values[i]}; " +
                         $"tokens must be whole numbers in [0, {tokens.Vocabulary}) or the padding id {tokens.Padding}.", nameof(values));
         Backend.CopyFromHost(values, _buffers[input.Id].Value);
+        _forwardDone = false;
+    }
+
+    /// <summary>
+    /// Reads a bound input (<see cref="PlanOptions.BoundInputs"/>) from <paramref name="values"/> from the next pass on:
+    /// B × (per-example elements) floats on this plan's backend, which the caller keeps alive and unchanged until the
+    /// passes that read them have run (with gradients, until <see cref="Backward"/>: a layer's weight gradient reads its
+    /// input). Binding is free; rebind per batch to read each from where it lies.
+    /// </summary>
+    public void BindInput(Node input, View values)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        CheckNode(input);
+        if (!Options.BoundInputs.Contains(input))
+            throw new ArgumentException($"Input {input} was not compiled as bound; list it in PlanOptions.BoundInputs, or copy a batch into it with SetInput.", nameof(input));
+        if (values.IsEmpty) throw new ArgumentException($"Input {input}: the view to bind is empty.", nameof(values));
+        if (values.Buffer!.Backend != Backend)
+            throw new ArgumentException($"Input {input}: the buffer belongs to {values.Buffer.Backend.Name}, this plan runs on {Backend.Name}; allocate it with the plan's backend.", nameof(values));
+        int expected = input.ElementCount(BatchSize);
+        if (values.Length != expected)
+            throw new ArgumentException($"Input {input} expects {expected} values (batch {BatchSize} × {input.Shape.ElementCount} per example); the view holds {values.Length}.", nameof(values));
+        _buffers[input.Id].Value = values;
         _forwardDone = false;
     }
 
@@ -411,6 +444,7 @@ public sealed class Plan : IDisposable
     public void Forward()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        RequireBoundInputs();
         foreach (var id in _forwardOrder) RunForward(id);
         _forwardDone = true;
         _backwardDone = false;
@@ -430,6 +464,7 @@ public sealed class Plan : IDisposable
     public void ForwardJvp()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        RequireBoundInputs();
         int t = 0;
         foreach (var id in _forwardOrder)
         {
@@ -480,6 +515,7 @@ public sealed class Plan : IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (channels < 1) throw new ArgumentOutOfRangeException(nameof(channels), $"A pull-back needs at least one channel; got {channels}.");
         if (Options.ReuseBuffers) throw new InvalidOperationException("Pull-backs read the forward values between their ends; this plan reuses buffers (PlanOptions.ReuseBuffers).");
+        if (!Options.BoundInputs.IsEmpty) throw new InvalidOperationException("Pull-backs keep views of the inputs; this plan reads them from buffers the caller binds (PlanOptions.BoundInputs).");
         if (!_saveAuxiliary) throw new InvalidOperationException("Pull-backs read the saved derivatives; compile the plan with seeds, Gradients or SaveDerivatives.");
         if (from.Count == 0) throw new ArgumentException("A pull-back needs at least one node to start from.", nameof(from));
         CheckNode(to);
@@ -543,6 +579,7 @@ public sealed class Plan : IDisposable
         if (destination.Length != Parameters.All.Length)
             throw new ArgumentException($"The destination must hold every parameter ({Parameters.All.Length} elements); got {destination.Length}.", nameof(destination));
         if (Options.ReuseBuffers) throw new InvalidOperationException("Parameter updates read the sites' inputs; this plan reuses buffers (PlanOptions.ReuseBuffers).");
+        if (!Options.BoundInputs.IsEmpty) throw new InvalidOperationException("Parameter updates keep views of the sites' inputs; this plan reads its inputs from buffers the caller binds (PlanOptions.BoundInputs).");
         var nodes = Model.Nodes;
         var slices = ParameterLayout.Of(Model).Slices(Model, destination);
         var buffers = new NodeBuffers[nodes.Length];
@@ -691,6 +728,13 @@ public sealed class Plan : IDisposable
     private void RequireForward()
     {
         if (!_forwardDone) throw new InvalidOperationException("Run Forward() (or ForwardJvp()) after setting the inputs first.");
+    }
+
+    private void RequireBoundInputs()
+    {
+        foreach (var input in Options.BoundInputs)
+            if (_buffers[input.Id].Value.IsEmpty)
+                throw new InvalidOperationException($"Input {input} is read from the caller's buffer (PlanOptions.BoundInputs) and none is bound: call BindInput first.");
     }
 }
 

@@ -73,4 +73,13 @@ public sealed record PlanOptions(int BatchSize)
 
     /// <summary>Nodes whose value and tangent stay readable when buffers are reused.</summary>
     public ImmutableArray<Node> Retain { get; init; } = [];
+
+    /// <summary>
+    /// Real-valued inputs the plan reads from a buffer the caller binds (<see cref="Plan.BindInput"/>) instead of its own
+    /// copy: the plan allocates nothing for them and copies nothing per batch, so a batch already on the backend (a
+    /// pipeline filling the next batch's buffer during this step, a data set kept on the device) is read where it is.
+    /// Class labels and tokens are always copied (<see cref="Plan.SetInput"/> checks them). Pull-backs and parameter
+    /// updates, which keep views of the inputs, are refused on such a plan.
+    /// </summary>
+    public ImmutableArray<Node> BoundInputs { get; init; } = [];
 }
