@@ -183,6 +183,16 @@ internal static class Profile
         return () => ForwardAD.Random.RandomFill.Normal(new RandomKey(1, 2), 0, 0f, 1f, buffer);
     }
 
+    /// <summary>Exact GELU over 2M N(0, 1) values (the transformer row's two MLP activations per forward pass).</summary>
+    private static Action GeluRow(bool withDerivative)
+    {
+        var x = new float[Environment.GetEnvironmentVariable("GELU_N") is { } n ? int.Parse(n) : 2 << 20];
+        ForwardAD.Random.RandomFill.Normal(new RandomKey(1, 3), 0, 0f, 1f, x);
+        var (y, derivative) = (new float[x.Length], new float[x.Length]);
+        var gelu = ElementwiseFunction.Gelu;
+        return withDerivative ? () => gelu.ApplyWithDerivative(x, y, derivative) : () => gelu.Apply(x, y);
+    }
+
     public static int Run(string row, int iterations)
     {
         var bench = new MlpBenchmarks();
@@ -217,9 +227,11 @@ internal static class Profile
             "tf-step-dfa" => Tf().DfaAdamW,
             "tf-step-grape" => Tf().GrapeAdamW,
             "normal-fill" => NormalFill(),
+            "gelu" => GeluRow(withDerivative: false),
+            "gelu-derivative" => GeluRow(withDerivative: true),
             _ => throw new ArgumentException($"Unknown row '{row}': use forward, jvp1, jvp16, backprop, gemm-managed, step-ap, step-wt, " +
                 "step-backprop, step-dfa, step-grape, cnn-forward, cnn-jvp1, cnn-backprop, cnn-step-backprop, cnn-step-ap, cnn-step-dfa, cnn-step-grape, tf-forward, tf-jvp1, " +
-                "tf-backprop, tf-step-backprop, tf-step-ap, tf-step-dfa or tf-step-grape."),
+                "tf-backprop, tf-step-backprop, tf-step-ap, tf-step-dfa, tf-step-grape, normal-fill, gelu or gelu-derivative."),
         };
         action();
         var watch = Stopwatch.StartNew();

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
 
@@ -164,37 +165,86 @@ internal static class Gaussian
     private const float Sqrt2OverPi = 0.79788456080286535588f;
     private const float Cubic = 0.044715f;
 
-    /// <summary>(Φ(x), φ(x)) from the erfc fit described on <see cref="GeluFunction"/>.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static (Vector256<float> Cdf, Vector256<float> Density) Normal(Vector256<float> x)
-    {
-        var cdf = Cdf(x, out var square, out var tail);
-        return (cdf, FloatMath.Select(tail, Vector256<float>.Zero, FloatMath.ExpWithinRange(-square) * InverseSqrt2Pi)); // φ(x) = e^(−x²/2)/√(2π), −x²/2 = −z² ≥ −72 unless masked
-    }
+    /// <summary>Elements per block of <see cref="Normal(ReadOnlySpan{float}, Span{float}, Span{float}, Span{float}, Span{float})"/>:
+    /// its four temporaries, 1 KiB each, stay in L1.</summary>
+    private const int Block = 256;
 
-    /// <summary>Φ(x) alone (the forward needs no density: one exponential instead of two), with z² = x²/2 and the tail mask
-    /// for <see cref="Normal(Vector256{float})"/>.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Cdf(Vector256<float> x, out Vector256<float> square, out Vector256<float> tail)
+    /// <summary>
+    /// Φ(x) and, unless <paramref name="density"/> is empty, φ(x) for a block of whole vectors, from the erfc fit described
+    /// on <see cref="GeluFunction"/>. Per lane these are the operations of the scalar <see cref="Normal(float)"/> (so the
+    /// same bits wherever an element lands), run in passes over the block: erfc's chain (a division, nine Horner steps, an
+    /// exponential: ~130 cycles of latency) is too long for the out-of-order window to overlap more than two elements'
+    /// worth of it, so a loop doing the whole chain per vector ran at a third of the FP pipes' rate. Each pass here is a
+    /// short chain (and the exponentials run two vectors side by side).
+    /// </summary>
+    private static void Normal(ReadOnlySpan<float> x, Span<float> t, Span<float> square, Span<float> cdf, Span<float> density)
     {
-        var z = Vector256.Abs(x) * InverseSqrt2;
-        var t = Vector256<float>.One / (Vector256<float>.One + z * 0.5f);
-        var p = Vector256.Create(0.17087277f);
-        p = p * t + Vector256.Create(-0.82215223f);
-        p = p * t + Vector256.Create(1.48851587f);
-        p = p * t + Vector256.Create(-1.13520398f);
-        p = p * t + Vector256.Create(0.27886807f);
-        p = p * t + Vector256.Create(-0.18628806f);
-        p = p * t + Vector256.Create(0.09678418f);
-        p = p * t + Vector256.Create(0.37409196f);
-        p = p * t + Vector256.Create(1.00002368f);
-        square = z * z;
-        var half = t * FloatMath.ExpWithinRange(t * p + Vector256.Create(-1.26551223f) - square) * 0.5f; // erfc(z)/2; the exponent lies in [−74, 0] (up to rounding) unless masked
+        const int W = 8;
+        nuint n = (nuint)x.Length;
+        if (x.Length % W != 0 || t.Length < x.Length || square.Length < x.Length || cdf.Length < x.Length || (!density.IsEmpty && density.Length < x.Length))
+            throw new ArgumentException("Normal: a whole number of vectors, and temporaries at least as long as x.");
+        // Whole vectors read and written through references (the lengths are checked above): a bounds check per load
+        // and store would be a fifth of the instructions of the short passes.
+        ref float xs = ref MemoryMarshal.GetReference(x);
+        ref float ts = ref MemoryMarshal.GetReference(t);
+        ref float squares = ref MemoryMarshal.GetReference(square);
+        ref float cdfs = ref MemoryMarshal.GetReference(cdf);
+        // Pass 1: z = |x|/√2, t = 1/(1 + z/2), z².
+        for (nuint j = 0; j < n; j += W)
+        {
+            var z = Vector256.Abs(Vector256.LoadUnsafe(ref xs, j)) * InverseSqrt2;
+            (Vector256<float>.One / (Vector256<float>.One + z * 0.5f)).StoreUnsafe(ref ts, j);
+            (z * z).StoreUnsafe(ref squares, j);
+        }
+        // Pass 2: erfc's exponent t·P(t) − 1.26551223 − z² (P by Horner), kept in cdf until pass 3.
+        for (nuint j = 0; j < n; j += W)
+        {
+            var u = Vector256.LoadUnsafe(ref ts, j);
+            var p = Vector256.Create(0.17087277f);
+            p = p * u + Vector256.Create(-0.82215223f);
+            p = p * u + Vector256.Create(1.48851587f);
+            p = p * u + Vector256.Create(-1.13520398f);
+            p = p * u + Vector256.Create(0.27886807f);
+            p = p * u + Vector256.Create(-0.18628806f);
+            p = p * u + Vector256.Create(0.09678418f);
+            p = p * u + Vector256.Create(0.37409196f);
+            p = p * u + Vector256.Create(1.00002368f);
+            (u * p + Vector256.Create(-1.26551223f) - Vector256.LoadUnsafe(ref squares, j)).StoreUnsafe(ref cdfs, j);
+        }
+        // Pass 3: erfc(z)/2 = t·e^(exponent)/2 (the exponent lies in [−74, 0] up to rounding, masked beyond |x| = 12), then Φ.
+        nuint k = 0;
+        for (; k + 2 * W <= n; k += 2 * W)
+        {
+            var (e0, e1) = (Vector256.LoadUnsafe(ref cdfs, k), Vector256.LoadUnsafe(ref cdfs, k + W));
+            FloatMath.ExpWithinRange(ref e0, ref e1);
+            Cdf(Vector256.LoadUnsafe(ref xs, k), Vector256.LoadUnsafe(ref ts, k), e0).StoreUnsafe(ref cdfs, k);
+            Cdf(Vector256.LoadUnsafe(ref xs, k + W), Vector256.LoadUnsafe(ref ts, k + W), e1).StoreUnsafe(ref cdfs, k + W);
+        }
+        if (k < n) Cdf(Vector256.LoadUnsafe(ref xs, k), Vector256.LoadUnsafe(ref ts, k), FloatMath.ExpWithinRange(Vector256.LoadUnsafe(ref cdfs, k))).StoreUnsafe(ref cdfs, k);
+        if (density.IsEmpty) return;
+        // Pass 4: φ(x) = e^(−z²)/√(2π), 0 beyond |x| = 12.
+        ref float densities = ref MemoryMarshal.GetReference(density);
+        for (k = 0; k + 2 * W <= n; k += 2 * W)
+        {
+            var (e0, e1) = (-Vector256.LoadUnsafe(ref squares, k), -Vector256.LoadUnsafe(ref squares, k + W));
+            FloatMath.ExpWithinRange(ref e0, ref e1);
+            Density(Vector256.LoadUnsafe(ref xs, k), e0).StoreUnsafe(ref densities, k);
+            Density(Vector256.LoadUnsafe(ref xs, k + W), e1).StoreUnsafe(ref densities, k + W);
+        }
+        if (k < n) Density(Vector256.LoadUnsafe(ref xs, k), FloatMath.ExpWithinRange(-Vector256.LoadUnsafe(ref squares, k))).StoreUnsafe(ref densities, k);
+
         // Beyond |x| = 12, Φ(−|x|) < 2e-33 and φ(x) < 6e-32, and e^(−z²) soon underflows into subnormals, which x86
         // multiplies ~100× slower (GELU outputs feed GEMMs): those tails are exactly 0 here.
-        tail = Vector256.GreaterThan(Vector256.Abs(x), Vector256.Create(12f));
-        half = FloatMath.Select(tail, Vector256<float>.Zero, half);
-        return FloatMath.Select(Vector256.LessThan(x, Vector256<float>.Zero), half, Vector256<float>.One - half);
+        static Vector256<float> Tail(Vector256<float> x) => Vector256.GreaterThan(Vector256.Abs(x), Vector256.Create(12f));
+
+        static Vector256<float> Cdf(Vector256<float> x, Vector256<float> t, Vector256<float> exponential)
+        {
+            var half = FloatMath.Select(Tail(x), Vector256<float>.Zero, t * exponential * 0.5f);
+            return FloatMath.Select(Vector256.LessThan(x, Vector256<float>.Zero), half, Vector256<float>.One - half);
+        }
+
+        static Vector256<float> Density(Vector256<float> x, Vector256<float> exponential) =>
+            FloatMath.Select(Tail(x), Vector256<float>.Zero, exponential * InverseSqrt2Pi);
     }
 
     private static (float Cdf, float Density) Normal(float x)
@@ -219,43 +269,44 @@ internal static class Gaussian
     /// <summary>destination = x·Φ(x), or Φ(x) + x·φ(x) when <paramref name="derivative"/>.</summary>
     public static void Gelu(ReadOnlySpan<float> x, Span<float> destination, bool derivative)
     {
-        int i = 0;
-        if (Vector256.IsHardwareAccelerated)
-            for (; i <= x.Length - Vector256<float>.Count; i += Vector256<float>.Count)
-            {
-                var v = Vector256.Create(x.Slice(i, Vector256<float>.Count));
-                if (derivative)
-                {
-                    var (cdf, density) = Normal(v);
-                    (cdf + v * density).CopyTo(destination.Slice(i, Vector256<float>.Count));
-                }
-                else (v * Cdf(v, out _, out _)).CopyTo(destination.Slice(i, Vector256<float>.Count));
-            }
-        for (; i < x.Length; i++)
-        {
-            var (cdf, density) = Normal(x[i]);
-            destination[i] = derivative ? cdf + x[i] * density : x[i] * cdf;
-        }
+        if (derivative) GeluWithDerivative(x, default, destination);
+        else GeluWithDerivative(x, destination, default);
     }
 
-    /// <summary>y = x·Φ(x) and derivative = Φ(x) + x·φ(x), from one evaluation of (Φ, φ): the operations of <see cref="Gelu"/>
-    /// for each output, so the same bits.</summary>
+    /// <summary>y = x·Φ(x) and derivative = Φ(x) + x·φ(x), either one may be empty (not computed), from one evaluation of
+    /// (Φ, φ) per element: whole vectors in blocks (<see cref="Normal(ReadOnlySpan{float}, Span{float}, Span{float}, Span{float}, Span{float})"/>),
+    /// the rest one by one, the same operations, so the same bits.</summary>
     public static void GeluWithDerivative(ReadOnlySpan<float> x, Span<float> y, Span<float> derivative)
     {
+        bool values = !y.IsEmpty, derivatives = !derivative.IsEmpty;
         int i = 0;
-        if (Vector256.IsHardwareAccelerated)
-            for (; i <= x.Length - Vector256<float>.Count; i += Vector256<float>.Count)
+        if (Vector256.IsHardwareAccelerated && x.Length >= Vector256<float>.Count)
+        {
+            Span<float> t = stackalloc float[Block], square = stackalloc float[Block], cdf = stackalloc float[Block];
+            Span<float> density = derivatives ? stackalloc float[Block] : default;
+            if ((values && y.Length < x.Length) || (derivatives && derivative.Length < x.Length))
+                throw new ArgumentException($"GELU: the destinations must hold {x.Length} values.");
+            ref float cdfs = ref MemoryMarshal.GetReference(cdf), densities = ref MemoryMarshal.GetReference(density);
+            for (int count; (count = Math.Min(Block, (x.Length - i) & ~(Vector256<float>.Count - 1))) > 0; i += count)
             {
-                var v = Vector256.Create(x.Slice(i, Vector256<float>.Count));
-                var (cdf, density) = Normal(v);
-                (v * cdf).CopyTo(y.Slice(i, Vector256<float>.Count));
-                (cdf + v * density).CopyTo(derivative.Slice(i, Vector256<float>.Count));
+                var block = x.Slice(i, count);
+                Normal(block, t, square, cdf, derivatives ? density : default);
+                ref float xs = ref MemoryMarshal.GetReference(block);
+                ref float ys = ref values ? ref y[i] : ref Unsafe.NullRef<float>();
+                ref float ds = ref derivatives ? ref derivative[i] : ref Unsafe.NullRef<float>();
+                for (nuint j = 0; j < (nuint)count; j += (nuint)Vector256<float>.Count)
+                {
+                    var (v, c) = (Vector256.LoadUnsafe(ref xs, j), Vector256.LoadUnsafe(ref cdfs, j));
+                    if (values) (v * c).StoreUnsafe(ref ys, j);
+                    if (derivatives) (c + v * Vector256.LoadUnsafe(ref densities, j)).StoreUnsafe(ref ds, j);
+                }
             }
+        }
         for (; i < x.Length; i++)
         {
             var (cdf, density) = Normal(x[i]);
-            y[i] = x[i] * cdf;
-            derivative[i] = cdf + x[i] * density;
+            if (values) y[i] = x[i] * cdf;
+            if (derivatives) derivative[i] = cdf + x[i] * density;
         }
     }
 
