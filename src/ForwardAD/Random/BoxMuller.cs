@@ -64,14 +64,21 @@ public static class BoxMuller
 
     /// <summary>Eight pairs at once, the same operations as <see cref="Pair"/> lane by lane.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static (Vector256<float> Cos, Vector256<float> Sin) Pairs(Vector256<uint> a, Vector256<uint> b)
-    {
-        var half = Vector256.Create(0.5f);
-        var scale = Vector256.Create(1.0f / 16777216.0f);
-        var u = (Vector256.ConvertToSingle(Vector256.ShiftRightLogical(a, 8).AsInt32()) + half) * scale;
-        var v = (Vector256.ConvertToSingle(Vector256.ShiftRightLogical(b, 8).AsInt32()) + half) * scale;
-        var radius = Vector256.Sqrt(Vector256.Create(-2f) * Log(u));
+    internal static (Vector256<float> Cos, Vector256<float> Sin) Pairs(Vector256<uint> a, Vector256<uint> b) => Rotate(b, Radius(a));
 
+    /// <summary>√(−2 ln u) for u = Unit(a), eight lanes: <see cref="Pair"/>'s radius.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> Radius(Vector256<uint> a) => Vector256.Sqrt(Vector256.Create(-2f) * Log(UnitVector(a)));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> UnitVector(Vector256<uint> bits) =>
+        (Vector256.ConvertToSingle(Vector256.ShiftRightLogical(bits, 8).AsInt32()) + Vector256.Create(0.5f)) * Vector256.Create(1.0f / 16777216.0f);
+
+    /// <summary>(radius·cos 2πv, radius·sin 2πv) for v = Unit(b), eight lanes: the rest of <see cref="Pair"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static (Vector256<float> Cos, Vector256<float> Sin) Rotate(Vector256<uint> b, Vector256<float> radius)
+    {
+        var v = UnitVector(b);
         var v8 = v * Vector256.Create(8f);
         var octant = Vector256.Floor(v8);
         var n = FloatMath.TruncateInRange(octant); // 0…7

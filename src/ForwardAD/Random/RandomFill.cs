@@ -68,13 +68,19 @@ public static class RandomFill
         long index = first;
         int j = 0;
         bool vectorized = Avx2.IsSupported;
+        // The chunks' temporaries, made (and zeroed) once per call.
+        bool chunks = vectorized && destination.Length >= 32;
+        Span<Vector256<uint>> radiusBits = chunks ? stackalloc Vector256<uint>[Chunk / 16] : default;
+        Span<Vector256<uint>> angleBits = chunks ? stackalloc Vector256<uint>[Chunk / 16] : default;
+        Span<Vector256<float>> radii = chunks ? stackalloc Vector256<float>[Chunk / 16] : default;
         while (j < destination.Length)
         {
             if (vectorized && (index & 3) == 0 && destination.Length - j >= 32)
             {
-                NormalThirtyTwo(key, (ulong)(index >> 2), mean, standardDeviation, destination.Slice(j, 32));
-                j += 32;
-                index += 32;
+                int count = Math.Min(Chunk, (destination.Length - j) & ~31);
+                NormalChunk(key, (ulong)(index >> 2), mean, standardDeviation, destination.Slice(j, count), radiusBits, angleBits, radii);
+                j += count;
+                index += count;
                 continue;
             }
             if (vectorized && (index & 3) == 0 && destination.Length - j >= 16)
@@ -96,26 +102,46 @@ public static class RandomFill
         }
     }
 
-    /// <summary>Eight Philox blocks → thirty-two normals in stream order: <see cref="NormalSixteen"/> twice, its two halves'
-    /// independent chains interleaved.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void NormalThirtyTwo(RandomKey key, ulong block, float mean, float standardDeviation, Span<float> destination)
+    /// <summary>Normals per chunk of <see cref="NormalChunk"/>: its temporaries (1.5 KiB) stay in L1.</summary>
+    private const int Chunk = 256;
+
+    /// <summary>
+    /// A whole number of 32-normal groups (at most <see cref="Chunk"/>) from the blocks starting at <paramref name="block"/>,
+    /// in stream order: for each group of eight blocks, <see cref="NormalSixteen"/>'s lanes for blocks 0..3, then for 4..7.
+    /// Per lane the operations of <see cref="Random.BoxMuller.Pair"/>, in three passes over the chunk: the Philox words,
+    /// the radii √(−2 ln u), then the rotations by 2πv. One pass doing all three per vector left the FP pipes waiting on
+    /// the logarithm's and the sine's chains (~70 cycles of latency each); short passes overlap many vectors.
+    /// </summary>
+    private static void NormalChunk(RandomKey key, ulong block, float mean, float standardDeviation, Span<float> destination,
+        Span<Vector256<uint>> radiusBits, Span<Vector256<uint>> angleBits, Span<Vector256<float>> radii)
     {
-        var ((w0, w1, w2, w3), (v0, v1, v2, v3)) = Random.BoxMuller.PhiloxBlocks8(key, block);
-        var (cos, sin) = Random.BoxMuller.Pairs(Vector256.Narrow(w0, w2), Vector256.Narrow(w1, w3));
-        var (cos2, sin2) = Random.BoxMuller.Pairs(Vector256.Narrow(v0, v2), Vector256.Narrow(v1, v3));
+        int vectors = destination.Length / 16; // eight pairs each
+        for (int k = 0; k < vectors; k += 2)
+        {
+            var ((w0, w1, w2, w3), (v0, v1, v2, v3)) = Random.BoxMuller.PhiloxBlocks8(key, block + 4 * (ulong)k);
+            // Lanes 0..3: the (word 0, word 1) pair of blocks 0..3; lanes 4..7: their (word 2, word 3) pair.
+            (radiusBits[k], angleBits[k]) = (Vector256.Narrow(w0, w2), Vector256.Narrow(w1, w3));
+            (radiusBits[k + 1], angleBits[k + 1]) = (Vector256.Narrow(v0, v2), Vector256.Narrow(v1, v3));
+        }
+        for (int k = 0; k < vectors; k++) radii[k] = Random.BoxMuller.Radius(radiusBits[k]);
         var scale = Vector256.Create(standardDeviation);
         var shift = Vector256.Create(mean);
-        Store(Vector256.FusedMultiplyAdd(scale, cos, shift), Vector256.FusedMultiplyAdd(scale, sin, shift), destination);
-        Store(Vector256.FusedMultiplyAdd(scale, cos2, shift), Vector256.FusedMultiplyAdd(scale, sin2, shift), destination[16..]);
-
-        static void Store(Vector256<float> cos, Vector256<float> sin, Span<float> target)
+        for (int k = 0; k < vectors; k++)
         {
-            var low = Avx.UnpackLow(cos, sin).AsUInt64();
-            var high = Avx.UnpackHigh(cos, sin).AsUInt64();
-            Avx2.Permute4x64(low, 0b11_01_10_00).AsSingle().CopyTo(target);
-            Avx2.Permute4x64(high, 0b11_01_10_00).AsSingle().CopyTo(target[8..]);
+            var (cos, sin) = Random.BoxMuller.Rotate(angleBits[k], radii[k]);
+            StoreInBlockOrder(Vector256.FusedMultiplyAdd(scale, cos, shift), Vector256.FusedMultiplyAdd(scale, sin, shift), destination.Slice(16 * k, 16));
         }
+    }
+
+    /// <summary>Eight (cos, sin) pairs, lanes as <see cref="NormalSixteen"/> draws them, to block order
+    /// [c0 s0 c4 s4 | c1 s1 c5 s5 | c2 s2 c6 s6 | c3 s3 c7 s7].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreInBlockOrder(Vector256<float> cos, Vector256<float> sin, Span<float> target)
+    {
+        var low = Avx.UnpackLow(cos, sin).AsUInt64();   // pairs P0 P1 | P4 P5
+        var high = Avx.UnpackHigh(cos, sin).AsUInt64(); // pairs P2 P3 | P6 P7
+        Avx2.Permute4x64(low, 0b11_01_10_00).AsSingle().CopyTo(target);
+        Avx2.Permute4x64(high, 0b11_01_10_00).AsSingle().CopyTo(target[8..]);
     }
 
     /// <summary>Four Philox blocks → sixteen normals in stream order.</summary>
@@ -127,13 +153,7 @@ public static class RandomFill
         var (cos, sin) = Random.BoxMuller.Pairs(Vector256.Narrow(w0, w2), Vector256.Narrow(w1, w3));
         var scale = Vector256.Create(standardDeviation);
         var shift = Vector256.Create(mean);
-        cos = Vector256.FusedMultiplyAdd(scale, cos, shift);
-        sin = Vector256.FusedMultiplyAdd(scale, sin, shift);
-        // Interleave to block order [c0 s0 c4 s4 | c1 s1 c5 s5 | c2 s2 c6 s6 | c3 s3 c7 s7].
-        var low = Avx.UnpackLow(cos, sin).AsUInt64();   // pairs P0 P1 | P4 P5
-        var high = Avx.UnpackHigh(cos, sin).AsUInt64(); // pairs P2 P3 | P6 P7
-        Avx2.Permute4x64(low, 0b11_01_10_00).AsSingle().CopyTo(destination);
-        Avx2.Permute4x64(high, 0b11_01_10_00).AsSingle().CopyTo(destination[8..]);
+        StoreInBlockOrder(Vector256.FusedMultiplyAdd(scale, cos, shift), Vector256.FusedMultiplyAdd(scale, sin, shift), destination);
     }
 
 }
