@@ -20,14 +20,17 @@ public sealed class BoundInputTests
     };
 
     /// <summary>A plan that reads x from a bound buffer, against the same plan copying x in: forward values, loss,
-    /// gradients (reusing buffers or not) and tangents are the same bits, for two batches in turn (the second bound in place
-    /// of the first), and the plan allocates exactly x's floats less where every buffer is its own.</summary>
+    /// gradients and tangents are the same bits, for two batches in turn (the second bound in place of the first), then a
+    /// third written into the bound buffer without rebinding; the plan allocates exactly x's floats less. Plans: gradients
+    /// and tangents keeping every buffer, backprop reusing buffers, and the fused JVP reusing buffers.</summary>
     [Theory]
-    [InlineData("mlp", false)]
-    [InlineData("mlp", true)]
-    [InlineData("cnn", false)]
-    [InlineData("cnn", true)]
-    public void A_bound_input_gives_the_bits_of_a_copied_one(string name, bool reuse)
+    [InlineData("mlp", "keep")]
+    [InlineData("mlp", "backprop")]
+    [InlineData("mlp", "jvp")]
+    [InlineData("cnn", "keep")]
+    [InlineData("cnn", "backprop")]
+    [InlineData("cnn", "jvp")]
+    public void A_bound_input_gives_the_bits_of_a_copied_one(string name, string kind)
     {
         const int batch = 5;
         var problem = Problem(name, batch);
@@ -35,11 +38,12 @@ public sealed class BoundInputTests
         var x = model["x"];
         var backend = problem.Parameters.Backend;
         var seeds = model.Sites.Select(s => new TangentSeed(s.Node, new RandomKey(3, (ulong)s.Node.Id))).ToArray();
+        bool gradients = kind != "jvp", tangents = kind != "backprop", reuse = kind != "keep";
         PlanOptions Options(bool bound) => new(batch)
         {
-            Gradients = true,
+            Gradients = gradients,
             ReuseBuffers = reuse,
-            Seeds = reuse ? [] : [.. seeds], // a reusing plan runs either backprop or the fused JVP; this one backprop
+            Seeds = tangents ? [.. seeds] : [],
             BoundInputs = bound ? [x] : [],
         };
         var copied = problem.Compile(Options(false));
@@ -47,8 +51,8 @@ public sealed class BoundInputTests
         foreach (var (id, values) in problem.Inputs)
             if (id != x.Id) boundPlan.SetInput(model.Nodes[id], values);
 
-        var batches = new[] { problem.Inputs[x.Id], Tests.Problem.Normal(11, x.ElementCount(batch), 1f) };
-        var buffers = batches.Select(values =>
+        var batches = new[] { problem.Inputs[x.Id], Tests.Problem.Normal(11, x.ElementCount(batch), 1f), Tests.Problem.Normal(12, x.ElementCount(batch), 1f) };
+        var buffers = batches.Take(2).Select(values =>
         {
             var buffer = backend.Allocate(values.Length);
             backend.CopyFromHost(values, new View(buffer));
@@ -57,22 +61,23 @@ public sealed class BoundInputTests
         for (int i = 0; i < batches.Length; i++)
         {
             copied.SetInput(x, batches[i]);
-            boundPlan.BindInput(x, new View(buffers[i]));
+            if (i < 2) boundPlan.BindInput(x, new View(buffers[i]));
+            else backend.CopyFromHost(batches[i], new View(buffers[1])); // the bound buffer rewritten in place
             foreach (var plan in new[] { copied, boundPlan })
             {
-                if (reuse) plan.Forward();
-                else plan.ForwardJvp();
-                plan.Backward();
+                if (tangents) plan.ForwardJvp();
+                else plan.Forward();
+                if (gradients) plan.Backward();
             }
             Assert.Equal(copied.MeanLoss(), boundPlan.MeanLoss());
-            Assert.True(Bits.Same(copied.ParameterGradients.ToArray(), boundPlan.ParameterGradients.ToArray()), $"{name}, batch {i}: gradients differ");
             Assert.True(Bits.Same(copied.Value(model.Output).ToArray(), boundPlan.Value(model.Output).ToArray()), $"{name}, batch {i}: outputs differ");
-            if (!reuse)
+            if (gradients)
+                Assert.True(Bits.Same(copied.ParameterGradients.ToArray(), boundPlan.ParameterGradients.ToArray()), $"{name}, batch {i}: gradients differ");
+            if (tangents)
                 Assert.True(Bits.Same(copied.Tangent(model.Output).ToArray(), boundPlan.Tangent(model.Output).ToArray()), $"{name}, batch {i}: tangents differ");
         }
-        Assert.Equal(batches[1], new View(buffers[1]).ToArray()); // read, never written
-        if (!reuse) Assert.Equal(copied.AllocatedBytes - (long)x.ElementCount(batch) * sizeof(float), boundPlan.AllocatedBytes);
-        else Assert.True(boundPlan.AllocatedBytes <= copied.AllocatedBytes);
+        Assert.Equal(batches[2], new View(buffers[1]).ToArray()); // read, never written
+        Assert.Equal(copied.AllocatedBytes - (long)x.ElementCount(batch) * sizeof(float), boundPlan.AllocatedBytes);
     }
 
     /// <summary>Binding and running a step allocates nothing once warm, with the binding alternating between two buffers.</summary>
@@ -94,8 +99,9 @@ public sealed class BoundInputTests
     }
 
     /// <summary>Each misuse is refused with the fix named: labels bound, an input bound twice, a node of another model, a run
-    /// with nothing bound, copying into a bound input, binding one that was not compiled as bound, a view of the wrong
-    /// length, an empty one or one on another backend, and the pull-backs and parameter updates that would keep views.</summary>
+    /// with nothing bound, copying into a bound input, binding labels or an input that was not compiled as bound, a view of
+    /// the wrong length, an empty one, one on another backend or in memory the plan writes (its gradients, the
+    /// parameters), and the pull-backs and parameter updates that would keep views.</summary>
     [Fact]
     public void Misuse_is_refused_with_the_fix_named()
     {
@@ -114,7 +120,11 @@ public sealed class BoundInputTests
         Assert.Contains("call BindInput first", Assert.Throws<InvalidOperationException>(plan.Forward).Message);
         Assert.Contains("call BindInput first", Assert.Throws<InvalidOperationException>(plan.ForwardJvp).Message);
         Assert.Contains("write the batch into that buffer", Assert.Throws<InvalidOperationException>(() => plan.SetInput(x, problem.Inputs[x.Id])).Message);
-        Assert.Contains("PlanOptions.BoundInputs", Assert.Throws<ArgumentException>(() => plan.BindInput(y, new View(store.Backend.Allocate(batch)))).Message);
+        Assert.Contains("copy them in with SetInput", Assert.Throws<ArgumentException>(() => plan.BindInput(y, new View(store.Backend.Allocate(batch)))).Message);
+        var unbound = Plan.Compile(store, new PlanOptions(batch));
+        Assert.Contains("list it in PlanOptions.BoundInputs", Assert.Throws<ArgumentException>(() => unbound.BindInput(x, new View(store.Backend.Allocate(x.ElementCount(batch))))).Message);
+        Assert.Contains("memory this plan writes", Assert.Throws<ArgumentException>(() => plan.BindInput(x, plan.ParameterGradients.Slice(0, x.ElementCount(batch)))).Message);
+        Assert.Contains("memory this plan writes", Assert.Throws<ArgumentException>(() => plan.BindInput(x, store.All.Slice(0, x.ElementCount(batch)))).Message);
         Assert.Contains("expects", Assert.Throws<ArgumentException>(() => plan.BindInput(x, new View(store.Backend.Allocate(x.ElementCount(batch) - 1)))).Message);
         Assert.Contains("empty", Assert.Throws<ArgumentException>(() => plan.BindInput(x, View.Empty)).Message);
         Assert.Contains("allocate it with the plan's backend", Assert.Throws<ArgumentException>(() => plan.BindInput(x, new View(new CpuBackend().Allocate(x.ElementCount(batch))))).Message);

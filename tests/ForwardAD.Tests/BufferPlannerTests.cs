@@ -92,6 +92,19 @@ public sealed class BufferPlannerTests
             Assert.Equal(c.Requests.Sum(r => (long)r.Length), allocated);
         }).Check(PropertyConfig.Fixed(100));
 
+    /// <summary>Pieces of a split host merge back once their tenants are dead: a later request as large as the whole host
+    /// still lives in it (a small request split it first), and so do two that follow a merge side by side.</summary>
+    [Fact]
+    public void A_split_host_is_whole_again_once_its_tenants_are_dead()
+    {
+        var c = new Case([new Host(0, 4096, AvailableUntil: 100)],
+            [new Request(16, 0, 1), new Request(100, 2, 3), new Request(4096, 5, 6), new Request(2000, 8, 9), new Request(2000, 8, 9)], 4096);
+        var (views, allocated, _) = Plan(c, reuse: true);
+        Assert.Equal(0, allocated);
+        Assert.Equal(0, views[2].Offset);
+        Assert.Equal(new[] { 0, 2000 }, views.Skip(3).Select(v => v.Offset).Order().ToArray());
+    }
+
     /// <summary>A host holds as many live requests as fit in it side by side (each starting on a 16-float boundary), so one
     /// large gradient slice takes several activations at once, and only what does not fit is allocated.</summary>
     [Fact]

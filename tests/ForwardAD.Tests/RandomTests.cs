@@ -74,10 +74,12 @@ public class RandomTests
     }
 
     /// <summary>The AVX2 path computes exactly the scalar definition, element by element: from a small position, and across
-    /// the block counter's 2³² boundary (its high word changes inside a vector of blocks).</summary>
+    /// the block counter's 2³² boundary, at the start of a 256-normal chunk and inside one (then the high word changes
+    /// between lanes 1 and 2 of a vector of four blocks).</summary>
     [Theory]
     [InlineData(12L)]
     [InlineData((1L << 34) - 2048)]
+    [InlineData((1L << 34) - 2048 + 8)]
     public void Vectorised_normals_equal_the_scalar_definition_bit_for_bit(long first)
     {
         var key = new RandomKey(0xDEADBEEF12345678, 0x0123456789ABCDEF);

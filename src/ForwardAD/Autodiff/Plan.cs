@@ -285,7 +285,7 @@ public sealed class Plan : IDisposable
             foreach (var (p, offset) in layout.Entries)
                 if (needsCotangent[p.Id] && firstCotangentWrite[p.Id] < end)
                 {
-                    // Hosted buffers start on a 64-byte boundary, as allocated ones do (vector loads, cuBLAS's aligned kernels).
+                    // Hosted buffers start on a multiple of 16 floats (BufferPlanner.Alignment).
                     int start = (offset + BufferPlanner.Alignment - 1) / BufferPlanner.Alignment * BufferPlanner.Alignment, length = offset + p.Shape.ElementCount - start;
                     planner.Offer(start, length, firstCotangentWrite[p.Id]);
                 }
@@ -390,11 +390,15 @@ public sealed class Plan : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         CheckNode(input);
+        if (input.Op is not InputOp)
+            throw new ArgumentException($"Only real-valued inputs can be bound; {input} is {(input.Op is ClassLabelsOp or TokensOp ? "labels or tokens: copy them in with SetInput, which checks them" : "no input of the model")}.", nameof(input));
         if (!Options.BoundInputs.Contains(input))
             throw new ArgumentException($"Input {input} was not compiled as bound; list it in PlanOptions.BoundInputs, or copy a batch into it with SetInput.", nameof(input));
         if (values.IsEmpty) throw new ArgumentException($"Input {input}: the view to bind is empty.", nameof(values));
         if (values.Buffer!.Backend != Backend)
             throw new ArgumentException($"Input {input}: the buffer belongs to {values.Buffer.Backend.Name}, this plan runs on {Backend.Name}; allocate it with the plan's backend.", nameof(values));
+        if (_owned.Contains(values.Buffer) || values.Buffer == Parameters.All.Buffer)
+            throw new ArgumentException($"Input {input}: the view lies in memory this plan writes (its buffers or the parameters); bind a buffer of your own.", nameof(values));
         int expected = input.ElementCount(BatchSize);
         if (values.Length != expected)
             throw new ArgumentException($"Input {input} expects {expected} values (batch {BatchSize} × {input.Shape.ElementCount} per example); the view holds {values.Length}.", nameof(values));

@@ -79,7 +79,8 @@ public sealed record PlanOptions(int BatchSize)
     /// copy: the plan allocates nothing for them and copies nothing per batch, so a batch already on the backend (a
     /// pipeline filling the next batch's buffer during this step, a data set kept on the device) is read where it is.
     /// Class labels and tokens are always copied (<see cref="Plan.SetInput"/> checks them). Pull-backs and parameter
-    /// updates, which keep views of the inputs, are refused on such a plan.
+    /// updates, which keep views of the inputs, are refused on such a plan. A CUDA graph captured from the plan keeps
+    /// reading the buffer bound at capture: write each batch into that buffer rather than rebinding.
     /// </summary>
     public ImmutableArray<Node> BoundInputs { get; init; } = [];
 }

@@ -269,23 +269,33 @@ internal static class Gaussian
     /// <summary>destination = x·Φ(x), or Φ(x) + x·φ(x) when <paramref name="derivative"/>.</summary>
     public static void Gelu(ReadOnlySpan<float> x, Span<float> destination, bool derivative)
     {
-        if (derivative) GeluWithDerivative(x, default, destination);
-        else GeluWithDerivative(x, destination, default);
+        if (destination.Length < x.Length) throw new ArgumentException($"GELU: the destination must hold {x.Length} values; it holds {destination.Length}.", nameof(destination));
+        if (derivative) GeluInBlocks(x, default, destination);
+        else GeluInBlocks(x, destination, default);
     }
 
-    /// <summary>y = x·Φ(x) and derivative = Φ(x) + x·φ(x), either one may be empty (not computed), from one evaluation of
-    /// (Φ, φ) per element: whole vectors in blocks (<see cref="Normal(ReadOnlySpan{float}, Span{float}, Span{float}, Span{float}, Span{float})"/>),
-    /// the rest one by one, the same operations, so the same bits.</summary>
+    /// <summary>y = x·Φ(x) and derivative = Φ(x) + x·φ(x), from one evaluation of (Φ, φ) per element.</summary>
     public static void GeluWithDerivative(ReadOnlySpan<float> x, Span<float> y, Span<float> derivative)
+    {
+        if (y.Length < x.Length || derivative.Length < x.Length)
+            throw new ArgumentException($"GELU: both destinations must hold {x.Length} values; they hold {y.Length} and {derivative.Length}.");
+        GeluInBlocks(x, y, derivative);
+    }
+
+    /// <summary>y = x·Φ(x) and derivative = Φ(x) + x·φ(x), either one empty when not wanted (the callers check the
+    /// lengths), from one evaluation of (Φ, φ) per element: whole vectors in blocks
+    /// (<see cref="Normal(ReadOnlySpan{float}, Span{float}, Span{float}, Span{float}, Span{float})"/>), the rest one by one,
+    /// the same operations, so the same bits.</summary>
+    private static void GeluInBlocks(ReadOnlySpan<float> x, Span<float> y, Span<float> derivative)
     {
         bool values = !y.IsEmpty, derivatives = !derivative.IsEmpty;
         int i = 0;
         if (Vector256.IsHardwareAccelerated && x.Length >= Vector256<float>.Count)
         {
-            Span<float> t = stackalloc float[Block], square = stackalloc float[Block], cdf = stackalloc float[Block];
-            Span<float> density = derivatives ? stackalloc float[Block] : default;
-            if ((values && y.Length < x.Length) || (derivatives && derivative.Length < x.Length))
-                throw new ArgumentException($"GELU: the destinations must hold {x.Length} values.");
+            // Temporaries no longer than the span (a short span zeroes little of them).
+            int size = Math.Min(Block, x.Length & ~(Vector256<float>.Count - 1));
+            Span<float> t = stackalloc float[size], square = stackalloc float[size], cdf = stackalloc float[size];
+            Span<float> density = derivatives ? stackalloc float[size] : default;
             ref float cdfs = ref MemoryMarshal.GetReference(cdf), densities = ref MemoryMarshal.GetReference(density);
             for (int count; (count = Math.Min(Block, (x.Length - i) & ~(Vector256<float>.Count - 1))) > 0; i += count)
             {

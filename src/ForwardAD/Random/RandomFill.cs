@@ -61,7 +61,8 @@ public static class RandomFill
     /// <summary>
     /// Normal numbers mean + sd·z by Box–Muller (see <see cref="Random.BoxMuller"/> for the exact float
     /// operations): block b gives lanes 0, 1 from its words (w0, w1) and lanes 2, 3 from (w2, w3):
-    /// z = √(−2 ln u)·cos 2πv, z' = √(−2 ln u)·sin 2πv. Thirty-two (or sixteen) at a time with AVX2; the same bits either way.
+    /// z = √(−2 ln u)·cos 2πv, z' = √(−2 ln u)·sin 2πv. With AVX2 in chunks of up to 256 (then sixteen at a time, then one
+    /// by one); the same bits either way.
     /// </summary>
     public static void Normal(RandomKey key, long first, float mean, float standardDeviation, Span<float> destination)
     {
@@ -69,10 +70,10 @@ public static class RandomFill
         int j = 0;
         bool vectorized = Avx2.IsSupported;
         // The chunks' temporaries, made (and zeroed) once per call.
-        bool chunks = vectorized && destination.Length >= 32;
-        Span<Vector256<uint>> radiusBits = chunks ? stackalloc Vector256<uint>[Chunk / 16] : default;
-        Span<Vector256<uint>> angleBits = chunks ? stackalloc Vector256<uint>[Chunk / 16] : default;
-        Span<Vector256<float>> radii = chunks ? stackalloc Vector256<float>[Chunk / 16] : default;
+        int vectors = vectorized && destination.Length >= 32 ? Math.Min(Chunk, destination.Length) / 16 : 0;
+        Span<Vector256<uint>> radiusBits = stackalloc Vector256<uint>[vectors];
+        Span<Vector256<uint>> angleBits = stackalloc Vector256<uint>[vectors];
+        Span<Vector256<float>> radii = stackalloc Vector256<float>[vectors];
         while (j < destination.Length)
         {
             if (vectorized && (index & 3) == 0 && destination.Length - j >= 32)
