@@ -32,7 +32,7 @@ public sealed class BufferPlannerTests
         for (int i = 0; i < sizes.Count; i++)
         {
             // Offered ranges start aligned, as Plan.Compile offers them.
-            int offset = (end + gaps[i] + BufferPlanner.Alignment - 1) / BufferPlanner.Alignment * BufferPlanner.Alignment;
+            int offset = BufferPlanner.Aligned(end + gaps[i]);
             hosts.Add(new Host(offset, sizes[i], availability[i]));
             end = offset + sizes[i];
         }

@@ -25,6 +25,9 @@ internal sealed class BufferPlanner(bool reuse)
     /// own allocations, which cuBLAS's aligned kernels use).</summary>
     public const int Alignment = 16;
 
+    /// <summary>The first multiple of <see cref="Alignment"/> at or after <paramref name="elements"/>.</summary>
+    public static int Aligned(int elements) => (elements + Alignment - 1) / Alignment * Alignment;
+
     private readonly List<Lifetime> _requests = [];
     private readonly List<(int Offset, int Length, int AvailableUntil)> _hosts = [];
 
@@ -97,7 +100,7 @@ internal sealed class BufferPlanner(bool reuse)
             }
             var chosen = physical[best];
             chosen.Tenants.Add((request, chosen.Offset ?? 0));
-            int used = (request.Length + Alignment - 1) / Alignment * Alignment;
+            int used = Aligned(request.Length);
             if (chosen.Offset is { } offset && chosen.Capacity - used >= Alignment)
             {
                 physical[best] = chosen with { Capacity = used, FreeAfter = Math.Max(request.Last, chosen.FreeAfter) };

@@ -98,8 +98,7 @@ public sealed class Plan : IDisposable
         foreach (var node in options.BoundInputs)
         {
             if (!model.Contains(node)) throw new ArgumentException($"Bound input {node} is not a node of this model.", nameof(options));
-            if (node.Op is not InputOp)
-                throw new ArgumentException($"Only real-valued inputs can be bound; {node} is {(node.Op is ClassLabelsOp or TokensOp ? "labels or tokens, which SetInput checks and copies" : "no input")}.", nameof(options));
+            RequireBindable(node, nameof(options));
             if (bound[node.Id]) throw new ArgumentException($"Input {node} is bound twice.", nameof(options));
             bound[node.Id] = true;
         }
@@ -285,8 +284,7 @@ public sealed class Plan : IDisposable
             foreach (var (p, offset) in layout.Entries)
                 if (needsCotangent[p.Id] && firstCotangentWrite[p.Id] < end)
                 {
-                    // Hosted buffers start on a multiple of 16 floats (BufferPlanner.Alignment).
-                    int start = (offset + BufferPlanner.Alignment - 1) / BufferPlanner.Alignment * BufferPlanner.Alignment, length = offset + p.Shape.ElementCount - start;
+                    int start = BufferPlanner.Aligned(offset), length = offset + p.Shape.ElementCount - start;
                     planner.Offer(start, length, firstCotangentWrite[p.Id]);
                 }
 
@@ -390,8 +388,7 @@ public sealed class Plan : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         CheckNode(input);
-        if (input.Op is not InputOp)
-            throw new ArgumentException($"Only real-valued inputs can be bound; {input} is {(input.Op is ClassLabelsOp or TokensOp ? "labels or tokens: copy them in with SetInput, which checks them" : "no input of the model")}.", nameof(input));
+        RequireBindable(input, nameof(input));
         if (!Options.BoundInputs.Contains(input))
             throw new ArgumentException($"Input {input} was not compiled as bound; list it in PlanOptions.BoundInputs, or copy a batch into it with SetInput.", nameof(input));
         if (values.IsEmpty) throw new ArgumentException($"Input {input}: the view to bind is empty.", nameof(values));
@@ -732,6 +729,13 @@ public sealed class Plan : IDisposable
     private void RequireForward()
     {
         if (!_forwardDone) throw new InvalidOperationException("Run Forward() (or ForwardJvp()) after setting the inputs first.");
+    }
+
+    /// <summary>Only real-valued inputs are bound: labels and tokens are copied, as SetInput checks them.</summary>
+    private static void RequireBindable(Node node, string parameter)
+    {
+        if (node.Op is not InputOp)
+            throw new ArgumentException($"Only real-valued inputs can be bound; {node} is {(node.Op is ClassLabelsOp or TokensOp ? "labels or tokens: copy them in with SetInput, which checks them" : "no input of the model")}.", parameter);
     }
 
     private void RequireBoundInputs()
